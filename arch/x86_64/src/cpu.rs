@@ -1,0 +1,19 @@
+//! Small CPU helpers.
+
+/// Stops the CPU for good (interrupts off, then `hlt` in a loop).
+pub fn halt() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Writes a 32-bit value to an I/O port.
+///
+/// # Safety
+/// The port must be one whose write has no effect on memory safety (a
+/// device register the caller owns).
+pub unsafe fn outl(port: u16, value: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).write(value) }
+}

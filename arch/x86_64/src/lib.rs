@@ -1,0 +1,83 @@
+//! x86_64 CPU support for Kiln.
+//!
+//! The entry code (`entry.S`) takes the CPU from 32-bit protected mode to long
+//! mode on identity-mapped 2 MiB pages and calls [`kiln_arch_start64`], which
+//! loads the final GDT (with a TSS whose IST stacks catch double faults and
+//! stack overflows), the IDT, and hands over to the platform's
+//! `kiln_plat_main`. CPU exceptions are fatal: they are turned into a
+//! [`FaultReport`] and passed to the handler the platform installed with
+//! [`set_fault_handler`].
+#![cfg_attr(not(test), no_std)]
+// Much of this crate only runs on the bare-metal target; host builds exist for unit tests.
+#![cfg_attr(not(target_os = "none"), allow(dead_code, unused_imports))]
+
+pub mod cpu;
+pub mod mmu;
+mod exceptions;
+mod gdt;
+pub mod tsc;
+
+pub use exceptions::{set_fault_handler, FaultReport};
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(include_str!("entry.S"), options(att_syntax));
+#[cfg(target_os = "none")]
+core::arch::global_asm!(include_str!("exceptions.S"), options(att_syntax));
+
+extern "Rust" {
+    /// The platform's main, defined by the plat crate: receives the boot
+    /// loader's argument (EBX at entry) and the TSC value at the first
+    /// instruction.
+    fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> !;
+}
+
+#[cfg(target_os = "none")]
+extern "C" {
+    static kiln_entry_tsc: u64;
+}
+
+/// Called by `entry.S` on the boot stack in 64-bit mode.
+#[cfg(target_os = "none")]
+#[no_mangle]
+extern "C" fn kiln_arch_start64(boot_arg: u64) -> ! {
+    gdt::init();
+    exceptions::init();
+    // SAFETY: written once by entry.S before this function runs.
+    let t0 = unsafe { core::ptr::read_volatile(&raw const kiln_entry_tsc) };
+    // SAFETY: the plat crate linked into every kernel defines this symbol.
+    unsafe { kiln_plat_main(boot_arg as usize, t0) }
+}
+
+/// Addresses from the linker script.
+pub mod layout {
+    #[cfg(target_os = "none")]
+    extern "C" {
+        static __kernel_start: u8;
+        static __kernel_end: u8;
+        static __stack_guard: u8;
+    }
+
+    /// First byte of the kernel image.
+    #[cfg(target_os = "none")]
+    pub fn kernel_start() -> usize {
+        // Taking the address of an extern static is safe.
+        &raw const __kernel_start as usize
+    }
+
+    /// First byte after the kernel image, its .bss and boot stack.
+    #[cfg(target_os = "none")]
+    pub fn kernel_end() -> usize {
+        // Taking the address of an extern static is safe.
+        &raw const __kernel_end as usize
+    }
+
+    /// The unmapped page below the boot stack.
+    #[cfg(target_os = "none")]
+    pub fn stack_guard() -> usize {
+        // Taking the address of an extern static is safe.
+        &raw const __stack_guard as usize
+    }
+
+    /// Highest address the boot page tables map (identity).
+    pub const MAPPED_END: usize = 1 << 30;
+}

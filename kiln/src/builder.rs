@@ -1,0 +1,282 @@
+//! `kiln build`: from a Kraftfile to a kernel image.
+//!
+//! Kiln generates a small *link crate* next to the output image. It depends
+//! on the arch and platform crates of the target, `kiln-boot`, the heap
+//! backend and the app, and contains only glue: the global allocator, the
+//! `kiln_start` function the platform calls, and the list of library init
+//! functions. Cargo builds it for the bare-metal target into one target folder
+//! shared by every app (`<kiln>/target/kernel`), so a second app reuses the
+//! kernel crates the first one compiled.
+
+use crate::config::Config;
+use crate::kraftfile::{Kraftfile, Target};
+use crate::ui::Ui;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where Kiln's own source tree is (for path dependencies and the linker script).
+pub fn kiln_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("KILN_HOME") {
+        return PathBuf::from(h);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Rust target triple for a Kiln architecture.
+pub fn rust_target(arch: &str) -> &'static str {
+    match arch {
+        "arm64" => "aarch64-unknown-none",
+        _ => "x86_64-unknown-none",
+    }
+}
+
+/// Paths of one build.
+pub struct BuildPaths {
+    /// The kernel image: `<dir>/.kiln/build/<name>_<plat>-<arch>`.
+    pub kernel: PathBuf,
+    /// The generated link crate, beside the image.
+    pub link_crate: PathBuf,
+    /// The resolved `.config` the image was built from.
+    pub config: PathBuf,
+}
+
+impl BuildPaths {
+    pub fn new(kf: &Kraftfile, target: &Target) -> BuildPaths {
+        let dir = kf.path.parent().unwrap_or(Path::new("."));
+        let base = format!("{}_{}-{}", kf.name, target.plat, target.arch);
+        let build = dir.join(".kiln").join("build");
+        BuildPaths {
+            kernel: build.join(&base),
+            link_crate: build.join(format!("{base}.crate")),
+            config: build.join(format!("{base}.config")),
+        }
+    }
+}
+
+/// The package name of the app crate in `dir`.
+fn app_package(dir: &Path) -> Result<String> {
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).with_context(|| {
+        format!("{}: the app's crate is missing (set `app:` in the Kraftfile to its folder)", manifest.display())
+    })?;
+    let doc: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+    doc.get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(String::from)
+        .with_context(|| format!("{}: no [package] name", manifest.display()))
+}
+
+/// Writes `content` to `path` unless it already holds exactly that, so that
+/// unchanged inputs do not make cargo rebuild, and concurrent builds of the
+/// same app never see a half-written file.
+fn write_if_changed(path: &Path, content: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn toml_str(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// Generates the link crate's files.
+fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config) -> Result<String> {
+    let home = kiln_home();
+    let app_dir = std::fs::canonicalize(&kf.app_dir)
+        .with_context(|| format!("{}: app folder {} not found", kf.path.display(), kf.app_dir.display()))?;
+    let app_pkg = app_package(&app_dir)?;
+    let crate_name = format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace('_', "-");
+    let dir = &paths.link_crate;
+    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
+
+    let dep = |name: &str, rel: &str| format!("{name} = {{ path = {} }}\n", toml_str(&home.join(rel)));
+    // The arch and plat crates go by fixed names in the glue code.
+    let renamed = |name: &str, package: &str, rel: &str| {
+        format!("{name} = {{ package = {package:?}, path = {} }}\n", toml_str(&home.join(rel)))
+    };
+    let mut deps = String::new();
+    deps += &renamed("kiln-arch", &format!("kiln-arch-{}", target.arch), &format!("arch/{}", target.arch));
+    deps += &renamed("kiln-plat", &format!("kiln-plat-{}", target.plat), &format!("plat/{}", target.plat));
+    deps += &dep("kiln-boot", "lib/boot");
+    deps += &dep("kiln-alloc", "lib/alloc");
+    // Only the heap backend chosen in Kconfig is compiled.
+    let (heap_crate, heap_type) = if cfg.on("LIBALLOC_REGION") {
+        deps += &dep("kiln-alloc-region", "lib/alloc-region");
+        ("kiln_alloc_region", "Region")
+    } else {
+        deps += &dep("kiln-alloc-tlsf", "lib/alloc-tlsf");
+        ("kiln_alloc_tlsf", "Tlsf")
+    };
+    deps += &format!("app = {{ package = {app_pkg:?}, path = {} }}\n", toml_str(&app_dir));
+
+    let manifest = format!(
+        r#"# Generated by `kiln build` from {kraftfile}; edits are overwritten.
+[package]
+name = "{crate_name}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+# Not part of any other workspace.
+[workspace]
+
+[[bin]]
+name = "{crate_name}"
+path = "src/main.rs"
+test = false
+bench = false
+
+[dependencies]
+{deps}
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+panic = "abort"
+debug = false
+strip = true
+
+[profile.dev]
+panic = "abort"
+"#,
+        kraftfile = kf.path.display(),
+    );
+    let linker = home.join("arch").join(&target.arch).join("linker.ld");
+    let build_rs = format!(
+        "// Generated by `kiln build`.\nfn main() {{\n    println!(\"cargo:rerun-if-changed={l}\");\n    println!(\"cargo:rustc-link-arg=-T{l}\");\n}}\n",
+        l = linker.display()
+    );
+    let main_rs = format!(
+        r#"// Generated by `kiln build`: glue between the platform, the libraries and the app.
+#![no_std]
+#![no_main]
+
+use kiln_arch as _;
+
+/// The resolved Kconfig (also in `{config_file}`), as typed constants.
+#[allow(dead_code)]
+pub mod config {{
+{consts}}}
+
+/// The heap: the backend chosen in Kconfig behind Kiln's allocator interface.
+#[global_allocator]
+static HEAP: kiln_alloc::Heap<{heap_crate}::{heap_type}> = kiln_alloc::Heap::new({heap_crate}::{heap_type}::new());
+
+/// Init functions of the selected libraries, in dependency order.
+static LIBS: &[kiln_boot::LibInit] = &[];
+
+static BOOT: kiln_boot::BootConfig = kiln_boot::BootConfig {{
+    loglevel: config::LIBCONSOLE_LOGLEVEL as u8,
+    banner: config::LIBBOOT_BANNER,
+}};
+
+/// Called by the platform once the CPU is up.
+#[no_mangle]
+pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
+    kiln_plat::configure(config::PLAT_QEMU_UART_INIT);
+    kiln_boot::start(info, &BOOT, &HEAP, LIBS, {name:?}, app::main)
+}}
+"#,
+        name = kf.name,
+        config_file = paths.config.display(),
+        consts = cfg.rust_consts().lines().map(|l| format!("    {l}\n")).collect::<String>(),
+    );
+    write_if_changed(&dir.join("Cargo.toml"), &manifest)?;
+    // Start from the checkout's lockfile so kernels use the crate versions
+    // Kiln is tested with; cargo drops the entries this kernel does not need.
+    let lock = dir.join("Cargo.lock");
+    if !lock.exists() {
+        let _ = std::fs::copy(home.join("Cargo.lock"), &lock);
+    }
+    write_if_changed(&dir.join("build.rs"), &build_rs)?;
+    write_if_changed(&dir.join("src").join("main.rs"), &main_rs)?;
+    Ok(crate_name)
+}
+
+/// Builds the kernel for `target`; returns the image path.
+pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
+    let paths = BuildPaths::new(kf, target);
+    let cfg = crate::config::resolve(kf, target)?;
+    std::fs::create_dir_all(paths.config.parent().unwrap())?;
+    write_if_changed(&paths.config, &cfg.text())?;
+    ui.step(2, 4, &format!("Configured ({}); generating link crate {}", rel(&paths.config), rel(&paths.link_crate)));
+    let crate_name = generate(kf, target, &paths, &cfg)?;
+
+    ui.step(3, 4, &format!("Compiling {} for {target}", kf.name));
+    let triple = rust_target(&target.arch);
+    let target_dir = kiln_home().join("target").join("kernel");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&paths.link_crate)
+        .args(["build", "--release", "--message-format=json-render-diagnostics", "--target", triple])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Kiln links the kernel at a fixed address; position-independent code
+        // would need a self-relocating loader for no benefit.
+        .args(["--config", &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\"]")])
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("running {:?}: is Rust (cargo) installed?", cargo))?;
+    let mut stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let progress = ui.spinner("compiling");
+    let (mut artifacts, mut compiled) = (0, 0);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap_or_default();
+        if line.contains("\"reason\":\"compiler-artifact\"") {
+            artifacts += 1;
+            if line.contains("\"fresh\":false") {
+                compiled += 1;
+            }
+            let name = line
+                .split("\"name\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_string();
+            progress.set_message(format!("{artifacts} crates, last: {name}"));
+        }
+    }
+    let status = child.wait()?;
+    progress.finish_and_clear();
+    let errors = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        eprint!("{errors}");
+        bail!("compiling the kernel failed (cargo in {})", paths.link_crate.display());
+    }
+    let built = target_dir.join(triple).join("release").join(&crate_name);
+    std::fs::copy(&built, &paths.kernel)
+        .with_context(|| format!("copying {} to {}", built.display(), paths.kernel.display()))?;
+    let size = std::fs::metadata(&paths.kernel)?.len();
+    ui.step(
+        4,
+        4,
+        &format!(
+            "Kernel {} ({:.1} KiB; compiled {compiled} of {artifacts} crates, the rest reused)",
+            rel(&paths.kernel),
+            size as f64 / 1024.0
+        ),
+    );
+    Ok(paths.kernel)
+}
+
+/// A path relative to the current folder when it is inside it.
+pub fn rel(p: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    p.strip_prefix(&cwd).unwrap_or(p).display().to_string()
+}

@@ -1,0 +1,210 @@
+//! The configuration of one app and target: gathers the Kconfig files of the
+//! chosen arch, platform, every library and the app, applies the app's saved
+//! `.config` and the Kraftfile's `kconfig:` on top of the defaults, and
+//! resolves them. The result is written to the build folder and decides what
+//! the link crate compiles.
+
+use crate::builder::kiln_home;
+use crate::kconfig::{self, Kind, Tree, Values};
+use crate::kraftfile::{Kraftfile, Target};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A resolved configuration.
+pub struct Config {
+    pub tree: Tree,
+    pub values: Values,
+}
+
+impl Config {
+    /// True when bool symbol `name` is `y`.
+    pub fn on(&self, name: &str) -> bool {
+        self.values.get(name).cloned().flatten().as_deref() == Some("y")
+    }
+
+    /// The `.config` text.
+    pub fn text(&self) -> String {
+        kconfig::write_config(&self.tree, &self.values)
+    }
+
+    /// Rust constants for every symbol with a value, typed by Kconfig type.
+    pub fn rust_consts(&self) -> String {
+        let mut out = String::new();
+        for s in &self.tree.syms {
+            let Some(v) = self.values.get(&s.name).cloned().flatten() else { continue };
+            let line = match s.kind {
+                Kind::Bool => format!("pub const {}: bool = {};\n", s.name, v == "y"),
+                Kind::Int | Kind::Hex => {
+                    format!("pub const {}: i64 = {};\n", s.name, kconfig::num(&v).unwrap_or(0))
+                }
+                Kind::Str => format!("pub const {}: &str = {:?};\n", s.name, v),
+            };
+            out.push_str(&line);
+        }
+        out
+    }
+}
+
+/// The app's saved configuration file.
+pub fn saved_path(kf: &Kraftfile) -> PathBuf {
+    kf.path.parent().unwrap_or(Path::new(".")).join(".config")
+}
+
+/// Loads the Kconfig tree for a target.
+pub fn tree(kf: &Kraftfile, target: &Target) -> Result<Tree> {
+    let home = kiln_home();
+    let mut t = Tree::default();
+    t.add_file(&home.join("arch").join(&target.arch).join("Kconfig"), "Architecture")?;
+    t.add_file(&home.join("plat").join(&target.plat).join("Kconfig"), "Platform")?;
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(home.join("lib"))
+        .context("reading the lib/ folder")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("Kconfig")))
+        .filter(|p| p.is_file())
+        .collect();
+    libs.sort();
+    for l in libs {
+        t.add_file(&l, "Libraries")?;
+    }
+    let app = kf.app_dir.join("Kconfig");
+    if app.is_file() {
+        t.add_file(&app, "Application")?;
+    }
+    t.check()?;
+    Ok(t)
+}
+
+/// Sets one user value after checking the symbol exists and the value fits
+/// its type; choosing a choice member clears its siblings.
+fn set(tree: &Tree, user: &mut BTreeMap<String, String>, key: &str, val: &str, at: &str) -> Result<()> {
+    let name = key.strip_prefix("CONFIG_").unwrap_or(key);
+    let Some(sym) = tree.get(name) else {
+        bail!("{at}: unknown Kconfig symbol {name}");
+    };
+    let val = match (sym.kind, val) {
+        (Kind::Bool, "true") => "y",
+        (Kind::Bool, "false") => "n",
+        _ => val,
+    };
+    if let Some(why) = kconfig::invalid(sym.kind, val) {
+        bail!("{at}: {name}={val}: wrong type: {why}");
+    }
+    // Ranges with constant bounds are checked here, so a typo is an error
+    // rather than a value silently replaced by the default.
+    for (lo, hi, _) in &sym.ranges {
+        if let (kconfig::Expr::Const(lo), kconfig::Expr::Const(hi)) = (lo, hi) {
+            if let (Some(l), Some(h), Some(v)) = (kconfig::num(lo), kconfig::num(hi), kconfig::num(val)) {
+                if v < l || v > h {
+                    bail!("{at}: {name}={val} is outside its range {lo}..{hi}");
+                }
+            }
+        }
+    }
+    if let (Some(c), "y") = (sym.choice, val) {
+        for m in &tree.choices[c].members {
+            user.insert(m.clone(), "n".into());
+        }
+    }
+    user.insert(name.to_string(), val.to_string());
+    Ok(())
+}
+
+/// User values from the saved `.config` (if any), then the Kraftfile.
+pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<BTreeMap<String, String>> {
+    let mut user = BTreeMap::new();
+    let saved = saved_path(kf);
+    if saved.is_file() {
+        let text = std::fs::read_to_string(&saved)?;
+        for (k, (v, line)) in kconfig::read_config(&saved, &text)? {
+            // Symbols that no longer exist are dropped, as olddefconfig does.
+            if tree.get(&k).is_some() {
+                set(tree, &mut user, &k, &v, &format!("{}:{line}", saved.display()))?;
+            }
+        }
+    }
+    for (k, v, line) in kf.kconfig.iter().chain(&target.kconfig) {
+        set(tree, &mut user, k, v, &format!("{}:{line}", kf.path.display()))?;
+    }
+    Ok(user)
+}
+
+/// Resolves the configuration of an app for a target.
+pub fn resolve(kf: &Kraftfile, target: &Target) -> Result<Config> {
+    let tree = tree(kf, target)?;
+    let user = user_values(kf, target, &tree)?;
+    let values = kconfig::resolve(&tree, &user)?;
+    Ok(Config { tree, values })
+}
+
+/// `kiln config` actions.
+pub enum Action {
+    Show,
+    Diff,
+    Set(Vec<String>),
+    Unset(Vec<String>),
+    OldDefConfig,
+    SaveDefConfig,
+}
+
+/// Runs `kiln config`.
+pub fn command(kf: &Kraftfile, target: &Target, action: Action) -> Result<()> {
+    let tree = tree(kf, target)?;
+    let saved = saved_path(kf);
+    let mut user = user_values(kf, target, &tree)?;
+    let defaults = kconfig::resolve(&tree, &BTreeMap::new())?;
+    let write = |user: &BTreeMap<String, String>| -> Result<()> {
+        let values = kconfig::resolve(&tree, user)?;
+        std::fs::write(&saved, kconfig::write_config(&tree, &values))
+            .with_context(|| format!("writing {}", saved.display()))?;
+        eprintln!("kiln: wrote {}", saved.display());
+        Ok(())
+    };
+    match action {
+        Action::Show => print!("{}", kconfig::write_config(&tree, &kconfig::resolve(&tree, &user)?)),
+        Action::Diff => {
+            let values = kconfig::resolve(&tree, &user)?;
+            for s in &tree.syms {
+                let (d, v) = (defaults.get(&s.name).cloned().flatten(), values.get(&s.name).cloned().flatten());
+                if d != v {
+                    let show = |x: Option<String>| x.unwrap_or_else(|| "(no value)".into());
+                    println!("CONFIG_{}: {} -> {}", s.name, show(d), show(v));
+                }
+            }
+        }
+        Action::Set(pairs) => {
+            for p in pairs {
+                let (k, v) = p.split_once('=').with_context(|| format!("--set {p}: expected SYMBOL=VALUE"))?;
+                set(&tree, &mut user, k, v, "--set")?;
+            }
+            write(&user)?;
+        }
+        Action::Unset(names) => {
+            for n in names {
+                let name = n.strip_prefix("CONFIG_").unwrap_or(&n).to_string();
+                if tree.get(&name).is_none() {
+                    bail!("--unset: unknown Kconfig symbol {name}");
+                }
+                // Back to the default: forget the user's value.
+                user.remove(&name);
+            }
+            write(&user)?;
+        }
+        Action::OldDefConfig => write(&user)?,
+        Action::SaveDefConfig => {
+            let values = kconfig::resolve(&tree, &user)?;
+            for s in &tree.syms {
+                let v = values.get(&s.name).cloned().flatten();
+                if v != defaults.get(&s.name).cloned().flatten() {
+                    if let Some(v) = v {
+                        match s.kind {
+                            Kind::Bool if v == "n" => println!("# CONFIG_{} is not set", s.name),
+                            Kind::Str => println!("CONFIG_{}={v:?}", s.name),
+                            _ => println!("CONFIG_{}={v}", s.name),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

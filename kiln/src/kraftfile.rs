@@ -1,0 +1,473 @@
+//! The Kraftfile: Unikraft's app description (spec v0.6), as Kiln reads it.
+//!
+//! Supported: `spec`, `name`, `targets`, `cmd`, `env`, `kconfig`, `rootfs`.
+//! Accepted and explained: `unikraft` and `runtime` (Kiln builds its own core,
+//! so there is nothing to fetch). Kiln's own addition: `app`, the folder of the
+//! app's Rust crate relative to the Kraftfile (default: the Kraftfile's own
+//! folder), which lets the repository's root Kraftfile name the default app.
+//! Anything else is an error that names the file, line and field.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A scalar in `env` or `kconfig` maps: YAML gives strings, numbers or
+/// booleans; Kiln keeps the text (booleans spelled `y`/`n` as in Kconfig).
+#[derive(Debug, Clone)]
+pub struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_bool<E>(self, b: bool) -> std::result::Result<Scalar, E> {
+                Ok(Scalar(if b { "y" } else { "n" }.into()))
+            }
+            fn visit_i64<E>(self, n: i64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar(n.to_string()))
+            }
+            fn visit_u64<E>(self, n: u64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar(n.to_string()))
+            }
+            fn visit_f64<E>(self, n: f64) -> std::result::Result<Scalar, E> {
+                Ok(Scalar(n.to_string()))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Scalar, E> {
+                Ok(Scalar(s.into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `KEY: value` map or `["KEY=value", ...]` list (both allowed by the spec).
+/// Deserialized by hand: serde's untagged enums buffer their input, which
+/// loses the YAML scalar types and locations.
+#[derive(Debug, Clone)]
+enum Pairs {
+    Map(Vec<(String, Scalar)>),
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of KEY: value or a list of \"KEY=value\" strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<Pairs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(e) = m.next_entry::<String, Scalar>()? {
+                    v.push(e);
+                }
+                Ok(Pairs::Map(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> std::result::Result<Pairs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(e) = s.next_element::<String>()? {
+                    v.push(e);
+                }
+                Ok(Pairs::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string or a list of strings (`cmd`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Words {
+    One(String),
+    Many(Vec<String>),
+}
+
+// Locations do not survive inside untagged enums (serde buffers their
+// content), so `Spanned` wraps the enums from outside.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawTarget {
+    Short(String),
+    Long(LongTarget),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongTarget {
+    #[serde(alias = "platform")]
+    plat: String,
+    #[serde(alias = "architecture")]
+    arch: String,
+    #[serde(default)]
+    kconfig: Option<Pairs>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    spec: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    app: Option<String>,
+    #[serde(default)]
+    targets: Vec<Spanned<RawTarget>>,
+    cmd: Option<Words>,
+    env: Option<Spanned<Pairs>>,
+    kconfig: Option<Spanned<Pairs>>,
+    rootfs: Option<Spanned<String>>,
+    unikraft: Option<serde::de::IgnoredAny>,
+    runtime: Option<serde::de::IgnoredAny>,
+    libraries: Option<serde::de::IgnoredAny>,
+    template: Option<serde::de::IgnoredAny>,
+    volumes: Option<serde::de::IgnoredAny>,
+}
+
+/// A build target: platform and architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub plat: String,
+    pub arch: String,
+    /// Target-specific `kconfig:` entries, with their lines.
+    pub kconfig: Vec<(String, String, u64)>,
+    /// Line of the entry in the Kraftfile, for messages.
+    pub line: u64,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.plat, self.arch)
+    }
+}
+
+/// Platforms and architectures Kiln can build today.
+pub const SUPPORTED: &[(&str, &str)] = &[("qemu", "x86_64")];
+
+/// Accepted spellings of architectures, mapped to Kiln's names.
+fn canonical_arch(a: &str) -> &str {
+    match a {
+        "x86_64" | "amd64" | "x86-64" => "x86_64",
+        "arm64" | "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A parsed and checked Kraftfile.
+#[derive(Debug, Clone)]
+pub struct Kraftfile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    pub name: String,
+    /// Folder of the app crate.
+    pub app_dir: PathBuf,
+    pub targets: Vec<Target>,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `kconfig:` entries with the Kraftfile line of each.
+    pub kconfig: Vec<(String, String, u64)>,
+    #[allow(dead_code)] // packed by the initrd builder, still to come
+    pub rootfs: Option<PathBuf>,
+    /// Things worth telling the user (ignored fields and why).
+    pub notes: Vec<String>,
+}
+
+/// A message located in a file, printed as `file:line: message`.
+fn at(path: &Path, line: u64, msg: impl fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{}:{}: {}", path.display(), line, msg)
+}
+
+/// The line, at or after `from`, on which `needle` first appears.
+fn line_of(text: &str, from: u64, needle: &str) -> u64 {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1) as usize)
+        .find(|(_, l)| l.contains(needle))
+        .map_or(from, |(i, _)| i as u64 + 1)
+}
+
+/// The line of a top-level `key:` (1 when not found).
+fn key_line(text: &str, key: &str) -> u64 {
+    text.lines()
+        .position(|l| l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')))
+        .map_or(1, |i| i as u64 + 1)
+}
+
+/// Turns a `KEY: value` map or a `KEY=value` list into pairs; `line` is where
+/// the list starts, `text` the whole file (to point at a bad entry).
+fn pairs(path: &Path, text: &str, what: &str, line: u64, p: Option<Pairs>) -> Result<Vec<(String, String)>> {
+    match p {
+        None => Ok(Vec::new()),
+        Some(Pairs::Map(m)) => Ok(m.into_iter().map(|(k, v)| (k, v.to_string())).collect()),
+        Some(Pairs::List(l)) => l
+            .into_iter()
+            .map(|s| match s.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(at(path, line_of(text, line, &s), format!("{what} entry '{s}' is not KEY=VALUE"))),
+            })
+            .collect(),
+    }
+}
+
+fn spanned_pairs(path: &Path, text: &str, what: &str, p: Option<Spanned<Pairs>>) -> Result<Vec<(String, String)>> {
+    match p {
+        None => Ok(Vec::new()),
+        Some(s) => pairs(path, text, what, s.referenced.line(), Some(s.value)),
+    }
+}
+
+/// Reads `dir/Kraftfile` (also `kraft.yaml`/`kraft.yml`, as kraft does).
+pub fn load(dir: &Path) -> Result<Kraftfile> {
+    let names = ["Kraftfile", "kraft.yaml", "kraft.yml"];
+    let Some(path) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) else {
+        if !dir.is_dir() {
+            bail!("{}: no such directory", dir.display());
+        }
+        bail!(
+            "{}: no Kraftfile here (looked for {}); give the app's folder, e.g. `kiln build apps/helloworld`",
+            dir.display(),
+            names.join(", ")
+        );
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&path, &text)
+}
+
+/// Parses Kraftfile text; `path` is used for messages and relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
+    let raw: Raw = serde_saphyr::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line()).unwrap_or(0);
+        // The library's message carries its own location suffix; keep the text only.
+        let msg = e.to_string();
+        let msg = msg.lines().next().unwrap_or("");
+        let msg = msg.split_once("column ").and_then(|(_, r)| r.split_once(": ")).map_or(msg, |(_, m)| m);
+        at(path, line, format!("malformed Kraftfile: {msg}"))
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut notes = Vec::new();
+
+    if let Some(spec) = &raw.spec {
+        let v = spec.value.trim_start_matches('v');
+        if !matches!(v, "0.5" | "0.6") {
+            return Err(at(
+                path,
+                spec.referenced.line(),
+                format!("unsupported spec '{}': Kiln reads Kraftfile spec v0.6 (and v0.5)", spec.value),
+            ));
+        }
+    }
+    for (field, val, why) in [
+        ("libraries", &raw.libraries, "Kiln's libraries are chosen with Kconfig (`kconfig:` or `kiln menu`)"),
+        ("template", &raw.template, "templates are not supported yet"),
+        ("volumes", &raw.volumes, "volumes are not supported yet; use `rootfs:` for files"),
+    ] {
+        if val.is_some() {
+            return Err(at(path, key_line(text, field), format!("field '{field}' is not supported: {why}")));
+        }
+    }
+    for (field, val, why) in [
+        ("unikraft", &raw.unikraft, "Kiln builds its own core from this checkout"),
+        ("runtime", &raw.runtime, "Kiln has no prebuilt runtimes; the app is built from source"),
+    ] {
+        if val.is_some() {
+            notes.push(format!("{}:{}: '{field}' ignored: {why}", path.display(), key_line(text, field)));
+        }
+    }
+
+    let name = match raw.name {
+        Some(n) if valid_name(&n.value) => n.value,
+        Some(n) => {
+            return Err(at(
+                path,
+                n.referenced.line(),
+                format!("name '{}' must be letters, digits, '-' or '_'", n.value),
+            ))
+        }
+        None => return Err(at(path, 1, "missing 'name'")),
+    };
+
+    let mut targets = Vec::new();
+    for t in raw.targets {
+        let line = t.referenced.line();
+        let (plat, arch, kconfig) = match t.value {
+            RawTarget::Short(s) => match s.split_once('/') {
+                Some((p, a)) => (p.to_string(), a.to_string(), Vec::new()),
+                None => {
+                    return Err(at(path, line, format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64")))
+                }
+            },
+            RawTarget::Long(l) => {
+                let kc = pairs(path, text, "kconfig", line, l.kconfig)?;
+                (l.plat, l.arch, kc)
+            }
+        };
+        let kconfig = kconfig.into_iter().map(|(k, v)| {
+            let l = line_of(text, line, &k);
+            (k, v, l)
+        }).collect();
+        targets.push(Target { plat, arch: canonical_arch(&arch).to_string(), kconfig, line });
+    }
+    if targets.is_empty() {
+        return Err(at(path, 1, "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64"));
+    }
+
+    let cmd = match raw.cmd {
+        None => Vec::new(),
+        Some(Words::Many(v)) => v,
+        Some(Words::One(s)) => s.split_whitespace().map(String::from).collect(),
+    };
+    let env = spanned_pairs(path, text, "env", raw.env)?;
+    let kconfig_line = key_line(text, "kconfig");
+    let kconfig = spanned_pairs(path, text, "kconfig", raw.kconfig)?
+        .into_iter()
+        .map(|(k, v)| {
+            let line = line_of(text, kconfig_line, &k);
+            (k, v, line)
+        })
+        .collect();
+    let app_dir = match raw.app {
+        Some(a) => dir.join(a),
+        None => dir.to_path_buf(),
+    };
+    let rootfs = match raw.rootfs {
+        None => None,
+        Some(r) => {
+            let p = dir.join(&r.value);
+            if !p.exists() {
+                return Err(at(path, r.referenced.line(), format!("rootfs '{}' does not exist", r.value)));
+            }
+            notes.push(format!(
+                "{}:{}: 'rootfs' noted; the embedded initrd arrives with the VFS libraries",
+                path.display(),
+                r.referenced.line()
+            ));
+            Some(p)
+        }
+    };
+    Ok(Kraftfile { path: path.to_path_buf(), name, app_dir, targets, cmd, env, kconfig, rootfs, notes })
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Kraftfile {
+    /// Picks the target to build: the one matching `plat`/`arch` when given
+    /// (either may be left out), else the first one listed.
+    pub fn select_target(&self, plat: Option<&str>, arch: Option<&str>) -> Result<Target> {
+        let arch = arch.map(canonical_arch);
+        let found = self
+            .targets
+            .iter()
+            .find(|t| plat.is_none_or(|p| p == t.plat) && arch.is_none_or(|a| a == t.arch));
+        let t = match found {
+            Some(t) => t.clone(),
+            None => {
+                let listed: Vec<String> = self.targets.iter().map(|t| t.to_string()).collect();
+                bail!(
+                    "{}: no target matches {}/{} (the Kraftfile lists: {})",
+                    self.path.display(),
+                    plat.unwrap_or("*"),
+                    arch.unwrap_or("*"),
+                    listed.join(", ")
+                );
+            }
+        };
+        if !SUPPORTED.contains(&(t.plat.as_str(), t.arch.as_str())) {
+            let ok: Vec<String> = SUPPORTED.iter().map(|(p, a)| format!("{p}/{a}")).collect();
+            return Err(at(
+                &self.path,
+                t.line,
+                format!("unknown target '{t}': Kiln builds {}", ok.join(", ")),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Kraftfile> {
+        parse(Path::new("/tmp/app/Kraftfile"), text)
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", p(text).unwrap_err())
+    }
+
+    #[test]
+    fn full_file() {
+        let k = p(r#"
+spec: v0.6
+name: hello
+unikraft: stable
+targets:
+  - qemu/x86_64
+  - plat: qemu
+    arch: arm64
+    kconfig:
+      CONFIG_X: y
+cmd: ["a", "b c"]
+env:
+  FOO: bar
+  N: 3
+kconfig:
+  - CONFIG_LIBFOO=y
+"#)
+        .unwrap();
+        assert_eq!(k.name, "hello");
+        assert_eq!(k.targets.len(), 2);
+        assert_eq!(k.targets[0].to_string(), "qemu/x86_64");
+        assert_eq!(k.targets[1].kconfig, vec![("CONFIG_X".to_string(), "y".to_string(), 10)]);
+        assert_eq!(k.cmd, ["a", "b c"]);
+        assert_eq!(k.env, vec![("FOO".into(), "bar".into()), ("N".into(), "3".into())]);
+        assert_eq!(k.kconfig, vec![("CONFIG_LIBFOO".into(), "y".into(), 16)]);
+        assert_eq!(k.app_dir, Path::new("/tmp/app"));
+        assert!(k.notes[0].contains("'unikraft' ignored"), "{:?}", k.notes);
+    }
+
+    #[test]
+    fn cmd_string_and_app_field() {
+        let k = p("name: x\napp: ../src\ntargets: [qemu/amd64]\ncmd: -v  --port 80\n").unwrap();
+        assert_eq!(k.cmd, ["-v", "--port", "80"]);
+        assert_eq!(k.app_dir, Path::new("/tmp/app/../src"));
+        assert_eq!(k.targets[0].arch, "x86_64");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        assert_eq!(err("name: x\ntargets:\n  - qemu\n"), "/tmp/app/Kraftfile:3: target 'qemu' must be PLAT/ARCH, e.g. qemu/x86_64");
+        assert!(err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n").starts_with("/tmp/app/Kraftfile:3: malformed Kraftfile: "), "{}", err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n"));
+        assert!(err("name: x\n  targets: [\n").starts_with("/tmp/app/Kraftfile:"));
+        assert_eq!(err("spec: v0.4\nname: x\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.6 (and v0.5)");
+        assert_eq!(err("targets: [qemu/x86_64]\n"), "/tmp/app/Kraftfile:1: missing 'name'");
+        assert_eq!(err("name: 'a b'\n"), "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '-' or '_'");
+        assert!(err("name: x\ntargets: [qemu/x86_64]\nlibraries:\n  musl: stable\n").starts_with("/tmp/app/Kraftfile:3: field 'libraries' is not supported"));
+        assert_eq!(err("name: x\ntargets: [qemu/x86_64]\nkconfig:\n  - NOEQUALS\n"), "/tmp/app/Kraftfile:4: kconfig entry 'NOEQUALS' is not KEY=VALUE");
+        assert!(err("name: x\n").contains("no 'targets'"));
+    }
+
+    #[test]
+    fn target_selection() {
+        let k = p("name: x\ntargets:\n  - qemu/x86_64\n  - fc/x86_64\n").unwrap();
+        assert_eq!(k.select_target(None, None).unwrap().plat, "qemu");
+        assert_eq!(k.select_target(None, Some("amd64")).unwrap().plat, "qemu");
+        let e = format!("{:#}", k.select_target(Some("fc"), None).unwrap_err());
+        assert_eq!(e, "/tmp/app/Kraftfile:4: unknown target 'fc/x86_64': Kiln builds qemu/x86_64");
+        let e = format!("{:#}", k.select_target(Some("xen"), None).unwrap_err());
+        assert!(e.contains("no target matches xen/*"), "{e}");
+    }
+}

@@ -1,0 +1,247 @@
+//! `kiln`: build and run Kiln unikernels (the `kraft` of Kiln).
+
+mod builder;
+mod config;
+mod kconfig;
+mod kraftfile;
+mod qemu;
+mod ui;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use ui::Ui;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Build and run Kiln unikernels", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel image of an app (its folder holds the Kraftfile)
+    Build(BuildArgs),
+    /// Build if needed, then boot the app in QEMU and show its console
+    Run(RunArgs),
+    /// Show or change the app's Kconfig configuration without a terminal UI
+    Config(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Print the resolved configuration (the default action)
+    #[arg(long)]
+    show: bool,
+    /// Print the symbols whose value differs from the defaults
+    #[arg(long)]
+    diff: bool,
+    /// Set a symbol (CONFIG_ prefix optional) and save the app's .config (repeatable)
+    #[arg(long, value_name = "SYMBOL=VALUE")]
+    set: Vec<String>,
+    /// Return a symbol to its default and save the app's .config (repeatable)
+    #[arg(long, value_name = "SYMBOL")]
+    unset: Vec<String>,
+    /// Re-resolve the saved .config against the current Kconfig files and save it
+    #[arg(long)]
+    olddefconfig: bool,
+    /// Print a minimal configuration: only values that differ from the defaults
+    #[arg(long)]
+    savedefconfig: bool,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// App folder with a Kraftfile
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Platform to build for (default: the Kraftfile's first target)
+    #[arg(long, value_name = "PLAT")]
+    plat: Option<String>,
+    /// Architecture to build for (x86_64)
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<String>,
+    /// Print only errors (and, for `run`, only the app's output)
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Guest memory (e.g. 64M, 1G)
+    #[arg(long = "memory", short = 'M', default_value = "64M")]
+    memory: String,
+    /// Disable hardware acceleration (use TCG even when KVM works)
+    #[arg(long = "disable-acceleration", short = 'W')]
+    no_kvm: bool,
+    /// QEMU machine model
+    #[arg(long, value_enum, default_value = "microvm")]
+    machine: qemu::Machine,
+    /// Stop the guest after this many seconds (exit status 124)
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Environment variable for the app (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Boot this kernel image instead of building the app
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Extra kernel parameters (before the app's arguments)
+    #[arg(long = "kernel-arg", value_name = "PARAM")]
+    kernel_args: Vec<String>,
+    /// Arguments for the app (after `--`); default: the Kraftfile's `cmd`
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Target)> {
+    let kf = kraftfile::load(&t.dir)?;
+    for n in &kf.notes {
+        ui.note(n);
+    }
+    let target = kf.select_target(t.plat.as_deref(), t.arch.as_deref())?;
+    ui.step(1, 4, &format!("{}: {} for {target}", builder::rel(&kf.path), kf.name));
+    Ok((kf, target))
+}
+
+fn config(a: &ConfigArgs) -> Result<i32> {
+    let ui = Ui { quiet: true };
+    let (kf, target) = load(&a.target, &ui)?;
+    let action = if !a.set.is_empty() {
+        config::Action::Set(a.set.clone())
+    } else if !a.unset.is_empty() {
+        config::Action::Unset(a.unset.clone())
+    } else if a.diff {
+        config::Action::Diff
+    } else if a.olddefconfig {
+        config::Action::OldDefConfig
+    } else if a.savedefconfig {
+        config::Action::SaveDefConfig
+    } else {
+        config::Action::Show
+    };
+    config::command(&kf, &target, action)?;
+    Ok(0)
+}
+
+fn build(a: &BuildArgs) -> Result<i32> {
+    let ui = Ui { quiet: a.target.quiet };
+    let (kf, target) = load(&a.target, &ui)?;
+    builder::build(&kf, &target, &ui)?;
+    Ok(0)
+}
+
+fn run(a: &RunArgs) -> Result<i32> {
+    let ui = Ui { quiet: a.target.quiet };
+    let memory_mib = qemu::parse_memory(&a.memory)?;
+    let timeout = match a.timeout {
+        Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
+        Some(t) => anyhow::bail!("--timeout {t}: must be a positive number of seconds"),
+        None => None,
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in &a.env {
+        let (k, v) = e.split_once('=').with_context(|| format!("-e {e}: expected KEY=VALUE"))?;
+        env.push((k.into(), v.into()));
+    }
+
+    let (kernel, arch, cmd) = match &a.kernel {
+        Some(k) => {
+            if !k.is_file() {
+                anyhow::bail!("{}: no such kernel image", k.display());
+            }
+            (k.clone(), a.target.arch.clone().unwrap_or_else(|| "x86_64".into()), Vec::new())
+        }
+        None => {
+            let (kf, target) = load(&a.target, &ui)?;
+            // Fail before compiling when QEMU is missing.
+            qemu::find_qemu(&target.arch)?;
+            let mut all_env = kf.env.clone();
+            all_env.append(&mut env);
+            env = all_env;
+            (builder::build(&kf, &target, &ui)?, target.arch, kf.cmd)
+        }
+    };
+
+    let kvm = if a.no_kvm {
+        false
+    } else {
+        match qemu::kvm_usable() {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!("kiln: KVM unavailable ({why}); using TCG emulation, which is slower");
+                false
+            }
+        }
+    };
+
+    let args: &[String] = if a.args.is_empty() { &cmd } else { &a.args };
+    let cmdline = kernel_cmdline(a.target.quiet, &a.kernel_args, &env, args);
+    ui.note(&format!(
+        "booting {} ({}, {}, {} MiB)",
+        builder::rel(&kernel),
+        a.machine.name(),
+        if kvm { "KVM" } else { "TCG" },
+        memory_mib
+    ));
+    qemu::run(&qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout })
+}
+
+/// Builds the kernel command line: `kernel-params -- app args`.
+fn kernel_cmdline(quiet: bool, extra: &[String], env: &[(String, String)], args: &[String]) -> String {
+    use kiln_boot::cmdline::quote;
+    let mut words: Vec<String> = Vec::new();
+    if quiet {
+        words.push("kiln.quiet".into());
+    }
+    words.extend(extra.iter().map(|p| quote(p)));
+    words.extend(env.iter().map(|(k, v)| quote(&format!("env.{k}={v}"))));
+    words.push("--".into());
+    words.extend(args.iter().map(|a| quote(a)));
+    words.join(" ")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Cmd::Build(a) => build(a),
+        Cmd::Run(a) => run(a),
+        Cmd::Config(a) => config(a),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_round_trips_through_the_kernel_parser() {
+        let env = vec![("GREETING".to_string(), "hi there".to_string())];
+        let args = vec!["a".to_string(), "two words".to_string(), "--".to_string(), String::new()];
+        let line = kernel_cmdline(true, &["kiln.loglevel=4".into()], &env, &args);
+        let parsed = kiln_boot::cmdline::parse(&line).unwrap();
+        assert!(parsed.flag("kiln.quiet"));
+        assert_eq!(parsed.param("kiln.loglevel"), Some("4"));
+        assert_eq!(parsed.env().collect::<Vec<_>>(), vec![("GREETING", "hi there")]);
+        assert_eq!(parsed.args, args);
+    }
+}

@@ -1,0 +1,225 @@
+//! `kiln run`: boot a kernel image in QEMU and turn the guest's exit into
+//! `kiln`'s exit status.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit status of `kiln run` when `--timeout` expired (as `timeout(1)`).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when the guest crashed without reporting a code (triple fault / reset).
+pub const EXIT_CRASH: i32 = kiln_boot::EXIT_FAULT;
+
+/// QEMU machine models for x86_64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Machine {
+    /// QEMU's minimal machine: no firmware, no PCI; boots in milliseconds.
+    Microvm,
+    /// A modern PC (PCIe, SeaBIOS firmware); about a second slower to boot.
+    Q35,
+}
+
+impl Machine {
+    /// QEMU's name for the machine.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        }
+    }
+}
+
+/// What to boot and how.
+pub struct RunSpec {
+    pub kernel: PathBuf,
+    pub arch: String,
+    pub machine: Machine,
+    pub memory_mib: u64,
+    pub kvm: bool,
+    pub cmdline: String,
+    pub timeout: Option<Duration>,
+}
+
+/// The QEMU binary for an architecture.
+pub fn qemu_binary(arch: &str) -> &'static str {
+    match arch {
+        "arm64" => "qemu-system-aarch64",
+        _ => "qemu-system-x86_64",
+    }
+}
+
+/// Finds `name` in PATH, or explains how to install it.
+pub fn find_qemu(arch: &str) -> Result<PathBuf> {
+    let name = qemu_binary(arch);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let pkg = if arch == "arm64" { "qemu-system-arm" } else { "qemu-system-x86" };
+    bail!(
+        "{name} not found in PATH. Install QEMU with `scripts/setup` (Debian 12: QEMU 10 from \
+         bookworm-backports), or `apt-get install {pkg}`"
+    )
+}
+
+/// Whether KVM can be used, and if not, why.
+pub fn kvm_usable() -> std::result::Result<(), String> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("/dev/kvm: {e}")),
+    }
+}
+
+/// Parses a memory size like `64M`, `1G`, `512Mi`, `2048` (MiB) into MiB.
+pub fn parse_memory(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let t = t.strip_suffix('B').or_else(|| t.strip_suffix('b')).unwrap_or(t);
+    let t = t.strip_suffix('i').unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1.0 / 1024.0),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1.0),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024.0),
+        Some('T' | 't') => (&t[..t.len() - 1], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("memory size '{s}': expected a number with an optional K, M or G suffix"))?;
+    let mib = (n * mult).ceil() as u64;
+    if !(1..=1024 * 1024).contains(&mib) {
+        bail!("memory size '{s}' is out of range (1M to 1T)");
+    }
+    Ok(mib)
+}
+
+/// The QEMU command line for a run.
+pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
+    let mut c = Command::new(qemu);
+    match spec.machine {
+        // Without ACPI, legacy timers and the PIC, microvm comes up fastest;
+        // Kiln needs none of them.
+        Machine::Microvm => c.args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off"]),
+        Machine::Q35 => c.args(["-M", "q35"]),
+    };
+    // Under KVM, the baseline model plus an invariant TSC: QEMU then reports
+    // the TSC frequency in CPUID (leaf 0x40000010), which the kernel uses for
+    // time. Under TCG, everything the emulator offers.
+    if spec.kvm {
+        c.args(["-accel", "kvm", "-cpu", "qemu64,+invtsc"]);
+    } else {
+        c.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    c.args(["-m", &format!("{}M", spec.memory_mib)]);
+    c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    // One stdio chardev for the serial console and QEMU's monitor (Ctrl-A C),
+    // with Ctrl-C still stopping QEMU.
+    c.args(["-chardev", "stdio,id=con,mux=on,signal=on", "-serial", "chardev:con", "-mon", "chardev=con"]);
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    c.arg("-kernel").arg(&spec.kernel);
+    c.args(["-append", &spec.cmdline]);
+    c
+}
+
+/// How the guest ended, decoded from QEMU's exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest reported this exit code through isa-debug-exit.
+    Exited(i32),
+    /// QEMU stopped without a guest exit code (reset, triple fault, monitor `quit`).
+    NoCode,
+    /// QEMU itself failed with this status.
+    QemuFailed(i32),
+    /// QEMU was killed by this signal.
+    Signal(i32),
+}
+
+/// Decodes QEMU's status: the guest writes `code + 1` to isa-debug-exit, and
+/// QEMU exits with `(value << 1) | 1`, so guest codes give odd statuses >= 3.
+pub fn decode(status: ExitStatus) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    match status.code() {
+        Some(0) => Outcome::NoCode,
+        Some(s) if s >= 3 && s % 2 == 1 => Outcome::Exited((s - 1) / 2 - 1),
+        Some(s) => Outcome::QemuFailed(s),
+        None => Outcome::Signal(status.signal().unwrap_or(0)),
+    }
+}
+
+/// Boots the kernel and returns the exit status `kiln run` should have.
+pub fn run(spec: &RunSpec) -> Result<i32> {
+    let qemu = find_qemu(&spec.arch)?;
+    let mut cmd = command(&qemu, spec);
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", qemu.display()))?;
+    let done = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    if let Some(t) = spec.timeout {
+        let (done, timed_out) = (done.clone(), timed_out.clone());
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            std::thread::sleep(t);
+            if !done.load(Ordering::SeqCst) {
+                timed_out.store(true, Ordering::SeqCst);
+                // SAFETY: plain kill(2) on our own child, which has not been
+                // reaped yet (`done` is still false).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+    }
+    let status = child.wait()?;
+    done.store(true, Ordering::SeqCst);
+    if timed_out.load(Ordering::SeqCst) {
+        eprintln!(
+            "kiln: the guest did not finish within {:?}; QEMU was stopped (exit status {EXIT_TIMEOUT})",
+            spec.timeout.unwrap()
+        );
+        return Ok(EXIT_TIMEOUT);
+    }
+    Ok(match decode(status) {
+        Outcome::Exited(code) => code,
+        Outcome::NoCode => {
+            eprintln!("kiln: the guest stopped without reporting an exit code (reset or triple fault)");
+            EXIT_CRASH
+        }
+        Outcome::QemuFailed(s) => {
+            eprintln!("kiln: QEMU failed (exit status {s}); its message is above");
+            1
+        }
+        Outcome::Signal(sig) => 128 + sig,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64M").unwrap(), 64);
+        assert_eq!(parse_memory("64Mi").unwrap(), 64);
+        assert_eq!(parse_memory("64MiB").unwrap(), 64);
+        assert_eq!(parse_memory("1G").unwrap(), 1024);
+        assert_eq!(parse_memory("2048").unwrap(), 2048);
+        assert_eq!(parse_memory("512k").unwrap(), 1);
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("0").is_err());
+    }
+
+    #[test]
+    fn exit_status_decoding() {
+        let st = |code: i32| ExitStatus::from_raw(code << 8);
+        assert_eq!(decode(st(3)), Outcome::Exited(0));
+        assert_eq!(decode(st(9)), Outcome::Exited(3));
+        assert_eq!(decode(st(255)), Outcome::Exited(126));
+        assert_eq!(decode(st(0)), Outcome::NoCode);
+        assert_eq!(decode(st(1)), Outcome::QemuFailed(1));
+        assert_eq!(decode(ExitStatus::from_raw(9)), Outcome::Signal(9));
+    }
+}

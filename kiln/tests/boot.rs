@@ -1,0 +1,403 @@
+//! Boot tests: build real kernels with `kiln build`, boot them in QEMU with
+//! `kiln run`, and check what the guest prints and how it exits, the way a
+//! user would see it. Every run has a time limit, so a hanging guest fails
+//! the test instead of stalling the suite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn kiln() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.current_dir(root());
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs a command, killing it after `limit`.
+fn run_with_limit(mut c: Command, limit: Duration) -> Output {
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kiln");
+    let pid = child.id();
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for kiln"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("command did not finish within {limit:?} (started {:?} ago): {c:?}", start.elapsed());
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn output(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Builds each app once per test process (tests share the result).
+fn built(app: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let done = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut done = done.lock().unwrap();
+    let kernel = root().join("apps").join(app).join(".kiln/build").join(format!("{app}_qemu-x86_64"));
+    if !done.iter().any(|a| a == app) {
+        let mut c = kiln();
+        c.args(["build", &format!("apps/{app}")]);
+        let r = output(run_with_limit(c, Duration::from_secs(900)));
+        assert_eq!(r.code, 0, "kiln build apps/{app} failed:\n{}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("[4/4] Kernel"), "build steps not shown:\n{}", r.stderr);
+        done.push(app.to_string());
+    }
+    kernel
+}
+
+/// `kiln run <extra> apps/<app> -- <args>` with a guest timeout.
+fn boot(app: &str, extra: &[&str], args: &[&str]) -> Run {
+    built(app);
+    let mut c = kiln();
+    c.args(["run", "--timeout", "60"]).args(extra).arg(format!("apps/{app}"));
+    if !args.is_empty() {
+        c.arg("--").args(args);
+    }
+    output(run_with_limit(c, Duration::from_secs(120)))
+}
+
+#[test]
+fn helloworld_prints_greeting_and_arguments() {
+    let r = boot("helloworld", &[], &["a", "b", "two words"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let hello = lines.iter().position(|l| *l == "Hello, world!").unwrap_or_else(|| panic!("no greeting:\n{}", r.stdout));
+    assert_eq!(&lines[hello + 1..], ["arg 1: a", "arg 2: b", "arg 3: two words"]);
+    assert!(r.stdout.contains("kiln: helloworld on qemu/x86_64"), "boot banner missing:\n{}", r.stdout);
+}
+
+#[test]
+fn helloworld_kernel_is_an_elf64_with_a_pvh_note() {
+    let k = built("helloworld");
+    let b = std::fs::read(&k).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF");
+    assert_eq!(b[4], 2, "not ELF64");
+    assert_eq!(u16::from_le_bytes([b[18], b[19]]), 0x3e, "not x86_64");
+    // Walk the program headers to the PT_NOTE and find XEN_ELFNOTE_PHYS32_ENTRY.
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16::from_le_bytes([b[54], b[55]]) as usize, u16::from_le_bytes([b[56], b[57]]) as usize);
+    let mut found = false;
+    for i in 0..phnum {
+        let ph = &b[phoff + i * phentsize..];
+        if u32::from_le_bytes(ph[0..4].try_into().unwrap()) == 4 {
+            let off = u64::from_le_bytes(ph[8..16].try_into().unwrap()) as usize;
+            let n = &b[off..];
+            let (namesz, descsz, ty) = (
+                u32::from_le_bytes(n[0..4].try_into().unwrap()),
+                u32::from_le_bytes(n[4..8].try_into().unwrap()),
+                u32::from_le_bytes(n[8..12].try_into().unwrap()),
+            );
+            found |= namesz == 4 && descsz == 4 && ty == 18 && &n[12..16] == b"Xen\0";
+        }
+    }
+    assert!(found, "no PVH entry note in {}", k.display());
+}
+
+#[test]
+fn quiet_run_shows_only_the_app() {
+    let r = boot("helloworld", &["-q"], &[]);
+    assert_eq!(r.code, 0);
+    assert_eq!(r.stdout.trim_end(), "Hello, world!");
+    assert!(!r.stderr.contains("[1/4]"), "quiet build still printed steps:\n{}", r.stderr);
+}
+
+#[test]
+fn kraftfile_cmd_is_the_default_argument_list() {
+    // crashtest's Kraftfile has no cmd: with no args it reports an unknown request.
+    let r = boot("crashtest", &["-q"], &[]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stdout.contains("unknown request ''"));
+}
+
+#[test]
+fn app_return_value_is_the_exit_status() {
+    for code in ["0", "3", "42", "126"] {
+        let r = boot("crashtest", &["-q"], &["exit", code]);
+        assert_eq!(r.code.to_string(), code, "{}{}", r.stdout, r.stderr);
+    }
+    let r = boot("crashtest", &["-q"], &["process-exit", "7"]);
+    assert_eq!(r.code, 7);
+    let r = boot("crashtest", &["-q"], &["exit", "500"]);
+    assert_eq!(r.code, 126);
+    assert!(r.stdout.contains("exit code 500 is outside 0..=126"), "{}", r.stdout);
+}
+
+#[test]
+fn panic_prints_message_and_location() {
+    let r = boot("crashtest", &["-q"], &["panic"]);
+    assert_eq!(r.code, 101, "{}", r.stdout);
+    assert!(r.stdout.contains("kiln: panic at "), "{}", r.stdout);
+    assert!(r.stdout.contains("crashtest/src/lib.rs:"), "{}", r.stdout);
+    assert!(r.stdout.contains(": crashtest was asked to panic"), "{}", r.stdout);
+}
+
+fn hex_field(out: &str, name: &str) -> u64 {
+    let line = out.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{out}"));
+    let v = line.split("0x").nth(1).unwrap().split_whitespace().next().unwrap();
+    u64::from_str_radix(v, 16).unwrap()
+}
+
+#[test]
+fn null_dereference_reports_a_page_fault() {
+    let r = boot("crashtest", &["-q"], &["null"]);
+    assert_eq!(r.code, 125, "{}", r.stdout);
+    assert!(r.stdout.contains("kiln: CPU exception 14 (#PF page fault)"), "{}", r.stdout);
+    assert!(r.stdout.contains("page not present, read"), "{}", r.stdout);
+    assert_eq!(hex_field(&r.stdout, "fault address"), 0);
+    assert_eq!(hex_field(&r.stdout, "error code"), 0);
+    let rip = hex_field(&r.stdout, "instruction pointer");
+    assert!((0x10_0000..0x20_0000).contains(&rip), "rip {rip:#x} outside the kernel text");
+    assert!(r.stdout.contains("likely cause: null pointer dereference"));
+
+    let r = boot("crashtest", &["-q"], &["write-null"]);
+    assert_eq!(r.code, 125);
+    assert_eq!(hex_field(&r.stdout, "fault address"), 0x80);
+    assert_eq!(hex_field(&r.stdout, "error code"), 2, "write to a missing page");
+}
+
+#[test]
+fn invalid_instruction_and_stack_overflow_are_reported() {
+    let r = boot("crashtest", &["-q"], &["ud"]);
+    assert_eq!(r.code, 125, "{}", r.stdout);
+    assert!(r.stdout.contains("CPU exception 6 (#UD invalid opcode)"), "{}", r.stdout);
+    let r = boot("crashtest", &["-q"], &["overflow"]);
+    assert_eq!(r.code, 125, "{}", r.stdout);
+    assert!(r.stdout.contains("CPU exception 14"), "{}", r.stdout);
+    assert!(r.stdout.contains("stack overflow (hit the guard page"), "{}", r.stdout);
+}
+
+#[test]
+fn a_hanging_guest_is_stopped_by_the_timeout() {
+    built("crashtest");
+    let mut c = kiln();
+    c.args(["run", "-q", "--timeout", "2", "apps/crashtest", "--", "hang"]);
+    let start = Instant::now();
+    let r = output(run_with_limit(c, Duration::from_secs(60)));
+    assert_eq!(r.code, 124, "{}{}", r.stdout, r.stderr);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(r.stderr.contains("did not finish within 2s"), "{}", r.stderr);
+}
+
+#[test]
+fn environment_reaches_the_app() {
+    let r = boot("crashtest", &["-q", "-e", "GREETING=hello there"], &["env", "GREETING"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("GREETING=hello there"), "{}", r.stdout);
+}
+
+#[test]
+fn tcg_and_q35_boot_too() {
+    let r = boot("helloworld", &["-q", "-W"], &["tcg"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("arg 1: tcg"));
+    let r = boot("helloworld", &["-q", "--machine", "q35"], &["q35"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("arg 1: q35"));
+}
+
+#[test]
+fn small_memory_boots_and_bad_memory_is_rejected() {
+    let r = boot("helloworld", &["-q", "-M", "4M"], &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = boot("helloworld", &["-q", "-M", "lots"], &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("memory size 'lots'"), "{}", r.stderr);
+}
+
+fn temp_app(kraftfile: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("kiln-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("Kraftfile"), kraftfile).unwrap();
+    d
+}
+
+fn kiln_error(args: &[&str]) -> String {
+    let mut c = kiln();
+    c.args(args);
+    let r = output(run_with_limit(c, Duration::from_secs(60)));
+    assert_eq!(r.code, 1, "expected an error from kiln {args:?}:\n{}{}", r.stdout, r.stderr);
+    r.stderr
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let d = temp_app("");
+    std::fs::remove_file(d.join("Kraftfile")).unwrap();
+    let e = kiln_error(&["build", d.to_str().unwrap()]);
+    assert!(e.contains("no Kraftfile here"), "{e}");
+
+    let d = temp_app("name: broken\ntargets:\n  - qemu/x86_64\n  bad: [\n");
+    let e = kiln_error(&["run", d.to_str().unwrap()]);
+    assert!(e.contains(&format!("{}:4: malformed Kraftfile", d.join("Kraftfile").display())), "{e}");
+
+    let d = temp_app("name: riscy\ntargets:\n  - qemu/riscv64\n");
+    let e = kiln_error(&["build", d.to_str().unwrap()]);
+    assert!(e.contains("Kraftfile:3: unknown target 'qemu/riscv64'"), "{e}");
+
+    let e = kiln_error(&["build", "apps/helloworld", "--plat", "xen"]);
+    assert!(e.contains("no target matches xen/*"), "{e}");
+}
+
+#[test]
+fn missing_qemu_says_how_to_install_it() {
+    let mut c = kiln();
+    c.env("PATH", "/nonexistent").args(["run", "apps/helloworld"]);
+    let r = output(run_with_limit(c, Duration::from_secs(60)));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("qemu-system-x86_64 not found in PATH"), "{}", r.stderr);
+    assert!(r.stderr.contains("scripts/setup"), "{}", r.stderr);
+}
+
+#[test]
+fn a_second_app_reuses_the_compiled_kernel_crates() {
+    built("helloworld");
+    // A copy of helloworld under another name is a new app for cargo.
+    let d = std::env::temp_dir().join(format!("kiln-test-second-app-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("Kraftfile"), "spec: v0.6\nname: second\ntargets: [qemu/x86_64]\n").unwrap();
+    let std_path = root().join("lib/std");
+    std::fs::write(
+        d.join("Cargo.toml"),
+        format!("[package]\nname = \"second\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n[dependencies]\nkiln-std = {{ path = {:?} }}\n", std_path.display().to_string()),
+    )
+    .unwrap();
+    std::fs::copy(root().join("apps/helloworld/src/lib.rs"), d.join("src/lib.rs")).unwrap();
+    let mut c = kiln();
+    c.args(["run", "--timeout", "60", d.to_str().unwrap(), "--", "again"]);
+    let r = output(run_with_limit(c, Duration::from_secs(600)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("arg 1: again"), "{}", r.stdout);
+    // Only the app, the link crate and its build script are new.
+    let step = r.stderr.lines().find(|l| l.starts_with("[4/4]")).unwrap();
+    let compiled: u32 = step.split("compiled ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(compiled <= 3, "a second app recompiled kernel crates: {step}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Sum of the loaded segment sizes of an ELF64 image (text, data and
+/// rodata as loaded; page padding in the file does not count).
+fn loaded_bytes(image: &Path) -> u64 {
+    let b = std::fs::read(image).unwrap();
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16::from_le_bytes([b[54], b[55]]) as usize, u16::from_le_bytes([b[56], b[57]]) as usize);
+    (0..phnum)
+        .map(|i| &b[phoff + i * phentsize..])
+        .filter(|ph| u32::from_le_bytes(ph[0..4].try_into().unwrap()) == 1)
+        .map(|ph| u64::from_le_bytes(ph[32..40].try_into().unwrap()))
+        .sum()
+}
+
+/// An app folder whose Kraftfile points at helloworld's crate with extra Kconfig values.
+fn configured_helloworld(name: &str, kconfig: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let app = root().join("apps/helloworld");
+    std::fs::write(
+        d.join("Kraftfile"),
+        format!("spec: v0.6\nname: {name}\napp: {}\ntargets: [qemu/x86_64]\nkconfig:\n{kconfig}", app.display()),
+    )
+    .unwrap();
+    d
+}
+
+#[test]
+fn kconfig_options_change_what_is_built_and_how_it_behaves() {
+    let tlsf = built("helloworld");
+    // The log level option: at 4 (debug) the kernel reports the app's exit.
+    let d = configured_helloworld("hello-debug", "  CONFIG_LIBCONSOLE_LOGLEVEL: 4\n  LIBBOOT_BANNER: n\n");
+    let mut c = kiln();
+    c.args(["run", "--timeout", "60", d.to_str().unwrap()]);
+    let r = output(run_with_limit(c, Duration::from_secs(600)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("kiln: app exited with 0;"), "{}", r.stdout);
+    assert!(!r.stdout.contains("helloworld on qemu"), "banner still printed:\n{}", r.stdout);
+    let cfg = std::fs::read_to_string(d.join(".kiln/build/hello-debug_qemu-x86_64.config")).unwrap();
+    assert!(cfg.contains("CONFIG_LIBCONSOLE_LOGLEVEL=4\n") && cfg.contains("# CONFIG_LIBBOOT_BANNER is not set\n"), "{cfg}");
+
+    // The allocator choice: the region backend replaces TLSF, which is no longer compiled.
+    let d = configured_helloworld("hello-region", "  - CONFIG_LIBALLOC_REGION=y\n");
+    let mut c = kiln();
+    c.args(["run", "--timeout", "60", d.to_str().unwrap()]);
+    let r = output(run_with_limit(c, Duration::from_secs(600)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("heap region"), "{}", r.stdout);
+    let manifest = std::fs::read_to_string(d.join(".kiln/build/hello-region_qemu-x86_64.crate/Cargo.toml")).unwrap();
+    assert!(manifest.contains("kiln-alloc-region") && !manifest.contains("kiln-alloc-tlsf"), "{manifest}");
+    let region = d.join(".kiln/build/hello-region_qemu-x86_64");
+    let (a, b) = (loaded_bytes(&tlsf), loaded_bytes(&region));
+    assert!(b < a, "region kernel ({b} bytes loaded) is not smaller than the TLSF one ({a})");
+}
+
+#[test]
+fn bad_kconfig_values_are_errors_with_file_and_line() {
+    let d = configured_helloworld("hello-bad1", "  CONFIG_NOPE: y\n");
+    let e = kiln_error(&["build", d.to_str().unwrap()]);
+    assert!(e.contains(&format!("{}:6: unknown Kconfig symbol NOPE", d.join("Kraftfile").display())), "{e}");
+    let d = configured_helloworld("hello-bad2", "  - LIBCONSOLE_LOGLEVEL=loud\n");
+    let e = kiln_error(&["build", d.to_str().unwrap()]);
+    assert!(e.contains("Kraftfile:6: LIBCONSOLE_LOGLEVEL=loud: wrong type: an int takes a decimal number"), "{e}");
+    let d = configured_helloworld("hello-bad3", "  LIBCONSOLE_LOGLEVEL: 7\n");
+    let e = kiln_error(&["build", d.to_str().unwrap()]);
+    assert!(e.contains("LIBCONSOLE_LOGLEVEL=7 is outside its range 0..4"), "{e}");
+}
+
+#[test]
+fn kiln_config_sets_shows_and_resets_the_saved_config() {
+    let d = configured_helloworld("hello-config", "  LIBBOOT_BANNER: y\n");
+    let dir = d.to_str().unwrap();
+    let cfg = |args: &[&str]| {
+        let mut c = kiln();
+        c.arg("config").arg(dir).args(args);
+        output(run_with_limit(c, Duration::from_secs(60)))
+    };
+    let r = cfg(&["--set", "CONFIG_LIBCONSOLE_LOGLEVEL=2", "--set", "LIBALLOC_REGION=y"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let saved = std::fs::read_to_string(d.join(".config")).unwrap();
+    assert!(saved.contains("CONFIG_LIBCONSOLE_LOGLEVEL=2\n"), "{saved}");
+    assert!(saved.contains("CONFIG_LIBALLOC_REGION=y\n") && saved.contains("# CONFIG_LIBALLOC_TLSF is not set\n"), "{saved}");
+    let r = cfg(&["--diff"]);
+    assert!(r.stdout.contains("CONFIG_LIBCONSOLE_LOGLEVEL: 3 -> 2"), "{}", r.stdout);
+    assert!(r.stdout.contains("CONFIG_LIBALLOC_REGION: n -> y"), "{}", r.stdout);
+    let r = cfg(&["--savedefconfig"]);
+    assert_eq!(r.stdout, "# CONFIG_LIBALLOC_TLSF is not set\nCONFIG_LIBALLOC_REGION=y\nCONFIG_LIBALLOC_REGION_LIB=y\nCONFIG_LIBCONSOLE_LOGLEVEL=2\n");
+    let r = cfg(&["--unset", "LIBCONSOLE_LOGLEVEL"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = cfg(&["--show"]);
+    assert!(r.stdout.contains("CONFIG_LIBCONSOLE_LOGLEVEL=3\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("CONFIG_LIBALLOC_REGION=y\n"), "{}", r.stdout);
+    let r = cfg(&["--set", "LIBBOOT_BANNER=maybe"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("LIBBOOT_BANNER=maybe: wrong type: a bool takes y or n"), "{}", r.stderr);
+    // A saved .config line that is not CONFIG_X=v names the file and line.
+    std::fs::write(d.join(".config"), "CONFIG_LIBBOOT=y\ngarbage\n").unwrap();
+    let r = cfg(&["--show"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(".config:2: expected CONFIG_NAME=value, found 'garbage'"), "{}", r.stderr);
+}

@@ -1,0 +1,191 @@
+//! The kernel command line, Unikraft style: `kernel-params -- app args`.
+//!
+//! Words are separated by blanks; a word may be put in double quotes to hold
+//! blanks, and inside quotes `\"` and `\\` stand for `"` and `\`. Everything
+//! before the first bare `--` is a kernel parameter (`name` or `name=value`),
+//! everything after it an argument for the app. Without `--`, all words are
+//! kernel parameters. [`quote`] is the inverse the host tool uses to build
+//! the line, so an argument always arrives byte for byte.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A parsed command line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CmdLine {
+    /// Kernel parameters, in order, as `(name, value)`; `value` is `None` for a bare name.
+    pub params: Vec<(String, Option<String>)>,
+    /// Arguments for the app (after `--`).
+    pub args: Vec<String>,
+}
+
+/// Why a command line was rejected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A `"` opened at this byte offset was never closed.
+    UnterminatedQuote(usize),
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::UnterminatedQuote(at) => write!(f, "unterminated quote at byte {at}"),
+        }
+    }
+}
+
+/// Splits a line into words, honouring quotes. Returns each word with a flag
+/// telling whether any part of it was quoted (a quoted `"--"` is an argument,
+/// not the separator).
+pub fn split(line: &str) -> Result<Vec<(String, bool)>, Error> {
+    let mut words = Vec::new();
+    let mut chars = line.char_indices().peekable();
+    loop {
+        while chars.peek().is_some_and(|(_, c)| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(words);
+        }
+        let mut word = String::new();
+        let mut quoted = false;
+        while let Some(&(i, c)) = chars.peek() {
+            if c.is_ascii_whitespace() {
+                break;
+            }
+            chars.next();
+            if c != '"' {
+                word.push(c);
+                continue;
+            }
+            quoted = true;
+            loop {
+                match chars.next() {
+                    None => return Err(Error::UnterminatedQuote(i)),
+                    Some((_, '"')) => break,
+                    Some((_, '\\')) => match chars.peek() {
+                        Some(&(_, n @ ('"' | '\\'))) => {
+                            word.push(n);
+                            chars.next();
+                        }
+                        _ => word.push('\\'),
+                    },
+                    Some((_, ch)) => word.push(ch),
+                }
+            }
+        }
+        words.push((word, quoted));
+    }
+}
+
+/// Parses a whole command line.
+pub fn parse(line: &str) -> Result<CmdLine, Error> {
+    let mut out = CmdLine::default();
+    let mut in_args = false;
+    for (w, quoted) in split(line)? {
+        if in_args {
+            out.args.push(w);
+        } else if w == "--" && !quoted {
+            in_args = true;
+        } else {
+            match w.split_once('=') {
+                Some((k, v)) => out.params.push((k.into(), Some(v.into()))),
+                None => out.params.push((w, None)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Quotes one word so that [`split`] gives it back unchanged.
+pub fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word != "--"
+        && !word.chars().any(|c| c.is_ascii_whitespace() || c == '"' || c == '\\');
+    if plain {
+        return word.into();
+    }
+    let mut s = String::with_capacity(word.len() + 2);
+    s.push('"');
+    for c in word.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+impl CmdLine {
+    /// The value of the last parameter called `name` (`Some("")` for a bare name).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_deref().unwrap_or(""))
+    }
+
+    /// True when the parameter is present as a bare name or with a value other
+    /// than `0`, `n` or `false`.
+    pub fn flag(&self, name: &str) -> bool {
+        self.param(name).is_some_and(|v| !matches!(v, "0" | "n" | "no" | "false"))
+    }
+
+    /// Environment variables given as `env.KEY=VALUE` parameters, in order.
+    pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().filter_map(|(k, v)| {
+            Some((k.strip_prefix("env.")?, v.as_deref().unwrap_or("")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(|s| s.as_str()).collect()
+    }
+
+    #[test]
+    fn params_and_args() {
+        let c = parse("kiln.quiet env.A=1 x=y=z -- a  b").unwrap();
+        assert_eq!(c.param("kiln.quiet"), Some(""));
+        assert_eq!(c.param("x"), Some("y=z"));
+        assert!(c.flag("kiln.quiet"));
+        assert_eq!(c.env().collect::<Vec<_>>(), vec![("A", "1")]);
+        assert_eq!(strs(&c.args), ["a", "b"]);
+    }
+
+    #[test]
+    fn no_separator_means_no_args() {
+        let c = parse("  a b ").unwrap();
+        assert_eq!(c.params.len(), 2);
+        assert!(c.args.is_empty());
+        assert_eq!(parse("").unwrap(), CmdLine::default());
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        let c = parse(r#"-- "hello world" "" "a\"b\\c" x"y z"w "\n" -- "--""#).unwrap();
+        assert_eq!(strs(&c.args), ["hello world", "", "a\"b\\c", "xy zw", "\\n", "--", "--"]);
+        assert_eq!(parse("a \"b"), Err(Error::UnterminatedQuote(2)));
+    }
+
+    #[test]
+    fn flag_values() {
+        let c = parse("a=0 b=n c=1 d").unwrap();
+        assert!(!c.flag("a") && !c.flag("b") && c.flag("c") && c.flag("d") && !c.flag("e"));
+    }
+
+    #[test]
+    fn quote_round_trips() {
+        let words = ["plain", "", "two words", "q\"uote", "back\\slash", "--", "tab\there", "ünï"];
+        let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
+        let line = alloc::format!("-- {}", line.join(" "));
+        assert_eq!(strs(&parse(&line).unwrap().args), words);
+        assert_eq!(quote("plain"), "plain");
+    }
+}

@@ -1,0 +1,296 @@
+//! Kiln's boot sequence and the contract between platform, libraries and app.
+//!
+//! The platform (after its arch entry) fills a [`BootInfo`] and the generated
+//! link crate calls [`start`] with the chosen heap, the init functions of the
+//! selected libraries (in dependency order) and the app's `main`. [`start`]
+//! never returns: the app's exit code goes to the platform's power-off.
+//!
+//! Exit codes the host sees (`kiln run` returns them unchanged):
+//! the app's own code in `0..=126`, [`EXIT_PANIC`] for a Rust panic and
+//! [`EXIT_FAULT`] for a CPU exception.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod cmdline;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use kiln_alloc::HeapControl;
+use kiln_console::{log, Level};
+use spin::Once;
+
+/// Exit code after a Rust panic (the same code Rust's std uses).
+pub const EXIT_PANIC: i32 = 101;
+/// Exit code after a fatal CPU exception.
+pub const EXIT_FAULT: i32 = 125;
+/// Largest exit code that reaches the host unchanged (QEMU's exit status
+/// encodes the guest code in 7 bits, see `plat/qemu`).
+pub const EXIT_MAX: i32 = 126;
+
+/// Services every platform provides.
+pub trait Platform: Sync {
+    /// Platform and machine name for the boot banner (`"qemu/x86_64 microvm"`).
+    fn name(&self) -> &'static str;
+    /// Powers the machine off, reporting `code` to the host.
+    fn exit(&self, code: i32) -> !;
+    /// A monotonic counter (TSC on x86_64, the generic timer on arm64).
+    fn ticks(&self) -> u64;
+    /// Frequency of [`Platform::ticks`] in Hz, when the platform knows it.
+    fn tick_hz(&self) -> Option<u64>;
+}
+
+/// A range of free RAM the heap may use.
+#[derive(Clone, Copy, Debug)]
+pub struct MemRegion {
+    /// Physical (= virtual: Kiln identity-maps) start address.
+    pub start: usize,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// What the platform found at boot.
+pub struct BootInfo<'a> {
+    /// The platform's services.
+    pub platform: &'static dyn Platform,
+    /// The kernel command line (`kernel-params -- app args`).
+    pub cmdline: &'a str,
+    /// Free RAM, outside the kernel image and boot structures.
+    pub memory: &'a [MemRegion],
+    /// [`Platform::ticks`] at the kernel's first instruction.
+    pub entry_ticks: u64,
+}
+
+/// A selected library's init function, run once before the app starts.
+pub struct LibInit {
+    /// The library's name for boot messages.
+    pub name: &'static str,
+    /// The init function.
+    pub init: fn(),
+}
+
+/// Boot options from the resolved Kconfig (`CONFIG_LIBCONSOLE_LOGLEVEL`,
+/// `CONFIG_LIBBOOT_BANNER`), passed in by the generated link crate.
+pub struct BootConfig {
+    /// Initial console level, 0 (silent) to 4 (debug); `kiln.loglevel` overrides it.
+    pub loglevel: u8,
+    /// Print the boot banner.
+    pub banner: bool,
+}
+
+/// The app's entry point: arguments (the app name first, like `argv`) and environment.
+pub type AppMain = fn(args: &[&str], env: &[(&str, &str)]) -> i32;
+
+static PLATFORM: Once<&'static dyn Platform> = Once::new();
+static ARGS: Once<Vec<String>> = Once::new();
+static ENV: Once<Vec<(String, String)>> = Once::new();
+
+/// The running platform; `None` before the platform reached [`start`] or [`set_platform`].
+pub fn platform() -> Option<&'static dyn Platform> {
+    PLATFORM.get().copied()
+}
+
+/// Registers the platform early (before [`start`]) so panics during platform
+/// init can already power off with a code.
+pub fn set_platform(p: &'static dyn Platform) {
+    PLATFORM.call_once(|| p);
+}
+
+/// The app's arguments (the app name first).
+pub fn args() -> &'static [String] {
+    ARGS.get().map_or(&[], |v| v.as_slice())
+}
+
+/// The app's environment.
+pub fn env() -> &'static [(String, String)] {
+    ENV.get().map_or(&[], |v| v.as_slice())
+}
+
+/// Powers off with `code`; spins if no platform registered yet.
+pub fn exit(code: i32) -> ! {
+    match platform() {
+        Some(p) => p.exit(code),
+        None => loop {
+            core::hint::spin_loop();
+        },
+    }
+}
+
+/// Converts a tick difference into microseconds, when the frequency is known.
+pub fn ticks_to_us(ticks: u64, hz: Option<u64>) -> Option<u64> {
+    hz.filter(|&h| h > 0).map(|h| (ticks as u128 * 1_000_000 / h as u128) as u64)
+}
+
+/// Runs the boot sequence and the app; never returns.
+pub fn start(
+    info: &BootInfo,
+    cfg: &BootConfig,
+    heap: &'static dyn HeapControl,
+    libs: &[LibInit],
+    app_name: &str,
+    main: AppMain,
+) -> ! {
+    set_platform(info.platform);
+    for r in info.memory {
+        // SAFETY: the platform lists only free RAM outside the image and boot
+        // structures, never handed to anyone else.
+        unsafe { heap.add_region(r.start, r.size) };
+    }
+    kiln_alloc::set_oom_hook(|layout, backend, stats| {
+        kiln_console::print_unlocked(format_args!(
+            "kiln: out of memory: {} bytes (align {}) from the {backend} heap; {stats}\n",
+            layout.size(),
+            layout.align()
+        ));
+    });
+
+    let cmd = match cmdline::parse(info.cmdline) {
+        Ok(c) => c,
+        Err(e) => {
+            kiln_console::println!("kiln: bad command line: {e}: {}", info.cmdline);
+            exit(EXIT_MAX)
+        }
+    };
+    let level = cmd.param("kiln.loglevel").and_then(|v| v.parse::<u8>().ok()).unwrap_or(cfg.loglevel);
+    if cmd.flag("kiln.quiet") || level == 0 {
+        kiln_console::set_quiet();
+    } else {
+        kiln_console::set_level(Level::from_u8(level));
+    }
+    let p = info.platform;
+    if cfg.banner {
+        log!(Level::Info, "{} on {}, heap {} ({})", app_name, p.name(), heap.backend(), heap.stats());
+    }
+
+    for lib in libs {
+        log!(Level::Debug, "init {}", lib.name);
+        (lib.init)();
+    }
+
+    let mut args: Vec<String> = Vec::with_capacity(cmd.args.len() + 1);
+    args.push(app_name.into());
+    args.extend(cmd.args.iter().cloned());
+    let env: Vec<(String, String)> = cmd.env().map(|(k, v)| (k.into(), v.into())).collect();
+    let args = ARGS.call_once(|| args);
+    let env = ENV.call_once(|| env);
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let envp: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    let main_ticks = p.ticks();
+    if cmd.flag("kiln.bootstats") {
+        let t = main_ticks.wrapping_sub(info.entry_ticks);
+        match ticks_to_us(t, p.tick_hz()) {
+            Some(us) => kiln_console::println!("kiln: boot {t} ticks, {us} us from entry to main"),
+            None => kiln_console::println!("kiln: boot {t} ticks from entry to main"),
+        }
+    }
+    let code = main(&argv, &envp);
+    let code = if (0..=EXIT_MAX).contains(&code) {
+        code
+    } else {
+        kiln_console::println!("kiln: exit code {code} is outside 0..={EXIT_MAX}; reporting {EXIT_MAX}");
+        EXIT_MAX
+    };
+    log!(Level::Debug, "app exited with {code}; {}", heap.stats());
+    exit(code)
+}
+
+/// The kernel's panic handler: message and location, then [`EXIT_PANIC`].
+#[cfg(all(not(test), target_os = "none"))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let msg = info.message();
+    match info.location() {
+        Some(l) => kiln_console::print_unlocked(format_args!(
+            "kiln: panic at {}:{}:{}: {msg}\n",
+            l.file(),
+            l.line(),
+            l.column()
+        )),
+        None => kiln_console::print_unlocked(format_args!("kiln: panic: {msg}\n")),
+    }
+    exit(EXIT_PANIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_convert() {
+        assert_eq!(ticks_to_us(3_000, Some(3_000_000_000)), Some(1));
+        assert_eq!(ticks_to_us(5, None), None);
+        assert_eq!(ticks_to_us(5, Some(0)), None);
+    }
+}
+
+/// Memory-map arithmetic shared by the platforms.
+pub mod mem {
+    use super::MemRegion;
+
+    /// Collects the free parts of `ram` (half-open `[start, end)` ranges) into
+    /// `out`, leaving out every `reserved` range and everything below `floor`
+    /// and at or above `ceiling`. Pieces smaller than a page are dropped.
+    /// Returns how many regions were written; extra pieces beyond `out.len()`
+    /// are dropped too.
+    pub fn carve(
+        ram: impl Iterator<Item = (usize, usize)>,
+        reserved: &[(usize, usize)],
+        floor: usize,
+        ceiling: usize,
+        out: &mut [MemRegion],
+    ) -> usize {
+        let mut n = 0;
+        for (s, e) in ram {
+            let mut work = [(0usize, 0usize); 16];
+            let mut w = 0;
+            let (a, b) = (s.max(floor), e.min(ceiling));
+            if a < b {
+                work[0] = (a, b);
+                w = 1;
+            }
+            for &(rs, re) in reserved {
+                let mut next: [(usize, usize); 16] = [(0, 0); 16];
+                let mut m = 0;
+                for &(a, b) in &work[..w] {
+                    for piece in [(a, b.min(rs)), (a.max(re), b)] {
+                        if piece.0 < piece.1 && m < next.len() {
+                            next[m] = piece;
+                            m += 1;
+                        }
+                    }
+                }
+                work = next;
+                w = m;
+            }
+            for &(a, b) in &work[..w] {
+                let a = (a + 4095) & !4095;
+                let b = b & !4095;
+                if a < b && n < out.len() {
+                    out[n] = MemRegion { start: a, size: b - a };
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn carves_out_reserved_and_clips() {
+            let mut out = [MemRegion { start: 0, size: 0 }; 8];
+            let ram = [(0, 0x9fc00), (0x10_0000, 0x800_0000)];
+            let n = carve(ram.into_iter(), &[(0x10_0000, 0x12_3456)], 0x10_0000, 0x400_0000, &mut out);
+            assert_eq!(n, 1);
+            assert_eq!(out[0].start, 0x12_4000);
+            assert_eq!(out[0].start + out[0].size, 0x400_0000);
+            // a hole in the middle splits the region
+            let n = carve([(0, 0x10000)].into_iter(), &[(0x4000, 0x5000)], 0, usize::MAX, &mut out);
+            assert_eq!(n, 2);
+            assert_eq!((out[0].start, out[0].size, out[1].start, out[1].size), (0, 0x4000, 0x5000, 0xb000));
+        }
+    }
+}
