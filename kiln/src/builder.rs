@@ -260,8 +260,12 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         bail!("compiling the kernel failed (cargo in {})", paths.link_crate.display());
     }
     let built = target_dir.join(triple).join("release").join(&crate_name);
-    std::fs::copy(&built, &paths.kernel)
-        .with_context(|| format!("copying {} to {}", built.display(), paths.kernel.display()))?;
+    // Copy, then rename into place: a QEMU already booting the previous image
+    // (another `kiln run` of the same app) has it mapped, and truncating a
+    // mapped file kills that QEMU with SIGBUS.
+    let tmp = paths.kernel.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(&built, &tmp).with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &paths.kernel).with_context(|| format!("writing {}", paths.kernel.display()))?;
     let size = std::fs::metadata(&paths.kernel)?.len();
     ui.step(
         4,

@@ -191,7 +191,10 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
             eprintln!("kiln: QEMU failed (exit status {s}); its message is above");
             1
         }
-        Outcome::Signal(sig) => 128 + sig,
+        Outcome::Signal(sig) => {
+            eprintln!("kiln: QEMU was killed by signal {sig}");
+            128 + sig
+        }
     })
 }
 
