@@ -5,7 +5,7 @@
 //! the link crate compiles.
 
 use crate::builder::kiln_home;
-use crate::kconfig::{self, Kind, Tree, Values};
+use crate::kconfig::{self, Eval, Kind, Tree, User, Values};
 use crate::kraftfile::{Kraftfile, Target};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// A resolved configuration.
 pub struct Config {
     pub tree: Tree,
+    pub user: User,
     pub values: Values,
 }
 
@@ -25,7 +26,7 @@ impl Config {
 
     /// The `.config` text.
     pub fn text(&self) -> String {
-        kconfig::write_config(&self.tree, &self.values)
+        kconfig::write_config(&self.tree, &self.user)
     }
 
     /// Rust constants for every symbol with a value, typed by Kconfig type.
@@ -34,11 +35,11 @@ impl Config {
         for s in &self.tree.syms {
             let Some(v) = self.values.get(&s.name).cloned().flatten() else { continue };
             let line = match s.kind {
-                Kind::Bool => format!("pub const {}: bool = {};\n", s.name, v == "y"),
-                Kind::Int | Kind::Hex => {
-                    format!("pub const {}: i64 = {};\n", s.name, kconfig::num(&v).unwrap_or(0))
-                }
+                Kind::Bool | Kind::Tristate => format!("pub const {}: bool = {};\n", s.name, v != "n"),
+                Kind::Int => format!("pub const {}: i64 = {};\n", s.name, kconfig::parse_int(&v, 10).unwrap_or(0)),
+                Kind::Hex => format!("pub const {}: u64 = {:#x};\n", s.name, kconfig::parse_int(&v, 16).unwrap_or(0)),
                 Kind::Str => format!("pub const {}: &str = {:?};\n", s.name, v),
+                Kind::Unknown => continue,
             };
             out.push_str(&line);
         }
@@ -51,39 +52,68 @@ pub fn saved_path(kf: &Kraftfile) -> PathBuf {
     kf.path.parent().unwrap_or(Path::new(".")).join(".config")
 }
 
-/// Loads the Kconfig tree for a target.
-pub fn tree(kf: &Kraftfile, target: &Target) -> Result<Tree> {
+/// The top-level Kconfig of a target: the menus Architecture, Platform,
+/// Libraries, Application and Build options, each sourcing the Kconfig files
+/// of that part. It is a plain Kconfig file (written next to the build), so
+/// any Kconfig tool can read the same tree.
+pub fn top_kconfig(kf: &Kraftfile, target: &Target) -> Result<String> {
     let home = kiln_home();
-    let mut t = Tree::default();
-    t.add_file(&home.join("arch").join(&target.arch).join("Kconfig"), "Architecture")?;
-    t.add_file(&home.join("plat").join(&target.plat).join("Kconfig"), "Platform")?;
     let mut libs: Vec<PathBuf> = std::fs::read_dir(home.join("lib"))
         .context("reading the lib/ folder")?
         .filter_map(|e| e.ok().map(|e| e.path().join("Kconfig")))
         .filter(|p| p.is_file())
         .collect();
     libs.sort();
-    for l in libs {
-        t.add_file(&l, "Libraries")?;
+    let src = |p: &Path| format!("source \"{}\"\n", p.display());
+    let mut t = format!("mainmenu \"Kiln: {} for {}/{}\"\n\n", kf.name, target.plat, target.arch);
+    t += &format!("menu \"Architecture\"\n{}endmenu\n\n", src(&home.join("arch").join(&target.arch).join("Kconfig")));
+    t += &format!("menu \"Platform\"\n{}endmenu\n\n", src(&home.join("plat").join(&target.plat).join("Kconfig")));
+    t += "menu \"Libraries\"\n";
+    for l in &libs {
+        t += &src(l);
     }
+    t += "endmenu\n\n";
     let app = kf.app_dir.join("Kconfig");
     if app.is_file() {
-        t.add_file(&app, "Application")?;
+        t += &format!("menu \"Application\"\n{}endmenu\n\n", src(&app));
     }
+    t += &format!("menu \"Build options\"\n{}endmenu\n", src(&home.join("kiln").join("Kconfig.build")));
+    Ok(t)
+}
+
+/// Where the top-level Kconfig of a target is written.
+pub fn top_path(kf: &Kraftfile, target: &Target) -> PathBuf {
+    kf.app_dir.join(".kiln").join("build").join(format!("{}_{}-{}.Kconfig", kf.name, target.plat, target.arch))
+}
+
+/// Loads the Kconfig tree for a target.
+pub fn tree(kf: &Kraftfile, target: &Target) -> Result<Tree> {
+    let text = top_kconfig(kf, target)?;
+    let path = top_path(kf, target);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    vars.insert("KILN_BASE".into(), kiln_home().display().to_string());
+    // Every path in the top file is absolute, so the source root is `/`.
+    let t = Tree::load(&path, &text, Path::new("/"), &vars)?;
     t.check()?;
     Ok(t)
 }
 
 /// Sets one user value after checking the symbol exists and the value fits
 /// its type; choosing a choice member clears its siblings.
-fn set(tree: &Tree, user: &mut BTreeMap<String, String>, key: &str, val: &str, at: &str) -> Result<()> {
+fn set(tree: &Tree, user: &mut User, key: &str, val: &str, at: &str) -> Result<()> {
     let name = key.strip_prefix("CONFIG_").unwrap_or(key);
     let Some(sym) = tree.get(name) else {
         bail!("{at}: unknown Kconfig symbol {name}");
     };
     let val = match (sym.kind, val) {
-        (Kind::Bool, "true") => "y",
-        (Kind::Bool, "false") => "n",
+        (Kind::Bool | Kind::Tristate, "true") => "y",
+        (Kind::Bool | Kind::Tristate, "false") => "n",
         _ => val,
     };
     if let Some(why) = kconfig::invalid(sym.kind, val) {
@@ -101,8 +131,8 @@ fn set(tree: &Tree, user: &mut BTreeMap<String, String>, key: &str, val: &str, a
         }
     }
     if let (Some(c), "y") = (sym.choice, val) {
-        for m in &tree.choices[c].members {
-            user.insert(m.clone(), "n".into());
+        for &m in &tree.choices[c].members {
+            user.insert(tree.syms[m].name.clone(), "n".into());
         }
     }
     user.insert(name.to_string(), val.to_string());
@@ -110,7 +140,7 @@ fn set(tree: &Tree, user: &mut BTreeMap<String, String>, key: &str, val: &str, a
 }
 
 /// User values from the saved `.config` (if any), then the Kraftfile.
-pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<BTreeMap<String, String>> {
+pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User> {
     let mut user = BTreeMap::new();
     let saved = saved_path(kf);
     if saved.is_file() {
@@ -132,8 +162,8 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<BTree
 pub fn resolve(kf: &Kraftfile, target: &Target) -> Result<Config> {
     let tree = tree(kf, target)?;
     let user = user_values(kf, target, &tree)?;
-    let values = kconfig::resolve(&tree, &user)?;
-    Ok(Config { tree, values })
+    let values = kconfig::resolve(&tree, &user);
+    Ok(Config { tree, user, values })
 }
 
 /// `kiln config` actions.
@@ -151,18 +181,16 @@ pub fn command(kf: &Kraftfile, target: &Target, action: Action) -> Result<()> {
     let tree = tree(kf, target)?;
     let saved = saved_path(kf);
     let mut user = user_values(kf, target, &tree)?;
-    let defaults = kconfig::resolve(&tree, &BTreeMap::new())?;
-    let write = |user: &BTreeMap<String, String>| -> Result<()> {
-        let values = kconfig::resolve(&tree, user)?;
-        std::fs::write(&saved, kconfig::write_config(&tree, &values))
-            .with_context(|| format!("writing {}", saved.display()))?;
+    let write = |user: &User| -> Result<()> {
+        std::fs::write(&saved, kconfig::write_config(&tree, user)).with_context(|| format!("writing {}", saved.display()))?;
         eprintln!("kiln: wrote {}", saved.display());
         Ok(())
     };
     match action {
-        Action::Show => print!("{}", kconfig::write_config(&tree, &kconfig::resolve(&tree, &user)?)),
+        Action::Show => print!("{}", kconfig::write_config(&tree, &user)),
         Action::Diff => {
-            let values = kconfig::resolve(&tree, &user)?;
+            let defaults = kconfig::resolve(&tree, &BTreeMap::new());
+            let values = kconfig::resolve(&tree, &user);
             for s in &tree.syms {
                 let (d, v) = (defaults.get(&s.name).cloned().flatten(), values.get(&s.name).cloned().flatten());
                 if d != v {
@@ -190,21 +218,7 @@ pub fn command(kf: &Kraftfile, target: &Target, action: Action) -> Result<()> {
             write(&user)?;
         }
         Action::OldDefConfig => write(&user)?,
-        Action::SaveDefConfig => {
-            let values = kconfig::resolve(&tree, &user)?;
-            for s in &tree.syms {
-                let v = values.get(&s.name).cloned().flatten();
-                if v != defaults.get(&s.name).cloned().flatten() {
-                    if let Some(v) = v {
-                        match s.kind {
-                            Kind::Bool if v == "n" => println!("# CONFIG_{} is not set", s.name),
-                            Kind::Str => println!("CONFIG_{}={v:?}", s.name),
-                            _ => println!("CONFIG_{}={v}", s.name),
-                        }
-                    }
-                }
-            }
-        }
+        Action::SaveDefConfig => print!("{}", Eval::new(&tree, &user).min_config_text("")),
     }
     Ok(())
 }

@@ -1,23 +1,36 @@
 //! Kconfig: the configuration language of Linux and Unikraft, as Kiln uses it.
 //!
 //! Parsing is done by `nom-kconfig` (the `kconfig-parser` crate cannot parse
-//! `choice` or `if`/`endif`); this module turns its syntax tree into symbols
-//! with their inherited dependencies, and resolves values the way the Linux
-//! kernel's kconfig does: a symbol is only as enabled as its dependencies
-//! allow, `select` forces a value from below, the first default whose
-//! condition holds wins, values outside a `range` or for invisible symbols are
-//! dropped, and a `choice` enables exactly one of its visible members.
+//! `choice` or `if`/`endif`). This module turns its syntax tree into a menu
+//! tree of nodes and a table of symbols, and evaluates values the way the
+//! Linux kernel's kconfig does (checked against kconfiglib by the tests in
+//! `kiln/tests/kconfiglib.rs`):
 //!
-//! Not yet supported: `imply` (parsed, treated as no-op), `visible if` on
-//! menus, tristate `m` as distinct from `y` (Kiln has no modules).
+//! - dependencies of menus, `if` blocks and choices are propagated to every
+//!   property (prompt, default, select, imply, range) of what they contain;
+//!   `visible if` limits only prompts;
+//! - a symbol is visible when one of its prompts is; a user value counts only
+//!   for a visible symbol and is limited by the visibility; otherwise the
+//!   first default whose condition holds wins;
+//! - `imply` raises a symbol whose own dependencies are met, `select` forces
+//!   it regardless; `m` becomes `y` for bools and when modules are off;
+//! - `int`/`hex` values outside the active `range` fall back to the default,
+//!   which is clamped into the range;
+//! - a `choice` in `y` mode selects the user's visible member, else the first
+//!   visible default, else the first visible member.
+//!
+//! Values are computed lazily with memoisation, so the order of definitions
+//! does not matter.
 
 use anyhow::{anyhow, bail, Context, Result};
 use nom_kconfig::attribute::expression::{AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term};
 use nom_kconfig::attribute::r#type::Type;
 use nom_kconfig::attribute::range::RangeBound;
-use nom_kconfig::attribute::Attribute;
+use nom_kconfig::attribute::{Attribute, OptionValues};
 use nom_kconfig::symbol::{ConstantSymbol, Symbol};
+use nom_kconfig::tristate::Tristate;
 use nom_kconfig::{parse_kconfig, Entry, KconfigFile, KconfigInput};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,17 +38,42 @@ use std::path::{Path, PathBuf};
 /// A symbol's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    Unknown,
     Bool,
+    Tristate,
     Int,
     Hex,
     Str,
 }
 
+impl Kind {
+    pub fn is_tri(self) -> bool {
+        matches!(self, Kind::Bool | Kind::Tristate)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Unknown => "unknown",
+            Kind::Bool => "bool",
+            Kind::Tristate => "tristate",
+            Kind::Int => "int",
+            Kind::Hex => "hex",
+            Kind::Str => "string",
+        }
+    }
+}
+
 /// An expression, reduced from nom-kconfig's tree.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
+    /// A constant: `y`, `m`, `n`, a number or a quoted string.
     Const(String),
+    /// A symbol by name (it may be undefined).
     Sym(String),
+    /// The mode of a choice (the dependency its members inherit).
+    Choice(usize),
+    /// The modules symbol (`m` in a condition means `m && MODULES`).
+    Modules,
     Not(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
@@ -46,21 +84,80 @@ fn yes() -> Expr {
     Expr::Const("y".into())
 }
 
-/// One `config` symbol with everything that decides its value.
+fn no() -> Expr {
+    Expr::Const("n".into())
+}
+
+fn is_const(e: &Expr, v: &str) -> bool {
+    matches!(e, Expr::Const(c) if c == v)
+}
+
+fn and(a: &Expr, b: Expr) -> Expr {
+    if is_const(a, "y") {
+        return b;
+    }
+    if is_const(&b, "y") {
+        return a.clone();
+    }
+    Expr::And(vec![a.clone(), b])
+}
+
+fn or(a: &Expr, b: Expr) -> Expr {
+    if is_const(a, "n") {
+        return b;
+    }
+    Expr::Or(vec![a.clone(), b])
+}
+
+/// What a menu node shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Item {
+    Sym(usize),
+    Choice(usize),
+    Menu,
+    Comment,
+    /// An `if` block; removed from the tree once its condition is propagated.
+    If,
+}
+
+/// One entry of the menu tree, with its properties after dependency
+/// propagation (each condition already includes the node's dependencies).
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub item: Item,
+    pub prompt: Option<(String, Expr)>,
+    pub dep: Expr,
+    /// `visible if` of a menu.
+    pub visible: Expr,
+    pub defaults: Vec<(Expr, Expr)>,
+    pub ranges: Vec<(Expr, Expr, Expr)>,
+    pub selects: Vec<(String, Expr)>,
+    pub implies: Vec<(String, Expr)>,
+    pub help: String,
+    pub menuconfig: bool,
+    pub children: Vec<usize>,
+    pub parent: Option<usize>,
+    pub file: PathBuf,
+    pub line: u64,
+}
+
+/// A `config` symbol: the union of all its definitions.
 #[derive(Clone, Debug)]
 pub struct Sym {
     pub name: String,
     pub kind: Kind,
-    pub prompt: Option<(String, Expr)>,
+    pub nodes: Vec<usize>,
     pub defaults: Vec<(Expr, Expr)>,
-    /// Own and inherited (menu, if, choice) dependencies.
-    pub deps: Expr,
-    pub selects: Vec<(String, Expr)>,
     pub ranges: Vec<(Expr, Expr, Expr)>,
-    pub help: String,
+    pub selects: Vec<(String, Expr)>,
+    pub implies: Vec<(String, Expr)>,
+    pub direct_dep: Expr,
+    /// Who selects this symbol, and when (`select` from that symbol).
+    pub rev: Vec<(String, Expr)>,
+    /// Who implies this symbol, and when.
+    pub weak_rev: Vec<(String, Expr)>,
     pub choice: Option<usize>,
-    /// Top-level menu (Architecture, Platform, Libraries, Application).
-    pub menu: String,
+    pub help: String,
     pub file: PathBuf,
     pub line: u64,
 }
@@ -68,339 +165,129 @@ pub struct Sym {
 /// A `choice` group.
 #[derive(Clone, Debug)]
 pub struct Choice {
-    #[allow(dead_code)] // for the menu
-    pub name: String,
-    #[allow(dead_code)] // for the menu
-    pub prompt: String,
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub nodes: Vec<usize>,
     pub defaults: Vec<(String, Expr)>,
-    pub deps: Expr,
-    pub members: Vec<String>,
+    pub direct_dep: Expr,
+    pub optional: bool,
+    pub members: Vec<usize>,
 }
 
-/// A loaded Kconfig tree.
-#[derive(Default, Debug)]
+/// A loaded Kconfig tree. Node 0 is the top menu.
+#[derive(Debug)]
 pub struct Tree {
+    pub nodes: Vec<Node>,
     pub syms: Vec<Sym>,
     pub choices: Vec<Choice>,
+    pub mainmenu: String,
     index: HashMap<String, usize>,
+    modules: Option<usize>,
+    modules_name: Option<String>,
+    /// Text of each file read, for line numbers.
+    texts: HashMap<PathBuf, String>,
 }
 
-/// Resolved values: `None` means the symbol has no value (dependencies unmet).
+/// Resolved values: `None` means the symbol is not written (no value).
 pub type Values = BTreeMap<String, Option<String>>;
 
-fn line_of(text: &str, needle_words: &[&str]) -> u64 {
-    text.lines()
-        .position(|l| {
-            let mut w = l.split_whitespace();
-            needle_words.iter().all(|n| w.next() == Some(n))
-        })
-        .map_or(1, |i| i as u64 + 1)
+/// User values by symbol name (without `CONFIG_`).
+pub type User = BTreeMap<String, String>;
+
+fn line_of(text: &str, words: &[&str], from: usize) -> Option<usize> {
+    text.lines().enumerate().skip(from).find_map(|(i, l)| {
+        let mut w = l.split_whitespace();
+        words.iter().all(|n| w.next() == Some(n)).then_some(i)
+    })
 }
 
 fn conv_symbol(s: &Symbol) -> Expr {
     match s {
-        Symbol::NonConstant(n) => Expr::Sym(n.clone()),
+        Symbol::NonConstant(n) => match n.as_str() {
+            "y" | "n" | "m" => Expr::Const(n.clone()),
+            _ => Expr::Sym(n.clone()),
+        },
         Symbol::Constant(c) => Expr::Const(match c {
             ConstantSymbol::Integer(i) => i.to_string(),
             ConstantSymbol::Hex(h) => h.clone(),
             ConstantSymbol::Boolean(b) => if *b { "y" } else { "n" }.into(),
             ConstantSymbol::String(s) => s.clone(),
             ConstantSymbol::Tristate(t) => match t {
-                nom_kconfig::tristate::Tristate::No => "n",
-                _ => "y",
+                Tristate::No => "n",
+                Tristate::Module => "m",
+                Tristate::Yes => "y",
             }
             .into(),
         }),
     }
 }
 
-fn conv_operand(o: &CompareOperand) -> Result<Expr> {
-    match o {
-        CompareOperand::Symbol(s) => Ok(conv_symbol(s)),
-        CompareOperand::Macro(m) => bail!("macros in expressions are not supported: {m:?}"),
+/// Converts nom-kconfig expressions. In conditions (`cond`), a plain `m`
+/// means `m && MODULES`, as in Linux.
+struct Conv {
+    cond: bool,
+}
+
+impl Conv {
+    fn operand(&self, o: &CompareOperand) -> Result<Expr> {
+        match o {
+            CompareOperand::Symbol(s) => Ok(conv_symbol(s)),
+            CompareOperand::Macro(m) => bail!("macros in expressions are not supported: {m:?}"),
+        }
+    }
+
+    fn atom(&self, a: &Atom) -> Result<Expr> {
+        Ok(match a {
+            Atom::Symbol(s) => {
+                let e = conv_symbol(s);
+                if self.cond && is_const(&e, "m") {
+                    Expr::And(vec![e, Expr::Modules])
+                } else {
+                    e
+                }
+            }
+            Atom::Compare(c) => {
+                Expr::Cmp(c.operator.clone(), Box::new(self.operand(&c.left)?), Box::new(self.operand(&c.right)?))
+            }
+            Atom::Parenthesis(e) => self.or(e)?,
+            Atom::Macro(m) => bail!("macros in expressions are not supported: {m:?}"),
+        })
+    }
+
+    fn term(&self, t: &Term) -> Result<Expr> {
+        Ok(match t {
+            Term::Not(a) => Expr::Not(Box::new(self.atom(a)?)),
+            Term::Atom(a) => self.atom(a)?,
+        })
+    }
+
+    fn and(&self, a: &AndExpression) -> Result<Expr> {
+        Ok(match a {
+            AndExpression::Term(t) => self.term(t)?,
+            AndExpression::Expression(ts) => Expr::And(ts.iter().map(|t| self.term(t)).collect::<Result<_>>()?),
+        })
+    }
+
+    fn or(&self, e: &OrExpression) -> Result<Expr> {
+        Ok(match e {
+            OrExpression::Term(a) => self.and(a)?,
+            OrExpression::Expression(v) => Expr::Or(v.iter().map(|a| self.and(a)).collect::<Result<_>>()?),
+        })
     }
 }
 
-fn conv_atom(a: &Atom) -> Result<Expr> {
-    Ok(match a {
-        Atom::Symbol(s) => conv_symbol(s),
-        Atom::Compare(c) => Expr::Cmp(c.operator.clone(), Box::new(conv_operand(&c.left)?), Box::new(conv_operand(&c.right)?)),
-        Atom::Parenthesis(e) => conv(e)?,
-        Atom::Macro(m) => bail!("macros in expressions are not supported: {m:?}"),
-    })
-}
-
-fn conv_term(t: &Term) -> Result<Expr> {
-    Ok(match t {
-        Term::Not(a) => Expr::Not(Box::new(conv_atom(a)?)),
-        Term::Atom(a) => conv_atom(a)?,
-    })
-}
-
-fn conv_and(a: &AndExpression) -> Result<Expr> {
-    Ok(match a {
-        AndExpression::Term(t) => conv_term(t)?,
-        AndExpression::Expression(ts) => Expr::And(ts.iter().map(conv_term).collect::<Result<_>>()?),
-    })
-}
-
-/// Converts a nom-kconfig expression.
-pub fn conv(e: &OrExpression) -> Result<Expr> {
-    Ok(match e {
-        OrExpression::Term(a) => conv_and(a)?,
-        OrExpression::Expression(v) => Expr::Or(v.iter().map(conv_and).collect::<Result<_>>()?),
-    })
-}
-
-fn and(a: &Expr, b: Expr) -> Expr {
-    match a {
-        Expr::Const(c) if c == "y" => b,
-        _ => Expr::And(vec![a.clone(), b]),
-    }
-}
+const COND: Conv = Conv { cond: true };
+const VALUE: Conv = Conv { cond: false };
 
 fn opt_cond(c: &Option<OrExpression>) -> Result<Expr> {
-    c.as_ref().map_or(Ok(yes()), conv)
+    c.as_ref().map_or(Ok(yes()), |e| COND.or(e))
 }
 
 fn bound(b: &RangeBound) -> Expr {
     match b {
         RangeBound::Hex(h) => Expr::Const(h.clone()),
         RangeBound::Number(n) => Expr::Const(n.to_string()),
-        RangeBound::Symbol(s) | RangeBound::Variable(s) => Expr::Sym(s.clone()),
-    }
-}
-
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
-    menu: &'a str,
-}
-
-impl Tree {
-    /// Parses one Kconfig file and adds its symbols under a top-level menu.
-    pub fn add_file(&mut self, path: &Path, menu: &str) -> Result<()> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let vars: HashMap<String, String> = HashMap::new();
-        let kf = KconfigFile::new_with_vars(
-            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            path.to_path_buf(),
-            &vars,
-            &vars,
-        );
-        let (rest, k) = parse_kconfig(KconfigInput::new_extra(&text, kf))
-            .map_err(|e| anyhow!("{}: Kconfig syntax error: {}", path.display(), short(&e.to_string())))?;
-        let rest = rest.fragment();
-        if !rest.trim().is_empty() {
-            let consumed = text.len() - rest.len();
-            let line = text[..consumed].lines().count().max(1) as u64 + u64::from(text[..consumed].ends_with('\n'));
-            let snippet = rest.trim_start().lines().next().unwrap_or("");
-            bail!("{}:{line}: Kconfig syntax error near '{snippet}'", path.display());
-        }
-        let ctx = Ctx { file: path, text: &text, menu };
-        self.entries(&ctx, &k.entries, &yes(), None)
-    }
-
-    fn entries(&mut self, ctx: &Ctx, entries: &[Entry], deps: &Expr, choice: Option<usize>) -> Result<()> {
-        for e in entries {
-            match e {
-                Entry::Config(c) | Entry::MenuConfig(c) => self.config(ctx, &c.symbol, &c.attributes, deps, choice)?,
-                Entry::Choice(ch) => {
-                    let mut prompt = String::new();
-                    let mut cdeps = deps.clone();
-                    let mut defaults = Vec::new();
-                    for a in &ch.options {
-                        match a {
-                            Attribute::Prompt(p) => prompt = p.prompt.clone(),
-                            Attribute::DependsOn(d) => cdeps = and(&cdeps, conv(&d.expression)?),
-                            Attribute::Default(d) => {
-                                if let Expr::Sym(s) = conv(&d.expression)? {
-                                    defaults.push((s, opt_cond(&d.r#if)?));
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    let idx = self.choices.len();
-                    self.choices.push(Choice {
-                        name: ch.name.clone().unwrap_or_else(|| format!("<choice {idx}>")),
-                        prompt,
-                        defaults,
-                        deps: cdeps.clone(),
-                        members: Vec::new(),
-                    });
-                    self.entries(ctx, &ch.entries, &cdeps, Some(idx))?;
-                }
-                Entry::Menu(m) => {
-                    let mut d = deps.clone();
-                    for dep in &m.depends_on {
-                        d = and(&d, conv(&dep.expression)?);
-                    }
-                    self.entries(ctx, &m.entries, &d, None)?;
-                }
-                Entry::If(i) => {
-                    let d = and(deps, conv(&i.condition)?);
-                    self.entries(ctx, &i.entries, &d, choice)?;
-                }
-                Entry::Source(s) => {
-                    for k in &s.kconfigs {
-                        self.entries(ctx, &k.entries, deps, None)?;
-                    }
-                }
-                Entry::Comment(_) | Entry::MainMenu(_) => {}
-                other => bail!("{}: unsupported Kconfig entry {other:?}", ctx.file.display()),
-            }
-        }
-        Ok(())
-    }
-
-    fn config(&mut self, ctx: &Ctx, name: &str, attrs: &[Attribute], deps: &Expr, choice: Option<usize>) -> Result<()> {
-        let line = line_of(ctx.text, &["config", name]).max(line_of(ctx.text, &["menuconfig", name]));
-        let mut s = Sym {
-            name: name.into(),
-            kind: Kind::Bool,
-            prompt: None,
-            defaults: Vec::new(),
-            deps: deps.clone(),
-            selects: Vec::new(),
-            ranges: Vec::new(),
-            help: String::new(),
-            choice,
-            menu: ctx.menu.into(),
-            file: ctx.file.to_path_buf(),
-            line,
-        };
-        let mut typed = false;
-        for a in attrs {
-            match a {
-                Attribute::Type(t) => {
-                    typed = true;
-                    let cond = opt_cond(&t.r#if)?;
-                    let (kind, prompt, def) = match &t.r#type {
-                        Type::Bool(p) | Type::Tristate(p) => (Kind::Bool, p.clone(), None),
-                        Type::Int(p) => (Kind::Int, p.clone(), None),
-                        Type::Hex(p) => (Kind::Hex, p.clone(), None),
-                        Type::String(p) => (Kind::Str, p.clone(), None),
-                        Type::DefBool(e) | Type::DefTristate(e) => (Kind::Bool, None, Some(e)),
-                        Type::DefInt(e) => (Kind::Int, None, Some(e)),
-                        Type::DefHex(e) => (Kind::Hex, None, Some(e)),
-                        Type::DefString(e) => (Kind::Str, None, Some(e)),
-                    };
-                    s.kind = kind;
-                    if let Some(p) = prompt {
-                        s.prompt = Some((p, cond.clone()));
-                    }
-                    if let Some(e) = def {
-                        s.defaults.push((conv(e)?, cond));
-                    }
-                }
-                Attribute::Prompt(p) => s.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?)),
-                Attribute::Default(d) => s.defaults.push((conv(&d.expression)?, opt_cond(&d.r#if)?)),
-                Attribute::DependsOn(d) => s.deps = and(&s.deps, conv(&d.expression)?),
-                Attribute::Select(x) => s.selects.push((x.symbol.clone(), opt_cond(&x.r#if)?)),
-                Attribute::Range(r) => {
-                    s.ranges.push((bound(&r.lower_bound), bound(&r.upper_bound), opt_cond(&r.r#if)?))
-                }
-                Attribute::Help(h) => s.help = h.clone(),
-                _ => {}
-            }
-        }
-        if let Some(&i) = self.index.get(name) {
-            // A second definition adds properties (as in Linux); keep the first location.
-            let prev = &mut self.syms[i];
-            prev.defaults.extend(s.defaults);
-            prev.selects.extend(s.selects);
-            if prev.prompt.is_none() {
-                prev.prompt = s.prompt;
-            }
-            return Ok(());
-        }
-        if !typed {
-            bail!("{}:{line}: symbol {name} has no type (bool, int, hex, string)", ctx.file.display());
-        }
-        if let Some(c) = choice {
-            self.choices[c].members.push(name.into());
-        }
-        self.index.insert(name.into(), self.syms.len());
-        self.syms.push(s);
-        Ok(())
-    }
-
-    /// Looks a symbol up by name (without `CONFIG_`).
-    pub fn get(&self, name: &str) -> Option<&Sym> {
-        self.index.get(name).map(|&i| &self.syms[i])
-    }
-
-    /// Checks references: every selected or depended-on symbol exists, and
-    /// there are no dependency loops.
-    pub fn check(&self) -> Result<()> {
-        for s in &self.syms {
-            for (t, _) in &s.selects {
-                let Some(target) = self.get(t) else {
-                    bail!("{}:{}: {} selects undefined symbol {t}", s.file.display(), s.line, s.name);
-                };
-                if target.kind != Kind::Bool {
-                    bail!("{}:{}: {} selects {t}, which is not a bool", s.file.display(), s.line, s.name);
-                }
-            }
-            let mut refs = Vec::new();
-            syms_in(&s.deps, &mut refs);
-            for r in refs {
-                if self.get(&r).is_none() {
-                    bail!("{}:{}: {} depends on undefined symbol {r}", s.file.display(), s.line, s.name);
-                }
-            }
-        }
-        // Edges: a symbol's value depends on its dependencies and on whoever selects it.
-        let mut edges: HashMap<&str, Vec<String>> = HashMap::new();
-        for s in &self.syms {
-            let mut refs = Vec::new();
-            syms_in(&s.deps, &mut refs);
-            edges.entry(&s.name).or_default().extend(refs);
-            for (t, _) in &s.selects {
-                edges.entry(t.as_str()).or_default().push(s.name.clone());
-            }
-        }
-        let mut state: HashMap<&str, u8> = HashMap::new();
-        fn dfs<'a>(
-            n: &'a str,
-            edges: &'a HashMap<&str, Vec<String>>,
-            state: &mut HashMap<&'a str, u8>,
-            stack: &mut Vec<&'a str>,
-        ) -> Option<Vec<String>> {
-            match state.get(n) {
-                Some(2) => return None,
-                Some(1) => {
-                    let start = stack.iter().position(|s| *s == n).unwrap_or(0);
-                    let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
-                    cycle.push(n.to_string());
-                    return Some(cycle);
-                }
-                _ => {}
-            }
-            state.insert(n, 1);
-            stack.push(n);
-            for m in edges.get(n).into_iter().flatten() {
-                if let Some(c) = dfs(m, edges, state, stack) {
-                    return Some(c);
-                }
-            }
-            stack.pop();
-            state.insert(n, 2);
-            None
-        }
-        for s in &self.syms {
-            if let Some(cycle) = dfs(&s.name, &edges, &mut state, &mut Vec::new()) {
-                let first = self.get(&cycle[0]).unwrap();
-                bail!(
-                    "{}:{}: dependency loop: {}",
-                    first.file.display(),
-                    first.line,
-                    cycle.join(" -> ")
-                );
-            }
-        }
-        Ok(())
+        RangeBound::Symbol(s) | RangeBound::Variable(s) => conv_symbol(&Symbol::NonConstant(s.clone())),
     }
 }
 
@@ -408,10 +295,524 @@ fn short(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
+/// Where in the files the tree builder is: for line numbers.
+struct Cursor {
+    file: PathBuf,
+    /// Next line to search from, per file.
+    pos: HashMap<PathBuf, usize>,
+}
+
+impl Tree {
+    /// Loads a Kconfig tree from its top file. `source` paths are relative to
+    /// `root`; `$(VAR)` in them comes from `vars`.
+    pub fn load(top: &Path, text: &str, root: &Path, vars: &HashMap<String, String>) -> Result<Tree> {
+        let mut t = Tree {
+            nodes: Vec::new(),
+            syms: Vec::new(),
+            choices: Vec::new(),
+            mainmenu: String::new(),
+            index: HashMap::new(),
+            modules: None,
+            modules_name: None,
+            texts: HashMap::new(),
+        };
+        let none = HashMap::new();
+        let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
+        let (rest, k) = parse_kconfig(KconfigInput::new_extra(text, kf)).map_err(|e| syntax_error(&e))?;
+        let rest = rest.fragment();
+        if !rest.trim().is_empty() {
+            let consumed = text.len() - rest.len();
+            let line = text[..consumed].matches('\n').count() + 1;
+            let snippet = rest.trim_start().lines().next().unwrap_or("");
+            bail!("{}:{line}: Kconfig syntax error near '{snippet}'", top.display());
+        }
+        t.texts.insert(top.to_path_buf(), text.to_string());
+        t.nodes.push(Node {
+            item: Item::Menu,
+            prompt: Some(("Kiln Configuration".into(), yes())),
+            dep: yes(),
+            visible: yes(),
+            defaults: vec![],
+            ranges: vec![],
+            selects: vec![],
+            implies: vec![],
+            help: String::new(),
+            menuconfig: false,
+            children: vec![],
+            parent: None,
+            file: top.to_path_buf(),
+            line: 1,
+        });
+        let mut cur = Cursor { file: top.to_path_buf(), pos: HashMap::new() };
+        t.build(&mut cur, &k.entries, 0)?;
+        if !t.mainmenu.is_empty() {
+            t.nodes[0].prompt = Some((t.mainmenu.clone(), yes()));
+        }
+        t.modules = t.modules_name.clone().or(Some("MODULES".into())).and_then(|n| t.index.get(&n).copied());
+        t.finalize(0, &yes());
+        for si in 0..t.syms.len() {
+            for (target, cond) in t.syms[si].selects.clone() {
+                let me = Expr::Sym(t.syms[si].name.clone());
+                if let Some(&ti) = t.index.get(&target) {
+                    let name = t.syms[si].name.clone();
+                    t.syms[ti].rev.push((name, and(&me, cond)));
+                }
+            }
+            for (target, cond) in t.syms[si].implies.clone() {
+                let me = Expr::Sym(t.syms[si].name.clone());
+                if let Some(&ti) = t.index.get(&target) {
+                    let name = t.syms[si].name.clone();
+                    t.syms[ti].weak_rev.push((name, and(&me, cond)));
+                }
+            }
+        }
+        // Choice members without a type take the choice's, and the reverse.
+        for ci in 0..t.choices.len() {
+            if t.choices[ci].kind == Kind::Unknown {
+                t.choices[ci].kind =
+                    t.choices[ci].members.iter().map(|&m| t.syms[m].kind).find(|k| *k != Kind::Unknown).unwrap_or(Kind::Unknown);
+            }
+            for m in t.choices[ci].members.clone() {
+                if t.syms[m].kind == Kind::Unknown {
+                    t.syms[m].kind = t.choices[ci].kind;
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Loads a Kconfig file from disk, with sources relative to its folder.
+    pub fn load_file(path: &Path) -> Result<Tree> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Tree::load(path, &text, path.parent().unwrap_or(Path::new(".")), &std::env::vars().collect())
+    }
+
+    fn text_of(&mut self, file: &Path) -> &str {
+        if !self.texts.contains_key(file) {
+            let t = std::fs::read_to_string(file).unwrap_or_default();
+            self.texts.insert(file.to_path_buf(), t);
+        }
+        &self.texts[file]
+    }
+
+    /// The line of the next entry starting with `words` in the current file.
+    fn locate(&mut self, cur: &mut Cursor, words: &[&str]) -> u64 {
+        let file = cur.file.clone();
+        let from = cur.pos.get(&file).copied().unwrap_or(0);
+        let text = self.text_of(&file);
+        match line_of(text, words, from).or_else(|| line_of(text, words, 0)) {
+            Some(i) => {
+                cur.pos.insert(file, i + 1);
+                i as u64 + 1
+            }
+            None => from as u64 + 1,
+        }
+    }
+
+    fn push(&mut self, parent: usize, node: Node) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(Node { parent: Some(parent), ..node });
+        self.nodes[parent].children.push(i);
+        i
+    }
+
+    fn blank(&self, item: Item, file: &Path, line: u64) -> Node {
+        Node {
+            item,
+            prompt: None,
+            dep: yes(),
+            visible: yes(),
+            defaults: vec![],
+            ranges: vec![],
+            selects: vec![],
+            implies: vec![],
+            help: String::new(),
+            menuconfig: false,
+            children: vec![],
+            parent: None,
+            file: file.to_path_buf(),
+            line,
+        }
+    }
+
+    fn build(&mut self, cur: &mut Cursor, entries: &[Entry], parent: usize) -> Result<()> {
+        for e in entries {
+            match e {
+                Entry::Config(c) => self.config(cur, &c.symbol, &c.attributes, parent, false)?,
+                Entry::MenuConfig(c) => self.config(cur, &c.symbol, &c.attributes, parent, true)?,
+                Entry::Choice(ch) => {
+                    let line = self.locate(cur, &["choice"]);
+                    let ci = self.choices.len();
+                    let name = ch.name.clone();
+                    let mut node = self.blank(Item::Choice(ci), &cur.file, line);
+                    let mut kind = Kind::Unknown;
+                    let mut optional = false;
+                    for a in &ch.options {
+                        match a {
+                            Attribute::Prompt(p) => node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?)),
+                            Attribute::DependsOn(d) => node.dep = and(&node.dep, COND.or(&d.expression)?),
+                            Attribute::Default(d) => node.defaults.push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
+                            Attribute::Type(t) => {
+                                let (k, p) = match &t.r#type {
+                                    Type::Bool(p) => (Kind::Bool, p),
+                                    Type::Tristate(p) => (Kind::Tristate, p),
+                                    _ => bail!("{}:{line}: a choice is bool or tristate", cur.file.display()),
+                                };
+                                kind = k;
+                                if let Some(p) = p {
+                                    node.prompt = Some((p.clone(), opt_cond(&t.r#if)?));
+                                }
+                            }
+                            Attribute::Optional => optional = true,
+                            Attribute::Help(h) => node.help = h.clone(),
+                            _ => {}
+                        }
+                    }
+                    self.choices.push(Choice {
+                        name,
+                        kind,
+                        nodes: vec![],
+                        defaults: vec![],
+                        direct_dep: no(),
+                        optional,
+                        members: vec![],
+                    });
+                    let n = self.push(parent, node);
+                    self.choices[ci].nodes.push(n);
+                    self.build(cur, &ch.entries, n)?;
+                }
+                Entry::Menu(m) => {
+                    let line = self.locate(cur, &["menu"]);
+                    let mut node = self.blank(Item::Menu, &cur.file, line);
+                    node.prompt = Some((m.prompt.clone(), yes()));
+                    for d in &m.depends_on {
+                        node.dep = and(&node.dep, COND.or(&d.expression)?);
+                    }
+                    if let Some(Some(v)) = &m.visible {
+                        node.visible = COND.or(v)?;
+                    }
+                    let n = self.push(parent, node);
+                    self.build(cur, &m.entries, n)?;
+                }
+                Entry::Comment(c) => {
+                    let line = self.locate(cur, &["comment"]);
+                    let mut node = self.blank(Item::Comment, &cur.file, line);
+                    node.prompt = Some((c.prompt.clone(), yes()));
+                    for d in &c.dependencies {
+                        node.dep = and(&node.dep, COND.or(&d.expression)?);
+                    }
+                    self.push(parent, node);
+                }
+                Entry::If(i) => {
+                    let line = self.locate(cur, &["if"]);
+                    let mut node = self.blank(Item::If, &cur.file, line);
+                    node.dep = COND.or(&i.condition)?;
+                    let n = self.push(parent, node);
+                    self.build(cur, &i.entries, n)?;
+                }
+                Entry::Source(s) => {
+                    self.locate(cur, &["source"]);
+                    for k in &s.kconfigs {
+                        let file = PathBuf::from(&k.file);
+                        let saved = std::mem::replace(&mut cur.file, file);
+                        self.build(cur, &k.entries, parent)?;
+                        cur.file = saved;
+                    }
+                }
+                Entry::MainMenu(m) => self.mainmenu = m.prompt.clone(),
+                Entry::VariableAssignment(_) => {}
+                other => bail!("{}: unsupported Kconfig entry {other:?}", cur.file.display()),
+            }
+        }
+        Ok(())
+    }
+
+    fn config(&mut self, cur: &mut Cursor, name: &str, attrs: &[Attribute], parent: usize, menuconfig: bool) -> Result<()> {
+        let line = self.locate(cur, &[if menuconfig { "menuconfig" } else { "config" }, name]);
+        let si = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(name.into(), self.syms.len());
+                self.syms.push(Sym {
+                    name: name.into(),
+                    kind: Kind::Unknown,
+                    nodes: vec![],
+                    defaults: vec![],
+                    ranges: vec![],
+                    selects: vec![],
+                    implies: vec![],
+                    direct_dep: no(),
+                    rev: vec![],
+                    weak_rev: vec![],
+                    choice: None,
+                    help: String::new(),
+                    file: cur.file.clone(),
+                    line,
+                });
+                self.syms.len() - 1
+            }
+        };
+        let mut node = self.blank(Item::Sym(si), &cur.file, line);
+        node.menuconfig = menuconfig;
+        for a in attrs {
+            match a {
+                Attribute::Type(t) => {
+                    let cond = opt_cond(&t.r#if)?;
+                    let (kind, prompt, def) = match &t.r#type {
+                        Type::Bool(p) => (Kind::Bool, p.clone(), None),
+                        Type::Tristate(p) => (Kind::Tristate, p.clone(), None),
+                        Type::Int(p) => (Kind::Int, p.clone(), None),
+                        Type::Hex(p) => (Kind::Hex, p.clone(), None),
+                        Type::String(p) => (Kind::Str, p.clone(), None),
+                        Type::DefBool(e) => (Kind::Bool, None, Some(e)),
+                        Type::DefTristate(e) => (Kind::Tristate, None, Some(e)),
+                        Type::DefInt(e) => (Kind::Int, None, Some(e)),
+                        Type::DefHex(e) => (Kind::Hex, None, Some(e)),
+                        Type::DefString(e) => (Kind::Str, None, Some(e)),
+                    };
+                    if self.syms[si].kind == Kind::Unknown {
+                        self.syms[si].kind = kind;
+                    }
+                    if let Some(p) = prompt {
+                        node.prompt = Some((p, cond.clone()));
+                    }
+                    if let Some(e) = def {
+                        node.defaults.push((VALUE.or(e)?, cond));
+                    }
+                }
+                Attribute::Prompt(p) => node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?)),
+                Attribute::Default(d) => node.defaults.push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
+                Attribute::DependsOn(d) => node.dep = and(&node.dep, COND.or(&d.expression)?),
+                Attribute::Select(x) => node.selects.push((x.symbol.clone(), opt_cond(&x.r#if)?)),
+                Attribute::Imply(x) => {
+                    let Expr::Sym(target) = conv_symbol(&x.symbol) else {
+                        bail!("{}:{line}: {name} implies a constant", cur.file.display());
+                    };
+                    node.implies.push((target, opt_cond(&x.r#if)?));
+                }
+                Attribute::Range(r) => node.ranges.push((bound(&r.lower_bound), bound(&r.upper_bound), opt_cond(&r.r#if)?)),
+                Attribute::Help(h) => node.help = h.clone(),
+                Attribute::Modules | Attribute::Option(OptionValues::Modules) => self.modules_name = Some(name.into()),
+                _ => {}
+            }
+        }
+        if self.syms[si].help.is_empty() {
+            self.syms[si].help = node.help.clone();
+        }
+        let n = self.push(parent, node);
+        self.syms[si].nodes.push(n);
+        Ok(())
+    }
+
+    /// Propagates dependencies down the tree, as Linux's menu_finalize does.
+    fn finalize(&mut self, n: usize, visible_if: &Expr) {
+        match self.nodes[n].item {
+            Item::Sym(si) => self.add_props(si, n),
+            _ if !self.nodes[n].children.is_empty() => {
+                let vis = if self.nodes[n].item == Item::Menu { and(visible_if, self.nodes[n].visible.clone()) } else { visible_if.clone() };
+                self.propagate(n, &vis);
+                for c in self.nodes[n].children.clone() {
+                    self.finalize(c, &vis);
+                }
+            }
+            _ => {}
+        }
+        // `if` blocks vanish: their children move up, deps already applied.
+        if self.nodes[n].children.iter().any(|&c| self.nodes[c].item == Item::If) {
+            let mut flat = Vec::new();
+            self.flatten(n, &mut flat);
+            for &c in &flat {
+                self.nodes[c].parent = Some(n);
+            }
+            self.nodes[n].children = flat;
+        }
+        if let Item::Choice(ci) = self.nodes[n].item {
+            let node = &self.nodes[n];
+            let dd = or(&self.choices[ci].direct_dep, node.dep.clone());
+            let defaults: Vec<(String, Expr)> = node
+                .defaults
+                .iter()
+                .filter_map(|(d, c)| if let Expr::Sym(s) = d { Some((s.clone(), c.clone())) } else { None })
+                .collect();
+            let members: Vec<usize> =
+                node.children.iter().filter_map(|&c| if let Item::Sym(s) = self.nodes[c].item { Some(s) } else { None }).collect();
+            let ch = &mut self.choices[ci];
+            ch.direct_dep = dd;
+            ch.defaults.extend(defaults);
+            for m in members {
+                if !ch.members.contains(&m) {
+                    ch.members.push(m);
+                }
+                self.syms[m].choice = Some(ci);
+            }
+        }
+    }
+
+    fn flatten(&self, n: usize, out: &mut Vec<usize>) {
+        for &c in &self.nodes[n].children {
+            if self.nodes[c].item == Item::If {
+                self.flatten(c, out);
+            } else {
+                out.push(c);
+            }
+        }
+    }
+
+    fn propagate(&mut self, n: usize, visible_if: &Expr) {
+        let base = match self.nodes[n].item {
+            Item::Choice(ci) => Expr::Choice(ci),
+            _ => self.nodes[n].dep.clone(),
+        };
+        for c in self.nodes[n].children.clone() {
+            let node = &mut self.nodes[c];
+            let dep = and(&node.dep, base.clone());
+            node.dep = dep.clone();
+            match node.item {
+                Item::Sym(_) | Item::Choice(_) => {
+                    if let Some((p, cond)) = node.prompt.take() {
+                        node.prompt = Some((p, and(&cond, and(visible_if, dep.clone()))));
+                    }
+                    for (_, cond) in &mut node.defaults {
+                        *cond = and(cond, dep.clone());
+                    }
+                    for (_, _, cond) in &mut node.ranges {
+                        *cond = and(cond, dep.clone());
+                    }
+                    for (_, cond) in node.selects.iter_mut().chain(node.implies.iter_mut()) {
+                        *cond = and(cond, dep.clone());
+                    }
+                }
+                _ => {
+                    if let Some((p, cond)) = node.prompt.take() {
+                        node.prompt = Some((p, and(&cond, dep)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_props(&mut self, si: usize, n: usize) {
+        let node = self.nodes[n].clone();
+        let s = &mut self.syms[si];
+        s.direct_dep = or(&s.direct_dep, node.dep);
+        s.defaults.extend(node.defaults);
+        s.ranges.extend(node.ranges);
+        s.selects.extend(node.selects);
+        s.implies.extend(node.implies);
+    }
+
+    /// Looks a symbol up by name (without `CONFIG_`).
+    pub fn get(&self, name: &str) -> Option<&Sym> {
+        self.index.get(name).map(|&i| &self.syms[i])
+    }
+
+    pub fn sym_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Problems with the tree: undefined symbols that are selected or
+    /// depended on, untyped symbols, and dependency loops (named).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let at = |s: &Sym| format!("{}:{}", s.file.display(), s.line);
+        for s in &self.syms {
+            if s.kind == Kind::Unknown {
+                out.push(format!("{}: symbol {} has no type (bool, tristate, int, hex, string)", at(s), s.name));
+            }
+            for (t, _) in s.selects.iter().chain(&s.implies) {
+                match self.get(t) {
+                    None => out.push(format!("{}: {} selects undefined symbol {t}", at(s), s.name)),
+                    Some(target) if !target.kind.is_tri() => {
+                        out.push(format!("{}: {} selects {t}, which is not a bool or tristate", at(s), s.name))
+                    }
+                    _ => {}
+                }
+            }
+            let mut refs = Vec::new();
+            syms_in(&s.direct_dep, &mut refs);
+            for r in refs {
+                if self.get(&r).is_none() && num(&r).is_none() {
+                    out.push(format!("{}: {} depends on undefined symbol {r}", at(s), s.name));
+                }
+            }
+        }
+        if let Some(cycle) = self.find_loop() {
+            let first = self.get(&cycle[0]).unwrap();
+            out.push(format!("{}: dependency loop: {}", at(first), cycle.join(" -> ")));
+        }
+        out
+    }
+
+    /// Fails on the first problem.
+    pub fn check(&self) -> Result<()> {
+        match self.problems().into_iter().next() {
+            Some(p) => Err(anyhow!(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// A loop among dependencies: a symbol's value depends on the symbols in
+    /// its dependencies and on whoever selects it.
+    fn find_loop(&self) -> Option<Vec<String>> {
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); self.syms.len()];
+        for (i, s) in self.syms.iter().enumerate() {
+            let mut refs = Vec::new();
+            syms_in(&s.direct_dep, &mut refs);
+            for (sel, _) in &s.rev {
+                refs.push(sel.clone());
+            }
+            edges[i].extend(refs.iter().filter_map(|r| self.sym_index(r)));
+        }
+        // Iterative DFS: Linux-sized trees are too deep for recursion.
+        let mut state = vec![0u8; self.syms.len()];
+        for start in 0..self.syms.len() {
+            if state[start] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            state[start] = 1;
+            while let Some(&mut (n, ref mut next)) = stack.last_mut() {
+                if *next < edges[n].len() {
+                    let m = edges[n][*next];
+                    *next += 1;
+                    match state[m] {
+                        0 => {
+                            state[m] = 1;
+                            stack.push((m, 0));
+                        }
+                        1 => {
+                            let from = stack.iter().position(|(s, _)| *s == m).unwrap_or(0);
+                            let mut cycle: Vec<String> = stack[from..].iter().map(|(s, _)| self.syms[*s].name.clone()).collect();
+                            cycle.push(self.syms[m].name.clone());
+                            return Some(cycle);
+                        }
+                        _ => {}
+                    }
+                } else {
+                    state[n] = 2;
+                    stack.pop();
+                }
+            }
+        }
+        None
+    }
+}
+
+fn syntax_error(e: &nom_kconfig::error::Error) -> anyhow::Error {
+    let file = if e.resolved_path.as_os_str().is_empty() { &e.filename } else { &e.resolved_path };
+    let snippet = e.input.trim_start().lines().next().unwrap_or("").to_string();
+    let hint = if snippet.starts_with("source") || snippet.starts_with("rsource") || snippet.starts_with("osource") {
+        " (the sourced file is missing, unreadable, outside the source root, or has an error)"
+    } else {
+        ""
+    };
+    anyhow!("{}:{}: Kconfig syntax error near '{}'{hint}", file.display(), e.line, short(&snippet))
+}
+
 fn syms_in(e: &Expr, out: &mut Vec<String>) {
     match e {
         Expr::Sym(s) => out.push(s.clone()),
-        Expr::Const(_) => {}
+        Expr::Const(_) | Expr::Choice(_) | Expr::Modules => {}
         Expr::Not(x) => syms_in(x, out),
         Expr::And(v) | Expr::Or(v) => v.iter().for_each(|x| syms_in(x, out)),
         Expr::Cmp(_, a, b) => {
@@ -421,7 +822,6 @@ fn syms_in(e: &Expr, out: &mut Vec<String>) {
     }
 }
 
-/// Tristate logic values: n = 0, y = 2 (m = 1 is never produced).
 fn tri(v: &str) -> u8 {
     match v {
         "y" => 2,
@@ -430,42 +830,497 @@ fn tri(v: &str) -> u8 {
     }
 }
 
-struct Eval<'a> {
-    tree: &'a Tree,
-    vals: &'a HashMap<String, Option<String>>,
+const TRI: [&str; 3] = ["n", "m", "y"];
+
+/// Parses an integer like Python's `int(s, base)` (base 0: by prefix).
+pub fn parse_int(s: &str, base: u32) -> Option<i128> {
+    let s = s.trim();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let lower = s.to_ascii_lowercase();
+    let (digits, radix) = match base {
+        16 => (lower.strip_prefix("0x").unwrap_or(&lower).to_string(), 16),
+        0 => {
+            if let Some(h) = lower.strip_prefix("0x") {
+                (h.to_string(), 16)
+            } else if let Some(o) = lower.strip_prefix("0o") {
+                (o.to_string(), 8)
+            } else if let Some(b) = lower.strip_prefix("0b") {
+                (b.to_string(), 2)
+            } else if lower.len() > 1 && lower.starts_with('0') && lower.chars().any(|c| c != '0') {
+                return None;
+            } else {
+                (lower.clone(), 10)
+            }
+        }
+        b => (lower.clone(), b),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let v = i128::from_str_radix(&digits, radix).ok()?;
+    Some(if neg { -v } else { v })
 }
 
-impl Eval<'_> {
-    /// The string value of an operand.
-    fn text(&self, e: &Expr) -> String {
-        match e {
-            Expr::Const(c) => c.clone(),
-            Expr::Sym(s) => match self.tree.get(s) {
-                Some(sym) => self.vals.get(s).cloned().flatten().unwrap_or_else(|| empty(sym.kind)),
-                // An undefined name compares as its own text (as in Linux).
-                None => s.clone(),
-            },
-            other => if self.t(other) == 2 { "y" } else { "n" }.into(),
+/// Parses a decimal or 0x-prefixed number.
+pub fn num(s: &str) -> Option<i64> {
+    parse_int(s, 0).and_then(|v| i64::try_from(v).ok())
+}
+
+/// Why a user value was rejected, or `None` when it is valid for the symbol.
+pub fn invalid(kind: Kind, v: &str) -> Option<&'static str> {
+    match kind {
+        Kind::Bool if !matches!(v, "y" | "n") => Some("a bool takes y or n"),
+        Kind::Tristate if !matches!(v, "y" | "m" | "n") => Some("a tristate takes y, m or n"),
+        Kind::Int if parse_int(v, 10).is_none() => Some("an int takes a decimal number"),
+        Kind::Hex if !v.starts_with("0x") || parse_int(v, 16).is_none_or(|n| n < 0) => {
+            Some("a hex takes a 0x-prefixed number")
+        }
+        _ => None,
+    }
+}
+
+fn base(k: Kind) -> u32 {
+    match k {
+        Kind::Int => 10,
+        Kind::Hex => 16,
+        _ => 0,
+    }
+}
+
+fn py_hex(n: i128) -> String {
+    if n < 0 {
+        format!("-{:#x}", -n)
+    } else {
+        format!("{n:#x}")
+    }
+}
+
+/// Evaluates a tree under one set of user values. Everything is computed on
+/// demand and cached; a value caught in a loop evaluates as `n`/empty.
+pub struct Eval<'a> {
+    pub tree: &'a Tree,
+    user_tri: Vec<Option<u8>>,
+    user_str: Vec<Option<String>>,
+    choice_user: Vec<Option<u8>>,
+    choice_sel: Vec<Option<usize>>,
+    tri_cache: RefCell<Vec<Option<u8>>>,
+    str_cache: RefCell<Vec<Option<(String, bool)>>>,
+    vis_cache: RefCell<Vec<Option<u8>>>,
+    ctri_cache: RefCell<Vec<Option<u8>>>,
+    busy: RefCell<Vec<u8>>,
+}
+
+impl<'a> Eval<'a> {
+    /// User values that are malformed for their symbol's type are ignored,
+    /// as when Linux loads a `.config`.
+    pub fn new(tree: &'a Tree, user: &User) -> Eval<'a> {
+        let n = tree.syms.len();
+        let mut user_tri = vec![None; n];
+        let mut user_str = vec![None; n];
+        let mut choice_user = vec![None; tree.choices.len()];
+        let mut choice_sel = vec![None; tree.choices.len()];
+        for (name, v) in user {
+            let Some(i) = tree.sym_index(name) else { continue };
+            let s = &tree.syms[i];
+            match s.kind {
+                Kind::Bool | Kind::Tristate => {
+                    let ok = if s.kind == Kind::Bool { matches!(v.as_str(), "y" | "n") } else { matches!(v.as_str(), "y" | "m" | "n") };
+                    if !ok {
+                        continue;
+                    }
+                    let t = tri(v);
+                    user_tri[i] = Some(t);
+                    if let Some(c) = s.choice {
+                        if t > 0 {
+                            choice_user[c] = Some(choice_user[c].unwrap_or(0).max(t));
+                        }
+                        if t == 2 {
+                            choice_sel[c] = Some(i);
+                        }
+                    }
+                }
+                Kind::Int | Kind::Hex => {
+                    if parse_int(v, base(s.kind)).is_some_and(|x| s.kind == Kind::Int || x >= 0) {
+                        user_str[i] = Some(v.clone());
+                    }
+                }
+                Kind::Str => user_str[i] = Some(v.clone()),
+                Kind::Unknown => {}
+            }
+        }
+        Eval {
+            tree,
+            user_tri,
+            user_str,
+            choice_user,
+            choice_sel,
+            tri_cache: RefCell::new(vec![None; n]),
+            str_cache: RefCell::new(vec![None; n]),
+            vis_cache: RefCell::new(vec![None; n]),
+            ctri_cache: RefCell::new(vec![None; tree.choices.len()]),
+            busy: RefCell::new(vec![0; n]),
         }
     }
 
-    fn t(&self, e: &Expr) -> u8 {
+    fn guard<T>(&self, i: usize, bit: u8, dflt: T, f: impl FnOnce() -> T) -> T {
+        if self.busy.borrow()[i] & bit != 0 {
+            return dflt;
+        }
+        self.busy.borrow_mut()[i] |= bit;
+        let v = f();
+        self.busy.borrow_mut()[i] &= !bit;
+        v
+    }
+
+    fn modules(&self) -> u8 {
+        self.tree.modules.map_or(0, |m| self.tri(m))
+    }
+
+    /// The effective type: a tristate is a bool when modules are off or in
+    /// a `y`-mode choice.
+    pub fn kind(&self, i: usize) -> Kind {
+        let s = &self.tree.syms[i];
+        if s.kind == Kind::Tristate && (s.choice.is_some_and(|c| self.choice_tri(c) == 2) || self.modules() == 0) {
+            return Kind::Bool;
+        }
+        s.kind
+    }
+
+    pub fn choice_kind(&self, c: usize) -> Kind {
+        let k = self.tree.choices[c].kind;
+        if k == Kind::Tristate && self.modules() == 0 {
+            Kind::Bool
+        } else {
+            k
+        }
+    }
+
+    fn prompt_vis(&self, nodes: &[usize]) -> u8 {
+        nodes.iter().filter_map(|&n| self.tree.nodes[n].prompt.as_ref()).map(|(_, c)| self.t(c)).max().unwrap_or(0)
+    }
+
+    /// How far the user can set a symbol (0, 1 = m, 2 = y).
+    pub fn visibility(&self, i: usize) -> u8 {
+        if let Some(v) = self.vis_cache.borrow()[i] {
+            return v;
+        }
+        let v = self.guard(i, 1, 0, || {
+            let s = &self.tree.syms[i];
+            let vis = self.prompt_vis(&s.nodes);
+            if let Some(c) = s.choice {
+                let ct = self.choice_tri(c);
+                if self.tree.choices[c].kind == Kind::Tristate && s.kind != Kind::Tristate && ct != 2 {
+                    return 0;
+                }
+                if s.kind == Kind::Tristate && vis == 1 && ct == 2 {
+                    return 0;
+                }
+            }
+            if vis == 1 && self.kind(i) != Kind::Tristate {
+                2
+            } else {
+                vis
+            }
+        });
+        self.vis_cache.borrow_mut()[i] = Some(v);
+        v
+    }
+
+    pub fn choice_visibility(&self, c: usize) -> u8 {
+        let vis = self.prompt_vis(&self.tree.choices[c].nodes);
+        if vis == 1 && self.choice_kind(c) != Kind::Tristate {
+            2
+        } else {
+            vis
+        }
+    }
+
+    /// The mode of a choice.
+    pub fn choice_tri(&self, c: usize) -> u8 {
+        if let Some(v) = self.ctri_cache.borrow()[c] {
+            return v;
+        }
+        let ch = &self.tree.choices[c];
+        let mut v = if ch.optional { 0 } else { 1 };
+        if let Some(u) = self.choice_user[c] {
+            v = v.max(u);
+        }
+        v = v.min(self.choice_visibility(c));
+        if v == 1 && self.choice_kind(c) == Kind::Bool {
+            v = 2;
+        }
+        self.ctri_cache.borrow_mut()[c] = Some(v);
+        v
+    }
+
+    /// The member a `y`-mode choice has selected.
+    pub fn selection(&self, c: usize) -> Option<usize> {
+        if self.choice_tri(c) != 2 {
+            return None;
+        }
+        if let Some(u) = self.choice_sel[c].filter(|&u| self.visibility(u) > 0) {
+            return Some(u);
+        }
+        self.default_selection(c)
+    }
+
+    fn default_selection(&self, c: usize) -> Option<usize> {
+        let ch = &self.tree.choices[c];
+        for (name, cond) in &ch.defaults {
+            if let Some(i) = self.tree.sym_index(name) {
+                if self.t(cond) > 0 && self.visibility(i) > 0 {
+                    return Some(i);
+                }
+            }
+        }
+        ch.members.iter().copied().find(|&m| self.visibility(m) > 0)
+    }
+
+    fn or_value(&self, list: &[(String, Expr)]) -> u8 {
+        list.iter().map(|(_, e)| self.t(e)).max().unwrap_or(0)
+    }
+
+    /// Value of `select`s on the symbol.
+    pub fn rev_dep(&self, i: usize) -> u8 {
+        self.or_value(&self.tree.syms[i].rev)
+    }
+
+    /// Value of `imply`s on the symbol.
+    pub fn weak_rev_dep(&self, i: usize) -> u8 {
+        self.or_value(&self.tree.syms[i].weak_rev)
+    }
+
+    /// Symbols whose `select` currently forces this one.
+    pub fn selected_by(&self, i: usize) -> Vec<String> {
+        self.tree.syms[i].rev.iter().filter(|(_, e)| self.t(e) > 0).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Symbols whose `imply` currently raises this one.
+    pub fn implied_by(&self, i: usize) -> Vec<String> {
+        self.tree.syms[i].weak_rev.iter().filter(|(_, e)| self.t(e) > 0).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The tristate value of a bool or tristate symbol (0 for other types).
+    pub fn tri(&self, i: usize) -> u8 {
+        if let Some(v) = self.tri_cache.borrow()[i] {
+            return v;
+        }
+        let v = self.guard(i, 2, 0, || self.compute_tri(i).0);
+        self.tri_cache.borrow_mut()[i] = Some(v);
+        v
+    }
+
+    /// The value and whether it goes into `.config`.
+    fn compute_tri(&self, i: usize) -> (u8, bool) {
+        let s = &self.tree.syms[i];
+        if !s.kind.is_tri() {
+            return (0, false);
+        }
+        let vis = self.visibility(i);
+        let mut write = vis != 0;
+        let mut val = 0;
+        match s.choice {
+            None => {
+                match self.user_tri[i] {
+                    Some(u) if vis > 0 => val = u.min(vis),
+                    _ => {
+                        if let Some((d, c)) = s.defaults.iter().find(|(_, c)| self.t(c) > 0) {
+                            val = self.t(d).min(self.t(c));
+                            if val > 0 {
+                                write = true;
+                            }
+                        }
+                        let w = self.weak_rev_dep(i);
+                        if w > 0 && self.t(&s.direct_dep) > 0 {
+                            val = val.max(w);
+                            write = true;
+                        }
+                    }
+                }
+                let r = self.rev_dep(i);
+                if r > 0 {
+                    val = val.max(r);
+                    write = true;
+                }
+                if val == 1 && (self.kind(i) == Kind::Bool || self.weak_rev_dep(i) == 2) {
+                    val = 2;
+                }
+            }
+            Some(c) => {
+                if vis == 2 {
+                    val = if self.selection(c) == Some(i) { 2 } else { 0 };
+                } else if vis > 0 && self.user_tri[i].unwrap_or(0) > 0 {
+                    val = 1;
+                }
+            }
+        }
+        (val, write)
+    }
+
+    /// The string value and whether the symbol is written to `.config`.
+    pub fn value(&self, i: usize) -> (String, bool) {
+        if let Some(v) = self.str_cache.borrow()[i].clone() {
+            return v;
+        }
+        let v = self.guard(i, 4, (String::new(), false), || self.compute_str(i));
+        self.str_cache.borrow_mut()[i] = Some(v.clone());
+        v
+    }
+
+    fn compute_str(&self, i: usize) -> (String, bool) {
+        let s = &self.tree.syms[i];
+        match s.kind {
+            Kind::Unknown => return (s.name.clone(), false),
+            Kind::Bool | Kind::Tristate => {
+                let (_, write) = self.compute_tri(i);
+                return (TRI[self.tri(i) as usize].to_string(), write);
+            }
+            _ => {}
+        }
+        let vis = self.visibility(i);
+        let mut write = vis != 0;
+        let mut val = String::new();
+        if matches!(s.kind, Kind::Int | Kind::Hex) {
+            let b = base(s.kind);
+            let range = s.ranges.iter().find(|(_, _, c)| self.t(c) > 0).map(|(lo, hi, _)| {
+                let n = |e: &Expr| parse_int(&self.text(e), b).unwrap_or(0);
+                (n(lo), n(hi))
+            });
+            let mut use_defaults = true;
+            if let Some(u) = self.user_str[i].as_ref().filter(|u| vis > 0 && !u.is_empty()) {
+                let n = parse_int(u, b).unwrap_or(0);
+                if range.is_none_or(|(lo, hi)| lo <= n && n <= hi) {
+                    val = u.clone();
+                    use_defaults = false;
+                }
+            }
+            if use_defaults {
+                let mut n = 0;
+                if let Some((d, _)) = s.defaults.iter().find(|(_, c)| self.t(c) > 0) {
+                    write = true;
+                    val = self.text(d);
+                    n = parse_int(&val, b).unwrap_or(0);
+                }
+                if let Some((lo, hi)) = range {
+                    let clamp = if n < lo {
+                        Some(lo)
+                    } else if n > hi {
+                        Some(hi)
+                    } else {
+                        None
+                    };
+                    if let Some(c) = clamp {
+                        val = if s.kind == Kind::Int { c.to_string() } else { py_hex(c) };
+                    }
+                }
+            }
+        } else {
+            match self.user_str[i].as_ref().filter(|_| vis > 0) {
+                Some(u) => val = u.clone(),
+                None => {
+                    if let Some((d, _)) = s.defaults.iter().find(|(_, c)| self.t(c) > 0) {
+                        val = self.text(d);
+                        write = true;
+                    }
+                }
+            }
+        }
+        (val, write)
+    }
+
+    /// The value a symbol would have without a user value (for savedefconfig).
+    fn default_str(&self, i: usize) -> String {
+        let s = &self.tree.syms[i];
+        if s.kind.is_tri() {
+            let mut v = 0;
+            if s.choice.is_none() {
+                if let Some((d, c)) = s.defaults.iter().find(|(_, c)| self.t(c) > 0) {
+                    v = self.t(d).min(self.t(c));
+                }
+                v = v.max(self.rev_dep(i)).max(self.weak_rev_dep(i));
+                if v == 1 && self.kind(i) == Kind::Bool {
+                    v = 2;
+                }
+            }
+            return TRI[v as usize].into();
+        }
+        if matches!(s.kind, Kind::Int | Kind::Hex | Kind::Str) {
+            if let Some((d, _)) = s.defaults.iter().find(|(_, c)| self.t(c) > 0) {
+                return self.text(d);
+            }
+        }
+        String::new()
+    }
+
+    /// The text of an operand: a constant's own text, a symbol's value, an
+    /// undefined symbol's name.
+    fn text(&self, e: &Expr) -> String {
+        match e {
+            Expr::Const(c) => c.clone(),
+            Expr::Sym(s) => match self.tree.sym_index(s) {
+                Some(i) => self.value(i).0,
+                None => s.clone(),
+            },
+            other => TRI[self.t(other) as usize].into(),
+        }
+    }
+
+    fn operand_kind(&self, e: &Expr) -> Kind {
+        match e {
+            Expr::Const(c) if matches!(c.as_str(), "y" | "m" | "n") => Kind::Tristate,
+            Expr::Sym(s) => self.tree.get(s).map_or(Kind::Unknown, |s| s.kind),
+            Expr::Const(_) => Kind::Unknown,
+            _ => Kind::Tristate,
+        }
+    }
+
+    fn to_num(&self, e: &Expr) -> Option<i128> {
+        let k = self.operand_kind(e);
+        if k.is_tri() {
+            return Some(self.t(e) as i128);
+        }
+        parse_int(&self.text(e), base(k))
+    }
+
+    /// The tristate value of an expression.
+    pub fn t(&self, e: &Expr) -> u8 {
         match e {
             Expr::Const(c) => tri(c),
-            Expr::Sym(s) => match self.tree.get(s) {
-                Some(sym) if sym.kind == Kind::Bool => tri(&self.text(e)),
-                // Non-bool symbols are "y" in boolean context when they have a value.
-                Some(_) => if self.vals.get(s).cloned().flatten().is_some() { 2 } else { 0 },
-                None => 0,
-            },
+            Expr::Sym(s) => self.tree.sym_index(s).map_or(0, |i| self.tri(i)),
+            Expr::Choice(c) => self.choice_tri(*c),
+            Expr::Modules => self.modules(),
             Expr::Not(x) => 2 - self.t(x),
-            Expr::And(v) => v.iter().map(|x| self.t(x)).min().unwrap_or(2),
-            Expr::Or(v) => v.iter().map(|x| self.t(x)).max().unwrap_or(0),
+            Expr::And(v) => {
+                let mut m = 2;
+                for x in v {
+                    m = m.min(self.t(x));
+                    if m == 0 {
+                        break;
+                    }
+                }
+                m
+            }
+            Expr::Or(v) => {
+                let mut m = 0;
+                for x in v {
+                    m = m.max(self.t(x));
+                    if m == 2 {
+                        break;
+                    }
+                }
+                m
+            }
             Expr::Cmp(op, a, b) => {
-                let (x, y) = (self.text(a), self.text(b));
-                let ord = match (num(&x), num(&y)) {
-                    (Some(p), Some(q)) => p.cmp(&q),
-                    _ => x.cmp(&y),
+                let ord = if self.operand_kind(a) == Kind::Str && self.operand_kind(b) == Kind::Str {
+                    self.text(a).cmp(&self.text(b))
+                } else {
+                    match (self.to_num(a), self.to_num(b)) {
+                        (Some(x), Some(y)) => x.cmp(&y),
+                        _ => self.text(a).cmp(&self.text(b)),
+                    }
                 };
                 let r = match op {
                     CompareOperator::Equal => ord.is_eq(),
@@ -475,167 +1330,132 @@ impl Eval<'_> {
                     CompareOperator::GreaterThan => ord.is_gt(),
                     CompareOperator::GreaterOrEqual => ord.is_ge(),
                 };
-                if r { 2 } else { 0 }
+                if r {
+                    2
+                } else {
+                    0
+                }
             }
         }
     }
-}
 
-fn empty(k: Kind) -> String {
-    match k {
-        Kind::Bool => "n".into(),
-        _ => String::new(),
-    }
-}
-
-/// Parses a decimal or 0x-prefixed number.
-pub fn num(s: &str) -> Option<i64> {
-    let s = s.trim();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => i64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-/// Why a user value was rejected, or `None` when it is valid for the symbol.
-pub fn invalid(kind: Kind, v: &str) -> Option<&'static str> {
-    match kind {
-        Kind::Bool if !matches!(v, "y" | "n" | "m") => Some("a bool takes y or n"),
-        Kind::Int if v.parse::<i64>().is_err() => Some("an int takes a decimal number"),
-        Kind::Hex if !v.starts_with("0x") || num(v).is_none() => Some("a hex takes a 0x-prefixed number"),
-        _ => None,
-    }
-}
-
-/// Resolves every symbol. `user` holds values set by the user (`.config`,
-/// Kraftfile, `kiln config --set`), keyed by name without `CONFIG_`.
-pub fn resolve(tree: &Tree, user: &BTreeMap<String, String>) -> Result<Values> {
-    let mut vals: HashMap<String, Option<String>> = HashMap::new();
-    // Who selects each symbol, and under which condition (computed once).
-    let mut selectors: HashMap<&str, Vec<(&str, &Expr)>> = HashMap::new();
-    for o in &tree.syms {
-        for (t, c) in &o.selects {
-            selectors.entry(t.as_str()).or_default().push((o.name.as_str(), c));
+    /// Whether a menu node is shown (its prompt's condition holds).
+    pub fn node_visible(&self, n: usize) -> bool {
+        let node = &self.tree.nodes[n];
+        match node.item {
+            Item::Sym(i) => node.prompt.as_ref().is_some_and(|(_, c)| self.t(c) > 0) && (self.visibility(i) > 0),
+            Item::Choice(_) => node.prompt.as_ref().is_some_and(|(_, c)| self.t(c) > 0),
+            Item::Menu => self.t(&node.dep) > 0 && self.t(&node.visible) > 0,
+            Item::Comment => self.t(&node.dep) > 0,
+            Item::If => false,
         }
     }
-    let limit = tree.syms.len() * 2 + 10;
-    for round in 0.. {
-        let mut next = vals.clone();
-        let ev = Eval { tree, vals: &vals };
-        // Choice selections first: which visible member is on.
-        let mut chosen: HashMap<usize, Option<String>> = HashMap::new();
-        for (ci, c) in tree.choices.iter().enumerate() {
-            let vis = |m: &String| {
-                let s = tree.get(m).unwrap();
-                ev.t(&s.deps) > 0 && s.prompt.as_ref().is_none_or(|(_, cond)| ev.t(cond) > 0)
-            };
-            let pick = if ev.t(&c.deps) == 0 {
-                None
-            } else {
-                let by_user = c.members.iter().find(|m| user.get(*m).is_some_and(|v| v == "y") && vis(m));
-                let by_default = c
-                    .defaults
-                    .iter()
-                    .find(|(m, cond)| ev.t(cond) > 0 && c.members.contains(m) && vis(m))
-                    .map(|(m, _)| m);
-                by_user.or(by_default).or_else(|| c.members.iter().find(|m| vis(m))).cloned()
-            };
-            chosen.insert(ci, pick);
+
+    /// The `.config` line of a symbol, if it is written.
+    pub fn config_line(&self, i: usize) -> Option<String> {
+        let s = &self.tree.syms[i];
+        let (v, write) = self.value(i);
+        if !write {
+            return None;
         }
-        for s in &tree.syms {
-            let dep = ev.t(&s.deps);
-            let visible = dep > 0 && s.prompt.as_ref().is_some_and(|(_, c)| ev.t(c) > 0);
-            let rev = selectors
-                .get(s.name.as_str())
-                .into_iter()
-                .flatten()
-                .map(|(o, c)| ev.t(&Expr::Sym(o.to_string())).min(ev.t(c)))
-                .max()
-                .unwrap_or(0);
-            let v = match (s.kind, s.choice) {
-                (Kind::Bool, Some(ci)) => {
-                    let on = chosen[&ci].as_deref() == Some(s.name.as_str());
-                    if dep == 0 && rev == 0 { None } else { Some(if on || rev > 0 { "y" } else { "n" }.to_string()) }
-                }
-                (Kind::Bool, None) => {
-                    let mut t = match user.get(&s.name) {
-                        Some(u) if visible => tri(u),
-                        _ => s.defaults.iter().find(|(_, c)| ev.t(c) > 0).map_or(0, |(e, c)| ev.t(e).min(ev.t(c))),
-                    };
-                    t = t.min(dep);
-                    t = t.max(rev);
-                    let active_default = dep > 0 && s.defaults.iter().any(|(_, c)| ev.t(c) > 0);
-                    if !visible && rev == 0 && !active_default {
-                        // Not written to .config, like Linux does for unmet dependencies.
-                        None
-                    } else {
-                        Some(if t > 0 { "y" } else { "n" }.into())
-                    }
-                }
-                (kind, _) => {
-                    if dep == 0 {
-                        None
-                    } else {
-                        let range = s.ranges.iter().find(|(_, _, c)| ev.t(c) > 0).and_then(|(lo, hi, _)| {
-                            Some((num(&ev.text(lo))?, num(&ev.text(hi))?))
-                        });
-                        let in_range = |v: &str| match (kind, range) {
-                            (Kind::Int | Kind::Hex, Some((lo, hi))) => num(v).is_some_and(|n| n >= lo && n <= hi),
-                            _ => true,
-                        };
-                        let from_user = user.get(&s.name).filter(|u| visible && invalid(kind, u).is_none() && in_range(u));
-                        let v = match from_user {
-                            Some(u) => u.clone(),
-                            None => {
-                                let d = s.defaults.iter().find(|(_, c)| ev.t(c) > 0).map(|(e, _)| ev.text(e));
-                                let d = d.unwrap_or_else(|| match range {
-                                    Some((lo, _)) if kind == Kind::Hex => format!("{lo:#x}"),
-                                    Some((lo, _)) => lo.to_string(),
-                                    None => String::new(),
-                                });
-                                // Defaults outside the range are clamped to it.
-                                match (kind, range, num(&d)) {
-                                    (Kind::Int, Some((lo, hi)), Some(n)) => n.clamp(lo, hi).to_string(),
-                                    (Kind::Hex, Some((lo, hi)), Some(n)) => format!("{:#x}", n.clamp(lo, hi)),
-                                    _ => d,
-                                }
+        Some(match s.kind {
+            Kind::Bool | Kind::Tristate if v == "n" => format!("# CONFIG_{} is not set\n", s.name),
+            Kind::Str => format!("CONFIG_{}=\"{}\"\n", s.name, v.replace('\\', "\\\\").replace('"', "\\\"")),
+            _ => format!("CONFIG_{}={v}\n", s.name),
+        })
+    }
+
+    /// All values, `None` for symbols that are not written.
+    pub fn values(&self) -> Values {
+        self.tree
+            .syms
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (v, w) = self.value(i);
+                (s.name.clone(), w.then_some(v))
+            })
+            .collect()
+    }
+
+    /// The `.config` text in the Linux format: symbols in menu order, with
+    /// a comment block for each visible menu and comment.
+    pub fn config_text(&self, header: &str) -> String {
+        let mut out = String::from(header);
+        let mut seen = vec![false; self.tree.syms.len()];
+        let mut after_end = false;
+        self.write_node(0, &mut out, &mut seen, &mut after_end);
+        out
+    }
+
+    fn write_node(&self, n: usize, out: &mut String, seen: &mut [bool], after_end: &mut bool) {
+        for &c in &self.tree.nodes[n].children {
+            let node = &self.tree.nodes[c];
+            match node.item {
+                Item::Sym(i) => {
+                    if !seen[i] {
+                        seen[i] = true;
+                        if let Some(l) = self.config_line(i) {
+                            if *after_end {
+                                *after_end = false;
+                                out.push('\n');
                             }
-                        };
-                        Some(v)
+                            out.push_str(&l);
+                        }
                     }
                 }
-            };
-            next.insert(s.name.clone(), v);
+                Item::Menu | Item::Comment if self.node_visible(c) => {
+                    let _ = write!(out, "\n#\n# {}\n#\n", node.prompt.as_ref().map_or("", |p| p.0.as_str()));
+                    *after_end = false;
+                }
+                _ => {}
+            }
+            if !node.children.is_empty() {
+                self.write_node(c, out, seen, after_end);
+                if node.item == Item::Menu && self.node_visible(c) {
+                    let _ = writeln!(out, "# end of {}", node.prompt.as_ref().map_or("", |p| p.0.as_str()));
+                    *after_end = true;
+                }
+            }
         }
-        if next == vals {
-            break;
-        }
-        if round > limit {
-            let changed: Vec<&String> = next.keys().filter(|k| next.get(*k) != vals.get(*k)).collect();
-            bail!("Kconfig values do not settle (a dependency loop?) among: {changed:?}");
-        }
-        vals = next;
     }
-    Ok(tree.syms.iter().map(|s| (s.name.clone(), vals.get(&s.name).cloned().flatten())).collect())
+
+    /// The minimal `.config` (savedefconfig): only values that differ from
+    /// what the defaults would give.
+    pub fn min_config_text(&self, header: &str) -> String {
+        let mut out = String::from(header);
+        for (i, s) in self.tree.syms.iter().enumerate() {
+            if s.choice.is_none() && self.visibility(i) <= self.rev_dep(i) {
+                continue;
+            }
+            if self.value(i).0 == self.default_str(i) {
+                continue;
+            }
+            if let Some(c) = s.choice {
+                let ch = &self.tree.choices[c];
+                if !ch.optional && self.default_selection(c) == Some(i) && s.kind == Kind::Bool && self.tri(i) == 2 {
+                    continue;
+                }
+            }
+            if let Some(l) = self.config_line(i) {
+                out.push_str(&l);
+            }
+        }
+        out
+    }
 }
 
-/// Writes a `.config` in the Linux format, symbols in tree order.
-pub fn write_config(tree: &Tree, vals: &Values) -> String {
-    let mut out = String::from("# Kiln configuration, resolved by `kiln`; edit with `kiln menu` or `kiln config`.\n");
-    let mut menu = "";
-    for s in &tree.syms {
-        let Some(v) = vals.get(&s.name).cloned().flatten() else { continue };
-        if s.menu != menu {
-            menu = &s.menu;
-            let _ = write!(out, "\n#\n# {menu}\n#\n");
-        }
-        let _ = match s.kind {
-            Kind::Bool if v == "n" => writeln!(out, "# CONFIG_{} is not set", s.name),
-            Kind::Str => writeln!(out, "CONFIG_{}=\"{}\"", s.name, v.replace('\\', "\\\\").replace('"', "\\\"")),
-            _ => writeln!(out, "CONFIG_{}={v}", s.name),
-        };
-    }
-    out
+/// Resolves every symbol.
+pub fn resolve(tree: &Tree, user: &User) -> Values {
+    Eval::new(tree, user).values()
+}
+
+/// The header Kiln puts at the top of `.config` files.
+pub const HEADER: &str = "# Kiln configuration, resolved by `kiln`; edit with `kiln menu` or `kiln config`.\n";
+
+/// Writes a `.config` in the Linux format.
+pub fn write_config(tree: &Tree, user: &User) -> String {
+    Eval::new(tree, user).config_text(HEADER)
 }
 
 /// Reads a `.config`: `CONFIG_X=v` lines and `# CONFIG_X is not set`.
@@ -678,14 +1498,12 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("Kconfig");
         std::fs::write(&p, text).unwrap();
-        let mut t = Tree::default();
-        t.add_file(&p, "Test").unwrap();
-        t
+        Tree::load_file(&p).unwrap()
     }
 
     fn values(t: &Tree, user: &[(&str, &str)]) -> BTreeMap<String, Option<String>> {
         let u = user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        resolve(t, &u).unwrap()
+        resolve(t, &u)
     }
 
     fn v(vals: &Values, k: &str) -> Option<String> {
@@ -759,7 +1577,7 @@ config CMP
         assert_eq!(v(&x, "P2").as_deref(), Some("y"), "choice default once visible");
         assert_eq!(v(&x, "S").as_deref(), Some("hi"));
         assert_eq!(v(&x, "N").as_deref(), Some("3"));
-        assert_eq!(v(&x, "CMP").as_deref(), Some("n"));
+        assert_eq!(v(&x, "CMP"), None, "a def_bool that evaluates to n and has no prompt is not written");
 
         let x = values(&t, &[("A", "n"), ("B", "y"), ("N", "99")]);
         assert_eq!(v(&x, "B"), None, "unmet dependency: no value at all");
@@ -781,12 +1599,13 @@ config CMP
         let t = tree(TREE);
         let x = values(&t, &[("P1", "n"), ("B", "y"), ("P2", "y")]);
         assert_eq!(v(&x, "P2").as_deref(), Some("y"));
-        let text = write_config(&t, &x);
+        let u: User = [("P1", "n"), ("B", "y"), ("P2", "y")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let text = write_config(&t, &u);
         assert!(text.contains("CONFIG_P2=y\n") && text.contains("# CONFIG_P1 is not set\n"), "{text}");
         assert!(text.contains("CONFIG_S=\"hi\"\n"), "{text}");
         let back = read_config(Path::new(".config"), &text).unwrap();
         let user: BTreeMap<String, String> = back.into_iter().map(|(k, (v, _))| (k, v)).collect();
-        assert_eq!(resolve(&t, &user).unwrap(), x);
+        assert_eq!(resolve(&t, &user), x);
     }
 
     #[test]
@@ -796,8 +1615,7 @@ config CMP
         let p = d.join("Kconfig");
         let load = |text: &str| {
             std::fs::write(&p, text).unwrap();
-            let mut t = Tree::default();
-            t.add_file(&p, "T").and_then(|_| t.check()).map(|_| t)
+            Tree::load_file(&p).and_then(|t| t.check().map(|_| t))
         };
         let e = format!("{:#}", load("config A\n\tbool \"a\"\n\tselect NOPE\n").unwrap_err());
         assert_eq!(e, format!("{}:1: A selects undefined symbol NOPE", p.display()));

@@ -28,6 +28,26 @@ enum Cmd {
     Run(RunArgs),
     /// Show or change the app's Kconfig configuration without a terminal UI
     Config(ConfigArgs),
+    /// Resolve any Kconfig tree (like `make olddefconfig`) and print the .config
+    Kconfig(KconfigArgs),
+}
+
+#[derive(Args)]
+struct KconfigArgs {
+    /// The top Kconfig file; `source` paths are relative to $srctree, else the current folder
+    file: PathBuf,
+    /// Start from this .config (default: all defaults)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the minimal configuration instead (savedefconfig)
+    #[arg(long)]
+    savedefconfig: bool,
+    /// Print the time spent parsing and resolving to stderr
+    #[arg(long)]
+    time: bool,
+    /// Write the output here instead of standard output
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -136,6 +156,39 @@ fn config(a: &ConfigArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
+    let t0 = std::time::Instant::now();
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let root = match std::env::var_os("srctree") {
+        Some(r) => PathBuf::from(r),
+        None => std::env::current_dir()?,
+    };
+    let tree = kconfig::Tree::load(&a.file, &text, &root, &std::env::vars().collect())?;
+    let t1 = std::time::Instant::now();
+    let mut user = kconfig::User::new();
+    if let Some(c) = &a.config {
+        let text = std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        user = kconfig::read_config(c, &text)?.into_iter().map(|(k, (v, _))| (k, v)).collect();
+    }
+    let eval = kconfig::Eval::new(&tree, &user);
+    let out = if a.savedefconfig { eval.min_config_text(kconfig::HEADER) } else { eval.config_text(kconfig::HEADER) };
+    let t2 = std::time::Instant::now();
+    if a.time {
+        eprintln!(
+            "kiln: {} symbols, {} menu nodes; parse {:.1} ms, resolve and write {:.1} ms",
+            tree.syms.len(),
+            tree.nodes.len(),
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3
+        );
+    }
+    match &a.output {
+        Some(o) => std::fs::write(o, out).with_context(|| format!("writing {}", o.display()))?,
+        None => print!("{out}"),
+    }
+    Ok(0)
+}
+
 fn build(a: &BuildArgs) -> Result<i32> {
     let ui = Ui { quiet: a.target.quiet };
     let (kf, target) = load(&a.target, &ui)?;
@@ -219,6 +272,7 @@ fn main() {
         Cmd::Build(a) => build(a),
         Cmd::Run(a) => run(a),
         Cmd::Config(a) => config(a),
+        Cmd::Kconfig(a) => kconfig_cmd(a),
     };
     match r {
         Ok(code) => std::process::exit(code),
