@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nom_kconfig::attribute::expression::{AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term};
 use nom_kconfig::attribute::r#type::Type;
 use nom_kconfig::attribute::range::RangeBound;
+use nom_kconfig::attribute::r#macro::Macro;
 use nom_kconfig::attribute::{Attribute, OptionValues};
 use nom_kconfig::symbol::{ConstantSymbol, Symbol};
 use nom_kconfig::tristate::Tristate;
@@ -222,6 +223,22 @@ fn conv_symbol(s: &Symbol) -> Expr {
     }
 }
 
+thread_local! {
+    /// Variables for `$(VAR)` in expressions, set while a tree loads.
+    static VARS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+}
+
+/// Expands a macro in an expression: `$(VAR)` from the load's variables;
+/// macro functions (`$(shell,...)`, `$(cc-option,...)`) probe a C build
+/// environment Kiln does not have, and expand to nothing (`n`).
+fn expand(m: &Macro) -> String {
+    match m {
+        Macro::Variable(v) => VARS.with(|vars| vars.borrow().get(v).cloned().unwrap_or_default()),
+        Macro::DoubleQuoted(inner) => expand(inner),
+        Macro::FunctionCall(_) => String::new(),
+    }
+}
+
 /// Converts nom-kconfig expressions. In conditions (`cond`), a plain `m`
 /// means `m && MODULES`, as in Linux.
 struct Conv {
@@ -232,7 +249,7 @@ impl Conv {
     fn operand(&self, o: &CompareOperand) -> Result<Expr> {
         match o {
             CompareOperand::Symbol(s) => Ok(conv_symbol(s)),
-            CompareOperand::Macro(m) => bail!("macros in expressions are not supported: {m:?}"),
+            CompareOperand::Macro(m) => Ok(Expr::Const(expand(m))),
         }
     }
 
@@ -250,7 +267,7 @@ impl Conv {
                 Expr::Cmp(c.operator.clone(), Box::new(self.operand(&c.left)?), Box::new(self.operand(&c.right)?))
             }
             Atom::Parenthesis(e) => self.or(e)?,
-            Atom::Macro(m) => bail!("macros in expressions are not supported: {m:?}"),
+            Atom::Macro(m) => Expr::Const(expand(m)),
         })
     }
 
@@ -316,6 +333,7 @@ impl Tree {
             modules_name: None,
             texts: HashMap::new(),
         };
+        VARS.with(|v| *v.borrow_mut() = vars.clone());
         let none = HashMap::new();
         let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
         let (rest, k) = parse_kconfig(KconfigInput::new_extra(text, kf)).map_err(|e| syntax_error(&e))?;
@@ -520,7 +538,9 @@ impl Tree {
                     }
                 }
                 Entry::MainMenu(m) => self.mainmenu = m.prompt.clone(),
-                Entry::VariableAssignment(_) => {}
+                // Macro-language statements (`$(error-if,...)`, function
+                // definitions) check the build environment; Kiln has none.
+                Entry::VariableAssignment(_) | Entry::FunctionCall(_) | Entry::Function(_) => {}
                 other => bail!("{}: unsupported Kconfig entry {other:?}", cur.file.display()),
             }
         }

@@ -175,7 +175,7 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     let t2 = std::time::Instant::now();
     if a.time {
         eprintln!(
-            "kiln: {} symbols, {} menu nodes; parse {:.1} ms, resolve and write {:.1} ms",
+            "kiln: {} symbols, {} menu nodes; parse {:.3} ms, resolve and write {:.3} ms",
             tree.syms.len(),
             tree.nodes.len(),
             (t1 - t0).as_secs_f64() * 1e3,

@@ -28,7 +28,7 @@ def main():
     with open(out, "w") as f:
         f.write(text)
     if "--time" in sys.argv:
-        print("kconfiglib: %d symbols; parse %.1f ms, resolve and write %.1f ms"
+        print("kconfiglib: %d symbols; parse %.3f ms, resolve and write %.3f ms"
               % (len(kconf.unique_defined_syms), (t1 - t0) * 1e3, (t2 - t1) * 1e3), file=sys.stderr)
 
 
