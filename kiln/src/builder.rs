@@ -40,17 +40,21 @@ pub struct BuildPaths {
     pub link_crate: PathBuf,
     /// The resolved `.config` the image was built from.
     pub config: PathBuf,
+    /// The linker's map of the image: sections and symbols with sizes.
+    pub map: PathBuf,
 }
 
 impl BuildPaths {
     pub fn new(kf: &Kraftfile, target: &Target) -> BuildPaths {
         let dir = kf.path.parent().unwrap_or(Path::new("."));
         let base = format!("{}_{}-{}", kf.name, target.plat, target.arch);
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let build = dir.join(".kiln").join("build");
         BuildPaths {
             kernel: build.join(&base),
             link_crate: build.join(format!("{base}.crate")),
             config: build.join(format!("{base}.config")),
+            map: build.join(format!("{base}.map")),
         }
     }
 }
@@ -86,6 +90,82 @@ fn toml_str(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
+/// A micro-library under `lib/`, as its Cargo.toml describes it to Kiln
+/// (`[package.metadata.kiln]`).
+#[derive(Debug, Clone)]
+pub struct Library {
+    pub dir: PathBuf,
+    pub package: String,
+    /// Compiled into a kernel only when this symbol is y.
+    pub kconfig: String,
+    /// For heap backends: the backend type, in the library's crate.
+    pub heap: Option<String>,
+}
+
+impl Library {
+    /// The crate's name in Rust code.
+    pub fn rust_name(&self) -> String {
+        self.package.replace('-', "_")
+    }
+}
+
+/// Reads every library's metadata.
+pub fn libraries() -> Result<Vec<Library>> {
+    let lib = kiln_home().join("lib");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .collect();
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let manifest = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)?;
+        let doc: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+        let pkg = doc.get("package").and_then(|p| p.as_table());
+        let package = pkg.and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        let meta = pkg.and_then(|p| p.get("metadata")).and_then(|m| m.get("kiln")).and_then(|k| k.as_table());
+        let Some(meta) = meta else {
+            bail!("{}: missing [package.metadata.kiln] (kconfig = \"SYMBOL\" that enables the library)", manifest.display());
+        };
+        let Some(kconfig) = meta.get("kconfig").and_then(|k| k.as_str()) else {
+            bail!("{}: [package.metadata.kiln] needs kconfig = \"SYMBOL\"", manifest.display());
+        };
+        let heap = meta.get("heap").and_then(|h| h.as_str()).map(str::to_string);
+        out.push(Library { dir, package, kconfig: kconfig.to_string(), heap });
+    }
+    Ok(out)
+}
+
+/// The libraries a configuration selects, and the heap backend among them.
+pub fn selected(cfg: &Config) -> Result<(Vec<Library>, Library)> {
+    let mut chosen = Vec::new();
+    for l in libraries()? {
+        if cfg.tree.get(&l.kconfig).is_none() {
+            bail!("{}: kconfig symbol {} is not defined in any Kconfig file", l.dir.join("Cargo.toml").display(), l.kconfig);
+        }
+        if cfg.on(&l.kconfig) {
+            chosen.push(l);
+        }
+    }
+    for required in ["kiln-boot", "kiln-alloc"] {
+        if !chosen.iter().any(|l| l.package == required) {
+            bail!("the configuration turns off {required}, which every kernel needs");
+        }
+    }
+    let heaps: Vec<&Library> = chosen.iter().filter(|l| l.heap.is_some()).collect();
+    let heap = match heaps.as_slice() {
+        [one] => (*one).clone(),
+        [] => bail!("the configuration selects no heap backend (choose one under Libraries > Heap allocator)"),
+        more => bail!(
+            "the configuration selects more than one heap backend: {}",
+            more.iter().map(|l| l.package.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    Ok((chosen, heap))
+}
+
 /// Generates the link crate's files.
 fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config) -> Result<String> {
     let home = kiln_home();
@@ -96,7 +176,6 @@ fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config) -
     let dir = &paths.link_crate;
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
 
-    let dep = |name: &str, rel: &str| format!("{name} = {{ path = {} }}\n", toml_str(&home.join(rel)));
     // The arch and plat crates go by fixed names in the glue code.
     let renamed = |name: &str, package: &str, rel: &str| {
         format!("{name} = {{ package = {package:?}, path = {} }}\n", toml_str(&home.join(rel)))
@@ -104,16 +183,12 @@ fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config) -
     let mut deps = String::new();
     deps += &renamed("kiln-arch", &format!("kiln-arch-{}", target.arch), &format!("arch/{}", target.arch));
     deps += &renamed("kiln-plat", &format!("kiln-plat-{}", target.plat), &format!("plat/{}", target.plat));
-    deps += &dep("kiln-boot", "lib/boot");
-    deps += &dep("kiln-alloc", "lib/alloc");
-    // Only the heap backend chosen in Kconfig is compiled.
-    let (heap_crate, heap_type) = if cfg.on("LIBALLOC_REGION") {
-        deps += &dep("kiln-alloc-region", "lib/alloc-region");
-        ("kiln_alloc_region", "Region")
-    } else {
-        deps += &dep("kiln-alloc-tlsf", "lib/alloc-tlsf");
-        ("kiln_alloc_tlsf", "Tlsf")
-    };
+    // Only the libraries the configuration selects are compiled.
+    let (libs, heap) = selected(cfg)?;
+    for l in &libs {
+        deps += &format!("{} = {{ path = {} }}\n", l.package, toml_str(&l.dir));
+    }
+    let (heap_crate, heap_type) = (heap.rust_name(), heap.heap.clone().unwrap_or_default());
     deps += &format!("app = {{ package = {app_pkg:?}, path = {} }}\n", toml_str(&app_dir));
 
     let manifest = format!(
@@ -136,22 +211,25 @@ bench = false
 [dependencies]
 {deps}
 [profile.release]
-opt-level = "s"
+opt-level = {opt}
 lto = true
 codegen-units = 1
 panic = "abort"
 debug = false
-strip = true
+strip = {strip}
 
 [profile.dev]
 panic = "abort"
 "#,
         kraftfile = kf.path.display(),
+        opt = if cfg.on("BUILD_OPTIMIZE_SIZE") { "\"s\"" } else { "3" },
+        strip = !cfg.on("BUILD_DEBUG_SYMBOLS"),
     );
     let linker = home.join("arch").join(&target.arch).join("linker.ld");
     let build_rs = format!(
-        "// Generated by `kiln build`.\nfn main() {{\n    println!(\"cargo:rerun-if-changed={l}\");\n    println!(\"cargo:rustc-link-arg=-T{l}\");\n}}\n",
-        l = linker.display()
+        "// Generated by `kiln build`.\nfn main() {{\n    println!(\"cargo:rerun-if-changed={l}\");\n    println!(\"cargo:rustc-link-arg=-T{l}\");\n    // The link map: every symbol that made it into the kernel, with its size.\n    println!(\"cargo:rustc-link-arg=--Map={m}\");\n}}\n",
+        l = linker.display(),
+        m = paths.map.display()
     );
     let main_rs = format!(
         r#"// Generated by `kiln build`: glue between the platform, the libraries and the app.

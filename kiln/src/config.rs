@@ -83,7 +83,7 @@ pub fn top_kconfig(kf: &Kraftfile, target: &Target) -> Result<String> {
 
 /// Where the top-level Kconfig of a target is written.
 pub fn top_path(kf: &Kraftfile, target: &Target) -> PathBuf {
-    kf.app_dir.join(".kiln").join("build").join(format!("{}_{}-{}.Kconfig", kf.name, target.plat, target.arch))
+    kf.path.parent().unwrap_or(Path::new(".")).join(".kiln").join("build").join(format!("{}_{}-{}.Kconfig", kf.name, target.plat, target.arch))
 }
 
 /// Loads the Kconfig tree for a target.

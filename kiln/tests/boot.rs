@@ -353,6 +353,13 @@ fn kconfig_options_change_what_is_built_and_how_it_behaves() {
     let region = d.join(".kiln/build/hello-region_qemu-x86_64");
     let (a, b) = (loaded_bytes(&tlsf), loaded_bytes(&region));
     assert!(b < a, "region kernel ({b} bytes loaded) is not smaller than the TLSF one ({a})");
+    // The link maps list every symbol in each image: TLSF's are gone.
+    let tlsf_map = std::fs::read_to_string(tlsf.with_extension("map")).unwrap();
+    let region_map = std::fs::read_to_string(region.with_extension("map")).unwrap();
+    let has = |map: &str, what: &str| map.lines().any(|l| l.trim_start().split_whitespace().last().is_some_and(|s| s.contains(what)));
+    assert!(has(&tlsf_map, "rlsf::tlsf::Tlsf"), "TLSF symbols missing from the TLSF kernel's map");
+    assert!(!has(&region_map, "rlsf"), "TLSF symbols left in the region kernel");
+    assert!(has(&region_map, "kiln_alloc..Heap"), "no heap symbols in the region kernel's map");
 }
 
 #[test]
@@ -402,4 +409,45 @@ fn kiln_config_sets_shows_and_resets_the_saved_config() {
     let r = cfg(&["--show"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains(".config:2: expected CONFIG_NAME=value, found 'garbage'"), "{}", r.stderr);
+}
+
+/// How many crates a `kiln build` compiled (from its last step line).
+fn compiled_crates(stderr: &str) -> u32 {
+    let step = stderr.lines().find(|l| l.starts_with("[4/4]")).unwrap_or_else(|| panic!("no final step:\n{stderr}"));
+    step.split("compiled ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn build_recompiles_exactly_when_the_configuration_changes() {
+    let d = configured_helloworld("hello-rebuild", "  LIBBOOT_BANNER: y\n");
+    let dir = d.to_str().unwrap();
+    let build = || {
+        let mut c = kiln();
+        c.args(["build", dir]);
+        let r = output(run_with_limit(c, Duration::from_secs(600)));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stderr
+    };
+    let config = d.join(".kiln/build/hello-rebuild_qemu-x86_64.config");
+    build();
+    let first = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(compiled_crates(&build()), 0, "nothing changed, yet the kernel was recompiled");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), first);
+
+    let mut c = kiln();
+    c.args(["config", dir, "--set", "LIBCONSOLE_LOGLEVEL=1"]);
+    assert_eq!(output(run_with_limit(c, Duration::from_secs(60))).code, 0);
+    let n = compiled_crates(&build());
+    assert!(n >= 1, "the log level changed, yet nothing was recompiled");
+    assert!(std::fs::read_to_string(&config).unwrap().contains("CONFIG_LIBCONSOLE_LOGLEVEL=1\n"));
+    assert_eq!(compiled_crates(&build()), 0, "a second build after the change recompiled again");
+
+    // A build option reaches the compiler profile: speed instead of size.
+    let mut c = kiln();
+    c.args(["config", dir, "--set", "BUILD_OPTIMIZE_SIZE=n"]);
+    assert_eq!(output(run_with_limit(c, Duration::from_secs(60))).code, 0);
+    assert!(compiled_crates(&build()) >= 1);
+    let manifest = std::fs::read_to_string(d.join(".kiln/build/hello-rebuild_qemu-x86_64.crate/Cargo.toml")).unwrap();
+    assert!(manifest.contains("opt-level = 3\n"), "{manifest}");
+    let _ = std::fs::remove_dir_all(&d);
 }
