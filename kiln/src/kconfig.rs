@@ -81,6 +81,45 @@ pub enum Expr {
     Cmp(CompareOperator, Box<Expr>, Box<Expr>),
 }
 
+impl std::fmt::Display for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = |o: &CompareOperator| match o {
+            CompareOperator::Equal => "=",
+            CompareOperator::NotEqual => "!=",
+            CompareOperator::LowerThan => "<",
+            CompareOperator::LowerOrEqual => "<=",
+            CompareOperator::GreaterThan => ">",
+            CompareOperator::GreaterOrEqual => ">=",
+        };
+        let join = |f: &mut std::fmt::Formatter<'_>, v: &[Expr], sep: &str| -> std::fmt::Result {
+            for (i, x) in v.iter().enumerate() {
+                if i > 0 {
+                    write!(f, " {sep} ")?;
+                }
+                match x {
+                    Expr::And(_) | Expr::Or(_) => write!(f, "({x})")?,
+                    _ => write!(f, "{x}")?,
+                }
+            }
+            Ok(())
+        };
+        match self {
+            Expr::Const(c) if matches!(c.as_str(), "y" | "n" | "m") || num(c).is_some() => write!(f, "{c}"),
+            Expr::Const(c) => write!(f, "{c:?}"),
+            Expr::Sym(s) => write!(f, "{s}"),
+            Expr::Choice(_) => write!(f, "<choice>"),
+            Expr::Modules => write!(f, "MODULES"),
+            Expr::Not(x) => match **x {
+                Expr::And(_) | Expr::Or(_) | Expr::Cmp(..) => write!(f, "!({x})"),
+                _ => write!(f, "!{x}"),
+            },
+            Expr::And(v) => join(f, v, "&&"),
+            Expr::Or(v) => join(f, v, "||"),
+            Expr::Cmp(o, a, b) => write!(f, "{a} {} {b}", op(o)),
+        }
+    }
+}
+
 fn yes() -> Expr {
     Expr::Const("y".into())
 }
@@ -166,7 +205,6 @@ pub struct Sym {
 /// A `choice` group.
 #[derive(Clone, Debug)]
 pub struct Choice {
-    pub name: Option<String>,
     pub kind: Kind,
     pub nodes: Vec<usize>,
     pub defaults: Vec<(String, Expr)>,
@@ -400,6 +438,7 @@ impl Tree {
     }
 
     /// Loads a Kconfig file from disk, with sources relative to its folder.
+    #[cfg(test)]
     pub fn load_file(path: &Path) -> Result<Tree> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Tree::load(path, &text, path.parent().unwrap_or(Path::new(".")), &std::env::vars().collect())
@@ -461,7 +500,6 @@ impl Tree {
                 Entry::Choice(ch) => {
                     let line = self.locate(cur, &["choice"]);
                     let ci = self.choices.len();
-                    let name = ch.name.clone();
                     let mut node = self.blank(Item::Choice(ci), &cur.file, line);
                     let mut kind = Kind::Unknown;
                     let mut optional = false;
@@ -487,7 +525,6 @@ impl Tree {
                         }
                     }
                     self.choices.push(Choice {
-                        name,
                         kind,
                         nodes: vec![],
                         defaults: vec![],
@@ -1116,11 +1153,6 @@ impl<'a> Eval<'a> {
     /// Symbols whose `select` currently forces this one.
     pub fn selected_by(&self, i: usize) -> Vec<String> {
         self.tree.syms[i].rev.iter().filter(|(_, e)| self.t(e) > 0).map(|(n, _)| n.clone()).collect()
-    }
-
-    /// Symbols whose `imply` currently raises this one.
-    pub fn implied_by(&self, i: usize) -> Vec<String> {
-        self.tree.syms[i].weak_rev.iter().filter(|(_, e)| self.t(e) > 0).map(|(n, _)| n.clone()).collect()
     }
 
     /// The tristate value of a bool or tristate symbol (0 for other types).

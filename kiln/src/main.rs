@@ -4,6 +4,7 @@ mod builder;
 mod config;
 mod kconfig;
 mod kraftfile;
+mod menu;
 mod qemu;
 mod ui;
 
@@ -28,8 +29,16 @@ enum Cmd {
     Run(RunArgs),
     /// Show or change the app's Kconfig configuration without a terminal UI
     Config(ConfigArgs),
+    /// Configure the app in a full-screen menu (like `make menuconfig`)
+    Menu(MenuArgs),
     /// Resolve any Kconfig tree (like `make olddefconfig`) and print the .config
     Kconfig(KconfigArgs),
+}
+
+#[derive(Args)]
+struct MenuArgs {
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Args)]
@@ -156,6 +165,15 @@ fn config(a: &ConfigArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn menu_cmd(a: &MenuArgs) -> Result<i32> {
+    let ui = Ui { quiet: true };
+    let (kf, target) = load(&a.target, &ui)?;
+    let tree = config::tree(&kf, &target)?;
+    let user = config::user_values(&kf, &target, &tree)?;
+    menu::run(tree, user, config::saved_path(&kf))?;
+    Ok(0)
+}
+
 fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
@@ -273,6 +291,7 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Config(a) => config(a),
         Cmd::Kconfig(a) => kconfig_cmd(a),
+        Cmd::Menu(a) => menu_cmd(a),
     };
     match r {
         Ok(code) => std::process::exit(code),
