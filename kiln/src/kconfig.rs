@@ -353,6 +353,8 @@ fn short(s: &str) -> String {
 /// Where in the files the tree builder is: for line numbers.
 struct Cursor {
     file: PathBuf,
+    /// The source root; sourced files are named relative to it.
+    root: PathBuf,
     /// Next line to search from, per file.
     pos: HashMap<PathBuf, usize>,
 }
@@ -372,6 +374,14 @@ impl Tree {
             texts: HashMap::new(),
         };
         VARS.with(|v| *v.borrow_mut() = vars.clone());
+        // `$(VAR)` in the top file, as nom-kconfig does for sourced files.
+        let mut expanded = text.to_string();
+        if expanded.contains('$') {
+            for (k, v) in vars {
+                expanded = expanded.replace(&format!("$({k})"), v).replace(&format!("${{{k}}}"), v);
+            }
+        }
+        let text = expanded.as_str();
         let none = HashMap::new();
         let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
         let (rest, k) = parse_kconfig(KconfigInput::new_extra(text, kf)).map_err(|e| syntax_error(&e))?;
@@ -399,7 +409,7 @@ impl Tree {
             file: top.to_path_buf(),
             line: 1,
         });
-        let mut cur = Cursor { file: top.to_path_buf(), pos: HashMap::new() };
+        let mut cur = Cursor { file: top.to_path_buf(), root: root.to_path_buf(), pos: HashMap::new() };
         t.build(&mut cur, &k.entries, 0)?;
         if !t.mainmenu.is_empty() {
             t.nodes[0].prompt = Some((t.mainmenu.clone(), yes()));
@@ -566,9 +576,12 @@ impl Tree {
                     self.build(cur, &i.entries, n)?;
                 }
                 Entry::Source(s) => {
-                    self.locate(cur, &["source"]);
+                    let line = self.locate(cur, &["source"]);
                     for k in &s.kconfigs {
-                        let file = PathBuf::from(&k.file);
+                        let file = cur.root.join(&k.file);
+                        if !file.is_file() {
+                            bail!("{}:{line}: sourced file {} not found", cur.file.display(), file.display());
+                        }
                         let saved = std::mem::replace(&mut cur.file, file);
                         self.build(cur, &k.entries, parent)?;
                         cur.file = saved;
@@ -776,11 +789,12 @@ impl Tree {
             if s.kind == Kind::Unknown {
                 out.push(format!("{}: symbol {} has no type (bool, tristate, int, hex, string)", at(s), s.name));
             }
-            for (t, _) in s.selects.iter().chain(&s.implies) {
+            let sel = s.selects.iter().map(|(t, _)| ("selects", t));
+            for (verb, t) in sel.chain(s.implies.iter().map(|(t, _)| ("implies", t))) {
                 match self.get(t) {
-                    None => out.push(format!("{}: {} selects undefined symbol {t}", at(s), s.name)),
+                    None => out.push(format!("{}: {} {verb} undefined symbol {t}", at(s), s.name)),
                     Some(target) if !target.kind.is_tri() => {
-                        out.push(format!("{}: {} selects {t}, which is not a bool or tristate", at(s), s.name))
+                        out.push(format!("{}: {} {verb} {t}, which is not a bool or tristate", at(s), s.name))
                     }
                     _ => {}
                 }
@@ -1676,6 +1690,14 @@ config CMP
         assert!(e.starts_with(&format!("{}:2:", p.display())), "{e}");
         let e = format!("{:#}", load("config A\n\tbool \"a\"\n\nconfig\n").unwrap_err());
         assert!(e.contains("Kconfig syntax error"), "{e}");
+        // Errors inside a sourced file name that file.
+        std::fs::write(d.join("Kconfig.sub"), "config B\n\tbool \"b\"\n\tdepends on\n").unwrap();
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
+        assert!(e.contains(&format!("{}", d.join("Kconfig.sub").display())) && e.contains("syntax error"), "{e}");
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\nsource \"missing/Kconfig\"\n").unwrap_err());
+        assert_eq!(e, format!("{}:4: sourced file {} not found", p.display(), d.join("missing/Kconfig").display()));
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\timply NOPE\n").unwrap_err());
+        assert_eq!(e, format!("{}:1: A implies undefined symbol NOPE", p.display()));
     }
 
     #[test]
