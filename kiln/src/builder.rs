@@ -305,6 +305,13 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         .env_remove("CARGO_BUILD_TARGET")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Every resolved value also reaches crates as a compile-time environment
+    // variable, KILN_CONFIG_<SYMBOL> (read with kiln-std's `kconfig_*!`
+    // macros). rustc records which ones a crate reads, so cargo recompiles
+    // exactly the crates whose options changed.
+    for (name, v) in cfg.values.iter().filter_map(|(n, v)| v.as_ref().map(|v| (n, v))) {
+        cmd.env(format!("KILN_CONFIG_{name}"), v);
+    }
     let mut child = cmd.spawn().with_context(|| format!("running {:?}: is Rust (cargo) installed?", cargo))?;
     let mut stderr = child.stderr.take().unwrap();
     let err_thread = std::thread::spawn(move || {

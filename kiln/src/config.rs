@@ -73,7 +73,7 @@ pub fn top_kconfig(kf: &Kraftfile, target: &Target) -> Result<String> {
         t += &src(l);
     }
     t += "endmenu\n\n";
-    let app = kf.app_dir.join("Kconfig");
+    let app = std::fs::canonicalize(&kf.app_dir).unwrap_or_else(|_| kf.app_dir.clone()).join("Kconfig");
     if app.is_file() {
         t += &format!("menu \"Application\"\n{}endmenu\n\n", src(&app));
     }

@@ -288,6 +288,7 @@ fn a_second_app_reuses_the_compiled_kernel_crates() {
     )
     .unwrap();
     std::fs::copy(root().join("apps/helloworld/src/lib.rs"), d.join("src/lib.rs")).unwrap();
+    std::fs::copy(root().join("apps/helloworld/Kconfig"), d.join("Kconfig")).unwrap();
     let mut c = kiln();
     c.args(["run", "--timeout", "60", d.to_str().unwrap(), "--", "again"]);
     let r = output(run_with_limit(c, Duration::from_secs(600)));
@@ -360,6 +361,21 @@ fn kconfig_options_change_what_is_built_and_how_it_behaves() {
     assert!(has(&tlsf_map, "rlsf::tlsf::Tlsf"), "TLSF symbols missing from the TLSF kernel's map");
     assert!(!has(&region_map, "rlsf"), "TLSF symbols left in the region kernel");
     assert!(has(&region_map, "kiln_alloc..Heap"), "no heap symbols in the region kernel's map");
+}
+
+#[test]
+fn app_kconfig_options_reach_the_app() {
+    let d = configured_helloworld(
+        "hello-greeting",
+        "  APP_HELLOWORLD_GREETING: \"Hi from Kconfig\"\n  APP_HELLOWORLD_REPEAT: 3\n  APP_HELLOWORLD_ARGS: n\n",
+    );
+    let mut c = kiln();
+    c.args(["run", "-q", "--timeout", "60", d.to_str().unwrap(), "--", "a", "b"]);
+    let r = output(run_with_limit(c, Duration::from_secs(600)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches("Hi from Kconfig").count(), 3, "{}", r.stdout);
+    assert!(!r.stdout.contains("Hello, world!") && !r.stdout.contains("arg 1"), "{}", r.stdout);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]

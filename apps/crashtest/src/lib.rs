@@ -32,7 +32,7 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
     match what {
         "exit" => num(),
         "process-exit" => kiln_std::process::exit(num()),
-        "panic" => panic!("crashtest was asked to panic"),
+        "panic" => panic!("{}", kiln_std::kconfig_str!("APP_CRASHTEST_PANIC_MESSAGE", "crashtest was asked to panic")),
         "null" => {
             let p: *const u64 = core::hint::black_box(core::ptr::null());
             // SAFETY: none: this read is meant to fault.

@@ -29,6 +29,79 @@ pub mod prelude {
     pub use alloc::vec::Vec;
 }
 
+/// Kconfig options of the kernel being built, read at compile time.
+///
+/// `kiln build` hands every resolved symbol to the compiler as the
+/// environment variable `KILN_CONFIG_<SYMBOL>`; these macros read one and
+/// give a typed constant, or the default when the crate is compiled outside
+/// a kernel build (host tests). Changing the option recompiles exactly the
+/// crates that read it.
+pub mod kconfig {
+    /// True for a bool option's `y` (usable in constants).
+    pub const fn is_y(s: Option<&str>) -> bool {
+        matches!(s, Some(v) if v.len() == 1 && v.as_bytes()[0] == b'y')
+    }
+
+    /// Parses a decimal or 0x-prefixed integer in a const context.
+    pub const fn parse_int(s: Option<&str>, default: i64) -> i64 {
+        let Some(s) = s else { return default };
+        let b = s.as_bytes();
+        let (neg, mut i) = if !b.is_empty() && b[0] == b'-' { (true, 1) } else { (false, 0) };
+        let radix = if b.len() > i + 1 && b[i] == b'0' && (b[i + 1] == b'x' || b[i + 1] == b'X') {
+            i += 2;
+            16
+        } else {
+            10
+        };
+        if i >= b.len() {
+            return default;
+        }
+        let mut v: i64 = 0;
+        while i < b.len() {
+            let d = match b[i] {
+                c @ b'0'..=b'9' => (c - b'0') as i64,
+                c @ b'a'..=b'f' if radix == 16 => (c - b'a' + 10) as i64,
+                c @ b'A'..=b'F' if radix == 16 => (c - b'A' + 10) as i64,
+                _ => return default,
+            };
+            v = v * radix + d;
+            i += 1;
+        }
+        if neg {
+            -v
+        } else {
+            v
+        }
+    }
+}
+
+/// A string Kconfig option: `kconfig_str!("APP_GREETING", "Hello")`.
+#[macro_export]
+macro_rules! kconfig_str {
+    ($name:literal, $default:expr) => {
+        match option_env!(concat!("KILN_CONFIG_", $name)) {
+            Some(v) => v,
+            None => $default,
+        }
+    };
+}
+
+/// A bool Kconfig option (`y` is true; unset or `n` is false).
+#[macro_export]
+macro_rules! kconfig_bool {
+    ($name:literal) => {
+        $crate::kconfig::is_y(option_env!(concat!("KILN_CONFIG_", $name)))
+    };
+}
+
+/// An int or hex Kconfig option: `kconfig_int!("APP_REPEAT", 1)`.
+#[macro_export]
+macro_rules! kconfig_int {
+    ($name:literal, $default:expr) => {
+        $crate::kconfig::parse_int(option_env!(concat!("KILN_CONFIG_", $name)), $default)
+    };
+}
+
 /// Arguments and environment.
 pub mod env {
     /// The app's arguments, the app name first.
@@ -57,5 +130,22 @@ pub mod process {
     /// Ends the program with a panic-style report and the panic exit code.
     pub fn abort() -> ! {
         kiln_boot::exit(kiln_boot::EXIT_PANIC)
+    }
+}
+
+#[cfg(test)]
+mod kconfig_tests {
+    use super::kconfig::parse_int;
+
+    #[test]
+    fn parses_kconfig_integers() {
+        assert_eq!(parse_int(Some("42"), 0), 42);
+        assert_eq!(parse_int(Some("-7"), 0), -7);
+        assert_eq!(parse_int(Some("0x1F"), 0), 31);
+        assert_eq!(parse_int(Some("12a"), 5), 5);
+        assert_eq!(parse_int(Some(""), 5), 5);
+        assert_eq!(parse_int(None, 9), 9);
+        assert!(!kconfig_bool!("SURELY_NOT_SET_IN_TESTS"));
+        assert_eq!(kconfig_str!("SURELY_NOT_SET_IN_TESTS", "d"), "d");
     }
 }
