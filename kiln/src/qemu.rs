@@ -108,11 +108,11 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         Machine::Microvm => c.args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off"]),
         Machine::Q35 => c.args(["-M", "q35"]),
     };
-    // Under KVM, the baseline model plus an invariant TSC: QEMU then reports
-    // the TSC frequency in CPUID (leaf 0x40000010), which the kernel uses for
-    // time. Under TCG, everything the emulator offers.
+    // Under KVM, the baseline model plus an invariant TSC (QEMU then reports
+    // the TSC frequency in CPUID leaf 0x40000010, which the kernel uses for
+    // time) and 1 GiB pages (mapping memory then costs one entry per GiB). Under TCG, everything the emulator offers.
     if spec.kvm {
-        c.args(["-accel", "kvm", "-cpu", "qemu64,+invtsc"]);
+        c.args(["-accel", "kvm", "-cpu", "qemu64,+invtsc,+pdpe1gb"]);
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }

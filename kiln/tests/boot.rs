@@ -190,6 +190,36 @@ fn invalid_instruction_and_stack_overflow_are_reported() {
 }
 
 #[test]
+fn kernel_memory_is_write_xor_execute() {
+    for (what, code, cause) in [
+        ("write-text", "0x3 (protection violation, write)", "write to read-only memory (kernel code or constants: W^X)"),
+        ("write-rodata", "0x3 (protection violation, write)", "write to read-only memory (kernel code or constants: W^X)"),
+        ("exec-heap", "0x11 (protection violation, read, instruction fetch)", "jump into memory that is not executable"),
+        ("exec-stack", "0x11 (protection violation, read, instruction fetch)", "jump into memory that is not executable"),
+    ] {
+        let r = boot("crashtest", &["-q"], &[what]);
+        assert_eq!(r.code, 125, "{what}: {}", r.stdout);
+        assert!(r.stdout.contains("CPU exception 14 (#PF page fault)"), "{what}: {}", r.stdout);
+        assert!(r.stdout.contains(&format!("error code {code}")), "{what}: {}", r.stdout);
+        assert!(r.stdout.contains(&format!("likely cause: {cause}")), "{what}: {}", r.stdout);
+        if what.starts_with("exec") {
+            // The fault is at the very instruction the CPU refused to fetch.
+            assert_eq!(hex_field(&r.stdout, "fault address"), hex_field(&r.stdout, "instruction pointer"), "{what}");
+        }
+    }
+}
+
+#[test]
+fn large_memory_is_mapped_and_used() {
+    // 4 GiB: RAM below and above the 4 GiB hole, all of it in the heap.
+    let r = boot("helloworld", &["-M", "4G"], &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let total: u64 = r.stdout.split("heap tlsf (").nth(1).and_then(|s| s.split(" KiB total").next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(total > 4_000_000, "only {total} KiB of heap with 4 GiB of RAM");
+    assert!(r.stdout.contains("Hello, world!"));
+}
+
+#[test]
 fn a_hanging_guest_is_stopped_by_the_timeout() {
     built("crashtest");
     let mut c = kiln();

@@ -57,6 +57,38 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
             0
         }
         "overflow" => recurse(0, &mut [0; 64]) as i32,
+        "write-text" => {
+            // Kernel code is mapped read-only.
+            let f: fn(&[&str], &[(&str, &str)]) -> i32 = main;
+            let p = core::hint::black_box(f as usize as *mut u8);
+            // SAFETY: none: this write is meant to fault.
+            unsafe { core::ptr::write_volatile(p, 0xc3) };
+            0
+        }
+        "write-rodata" => {
+            static CONSTANT: [u8; 8] = *b"constant";
+            let p = core::hint::black_box(CONSTANT.as_ptr() as *mut u8);
+            // SAFETY: none: this write is meant to fault.
+            unsafe { core::ptr::write_volatile(p, b'C') };
+            0
+        }
+        "exec-heap" => {
+            // A `ret` instruction on the heap: data is never executable.
+            let code = kiln_std::boxed::Box::new([0xc3u8; 16]);
+            let p = core::hint::black_box(code.as_ptr());
+            // SAFETY: none: the call is meant to fault on the instruction fetch.
+            let f: extern "C" fn() = unsafe { core::mem::transmute(p) };
+            f();
+            0
+        }
+        "exec-stack" => {
+            let code = [0xc3u8; 16];
+            let p = core::hint::black_box(code.as_ptr());
+            // SAFETY: none: the call is meant to fault on the instruction fetch.
+            let f: extern "C" fn() = unsafe { core::mem::transmute(p) };
+            f();
+            0
+        }
         "hang" => loop {
             core::hint::spin_loop();
         },

@@ -5,8 +5,11 @@
  * physical address of the boot information. This code:
  *   1. reads the TSC (the reference point for boot-time measurement);
  *   2. links the identity page tables: 0-1 GiB with 2 MiB pages, except the
- *      first 2 MiB, mapped with 4 KiB pages so that the stack guard page
- *      and later page 0 (null pointers) can be unmapped;
+ *      first 2 MiB, mapped with 4 KiB pages. These tables are final: the
+ *      linker computes every entry of the 4 KiB table (pagetable.ld), so the
+ *      kernel is W^X from the first instruction (text read-only and
+ *      executable, rodata read-only, everything else not executable, the
+ *      stack guard pages unmapped) without a loop at boot;
  *   3. enables PAE, SSE state, long mode, no-execute and write protection;
  *   4. enters 64-bit mode and calls kiln_arch_start64(boot_arg) on the boot stack.
  * 1 GiB pages are avoided: they fault under KVM's default CPU model. */
@@ -27,10 +30,6 @@ _kiln_entry32:
      * instruction, every instruction before main counts. */
     movl $(kiln_pdpt + 0x3), kiln_pml4
     movl $(kiln_pd + 0x3), kiln_pdpt
-    /* Unmap the stack guard page. */
-    mov $__stack_guard, %eax
-    shr $12, %eax
-    movl $0, kiln_pt(,%eax,8)
 
     mov $kiln_pml4, %eax
     mov %eax, %cr3
@@ -73,8 +72,10 @@ kiln_entry64:
 .balign 16
 kiln_boot_gdt:
     .quad 0
-    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code */
-    .quad 0x00cf92000000ffff    /* 0x10: data */
+    /* The accessed bits are preset: this table is in a read-only page, and
+     * the CPU would otherwise write them when loading the segments. */
+    .quad 0x00af9b000000ffff    /* 0x08: 64-bit code */
+    .quad 0x00cf93000000ffff    /* 0x10: data */
 kiln_boot_gdtr:
     .word kiln_boot_gdtr - kiln_boot_gdt - 1
     .long kiln_boot_gdt
@@ -82,10 +83,12 @@ kiln_boot_gdtr:
 .section .bss.kiln.pagetables, "aw", @nobits
 .balign 4096
 kiln_pml4: .skip 4096
+.global kiln_pdpt
 kiln_pdpt: .skip 4096
 
-/* PD: the first GiB in 2 MiB pages (present, writable, large), except entry
- * 0, which points to the 4 KiB page table for the first 2 MiB. */
+/* PD: the first GiB in 2 MiB pages (present, writable, large, not
+ * executable), except entry 0, which points to the 4 KiB page table for the
+ * first 2 MiB (kiln_pt, in pagetable.ld). */
 .section .data.kiln.pagetables, "aw"
 .balign 4096
 .global kiln_pd
@@ -93,19 +96,7 @@ kiln_pd:
     .quad kiln_pt + 0x3
     .set kiln_i, 1
     .rept 511
-    .quad (kiln_i << 21) | 0x83
-    .set kiln_i, kiln_i + 1
-    .endr
-/* PT: the first 2 MiB in 4 KiB pages (present, writable). Page 0 is mapped
- * at entry because boot loaders put their data there (QEMU's PVH loader does
- * on q35); the platform unmaps it once it has copied that data, and from then
- * on null pointers fault. */
-.global kiln_pt
-kiln_pt:
-    .quad 0x3
-    .set kiln_i, 1
-    .rept 511
-    .quad (kiln_i << 12) | 0x3
+    .quad (kiln_i << 21) | 0x83 | 0x8000000000000000
     .set kiln_i, kiln_i + 1
     .endr
 

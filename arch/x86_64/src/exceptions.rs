@@ -46,6 +46,9 @@ pub struct FaultReport {
     pub address: u64,
     /// The boot stack's guard page, to recognise stack overflows.
     pub stack_guard: u64,
+    /// The kernel's read-only range (text and rodata), to recognise writes
+    /// to code or constants.
+    pub readonly: (u64, u64),
 }
 
 const NAMES: [&str; 32] = [
@@ -98,6 +101,12 @@ impl FaultReport {
             }
             if self.address & !0xfff == self.stack_guard {
                 return Some("stack overflow (hit the guard page below the stack)");
+            }
+            if f.error & 0x11 == 0x11 {
+                return Some("jump into memory that is not executable (heap, stack or data: W^X)");
+            }
+            if f.error & 0x3 == 0x3 && self.address >= self.readonly.0 && self.address < self.readonly.1 {
+                return Some("write to read-only memory (kernel code or constants: W^X)");
             }
         }
         if f.vector == 8 {
@@ -169,6 +178,10 @@ extern "C" fn kiln_arch_exception(frame: &Frame) -> ! {
         frame: *frame,
         address: x86_64::registers::control::Cr2::read_raw(),
         stack_guard: crate::layout::stack_guard() as u64,
+        readonly: {
+            let k = crate::layout::sections();
+            (k.text.0, k.rodata.1)
+        },
     };
     let p = HANDLER.load(Ordering::Acquire);
     // SAFETY: HANDLER only ever holds `no_handler` or a value stored by
@@ -247,7 +260,7 @@ mod tests {
         frame.vector = vector;
         frame.error = error;
         frame.rip = 0x10_2345;
-        FaultReport { frame, address, stack_guard: 0x1f_0000 }
+        FaultReport { frame, address, stack_guard: 0x1f_0000, readonly: (0x10_0000, 0x10_8000) }
     }
 
     #[test]
@@ -255,6 +268,9 @@ mod tests {
         assert_eq!(report(14, 0, 8).diagnosis(), Some("null pointer dereference"));
         assert!(report(14, 2, 0x1f_0ff8).diagnosis().unwrap().starts_with("stack overflow"));
         assert_eq!(report(13, 0, 0).diagnosis(), None);
+        assert!(report(14, 0x11, 0x40_0000).diagnosis().unwrap().starts_with("jump into memory that is not executable"));
+        assert!(report(14, 0x3, 0x10_1000).diagnosis().unwrap().starts_with("write to read-only memory"));
+        assert_eq!(report(14, 0x3, 0x40_0000).diagnosis(), None);
         let s = format!("{}", report(14, 2, 0));
         assert!(s.contains("CPU exception 14 (#PF page fault)"), "{s}");
         assert!(s.contains("page not present, write"), "{s}");

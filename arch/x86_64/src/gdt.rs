@@ -17,11 +17,15 @@ pub const IST_PAGE_FAULT: u16 = 1;
 pub const IST_NMI_MCE: u16 = 2;
 
 const IST_SIZE: usize = 16 * 1024;
+const GUARD: usize = 4096;
 
-#[repr(C, align(16))]
-struct Stacks([[u8; IST_SIZE]; 3]);
+/// Three IST stacks, each above its own guard page (unmapped by `mmu::init`).
+#[repr(C, align(4096))]
+struct Stacks([[u8; GUARD + IST_SIZE]; 3]);
 
-static mut IST_STACKS: Stacks = Stacks([[0; IST_SIZE]; 3]);
+#[link_section = ".bss.kiln.ist"]
+static mut IST_STACKS: Stacks = Stacks([[0; GUARD + IST_SIZE]; 3]);
+
 static mut TSS: TaskStateSegment = TaskStateSegment::new();
 static mut GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
 
@@ -34,7 +38,7 @@ pub fn init() {
         let tss = &mut *(&raw mut TSS);
         for i in 0..3 {
             let base = (&raw mut IST_STACKS.0[i]) as u64;
-            tss.interrupt_stack_table[i] = VirtAddr::new(base + IST_SIZE as u64);
+            tss.interrupt_stack_table[i] = VirtAddr::new(base + (GUARD + IST_SIZE) as u64);
         }
         let gdt = &mut *(&raw mut GDT);
         let code = gdt.append(Descriptor::kernel_code_segment());

@@ -78,6 +78,28 @@ pub mod layout {
         &raw const __stack_guard as usize
     }
 
-    /// Highest address the boot page tables map (identity).
-    pub const MAPPED_END: usize = 1 << 30;
+    /// The kernel's sections: [start, end) of text, read-only data, and
+    /// writable data with .bss and the boot stack.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Sections {
+        pub text: (u64, u64),
+        pub rodata: (u64, u64),
+        pub data: (u64, u64),
+    }
+
+    #[cfg(target_os = "none")]
+    extern "C" {
+        static __rodata_start: u8;
+        static __data_start: u8;
+    }
+
+    /// The sections of the running kernel.
+    #[cfg(target_os = "none")]
+    pub fn sections() -> Sections {
+        // Taking the address of an extern static is safe.
+        let (ro, data) = (&raw const __rodata_start as u64, &raw const __data_start as u64);
+        Sections { text: (kernel_start() as u64, ro), rodata: (ro, data), data: (data, kernel_end() as u64) }
+    }
 }
+
+

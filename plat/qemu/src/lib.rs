@@ -141,7 +141,16 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
             kiln_boot::exit(kiln_boot::EXIT_MAX)
         }
     };
+    // Page 0 held boot information (q35); it is copied, so null pointers
+    // can fault from now on. Then memory above the first GiB is mapped.
     arch::mmu::unmap_null_page();
+    let mut ram = [(0u64, 0u64); 64];
+    let mut nram = 0;
+    for (s, e) in start.ram().take(ram.len()) {
+        ram[nram] = (s as u64, e as u64);
+        nram += 1;
+    }
+    let mapped = arch::mmu::init(&ram[..nram]);
     let reserved = [
         (arch::layout::kernel_start(), arch::layout::kernel_end()),
     ];
@@ -151,7 +160,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         start.ram(),
         &reserved,
         1 << 20,
-        arch::layout::MAPPED_END,
+        mapped.end as usize,
         &mut regions,
     );
     let info = BootInfo {
