@@ -22,7 +22,9 @@
 //! Values are computed lazily with memoisation, so the order of definitions
 //! does not matter.
 
-use anyhow::{anyhow, bail, Context, Result};
+#[cfg(test)]
+use anyhow::Context;
+use anyhow::{anyhow, bail, Result};
 use nom_kconfig::attribute::expression::{AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term};
 use nom_kconfig::attribute::r#type::Type;
 use nom_kconfig::attribute::range::RangeBound;

@@ -76,6 +76,28 @@ pub fn kvm_usable() -> std::result::Result<(), String> {
     }
 }
 
+/// Whether KVM can give guests 1 GiB pages (CPUID 0x80000001 EDX bit 26 in
+/// KVM_GET_SUPPORTED_CPUID). The host CPU having them is not enough: some
+/// hypervisors (PVM, for one) do not pass them on.
+pub fn kvm_has_gib_pages() -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else { return false };
+    const NENT: usize = 256;
+    // struct kvm_cpuid2 { u32 nent; u32 padding; struct kvm_cpuid_entry2 entries[]; }
+    // struct kvm_cpuid_entry2 { u32 function, index, flags, eax, ebx, ecx, edx, padding[3]; }
+    let mut buf = vec![0u32; 2 + NENT * 10];
+    buf[0] = NENT as u32;
+    const KVM_GET_SUPPORTED_CPUID: libc::c_ulong = 0xC008_AE05;
+    // SAFETY: the buffer holds the header and NENT entries, as the ioctl
+    // expects; the kernel writes at most nent entries and updates nent.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_SUPPORTED_CPUID, buf.as_mut_ptr()) };
+    if r < 0 {
+        return false;
+    }
+    let n = (buf[0] as usize).min(NENT);
+    (0..n).map(|i| &buf[2 + i * 10..2 + (i + 1) * 10]).any(|e| e[0] == 0x8000_0001 && e[6] & (1 << 26) != 0)
+}
+
 /// Parses a memory size like `64M`, `1G`, `512Mi`, `2048` (MiB) into MiB.
 pub fn parse_memory(s: &str) -> Result<u64> {
     let t = s.trim();
@@ -112,7 +134,8 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     // the TSC frequency in CPUID leaf 0x40000010, which the kernel uses for
     // time) and 1 GiB pages (mapping memory then costs one entry per GiB). Under TCG, everything the emulator offers.
     if spec.kvm {
-        c.args(["-accel", "kvm", "-cpu", "qemu64,+invtsc,+pdpe1gb"]);
+        let cpu = if kvm_has_gib_pages() { "qemu64,+invtsc,+pdpe1gb" } else { "qemu64,+invtsc" };
+        c.args(["-accel", "kvm", "-cpu", cpu]);
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }

@@ -11,6 +11,8 @@
 //! was chosen.
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -166,6 +168,43 @@ fn report_oom(layout: Layout, backend: &'static str, stats: &Stats) {
 }
 
 /// Rounds `addr` up to `align` (a power of two); `None` on overflow.
+/// Whole pages for drivers and DMA buffers: page-aligned, zeroed, from the
+/// kernel heap (so they count in its statistics). Memory is identity-mapped,
+/// so the address is also the physical address devices use.
+pub mod pages {
+    use core::alloc::Layout;
+    use core::ptr::NonNull;
+
+    /// The page size.
+    pub const SIZE: usize = 4096;
+
+    fn layout(n: usize) -> Option<Layout> {
+        Layout::from_size_align(n.checked_mul(SIZE)?, SIZE).ok()
+    }
+
+    /// Allocates `n` contiguous zeroed pages; `None` when memory is short
+    /// (reported like any out-of-memory) or `n` is 0.
+    pub fn alloc(n: usize) -> Option<NonNull<u8>> {
+        if n == 0 {
+            return None;
+        }
+        let l = layout(n)?;
+        // SAFETY: the layout has a non-zero size.
+        NonNull::new(unsafe { alloc::alloc::alloc_zeroed(l) })
+    }
+
+    /// Frees pages from [`alloc`].
+    ///
+    /// # Safety
+    /// `p` came from `alloc(n)` with the same `n` and is not used afterwards.
+    pub unsafe fn free(p: NonNull<u8>, n: usize) {
+        if let Some(l) = layout(n) {
+            // SAFETY: forwarded contract.
+            unsafe { alloc::alloc::dealloc(p.as_ptr(), l) }
+        }
+    }
+}
+
 pub fn align_up(addr: usize, align: usize) -> Option<usize> {
     debug_assert!(align.is_power_of_two());
     addr.checked_add(align - 1).map(|a| a & !(align - 1))
