@@ -1,0 +1,236 @@
+//! devfs: the device nodes programs expect under `/dev`: `null` (discards,
+//! reads nothing), `zero` (reads zeros), `urandom` and `random` (a
+//! xorshift* generator seeded at boot; not for cryptography), and `console`
+//! (writes go to the kernel console).
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use kiln_vfs::{DirEntry, Error, FileSystem, FileType, Ino, Result, Stat};
+use spin::Mutex;
+
+const ROOT: Ino = 1;
+const NODES: [(&str, Ino); 5] = [("console", 2), ("null", 3), ("random", 4), ("urandom", 4), ("zero", 5)];
+
+/// The device file system.
+pub struct DevFs {
+    rng: Mutex<u64>,
+    console: fn(&[u8]),
+}
+
+impl DevFs {
+    /// `seed` starts the random generator; `console` receives writes to
+    /// `/dev/console`.
+    pub fn new(seed: u64, console: fn(&[u8])) -> DevFs {
+        DevFs { rng: Mutex::new(seed | 1), console }
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) {
+        let mut s = self.rng.lock();
+        for chunk in buf.chunks_mut(8) {
+            // xorshift64*
+            *s ^= *s >> 12;
+            *s ^= *s << 25;
+            *s ^= *s >> 27;
+            let v = s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+impl FileSystem for DevFs {
+    fn name(&self) -> &'static str {
+        "devfs"
+    }
+
+    fn root(&self) -> Ino {
+        ROOT
+    }
+
+    fn lookup(&self, dir: Ino, name: &str) -> Result<Ino> {
+        if dir != ROOT {
+            return Err(Error::NotDir);
+        }
+        NODES.iter().find(|(n, _)| *n == name).map(|(_, i)| *i).ok_or(Error::NotFound)
+    }
+
+    fn stat(&self, ino: Ino) -> Result<Stat> {
+        let (kind, mode, nlink) = match ino {
+            ROOT => (FileType::Dir, 0o755, 2),
+            2..=5 => (FileType::CharDevice, if ino == 2 { 0o600 } else { 0o666 }, 1),
+            _ => return Err(Error::NotFound),
+        };
+        Ok(Stat { ino, kind, mode, size: 0, nlink, mtime: 0 })
+    }
+
+    fn read(&self, ino: Ino, _offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match ino {
+            ROOT => Err(Error::IsDir),
+            2 | 3 => Ok(0),
+            4 => {
+                self.fill_random(buf);
+                Ok(buf.len())
+            }
+            5 => {
+                buf.fill(0);
+                Ok(buf.len())
+            }
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    fn write(&self, ino: Ino, _offset: u64, buf: &[u8]) -> Result<usize> {
+        match ino {
+            ROOT => Err(Error::IsDir),
+            2 => {
+                (self.console)(buf);
+                Ok(buf.len())
+            }
+            3..=5 => Ok(buf.len()),
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    fn truncate(&self, ino: Ino, _size: u64) -> Result<()> {
+        if ino == ROOT {
+            Err(Error::IsDir)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn create(&self, _dir: Ino, _name: &str, _kind: FileType, _mode: u32) -> Result<Ino> {
+        Err(Error::NotPermitted)
+    }
+
+    fn symlink(&self, _dir: Ino, _name: &str, _target: &str) -> Result<Ino> {
+        Err(Error::NotPermitted)
+    }
+
+    fn readlink(&self, _ino: Ino) -> Result<String> {
+        Err(Error::Invalid)
+    }
+
+    fn link(&self, _dir: Ino, _name: &str, _ino: Ino) -> Result<()> {
+        Err(Error::NotPermitted)
+    }
+
+    fn unlink(&self, _dir: Ino, _name: &str) -> Result<()> {
+        Err(Error::NotPermitted)
+    }
+
+    fn rmdir(&self, _dir: Ino, _name: &str) -> Result<()> {
+        Err(Error::NotPermitted)
+    }
+
+    fn rename(&self, _from_dir: Ino, _from: &str, _to_dir: Ino, _to: &str) -> Result<()> {
+        Err(Error::NotPermitted)
+    }
+
+    fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+        if dir != ROOT {
+            return Err(Error::NotDir);
+        }
+        Ok(NODES.iter().map(|(n, i)| DirEntry { name: (*n).into(), ino: *i, kind: FileType::CharDevice }).collect())
+    }
+
+    fn set_mode(&self, _ino: Ino, _mode: u32) -> Result<()> {
+        Err(Error::NotPermitted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::sync::Arc;
+    use kiln_vfs::flags::*;
+    use kiln_vfs::Vfs;
+
+    static WRITTEN: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    #[test]
+    fn device_nodes_behave_like_linux() {
+        let v = Vfs::new();
+        v.mount("/", Arc::new(kiln_ramfs_stub::Root)).unwrap();
+        v.mount("/dev", Arc::new(DevFs::new(42, |b| WRITTEN.lock().extend_from_slice(b)))).unwrap();
+        let mut buf = [7u8; 16];
+        let fd = v.open("/dev/null", O_RDWR, 0).unwrap();
+        assert_eq!(v.read(fd, &mut buf).unwrap(), 0);
+        assert_eq!(v.write(fd, b"gone").unwrap(), 4);
+        let fd = v.open("/dev/zero", O_RDONLY, 0).unwrap();
+        assert_eq!(v.read(fd, &mut buf).unwrap(), 16);
+        assert_eq!(buf, [0; 16]);
+        let fd = v.open("/dev/urandom", O_RDONLY, 0).unwrap();
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        v.read(fd, &mut a).unwrap();
+        v.read(fd, &mut b).unwrap();
+        assert_ne!(a, b);
+        assert!(a.iter().any(|x| *x != 0));
+        let fd = v.open("/dev/console", O_WRONLY, 0).unwrap();
+        v.write(fd, b"to the console").unwrap();
+        assert_eq!(&WRITTEN.lock()[..], b"to the console");
+        assert_eq!(v.stat("/dev/zero").unwrap().st_mode(), 0o020666);
+        let names: Vec<String> = v.readdir("/dev").unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["console", "null", "random", "urandom", "zero"]);
+        assert_eq!(v.open("/dev/new", O_CREAT | O_WRONLY, 0o644), Err(Error::NotPermitted));
+        assert_eq!(v.unlink("/dev/null"), Err(Error::NotPermitted));
+    }
+
+    /// A root with one empty `dev` directory, so devfs has a mount point.
+    mod kiln_ramfs_stub {
+        use super::*;
+        pub struct Root;
+        impl FileSystem for Root {
+            fn name(&self) -> &'static str {
+                "stub"
+            }
+            fn root(&self) -> Ino {
+                1
+            }
+            fn lookup(&self, dir: Ino, name: &str) -> Result<Ino> {
+                if dir == 1 && name == "dev" { Ok(2) } else { Err(Error::NotFound) }
+            }
+            fn stat(&self, ino: Ino) -> Result<Stat> {
+                Ok(Stat { ino, kind: FileType::Dir, mode: 0o755, size: 0, nlink: 2, mtime: 0 })
+            }
+            fn read(&self, _: Ino, _: u64, _: &mut [u8]) -> Result<usize> {
+                Err(Error::IsDir)
+            }
+            fn write(&self, _: Ino, _: u64, _: &[u8]) -> Result<usize> {
+                Err(Error::IsDir)
+            }
+            fn truncate(&self, _: Ino, _: u64) -> Result<()> {
+                Err(Error::IsDir)
+            }
+            fn create(&self, _: Ino, _: &str, _: FileType, _: u32) -> Result<Ino> {
+                Err(Error::NotPermitted)
+            }
+            fn symlink(&self, _: Ino, _: &str, _: &str) -> Result<Ino> {
+                Err(Error::NotPermitted)
+            }
+            fn readlink(&self, _: Ino) -> Result<String> {
+                Err(Error::Invalid)
+            }
+            fn link(&self, _: Ino, _: &str, _: Ino) -> Result<()> {
+                Err(Error::NotPermitted)
+            }
+            fn unlink(&self, _: Ino, _: &str) -> Result<()> {
+                Err(Error::NotPermitted)
+            }
+            fn rmdir(&self, _: Ino, _: &str) -> Result<()> {
+                Err(Error::NotPermitted)
+            }
+            fn rename(&self, _: Ino, _: &str, _: Ino, _: &str) -> Result<()> {
+                Err(Error::NotPermitted)
+            }
+            fn readdir(&self, _: Ino) -> Result<Vec<DirEntry>> {
+                Ok(alloc::vec![DirEntry { name: "dev".into(), ino: 2, kind: FileType::Dir }])
+            }
+            fn set_mode(&self, _: Ino, _: u32) -> Result<()> {
+                Err(Error::NotPermitted)
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The initial RAM disk: a newc ("070701") cpio archive, read with the
+//! `cpio_reader` crate, checked entry by entry and unpacked into the VFS.
+//! Modes, directories, symlinks and hard links are kept.
+//!
+//! Every way an archive can be wrong is an [`Error`] naming the entry and
+//! its offset: a bad or truncated header, a missing trailer, a path that
+//! leaves the root, a name that is too long, device files, FIFOs and
+//! sockets. `kiln build` runs the same checks on the host, so a bad rootfs
+//! fails the build rather than the boot.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use kiln_vfs::{Vfs, NAME_MAX, PATH_MAX};
+
+/// What an archive entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One checked entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Normalised path relative to the root, without leading `/` or `./`.
+    pub path: String,
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    pub data: &'a [u8],
+    pub ino: u32,
+    pub nlink: u32,
+    /// Offset of the entry's header in the archive.
+    pub offset: usize,
+}
+
+/// Why an archive was rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub offset: usize,
+    pub entry: Option<String>,
+    pub what: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.entry {
+            Some(e) => write!(f, "cpio entry '{}' at offset {}: {}", e, self.offset, self.what),
+            None => write!(f, "cpio archive at offset {}: {}", self.offset, self.what),
+        }
+    }
+}
+
+const HEADER: usize = 110;
+const TRAILER: &str = "TRAILER!!!";
+
+fn err(offset: usize, entry: Option<&str>, what: impl Into<String>) -> Error {
+    Error { offset, entry: entry.map(String::from), what: what.into() }
+}
+
+/// Normalises an archive path: drops `.` and empty components and a
+/// leading `/`; `..` may not climb above the root.
+pub fn normalise(name: &str) -> Result<String, &'static str> {
+    if name.len() >= PATH_MAX {
+        return Err("path too long");
+    }
+    if name.contains('\0') {
+        return Err("NUL byte in the name");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err("path leaves the root (too many '..')");
+                }
+            }
+            c if c.len() > NAME_MAX => return Err("a name in the path is longer than 255 bytes"),
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+fn hex_field(data: &[u8], at: usize, i: usize) -> Option<usize> {
+    let f = data.get(at + 6 + i * 8..at + 6 + (i + 1) * 8)?;
+    usize::from_str_radix(core::str::from_utf8(f).ok()?, 16).ok()
+}
+
+/// Checks the whole archive and returns its entries in order.
+pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
+    let mut out = Vec::new();
+    let base = data.as_ptr() as usize;
+    let mut end = 0usize;
+    for e in cpio_reader::iter_files(data) {
+        let offset = end;
+        let file = e.file();
+        // Where this entry's data ends, from the slice cpio_reader returned.
+        let data_end = if file.is_empty() {
+            // Empty data: header + name, padded.
+            (offset + HEADER + e.name().len() + 1).next_multiple_of(4)
+        } else {
+            file.as_ptr() as usize - base + file.len()
+        };
+        end = data_end.next_multiple_of(4);
+        let raw = e.name();
+        let mode = e.mode().bits();
+        let kind = match mode & 0o170000 {
+            0o100000 => Kind::File,
+            0o040000 => Kind::Dir,
+            0o120000 => Kind::Symlink,
+            0o020000 => return Err(err(offset, Some(raw), "character devices are not supported (devfs provides /dev)")),
+            0o060000 => return Err(err(offset, Some(raw), "block devices are not supported")),
+            0o010000 => return Err(err(offset, Some(raw), "FIFOs are not supported")),
+            0o140000 => return Err(err(offset, Some(raw), "sockets are not supported")),
+            t => return Err(err(offset, Some(raw), alloc::format!("unknown file type {t:#o}"))),
+        };
+        let path = normalise(raw).map_err(|w| err(offset, Some(raw), w))?;
+        if kind == Kind::Symlink {
+            if file.is_empty() {
+                return Err(err(offset, Some(raw), "symlink without a target"));
+            }
+            if core::str::from_utf8(file).is_err() {
+                return Err(err(offset, Some(raw), "symlink target is not UTF-8"));
+            }
+        }
+        if path.is_empty() && kind != Kind::Dir {
+            return Err(err(offset, Some(raw), "the root must be a directory"));
+        }
+        out.push(Entry { path, kind, mode: mode & 0o7777, data: file, ino: e.ino(), nlink: e.nlink(), offset });
+    }
+    // cpio_reader stops at the trailer or at the first bad header; tell which.
+    let rest = &data[end.min(data.len())..];
+    if rest.len() < HEADER {
+        return Err(err(end, None, if data.is_empty() { "empty archive" } else { "truncated: no trailer" }));
+    }
+    if &rest[..6] != b"070701" && &rest[..6] != b"070702" {
+        return Err(err(end, None, "bad header magic (not a newc cpio archive, or corrupt)"));
+    }
+    let namesize = hex_field(data, end, 11).ok_or_else(|| err(end, None, "bad header fields"))?;
+    let name = rest.get(HEADER..HEADER + namesize.saturating_sub(1));
+    match name {
+        Some(n) if n == TRAILER.as_bytes() => Ok(out),
+        Some(n) => {
+            let n = String::from_utf8_lossy(n).into_owned();
+            Err(err(end, Some(&n), "truncated or corrupt entry"))
+        }
+        None => Err(err(end, None, "truncated header")),
+    }
+}
+
+/// What [`unpack`] created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub files: usize,
+    pub dirs: usize,
+    pub symlinks: usize,
+    pub links: usize,
+    pub bytes: usize,
+}
+
+/// Unpacks a checked archive into `vfs` under `/`.
+pub fn unpack(vfs: &Vfs, data: &[u8]) -> Result<Summary, Error> {
+    let list = entries(data)?;
+    let mut s = Summary::default();
+    // First path seen for each inode number with several links.
+    let mut linked: BTreeMap<u32, String> = BTreeMap::new();
+    for e in &list {
+        let at = |x: kiln_vfs::Error| err(e.offset, Some(&e.path), alloc::format!("{x}"));
+        let path = alloc::format!("/{}", e.path);
+        if let Some(parent) = path.rfind('/').map(|i| &path[..i]).filter(|p| !p.is_empty()) {
+            vfs.mkdir_all(parent, 0o755).map_err(at)?;
+        }
+        match e.kind {
+            Kind::Dir => {
+                if e.path.is_empty() {
+                    vfs.chmod("/", e.mode).map_err(at)?;
+                    continue;
+                }
+                match vfs.mkdir(&path, e.mode) {
+                    Ok(()) => s.dirs += 1,
+                    // Created earlier as a parent: now it gets its own mode.
+                    Err(kiln_vfs::Error::Exists) => vfs.chmod(&path, e.mode).map_err(at)?,
+                    Err(x) => return Err(at(x)),
+                }
+            }
+            Kind::Symlink => {
+                let target = core::str::from_utf8(e.data).unwrap_or_default();
+                vfs.symlink(target, &path).map_err(at)?;
+                s.symlinks += 1;
+            }
+            Kind::File => {
+                if e.nlink > 1 {
+                    if let Some(first) = linked.get(&e.ino) {
+                        vfs.link(first, &path).map_err(at)?;
+                        s.links += 1;
+                        if !e.data.is_empty() {
+                            // newc stores a hard-linked file's data once, with one of its names.
+                            vfs.write_file(&path, e.data, e.mode).map_err(at)?;
+                            s.bytes += e.data.len();
+                        }
+                        continue;
+                    }
+                    linked.insert(e.ino, path.clone());
+                }
+                vfs.write_file(&path, e.data, e.mode).map_err(at)?;
+                vfs.chmod(&path, e.mode).map_err(at)?;
+                s.files += 1;
+                s.bytes += e.data.len();
+            }
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::sync::Arc;
+
+    /// A newc archive writer for tests (the host tool has its own).
+    pub fn newc(entries: &[(&str, u32, &[u8], u32, u32)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut push = |name: &str, mode: u32, data: &[u8], ino: u32, nlink: u32| {
+            let h = alloc::format!(
+                "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+                0, 0, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+            );
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+            out.extend_from_slice(data);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+        };
+        for (n, m, d, i, l) in entries {
+            push(n, *m, d, *i, *l);
+        }
+        push(TRAILER, 0, &[], 0, 1);
+        out
+    }
+
+    fn sample() -> Vec<u8> {
+        newc(&[
+            (".", 0o040755, b"", 1, 2),
+            ("etc", 0o040700, b"", 2, 2),
+            ("etc/motd", 0o100640, b"hello from the initrd\n", 3, 1),
+            ("bin/deep/tool", 0o100755, b"\x7fELF", 4, 1),
+            ("etc/link", 0o120777, b"motd", 5, 1),
+            ("hard1", 0o100644, b"", 6, 2),
+            ("hard2", 0o100644, b"shared", 6, 2),
+            ("empty", 0o100600, b"", 7, 1),
+        ])
+    }
+
+    #[test]
+    fn unpacks_files_modes_links_and_directories() {
+        let v = Vfs::new();
+        v.mount("/", Arc::new(kiln_ramfs::RamFs::new())).unwrap();
+        let s = unpack(&v, &sample()).unwrap();
+        assert_eq!(s, Summary { files: 4, dirs: 1, symlinks: 1, links: 1, bytes: 22 + 4 + 6 });
+        assert_eq!(v.read_file("/etc/motd").unwrap(), b"hello from the initrd\n");
+        assert_eq!(v.stat("/etc/motd").unwrap().mode, 0o640);
+        assert_eq!(v.stat("/etc").unwrap().mode, 0o700);
+        assert_eq!(v.stat("/bin/deep/tool").unwrap().mode, 0o755);
+        assert_eq!(v.read_file("/etc/link").unwrap(), b"hello from the initrd\n");
+        assert_eq!(v.readlink("/etc/link").unwrap(), "motd");
+        assert_eq!(v.read_file("/hard1").unwrap(), b"shared");
+        assert_eq!(v.stat("/hard1").unwrap().nlink, 2);
+        assert_eq!(v.read_file("/empty").unwrap(), b"");
+    }
+
+    #[test]
+    fn bad_archives_are_clear_errors() {
+        let good = sample();
+        let e = entries(&good[..good.len() - 20]).unwrap_err();
+        assert!(e.what.contains("truncated"), "{e}");
+        let e = entries(&good[..200]).unwrap_err();
+        assert!(e.to_string().contains("truncated") || e.to_string().contains("corrupt"), "{e}");
+        let e = entries(b"").unwrap_err();
+        assert_eq!(e.what, "empty archive");
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert!(entries(&bad).unwrap_err().what.contains("bad header magic"));
+        let esc = newc(&[("../etc/passwd", 0o100644, b"x", 1, 1)]);
+        let e = entries(&esc).unwrap_err();
+        assert_eq!(e.to_string(), "cpio entry '../etc/passwd' at offset 0: path leaves the root (too many '..')");
+        let dev = newc(&[("dev/tty", 0o020644, b"", 1, 1)]);
+        assert!(entries(&dev).unwrap_err().what.contains("character devices"));
+        let fifo = newc(&[("p", 0o010644, b"", 1, 1)]);
+        assert!(entries(&fifo).unwrap_err().what.contains("FIFOs"));
+        let long = "n".repeat(300);
+        let e = entries(&newc(&[(&long, 0o100644, b"", 1, 1)])).unwrap_err();
+        assert!(e.what.contains("longer than 255"), "{e}");
+        assert_eq!(normalise("/a/./b/../c//d").unwrap(), "a/c/d");
+        assert_eq!(normalise("a/../..").unwrap_err(), "path leaves the root (too many '..')");
+    }
+}
