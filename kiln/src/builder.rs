@@ -42,6 +42,8 @@ pub struct BuildPaths {
     pub config: PathBuf,
     /// The linker's map of the image: sections and symbols with sizes.
     pub map: PathBuf,
+    /// The initrd packed from the Kraftfile's rootfs.
+    pub initrd: PathBuf,
 }
 
 impl BuildPaths {
@@ -55,6 +57,7 @@ impl BuildPaths {
             link_crate: build.join(format!("{base}.crate")),
             config: build.join(format!("{base}.config")),
             map: build.join(format!("{base}.map")),
+            initrd: build.join(format!("{base}.cpio")),
         }
     }
 }
@@ -100,6 +103,9 @@ pub struct Library {
     pub kconfig: String,
     /// For heap backends: the backend type, in the library's crate.
     pub heap: Option<String>,
+    /// Boot-time init function (a path like `kiln_ramfs::kiln_init`) and
+    /// its place in the order.
+    pub init: Option<(String, i64)>,
 }
 
 impl Library {
@@ -133,7 +139,10 @@ pub fn libraries() -> Result<Vec<Library>> {
             bail!("{}: [package.metadata.kiln] needs kconfig = \"SYMBOL\"", manifest.display());
         };
         let heap = meta.get("heap").and_then(|h| h.as_str()).map(str::to_string);
-        out.push(Library { dir, package, kconfig: kconfig.to_string(), heap });
+        let init = meta.get("init").and_then(|h| h.as_str()).map(|f| {
+            (f.to_string(), meta.get("init_order").and_then(|o| o.as_integer()).unwrap_or(100))
+        });
+        out.push(Library { dir, package, kconfig: kconfig.to_string(), heap, init });
     }
     Ok(out)
 }
@@ -167,7 +176,7 @@ pub fn selected(cfg: &Config) -> Result<(Vec<Library>, Library)> {
 }
 
 /// Generates the link crate's files.
-fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config) -> Result<String> {
+fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config, initrd: Option<(&Path, usize)>) -> Result<String> {
     let home = kiln_home();
     let app_dir = std::fs::canonicalize(&kf.app_dir)
         .with_context(|| format!("{}: app folder {} not found", kf.path.display(), kf.app_dir.display()))?;
@@ -249,11 +258,12 @@ pub mod config {{
 static HEAP: kiln_alloc::Heap<{heap_crate}::{heap_type}> = kiln_alloc::Heap::new({heap_crate}::{heap_type}::new());
 
 /// Init functions of the selected libraries, in dependency order.
-static LIBS: &[kiln_boot::LibInit] = &[];
-
+static LIBS: &[kiln_boot::LibInit] = &[{libs_init}];
+{initrd_static}
 static BOOT: kiln_boot::BootConfig = kiln_boot::BootConfig {{
     loglevel: config::LIBCONSOLE_LOGLEVEL as u8,
     banner: config::LIBBOOT_BANNER,
+    initrd: {initrd_ref},
 }};
 
 /// Called by the platform once the CPU is up.
@@ -266,6 +276,22 @@ pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
         name = kf.name,
         config_file = paths.config.display(),
         consts = cfg.rust_consts().lines().map(|l| format!("    {l}\n")).collect::<String>(),
+        libs_init = {
+            let mut inits: Vec<(i64, String, String)> = libs
+                .iter()
+                .filter_map(|l| l.init.as_ref().map(|(f, o)| (*o, l.package.trim_start_matches("kiln-").to_string(), f.clone())))
+                .collect();
+            inits.sort();
+            inits.iter().map(|(_, n, f)| format!("\n    kiln_boot::LibInit {{ name: {n:?}, init: {f} }},")).collect::<String>() + if inits.is_empty() { "" } else { "\n" }
+        },
+        initrd_static = match initrd {
+            Some((p, n)) => format!(
+                "\n/// The initial RAM disk packed from the Kraftfile's rootfs, in its own\n/// section at the end of the image.\n#[link_section = \".kiln.initrd\"]\n#[used]\nstatic INITRD: [u8; {n}] = *include_bytes!({:?});\n",
+                p.display().to_string()
+            ),
+            None => String::new(),
+        },
+        initrd_ref = if initrd.is_some() { "Some(&INITRD)" } else { "None" },
     );
     write_if_changed(&dir.join("Cargo.toml"), &manifest)?;
     // Start from the checkout's lockfile so kernels use the crate versions
@@ -286,7 +312,18 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     std::fs::create_dir_all(paths.config.parent().unwrap())?;
     write_if_changed(&paths.config, &cfg.text())?;
     ui.step(2, 4, &format!("Configured ({}); generating link crate {}", rel(&paths.config), rel(&paths.link_crate)));
-    let crate_name = generate(kf, target, &paths, &cfg)?;
+    let initrd = match &kf.rootfs {
+        Some(r) if cfg.on("LIBINITRD") => {
+            let n = crate::initrd::prepare(r, &paths.initrd)?;
+            Some((paths.initrd.as_path(), n))
+        }
+        Some(r) => {
+            ui.note(&format!("rootfs {} is not packed: LIBINITRD is off", r.display()));
+            None
+        }
+        None => None,
+    };
+    let crate_name = generate(kf, target, &paths, &cfg, initrd)?;
 
     ui.step(3, 4, &format!("Compiling {} for {target}", kf.name));
     let triple = rust_target(&target.arch);

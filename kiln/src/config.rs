@@ -152,6 +152,10 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
             }
         }
     }
+    // A rootfs needs the initrd library (which brings ramfs and the VFS).
+    if kf.rootfs.is_some() && !user.contains_key("LIBINITRD") {
+        user.insert("LIBINITRD".to_string(), "y".to_string());
+    }
     for (k, v, line) in kf.kconfig.iter().chain(&target.kconfig) {
         set(tree, &mut user, k, v, &format!("{}:{line}", kf.path.display()))?;
     }

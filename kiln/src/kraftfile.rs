@@ -347,11 +347,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             if !p.exists() {
                 return Err(at(path, r.referenced.line(), format!("rootfs '{}' does not exist", r.value)));
             }
-            notes.push(format!(
-                "{}:{}: 'rootfs' noted; the embedded initrd arrives with the VFS libraries",
-                path.display(),
-                r.referenced.line()
-            ));
             Some(p)
         }
     };

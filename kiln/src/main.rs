@@ -2,6 +2,7 @@
 
 mod builder;
 mod config;
+mod initrd;
 mod kconfig;
 mod kraftfile;
 mod menu;
@@ -127,6 +128,9 @@ struct RunArgs {
     /// Boot this kernel image instead of building the app
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// An initrd for this run instead of the embedded one: a cpio file or a folder
+    #[arg(long, value_name = "FILE|DIR")]
+    initrd: Option<PathBuf>,
     /// Extra kernel parameters (before the app's arguments)
     #[arg(long = "kernel-arg", value_name = "PARAM")]
     kernel_args: Vec<String>,
@@ -258,6 +262,16 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
     };
 
+    let initrd = match &a.initrd {
+        None => None,
+        Some(p) if !p.exists() => anyhow::bail!("--initrd {}: no such file or folder", p.display()),
+        Some(p) => {
+            // Packed (or checked) next to the kernel image.
+            let out = kernel.with_extension("run-initrd.cpio");
+            initrd::prepare(p, &out)?;
+            Some(out)
+        }
+    };
     let args: &[String] = if a.args.is_empty() { &cmd } else { &a.args };
     let cmdline = kernel_cmdline(a.target.quiet, &a.kernel_args, &env, args);
     ui.note(&format!(
@@ -267,7 +281,7 @@ fn run(a: &RunArgs) -> Result<i32> {
         if kvm { "KVM" } else { "TCG" },
         memory_mib
     ));
-    qemu::run(&qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout })
+    qemu::run(&qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd })
 }
 
 /// Builds the kernel command line: `kernel-params -- app args`.

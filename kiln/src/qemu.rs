@@ -41,6 +41,8 @@ pub struct RunSpec {
     pub kvm: bool,
     pub cmdline: String,
     pub timeout: Option<Duration>,
+    /// An initrd (cpio) QEMU loads next to the kernel.
+    pub initrd: Option<PathBuf>,
 }
 
 /// The QEMU binary for an architecture.
@@ -146,6 +148,9 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     c.args(["-chardev", "stdio,id=con,mux=on,signal=on", "-serial", "chardev:con", "-mon", "chardev=con"]);
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     c.arg("-kernel").arg(&spec.kernel);
+    if let Some(i) = &spec.initrd {
+        c.arg("-initrd").arg(i);
+    }
     c.args(["-append", &spec.cmdline]);
     c
 }

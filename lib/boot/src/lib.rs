@@ -59,14 +59,17 @@ pub struct BootInfo<'a> {
     pub memory: &'a [MemRegion],
     /// [`Platform::ticks`] at the kernel's first instruction.
     pub entry_ticks: u64,
+    /// An initial RAM disk the boot loader passed (`kiln run --initrd`); it
+    /// takes the place of the one embedded in the image.
+    pub initrd: Option<&'static [u8]>,
 }
 
 /// A selected library's init function, run once before the app starts.
 pub struct LibInit {
     /// The library's name for boot messages.
     pub name: &'static str,
-    /// The init function.
-    pub init: fn(),
+    /// The init function; an error stops the boot with a message.
+    pub init: fn() -> Result<(), String>,
 }
 
 /// Boot options from the resolved Kconfig (`CONFIG_LIBCONSOLE_LOGLEVEL`,
@@ -76,6 +79,16 @@ pub struct BootConfig {
     pub loglevel: u8,
     /// Print the boot banner.
     pub banner: bool,
+    /// The initial RAM disk embedded in the image (the Kraftfile's `rootfs`).
+    pub initrd: Option<&'static [u8]>,
+}
+
+static INITRD: spin::Once<Option<&'static [u8]>> = spin::Once::new();
+
+/// The initial RAM disk for this boot: the boot loader's, else the embedded
+/// one. Libraries (lib/initrd) read it during their init.
+pub fn initrd() -> Option<&'static [u8]> {
+    INITRD.get().copied().flatten()
 }
 
 /// The app's entry point: arguments (the app name first, like `argv`) and environment.
@@ -162,9 +175,13 @@ pub fn start(
         log!(Level::Info, "{} on {}, heap {} ({})", app_name, p.name(), heap.backend(), heap.stats());
     }
 
+    INITRD.call_once(|| info.initrd.or(cfg.initrd));
     for lib in libs {
         log!(Level::Debug, "init {}", lib.name);
-        (lib.init)();
+        if let Err(e) = (lib.init)() {
+            kiln_console::println!("kiln: {}: {e}", lib.name);
+            exit(EXIT_MAX)
+        }
     }
 
     let mut args: Vec<String> = Vec::with_capacity(cmd.args.len() + 1);

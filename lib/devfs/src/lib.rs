@@ -141,6 +141,33 @@ impl FileSystem for DevFs {
     }
 }
 
+/// Where devfs is mounted (`CONFIG_LIBDEVFS_MOUNTPOINT`).
+const MOUNTPOINT: &str = match option_env!("KILN_CONFIG_LIBDEVFS_MOUNTPOINT") {
+    Some(p) => p,
+    None => "/dev",
+};
+
+fn console_write(b: &[u8]) {
+    match core::str::from_utf8(b) {
+        Ok(s) => kiln_console::print!("{s}"),
+        Err(_) => kiln_console::print!("{}", String::from_utf8_lossy(b)),
+    }
+}
+
+/// Boot-time init (lib/boot runs it when LIBDEVFS is selected): mounts
+/// devfs, seeding the random generator from the boot clock.
+pub fn kiln_init() -> core::result::Result<(), String> {
+    let v = kiln_vfs::vfs();
+    let seed = kiln_boot::platform().map_or(1, |p| p.ticks()) ^ 0x9e37_79b9_7f4a_7c15;
+    let fs = alloc::sync::Arc::new(DevFs::new(seed, console_write));
+    let r = if v.mounts().is_empty() {
+        v.mount("/", fs)
+    } else {
+        v.mkdir_all(MOUNTPOINT, 0o755).and_then(|_| v.mount(MOUNTPOINT, fs))
+    };
+    r.map_err(|e| alloc::format!("mounting {MOUNTPOINT}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

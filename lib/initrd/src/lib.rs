@@ -220,6 +220,33 @@ pub fn unpack(vfs: &Vfs, data: &[u8]) -> Result<Summary, Error> {
     Ok(s)
 }
 
+/// Boot-time init (lib/boot runs it when LIBINITRD is selected): unpacks
+/// the initrd (the boot loader's, else the embedded one) into `/`.
+pub fn kiln_init() -> Result<(), String> {
+    let Some(data) = kiln_boot::initrd() else {
+        kiln_console::log!(kiln_console::Level::Debug, "initrd: none");
+        return Ok(());
+    };
+    let p = kiln_boot::platform();
+    let t0 = p.map_or(0, |p| p.ticks());
+    let s = unpack(kiln_vfs::vfs(), data).map_err(|e| alloc::format!("initrd: {e}"))?;
+    let ticks = p.map_or(0, |p| p.ticks()).wrapping_sub(t0);
+    let us = kiln_boot::ticks_to_us(ticks, p.and_then(|p| p.tick_hz()));
+    kiln_console::log!(
+        kiln_console::Level::Info,
+        "initrd: {} files, {} directories, {} symlinks, {} bytes unpacked in {}",
+        s.files + s.links,
+        s.dirs,
+        s.symlinks,
+        s.bytes,
+        match us {
+            Some(us) => alloc::format!("{us} us"),
+            None => alloc::format!("{ticks} ticks"),
+        }
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

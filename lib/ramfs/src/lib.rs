@@ -301,6 +301,12 @@ impl FileSystem for RamFs {
     }
 }
 
+/// Boot-time init (lib/boot runs it when LIBRAMFS is selected): mounts an
+/// empty ramfs as the root file system.
+pub fn kiln_init() -> core::result::Result<(), String> {
+    kiln_vfs::vfs().mount("/", alloc::sync::Arc::new(RamFs::new())).map_err(|e| alloc::format!("mounting / : {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

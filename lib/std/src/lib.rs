@@ -18,6 +18,9 @@ macro_rules! eprintln {
     ($($arg:tt)*) => { $crate::println!($($arg)*) };
 }
 
+#[cfg(feature = "fs")]
+pub mod fs;
+
 /// What most apps want in scope.
 pub mod prelude {
     pub use crate::{eprintln, print, println};

@@ -315,7 +315,7 @@ impl Vfs {
 
     /// Resolves `path` to a node. The final symlink is followed when
     /// `follow` is set; symlinks in the middle always are.
-    pub fn lookup_node(&self, path: &str, follow: bool) -> Result<(Node, String)> {
+    fn lookup_node(&self, path: &str, follow: bool) -> Result<(Node, String)> {
         check_path(path)?;
         if self.mounts.lock().is_empty() {
             return Err(Error::NotFound);

@@ -151,8 +151,12 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         nram += 1;
     }
     let mapped = arch::mmu::init(&ram[..nram]);
+    // The kernel image (with its embedded initrd) and a loader-provided
+    // initrd stay out of the heap.
+    let module = start.module.unwrap_or((0, 0));
     let reserved = [
         (arch::layout::kernel_start(), arch::layout::kernel_end()),
+        (module.0 & !0xfff, (module.0 + module.1).next_multiple_of(4096)),
     ];
     let mut regions = [MemRegion { start: 0, size: 0 }; 16];
     // Below 1 MiB lie firmware tables and the loader's data.
@@ -168,6 +172,9 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         cmdline: start.cmdline,
         memory: &regions[..n],
         entry_ticks: entry_tsc,
+        // SAFETY: QEMU loaded the module there; its pages are reserved above
+        // and identity-mapped, and nothing writes to them.
+        initrd: start.module.map(|(a, n)| unsafe { core::slice::from_raw_parts(a as *const u8, n) }),
     };
     // SAFETY: the link crate of every kernel defines `kiln_start`.
     unsafe { kiln_start(&info) }

@@ -34,6 +34,17 @@ pub struct Start {
     /// The kernel command line.
     pub cmdline: &'static str,
     memmap: &'static [MemmapEntry],
+    /// The first boot module (QEMU's `-initrd`): physical address and size.
+    pub module: Option<(usize, usize)>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModlistEntry {
+    paddr: u64,
+    size: u64,
+    cmdline_paddr: u64,
+    reserved: u64,
 }
 
 const MEMMAP_MAX: usize = 64;
@@ -116,5 +127,13 @@ pub unsafe fn parse(addr: usize) -> Result<Start, Error> {
         buf[..bytes.len()].copy_from_slice(bytes);
         cmdline = core::str::from_utf8(&buf[..bytes.len()]).unwrap_or("");
     }
-    Ok(Start { cmdline, memmap })
+    let mut module = None;
+    if si.nr_modules > 0 && si.modlist_paddr != 0 {
+        // SAFETY: the loader says nr_modules entries sit at modlist_paddr.
+        let m = unsafe { *(si.modlist_paddr as *const ModlistEntry) };
+        if m.size > 0 {
+            module = Some((m.paddr as usize, m.size as usize));
+        }
+    }
+    Ok(Start { cmdline, memmap, module })
 }
