@@ -343,7 +343,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     let rootfs = match raw.rootfs {
         None => None,
         Some(r) => {
-            let p = dir.join(&r.value);
+            // Joined lexically, so `./rootfs` reads as `DIR/rootfs` in messages.
+            let p: PathBuf = dir.join(&r.value).components().collect();
             if !p.exists() {
                 return Err(at(path, r.referenced.line(), format!("rootfs '{}' does not exist", r.value)));
             }
