@@ -78,12 +78,12 @@ pub fn kvm_usable() -> std::result::Result<(), String> {
     }
 }
 
-/// Whether KVM can give guests 1 GiB pages (CPUID 0x80000001 EDX bit 26 in
-/// KVM_GET_SUPPORTED_CPUID). The host CPU having them is not enough: some
-/// hypervisors (PVM, for one) do not pass them on.
-pub fn kvm_has_gib_pages() -> bool {
+/// KVM's supported CPUID (KVM_GET_SUPPORTED_CPUID): (function, eax, ebx,
+/// ecx, edx) per leaf. The host CPU having a feature is not enough: some
+/// hypervisors (PVM, for one) do not pass all of them on.
+fn kvm_supported_cpuid() -> Vec<[u32; 5]> {
     use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else { return false };
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else { return Vec::new() };
     const NENT: usize = 256;
     // struct kvm_cpuid2 { u32 nent; u32 padding; struct kvm_cpuid_entry2 entries[]; }
     // struct kvm_cpuid_entry2 { u32 function, index, flags, eax, ebx, ecx, edx, padding[3]; }
@@ -94,10 +94,26 @@ pub fn kvm_has_gib_pages() -> bool {
     // expects; the kernel writes at most nent entries and updates nent.
     let r = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_SUPPORTED_CPUID, buf.as_mut_ptr()) };
     if r < 0 {
-        return false;
+        return Vec::new();
     }
     let n = (buf[0] as usize).min(NENT);
-    (0..n).map(|i| &buf[2 + i * 10..2 + (i + 1) * 10]).any(|e| e[0] == 0x8000_0001 && e[6] & (1 << 26) != 0)
+    (0..n).map(|i| &buf[2 + i * 10..2 + (i + 1) * 10]).map(|e| [e[0], e[3], e[4], e[5], e[6]]).collect()
+}
+
+/// The CPU model for KVM: the baseline qemu64 plus an invariant TSC, and 1
+/// GiB pages when KVM offers them; SSE3 (pni) is dropped when KVM lacks it,
+/// so QEMU does not warn about it on every run.
+pub fn kvm_cpu_model() -> String {
+    let cpuid = kvm_supported_cpuid();
+    let has = |leaf: u32, reg: usize, bit: u32| cpuid.iter().any(|e| e[0] == leaf && e[reg] & (1 << bit) != 0);
+    let mut m = String::from("qemu64,+invtsc");
+    if has(0x8000_0001, 4, 26) {
+        m += ",+pdpe1gb";
+    }
+    if !cpuid.is_empty() && !has(1, 3, 0) {
+        m += ",-pni";
+    }
+    m
 }
 
 /// Parses a memory size like `64M`, `1G`, `512Mi`, `2048` (MiB) into MiB.
@@ -136,8 +152,7 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     // the TSC frequency in CPUID leaf 0x40000010, which the kernel uses for
     // time) and 1 GiB pages (mapping memory then costs one entry per GiB). Under TCG, everything the emulator offers.
     if spec.kvm {
-        let cpu = if kvm_has_gib_pages() { "qemu64,+invtsc,+pdpe1gb" } else { "qemu64,+invtsc" };
-        c.args(["-accel", "kvm", "-cpu", cpu]);
+        c.args(["-accel", "kvm", "-cpu", &kvm_cpu_model()]);
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }

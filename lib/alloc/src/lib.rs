@@ -171,6 +171,8 @@ fn report_oom(layout: Layout, backend: &'static str, stats: &Stats) {
 /// Whole pages for drivers and DMA buffers: page-aligned, zeroed, from the
 /// kernel heap (so they count in its statistics). Memory is identity-mapped,
 /// so the address is also the physical address devices use.
+pub mod workload;
+
 pub mod pages {
     use core::alloc::Layout;
     use core::ptr::NonNull;
