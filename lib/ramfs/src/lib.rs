@@ -154,9 +154,16 @@ impl FileSystem for RamFs {
                 let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= MAX_FILE).ok_or(Error::NoSpace)?;
                 if end as usize > v.len() {
                     v.try_reserve(end as usize - v.len()).map_err(|_| Error::NoSpace)?;
-                    v.resize(end as usize, 0);
                 }
-                v[offset as usize..end as usize].copy_from_slice(buf);
+                if offset as usize == v.len() {
+                    // Appending (the common case): one copy, no zero-fill first.
+                    v.extend_from_slice(buf);
+                } else {
+                    if end as usize > v.len() {
+                        v.resize(end as usize, 0);
+                    }
+                    v[offset as usize..end as usize].copy_from_slice(buf);
+                }
                 Ok(buf.len())
             }
             Data::Dir(_) => Err(Error::IsDir),
