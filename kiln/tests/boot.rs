@@ -210,6 +210,15 @@ fn kernel_memory_is_write_xor_execute() {
 }
 
 #[test]
+fn out_of_memory_is_reported_with_the_request_and_statistics() {
+    let r = boot("crashtest", &["-q"], &["oom"]);
+    assert_eq!(r.code, 101, "{}", r.stdout);
+    assert!(r.stdout.contains("kiln: out of memory: 1099511627776 bytes (align 1) from the tlsf heap;"), "{}", r.stdout);
+    assert!(r.stdout.contains("KiB total") && r.stdout.contains("1 failed"), "{}", r.stdout);
+    assert!(r.stdout.contains("kiln: panic at"), "{}", r.stdout);
+}
+
+#[test]
 fn large_memory_is_mapped_and_used() {
     // 4 GiB: RAM below and above the 4 GiB hole, all of it in the heap.
     let r = boot("helloworld", &["-M", "4G"], &[]);

@@ -89,6 +89,12 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
             f();
             0
         }
+        "oom" => {
+            // Far more than any test guest has: the heap reports, then the
+            // allocation error becomes a panic.
+            let v: kiln_std::vec::Vec<u8> = kiln_std::vec::Vec::with_capacity(core::hint::black_box(1 << 40));
+            v.capacity() as i32
+        }
         "hang" => loop {
             core::hint::spin_loop();
         },
