@@ -47,6 +47,12 @@ pub struct BuildPaths {
 }
 
 impl BuildPaths {
+    /// Whether the resolved configuration last written for this build has
+    /// bool symbol `name` set to y.
+    pub fn config_has(&self, name: &str) -> bool {
+        std::fs::read_to_string(&self.config).is_ok_and(|c| c.lines().any(|l| l == format!("CONFIG_{name}=y")))
+    }
+
     pub fn new(kf: &Kraftfile, target: &Target) -> BuildPaths {
         let dir = kf.path.parent().unwrap_or(Path::new("."));
         let base = format!("{}_{}-{}", kf.name, target.plat, target.arch);

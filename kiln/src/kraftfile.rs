@@ -128,6 +128,8 @@ struct Raw {
     env: Option<Spanned<Pairs>>,
     kconfig: Option<Spanned<Pairs>>,
     rootfs: Option<Spanned<String>>,
+    /// Kiln extension: default `-p` port forwards for `kiln run`.
+    ports: Option<Spanned<Vec<String>>>,
     unikraft: Option<serde::de::IgnoredAny>,
     runtime: Option<serde::de::IgnoredAny>,
     libraries: Option<serde::de::IgnoredAny>,
@@ -174,6 +176,8 @@ pub struct Kraftfile {
     pub app_dir: PathBuf,
     pub targets: Vec<Target>,
     pub cmd: Vec<String>,
+    /// Default port forwards (`HOST:GUEST[/proto]`) for `kiln run`, with the line.
+    pub ports: Vec<(String, u64)>,
     pub env: Vec<(String, String)>,
     /// `kconfig:` entries with the Kraftfile line of each.
     pub kconfig: Vec<(String, String, u64)>,
@@ -351,7 +355,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             Some(p)
         }
     };
-    Ok(Kraftfile { path: path.to_path_buf(), name, app_dir, targets, cmd, env, kconfig, rootfs, notes })
+    let ports = match raw.ports {
+        None => Vec::new(),
+        Some(p) => {
+            let line = p.referenced.line();
+            p.value.into_iter().map(|v| (v, line)).collect()
+        }
+    };
+    Ok(Kraftfile { path: path.to_path_buf(), name, app_dir, targets, cmd, ports, env, kconfig, rootfs, notes })
 }
 
 fn valid_name(n: &str) -> bool {

@@ -128,6 +128,10 @@ struct RunArgs {
     /// Boot this kernel image instead of building the app
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// Forward a host port to the guest: HOST:GUEST[/tcp|udp] (repeatable);
+    /// gives the guest a virtio-net device on QEMU's user network
+    #[arg(long = "port", short = 'p', value_name = "HOST:GUEST")]
+    ports: Vec<String>,
     /// An initrd for this run instead of the embedded one: a cpio file or a folder
     #[arg(long, value_name = "FILE|DIR")]
     initrd: Option<PathBuf>,
@@ -232,6 +236,11 @@ fn run(a: &RunArgs) -> Result<i32> {
         env.push((k.into(), v.into()));
     }
 
+    let mut ports = Vec::new();
+    for p in &a.ports {
+        ports.push(qemu::parse_port(p)?);
+    }
+    let mut net_in_kernel = false;
     let (kernel, arch, cmd) = match &a.kernel {
         Some(k) => {
             if !k.is_file() {
@@ -246,7 +255,14 @@ fn run(a: &RunArgs) -> Result<i32> {
             let mut all_env = kf.env.clone();
             all_env.append(&mut env);
             env = all_env;
-            (builder::build(&kf, &target, &ui)?, target.arch, kf.cmd)
+            if a.ports.is_empty() {
+                for (p, line) in &kf.ports {
+                    ports.push(qemu::parse_port(p).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", kf.path.display()))?);
+                }
+            }
+            let image = builder::build(&kf, &target, &ui)?;
+            net_in_kernel = builder::BuildPaths::new(&kf, &target).config_has("LIBNET");
+            (image, target.arch, kf.cmd)
         }
     };
 
@@ -281,7 +297,12 @@ fn run(a: &RunArgs) -> Result<i32> {
         if kvm { "KVM" } else { "TCG" },
         memory_mib
     ));
-    qemu::run(&qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd })
+    // A network device when the kernel has a network stack or ports are forwarded.
+    let net = (net_in_kernel || !ports.is_empty()).then_some(ports);
+    if net.is_some() && a.machine != qemu::Machine::Microvm {
+        anyhow::bail!("networking needs --machine microvm (virtio-pci devices are not supported yet)");
+    }
+    qemu::run(&qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net })
 }
 
 /// Builds the kernel command line: `kernel-params -- app args`.

@@ -43,6 +43,39 @@ pub struct RunSpec {
     pub timeout: Option<Duration>,
     /// An initrd (cpio) QEMU loads next to the kernel.
     pub initrd: Option<PathBuf>,
+    /// A virtio-net device on QEMU's user network, with these port
+    /// forwards; `None` for no network.
+    pub net: Option<Vec<PortForward>>,
+}
+
+/// `-p HOST:GUEST[/tcp|udp]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortForward {
+    pub udp: bool,
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// Parses `HOST:GUEST[/tcp|udp]` (or just `PORT` for the same port on both).
+pub fn parse_port(s: &str) -> Result<PortForward> {
+    let (ports, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, proto),
+        None => (s, "tcp"),
+    };
+    let udp = match proto {
+        "tcp" => false,
+        "udp" => true,
+        other => bail!("-p {s}: protocol '{other}' is not tcp or udp"),
+    };
+    let num = |p: &str| p.parse::<u16>().ok().filter(|n| *n > 0);
+    let (host, guest) = match ports.split_once(':') {
+        Some((h, g)) => (num(h), num(g)),
+        None => (num(ports), num(ports)),
+    };
+    match (host, guest) {
+        (Some(host), Some(guest)) => Ok(PortForward { udp, host, guest }),
+        _ => bail!("-p {s}: expected HOST:GUEST with ports 1-65535, like 8080:80"),
+    }
 }
 
 /// The QEMU binary for an architecture.
@@ -163,6 +196,13 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     c.args(["-chardev", "stdio,id=con,mux=on,signal=on", "-serial", "chardev:con", "-mon", "chardev=con"]);
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     c.arg("-kernel").arg(&spec.kernel);
+    if let Some(fwd) = &spec.net {
+        let mut netdev = String::from("user,id=n0");
+        for f in fwd {
+            netdev += &format!(",hostfwd={}::{}-:{}", if f.udp { "udp" } else { "tcp" }, f.host, f.guest);
+        }
+        c.args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
+    }
     if let Some(i) = &spec.initrd {
         c.arg("-initrd").arg(i);
     }

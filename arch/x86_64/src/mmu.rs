@@ -86,8 +86,9 @@ pub fn init(ram: &[(u64, u64)]) -> Mapped {
             let base = g as u64 * GIB;
             if huge {
                 pdpt[g] = base | large_flags(base, GIB, ram);
-            } else if g - 1 < SPARE_PDS {
-                let pd = &mut spare[g - 1];
+            } else if NEXT_SPARE < SPARE_PDS {
+                let pd = &mut spare[NEXT_SPARE];
+                NEXT_SPARE += 1;
                 for (i, e) in pd.0.iter_mut().enumerate() {
                     let a = base + i as u64 * MIB2;
                     *e = a | large_flags(a, MIB2, ram);
@@ -101,6 +102,52 @@ pub fn init(ram: &[(u64, u64)]) -> Mapped {
     }
     Mapped { end, huge }
 }
+
+/// Maps device memory [addr, addr + len) uncached (identity), for drivers.
+/// Addresses in the first GiB are already mapped; others get their GiB
+/// mapped with uncached pages. Returns false if no table is left.
+#[cfg(target_os = "none")]
+pub fn map_device(addr: u64, len: u64) -> bool {
+    let first = addr / GIB;
+    let last = (addr + len.max(1) - 1) / GIB;
+    for g in first..=last {
+        let g = g as usize;
+        if g == 0 {
+            continue;
+        }
+        if g >= 512 {
+            return false;
+        }
+        // SAFETY: one CPU; kiln_pdpt is the live PDPT, and an empty entry is
+        // filled before anything uses the addresses it maps. SPARE tables are
+        // only handed out here and in `init`, tracked by NEXT_SPARE.
+        unsafe {
+            let pdpt = &mut *(&raw mut kiln_pdpt);
+            if pdpt[g] != 0 {
+                continue;
+            }
+            let base = g as u64 * GIB;
+            if has_gib_pages() {
+                pdpt[g] = base | P | W | PS | NX | PCD | PWT;
+            } else {
+                let i = NEXT_SPARE;
+                if i >= SPARE_PDS {
+                    return false;
+                }
+                NEXT_SPARE += 1;
+                let pd = &mut (*(&raw mut SPARE))[i];
+                for (j, e) in pd.0.iter_mut().enumerate() {
+                    *e = (base + j as u64 * MIB2) | P | W | PS | NX | PCD | PWT;
+                }
+                pdpt[g] = (pd as *const Table as u64) | P | W;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(target_os = "none")]
+static mut NEXT_SPARE: usize = 0;
 
 /// Unmaps page 0 so that null pointer accesses fault. Call once the boot
 /// loader's data in low memory has been copied.

@@ -62,6 +62,23 @@ pub struct BootInfo<'a> {
     /// An initial RAM disk the boot loader passed (`kiln run --initrd`); it
     /// takes the place of the one embedded in the image.
     pub initrd: Option<&'static [u8]>,
+    /// virtio-mmio devices the platform found: (base address, size), mapped
+    /// uncached.
+    pub virtio_mmio: &'a [(usize, usize)],
+}
+
+static VIRTIO_MMIO: spin::Once<Vec<(usize, usize)>> = spin::Once::new();
+static PARAMS: spin::Once<Vec<(String, Option<String>)>> = spin::Once::new();
+
+/// The value of kernel parameter `name` (before `--` on the command line),
+/// for libraries (`netdev.ip=...`).
+pub fn param(name: &str) -> Option<&'static str> {
+    PARAMS.get()?.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+}
+
+/// The virtio-mmio devices the platform found (lib/virtio probes them).
+pub fn virtio_mmio() -> &'static [(usize, usize)] {
+    VIRTIO_MMIO.get().map_or(&[], |v| v.as_slice())
 }
 
 /// A selected library's init function, run once before the app starts.
@@ -176,6 +193,8 @@ pub fn start(
     }
 
     INITRD.call_once(|| info.initrd.or(cfg.initrd));
+    PARAMS.call_once(|| cmd.params.clone());
+    VIRTIO_MMIO.call_once(|| info.virtio_mmio.to_vec());
     for lib in libs {
         log!(Level::Debug, "init {}", lib.name);
         if let Err(e) = (lib.init)() {

@@ -21,6 +21,25 @@ macro_rules! eprintln {
 #[cfg(feature = "fs")]
 pub mod fs;
 
+/// TCP sockets over the kernel's network stack (kiln-std's `net` feature;
+/// the app's Kconfig selects LIBNET). The stack is polled: blocking calls
+/// poll while they wait, and event loops call [`net::poll`].
+#[cfg(feature = "net")]
+pub mod net {
+    pub use kiln_net::{available, poll, Error, Result, TcpListener, TcpStream};
+}
+
+/// Time since boot.
+pub mod time {
+    /// Microseconds since boot (1 GHz assumed when the clock rate is unknown).
+    pub fn micros() -> u64 {
+        let p = kiln_boot::platform();
+        let ticks = p.map_or(0, |p| p.ticks());
+        let hz = p.and_then(|p| p.tick_hz()).unwrap_or(1_000_000_000);
+        (ticks as u128 * 1_000_000 / hz as u128) as u64
+    }
+}
+
 /// What most apps want in scope.
 pub mod prelude {
     pub use crate::{eprintln, print, println};

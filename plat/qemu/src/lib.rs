@@ -167,6 +167,26 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         mapped.end as usize,
         &mut regions,
     );
+    // QEMU's microvm puts its virtio-mmio transports at 0xfeb00000, 512
+    // bytes apart; a slot is in use when it has the magic and a device ID.
+    let mut mmio = [(0usize, 0usize); 32];
+    let mut nmmio = 0;
+    const MMIO_BASE: usize = 0xfeb0_0000;
+    const SLOTS: usize = 24;
+    if arch::mmu::map_device(MMIO_BASE as u64, (SLOTS * 0x200) as u64) {
+        for i in 0..SLOTS {
+            let base = MMIO_BASE + i * 0x200;
+            // SAFETY: the slot range was just mapped uncached; these are
+            // 32-bit register reads with no side effects (magic, device ID).
+            let (magic, id) = unsafe {
+                (core::ptr::read_volatile(base as *const u32), core::ptr::read_volatile((base + 8) as *const u32))
+            };
+            if magic == 0x7472_6976 && id != 0 && nmmio < mmio.len() {
+                mmio[nmmio] = (base, 0x200);
+                nmmio += 1;
+            }
+        }
+    }
     let info = BootInfo {
         platform: &QEMU,
         cmdline: start.cmdline,
@@ -175,6 +195,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         // SAFETY: QEMU loaded the module there; its pages are reserved above
         // and identity-mapped, and nothing writes to them.
         initrd: start.module.map(|(a, n)| unsafe { core::slice::from_raw_parts(a as *const u8, n) }),
+        virtio_mmio: &mmio[..nmmio],
     };
     // SAFETY: the link crate of every kernel defines `kiln_start`.
     unsafe { kiln_start(&info) }

@@ -1,0 +1,428 @@
+//! httpd: a static HTTP/1.1 server for the files of its initrd.
+//!
+//! One event loop serves every connection: it polls the network stack,
+//! accepts new connections, reads requests, and streams responses as the
+//! send buffers drain, so a slow or silent client never holds up the others.
+//! Supported: GET and HEAD, keep-alive and pipelining, `index.html` for
+//! directories, content types by extension, ETag / If-None-Match (304),
+//! 400, 404, 405, 413, 431, 505, idle timeouts.
+#![no_std]
+
+extern crate alloc;
+
+use kiln_std::fs::{self, File, FileType};
+use kiln_std::net::{self, Error as NetError, TcpListener, TcpStream};
+use kiln_std::prelude::*;
+use kiln_std::{kconfig_int, kconfig_str};
+
+const PORT: i64 = kconfig_int!("APP_HTTPD_PORT", 80);
+const ROOT: &str = kconfig_str!("APP_HTTPD_ROOT", "/www");
+const BACKLOG: i64 = kconfig_int!("APP_HTTPD_BACKLOG", 128);
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// A connection without progress for this long is closed.
+const IDLE_US: u64 = 30_000_000;
+
+/// The content type for a file name.
+pub fn content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match ext.to_ascii_lowercase().as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "ico" => "image/x-icon",
+        "webp" => "image/webp",
+        "wasm" => "application/wasm",
+        "woff2" => "font/woff2",
+        "pdf" => "application/pdf",
+        "xml" => "application/xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Decodes %XX escapes; `None` for bad escapes or a NUL.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = core::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A parsed request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub http10: bool,
+    pub keep_alive: bool,
+    pub if_none_match: Option<String>,
+    pub content_length: usize,
+}
+
+/// Why a request head was rejected: the status to answer with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reject(pub u16);
+
+/// Parses a request head (without the final blank line).
+pub fn parse_head(head: &[u8]) -> Result<Request, Reject> {
+    let text = core::str::from_utf8(head).map_err(|_| Reject(400))?;
+    let mut lines = text.split("\r\n");
+    let line = lines.next().ok_or(Reject(400))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(Reject(400));
+    };
+    if method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase()) {
+        return Err(Reject(400));
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        v if v.starts_with("HTTP/") => return Err(Reject(505)),
+        _ => return Err(Reject(400)),
+    };
+    if !target.starts_with('/') {
+        return Err(Reject(400));
+    }
+    let raw_path = target.split(['?', '#']).next().unwrap_or("/");
+    let path = percent_decode(raw_path).ok_or(Reject(400))?;
+    let mut req = Request {
+        method: method.into(),
+        path,
+        http10,
+        keep_alive: !http10,
+        if_none_match: None,
+        content_length: 0,
+    };
+    for l in lines {
+        let (name, value) = l.split_once(':').ok_or(Reject(400))?;
+        if name.is_empty() || name.contains(' ') {
+            return Err(Reject(400));
+        }
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "connection" => {
+                let v = value.to_ascii_lowercase();
+                if v.contains("close") {
+                    req.keep_alive = false;
+                } else if v.contains("keep-alive") {
+                    req.keep_alive = true;
+                }
+            }
+            "if-none-match" => req.if_none_match = Some(value.into()),
+            "content-length" => req.content_length = value.parse().map_err(|_| Reject(400))?,
+            "transfer-encoding" => return Err(Reject(501)),
+            _ => {}
+        }
+    }
+    Ok(req)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// The head and an error page for a status without a file.
+fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
+    let body = format!("<!doctype html><title>{status} {0}</title><h1>{status} {0}</h1>\n", reason(status));
+    let mut h = format!(
+        "HTTP/1.1 {status} {}\r\nServer: kiln-httpd\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        reason(status),
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    if status == 405 {
+        h += "Allow: GET, HEAD\r\n";
+    }
+    h += "\r\n";
+    let mut v = h.into_bytes();
+    v.extend_from_slice(body.as_bytes());
+    v
+}
+
+/// A file being sent.
+struct Body {
+    file: File,
+    left: u64,
+}
+
+struct Conn {
+    s: TcpStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    body: Option<Body>,
+    /// Close once everything queued is sent.
+    closing: bool,
+    /// Request body bytes still to skip.
+    skip: usize,
+    last: u64,
+}
+
+/// Resolves a request path to a file under ROOT.
+fn resolve(path: &str) -> Option<(String, fs::Metadata)> {
+    let full = format!("{}{}", ROOT.trim_end_matches('/'), path);
+    let m = fs::metadata(&full).ok()?;
+    match m.kind {
+        FileType::File => Some((full, m)),
+        FileType::Dir => {
+            let idx = format!("{}/index.html", full.trim_end_matches('/'));
+            let m = fs::metadata(&idx).ok().filter(|m| m.kind == FileType::File)?;
+            Some((idx, m))
+        }
+        _ => None,
+    }
+}
+
+impl Conn {
+    fn new(s: TcpStream, now: u64) -> Conn {
+        Conn { s, inbuf: Vec::new(), out: Vec::new(), out_pos: 0, body: None, closing: false, skip: 0, last: now }
+    }
+
+    fn busy(&self) -> bool {
+        self.out_pos < self.out.len() || self.body.is_some()
+    }
+
+    /// Answers one complete request head.
+    fn respond(&mut self, head: &[u8]) {
+        let req = match parse_head(head) {
+            Ok(r) => r,
+            Err(Reject(status)) => {
+                self.out.extend(error_response(status, false));
+                self.closing = true;
+                return;
+            }
+        };
+        self.skip = req.content_length;
+        if !req.keep_alive {
+            self.closing = true;
+        }
+        let head_only = req.method == "HEAD";
+        if req.method != "GET" && !head_only {
+            self.out.extend(error_response(405, req.keep_alive));
+            return;
+        }
+        let Some((path, meta)) = resolve(&req.path) else {
+            let mut r = error_response(404, req.keep_alive);
+            if head_only {
+                let end = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                r.truncate(end);
+            }
+            self.out.extend(r);
+            return;
+        };
+        let etag = format!("\"{:x}-{:x}\"", meta.ino, meta.size);
+        let conn = if req.keep_alive { "keep-alive" } else { "close" };
+        if req.if_none_match.as_deref().is_some_and(|t| t == etag || t == "*") {
+            self.out.extend(format!("HTTP/1.1 304 Not Modified\r\nServer: kiln-httpd\r\nETag: {etag}\r\nConnection: {conn}\r\n\r\n").bytes());
+            return;
+        }
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(_) => {
+                self.out.extend(error_response(404, req.keep_alive));
+                return;
+            }
+        };
+        self.out.extend(
+            format!(
+                "HTTP/1.1 200 OK\r\nServer: kiln-httpd\r\nContent-Type: {}\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: {conn}\r\n\r\n",
+                content_type(&path),
+                meta.size
+            )
+            .bytes(),
+        );
+        if !head_only && meta.size > 0 {
+            self.body = Some(Body { file, left: meta.size });
+        }
+    }
+
+    /// Reads what arrived and answers complete requests, one at a time.
+    fn read(&mut self, now: u64) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.s.read(&mut buf) {
+                Ok(0) => {
+                    // The client is done sending; finish what is queued.
+                    self.closing = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.last = now;
+                    let mut data = &buf[..n];
+                    if self.skip > 0 {
+                        let k = self.skip.min(data.len());
+                        self.skip -= k;
+                        data = &data[k..];
+                    }
+                    self.inbuf.extend_from_slice(data);
+                }
+                Err(NetError::WouldBlock) => break,
+                Err(_) => return false,
+            }
+        }
+        while !self.busy() && !self.closing {
+            let Some(end) = self.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if self.inbuf.len() > MAX_HEAD {
+                    self.out.extend(error_response(431, false));
+                    self.closing = true;
+                }
+                break;
+            };
+            if end > MAX_HEAD {
+                self.out.extend(error_response(431, false));
+                self.closing = true;
+                break;
+            }
+            let head: Vec<u8> = self.inbuf.drain(..end + 4).collect();
+            self.respond(&head[..end]);
+            if self.skip > 0 {
+                let k = self.skip.min(self.inbuf.len());
+                self.inbuf.drain(..k);
+                self.skip -= k;
+            }
+        }
+        true
+    }
+
+    /// Sends as much as the connection takes. False when it should go.
+    fn write(&mut self, now: u64) -> bool {
+        loop {
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+                // Refill from the file being sent.
+                if let Some(b) = &mut self.body {
+                    let room = self.s.send_capacity().min(64 * 1024);
+                    if room == 0 {
+                        return true;
+                    }
+                    let want = (b.left as usize).min(room);
+                    self.out.resize(want, 0);
+                    match b.file.read(&mut self.out) {
+                        Ok(n) if n > 0 => {
+                            self.out.truncate(n);
+                            b.left -= n as u64;
+                            if b.left == 0 {
+                                self.body = None;
+                            }
+                        }
+                        _ => return false,
+                    }
+                } else {
+                    return true;
+                }
+            }
+            match self.s.write(&self.out[self.out_pos..]) {
+                Ok(0) | Err(NetError::WouldBlock) => return true,
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.last = now;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Entry point: serves until the machine is stopped.
+pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
+    if !net::available() {
+        println!("httpd: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
+        return 1;
+    }
+    if fs::metadata(ROOT).is_err() {
+        println!("httpd: the document root {ROOT} does not exist (the Kraftfile's rootfs provides it)");
+        return 1;
+    }
+    let mut listener = match TcpListener::bind(PORT as u16, BACKLOG as usize) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("httpd: port {PORT}: {e}");
+            return 1;
+        }
+    };
+    listener.set_nonblocking(true);
+    println!("httpd: serving {ROOT} on port {PORT}");
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        net::poll();
+        let now = kiln_std::time::micros();
+        while let Ok(mut s) = listener.accept() {
+            s.set_nonblocking(true);
+            conns.push(Conn::new(s, now));
+        }
+        conns.retain_mut(|c| {
+            if !c.read(now) {
+                return false;
+            }
+            if !c.write(now) {
+                return false;
+            }
+            if c.closing && !c.busy() {
+                c.s.shutdown();
+                return false;
+            }
+            // Clients that connect and go quiet do not keep their socket.
+            now.saturating_sub(c.last) < IDLE_US
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests_and_rejects_bad_ones() {
+        let r = parse_head(b"GET /a%20b.html?x=1 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"1-2\"").unwrap();
+        assert_eq!(r.path, "/a b.html");
+        assert!(r.keep_alive && !r.http10);
+        assert_eq!(r.if_none_match.as_deref(), Some("\"1-2\""));
+        let r = parse_head(b"HEAD / HTTP/1.0").unwrap();
+        assert!(!r.keep_alive && r.http10);
+        assert!(parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive").unwrap().keep_alive);
+        assert!(!parse_head(b"GET / HTTP/1.1\r\nConnection: close").unwrap().keep_alive);
+        assert_eq!(parse_head(b"GET / HTTP/2.0"), Err(Reject(505)));
+        assert_eq!(parse_head(b"GET /"), Err(Reject(400)));
+        assert_eq!(parse_head(b"get / HTTP/1.1"), Err(Reject(400)));
+        assert_eq!(parse_head(b"GET x HTTP/1.1"), Err(Reject(400)));
+        assert_eq!(parse_head(b"GET /%zz HTTP/1.1"), Err(Reject(400)));
+        assert_eq!(parse_head(b"GET /%00 HTTP/1.1"), Err(Reject(400)));
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nbad header"), Err(Reject(400)));
+        assert_eq!(parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked"), Err(Reject(501)));
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\xff: x"), Err(Reject(400)));
+        assert_eq!(content_type("/x/INDEX.HTML"), "text/html; charset=utf-8");
+        assert_eq!(content_type("/noext"), "application/octet-stream");
+    }
+}
