@@ -1,0 +1,145 @@
+//! apps/httpd in a booted kernel, over QEMU's user network: pages fetched
+//! with curl and compared byte for byte with the rootfs, HTTP semantics,
+//! and bad clients that must not stop the server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A running httpd guest on a host port of its own.
+struct Guest {
+    child: Child,
+    port: u16,
+}
+
+impl Guest {
+    fn start(port: u16) -> Guest {
+        let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/httpd"]).status().unwrap();
+        assert!(b.success());
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .args(["run", "-q", "--timeout", "300", "-p", &format!("{port}:80"), "apps/httpd"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let g = Guest { child, port };
+        // Ready when a request gets an answer.
+        let start = Instant::now();
+        while g.get("/").0 != 200 {
+            assert!(start.elapsed() < Duration::from_secs(60), "httpd did not answer on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        g
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// (status, body) through curl.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let o = Command::new("curl").args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", &self.url(path)]).output().unwrap();
+        let mut out = o.stdout;
+        let nl = out.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+        let code = String::from_utf8_lossy(&out[nl..]).trim().parse().unwrap_or(0);
+        out.truncate(nl);
+        (code, out)
+    }
+
+    /// A raw exchange: sends `req`, returns what came back until close or timeout.
+    fn raw(&self, req: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serves_the_site_byte_for_byte_with_http_semantics() {
+    let g = Guest::start(18081);
+    let www = root().join("apps/httpd/rootfs/www");
+    for (path, file) in [("/", "index.html"), ("/index.html", "index.html"), ("/style.css", "style.css"), ("/game.js", "game.js"), ("/about.html", "about.html"), ("/kiln.svg", "kiln.svg")] {
+        let (code, body) = g.get(path);
+        assert_eq!(code, 200, "{path}");
+        assert_eq!(body, std::fs::read(www.join(file)).unwrap(), "{path} differs from the rootfs");
+    }
+    assert_eq!(g.get("/missing.html").0, 404);
+    assert_eq!(g.get("/../../etc/passwd").0, 404);
+
+    // Headers: content types, HEAD, 405, 304, keep-alive with pipelining.
+    let r = g.raw(b"HEAD /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Content-Type: text/css"), "{r}");
+    assert!(r.contains(&format!("Content-Length: {}\r\n", std::fs::metadata(www.join("style.css")).unwrap().len())), "{r}");
+    assert!(r.ends_with("\r\n\r\n"), "HEAD must not send a body: {r}");
+    let r = g.raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+    assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed") && r.contains("Allow: GET, HEAD"), "{r}");
+    let etag = r#"""#;
+    let first = g.raw(b"GET /kiln.svg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let tag = first.lines().find_map(|l| l.strip_prefix("ETag: ")).unwrap().to_string();
+    assert!(tag.starts_with(etag));
+    let r = g.raw(format!("GET /kiln.svg HTTP/1.1\r\nHost: x\r\nIf-None-Match: {tag}\r\nConnection: close\r\n\r\n").as_bytes());
+    assert!(r.starts_with("HTTP/1.1 304 Not Modified"), "{r}");
+    let r = g.raw(b"GET /kiln.svg HTTP/1.1\r\nHost: x\r\n\r\nGET /about.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 2, "pipelined requests on one connection: {r}");
+
+    // Bad requests get an answer and a closed connection.
+    assert!(g.raw(b"GARBAGE\r\n\r\n").starts_with("HTTP/1.1 400 Bad Request"));
+    assert!(g.raw(b"GET / HTTP/9.9\r\n\r\n").starts_with("HTTP/1.1 505"));
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
+    assert!(g.raw(huge.as_bytes()).starts_with("HTTP/1.1 431"));
+    // After all that, the server still serves.
+    assert_eq!(g.get("/").0, 200);
+}
+
+#[test]
+fn silent_clients_and_many_connections_do_not_stop_the_server() {
+    let g = Guest::start(18082);
+    // Clients that connect and send nothing.
+    let silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(("127.0.0.1", g.port)).unwrap()).collect();
+    assert_eq!(g.get("/about.html").0, 200, "a silent client blocked the server");
+    // Many clients at once, each fetching a page over keep-alive.
+    let want = std::fs::read(root().join("apps/httpd/rootfs/www/game.js")).unwrap();
+    let port = g.port;
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let want = want.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                s.write_all(b"GET /game.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).unwrap();
+                let body = out.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &out[i + 4..]).unwrap_or(&[]);
+                body == &want[..]
+            })
+        })
+        .collect();
+    let ok = threads.into_iter().map(|t| t.join().unwrap_or(false)).filter(|ok| *ok).count();
+    assert_eq!(ok, 50, "only {ok} of 50 concurrent clients got the page");
+    drop(silent);
+    assert_eq!(g.get("/").0, 200);
+}
