@@ -246,7 +246,10 @@ impl TcpListener {
     /// socket with a fresh one. Blocks (polling) unless non-blocking.
     pub fn accept(&mut self) -> Result<TcpStream> {
         loop {
-            poll();
+            // Non-blocking callers run the stack themselves (net::poll).
+            if !self.nonblocking {
+                poll();
+            }
             let port = self.port;
             let got = with(|s| {
                 for h in self.backlog.iter_mut() {
@@ -335,7 +338,9 @@ impl TcpStream {
                 None
             })?;
             if let Some(r) = r {
-                poll();
+                if !self.nonblocking {
+                    poll();
+                }
                 return r;
             }
             if self.nonblocking {
@@ -375,7 +380,6 @@ impl TcpStream {
     /// Closes the sending side; the peer sees end of file.
     pub fn shutdown(&mut self) {
         let _ = with(|s| s.sockets.get_mut::<tcp::Socket>(self.h).close());
-        poll();
     }
 }
 
@@ -386,7 +390,6 @@ impl Drop for TcpStream {
             // Graceful close; the socket is reclaimed once the peer is done.
             t.close();
         });
-        poll();
         CLOSING.lock().push(self.h);
         reap();
     }
