@@ -3,6 +3,7 @@
 mod builder;
 mod config;
 mod initrd;
+mod instance;
 mod kconfig;
 mod kraftfile;
 mod menu;
@@ -32,8 +33,46 @@ enum Cmd {
     Config(ConfigArgs),
     /// Configure the app in a full-screen menu (like `make menuconfig`)
     Menu(MenuArgs),
+    /// List instances started with `kiln run -d`
+    Ps(PsArgs),
+    /// Show an instance's console output
+    Logs(LogsArgs),
+    /// Stop a running instance (QMP quit, then killed after 5 s)
+    Stop(NameArg),
+    /// Remove a stopped instance
+    Rm(RmArgs),
+    #[command(hide = true, name = "__supervise")]
+    Supervise { dir: PathBuf },
     /// Resolve any Kconfig tree (like `make olddefconfig`) and print the .config
     Kconfig(KconfigArgs),
+}
+
+#[derive(Args)]
+struct PsArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// Keep printing new output until the instance stops
+    #[arg(long, short = 'f')]
+    follow: bool,
+    name: String,
+}
+
+#[derive(Args)]
+struct NameArg {
+    name: String,
+}
+
+#[derive(Args)]
+struct RmArgs {
+    /// Stop the instance first if it is running
+    #[arg(long, short = 'f')]
+    force: bool,
+    name: String,
 }
 
 #[derive(Args)]
@@ -128,6 +167,15 @@ struct RunArgs {
     /// Boot this kernel image instead of building the app
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// Run in the background as an instance (see kiln ps, logs, stop, rm)
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Name of the detached instance (default: the app's name)
+    #[arg(long)]
+    name: Option<String>,
+    /// Remove the detached instance's record when it exits
+    #[arg(long)]
+    rm: bool,
     /// Forward a host port to the guest: HOST:GUEST[/tcp|udp] (repeatable);
     /// gives the guest a virtio-net device on QEMU's user network
     #[arg(long = "port", short = 'p', value_name = "HOST:GUEST")]
@@ -241,6 +289,8 @@ fn run(a: &RunArgs) -> Result<i32> {
         ports.push(qemu::parse_port(p)?);
     }
     let mut net_in_kernel = false;
+    let mut app_name = String::from("kernel");
+    let mut target_name = String::from("qemu/x86_64");
     let (kernel, arch, cmd) = match &a.kernel {
         Some(k) => {
             if !k.is_file() {
@@ -260,6 +310,8 @@ fn run(a: &RunArgs) -> Result<i32> {
                     ports.push(qemu::parse_port(p).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", kf.path.display()))?);
                 }
             }
+            app_name = kf.name.clone();
+            target_name = target.to_string();
             let image = builder::build(&kf, &target, &ui)?;
             net_in_kernel = builder::BuildPaths::new(&kf, &target).config_has("LIBNET");
             (image, target.arch, kf.cmd)
@@ -302,7 +354,21 @@ fn run(a: &RunArgs) -> Result<i32> {
     if net.is_some() && a.machine != qemu::Machine::Microvm {
         anyhow::bail!("networking needs --machine microvm (virtio-pci devices are not supported yet)");
     }
-    qemu::run(&qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net })
+    let port_names: Vec<String> = net.iter().flatten().map(|p| format!("{}:{}/{}", p.host, p.guest, if p.udp { "udp" } else { "tcp" })).collect();
+    let spec = qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, detached: None };
+    if a.detach {
+        let name = match &a.name {
+            Some(n) => n.clone(),
+            None => instance::free_name(&app_name),
+        };
+        instance::start(&name, &app_name, &target_name, &spec, &port_names, a.rm)?;
+        println!("{name}");
+        return Ok(0);
+    }
+    if a.name.is_some() || a.rm {
+        anyhow::bail!("--name and --rm are for detached instances (-d)");
+    }
+    qemu::run(&spec)
 }
 
 /// Builds the kernel command line: `kernel-params -- app args`.
@@ -327,6 +393,11 @@ fn main() {
         Cmd::Config(a) => config(a),
         Cmd::Kconfig(a) => kconfig_cmd(a),
         Cmd::Menu(a) => menu_cmd(a),
+        Cmd::Ps(a) => instance::ps(a.json).map(|_| 0),
+        Cmd::Logs(a) => instance::logs(&a.name, a.follow).map(|_| 0),
+        Cmd::Stop(a) => instance::stop(&a.name).map(|_| 0),
+        Cmd::Rm(a) => instance::rm(&a.name, a.force).map(|_| 0),
+        Cmd::Supervise { dir } => instance::supervise(dir),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -33,6 +33,7 @@ impl Machine {
 }
 
 /// What to boot and how.
+#[derive(Clone)]
 pub struct RunSpec {
     pub kernel: PathBuf,
     pub arch: String,
@@ -46,6 +47,9 @@ pub struct RunSpec {
     /// A virtio-net device on QEMU's user network, with these port
     /// forwards; `None` for no network.
     pub net: Option<Vec<PortForward>>,
+    /// Detached: the console goes to this file and QMP listens on this
+    /// socket, instead of the terminal.
+    pub detached: Option<(PathBuf, PathBuf)>,
 }
 
 /// `-p HOST:GUEST[/tcp|udp]`.
@@ -193,7 +197,16 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     // One stdio chardev for the serial console and QEMU's monitor (Ctrl-A C),
     // with Ctrl-C still stopping QEMU.
-    c.args(["-chardev", "stdio,id=con,mux=on,signal=on", "-serial", "chardev:con", "-mon", "chardev=con"]);
+    match &spec.detached {
+        None => {
+            c.args(["-chardev", "stdio,id=con,mux=on,signal=on", "-serial", "chardev:con", "-mon", "chardev=con"]);
+        }
+        Some((log, qmp)) => {
+            c.arg("-chardev").arg(format!("file,id=con,path={}", log.display()));
+            c.args(["-serial", "chardev:con"]);
+            c.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+    }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     c.arg("-kernel").arg(&spec.kernel);
     if let Some(fwd) = &spec.net {
@@ -239,6 +252,16 @@ pub fn decode(status: ExitStatus) -> Outcome {
 pub fn run(spec: &RunSpec) -> Result<i32> {
     let qemu = find_qemu(&spec.arch)?;
     let mut cmd = command(&qemu, spec);
+    // QEMU dies with `kiln run`: a killed kiln must not leave a guest running.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only changes
+    // this child's own parent-death signal before exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().with_context(|| format!("starting {}", qemu.display()))?;
     let done = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
