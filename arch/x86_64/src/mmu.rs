@@ -103,45 +103,45 @@ pub fn init(ram: &[(u64, u64)]) -> Mapped {
     Mapped { end, huge }
 }
 
-/// Maps device memory [addr, addr + len) uncached (identity), for drivers.
-/// Addresses in the first GiB are already mapped; others get their GiB
-/// mapped with uncached pages. Returns false if no table is left.
+/// Maps device memory [addr, addr + len) uncached (identity), for drivers,
+/// with 2 MiB pages (only those covering the range). Addresses in the first
+/// GiB are already mapped. Returns false if no table is left.
 #[cfg(target_os = "none")]
 pub fn map_device(addr: u64, len: u64) -> bool {
-    let first = addr / GIB;
-    let last = (addr + len.max(1) - 1) / GIB;
-    for g in first..=last {
-        let g = g as usize;
-        if g == 0 {
-            continue;
-        }
+    let end = addr + len.max(1);
+    let mut a = addr & !(MIB2 - 1);
+    while a < end {
+        let g = (a / GIB) as usize;
         if g >= 512 {
             return false;
         }
-        // SAFETY: one CPU; kiln_pdpt is the live PDPT, and an empty entry is
-        // filled before anything uses the addresses it maps. SPARE tables are
-        // only handed out here and in `init`, tracked by NEXT_SPARE.
-        unsafe {
-            let pdpt = &mut *(&raw mut kiln_pdpt);
-            if pdpt[g] != 0 {
-                continue;
-            }
-            let base = g as u64 * GIB;
-            if has_gib_pages() {
-                pdpt[g] = base | P | W | PS | NX | PCD | PWT;
-            } else {
-                let i = NEXT_SPARE;
-                if i >= SPARE_PDS {
-                    return false;
+        if g > 0 {
+            // SAFETY: one CPU; kiln_pdpt is the live PDPT. An empty entry gets
+            // a zeroed spare directory before anything uses its addresses;
+            // existing 2 MiB entries are left alone, empty ones are filled.
+            // SPARE tables are handed out only here and in `init`, tracked by
+            // NEXT_SPARE.
+            unsafe {
+                let pdpt = &mut *(&raw mut kiln_pdpt);
+                if pdpt[g] == 0 {
+                    let i = NEXT_SPARE;
+                    if i >= SPARE_PDS {
+                        return false;
+                    }
+                    NEXT_SPARE += 1;
+                    let pd = &(*(&raw mut SPARE))[i];
+                    pdpt[g] = (pd as *const Table as u64) | P | W;
                 }
-                NEXT_SPARE += 1;
-                let pd = &mut (*(&raw mut SPARE))[i];
-                for (j, e) in pd.0.iter_mut().enumerate() {
-                    *e = (base + j as u64 * MIB2) | P | W | PS | NX | PCD | PWT;
+                if pdpt[g] & PS == 0 {
+                    let pd = (pdpt[g] & 0x000f_ffff_ffff_f000) as *mut u64;
+                    let e = pd.add(((a % GIB) / MIB2) as usize);
+                    if *e == 0 {
+                        *e = a | P | W | PS | NX | PCD | PWT;
+                    }
                 }
-                pdpt[g] = (pd as *const Table as u64) | P | W;
             }
         }
+        a += MIB2;
     }
     true
 }

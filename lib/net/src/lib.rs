@@ -15,9 +15,10 @@ use kiln_virtio::virtio_drivers::transport::DeviceType;
 use kiln_virtio::{KilnHal, Mmio};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+pub use smoltcp::wire::{IpAddress, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use spin::Mutex;
 
 const QUEUE: usize = 64;
@@ -64,6 +65,8 @@ impl fmt::Display for Error {
 }
 
 pub type Result<T> = core::result::Result<T, Error>;
+
+pub use smoltcp::wire::IpAddress as IpAddr;
 
 /// smoltcp's view of the virtio-net device.
 struct Nic(VirtIONet<KilnHal, Mmio, QUEUE>);
@@ -158,8 +161,10 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut iface = Interface::new(Config::new(hw), &mut nic, now());
     let spec = kiln_boot::param("netdev.ip").unwrap_or("10.0.2.15/24:10.0.2.2");
-    let Some((addr, prefix, gw)) = parse_ip(spec) else {
-        return Err(alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY]"));
+    let (addr, prefix, gw) = if spec == "dhcp" {
+        dhcp(&mut iface, &mut nic)?
+    } else {
+        parse_ip(spec).ok_or_else(|| alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY] or dhcp"))?
     };
     iface.update_ip_addrs(|a| {
         let _ = a.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
@@ -169,12 +174,30 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     }
     kiln_console::log!(
         kiln_console::Level::Info,
-        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}",
+        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{}",
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
-        gw.map(|g| alloc::format!(" via {g}")).unwrap_or_default()
+        gw.map(|g| alloc::format!(" via {g}")).unwrap_or_default(),
+        if spec == "dhcp" { " (DHCP)" } else { "" }
     );
     *STACK.lock() = Some(Stack { iface, nic, sockets: SocketSet::new(vec![]) });
     Ok(())
+}
+
+/// Asks a DHCP server for an address (up to 10 s).
+fn dhcp(iface: &mut Interface, nic: &mut Nic) -> core::result::Result<(Ipv4Address, u8, Option<Ipv4Address>), alloc::string::String> {
+    use smoltcp::socket::dhcpv4;
+    let mut set = SocketSet::new(vec![]);
+    let h = set.add(dhcpv4::Socket::new());
+    let start = now();
+    loop {
+        iface.poll(now(), nic, &mut set);
+        if let Some(dhcpv4::Event::Configured(c)) = set.get_mut::<dhcpv4::Socket>(h).poll() {
+            return Ok((c.address.address(), c.address.prefix_len(), c.router));
+        }
+        if (now() - start).total_millis() > 10_000 {
+            return Err("net: no answer from a DHCP server within 10 s".into());
+        }
+    }
 }
 
 /// Runs the stack once: receives, sends, runs timers. Returns whether
@@ -392,6 +415,81 @@ impl Drop for TcpStream {
         });
         CLOSING.lock().push(self.h);
         reap();
+    }
+}
+
+/// A UDP socket bound to a local port.
+pub struct UdpSocket {
+    h: SocketHandle,
+    nonblocking: bool,
+}
+
+impl UdpSocket {
+    /// Binds to `port` on every local address.
+    pub fn bind(port: u16) -> Result<UdpSocket> {
+        if port == 0 {
+            return Err(Error::Invalid);
+        }
+        let h = with(|s| {
+            let meta = || vec![udp::PacketMetadata::EMPTY; 32];
+            let mut u = udp::Socket::new(udp::PacketBuffer::new(meta(), vec![0; 65536]), udp::PacketBuffer::new(meta(), vec![0; 65536]));
+            u.bind(port).map_err(|_| Error::AddrInUse)?;
+            Ok(s.sockets.add(u))
+        })??;
+        Ok(UdpSocket { h, nonblocking: false })
+    }
+
+    pub fn set_nonblocking(&mut self, v: bool) {
+        self.nonblocking = v;
+    }
+
+    /// Receives one datagram: its length and the sender.
+    pub fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, (IpAddress, u16))> {
+        loop {
+            let r = with(|s| {
+                let u = s.sockets.get_mut::<udp::Socket>(self.h);
+                if u.can_recv() {
+                    return Some(u.recv_slice(buf).map(|(n, m)| (n, (m.endpoint.addr, m.endpoint.port))).map_err(|_| Error::Invalid));
+                }
+                None
+            })?;
+            if let Some(r) = r {
+                return r;
+            }
+            if self.nonblocking {
+                return Err(Error::WouldBlock);
+            }
+            poll();
+        }
+    }
+
+    /// Sends one datagram to `to`.
+    pub fn send_to(&mut self, buf: &[u8], to: (IpAddress, u16)) -> Result<usize> {
+        loop {
+            let r = with(|s| {
+                let u = s.sockets.get_mut::<udp::Socket>(self.h);
+                if u.can_send() {
+                    return Some(u.send_slice(buf, to).map(|_| buf.len()).map_err(|_| Error::Invalid));
+                }
+                None
+            })?;
+            if let Some(r) = r {
+                if !self.nonblocking {
+                    poll();
+                }
+                return r;
+            }
+            if self.nonblocking {
+                return Err(Error::WouldBlock);
+            }
+            poll();
+        }
+    }
+}
+
+impl Drop for UdpSocket {
+    fn drop(&mut self) {
+        let _ = with(|s| s.sockets.remove(self.h));
     }
 }
 

@@ -1,0 +1,51 @@
+//! UDP sockets and DHCP in a booted kernel: apps/udpecho gets its address
+//! from QEMU's DHCP server (netdev.ip=dhcp) and echoes datagrams sent
+//! through a forwarded UDP port.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn udp_echo_over_a_dhcp_address() {
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/udpecho"]).status().unwrap();
+    assert!(b.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "--timeout", "120", "-p", "18610:7/udp", "--kernel-arg", "netdev.ip=dhcp", "apps/udpecho"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    // Datagrams sent before the guest is up are lost; keep asking.
+    let reply = loop {
+        sock.send_to(b"upper:hello kiln", "127.0.0.1:18610").unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            break String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "no UDP echo");
+    };
+    assert_eq!(reply, "UPPER:HELLO KILN");
+    let big: Vec<u8> = (0..1400u32).map(|i| (i % 251) as u8).collect();
+    sock.send_to(&big, "127.0.0.1:18610").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &big[..], "a 1400-byte datagram came back changed");
+    sock.send_to(b"quit", "127.0.0.1:18610").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // QEMU's user network hands out 10.0.2.15 from its DHCP server.
+    assert!(stdout.contains("net: 52:54:00:12:34:56 10.0.2.15/24 via 10.0.2.2 (DHCP)"), "{stdout}");
+    assert!(stdout.contains("udpecho: listening on port 7"), "{stdout}");
+}
