@@ -159,3 +159,34 @@ fn silent_clients_and_many_connections_do_not_stop_the_server() {
     drop(silent);
     assert_eq!(g.get("/").0, 200);
 }
+
+#[test]
+fn the_site_renders_in_a_headless_browser() {
+    let g = Guest::start(18183);
+    let o = Command::new("chromium")
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", &g.url("/")])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed by scripts/setup");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    // game.js ran, the stylesheet applied, the logo loaded, and the game
+    // drew its status line.
+    assert!(dom.contains(r#"data-ready="yes""#), "{dom}");
+    assert!(dom.contains(r#"data-background="rgb(29, 20, 16)""#), "style.css did not apply:\n{dom}");
+    let logo: u32 = dom.split(r#"data-logo=""#).nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(logo > 0, "kiln.svg did not load (naturalWidth 0):\n{dom}");
+    assert!(dom.contains("Score: 0 · Lives: 3"), "{dom}");
+    let shot = std::env::temp_dir().join(format!("kiln-httpd-{}.png", std::process::id()));
+    let o = Command::new("chromium")
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--window-size=800,700"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(g.url("/"))
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 800, "screenshot width");
+    let _ = std::fs::remove_file(&shot);
+}

@@ -70,4 +70,9 @@ canvas.addEventListener("mousemove", e => {
 document.getElementById("restart").addEventListener("click", reset);
 reset();
 document.body.dataset.ready = "yes";
+// For checks from a headless browser: the stylesheet and the logo arrived.
+document.body.dataset.background = getComputedStyle(document.body).backgroundColor;
+addEventListener("load", () => {
+  document.body.dataset.logo = String(document.querySelector("header img").naturalWidth);
+});
 requestAnimationFrame(step);
