@@ -32,6 +32,9 @@ pub struct Info {
     pub pid: Option<u32>,
     /// The full QEMU command line.
     pub command: Vec<String>,
+    /// The bridge the guest is on, if any.
+    #[serde(default)]
+    pub bridge: Option<String>,
 }
 
 /// The state directory.
@@ -108,6 +111,7 @@ pub fn start(name: &str, app: &str, target: &str, spec: &RunSpec, ports: &[Strin
         remove,
         pid: None,
         command,
+        bridge: spec.bridge.clone(),
     };
     write_info(&dir, &info)?;
     // The supervisor: this program again, in a new session, so it outlives

@@ -348,6 +348,26 @@ fn bound(b: &RangeBound) -> Expr {
     }
 }
 
+/// An empty menu node.
+fn blank(item: Item, file: &Path, line: u64) -> Node {
+    Node {
+        item,
+        prompt: None,
+        dep: yes(),
+        visible: yes(),
+        defaults: vec![],
+        ranges: vec![],
+        selects: vec![],
+        implies: vec![],
+        help: String::new(),
+        menuconfig: false,
+        children: vec![],
+        parent: None,
+        file: file.to_path_buf(),
+        line,
+    }
+}
+
 fn short(s: &str) -> String {
     s.chars().take(200).collect()
 }
@@ -395,22 +415,9 @@ impl Tree {
             bail!("{}:{line}: Kconfig syntax error near '{snippet}'", top.display());
         }
         t.texts.insert(top.to_path_buf(), text.to_string());
-        t.nodes.push(Node {
-            item: Item::Menu,
-            prompt: Some(("Kiln Configuration".into(), yes())),
-            dep: yes(),
-            visible: yes(),
-            defaults: vec![],
-            ranges: vec![],
-            selects: vec![],
-            implies: vec![],
-            help: String::new(),
-            menuconfig: false,
-            children: vec![],
-            parent: None,
-            file: top.to_path_buf(),
-            line: 1,
-        });
+        let mut top_node = blank(Item::Menu, top, 1);
+        top_node.prompt = Some(("Kiln Configuration".into(), yes()));
+        t.nodes.push(top_node);
         let mut cur = Cursor { file: top.to_path_buf(), root: root.to_path_buf(), pos: HashMap::new() };
         t.build(&mut cur, &k.entries, 0)?;
         if !t.mainmenu.is_empty() {
@@ -485,25 +492,6 @@ impl Tree {
         i
     }
 
-    fn blank(&self, item: Item, file: &Path, line: u64) -> Node {
-        Node {
-            item,
-            prompt: None,
-            dep: yes(),
-            visible: yes(),
-            defaults: vec![],
-            ranges: vec![],
-            selects: vec![],
-            implies: vec![],
-            help: String::new(),
-            menuconfig: false,
-            children: vec![],
-            parent: None,
-            file: file.to_path_buf(),
-            line,
-        }
-    }
-
     fn build(&mut self, cur: &mut Cursor, entries: &[Entry], parent: usize) -> Result<()> {
         for e in entries {
             match e {
@@ -512,7 +500,7 @@ impl Tree {
                 Entry::Choice(ch) => {
                     let line = self.locate(cur, &["choice"]);
                     let ci = self.choices.len();
-                    let mut node = self.blank(Item::Choice(ci), &cur.file, line);
+                    let mut node = blank(Item::Choice(ci), &cur.file, line);
                     let mut kind = Kind::Unknown;
                     let mut optional = false;
                     for a in &ch.options {
@@ -550,7 +538,7 @@ impl Tree {
                 }
                 Entry::Menu(m) => {
                     let line = self.locate(cur, &["menu"]);
-                    let mut node = self.blank(Item::Menu, &cur.file, line);
+                    let mut node = blank(Item::Menu, &cur.file, line);
                     node.prompt = Some((m.prompt.clone(), yes()));
                     for d in &m.depends_on {
                         node.dep = and(&node.dep, COND.or(&d.expression)?);
@@ -563,7 +551,7 @@ impl Tree {
                 }
                 Entry::Comment(c) => {
                     let line = self.locate(cur, &["comment"]);
-                    let mut node = self.blank(Item::Comment, &cur.file, line);
+                    let mut node = blank(Item::Comment, &cur.file, line);
                     node.prompt = Some((c.prompt.clone(), yes()));
                     for d in &c.dependencies {
                         node.dep = and(&node.dep, COND.or(&d.expression)?);
@@ -572,7 +560,7 @@ impl Tree {
                 }
                 Entry::If(i) => {
                     let line = self.locate(cur, &["if"]);
-                    let mut node = self.blank(Item::If, &cur.file, line);
+                    let mut node = blank(Item::If, &cur.file, line);
                     node.dep = COND.or(&i.condition)?;
                     let n = self.push(parent, node);
                     self.build(cur, &i.entries, n)?;
@@ -624,7 +612,7 @@ impl Tree {
                 self.syms.len() - 1
             }
         };
-        let mut node = self.blank(Item::Sym(si), &cur.file, line);
+        let mut node = blank(Item::Sym(si), &cur.file, line);
         node.menuconfig = menuconfig;
         for a in attrs {
             match a {

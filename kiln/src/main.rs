@@ -7,6 +7,7 @@ mod instance;
 mod kconfig;
 mod kraftfile;
 mod menu;
+mod network;
 mod qemu;
 mod ui;
 
@@ -33,6 +34,9 @@ enum Cmd {
     Config(ConfigArgs),
     /// Configure the app in a full-screen menu (like `make menuconfig`)
     Menu(MenuArgs),
+    /// Bridged networks for guests: create, rm, ls
+    #[command(subcommand)]
+    Net(NetCmd),
     /// List instances started with `kiln run -d`
     Ps(PsArgs),
     /// Show an instance's console output
@@ -45,6 +49,21 @@ enum Cmd {
     Supervise { dir: PathBuf },
     /// Resolve any Kconfig tree (like `make olddefconfig`) and print the .config
     Kconfig(KconfigArgs),
+}
+
+#[derive(Subcommand)]
+enum NetCmd {
+    /// Create a bridge with an address for the host (needs root)
+    Create {
+        name: String,
+        /// The bridge's subnet; the host takes its first address
+        #[arg(long, default_value = "10.77.0.0/24")]
+        subnet: String,
+    },
+    /// Remove a bridge made by `kiln net create`
+    Rm { name: String },
+    /// List bridges
+    Ls,
 }
 
 #[derive(Args)]
@@ -180,6 +199,10 @@ struct RunArgs {
     /// gives the guest a virtio-net device on QEMU's user network
     #[arg(long = "port", short = 'p', value_name = "HOST:GUEST")]
     ports: Vec<String>,
+    /// The guest's network: `user` (QEMU user networking with -p forwards, the
+    /// default) or `bridge:NAME` (a tap device on a bridge from `kiln net create`)
+    #[arg(long, value_name = "user|bridge:NAME")]
+    network: Option<String>,
     /// An initrd for this run instead of the embedded one: a cpio file or a folder
     #[arg(long, value_name = "FILE|DIR")]
     initrd: Option<PathBuf>,
@@ -305,7 +328,8 @@ fn run(a: &RunArgs) -> Result<i32> {
             let mut all_env = kf.env.clone();
             all_env.append(&mut env);
             env = all_env;
-            if a.ports.is_empty() {
+            let bridged = a.network.as_deref().is_some_and(|n| n.starts_with("bridge:"));
+            if a.ports.is_empty() && !bridged {
                 for (p, line) in &kf.ports {
                     ports.push(qemu::parse_port(p).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", kf.path.display()))?);
                 }
@@ -340,8 +364,23 @@ fn run(a: &RunArgs) -> Result<i32> {
             Some(out)
         }
     };
+    let tap = match a.network.as_deref() {
+        None | Some("user") => None,
+        Some(n) => match n.strip_prefix("bridge:") {
+            Some(b) => Some(network::Attachment::new(b)?),
+            None => anyhow::bail!("--network {n}: expected user or bridge:NAME"),
+        },
+    };
+    let mut kernel_args = a.kernel_args.clone();
+    if let Some(t) = &tap {
+        if !ports.is_empty() {
+            anyhow::bail!("-p forwards ports on the user network; a bridged guest is reachable at its own address");
+        }
+        kernel_args.insert(0, format!("netdev.ip={}", t.guest_ip));
+        ui.note(&format!("network: bridge {}, guest address {}", t.bridge, t.guest_ip));
+    }
     let args: &[String] = if a.args.is_empty() { &cmd } else { &a.args };
-    let cmdline = kernel_cmdline(a.target.quiet, &a.kernel_args, &env, args);
+    let cmdline = kernel_cmdline(a.target.quiet, &kernel_args, &env, args);
     ui.note(&format!(
         "booting {} ({}, {}, {} MiB)",
         builder::rel(&kernel),
@@ -350,12 +389,13 @@ fn run(a: &RunArgs) -> Result<i32> {
         memory_mib
     ));
     // A network device when the kernel has a network stack or ports are forwarded.
-    let net = (net_in_kernel || !ports.is_empty()).then_some(ports);
+    let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
     if net.is_some() && a.machine != qemu::Machine::Microvm {
         anyhow::bail!("networking needs --machine microvm (virtio-pci devices are not supported yet)");
     }
     let port_names: Vec<String> = net.iter().flatten().map(|p| format!("{}:{}/{}", p.host, p.guest, if p.udp { "udp" } else { "tcp" })).collect();
-    let spec = qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, detached: None };
+    let bridge = tap.as_ref().map(|t| t.bridge.clone());
+    let spec = qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, bridge, detached: None };
     if a.detach {
         let name = match &a.name {
             Some(n) => n.clone(),
@@ -393,6 +433,9 @@ fn main() {
         Cmd::Config(a) => config(a),
         Cmd::Kconfig(a) => kconfig_cmd(a),
         Cmd::Menu(a) => menu_cmd(a),
+        Cmd::Net(NetCmd::Create { name, subnet }) => network::create(name, subnet).map(|_| 0),
+        Cmd::Net(NetCmd::Rm { name }) => network::remove(name).map(|_| 0),
+        Cmd::Net(NetCmd::Ls) => network::list().map(|_| 0),
         Cmd::Ps(a) => instance::ps(a.json).map(|_| 0),
         Cmd::Logs(a) => instance::logs(&a.name, a.follow).map(|_| 0),
         Cmd::Stop(a) => instance::stop(&a.name).map(|_| 0),

@@ -47,6 +47,9 @@ pub struct RunSpec {
     /// A virtio-net device on QEMU's user network, with these port
     /// forwards; `None` for no network.
     pub net: Option<Vec<PortForward>>,
+    /// Instead of the user network: this bridge (QEMU's bridge helper
+    /// makes the tap device).
+    pub bridge: Option<String>,
     /// Detached: the console goes to this file and QMP listens on this
     /// socket, instead of the terminal.
     pub detached: Option<(PathBuf, PathBuf)>,
@@ -209,7 +212,10 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     c.arg("-kernel").arg(&spec.kernel);
-    if let Some(fwd) = &spec.net {
+    if let Some(br) = &spec.bridge {
+        c.arg("-netdev").arg(format!("bridge,id=n0,br={br}"));
+        c.args(["-device", "virtio-net-device,netdev=n0"]);
+    } else if let Some(fwd) = &spec.net {
         let mut netdev = String::from("user,id=n0");
         for f in fwd {
             netdev += &format!(",hostfwd={}::{}-:{}", if f.udp { "udp" } else { "tcp" }, f.host, f.guest);

@@ -219,6 +219,20 @@ fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R> {
     g.as_mut().map(f).ok_or(Error::NoDevice)
 }
 
+/// Runs `attempt` on the stack until it has an answer: at once when
+/// non-blocking (WouldBlock if none), else polling the stack between tries.
+fn retry<T>(nonblocking: bool, mut attempt: impl FnMut(&mut Stack) -> Option<Result<T>>) -> Result<T> {
+    loop {
+        if let Some(r) = with(&mut attempt)? {
+            return r;
+        }
+        if nonblocking {
+            return Err(Error::WouldBlock);
+        }
+        poll();
+    }
+}
+
 fn new_tcp() -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; rx_buffer()]), tcp::SocketBuffer::new(vec![0; tx_buffer()]));
     s.set_nagle_enabled(false);
@@ -326,51 +340,30 @@ impl TcpStream {
 
     /// Reads what has arrived; 0 means the peer closed its side.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
-        loop {
-            let r = with(|s| {
-                let t = s.sockets.get_mut::<tcp::Socket>(self.h);
-                if t.can_recv() {
-                    return Some(t.recv_slice(buf).map_err(|_| Error::ConnectionReset));
-                }
-                if !t.may_recv() {
-                    return Some(if t.state() == tcp::State::Closed && !t.is_open() { Ok(0) } else { Ok(0) });
-                }
-                None
-            })?;
-            if let Some(r) = r {
-                return r;
+        let h = self.h;
+        retry(self.nonblocking, |s| {
+            let t = s.sockets.get_mut::<tcp::Socket>(h);
+            if t.can_recv() {
+                return Some(t.recv_slice(buf).map_err(|_| Error::ConnectionReset));
             }
-            if self.nonblocking {
-                return Err(Error::WouldBlock);
-            }
-            poll();
-        }
+            (!t.may_recv()).then_some(Ok(0))
+        })
     }
 
     /// Queues as much of `buf` as fits in the send buffer.
     pub fn write(&mut self, buf: &[u8]) -> Result<usize> {
-        loop {
-            let r = with(|s| {
-                let t = s.sockets.get_mut::<tcp::Socket>(self.h);
-                if !t.may_send() {
-                    return Some(Err(Error::ConnectionReset));
-                }
-                if t.can_send() {
-                    return Some(t.send_slice(buf).map_err(|_| Error::ConnectionReset));
-                }
-                None
-            })?;
-            if let Some(r) = r {
-                if !self.nonblocking {
-                    poll();
-                }
-                return r;
+        let h = self.h;
+        let r = retry(self.nonblocking, |s| {
+            let t = s.sockets.get_mut::<tcp::Socket>(h);
+            if !t.may_send() {
+                return Some(Err(Error::ConnectionReset));
             }
-            if self.nonblocking {
-                return Err(Error::WouldBlock);
-            }
+            t.can_send().then(|| t.send_slice(buf).map_err(|_| Error::ConnectionReset))
+        });
+        if !self.nonblocking {
             poll();
         }
+        r
     }
 
     pub fn write_all(&mut self, mut buf: &[u8]) -> Result<()> {
@@ -445,45 +438,24 @@ impl UdpSocket {
 
     /// Receives one datagram: its length and the sender.
     pub fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, (IpAddress, u16))> {
-        loop {
-            let r = with(|s| {
-                let u = s.sockets.get_mut::<udp::Socket>(self.h);
-                if u.can_recv() {
-                    return Some(u.recv_slice(buf).map(|(n, m)| (n, (m.endpoint.addr, m.endpoint.port))).map_err(|_| Error::Invalid));
-                }
-                None
-            })?;
-            if let Some(r) = r {
-                return r;
-            }
-            if self.nonblocking {
-                return Err(Error::WouldBlock);
-            }
-            poll();
-        }
+        let h = self.h;
+        retry(self.nonblocking, |s| {
+            let u = s.sockets.get_mut::<udp::Socket>(h);
+            u.can_recv().then(|| u.recv_slice(buf).map(|(n, m)| (n, (m.endpoint.addr, m.endpoint.port))).map_err(|_| Error::Invalid))
+        })
     }
 
     /// Sends one datagram to `to`.
     pub fn send_to(&mut self, buf: &[u8], to: (IpAddress, u16)) -> Result<usize> {
-        loop {
-            let r = with(|s| {
-                let u = s.sockets.get_mut::<udp::Socket>(self.h);
-                if u.can_send() {
-                    return Some(u.send_slice(buf, to).map(|_| buf.len()).map_err(|_| Error::Invalid));
-                }
-                None
-            })?;
-            if let Some(r) = r {
-                if !self.nonblocking {
-                    poll();
-                }
-                return r;
-            }
-            if self.nonblocking {
-                return Err(Error::WouldBlock);
-            }
+        let h = self.h;
+        let r = retry(self.nonblocking, |s| {
+            let u = s.sockets.get_mut::<udp::Socket>(h);
+            u.can_send().then(|| u.send_slice(buf, to).map(|_| buf.len()).map_err(|_| Error::Invalid))
+        });
+        if !self.nonblocking {
             poll();
         }
+        r
     }
 }
 
