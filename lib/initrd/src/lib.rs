@@ -188,8 +188,26 @@ pub struct Summary {
     pub bytes: usize,
 }
 
-/// Unpacks a checked archive into `vfs` under `/`.
+/// Unpacks a checked archive into `vfs` under `/`, copying file contents.
 pub fn unpack(vfs: &Vfs, data: &[u8]) -> Result<Summary, Error> {
+    unpack_with(vfs, data, &|path, bytes, mode| vfs.write_file(path, bytes, mode))
+}
+
+/// Unpacks an archive that lives as long as the kernel: files point into
+/// it instead of holding copies (ramfs copies a file on its first change).
+pub fn unpack_static(vfs: &Vfs, data: &'static [u8]) -> Result<Summary, Error> {
+    // The closure only receives subslices of `data`; re-slicing `data` by
+    // offset gives them back their 'static lifetime.
+    let base = data.as_ptr() as usize;
+    unpack_with(vfs, data, &|path, bytes, mode| {
+        let off = bytes.as_ptr() as usize - base;
+        vfs.write_file_static(path, &data[off..off + bytes.len()], mode)
+    })
+}
+
+type Writer<'w> = &'w dyn Fn(&str, &[u8], u32) -> kiln_vfs::Result<()>;
+
+fn unpack_with(vfs: &Vfs, data: &[u8], write: Writer) -> Result<Summary, Error> {
     let list = entries(data)?;
     let mut s = Summary::default();
     // First path seen for each inode number with several links.
@@ -225,14 +243,14 @@ pub fn unpack(vfs: &Vfs, data: &[u8]) -> Result<Summary, Error> {
                         s.links += 1;
                         if !e.data.is_empty() {
                             // newc stores a hard-linked file's data once, with one of its names.
-                            vfs.write_file(&path, e.data, e.mode).map_err(at)?;
+                            write(&path, e.data, e.mode).map_err(at)?;
                             s.bytes += e.data.len();
                         }
                         continue;
                     }
                     linked.insert(e.ino, path.clone());
                 }
-                vfs.write_file(&path, e.data, e.mode).map_err(at)?;
+                write(&path, e.data, e.mode).map_err(at)?;
                 vfs.chmod(&path, e.mode).map_err(at)?;
                 s.files += 1;
                 s.bytes += e.data.len();
@@ -251,7 +269,7 @@ pub fn kiln_init() -> Result<(), String> {
     };
     let p = kiln_boot::platform();
     let t0 = p.map_or(0, |p| p.ticks());
-    let s = unpack(kiln_vfs::vfs(), data).map_err(|e| alloc::format!("initrd: {e}"))?;
+    let s = unpack_static(kiln_vfs::vfs(), data).map_err(|e| alloc::format!("initrd: {e}"))?;
     let ticks = p.map_or(0, |p| p.ticks()).wrapping_sub(t0);
     let us = kiln_boot::ticks_to_us(ticks, p.and_then(|p| p.tick_hz()));
     kiln_console::log!(
@@ -328,6 +346,25 @@ mod tests {
         assert_eq!(v.read_file("/hard1").unwrap(), b"shared");
         assert_eq!(v.stat("/hard1").unwrap().nlink, 2);
         assert_eq!(v.read_file("/empty").unwrap(), b"");
+    }
+
+    #[test]
+    fn static_unpack_shares_the_archive_and_copies_on_write() {
+        let archive: &'static [u8] = Vec::leak(sample());
+        let before = archive.to_vec();
+        let v = Vfs::new();
+        v.mount("/", Arc::new(kiln_ramfs::RamFs::new())).unwrap();
+        unpack_static(&v, archive).unwrap();
+        assert_eq!(v.read_file("/etc/motd").unwrap(), b"hello from the initrd\n");
+        assert_eq!(v.read_file("/hard2").unwrap(), b"shared");
+        // Writing changes the file, never the archive it came from.
+        let fd = v.open("/etc/motd", kiln_vfs::flags::O_WRONLY, 0).unwrap();
+        v.write(fd, b"HELLO").unwrap();
+        v.close(fd).unwrap();
+        assert_eq!(v.read_file("/etc/motd").unwrap(), b"HELLO from the initrd\n");
+        assert_eq!(archive, &before[..]);
+        v.truncate("/bin/deep/tool", 2).unwrap();
+        assert_eq!(v.read_file("/bin/deep/tool").unwrap(), b"\x7fE");
     }
 
     #[test]

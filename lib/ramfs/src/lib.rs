@@ -11,8 +11,39 @@ use alloc::vec::Vec;
 use kiln_vfs::{DirEntry, Error, FileSystem, FileType, Ino, Result, Stat, NAME_MAX};
 use spin::Mutex;
 
+/// File contents: owned, or borrowed from memory that lives as long as the
+/// kernel (the initrd), copied on the first change.
+enum Contents {
+    Owned(Vec<u8>),
+    Static(&'static [u8]),
+}
+
+impl Contents {
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Contents::Owned(v) => v,
+            Contents::Static(s) => s,
+        }
+    }
+
+    /// The owned vector, copying borrowed contents first.
+    fn owned(&mut self) -> &mut Vec<u8> {
+        if let Contents::Static(s) = *self {
+            *self = Contents::Owned(s.to_vec());
+        }
+        match self {
+            Contents::Owned(v) => v,
+            Contents::Static(_) => unreachable!(),
+        }
+    }
+}
+
 enum Data {
-    File(Vec<u8>),
+    File(Contents),
     Dir(BTreeMap<String, Ino>),
     Symlink(String),
 }
@@ -126,7 +157,7 @@ impl FileSystem for RamFs {
         let m = self.inodes.lock();
         let i = m.get(&ino).ok_or(Error::NotFound)?;
         let size = match &i.data {
-            Data::File(v) => v.len() as u64,
+            Data::File(c) => c.len() as u64,
             Data::Dir(d) => d.len() as u64,
             Data::Symlink(t) => t.len() as u64,
         };
@@ -136,7 +167,8 @@ impl FileSystem for RamFs {
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let m = self.inodes.lock();
         match &m.get(&ino).ok_or(Error::NotFound)?.data {
-            Data::File(v) => {
+            Data::File(c) => {
+                let v = c.bytes();
                 let start = (offset.min(v.len() as u64)) as usize;
                 let n = buf.len().min(v.len() - start);
                 buf[..n].copy_from_slice(&v[start..start + n]);
@@ -150,7 +182,8 @@ impl FileSystem for RamFs {
     fn write(&self, ino: Ino, offset: u64, buf: &[u8]) -> Result<usize> {
         let mut m = self.inodes.lock();
         match &mut m.get_mut(&ino).ok_or(Error::NotFound)?.data {
-            Data::File(v) => {
+            Data::File(c) => {
+                let v = c.owned();
                 let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= MAX_FILE).ok_or(Error::NoSpace)?;
                 if end as usize > v.len() {
                     v.try_reserve(end as usize - v.len()).map_err(|_| Error::NoSpace)?;
@@ -177,7 +210,8 @@ impl FileSystem for RamFs {
         }
         let mut m = self.inodes.lock();
         match &mut m.get_mut(&ino).ok_or(Error::NotFound)?.data {
-            Data::File(v) => {
+            Data::File(c) => {
+                let v = c.owned();
                 if size as usize > v.len() {
                     v.try_reserve(size as usize - v.len()).map_err(|_| Error::NoSpace)?;
                 }
@@ -191,7 +225,7 @@ impl FileSystem for RamFs {
 
     fn create(&self, dir: Ino, name: &str, kind: FileType, mode: u32) -> Result<Ino> {
         let data = match kind {
-            FileType::File => Data::File(Vec::new()),
+            FileType::File => Data::File(Contents::Owned(Vec::new())),
             FileType::Dir => Data::Dir(BTreeMap::new()),
             _ => return Err(Error::Invalid),
         };
@@ -300,6 +334,17 @@ impl FileSystem for RamFs {
         let mut m = self.inodes.lock();
         let entries: Vec<(String, Ino)> = Self::dir_mut(&mut m, dir)?.iter().map(|(k, v)| (k.clone(), *v)).collect();
         Ok(entries.into_iter().map(|(name, ino)| DirEntry { kind: kind(&m[&ino].data), name, ino }).collect())
+    }
+
+    fn set_static(&self, ino: Ino, data: &'static [u8]) -> Result<()> {
+        match &mut self.inodes.lock().get_mut(&ino).ok_or(Error::NotFound)?.data {
+            Data::File(c) => {
+                *c = Contents::Static(data);
+                Ok(())
+            }
+            Data::Dir(_) => Err(Error::IsDir),
+            Data::Symlink(_) => Err(Error::Invalid),
+        }
     }
 
     fn set_mode(&self, ino: Ino, mode: u32) -> Result<()> {

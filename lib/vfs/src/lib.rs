@@ -177,6 +177,20 @@ pub trait FileSystem: Send + Sync {
     fn rename(&self, from_dir: Ino, from: &str, to_dir: Ino, to: &str) -> Result<()>;
     fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
     fn set_mode(&self, ino: Ino, mode: u32) -> Result<()>;
+    /// Makes a file's contents `data`, which lives as long as the kernel,
+    /// without copying it if the file system can (ramfs copies on the first
+    /// write). The default writes a copy.
+    fn set_static(&self, ino: Ino, data: &'static [u8]) -> Result<()> {
+        self.truncate(ino, 0)?;
+        let mut done = 0;
+        while done < data.len() {
+            match self.write(ino, done as u64, &data[done..])? {
+                0 => return Err(Error::NoSpace),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Open flags (Linux values).
@@ -663,6 +677,15 @@ impl Vfs {
         r?;
         out.truncate(got);
         Ok(out)
+    }
+
+    /// Creates or replaces a file whose contents are memory that lives as
+    /// long as the kernel (the initrd): no copy where the file system allows.
+    pub fn write_file_static(&self, path: &str, data: &'static [u8], mode: u32) -> Result<()> {
+        let fd = self.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode)?;
+        let r = self.get(fd).and_then(|o| self.fs(o.node.mount).set_static(o.node.ino, data));
+        let _ = self.close(fd);
+        r
     }
 
     /// Creates or replaces a whole file.
