@@ -390,9 +390,6 @@ fn run(a: &RunArgs) -> Result<i32> {
     ));
     // A network device when the kernel has a network stack or ports are forwarded.
     let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
-    if net.is_some() && a.machine != qemu::Machine::Microvm {
-        anyhow::bail!("networking needs --machine microvm (virtio-pci devices are not supported yet)");
-    }
     let port_names: Vec<String> = net.iter().flatten().map(|p| format!("{}:{}/{}", p.host, p.guest, if p.udp { "udp" } else { "tcp" })).collect();
     let bridge = tap.as_ref().map(|t| t.bridge.clone());
     let spec = qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, bridge, detached: None };

@@ -212,15 +212,20 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     c.arg("-kernel").arg(&spec.kernel);
+    // microvm has virtio-mmio slots; q35 has PCI.
+    let nic = match spec.machine {
+        Machine::Microvm => "virtio-net-device,netdev=n0",
+        Machine::Q35 => "virtio-net-pci,netdev=n0,disable-legacy=on",
+    };
     if let Some(br) = &spec.bridge {
         c.arg("-netdev").arg(format!("bridge,id=n0,br={br}"));
-        c.args(["-device", "virtio-net-device,netdev=n0"]);
+        c.args(["-device", nic]);
     } else if let Some(fwd) = &spec.net {
         let mut netdev = String::from("user,id=n0");
         for f in fwd {
             netdev += &format!(",hostfwd={}::{}-:{}", if f.udp { "udp" } else { "tcp" }, f.host, f.guest);
         }
-        c.args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
+        c.args(["-netdev", &netdev, "-device", nic]);
     }
     if let Some(i) = &spec.initrd {
         c.arg("-initrd").arg(i);

@@ -25,12 +25,16 @@ static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Guest {
     fn start(port: u16) -> Guest {
+        Guest::start_on(port, "microvm")
+    }
+
+    fn start_on(port: u16, machine: &str) -> Guest {
         let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/httpd"]).status().unwrap();
         assert!(b.success());
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(root())
-            .args(["run", "-q", "--timeout", "300", "-p", &format!("{port}:80"), "apps/httpd"])
+            .args(["run", "-q", "--timeout", "300", "--machine", machine, "-p", &format!("{port}:80"), "apps/httpd"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -189,4 +193,13 @@ fn the_site_renders_in_a_headless_browser() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 800, "screenshot width");
     let _ = std::fs::remove_file(&shot);
+}
+
+#[test]
+fn q35_serves_through_virtio_pci() {
+    // On q35 the network card is a virtio PCI device (microvm's are virtio-mmio).
+    let g = Guest::start_on(18184, "q35");
+    let (code, body) = g.get("/about.html");
+    assert_eq!(code, 200);
+    assert_eq!(body, std::fs::read(root().join("apps/httpd/rootfs/www/about.html")).unwrap());
 }

@@ -38,6 +38,15 @@ pub trait Platform: Sync {
     fn ticks(&self) -> u64;
     /// Frequency of [`Platform::ticks`] in Hz, when the platform knows it.
     fn tick_hz(&self) -> Option<u64>;
+    /// Maps device memory (a PCI BAR) uncached; false if it cannot.
+    fn map_device(&self, _addr: usize, _len: usize) -> bool {
+        false
+    }
+    /// Whether PCI configuration space is reachable through ports
+    /// 0xCF8/0xCFC (x86 PC machines).
+    fn has_pci_ports(&self) -> bool {
+        false
+    }
 }
 
 /// A range of free RAM the heap may use.

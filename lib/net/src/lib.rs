@@ -12,7 +12,10 @@ use alloc::vec::Vec;
 use core::fmt;
 use kiln_virtio::virtio_drivers::device::net::VirtIONet;
 use kiln_virtio::virtio_drivers::transport::DeviceType;
-use kiln_virtio::{KilnHal, Mmio};
+use kiln_virtio::virtio_drivers::transport::SomeTransport;
+use kiln_virtio::KilnHal;
+
+type Transport = SomeTransport<'static>;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
@@ -69,7 +72,7 @@ pub type Result<T> = core::result::Result<T, Error>;
 pub use smoltcp::wire::IpAddress as IpAddr;
 
 /// smoltcp's view of the virtio-net device.
-struct Nic(VirtIONet<KilnHal, Mmio, QUEUE>);
+struct Nic(VirtIONet<KilnHal, Transport, QUEUE>);
 
 struct Rx(Vec<u8>);
 struct Tx<'a>(&'a mut Nic);
@@ -151,11 +154,11 @@ pub fn parse_ip(s: &str) -> Option<(Ipv4Address, u8, Option<Ipv4Address>)> {
 /// Boot-time init (lib/boot runs it when LIBNET is selected): brings up the
 /// first virtio-net device with the address from `netdev.ip=`.
 pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
-    let Some(t) = kiln_virtio::mmio_devices(DeviceType::Network).into_iter().next() else {
+    let Some(t) = kiln_virtio::devices(DeviceType::Network).into_iter().next() else {
         kiln_console::log!(kiln_console::Level::Info, "net: no network device");
         return Ok(());
     };
-    let dev = VirtIONet::<KilnHal, Mmio, QUEUE>::new(t, BUF_LEN).map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
+    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN).map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     let mac = dev.mac_address();
     let mut nic = Nic(dev);
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));

@@ -9,7 +9,9 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
-use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 pub use virtio_drivers;
@@ -34,7 +36,11 @@ unsafe impl Hal for KilnHal {
         0
     }
 
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        // PCI BARs can lie anywhere; the platform maps them uncached.
+        if let Some(p) = kiln_boot::platform() {
+            p.map_device(paddr as usize, size);
+        }
         NonNull::new(paddr as *mut u8).expect("virtio: MMIO at address 0")
     }
 
@@ -61,4 +67,76 @@ pub fn mmio_devices(kind: DeviceType) -> Vec<Mmio> {
         }
     }
     out
+}
+
+/// PCI configuration space through the x86 ports 0xCF8 (address) and 0xCFC
+/// (data): configuration mechanism #1, present on every PC machine (q35).
+#[derive(Clone, Copy)]
+pub struct PortCam;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl PortCam {
+    fn address(df: DeviceFunction, offset: u8) -> u32 {
+        0x8000_0000 | (df.bus as u32) << 16 | (df.device as u32) << 11 | (df.function as u32) << 8 | (offset as u32 & 0xfc)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl ConfigurationAccess for PortCam {
+    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        let v: u32;
+        // SAFETY: ports 0xCF8/0xCFC are the PCI configuration mechanism on
+        // PC platforms (checked by the caller through has_pci_ports); a
+        // read selects a register and reads it, with no other effect.
+        unsafe {
+            core::arch::asm!("out dx, eax", in("dx") 0xcf8u16, in("eax") Self::address(df, offset), options(nomem, nostack));
+            core::arch::asm!("in eax, dx", in("dx") 0xcfcu16, out("eax") v, options(nomem, nostack));
+        }
+        v
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        // SAFETY: as above; the write goes to the selected register of a
+        // device this driver owns.
+        unsafe {
+            core::arch::asm!("out dx, eax", in("dx") 0xcf8u16, in("eax") Self::address(df, offset), options(nomem, nostack));
+            core::arch::asm!("out dx, eax", in("dx") 0xcfcu16, in("eax") data, options(nomem, nostack));
+        }
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        PortCam
+    }
+}
+
+/// The virtio PCI devices of the given type on bus 0, with memory decoding
+/// and bus mastering (DMA) enabled.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub fn pci_devices(kind: DeviceType) -> Vec<PciTransport> {
+    let mut out = Vec::new();
+    if !kiln_boot::platform().is_some_and(|p| p.has_pci_ports()) {
+        return out;
+    }
+    let mut root = PciRoot::new(PortCam);
+    let found: Vec<DeviceFunction> =
+        root.enumerate_bus(0).filter(|(_, info)| virtio_device_type(info) == Some(kind)).map(|(df, _)| df).collect();
+    for df in found {
+        root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
+        if let Ok(t) = PciTransport::new::<KilnHal, _>(&mut root, df) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+pub fn pci_devices(_kind: DeviceType) -> Vec<PciTransport> {
+    Vec::new()
+}
+
+/// Every virtio device of the given type: virtio-mmio slots, then PCI.
+pub fn devices(kind: DeviceType) -> Vec<SomeTransport<'static>> {
+    let mut v: Vec<SomeTransport<'static>> = mmio_devices(kind).into_iter().map(SomeTransport::Mmio).collect();
+    v.extend(pci_devices(kind).into_iter().map(SomeTransport::Pci));
+    v
 }

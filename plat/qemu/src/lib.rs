@@ -109,6 +109,14 @@ impl Platform for Qemu {
     fn tick_hz(&self) -> Option<u64> {
         arch::tsc::frequency()
     }
+
+    fn map_device(&self, addr: usize, len: usize) -> bool {
+        arch::mmu::map_device(addr as u64, len as u64)
+    }
+
+    fn has_pci_ports(&self) -> bool {
+        true
+    }
 }
 
 static QEMU: Qemu = Qemu;
