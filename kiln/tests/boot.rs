@@ -219,6 +219,16 @@ fn out_of_memory_is_reported_with_the_request_and_statistics() {
 }
 
 #[test]
+fn idle_sleeps_on_the_apic_timer() {
+    // 300 sleeps of 1 ms: each halts the CPU until the local APIC timer's
+    // interrupt wakes it (a missing interrupt would hang until the timeout).
+    let r = boot("crashtest", &["-q"], &["idle"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let us: u64 = r.stdout.split("idled ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!((300_000..30_000_000).contains(&us), "300 idles of 1 ms took {us} us");
+}
+
+#[test]
 fn large_memory_is_mapped_and_used() {
     // 4 GiB: RAM below and above the 4 GiB hole, all of it in the heap.
     let r = boot("helloworld", &["-M", "4G"], &[]);

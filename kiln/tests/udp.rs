@@ -15,7 +15,7 @@ fn root() -> PathBuf {
 fn udp_echo_over_a_dhcp_address() {
     let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/udpecho"]).status().unwrap();
     assert!(b.success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "--timeout", "120", "-p", "18610:7/udp", "--kernel-arg", "netdev.ip=dhcp", "apps/udpecho"])
         .stdin(Stdio::null())

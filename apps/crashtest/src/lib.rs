@@ -95,6 +95,16 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
             let v: kiln_std::vec::Vec<u8> = kiln_std::vec::Vec::with_capacity(core::hint::black_box(1 << 40));
             v.capacity() as i32
         }
+        "idle" => {
+            // Sleeps 300 ms through the platform's idle and reports how long it took.
+            let p = kiln_boot::platform().expect("platform");
+            let t0 = kiln_std::time::micros();
+            for _ in 0..300 {
+                p.idle(1000);
+            }
+            println!("crashtest: idled {} us", kiln_std::time::micros() - t0);
+            0
+        }
         "hang" => loop {
             core::hint::spin_loop();
         },

@@ -20,6 +20,10 @@ const ROOT: &str = kconfig_str!("APP_HTTPD_ROOT", "/www");
 const BACKLOG: i64 = kconfig_int!("APP_HTTPD_BACKLOG", 128);
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 16 * 1024;
+/// Sleep between polls of an idle server: from this...
+const MIN_QUIET_US: u64 = 1000;
+/// ...doubling up to this (the most a request waits when the server was idle).
+const MAX_QUIET_US: u64 = 16_000;
 /// A connection without progress for this long is closed.
 const IDLE_US: u64 = 30_000_000;
 
@@ -375,12 +379,14 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
     listener.set_nonblocking(true);
     println!("httpd: serving {ROOT} on port {PORT}");
     let mut conns: Vec<Conn> = Vec::new();
+    let mut quiet = MIN_QUIET_US;
     loop {
-        net::poll();
+        let mut active = net::poll();
         let now = kiln_std::time::micros();
         while let Ok(mut s) = listener.accept() {
             s.set_nonblocking(true);
             conns.push(Conn::new(s, now));
+            active = true;
         }
         conns.retain_mut(|c| {
             if !c.read(now) {
@@ -396,6 +402,15 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
             // Clients that connect and go quiet do not keep their socket.
             now.saturating_sub(c.last) < IDLE_US
         });
+        if !active && !conns.iter().any(|c| c.busy()) {
+            // Nothing happened: sleep instead of spinning, longer the longer
+            // it stays quiet (1 ms doubling to 16 ms), so an idle server
+            // leaves its host CPU alone while a busy one never waits.
+            net::idle(quiet);
+            quiet = (quiet * 2).min(MAX_QUIET_US);
+        } else {
+            quiet = MIN_QUIET_US;
+        }
     }
 }
 

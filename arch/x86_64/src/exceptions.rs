@@ -210,6 +210,27 @@ const EMPTY: Gate =
     Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
 static mut IDT: Idt = Idt([EMPTY; 256]);
 
+/// Installs an interrupt handler (an assembly stub ending in iretq) for
+/// `vector` (32-255).
+#[cfg(target_os = "none")]
+pub fn set_interrupt(vector: u8, stub: u64) {
+    use x86_64::instructions::segmentation::{Segment, CS};
+    let cs = CS::get_reg().0;
+    // SAFETY: one CPU; the gate is written while interrupts are disabled
+    // (they are only enabled inside idle), and the stub is valid code.
+    unsafe {
+        (*(&raw mut IDT)).0[vector as usize] = Gate {
+            offset_low: stub as u16,
+            selector: cs,
+            ist: 0,
+            attributes: 0x8e,
+            offset_mid: (stub >> 16) as u16,
+            offset_high: (stub >> 32) as u32,
+            reserved: 0,
+        };
+    }
+}
+
 /// Fills the IDT with the 32 exception stubs and loads it.
 #[cfg(target_os = "none")]
 pub fn init() {

@@ -11,6 +11,7 @@
 // Much of this crate only runs on the bare-metal target; host builds exist for unit tests.
 #![cfg_attr(not(target_os = "none"), allow(dead_code, unused_imports))]
 
+pub mod apic;
 pub mod cpu;
 pub mod mmu;
 mod exceptions;

@@ -42,6 +42,9 @@ pub trait Platform: Sync {
     fn map_device(&self, _addr: usize, _len: usize) -> bool {
         false
     }
+    /// Sleeps until an interrupt or `us` microseconds pass, to stop burning
+    /// the host CPU when there is nothing to do. The default returns at once.
+    fn idle(&self, _us: u64) {}
     /// Whether PCI configuration space is reachable through ports
     /// 0xCF8/0xCFC (x86 PC machines).
     fn has_pci_ports(&self) -> bool {

@@ -212,6 +212,21 @@ pub fn poll() -> bool {
     r != smoltcp::iface::PollResult::None
 }
 
+/// Sleeps while the network has nothing to do: until the stack's next timer
+/// is due, at most `max_us` (devices are polled, so a packet that arrives
+/// meanwhile waits for the wake-up). Event loops call it when a round did
+/// nothing, so an idle guest stops using its host CPU.
+pub fn idle(max_us: u64) {
+    let delay = {
+        let mut g = STACK.lock();
+        g.as_mut().and_then(|s| s.iface.poll_delay(now(), &s.sockets)).map(|d| d.total_micros())
+    };
+    let us = delay.map_or(max_us, |d| d.min(max_us));
+    if let (Some(p), true) = (kiln_boot::platform(), us > 0) {
+        p.idle(us);
+    }
+}
+
 /// Whether a network device is up.
 pub fn available() -> bool {
     STACK.lock().is_some()

@@ -9,8 +9,11 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
-use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::pci::PciTransport;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+use virtio_drivers::transport::pci::virtio_device_type;
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 

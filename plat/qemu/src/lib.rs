@@ -117,6 +117,10 @@ impl Platform for Qemu {
     fn has_pci_ports(&self) -> bool {
         true
     }
+
+    fn idle(&self, us: u64) {
+        arch::apic::idle(us)
+    }
 }
 
 static QEMU: Qemu = Qemu;
@@ -195,6 +199,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
             }
         }
     }
+    arch::apic::init();
     let info = BootInfo {
         platform: &QEMU,
         cmdline: start.cmdline,
