@@ -79,11 +79,17 @@ pub fn split(line: &str) -> Result<Vec<(String, bool)>, Error> {
 }
 
 /// Parses a whole command line.
+/// Parameters a machine appends to the command line itself.
+pub const PLATFORM_PREFIX: &str = "virtio_mmio.device=";
+
 pub fn parse(line: &str) -> Result<CmdLine, Error> {
     let mut out = CmdLine::default();
     let mut in_args = false;
     for (w, quoted) in split(line)? {
-        if in_args {
+        // The machine may append its own parameters after the app's
+        // arguments (QEMU's microvm adds virtio_mmio.device=...): those are
+        // never the app's.
+        if in_args && !(w.starts_with(PLATFORM_PREFIX) && !quoted) {
             out.args.push(w);
         } else if w == "--" && !quoted {
             in_args = true;
@@ -144,6 +150,13 @@ impl CmdLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_parameters_after_the_arguments_are_not_arguments() {
+        let c = parse("kiln.quiet -- a virtio_mmio.device=512@0xfeb00e00:12 \"virtio_mmio.device=x\"").unwrap();
+        assert_eq!(c.args, ["a", "virtio_mmio.device=x"]);
+        assert_eq!(c.param("virtio_mmio.device"), Some("512@0xfeb00e00:12"));
+    }
 
     fn strs(v: &[String]) -> Vec<&str> {
         v.iter().map(|s| s.as_str()).collect()

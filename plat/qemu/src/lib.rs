@@ -136,6 +136,29 @@ extern "Rust" {
     fn kiln_start(info: &BootInfo) -> !;
 }
 
+/// Parses `SIZE@BASE:IRQ` (SIZE decimal, or with a K suffix; BASE 0x-hex).
+fn parse_virtio_mmio(s: &str) -> Option<(usize, usize)> {
+    let (size, rest) = s.split_once('@')?;
+    let base = rest.split(':').next()?;
+    let size = match size.strip_suffix(['K', 'k']) {
+        Some(k) => k.parse::<usize>().ok()? * 1024,
+        None => size.parse().ok()?,
+    };
+    let base = usize::from_str_radix(base.strip_prefix("0x")?, 16).ok()?;
+    Some((base, size))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_virtio_mmio_parameters() {
+        assert_eq!(super::parse_virtio_mmio("512@0xfeb00e00:12"), Some((0xfeb0_0e00, 512)));
+        assert_eq!(super::parse_virtio_mmio("4K@0xd0000000:5"), Some((0xd000_0000, 4096)));
+        assert_eq!(super::parse_virtio_mmio("512@feb00e00:12"), None);
+        assert_eq!(super::parse_virtio_mmio("junk"), None);
+    }
+}
+
 /// Called by the arch entry with EBX from the boot loader and the TSC at entry.
 #[cfg(target_os = "none")]
 #[no_mangle]
@@ -179,22 +202,14 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         mapped.end as usize,
         &mut regions,
     );
-    // QEMU's microvm puts its virtio-mmio transports at 0xfeb00000, 512
-    // bytes apart; a slot is in use when it has the magic and a device ID.
+    // QEMU's microvm names its virtio-mmio transports on the command line
+    // (virtio_mmio.device=SIZE@BASE:IRQ, as for Linux): no probing needed.
     let mut mmio = [(0usize, 0usize); 32];
     let mut nmmio = 0;
-    const MMIO_BASE: usize = 0xfeb0_0000;
-    const SLOTS: usize = 24;
-    if arch::mmu::map_device(MMIO_BASE as u64, (SLOTS * 0x200) as u64) {
-        for i in 0..SLOTS {
-            let base = MMIO_BASE + i * 0x200;
-            // SAFETY: the slot range was just mapped uncached; these are
-            // 32-bit register reads with no side effects (magic, device ID).
-            let (magic, id) = unsafe {
-                (core::ptr::read_volatile(base as *const u32), core::ptr::read_volatile((base + 8) as *const u32))
-            };
-            if magic == 0x7472_6976 && id != 0 && nmmio < mmio.len() {
-                mmio[nmmio] = (base, 0x200);
+    for w in start.cmdline.split_ascii_whitespace() {
+        if let Some((base, size)) = w.strip_prefix(kiln_boot::cmdline::PLATFORM_PREFIX).and_then(parse_virtio_mmio) {
+            if nmmio < mmio.len() && arch::mmu::map_device(base as u64, size as u64) {
+                mmio[nmmio] = (base, size);
                 nmmio += 1;
             }
         }
