@@ -34,7 +34,7 @@ pub struct Info {
     pub command: Vec<String>,
     /// The bridge the guest is on, if any.
     #[serde(default)]
-    pub bridge: Option<String>,
+    pub bridge: Option<(String, String)>,
 }
 
 /// The state directory.

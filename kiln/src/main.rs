@@ -391,7 +391,7 @@ fn run(a: &RunArgs) -> Result<i32> {
     // A network device when the kernel has a network stack or ports are forwarded.
     let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
     let port_names: Vec<String> = net.iter().flatten().map(|p| format!("{}:{}/{}", p.host, p.guest, if p.udp { "udp" } else { "tcp" })).collect();
-    let bridge = tap.as_ref().map(|t| t.bridge.clone());
+    let bridge = tap.as_ref().map(|t| (t.bridge.clone(), t.mac.clone()));
     let spec = qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, bridge, detached: None };
     if a.detach {
         let name = match &a.name {

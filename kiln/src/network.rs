@@ -113,6 +113,9 @@ pub struct Attachment {
     pub bridge: String,
     /// `netdev.ip=` for the guest: its address, prefix and the host as gateway.
     pub guest_ip: String,
+    /// A MAC address of its own (QEMU gives every guest the same one),
+    /// 52:54:00:00:C:D from the guest address A.B.C.D.
+    pub mac: String,
 }
 
 impl Attachment {
@@ -138,7 +141,12 @@ impl Attachment {
             }
         }
         let guest = (base + 2..base + size - 1).find(|a| !used.contains(a)).context("no free address on this network")?;
-        Ok(Attachment { bridge: net.into(), guest_ip: format!("{}/{prefix}:{host}", Ipv4Addr::from(guest)) })
+        let o = Ipv4Addr::from(guest).octets();
+        Ok(Attachment {
+            bridge: net.into(),
+            guest_ip: format!("{}/{prefix}:{host}", Ipv4Addr::from(guest)),
+            mac: format!("52:54:00:00:{:02x}:{:02x}", o[2], o[3]),
+        })
     }
 }
 

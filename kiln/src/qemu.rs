@@ -48,8 +48,8 @@ pub struct RunSpec {
     /// forwards; `None` for no network.
     pub net: Option<Vec<PortForward>>,
     /// Instead of the user network: this bridge (QEMU's bridge helper
-    /// makes the tap device).
-    pub bridge: Option<String>,
+    /// makes the tap device) and the guest's MAC address.
+    pub bridge: Option<(String, String)>,
     /// Detached: the console goes to this file and QMP listens on this
     /// socket, instead of the terminal.
     pub detached: Option<(PathBuf, PathBuf)>,
@@ -217,9 +217,9 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         Machine::Microvm => "virtio-net-device,netdev=n0",
         Machine::Q35 => "virtio-net-pci,netdev=n0,disable-legacy=on",
     };
-    if let Some(br) = &spec.bridge {
+    if let Some((br, mac)) = &spec.bridge {
         c.arg("-netdev").arg(format!("bridge,id=n0,br={br}"));
-        c.args(["-device", nic]);
+        c.arg("-device").arg(format!("{nic},mac={mac}"));
     } else if let Some(fwd) = &spec.net {
         let mut netdev = String::from("user,id=n0");
         for f in fwd {

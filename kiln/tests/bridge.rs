@@ -49,6 +49,14 @@ fn a_guest_on_a_bridge_serves_at_its_own_address() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(body, std::fs::read(root().join("apps/httpd/rootfs/www/612.html")).unwrap());
+    // ICMP echo: the stack answers pings.
+    let ping = Command::new("ping").args(["-c", "2", "-W", "5", &format!("10.{third}.0.2")]).output().expect("ping is installed by scripts/setup");
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    // IPv6: the guest's link-local address, from its MAC 52:54:00:00:00:02.
+    let v6 = format!("http://[fe80::5054:ff:fe00:2%25{name}]/612.html");
+    let o = Command::new("curl").args(["-g", "-s", "-m", "10", "--fail", &v6]).output().unwrap();
+    assert!(o.status.success(), "no answer over IPv6 at {v6}");
+    assert_eq!(o.stdout, body);
     let _ = guest.kill();
     let _ = guest.wait();
     // QEMU's tap goes with it; then the bridge can go.

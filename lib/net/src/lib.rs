@@ -169,15 +169,27 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     } else {
         parse_ip(spec).ok_or_else(|| alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY] or dhcp"))?
     };
+    // IPv6: the link-local address from the MAC (EUI-64).
+    let ll = smoltcp::wire::Ipv6Address::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    );
     iface.update_ip_addrs(|a| {
         let _ = a.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
+        let _ = a.push(IpCidr::new(IpAddress::Ipv6(ll), 64));
     });
     if let Some(gw) = gw {
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     kiln_console::log!(
         kiln_console::Level::Info,
-        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{}",
+        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{} {ll}/64",
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         gw.map(|g| alloc::format!(" via {g}")).unwrap_or_default(),
         if spec == "dhcp" { " (DHCP)" } else { "" }
