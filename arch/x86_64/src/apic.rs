@@ -96,3 +96,44 @@ pub fn init() -> bool {
 /// Host builds (unit tests) do not sleep.
 #[cfg(not(target_os = "none"))]
 pub fn idle(_us: u64) {}
+
+/// The vector device interrupts arrive on: like the timer's, it only wakes
+/// the CPU from [`idle`].
+pub const WAKE_VECTOR: u8 = 0x21;
+
+#[cfg(target_os = "none")]
+const IOAPIC: u64 = 0xfec0_0000;
+
+/// Routes IOAPIC input `gsi` to [`WAKE_VECTOR`] on this CPU (level
+/// triggered, active high, as virtio-mmio interrupts are), so a device
+/// interrupt ends an [`idle`] at once. Returns false if there is no IOAPIC
+/// to program.
+#[cfg(target_os = "none")]
+pub fn route_wake(gsi: u8) -> bool {
+    if !crate::mmu::map_device(IOAPIC, 4096) {
+        return false;
+    }
+    extern "C" {
+        fn kiln_timer_isr();
+    }
+    crate::exceptions::set_interrupt(WAKE_VECTOR, kiln_timer_isr as usize as u64);
+    let reg = 0x10 + 2 * gsi as u32;
+    // SAFETY: the IOAPIC's index (IOREGSEL) and data (IOWIN) registers,
+    // mapped uncached above; entry `gsi` is written high half (destination
+    // APIC 0) first, then low half (vector, level, unmasked).
+    unsafe {
+        let sel = IOAPIC as *mut u32;
+        let win = (IOAPIC + 0x10) as *mut u32;
+        core::ptr::write_volatile(sel, reg + 1);
+        core::ptr::write_volatile(win, 0);
+        core::ptr::write_volatile(sel, reg);
+        core::ptr::write_volatile(win, WAKE_VECTOR as u32 | 1 << 15);
+    }
+    true
+}
+
+/// Host builds (unit tests) have no IOAPIC.
+#[cfg(not(target_os = "none"))]
+pub fn route_wake(_gsi: u8) -> bool {
+    false
+}
