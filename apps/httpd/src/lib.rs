@@ -22,8 +22,7 @@ const BACKLOG: i64 = kconfig_int!("APP_HTTPD_BACKLOG", 128);
 const MAX_HEAD: usize = 16 * 1024;
 /// Sleep between polls of an idle server: from this...
 const MIN_QUIET_US: u64 = 1000;
-/// ...doubling up to this when packets do not wake the CPU (the most a
-/// request then waits when the server was idle).
+/// ...doubling up to this (the most a request waits when the server was idle).
 const MAX_QUIET_US: u64 = 16_000;
 /// A connection without progress for this long is closed.
 const IDLE_US: u64 = 30_000_000;
@@ -381,11 +380,6 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
     println!("httpd: serving {ROOT} on port {PORT}");
     let mut conns: Vec<Conn> = Vec::new();
     let mut quiet = MIN_QUIET_US;
-    // When packets wake the CPU (an interrupt routed by the platform), an
-    // idle server sleeps longer. Wake-ups can still be missed (the device may
-    // hold back interrupts while its queue is busy), so sleeps stay short
-    // enough that a missed one costs at most 100 ms.
-    let max_quiet = if net::wakes_on_packets() { 100_000 } else { MAX_QUIET_US };
     loop {
         let mut active = net::poll();
         let now = kiln_std::time::micros();
@@ -413,7 +407,7 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
             // it stays quiet (1 ms doubling to 16 ms), so an idle server
             // leaves its host CPU alone while a busy one never waits.
             net::idle(quiet);
-            quiet = (quiet * 2).min(max_quiet);
+            quiet = (quiet * 2).min(MAX_QUIET_US);
         } else {
             quiet = MIN_QUIET_US;
         }

@@ -45,11 +45,6 @@ pub trait Platform: Sync {
     /// Sleeps until an interrupt or `us` microseconds pass, to stop burning
     /// the host CPU when there is nothing to do. The default returns at once.
     fn idle(&self, _us: u64) {}
-    /// Whether device interrupts end an [`Platform::idle`] early (so idle
-    /// waits may be long).
-    fn device_wakes(&self) -> bool {
-        false
-    }
     /// Whether PCI configuration space is reachable through ports
     /// 0xCF8/0xCFC (x86 PC machines).
     fn has_pci_ports(&self) -> bool {

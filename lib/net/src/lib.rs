@@ -161,9 +161,6 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN).map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     let mac = dev.mac_address();
     let mut nic = Nic(dev);
-    // Interrupts only wake the CPU from idle (see `idle`); the device is
-    // still polled.
-    nic.0.enable_interrupts();
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut iface = Interface::new(Config::new(hw), &mut nic, now());
     let spec = kiln_boot::param("netdev.ip").unwrap_or("10.0.2.15/24:10.0.2.2");
@@ -223,8 +220,6 @@ fn dhcp(iface: &mut Interface, nic: &mut Nic) -> core::result::Result<(Ipv4Addre
 pub fn poll() -> bool {
     let mut g = STACK.lock();
     let Some(s) = g.as_mut() else { return false };
-    // Lower the device's (level) interrupt line before looking at its queues.
-    s.nic.0.ack_interrupt();
     let r = s.iface.poll(now(), &mut s.nic, &mut s.sockets);
     r != smoltcp::iface::PollResult::None
 }
@@ -242,12 +237,6 @@ pub fn idle(max_us: u64) {
     if let (Some(p), true) = (kiln_boot::platform(), us > 0) {
         p.idle(us);
     }
-}
-
-/// Whether a packet's arrival ends an [`idle`] at once (its interrupt is
-/// wired), so event loops may idle for long.
-pub fn wakes_on_packets() -> bool {
-    available() && kiln_boot::platform().is_some_and(|p| p.device_wakes())
 }
 
 /// Whether a network device is up.

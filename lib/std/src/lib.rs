@@ -26,7 +26,7 @@ pub mod fs;
 /// poll while they wait, and event loops call [`net::poll`].
 #[cfg(feature = "net")]
 pub mod net {
-    pub use kiln_net::{available, idle, poll, wakes_on_packets, Error, IpAddress, Ipv4Address, Result, TcpListener, TcpStream, UdpSocket};
+    pub use kiln_net::{available, idle, poll, Error, IpAddress, Ipv4Address, Result, TcpListener, TcpStream, UdpSocket};
 }
 
 /// Time since boot.

@@ -121,10 +121,6 @@ impl Platform for Qemu {
     fn idle(&self, us: u64) {
         arch::apic::idle(us)
     }
-
-    fn device_wakes(&self) -> bool {
-        WAKE.load(core::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 static QEMU: Qemu = Qemu;
@@ -140,20 +136,10 @@ extern "Rust" {
     fn kiln_start(info: &BootInfo) -> !;
 }
 
-/// Whether a device interrupt is routed to wake the CPU from idle.
-static WAKE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Parses `SIZE@BASE:IRQ` (SIZE decimal, or with a K suffix; BASE 0x-hex)
-/// and routes IRQ to wake the CPU from idle.
+/// Parses `SIZE@BASE:IRQ` (SIZE decimal, or with a K suffix; BASE 0x-hex).
 fn parse_virtio_mmio(s: &str) -> Option<(usize, usize)> {
     let (size, rest) = s.split_once('@')?;
     let base = rest.split(':').next()?;
-    if let Some(irq) = rest.split(':').nth(1).and_then(|i| i.parse::<u8>().ok()) {
-        // Device interrupts wake the CPU from idle.
-        if arch::apic::route_wake(irq) {
-            WAKE.store(true, core::sync::atomic::Ordering::Relaxed);
-        }
-    }
     let size = match size.strip_suffix(['K', 'k']) {
         Some(k) => k.parse::<usize>().ok()? * 1024,
         None => size.parse().ok()?,
