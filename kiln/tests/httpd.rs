@@ -125,10 +125,11 @@ fn serves_the_site_byte_for_byte_with_http_semantics() {
     assert_eq!(g.get("/").0, 200);
 }
 
-/// Clients connecting at the same moment. (On hosts where the guest runs
-/// slowly, as under PVM, a larger burst overflows the device's receive ring:
-/// QEMU's user network then retries the dropped SYNs with exponential
-/// backoff, and connections wait a minute or more.)
+/// Clients connected at once. (On hosts where the guest runs slowly, as
+/// under PVM, a burst of SYNs all in the same instant overflows the device's
+/// receive ring: QEMU's user network then retries the dropped SYNs with
+/// exponential backoff, and connections wait a minute or more. The clients
+/// here connect 20 ms apart.)
 const CLIENTS: usize = 30;
 
 #[test]
@@ -143,6 +144,10 @@ fn silent_clients_and_many_connections_do_not_stop_the_server() {
     let threads: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let want = want.clone();
+            // Connections open 20 ms apart: all of them are still in flight
+            // together (a response takes seconds here), without one burst of
+            // SYNs overflowing the guest's receive ring.
+            std::thread::sleep(Duration::from_millis(20));
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(150))).unwrap();
