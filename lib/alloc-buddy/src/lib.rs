@@ -44,6 +44,8 @@ impl Backend for Buddy {
     }
 
     unsafe fn dealloc(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // The caller's contract (ptr came from alloc with this layout) is
+        // what buddy_system_allocator's dealloc relies on.
         self.0.dealloc(ptr, layout)
     }
 }
@@ -57,13 +59,16 @@ mod tests {
         let mut mem = vec![0u64; 16384];
         let base = NonNull::new(mem.as_mut_ptr() as *mut u8).unwrap();
         let mut b = Buddy::new();
+        // SAFETY: `mem` is 128 KiB, outlives `b`, and nothing else uses it.
         let added = unsafe { b.add_region(base, 131072) };
         assert!(added > 65536, "{added}");
         let l = Layout::from_size_align(1000, 8).unwrap();
         let p = b.alloc(l).unwrap();
         let q = b.alloc(l).unwrap();
         assert_ne!(p, q);
+        // SAFETY: p and q came from b.alloc(l) and are not used again.
         unsafe { b.dealloc(p, l) };
+        // SAFETY: as above.
         unsafe { b.dealloc(q, l) };
         // After merging, one big block is available again.
         let big = Layout::from_size_align(65536, 4096).unwrap();
