@@ -18,8 +18,18 @@ fn kiln(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn a_guest_on_a_bridge_serves_at_its_own_address() {
     let name = format!("kt{}", std::process::id() % 100000);
-    let third = 100 + std::process::id() % 100;
+    // A subnet no interface of this host uses yet.
+    let addrs = String::from_utf8(Command::new("ip").args(["-o", "-4", "addr"]).output().unwrap().stdout).unwrap();
+    let third = (100..250).find(|t| !addrs.contains(&format!(" 10.{t}."))).expect("a free 10.x.0.0/24");
     let subnet = format!("10.{third}.0.0/24");
+    // The bridge goes away even if an assertion fails.
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(name.clone());
     let (code, out, err) = kiln(&["net", "create", &name, "--subnet", &subnet]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("bridge 10.{third}.0.1/24")), "{out}");
