@@ -1,5 +1,6 @@
 //! UDP sockets and DHCP in a booted kernel: apps/udpecho gets its address
-//! from QEMU's DHCP server (netdev.ip=dhcp) and echoes datagrams sent
+//! from QEMU's DHCP server (netdev.ip=dhcp), renews the lease (capped at
+//! 4 s so that it renews within the test), and echoes datagrams sent
 //! through a forwarded UDP port.
 
 use std::net::UdpSocket;
@@ -17,7 +18,7 @@ fn udp_echo_over_a_dhcp_address() {
     assert!(b.success());
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "--timeout", "120", "-p", "18610:7/udp", "--kernel-arg", "netdev.ip=dhcp", "apps/udpecho"])
+        .args(["run", "--timeout", "120", "-p", "18610:7/udp", "--kernel-arg", "netdev.ip=dhcp", "--kernel-arg", "netdev.dhcp_max_lease=4", "apps/udpecho"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -41,6 +42,11 @@ fn udp_echo_over_a_dhcp_address() {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], &big[..], "a 1400-byte datagram came back changed");
+    // The lease is renewed after half its time; it keeps working after.
+    std::thread::sleep(Duration::from_secs(5));
+    sock.send_to(b"upper:still here", "127.0.0.1:18610").unwrap();
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"UPPER:STILL HERE");
     sock.send_to(b"quit", "127.0.0.1:18610").unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -48,4 +54,5 @@ fn udp_echo_over_a_dhcp_address() {
     // QEMU's user network hands out 10.0.2.15 from its DHCP server.
     assert!(stdout.contains("net: 52:54:00:12:34:56 10.0.2.15/24 via 10.0.2.2 (DHCP)"), "{stdout}");
     assert!(stdout.contains("udpecho: listening on port 7"), "{stdout}");
+    assert!(stdout.contains("net: DHCP lease renewed: 10.0.2.15/24"), "{stdout}");
 }

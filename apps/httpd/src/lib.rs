@@ -20,10 +20,8 @@ const ROOT: &str = kconfig_str!("APP_HTTPD_ROOT", "/www");
 const BACKLOG: i64 = kconfig_int!("APP_HTTPD_BACKLOG", 128);
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 16 * 1024;
-/// Sleep between polls of an idle server: from this...
-const MIN_QUIET_US: u64 = 1000;
-/// ...doubling up to this (the most a request waits when the server was idle).
-const MAX_QUIET_US: u64 = 16_000;
+/// Longest wait for network activity before idle connections are checked.
+const WAIT_US: u64 = 1_000_000;
 /// A connection without progress for this long is closed.
 const IDLE_US: u64 = 30_000_000;
 
@@ -379,7 +377,6 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
     listener.set_nonblocking(true);
     println!("httpd: serving {ROOT} on port {PORT}");
     let mut conns: Vec<Conn> = Vec::new();
-    let mut quiet = MIN_QUIET_US;
     loop {
         let mut active = net::poll();
         let now = kiln_std::time::micros();
@@ -403,13 +400,10 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
             now.saturating_sub(c.last) < IDLE_US
         });
         if !active && !conns.iter().any(|c| c.busy()) {
-            // Nothing happened: sleep instead of spinning, longer the longer
-            // it stays quiet (1 ms doubling to 16 ms), so an idle server
-            // leaves its host CPU alone while a busy one never waits.
-            net::idle(quiet);
-            quiet = (quiet * 2).min(MAX_QUIET_US);
-        } else {
-            quiet = MIN_QUIET_US;
+            // Nothing happened: block until the network does something
+            // (the scheduler halts the CPU meanwhile), so an idle server
+            // leaves its host CPU alone.
+            net::idle(WAIT_US);
         }
     }
 }

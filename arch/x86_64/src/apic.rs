@@ -81,8 +81,9 @@ pub fn idle(us: u64) {
     let count = (us as u128 * hz as u128 / 1_000_000).clamp(1, u32::MAX as u128) as u32;
     write(INITIAL_COUNT, count);
     // SAFETY: `sti; hlt` is the standard atomic idle sequence (interrupts
-    // are recognised only after hlt begins); the only interrupt source is
-    // the timer, whose handler returns here; interrupts go off again after.
+    // are recognised only after hlt begins); the interrupt sources are the
+    // timer and routed device lines, whose handlers return here; interrupts
+    // go off again after.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     write(INITIAL_COUNT, 0);
 }
@@ -96,3 +97,109 @@ pub fn init() -> bool {
 /// Host builds (unit tests) do not sleep.
 #[cfg(not(target_os = "none"))]
 pub fn idle(_us: u64) {}
+
+/// The vector device interrupts arrive on. Like the timer's, it only wakes
+/// the CPU from [`idle`] (interrupts are enabled nowhere else): the handler
+/// masks the device lines, and the driver unmasks them with
+/// [`unmask_devices`] once it has acknowledged the interrupt at the device.
+pub const DEVICE_VECTOR: u8 = 0x21;
+
+#[cfg(target_os = "none")]
+const IOAPIC: u64 = 0xfec0_0000;
+
+/// IOAPIC inputs routed to [`DEVICE_VECTOR`], one bit each.
+static ROUTED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+#[cfg(target_os = "none")]
+fn ioapic_write(reg: u32, v: u32) {
+    // SAFETY: IOREGSEL (index) and IOWIN (data) of the IOAPIC, mapped
+    // uncached by `route_device`; interrupts are off, so the index/data
+    // pair is not interleaved with another writer.
+    unsafe {
+        core::ptr::write_volatile(IOAPIC as *mut u32, reg);
+        core::ptr::write_volatile((IOAPIC + 0x10) as *mut u32, v);
+    }
+}
+
+/// Redirection entry (low half) for `gsi`: level triggered, active high (as
+/// virtio-mmio lines are), fixed delivery to [`DEVICE_VECTOR`].
+#[cfg(target_os = "none")]
+fn set_entry(gsi: u32, masked: bool) {
+    ioapic_write(0x10 + 2 * gsi, DEVICE_VECTOR as u32 | 1 << 15 | (masked as u32) << 16);
+}
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".section .text.kiln_exc, \"ax\"",
+    ".global kiln_device_isr",
+    "kiln_device_isr:",
+    // The CPU aligned rsp to 16 before pushing its 5-word frame; nine
+    // pushes make it 16-byte aligned again for the call.
+    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+    "push r8", "push r9", "push r10", "push r11",
+    "cld",
+    "call kiln_arch_device_irq",
+    "pop r11", "pop r10", "pop r9", "pop r8",
+    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "iretq",
+);
+
+/// Masks every routed line (the device keeps its line raised until the
+/// driver acknowledges it) and signals end of interrupt.
+#[cfg(target_os = "none")]
+#[no_mangle]
+extern "C" fn kiln_arch_device_irq() {
+    let routed = ROUTED.load(core::sync::atomic::Ordering::Relaxed);
+    for gsi in 0..24 {
+        if routed & 1 << gsi != 0 {
+            set_entry(gsi, true);
+        }
+    }
+    write(0xb0, 0);
+}
+
+/// Routes IOAPIC input `gsi` to [`DEVICE_VECTOR`] on this CPU, masked until
+/// [`unmask_devices`]. False when there is no IOAPIC to program.
+#[cfg(target_os = "none")]
+pub fn route_device(gsi: u8) -> bool {
+    // SAFETY (of the HZ read): written once by init before devices are routed.
+    if gsi >= 24 || unsafe { HZ } == 0 || !crate::mmu::map_device(IOAPIC, 4096) {
+        return false;
+    }
+    extern "C" {
+        fn kiln_device_isr();
+    }
+    crate::exceptions::set_interrupt(DEVICE_VECTOR, kiln_device_isr as usize as u64);
+    // Destination: local APIC 0 (high half), then the masked entry.
+    ioapic_write(0x10 + 2 * gsi as u32 + 1, 0);
+    set_entry(gsi as u32, true);
+    ROUTED.fetch_or(1 << gsi, core::sync::atomic::Ordering::Relaxed);
+    true
+}
+
+/// Unmasks the routed device lines; a line still raised interrupts (and so
+/// ends the next [`idle`]) at once.
+#[cfg(target_os = "none")]
+pub fn unmask_devices() {
+    let routed = ROUTED.load(core::sync::atomic::Ordering::Relaxed);
+    for gsi in 0..24 {
+        if routed & 1 << gsi != 0 {
+            set_entry(gsi, false);
+        }
+    }
+}
+
+/// Whether any device line is routed.
+pub fn devices_routed() -> bool {
+    ROUTED.load(core::sync::atomic::Ordering::Relaxed) != 0
+}
+
+/// Host builds (unit tests) have no IOAPIC.
+#[cfg(not(target_os = "none"))]
+pub fn route_device(_gsi: u8) -> bool {
+    false
+}
+
+/// Host builds (unit tests) have no IOAPIC.
+#[cfg(not(target_os = "none"))]
+pub fn unmask_devices() {}

@@ -12,6 +12,7 @@
 #![cfg_attr(not(target_os = "none"), allow(dead_code, unused_imports))]
 
 pub mod apic;
+pub mod context;
 pub mod cpu;
 pub mod mmu;
 mod exceptions;

@@ -22,6 +22,8 @@ use spin::Once;
 
 /// Exit code after a Rust panic (the same code Rust's std uses).
 pub const EXIT_PANIC: i32 = 101;
+/// Exit code when every thread waits and nothing can wake them (lib/sched).
+pub const EXIT_DEADLOCK: i32 = 123;
 /// Exit code after a fatal CPU exception.
 pub const EXIT_FAULT: i32 = 125;
 /// Largest exit code that reaches the host unchanged (QEMU's exit status
@@ -45,6 +47,15 @@ pub trait Platform: Sync {
     /// Sleeps until an interrupt or `us` microseconds pass, to stop burning
     /// the host CPU when there is nothing to do. The default returns at once.
     fn idle(&self, _us: u64) {}
+    /// Whether device interrupts end an [`Platform::idle`] early, so a
+    /// driver may wait for them instead of polling on a timer.
+    fn device_wakes(&self) -> bool {
+        false
+    }
+    /// Re-arms device interrupts. A device interrupt masks them (it only
+    /// wakes the CPU); a driver calls this after acknowledging it at the
+    /// device, so the next one wakes the CPU again.
+    fn device_irq_done(&self) {}
     /// Whether PCI configuration space is reachable through ports
     /// 0xCF8/0xCFC (x86 PC machines).
     fn has_pci_ports(&self) -> bool {

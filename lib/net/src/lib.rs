@@ -1,8 +1,18 @@
 //! The network stack: smoltcp over the first virtio-net device, driven by
-//! polling (no interrupts): every blocking socket call and [`poll`] run the
-//! stack. TCP listeners keep a backlog of listening sockets, so many clients
-//! can connect at once; [`TcpListener::accept`] hands out the ones that
-//! connected.
+//! lib/sched. A blocking socket call that cannot finish blocks its thread on
+//! the stack's activity queue; the scheduler runs the stack (this crate
+//! registers a poller) when no thread is ready, and wakes those threads
+//! when it did something. How the scheduler learns of packets is chosen in
+//! Kconfig: the device's interrupt ends the CPU's halt (LIBVIRTIO_IRQ, on
+//! platforms that route it: virtio-mmio on microvm), or the stack is polled
+//! every 1 ms, backing off to 16 ms while the network is quiet
+//! (LIBVIRTIO_POLL, and PCI devices).
+//!
+//! TCP listeners keep a backlog of listening sockets, so many clients can
+//! connect at once; [`TcpListener::accept`] hands out the ones that
+//! connected. [`dns::resolve`] asks the DNS servers from `netdev.dns=`, DHCP
+//! or QEMU's user network. A DHCP lease is renewed as long as the kernel
+//! runs.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -25,6 +35,18 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use spin::Mutex;
 
 const QUEUE: usize = 64;
+
+/// Threads waiting for the network to do something (a socket to become
+/// readable, writable, connected, closed; a DNS answer).
+static ACTIVITY: kiln_sched::WaitQueue = kiln_sched::WaitQueue::for_device();
+
+/// Whether the device interrupt wakes the scheduler (else: timed polling).
+static IRQ: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Current polling interval while quiet (polling mode), in µs.
+static QUIET_US: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(MIN_QUIET_US);
+const MIN_QUIET_US: u64 = 1000;
+const MAX_QUIET_US: u64 = 16_000;
 const BUF_LEN: usize = 2048;
 
 fn config_int(v: Option<&str>, default: usize) -> usize {
@@ -52,6 +74,10 @@ pub enum Error {
     ConnectionReset,
     NotConnected,
     Invalid,
+    /// DNS: no such name (or no address of the asked kind).
+    NotFound,
+    /// DNS: no server is configured (`netdev.dns=`).
+    NoDnsServer,
 }
 
 impl fmt::Display for Error {
@@ -63,6 +89,8 @@ impl fmt::Display for Error {
             Error::ConnectionReset => "connection reset",
             Error::NotConnected => "not connected",
             Error::Invalid => "invalid argument",
+            Error::NotFound => "name not found",
+            Error::NoDnsServer => "no DNS server configured (netdev.dns=)",
         })
     }
 }
@@ -124,6 +152,11 @@ struct Stack {
     iface: Interface,
     nic: Nic,
     sockets: SocketSet<'static>,
+    /// The DHCP client, kept to renew the lease.
+    dhcp: Option<SocketHandle>,
+    /// The DNS client, made on first use.
+    dns: Option<SocketHandle>,
+    dns_servers: Vec<IpAddress>,
 }
 
 static STACK: Mutex<Option<Stack>> = Mutex::new(None);
@@ -161,14 +194,36 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN).map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     let mac = dev.mac_address();
     let mut nic = Nic(dev);
+    let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
+    let irq = want_irq && kiln_boot::platform().is_some_and(|p| p.device_wakes());
+    if irq {
+        nic.0.enable_interrupts();
+        IRQ.store(true, core::sync::atomic::Ordering::Relaxed);
+    } else {
+        nic.0.disable_interrupts();
+    }
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut iface = Interface::new(Config::new(hw), &mut nic, now());
-    let spec = kiln_boot::param("netdev.ip").unwrap_or("10.0.2.15/24:10.0.2.2");
+    let given = kiln_boot::param("netdev.ip");
+    let spec = given.unwrap_or("10.0.2.15/24:10.0.2.2");
+    let mut sockets = SocketSet::new(vec![]);
+    let mut dhcp_handle = None;
+    let mut dns_servers = Vec::new();
     let (addr, prefix, gw) = if spec == "dhcp" {
-        dhcp(&mut iface, &mut nic)?
+        let (h, c) = dhcp(&mut iface, &mut nic, &mut sockets)?;
+        dhcp_handle = Some(h);
+        dns_servers = c.3;
+        (c.0, c.1, c.2)
     } else {
         parse_ip(spec).ok_or_else(|| alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY] or dhcp"))?
     };
+    if given.is_none() {
+        // QEMU's user network answers DNS at 10.0.2.3.
+        dns_servers.push(IpAddress::v4(10, 0, 2, 3));
+    }
+    if let Some(list) = kiln_boot::param("netdev.dns") {
+        dns_servers = parse_servers(list).ok_or_else(|| alloc::format!("net: netdev.dns={list}: expected ADDR[,ADDR...]"))?;
+    }
     // IPv6: the link-local address from the MAC (EUI-64).
     let ll = smoltcp::wire::Ipv6Address::new(
         0xfe80,
@@ -189,25 +244,45 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     }
     kiln_console::log!(
         kiln_console::Level::Info,
-        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{} {ll}/64",
+        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{} {ll}/64, {}",
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         gw.map(|g| alloc::format!(" via {g}")).unwrap_or_default(),
-        if spec == "dhcp" { " (DHCP)" } else { "" }
+        if spec == "dhcp" { " (DHCP)" } else { "" },
+        if irq { "interrupts" } else { "polled" }
     );
-    *STACK.lock() = Some(Stack { iface, nic, sockets: SocketSet::new(vec![]) });
+    *STACK.lock() = Some(Stack { iface, nic, sockets, dhcp: dhcp_handle, dns: None, dns_servers });
+    kiln_sched::add_poller(poller);
     Ok(())
 }
 
-/// Asks a DHCP server for an address (up to 10 s).
-fn dhcp(iface: &mut Interface, nic: &mut Nic) -> core::result::Result<(Ipv4Address, u8, Option<Ipv4Address>), alloc::string::String> {
+/// Parses `ADDR[,ADDR...]` (IPv4 or IPv6).
+pub fn parse_servers(s: &str) -> Option<Vec<IpAddress>> {
+    s.split(',').map(|a| a.parse().ok()).collect::<Option<Vec<_>>>().filter(|v| !v.is_empty())
+}
+
+/// What DHCP gave: address, prefix, router, DNS servers.
+type Lease = (Ipv4Address, u8, Option<Ipv4Address>, Vec<IpAddress>);
+
+/// Asks a DHCP server for an address (up to 10 s). The client socket stays
+/// in the set and renews the lease (`netdev.dhcp_max_lease=SECONDS` caps
+/// the lease the server grants, to renew sooner).
+fn dhcp(iface: &mut Interface, nic: &mut Nic, set: &mut SocketSet<'static>) -> core::result::Result<(SocketHandle, Lease), alloc::string::String> {
     use smoltcp::socket::dhcpv4;
-    let mut set = SocketSet::new(vec![]);
-    let h = set.add(dhcpv4::Socket::new());
+    let mut sock = dhcpv4::Socket::new();
+    if let Some(s) = kiln_boot::param("netdev.dhcp_max_lease") {
+        let secs: u64 = s.parse().map_err(|_| alloc::format!("net: netdev.dhcp_max_lease={s}: expected seconds"))?;
+        sock.set_max_lease_duration(Some(smoltcp::time::Duration::from_secs(secs)));
+    }
+    // With a receive buffer, every renewal reports the configuration again,
+    // so renewals can be logged.
+    sock.set_receive_packet_buffer(alloc::boxed::Box::leak(vec![0u8; 1500].into_boxed_slice()));
+    let h = set.add(sock);
     let start = now();
     loop {
-        iface.poll(now(), nic, &mut set);
+        iface.poll(now(), nic, set);
         if let Some(dhcpv4::Event::Configured(c)) = set.get_mut::<dhcpv4::Socket>(h).poll() {
-            return Ok((c.address.address(), c.address.prefix_len(), c.router));
+            let dns = c.dns_servers.iter().map(|a| IpAddress::Ipv4(*a)).collect();
+            return Ok((h, (c.address.address(), c.address.prefix_len(), c.router, dns)));
         }
         if (now() - start).total_millis() > 10_000 {
             return Err("net: no answer from a DHCP server within 10 s".into());
@@ -215,28 +290,96 @@ fn dhcp(iface: &mut Interface, nic: &mut Nic) -> core::result::Result<(Ipv4Addre
     }
 }
 
-/// Runs the stack once: receives, sends, runs timers. Returns whether
-/// anything happened.
-pub fn poll() -> bool {
-    let mut g = STACK.lock();
-    let Some(s) = g.as_mut() else { return false };
-    let r = s.iface.poll(now(), &mut s.nic, &mut s.sockets);
-    r != smoltcp::iface::PollResult::None
+/// Applies what the DHCP client reports after the first lease.
+fn dhcp_events(s: &mut Stack) {
+    use smoltcp::socket::dhcpv4;
+    let Some(h) = s.dhcp else { return };
+    match s.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+        Some(dhcpv4::Event::Configured(c)) => {
+            let cidr = IpCidr::Ipv4(c.address);
+            let mut changed = false;
+            s.iface.update_ip_addrs(|a| {
+                if !a.contains(&cidr) {
+                    changed = true;
+                    a.retain(|x| !matches!(x, IpCidr::Ipv4(_)));
+                    let _ = a.push(cidr);
+                }
+            });
+            if let Some(r) = c.router {
+                let _ = s.iface.routes_mut().add_default_ipv4_route(r);
+            }
+            let what = if changed { "new lease" } else { "lease renewed" };
+            kiln_console::log!(kiln_console::Level::Info, "net: DHCP {what}: {}", c.address);
+        }
+        Some(dhcpv4::Event::Deconfigured) => {
+            s.iface.update_ip_addrs(|a| a.retain(|x| !matches!(x, IpCidr::Ipv4(_))));
+            s.iface.routes_mut().remove_default_ipv4_route();
+            kiln_console::log!(kiln_console::Level::Info, "net: DHCP lease lost, asking again");
+        }
+        None => {}
+    }
 }
 
-/// Sleeps while the network has nothing to do: until the stack's next timer
-/// is due, at most `max_us` (devices are polled, so a packet that arrives
-/// meanwhile waits for the wake-up). Event loops call it when a round did
-/// nothing, so an idle guest stops using its host CPU.
-pub fn idle(max_us: u64) {
-    let delay = {
+/// Runs the stack once: receives, sends, runs timers, and wakes the threads
+/// waiting on sockets if anything happened. Returns whether it did.
+pub fn poll() -> bool {
+    let active = {
+        let mut g = STACK.lock();
+        let Some(s) = g.as_mut() else { return false };
+        let irq = IRQ.load(core::sync::atomic::Ordering::Relaxed);
+        if irq {
+            // Lower the device's interrupt line, then let it interrupt again.
+            s.nic.0.ack_interrupt();
+            if let Some(p) = kiln_boot::platform() {
+                p.device_irq_done();
+            }
+        }
+        let r = s.iface.poll(now(), &mut s.nic, &mut s.sockets);
+        dhcp_events(s);
+        r != smoltcp::iface::PollResult::None
+    };
+    if active {
+        ACTIVITY.wake_all();
+    }
+    active
+}
+
+/// The scheduler's view of the stack: run it, and say when it must run
+/// again (its next TCP/DHCP/DNS timer; in polling mode also the polling
+/// interval, which doubles from 1 ms to 16 ms while the network is quiet).
+fn poller() -> kiln_sched::PollOutcome {
+    use core::sync::atomic::Ordering::Relaxed;
+    let active = poll();
+    let timer = {
         let mut g = STACK.lock();
         g.as_mut().and_then(|s| s.iface.poll_delay(now(), &s.sockets)).map(|d| d.total_micros())
     };
-    let us = delay.map_or(max_us, |d| d.min(max_us));
-    if let (Some(p), true) = (kiln_boot::platform(), us > 0) {
-        p.idle(us);
-    }
+    let within = if IRQ.load(Relaxed) {
+        timer
+    } else {
+        let q = if active { MIN_QUIET_US } else { (QUIET_US.load(Relaxed) * 2).min(MAX_QUIET_US) };
+        QUIET_US.store(q, Relaxed);
+        Some(timer.map_or(q, |t| t.min(q)))
+    };
+    kiln_sched::PollOutcome { active, within_us: within }
+}
+
+/// Blocks the calling thread until the network does something (a packet,
+/// a timer) or `max_us` pass; other threads run meanwhile, and with nothing
+/// to run the CPU halts. Event loops call it when a round did nothing.
+pub fn idle(max_us: u64) {
+    ACTIVITY.wait_timeout(core::time::Duration::from_micros(max_us));
+}
+
+/// Blocks until the network does something.
+fn wait_activity() {
+    ACTIVITY.wait();
+}
+
+/// Whether a packet's arrival wakes the CPU at once (its interrupt is
+/// wired); else the stack is polled on a timer.
+pub fn interrupts() -> bool {
+    IRQ.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether a network device is up.
@@ -259,7 +402,9 @@ fn retry<T>(nonblocking: bool, mut attempt: impl FnMut(&mut Stack) -> Option<Res
         if nonblocking {
             return Err(Error::WouldBlock);
         }
-        poll();
+        if !poll() {
+            wait_activity();
+        }
     }
 }
 
@@ -338,6 +483,7 @@ impl TcpListener {
             if self.nonblocking {
                 return Err(Error::WouldBlock);
             }
+            wait_activity();
         }
     }
 }
@@ -401,7 +547,9 @@ impl TcpStream {
             match self.write(buf) {
                 Ok(n) => buf = &buf[n..],
                 Err(Error::WouldBlock) => {
-                    poll();
+                    if !poll() {
+                        wait_activity();
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -495,6 +643,52 @@ impl Drop for UdpSocket {
     }
 }
 
+/// Name resolution (IPv4 addresses) through the DNS servers from
+/// `netdev.dns=ADDR[,ADDR]`, DHCP, or QEMU's user network (10.0.2.3) when no
+/// address is configured.
+pub mod dns {
+    use super::*;
+    use smoltcp::socket::dns;
+
+    /// The DNS servers in use.
+    pub fn servers() -> Vec<IpAddress> {
+        with(|s| s.dns_servers.clone()).unwrap_or_default()
+    }
+
+    /// The IPv4 addresses of `name` (an address literal is returned as it
+    /// is). Blocks the calling thread until the answer, a failure or the
+    /// resolver's own timeout.
+    pub fn resolve(name: &str) -> Result<Vec<IpAddress>> {
+        if let Ok(a) = name.parse::<IpAddress>() {
+            return Ok(vec![a]);
+        }
+        let (h, q) = with(|s| {
+            let h = match s.dns {
+                Some(h) => h,
+                None => {
+                    if s.dns_servers.is_empty() {
+                        return Err(Error::NoDnsServer);
+                    }
+                    let h = s.sockets.add(dns::Socket::new(&s.dns_servers, vec![None, None, None, None]));
+                    s.dns = Some(h);
+                    h
+                }
+            };
+            let q = s.sockets.get_mut::<dns::Socket>(h).start_query(s.iface.context(), name, smoltcp::wire::DnsQueryType::A);
+            Ok((h, q.map_err(|e| match e {
+                dns::StartQueryError::NoFreeSlot => Error::WouldBlock,
+                _ => Error::Invalid,
+            })?))
+        })??;
+        retry(false, |s| match s.sockets.get_mut::<dns::Socket>(h).get_query_result(q) {
+            Err(dns::GetQueryResultError::Pending) => None,
+            Err(dns::GetQueryResultError::Failed) => Some(Err(Error::NotFound)),
+            Ok(v) if v.is_empty() => Some(Err(Error::NotFound)),
+            Ok(v) => Some(Ok(v.to_vec())),
+        })
+    }
+}
+
 /// Sockets closed by their owner, freed once their connection has ended.
 static CLOSING: Mutex<Vec<SocketHandle>> = Mutex::new(Vec::new());
 
@@ -525,5 +719,8 @@ mod tests {
         assert!(parse_ip("10.0.2.15").is_none());
         assert!(parse_ip("10.0.2.15/33").is_none());
         assert!(parse_ip("10.0.2/24").is_none());
+        assert_eq!(parse_servers("10.0.2.3,fe80::1").unwrap().len(), 2);
+        assert!(parse_servers("10.0.2.3,").is_none());
+        assert!(parse_servers("").is_none());
     }
 }

@@ -9,7 +9,7 @@
 
 extern crate alloc;
 
-pub use alloc::{borrow, boxed, collections, fmt, format, rc, string, sync, vec};
+pub use alloc::{borrow, boxed, collections, fmt, format, rc, string, vec};
 pub use kiln_console::{print, println};
 
 /// Prints to the console (there is one console; stderr is stdout).
@@ -21,16 +21,41 @@ macro_rules! eprintln {
 #[cfg(feature = "fs")]
 pub mod fs;
 
-/// TCP sockets over the kernel's network stack (kiln-std's `net` feature;
-/// the app's Kconfig selects LIBNET). The stack is polled: blocking calls
-/// poll while they wait, and event loops call [`net::poll`].
+/// TCP and UDP sockets and DNS over the kernel's network stack (kiln-std's
+/// `net` feature; the app's Kconfig selects LIBNET). Blocking calls block
+/// the calling thread and let others run; event loops use non-blocking
+/// sockets, [`net::poll`] and [`net::idle`].
 #[cfg(feature = "net")]
 pub mod net {
-    pub use kiln_net::{available, idle, poll, Error, IpAddress, Ipv4Address, Result, TcpListener, TcpStream, UdpSocket};
+    pub use kiln_net::{available, dns, idle, interrupts, poll, Error, IpAddress, Ipv4Address, Result, TcpListener, TcpStream, UdpSocket};
+}
+
+/// Threads (kiln-std's `thread` feature; the app's Kconfig selects
+/// LIBSCHED). Scheduling is cooperative on one CPU: a thread runs until it
+/// blocks, sleeps or yields.
+#[cfg(feature = "thread")]
+pub mod thread {
+    pub use kiln_sched::{current_name, spawn, yield_now, Builder, JoinHandle, ThreadId};
+
+    /// Blocks the calling thread for at least `d`; the CPU halts if no other
+    /// thread is ready.
+    pub fn sleep(d: core::time::Duration) {
+        kiln_sched::sleep(d)
+    }
+}
+
+/// Shared ownership (`Arc`) and, with the `thread` feature, locks whose
+/// waiters block: `Mutex`, `Condvar`, `WaitQueue`.
+pub mod sync {
+    pub use alloc::sync::*;
+    #[cfg(feature = "thread")]
+    pub use kiln_sched::{Condvar, Mutex, MutexGuard, WaitQueue};
 }
 
 /// Time since boot.
 pub mod time {
+    pub use core::time::Duration;
+
     /// Microseconds since boot (1 GHz assumed when the clock rate is unknown).
     pub fn micros() -> u64 {
         let p = kiln_boot::platform();

@@ -121,6 +121,14 @@ impl Platform for Qemu {
     fn idle(&self, us: u64) {
         arch::apic::idle(us)
     }
+
+    fn device_wakes(&self) -> bool {
+        arch::apic::devices_routed()
+    }
+
+    fn device_irq_done(&self) {
+        arch::apic::unmask_devices()
+    }
 }
 
 static QEMU: Qemu = Qemu;
@@ -136,24 +144,26 @@ extern "Rust" {
     fn kiln_start(info: &BootInfo) -> !;
 }
 
-/// Parses `SIZE@BASE:IRQ` (SIZE decimal, or with a K suffix; BASE 0x-hex).
-fn parse_virtio_mmio(s: &str) -> Option<(usize, usize)> {
+/// Parses `SIZE@BASE:IRQ` (SIZE decimal, or with a K suffix; BASE 0x-hex):
+/// base, size and the IRQ if given.
+fn parse_virtio_mmio(s: &str) -> Option<(usize, usize, Option<u8>)> {
     let (size, rest) = s.split_once('@')?;
     let base = rest.split(':').next()?;
+    let irq = rest.split(':').nth(1).and_then(|i| i.parse::<u8>().ok());
     let size = match size.strip_suffix(['K', 'k']) {
         Some(k) => k.parse::<usize>().ok()? * 1024,
         None => size.parse().ok()?,
     };
     let base = usize::from_str_radix(base.strip_prefix("0x")?, 16).ok()?;
-    Some((base, size))
+    Some((base, size, irq))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn reads_virtio_mmio_parameters() {
-        assert_eq!(super::parse_virtio_mmio("512@0xfeb00e00:12"), Some((0xfeb0_0e00, 512)));
-        assert_eq!(super::parse_virtio_mmio("4K@0xd0000000:5"), Some((0xd000_0000, 4096)));
+        assert_eq!(super::parse_virtio_mmio("512@0xfeb00e00:12"), Some((0xfeb0_0e00, 512, Some(12))));
+        assert_eq!(super::parse_virtio_mmio("4K@0xd0000000:5"), Some((0xd000_0000, 4096, Some(5))));
         assert_eq!(super::parse_virtio_mmio("512@feb00e00:12"), None);
         assert_eq!(super::parse_virtio_mmio("junk"), None);
     }
@@ -204,17 +214,22 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     );
     // QEMU's microvm names its virtio-mmio transports on the command line
     // (virtio_mmio.device=SIZE@BASE:IRQ, as for Linux): no probing needed.
+    // Their interrupt lines are routed (masked) to the device vector; a
+    // driver that waits for interrupts unmasks them.
+    arch::apic::init();
     let mut mmio = [(0usize, 0usize); 32];
     let mut nmmio = 0;
     for w in start.cmdline.split_ascii_whitespace() {
-        if let Some((base, size)) = w.strip_prefix(kiln_boot::cmdline::PLATFORM_PREFIX).and_then(parse_virtio_mmio) {
+        if let Some((base, size, irq)) = w.strip_prefix(kiln_boot::cmdline::PLATFORM_PREFIX).and_then(parse_virtio_mmio) {
             if nmmio < mmio.len() && arch::mmu::map_device(base as u64, size as u64) {
                 mmio[nmmio] = (base, size);
                 nmmio += 1;
+                if let Some(irq) = irq {
+                    arch::apic::route_device(irq);
+                }
             }
         }
     }
-    arch::apic::init();
     let info = BootInfo {
         platform: &QEMU,
         cmdline: start.cmdline,
