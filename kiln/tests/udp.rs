@@ -54,5 +54,7 @@ fn udp_echo_over_a_dhcp_address() {
     // QEMU's user network hands out 10.0.2.15 from its DHCP server.
     assert!(stdout.contains("net: 52:54:00:12:34:56 10.0.2.15/24 via 10.0.2.2 (DHCP)"), "{stdout}");
     assert!(stdout.contains("udpecho: listening on port 7"), "{stdout}");
+    // Its Kraftfile chooses polling over interrupts.
+    assert!(stdout.contains("fe80::5054:ff:fe12:3456/64, polled"), "{stdout}");
     assert!(stdout.contains("net: DHCP lease renewed: 10.0.2.15/24"), "{stdout}");
 }

@@ -34,7 +34,7 @@ pub use smoltcp::wire::{IpAddress, Ipv4Address};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use spin::Mutex;
 
-const QUEUE: usize = 64;
+const QUEUE: usize = 256;
 
 /// Threads waiting for the network to do something (a socket to become
 /// readable, writable, connected, closed; a DNS answer).
@@ -99,8 +99,13 @@ pub type Result<T> = core::result::Result<T, Error>;
 
 pub use smoltcp::wire::IpAddress as IpAddr;
 
-/// smoltcp's view of the virtio-net device.
-struct Nic(VirtIONet<KilnHal, Transport, QUEUE>);
+/// smoltcp's view of the virtio-net device, with a budget of packets to
+/// receive per stack run (so listeners are topped up between bursts).
+struct Nic(VirtIONet<KilnHal, Transport, QUEUE>, usize);
+
+/// Packets received per stack run; the listeners' backlog is refilled
+/// between runs, so a burst of SYNs finds listening sockets.
+const RX_BUDGET: usize = 32;
 
 struct Rx(Vec<u8>);
 struct Tx<'a>(&'a mut Nic);
@@ -126,9 +131,10 @@ impl Device for Nic {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _t: Instant) -> Option<(Rx, Tx<'_>)> {
-        if !self.0.can_recv() {
+        if self.1 == 0 || !self.0.can_recv() {
             return None;
         }
+        self.1 -= 1;
         let rx = self.0.receive().ok()?;
         let data = rx.packet().to_vec();
         let _ = self.0.recycle_rx_buffer(rx);
@@ -157,6 +163,54 @@ struct Stack {
     /// The DNS client, made on first use.
     dns: Option<SocketHandle>,
     dns_servers: Vec<IpAddress>,
+    /// Open TCP listeners, by [`TcpListener`] slot.
+    listeners: Vec<Option<Listen>>,
+}
+
+/// A listening port's sockets: some listening, the others connecting or
+/// connected and waiting for [`TcpListener::accept`] (oldest first).
+struct Listen {
+    port: u16,
+    /// Sockets kept in the listening state.
+    ready: usize,
+    socks: Vec<SocketHandle>,
+}
+
+impl Listen {
+    /// Most connections waiting to be accepted, per listening socket.
+    const QUEUE_FACTOR: usize = 8;
+
+    /// Re-arms sockets whose handshake failed and tops up the listening
+    /// ones (unless too many connections wait for accept).
+    fn refill(&mut self, set: &mut SocketSet<'static>) {
+        let mut listening = 0;
+        for &h in &self.socks {
+            let t = set.get_mut::<tcp::Socket>(h);
+            match t.state() {
+                tcp::State::Listen => listening += 1,
+                tcp::State::Closed => {
+                    if t.listen(self.port).is_ok() {
+                        listening += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        while listening < self.ready && self.socks.len() < self.ready * Self::QUEUE_FACTOR {
+            let mut t = new_tcp();
+            if t.listen(self.port).is_err() {
+                return;
+            }
+            self.socks.push(set.add(t));
+            listening += 1;
+        }
+    }
+
+    /// Takes the oldest established connection.
+    fn take(&mut self, set: &mut SocketSet<'static>) -> Option<SocketHandle> {
+        let i = self.socks.iter().position(|&h| matches!(set.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait))?;
+        Some(self.socks.remove(i))
+    }
 }
 
 static STACK: Mutex<Option<Stack>> = Mutex::new(None);
@@ -193,7 +247,7 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     };
     let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN).map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     let mac = dev.mac_address();
-    let mut nic = Nic(dev);
+    let mut nic = Nic(dev, usize::MAX);
     let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
     let irq = want_irq && kiln_boot::platform().is_some_and(|p| p.device_wakes());
     if irq {
@@ -250,7 +304,8 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         if spec == "dhcp" { " (DHCP)" } else { "" },
         if irq { "interrupts" } else { "polled" }
     );
-    *STACK.lock() = Some(Stack { iface, nic, sockets, dhcp: dhcp_handle, dns: None, dns_servers });
+    nic.1 = RX_BUDGET;
+    *STACK.lock() = Some(Stack { iface, nic, sockets, dhcp: dhcp_handle, dns: None, dns_servers, listeners: Vec::new() });
     kiln_sched::add_poller(poller);
     Ok(())
 }
@@ -334,9 +389,21 @@ pub fn poll() -> bool {
                 p.device_irq_done();
             }
         }
-        let r = s.iface.poll(now(), &mut s.nic, &mut s.sockets);
+        let mut changed = false;
+        loop {
+            s.nic.1 = RX_BUDGET;
+            changed |= s.iface.poll(now(), &mut s.nic, &mut s.sockets) != smoltcp::iface::PollResult::None;
+            for l in s.listeners.iter_mut().flatten() {
+                l.refill(&mut s.sockets);
+            }
+            // A spent budget means more packets may be waiting.
+            if s.nic.1 > 0 {
+                break;
+            }
+            changed = true;
+        }
         dhcp_events(s);
-        r != smoltcp::iface::PollResult::None
+        changed
     };
     if active {
         ACTIVITY.wake_all();
@@ -414,36 +481,42 @@ fn new_tcp() -> tcp::Socket<'static> {
     s
 }
 
-/// A listening TCP port with a backlog of listening sockets.
+/// A listening TCP port. It keeps `backlog` sockets listening, topped up
+/// after every run of the stack, so that many clients can connect at once;
+/// up to 8 times as many connections may wait for [`TcpListener::accept`]
+/// before new SYNs are refused.
 pub struct TcpListener {
     port: u16,
-    backlog: Vec<SocketHandle>,
+    slot: usize,
     nonblocking: bool,
 }
 
 impl TcpListener {
-    /// Listens on `port` with room for `backlog` connections being set up at once.
+    /// Listens on `port` with `backlog` sockets listening at any time.
     pub fn bind(port: u16, backlog: usize) -> Result<TcpListener> {
         if port == 0 || backlog == 0 {
             return Err(Error::Invalid);
         }
-        let handles = with(|s| {
-            let taken = s.sockets.iter().any(|(_, sock)| match sock {
-                smoltcp::socket::Socket::Tcp(t) => t.state() == tcp::State::Listen && t.listen_endpoint().port == port,
-                _ => false,
-            });
-            if taken {
+        let slot = with(|s| {
+            if s.listeners.iter().flatten().any(|l| l.port == port) {
                 return Err(Error::AddrInUse);
             }
-            let mut v = Vec::new();
-            for _ in 0..backlog {
-                let mut t = new_tcp();
-                t.listen(port).map_err(|_| Error::Invalid)?;
-                v.push(s.sockets.add(t));
+            let mut l = Listen { port, ready: backlog, socks: Vec::new() };
+            l.refill(&mut s.sockets);
+            if l.socks.is_empty() {
+                return Err(Error::Invalid);
             }
-            Ok(v)
+            let slot = match s.listeners.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    s.listeners.push(None);
+                    s.listeners.len() - 1
+                }
+            };
+            s.listeners[slot] = Some(l);
+            Ok(slot)
         })??;
-        Ok(TcpListener { port, backlog: handles, nonblocking: false })
+        Ok(TcpListener { port, slot, nonblocking: false })
     }
 
     pub fn port(&self) -> u16 {
@@ -454,28 +527,20 @@ impl TcpListener {
         self.nonblocking = v;
     }
 
-    /// A connection that has been established, replacing its listening
-    /// socket with a fresh one. Blocks (polling) unless non-blocking.
+    /// The oldest connection that has been established. Blocks the thread
+    /// unless non-blocking.
     pub fn accept(&mut self) -> Result<TcpStream> {
         loop {
             // Non-blocking callers run the stack themselves (net::poll).
             if !self.nonblocking {
                 poll();
             }
-            let port = self.port;
+            let slot = self.slot;
             let got = with(|s| {
-                for h in self.backlog.iter_mut() {
-                    let st = s.sockets.get::<tcp::Socket>(*h).state();
-                    if matches!(st, tcp::State::Established | tcp::State::CloseWait) {
-                        let mut t = new_tcp();
-                        if t.listen(port).is_err() {
-                            return None;
-                        }
-                        let fresh = s.sockets.add(t);
-                        return Some(core::mem::replace(h, fresh));
-                    }
-                }
-                None
+                let l = s.listeners[slot].as_mut()?;
+                let h = l.take(&mut s.sockets)?;
+                l.refill(&mut s.sockets);
+                Some(h)
             })?;
             if let Some(h) = got {
                 return Ok(TcpStream { h, nonblocking: false });
@@ -491,8 +556,10 @@ impl TcpListener {
 impl Drop for TcpListener {
     fn drop(&mut self) {
         let _ = with(|s| {
-            for h in &self.backlog {
-                s.sockets.remove(*h);
+            if let Some(l) = s.listeners[self.slot].take() {
+                for h in l.socks {
+                    s.sockets.remove(h);
+                }
             }
         });
     }
