@@ -311,6 +311,42 @@ pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
     Ok(crate_name)
 }
 
+/// The raw image of an ELF64 (little-endian) kernel: its loadable
+/// segments' file contents, placed at their physical addresses relative to
+/// the lowest one (what `objcopy -O binary` makes). Segments without file
+/// contents (.bss) are left out; the arm64 header gives the full size.
+pub fn elf_to_image(elf: &[u8]) -> Result<Vec<u8>> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
+        bail!("not a little-endian ELF64 file");
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else { bail!("truncated ELF header") };
+    let mut segs = Vec::new();
+    for i in 0..phnum {
+        let h = phoff + i * phentsize;
+        let (Some(kind), Some(off), Some(paddr), Some(filesz)) = (u32_at(h), u64_at(h + 8), u64_at(h + 0x18), u64_at(h + 0x20)) else {
+            bail!("truncated program header {i}")
+        };
+        if kind == 1 && filesz > 0 {
+            let data = elf.get(off..off + filesz).with_context(|| format!("segment {i} lies outside the file"))?;
+            segs.push((paddr, data));
+        }
+    }
+    let base = segs.iter().map(|s| s.0).min().context("no loadable segments")?;
+    let end = segs.iter().map(|s| s.0 + s.1.len()).max().unwrap_or(base);
+    if end - base > 1 << 30 {
+        bail!("loadable segments span more than 1 GiB");
+    }
+    let mut out = vec![0u8; end - base];
+    for (paddr, data) in segs {
+        out[paddr - base..paddr - base + data.len()].copy_from_slice(data);
+    }
+    Ok(out)
+}
+
 /// Builds the kernel for `target`; returns the image path.
 pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     let paths = BuildPaths::new(kf, target);
@@ -393,7 +429,16 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     // (another `kiln run` of the same app) has it mapped, and truncating a
     // mapped file kills that QEMU with SIGBUS.
     let tmp = paths.kernel.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::copy(&built, &tmp).with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
+    if target.arch == "arm64" {
+        // Boot loaders take a raw arm64 Image; the ELF stays beside it for
+        // debuggers.
+        let elf = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+        let image = elf_to_image(&elf).with_context(|| format!("{}: making the arm64 Image", built.display()))?;
+        std::fs::write(&tmp, image).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::copy(&built, paths.kernel.with_extension("elf")).with_context(|| format!("copying {}", built.display()))?;
+    } else {
+        std::fs::copy(&built, &tmp).with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
+    }
     std::fs::rename(&tmp, &paths.kernel).with_context(|| format!("writing {}", paths.kernel.display()))?;
     let size = std::fs::metadata(&paths.kernel)?.len();
     ui.step(

@@ -342,7 +342,7 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
     };
 
-    let kvm = if a.no_kvm {
+    let kvm = if a.no_kvm || arch != std::env::consts::ARCH.replace("aarch64", "arm64") {
         false
     } else {
         match qemu::kvm_usable() {
@@ -384,7 +384,7 @@ fn run(a: &RunArgs) -> Result<i32> {
     ui.note(&format!(
         "booting {} ({}, {}, {} MiB)",
         builder::rel(&kernel),
-        a.machine.name(),
+        if arch == "arm64" { "virt" } else { a.machine.name() },
         if kvm { "KVM" } else { "TCG" },
         memory_mib
     ));

@@ -182,7 +182,10 @@ pub fn parse_memory(s: &str) -> Result<u64> {
 /// The QEMU command line for a run.
 pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     let mut c = Command::new(qemu);
+    let arm = spec.arch == "arm64";
     match spec.machine {
+        // arm64: QEMU's virt board (GIC, PL011, virtio-mmio, PSCI).
+        _ if arm => c.args(["-M", "virt"]),
         // Without ACPI, legacy timers and the PIC, microvm comes up fastest;
         // Kiln needs none of them.
         Machine::Microvm => c.args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off"]),
@@ -191,7 +194,10 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     // Under KVM, the baseline model plus an invariant TSC (QEMU then reports
     // the TSC frequency in CPUID leaf 0x40000010, which the kernel uses for
     // time) and 1 GiB pages (mapping memory then costs one entry per GiB). Under TCG, everything the emulator offers.
-    if spec.kvm {
+    if arm {
+        // A Cortex-A72, like the Raspberry Pi 4's.
+        c.args(["-accel", "tcg", "-cpu", "cortex-a72"]);
+    } else if spec.kvm {
         c.args(["-accel", "kvm", "-cpu", &kvm_cpu_model()]);
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
@@ -210,10 +216,16 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
             c.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
         }
     }
-    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    if arm {
+        // The guest's exit code travels through semihosting's exit call.
+        c.args(["-semihosting-config", "enable=on,target=native"]);
+    } else {
+        c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    }
     c.arg("-kernel").arg(&spec.kernel);
-    // microvm has virtio-mmio slots; q35 has PCI.
+    // microvm and virt have virtio-mmio slots; q35 has PCI.
     let nic = match spec.machine {
+        _ if arm => "virtio-net-device,netdev=n0",
         Machine::Microvm => "virtio-net-device,netdev=n0",
         Machine::Q35 => "virtio-net-pci,netdev=n0,disable-legacy=on",
     };
@@ -249,6 +261,7 @@ pub enum Outcome {
 
 /// Decodes QEMU's status: the guest writes `code + 1` to isa-debug-exit, and
 /// QEMU exits with `(value << 1) | 1`, so guest codes give odd statuses >= 3.
+/// (arm64 guests pass that same status to semihosting's exit call.)
 pub fn decode(status: ExitStatus) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
     match status.code() {

@@ -36,6 +36,8 @@ use core::time::Duration;
 
 #[cfg(target_arch = "x86_64")]
 use kiln_arch_x86_64::context;
+#[cfg(target_arch = "aarch64")]
+use kiln_arch_arm64::context;
 
 /// Default stack size of a spawned thread (`CONFIG_LIBSCHED_STACK_SIZE`).
 pub const DEFAULT_STACK: usize = match option_env!("KILN_CONFIG_LIBSCHED_STACK_SIZE") {
@@ -298,7 +300,7 @@ fn reschedule() {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 unsafe fn switch(save: *mut usize, resume: usize) {
     // SAFETY: forwarded contract (see reschedule).
     unsafe { context::switch(save, resume) }
@@ -478,7 +480,7 @@ impl Builder {
         });
         // SAFETY: the stack is a live, 16-byte aligned allocation owned by the
         // Thread, which is only freed after the thread has exited.
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         let sp = unsafe {
             let bytes = core::slice::from_raw_parts_mut(stack.as_mut_ptr() as *mut u8, stack.len() * 16);
             context::prepare(bytes, thread_start, id as usize)

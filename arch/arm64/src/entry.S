@@ -1,0 +1,214 @@
+/* arm64 entry. The first 64 bytes are the arm64 Image header, so boot
+ * loaders (QEMU's -kernel, U-Boot) load the image at RAM + text_offset and
+ * enter at its first byte with the device tree's address in x0, at EL2 or
+ * EL1, MMU off. Secondary cores (if any start here) park. The boot core
+ * drops from EL2 to EL1, enables FP/SIMD, sets the boot stack, clears .bss,
+ * turns the MMU on with RAM identity-mapped as normal cacheable memory and
+ * the low GiB (devices) as device memory, installs the exception vectors
+ * and calls kiln_arch_start(dtb, entry ticks). */
+.section .text.boot, "ax"
+.global _kiln_start
+_kiln_start:
+    b 1f
+    .long 0
+    .quad 0x80000               /* text_offset */
+    .quad __kernel_size         /* image_size, .bss included */
+    .quad 0xa                   /* little endian, 4 KiB pages, anywhere in RAM */
+    .quad 0
+    .quad 0
+    .quad 0
+    .ascii "ARM\x64"
+    .long 0
+1:
+    mrs x1, mpidr_el1
+    and x1, x1, #0xff
+    cbnz x1, 9f
+    mov x19, x0
+    mrs x20, cntvct_el0
+    mrs x1, CurrentEL
+    lsr x1, x1, #2
+    cmp x1, #2
+    b.ne 2f
+    /* EL2 -> EL1: EL1 is AArch64, may use the timers, runs with DAIF masked. */
+    mov x1, #(1 << 31)
+    msr hcr_el2, x1
+    mov x1, #3
+    msr cnthctl_el2, x1
+    msr cntvoff_el2, xzr
+    mov x1, #0x3c5
+    msr spsr_el2, x1
+    adr x1, 2f
+    msr elr_el2, x1
+    eret
+2:
+    mov x1, #(3 << 20)          /* CPACR_EL1.FPEN: FP/SIMD at EL1 */
+    msr cpacr_el1, x1
+    isb
+    adrp x1, __stack_top
+    add x1, x1, :lo12:__stack_top
+    mov sp, x1
+    adrp x1, __bss_start
+    add x1, x1, :lo12:__bss_start
+    adrp x2, __bss_end
+    add x2, x2, :lo12:__bss_end
+3:
+    cmp x1, x2
+    b.hs 4f
+    stp xzr, xzr, [x1], #16
+    b 3b
+4:
+    bl kiln_mmu_on
+    adrp x1, kiln_vectors
+    add x1, x1, :lo12:kiln_vectors
+    msr vbar_el1, x1
+    isb
+    mov x0, x19
+    mov x1, x20
+    bl kiln_arch_start
+9:
+    wfe
+    b 9b
+
+/* Level 1 table (1 GiB blocks, 39-bit addresses): GiB 0 is device memory
+ * (UART, GIC, virtio-mmio on QEMU virt) in 2 MiB blocks, except its first
+ * 2 MiB, left unmapped so that null pointers fault; GiB 1-3 are normal
+ * memory (RAM starts at 1 GiB). */
+kiln_mmu_on:
+    adrp x0, kiln_l1
+    add x0, x0, :lo12:kiln_l1
+    adrp x2, kiln_l2_dev
+    add x2, x2, :lo12:kiln_l2_dev
+    orr x1, x2, #3              /* table descriptor */
+    str x1, [x0]
+    ldr x3, =0x0060000000000401 /* block, AF, attr 0 (device), never executable */
+    mov x4, #1
+5:
+    lsl x5, x4, #21
+    orr x5, x5, x3
+    str x5, [x2, x4, lsl #3]
+    add x4, x4, #1
+    cmp x4, #512
+    b.lo 5b
+    ldr x1, =0x40000705         /* block, AF, inner shareable, attr 1 (normal) */
+    str x1, [x0, #8]
+    ldr x1, =0x80000705
+    str x1, [x0, #16]
+    ldr x1, =0xc0000705
+    str x1, [x0, #24]
+    ldr x1, =0xff00             /* MAIR: attr 0 device-nGnRnE, attr 1 normal write-back */
+    msr mair_el1, x1
+    /* TCR: T0SZ 25, walks cacheable and inner shareable, 4 KiB granule,
+     * no TTBR1 walks, 40-bit physical addresses. */
+    ldr x1, =(25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (2 << 32))
+    msr tcr_el1, x1
+    msr ttbr0_el1, x0
+    isb
+    tlbi vmalle1
+    dsb ish
+    isb
+    mrs x1, sctlr_el1
+    orr x1, x1, #1              /* M: MMU on */
+    orr x1, x1, #(1 << 2)       /* C: data cache */
+    orr x1, x1, #(1 << 12)      /* I: instruction cache */
+    bic x1, x1, #(1 << 1)       /* A: unaligned accesses allowed */
+    msr sctlr_el1, x1
+    isb
+    ret
+.ltorg
+
+.section .bss.kiln_l1, "aw", @nobits
+.balign 4096
+kiln_l1:
+    .space 4096
+kiln_l2_dev:
+    .space 4096
+
+/* Exception vectors: 16 entries of 128 bytes. Each saves x29/x30, puts its
+ * index in x29 and joins the common path, which saves the other registers
+ * and calls kiln_arch_exception(frame, index). Interrupts (IRQ from the
+ * current EL) return from it; everything else is reported and fatal. */
+.section .text.kiln_vectors, "ax"
+.balign 2048
+.global kiln_vectors
+kiln_vectors:
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+.balign 128
+    stp x29, x30, [sp, #-16]!
+    mov x29, #\n
+    b kiln_exc_common
+.endr
+
+kiln_exc_common:
+    sub sp, sp, #240
+    stp x0, x1, [sp, #0]
+    stp x2, x3, [sp, #16]
+    stp x4, x5, [sp, #32]
+    stp x6, x7, [sp, #48]
+    stp x8, x9, [sp, #64]
+    stp x10, x11, [sp, #80]
+    stp x12, x13, [sp, #96]
+    stp x14, x15, [sp, #112]
+    stp x16, x17, [sp, #128]
+    stp x18, x19, [sp, #144]
+    stp x20, x21, [sp, #160]
+    stp x22, x23, [sp, #176]
+    stp x24, x25, [sp, #192]
+    stp x26, x27, [sp, #208]
+    str x28, [sp, #224]
+    mov x0, sp
+    mov x1, x29
+    bl kiln_arch_exception
+    ldp x0, x1, [sp, #0]
+    ldp x2, x3, [sp, #16]
+    ldp x4, x5, [sp, #32]
+    ldp x6, x7, [sp, #48]
+    ldp x8, x9, [sp, #64]
+    ldp x10, x11, [sp, #80]
+    ldp x12, x13, [sp, #96]
+    ldp x14, x15, [sp, #112]
+    ldp x16, x17, [sp, #128]
+    ldp x18, x19, [sp, #144]
+    ldp x20, x21, [sp, #160]
+    ldp x22, x23, [sp, #176]
+    ldp x24, x25, [sp, #192]
+    ldp x26, x27, [sp, #208]
+    ldr x28, [sp, #224]
+    add sp, sp, #240
+    ldp x29, x30, [sp], #16
+    eret
+
+/* Thread switch for lib/sched: callee-saved x19-x30 and d8-d15. */
+.section .text.kiln_context, "ax"
+.global kiln_context_switch
+kiln_context_switch:
+    sub sp, sp, #160
+    stp x19, x20, [sp, #0]
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    stp d8, d9, [sp, #96]
+    stp d10, d11, [sp, #112]
+    stp d12, d13, [sp, #128]
+    stp d14, d15, [sp, #144]
+    mov x2, sp
+    str x2, [x0]
+    mov sp, x1
+    ldp x19, x20, [sp, #0]
+    ldp x21, x22, [sp, #16]
+    ldp x23, x24, [sp, #32]
+    ldp x25, x26, [sp, #48]
+    ldp x27, x28, [sp, #64]
+    ldp x29, x30, [sp, #80]
+    ldp d8, d9, [sp, #96]
+    ldp d10, d11, [sp, #112]
+    ldp d12, d13, [sp, #128]
+    ldp d14, d15, [sp, #144]
+    add sp, sp, #160
+    ret
+.global kiln_context_start
+kiln_context_start:
+    mov x0, x20
+    blr x19
+    brk #1

@@ -1,0 +1,243 @@
+//! QEMU on x86_64 (`microvm`, the default, and `q35`).
+//!
+//! Boot protocol: Xen PVH. QEMU's `-kernel` loader finds the
+//! `XEN_ELFNOTE_PHYS32_ENTRY` note below and jumps to the arch's 32-bit entry
+//! with EBX pointing at a `hvm_start_info`, from which this crate takes the
+//! command line and the memory map. Console: the 16550 UART at COM1. Exit:
+//! QEMU's `isa-debug-exit` device at port 0xf4 (`kiln run` adds it), which
+//! ends QEMU with status `(value << 1) | 1`; Kiln writes `code + 1`, so status
+//! 1 (a QEMU error) and 0 (QEMU stopped for another reason) never look like a
+//! guest exit code.
+
+#[path = "pvh.rs"]
+mod pvh;
+
+use kiln_arch_x86_64 as arch;
+use kiln_boot::{BootInfo, MemRegion, Platform};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".section .note.Xen, \"a\"",
+    ".balign 4",
+    ".long 4",          // name size ("Xen\0")
+    ".long 4",          // descriptor size
+    ".long 18",         // XEN_ELFNOTE_PHYS32_ENTRY
+    ".asciz \"Xen\"",
+    ".balign 4",
+    ".long _kiln_entry32",
+    ".balign 4",
+);
+
+/// I/O port of QEMU's isa-debug-exit device.
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// COM1.
+const COM1: u16 = 0x3f8;
+
+struct Serial {
+    ready: AtomicBool,
+}
+
+impl kiln_console::Sink for Serial {
+    fn write(&self, bytes: &[u8]) {
+        // SAFETY: COM1 is this platform's console UART and nothing else drives it.
+        let mut port = unsafe { uart_16550::SerialPort::new(COM1) };
+        // Programming the UART costs VM exits, so it happens on the first
+        // write rather than during boot. A race between two first writers
+        // only programs it twice.
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            port.init();
+        }
+        for &b in bytes {
+            port.send_raw(b);
+        }
+    }
+}
+
+impl Serial {
+    /// Waits (bounded) until the UART has sent every byte (LSR bit 6, TEMT).
+    fn drain(&self) {
+        if !self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        let mut lsr = x86_64::instructions::port::PortReadOnly::<u8>::new(COM1 + 5);
+        for _ in 0..100_000 {
+            // SAFETY: reading the line status register of our own console
+            // UART has no side effects.
+            if unsafe { lsr.read() } & 0x40 != 0 {
+                break;
+            }
+        }
+    }
+}
+
+static SERIAL: Serial = Serial { ready: AtomicBool::new(false) };
+
+/// Applies `CONFIG_PLAT_QEMU_UART_INIT`: when false, the UART is used as QEMU
+/// leaves it, without programming it. Call before anything is printed.
+pub fn configure(uart_init: bool) {
+    if !uart_init {
+        SERIAL.ready.store(true, Ordering::Release);
+    }
+}
+
+struct Qemu;
+
+impl Platform for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu/x86_64"
+    }
+
+    fn exit(&self, code: i32) -> ! {
+        // SAFETY: writing to the debug-exit port only stops QEMU; on a machine
+        // without the device the write is ignored and the CPU halts below.
+        // Let the UART drain first, or QEMU may exit with console bytes
+        // still in its transmit FIFO.
+        SERIAL.drain();
+        // Without the device (QEMU started by hand) the CPU halts: the exit
+        // code is lost, and QEMU's monitor or Ctrl-A X stops it.
+        unsafe { arch::cpu::outl(DEBUG_EXIT_PORT, (code + 1) as u32) };
+        arch::cpu::halt()
+    }
+
+    fn ticks(&self) -> u64 {
+        arch::tsc::read()
+    }
+
+    fn tick_hz(&self) -> Option<u64> {
+        arch::tsc::frequency()
+    }
+
+    fn map_device(&self, addr: usize, len: usize) -> bool {
+        arch::mmu::map_device(addr as u64, len as u64)
+    }
+
+    fn has_pci_ports(&self) -> bool {
+        true
+    }
+
+    fn idle(&self, us: u64) {
+        arch::apic::idle(us)
+    }
+
+    fn device_wakes(&self) -> bool {
+        arch::apic::devices_routed()
+    }
+
+    fn device_irq_done(&self) {
+        arch::apic::unmask_devices()
+    }
+}
+
+static QEMU: Qemu = Qemu;
+
+fn fault(report: &arch::FaultReport) -> ! {
+    kiln_console::print_unlocked(format_args!("{report}\n"));
+    kiln_boot::exit(kiln_boot::EXIT_FAULT)
+}
+
+#[cfg(target_os = "none")]
+extern "Rust" {
+    /// The generated link crate's start function (boot sequence + app).
+    fn kiln_start(info: &BootInfo) -> !;
+}
+
+/// Parses `SIZE@BASE:IRQ` (SIZE decimal, or with a K suffix; BASE 0x-hex):
+/// base, size and the IRQ if given.
+fn parse_virtio_mmio(s: &str) -> Option<(usize, usize, Option<u8>)> {
+    let (size, rest) = s.split_once('@')?;
+    let base = rest.split(':').next()?;
+    let irq = rest.split(':').nth(1).and_then(|i| i.parse::<u8>().ok());
+    let size = match size.strip_suffix(['K', 'k']) {
+        Some(k) => k.parse::<usize>().ok()? * 1024,
+        None => size.parse().ok()?,
+    };
+    let base = usize::from_str_radix(base.strip_prefix("0x")?, 16).ok()?;
+    Some((base, size, irq))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_virtio_mmio_parameters() {
+        assert_eq!(super::parse_virtio_mmio("512@0xfeb00e00:12"), Some((0xfeb0_0e00, 512, Some(12))));
+        assert_eq!(super::parse_virtio_mmio("4K@0xd0000000:5"), Some((0xd000_0000, 4096, Some(5))));
+        assert_eq!(super::parse_virtio_mmio("512@feb00e00:12"), None);
+        assert_eq!(super::parse_virtio_mmio("junk"), None);
+    }
+}
+
+/// Called by the arch entry with EBX from the boot loader and the TSC at entry.
+#[cfg(target_os = "none")]
+#[no_mangle]
+pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
+    arch::set_fault_handler(fault);
+    kiln_console::set_sink(&SERIAL);
+    kiln_boot::set_platform(&QEMU);
+
+    // SAFETY: the PVH loader passes the address of a start info block in EBX;
+    // `pvh::parse` checks its magic before reading anything else.
+    let start = match unsafe { pvh::parse(boot_arg) } {
+        Ok(s) => s,
+        Err(e) => {
+            kiln_console::println!("kiln: boot: {e}");
+            kiln_boot::exit(kiln_boot::EXIT_MAX)
+        }
+    };
+    // Page 0 held boot information (q35); it is copied, so null pointers
+    // can fault from now on. Then memory above the first GiB is mapped.
+    arch::mmu::unmap_null_page();
+    let mut ram = [(0u64, 0u64); 64];
+    let mut nram = 0;
+    for (s, e) in start.ram().take(ram.len()) {
+        ram[nram] = (s as u64, e as u64);
+        nram += 1;
+    }
+    let mapped = arch::mmu::init(&ram[..nram]);
+    // The kernel image (with its embedded initrd) and a loader-provided
+    // initrd stay out of the heap.
+    let module = start.module.unwrap_or((0, 0));
+    let reserved = [
+        (arch::layout::kernel_start(), arch::layout::kernel_end()),
+        (module.0 & !0xfff, (module.0 + module.1).next_multiple_of(4096)),
+    ];
+    let mut regions = [MemRegion { start: 0, size: 0 }; 16];
+    // Below 1 MiB lie firmware tables and the loader's data.
+    let n = kiln_boot::mem::carve(
+        start.ram(),
+        &reserved,
+        1 << 20,
+        mapped.end as usize,
+        &mut regions,
+    );
+    // QEMU's microvm names its virtio-mmio transports on the command line
+    // (virtio_mmio.device=SIZE@BASE:IRQ, as for Linux): no probing needed.
+    // Their interrupt lines are routed (masked) to the device vector; a
+    // driver that waits for interrupts unmasks them.
+    arch::apic::init();
+    let mut mmio = [(0usize, 0usize); 32];
+    let mut nmmio = 0;
+    for w in start.cmdline.split_ascii_whitespace() {
+        if let Some((base, size, irq)) = w.strip_prefix(kiln_boot::cmdline::PLATFORM_PREFIX).and_then(parse_virtio_mmio) {
+            if nmmio < mmio.len() && arch::mmu::map_device(base as u64, size as u64) {
+                mmio[nmmio] = (base, size);
+                nmmio += 1;
+                if let Some(irq) = irq {
+                    arch::apic::route_device(irq);
+                }
+            }
+        }
+    }
+    let info = BootInfo {
+        platform: &QEMU,
+        cmdline: start.cmdline,
+        memory: &regions[..n],
+        entry_ticks: entry_tsc,
+        // SAFETY: QEMU loaded the module there; its pages are reserved above
+        // and identity-mapped, and nothing writes to them.
+        initrd: start.module.map(|(a, n)| unsafe { core::slice::from_raw_parts(a as *const u8, n) }),
+        virtio_mmio: &mmio[..nmmio],
+    };
+    // SAFETY: the link crate of every kernel defines `kiln_start`.
+    unsafe { kiln_start(&info) }
+}
