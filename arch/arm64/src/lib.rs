@@ -13,6 +13,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 pub mod context;
+pub mod gic;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 core::arch::global_asm!(include_str!("entry.S"));
@@ -215,6 +216,25 @@ pub mod timer {
         }
         #[cfg(not(target_arch = "aarch64"))]
         0
+    }
+
+    /// Waits (`wfi`) until an enabled interrupt is pending or `us`
+    /// microseconds pass (the virtual timer's interrupt, PPI 27). Returns at
+    /// once without a GIC.
+    pub fn idle(us: u64) {
+        if !crate::gic::present() || us == 0 {
+            return;
+        }
+        let f = frequency();
+        let t = (us as u128 * f as u128 / 1_000_000).clamp(1, u32::MAX as u128) as u64;
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: programs this CPU's virtual timer (enabled, unmasked),
+        // waits, and disables it again, which lowers its interrupt line;
+        // IRQs stay masked in PSTATE, so no handler runs.
+        unsafe {
+            core::arch::asm!("msr cntv_tval_el0, {}", "msr cntv_ctl_el0, {}", "isb", "wfi", "msr cntv_ctl_el0, xzr", "isb", in(reg) t, in(reg) 1u64);
+        }
+        let _ = t;
     }
 
     /// CNTFRQ_EL0, set by firmware or QEMU.

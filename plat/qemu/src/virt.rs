@@ -72,7 +72,18 @@ impl Platform for Virt {
     fn map_device(&self, addr: usize, len: usize) -> bool {
         addr.checked_add(len).is_some_and(|end| end <= DEVICE_END)
     }
+
+    fn idle(&self, us: u64) {
+        arch::timer::idle(us)
+    }
+
+    fn device_wakes(&self) -> bool {
+        DEVICE_LINES.load(Ordering::Relaxed)
+    }
 }
+
+/// Whether device interrupt lines are enabled at the GIC (so they end an idle wait).
+static DEVICE_LINES: AtomicBool = AtomicBool::new(false);
 
 static VIRT: Virt = Virt;
 
@@ -121,6 +132,20 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
         ram[nram] = (s, s + r.size.unwrap_or(0));
         nram += 1;
     }
+    // The GIC wakes the CPU from idle (the timer, device lines).
+    let regs = |n: &fdt::node::FdtNode| {
+        let mut r = n.reg().into_iter().flatten().map(|r| r.starting_address as usize);
+        (r.next(), r.next())
+    };
+    if let Some(n) = fdt.find_compatible(&["arm,gic-v3"]) {
+        if let (Some(d), Some(r)) = regs(&n) {
+            arch::gic::init_v3(d, r);
+        }
+    } else if let Some(n) = fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400"]) {
+        if let (Some(d), Some(c)) = regs(&n) {
+            arch::gic::init_v2(d, c);
+        }
+    }
     let mut mmio = [(0usize, 0usize); 32];
     let mut nmmio = 0;
     for n in fdt.all_nodes() {
@@ -129,6 +154,14 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
                 if nmmio < mmio.len() {
                     mmio[nmmio] = (r.starting_address as usize, r.size.unwrap_or(0x200));
                     nmmio += 1;
+                }
+            }
+            // interrupts = <type number flags>: type 0 is an SPI (INTID 32 + number).
+            if let Some(p) = n.property("interrupts").filter(|p| p.value.len() >= 8) {
+                let cell = |i: usize| u32::from_be_bytes(p.value[i * 4..i * 4 + 4].try_into().unwrap());
+                if cell(0) == 0 && arch::gic::present() {
+                    arch::gic::enable(32 + cell(1));
+                    DEVICE_LINES.store(true, Ordering::Relaxed);
                 }
             }
         }

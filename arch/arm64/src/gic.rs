@@ -1,0 +1,106 @@
+//! The interrupt controller (GICv2 or GICv3), used only to wake the CPU.
+//!
+//! Kiln takes no interrupts on arm64: IRQs stay masked in PSTATE, and `wfi`
+//! still ends when an enabled interrupt is pending at the CPU interface.
+//! So the timer (PPI 27, the virtual timer) and device lines only need to be
+//! enabled here; a pending level-sensitive interrupt clears itself when its
+//! source lowers the line (the timer is disabled after the wait, a device is
+//! acknowledged by its driver), and nothing is ever acknowledged at the GIC.
+
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+
+static DIST: AtomicUsize = AtomicUsize::new(0);
+/// GICv2: the CPU interface; GICv3: this CPU's redistributor.
+static LOCAL: AtomicUsize = AtomicUsize::new(0);
+/// 0: none, 2 or 3.
+static VERSION: AtomicU8 = AtomicU8::new(0);
+
+/// The virtual timer's interrupt.
+pub const TIMER_PPI: u32 = 27;
+
+fn w32(addr: usize, v: u32) {
+    // SAFETY: callers pass registers of the GIC whose base the platform
+    // handed to `init_*`; it lies in the device memory entry.S maps.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+fn r32(addr: usize) -> u32 {
+    // SAFETY: as for `w32`.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// Sets up a GICv2 from its distributor and CPU interface bases.
+pub fn init_v2(dist: usize, cpu: usize) {
+    DIST.store(dist, Relaxed);
+    LOCAL.store(cpu, Relaxed);
+    w32(dist, 1); // GICD_CTLR: forward group 0
+    w32(cpu + 0x4, 0xf0); // GICC_PMR: every priority below 0xf0
+    w32(cpu, 1); // GICC_CTLR: signal group 0 as IRQ
+    VERSION.store(2, Relaxed);
+    enable(TIMER_PPI);
+}
+
+/// Sets up a GICv3 from its distributor and (first) redistributor bases.
+pub fn init_v3(dist: usize, redist: usize) {
+    DIST.store(dist, Relaxed);
+    LOCAL.store(redist, Relaxed);
+    // GICD_CTLR: affinity routing, group 1 forwarded.
+    w32(dist, (1 << 4) | (1 << 1));
+    // GICR_WAKER: this CPU is awake (clear ProcessorSleep, wait for ChildrenAsleep to clear).
+    w32(redist + 0x14, r32(redist + 0x14) & !(1 << 1));
+    for _ in 0..1_000_000 {
+        if r32(redist + 0x14) & (1 << 2) == 0 {
+            break;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: enabling the system-register CPU interface, letting every
+    // priority through and enabling group 1 only changes interrupt routing
+    // to this CPU, whose IRQs stay masked in PSTATE.
+    unsafe {
+        core::arch::asm!("msr icc_sre_el1, {}", "isb", in(reg) 7u64);
+        core::arch::asm!("msr icc_pmr_el1, {}", in(reg) 0xf0u64);
+        core::arch::asm!("msr icc_igrpen1_el1, {}", "isb", in(reg) 1u64);
+    }
+    VERSION.store(3, Relaxed);
+    enable(TIMER_PPI);
+}
+
+/// Whether a GIC was set up.
+pub fn present() -> bool {
+    VERSION.load(Relaxed) != 0
+}
+
+/// Enables interrupt `intid` (PPI 16-31 or SPI 32+) as level-sensitive,
+/// highest priority, group 1 on GICv3 (group 0 on GICv2), to this CPU.
+pub fn enable(intid: u32) {
+    let (dist, local, v) = (DIST.load(Relaxed), LOCAL.load(Relaxed), VERSION.load(Relaxed));
+    if v == 0 || intid >= 1020 {
+        return;
+    }
+    let (word, bit) = ((intid / 32) as usize * 4, 1u32 << (intid % 32));
+    let cfg = (intid / 16) as usize * 4;
+    let cfg_mask = !(3u32 << ((intid % 16) * 2));
+    if v == 3 && intid < 32 {
+        // SGIs and PPIs live in the redistributor's SGI frame.
+        let sgi = local + 0x1_0000;
+        w32(sgi + 0x80, r32(sgi + 0x80) | bit); // IGROUPR0: group 1
+        w32(sgi + 0xc00 + cfg, r32(sgi + 0xc00 + cfg) & cfg_mask);
+        w32(sgi + 0x100, bit); // ISENABLER0
+        return;
+    }
+    if v == 3 {
+        w32(dist + 0x80 + word, r32(dist + 0x80 + word) | bit); // IGROUPR: group 1
+        // IROUTER: to affinity 0.0.0.0 (this CPU).
+        w32(dist + 0x6000 + intid as usize * 8, 0);
+        w32(dist + 0x6000 + intid as usize * 8 + 4, 0);
+    } else if intid >= 32 {
+        // ITARGETSR: to CPU 0.
+        let t = dist + 0x800 + (intid as usize & !3);
+        w32(t, r32(t) | 1 << ((intid % 4) * 8));
+    }
+    if intid >= 32 {
+        w32(dist + 0xc00 + cfg, r32(dist + 0xc00 + cfg) & cfg_mask); // ICFGR: level
+    }
+    w32(dist + 0x100 + word, bit); // ISENABLER
+}
