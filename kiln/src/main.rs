@@ -1,6 +1,7 @@
 //! `kiln`: build and run Kiln unikernels (the `kraft` of Kiln).
 
 mod builder;
+mod fdt;
 mod config;
 mod initrd;
 mod instance;
@@ -313,13 +314,15 @@ fn run(a: &RunArgs) -> Result<i32> {
     }
     let mut net_in_kernel = false;
     let mut app_name = String::from("kernel");
-    let mut target_name = String::from("qemu/x86_64");
+    let target_name: String;
     let (kernel, arch, cmd) = match &a.kernel {
         Some(k) => {
             if !k.is_file() {
                 anyhow::bail!("{}: no such kernel image", k.display());
             }
-            (k.clone(), a.target.arch.clone().unwrap_or_else(|| "x86_64".into()), Vec::new())
+            let arch = a.target.arch.clone().unwrap_or_else(|| "x86_64".into());
+            target_name = format!("{}/{arch}", a.target.plat.as_deref().unwrap_or("qemu"));
+            (k.clone(), arch, Vec::new())
         }
         None => {
             let (kf, target) = load(&a.target, &ui)?;
@@ -384,15 +387,20 @@ fn run(a: &RunArgs) -> Result<i32> {
     ui.note(&format!(
         "booting {} ({}, {}, {} MiB)",
         builder::rel(&kernel),
-        if arch == "arm64" { "virt" } else { a.machine.name() },
+        match (arch.as_str(), target_name.split('/').next()) {
+            ("arm64", Some("raspi")) => "raspi3b",
+            ("arm64", _) => "virt",
+            _ => a.machine.name(),
+        },
         if kvm { "KVM" } else { "TCG" },
-        memory_mib
+        if target_name.starts_with("raspi/") { 1024 } else { memory_mib }
     ));
     // A network device when the kernel has a network stack or ports are forwarded.
     let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
     let port_names: Vec<String> = net.iter().flatten().map(|p| format!("{}:{}/{}", p.host, p.guest, if p.udp { "udp" } else { "tcp" })).collect();
     let bridge = tap.as_ref().map(|t| (t.bridge.clone(), t.mac.clone()));
-    let spec = qemu::RunSpec { kernel, arch, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, bridge, detached: None };
+    let plat = target_name.split('/').next().unwrap_or("qemu").to_string();
+    let spec = qemu::RunSpec { kernel, arch, plat, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, bridge, detached: None };
     if a.detach {
         let name = match &a.name {
             Some(n) => n.clone(),

@@ -37,6 +37,8 @@ impl Machine {
 pub struct RunSpec {
     pub kernel: PathBuf,
     pub arch: String,
+    /// The platform: `qemu`, or `raspi` (QEMU's raspi3b board).
+    pub plat: String,
     pub machine: Machine,
     pub memory_mib: u64,
     pub kvm: bool,
@@ -183,7 +185,10 @@ pub fn parse_memory(s: &str) -> Result<u64> {
 pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     let mut c = Command::new(qemu);
     let arm = spec.arch == "arm64";
+    let raspi = spec.plat == "raspi";
     match spec.machine {
+        // The Raspberry Pi 3 Model B (BCM2837), as the board boots kernel8.img.
+        _ if raspi => c.args(["-M", "raspi3b"]),
         // arm64: QEMU's virt board (GIC, PL011, virtio-mmio, PSCI).
         _ if arm => c.args(["-M", "virt"]),
         // Without ACPI, legacy timers and the PIC, microvm comes up fastest;
@@ -194,7 +199,9 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     // Under KVM, the baseline model plus an invariant TSC (QEMU then reports
     // the TSC frequency in CPUID leaf 0x40000010, which the kernel uses for
     // time) and 1 GiB pages (mapping memory then costs one entry per GiB). Under TCG, everything the emulator offers.
-    if arm {
+    if raspi {
+        // The board's own Cortex-A53s.
+    } else if arm {
         // A Cortex-A72, like the Raspberry Pi 4's.
         c.args(["-accel", "tcg", "-cpu", "cortex-a72"]);
     } else if spec.kvm {
@@ -202,7 +209,8 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }
-    c.args(["-m", &format!("{}M", spec.memory_mib)]);
+    // The Pi 3 has 1 GiB, fixed.
+    c.args(["-m", &if raspi { "1G".to_string() } else { format!("{}M", spec.memory_mib) }]);
     c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     // One stdio chardev for the serial console and QEMU's monitor (Ctrl-A C),
     // with Ctrl-C still stopping QEMU.
@@ -223,6 +231,16 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     }
     c.arg("-kernel").arg(&spec.kernel);
+    if raspi {
+        // QEMU's raspi3b passes no device tree of its own; give it a minimal
+        // one to put the command line (and an initrd) in, as the firmware does.
+        let dtb = spec.kernel.with_extension("dtb");
+        let tree = crate::fdt::minimal(&["raspberrypi,3-model-b", "brcm,bcm2837"], "Raspberry Pi 3 Model B", 0x3c00_0000);
+        if std::fs::read(&dtb).ok().as_deref() != Some(&tree[..]) {
+            let _ = std::fs::write(&dtb, &tree);
+        }
+        c.arg("-dtb").arg(dtb);
+    }
     // microvm and virt have virtio-mmio slots; q35 has PCI.
     let nic = match spec.machine {
         _ if arm => "virtio-net-device,netdev=n0",

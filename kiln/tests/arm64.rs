@@ -148,3 +148,34 @@ fn httpd_serves_the_same_site_on_arm64() {
     let _ = guest.kill();
     let _ = guest.wait();
 }
+
+/// `kiln run --plat raspi --arch arm64`: QEMU's raspi3b board.
+fn boot_raspi(app: &str, args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "--plat", "raspi", "--arch", "arm64", "--timeout", "60", &format!("apps/{app}"), "--"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn helloworld_boots_on_the_raspberry_pi_3() {
+    let (code, out) = boot_raspi("helloworld", &["pi", "3 b"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("kiln: helloworld on raspi/arm64 (BCM2837)"), "{out}");
+    // The command line travels in the device tree's /chosen/bootargs.
+    assert!(out.contains("Hello, world!\narg 1: pi\narg 2: 3 b\n"), "{out}");
+    assert!(out.contains("(raspi3b, TCG, 1024 MiB)"), "{out}");
+    // kernel8.img: an arm64 Image linked for the Pi's load address.
+    let image = std::fs::read(root().join("apps/helloworld/.kiln/build/helloworld_raspi-arm64")).unwrap();
+    assert_eq!(&image[56..60], b"ARM\x64");
+    // Exit codes and faults work there too.
+    let (code, out) = boot_raspi("crashtest", &["exit", "42"]);
+    assert_eq!(code, 42, "{out}");
+    let (code, out) = boot_raspi("crashtest", &["ud"]);
+    assert_eq!(code, 125, "{out}");
+    assert!(out.contains("(unknown reason (undefined instruction))"), "{out}");
+}

@@ -69,32 +69,54 @@ _kiln_start:
     wfe
     b 9b
 
-/* Level 1 table (1 GiB blocks, 39-bit addresses): GiB 0 is device memory
- * (UART, GIC, virtio-mmio on QEMU virt) in 2 MiB blocks, except its first
- * 2 MiB, left unmapped so that null pointers fault; GiB 1-3 are normal
- * memory (RAM starts at 1 GiB). */
+/* The first 4 GiB in 2 MiB blocks (four level-2 tables under the level-1
+ * table; 39-bit addresses). The platform's linker script says where RAM
+ * and devices are (__map_ram_start/end, __map_dev_start/end): RAM is
+ * normal cacheable memory, devices are device memory and never executable,
+ * everything else is unmapped (on QEMU virt that includes the first 2 MiB,
+ * so null pointers fault). */
 kiln_mmu_on:
     adrp x0, kiln_l1
     add x0, x0, :lo12:kiln_l1
-    adrp x2, kiln_l2_dev
-    add x2, x2, :lo12:kiln_l2_dev
-    orr x1, x2, #3              /* table descriptor */
-    str x1, [x0]
-    ldr x3, =0x0060000000000401 /* block, AF, attr 0 (device), never executable */
-    mov x4, #1
+    adrp x2, kiln_l2
+    add x2, x2, :lo12:kiln_l2
+    mov x4, #0
 5:
-    lsl x5, x4, #21
-    orr x5, x5, x3
-    str x5, [x2, x4, lsl #3]
+    add x5, x2, x4, lsl #12
+    orr x5, x5, #3              /* table descriptor */
+    str x5, [x0, x4, lsl #3]
     add x4, x4, #1
-    cmp x4, #512
+    cmp x4, #4
     b.lo 5b
-    ldr x1, =0x40000705         /* block, AF, inner shareable, attr 1 (normal) */
-    str x1, [x0, #8]
-    ldr x1, =0x80000705
-    str x1, [x0, #16]
-    ldr x1, =0xc0000705
-    str x1, [x0, #24]
+    ldr x6, =__map_ram_start
+    ldr x7, =__map_ram_end
+    ldr x10, =__map_dev_start
+    ldr x11, =__map_dev_end
+    ldr x9, =0x705              /* block, AF, inner shareable, attr 1 (normal) */
+    ldr x12, =0x0060000000000401 /* block, AF, attr 0 (device), never executable */
+    mov x4, #0
+6:
+    lsl x5, x4, #21
+    cmp x5, x6
+    b.lo 7f
+    cmp x5, x7
+    b.hs 7f
+    orr x8, x5, x9
+    b 9f
+7:
+    cmp x5, x10
+    b.lo 8f
+    cmp x5, x11
+    b.hs 8f
+    orr x8, x5, x12
+    b 9f
+8:
+    mov x8, #0
+9:
+    str x8, [x2, x4, lsl #3]
+    add x4, x4, #1
+    cmp x4, #2048
+    b.lo 6b
     ldr x1, =0xff00             /* MAIR: attr 0 device-nGnRnE, attr 1 normal write-back */
     msr mair_el1, x1
     /* TCR: T0SZ 25, walks cacheable and inner shareable, 4 KiB granule,
@@ -120,8 +142,8 @@ kiln_mmu_on:
 .balign 4096
 kiln_l1:
     .space 4096
-kiln_l2_dev:
-    .space 4096
+kiln_l2:
+    .space 4 * 4096
 
 /* Exception vectors: 16 entries of 128 bytes. Each saves x29/x30, puts its
  * index in x29 and joins the common path, which saves the other registers

@@ -7,6 +7,9 @@
 #![cfg_attr(not(test), no_std)]
 
 use core::fmt::{self, Write};
+
+#[cfg(feature = "pl011")]
+pub mod pl011;
 use core::sync::atomic::{AtomicU8, Ordering};
 use spin::{Mutex, Once};
 

@@ -7,7 +7,7 @@
 //! SYS_EXIT_EXTENDED carries the exit code to QEMU's exit status (`kiln
 //! run` passes `-semihosting`); without it, PSCI SYSTEM_OFF.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_arch_arm64 as arch;
 use kiln_boot::{BootInfo, MemRegion, Platform};
 
@@ -16,26 +16,7 @@ const UART_DEFAULT: usize = 0x0900_0000;
 /// Device memory that entry.S maps (the first GiB).
 const DEVICE_END: usize = 0x4000_0000;
 
-struct Pl011 {
-    base: AtomicUsize,
-}
-
-impl kiln_console::Sink for Pl011 {
-    fn write(&self, bytes: &[u8]) {
-        let base = self.base.load(Ordering::Relaxed);
-        for &b in bytes {
-            // SAFETY: `base` is the PL011's register block, mapped as device
-            // memory by entry.S; FR (0x18) bit 5 is "transmit FIFO full", DR
-            // (0x00) takes the byte.
-            unsafe {
-                while core::ptr::read_volatile((base + 0x18) as *const u32) & (1 << 5) != 0 {}
-                core::ptr::write_volatile(base as *mut u32, b as u32);
-            }
-        }
-    }
-}
-
-static UART: Pl011 = Pl011 { base: AtomicUsize::new(UART_DEFAULT) };
+static UART: kiln_console::pl011::Pl011 = kiln_console::pl011::Pl011::new(UART_DEFAULT);
 
 /// The UART is used as QEMU or firmware left it.
 pub fn configure(_uart_init: bool) {}
@@ -117,7 +98,7 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
         }
     };
     if let Some(base) = fdt.find_compatible(&["arm,pl011"]).and_then(|n| n.reg()?.next()) {
-        UART.base.store(base.starting_address as usize, Ordering::Relaxed);
+        UART.set_base(base.starting_address as usize);
     }
     let cmdline = fdt.chosen().bootargs().unwrap_or("");
     let prop = |name: &str| fdt.find_node("/chosen").and_then(|c| c.property(name)).and_then(|p| p.as_usize());

@@ -1,0 +1,113 @@
+//! The Raspberry Pi 3 (BCM2837).
+//!
+//! The firmware (or QEMU's `raspi3b`) loads `kernel8.img` at 0x80000 and
+//! starts the first core there, at EL2, with a device tree's address in x0
+//! when it has one (real boards; QEMU only with `-dtb`); the other cores are
+//! parked by the arch entry. Memory and the command line come from the
+//! device tree when there is one, else the Pi 3's 1 GiB less the GPU's
+//! default share. Console: the PL011 (UART0) at 0x3F201000, as the firmware
+//! left it (on a real board, `enable_uart=1` in config.txt; GPIO 14/15).
+//! Exit: semihosting under QEMU; a real board halts.
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(all(target_arch = "aarch64", target_os = "none")), allow(dead_code, unused_imports))]
+
+#[cfg(target_arch = "aarch64")]
+mod board {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use kiln_arch_arm64 as arch;
+    use kiln_boot::{BootInfo, MemRegion, Platform};
+
+    /// UART0 (PL011) on the BCM2837.
+    const UART0: usize = 0x3F20_1000;
+    /// RAM the Arm cores get by default (the GPU keeps 64 MiB at the top).
+    const RAM_END: usize = 0x3C00_0000;
+
+    static UART: kiln_console::pl011::Pl011 = kiln_console::pl011::Pl011::new(UART0);
+
+    /// The UART is used as the firmware left it.
+    pub fn configure(_uart_init: bool) {}
+
+    struct Raspi;
+
+    static EXITING: AtomicBool = AtomicBool::new(false);
+
+    impl Platform for Raspi {
+        fn name(&self) -> &'static str {
+            "raspi/arm64 (BCM2837)"
+        }
+
+        fn exit(&self, code: i32) -> ! {
+            // Under QEMU, semihosting ends it with status ((code + 1) << 1) | 1,
+            // as on the other platforms. On a board the call is an undefined
+            // instruction, whose report exits again: then just halt.
+            if !EXITING.swap(true, Ordering::AcqRel) {
+                arch::power::semihosting_exit((((code + 1) << 1) | 1) as u32);
+            }
+            arch::halt()
+        }
+
+        fn ticks(&self) -> u64 {
+            arch::timer::ticks()
+        }
+
+        fn tick_hz(&self) -> Option<u64> {
+            Some(arch::timer::frequency()).filter(|&f| f != 0)
+        }
+    }
+
+    static RASPI: Raspi = Raspi;
+
+    fn fault(report: &arch::FaultReport) -> ! {
+        if !EXITING.load(Ordering::Acquire) {
+            kiln_console::print_unlocked(format_args!("{report}\n"));
+        }
+        kiln_boot::exit(kiln_boot::EXIT_FAULT)
+    }
+
+    #[cfg(target_os = "none")]
+    extern "Rust" {
+        fn kiln_start(info: &BootInfo) -> !;
+    }
+
+    /// Called by the arch entry with x0 (a device tree, or 0) and the timer
+    /// count at entry.
+    #[cfg(target_os = "none")]
+    #[no_mangle]
+    pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
+        arch::set_fault_handler(fault);
+        kiln_console::set_sink(&UART);
+        kiln_boot::set_platform(&RASPI);
+        // SAFETY: when x0 is not null it is the firmware's device tree; the
+        // fdt crate checks the header's magic and sizes before using it.
+        let fdt = if dtb != 0 { unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.ok() } else { None };
+        let cmdline = fdt.as_ref().and_then(|f| f.chosen().bootargs()).unwrap_or("");
+        let mut ram = [(0usize, 0usize); 8];
+        let mut nram = 0;
+        if let Some(f) = &fdt {
+            for r in f.memory().regions().take(ram.len()) {
+                let s = r.starting_address as usize;
+                ram[nram] = (s, s + r.size.unwrap_or(0));
+                nram += 1;
+            }
+        }
+        if nram == 0 {
+            ram[0] = (0, RAM_END);
+            nram = 1;
+        }
+        let dt = fdt.as_ref().map_or((0, 0), |f| (dtb & !0xfff, (dtb + f.total_size()).next_multiple_of(4096)));
+        let reserved = [(arch::layout::kernel_start(), arch::layout::kernel_end()), dt];
+        let mut regions = [MemRegion { start: 0, size: 0 }; 16];
+        // The first 512 KiB hold the firmware's spin tables and the boot stub.
+        let n = kiln_boot::mem::carve(ram[..nram].iter().copied(), &reserved, 0x8_0000, 0x3F00_0000, &mut regions);
+        let info = BootInfo { platform: &RASPI, cmdline, memory: &regions[..n], entry_ticks, initrd: None, virtio_mmio: &[] };
+        // SAFETY: the link crate of every kernel defines `kiln_start`.
+        unsafe { kiln_start(&info) }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub use board::*;
+
+/// Host builds (unit tests) have no board.
+#[cfg(not(target_arch = "aarch64"))]
+pub fn configure(_uart_init: bool) {}
