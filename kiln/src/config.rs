@@ -167,6 +167,23 @@ pub fn resolve(kf: &Kraftfile, target: &Target) -> Result<Config> {
     let tree = tree(kf, target)?;
     let user = user_values(kf, target, &tree)?;
     let values = kconfig::resolve(&tree, &user);
+    // `select` forces a symbol on even when its own dependencies are not
+    // met (as in Linux); for Kiln that means a library the target cannot
+    // run, so it is an error.
+    let eval = Eval::new(&tree, &user);
+    for (i, sym) in tree.syms.iter().enumerate() {
+        if values.get(&sym.name).cloned().flatten().as_deref() == Some("y") && eval.t(&sym.direct_dep) == 0 {
+            let missing: Vec<String> =
+                kconfig::syms_of(&sym.direct_dep).into_iter().filter(|d| values.get(d).cloned().flatten().as_deref() != Some("y")).collect();
+            bail!(
+                "{}: {} needs {}, which {target} does not support (selected by {})",
+                kf.path.display(),
+                sym.name,
+                missing.join(", "),
+                eval.selected_by(i).join(", ")
+            );
+        }
+    }
     Ok(Config { tree, user, values })
 }
 

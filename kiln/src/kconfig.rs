@@ -870,6 +870,14 @@ fn syntax_error(e: &nom_kconfig::error::Error) -> anyhow::Error {
     anyhow!("{}:{}: Kconfig syntax error near '{}'{hint}", file.display(), e.line, short(&snippet))
 }
 
+/// The symbols an expression mentions.
+pub fn syms_of(e: &Expr) -> Vec<String> {
+    let mut v = Vec::new();
+    syms_in(e, &mut v);
+    v.dedup();
+    v
+}
+
 fn syms_in(e: &Expr, out: &mut Vec<String>) {
     match e {
         Expr::Sym(s) => out.push(s.clone()),

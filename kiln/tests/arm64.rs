@@ -179,3 +179,26 @@ fn helloworld_boots_on_the_raspberry_pi_3() {
     assert_eq!(code, 125, "{out}");
     assert!(out.contains("(unknown reason (undefined instruction))"), "{out}");
 }
+
+#[test]
+fn a_library_the_target_cannot_run_is_a_clear_error() {
+    // An app that wants the network stack, built for a board without virtio.
+    let d = std::env::temp_dir().join(format!("kiln-arm64-test-{}", std::process::id()));
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("Kraftfile"), "spec: v0.6\nname: netpi\ntargets:\n  - raspi/arm64\n").unwrap();
+    std::fs::write(d.join("Kconfig"), "config APP_NETPI\n\tdef_bool y\n\tselect LIBNET\n").unwrap();
+    std::fs::write(
+        d.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"netpi\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n[dependencies]\nkiln-std = {{ path = {:?}, features = [\"net\"] }}\n",
+            root().join("lib/std")
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("src/lib.rs"), "#![no_std]\npub fn main(_: &[&str], _: &[(&str, &str)]) -> i32 { 0 }\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).arg("build").arg(&d).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("LIBVIRTIO needs HAVE_VIRTIO, which raspi/arm64 does not support (selected by LIBNET)"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
