@@ -202,3 +202,18 @@ fn a_library_the_target_cannot_run_is_a_clear_error() {
     assert!(err.contains("LIBVIRTIO needs HAVE_VIRTIO, which raspi/arm64 does not support (selected by LIBNET)"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn kernel_memory_is_write_xor_execute_on_arm64() {
+    for (mode, class, cause) in [
+        ("write-text", "0x25 (data abort)", "write to read-only memory"),
+        ("write-rodata", "0x25 (data abort)", "write to read-only memory"),
+        ("exec-heap", "0x21 (instruction abort)", "jump into memory that is not executable"),
+        ("exec-stack", "0x21 (instruction abort)", "jump into memory that is not executable"),
+    ] {
+        let (c, out) = boot("crashtest", &[mode]);
+        assert_eq!(c, 125, "{mode}: {out}");
+        assert!(out.contains(&format!("CPU exception class {class}")), "{mode}: {out}");
+        assert!(out.contains(&format!("likely cause: {cause}")), "{mode}: {out}");
+    }
+}

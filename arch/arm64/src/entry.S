@@ -92,7 +92,7 @@ kiln_mmu_on:
     ldr x7, =__map_ram_end
     ldr x10, =__map_dev_start
     ldr x11, =__map_dev_end
-    ldr x9, =0x705              /* block, AF, inner shareable, attr 1 (normal) */
+    ldr x9, =0x0060000000000705 /* block, AF, inner shareable, attr 1 (normal), never executable */
     ldr x12, =0x0060000000000401 /* block, AF, attr 0 (device), never executable */
     mov x4, #0
 6:
@@ -117,6 +117,62 @@ kiln_mmu_on:
     add x4, x4, #1
     cmp x4, #2048
     b.lo 6b
+    /* W^X for the kernel image: the 2 MiB blocks it spans (up to 16 MiB)
+     * become 4 KiB pages: text read-only and executable, read-only data
+     * read-only, the rest (data, .bss, stacks) writable and never
+     * executable; the page below the boot stack stays unmapped. */
+    ldr x6, =__kernel_start
+    and x6, x6, #0xffffffffffe00000
+    ldr x7, =__kernel_end
+    ldr x13, =0x1fffff
+    add x7, x7, x13
+    and x7, x7, #0xffffffffffe00000
+    adrp x3, kiln_l3
+    add x3, x3, :lo12:kiln_l3
+    ldr x14, =__kernel_start
+    ldr x15, =__rodata_start
+    ldr x16, =__data_start
+    ldr x17, =__stack_guard
+    mov x4, #0
+10:
+    cmp x6, x7
+    b.hs 16f
+    cmp x4, #8
+    b.hs 16f
+    lsr x5, x6, #21
+    add x8, x3, x4, lsl #12
+    orr x9, x8, #3
+    str x9, [x2, x5, lsl #3]
+    mov x10, #0
+11:
+    add x11, x6, x10, lsl #12
+    ldr x12, =0x0060000000000707 /* page, AF, inner shareable, normal, RW, never executable */
+    cmp x11, x17
+    b.ne 12f
+    mov x12, #0                 /* the boot stack's guard page */
+    b 15f
+12:
+    cmp x11, x14
+    b.lo 14f
+    cmp x11, x15
+    b.hs 13f
+    ldr x12, =0x0040000000000787 /* text: read-only, executable at EL1 */
+    b 14f
+13:
+    cmp x11, x16
+    b.hs 14f
+    ldr x12, =0x0060000000000787 /* read-only data */
+14:
+    orr x12, x12, x11
+15:
+    str x12, [x8, x10, lsl #3]
+    add x10, x10, #1
+    cmp x10, #512
+    b.lo 11b
+    add x6, x6, #0x200, lsl #12
+    add x4, x4, #1
+    b 10b
+16:
     ldr x1, =0xff00             /* MAIR: attr 0 device-nGnRnE, attr 1 normal write-back */
     msr mair_el1, x1
     /* TCR: T0SZ 25, walks cacheable and inner shareable, 4 KiB granule,
@@ -144,6 +200,8 @@ kiln_l1:
     .space 4096
 kiln_l2:
     .space 4 * 4096
+kiln_l3:
+    .space 8 * 4096
 
 /* Exception vectors: 16 entries of 128 bytes. Each saves x29/x30, puts its
  * index in x29 and joins the common path, which saves the other registers
