@@ -97,54 +97,76 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
             kiln_boot::exit(kiln_boot::EXIT_MAX)
         }
     };
-    if let Some(base) = fdt.find_compatible(&["arm,pl011"]).and_then(|n| n.reg()?.next()) {
-        UART.set_base(base.starting_address as usize);
-    }
-    let cmdline = fdt.chosen().bootargs().unwrap_or("");
-    let prop = |name: &str| fdt.find_node("/chosen").and_then(|c| c.property(name)).and_then(|p| p.as_usize());
-    let initrd = match (prop("linux,initrd-start"), prop("linux,initrd-end")) {
-        (Some(s), Some(e)) if e > s => Some((s, e)),
-        _ => None,
-    };
+    // One walk over the tree finds the UART, the GIC and the virtio-mmio
+    // transports (each lookup by name or compatible string would walk it
+    // again).
+    let mut gic: Option<(bool, usize, usize)> = None;
+    let mut mmio = [(0usize, 0usize); 32];
+    let mut spis = [0u32; 32];
+    let mut nmmio = 0;
+    let mut cmdline = "";
+    let mut initrd = (None, None);
     let mut ram = [(0usize, 0usize); 16];
     let mut nram = 0;
-    for r in fdt.memory().regions().take(ram.len()) {
-        let s = r.starting_address as usize;
-        ram[nram] = (s, s + r.size.unwrap_or(0));
-        nram += 1;
-    }
-    // The GIC wakes the CPU from idle (the timer, device lines).
-    let regs = |n: &fdt::node::FdtNode| {
-        let mut r = n.reg().into_iter().flatten().map(|r| r.starting_address as usize);
-        (r.next(), r.next())
-    };
-    if let Some(n) = fdt.find_compatible(&["arm,gic-v3"]) {
-        if let (Some(d), Some(r)) = regs(&n) {
-            arch::gic::init_v3(d, r);
-        }
-    } else if let Some(n) = fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400"]) {
-        if let (Some(d), Some(c)) = regs(&n) {
-            arch::gic::init_v2(d, c);
-        }
-    }
-    let mut mmio = [(0usize, 0usize); 32];
-    let mut nmmio = 0;
     for n in fdt.all_nodes() {
-        if n.compatible().is_some_and(|c| c.all().any(|c| c == "virtio,mmio")) {
-            if let Some(r) = n.reg().and_then(|mut r| r.next()) {
-                if nmmio < mmio.len() {
-                    mmio[nmmio] = (r.starting_address as usize, r.size.unwrap_or(0x200));
+        let name = n.name;
+        if name == "chosen" {
+            cmdline = n.property("bootargs").and_then(|p| p.as_str()).unwrap_or("");
+            initrd = (n.property("linux,initrd-start").and_then(|p| p.as_usize()), n.property("linux,initrd-end").and_then(|p| p.as_usize()));
+            continue;
+        }
+        if name.starts_with("memory") {
+            for r in n.reg().into_iter().flatten() {
+                if nram < ram.len() {
+                    let s = r.starting_address as usize;
+                    ram[nram] = (s, s + r.size.unwrap_or(0));
+                    nram += 1;
+                }
+            }
+            continue;
+        }
+        let Some(compat) = n.compatible() else { continue };
+        let first = compat.first();
+        let mut regs = n.reg().into_iter().flatten().map(|r| (r.starting_address as usize, r.size.unwrap_or(0x200)));
+        match first {
+            "virtio,mmio" => {
+                if let (Some(r), true) = (regs.next(), nmmio < mmio.len()) {
+                    mmio[nmmio] = r;
+                    // interrupts = <type number flags>: type 0 is an SPI (INTID 32 + number).
+                    spis[nmmio] = n
+                        .property("interrupts")
+                        .filter(|p| p.value.len() >= 8 && p.value[..4] == [0; 4])
+                        .map_or(0, |p| 32 + u32::from_be_bytes(p.value[4..8].try_into().unwrap()));
                     nmmio += 1;
                 }
             }
-            // interrupts = <type number flags>: type 0 is an SPI (INTID 32 + number).
-            if let Some(p) = n.property("interrupts").filter(|p| p.value.len() >= 8) {
-                let cell = |i: usize| u32::from_be_bytes(p.value[i * 4..i * 4 + 4].try_into().unwrap());
-                if cell(0) == 0 && arch::gic::present() {
-                    arch::gic::enable(32 + cell(1));
-                    DEVICE_LINES.store(true, Ordering::Relaxed);
+            "arm,pl011" => {
+                if let Some((base, _)) = regs.next() {
+                    UART.set_base(base);
                 }
             }
+            "arm,gic-v3" | "arm,cortex-a15-gic" | "arm,gic-400" => {
+                if let (Some(d), Some(c)) = (regs.next(), regs.next()) {
+                    gic = Some((first == "arm,gic-v3", d.0, c.0));
+                }
+            }
+            _ => {}
+        }
+    }
+    let initrd = match initrd {
+        (Some(s), Some(e)) if e > s => Some((s, e)),
+        _ => None,
+    };
+    // The GIC wakes the CPU from idle (the timer, device lines).
+    match gic {
+        Some((true, d, r)) => arch::gic::init_v3(d, r),
+        Some((false, d, c)) => arch::gic::init_v2(d, c),
+        None => {}
+    }
+    if arch::gic::present() {
+        for &spi in spis[..nmmio].iter().filter(|&&s| s != 0) {
+            arch::gic::enable(spi);
+            DEVICE_LINES.store(true, Ordering::Relaxed);
         }
     }
     let (istart, iend) = initrd.unwrap_or((0, 0));
