@@ -62,7 +62,16 @@ fn expected_walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 
 #[test]
 fn files_app_sees_its_rootfs_byte_for_byte() {
-    let (code, out, err) = text(&kiln(&["run", "-q", "--timeout", "120", "apps/files"]));
+    sees_its_rootfs(&[]);
+}
+
+#[test]
+fn files_app_on_arm64_sees_the_same_rootfs() {
+    sees_its_rootfs(&["--arch", "arm64"]);
+}
+
+fn sees_its_rootfs(target: &[&str]) {
+    let (code, out, err) = text(&kiln(&[&["run", "-q", "--timeout", "120"], target, &["apps/files"]].concat()));
     assert_eq!(code, 0, "{out}{err}");
     let rootfs = root().join("apps/files/rootfs");
     let mut want = Vec::new();
@@ -91,11 +100,21 @@ fn files_app_sees_its_rootfs_byte_for_byte() {
 
 #[test]
 fn an_initrd_given_at_run_time_replaces_the_embedded_one() {
-    let d = std::env::temp_dir().join(format!("kiln-runtime-initrd-{}", std::process::id()));
+    initrd_at_run_time(&[], "x86_64");
+}
+
+#[test]
+fn an_initrd_given_at_run_time_on_arm64_comes_through_the_device_tree() {
+    initrd_at_run_time(&["--arch", "arm64"], "arm64");
+}
+
+fn initrd_at_run_time(target: &[&str], tag: &str) {
+    let d = std::env::temp_dir().join(format!("kiln-runtime-initrd-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("etc")).unwrap();
     std::fs::write(d.join("etc/motd"), "a different root\n").unwrap();
-    let (code, out, err) = text(&kiln(&["run", "-q", "--timeout", "120", "--initrd", d.to_str().unwrap(), "apps/files"]));
+    let (code, out, err) =
+        text(&kiln(&[&["run", "-q", "--timeout", "120", "--initrd", d.to_str().unwrap()], target, &["apps/files"]].concat()));
     // The app finds the new motd, then misses the blob the embedded rootfs had.
     assert!(out.contains("motd: a different root\n"), "{out}{err}");
     assert!(out.contains("files: no such file or directory (ENOENT)"), "{out}");
@@ -103,7 +122,7 @@ fn an_initrd_given_at_run_time_replaces_the_embedded_one() {
     // A corrupt cpio is refused before booting.
     let bad = d.join("bad.cpio");
     std::fs::write(&bad, b"070701 this is not an archive").unwrap();
-    let (code, _, err) = text(&kiln(&["run", "-q", "--initrd", bad.to_str().unwrap(), "apps/files"]));
+    let (code, _, err) = text(&kiln(&[&["run", "-q", "--initrd", bad.to_str().unwrap()], target, &["apps/files"]].concat()));
     assert_eq!(code, 1);
     assert!(err.contains(&format!("{}: cpio", bad.display())), "{err}");
     let _ = std::fs::remove_dir_all(&d);

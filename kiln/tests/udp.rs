@@ -14,11 +14,23 @@ fn root() -> PathBuf {
 
 #[test]
 fn udp_echo_over_a_dhcp_address() {
-    let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/udpecho"]).status().unwrap();
+    udp_echo(&[], 18610);
+}
+
+#[test]
+fn udp_echo_on_arm64() {
+    udp_echo(&["--arch", "arm64"], 18611);
+}
+
+fn udp_echo(target: &[&str], port: u16) {
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q"]).args(target).arg("apps/udpecho").status().unwrap();
     assert!(b.success());
+    let fwd = format!("{port}:7/udp");
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "--timeout", "120", "-p", "18610:7/udp", "--kernel-arg", "netdev.ip=dhcp", "--kernel-arg", "netdev.dhcp_max_lease=4", "apps/udpecho"])
+        .args(["run", "--timeout", "120", "-p", &fwd, "--kernel-arg", "netdev.ip=dhcp", "--kernel-arg", "netdev.dhcp_max_lease=4"])
+        .args(target)
+        .arg("apps/udpecho")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -30,7 +42,7 @@ fn udp_echo_over_a_dhcp_address() {
     let start = Instant::now();
     // Datagrams sent before the guest is up are lost; keep asking.
     let reply = loop {
-        sock.send_to(b"upper:hello kiln", "127.0.0.1:18610").unwrap();
+        sock.send_to(b"upper:hello kiln", ("127.0.0.1", port)).unwrap();
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             break String::from_utf8_lossy(&buf[..n]).into_owned();
         }
@@ -38,16 +50,16 @@ fn udp_echo_over_a_dhcp_address() {
     };
     assert_eq!(reply, "UPPER:HELLO KILN");
     let big: Vec<u8> = (0..1400u32).map(|i| (i % 251) as u8).collect();
-    sock.send_to(&big, "127.0.0.1:18610").unwrap();
+    sock.send_to(&big, ("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], &big[..], "a 1400-byte datagram came back changed");
     // The lease is renewed after half its time; it keeps working after.
     std::thread::sleep(Duration::from_secs(5));
-    sock.send_to(b"upper:still here", "127.0.0.1:18610").unwrap();
+    sock.send_to(b"upper:still here", ("127.0.0.1", port)).unwrap();
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"UPPER:STILL HERE");
-    sock.send_to(b"quit", "127.0.0.1:18610").unwrap();
+    sock.send_to(b"quit", ("127.0.0.1", port)).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
