@@ -155,7 +155,7 @@ impl fmt::Display for Target {
 }
 
 /// Platforms and architectures Kiln can build today.
-pub const SUPPORTED: &[(&str, &str)] = &[("qemu", "x86_64"), ("qemu", "arm64"), ("raspi", "arm64")];
+pub const SUPPORTED: &[(&str, &str)] = &[("qemu", "x86_64"), ("qemu", "arm64"), ("raspi", "arm64"), ("raspi4", "arm64")];
 
 /// Accepted spellings of architectures, mapped to Kiln's names.
 fn canonical_arch(a: &str) -> &str {
@@ -473,7 +473,7 @@ kconfig:
         assert_eq!(k.select_target(None, None).unwrap().plat, "qemu");
         assert_eq!(k.select_target(None, Some("amd64")).unwrap().plat, "qemu");
         let e = format!("{:#}", k.select_target(Some("fc"), None).unwrap_err());
-        assert_eq!(e, "/tmp/app/Kraftfile:4: unknown target 'fc/x86_64': Kiln builds qemu/x86_64, qemu/arm64, raspi/arm64");
+        assert_eq!(e, "/tmp/app/Kraftfile:4: unknown target 'fc/x86_64': Kiln builds qemu/x86_64, qemu/arm64, raspi/arm64, raspi4/arm64");
         let e = format!("{:#}", k.select_target(Some("xen"), None).unwrap_err());
         assert!(e.contains("no target matches xen/*"), "{e}");
     }

@@ -389,11 +389,18 @@ fn run(a: &RunArgs) -> Result<i32> {
         builder::rel(&kernel),
         match (arch.as_str(), target_name.split('/').next()) {
             ("arm64", Some("raspi")) => "raspi3b",
+            ("arm64", Some("raspi4")) => "raspi4b",
             ("arm64", _) => "virt",
             _ => a.machine.name(),
         },
         if kvm { "KVM" } else { "TCG" },
-        if target_name.starts_with("raspi/") { 1024 } else { memory_mib }
+        if target_name.starts_with("raspi4/") {
+            2048
+        } else if target_name.starts_with("raspi/") {
+            1024
+        } else {
+            memory_mib
+        }
     ));
     // A network device when the kernel has a network stack or ports are forwarded.
     let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);

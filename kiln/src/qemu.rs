@@ -37,7 +37,7 @@ impl Machine {
 pub struct RunSpec {
     pub kernel: PathBuf,
     pub arch: String,
-    /// The platform: `qemu`, or `raspi` (QEMU's raspi3b board).
+    /// The platform: `qemu`, `raspi` (QEMU's raspi3b board) or `raspi4` (raspi4b).
     pub plat: String,
     pub machine: Machine,
     pub memory_mib: u64,
@@ -185,9 +185,12 @@ pub fn parse_memory(s: &str) -> Result<u64> {
 pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     let mut c = Command::new(qemu);
     let arm = spec.arch == "arm64";
-    let raspi = spec.plat == "raspi";
+    let raspi = spec.plat.starts_with("raspi");
+    let pi4 = spec.plat == "raspi4";
     match spec.machine {
-        // The Raspberry Pi 3 Model B (BCM2837), as the board boots kernel8.img.
+        // The Raspberry Pi 4 Model B (BCM2711) and 3 Model B (BCM2837), as
+        // the boards boot kernel8.img.
+        _ if pi4 => c.args(["-M", "raspi4b"]),
         _ if raspi => c.args(["-M", "raspi3b"]),
         // arm64: QEMU's virt board (GIC, PL011, virtio-mmio, PSCI).
         _ if arm => c.args(["-M", "virt"]),
@@ -209,8 +212,8 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }
-    // The Pi 3 has 1 GiB, fixed.
-    c.args(["-m", &if raspi { "1G".to_string() } else { format!("{}M", spec.memory_mib) }]);
+    // The boards' memory is fixed: 1 GiB (Pi 3), 2 GiB (QEMU's Pi 4).
+    c.args(["-m", &if pi4 { "2G".to_string() } else if raspi { "1G".to_string() } else { format!("{}M", spec.memory_mib) }]);
     c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     // One stdio chardev for the serial console and QEMU's monitor (Ctrl-A C),
     // with Ctrl-C still stopping QEMU.
@@ -235,7 +238,11 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         // QEMU's raspi3b passes no device tree of its own; give it a minimal
         // one to put the command line (and an initrd) in, as the firmware does.
         let dtb = spec.kernel.with_extension("dtb");
-        let tree = crate::fdt::minimal(&["raspberrypi,3-model-b", "brcm,bcm2837"], "Raspberry Pi 3 Model B", 0x3c00_0000);
+        let tree = if pi4 {
+            crate::fdt::minimal(&["raspberrypi,4-model-b", "brcm,bcm2711"], "Raspberry Pi 4 Model B", 0x3c00_0000)
+        } else {
+            crate::fdt::minimal(&["raspberrypi,3-model-b", "brcm,bcm2837"], "Raspberry Pi 3 Model B", 0x3c00_0000)
+        };
         if std::fs::read(&dtb).ok().as_deref() != Some(&tree[..]) {
             let _ = std::fs::write(&dtb, &tree);
         }

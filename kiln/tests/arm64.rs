@@ -151,9 +151,13 @@ fn httpd_serves_the_same_site_on_arm64() {
 
 /// `kiln run --plat raspi --arch arm64`: QEMU's raspi3b board.
 fn boot_raspi(app: &str, args: &[&str]) -> (i32, String) {
+    boot_on("raspi", app, args)
+}
+
+fn boot_on(plat: &str, app: &str, args: &[&str]) -> (i32, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "--plat", "raspi", "--arch", "arm64", "--timeout", "60", &format!("apps/{app}"), "--"])
+        .args(["run", "--plat", plat, "--arch", "arm64", "--timeout", "60", &format!("apps/{app}"), "--"])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -215,5 +219,30 @@ fn kernel_memory_is_write_xor_execute_on_arm64() {
         assert_eq!(c, 125, "{mode}: {out}");
         assert!(out.contains(&format!("CPU exception class {class}")), "{mode}: {out}");
         assert!(out.contains(&format!("likely cause: {cause}")), "{mode}: {out}");
+    }
+}
+
+#[test]
+fn helloworld_boots_on_the_raspberry_pi_4() {
+    let (code, out) = boot_on("raspi4", "helloworld", &["pi", "4"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("kiln: helloworld on raspi4/arm64 (BCM2711)"), "{out}");
+    assert!(out.contains("Hello, world!\narg 1: pi\narg 2: 4\n"), "{out}");
+    assert!(out.contains("(raspi4b, TCG, 2048 MiB)"), "{out}");
+    let (code, out) = boot_on("raspi4", "crashtest", &["null"]);
+    assert_eq!(code, 125, "{out}");
+    assert!(out.contains("CPU exception class 0x25 (data abort)"), "{out}");
+}
+
+#[test]
+fn idle_waits_for_the_timer_interrupt_on_every_arm_board() {
+    // 300 waits of 1 ms, each ended by the virtual timer's interrupt (GIC on
+    // virt and the Pi 4, the local interrupt controller on the Pi 3); if it
+    // did not reach the CPU, idle would return at once and take far less.
+    for plat in ["qemu", "raspi", "raspi4"] {
+        let (code, out) = boot_on(plat, "crashtest", &["idle"]);
+        assert_eq!(code, 0, "{plat}: {out}");
+        let us: u64 = out.split("idled ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!((300_000..30_000_000).contains(&us), "{plat}: 300 idles of 1 ms took {us} us");
     }
 }

@@ -120,7 +120,8 @@ kiln_mmu_on:
     /* W^X for the kernel image: the 2 MiB blocks it spans (up to 16 MiB)
      * become 4 KiB pages: text read-only and executable, read-only data
      * read-only, the rest (data, .bss, stacks) writable and never
-     * executable; the page below the boot stack stays unmapped. */
+     * executable; the page below the boot stack stays unmapped, and so
+     * does page 0 (Raspberry Pi RAM starts at 0), so null pointers fault. */
     ldr x6, =__kernel_start
     and x6, x6, #0xffffffffffe00000
     ldr x7, =__kernel_end
@@ -148,8 +149,10 @@ kiln_mmu_on:
     add x11, x6, x10, lsl #12
     ldr x12, =0x0060000000000707 /* page, AF, inner shareable, normal, RW, never executable */
     cmp x11, x17
-    b.ne 12f
-    mov x12, #0                 /* the boot stack's guard page */
+    b.eq 17f
+    cbnz x11, 12f
+17:
+    mov x12, #0                 /* the boot stack's guard page, and page 0 where RAM starts at 0 */
     b 15f
 12:
     cmp x11, x14

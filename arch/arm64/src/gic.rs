@@ -38,6 +38,7 @@ pub fn init_v2(dist: usize, cpu: usize) {
     w32(cpu, 1); // GICC_CTLR: signal group 0 as IRQ
     VERSION.store(2, Relaxed);
     enable(TIMER_PPI);
+    crate::timer::set_wake_routed();
 }
 
 /// Sets up a GICv3 from its distributor and (first) redistributor bases.
@@ -64,6 +65,7 @@ pub fn init_v3(dist: usize, redist: usize) {
     }
     VERSION.store(3, Relaxed);
     enable(TIMER_PPI);
+    crate::timer::set_wake_routed();
 }
 
 /// Whether a GIC was set up.

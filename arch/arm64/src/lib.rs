@@ -218,11 +218,20 @@ pub mod timer {
         0
     }
 
+    static ROUTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+    /// Says the virtual timer's interrupt reaches this CPU (a GIC set up
+    /// for it, or a board's own interrupt controller), so [`idle`] may wait
+    /// for it.
+    pub fn set_wake_routed() {
+        ROUTED.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Waits (`wfi`) until an enabled interrupt is pending or `us`
-    /// microseconds pass (the virtual timer's interrupt, PPI 27). Returns at
-    /// once without a GIC.
+    /// microseconds pass (the virtual timer's interrupt). Returns at once
+    /// when the timer's interrupt is not routed to the CPU.
     pub fn idle(us: u64) {
-        if !crate::gic::present() || us == 0 {
+        if !ROUTED.load(core::sync::atomic::Ordering::Relaxed) || us == 0 {
             return;
         }
         let f = frequency();

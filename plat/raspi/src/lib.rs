@@ -1,4 +1,5 @@
-//! The Raspberry Pi 3 (BCM2837).
+//! The Raspberry Pi 3 (BCM2837), and with the `pi4` feature (plat/raspi4)
+//! the Raspberry Pi 4 (BCM2711, GIC-400).
 //!
 //! The firmware (or QEMU's `raspi3b`) loads `kernel8.img` at 0x80000 and
 //! starts the first core there, at EL2, with a device tree's address in x0
@@ -17,10 +18,22 @@ mod board {
     use kiln_arch_arm64 as arch;
     use kiln_boot::{BootInfo, MemRegion, Platform};
 
-    /// UART0 (PL011) on the BCM2837.
+    /// UART0 (PL011): BCM2837 (Pi 3) or BCM2711 (Pi 4, low peripheral mode).
+    #[cfg(not(feature = "pi4"))]
     const UART0: usize = 0x3F20_1000;
-    /// RAM the Arm cores get by default (the GPU keeps 64 MiB at the top).
+    #[cfg(feature = "pi4")]
+    const UART0: usize = 0xFE20_1000;
+    /// RAM the Arm cores get by default (the GPU keeps 64 MiB at the top of
+    /// the first GiB).
     const RAM_END: usize = 0x3C00_0000;
+    /// Where the peripherals start (the heap stays below).
+    #[cfg(not(feature = "pi4"))]
+    const PERIPHERALS: usize = 0x3F00_0000;
+    #[cfg(feature = "pi4")]
+    const PERIPHERALS: usize = 0xFC00_0000;
+    /// The Pi 4's GIC-400: distributor and CPU interface.
+    #[cfg(feature = "pi4")]
+    const GIC400: (usize, usize) = (0xFF84_1000, 0xFF84_2000);
 
     static UART: kiln_console::pl011::Pl011 = kiln_console::pl011::Pl011::new(UART0);
 
@@ -33,7 +46,11 @@ mod board {
 
     impl Platform for Raspi {
         fn name(&self) -> &'static str {
-            "raspi/arm64 (BCM2837)"
+            if cfg!(feature = "pi4") {
+                "raspi4/arm64 (BCM2711)"
+            } else {
+                "raspi/arm64 (BCM2837)"
+            }
         }
 
         fn exit(&self, code: i32) -> ! {
@@ -52,6 +69,12 @@ mod board {
 
         fn tick_hz(&self) -> Option<u64> {
             Some(arch::timer::frequency()).filter(|&f| f != 0)
+        }
+
+        fn idle(&self, us: u64) {
+            // The timer's interrupt ends `wfi` (Pi 4: GIC-400; Pi 3: the
+            // local interrupt controller).
+            arch::timer::idle(us)
         }
     }
 
@@ -77,6 +100,19 @@ mod board {
         arch::set_fault_handler(fault);
         kiln_console::set_sink(&UART);
         kiln_boot::set_platform(&RASPI);
+        #[cfg(feature = "pi4")]
+        arch::gic::init_v2(GIC400.0, GIC400.1);
+        // The Pi 3 has no GIC: its Arm local interrupt controller routes
+        // core 0's virtual timer (bit 3 of "core 0 timers interrupt control",
+        // 0x40000040) as an IRQ, which ends `wfi`.
+        #[cfg(not(feature = "pi4"))]
+        {
+            // SAFETY: the BCM2836 local peripheral block at 0x40000000 is
+            // mapped as device memory by entry.S (the linker script's device
+            // range); this register only routes timer interrupts to core 0.
+            unsafe { core::ptr::write_volatile(0x4000_0040 as *mut u32, 1 << 3) };
+            arch::timer::set_wake_routed();
+        }
         // SAFETY: when x0 is not null it is the firmware's device tree; the
         // fdt crate checks the header's magic and sizes before using it.
         let fdt = if dtb != 0 { unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.ok() } else { None };
@@ -98,7 +134,7 @@ mod board {
         let reserved = [(arch::layout::kernel_start(), arch::layout::kernel_end()), dt];
         let mut regions = [MemRegion { start: 0, size: 0 }; 16];
         // The first 512 KiB hold the firmware's spin tables and the boot stub.
-        let n = kiln_boot::mem::carve(ram[..nram].iter().copied(), &reserved, 0x8_0000, 0x3F00_0000, &mut regions);
+        let n = kiln_boot::mem::carve(ram[..nram].iter().copied(), &reserved, 0x8_0000, PERIPHERALS, &mut regions);
         let info = BootInfo { platform: &RASPI, cmdline, memory: &regions[..n], entry_ticks, initrd: None, virtio_mmio: &[] };
         // SAFETY: the link crate of every kernel defines `kiln_start`.
         unsafe { kiln_start(&info) }
