@@ -22,8 +22,17 @@ fn built(app: &str) -> PathBuf {
     root().join("apps").join(app).join(".kiln/build").join(format!("{app}_qemu-arm64"))
 }
 
+/// TCG guests are CPU-heavy; these tests boot one at a time so that a
+/// loaded machine (CI) does not starve them into timeouts.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn boot(app: &str, args: &[&str]) -> (i32, String) {
     built(app);
+    let _g = one_at_a_time();
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "--arch", "arm64", "--timeout", "60", &format!("apps/{app}"), "--"])
@@ -101,6 +110,7 @@ fn threads_switch_and_sleep_on_the_gicv2_timer() {
 fn threads_run_with_a_gicv3_too() {
     // kiln run uses virt's default GICv2; boot the same image by hand on a GICv3.
     let image = built("threads");
+    let _g = one_at_a_time();
     let o = Command::new("timeout")
         .args(["60", "qemu-system-aarch64", "-M", "virt,gic-version=3", "-accel", "tcg", "-cpu", "cortex-a72", "-m", "64M"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-semihosting-config", "enable=on,target=native"])
@@ -120,6 +130,7 @@ fn threads_run_with_a_gicv3_too() {
 #[test]
 fn httpd_serves_the_same_site_on_arm64() {
     built("httpd");
+    let _g = one_at_a_time();
     let mut guest = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "-q", "--arch", "arm64", "--timeout", "120", "-p", "18720:80", "apps/httpd"])
@@ -140,8 +151,8 @@ fn httpd_serves_the_same_site_on_arm64() {
     };
     assert_eq!(body, page);
     for path in ["/", "/style.css", "/game.js", "/kiln.svg"] {
-        let o = Command::new("curl").args(["-s", "-m", "10", "--fail", &format!("http://127.0.0.1:18720{path}")]).output().unwrap();
-        assert!(o.status.success(), "{path}");
+        let o = Command::new("curl").args(["-s", "-m", "60", "--retry", "2", "--fail", &format!("http://127.0.0.1:18720{path}")]).output().unwrap();
+        assert!(o.status.success(), "{path}: curl exit {:?}", o.status.code());
         let file = if path == "/" { "index.html" } else { &path[1..] };
         assert_eq!(o.stdout, std::fs::read(root().join("apps/httpd/rootfs/www").join(file)).unwrap(), "{path}");
     }
@@ -155,6 +166,7 @@ fn boot_raspi(app: &str, args: &[&str]) -> (i32, String) {
 }
 
 fn boot_on(plat: &str, app: &str, args: &[&str]) -> (i32, String) {
+    let _g = one_at_a_time();
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "--plat", plat, "--arch", "arm64", "--timeout", "60", &format!("apps/{app}"), "--"])
