@@ -107,24 +107,28 @@ fn threads_switch_and_sleep_on_the_gicv2_timer() {
 }
 
 #[test]
-fn threads_run_with_a_gicv3_too() {
-    // kiln run uses virt's default GICv2; boot the same image by hand on a GICv3.
+fn threads_run_with_a_gicv3_and_from_el2_and_el3() {
+    // kiln run uses virt's defaults (GICv2, entered at EL1); boot the same
+    // image by hand on a GICv3, and entered at EL2 and at EL3 (the entry
+    // drops to EL1 from either).
     let image = built("threads");
     let _g = one_at_a_time();
-    let o = Command::new("timeout")
-        .args(["60", "qemu-system-aarch64", "-M", "virt,gic-version=3", "-accel", "tcg", "-cpu", "cortex-a72", "-m", "64M"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-semihosting-config", "enable=on,target=native"])
-        .arg("-kernel")
-        .arg(&image)
-        .args(["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0", "-append", "--"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    // Exit status ((0 + 1) << 1) | 1 = 3 means the app returned 0.
-    assert_eq!(o.status.code(), Some(3), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert_tour(&out);
-    assert!(out.contains("/64, interrupts"), "{out}");
+    for machine in ["virt,gic-version=3", "virt,virtualization=on", "virt,secure=on", "virt,secure=on,virtualization=on,gic-version=3"] {
+        let o = Command::new("timeout")
+            .args(["60", "qemu-system-aarch64", "-M", machine, "-accel", "tcg", "-cpu", "cortex-a72", "-m", "64M"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-semihosting-config", "enable=on,target=native"])
+            .arg("-kernel")
+            .arg(&image)
+            .args(["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0", "-append", "--"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        // Exit status ((0 + 1) << 1) | 1 = 3 means the app returned 0.
+        assert_eq!(o.status.code(), Some(3), "{machine}: {out}{}", String::from_utf8_lossy(&o.stderr));
+        assert_tour(&out);
+        assert!(out.contains("/64, interrupts"), "{machine}: {out}");
+    }
 }
 
 #[test]

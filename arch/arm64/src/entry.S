@@ -1,8 +1,8 @@
 /* arm64 entry. The first 64 bytes are the arm64 Image header, so boot
  * loaders (QEMU's -kernel, U-Boot) load the image at RAM + text_offset and
- * enter at its first byte with the device tree's address in x0, at EL2 or
- * EL1, MMU off. Secondary cores (if any start here) park. The boot core
- * drops from EL2 to EL1, enables FP/SIMD, sets the boot stack, clears .bss,
+ * enter at its first byte with the device tree's address in x0, at EL3,
+ * EL2 or EL1, MMU off. Secondary cores (if any start here) park. The boot core
+ * drops from EL3 or EL2 to EL1, enables FP/SIMD, sets the boot stack, clears .bss,
  * turns the MMU on with RAM identity-mapped as normal cacheable memory and
  * the low GiB (devices) as device memory, installs the exception vectors
  * and calls kiln_arch_start(dtb, entry ticks). */
@@ -27,6 +27,24 @@ _kiln_start:
     mrs x20, cntvct_el0
     mrs x1, CurrentEL
     lsr x1, x1, #2
+    cmp x1, #3
+    b.ne 3f
+    /* EL3 -> EL1 (secure, so a GIC with security extensions still lets EL1
+     * enable its interrupts): lower levels are AArch64, EL1 may use the
+     * timers. */
+    mov x1, #(1 << 31)
+    msr hcr_el2, x1
+    mov x1, #3
+    msr cnthctl_el2, x1
+    msr cntvoff_el2, xzr
+    mov x1, #0x430              /* SCR_EL3: RW, res1 bits 4-5, NS = 0 */
+    msr scr_el3, x1
+    mov x1, #0x3c5
+    msr spsr_el3, x1
+    adr x1, 2f
+    msr elr_el3, x1
+    eret
+3:
     cmp x1, #2
     b.ne 2f
     /* EL2 -> EL1: EL1 is AArch64, may use the timers, runs with DAIF masked. */
