@@ -10,6 +10,7 @@ mod kraftfile;
 mod menu;
 mod network;
 mod qemu;
+mod rootfs;
 mod ui;
 
 use anyhow::{Context, Result};
@@ -50,6 +51,26 @@ enum Cmd {
     Supervise { dir: PathBuf },
     /// Resolve any Kconfig tree (like `make olddefconfig`) and print the .config
     Kconfig(KconfigArgs),
+    /// Put host programs into an app's rootfs folder
+    #[command(subcommand)]
+    Rootfs(RootfsCmd),
+}
+
+#[derive(Subcommand)]
+enum RootfsCmd {
+    /// Copy programs with their shared libraries and dynamic loader into the
+    /// app's rootfs folder (the Kraftfile's `rootfs:`), at their host paths
+    Add {
+        /// Programs to add (e.g. /usr/sbin/nginx)
+        #[arg(required = true)]
+        programs: Vec<PathBuf>,
+        /// The app folder whose Kraftfile names the rootfs folder
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+        /// Copy into this folder instead of the app's rootfs
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +244,30 @@ fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Tar
     let target = kf.select_target(t.plat.as_deref(), t.arch.as_deref())?;
     ui.step(1, 4, &format!("{}: {} for {target}", builder::rel(&kf.path), kf.name));
     Ok((kf, target))
+}
+
+fn rootfs_add(programs: &[PathBuf], app: &std::path::Path, to: Option<&std::path::Path>) -> Result<i32> {
+    let root = match to {
+        Some(t) => t.to_path_buf(),
+        None => {
+            let kf = kraftfile::load(app)?;
+            match kf.rootfs {
+                Some(r) if r.is_dir() => r,
+                Some(r) if r.exists() => anyhow::bail!("{}: rootfs {} is an archive, not a folder to copy into", kf.path.display(), r.display()),
+                Some(r) => {
+                    std::fs::create_dir_all(&r).with_context(|| format!("creating {}", r.display()))?;
+                    r
+                }
+                None => anyhow::bail!("{}: no `rootfs:` folder to copy into; add `rootfs: ./rootfs`, or pass --to DIR", kf.path.display()),
+            }
+        }
+    };
+    let written = rootfs::add(&root, programs)?;
+    for w in &written {
+        println!("{}", w.display());
+    }
+    eprintln!("kiln: {} files in {}", written.len(), root.display());
+    Ok(0)
 }
 
 fn config(a: &ConfigArgs) -> Result<i32> {
@@ -444,6 +489,7 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Config(a) => config(a),
         Cmd::Kconfig(a) => kconfig_cmd(a),
+        Cmd::Rootfs(RootfsCmd::Add { programs, app, to }) => rootfs_add(programs, app, to.as_deref()),
         Cmd::Menu(a) => menu_cmd(a),
         Cmd::Net(NetCmd::Create { name, subnet }) => network::create(name, subnet).map(|_| 0),
         Cmd::Net(NetCmd::Rm { name }) => network::remove(name).map(|_| 0),
