@@ -87,6 +87,10 @@ fn faults_are_reported_with_syndrome_and_address() {
     assert_eq!(c, 125, "{out}");
     assert!(out.contains("(unknown reason (undefined instruction))"), "{out}");
     assert!(out.contains("instruction pointer 0x00000000400"), "{out}");
+    // Exceptions have their own stack, so running out of stack is reported too.
+    let (c, out) = boot("crashtest", &["overflow"]);
+    assert_eq!(c, 125, "{out}");
+    assert!(out.contains("likely cause: stack overflow (hit the guard page below the stack)"), "{out}");
 }
 
 fn assert_tour(out: &str) {

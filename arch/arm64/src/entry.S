@@ -62,6 +62,13 @@ _kiln_start:
     mov x1, #(3 << 20)          /* CPACR_EL1.FPEN: FP/SIMD at EL1 */
     msr cpacr_el1, x1
     isb
+    /* Exceptions run on their own stack (SP_EL1); the kernel and its
+     * threads run on SP_EL0, so a stack overflow that hits the guard page
+     * is still reported. */
+    adrp x1, kiln_exc_stack_top
+    add x1, x1, :lo12:kiln_exc_stack_top
+    mov sp, x1
+    msr spsel, #0
     adrp x1, __stack_top
     add x1, x1, :lo12:__stack_top
     mov sp, x1
@@ -223,11 +230,17 @@ kiln_l2:
     .space 4 * 4096
 kiln_l3:
     .space 8 * 4096
+.balign 16
+kiln_exc_stack:
+    .space 16384
+kiln_exc_stack_top:
 
 /* Exception vectors: 16 entries of 128 bytes. Each saves x29/x30, puts its
  * index in x29 and joins the common path, which saves the other registers
- * and calls kiln_arch_exception(frame, index). Interrupts (IRQ from the
- * current EL) return from it; everything else is reported and fatal. */
+ * and calls kiln_arch_exception(frame, index). The kernel runs on SP_EL0,
+ * so its exceptions arrive at entries 0-3 on the exception stack (SP_EL1).
+ * Interrupts return from the handler; everything else is reported and
+ * fatal. */
 .section .text.kiln_vectors, "ax"
 .balign 2048
 .global kiln_vectors

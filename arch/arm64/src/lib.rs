@@ -52,6 +52,8 @@ pub struct FaultReport {
     pub far: u64,
     pub elr: u64,
     pub spsr: u64,
+    /// The interrupted code's stack pointer (SP_EL0).
+    pub sp: u64,
     /// The kernel's read-only range (text and rodata).
     pub readonly: (u64, u64),
     /// The unmapped page below the boot stack.
@@ -118,6 +120,7 @@ impl fmt::Display for FaultReport {
         writeln!(out, "  ESR 0x{:x}", self.esr)?;
         writeln!(out, "  fault address       0x{:016x}", self.far)?;
         writeln!(out, "  instruction pointer 0x{:016x}  SPSR 0x{:x}", self.elr, self.spsr)?;
+        writeln!(out, "  stack pointer       0x{:016x}", self.sp)?;
         for (i, pair) in self.frame.x.chunks(4).enumerate() {
             for (j, v) in pair.iter().enumerate() {
                 write!(out, "{}x{:<2} {:016x}", if j == 0 { "  " } else { " " }, i * 4 + j, v)?;
@@ -155,8 +158,9 @@ pub fn set_irq_handler(f: fn()) {
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[no_mangle]
 extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
-    // Vector 5: IRQ taken from EL1 with SP_EL1 (the kernel's own).
-    if vector == 5 {
+    // Vector 1: IRQ from EL1 running on SP_EL0 (the kernel and its threads);
+    // 5: the same while on the exception stack.
+    if vector == 1 || vector == 5 {
         let p = IRQ.load(Ordering::Acquire);
         if !p.is_null() {
             // SAFETY: IRQ only holds null or a `fn()` stored by set_irq_handler.
@@ -165,9 +169,10 @@ extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
             return;
         }
     }
-    let (esr, far, elr, spsr): (u64, u64, u64, u64);
+    let (esr, far, elr, spsr, sp): (u64, u64, u64, u64, u64);
     // SAFETY: reading the exception syndrome registers has no side effects.
     unsafe {
+        core::arch::asm!("mrs {}, sp_el0", out(reg) sp);
         core::arch::asm!("mrs {}, esr_el1", out(reg) esr);
         core::arch::asm!("mrs {}, far_el1", out(reg) far);
         core::arch::asm!("mrs {}, elr_el1", out(reg) elr);
@@ -180,6 +185,7 @@ extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
         far,
         elr,
         spsr,
+        sp,
         readonly: {
             let k = layout::sections();
             (k.text.0, k.rodata.1)
