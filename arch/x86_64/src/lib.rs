@@ -15,6 +15,7 @@ pub mod apic;
 pub mod context;
 pub mod cpu;
 pub mod mmu;
+pub mod syscall;
 mod exceptions;
 mod gdt;
 pub mod tsc;

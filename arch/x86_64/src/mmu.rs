@@ -149,6 +149,80 @@ pub fn map_device(addr: u64, len: u64) -> bool {
 #[cfg(target_os = "none")]
 static mut NEXT_SPARE: usize = 0;
 
+/// Makes all RAM above the first 2 MiB executable (2 MiB pages; device
+/// memory, mapped uncached, stays non-executable). For the ELF loader,
+/// whose programs and their libraries live in heap memory and run in
+/// ring 0: W^X then holds only for the kernel image itself.
+#[cfg(target_os = "none")]
+pub fn ram_executable() {
+    // SAFETY: one CPU; kiln_pdpt and the directories it points to are the
+    // live tables. Only the NX bit of present, cached 2 MiB entries changes;
+    // CR3 is reloaded after, flushing the TLB.
+    unsafe {
+        // The first 2 MiB: the heap's pages after the kernel image.
+        let end = crate::layout::kernel_end() as u64;
+        let pt = &mut *(&raw mut kiln_pt);
+        for (i, e) in pt.iter_mut().enumerate() {
+            if (i as u64) * 4096 >= end && *e & P != 0 {
+                *e &= !NX;
+            }
+        }
+        let pdpt = &*(&raw const kiln_pdpt);
+        for &dir in pdpt.iter() {
+            if dir & P == 0 || dir & PS != 0 {
+                continue;
+            }
+            let pd = (dir & 0x000f_ffff_ffff_f000) as *mut u64;
+            for i in 0..512 {
+                let e = pd.add(i);
+                if *e & P != 0 && *e & PS != 0 && *e & PCD == 0 {
+                    *e &= !NX;
+                }
+            }
+        }
+        let cr3: u64;
+        core::arch::asm!("mov {}, cr3", out(reg) cr3);
+        core::arch::asm!("mov cr3, {}", in(reg) cr3);
+    }
+}
+
+/// Host builds (unit tests) have no page tables.
+#[cfg(not(target_os = "none"))]
+pub fn ram_executable() {}
+
+/// Makes [addr, addr + len) executable (and keeps it writable), by 2 MiB
+/// pages: for the memory of a program the ELF loader runs, which it
+/// allocates 2 MiB-aligned. Returns false for memory not mapped by 2 MiB
+/// pages (the kernel's first 2 MiB, 1 GiB pages).
+#[cfg(target_os = "none")]
+pub fn set_executable(addr: u64, len: u64) -> bool {
+    if addr % MIB2 != 0 || addr < MIB2 {
+        return false;
+    }
+    let mut a = addr;
+    while a < addr + len {
+        let g = (a / GIB) as usize;
+        // SAFETY: one CPU; kiln_pdpt is the live PDPT. Only the NX bit of
+        // existing 2 MiB entries changes, for memory the caller owns; the
+        // TLB entry is flushed right after.
+        unsafe {
+            let pdpt = &*(&raw const kiln_pdpt);
+            if g >= 512 || pdpt[g] & P == 0 || pdpt[g] & PS != 0 {
+                return false;
+            }
+            let pd = (pdpt[g] & 0x000f_ffff_ffff_f000) as *mut u64;
+            let e = pd.add(((a % GIB) / MIB2) as usize);
+            if *e & PS == 0 {
+                return false;
+            }
+            *e &= !NX;
+            core::arch::asm!("invlpg [{}]", in(reg) a, options(nostack));
+        }
+        a += MIB2;
+    }
+    true
+}
+
 /// Unmaps page 0 so that null pointer accesses fault. Call once the boot
 /// loader's data in low memory has been copied.
 #[cfg(target_os = "none")]

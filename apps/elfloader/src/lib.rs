@@ -1,0 +1,114 @@
+//! Runs an unmodified Linux x86_64 program from the rootfs, the way
+//! Unikraft's app-elfloader and Nanos do: `kiln run apps/elfloader --
+//! /path/to/program args`.
+//!
+//! The program (and, for a dynamically linked one, its PT_INTERP loader)
+//! is copied into heap memory at a base Kiln picks; it gets a stack with
+//! argv, envp and the auxiliary vector, and runs in ring 0 on the kernel's
+//! page tables. Its system calls reach lib/syscall through the `syscall`
+//! instruction; its exit code is the machine's.
+//!
+//! Position-independent programs (static-pie, and dynamically linked PIEs
+//! through their loader) are supported; programs linked at a fixed address
+//! are not yet (their addresses are the kernel heap's).
+#![no_std]
+
+extern crate alloc;
+
+use alloc::alloc::{alloc_zeroed, Layout};
+use alloc::string::String;
+use alloc::vec::Vec;
+use kiln_elf::{AuxInfo, Program};
+use kiln_std::prelude::*;
+
+/// Stack for the program.
+const STACK: usize = 8 << 20;
+
+/// Copies `prog`'s segments (from `bytes`) into fresh memory; returns the
+/// load bias.
+fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
+    if !prog.relocatable() {
+        let (lo, hi) = prog.span();
+        return Err(format!("linked at a fixed address ({lo:#x}..{hi:#x}); only position-independent programs run yet"));
+    }
+    let (lo, hi) = prog.span();
+    let layout = Layout::from_size_align((hi - lo) as usize, 4096).map_err(|_| String::from("too large"))?;
+    // SAFETY: a zeroed allocation of the program's non-zero span.
+    let base = unsafe { alloc_zeroed(layout) } as u64;
+    if base == 0 {
+        return Err(format!("no memory for its {} KiB", (hi - lo) / 1024));
+    }
+    let bias = prog.bias(base);
+    for s in &prog.segments {
+        let dst = s.vaddr.wrapping_add(bias);
+        let src = &bytes[s.file_offset as usize..(s.file_offset + s.file_size) as usize];
+        // SAFETY: dst..dst+file_size lies inside the allocation (the span
+        // covers every segment); .bss past it is already zero.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+    }
+    Ok(bias)
+}
+
+fn load(path: &str) -> Result<(Vec<u8>, Program), String> {
+    let bytes = kiln_vfs::vfs().read_file(path).map_err(|e| format!("{path}: {e}"))?;
+    let prog = Program::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    Ok((bytes, prog))
+}
+
+/// Entry point.
+pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
+    let Some(&path) = args.get(1) else {
+        println!("elfloader: which program? kiln run apps/elfloader -- /path/to/program [args]");
+        return 2;
+    };
+    match run(path, &args[1..], env) {
+        Ok(never) => match never {},
+        Err(e) => {
+            println!("elfloader: {e}");
+            126
+        }
+    }
+}
+
+enum Never {}
+
+fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
+    let (bytes, prog) = load(path)?;
+    // Programs and their libraries live in heap memory.
+    kiln_arch_x86_64::mmu::ram_executable();
+    let bias = place(&prog, &bytes).map_err(|e| format!("{path}: {e}"))?;
+    let mut entry = prog.entry.wrapping_add(bias);
+    let mut interp_base = 0;
+    if let Some(interp) = prog.interpreter() {
+        let (ibytes, iprog) = load(interp).map_err(|e| format!("{path} needs its loader: {e} (kiln rootfs add copies it)"))?;
+        let ibias = place(&iprog, &ibytes).map_err(|e| format!("{interp}: {e}"))?;
+        interp_base = iprog.span().0.wrapping_add(ibias);
+        entry = iprog.entry.wrapping_add(ibias);
+    }
+    let aux = AuxInfo {
+        phdr: prog.phdr_vaddr.wrapping_add(bias),
+        phent: prog.phent as u64,
+        phnum: prog.phnum as u64,
+        entry: prog.entry.wrapping_add(bias),
+        interp_base,
+        hwcap: 0,
+        vdso: None,
+    };
+    let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env_refs: Vec<&str> = env_strings.iter().map(String::as_str).collect();
+    let layout = Layout::from_size_align(STACK, 16).unwrap();
+    // SAFETY: a zeroed allocation of STACK bytes.
+    let stack = unsafe { alloc_zeroed(layout) } as u64;
+    if stack == 0 {
+        return Err(String::from("no memory for the program's stack"));
+    }
+    let top = stack + STACK as u64;
+    let random = (kiln_std::time::micros() as u128 * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835).to_le_bytes();
+    let init = kiln_elf::initial_stack(top, argv, &env_refs, &aux, random, "x86_64");
+    // SAFETY: [sp, top) lies inside the stack allocation.
+    unsafe { core::ptr::copy_nonoverlapping(init.bytes.as_ptr(), init.sp as *mut u8, init.bytes.len()) };
+    kiln_syscall::install();
+    // SAFETY: `entry` is inside the program (or loader) just placed in
+    // executable memory; `init.sp` is its initial stack.
+    unsafe { kiln_arch_x86_64::syscall::enter(entry, init.sp) }
+}

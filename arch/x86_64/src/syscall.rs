@@ -1,0 +1,156 @@
+//! The `syscall` instruction, for Linux programs run by the ELF loader.
+//!
+//! Programs run in ring 0 on Kiln's page tables, like the kernel (as in
+//! Unikraft's ELF loader), so `syscall` does not change privilege or stack:
+//! the entry below steps over the program's red zone (128 bytes under its
+//! stack pointer), saves the argument registers, calls the handler the
+//! syscall library installed with [`set_handler`], and returns with
+//! `popfq; jmp rcx` (sysret would drop to ring 3). As on Linux, only rax
+//! (the result), rcx and r11 change.
+
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// A system call: its number and six arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Args {
+    pub nr: u64,
+    pub a: [u64; 6],
+}
+
+fn enosys(_: &Args) -> i64 {
+    -38
+}
+
+static HANDLER: AtomicPtr<()> = AtomicPtr::new(enosys as *mut ());
+
+/// Installs the function that carries out system calls.
+pub fn set_handler(f: fn(&Args) -> i64) {
+    HANDLER.store(f as *mut (), Ordering::Release);
+}
+
+#[cfg(target_os = "none")]
+#[no_mangle]
+extern "C" fn kiln_syscall_dispatch(args: &Args) -> i64 {
+    let p = HANDLER.load(Ordering::Acquire);
+    // SAFETY: HANDLER only holds `enosys` or a `fn(&Args) -> i64` stored by set_handler.
+    let f: fn(&Args) -> i64 = unsafe { core::mem::transmute(p) };
+    f(args)
+}
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".section .text.kiln_syscall, \"ax\"",
+    ".global kiln_syscall_entry",
+    "kiln_syscall_entry:",
+    "lea rsp, [rsp - 128]",
+    "push rbp",
+    "mov rbp, rsp",
+    "and rsp, -16",
+    "push rcx",
+    "push r11",
+    // Args { nr, a: [rdi, rsi, rdx, r10, r8, r9] }, with a pad word first so
+    // the call sees a 16-byte aligned stack.
+    "push 0",
+    "push r9",
+    "push r8",
+    "push r10",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push rax",
+    "mov rdi, rsp",
+    "cld",
+    "call kiln_syscall_dispatch",
+    "mov rdi, [rsp + 8]",
+    "mov rsi, [rsp + 16]",
+    "mov rdx, [rsp + 24]",
+    "mov r10, [rsp + 32]",
+    "mov r8, [rsp + 40]",
+    "mov r9, [rsp + 48]",
+    "lea rsp, [rsp + 64]",
+    "pop r11",
+    "pop rcx",
+    "push r11",
+    "popfq",
+    "mov rsp, rbp",
+    "pop rbp",
+    "lea rsp, [rsp + 128]",
+    "jmp rcx",
+);
+
+/// Enables `syscall` (EFER.SCE) with [`kiln_syscall_entry`] as its target,
+/// and SSE for programs (the kernel itself is built without it).
+#[cfg(target_os = "none")]
+pub fn init() {
+    use x86_64::instructions::segmentation::Segment;
+    use x86_64::registers::model_specific::Msr;
+    extern "C" {
+        fn kiln_syscall_entry();
+    }
+    // SAFETY: these MSRs configure `syscall`, which nothing else uses: EFER
+    // bit 0 enables it, STAR holds the kernel code selector (syscall loads
+    // CS from it; the program already runs in ring 0 with that CS), LSTAR
+    // the entry, SFMASK the RFLAGS bits cleared on entry (IF, TF, DF, AC).
+    // CR0/CR4: SSE state (FXSAVE, unmasked SIMD exceptions) is enabled and
+    // x87 emulation turned off, which only affects code that uses SSE.
+    unsafe {
+        let cs = x86_64::instructions::segmentation::CS::get_reg().0 as u64;
+        let mut efer = Msr::new(0xC000_0080);
+        efer.write(efer.read() | 1);
+        Msr::new(0xC000_0081).write(cs << 32);
+        Msr::new(0xC000_0082).write(kiln_syscall_entry as usize as u64);
+        Msr::new(0xC000_0084).write((1 << 9) | (1 << 8) | (1 << 10) | (1 << 18));
+        let mut cr0: u64;
+        core::arch::asm!("mov {}, cr0", out(reg) cr0);
+        cr0 = (cr0 & !(1 << 2)) | (1 << 1); // EM off, MP on
+        core::arch::asm!("mov cr0, {}", in(reg) cr0);
+        let mut cr4: u64;
+        core::arch::asm!("mov {}, cr4", out(reg) cr4);
+        cr4 |= (1 << 9) | (1 << 10); // OSFXSR, OSXMMEXCPT
+        core::arch::asm!("mov cr4, {}", in(reg) cr4);
+    }
+}
+
+/// Sets the FS base (a program's thread pointer, `arch_prctl(ARCH_SET_FS)`).
+#[cfg(target_os = "none")]
+pub fn set_fs_base(v: u64) {
+    // SAFETY: FS_BASE only changes what %fs-relative accesses address; Kiln
+    // itself does not use %fs.
+    unsafe { x86_64::registers::model_specific::Msr::new(0xC000_0100).write(v) }
+}
+
+/// The FS base.
+#[cfg(target_os = "none")]
+pub fn fs_base() -> u64 {
+    // SAFETY: reading FS_BASE has no side effects.
+    unsafe { x86_64::registers::model_specific::Msr::new(0xC000_0100).read() }
+}
+
+/// Starts a program: stack pointer `sp` (argc at [sp]), entry `entry`,
+/// rdx = 0 (no exit function), the other registers zero. Never returns;
+/// the program ends through `exit_group`.
+///
+/// # Safety
+/// `entry` must be executable program code and `sp` its initial stack.
+#[cfg(target_os = "none")]
+pub unsafe fn enter(entry: u64, sp: u64) -> ! {
+    // SAFETY: per the contract; the kernel's stack is abandoned.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {sp}",
+            "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
+            "xor esi, esi", "xor edi, edi", "xor ebp, ebp",
+            "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
+            "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d",
+            "jmp r15",
+            sp = in(reg) sp, in("r15") entry, options(noreturn)
+        )
+    }
+}
+
+/// Host builds (unit tests) cannot run programs.
+#[cfg(not(target_os = "none"))]
+pub unsafe fn enter(_entry: u64, _sp: u64) -> ! {
+    unreachable!("programs run only in a kernel")
+}
