@@ -406,8 +406,10 @@ fn run(a: &RunArgs) -> Result<i32> {
         None => None,
         Some(p) if !p.exists() => anyhow::bail!("--initrd {}: no such file or folder", p.display()),
         Some(p) => {
-            // Packed (or checked) next to the kernel image.
-            let out = kernel.with_extension("run-initrd.cpio");
+            // Packed (or checked) next to the kernel image, one file per
+            // `kiln run`, so runs of the same app with different initrds
+            // do not overwrite each other's.
+            let out = kernel.with_extension(format!("run-initrd-{}.cpio", std::process::id()));
             initrd::prepare(p, &out)?;
             Some(out)
         }
@@ -465,7 +467,12 @@ fn run(a: &RunArgs) -> Result<i32> {
     if a.name.is_some() || a.rm {
         anyhow::bail!("--name and --rm are for detached instances (-d)");
     }
-    qemu::run(&spec)
+    let r = qemu::run(&spec);
+    // QEMU read the packed initrd at start; it is not needed any more.
+    if let (Some(i), Some(_)) = (&spec.initrd, &a.initrd) {
+        let _ = std::fs::remove_file(i);
+    }
+    r
 }
 
 /// Builds the kernel command line: `kernel-params -- app args`.
