@@ -83,3 +83,28 @@ fn programs_it_cannot_run_are_refused_with_the_reason() {
     assert!(out.contains("linked at a fixed address"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn debian_programs_linked_against_glibc_run_through_their_loader() {
+    // echo and cat from Debian's coreutils (dynamic PIEs): `kiln rootfs add`
+    // copies them with libc and ld-linux; the loader maps the libraries.
+    let d = rootfs("glibc");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["rootfs", "add", "--to", d.to_str().unwrap(), "/bin/echo", "/bin/cat"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, out) = run(&d, &[], &["/bin/echo", "hello", "from", "Debian's", "echo"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\nhello from Debian's echo\n"), "{out}");
+    let (code, out) = run(&d, &[], &["/bin/cat", "/etc/motd"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\nserved by Kiln\n"), "{out}");
+    // The summary at exit names what the loader looked for and did not find.
+    assert!(out.contains("files the program looked for and did not find: /etc/ld.so.cache"), "{out}");
+    let (code, out) = run(&d, &[], &["/bin/cat", "/etc/none"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/bin/cat: /etc/none: No such file or directory"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -161,6 +161,13 @@ pub fn env() -> &'static [(String, String)] {
 
 /// Powers off with `code`; spins if no platform registered yet.
 pub fn exit(code: i32) -> ! {
+    // Larger codes do not fit the platforms' exit status.
+    let code = if (0..=EXIT_MAX).contains(&code) {
+        code
+    } else {
+        kiln_console::println!("kiln: exit code {code} is outside 0..={EXIT_MAX}; reporting {EXIT_MAX}");
+        EXIT_MAX
+    };
     match platform() {
         Some(p) => p.exit(code),
         None => loop {
@@ -244,12 +251,6 @@ pub fn start(
         }
     }
     let code = main(&argv, &envp);
-    let code = if (0..=EXIT_MAX).contains(&code) {
-        code
-    } else {
-        kiln_console::println!("kiln: exit code {code} is outside 0..={EXIT_MAX}; reporting {EXIT_MAX}");
-        EXIT_MAX
-    };
     log!(Level::Debug, "app exited with {code}; {}", heap.stats());
     exit(code)
 }

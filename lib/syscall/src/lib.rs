@@ -143,7 +143,25 @@ fn mmap(addr: u64, len: u64, _prot: u64, flags: u64, fd: i64, off: u64) -> i64 {
         // area this way): nothing to do, the pages exist.
         let inside = m.maps.range(..=addr).next_back().is_some_and(|(&a, &s)| addr + len <= a + s)
             || (addr >= m.brk.0 && addr + len <= m.brk.2);
-        return if inside { addr as i64 } else { -errno::ENOMEM };
+        if !inside {
+            return -errno::ENOMEM;
+        }
+        drop(m);
+        // Placing part of a file (a library's segment) or fresh zeroes
+        // inside a block the program already has (how a dynamic loader
+        // lays out a library in the reservation it made).
+        // SAFETY: [addr, addr + len) lies inside memory the program owns.
+        let buf = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };
+        if flags & MAP_ANONYMOUS != 0 {
+            buf.fill(0);
+        } else {
+            let Ok(vfd) = i32::try_from(fd - FD_BASE) else { return -errno::EBADF };
+            match vfs().pread(vfd, buf, off) {
+                Ok(n) => buf[n..].fill(0),
+                Err(e) => return vfs_err(e),
+            }
+        }
+        return addr as i64;
     }
     let Some(layout) = page_layout(len) else { return -errno::EINVAL };
     // SAFETY: a fresh, zeroed allocation of a non-zero size.
@@ -285,13 +303,19 @@ pub fn dispatch(nr: u64, a: [u64; 6]) -> i64 {
                 None => -errno::EFAULT,
             },
             5 => match a[0] as i64 {
-                0..=2 => -errno::EBADF,
+                // The console: a character device.
+                0..=2 => write_stat(
+                    a[1],
+                    &kiln_vfs::Stat { ino: 1, kind: kiln_vfs::FileType::CharDevice, mode: 0o620, size: 0, nlink: 1, mtime: 0 },
+                ),
                 fd => match i32::try_from(fd - FD_BASE).map(|v| vfs().fstat(v)) {
                     Ok(Ok(st)) => write_stat(a[1], &st),
                     Ok(Err(e)) => vfs_err(e),
                     Err(_) => -errno::EBADF,
                 },
             },
+            // newfstatat: AT_EMPTY_PATH with "" is fstat of the fd.
+            262 if a[3] & 0x1000 != 0 && cstr(a[1]) == Some("") => dispatch(5, [a[0], a[2], 0, 0, 0, 0]),
             262 => match cstr(a[1]).map(|p| vfs().stat(p)) {
                 Some(Ok(st)) => write_stat(a[2], &st),
                 Some(Err(e)) => vfs_err(e),
