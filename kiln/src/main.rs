@@ -231,6 +231,9 @@ struct RunArgs {
     /// Extra kernel parameters (before the app's arguments)
     #[arg(long = "kernel-arg", value_name = "PARAM")]
     kernel_args: Vec<String>,
+    /// Print every system call a Linux program makes (apps/elfloader)
+    #[arg(long)]
+    strace: bool,
     /// Arguments for the app (after `--`); default: the Kraftfile's `cmd`
     #[arg(last = true)]
     args: Vec<String>,
@@ -422,6 +425,9 @@ fn run(a: &RunArgs) -> Result<i32> {
         },
     };
     let mut kernel_args = a.kernel_args.clone();
+    if a.strace {
+        kernel_args.push("syscall.strace=1".into());
+    }
     if let Some(t) = &tap {
         if !ports.is_empty() {
             anyhow::bail!("-p forwards ports on the user network; a bridged guest is reachable at its own address");

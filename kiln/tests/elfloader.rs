@@ -103,6 +103,12 @@ fn debian_programs_linked_against_glibc_run_through_their_loader() {
     assert!(out.contains("\nserved by Kiln\n"), "{out}");
     // The summary at exit names what the loader looked for and did not find.
     assert!(out.contains("files the program looked for and did not find: /etc/ld.so.cache"), "{out}");
+    // --strace prints every call with its result.
+    let (code, out) = run(&d, &["--strace"], &["/bin/echo", "traced"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("strace: openat(0xffffff9c, "), "{out}");
+    assert!(out.contains("strace: write(0x1, ") && out.contains(", 0x7) = 7"), "{out}");
+    assert!(out.contains("strace: exit_group(0)"), "{out}");
     let (code, out) = run(&d, &[], &["/bin/cat", "/etc/none"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/bin/cat: /etc/none: No such file or directory"), "{out}");

@@ -284,8 +284,31 @@ fn exit(code: i64) -> ! {
     kiln_boot::exit((code & 0xff) as i32)
 }
 
-/// Carries out one system call.
+/// `kiln run --strace` (kernel parameter `syscall.strace=1`): print every call.
+static STRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Carries out one system call (and prints it under `--strace`).
 pub fn dispatch(nr: u64, a: [u64; 6]) -> i64 {
+    if !STRACE.load(core::sync::atomic::Ordering::Relaxed) {
+        return call(nr, a);
+    }
+    // exit and exit_group do not return: print them first.
+    if nr == 60 || nr == 231 {
+        kiln_console::println!("strace: {}({})", name(nr), a[0] as i64);
+    }
+    let r = call(nr, a);
+    kiln_console::println!("strace: {}({:#x}, {:#x}, {:#x}) = {r}", name_or_number(nr), a[0], a[1], a[2]);
+    r
+}
+
+fn name_or_number(nr: u64) -> String {
+    match name(nr) {
+        "?" => alloc::format!("syscall_{nr}"),
+        n => n.into(),
+    }
+}
+
+fn call(nr: u64, a: [u64; 6]) -> i64 {
     // SAFETY (of the pointer helpers below): see `bytes`.
     unsafe {
         match nr {
@@ -315,7 +338,7 @@ pub fn dispatch(nr: u64, a: [u64; 6]) -> i64 {
                 },
             },
             // newfstatat: AT_EMPTY_PATH with "" is fstat of the fd.
-            262 if a[3] & 0x1000 != 0 && cstr(a[1]) == Some("") => dispatch(5, [a[0], a[2], 0, 0, 0, 0]),
+            262 if a[3] & 0x1000 != 0 && cstr(a[1]) == Some("") => call(5, [a[0], a[2], 0, 0, 0, 0]),
             262 => match cstr(a[1]).map(|p| vfs().stat(p)) {
                 Some(Ok(st)) => write_stat(a[2], &st),
                 Some(Err(e)) => vfs_err(e),
@@ -482,6 +505,9 @@ fn arch_prctl(code: u64, addr: u64) -> i64 {
 
 /// Installs [`dispatch`] behind the `syscall` instruction.
 pub fn install() {
+    if kiln_boot::param("syscall.strace").is_some_and(|v| v != "0") {
+        STRACE.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
     #[cfg(all(target_arch = "x86_64", target_os = "none"))]
     {
         kiln_arch_x86_64::syscall::set_handler(|args| dispatch(args.nr, args.a));
