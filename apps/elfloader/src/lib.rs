@@ -9,8 +9,9 @@
 //! instruction; its exit code is the machine's.
 //!
 //! Position-independent programs (static-pie, and dynamically linked PIEs
-//! through their loader) are supported; programs linked at a fixed address
-//! are not yet (their addresses are the kernel heap's).
+//! through their loader) go anywhere in the heap; programs linked at a
+//! fixed address (busybox-static: 4 MiB) go to their own addresses, in the
+//! 4-32 MiB range the platform keeps out of the heap for them.
 #![no_std]
 
 extern crate alloc;
@@ -26,12 +27,29 @@ const STACK: usize = 8 << 20;
 
 /// Copies `prog`'s segments (from `bytes`) into fresh memory; returns the
 /// load bias.
+/// Where programs linked at fixed addresses may lie: the platform keeps
+/// this range out of the heap when the ELF loader is configured.
+const FIXED: (u64, u64) = (0x40_0000, 0x200_0000);
+
 fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
-    if !prog.relocatable() {
-        let (lo, hi) = prog.span();
-        return Err(format!("linked at a fixed address ({lo:#x}..{hi:#x}); only position-independent programs run yet"));
-    }
     let (lo, hi) = prog.span();
+    if !prog.relocatable() {
+        if lo < FIXED.0 || hi > FIXED.1 {
+            return Err(format!("linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {:#x}..{:#x}", FIXED.0, FIXED.1));
+        }
+        // The initrd (whose files the ramfs reads in place) must not be there.
+        if let Some(i) = kiln_boot::initrd() {
+            let (s, e) = (i.as_ptr() as u64, i.as_ptr() as u64 + i.len() as u64);
+            if s < hi && e > lo {
+                return Err(format!("linked at {lo:#x}..{hi:#x}, where the initrd lies ({s:#x}..{e:#x})"));
+            }
+        }
+        // SAFETY: [lo, hi) is identity-mapped RAM that the platform kept out
+        // of the heap for fixed-address programs, and nothing else uses it.
+        unsafe { core::ptr::write_bytes(lo as *mut u8, 0, (hi - lo) as usize) };
+        copy_segments(prog, bytes, 0);
+        return Ok(0);
+    }
     let layout = Layout::from_size_align((hi - lo) as usize, 4096).map_err(|_| String::from("too large"))?;
     // SAFETY: a zeroed allocation of the program's non-zero span.
     let base = unsafe { alloc_zeroed(layout) } as u64;
@@ -39,14 +57,20 @@ fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
         return Err(format!("no memory for its {} KiB", (hi - lo) / 1024));
     }
     let bias = prog.bias(base);
+    copy_segments(prog, bytes, bias);
+    Ok(bias)
+}
+
+/// Copies each segment's file bytes to its (biased) address; the memory
+/// is already zero, which makes .bss.
+fn copy_segments(prog: &Program, bytes: &[u8], bias: u64) {
     for s in &prog.segments {
         let dst = s.vaddr.wrapping_add(bias);
         let src = &bytes[s.file_offset as usize..(s.file_offset + s.file_size) as usize];
-        // SAFETY: dst..dst+file_size lies inside the allocation (the span
-        // covers every segment); .bss past it is already zero.
+        // SAFETY: dst..dst+file_size lies inside the memory placed for the
+        // program (its span covers every segment).
         unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
     }
-    Ok(bias)
 }
 
 fn load(path: &str) -> Result<(Vec<u8>, Program), String> {

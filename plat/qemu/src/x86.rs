@@ -200,6 +200,9 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     let reserved = [
         (arch::layout::kernel_start(), arch::layout::kernel_end()),
         (module.0 & !0xfff, (module.0 + module.1).next_multiple_of(4096)),
+        // With the ELF loader, 4-32 MiB stay out of the heap: Linux
+        // programs linked at fixed addresses (usually 4 MiB) go there.
+        if option_env!("KILN_CONFIG_LIBELF") == Some("y") { (0x40_0000, 0x200_0000) } else { (0, 0) },
     ];
     let mut regions = [MemRegion { start: 0, size: 0 }; 16];
     // Below 1 MiB lie firmware tables and the loader's data.
