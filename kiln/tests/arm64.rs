@@ -30,17 +30,10 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `kiln run --arch arm64`: QEMU's virt board.
 fn boot(app: &str, args: &[&str]) -> (i32, String) {
     built(app);
-    let _g = one_at_a_time();
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args(["run", "--arch", "arm64", "--timeout", "60", &format!("apps/{app}"), "--"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    boot_on("qemu", app, args)
 }
 
 #[test]

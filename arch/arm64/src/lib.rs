@@ -252,6 +252,11 @@ pub mod timer {
         let _ = t;
     }
 
+    /// The counter's frequency, if firmware or QEMU set one.
+    pub fn hz() -> Option<u64> {
+        Some(frequency()).filter(|&f| f != 0)
+    }
+
     /// CNTFRQ_EL0, set by firmware or QEMU.
     pub fn frequency() -> u64 {
         #[cfg(target_arch = "aarch64")]
@@ -268,6 +273,32 @@ pub mod timer {
 
 /// Powering off.
 pub mod power {
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    static EXITING: AtomicBool = AtomicBool::new(false);
+
+    /// Whether [`exit`] is under way: a fault then is its semihosting call
+    /// failing (no semihosting), not something to report.
+    pub fn exiting() -> bool {
+        EXITING.load(Ordering::Acquire)
+    }
+
+    /// Powers off reporting `code`. Semihosting carries it as QEMU's exit
+    /// status `((code + 1) << 1) | 1`, the encoding of x86_64's
+    /// isa-debug-exit, so `kiln run` decodes both alike. Without semihosting
+    /// the call is an undefined instruction, whose fault handler exits
+    /// again: the second time this powers off through PSCI (when `psci`, as
+    /// on QEMU virt) or halts (a board without PSCI).
+    pub fn exit(code: i32, psci: bool) -> ! {
+        if !EXITING.swap(true, Ordering::AcqRel) {
+            semihosting_exit((((code + 1) << 1) | 1) as u32);
+        }
+        if psci {
+            psci_off();
+        }
+        crate::halt()
+    }
+
     /// Ends QEMU with `code` through semihosting (SYS_EXIT_EXTENDED); QEMU
     /// must run with `-semihosting` (kiln run adds it). Returns if the call
     /// did nothing.

@@ -93,14 +93,24 @@ const FD_BASE: i64 = 3;
 /// trusted as it would be by the program itself (a bad one faults, and the
 /// fault report ends the program). Null is refused.
 unsafe fn bytes<'a>(ptr: u64, len: u64) -> Option<&'a [u8]> {
+    // SAFETY: the caller's contract above; the program is single-threaded
+    // and stopped in its syscall, so nothing else touches the bytes.
     (ptr != 0).then(|| unsafe { core::slice::from_raw_parts(ptr as *const u8, len as usize) })
 }
 
+/// Guest memory a pointer argument names, to write results into.
+///
+/// # Safety
+/// As for [`bytes`].
 unsafe fn bytes_mut<'a>(ptr: u64, len: u64) -> Option<&'a mut [u8]> {
+    // SAFETY: as for `bytes`.
     (ptr != 0).then(|| unsafe { core::slice::from_raw_parts_mut(ptr as *mut u8, len as usize) })
 }
 
-/// A NUL-terminated path.
+/// A NUL-terminated path (at most 4096 bytes).
+///
+/// # Safety
+/// As for [`bytes`].
 unsafe fn cstr<'a>(ptr: u64) -> Option<&'a str> {
     if ptr == 0 {
         return None;

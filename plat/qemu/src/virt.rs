@@ -23,23 +23,13 @@ pub fn configure(_uart_init: bool) {}
 
 struct Virt;
 
-static EXITING: AtomicBool = AtomicBool::new(false);
-
 impl Platform for Virt {
     fn name(&self) -> &'static str {
         "qemu/arm64 virt"
     }
 
     fn exit(&self, code: i32) -> ! {
-        // A semihosting call without semihosting is an undefined instruction,
-        // whose report exits again: the second time, skip it.
-        // QEMU's exit status is `((code + 1) << 1) | 1`, as with x86's
-        // isa-debug-exit, so `kiln run` decodes both the same way.
-        if !EXITING.swap(true, Ordering::AcqRel) {
-            arch::power::semihosting_exit((((code + 1) << 1) | 1) as u32);
-        }
-        arch::power::psci_off();
-        arch::halt()
+        arch::power::exit(code, true)
     }
 
     fn ticks(&self) -> u64 {
@@ -47,7 +37,7 @@ impl Platform for Virt {
     }
 
     fn tick_hz(&self) -> Option<u64> {
-        Some(arch::timer::frequency()).filter(|&f| f != 0)
+        arch::timer::hz()
     }
 
     fn map_device(&self, addr: usize, len: usize) -> bool {
@@ -69,7 +59,9 @@ static DEVICE_LINES: AtomicBool = AtomicBool::new(false);
 static VIRT: Virt = Virt;
 
 fn fault(report: &arch::FaultReport) -> ! {
-    kiln_console::print_unlocked(format_args!("{report}\n"));
+    if !arch::power::exiting() {
+        kiln_console::print_unlocked(format_args!("{report}\n"));
+    }
     kiln_boot::exit(kiln_boot::EXIT_FAULT)
 }
 

@@ -14,7 +14,6 @@
 
 #[cfg(target_arch = "aarch64")]
 mod board {
-    use core::sync::atomic::{AtomicBool, Ordering};
     use kiln_arch_arm64 as arch;
     use kiln_boot::{BootInfo, MemRegion, Platform};
 
@@ -42,8 +41,6 @@ mod board {
 
     struct Raspi;
 
-    static EXITING: AtomicBool = AtomicBool::new(false);
-
     impl Platform for Raspi {
         fn name(&self) -> &'static str {
             if cfg!(feature = "pi4") {
@@ -54,13 +51,8 @@ mod board {
         }
 
         fn exit(&self, code: i32) -> ! {
-            // Under QEMU, semihosting ends it with status ((code + 1) << 1) | 1,
-            // as on the other platforms. On a board the call is an undefined
-            // instruction, whose report exits again: then just halt.
-            if !EXITING.swap(true, Ordering::AcqRel) {
-                arch::power::semihosting_exit((((code + 1) << 1) | 1) as u32);
-            }
-            arch::halt()
+            // No PSCI on the Pis: a board without semihosting halts.
+            arch::power::exit(code, false)
         }
 
         fn ticks(&self) -> u64 {
@@ -68,7 +60,7 @@ mod board {
         }
 
         fn tick_hz(&self) -> Option<u64> {
-            Some(arch::timer::frequency()).filter(|&f| f != 0)
+            arch::timer::hz()
         }
 
         fn idle(&self, us: u64) {
@@ -81,7 +73,7 @@ mod board {
     static RASPI: Raspi = Raspi;
 
     fn fault(report: &arch::FaultReport) -> ! {
-        if !EXITING.load(Ordering::Acquire) {
+        if !arch::power::exiting() {
             kiln_console::print_unlocked(format_args!("{report}\n"));
         }
         kiln_boot::exit(kiln_boot::EXIT_FAULT)
