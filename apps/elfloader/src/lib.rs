@@ -131,7 +131,7 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     let init = kiln_elf::initial_stack(top, argv, &env_refs, &aux, random, "x86_64");
     // SAFETY: [sp, top) lies inside the stack allocation.
     unsafe { core::ptr::copy_nonoverlapping(init.bytes.as_ptr(), init.sp as *mut u8, init.bytes.len()) };
-    kiln_syscall::install();
+    kiln_syscall::install(path);
     // SAFETY: `entry` is inside the program (or loader) just placed in
     // executable memory; `init.sp` is its initial stack.
     unsafe { kiln_arch_x86_64::syscall::enter(entry, init.sp) }

@@ -3,39 +3,53 @@
 //! Programs run in ring 0 on Kiln's page tables, like the kernel (as in
 //! Unikraft's ELF loader), so `syscall` does not change privilege or stack:
 //! the entry below steps over the program's red zone (128 bytes under its
-//! stack pointer), saves the argument registers, calls the handler the
+//! stack pointer), saves the program's registers (a [`Frame`]), calls the handler the
 //! syscall library installed with [`set_handler`], and returns with
 //! `popfq; jmp rcx` (sysret would drop to ring 3). As on Linux, only rax
 //! (the result), rcx and r11 change.
 
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-/// A system call: its number and six arguments.
+/// The program's registers at a system call: the number, the six
+/// arguments, and everything else a new thread (`clone`) resumes with.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Args {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Frame {
     pub nr: u64,
+    /// rdi, rsi, rdx, r10, r8, r9.
     pub a: [u64; 6],
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// The program's stack pointer at the `syscall`.
+    pub rsp: u64,
+    /// Where the program continues (rcx at the `syscall`).
+    pub rip: u64,
+    /// Its flags (r11 at the `syscall`).
+    pub rflags: u64,
 }
 
-fn enosys(_: &Args) -> i64 {
+fn enosys(_: &mut Frame) -> i64 {
     -38
 }
 
 static HANDLER: AtomicPtr<()> = AtomicPtr::new(enosys as *mut ());
 
 /// Installs the function that carries out system calls.
-pub fn set_handler(f: fn(&Args) -> i64) {
+pub fn set_handler(f: fn(&mut Frame) -> i64) {
     HANDLER.store(f as *mut (), Ordering::Release);
 }
 
 #[cfg(target_os = "none")]
 #[no_mangle]
-extern "C" fn kiln_syscall_dispatch(args: &Args) -> i64 {
+extern "C" fn kiln_syscall_dispatch(frame: &mut Frame) -> i64 {
     let p = HANDLER.load(Ordering::Acquire);
-    // SAFETY: HANDLER only holds `enosys` or a `fn(&Args) -> i64` stored by set_handler.
-    let f: fn(&Args) -> i64 = unsafe { core::mem::transmute(p) };
-    f(args)
+    // SAFETY: HANDLER only holds `enosys` or a `fn(&mut Frame) -> i64` stored by set_handler.
+    let f: fn(&mut Frame) -> i64 = unsafe { core::mem::transmute(p) };
+    f(frame)
 }
 
 #[cfg(target_os = "none")]
@@ -47,11 +61,17 @@ core::arch::global_asm!(
     "push rbp",
     "mov rbp, rsp",
     "and rsp, -16",
-    "push rcx",
+    // A Frame, pushed from its last field down (16 words: aligned).
     "push r11",
-    // Args { nr, a: [rdi, rsi, rdx, r10, r8, r9] }, with a pad word first so
-    // the call sees a 16-byte aligned stack.
-    "push 0",
+    "push rcx",
+    "lea rcx, [rbp + 136]",
+    "push rcx",
+    "push r15",
+    "push r14",
+    "push r13",
+    "push r12",
+    "push qword ptr [rbp]",
+    "push rbx",
     "push r9",
     "push r8",
     "push r10",
@@ -68,16 +88,93 @@ core::arch::global_asm!(
     "mov r10, [rsp + 32]",
     "mov r8, [rsp + 40]",
     "mov r9, [rsp + 48]",
-    "lea rsp, [rsp + 64]",
-    "pop r11",
-    "pop rcx",
+    "mov rcx, [rsp + 112]",
+    "mov r11, [rsp + 120]",
     "push r11",
     "popfq",
     "mov rsp, rbp",
     "pop rbp",
     "lea rsp, [rsp + 128]",
     "jmp rcx",
+    // kiln_syscall_resume(frame): continue a program at frame.rip with all
+    // of frame's registers (a new thread returning from `clone`).
+    ".global kiln_syscall_resume",
+    "kiln_syscall_resume:",
+    "mov rax, [rdi]",
+    "mov rsi, [rdi + 16]",
+    "mov rdx, [rdi + 24]",
+    "mov r10, [rdi + 32]",
+    "mov r8, [rdi + 40]",
+    "mov r9, [rdi + 48]",
+    "mov rbx, [rdi + 56]",
+    "mov rbp, [rdi + 64]",
+    "mov r12, [rdi + 72]",
+    "mov r13, [rdi + 80]",
+    "mov r14, [rdi + 88]",
+    "mov r15, [rdi + 96]",
+    "mov rcx, [rdi + 112]",
+    "mov r11, [rdi + 120]",
+    "mov rsp, [rdi + 104]",
+    "lea rsp, [rsp - 128]",
+    "push r11",
+    "mov rdi, [rdi + 8]",
+    "popfq",
+    "lea rsp, [rsp + 128]",
+    "jmp rcx",
 );
+
+/// Continues a program with `frame`'s registers: rax = `frame.nr`, the
+/// stack at `frame.rsp`, at `frame.rip`. How a thread made by `clone`
+/// starts.
+///
+/// # Safety
+/// `frame.rip` must be program code and `frame.rsp` a stack it owns.
+#[cfg(target_os = "none")]
+pub unsafe fn resume(frame: &Frame) -> ! {
+    extern "C" {
+        fn kiln_syscall_resume(frame: *const Frame) -> !;
+    }
+    // SAFETY: per the contract; `frame` is read before the stack changes.
+    unsafe { kiln_syscall_resume(frame) }
+}
+
+/// Host builds (unit tests) cannot run programs.
+#[cfg(not(target_os = "none"))]
+pub unsafe fn resume(_frame: &Frame) -> ! {
+    unreachable!("programs run only in a kernel")
+}
+
+/// A program thread's SSE and x87 state (FXSAVE format).
+#[repr(C, align(16))]
+pub struct FpState(pub [u8; 512]);
+
+impl FpState {
+    pub const fn new() -> FpState {
+        FpState([0; 512])
+    }
+
+    /// Saves the CPU's SSE/x87 registers here.
+    #[cfg(target_os = "none")]
+    pub fn save(&mut self) {
+        // SAFETY: FXSAVE writes 512 bytes to a 16-byte aligned buffer, which
+        // this is; SSE is enabled by `init` before any program runs.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack)) }
+    }
+
+    /// Loads the SSE/x87 registers saved by [`FpState::save`].
+    #[cfg(target_os = "none")]
+    pub fn restore(&self) {
+        // SAFETY: the buffer holds an image FXSAVE wrote; kernel code uses
+        // no SSE/x87 state, so only the program sees the change.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack)) }
+    }
+}
+
+impl Default for FpState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Enables `syscall` (EFER.SCE) with [`kiln_syscall_entry`] as its target,
 /// and SSE for programs (the kernel itself is built without it).

@@ -438,6 +438,18 @@ pub fn idle(max_us: u64) {
     ACTIVITY.wait_timeout(core::time::Duration::from_micros(max_us));
 }
 
+/// Wakes every thread waiting on the network, so it checks its condition
+/// again (something other than a packet changed it: a pipe was written,
+/// a Linux program's poll set became ready).
+pub fn wake_waiters() {
+    ACTIVITY.wake_all();
+}
+
+/// The interface's IPv4 address.
+pub fn local_ipv4() -> Option<Ipv4Address> {
+    with(|s| s.iface.ipv4_addr()).ok().flatten()
+}
+
 /// Blocks until the network does something.
 fn wait_activity() {
     ACTIVITY.wait();
@@ -527,6 +539,16 @@ impl TcpListener {
         self.nonblocking = v;
     }
 
+    /// Whether a connection waits to be accepted.
+    pub fn has_pending(&self) -> bool {
+        let slot = self.slot;
+        with(|s| {
+            let Some(l) = s.listeners[slot].as_ref() else { return false };
+            l.socks.iter().any(|&h| matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait))
+        })
+        .unwrap_or(false)
+    }
+
     /// The oldest connection that has been established. Blocks the thread
     /// unless non-blocking.
     pub fn accept(&mut self) -> Result<TcpStream> {
@@ -574,6 +596,76 @@ pub struct TcpStream {
 impl TcpStream {
     pub fn set_nonblocking(&mut self, v: bool) {
         self.nonblocking = v;
+    }
+
+    /// Opens a connection to `addr:port` from an ephemeral local port. A
+    /// blocking stream waits until it is established (or refused); a
+    /// non-blocking one returns at once: [`TcpStream::is_connecting`] says
+    /// when it is done.
+    pub fn connect(addr: IpAddress, port: u16, nonblocking: bool) -> Result<TcpStream> {
+        static NEXT_PORT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(49152);
+        let local = NEXT_PORT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        if local == u16::MAX {
+            NEXT_PORT.store(49152, core::sync::atomic::Ordering::Relaxed);
+        }
+        let h = with(|s| {
+            let mut t = new_tcp();
+            t.connect(s.iface.context(), (addr, port), local).map_err(|_| Error::Invalid)?;
+            Ok(s.sockets.add(t))
+        })??;
+        let stream = TcpStream { h, nonblocking };
+        poll();
+        if !nonblocking {
+            retry(false, |s| {
+                let t = s.sockets.get::<tcp::Socket>(h);
+                match t.state() {
+                    tcp::State::SynSent | tcp::State::SynReceived => None,
+                    tcp::State::Established | tcp::State::CloseWait => Some(Ok(())),
+                    _ => Some(Err(Error::ConnectionReset)),
+                }
+            })?;
+        }
+        Ok(stream)
+    }
+
+    /// Whether the handshake of [`TcpStream::connect`] is still going on.
+    pub fn is_connecting(&self) -> bool {
+        with(|s| matches!(s.sockets.get::<tcp::Socket>(self.h).state(), tcp::State::SynSent | tcp::State::SynReceived)).unwrap_or(false)
+    }
+
+    /// Whether a read would not block: data has arrived, or the peer closed
+    /// its side (or the connection is gone).
+    pub fn can_read(&self) -> bool {
+        with(|s| {
+            let t = s.sockets.get::<tcp::Socket>(self.h);
+            t.can_recv() || !t.may_recv() && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived)
+        })
+        .unwrap_or(true)
+    }
+
+    /// Whether a write would not block: there is room, or the connection
+    /// can no longer send (the write then fails at once).
+    pub fn can_write(&self) -> bool {
+        with(|s| {
+            let t = s.sockets.get::<tcp::Socket>(self.h);
+            t.can_send() || !t.may_send() && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived)
+        })
+        .unwrap_or(true)
+    }
+
+    /// Whether the peer has closed its side (or the connection is gone).
+    pub fn peer_closed(&self) -> bool {
+        with(|s| !s.sockets.get::<tcp::Socket>(self.h).may_recv()).unwrap_or(true)
+    }
+
+    /// The local address and port.
+    pub fn local(&self) -> Option<(IpAddress, u16)> {
+        with(|s| s.sockets.get::<tcp::Socket>(self.h).local_endpoint().map(|e| (e.addr, e.port))).ok().flatten()
+    }
+
+    /// Bytes that have arrived and wait to be read.
+    pub fn pending(&self) -> usize {
+        with(|s| s.sockets.get::<tcp::Socket>(self.h).recv_queue()).unwrap_or(0)
     }
 
     /// The peer's address and port.
@@ -679,6 +771,16 @@ impl UdpSocket {
 
     pub fn set_nonblocking(&mut self, v: bool) {
         self.nonblocking = v;
+    }
+
+    /// Whether a datagram waits to be received.
+    pub fn can_read(&self) -> bool {
+        with(|s| s.sockets.get::<udp::Socket>(self.h).can_recv()).unwrap_or(false)
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        with(|s| s.sockets.get::<udp::Socket>(self.h).endpoint().port).unwrap_or(0)
     }
 
     /// Receives one datagram: its length and the sender.

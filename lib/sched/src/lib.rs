@@ -507,6 +507,18 @@ extern "C" fn thread_start(id: usize) -> ! {
     unreachable!("an exited thread was resumed");
 }
 
+/// Ends the running thread here, without returning to its entry function
+/// (a Linux program's thread calling `exit`). Its stack is freed once
+/// another thread runs; nothing on it is dropped. The boot thread cannot
+/// end this way: the kernel would have nothing left to return to.
+pub fn exit_current() -> ! {
+    let id = current();
+    assert!(id != 0, "the boot thread cannot exit_current");
+    with(|s| s.cur().state = State::Exited);
+    reschedule();
+    unreachable!("an exited thread was resumed");
+}
+
 /// Starts `f` on a new thread with the default options.
 pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
     Builder::new().spawn(f)

@@ -1,0 +1,265 @@
+//! What Kiln does with each Linux system call: the source of
+//! `docs/syscalls.md` (a unit test keeps the page equal to [`markdown`];
+//! `KILN_BLESS=1 cargo test -p kiln-syscall` rewrites it).
+
+use crate::names::NAMES;
+use alloc::string::String;
+
+/// How far a call is carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Does what Linux does, for the cases a single-process unikernel has.
+    Yes,
+    /// Works, with the limits given.
+    Partial(&'static str),
+    /// Accepted and answered, with nothing to do (the note says why).
+    Accepted(&'static str),
+    /// Returns an error on purpose (the note says which and why); not
+    /// logged as unsupported.
+    Refused(&'static str),
+}
+
+/// Every call Kiln answers; any other returns ENOSYS and is logged once.
+pub const SUPPORT: &[(&str, Support)] = {
+    use Support::*;
+    &[
+        ("read", Yes),
+        ("write", Yes),
+        ("open", Yes),
+        ("openat", Yes),
+        ("close", Yes),
+        ("stat", Yes),
+        ("fstat", Yes),
+        ("lstat", Yes),
+        ("newfstatat", Partial("AT_EMPTY_PATH and AT_SYMLINK_NOFOLLOW; times are the file's mtime")),
+        ("statx", Partial("basic fields (STATX_BASIC_STATS); no birth time")),
+        ("lseek", Partial("files; directories rewind only")),
+        ("pread64", Yes),
+        ("pwrite64", Yes),
+        ("readv", Yes),
+        ("writev", Yes),
+        ("preadv", Yes),
+        ("pwritev", Yes),
+        ("access", Partial("existence only: the only user is root")),
+        ("faccessat", Partial("existence only")),
+        ("faccessat2", Partial("existence only")),
+        ("fcntl", Partial("F_DUPFD(_CLOEXEC), F_GETFD/SETFD, F_GETFL/SETFL (O_NONBLOCK, O_APPEND); record locks always granted")),
+        ("ioctl", Partial("FIONBIO, FIONREAD, FIOCLEX/FIONCLEX; terminal requests get ENOTTY (the console is a serial line)")),
+        ("dup", Yes),
+        ("dup2", Yes),
+        ("dup3", Yes),
+        ("pipe", Partial("within the program (64 KiB buffer); no SIGPIPE, EPIPE only")),
+        ("pipe2", Partial("O_NONBLOCK, O_CLOEXEC; as pipe")),
+        ("eventfd", Yes),
+        ("eventfd2", Partial("EFD_SEMAPHORE, EFD_NONBLOCK, EFD_CLOEXEC")),
+        ("getdents64", Yes),
+        ("readlink", Partial("symlinks in the rootfs, and /proc/self/exe")),
+        ("readlinkat", Partial("as readlink")),
+        ("getcwd", Yes),
+        ("chdir", Yes),
+        ("fchdir", Yes),
+        ("mkdir", Yes),
+        ("mkdirat", Yes),
+        ("unlink", Yes),
+        ("unlinkat", Yes),
+        ("rmdir", Yes),
+        ("rename", Yes),
+        ("renameat", Yes),
+        ("renameat2", Partial("flags ignored")),
+        ("symlink", Yes),
+        ("symlinkat", Yes),
+        ("link", Yes),
+        ("linkat", Yes),
+        ("truncate", Yes),
+        ("ftruncate", Yes),
+        ("chmod", Yes),
+        ("fchmodat", Yes),
+        ("sendfile", Partial("from a file, 64 KiB per call")),
+        ("statfs", Partial("a RAM file system's figures")),
+        ("fstatfs", Partial("as statfs")),
+        ("fchmod", Accepted("one user")),
+        ("chown", Accepted("one user")),
+        ("fchown", Accepted("one user")),
+        ("lchown", Accepted("one user")),
+        ("fchownat", Accepted("one user")),
+        ("utime", Accepted("times are not kept")),
+        ("utimes", Accepted("times are not kept")),
+        ("utimensat", Accepted("times are not kept")),
+        ("futimesat", Accepted("times are not kept")),
+        ("fsync", Accepted("the rootfs lives in memory")),
+        ("fdatasync", Accepted("the rootfs lives in memory")),
+        ("sync", Accepted("the rootfs lives in memory")),
+        ("fadvise64", Accepted("advice")),
+        ("flock", Accepted("one process: always granted")),
+        ("fallocate", Accepted("memory is allocated on write")),
+        ("sync_file_range", Accepted("the rootfs lives in memory")),
+        ("mmap", Partial("anonymous and private file mappings from the heap; MAP_FIXED only inside memory the program already has")),
+        ("munmap", Partial("frees whole mappings; part of one stays allocated")),
+        ("brk", Partial("a 16 MiB area")),
+        ("mremap", Partial("grows by moving (MREMAP_MAYMOVE); shrinking keeps the block")),
+        ("madvise", Partial("MADV_DONTNEED zeroes; other advice ignored")),
+        ("mprotect", Accepted("program memory is mapped read/write/execute")),
+        ("mlock", Accepted("memory is never paged out")),
+        ("munlock", Accepted("memory is never paged out")),
+        ("mlockall", Accepted("memory is never paged out")),
+        ("munlockall", Accepted("memory is never paged out")),
+        ("msync", Accepted("private mappings only")),
+        ("membarrier", Accepted("one CPU")),
+        ("socket", Partial("AF_INET, SOCK_STREAM and SOCK_DGRAM; others EAFNOSUPPORT")),
+        ("socketpair", Refused("EAFNOSUPPORT: no AF_UNIX")),
+        ("bind", Partial("the port; every local address")),
+        ("listen", Partial("backlog capped at 32 listening sockets")),
+        ("accept", Yes),
+        ("accept4", Yes),
+        ("connect", Partial("TCP (blocking or EINPROGRESS) and UDP")),
+        ("sendto", Partial("MSG_DONTWAIT; other flags ignored")),
+        ("recvfrom", Partial("MSG_DONTWAIT; no MSG_PEEK")),
+        ("sendmsg", Partial("no control data")),
+        ("recvmsg", Partial("no control data")),
+        ("shutdown", Partial("SHUT_WR and SHUT_RDWR close the sending side")),
+        ("getsockname", Yes),
+        ("getpeername", Yes),
+        ("setsockopt", Accepted("addresses are always reusable, Nagle is off")),
+        ("getsockopt", Partial("SO_ERROR, SO_TYPE, buffer sizes; others read 0")),
+        ("poll", Yes),
+        ("ppoll", Partial("the signal mask is ignored")),
+        ("select", Yes),
+        ("pselect6", Partial("the signal mask is ignored")),
+        ("epoll_create", Yes),
+        ("epoll_create1", Yes),
+        ("epoll_ctl", Partial("EPOLLET, EPOLLONESHOT; EPOLLEXCLUSIVE ignored")),
+        ("epoll_wait", Yes),
+        ("epoll_pwait", Partial("the signal mask is ignored")),
+        ("epoll_pwait2", Partial("the signal mask is ignored")),
+        ("clone", Partial("threads (CLONE_VM|CLONE_THREAD, TLS, tid words); fork gets ENOSYS")),
+        ("clone3", Refused("ENOSYS: glibc then uses clone")),
+        ("futex", Partial("WAIT, WAKE, WAIT_BITSET, WAKE_BITSET, WAKE_OP, (CMP_)REQUEUE by waking; no PI")),
+        ("set_tid_address", Yes),
+        ("set_robust_list", Accepted("threads end only by exiting")),
+        ("rseq", Refused("ENOSYS: C libraries carry on without it")),
+        ("gettid", Yes),
+        ("exit", Yes),
+        ("exit_group", Yes),
+        ("arch_prctl", Partial("ARCH_SET_FS, ARCH_GET_FS")),
+        ("getpid", Partial("always 1")),
+        ("getppid", Partial("always 0")),
+        ("getuid", Partial("root")),
+        ("getgid", Partial("root")),
+        ("geteuid", Partial("root")),
+        ("getegid", Partial("root")),
+        ("getresuid", Partial("root")),
+        ("getresgid", Partial("root")),
+        ("getgroups", Partial("none")),
+        ("setuid", Accepted("one user")),
+        ("setgid", Accepted("one user")),
+        ("setreuid", Accepted("one user")),
+        ("setregid", Accepted("one user")),
+        ("setgroups", Accepted("one user")),
+        ("getpgrp", Partial("always 1")),
+        ("getpgid", Partial("always 1")),
+        ("getsid", Partial("always 1")),
+        ("setsid", Accepted("one process")),
+        ("uname", Yes),
+        ("clock_gettime", Partial("every clock counts from boot")),
+        ("clock_getres", Yes),
+        ("gettimeofday", Partial("time since boot")),
+        ("time", Partial("time since boot")),
+        ("nanosleep", Yes),
+        ("clock_nanosleep", Yes),
+        ("sched_yield", Yes),
+        ("getrandom", Partial("a xorshift stream seeded from the clock: not for keys")),
+        ("getrlimit", Partial("no limits; the stack 8 MiB, files 1024/4096")),
+        ("setrlimit", Accepted("no limits")),
+        ("prlimit64", Partial("as getrlimit; setting is accepted")),
+        ("sched_getaffinity", Partial("one CPU")),
+        ("sched_setaffinity", Accepted("one CPU")),
+        ("getcpu", Partial("CPU 0")),
+        ("sysinfo", Partial("uptime; memory figures are fixed")),
+        ("umask", Accepted("returns 022")),
+        ("prctl", Accepted("names and the like")),
+        ("rt_sigaction", Accepted("no signal is ever delivered")),
+        ("rt_sigprocmask", Accepted("no signal is ever delivered")),
+        ("rt_sigpending", Accepted("none pending")),
+        ("sigaltstack", Accepted("no signal is ever delivered")),
+        ("rt_sigsuspend", Accepted("returns at once")),
+        ("kill", Accepted("to itself, as a liveness check")),
+        ("tkill", Accepted("to itself, as a liveness check")),
+        ("tgkill", Accepted("to itself, as a liveness check")),
+        ("wait4", Refused("ECHILD: no child processes")),
+        ("fork", Refused("ENOSYS: one process")),
+        ("vfork", Refused("ENOSYS: one process")),
+    ]
+};
+
+/// A call's name, or "?".
+pub fn name(nr: u64) -> &'static str {
+    NAMES.iter().find(|&&(n, _)| n == nr).map_or("?", |&(_, s)| s)
+}
+
+pub(crate) fn name_or_number(nr: u64) -> String {
+    match name(nr) {
+        "?" => alloc::format!("syscall_{nr}"),
+        n => n.into(),
+    }
+}
+
+/// What Kiln does with the call named `name` (None: ENOSYS, logged).
+pub fn support(name: &str) -> Option<Support> {
+    SUPPORT.iter().find(|&&(n, _)| n == name).map(|&(_, s)| s)
+}
+
+/// The table of every x86_64 system call, for `docs/syscalls.md`.
+pub fn markdown() -> String {
+    use core::fmt::Write;
+    let count = |f: fn(&Support) -> bool| SUPPORT.iter().filter(|(_, s)| f(s)).count();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Linux system calls in Kiln (x86_64)\n\n\
+         Generated from `lib/syscall/src/table.rs` (`KILN_BLESS=1 cargo test -p kiln-syscall` rewrites this page;\n\
+         a unit test fails when it is out of date). Programs run by `apps/elfloader` make these calls; a call\n\
+         marked \"no\" returns ENOSYS and is named once on the console and again in the summary at exit.\n\n\
+         {} calls do what Linux does, {} work with the limits given, {} are accepted with nothing to do,\n\
+         {} are refused on purpose, and the other {} return ENOSYS.\n",
+        count(|s| *s == Support::Yes),
+        count(|s| matches!(s, Support::Partial(_))),
+        count(|s| matches!(s, Support::Accepted(_))),
+        count(|s| matches!(s, Support::Refused(_))),
+        NAMES.len() - SUPPORT.len(),
+    );
+    let _ = writeln!(s, "| nr | call | support | notes |\n|---:|---|---|---|");
+    for &(nr, n) in NAMES {
+        let (what, note) = match support(n) {
+            Some(Support::Yes) => ("yes", ""),
+            Some(Support::Partial(w)) => ("partial", w),
+            Some(Support::Accepted(w)) => ("accepted", w),
+            Some(Support::Refused(w)) => ("refused", w),
+            None => ("no", ""),
+        };
+        let _ = writeln!(s, "| {nr} | `{n}` | {what} | {note} |");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_name_is_a_real_call() {
+        for (n, _) in SUPPORT {
+            assert!(NAMES.iter().any(|&(_, m)| m == *n), "{n} is not an x86_64 system call");
+        }
+    }
+
+    #[test]
+    fn docs_syscalls_md_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/syscalls.md");
+        let want = markdown();
+        if std::env::var_os("KILN_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(have == want, "docs/syscalls.md is out of date: run KILN_BLESS=1 cargo test -p kiln-syscall");
+    }
+}
