@@ -1,8 +1,9 @@
 //! The ELF loader runs unmodified Linux programs from a run-time initrd: a
 //! static-pie Rust program built here for x86_64-unknown-linux-musl (std:
 //! args, environment, files, heap, exit code), Debian's glibc echo and cat
-//! through their dynamic loader, and busybox-static at its fixed address;
-//! what it cannot run is refused with the reason.
+//! through their dynamic loader, busybox-static at its fixed address (sh
+//! builtins, ls -l), a multi-threaded Rust program, and a Rust network
+//! server fetched with curl; what it cannot run is refused with the reason.
 //!
 //! Under TCG (-W): some hosts' KVM (PVM) cannot emulate the SSE
 //! instructions ordinary Linux programs use.
@@ -15,8 +16,7 @@ fn root() -> PathBuf {
 }
 
 fn run(rootfs: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
-    let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/elfloader"]).status().unwrap();
-    assert!(b.success());
+    b_build();
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "-W", "--timeout", "120", "--initrd", rootfs.to_str().unwrap()])
@@ -29,8 +29,12 @@ fn run(rootfs: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
     (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
-/// The test program, built for Linux with musl (static-pie).
+/// The test programs, built for Linux with musl (static-pie).
 fn hello() -> PathBuf {
+    linux_program("linux-hello")
+}
+
+fn linux_program(name: &str) -> PathBuf {
     let dir = root().join("kiln/tests/linux/hello");
     let o = Command::new(env!("CARGO"))
         .args(["build", "-q", "--release", "--target", "x86_64-unknown-linux-musl"])
@@ -39,7 +43,7 @@ fn hello() -> PathBuf {
         .output()
         .unwrap();
     assert!(o.status.success(), "building the Linux test program: {}", String::from_utf8_lossy(&o.stderr));
-    dir.join("target/x86_64-unknown-linux-musl/release/linux-hello")
+    dir.join("target/x86_64-unknown-linux-musl/release").join(name)
 }
 
 fn rootfs(name: &str) -> PathBuf {
@@ -89,9 +93,26 @@ fn busybox_static_runs_at_its_fixed_address() {
     let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "echo", "hello", "from busybox"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nhello from busybox\n"), "{out}");
-    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "sh", "-c", "echo one; echo two three; exit 5"]);
-    assert!(out.contains("\none\ntwo three\n"), "{out}");
+    // The shell with builtins only (anything else would fork): cd, pwd,
+    // read from a file, arithmetic in a loop, a function, test, a
+    // redirection that writes a file and reads it back, and its status.
+    let script = "cd /etc && pwd; read x < /etc/motd; echo \"read: $x\"; for i in 1 2 3; do echo \"n=$((i*i))\"; done; \
+                  f() { echo \"in f: $1\"; }; f arg; test -d /bin && echo 'bin is a dir'; \
+                  echo data > /etc/new && read y < /etc/new && echo \"wrote and read: $y\"; exit 5";
+    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "sh", "-c", script]);
+    assert!(out.contains("\n/etc\nread: served by Kiln\nn=1\nn=4\nn=9\nin f: arg\nbin is a dir\nwrote and read: data\n"), "{out}");
     assert_eq!(code, 5, "the shell's exit status: {out}");
+    // ls -l: directory entries (getdents64), lstat, symlinks (readlink).
+    std::os::unix::fs::symlink("busybox", d.join("bin/sh")).unwrap();
+    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "ls", "-l", "/", "/bin"]);
+    assert_eq!(code, 0, "{out}");
+    for want in ["drwxr-xr-x", " bin\n", " etc\n", "/bin:\n", "-rwxr-xr-x", " busybox\n", "lrwxrwxrwx", " sh -> busybox\n"] {
+        assert!(out.contains(want), "ls -l shows {want:?}: {out}");
+    }
+    // What needs a second process is refused with the reason.
+    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "sh", "-c", "echo a | cat"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("fork (clone without CLONE_VM|CLONE_THREAD) is not supported"), "{out}");
     let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "cat", "/etc/motd"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nserved by Kiln\n"), "{out}");
@@ -128,4 +149,77 @@ fn debian_programs_linked_against_glibc_run_through_their_loader() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/bin/cat: /etc/none: No such file or directory"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_multithreaded_rust_program_runs_its_threads() {
+    // std threads over clone and futex: a Mutex, a channel, a Barrier,
+    // join values, a Condvar after a sleep, scoped threads.
+    let d = rootfs("threads");
+    std::fs::copy(linux_program("linux-threads"), d.join("bin/threads")).unwrap();
+    let (code, out) = run(&d, &["-M", "128M"], &["/bin/threads"]);
+    assert_eq!(code, 0, "{out}");
+    for i in 0..4 {
+        assert!(out.contains(&format!("threads: worker-{i} (worker {i}) reported\n")), "{out}");
+    }
+    assert!(out.contains("threads: counter = 1998000\n"), "{out}");
+    assert!(out.contains("threads: joined sum = 1000\n"), "{out}");
+    assert!(out.contains("threads: condvar woke after 50 ms or more\n"), "{out}");
+    assert!(out.contains("threads: scoped sum = 36\n"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_rust_network_server_serves_curl() {
+    // std::net with a thread per connection: six clients at once, then
+    // /quit, whose answer must still arrive before the program exits.
+    let d = rootfs("http");
+    std::fs::copy(linux_program("linux-http"), d.join("bin/http")).unwrap();
+    b_build();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "-W", "-M", "128M", "--timeout", "120", "-p", &format!("{port}:8080"), "--initrd", d.to_str().unwrap()])
+        .args(["apps/elfloader", "--", "/bin/http", "8080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let start = std::time::Instant::now();
+    while !curl(&url("/ready")).0 {
+        assert!(start.elapsed().as_secs() < 90, "the server never answered");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let clients: Vec<_> = (0..6).map(|i| { let u = url(&format!("/c{i}")); std::thread::spawn(move || curl(&u)) }).collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (ok, body) = c.join().unwrap();
+        assert!(ok && body.starts_with(&format!("path=/c{i}\nrequest=")), "{body}");
+        assert!(body.ends_with("peer-is-ipv4=true\nmotd=served by Kiln\n"), "{body}");
+    }
+    let (ok, body) = curl(&url("/quit"));
+    assert!(ok && body.starts_with("path=/quit\nrequest=8\n"), "{body}");
+    let o = child.wait_with_output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(7), "{out}");
+    assert!(out.contains("linux-http: listening on 0.0.0.0:8080\n"), "{out}");
+    assert!(out.contains("linux-http: 8 requests, quitting\n"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn b_build() {
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/elfloader"]).status().unwrap();
+    assert!(b.success());
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET with curl: whether it answered 200, and the body.
+fn curl(url: &str) -> (bool, String) {
+    let o = Command::new("curl").args(["-s", "-f", "-m", "20", url]).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
 }

@@ -445,6 +445,21 @@ pub fn wake_waiters() {
     ACTIVITY.wake_all();
 }
 
+/// Runs the stack until every TCP socket has sent what it queued (and the
+/// peer acknowledged it), or `max_us` pass: what a program wrote just
+/// before exiting still reaches its peer.
+pub fn flush(max_us: u64) {
+    let until = now().total_micros() as u64 + max_us;
+    loop {
+        poll();
+        let pending = with(|s| s.sockets.iter().any(|(_, sock)| matches!(sock, smoltcp::socket::Socket::Tcp(t) if t.send_queue() > 0))).unwrap_or(false);
+        if !pending || now().total_micros() as u64 >= until {
+            return;
+        }
+        ACTIVITY.wait_timeout(core::time::Duration::from_micros(1000));
+    }
+}
+
 /// The interface's IPv4 address.
 pub fn local_ipv4() -> Option<Ipv4Address> {
     with(|s| s.iface.ipv4_addr()).ok().flatten()

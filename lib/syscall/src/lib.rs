@@ -179,6 +179,10 @@ pub(crate) fn note_missing(path: &str, e: kiln_vfs::Error) {
 
 /// Ends the program: the summary of what it missed, then the machine's exit.
 pub(crate) fn exit(code: i64) -> ! {
+    // What the program sent just before exiting still reaches its peers.
+    if kiln_net::available() {
+        kiln_net::flush(200_000);
+    }
     let missing = MISSING.lock().clone();
     if !missing.is_empty() {
         kiln_console::log!(kiln_console::Level::Info, "elf: files the program looked for and did not find: {}", missing.join(", "));
