@@ -36,6 +36,8 @@ pub(crate) enum Kind {
     File(VfsFile),
     Dir(DirFile),
     Pipe(PipeEnd),
+    /// One end of a socketpair: reads one pipe, writes the other.
+    Pair(PipeEnd, PipeEnd),
     EventFd(EventFd),
     Epoll(crate::poll::Epoll),
     Socket(crate::net::Socket),
@@ -68,6 +70,12 @@ impl Desc {
         match &self.kind {
             Kind::Console | Kind::File(_) | Kind::Dir(_) => POLLIN | POLLOUT,
             Kind::Pipe(p) => p.readiness(),
+            Kind::Pair(r, w) => {
+                let (r, w) = (r.readiness(), w.readiness());
+                // The peer closing shows as readable end of file.
+                let rd = if r & POLLHUP != 0 { POLLIN | POLLRDHUP } else { r };
+                rd | w | if r & POLLHUP != 0 && w & POLLERR != 0 { POLLHUP } else { 0 }
+            }
             Kind::EventFd(e) => POLLOUT | if e.count.load(Ordering::Relaxed) > 0 { POLLIN } else { 0 },
             Kind::Epoll(e) => {
                 if e.any_ready() {
@@ -289,7 +297,7 @@ pub(crate) fn read_desc(d: &Desc, buf: &mut [u8]) -> Sys {
         Kind::File(f) => vfs().read(f.0, buf).map(|n| n as i64).map_err(vfs_err),
         Kind::Dir(_) => Err(21), // EISDIR
         Kind::Pipe(p) if p.write => Err(errno::EBADF),
-        Kind::Pipe(p) => block(d, || {
+        Kind::Pipe(p) | Kind::Pair(p, _) => block(d, || {
             let mut b = p.pipe.buf.lock();
             if b.is_empty() {
                 return (p.pipe.writers.load(Ordering::Relaxed) == 0).then_some(Ok(0));
@@ -334,7 +342,7 @@ pub(crate) fn write_desc(d: &Desc, buf: &[u8]) -> Sys {
         Kind::File(f) => vfs().write(f.0, buf).map(|n| n as i64).map_err(vfs_err),
         Kind::Dir(_) => Err(errno::EBADF),
         Kind::Pipe(p) if !p.write => Err(errno::EBADF),
-        Kind::Pipe(p) => block(d, || {
+        Kind::Pipe(p) | Kind::Pair(_, p) => block(d, || {
             if p.pipe.readers.load(Ordering::Relaxed) == 0 {
                 return Some(Err(errno::EPIPE));
             }
@@ -389,6 +397,7 @@ fn desc_stat(d: &Desc) -> Result<(u64, u32, u64, u64, u64), i64> {
         Kind::File(f) => vst(f.0),
         Kind::Dir(f) => vst(f.file.0),
         Kind::Pipe(_) => Ok((2, 0o010600, 0, 1, 0)),
+        Kind::Pair(..) => Ok((3, 0o140777, 0, 1, 0)),
         Kind::Socket(_) => Ok((3, 0o140777, 0, 1, 0)),
         Kind::EventFd(_) | Kind::Epoll(_) => Ok((4, 0o600, 0, 1, 0)),
     }
@@ -662,7 +671,7 @@ fn ioctl(fd: i64, req: u64, arg: u64) -> Sys {
         // FIONREAD: bytes waiting.
         0x541b => {
             let n = match &d.kind {
-                Kind::Pipe(p) => p.pipe.buf.lock().len(),
+                Kind::Pipe(p) | Kind::Pair(p, _) => p.pipe.buf.lock().len(),
                 Kind::Socket(s) => s.pending(),
                 _ => 0,
             };
@@ -678,22 +687,42 @@ fn ioctl(fd: i64, req: u64, arg: u64) -> Sys {
     }
 }
 
-fn pipe2(out: u64, flags: u64) -> Sys {
+/// A new pipe's (read end, write end).
+fn new_pipe() -> (PipeEnd, PipeEnd) {
     let pipe = Arc::new(Pipe { buf: spin::Mutex::new(VecDeque::new()), readers: AtomicUsize::new(1), writers: AtomicUsize::new(1) });
-    let f = flags as u32 & (O_NONBLOCK | O_CLOEXEC);
-    let r = install(Kind::Pipe(PipeEnd { pipe: pipe.clone(), write: false }), f)?;
-    let w = match install(Kind::Pipe(PipeEnd { pipe, write: true }), f | 1) {
+    (PipeEnd { pipe: pipe.clone(), write: false }, PipeEnd { pipe, write: true })
+}
+
+fn pipe2(out: u64, flags: u64) -> Sys {
+    let (rd, wr) = new_pipe();
+    pair_install(out, Kind::Pipe(rd), Kind::Pipe(wr), flags as u32 & (O_NONBLOCK | O_CLOEXEC), 1)
+}
+
+/// socketpair(AF_UNIX, SOCK_STREAM): two ends joined by two pipes.
+pub(crate) fn socketpair(domain: u64, ty: u64, out: u64) -> Sys {
+    if domain != 1 || ty & 0xf != 1 {
+        return Err(crate::errno::EAFNOSUPPORT);
+    }
+    let (r1, w1) = new_pipe();
+    let (r2, w2) = new_pipe();
+    pair_install(out, Kind::Pair(r1, w2), Kind::Pair(r2, w1), ty as u32 & (O_NONBLOCK | O_CLOEXEC), 2)
+}
+
+/// Installs two new descriptors and writes their numbers to `out`.
+fn pair_install(out: u64, a: Kind, b: Kind, f: u32, access_b: u32) -> Sys {
+    let r = install(a, f | if access_b == 2 { 2 } else { 0 })?;
+    let w = match install(b, f | access_b) {
         Ok(w) => w,
         Err(e) => {
             let _ = close(r);
             return Err(e);
         }
     };
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&(r as i32).to_le_bytes());
-    b[4..].copy_from_slice(&(w as i32).to_le_bytes());
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&(r as i32).to_le_bytes());
+    buf[4..].copy_from_slice(&(w as i32).to_le_bytes());
     // SAFETY: see `bytes`.
-    unsafe { put(out, &b) }?;
+    unsafe { put(out, &buf) }?;
     Ok(0)
 }
 

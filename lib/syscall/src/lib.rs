@@ -293,12 +293,14 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             }
             // clock_gettime, gettimeofday, time.
             228 => {
-                let us = now_us();
+                // CLOCK_REALTIME (0) and its coarse form (5) are wall time;
+                // the others count from boot.
+                let us = if a[0] == 0 || a[0] == 5 { realtime_us() } else { now_us() };
                 put(a[1], &timespec(us))?;
                 Ok(0)
             }
             96 => {
-                let us = now_us();
+                let us = realtime_us();
                 if a[0] != 0 {
                     let mut tv = [0u8; 16];
                     tv[..8].copy_from_slice(&(us / 1_000_000).to_le_bytes());
@@ -308,7 +310,7 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
                 Ok(0)
             }
             201 => {
-                let s = now_us() / 1_000_000;
+                let s = realtime_us() / 1_000_000;
                 if a[0] != 0 {
                     put(a[0], &s.to_le_bytes())?;
                 }
@@ -326,7 +328,12 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
                 let (ts, abs) = if nr == 35 { (a[0], false) } else { (a[2], a[1] & 1 != 0) };
                 let us = read_timespec_us(ts)?;
                 let now = now_us();
-                let until = if abs { us } else { now.saturating_add(us) };
+                let until = match (abs, a[0]) {
+                    (false, _) => now.saturating_add(us),
+                    // An absolute CLOCK_REALTIME time.
+                    (true, 0) => boot_time_of(us),
+                    (true, _) => us,
+                };
                 if until > now {
                     kiln_sched::sleep(core::time::Duration::from_micros(until - now));
                 }
@@ -443,6 +450,19 @@ pub(crate) unsafe fn read_timespec_us(ptr: u64) -> Result<u64, i64> {
         return Err(errno::EINVAL);
     }
     Ok(s.saturating_mul(1_000_000).saturating_add(ns.div_ceil(1000)))
+}
+
+/// Wall-clock time in µs since 1970: the host's time at boot
+/// (`clock.epoch=`, which `kiln run` passes) plus the time since boot.
+pub(crate) fn realtime_us() -> u64 {
+    static EPOCH: spin::Once<u64> = spin::Once::new();
+    let epoch = *EPOCH.call_once(|| kiln_boot::param("clock.epoch").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+    epoch.saturating_mul(1_000_000).saturating_add(now_us())
+}
+
+/// The time since boot (µs) at which the wall clock reads `wall_us`.
+pub(crate) fn boot_time_of(wall_us: u64) -> u64 {
+    (wall_us + now_us()).saturating_sub(realtime_us())
 }
 
 pub(crate) fn now_us() -> u64 {

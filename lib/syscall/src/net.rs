@@ -212,6 +212,11 @@ fn socket_of(fd: i64) -> Result<(alloc::sync::Arc<Desc>, ()), i64> {
     Ok((d, ()))
 }
 
+/// A socketpair end (read and written like a pipe).
+fn pair(fd: i64) -> Option<alloc::sync::Arc<Desc>> {
+    fd::get(fd).ok().filter(|d| matches!(d.kind, Kind::Pair(..)))
+}
+
 fn sock(d: &Desc) -> &Socket {
     match &d.kind {
         Kind::Socket(s) => s,
@@ -318,6 +323,10 @@ fn connect(fd: i64, addr: u64, len: u64) -> Sys {
 }
 
 fn sendto(fd: i64, buf: u64, len: u64, flags: u64, addr: u64, alen: u64) -> Sys {
+    if let Some(d) = pair(fd) {
+        // SAFETY: see `crate::bytes`.
+        return fd::write_desc(&d, unsafe { bytes(buf, len) }?);
+    }
     let (d, _) = socket_of(fd)?;
     let to = if addr != 0 { Some(sockaddr(addr, alen)?) } else { None };
     // SAFETY: see `crate::bytes`.
@@ -328,6 +337,10 @@ fn sendto(fd: i64, buf: u64, len: u64, flags: u64, addr: u64, alen: u64) -> Sys 
 }
 
 fn recvfrom(fd: i64, buf: u64, len: u64, flags: u64, addr: u64, lenptr: u64) -> Sys {
+    if let Some(d) = pair(fd) {
+        // SAFETY: see `crate::bytes`.
+        return fd::read_desc(&d, unsafe { bytes_mut(buf, len) }?);
+    }
     let (d, _) = socket_of(fd)?;
     // SAFETY: see `crate::bytes`.
     let data = unsafe { bytes_mut(buf, len) }?;
@@ -445,7 +458,7 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
     let fd = a[0] as i64;
     Some(match nr {
         41 => socket(a[0], a[1]),
-        53 => Err(errno::EAFNOSUPPORT),
+        53 => fd::socketpair(a[0], a[1], a[3]),
         49 => bind(fd, a[1], a[2]),
         50 => listen(fd, a[1]),
         43 => accept(fd, a[1], a[2], 0),
@@ -460,7 +473,7 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         52 => name(fd, a[1], a[2], true),
         // setsockopt: options are accepted (addresses are always reusable,
         // Nagle is off, keep-alive is the stack's).
-        54 => socket_of(fd).map(|_| 0),
+        54 => fd::get(fd).map(|_| 0),
         55 => getsockopt(fd, a[1], a[2], a[3], a[4]),
         _ => return None,
     })

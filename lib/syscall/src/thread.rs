@@ -186,8 +186,8 @@ fn futex(a: [u64; 6]) -> Sys {
     const WAIT_BITSET: u64 = 9;
     const WAKE_BITSET: u64 = 10;
     let [addr, op, val, timeout, addr2, val3] = a;
-    // Without FUTEX_PRIVATE_FLAG (128) and FUTEX_CLOCK_REALTIME (256):
-    // there is one process and one clock.
+    // Without FUTEX_PRIVATE_FLAG (128) and FUTEX_CLOCK_REALTIME (256): there
+    // is one process, and wall-clock deadlines are converted.
     // SAFETY (of the pointer helpers): see `crate::bytes`.
     unsafe {
         match op & 0x7f {
@@ -199,7 +199,14 @@ fn futex(a: [u64; 6]) -> Sys {
                     None
                 } else {
                     let t = crate::read_timespec_us(timeout)?;
-                    Some(if op & 0x7f == WAIT { crate::now_us().saturating_add(t) } else { t })
+                    Some(if op & 0x7f == WAIT {
+                        crate::now_us().saturating_add(t)
+                    } else if op & 256 != 0 {
+                        // FUTEX_CLOCK_REALTIME: an absolute wall-clock time.
+                        crate::boot_time_of(t)
+                    } else {
+                        t
+                    })
                 };
                 let q = queue(addr);
                 match deadline {

@@ -105,7 +105,19 @@ impl Platform for Qemu {
     }
 
     fn tick_hz(&self) -> Option<u64> {
-        arch::tsc::frequency()
+        // Looked up once: CPUID traps to the hypervisor under KVM. The
+        // host's measurement (`clock.tsc_hz=`, which `kiln run` passes)
+        // comes first: under TCG the guest's TSC is the host's, and CPUID
+        // has no frequency leaf there.
+        static HZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        match HZ.load(core::sync::atomic::Ordering::Relaxed) {
+            0 => {
+                let hz = kiln_boot::param("clock.tsc_hz").and_then(|v| v.parse().ok()).or_else(arch::tsc::frequency)?;
+                HZ.store(hz, core::sync::atomic::Ordering::Relaxed);
+                Some(hz)
+            }
+            hz => Some(hz),
+        }
     }
 
     fn map_device(&self, addr: usize, len: usize) -> bool {
