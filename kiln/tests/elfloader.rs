@@ -223,3 +223,95 @@ fn curl(url: &str) -> (bool, String) {
     let o = Command::new("curl").args(["-s", "-f", "-m", "20", url]).output().unwrap();
     (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
 }
+
+/// A rootfs with Debian's nginx (copied with `kiln rootfs add`), a config
+/// that keeps it in one process, and a small site.
+fn nginx_rootfs() -> (PathBuf, Vec<u8>) {
+    let d = rootfs("nginx");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/sbin/nginx"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for dir in ["etc/nginx", "www", "var/log/nginx", "var/lib/nginx", "run", "tmp"] {
+        std::fs::create_dir_all(d.join(dir)).unwrap();
+    }
+    std::fs::write(
+        d.join("etc/nginx/nginx.conf"),
+        "user root; daemon off; master_process off; worker_processes 1;\n\
+         error_log stderr; pid /tmp/nginx.pid;\n\
+         events { worker_connections 256; }\n\
+         http { access_log off; server { listen 80; root /www; } }\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(d.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(d.join("www/index.html"), "<h1>nginx on Kiln</h1>\n").unwrap();
+    // 300 KiB that is not a repeating pattern, to check byte for byte.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..300 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(d.join("www/big.bin"), &big).unwrap();
+    (d, big)
+}
+
+#[test]
+fn debians_nginx_serves_curl() {
+    // A dynamically linked glibc server (epoll, non-blocking sockets,
+    // eventfd, socketpair, writev): pages, a 404, keep-alive, a large file
+    // byte for byte, and clients at once.
+    let (d, big) = nginx_rootfs();
+    b_build();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "-W", "-M", "256M", "--timeout", "240", "-p", &format!("{port}:80"), "--initrd", d.to_str().unwrap()])
+        .args(["apps/elfloader", "--", "/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let start = std::time::Instant::now();
+    while !curl(&url("/")).0 {
+        assert!(start.elapsed().as_secs() < 120, "nginx never answered");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(curl(&url("/")).1, "<h1>nginx on Kiln</h1>\n");
+    // Headers: nginx's own, and the host's date (the wall clock).
+    let o = Command::new("curl").args(["-s", "-i", "-m", "20", &url("/index.html")]).output().unwrap();
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\nServer: nginx/"), "{head}");
+    let year = Command::new("date").args(["-u", "+%Y"]).output().unwrap();
+    assert!(head.contains(&format!(" {} ", String::from_utf8_lossy(&year.stdout).trim())), "the Date header has this year: {head}");
+    // 404 from nginx's error page.
+    let o = Command::new("curl").args(["-s", "-m", "20", "-w", "%{http_code}", &url("/missing")]).output().unwrap();
+    let body = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(body.contains("<center>nginx/") && body.ends_with("404"), "{body}");
+    // Keep-alive: two requests on one connection.
+    let o = Command::new("curl").args(["-s", "-v", "-m", "20", &url("/"), &url("/index.html")]).output().unwrap();
+    let verbose = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "<h1>nginx on Kiln</h1>\n<h1>nginx on Kiln</h1>\n");
+    assert!(verbose.contains("Re-using existing connection"), "{verbose}");
+    // A large file, byte for byte.
+    let o = Command::new("curl").args(["-s", "-f", "-m", "60", &url("/big.bin")]).output().unwrap();
+    assert!(o.status.success() && o.stdout == big, "big.bin: {} bytes back of {}", o.stdout.len(), big.len());
+    // Clients at once.
+    let clients: Vec<_> = (0..12).map(|_| { let u = url("/"); std::thread::spawn(move || curl(&u)) }).collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), (true, "<h1>nginx on Kiln</h1>\n".to_string()));
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("open() \"/www/missing\" failed (2: No such file or directory)"), "nginx's error log: {out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
