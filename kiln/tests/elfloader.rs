@@ -315,3 +315,60 @@ fn debians_nginx_serves_curl() {
     assert!(out.contains("open() \"/www/missing\" failed (2: No such file or directory)"), "nginx's error log: {out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn debians_redis_serves_redis_cli_and_redis_benchmark() {
+    // Redis 7 (glibc, jemalloc, epoll, and background threads made with
+    // clone): commands from redis-cli, then redis-benchmark's clients.
+    let d = rootfs("redis");
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/bin/redis-server"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    b_build();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "-W", "-M", "512M", "--timeout", "240", "-p", &format!("{port}:6379"), "--initrd", d.to_str().unwrap()])
+        .args(["apps/elfloader", "--", "/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", "/data", "--protected-mode", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = port.to_string();
+    let cli = |args: &[&str]| {
+        let o = Command::new("redis-cli").args(["-p", &p]).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let start = std::time::Instant::now();
+    while cli(&["ping"]) != "PONG" {
+        assert!(start.elapsed().as_secs() < 120, "redis never answered");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(cli(&["set", "greeting", "hello from Kiln"]), "OK");
+    assert_eq!(cli(&["get", "greeting"]), "hello from Kiln");
+    assert_eq!(cli(&["incrby", "n", "41"]), "41");
+    assert_eq!(cli(&["incr", "n"]), "42");
+    assert_eq!(cli(&["rpush", "l", "a", "b", "c"]), "3");
+    assert_eq!(cli(&["lrange", "l", "0", "-1"]), "a\nb\nc");
+    let info = cli(&["info", "server"]);
+    assert!(info.contains("redis_version:7.") && info.contains("process_id:1"), "{info}");
+    // 20 clients at once, 2000 requests per test, every reply checked by
+    // redis-benchmark (it fails on an error reply or a lost connection).
+    let o = Command::new("redis-benchmark").args(["-p", &p, "-n", "2000", "-c", "20", "-q", "-t", "set,get,incr,lpush"]).output().unwrap();
+    let bench = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{bench}{}", String::from_utf8_lossy(&o.stderr));
+    for t in ["SET", "GET", "INCR", "LPUSH"] {
+        assert!(bench.contains(&format!("{t}: ")) && bench.contains("requests per second"), "{bench}");
+    }
+    assert_eq!(cli(&["dbsize"]).parse::<u64>().map(|n| n >= 3), Ok(true));
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("Ready to accept connections"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
