@@ -21,7 +21,10 @@ pub fn kiln_home() -> PathBuf {
     if let Some(h) = std::env::var_os("KILN_HOME") {
         return PathBuf::from(h);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Rust target triple for a Kiln architecture.
@@ -50,7 +53,8 @@ impl BuildPaths {
     /// Whether the resolved configuration last written for this build has
     /// bool symbol `name` set to y.
     pub fn config_has(&self, name: &str) -> bool {
-        std::fs::read_to_string(&self.config).is_ok_and(|c| c.lines().any(|l| l == format!("CONFIG_{name}=y")))
+        std::fs::read_to_string(&self.config)
+            .is_ok_and(|c| c.lines().any(|l| l == format!("CONFIG_{name}=y")))
     }
 
     pub fn new(kf: &Kraftfile, target: &Target) -> BuildPaths {
@@ -72,9 +76,14 @@ impl BuildPaths {
 fn app_package(dir: &Path) -> Result<String> {
     let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).with_context(|| {
-        format!("{}: the app's crate is missing (set `app:` in the Kraftfile to its folder)", manifest.display())
+        format!(
+            "{}: the app's crate is missing (set `app:` in the Kraftfile to its folder)",
+            manifest.display()
+        )
     })?;
-    let doc: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
     doc.get("package")
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
@@ -134,21 +143,46 @@ pub fn libraries() -> Result<Vec<Library>> {
     for dir in dirs {
         let manifest = dir.join("Cargo.toml");
         let text = std::fs::read_to_string(&manifest)?;
-        let doc: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+        let doc: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
         let pkg = doc.get("package").and_then(|p| p.as_table());
-        let package = pkg.and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
-        let meta = pkg.and_then(|p| p.get("metadata")).and_then(|m| m.get("kiln")).and_then(|k| k.as_table());
+        let package = pkg
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let meta = pkg
+            .and_then(|p| p.get("metadata"))
+            .and_then(|m| m.get("kiln"))
+            .and_then(|k| k.as_table());
         let Some(meta) = meta else {
             bail!("{}: missing [package.metadata.kiln] (kconfig = \"SYMBOL\" that enables the library)", manifest.display());
         };
         let Some(kconfig) = meta.get("kconfig").and_then(|k| k.as_str()) else {
-            bail!("{}: [package.metadata.kiln] needs kconfig = \"SYMBOL\"", manifest.display());
+            bail!(
+                "{}: [package.metadata.kiln] needs kconfig = \"SYMBOL\"",
+                manifest.display()
+            );
         };
-        let heap = meta.get("heap").and_then(|h| h.as_str()).map(str::to_string);
+        let heap = meta
+            .get("heap")
+            .and_then(|h| h.as_str())
+            .map(str::to_string);
         let init = meta.get("init").and_then(|h| h.as_str()).map(|f| {
-            (f.to_string(), meta.get("init_order").and_then(|o| o.as_integer()).unwrap_or(100))
+            (
+                f.to_string(),
+                meta.get("init_order")
+                    .and_then(|o| o.as_integer())
+                    .unwrap_or(100),
+            )
         });
-        out.push(Library { dir, package, kconfig: kconfig.to_string(), heap, init });
+        out.push(Library {
+            dir,
+            package,
+            kconfig: kconfig.to_string(),
+            heap,
+            init,
+        });
     }
     Ok(out)
 }
@@ -158,7 +192,11 @@ pub fn selected(cfg: &Config) -> Result<(Vec<Library>, Library)> {
     let mut chosen = Vec::new();
     for l in libraries()? {
         if cfg.tree.get(&l.kconfig).is_none() {
-            bail!("{}: kconfig symbol {} is not defined in any Kconfig file", l.dir.join("Cargo.toml").display(), l.kconfig);
+            bail!(
+                "{}: kconfig symbol {} is not defined in any Kconfig file",
+                l.dir.join("Cargo.toml").display(),
+                l.kconfig
+            );
         }
         if cfg.on(&l.kconfig) {
             chosen.push(l);
@@ -182,29 +220,56 @@ pub fn selected(cfg: &Config) -> Result<(Vec<Library>, Library)> {
 }
 
 /// Generates the link crate's files.
-fn generate(kf: &Kraftfile, target: &Target, paths: &BuildPaths, cfg: &Config, initrd: Option<(&Path, usize)>) -> Result<String> {
+fn generate(
+    kf: &Kraftfile,
+    target: &Target,
+    paths: &BuildPaths,
+    cfg: &Config,
+    initrd: Option<(&Path, usize)>,
+) -> Result<String> {
     let home = kiln_home();
-    let app_dir = std::fs::canonicalize(&kf.app_dir)
-        .with_context(|| format!("{}: app folder {} not found", kf.path.display(), kf.app_dir.display()))?;
+    let app_dir = std::fs::canonicalize(&kf.app_dir).with_context(|| {
+        format!(
+            "{}: app folder {} not found",
+            kf.path.display(),
+            kf.app_dir.display()
+        )
+    })?;
     let app_pkg = app_package(&app_dir)?;
-    let crate_name = format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace('_', "-");
+    let crate_name =
+        format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace('_', "-");
     let dir = &paths.link_crate;
-    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("creating {}", dir.display()))?;
 
     // The arch and plat crates go by fixed names in the glue code.
     let renamed = |name: &str, package: &str, rel: &str| {
-        format!("{name} = {{ package = {package:?}, path = {} }}\n", toml_str(&home.join(rel)))
+        format!(
+            "{name} = {{ package = {package:?}, path = {} }}\n",
+            toml_str(&home.join(rel))
+        )
     };
     let mut deps = String::new();
-    deps += &renamed("kiln-arch", &format!("kiln-arch-{}", target.arch), &format!("arch/{}", target.arch));
-    deps += &renamed("kiln-plat", &format!("kiln-plat-{}", target.plat), &format!("plat/{}", target.plat));
+    deps += &renamed(
+        "kiln-arch",
+        &format!("kiln-arch-{}", target.arch),
+        &format!("arch/{}", target.arch),
+    );
+    deps += &renamed(
+        "kiln-plat",
+        &format!("kiln-plat-{}", target.plat),
+        &format!("plat/{}", target.plat),
+    );
     // Only the libraries the configuration selects are compiled.
     let (libs, heap) = selected(cfg)?;
     for l in &libs {
         deps += &format!("{} = {{ path = {} }}\n", l.package, toml_str(&l.dir));
     }
     let (heap_crate, heap_type) = (heap.rust_name(), heap.heap.clone().unwrap_or_default());
-    deps += &format!("app = {{ package = {app_pkg:?}, path = {} }}\n", toml_str(&app_dir));
+    deps += &format!(
+        "app = {{ package = {app_pkg:?}, path = {} }}\n",
+        toml_str(&app_dir)
+    );
 
     let manifest = format!(
         r#"# Generated by `kiln build` from {kraftfile}; edits are overwritten.
@@ -237,12 +302,23 @@ strip = {strip}
 panic = "abort"
 "#,
         kraftfile = kf.path.display(),
-        opt = if cfg.on("BUILD_OPTIMIZE_SIZE") { "\"s\"" } else { "3" },
+        opt = if cfg.on("BUILD_OPTIMIZE_SIZE") {
+            "\"s\""
+        } else {
+            "3"
+        },
         strip = !cfg.on("BUILD_DEBUG_SYMBOLS"),
     );
     // A platform may lay the kernel out itself (its RAM starts elsewhere).
-    let plat_linker = home.join("plat").join(&target.plat).join(format!("linker-{}.ld", target.arch));
-    let linker = if plat_linker.exists() { plat_linker } else { home.join("arch").join(&target.arch).join("linker.ld") };
+    let plat_linker = home
+        .join("plat")
+        .join(&target.plat)
+        .join(format!("linker-{}.ld", target.arch));
+    let linker = if plat_linker.exists() {
+        plat_linker
+    } else {
+        home.join("arch").join(&target.arch).join("linker.ld")
+    };
     let build_rs = format!(
         "// Generated by `kiln build`.\nfn main() {{\n    println!(\"cargo:rerun-if-changed={l}\");\n    println!(\"cargo:rerun-if-changed={d}/pagetable.ld\");\n    println!(\"cargo:rustc-link-arg=-L{d}\");\n    println!(\"cargo:rustc-link-arg=-T{l}\");\n    // The link map: every symbol that made it into the kernel, with its size.\n    println!(\"cargo:rustc-link-arg=--Map={m}\");\n}}\n",
         l = linker.display(),
@@ -319,26 +395,45 @@ pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
 /// the lowest one (what `objcopy -O binary` makes). Segments without file
 /// contents (.bss) are left out; the arm64 header gives the full size.
 pub fn elf_to_image(elf: &[u8]) -> Result<Vec<u8>> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
     if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
         bail!("not a little-endian ELF64 file");
     }
     let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else { bail!("truncated ELF header") };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        bail!("truncated ELF header")
+    };
     let mut segs = Vec::new();
     for i in 0..phnum {
         let h = phoff + i * phentsize;
-        let (Some(kind), Some(off), Some(paddr), Some(filesz)) = (u32_at(h), u64_at(h + 8), u64_at(h + 0x18), u64_at(h + 0x20)) else {
+        let (Some(kind), Some(off), Some(paddr), Some(filesz)) =
+            (u32_at(h), u64_at(h + 8), u64_at(h + 0x18), u64_at(h + 0x20))
+        else {
             bail!("truncated program header {i}")
         };
         if kind == 1 && filesz > 0 {
-            let data = elf.get(off..off + filesz).with_context(|| format!("segment {i} lies outside the file"))?;
+            let data = elf
+                .get(off..off + filesz)
+                .with_context(|| format!("segment {i} lies outside the file"))?;
             segs.push((paddr, data));
         }
     }
-    let base = segs.iter().map(|s| s.0).min().context("no loadable segments")?;
+    let base = segs
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .context("no loadable segments")?;
     let end = segs.iter().map(|s| s.0 + s.1.len()).max().unwrap_or(base);
     if end - base > 1 << 30 {
         bail!("loadable segments span more than 1 GiB");
@@ -356,14 +451,25 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     let cfg = crate::config::resolve(kf, target)?;
     std::fs::create_dir_all(paths.config.parent().unwrap())?;
     write_if_changed(&paths.config, &cfg.text())?;
-    ui.step(2, 4, &format!("Configured ({}); generating link crate {}", rel(&paths.config), rel(&paths.link_crate)));
+    ui.step(
+        2,
+        4,
+        &format!(
+            "Configured ({}); generating link crate {}",
+            rel(&paths.config),
+            rel(&paths.link_crate)
+        ),
+    );
     let initrd = match &kf.rootfs {
         Some(r) if cfg.on("LIBINITRD") => {
             let n = crate::initrd::prepare(r, &paths.initrd)?;
             Some((paths.initrd.as_path(), n))
         }
         Some(r) => {
-            ui.note(&format!("rootfs {} is not packed: LIBINITRD is off", r.display()));
+            ui.note(&format!(
+                "rootfs {} is not packed: LIBINITRD is off",
+                r.display()
+            ));
             None
         }
         None => None,
@@ -376,12 +482,21 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&paths.link_crate)
-        .args(["build", "--release", "--message-format=json-render-diagnostics", "--target", triple])
+        .args([
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+            "--target",
+            triple,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         // Kiln links the kernel at a fixed address; position-independent code
         // would need a self-relocating loader for no benefit.
-        .args(["--config", &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\"]")])
+        .args([
+            "--config",
+            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\"]"),
+        ])
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")
@@ -392,10 +507,16 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     // variable, KILN_CONFIG_<SYMBOL> (read with kiln-std's `kconfig_*!`
     // macros). rustc records which ones a crate reads, so cargo recompiles
     // exactly the crates whose options changed.
-    for (name, v) in cfg.values.iter().filter_map(|(n, v)| v.as_ref().map(|v| (n, v))) {
+    for (name, v) in cfg
+        .values
+        .iter()
+        .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+    {
         cmd.env(format!("KILN_CONFIG_{name}"), v);
     }
-    let mut child = cmd.spawn().with_context(|| format!("running {:?}: is Rust (cargo) installed?", cargo))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {:?}: is Rust (cargo) installed?", cargo))?;
     let mut stderr = child.stderr.take().unwrap();
     let err_thread = std::thread::spawn(move || {
         let mut s = String::new();
@@ -425,24 +546,33 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     let errors = err_thread.join().unwrap_or_default();
     if !status.success() {
         eprint!("{errors}");
-        bail!("compiling the kernel failed (cargo in {})", paths.link_crate.display());
+        bail!(
+            "compiling the kernel failed (cargo in {})",
+            paths.link_crate.display()
+        );
     }
     let built = target_dir.join(triple).join("release").join(&crate_name);
     // Copy, then rename into place: a QEMU already booting the previous image
     // (another `kiln run` of the same app) has it mapped, and truncating a
     // mapped file kills that QEMU with SIGBUS.
-    let tmp = paths.kernel.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = paths
+        .kernel
+        .with_extension(format!("tmp{}", std::process::id()));
     if target.arch == "arm64" {
         // Boot loaders take a raw arm64 Image; the ELF stays beside it for
         // debuggers.
         let elf = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-        let image = elf_to_image(&elf).with_context(|| format!("{}: making the arm64 Image", built.display()))?;
+        let image = elf_to_image(&elf)
+            .with_context(|| format!("{}: making the arm64 Image", built.display()))?;
         std::fs::write(&tmp, image).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::copy(&built, paths.kernel.with_extension("elf")).with_context(|| format!("copying {}", built.display()))?;
+        std::fs::copy(&built, paths.kernel.with_extension("elf"))
+            .with_context(|| format!("copying {}", built.display()))?;
     } else {
-        std::fs::copy(&built, &tmp).with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
+        std::fs::copy(&built, &tmp)
+            .with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
     }
-    std::fs::rename(&tmp, &paths.kernel).with_context(|| format!("writing {}", paths.kernel.display()))?;
+    std::fs::rename(&tmp, &paths.kernel)
+        .with_context(|| format!("writing {}", paths.kernel.display()))?;
     let size = std::fs::metadata(&paths.kernel)?.len();
     ui.step(
         4,

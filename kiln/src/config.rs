@@ -33,11 +33,23 @@ impl Config {
     pub fn rust_consts(&self) -> String {
         let mut out = String::new();
         for s in &self.tree.syms {
-            let Some(v) = self.values.get(&s.name).cloned().flatten() else { continue };
+            let Some(v) = self.values.get(&s.name).cloned().flatten() else {
+                continue;
+            };
             let line = match s.kind {
-                Kind::Bool | Kind::Tristate => format!("pub const {}: bool = {};\n", s.name, v != "n"),
-                Kind::Int => format!("pub const {}: i64 = {};\n", s.name, kconfig::parse_int(&v, 10).unwrap_or(0)),
-                Kind::Hex => format!("pub const {}: u64 = {:#x};\n", s.name, kconfig::parse_int(&v, 16).unwrap_or(0)),
+                Kind::Bool | Kind::Tristate => {
+                    format!("pub const {}: bool = {};\n", s.name, v != "n")
+                }
+                Kind::Int => format!(
+                    "pub const {}: i64 = {};\n",
+                    s.name,
+                    kconfig::parse_int(&v, 10).unwrap_or(0)
+                ),
+                Kind::Hex => format!(
+                    "pub const {}: u64 = {:#x};\n",
+                    s.name,
+                    kconfig::parse_int(&v, 16).unwrap_or(0)
+                ),
                 Kind::Str => format!("pub const {}: &str = {:?};\n", s.name, v),
                 Kind::Unknown => continue,
             };
@@ -65,25 +77,47 @@ pub fn top_kconfig(kf: &Kraftfile, target: &Target) -> Result<String> {
         .collect();
     libs.sort();
     let src = |p: &Path| format!("source \"{}\"\n", p.display());
-    let mut t = format!("mainmenu \"Kiln: {} for {}/{}\"\n\n", kf.name, target.plat, target.arch);
-    t += &format!("menu \"Architecture\"\n{}endmenu\n\n", src(&home.join("arch").join(&target.arch).join("Kconfig")));
-    t += &format!("menu \"Platform\"\n{}endmenu\n\n", src(&home.join("plat").join(&target.plat).join("Kconfig")));
+    let mut t = format!(
+        "mainmenu \"Kiln: {} for {}/{}\"\n\n",
+        kf.name, target.plat, target.arch
+    );
+    t += &format!(
+        "menu \"Architecture\"\n{}endmenu\n\n",
+        src(&home.join("arch").join(&target.arch).join("Kconfig"))
+    );
+    t += &format!(
+        "menu \"Platform\"\n{}endmenu\n\n",
+        src(&home.join("plat").join(&target.plat).join("Kconfig"))
+    );
     t += "menu \"Libraries\"\n";
     for l in &libs {
         t += &src(l);
     }
     t += "endmenu\n\n";
-    let app = std::fs::canonicalize(&kf.app_dir).unwrap_or_else(|_| kf.app_dir.clone()).join("Kconfig");
+    let app = std::fs::canonicalize(&kf.app_dir)
+        .unwrap_or_else(|_| kf.app_dir.clone())
+        .join("Kconfig");
     if app.is_file() {
         t += &format!("menu \"Application\"\n{}endmenu\n\n", src(&app));
     }
-    t += &format!("menu \"Build options\"\n{}endmenu\n", src(&home.join("kiln").join("Kconfig.build")));
+    t += &format!(
+        "menu \"Build options\"\n{}endmenu\n",
+        src(&home.join("kiln").join("Kconfig.build"))
+    );
     Ok(t)
 }
 
 /// Where the top-level Kconfig of a target is written.
 pub fn top_path(kf: &Kraftfile, target: &Target) -> PathBuf {
-    kf.path.parent().unwrap_or(Path::new(".")).join(".kiln").join("build").join(format!("{}_{}-{}.Kconfig", kf.name, target.plat, target.arch))
+    kf.path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(".kiln")
+        .join("build")
+        .join(format!(
+            "{}_{}-{}.Kconfig",
+            kf.name, target.plat, target.arch
+        ))
 }
 
 /// Loads the Kconfig tree for a target.
@@ -123,7 +157,9 @@ fn set(tree: &Tree, user: &mut User, key: &str, val: &str, at: &str) -> Result<(
     // rather than a value silently replaced by the default.
     for (lo, hi, _) in &sym.ranges {
         if let (kconfig::Expr::Const(lo), kconfig::Expr::Const(hi)) = (lo, hi) {
-            if let (Some(l), Some(h), Some(v)) = (kconfig::num(lo), kconfig::num(hi), kconfig::num(val)) {
+            if let (Some(l), Some(h), Some(v)) =
+                (kconfig::num(lo), kconfig::num(hi), kconfig::num(val))
+            {
                 if v < l || v > h {
                     bail!("{at}: {name}={val} is outside its range {lo}..{hi}");
                 }
@@ -148,7 +184,13 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
         for (k, (v, line)) in kconfig::read_config(&saved, &text)? {
             // Symbols that no longer exist are dropped, as olddefconfig does.
             if tree.get(&k).is_some() {
-                set(tree, &mut user, &k, &v, &format!("{}:{line}", saved.display()))?;
+                set(
+                    tree,
+                    &mut user,
+                    &k,
+                    &v,
+                    &format!("{}:{line}", saved.display()),
+                )?;
             }
         }
     }
@@ -157,7 +199,13 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
         user.insert("LIBINITRD".to_string(), "y".to_string());
     }
     for (k, v, line) in kf.kconfig.iter().chain(&target.kconfig) {
-        set(tree, &mut user, k, v, &format!("{}:{line}", kf.path.display()))?;
+        set(
+            tree,
+            &mut user,
+            k,
+            v,
+            &format!("{}:{line}", kf.path.display()),
+        )?;
     }
     Ok(user)
 }
@@ -172,9 +220,13 @@ pub fn resolve(kf: &Kraftfile, target: &Target) -> Result<Config> {
     // run, so it is an error.
     let eval = Eval::new(&tree, &user);
     for (i, sym) in tree.syms.iter().enumerate() {
-        if values.get(&sym.name).cloned().flatten().as_deref() == Some("y") && eval.t(&sym.direct_dep) == 0 {
-            let missing: Vec<String> =
-                kconfig::syms_of(&sym.direct_dep).into_iter().filter(|d| values.get(d).cloned().flatten().as_deref() != Some("y")).collect();
+        if values.get(&sym.name).cloned().flatten().as_deref() == Some("y")
+            && eval.t(&sym.direct_dep) == 0
+        {
+            let missing: Vec<String> = kconfig::syms_of(&sym.direct_dep)
+                .into_iter()
+                .filter(|d| values.get(d).cloned().flatten().as_deref() != Some("y"))
+                .collect();
             bail!(
                 "{}: {} needs {}, which {target} does not support (selected by {})",
                 kf.path.display(),
@@ -203,7 +255,8 @@ pub fn command(kf: &Kraftfile, target: &Target, action: Action) -> Result<()> {
     let saved = saved_path(kf);
     let mut user = user_values(kf, target, &tree)?;
     let write = |user: &User| -> Result<()> {
-        std::fs::write(&saved, kconfig::write_config(&tree, user)).with_context(|| format!("writing {}", saved.display()))?;
+        std::fs::write(&saved, kconfig::write_config(&tree, user))
+            .with_context(|| format!("writing {}", saved.display()))?;
         eprintln!("kiln: wrote {}", saved.display());
         Ok(())
     };
@@ -213,7 +266,10 @@ pub fn command(kf: &Kraftfile, target: &Target, action: Action) -> Result<()> {
             let defaults = kconfig::resolve(&tree, &BTreeMap::new());
             let values = kconfig::resolve(&tree, &user);
             for s in &tree.syms {
-                let (d, v) = (defaults.get(&s.name).cloned().flatten(), values.get(&s.name).cloned().flatten());
+                let (d, v) = (
+                    defaults.get(&s.name).cloned().flatten(),
+                    values.get(&s.name).cloned().flatten(),
+                );
                 if d != v {
                     let show = |x: Option<String>| x.unwrap_or_else(|| "(no value)".into());
                     println!("CONFIG_{}: {} -> {}", s.name, show(d), show(v));
@@ -222,7 +278,9 @@ pub fn command(kf: &Kraftfile, target: &Target, action: Action) -> Result<()> {
         }
         Action::Set(pairs) => {
             for p in pairs {
-                let (k, v) = p.split_once('=').with_context(|| format!("--set {p}: expected SYMBOL=VALUE"))?;
+                let (k, v) = p
+                    .split_once('=')
+                    .with_context(|| format!("--set {p}: expected SYMBOL=VALUE"))?;
                 set(&tree, &mut user, k, v, "--set")?;
             }
             write(&user)?;

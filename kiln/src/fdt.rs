@@ -34,7 +34,11 @@ pub fn minimal(compatible: &[&str], model: &str, ram: u32) -> Vec<u8> {
         st.extend_from_slice(value);
         pad(st);
     };
-    let cstrs = |v: &[&str]| v.iter().flat_map(|s| s.bytes().chain([0])).collect::<Vec<u8>>();
+    let cstrs = |v: &[&str]| {
+        v.iter()
+            .flat_map(|s| s.bytes().chain([0]))
+            .collect::<Vec<u8>>()
+    };
     begin(&mut st, "");
     prop(&mut st, &mut strings, "#address-cells", &1u32.to_be_bytes());
     prop(&mut st, &mut strings, "#size-cells", &1u32.to_be_bytes());
@@ -54,7 +58,18 @@ pub fn minimal(compatible: &[&str], model: &str, ram: u32) -> Vec<u8> {
     let strings_off = struct_off + st.len() as u32;
     let total = strings_off + strings.len() as u32;
     let mut out = Vec::with_capacity(total as usize);
-    for v in [0xd00d_feed, total, struct_off, strings_off, rsv_off, 17, 16, 0, strings.len() as u32, st.len() as u32] {
+    for v in [
+        0xd00d_feed,
+        total,
+        struct_off,
+        strings_off,
+        rsv_off,
+        17,
+        16,
+        0,
+        strings.len() as u32,
+        st.len() as u32,
+    ] {
         out.extend_from_slice(&u32::to_be_bytes(v));
     }
     out.extend_from_slice(&[0u8; 16]);
@@ -67,13 +82,23 @@ pub fn minimal(compatible: &[&str], model: &str, ram: u32) -> Vec<u8> {
 mod tests {
     #[test]
     fn the_tree_has_a_valid_header_and_nodes() {
-        let t = super::minimal(&["raspberrypi,3-model-b", "brcm,bcm2837"], "Raspberry Pi 3 Model B", 0x3c00_0000);
+        let t = super::minimal(
+            &["raspberrypi,3-model-b", "brcm,bcm2837"],
+            "Raspberry Pi 3 Model B",
+            0x3c00_0000,
+        );
         let be = |o: usize| u32::from_be_bytes(t[o..o + 4].try_into().unwrap());
         assert_eq!(be(0), 0xd00d_feed);
         assert_eq!(be(4) as usize, t.len());
         assert_eq!(be(20), 17);
         let s = String::from_utf8_lossy(&t);
-        for needle in ["chosen\0", "memory\0", "device_type", "#address-cells", "brcm,bcm2837\0"] {
+        for needle in [
+            "chosen\0",
+            "memory\0",
+            "device_type",
+            "#address-cells",
+            "brcm,bcm2837\0",
+        ] {
             assert!(s.contains(needle), "{needle}");
         }
         // The struct block ends with FDT_END.

@@ -47,7 +47,10 @@ impl Writer {
 
 /// Packs folder `root` into a newc archive.
 pub fn pack_dir(root: &Path) -> Result<Vec<u8>> {
-    let mut w = Writer { out: Vec::new(), next_ino: 1 };
+    let mut w = Writer {
+        out: Vec::new(),
+        next_ino: 1,
+    };
     let meta = std::fs::metadata(root).with_context(|| format!("reading {}", root.display()))?;
     w.entry(".", 0o040000 | (meta.mode() & 0o7777), 1, 2, &[]);
     w.next_ino = 2;
@@ -57,7 +60,12 @@ pub fn pack_dir(root: &Path) -> Result<Vec<u8>> {
     Ok(w.out)
 }
 
-fn walk(root: &Path, dir: &Path, w: &mut Writer, links: &mut HashMap<(u64, u64), u32>) -> Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    w: &mut Writer,
+    links: &mut HashMap<(u64, u64), u32>,
+) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .collect::<std::io::Result<_>>()
@@ -70,9 +78,14 @@ fn walk(root: &Path, dir: &Path, w: &mut Writer, links: &mut HashMap<(u64, u64),
             bail!("{}: the name is not UTF-8", path.display());
         };
         if let Some(long) = rel.iter().find(|c| c.len() > 255) {
-            bail!("{}: the name {:?} is longer than 255 bytes", path.display(), long);
+            bail!(
+                "{}: the name {:?} is longer than 255 bytes",
+                path.display(),
+                long
+            );
         }
-        let m = std::fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let m = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let ft = m.file_type();
         let perm = m.mode() & 0o7777;
         let ino = w.next_ino;
@@ -81,7 +94,8 @@ fn walk(root: &Path, dir: &Path, w: &mut Writer, links: &mut HashMap<(u64, u64),
             w.entry(name, 0o040000 | perm, ino, 2, &[]);
             walk(root, &path, w, links)?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
+            let target =
+                std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
             let Some(t) = target.to_str() else {
                 bail!("{}: the symlink target is not UTF-8", path.display());
             };
@@ -96,7 +110,8 @@ fn walk(root: &Path, dir: &Path, w: &mut Writer, links: &mut HashMap<(u64, u64),
                 }
                 links.insert((m.dev(), m.ino()), ino);
             }
-            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             w.next_ino += 1;
             w.entry(name, 0o100000 | perm, ino, m.nlink().max(1) as u32, &data);
         } else {
@@ -159,10 +174,25 @@ mod tests {
         std::os::unix::fs::symlink("motd", d.join("etc/link")).unwrap();
         std::fs::hard_link(d.join("etc/motd"), d.join("hard")).unwrap();
         let a = pack_dir(&d).unwrap();
-        assert_eq!(a, pack_dir(&d).unwrap(), "the same folder packs to the same bytes");
+        assert_eq!(
+            a,
+            pack_dir(&d).unwrap(),
+            "the same folder packs to the same bytes"
+        );
         let e = kiln_initrd::entries(&a).unwrap();
         let names: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(names, ["", "etc", "etc/deep", "etc/deep/bin", "etc/link", "etc/motd", "hard"]);
+        assert_eq!(
+            names,
+            [
+                "",
+                "etc",
+                "etc/deep",
+                "etc/deep/bin",
+                "etc/link",
+                "etc/motd",
+                "hard"
+            ]
+        );
         assert_eq!(e[3].data, [0, 1, 2, 255]);
         assert_eq!(e[4].kind, kiln_initrd::Kind::Symlink);
         assert_eq!(e[5].ino, e[6].ino, "hard links share an inode");
@@ -173,14 +203,20 @@ mod tests {
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         let err = pack_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("etc/pipe: a FIFO cannot go into an initrd"), "{err}");
+        assert!(
+            err.contains("etc/pipe: a FIFO cannot go into an initrd"),
+            "{err}"
+        );
         std::fs::remove_file(&fifo).unwrap();
 
         // A corrupt cpio file is refused at build time.
         let bad = d.join("bad.cpio");
         std::fs::write(&bad, &a[..a.len() / 2]).unwrap();
         let err = prepare(&bad, &d.join("out.cpio")).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{}: cpio", bad.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}: cpio", bad.display())),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

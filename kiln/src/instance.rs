@@ -45,12 +45,19 @@ pub fn state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("kiln").join("instances");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-    home.join(".local").join("state").join("kiln").join("instances")
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local")
+        .join("state")
+        .join("kiln")
+        .join("instances")
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Checks an instance name: letters, digits, `-`, `_`, `.`.
@@ -58,7 +65,10 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 64 || name.starts_with('.') {
         bail!("instance name '{name}': use 1-64 letters, digits, '-', '_' or '.'");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         bail!("instance name '{name}': use only letters, digits, '-', '_' or '.'");
     }
     Ok(())
@@ -66,18 +76,31 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// A free name: the app's name, then `-2`, `-3`, ...
 pub fn free_name(app: &str) -> String {
-    let base: String = app.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
+    let base: String = app
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let dir = state_dir();
     if !dir.join(&base).exists() {
         return base;
     }
-    (2..).map(|i| format!("{base}-{i}")).find(|n| !dir.join(n).exists()).unwrap()
+    (2..)
+        .map(|i| format!("{base}-{i}"))
+        .find(|n| !dir.join(n).exists())
+        .unwrap()
 }
 
 fn read_info(dir: &Path) -> Result<Info> {
     let p = dir.join("instance.json");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a Kiln instance record", p.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a Kiln instance record", p.display()))
 }
 
 fn write_info(dir: &Path, info: &Info) -> Result<()> {
@@ -88,7 +111,14 @@ fn write_info(dir: &Path, info: &Info) -> Result<()> {
 }
 
 /// Starts `spec` detached as instance `name`; returns once QEMU runs.
-pub fn start(name: &str, app: &str, target: &str, spec: &RunSpec, ports: &[String], remove: bool) -> Result<()> {
+pub fn start(
+    name: &str,
+    app: &str,
+    target: &str,
+    spec: &RunSpec,
+    ports: &[String],
+    remove: bool,
+) -> Result<()> {
     check_name(name)?;
     let dir = state_dir().join(name);
     if dir.exists() {
@@ -99,7 +129,10 @@ pub fn start(name: &str, app: &str, target: &str, spec: &RunSpec, ports: &[Strin
     let mut spec = spec.clone();
     spec.detached = Some((dir.join("console.log"), dir.join("qmp.sock")));
     let cmd = qemu::command(&qemu_bin, &spec);
-    let command: Vec<String> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    let command: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let info = Info {
         name: name.into(),
         app: app.into(),
@@ -118,7 +151,11 @@ pub fn start(name: &str, app: &str, target: &str, spec: &RunSpec, ports: &[Strin
     // the terminal and this process.
     let exe = std::env::current_exe().context("finding the kiln executable")?;
     let mut sup = Command::new(exe);
-    sup.arg("__supervise").arg(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    sup.arg("__supervise")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: setsid() is async-signal-safe and only detaches the child
     // from our session before exec.
     unsafe {
@@ -139,7 +176,10 @@ pub fn start(name: &str, app: &str, target: &str, spec: &RunSpec, ports: &[Strin
         }
         if let Ok(code) = std::fs::read_to_string(dir.join("exit")) {
             let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-            bail!("instance '{name}' stopped at once (exit status {}):\n{log}", code.trim());
+            bail!(
+                "instance '{name}' stopped at once (exit status {}):\n{log}",
+                code.trim()
+            );
         }
         if std::time::Instant::now() > deadline {
             bail!("instance '{name}' did not start within 10 s");
@@ -153,7 +193,12 @@ pub fn start(name: &str, app: &str, target: &str, spec: &RunSpec, ports: &[Strin
 pub fn supervise(dir: &Path) -> Result<i32> {
     let mut info = read_info(dir)?;
     let (prog, args) = info.command.split_first().context("empty QEMU command")?;
-    let mut child = Command::new(prog).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     info.pid = Some(child.id());
     write_info(dir, &info)?;
     let mut err = String::new();
@@ -168,7 +213,10 @@ pub fn supervise(dir: &Path) -> Result<i32> {
         Outcome::Signal(s) => 128 + s,
     };
     if !err.is_empty() {
-        let mut log = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("console.log"))?;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("console.log"))?;
         let _ = write!(log, "{err}");
     }
     if info.remove {
@@ -181,8 +229,10 @@ pub fn supervise(dir: &Path) -> Result<i32> {
 
 /// Whether process `pid` is a live QEMU.
 fn alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
 }
 
 /// An instance's state as `kiln ps` shows it.
@@ -201,7 +251,9 @@ pub struct Row {
 
 fn row(dir: &Path) -> Result<Row> {
     let i = read_info(dir)?;
-    let exit = std::fs::read_to_string(dir.join("exit")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let exit = std::fs::read_to_string(dir.join("exit"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
     let running = exit.is_none() && i.pid.is_some_and(alive);
     let state = if running {
         "running".to_string()
@@ -231,8 +283,13 @@ fn row(dir: &Path) -> Result<Row> {
 /// All instances, by name.
 pub fn list() -> Result<Vec<Row>> {
     let dir = state_dir();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
-    let mut rows: Vec<Row> = rd.filter_map(|e| e.ok()).filter_map(|e| row(&e.path()).ok()).collect();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut rows: Vec<Row> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| row(&e.path()).ok())
+        .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
 }
@@ -252,7 +309,10 @@ pub fn ps(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<20} {:<12} {:<14} {:<14} {:<16} {:>7} {:>8}", "NAME", "APP", "TARGET", "STATE", "PORTS", "MEMORY", "UPTIME");
+    println!(
+        "{:<20} {:<12} {:<14} {:<14} {:<16} {:>7} {:>8}",
+        "NAME", "APP", "TARGET", "STATE", "PORTS", "MEMORY", "UPTIME"
+    );
     for r in rows {
         println!(
             "{:<20} {:<12} {:<14} {:<14} {:<16} {:>6}M {:>8}",
@@ -260,7 +320,11 @@ pub fn ps(json: bool) -> Result<()> {
             r.app,
             r.target,
             r.state,
-            if r.ports.is_empty() { "-".to_string() } else { r.ports.join(",") },
+            if r.ports.is_empty() {
+                "-".to_string()
+            } else {
+                r.ports.join(",")
+            },
             r.memory_mib,
             r.uptime_s.map(human).unwrap_or_else(|| "-".into())
         );
@@ -281,7 +345,8 @@ fn instance_dir(name: &str) -> Result<PathBuf> {
 pub fn logs(name: &str, follow: bool) -> Result<()> {
     let dir = instance_dir(name)?;
     let path = dir.join("console.log");
-    let mut f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = std::io::stdout();
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
@@ -292,7 +357,9 @@ pub fn logs(name: &str, follow: bool) -> Result<()> {
     }
     let mut pos = f.stream_position()?;
     loop {
-        let r = row(&dir).map(|r| r.state.starts_with("running") || r.state == "starting").unwrap_or(false);
+        let r = row(&dir)
+            .map(|r| r.state.starts_with("running") || r.state == "starting")
+            .unwrap_or(false);
         let mut f = std::fs::File::open(&path)?;
         f.seek(std::io::SeekFrom::Start(pos))?;
         let mut reader = BufReader::new(f);
@@ -312,7 +379,8 @@ pub fn logs(name: &str, follow: bool) -> Result<()> {
 
 /// Sends QMP `quit`: QEMU stops at once and cleanly (files flushed).
 fn qmp_quit(sock: &Path) -> Result<()> {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("connecting to {}", sock.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut greeting = String::new();
@@ -346,7 +414,10 @@ pub fn stop(name: &str) -> Result<()> {
     if alive(pid) {
         // SAFETY: kill(2) on the QEMU process this instance started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        eprintln!("kiln: {name} did not stop within 5 s{}; killed", if clean { "" } else { " (QMP unreachable)" });
+        eprintln!(
+            "kiln: {name} did not stop within 5 s{}; killed",
+            if clean { "" } else { " (QMP unreachable)" }
+        );
     }
     // Give the supervisor a moment to record the exit.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -362,7 +433,9 @@ pub fn rm(name: &str, force: bool) -> Result<()> {
     let dir = instance_dir(name)?;
     if row(&dir)?.state == "running" {
         if !force {
-            bail!("instance '{name}' is running; stop it first (kiln stop {name}) or use kiln rm -f");
+            bail!(
+                "instance '{name}' is running; stop it first (kiln stop {name}) or use kiln rm -f"
+            );
         }
         stop(name)?;
     }

@@ -25,10 +25,12 @@
 #[cfg(test)]
 use anyhow::Context;
 use anyhow::{anyhow, bail, Result};
-use nom_kconfig::attribute::expression::{AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term};
+use nom_kconfig::attribute::expression::{
+    AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term,
+};
+use nom_kconfig::attribute::r#macro::Macro;
 use nom_kconfig::attribute::r#type::Type;
 use nom_kconfig::attribute::range::RangeBound;
-use nom_kconfig::attribute::r#macro::Macro;
 use nom_kconfig::attribute::{Attribute, OptionValues};
 use nom_kconfig::symbol::{ConstantSymbol, Symbol};
 use nom_kconfig::tristate::Tristate;
@@ -106,7 +108,9 @@ impl std::fmt::Display for Expr {
             Ok(())
         };
         match self {
-            Expr::Const(c) if matches!(c.as_str(), "y" | "n" | "m") || num(c).is_some() => write!(f, "{c}"),
+            Expr::Const(c) if matches!(c.as_str(), "y" | "n" | "m") || num(c).is_some() => {
+                write!(f, "{c}")
+            }
             Expr::Const(c) => write!(f, "{c:?}"),
             Expr::Sym(s) => write!(f, "{s}"),
             Expr::Choice(_) => write!(f, "<choice>"),
@@ -303,9 +307,11 @@ impl Conv {
                     e
                 }
             }
-            Atom::Compare(c) => {
-                Expr::Cmp(c.operator.clone(), Box::new(self.operand(&c.left)?), Box::new(self.operand(&c.right)?))
-            }
+            Atom::Compare(c) => Expr::Cmp(
+                c.operator.clone(),
+                Box::new(self.operand(&c.left)?),
+                Box::new(self.operand(&c.right)?),
+            ),
             Atom::Parenthesis(e) => self.or(e)?,
             Atom::Macro(m) => Expr::Const(expand(m)),
         })
@@ -321,14 +327,18 @@ impl Conv {
     fn and(&self, a: &AndExpression) -> Result<Expr> {
         Ok(match a {
             AndExpression::Term(t) => self.term(t)?,
-            AndExpression::Expression(ts) => Expr::And(ts.iter().map(|t| self.term(t)).collect::<Result<_>>()?),
+            AndExpression::Expression(ts) => {
+                Expr::And(ts.iter().map(|t| self.term(t)).collect::<Result<_>>()?)
+            }
         })
     }
 
     fn or(&self, e: &OrExpression) -> Result<Expr> {
         Ok(match e {
             OrExpression::Term(a) => self.and(a)?,
-            OrExpression::Expression(v) => Expr::Or(v.iter().map(|a| self.and(a)).collect::<Result<_>>()?),
+            OrExpression::Expression(v) => {
+                Expr::Or(v.iter().map(|a| self.and(a)).collect::<Result<_>>()?)
+            }
         })
     }
 }
@@ -344,7 +354,9 @@ fn bound(b: &RangeBound) -> Expr {
     match b {
         RangeBound::Hex(h) => Expr::Const(h.clone()),
         RangeBound::Number(n) => Expr::Const(n.to_string()),
-        RangeBound::Symbol(s) | RangeBound::Variable(s) => conv_symbol(&Symbol::NonConstant(s.clone())),
+        RangeBound::Symbol(s) | RangeBound::Variable(s) => {
+            conv_symbol(&Symbol::NonConstant(s.clone()))
+        }
     }
 }
 
@@ -384,7 +396,12 @@ struct Cursor {
 impl Tree {
     /// Loads a Kconfig tree from its top file. `source` paths are relative to
     /// `root`; `$(VAR)` in them comes from `vars`.
-    pub fn load(top: &Path, text: &str, root: &Path, vars: &HashMap<String, String>) -> Result<Tree> {
+    pub fn load(
+        top: &Path,
+        text: &str,
+        root: &Path,
+        vars: &HashMap<String, String>,
+    ) -> Result<Tree> {
         let mut t = Tree {
             nodes: Vec::new(),
             syms: Vec::new(),
@@ -400,30 +417,44 @@ impl Tree {
         let mut expanded = text.to_string();
         if expanded.contains('$') {
             for (k, v) in vars {
-                expanded = expanded.replace(&format!("$({k})"), v).replace(&format!("${{{k}}}"), v);
+                expanded = expanded
+                    .replace(&format!("$({k})"), v)
+                    .replace(&format!("${{{k}}}"), v);
             }
         }
         let text = expanded.as_str();
         let none = HashMap::new();
         let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
-        let (rest, k) = parse_kconfig(KconfigInput::new_extra(text, kf)).map_err(|e| syntax_error(&e))?;
+        let (rest, k) =
+            parse_kconfig(KconfigInput::new_extra(text, kf)).map_err(|e| syntax_error(&e))?;
         let rest = rest.fragment();
         if !rest.trim().is_empty() {
             let consumed = text.len() - rest.len();
             let line = text[..consumed].matches('\n').count() + 1;
             let snippet = rest.trim_start().lines().next().unwrap_or("");
-            bail!("{}:{line}: Kconfig syntax error near '{snippet}'", top.display());
+            bail!(
+                "{}:{line}: Kconfig syntax error near '{snippet}'",
+                top.display()
+            );
         }
         t.texts.insert(top.to_path_buf(), text.to_string());
         let mut top_node = blank(Item::Menu, top, 1);
         top_node.prompt = Some(("Kiln Configuration".into(), yes()));
         t.nodes.push(top_node);
-        let mut cur = Cursor { file: top.to_path_buf(), root: root.to_path_buf(), pos: HashMap::new() };
+        let mut cur = Cursor {
+            file: top.to_path_buf(),
+            root: root.to_path_buf(),
+            pos: HashMap::new(),
+        };
         t.build(&mut cur, &k.entries, 0)?;
         if !t.mainmenu.is_empty() {
             t.nodes[0].prompt = Some((t.mainmenu.clone(), yes()));
         }
-        t.modules = t.modules_name.clone().or(Some("MODULES".into())).and_then(|n| t.index.get(&n).copied());
+        t.modules = t
+            .modules_name
+            .clone()
+            .or(Some("MODULES".into()))
+            .and_then(|n| t.index.get(&n).copied());
         t.finalize(0, &yes());
         for si in 0..t.syms.len() {
             for (target, cond) in t.syms[si].selects.clone() {
@@ -444,8 +475,12 @@ impl Tree {
         // Choice members without a type take the choice's, and the reverse.
         for ci in 0..t.choices.len() {
             if t.choices[ci].kind == Kind::Unknown {
-                t.choices[ci].kind =
-                    t.choices[ci].members.iter().map(|&m| t.syms[m].kind).find(|k| *k != Kind::Unknown).unwrap_or(Kind::Unknown);
+                t.choices[ci].kind = t.choices[ci]
+                    .members
+                    .iter()
+                    .map(|&m| t.syms[m].kind)
+                    .find(|k| *k != Kind::Unknown)
+                    .unwrap_or(Kind::Unknown);
             }
             for m in t.choices[ci].members.clone() {
                 if t.syms[m].kind == Kind::Unknown {
@@ -459,8 +494,14 @@ impl Tree {
     /// Loads a Kconfig file from disk, with sources relative to its folder.
     #[cfg(test)]
     pub fn load_file(path: &Path) -> Result<Tree> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Tree::load(path, &text, path.parent().unwrap_or(Path::new(".")), &std::env::vars().collect())
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Tree::load(
+            path,
+            &text,
+            path.parent().unwrap_or(Path::new(".")),
+            &std::env::vars().collect(),
+        )
     }
 
     fn text_of(&mut self, file: &Path) -> &str {
@@ -487,7 +528,10 @@ impl Tree {
 
     fn push(&mut self, parent: usize, node: Node) -> usize {
         let i = self.nodes.len();
-        self.nodes.push(Node { parent: Some(parent), ..node });
+        self.nodes.push(Node {
+            parent: Some(parent),
+            ..node
+        });
         self.nodes[parent].children.push(i);
         i
     }
@@ -505,14 +549,23 @@ impl Tree {
                     let mut optional = false;
                     for a in &ch.options {
                         match a {
-                            Attribute::Prompt(p) => node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?)),
-                            Attribute::DependsOn(d) => node.dep = and(&node.dep, COND.or(&d.expression)?),
-                            Attribute::Default(d) => node.defaults.push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
+                            Attribute::Prompt(p) => {
+                                node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?))
+                            }
+                            Attribute::DependsOn(d) => {
+                                node.dep = and(&node.dep, COND.or(&d.expression)?)
+                            }
+                            Attribute::Default(d) => node
+                                .defaults
+                                .push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
                             Attribute::Type(t) => {
                                 let (k, p) = match &t.r#type {
                                     Type::Bool(p) => (Kind::Bool, p),
                                     Type::Tristate(p) => (Kind::Tristate, p),
-                                    _ => bail!("{}:{line}: a choice is bool or tristate", cur.file.display()),
+                                    _ => bail!(
+                                        "{}:{line}: a choice is bool or tristate",
+                                        cur.file.display()
+                                    ),
                                 };
                                 kind = k;
                                 if let Some(p) = p {
@@ -570,7 +623,11 @@ impl Tree {
                     for k in &s.kconfigs {
                         let file = cur.root.join(&k.file);
                         if !file.is_file() {
-                            bail!("{}:{line}: sourced file {} not found", cur.file.display(), file.display());
+                            bail!(
+                                "{}:{line}: sourced file {} not found",
+                                cur.file.display(),
+                                file.display()
+                            );
                         }
                         let saved = std::mem::replace(&mut cur.file, file);
                         self.build(cur, &k.entries, parent)?;
@@ -581,14 +638,27 @@ impl Tree {
                 // Macro-language statements (`$(error-if,...)`, function
                 // definitions) check the build environment; Kiln has none.
                 Entry::VariableAssignment(_) | Entry::FunctionCall(_) | Entry::Function(_) => {}
-                other => bail!("{}: unsupported Kconfig entry {other:?}", cur.file.display()),
+                other => bail!(
+                    "{}: unsupported Kconfig entry {other:?}",
+                    cur.file.display()
+                ),
             }
         }
         Ok(())
     }
 
-    fn config(&mut self, cur: &mut Cursor, name: &str, attrs: &[Attribute], parent: usize, menuconfig: bool) -> Result<()> {
-        let line = self.locate(cur, &[if menuconfig { "menuconfig" } else { "config" }, name]);
+    fn config(
+        &mut self,
+        cur: &mut Cursor,
+        name: &str,
+        attrs: &[Attribute],
+        parent: usize,
+        menuconfig: bool,
+    ) -> Result<()> {
+        let line = self.locate(
+            cur,
+            &[if menuconfig { "menuconfig" } else { "config" }, name],
+        );
         let si = match self.index.get(name) {
             Some(&i) => i,
             None => {
@@ -641,7 +711,9 @@ impl Tree {
                     }
                 }
                 Attribute::Prompt(p) => node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?)),
-                Attribute::Default(d) => node.defaults.push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
+                Attribute::Default(d) => node
+                    .defaults
+                    .push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
                 Attribute::DependsOn(d) => node.dep = and(&node.dep, COND.or(&d.expression)?),
                 Attribute::Select(x) => node.selects.push((x.symbol.clone(), opt_cond(&x.r#if)?)),
                 Attribute::Imply(x) => {
@@ -650,9 +722,15 @@ impl Tree {
                     };
                     node.implies.push((target, opt_cond(&x.r#if)?));
                 }
-                Attribute::Range(r) => node.ranges.push((bound(&r.lower_bound), bound(&r.upper_bound), opt_cond(&r.r#if)?)),
+                Attribute::Range(r) => node.ranges.push((
+                    bound(&r.lower_bound),
+                    bound(&r.upper_bound),
+                    opt_cond(&r.r#if)?,
+                )),
                 Attribute::Help(h) => node.help = h.clone(),
-                Attribute::Modules | Attribute::Option(OptionValues::Modules) => self.modules_name = Some(name.into()),
+                Attribute::Modules | Attribute::Option(OptionValues::Modules) => {
+                    self.modules_name = Some(name.into())
+                }
                 _ => {}
             }
         }
@@ -669,7 +747,11 @@ impl Tree {
         match self.nodes[n].item {
             Item::Sym(si) => self.add_props(si, n),
             _ if !self.nodes[n].children.is_empty() => {
-                let vis = if self.nodes[n].item == Item::Menu { and(visible_if, self.nodes[n].visible.clone()) } else { visible_if.clone() };
+                let vis = if self.nodes[n].item == Item::Menu {
+                    and(visible_if, self.nodes[n].visible.clone())
+                } else {
+                    visible_if.clone()
+                };
                 self.propagate(n, &vis);
                 for c in self.nodes[n].children.clone() {
                     self.finalize(c, &vis);
@@ -678,7 +760,11 @@ impl Tree {
             _ => {}
         }
         // `if` blocks vanish: their children move up, deps already applied.
-        if self.nodes[n].children.iter().any(|&c| self.nodes[c].item == Item::If) {
+        if self.nodes[n]
+            .children
+            .iter()
+            .any(|&c| self.nodes[c].item == Item::If)
+        {
             let mut flat = Vec::new();
             self.flatten(n, &mut flat);
             for &c in &flat {
@@ -692,10 +778,25 @@ impl Tree {
             let defaults: Vec<(String, Expr)> = node
                 .defaults
                 .iter()
-                .filter_map(|(d, c)| if let Expr::Sym(s) = d { Some((s.clone(), c.clone())) } else { None })
+                .filter_map(|(d, c)| {
+                    if let Expr::Sym(s) = d {
+                        Some((s.clone(), c.clone()))
+                    } else {
+                        None
+                    }
+                })
                 .collect();
-            let members: Vec<usize> =
-                node.children.iter().filter_map(|&c| if let Item::Sym(s) = self.nodes[c].item { Some(s) } else { None }).collect();
+            let members: Vec<usize> = node
+                .children
+                .iter()
+                .filter_map(|&c| {
+                    if let Item::Sym(s) = self.nodes[c].item {
+                        Some(s)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             let ch = &mut self.choices[ci];
             ch.direct_dep = dd;
             ch.defaults.extend(defaults);
@@ -777,15 +878,21 @@ impl Tree {
         let at = |s: &Sym| format!("{}:{}", s.file.display(), s.line);
         for s in &self.syms {
             if s.kind == Kind::Unknown {
-                out.push(format!("{}: symbol {} has no type (bool, tristate, int, hex, string)", at(s), s.name));
+                out.push(format!(
+                    "{}: symbol {} has no type (bool, tristate, int, hex, string)",
+                    at(s),
+                    s.name
+                ));
             }
             let sel = s.selects.iter().map(|(t, _)| ("selects", t));
             for (verb, t) in sel.chain(s.implies.iter().map(|(t, _)| ("implies", t))) {
                 match self.get(t) {
                     None => out.push(format!("{}: {} {verb} undefined symbol {t}", at(s), s.name)),
-                    Some(target) if !target.kind.is_tri() => {
-                        out.push(format!("{}: {} {verb} {t}, which is not a bool or tristate", at(s), s.name))
-                    }
+                    Some(target) if !target.kind.is_tri() => out.push(format!(
+                        "{}: {} {verb} {t}, which is not a bool or tristate",
+                        at(s),
+                        s.name
+                    )),
                     _ => {}
                 }
             }
@@ -793,13 +900,21 @@ impl Tree {
             syms_in(&s.direct_dep, &mut refs);
             for r in refs {
                 if self.get(&r).is_none() && num(&r).is_none() {
-                    out.push(format!("{}: {} depends on undefined symbol {r}", at(s), s.name));
+                    out.push(format!(
+                        "{}: {} depends on undefined symbol {r}",
+                        at(s),
+                        s.name
+                    ));
                 }
             }
         }
         if let Some(cycle) = self.find_loop() {
             let first = self.get(&cycle[0]).unwrap();
-            out.push(format!("{}: dependency loop: {}", at(first), cycle.join(" -> ")));
+            out.push(format!(
+                "{}: dependency loop: {}",
+                at(first),
+                cycle.join(" -> ")
+            ));
         }
         out
     }
@@ -843,7 +958,10 @@ impl Tree {
                         }
                         1 => {
                             let from = stack.iter().position(|(s, _)| *s == m).unwrap_or(0);
-                            let mut cycle: Vec<String> = stack[from..].iter().map(|(s, _)| self.syms[*s].name.clone()).collect();
+                            let mut cycle: Vec<String> = stack[from..]
+                                .iter()
+                                .map(|(s, _)| self.syms[*s].name.clone())
+                                .collect();
                             cycle.push(self.syms[m].name.clone());
                             return Some(cycle);
                         }
@@ -860,14 +978,32 @@ impl Tree {
 }
 
 fn syntax_error(e: &nom_kconfig::error::Error) -> anyhow::Error {
-    let file = if e.resolved_path.as_os_str().is_empty() { &e.filename } else { &e.resolved_path };
-    let snippet = e.input.trim_start().lines().next().unwrap_or("").to_string();
-    let hint = if snippet.starts_with("source") || snippet.starts_with("rsource") || snippet.starts_with("osource") {
+    let file = if e.resolved_path.as_os_str().is_empty() {
+        &e.filename
+    } else {
+        &e.resolved_path
+    };
+    let snippet = e
+        .input
+        .trim_start()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let hint = if snippet.starts_with("source")
+        || snippet.starts_with("rsource")
+        || snippet.starts_with("osource")
+    {
         " (the sourced file is missing, unreadable, outside the source root, or has an error)"
     } else {
         ""
     };
-    anyhow!("{}:{}: Kconfig syntax error near '{}'{hint}", file.display(), e.line, short(&snippet))
+    anyhow!(
+        "{}:{}: Kconfig syntax error near '{}'{hint}",
+        file.display(),
+        e.line,
+        short(&snippet)
+    )
 }
 
 /// The symbols an expression mentions.
@@ -992,11 +1128,17 @@ impl<'a> Eval<'a> {
         let mut choice_user = vec![None; tree.choices.len()];
         let mut choice_sel = vec![None; tree.choices.len()];
         for (name, v) in user {
-            let Some(i) = tree.sym_index(name) else { continue };
+            let Some(i) = tree.sym_index(name) else {
+                continue;
+            };
             let s = &tree.syms[i];
             match s.kind {
                 Kind::Bool | Kind::Tristate => {
-                    let ok = if s.kind == Kind::Bool { matches!(v.as_str(), "y" | "n") } else { matches!(v.as_str(), "y" | "m" | "n") };
+                    let ok = if s.kind == Kind::Bool {
+                        matches!(v.as_str(), "y" | "n")
+                    } else {
+                        matches!(v.as_str(), "y" | "m" | "n")
+                    };
                     if !ok {
                         continue;
                     }
@@ -1052,7 +1194,9 @@ impl<'a> Eval<'a> {
     /// a `y`-mode choice.
     pub fn kind(&self, i: usize) -> Kind {
         let s = &self.tree.syms[i];
-        if s.kind == Kind::Tristate && (s.choice.is_some_and(|c| self.choice_tri(c) == 2) || self.modules() == 0) {
+        if s.kind == Kind::Tristate
+            && (s.choice.is_some_and(|c| self.choice_tri(c) == 2) || self.modules() == 0)
+        {
             return Kind::Bool;
         }
         s.kind
@@ -1068,7 +1212,12 @@ impl<'a> Eval<'a> {
     }
 
     fn prompt_vis(&self, nodes: &[usize]) -> u8 {
-        nodes.iter().filter_map(|&n| self.tree.nodes[n].prompt.as_ref()).map(|(_, c)| self.t(c)).max().unwrap_or(0)
+        nodes
+            .iter()
+            .filter_map(|&n| self.tree.nodes[n].prompt.as_ref())
+            .map(|(_, c)| self.t(c))
+            .max()
+            .unwrap_or(0)
     }
 
     /// How far the user can set a symbol (0, 1 = m, 2 = y).
@@ -1081,7 +1230,10 @@ impl<'a> Eval<'a> {
             let vis = self.prompt_vis(&s.nodes);
             if let Some(c) = s.choice {
                 let ct = self.choice_tri(c);
-                if self.tree.choices[c].kind == Kind::Tristate && s.kind != Kind::Tristate && ct != 2 {
+                if self.tree.choices[c].kind == Kind::Tristate
+                    && s.kind != Kind::Tristate
+                    && ct != 2
+                {
                     return 0;
                 }
                 if s.kind == Kind::Tristate && vis == 1 && ct == 2 {
@@ -1164,7 +1316,12 @@ impl<'a> Eval<'a> {
 
     /// Symbols whose `select` currently forces this one.
     pub fn selected_by(&self, i: usize) -> Vec<String> {
-        self.tree.syms[i].rev.iter().filter(|(_, e)| self.t(e) > 0).map(|(n, _)| n.clone()).collect()
+        self.tree.syms[i]
+            .rev
+            .iter()
+            .filter(|(_, e)| self.t(e) > 0)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The tristate value of a bool or tristate symbol (0 for other types).
@@ -1249,12 +1406,19 @@ impl<'a> Eval<'a> {
         let mut val = String::new();
         if matches!(s.kind, Kind::Int | Kind::Hex) {
             let b = base(s.kind);
-            let range = s.ranges.iter().find(|(_, _, c)| self.t(c) > 0).map(|(lo, hi, _)| {
-                let n = |e: &Expr| parse_int(&self.text(e), b).unwrap_or(0);
-                (n(lo), n(hi))
-            });
+            let range = s
+                .ranges
+                .iter()
+                .find(|(_, _, c)| self.t(c) > 0)
+                .map(|(lo, hi, _)| {
+                    let n = |e: &Expr| parse_int(&self.text(e), b).unwrap_or(0);
+                    (n(lo), n(hi))
+                });
             let mut use_defaults = true;
-            if let Some(u) = self.user_str[i].as_ref().filter(|u| vis > 0 && !u.is_empty()) {
+            if let Some(u) = self.user_str[i]
+                .as_ref()
+                .filter(|u| vis > 0 && !u.is_empty())
+            {
                 let n = parse_int(u, b).unwrap_or(0);
                 if range.is_none_or(|(lo, hi)| lo <= n && n <= hi) {
                     val = u.clone();
@@ -1277,7 +1441,11 @@ impl<'a> Eval<'a> {
                         None
                     };
                     if let Some(c) = clamp {
-                        val = if s.kind == Kind::Int { c.to_string() } else { py_hex(c) };
+                        val = if s.kind == Kind::Int {
+                            c.to_string()
+                        } else {
+                            py_hex(c)
+                        };
                     }
                 }
             }
@@ -1378,7 +1546,8 @@ impl<'a> Eval<'a> {
                 m
             }
             Expr::Cmp(op, a, b) => {
-                let ord = if self.operand_kind(a) == Kind::Str && self.operand_kind(b) == Kind::Str {
+                let ord = if self.operand_kind(a) == Kind::Str && self.operand_kind(b) == Kind::Str
+                {
                     self.text(a).cmp(&self.text(b))
                 } else {
                     match (self.to_num(a), self.to_num(b)) {
@@ -1407,7 +1576,9 @@ impl<'a> Eval<'a> {
     pub fn node_visible(&self, n: usize) -> bool {
         let node = &self.tree.nodes[n];
         match node.item {
-            Item::Sym(i) => node.prompt.as_ref().is_some_and(|(_, c)| self.t(c) > 0) && (self.visibility(i) > 0),
+            Item::Sym(i) => {
+                node.prompt.as_ref().is_some_and(|(_, c)| self.t(c) > 0) && (self.visibility(i) > 0)
+            }
             Item::Choice(_) => node.prompt.as_ref().is_some_and(|(_, c)| self.t(c) > 0),
             Item::Menu => self.t(&node.dep) > 0 && self.t(&node.visible) > 0,
             Item::Comment => self.t(&node.dep) > 0,
@@ -1424,7 +1595,11 @@ impl<'a> Eval<'a> {
         }
         Some(match s.kind {
             Kind::Bool | Kind::Tristate if v == "n" => format!("# CONFIG_{} is not set\n", s.name),
-            Kind::Str => format!("CONFIG_{}=\"{}\"\n", s.name, v.replace('\\', "\\\\").replace('"', "\\\"")),
+            Kind::Str => format!(
+                "CONFIG_{}=\"{}\"\n",
+                s.name,
+                v.replace('\\', "\\\\").replace('"', "\\\"")
+            ),
             _ => format!("CONFIG_{}={v}\n", s.name),
         })
     }
@@ -1469,7 +1644,11 @@ impl<'a> Eval<'a> {
                     }
                 }
                 Item::Menu | Item::Comment if self.node_visible(c) => {
-                    let _ = write!(out, "\n#\n# {}\n#\n", node.prompt.as_ref().map_or("", |p| p.0.as_str()));
+                    let _ = write!(
+                        out,
+                        "\n#\n# {}\n#\n",
+                        node.prompt.as_ref().map_or("", |p| p.0.as_str())
+                    );
                     *after_end = false;
                 }
                 _ => {}
@@ -1477,7 +1656,11 @@ impl<'a> Eval<'a> {
             if !node.children.is_empty() {
                 self.write_node(c, out, seen, after_end);
                 if node.item == Item::Menu && self.node_visible(c) {
-                    let _ = writeln!(out, "# end of {}", node.prompt.as_ref().map_or("", |p| p.0.as_str()));
+                    let _ = writeln!(
+                        out,
+                        "# end of {}",
+                        node.prompt.as_ref().map_or("", |p| p.0.as_str())
+                    );
                     *after_end = true;
                 }
             }
@@ -1497,7 +1680,11 @@ impl<'a> Eval<'a> {
             }
             if let Some(c) = s.choice {
                 let ch = &self.tree.choices[c];
-                if !ch.optional && self.default_selection(c) == Some(i) && s.kind == Kind::Bool && self.tri(i) == 2 {
+                if !ch.optional
+                    && self.default_selection(c) == Some(i)
+                    && s.kind == Kind::Bool
+                    && self.tri(i) == 2
+                {
                     continue;
                 }
             }
@@ -1515,7 +1702,8 @@ pub fn resolve(tree: &Tree, user: &User) -> Values {
 }
 
 /// The header Kiln puts at the top of `.config` files.
-pub const HEADER: &str = "# Kiln configuration, resolved by `kiln`; edit with `kiln menu` or `kiln config`.\n";
+pub const HEADER: &str =
+    "# Kiln configuration, resolved by `kiln`; edit with `kiln menu` or `kiln config`.\n";
 
 /// Writes a `.config` in the Linux format.
 pub fn write_config(tree: &Tree, user: &User) -> String {
@@ -1539,10 +1727,16 @@ pub fn read_config(path: &Path, text: &str) -> Result<BTreeMap<String, (String, 
             continue;
         }
         let Some((k, v)) = l.split_once('=') else {
-            bail!("{}:{line}: expected CONFIG_NAME=value, found '{l}'", path.display());
+            bail!(
+                "{}:{line}: expected CONFIG_NAME=value, found '{l}'",
+                path.display()
+            );
         };
         let Some(name) = k.strip_prefix("CONFIG_") else {
-            bail!("{}:{line}: '{k}' does not start with CONFIG_", path.display());
+            bail!(
+                "{}:{line}: '{k}' does not start with CONFIG_",
+                path.display()
+            );
         };
         let v = match v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
             Some(s) => s.replace("\\\"", "\"").replace("\\\\", "\\"),
@@ -1558,7 +1752,11 @@ mod tests {
     use super::*;
 
     fn tree(text: &str) -> Tree {
-        let d = std::env::temp_dir().join(format!("kiln-kconfig-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "kiln-kconfig-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("Kconfig");
         std::fs::write(&p, text).unwrap();
@@ -1566,7 +1764,10 @@ mod tests {
     }
 
     fn values(t: &Tree, user: &[(&str, &str)]) -> BTreeMap<String, Option<String>> {
-        let u = user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let u = user
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         resolve(t, &u)
     }
 
@@ -1628,32 +1829,64 @@ config CMP
         let x = values(&t, &[]);
         assert_eq!(v(&x, "A").as_deref(), Some("y"));
         assert_eq!(v(&x, "B").as_deref(), Some("n"));
-        assert_eq!(v(&x, "N").as_deref(), Some("10"), "default clamped into range");
-        assert_eq!(v(&x, "S").as_deref(), Some("lo"), "first active default wins");
+        assert_eq!(
+            v(&x, "N").as_deref(),
+            Some("10"),
+            "default clamped into range"
+        );
+        assert_eq!(
+            v(&x, "S").as_deref(),
+            Some("lo"),
+            "first active default wins"
+        );
         // P2 is the default but invisible (B=n), so the first visible member wins.
         assert_eq!(v(&x, "P1").as_deref(), Some("y"));
-        assert_eq!(v(&x, "P2"), None, "member with unmet dependencies has no value");
+        assert_eq!(
+            v(&x, "P2"),
+            None,
+            "member with unmet dependencies has no value"
+        );
         assert_eq!(v(&x, "IN_IF").as_deref(), Some("y"));
         assert_eq!(v(&x, "CMP").as_deref(), Some("y"));
-        assert_eq!(v(&x, "D").as_deref(), Some("n"), "C is off, so D is not selected");
+        assert_eq!(
+            v(&x, "D").as_deref(),
+            Some("n"),
+            "C is off, so D is not selected"
+        );
 
         let x = values(&t, &[("B", "y"), ("N", "3"), ("A", "y")]);
-        assert_eq!(v(&x, "P2").as_deref(), Some("y"), "choice default once visible");
+        assert_eq!(
+            v(&x, "P2").as_deref(),
+            Some("y"),
+            "choice default once visible"
+        );
         assert_eq!(v(&x, "S").as_deref(), Some("hi"));
         assert_eq!(v(&x, "N").as_deref(), Some("3"));
-        assert_eq!(v(&x, "CMP"), None, "a def_bool that evaluates to n and has no prompt is not written");
+        assert_eq!(
+            v(&x, "CMP"),
+            None,
+            "a def_bool that evaluates to n and has no prompt is not written"
+        );
 
         let x = values(&t, &[("A", "n"), ("B", "y"), ("N", "99")]);
         assert_eq!(v(&x, "B"), None, "unmet dependency: no value at all");
         assert_eq!(v(&x, "IN_IF"), None);
-        assert_eq!(v(&x, "N").as_deref(), Some("10"), "out-of-range user value dropped");
+        assert_eq!(
+            v(&x, "N").as_deref(),
+            Some("10"),
+            "out-of-range user value dropped"
+        );
     }
 
     #[test]
     fn select_forces_a_value() {
         let t = tree("config A\n\tbool \"A\"\n\tselect B\nconfig B\n\tbool \"B\"\n\tdepends on X\nconfig X\n\tbool \"X\"\n");
         let x = values(&t, &[("A", "y")]);
-        assert_eq!(v(&x, "B").as_deref(), Some("y"), "select overrides unmet dependencies, as in Linux");
+        assert_eq!(
+            v(&x, "B").as_deref(),
+            Some("y"),
+            "select overrides unmet dependencies, as in Linux"
+        );
         let x = values(&t, &[("A", "n"), ("X", "y"), ("B", "n")]);
         assert_eq!(v(&x, "B").as_deref(), Some("n"));
     }
@@ -1663,9 +1896,15 @@ config CMP
         let t = tree(TREE);
         let x = values(&t, &[("P1", "n"), ("B", "y"), ("P2", "y")]);
         assert_eq!(v(&x, "P2").as_deref(), Some("y"));
-        let u: User = [("P1", "n"), ("B", "y"), ("P2", "y")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let u: User = [("P1", "n"), ("B", "y"), ("P2", "y")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let text = write_config(&t, &u);
-        assert!(text.contains("CONFIG_P2=y\n") && text.contains("# CONFIG_P1 is not set\n"), "{text}");
+        assert!(
+            text.contains("CONFIG_P2=y\n") && text.contains("# CONFIG_P1 is not set\n"),
+            "{text}"
+        );
         assert!(text.contains("CONFIG_S=\"hi\"\n"), "{text}");
         let back = read_config(Path::new(".config"), &text).unwrap();
         let user: BTreeMap<String, String> = back.into_iter().map(|(k, (v, _))| (k, v)).collect();
@@ -1681,28 +1920,72 @@ config CMP
             std::fs::write(&p, text).unwrap();
             Tree::load_file(&p).and_then(|t| t.check().map(|_| t))
         };
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\tselect NOPE\n").unwrap_err());
-        assert_eq!(e, format!("{}:1: A selects undefined symbol NOPE", p.display()));
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\n\tselect NOPE\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!("{}:1: A selects undefined symbol NOPE", p.display())
+        );
         let e = format!("{:#}", load("\nconfig A\n\tbool \"a\"\n\tdepends on B\nconfig B\n\tbool \"b\"\n\tdepends on A\n").unwrap_err());
         assert!(e.ends_with("dependency loop: A -> B -> A"), "{e}");
         assert!(e.starts_with(&format!("{}:2:", p.display())), "{e}");
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\nconfig\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\n\nconfig\n").unwrap_err()
+        );
         assert!(e.contains("Kconfig syntax error"), "{e}");
         // Errors inside a sourced file name that file.
-        std::fs::write(d.join("Kconfig.sub"), "config B\n\tbool \"b\"\n\tdepends on\n").unwrap();
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
-        assert!(e.contains(&format!("{}", d.join("Kconfig.sub").display())) && e.contains("syntax error"), "{e}");
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\nsource \"missing/Kconfig\"\n").unwrap_err());
-        assert_eq!(e, format!("{}:4: sourced file {} not found", p.display(), d.join("missing/Kconfig").display()));
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\timply NOPE\n").unwrap_err());
-        assert_eq!(e, format!("{}:1: A implies undefined symbol NOPE", p.display()));
+        std::fs::write(
+            d.join("Kconfig.sub"),
+            "config B\n\tbool \"b\"\n\tdepends on\n",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("{}", d.join("Kconfig.sub").display()))
+                && e.contains("syntax error"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\n\nsource \"missing/Kconfig\"\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "{}:4: sourced file {} not found",
+                p.display(),
+                d.join("missing/Kconfig").display()
+            )
+        );
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\n\timply NOPE\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!("{}:1: A implies undefined symbol NOPE", p.display())
+        );
     }
 
     #[test]
     fn read_config_errors() {
-        let e = read_config(Path::new("x/.config"), "CONFIG_A=y\nnonsense\n").unwrap_err().to_string();
-        assert_eq!(e, "x/.config:2: expected CONFIG_NAME=value, found 'nonsense'");
-        assert_eq!(invalid(Kind::Int, "abc"), Some("an int takes a decimal number"));
+        let e = read_config(Path::new("x/.config"), "CONFIG_A=y\nnonsense\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x/.config:2: expected CONFIG_NAME=value, found 'nonsense'"
+        );
+        assert_eq!(
+            invalid(Kind::Int, "abc"),
+            Some("an int takes a decimal number")
+        );
         assert_eq!(invalid(Kind::Bool, "y"), None);
     }
 }

@@ -69,14 +69,20 @@ impl<'de> Deserialize<'de> for Pairs {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map of KEY: value or a list of \"KEY=value\" strings")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<Pairs, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Pairs, A::Error> {
                 let mut v = Vec::new();
                 while let Some(e) = m.next_entry::<String, Scalar>()? {
                     v.push(e);
                 }
                 Ok(Pairs::Map(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> std::result::Result<Pairs, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<Pairs, A::Error> {
                 let mut v = Vec::new();
                 while let Some(e) = s.next_element::<String>()? {
                     v.push(e);
@@ -155,7 +161,12 @@ impl fmt::Display for Target {
 }
 
 /// Platforms and architectures Kiln can build today.
-pub const SUPPORTED: &[(&str, &str)] = &[("qemu", "x86_64"), ("qemu", "arm64"), ("raspi", "arm64"), ("raspi4", "arm64")];
+pub const SUPPORTED: &[(&str, &str)] = &[
+    ("qemu", "x86_64"),
+    ("qemu", "arm64"),
+    ("raspi", "arm64"),
+    ("raspi4", "arm64"),
+];
 
 /// Accepted spellings of architectures, mapped to Kiln's names.
 fn canonical_arch(a: &str) -> &str {
@@ -204,13 +215,22 @@ fn line_of(text: &str, from: u64, needle: &str) -> u64 {
 /// The line of a top-level `key:` (1 when not found).
 fn key_line(text: &str, key: &str) -> u64 {
     text.lines()
-        .position(|l| l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')))
+        .position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
         .map_or(1, |i| i as u64 + 1)
 }
 
 /// Turns a `KEY: value` map or a `KEY=value` list into pairs; `line` is where
 /// the list starts, `text` the whole file (to point at a bad entry).
-fn pairs(path: &Path, text: &str, what: &str, line: u64, p: Option<Pairs>) -> Result<Vec<(String, String)>> {
+fn pairs(
+    path: &Path,
+    text: &str,
+    what: &str,
+    line: u64,
+    p: Option<Pairs>,
+) -> Result<Vec<(String, String)>> {
     match p {
         None => Ok(Vec::new()),
         Some(Pairs::Map(m)) => Ok(m.into_iter().map(|(k, v)| (k, v.to_string())).collect()),
@@ -218,13 +238,22 @@ fn pairs(path: &Path, text: &str, what: &str, line: u64, p: Option<Pairs>) -> Re
             .into_iter()
             .map(|s| match s.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(at(path, line_of(text, line, &s), format!("{what} entry '{s}' is not KEY=VALUE"))),
+                _ => Err(at(
+                    path,
+                    line_of(text, line, &s),
+                    format!("{what} entry '{s}' is not KEY=VALUE"),
+                )),
             })
             .collect(),
     }
 }
 
-fn spanned_pairs(path: &Path, text: &str, what: &str, p: Option<Spanned<Pairs>>) -> Result<Vec<(String, String)>> {
+fn spanned_pairs(
+    path: &Path,
+    text: &str,
+    what: &str,
+    p: Option<Spanned<Pairs>>,
+) -> Result<Vec<(String, String)>> {
     match p {
         None => Ok(Vec::new()),
         Some(s) => pairs(path, text, what, s.referenced.line(), Some(s.value)),
@@ -244,7 +273,8 @@ pub fn load(dir: &Path) -> Result<Kraftfile> {
             names.join(", ")
         );
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse(&path, &text)
 }
 
@@ -255,7 +285,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         // The library's message carries its own location suffix; keep the text only.
         let msg = e.to_string();
         let msg = msg.lines().next().unwrap_or("");
-        let msg = msg.split_once("column ").and_then(|(_, r)| r.split_once(": ")).map_or(msg, |(_, m)| m);
+        let msg = msg
+            .split_once("column ")
+            .and_then(|(_, r)| r.split_once(": "))
+            .map_or(msg, |(_, m)| m);
         at(path, line, format!("malformed Kraftfile: {msg}"))
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -267,25 +300,52 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             return Err(at(
                 path,
                 spec.referenced.line(),
-                format!("unsupported spec '{}': Kiln reads Kraftfile spec v0.6 (and v0.5)", spec.value),
+                format!(
+                    "unsupported spec '{}': Kiln reads Kraftfile spec v0.6 (and v0.5)",
+                    spec.value
+                ),
             ));
         }
     }
     for (field, val, why) in [
-        ("libraries", &raw.libraries, "Kiln's libraries are chosen with Kconfig (`kconfig:` or `kiln menu`)"),
+        (
+            "libraries",
+            &raw.libraries,
+            "Kiln's libraries are chosen with Kconfig (`kconfig:` or `kiln menu`)",
+        ),
         ("template", &raw.template, "templates are not supported yet"),
-        ("volumes", &raw.volumes, "volumes are not supported yet; use `rootfs:` for files"),
+        (
+            "volumes",
+            &raw.volumes,
+            "volumes are not supported yet; use `rootfs:` for files",
+        ),
     ] {
         if val.is_some() {
-            return Err(at(path, key_line(text, field), format!("field '{field}' is not supported: {why}")));
+            return Err(at(
+                path,
+                key_line(text, field),
+                format!("field '{field}' is not supported: {why}"),
+            ));
         }
     }
     for (field, val, why) in [
-        ("unikraft", &raw.unikraft, "Kiln builds its own core from this checkout"),
-        ("runtime", &raw.runtime, "Kiln has no prebuilt runtimes; the app is built from source"),
+        (
+            "unikraft",
+            &raw.unikraft,
+            "Kiln builds its own core from this checkout",
+        ),
+        (
+            "runtime",
+            &raw.runtime,
+            "Kiln has no prebuilt runtimes; the app is built from source",
+        ),
     ] {
         if val.is_some() {
-            notes.push(format!("{}:{}: '{field}' ignored: {why}", path.display(), key_line(text, field)));
+            notes.push(format!(
+                "{}:{}: '{field}' ignored: {why}",
+                path.display(),
+                key_line(text, field)
+            ));
         }
     }
 
@@ -308,7 +368,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             RawTarget::Short(s) => match s.split_once('/') {
                 Some((p, a)) => (p.to_string(), a.to_string(), Vec::new()),
                 None => {
-                    return Err(at(path, line, format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64")))
+                    return Err(at(
+                        path,
+                        line,
+                        format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64"),
+                    ))
                 }
             },
             RawTarget::Long(l) => {
@@ -316,14 +380,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                 (l.plat, l.arch, kc)
             }
         };
-        let kconfig = kconfig.into_iter().map(|(k, v)| {
-            let l = line_of(text, line, &k);
-            (k, v, l)
-        }).collect();
-        targets.push(Target { plat, arch: canonical_arch(&arch).to_string(), kconfig, line });
+        let kconfig = kconfig
+            .into_iter()
+            .map(|(k, v)| {
+                let l = line_of(text, line, &k);
+                (k, v, l)
+            })
+            .collect();
+        targets.push(Target {
+            plat,
+            arch: canonical_arch(&arch).to_string(),
+            kconfig,
+            line,
+        });
     }
     if targets.is_empty() {
-        return Err(at(path, 1, "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64"));
+        return Err(at(
+            path,
+            1,
+            "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64",
+        ));
     }
 
     let cmd = match raw.cmd {
@@ -350,7 +426,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             // Joined lexically, so `./rootfs` reads as `DIR/rootfs` in messages.
             let p: PathBuf = dir.join(&r.value).components().collect();
             if !p.exists() {
-                return Err(at(path, r.referenced.line(), format!("rootfs '{}' does not exist", r.value)));
+                return Err(at(
+                    path,
+                    r.referenced.line(),
+                    format!("rootfs '{}' does not exist", r.value),
+                ));
             }
             Some(p)
         }
@@ -362,11 +442,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             p.value.into_iter().map(|v| (v, line)).collect()
         }
     };
-    Ok(Kraftfile { path: path.to_path_buf(), name, app_dir, targets, cmd, ports, env, kconfig, rootfs, notes })
+    Ok(Kraftfile {
+        path: path.to_path_buf(),
+        name,
+        app_dir,
+        targets,
+        cmd,
+        ports,
+        env,
+        kconfig,
+        rootfs,
+        notes,
+    })
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl Kraftfile {
@@ -438,9 +531,15 @@ kconfig:
         assert_eq!(k.name, "hello");
         assert_eq!(k.targets.len(), 2);
         assert_eq!(k.targets[0].to_string(), "qemu/x86_64");
-        assert_eq!(k.targets[1].kconfig, vec![("CONFIG_X".to_string(), "y".to_string(), 10)]);
+        assert_eq!(
+            k.targets[1].kconfig,
+            vec![("CONFIG_X".to_string(), "y".to_string(), 10)]
+        );
         assert_eq!(k.cmd, ["a", "b c"]);
-        assert_eq!(k.env, vec![("FOO".into(), "bar".into()), ("N".into(), "3".into())]);
+        assert_eq!(
+            k.env,
+            vec![("FOO".into(), "bar".into()), ("N".into(), "3".into())]
+        );
         assert_eq!(k.kconfig, vec![("CONFIG_LIBFOO".into(), "y".into(), 16)]);
         assert_eq!(k.app_dir, Path::new("/tmp/app"));
         assert!(k.notes[0].contains("'unikraft' ignored"), "{:?}", k.notes);
@@ -456,14 +555,34 @@ kconfig:
 
     #[test]
     fn errors_name_file_and_line() {
-        assert_eq!(err("name: x\ntargets:\n  - qemu\n"), "/tmp/app/Kraftfile:3: target 'qemu' must be PLAT/ARCH, e.g. qemu/x86_64");
-        assert!(err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n").starts_with("/tmp/app/Kraftfile:3: malformed Kraftfile: "), "{}", err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n"));
+        assert_eq!(
+            err("name: x\ntargets:\n  - qemu\n"),
+            "/tmp/app/Kraftfile:3: target 'qemu' must be PLAT/ARCH, e.g. qemu/x86_64"
+        );
+        assert!(
+            err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n")
+                .starts_with("/tmp/app/Kraftfile:3: malformed Kraftfile: "),
+            "{}",
+            err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n")
+        );
         assert!(err("name: x\n  targets: [\n").starts_with("/tmp/app/Kraftfile:"));
         assert_eq!(err("spec: v0.4\nname: x\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.6 (and v0.5)");
-        assert_eq!(err("targets: [qemu/x86_64]\n"), "/tmp/app/Kraftfile:1: missing 'name'");
-        assert_eq!(err("name: 'a b'\n"), "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '-' or '_'");
-        assert!(err("name: x\ntargets: [qemu/x86_64]\nlibraries:\n  musl: stable\n").starts_with("/tmp/app/Kraftfile:3: field 'libraries' is not supported"));
-        assert_eq!(err("name: x\ntargets: [qemu/x86_64]\nkconfig:\n  - NOEQUALS\n"), "/tmp/app/Kraftfile:4: kconfig entry 'NOEQUALS' is not KEY=VALUE");
+        assert_eq!(
+            err("targets: [qemu/x86_64]\n"),
+            "/tmp/app/Kraftfile:1: missing 'name'"
+        );
+        assert_eq!(
+            err("name: 'a b'\n"),
+            "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '-' or '_'"
+        );
+        assert!(
+            err("name: x\ntargets: [qemu/x86_64]\nlibraries:\n  musl: stable\n")
+                .starts_with("/tmp/app/Kraftfile:3: field 'libraries' is not supported")
+        );
+        assert_eq!(
+            err("name: x\ntargets: [qemu/x86_64]\nkconfig:\n  - NOEQUALS\n"),
+            "/tmp/app/Kraftfile:4: kconfig entry 'NOEQUALS' is not KEY=VALUE"
+        );
         assert!(err("name: x\n").contains("no 'targets'"));
     }
 

@@ -1,8 +1,8 @@
 //! `kiln`: build and run Kiln unikernels (the `kraft` of Kiln).
 
 mod builder;
-mod fdt;
 mod config;
+mod fdt;
 mod initrd;
 mod instance;
 mod kconfig;
@@ -245,11 +245,19 @@ fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Tar
         ui.note(n);
     }
     let target = kf.select_target(t.plat.as_deref(), t.arch.as_deref())?;
-    ui.step(1, 4, &format!("{}: {} for {target}", builder::rel(&kf.path), kf.name));
+    ui.step(
+        1,
+        4,
+        &format!("{}: {} for {target}", builder::rel(&kf.path), kf.name),
+    );
     Ok((kf, target))
 }
 
-fn rootfs_add(programs: &[PathBuf], app: &std::path::Path, to: Option<&std::path::Path>) -> Result<i32> {
+fn rootfs_add(
+    programs: &[PathBuf],
+    app: &std::path::Path,
+    to: Option<&std::path::Path>,
+) -> Result<i32> {
     let root = match to {
         Some(t) => t.to_path_buf(),
         None => {
@@ -304,7 +312,8 @@ fn menu_cmd(a: &MenuArgs) -> Result<i32> {
 
 fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     let t0 = std::time::Instant::now();
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let root = match std::env::var_os("srctree") {
         Some(r) => PathBuf::from(r),
         None => std::env::current_dir()?,
@@ -313,11 +322,19 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     let t1 = std::time::Instant::now();
     let mut user = kconfig::User::new();
     if let Some(c) = &a.config {
-        let text = std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
-        user = kconfig::read_config(c, &text)?.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        let text =
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        user = kconfig::read_config(c, &text)?
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect();
     }
     let eval = kconfig::Eval::new(&tree, &user);
-    let out = if a.savedefconfig { eval.min_config_text(kconfig::HEADER) } else { eval.config_text(kconfig::HEADER) };
+    let out = if a.savedefconfig {
+        eval.min_config_text(kconfig::HEADER)
+    } else {
+        eval.config_text(kconfig::HEADER)
+    };
     let t2 = std::time::Instant::now();
     if a.time {
         eprintln!(
@@ -336,14 +353,18 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
 }
 
 fn build(a: &BuildArgs) -> Result<i32> {
-    let ui = Ui { quiet: a.target.quiet };
+    let ui = Ui {
+        quiet: a.target.quiet,
+    };
     let (kf, target) = load(&a.target, &ui)?;
     builder::build(&kf, &target, &ui)?;
     Ok(0)
 }
 
 fn run(a: &RunArgs) -> Result<i32> {
-    let ui = Ui { quiet: a.target.quiet };
+    let ui = Ui {
+        quiet: a.target.quiet,
+    };
     let memory_mib = qemu::parse_memory(&a.memory)?;
     let timeout = match a.timeout {
         Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
@@ -352,7 +373,9 @@ fn run(a: &RunArgs) -> Result<i32> {
     };
     let mut env: Vec<(String, String)> = Vec::new();
     for e in &a.env {
-        let (k, v) = e.split_once('=').with_context(|| format!("-e {e}: expected KEY=VALUE"))?;
+        let (k, v) = e
+            .split_once('=')
+            .with_context(|| format!("-e {e}: expected KEY=VALUE"))?;
         env.push((k.into(), v.into()));
     }
 
@@ -379,10 +402,16 @@ fn run(a: &RunArgs) -> Result<i32> {
             let mut all_env = kf.env.clone();
             all_env.append(&mut env);
             env = all_env;
-            let bridged = a.network.as_deref().is_some_and(|n| n.starts_with("bridge:"));
+            let bridged = a
+                .network
+                .as_deref()
+                .is_some_and(|n| n.starts_with("bridge:"));
             if a.ports.is_empty() && !bridged {
                 for (p, line) in &kf.ports {
-                    ports.push(qemu::parse_port(p).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", kf.path.display()))?);
+                    ports.push(
+                        qemu::parse_port(p)
+                            .map_err(|e| anyhow::anyhow!("{}:{line}: {e}", kf.path.display()))?,
+                    );
                 }
             }
             app_name = kf.name.clone();
@@ -443,7 +472,10 @@ fn run(a: &RunArgs) -> Result<i32> {
             anyhow::bail!("-p forwards ports on the user network; a bridged guest is reachable at its own address");
         }
         kernel_args.insert(0, format!("netdev.ip={}", t.guest_ip));
-        ui.note(&format!("network: bridge {}, guest address {}", t.bridge, t.guest_ip));
+        ui.note(&format!(
+            "network: bridge {}, guest address {}",
+            t.bridge, t.guest_ip
+        ));
     }
     let args: &[String] = if a.args.is_empty() { &cmd } else { &a.args };
     let cmdline = kernel_cmdline(a.target.quiet, &kernel_args, &env, args);
@@ -467,10 +499,34 @@ fn run(a: &RunArgs) -> Result<i32> {
     ));
     // A network device when the kernel has a network stack or ports are forwarded.
     let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
-    let port_names: Vec<String> = net.iter().flatten().map(|p| format!("{}:{}/{}", p.host, p.guest, if p.udp { "udp" } else { "tcp" })).collect();
+    let port_names: Vec<String> = net
+        .iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}/{}",
+                p.host,
+                p.guest,
+                if p.udp { "udp" } else { "tcp" }
+            )
+        })
+        .collect();
     let bridge = tap.as_ref().map(|t| (t.bridge.clone(), t.mac.clone()));
     let plat = target_name.split('/').next().unwrap_or("qemu").to_string();
-    let spec = qemu::RunSpec { kernel, arch, plat, machine: a.machine, memory_mib, kvm, cmdline, timeout, initrd, net, bridge, detached: None };
+    let spec = qemu::RunSpec {
+        kernel,
+        arch,
+        plat,
+        machine: a.machine,
+        memory_mib,
+        kvm,
+        cmdline,
+        timeout,
+        initrd,
+        net,
+        bridge,
+        detached: None,
+    };
     if a.detach {
         let name = match &a.name {
             Some(n) => n.clone(),
@@ -492,7 +548,12 @@ fn run(a: &RunArgs) -> Result<i32> {
 }
 
 /// Builds the kernel command line: `kernel-params -- app args`.
-fn kernel_cmdline(quiet: bool, extra: &[String], env: &[(String, String)], args: &[String]) -> String {
+fn kernel_cmdline(
+    quiet: bool,
+    extra: &[String],
+    env: &[(String, String)],
+    args: &[String],
+) -> String {
     use kiln_boot::cmdline::quote;
     let mut words: Vec<String> = Vec::new();
     if quiet {
@@ -512,7 +573,9 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Config(a) => config(a),
         Cmd::Kconfig(a) => kconfig_cmd(a),
-        Cmd::Rootfs(RootfsCmd::Add { programs, app, to }) => rootfs_add(programs, app, to.as_deref()),
+        Cmd::Rootfs(RootfsCmd::Add { programs, app, to }) => {
+            rootfs_add(programs, app, to.as_deref())
+        }
         Cmd::Menu(a) => menu_cmd(a),
         Cmd::Net(NetCmd::Create { name, subnet }) => network::create(name, subnet).map(|_| 0),
         Cmd::Net(NetCmd::Rm { name }) => network::remove(name).map(|_| 0),
@@ -539,12 +602,20 @@ mod tests {
     #[test]
     fn cmdline_round_trips_through_the_kernel_parser() {
         let env = vec![("GREETING".to_string(), "hi there".to_string())];
-        let args = vec!["a".to_string(), "two words".to_string(), "--".to_string(), String::new()];
+        let args = vec![
+            "a".to_string(),
+            "two words".to_string(),
+            "--".to_string(),
+            String::new(),
+        ];
         let line = kernel_cmdline(true, &["kiln.loglevel=4".into()], &env, &args);
         let parsed = kiln_boot::cmdline::parse(&line).unwrap();
         assert!(parsed.flag("kiln.quiet"));
         assert_eq!(parsed.param("kiln.loglevel"), Some("4"));
-        assert_eq!(parsed.env().collect::<Vec<_>>(), vec![("GREETING", "hi there")]);
+        assert_eq!(
+            parsed.env().collect::<Vec<_>>(),
+            vec![("GREETING", "hi there")]
+        );
         assert_eq!(parsed.args, args);
     }
 }

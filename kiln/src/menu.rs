@@ -30,11 +30,20 @@ enum Row {
 enum Mode {
     Browse,
     /// Editing the value of an int, hex or string symbol.
-    Edit { sym: usize, text: String },
+    Edit {
+        sym: usize,
+        text: String,
+    },
     /// Typing a search query.
-    Search { text: String },
+    Search {
+        text: String,
+    },
     /// Showing help for a symbol.
-    Help { sym: Option<usize>, node: usize, scroll: u16 },
+    Help {
+        sym: Option<usize>,
+        node: usize,
+        scroll: u16,
+    },
     /// Asked to quit with unsaved changes.
     ConfirmQuit,
 }
@@ -97,19 +106,34 @@ impl Menu {
     }
 
     fn prompt(&self, n: usize) -> String {
-        self.tree.nodes[n].prompt.as_ref().map_or(String::new(), |p| p.0.clone())
+        self.tree.nodes[n]
+            .prompt
+            .as_ref()
+            .map_or(String::new(), |p| p.0.clone())
     }
 
     /// The rows of the current view.
     fn rows(&self) -> Vec<Row> {
         let ev = self.eval();
         match &self.view {
-            View::Menu(m) => {
-                self.tree.nodes[*m].children.iter().copied().filter(|&c| ev.node_visible(c)).map(Row::Node).collect()
-            }
+            View::Menu(m) => self.tree.nodes[*m]
+                .children
+                .iter()
+                .copied()
+                .filter(|&c| ev.node_visible(c))
+                .map(Row::Node)
+                .collect(),
             View::Choice(n) => {
-                let Item::Choice(ci) = self.tree.nodes[*n].item else { return vec![] };
-                self.tree.choices[ci].members.iter().copied().filter(|&m| ev.visibility(m) > 0).map(Row::Member).collect()
+                let Item::Choice(ci) = self.tree.nodes[*n].item else {
+                    return vec![];
+                };
+                self.tree.choices[ci]
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|&m| ev.visibility(m) > 0)
+                    .map(Row::Member)
+                    .collect()
             }
             View::Results(q) => {
                 let q = q.to_lowercase();
@@ -117,7 +141,9 @@ impl Menu {
                     .filter(|&i| {
                         let s = &self.tree.syms[i];
                         s.name.to_lowercase().contains(&q)
-                            || s.nodes.iter().any(|&n| self.prompt(n).to_lowercase().contains(&q))
+                            || s.nodes
+                                .iter()
+                                .any(|&n| self.prompt(n).to_lowercase().contains(&q))
                     })
                     .map(Row::Found)
                     .collect()
@@ -134,7 +160,10 @@ impl Menu {
                 match node.item {
                     Item::Sym(i) => self.sym_text(ev, i, &p),
                     Item::Choice(ci) => {
-                        let sel = ev.selection(ci).map(|s| self.sym_prompt(s)).unwrap_or_default();
+                        let sel = ev
+                            .selection(ci)
+                            .map(|s| self.sym_prompt(s))
+                            .unwrap_or_default();
                         format!("    {p} ({sel})  --->")
                     }
                     Item::Menu => format!("    {p}  --->"),
@@ -149,24 +178,40 @@ impl Menu {
             Row::Found(i) => {
                 let s = &self.tree.syms[*i];
                 let (v, _) = ev.value(*i);
-                let shown = if ev.visibility(*i) > 0 { "" } else { "  [not visible]" };
+                let shown = if ev.visibility(*i) > 0 {
+                    ""
+                } else {
+                    "  [not visible]"
+                };
                 format!("{:<28} = {:<10} {}{shown}", s.name, v, self.sym_prompt(*i))
             }
         }
     }
 
     fn sym_prompt(&self, i: usize) -> String {
-        self.tree.syms[i].nodes.iter().map(|&n| self.prompt(n)).find(|p| !p.is_empty()).unwrap_or_else(|| self.tree.syms[i].name.clone())
+        self.tree.syms[i]
+            .nodes
+            .iter()
+            .map(|&n| self.prompt(n))
+            .find(|p| !p.is_empty())
+            .unwrap_or_else(|| self.tree.syms[i].name.clone())
     }
 
     fn sym_text(&self, ev: &Eval, i: usize, prompt: &str) -> String {
         let s = &self.tree.syms[i];
         let (v, _) = ev.value(i);
-        let menu = if self.tree.nodes[s.nodes[0]].menuconfig { "" } else { "" };
+        let menu = if self.tree.nodes[s.nodes[0]].menuconfig {
+            ""
+        } else {
+            ""
+        };
         match s.kind {
             Kind::Bool | Kind::Tristate => {
                 let forced = ev.rev_dep(i) > 0 && ev.rev_dep(i) >= ev.visibility(i);
-                format!("{} {prompt}{menu}", tri_box(&v, forced, ev.kind(i) == Kind::Tristate))
+                format!(
+                    "{} {prompt}{menu}",
+                    tri_box(&v, forced, ev.kind(i) == Kind::Tristate)
+                )
             }
             _ => format!("({v}) {prompt}"),
         }
@@ -188,7 +233,8 @@ impl Menu {
     }
 
     fn changed(&self) -> bool {
-        kconfig::write_config(&self.tree, &self.user) != kconfig::write_config(&self.tree, &self.saved_user)
+        kconfig::write_config(&self.tree, &self.user)
+            != kconfig::write_config(&self.tree, &self.saved_user)
     }
 
     fn set(&mut self, i: usize, v: &str) {
@@ -242,7 +288,9 @@ impl Menu {
     }
 
     fn enter(&mut self) {
-        let Some(row) = self.selected_row() else { return };
+        let Some(row) = self.selected_row() else {
+            return;
+        };
         match row {
             Row::Node(n) => match self.tree.nodes[n].item {
                 Item::Menu => self.push(View::Menu(n)),
@@ -283,10 +331,18 @@ impl Menu {
     /// Shows a symbol where it lives in the menu tree.
     fn jump_to(&mut self, i: usize) {
         let ev = self.eval();
-        let node = self.tree.syms[i].nodes.iter().copied().find(|&n| ev.node_visible(n));
+        let node = self.tree.syms[i]
+            .nodes
+            .iter()
+            .copied()
+            .find(|&n| ev.node_visible(n));
         drop(ev);
         let Some(node) = node else {
-            self.mode = Mode::Help { sym: Some(i), node: self.tree.syms[i].nodes[0], scroll: 0 };
+            self.mode = Mode::Help {
+                sym: Some(i),
+                node: self.tree.syms[i].nodes[0],
+                scroll: 0,
+            };
             return;
         };
         // The chain of menus (and choices) from the top down to the node.
@@ -300,7 +356,11 @@ impl Menu {
         self.stack.clear();
         self.view = View::Menu(0);
         for &p in chain.iter().skip(1) {
-            let v = if matches!(self.tree.nodes[p].item, Item::Choice(_)) { View::Choice(p) } else { View::Menu(p) };
+            let v = if matches!(self.tree.nodes[p].item, Item::Choice(_)) {
+                View::Choice(p)
+            } else {
+                View::Menu(p)
+            };
             self.push(v);
         }
         let rows = self.rows();
@@ -314,7 +374,8 @@ impl Menu {
 
     pub fn save(&mut self) -> Result<()> {
         let text = kconfig::write_config(&self.tree, &self.user);
-        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))?;
+        std::fs::write(&self.path, text)
+            .with_context(|| format!("writing {}", self.path.display()))?;
         self.saved_user = self.user.clone();
         self.message = format!("saved {}", self.path.display());
         Ok(())
@@ -335,7 +396,8 @@ impl Menu {
             return;
         }
         let cur = self.list.selected().unwrap_or(0) as isize;
-        self.list.select(Some((cur + d).clamp(0, n as isize - 1) as usize));
+        self.list
+            .select(Some((cur + d).clamp(0, n as isize - 1) as usize));
     }
 
     /// Handles one key press.
@@ -381,7 +443,11 @@ impl Menu {
                     KeyCode::Esc | KeyCode::Left | KeyCode::Backspace => self.back(),
                     KeyCode::Char('q') => self.quit(),
                     KeyCode::Char('s') => self.save()?,
-                    KeyCode::Char('/') => self.mode = Mode::Search { text: String::new() },
+                    KeyCode::Char('/') => {
+                        self.mode = Mode::Search {
+                            text: String::new(),
+                        }
+                    }
                     KeyCode::Char('?') | KeyCode::Char('h') => {
                         let sel = self.selected_row();
                         let node = match sel {
@@ -390,7 +456,11 @@ impl Menu {
                             None => return Ok(()),
                         };
                         let sym = sel.as_ref().and_then(|r| self.row_sym(r));
-                        self.mode = Mode::Help { sym, node, scroll: 0 };
+                        self.mode = Mode::Help {
+                            sym,
+                            node,
+                            scroll: 0,
+                        };
                     }
                     _ => {}
                 }
@@ -443,8 +513,20 @@ impl Menu {
                 _ => {}
             },
             Mode::Help { sym, node, scroll } => match k.code {
-                KeyCode::Down | KeyCode::Char('j') => self.mode = Mode::Help { sym, node, scroll: scroll + 1 },
-                KeyCode::Up | KeyCode::Char('k') => self.mode = Mode::Help { sym, node, scroll: scroll.saturating_sub(1) },
+                KeyCode::Down | KeyCode::Char('j') => {
+                    self.mode = Mode::Help {
+                        sym,
+                        node,
+                        scroll: scroll + 1,
+                    }
+                }
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.mode = Mode::Help {
+                        sym,
+                        node,
+                        scroll: scroll.saturating_sub(1),
+                    }
+                }
                 _ => self.mode = Mode::Browse,
             },
             Mode::ConfirmQuit => match k.code {
@@ -461,7 +543,12 @@ impl Menu {
 
     fn breadcrumb(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
-        for v in self.stack.iter().map(|(v, _)| v).chain(std::iter::once(&self.view)) {
+        for v in self
+            .stack
+            .iter()
+            .map(|(v, _)| v)
+            .chain(std::iter::once(&self.view))
+        {
             parts.push(match v {
                 View::Menu(n) | View::Choice(n) => self.prompt(*n),
                 View::Results(q) => format!("Search: {q}"),
@@ -480,35 +567,93 @@ impl Menu {
             Some(i) => {
                 let s = &self.tree.syms[i];
                 let (v, written) = ev.value(i);
-                push(&mut out, format!("Symbol: {} [={}]", s.name, if written { v.as_str() } else { "(no value)" }));
+                push(
+                    &mut out,
+                    format!(
+                        "Symbol: {} [={}]",
+                        s.name,
+                        if written { v.as_str() } else { "(no value)" }
+                    ),
+                );
                 push(&mut out, format!("Type: {}", s.kind.name()));
                 push(&mut out, format!("Prompt: {}", self.sym_prompt(i)));
-                push(&mut out, format!("Defined at {}:{}", n.file.display(), n.line));
-                push(&mut out, format!("Depends on: {} [={}]", s.direct_dep, ["n", "m", "y"][ev.t(&s.direct_dep) as usize]));
-                push(&mut out, format!("Visible: {}", ["no", "as m", "yes"][ev.visibility(i) as usize]));
+                push(
+                    &mut out,
+                    format!("Defined at {}:{}", n.file.display(), n.line),
+                );
+                push(
+                    &mut out,
+                    format!(
+                        "Depends on: {} [={}]",
+                        s.direct_dep,
+                        ["n", "m", "y"][ev.t(&s.direct_dep) as usize]
+                    ),
+                );
+                push(
+                    &mut out,
+                    format!(
+                        "Visible: {}",
+                        ["no", "as m", "yes"][ev.visibility(i) as usize]
+                    ),
+                );
                 if !s.rev.is_empty() {
-                    let list: Vec<String> = s.rev.iter().map(|(n, e)| format!("{n} [={}]", ["n", "m", "y"][ev.t(e) as usize])).collect();
+                    let list: Vec<String> = s
+                        .rev
+                        .iter()
+                        .map(|(n, e)| format!("{n} [={}]", ["n", "m", "y"][ev.t(e) as usize]))
+                        .collect();
                     push(&mut out, format!("Selected by: {}", list.join(", ")));
                 }
                 if !s.weak_rev.is_empty() {
-                    let list: Vec<String> = s.weak_rev.iter().map(|(n, e)| format!("{n} [={}]", ["n", "m", "y"][ev.t(e) as usize])).collect();
+                    let list: Vec<String> = s
+                        .weak_rev
+                        .iter()
+                        .map(|(n, e)| format!("{n} [={}]", ["n", "m", "y"][ev.t(e) as usize]))
+                        .collect();
                     push(&mut out, format!("Implied by: {}", list.join(", ")));
                 }
                 if !s.selects.is_empty() {
-                    push(&mut out, format!("Selects: {}", s.selects.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", ")));
+                    push(
+                        &mut out,
+                        format!(
+                            "Selects: {}",
+                            s.selects
+                                .iter()
+                                .map(|(t, _)| t.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
                 }
                 if !s.implies.is_empty() {
-                    push(&mut out, format!("Implies: {}", s.implies.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", ")));
+                    push(
+                        &mut out,
+                        format!(
+                            "Implies: {}",
+                            s.implies
+                                .iter()
+                                .map(|(t, _)| t.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
                 }
                 push(&mut out, String::new());
-                let help = if s.help.is_empty() { "There is no help for this option." } else { s.help.as_str() };
+                let help = if s.help.is_empty() {
+                    "There is no help for this option."
+                } else {
+                    s.help.as_str()
+                };
                 for l in help.lines() {
                     push(&mut out, l.trim_end().to_string());
                 }
             }
             None => {
                 push(&mut out, self.prompt(node));
-                push(&mut out, format!("Defined at {}:{}", n.file.display(), n.line));
+                push(
+                    &mut out,
+                    format!("Defined at {}:{}", n.file.display(), n.line),
+                );
                 if !n.help.is_empty() {
                     push(&mut out, String::new());
                     for l in n.help.lines() {
@@ -523,16 +668,25 @@ impl Menu {
     /// Draws the whole screen.
     pub fn draw(&mut self, f: &mut Frame) {
         let area = f.area();
-        let [top, main, status, keys] =
-            Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1), Constraint::Length(1)]).areas(area);
+        let [top, main, status, keys] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(3),
+            Constraint::Length(1),
+            Constraint::Length(1),
+        ])
+        .areas(area);
         let dirty = if self.changed() { " [modified]" } else { "" };
         f.render_widget(
-            Paragraph::new(format!(" {}{dirty}", self.breadcrumb())).style(Style::new().add_modifier(Modifier::REVERSED)),
+            Paragraph::new(format!(" {}{dirty}", self.breadcrumb()))
+                .style(Style::new().add_modifier(Modifier::REVERSED)),
             top,
         );
         let ev = self.eval();
         let rows = self.rows();
-        let items: Vec<ListItem> = rows.iter().map(|r| ListItem::new(self.row_text(&ev, r))).collect();
+        let items: Vec<ListItem> = rows
+            .iter()
+            .map(|r| ListItem::new(self.row_text(&ev, r)))
+            .collect();
         drop(ev);
         let title = match &self.view {
             View::Menu(0) => format!(" {} ", self.prompt(0)),
@@ -555,19 +709,30 @@ impl Menu {
             Mode::Help { .. } => " any key to close, arrows to scroll",
             Mode::ConfirmQuit => " Save the configuration before leaving? y: save and quit, n: quit without saving, Esc: stay",
         };
-        f.render_widget(Paragraph::new(hint).style(Style::new().add_modifier(Modifier::DIM)), keys);
+        f.render_widget(
+            Paragraph::new(hint).style(Style::new().add_modifier(Modifier::DIM)),
+            keys,
+        );
         match self.mode.clone() {
             Mode::Edit { sym, text } => {
                 let r = popup(main, 60, 5);
                 f.render_widget(Clear, r);
                 let s = &self.tree.syms[sym];
                 let title = format!(" {} ({}) ", s.name, s.kind.name());
-                f.render_widget(Paragraph::new(format!("{}\n> {text}_", self.sym_prompt(sym))).block(Block::default().borders(Borders::ALL).title(title)), r);
+                f.render_widget(
+                    Paragraph::new(format!("{}\n> {text}_", self.sym_prompt(sym)))
+                        .block(Block::default().borders(Borders::ALL).title(title)),
+                    r,
+                );
             }
             Mode::Search { text } => {
                 let r = popup(main, 60, 3);
                 f.render_widget(Clear, r);
-                f.render_widget(Paragraph::new(format!("/{text}_")).block(Block::default().borders(Borders::ALL).title(" Search ")), r);
+                f.render_widget(
+                    Paragraph::new(format!("/{text}_"))
+                        .block(Block::default().borders(Borders::ALL).title(" Search ")),
+                    r,
+                );
             }
             Mode::Help { sym, node, scroll } => {
                 let r = popup(main, 90, main.height.saturating_sub(2));
@@ -582,8 +747,11 @@ impl Menu {
                 let r = popup(main, 50, 3);
                 f.render_widget(Clear, r);
                 f.render_widget(
-                    Paragraph::new(Line::from(vec![Span::raw("Save changes? "), Span::styled("(y/n/Esc)", Style::new().add_modifier(Modifier::BOLD))]))
-                        .block(Block::default().borders(Borders::ALL)),
+                    Paragraph::new(Line::from(vec![
+                        Span::raw("Save changes? "),
+                        Span::styled("(y/n/Esc)", Style::new().add_modifier(Modifier::BOLD)),
+                    ]))
+                    .block(Block::default().borders(Borders::ALL)),
                     r,
                 );
             }
@@ -595,14 +763,21 @@ impl Menu {
 fn popup(area: Rect, width_pct: u16, height: u16) -> Rect {
     let w = (area.width * width_pct / 100).max(20).min(area.width);
     let h = height.min(area.height);
-    Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
 }
 
 /// Runs the menu in the terminal until the user quits.
 pub fn run(tree: Tree, user: User, path: PathBuf) -> Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        anyhow::bail!("kiln menu needs a terminal; use `kiln config` (--show, --set, --unset) in scripts");
+        anyhow::bail!(
+            "kiln menu needs a terminal; use `kiln config` (--show, --set, --unset) in scripts"
+        );
     }
     let mut m = Menu::new(tree, user, path);
     let mut terminal = ratatui::init();
@@ -670,7 +845,11 @@ endmenu
 "#;
 
     fn menu() -> (Menu, PathBuf) {
-        let d = std::env::temp_dir().join(format!("kiln-menu-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "kiln-menu-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("Kconfig"), TREE).unwrap();
         let tree = Tree::load_file(&d.join("Kconfig")).unwrap();
@@ -683,7 +862,11 @@ endmenu
         t.draw(|f| m.draw(f)).unwrap();
         let buf = t.backend().buffer().clone();
         (0..buf.area.height)
-            .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -719,13 +902,21 @@ endmenu
         press(&mut m, " ");
         // Editing the port: an out-of-range value is refused, a good one kept.
         press(&mut m, "↓\n⌫⌫99999\n");
-        assert!(m.message.contains("outside the allowed range"), "{}", m.message);
+        assert!(
+            m.message.contains("outside the allowed range"),
+            "{}",
+            m.message
+        );
         assert!(screen(&mut m).contains("(80) Port"));
         press(&mut m, "\n⌫⌫8080\n");
         assert!(screen(&mut m).contains("(8080) Port"), "{}", m.message);
         // A forced symbol cannot be turned off.
         press(&mut m, "↓ ");
-        assert!(m.message.contains("forced by select from NEEDS_FORCED"), "{}", m.message);
+        assert!(
+            m.message.contains("forced by select from NEEDS_FORCED"),
+            "{}",
+            m.message
+        );
         // The choice is a radio list.
         press(&mut m, "↓↓\n");
         let s = screen(&mut m);
@@ -735,7 +926,10 @@ endmenu
         assert!(screen(&mut m).contains("[modified]"));
         press(&mut m, "s");
         let saved = std::fs::read_to_string(&out).unwrap();
-        assert!(saved.contains("CONFIG_NET_PORT=8080\n") && saved.contains("CONFIG_HEAP_B=y\n"), "{saved}");
+        assert!(
+            saved.contains("CONFIG_NET_PORT=8080\n") && saved.contains("CONFIG_HEAP_B=y\n"),
+            "{saved}"
+        );
         assert!(!screen(&mut m).contains("[modified]"));
     }
 
@@ -744,12 +938,18 @@ endmenu
         let (mut m, out) = menu();
         press(&mut m, "/port\n");
         let s = screen(&mut m);
-        assert!(s.contains("1 symbols match 'port'") && s.contains("NET_PORT"), "{s}");
+        assert!(
+            s.contains("1 symbols match 'port'") && s.contains("NET_PORT"),
+            "{s}"
+        );
         press(&mut m, "\n");
         assert_eq!(m.view, View::Menu(1));
         press(&mut m, "?");
         let s = screen(&mut m);
-        assert!(s.contains("Symbol: NET_PORT [=80]") && s.contains("Depends on: NET [=y]"), "{s}");
+        assert!(
+            s.contains("Symbol: NET_PORT [=80]") && s.contains("Depends on: NET [=y]"),
+            "{s}"
+        );
         press(&mut m, "\x1b↓?");
         let s = screen(&mut m);
         assert!(s.contains("Selected by: NEEDS_FORCED [=y]"), "{s}");
@@ -758,6 +958,8 @@ endmenu
         assert!(matches!(m.mode, Mode::ConfirmQuit), "{:?}", m.mode);
         press(&mut m, "y");
         assert!(m.done);
-        assert!(std::fs::read_to_string(&out).unwrap().contains("# CONFIG_NET is not set\n"));
+        assert!(std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("# CONFIG_NET is not set\n"));
     }
 }

@@ -10,11 +10,17 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 fn ip(args: &[&str]) -> Result<String> {
-    let o = Command::new("ip").args(args).output().context("running `ip` (install iproute2)")?;
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (install iproute2)")?;
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
         if err.contains("Operation not permitted") {
-            bail!("ip {}: not permitted: bridges and tap devices need root (run with sudo)", args.join(" "));
+            bail!(
+                "ip {}: not permitted: bridges and tap devices need root (run with sudo)",
+                args.join(" ")
+            );
         }
         bail!("ip {}: {err}", args.join(" "));
     }
@@ -23,7 +29,12 @@ fn ip(args: &[&str]) -> Result<String> {
 
 /// Checks a network name (also a Linux interface name: at most 15 bytes).
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 15 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         bail!("network name '{name}': use 1-15 letters, digits, '-' or '_'");
     }
     Ok(())
@@ -31,16 +42,26 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// Parses `A.B.C.D/P` for a bridge: the host takes the first address.
 pub fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8)> {
-    let (a, p) = s.split_once('/').with_context(|| format!("subnet '{s}': expected A.B.C.D/PREFIX"))?;
-    let addr: Ipv4Addr = a.parse().with_context(|| format!("subnet '{s}': bad address"))?;
-    let prefix: u8 = p.parse().ok().filter(|p| (8..=30).contains(p)).with_context(|| format!("subnet '{s}': prefix must be 8-30"))?;
+    let (a, p) = s
+        .split_once('/')
+        .with_context(|| format!("subnet '{s}': expected A.B.C.D/PREFIX"))?;
+    let addr: Ipv4Addr = a
+        .parse()
+        .with_context(|| format!("subnet '{s}': bad address"))?;
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .with_context(|| format!("subnet '{s}': prefix must be 8-30"))?;
     let mask = u32::MAX << (32 - prefix);
     Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
 }
 
 /// The bridge's address and prefix, if it exists.
 pub fn bridge_addr(name: &str) -> Result<Option<(Ipv4Addr, u8)>> {
-    let Ok(out) = ip(&["-4", "-o", "addr", "show", "dev", name]) else { return Ok(None) };
+    let Ok(out) = ip(&["-4", "-o", "addr", "show", "dev", name]) else {
+        return Ok(None);
+    };
     for w in out.split_whitespace().collect::<Vec<_>>().windows(2) {
         if w[0] == "inet" {
             let (a, p) = w[1].split_once('/').unwrap_or((w[1], "24"));
@@ -66,14 +87,18 @@ pub fn create(name: &str, subnet: &str) -> Result<()> {
         let _ = ip(&["link", "del", name]);
         return Err(e);
     }
-    println!("{name}: bridge {host}/{prefix} (guests get addresses from {})", Ipv4Addr::from(u32::from(net) + 2));
+    println!(
+        "{name}: bridge {host}/{prefix} (guests get addresses from {})",
+        Ipv4Addr::from(u32::from(net) + 2)
+    );
     Ok(())
 }
 
 /// `kiln net rm NAME`.
 pub fn remove(name: &str) -> Result<()> {
     check_name(name)?;
-    let link = ip(&["-d", "link", "show", name]).map_err(|_| anyhow::anyhow!("no network named '{name}'"))?;
+    let link = ip(&["-d", "link", "show", name])
+        .map_err(|_| anyhow::anyhow!("no network named '{name}'"))?;
     if !link.contains("bridge") {
         bail!("'{name}' is not a bridge made by kiln net create");
     }
@@ -86,8 +111,12 @@ pub fn list() -> Result<()> {
     let out = ip(&["-o", "link", "show", "type", "bridge"])?;
     println!("{:<16} {:<20}", "NAME", "ADDRESS");
     for line in out.lines() {
-        let Some(name) = line.split(": ").nth(1) else { continue };
-        let addr = bridge_addr(name)?.map(|(a, p)| format!("{a}/{p}")).unwrap_or_else(|| "-".into());
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let addr = bridge_addr(name)?
+            .map(|(a, p)| format!("{a}/{p}"))
+            .unwrap_or_else(|| "-".into());
         println!("{name:<16} {addr:<20}");
     }
     Ok(())
@@ -104,7 +133,8 @@ fn allow(name: &str, on: bool) -> Result<()> {
         lines.push(&line);
     }
     std::fs::create_dir_all("/etc/qemu").context("creating /etc/qemu (needs root)")?;
-    std::fs::write(BRIDGE_CONF, lines.join("\n") + "\n").with_context(|| format!("writing {BRIDGE_CONF} (needs root)"))
+    std::fs::write(BRIDGE_CONF, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {BRIDGE_CONF} (needs root)"))
 }
 
 /// A guest's place on a bridge: QEMU's bridge helper makes its tap device
@@ -129,18 +159,26 @@ impl Attachment {
         let size = 1u32 << (32 - prefix);
         let mut used = vec![u32::from(host)];
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(c) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let Ok(c) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
             let c = String::from_utf8_lossy(&c);
             if !c.contains("qemu-system") || !c.contains(&format!("br={net}")) {
                 continue;
             }
-            if let Some(a) = c.split("netdev.ip=").nth(1).and_then(|r| r.split(['/', ' ', '\0']).next()) {
+            if let Some(a) = c
+                .split("netdev.ip=")
+                .nth(1)
+                .and_then(|r| r.split(['/', ' ', '\0']).next())
+            {
                 if let Ok(a) = a.parse::<Ipv4Addr>() {
                     used.push(u32::from(a));
                 }
             }
         }
-        let guest = (base + 2..base + size - 1).find(|a| !used.contains(a)).context("no free address on this network")?;
+        let guest = (base + 2..base + size - 1)
+            .find(|a| !used.contains(a))
+            .context("no free address on this network")?;
         let o = Ipv4Addr::from(guest).octets();
         Ok(Attachment {
             bridge: net.into(),
@@ -159,7 +197,10 @@ mod tests {
         assert!(check_name("kilnbr0").is_ok());
         assert!(check_name("a-very-long-bridge-name").is_err());
         assert!(check_name("br 0").is_err());
-        assert_eq!(parse_subnet("10.77.0.9/24").unwrap(), (Ipv4Addr::new(10, 77, 0, 0), 24));
+        assert_eq!(
+            parse_subnet("10.77.0.9/24").unwrap(),
+            (Ipv4Addr::new(10, 77, 0, 0), 24)
+        );
         assert!(parse_subnet("10.77.0.0").is_err());
         assert!(parse_subnet("10.77.0.0/31").is_err());
         assert!(parse_subnet("nonsense/24").is_err());

@@ -105,7 +105,11 @@ pub fn find_qemu(arch: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    let pkg = if arch == "arm64" { "qemu-system-arm" } else { "qemu-system-x86" };
+    let pkg = if arch == "arm64" {
+        "qemu-system-arm"
+    } else {
+        "qemu-system-x86"
+    };
     bail!(
         "{name} not found in PATH. Install QEMU with `scripts/setup` (Debian 12: QEMU 10 from \
          bookworm-backports), or `apt-get install {pkg}`"
@@ -114,7 +118,11 @@ pub fn find_qemu(arch: &str) -> Result<PathBuf> {
 
 /// Whether KVM can be used, and if not, why.
 pub fn kvm_usable() -> std::result::Result<(), String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("/dev/kvm: {e}")),
     }
@@ -125,7 +133,13 @@ pub fn kvm_usable() -> std::result::Result<(), String> {
 /// hypervisors (PVM, for one) do not pass all of them on.
 fn kvm_supported_cpuid() -> Vec<[u32; 5]> {
     use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else { return Vec::new() };
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    else {
+        return Vec::new();
+    };
     const NENT: usize = 256;
     // struct kvm_cpuid2 { u32 nent; u32 padding; struct kvm_cpuid_entry2 entries[]; }
     // struct kvm_cpuid_entry2 { u32 function, index, flags, eax, ebx, ecx, edx, padding[3]; }
@@ -139,7 +153,10 @@ fn kvm_supported_cpuid() -> Vec<[u32; 5]> {
         return Vec::new();
     }
     let n = (buf[0] as usize).min(NENT);
-    (0..n).map(|i| &buf[2 + i * 10..2 + (i + 1) * 10]).map(|e| [e[0], e[3], e[4], e[5], e[6]]).collect()
+    (0..n)
+        .map(|i| &buf[2 + i * 10..2 + (i + 1) * 10])
+        .map(|e| [e[0], e[3], e[4], e[5], e[6]])
+        .collect()
 }
 
 /// The CPU model for KVM: the baseline qemu64 plus an invariant TSC, and 1
@@ -147,7 +164,11 @@ fn kvm_supported_cpuid() -> Vec<[u32; 5]> {
 /// so QEMU does not warn about it on every run.
 pub fn kvm_cpu_model() -> String {
     let cpuid = kvm_supported_cpuid();
-    let has = |leaf: u32, reg: usize, bit: u32| cpuid.iter().any(|e| e[0] == leaf && e[reg] & (1 << bit) != 0);
+    let has = |leaf: u32, reg: usize, bit: u32| {
+        cpuid
+            .iter()
+            .any(|e| e[0] == leaf && e[reg] & (1 << bit) != 0)
+    };
     let mut m = String::from("qemu64,+invtsc");
     if has(0x8000_0001, 4, 26) {
         m += ",+pdpe1gb";
@@ -161,7 +182,10 @@ pub fn kvm_cpu_model() -> String {
 /// Parses a memory size like `64M`, `1G`, `512Mi`, `2048` (MiB) into MiB.
 pub fn parse_memory(s: &str) -> Result<u64> {
     let t = s.trim();
-    let t = t.strip_suffix('B').or_else(|| t.strip_suffix('b')).unwrap_or(t);
+    let t = t
+        .strip_suffix('B')
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(t);
     let t = t.strip_suffix('i').unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1.0 / 1024.0),
@@ -170,10 +194,9 @@ pub fn parse_memory(s: &str) -> Result<u64> {
         Some('T' | 't') => (&t[..t.len() - 1], 1024.0 * 1024.0),
         _ => (t, 1.0),
     };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .with_context(|| format!("memory size '{s}': expected a number with an optional K, M or G suffix"))?;
+    let n: f64 = num.trim().parse().with_context(|| {
+        format!("memory size '{s}': expected a number with an optional K, M or G suffix")
+    })?;
     let mib = (n * mult).ceil() as u64;
     if !(1..=1024 * 1024).contains(&mib) {
         bail!("memory size '{s}' is out of range (1M to 1T)");
@@ -213,18 +236,42 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }
     // The boards' memory is fixed: 1 GiB (Pi 3), 2 GiB (QEMU's Pi 4).
-    c.args(["-m", &if pi4 { "2G".to_string() } else if raspi { "1G".to_string() } else { format!("{}M", spec.memory_mib) }]);
-    c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    c.args([
+        "-m",
+        &if pi4 {
+            "2G".to_string()
+        } else if raspi {
+            "1G".to_string()
+        } else {
+            format!("{}M", spec.memory_mib)
+        },
+    ]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     // One stdio chardev for the serial console and QEMU's monitor (Ctrl-A C),
     // with Ctrl-C still stopping QEMU.
     match &spec.detached {
         None => {
-            c.args(["-chardev", "stdio,id=con,mux=on,signal=on", "-serial", "chardev:con", "-mon", "chardev=con"]);
+            c.args([
+                "-chardev",
+                "stdio,id=con,mux=on,signal=on",
+                "-serial",
+                "chardev:con",
+                "-mon",
+                "chardev=con",
+            ]);
         }
         Some((log, qmp)) => {
-            c.arg("-chardev").arg(format!("file,id=con,path={}", log.display()));
+            c.arg("-chardev")
+                .arg(format!("file,id=con,path={}", log.display()));
             c.args(["-serial", "chardev:con"]);
-            c.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
+            c.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
         }
     }
     if arm {
@@ -239,9 +286,17 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         // one to put the command line (and an initrd) in, as the firmware does.
         let dtb = spec.kernel.with_extension("dtb");
         let tree = if pi4 {
-            crate::fdt::minimal(&["raspberrypi,4-model-b", "brcm,bcm2711"], "Raspberry Pi 4 Model B", 0x3c00_0000)
+            crate::fdt::minimal(
+                &["raspberrypi,4-model-b", "brcm,bcm2711"],
+                "Raspberry Pi 4 Model B",
+                0x3c00_0000,
+            )
         } else {
-            crate::fdt::minimal(&["raspberrypi,3-model-b", "brcm,bcm2837"], "Raspberry Pi 3 Model B", 0x3c00_0000)
+            crate::fdt::minimal(
+                &["raspberrypi,3-model-b", "brcm,bcm2837"],
+                "Raspberry Pi 3 Model B",
+                0x3c00_0000,
+            )
         };
         if std::fs::read(&dtb).ok().as_deref() != Some(&tree[..]) {
             let _ = std::fs::write(&dtb, &tree);
@@ -260,7 +315,12 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     } else if let Some(fwd) = &spec.net {
         let mut netdev = String::from("user,id=n0");
         for f in fwd {
-            netdev += &format!(",hostfwd={}::{}-:{}", if f.udp { "udp" } else { "tcp" }, f.host, f.guest);
+            netdev += &format!(
+                ",hostfwd={}::{}-:{}",
+                if f.udp { "udp" } else { "tcp" },
+                f.host,
+                f.guest
+            );
         }
         c.args(["-netdev", &netdev, "-device", nic]);
     }
@@ -311,7 +371,9 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", qemu.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", qemu.display()))?;
     let done = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
     if let Some(t) = spec.timeout {
@@ -339,7 +401,9 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     Ok(match decode(status) {
         Outcome::Exited(code) => code,
         Outcome::NoCode => {
-            eprintln!("kiln: the guest stopped without reporting an exit code (reset or triple fault)");
+            eprintln!(
+                "kiln: the guest stopped without reporting an exit code (reset or triple fault)"
+            );
             EXIT_CRASH
         }
         Outcome::QemuFailed(s) => {

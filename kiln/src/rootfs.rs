@@ -36,8 +36,13 @@ struct Elf {
 
 fn read_elf(path: &Path) -> Result<Elf> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: not an ELF file: {e}", path.display()))?;
-    let origin = path.parent().unwrap_or(Path::new("/")).display().to_string();
+    let elf = goblin::elf::Elf::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not an ELF file: {e}", path.display()))?;
+    let origin = path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
     let search = elf
         .runpaths
         .iter()
@@ -45,7 +50,11 @@ fn read_elf(path: &Path) -> Result<Elf> {
         .flat_map(|p| p.split(':'))
         .map(|p| p.replace("$ORIGIN", &origin).replace("${ORIGIN}", &origin))
         .collect();
-    Ok(Elf { interp: elf.interpreter.map(str::to_string), needed: elf.libraries.iter().map(|s| s.to_string()).collect(), search })
+    Ok(Elf {
+        interp: elf.interpreter.map(str::to_string),
+        needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
+        search,
+    })
 }
 
 /// Finds `name` the way the dynamic loader does: the requester's
@@ -54,7 +63,11 @@ fn find(name: &str, search: &[String], requester: &Path) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    for dir in search.iter().map(String::as_str).chain(LIB_DIRS.iter().copied()) {
+    for dir in search
+        .iter()
+        .map(String::as_str)
+        .chain(LIB_DIRS.iter().copied())
+    {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return Ok(p);
@@ -63,7 +76,11 @@ fn find(name: &str, search: &[String], requester: &Path) -> Result<PathBuf> {
     bail!(
         "{}: needs {name}, which is in none of {}{}",
         requester.display(),
-        if search.is_empty() { String::new() } else { format!("{} ", search.join(", ")) },
+        if search.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", search.join(", "))
+        },
         LIB_DIRS.join(", ")
     )
 }
@@ -74,7 +91,11 @@ pub fn closure(program: &Path) -> Result<Closure> {
     let interpreter = top.interp.as_ref().map(PathBuf::from);
     let mut seen = BTreeSet::new();
     let mut libraries = Vec::new();
-    let mut queue: Vec<(String, Vec<String>, PathBuf)> = top.needed.iter().map(|n| (n.clone(), top.search.clone(), program.to_path_buf())).collect();
+    let mut queue: Vec<(String, Vec<String>, PathBuf)> = top
+        .needed
+        .iter()
+        .map(|n| (n.clone(), top.search.clone(), program.to_path_buf()))
+        .collect();
     while let Some((name, search, requester)) = queue.pop() {
         if !seen.insert(name.clone()) {
             continue;
@@ -87,7 +108,10 @@ pub fn closure(program: &Path) -> Result<Closure> {
         libraries.push(path);
     }
     libraries.sort();
-    Ok(Closure { interpreter, libraries })
+    Ok(Closure {
+        interpreter,
+        libraries,
+    })
 }
 
 /// Copies `src` to `root/src` (the same absolute path inside the rootfs),
@@ -96,9 +120,11 @@ fn copy_in(root: &Path, src: &Path) -> Result<PathBuf> {
     let rel = src.strip_prefix("/").unwrap_or(src);
     let dst = root.join(rel);
     if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::copy(src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    std::fs::copy(src, &dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     Ok(dst)
 }
 
@@ -107,7 +133,11 @@ fn copy_in(root: &Path, src: &Path) -> Result<PathBuf> {
 pub fn add(root: &Path, programs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for p in programs {
-        let p = if p.is_absolute() { p.clone() } else { std::env::current_dir()?.join(p) };
+        let p = if p.is_absolute() {
+            p.clone()
+        } else {
+            std::env::current_dir()?.join(p)
+        };
         if !p.is_file() {
             bail!("{}: no such program", p.display());
         }
@@ -115,7 +145,11 @@ pub fn add(root: &Path, programs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         written.push(copy_in(root, &p)?);
         if let Some(i) = &c.interpreter {
             if !i.is_file() {
-                bail!("{}: its dynamic loader {} is not on this machine", p.display(), i.display());
+                bail!(
+                    "{}: its dynamic loader {} is not on this machine",
+                    p.display(),
+                    i.display()
+                );
             }
             written.push(copy_in(root, i)?);
         }

@@ -9,7 +9,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kiln() -> Command {
@@ -21,7 +24,11 @@ fn kiln() -> Command {
 
 /// Runs a command, killing it after `limit`.
 fn run_with_limit(mut c: Command, limit: Duration) -> Output {
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kiln");
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln");
     let pid = child.id();
     let start = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -32,7 +39,10 @@ fn run_with_limit(mut c: Command, limit: Duration) -> Output {
         Ok(out) => out.expect("wait for kiln"),
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("command did not finish within {limit:?} (started {:?} ago): {c:?}", start.elapsed());
+            panic!(
+                "command did not finish within {limit:?} (started {:?} ago): {c:?}",
+                start.elapsed()
+            );
         }
     }
 }
@@ -56,13 +66,25 @@ fn built(app: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let done = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let mut done = done.lock().unwrap();
-    let kernel = root().join("apps").join(app).join(".kiln/build").join(format!("{app}_qemu-x86_64"));
+    let kernel = root()
+        .join("apps")
+        .join(app)
+        .join(".kiln/build")
+        .join(format!("{app}_qemu-x86_64"));
     if !done.iter().any(|a| a == app) {
         let mut c = kiln();
         c.args(["build", &format!("apps/{app}")]);
         let r = output(run_with_limit(c, Duration::from_secs(900)));
-        assert_eq!(r.code, 0, "kiln build apps/{app} failed:\n{}{}", r.stdout, r.stderr);
-        assert!(r.stderr.contains("[4/4] Kernel"), "build steps not shown:\n{}", r.stderr);
+        assert_eq!(
+            r.code, 0,
+            "kiln build apps/{app} failed:\n{}{}",
+            r.stdout, r.stderr
+        );
+        assert!(
+            r.stderr.contains("[4/4] Kernel"),
+            "build steps not shown:\n{}",
+            r.stderr
+        );
         done.push(app.to_string());
     }
     kernel
@@ -72,7 +94,9 @@ fn built(app: &str) -> PathBuf {
 fn boot(app: &str, extra: &[&str], args: &[&str]) -> Run {
     built(app);
     let mut c = kiln();
-    c.args(["run", "--timeout", "60"]).args(extra).arg(format!("apps/{app}"));
+    c.args(["run", "--timeout", "60"])
+        .args(extra)
+        .arg(format!("apps/{app}"));
     if !args.is_empty() {
         c.arg("--").args(args);
     }
@@ -84,9 +108,19 @@ fn helloworld_prints_greeting_and_arguments() {
     let r = boot("helloworld", &[], &["a", "b", "two words"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
-    let hello = lines.iter().position(|l| *l == "Hello, world!").unwrap_or_else(|| panic!("no greeting:\n{}", r.stdout));
-    assert_eq!(&lines[hello + 1..], ["arg 1: a", "arg 2: b", "arg 3: two words"]);
-    assert!(r.stdout.contains("kiln: helloworld on qemu/x86_64"), "boot banner missing:\n{}", r.stdout);
+    let hello = lines
+        .iter()
+        .position(|l| *l == "Hello, world!")
+        .unwrap_or_else(|| panic!("no greeting:\n{}", r.stdout));
+    assert_eq!(
+        &lines[hello + 1..],
+        ["arg 1: a", "arg 2: b", "arg 3: two words"]
+    );
+    assert!(
+        r.stdout.contains("kiln: helloworld on qemu/x86_64"),
+        "boot banner missing:\n{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -98,7 +132,10 @@ fn helloworld_kernel_is_an_elf64_with_a_pvh_note() {
     assert_eq!(u16::from_le_bytes([b[18], b[19]]), 0x3e, "not x86_64");
     // Walk the program headers to the PT_NOTE and find XEN_ELFNOTE_PHYS32_ENTRY.
     let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
-    let (phentsize, phnum) = (u16::from_le_bytes([b[54], b[55]]) as usize, u16::from_le_bytes([b[56], b[57]]) as usize);
+    let (phentsize, phnum) = (
+        u16::from_le_bytes([b[54], b[55]]) as usize,
+        u16::from_le_bytes([b[56], b[57]]) as usize,
+    );
     let mut found = false;
     for i in 0..phnum {
         let ph = &b[phoff + i * phentsize..];
@@ -121,7 +158,11 @@ fn quiet_run_shows_only_the_app() {
     let r = boot("helloworld", &["-q"], &[]);
     assert_eq!(r.code, 0);
     assert_eq!(r.stdout.trim_end(), "Hello, world!");
-    assert!(!r.stderr.contains("[1/4]"), "quiet build still printed steps:\n{}", r.stderr);
+    assert!(
+        !r.stderr.contains("[1/4]"),
+        "quiet build still printed steps:\n{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -142,7 +183,11 @@ fn app_return_value_is_the_exit_status() {
     assert_eq!(r.code, 7);
     let r = boot("crashtest", &["-q"], &["exit", "500"]);
     assert_eq!(r.code, 126);
-    assert!(r.stdout.contains("exit code 500 is outside 0..=126"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("exit code 500 is outside 0..=126"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -151,12 +196,25 @@ fn panic_prints_message_and_location() {
     assert_eq!(r.code, 101, "{}", r.stdout);
     assert!(r.stdout.contains("kiln: panic at "), "{}", r.stdout);
     assert!(r.stdout.contains("crashtest/src/lib.rs:"), "{}", r.stdout);
-    assert!(r.stdout.contains(": crashtest was asked to panic"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(": crashtest was asked to panic"),
+        "{}",
+        r.stdout
+    );
 }
 
 fn hex_field(out: &str, name: &str) -> u64 {
-    let line = out.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{out}"));
-    let v = line.split("0x").nth(1).unwrap().split_whitespace().next().unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(name))
+        .unwrap_or_else(|| panic!("no {name}:\n{out}"));
+    let v = line
+        .split("0x")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     u64::from_str_radix(v, 16).unwrap()
 }
 
@@ -164,47 +222,98 @@ fn hex_field(out: &str, name: &str) -> u64 {
 fn null_dereference_reports_a_page_fault() {
     let r = boot("crashtest", &["-q"], &["null"]);
     assert_eq!(r.code, 125, "{}", r.stdout);
-    assert!(r.stdout.contains("kiln: CPU exception 14 (#PF page fault)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("kiln: CPU exception 14 (#PF page fault)"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("page not present, read"), "{}", r.stdout);
     assert_eq!(hex_field(&r.stdout, "fault address"), 0);
     assert_eq!(hex_field(&r.stdout, "error code"), 0);
     let rip = hex_field(&r.stdout, "instruction pointer");
-    assert!((0x10_0000..0x20_0000).contains(&rip), "rip {rip:#x} outside the kernel text");
+    assert!(
+        (0x10_0000..0x20_0000).contains(&rip),
+        "rip {rip:#x} outside the kernel text"
+    );
     assert!(r.stdout.contains("likely cause: null pointer dereference"));
 
     let r = boot("crashtest", &["-q"], &["write-null"]);
     assert_eq!(r.code, 125);
     assert_eq!(hex_field(&r.stdout, "fault address"), 0x80);
-    assert_eq!(hex_field(&r.stdout, "error code"), 2, "write to a missing page");
+    assert_eq!(
+        hex_field(&r.stdout, "error code"),
+        2,
+        "write to a missing page"
+    );
 }
 
 #[test]
 fn invalid_instruction_and_stack_overflow_are_reported() {
     let r = boot("crashtest", &["-q"], &["ud"]);
     assert_eq!(r.code, 125, "{}", r.stdout);
-    assert!(r.stdout.contains("CPU exception 6 (#UD invalid opcode)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("CPU exception 6 (#UD invalid opcode)"),
+        "{}",
+        r.stdout
+    );
     let r = boot("crashtest", &["-q"], &["overflow"]);
     assert_eq!(r.code, 125, "{}", r.stdout);
     assert!(r.stdout.contains("CPU exception 14"), "{}", r.stdout);
-    assert!(r.stdout.contains("stack overflow (hit the guard page"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("stack overflow (hit the guard page"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
 fn kernel_memory_is_write_xor_execute() {
     for (what, code, cause) in [
-        ("write-text", "0x3 (protection violation, write)", "write to read-only memory (kernel code or constants: W^X)"),
-        ("write-rodata", "0x3 (protection violation, write)", "write to read-only memory (kernel code or constants: W^X)"),
-        ("exec-heap", "0x11 (protection violation, read, instruction fetch)", "jump into memory that is not executable"),
-        ("exec-stack", "0x11 (protection violation, read, instruction fetch)", "jump into memory that is not executable"),
+        (
+            "write-text",
+            "0x3 (protection violation, write)",
+            "write to read-only memory (kernel code or constants: W^X)",
+        ),
+        (
+            "write-rodata",
+            "0x3 (protection violation, write)",
+            "write to read-only memory (kernel code or constants: W^X)",
+        ),
+        (
+            "exec-heap",
+            "0x11 (protection violation, read, instruction fetch)",
+            "jump into memory that is not executable",
+        ),
+        (
+            "exec-stack",
+            "0x11 (protection violation, read, instruction fetch)",
+            "jump into memory that is not executable",
+        ),
     ] {
         let r = boot("crashtest", &["-q"], &[what]);
         assert_eq!(r.code, 125, "{what}: {}", r.stdout);
-        assert!(r.stdout.contains("CPU exception 14 (#PF page fault)"), "{what}: {}", r.stdout);
-        assert!(r.stdout.contains(&format!("error code {code}")), "{what}: {}", r.stdout);
-        assert!(r.stdout.contains(&format!("likely cause: {cause}")), "{what}: {}", r.stdout);
+        assert!(
+            r.stdout.contains("CPU exception 14 (#PF page fault)"),
+            "{what}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains(&format!("error code {code}")),
+            "{what}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains(&format!("likely cause: {cause}")),
+            "{what}: {}",
+            r.stdout
+        );
         if what.starts_with("exec") {
             // The fault is at the very instruction the CPU refused to fetch.
-            assert_eq!(hex_field(&r.stdout, "fault address"), hex_field(&r.stdout, "instruction pointer"), "{what}");
+            assert_eq!(
+                hex_field(&r.stdout, "fault address"),
+                hex_field(&r.stdout, "instruction pointer"),
+                "{what}"
+            );
         }
     }
 }
@@ -213,8 +322,17 @@ fn kernel_memory_is_write_xor_execute() {
 fn out_of_memory_is_reported_with_the_request_and_statistics() {
     let r = boot("crashtest", &["-q"], &["oom"]);
     assert_eq!(r.code, 101, "{}", r.stdout);
-    assert!(r.stdout.contains("kiln: out of memory: 1099511627776 bytes (align 1) from the tlsf heap;"), "{}", r.stdout);
-    assert!(r.stdout.contains("KiB total") && r.stdout.contains("1 failed"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("kiln: out of memory: 1099511627776 bytes (align 1) from the tlsf heap;"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("KiB total") && r.stdout.contains("1 failed"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("kiln: panic at"), "{}", r.stdout);
 }
 
@@ -224,8 +342,17 @@ fn idle_sleeps_on_the_apic_timer() {
     // interrupt wakes it (a missing interrupt would hang until the timeout).
     let r = boot("crashtest", &["-q"], &["idle"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let us: u64 = r.stdout.split("idled ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
-    assert!((300_000..30_000_000).contains(&us), "300 idles of 1 ms took {us} us");
+    let us: u64 = r
+        .stdout
+        .split("idled ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (300_000..30_000_000).contains(&us),
+        "300 idles of 1 ms took {us} us"
+    );
 }
 
 #[test]
@@ -233,8 +360,17 @@ fn large_memory_is_mapped_and_used() {
     // 4 GiB: RAM below and above the 4 GiB hole, all of it in the heap.
     let r = boot("helloworld", &["-M", "4G"], &[]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let total: u64 = r.stdout.split("heap tlsf (").nth(1).and_then(|s| s.split(" KiB total").next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{}", r.stdout));
-    assert!(total > 4_000_000, "only {total} KiB of heap with 4 GiB of RAM");
+    let total: u64 = r
+        .stdout
+        .split("heap tlsf (")
+        .nth(1)
+        .and_then(|s| s.split(" KiB total").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        total > 4_000_000,
+        "only {total} KiB of heap with 4 GiB of RAM"
+    );
     assert!(r.stdout.contains("Hello, world!"));
 }
 
@@ -242,17 +378,33 @@ fn large_memory_is_mapped_and_used() {
 fn a_hanging_guest_is_stopped_by_the_timeout() {
     built("crashtest");
     let mut c = kiln();
-    c.args(["run", "-q", "--timeout", "2", "apps/crashtest", "--", "hang"]);
+    c.args([
+        "run",
+        "-q",
+        "--timeout",
+        "2",
+        "apps/crashtest",
+        "--",
+        "hang",
+    ]);
     let start = Instant::now();
     let r = output(run_with_limit(c, Duration::from_secs(60)));
     assert_eq!(r.code, 124, "{}{}", r.stdout, r.stderr);
     assert!(start.elapsed() < Duration::from_secs(30));
-    assert!(r.stderr.contains("did not finish within 2s"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did not finish within 2s"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn environment_reaches_the_app() {
-    let r = boot("crashtest", &["-q", "-e", "GREETING=hello there"], &["env", "GREETING"]);
+    let r = boot(
+        "crashtest",
+        &["-q", "-e", "GREETING=hello there"],
+        &["env", "GREETING"],
+    );
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("GREETING=hello there"), "{}", r.stdout);
 }
@@ -289,7 +441,11 @@ fn kiln_error(args: &[&str]) -> String {
     let mut c = kiln();
     c.args(args);
     let r = output(run_with_limit(c, Duration::from_secs(60)));
-    assert_eq!(r.code, 1, "expected an error from kiln {args:?}:\n{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "expected an error from kiln {args:?}:\n{}{}",
+        r.stdout, r.stderr
+    );
     r.stderr
 }
 
@@ -302,11 +458,20 @@ fn bad_input_gets_clear_errors() {
 
     let d = temp_app("name: broken\ntargets:\n  - qemu/x86_64\n  bad: [\n");
     let e = kiln_error(&["run", d.to_str().unwrap()]);
-    assert!(e.contains(&format!("{}:4: malformed Kraftfile", d.join("Kraftfile").display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{}:4: malformed Kraftfile",
+            d.join("Kraftfile").display()
+        )),
+        "{e}"
+    );
 
     let d = temp_app("name: riscy\ntargets:\n  - qemu/riscv64\n");
     let e = kiln_error(&["build", d.to_str().unwrap()]);
-    assert!(e.contains("Kraftfile:3: unknown target 'qemu/riscv64'"), "{e}");
+    assert!(
+        e.contains("Kraftfile:3: unknown target 'qemu/riscv64'"),
+        "{e}"
+    );
 
     let e = kiln_error(&["build", "apps/helloworld", "--plat", "xen"]);
     assert!(e.contains("no target matches xen/*"), "{e}");
@@ -315,10 +480,15 @@ fn bad_input_gets_clear_errors() {
 #[test]
 fn missing_qemu_says_how_to_install_it() {
     let mut c = kiln();
-    c.env("PATH", "/nonexistent").args(["run", "apps/helloworld"]);
+    c.env("PATH", "/nonexistent")
+        .args(["run", "apps/helloworld"]);
     let r = output(run_with_limit(c, Duration::from_secs(60)));
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("qemu-system-x86_64 not found in PATH"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("qemu-system-x86_64 not found in PATH"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("scripts/setup"), "{}", r.stderr);
 }
 
@@ -329,14 +499,22 @@ fn a_second_app_reuses_the_compiled_kernel_crates() {
     let d = std::env::temp_dir().join(format!("kiln-test-second-app-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::write(d.join("Kraftfile"), "spec: v0.6\nname: second\ntargets: [qemu/x86_64]\n").unwrap();
+    std::fs::write(
+        d.join("Kraftfile"),
+        "spec: v0.6\nname: second\ntargets: [qemu/x86_64]\n",
+    )
+    .unwrap();
     let std_path = root().join("lib/std");
     std::fs::write(
         d.join("Cargo.toml"),
         format!("[package]\nname = \"second\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n[dependencies]\nkiln-std = {{ path = {:?} }}\n", std_path.display().to_string()),
     )
     .unwrap();
-    std::fs::copy(root().join("apps/helloworld/src/lib.rs"), d.join("src/lib.rs")).unwrap();
+    std::fs::copy(
+        root().join("apps/helloworld/src/lib.rs"),
+        d.join("src/lib.rs"),
+    )
+    .unwrap();
     std::fs::copy(root().join("apps/helloworld/Kconfig"), d.join("Kconfig")).unwrap();
     let mut c = kiln();
     c.args(["run", "--timeout", "60", d.to_str().unwrap(), "--", "again"]);
@@ -345,8 +523,19 @@ fn a_second_app_reuses_the_compiled_kernel_crates() {
     assert!(r.stdout.contains("arg 1: again"), "{}", r.stdout);
     // Only the app, the link crate and its build script are new.
     let step = r.stderr.lines().find(|l| l.starts_with("[4/4]")).unwrap();
-    let compiled: u32 = step.split("compiled ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-    assert!(compiled <= 3, "a second app recompiled kernel crates: {step}");
+    let compiled: u32 = step
+        .split("compiled ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        compiled <= 3,
+        "a second app recompiled kernel crates: {step}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -355,7 +544,10 @@ fn a_second_app_reuses_the_compiled_kernel_crates() {
 fn loaded_bytes(image: &Path) -> u64 {
     let b = std::fs::read(image).unwrap();
     let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
-    let (phentsize, phnum) = (u16::from_le_bytes([b[54], b[55]]) as usize, u16::from_le_bytes([b[56], b[57]]) as usize);
+    let (phentsize, phnum) = (
+        u16::from_le_bytes([b[54], b[55]]) as usize,
+        u16::from_le_bytes([b[56], b[57]]) as usize,
+    );
     (0..phnum)
         .map(|i| &b[phoff + i * phentsize..])
         .filter(|ph| u32::from_le_bytes(ph[0..4].try_into().unwrap()) == 1)
@@ -371,7 +563,10 @@ fn configured_helloworld(name: &str, kconfig: &str) -> PathBuf {
     let app = root().join("apps/helloworld");
     std::fs::write(
         d.join("Kraftfile"),
-        format!("spec: v0.6\nname: {name}\napp: {}\ntargets: [qemu/x86_64]\nkconfig:\n{kconfig}", app.display()),
+        format!(
+            "spec: v0.6\nname: {name}\napp: {}\ntargets: [qemu/x86_64]\nkconfig:\n{kconfig}",
+            app.display()
+        ),
     )
     .unwrap();
     d
@@ -381,15 +576,31 @@ fn configured_helloworld(name: &str, kconfig: &str) -> PathBuf {
 fn kconfig_options_change_what_is_built_and_how_it_behaves() {
     let tlsf = built("helloworld");
     // The log level option: at 4 (debug) the kernel reports the app's exit.
-    let d = configured_helloworld("hello-debug", "  CONFIG_LIBCONSOLE_LOGLEVEL: 4\n  LIBBOOT_BANNER: n\n");
+    let d = configured_helloworld(
+        "hello-debug",
+        "  CONFIG_LIBCONSOLE_LOGLEVEL: 4\n  LIBBOOT_BANNER: n\n",
+    );
     let mut c = kiln();
     c.args(["run", "--timeout", "60", d.to_str().unwrap()]);
     let r = output(run_with_limit(c, Duration::from_secs(600)));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("kiln: app exited with 0;"), "{}", r.stdout);
-    assert!(!r.stdout.contains("helloworld on qemu"), "banner still printed:\n{}", r.stdout);
-    let cfg = std::fs::read_to_string(d.join(".kiln/build/hello-debug_qemu-x86_64.config")).unwrap();
-    assert!(cfg.contains("CONFIG_LIBCONSOLE_LOGLEVEL=4\n") && cfg.contains("# CONFIG_LIBBOOT_BANNER is not set\n"), "{cfg}");
+    assert!(
+        r.stdout.contains("kiln: app exited with 0;"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("helloworld on qemu"),
+        "banner still printed:\n{}",
+        r.stdout
+    );
+    let cfg =
+        std::fs::read_to_string(d.join(".kiln/build/hello-debug_qemu-x86_64.config")).unwrap();
+    assert!(
+        cfg.contains("CONFIG_LIBCONSOLE_LOGLEVEL=4\n")
+            && cfg.contains("# CONFIG_LIBBOOT_BANNER is not set\n"),
+        "{cfg}"
+    );
 
     // The allocator choice: the region backend replaces TLSF, which is no longer compiled.
     let d = configured_helloworld("hello-region", "  - CONFIG_LIBALLOC_REGION=y\n");
@@ -398,18 +609,42 @@ fn kconfig_options_change_what_is_built_and_how_it_behaves() {
     let r = output(run_with_limit(c, Duration::from_secs(600)));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("heap region"), "{}", r.stdout);
-    let manifest = std::fs::read_to_string(d.join(".kiln/build/hello-region_qemu-x86_64.crate/Cargo.toml")).unwrap();
-    assert!(manifest.contains("kiln-alloc-region") && !manifest.contains("kiln-alloc-tlsf"), "{manifest}");
+    let manifest =
+        std::fs::read_to_string(d.join(".kiln/build/hello-region_qemu-x86_64.crate/Cargo.toml"))
+            .unwrap();
+    assert!(
+        manifest.contains("kiln-alloc-region") && !manifest.contains("kiln-alloc-tlsf"),
+        "{manifest}"
+    );
     let region = d.join(".kiln/build/hello-region_qemu-x86_64");
     let (a, b) = (loaded_bytes(&tlsf), loaded_bytes(&region));
-    assert!(b < a, "region kernel ({b} bytes loaded) is not smaller than the TLSF one ({a})");
+    assert!(
+        b < a,
+        "region kernel ({b} bytes loaded) is not smaller than the TLSF one ({a})"
+    );
     // The link maps list every symbol in each image: TLSF's are gone.
     let tlsf_map = std::fs::read_to_string(tlsf.with_extension("map")).unwrap();
     let region_map = std::fs::read_to_string(region.with_extension("map")).unwrap();
-    let has = |map: &str, what: &str| map.lines().any(|l| l.trim_start().split_whitespace().last().is_some_and(|s| s.contains(what)));
-    assert!(has(&tlsf_map, "rlsf::tlsf::Tlsf"), "TLSF symbols missing from the TLSF kernel's map");
-    assert!(!has(&region_map, "rlsf"), "TLSF symbols left in the region kernel");
-    assert!(has(&region_map, "kiln_alloc..Heap"), "no heap symbols in the region kernel's map");
+    let has = |map: &str, what: &str| {
+        map.lines().any(|l| {
+            l.trim_start()
+                .split_whitespace()
+                .last()
+                .is_some_and(|s| s.contains(what))
+        })
+    };
+    assert!(
+        has(&tlsf_map, "rlsf::tlsf::Tlsf"),
+        "TLSF symbols missing from the TLSF kernel's map"
+    );
+    assert!(
+        !has(&region_map, "rlsf"),
+        "TLSF symbols left in the region kernel"
+    );
+    assert!(
+        has(&region_map, "kiln_alloc..Heap"),
+        "no heap symbols in the region kernel's map"
+    );
 }
 
 #[test]
@@ -419,11 +654,29 @@ fn app_kconfig_options_reach_the_app() {
         "  APP_HELLOWORLD_GREETING: \"Hi from Kconfig\"\n  APP_HELLOWORLD_REPEAT: 3\n  APP_HELLOWORLD_ARGS: n\n",
     );
     let mut c = kiln();
-    c.args(["run", "-q", "--timeout", "60", d.to_str().unwrap(), "--", "a", "b"]);
+    c.args([
+        "run",
+        "-q",
+        "--timeout",
+        "60",
+        d.to_str().unwrap(),
+        "--",
+        "a",
+        "b",
+    ]);
     let r = output(run_with_limit(c, Duration::from_secs(600)));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(r.stdout.matches("Hi from Kconfig").count(), 3, "{}", r.stdout);
-    assert!(!r.stdout.contains("Hello, world!") && !r.stdout.contains("arg 1"), "{}", r.stdout);
+    assert_eq!(
+        r.stdout.matches("Hi from Kconfig").count(),
+        3,
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("Hello, world!") && !r.stdout.contains("arg 1"),
+        "{}",
+        r.stdout
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -431,13 +684,27 @@ fn app_kconfig_options_reach_the_app() {
 fn bad_kconfig_values_are_errors_with_file_and_line() {
     let d = configured_helloworld("hello-bad1", "  CONFIG_NOPE: y\n");
     let e = kiln_error(&["build", d.to_str().unwrap()]);
-    assert!(e.contains(&format!("{}:6: unknown Kconfig symbol NOPE", d.join("Kraftfile").display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{}:6: unknown Kconfig symbol NOPE",
+            d.join("Kraftfile").display()
+        )),
+        "{e}"
+    );
     let d = configured_helloworld("hello-bad2", "  - LIBCONSOLE_LOGLEVEL=loud\n");
     let e = kiln_error(&["build", d.to_str().unwrap()]);
-    assert!(e.contains("Kraftfile:6: LIBCONSOLE_LOGLEVEL=loud: wrong type: an int takes a decimal number"), "{e}");
+    assert!(
+        e.contains(
+            "Kraftfile:6: LIBCONSOLE_LOGLEVEL=loud: wrong type: an int takes a decimal number"
+        ),
+        "{e}"
+    );
     let d = configured_helloworld("hello-bad3", "  LIBCONSOLE_LOGLEVEL: 7\n");
     let e = kiln_error(&["build", d.to_str().unwrap()]);
-    assert!(e.contains("LIBCONSOLE_LOGLEVEL=7 is outside its range 0..4"), "{e}");
+    assert!(
+        e.contains("LIBCONSOLE_LOGLEVEL=7 is outside its range 0..4"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -449,37 +716,85 @@ fn kiln_config_sets_shows_and_resets_the_saved_config() {
         c.arg("config").arg(dir).args(args);
         output(run_with_limit(c, Duration::from_secs(60)))
     };
-    let r = cfg(&["--set", "CONFIG_LIBCONSOLE_LOGLEVEL=2", "--set", "LIBALLOC_REGION=y"]);
+    let r = cfg(&[
+        "--set",
+        "CONFIG_LIBCONSOLE_LOGLEVEL=2",
+        "--set",
+        "LIBALLOC_REGION=y",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let saved = std::fs::read_to_string(d.join(".config")).unwrap();
     assert!(saved.contains("CONFIG_LIBCONSOLE_LOGLEVEL=2\n"), "{saved}");
-    assert!(saved.contains("CONFIG_LIBALLOC_REGION=y\n") && saved.contains("# CONFIG_LIBALLOC_TLSF is not set\n"), "{saved}");
+    assert!(
+        saved.contains("CONFIG_LIBALLOC_REGION=y\n")
+            && saved.contains("# CONFIG_LIBALLOC_TLSF is not set\n"),
+        "{saved}"
+    );
     let r = cfg(&["--diff"]);
-    assert!(r.stdout.contains("CONFIG_LIBCONSOLE_LOGLEVEL: 3 -> 2"), "{}", r.stdout);
-    assert!(r.stdout.contains("CONFIG_LIBALLOC_REGION: n -> y"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("CONFIG_LIBCONSOLE_LOGLEVEL: 3 -> 2"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("CONFIG_LIBALLOC_REGION: n -> y"),
+        "{}",
+        r.stdout
+    );
     let r = cfg(&["--savedefconfig"]);
     // As `make savedefconfig`: the chosen member, not its unchosen sibling or
     // what it selects.
-    assert_eq!(r.stdout, "CONFIG_LIBALLOC_REGION=y\nCONFIG_LIBCONSOLE_LOGLEVEL=2\n");
+    assert_eq!(
+        r.stdout,
+        "CONFIG_LIBALLOC_REGION=y\nCONFIG_LIBCONSOLE_LOGLEVEL=2\n"
+    );
     let r = cfg(&["--unset", "LIBCONSOLE_LOGLEVEL"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = cfg(&["--show"]);
-    assert!(r.stdout.contains("CONFIG_LIBCONSOLE_LOGLEVEL=3\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("CONFIG_LIBALLOC_REGION=y\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("CONFIG_LIBCONSOLE_LOGLEVEL=3\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("CONFIG_LIBALLOC_REGION=y\n"),
+        "{}",
+        r.stdout
+    );
     let r = cfg(&["--set", "LIBBOOT_BANNER=maybe"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("LIBBOOT_BANNER=maybe: wrong type: a bool takes y or n"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("LIBBOOT_BANNER=maybe: wrong type: a bool takes y or n"),
+        "{}",
+        r.stderr
+    );
     // A saved .config line that is not CONFIG_X=v names the file and line.
     std::fs::write(d.join(".config"), "CONFIG_LIBBOOT=y\ngarbage\n").unwrap();
     let r = cfg(&["--show"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains(".config:2: expected CONFIG_NAME=value, found 'garbage'"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(".config:2: expected CONFIG_NAME=value, found 'garbage'"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// How many crates a `kiln build` compiled (from its last step line).
 fn compiled_crates(stderr: &str) -> u32 {
-    let step = stderr.lines().find(|l| l.starts_with("[4/4]")).unwrap_or_else(|| panic!("no final step:\n{stderr}"));
-    step.split("compiled ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    let step = stderr
+        .lines()
+        .find(|l| l.starts_with("[4/4]"))
+        .unwrap_or_else(|| panic!("no final step:\n{stderr}"));
+    step.split("compiled ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -496,7 +811,11 @@ fn build_recompiles_exactly_when_the_configuration_changes() {
     let config = d.join(".kiln/build/hello-rebuild_qemu-x86_64.config");
     build();
     let first = std::fs::read_to_string(&config).unwrap();
-    assert_eq!(compiled_crates(&build()), 0, "nothing changed, yet the kernel was recompiled");
+    assert_eq!(
+        compiled_crates(&build()),
+        0,
+        "nothing changed, yet the kernel was recompiled"
+    );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), first);
 
     let mut c = kiln();
@@ -504,15 +823,23 @@ fn build_recompiles_exactly_when_the_configuration_changes() {
     assert_eq!(output(run_with_limit(c, Duration::from_secs(60))).code, 0);
     let n = compiled_crates(&build());
     assert!(n >= 1, "the log level changed, yet nothing was recompiled");
-    assert!(std::fs::read_to_string(&config).unwrap().contains("CONFIG_LIBCONSOLE_LOGLEVEL=1\n"));
-    assert_eq!(compiled_crates(&build()), 0, "a second build after the change recompiled again");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("CONFIG_LIBCONSOLE_LOGLEVEL=1\n"));
+    assert_eq!(
+        compiled_crates(&build()),
+        0,
+        "a second build after the change recompiled again"
+    );
 
     // A build option reaches the compiler profile: speed instead of size.
     let mut c = kiln();
     c.args(["config", dir, "--set", "BUILD_OPTIMIZE_SIZE=n"]);
     assert_eq!(output(run_with_limit(c, Duration::from_secs(60))).code, 0);
     assert!(compiled_crates(&build()) >= 1);
-    let manifest = std::fs::read_to_string(d.join(".kiln/build/hello-rebuild_qemu-x86_64.crate/Cargo.toml")).unwrap();
+    let manifest =
+        std::fs::read_to_string(d.join(".kiln/build/hello-rebuild_qemu-x86_64.crate/Cargo.toml"))
+            .unwrap();
     assert!(manifest.contains("opt-level = 3\n"), "{manifest}");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -12,21 +12,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn run(rootfs: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
     b_build();
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "--timeout", "120", "--initrd", rootfs.to_str().unwrap()])
+        .args([
+            "run",
+            "-W",
+            "--timeout",
+            "120",
+            "--initrd",
+            rootfs.to_str().unwrap(),
+        ])
         .args(extra)
         .args(["apps/elfloader", "--"])
         .args(args)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// The test programs, built for Linux with musl (static-pie).
@@ -35,15 +52,28 @@ fn hello() -> PathBuf {
 }
 
 fn linux_program(name: &str) -> PathBuf {
+    linux_program_for("x86_64", name)
+}
+
+/// A test program built for `arch` Linux with musl: static-pie on
+/// x86_64; on arm64 a static executable at a fixed address (0x200000),
+/// linked by rust-lld, so no cross C toolchain is needed.
+fn linux_program_for(arch: &str, name: &str) -> PathBuf {
     let dir = root().join("kiln/tests/linux/hello");
+    let target = format!("{arch}-unknown-linux-musl");
     let o = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--release", "--target", "x86_64-unknown-linux-musl"])
+        .args(["build", "-q", "--release", "--target", &target])
         .current_dir(&dir)
         .env_remove("RUSTFLAGS")
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
         .output()
         .unwrap();
-    assert!(o.status.success(), "building the Linux test program: {}", String::from_utf8_lossy(&o.stderr));
-    dir.join("target/x86_64-unknown-linux-musl/release").join(name)
+    assert!(
+        o.status.success(),
+        "building the Linux test program: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    dir.join("target").join(target).join("release").join(name)
 }
 
 fn rootfs(name: &str) -> PathBuf {
@@ -59,11 +89,22 @@ fn rootfs(name: &str) -> PathBuf {
 fn a_static_pie_rust_program_runs_unmodified() {
     let prog = hello();
     let head = std::fs::read(&prog).unwrap();
-    assert_eq!(u16::from_le_bytes([head[16], head[17]]), 3, "ET_DYN: position-independent");
+    assert_eq!(
+        u16::from_le_bytes([head[16], head[17]]),
+        3,
+        "ET_DYN: position-independent"
+    );
     let d = rootfs("pie");
     std::fs::copy(&prog, d.join("bin/hello")).unwrap();
-    let (code, out) = run(&d, &["-e", "GREETING=hello from the host"], &["/bin/hello", "a", "two words"]);
-    assert!(out.contains(r#"linux-hello: 3 argument(s): ["/bin/hello", "a", "two words"]"#), "{out}");
+    let (code, out) = run(
+        &d,
+        &["-e", "GREETING=hello from the host"],
+        &["/bin/hello", "a", "two words"],
+    );
+    assert!(
+        out.contains(r#"linux-hello: 3 argument(s): ["/bin/hello", "a", "two words"]"#),
+        "{out}"
+    );
     assert!(out.contains("GREETING=hello from the host\n"), "{out}");
     assert!(out.contains("motd: served by Kiln\n"), "{out}");
     assert!(out.contains("sum of multiples of 3: 166833\n"), "{out}");
@@ -76,11 +117,17 @@ fn programs_it_cannot_run_are_refused_with_the_reason() {
     let d = rootfs("bad");
     let (code, out) = run(&d, &[], &["/bin/none"]);
     assert_eq!(code, 126, "{out}");
-    assert!(out.contains("elfloader: /bin/none: no such file or directory (ENOENT)"), "{out}");
+    assert!(
+        out.contains("elfloader: /bin/none: no such file or directory (ENOENT)"),
+        "{out}"
+    );
     std::fs::write(d.join("bin/text"), "#!/bin/sh\necho hi\n").unwrap();
     let (code, out) = run(&d, &[], &["/bin/text"]);
     assert_eq!(code, 126, "{out}");
-    assert!(out.contains("elfloader: /bin/text: not a valid ELF file"), "{out}");
+    assert!(
+        out.contains("elfloader: /bin/text: not a valid ELF file"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -90,7 +137,11 @@ fn busybox_static_runs_at_its_fixed_address() {
     // platform keeps out of the heap when the ELF loader is configured.
     let d = rootfs("busybox");
     std::fs::copy("/bin/busybox", d.join("bin/busybox")).unwrap();
-    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "echo", "hello", "from busybox"]);
+    let (code, out) = run(
+        &d,
+        &["-M", "256M"],
+        &["/bin/busybox", "echo", "hello", "from busybox"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nhello from busybox\n"), "{out}");
     // The shell with builtins only (anything else would fork): cd, pwd,
@@ -104,15 +155,35 @@ fn busybox_static_runs_at_its_fixed_address() {
     assert_eq!(code, 5, "the shell's exit status: {out}");
     // ls -l: directory entries (getdents64), lstat, symlinks (readlink).
     std::os::unix::fs::symlink("busybox", d.join("bin/sh")).unwrap();
-    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "ls", "-l", "/", "/bin"]);
+    let (code, out) = run(
+        &d,
+        &["-M", "256M"],
+        &["/bin/busybox", "ls", "-l", "/", "/bin"],
+    );
     assert_eq!(code, 0, "{out}");
-    for want in ["drwxr-xr-x", " bin\n", " etc\n", "/bin:\n", "-rwxr-xr-x", " busybox\n", "lrwxrwxrwx", " sh -> busybox\n"] {
+    for want in [
+        "drwxr-xr-x",
+        " bin\n",
+        " etc\n",
+        "/bin:\n",
+        "-rwxr-xr-x",
+        " busybox\n",
+        "lrwxrwxrwx",
+        " sh -> busybox\n",
+    ] {
         assert!(out.contains(want), "ls -l shows {want:?}: {out}");
     }
     // What needs a second process is refused with the reason.
-    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "sh", "-c", "echo a | cat"]);
+    let (code, out) = run(
+        &d,
+        &["-M", "256M"],
+        &["/bin/busybox", "sh", "-c", "echo a | cat"],
+    );
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("fork (clone without CLONE_VM|CLONE_THREAD) is not supported"), "{out}");
+    assert!(
+        out.contains("fork (clone without CLONE_VM|CLONE_THREAD) is not supported"),
+        "{out}"
+    );
     let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "cat", "/etc/motd"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nserved by Kiln\n"), "{out}");
@@ -126,7 +197,14 @@ fn debian_programs_linked_against_glibc_run_through_their_loader() {
     let d = rootfs("glibc");
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["rootfs", "add", "--to", d.to_str().unwrap(), "/bin/echo", "/bin/cat"])
+        .args([
+            "rootfs",
+            "add",
+            "--to",
+            d.to_str().unwrap(),
+            "/bin/echo",
+            "/bin/cat",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -137,17 +215,26 @@ fn debian_programs_linked_against_glibc_run_through_their_loader() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nserved by Kiln\n"), "{out}");
     // The summary at exit names what the loader looked for and did not find.
-    let summary = out.lines().find(|l| l.contains("files the program looked for and did not find: ")).unwrap_or_default();
+    let summary = out
+        .lines()
+        .find(|l| l.contains("files the program looked for and did not find: "))
+        .unwrap_or_default();
     assert!(summary.contains(" /etc/ld.so.cache,"), "{out}");
     // --strace prints every call with its result.
     let (code, out) = run(&d, &["--strace"], &["/bin/echo", "traced"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("strace: openat(0xffffff9c, "), "{out}");
-    assert!(out.contains("strace: write(0x1, ") && out.contains(", 0x7) = 7"), "{out}");
+    assert!(
+        out.contains("strace: write(0x1, ") && out.contains(", 0x7) = 7"),
+        "{out}"
+    );
     assert!(out.contains("strace: exit_group(0)"), "{out}");
     let (code, out) = run(&d, &[], &["/bin/cat", "/etc/none"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("/bin/cat: /etc/none: No such file or directory"), "{out}");
+    assert!(
+        out.contains("/bin/cat: /etc/none: No such file or directory"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -160,11 +247,17 @@ fn a_multithreaded_rust_program_runs_its_threads() {
     let (code, out) = run(&d, &["-M", "128M"], &["/bin/threads"]);
     assert_eq!(code, 0, "{out}");
     for i in 0..4 {
-        assert!(out.contains(&format!("threads: worker-{i} (worker {i}) reported\n")), "{out}");
+        assert!(
+            out.contains(&format!("threads: worker-{i} (worker {i}) reported\n")),
+            "{out}"
+        );
     }
     assert!(out.contains("threads: counter = 1998000\n"), "{out}");
     assert!(out.contains("threads: joined sum = 1000\n"), "{out}");
-    assert!(out.contains("threads: condvar woke after 50 ms or more\n"), "{out}");
+    assert!(
+        out.contains("threads: condvar woke after 50 ms or more\n"),
+        "{out}"
+    );
     assert!(out.contains("threads: scoped sum = 36\n"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -179,7 +272,18 @@ fn a_rust_network_server_serves_curl() {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "-M", "128M", "--timeout", "120", "-p", &format!("{port}:8080"), "--initrd", d.to_str().unwrap()])
+        .args([
+            "run",
+            "-W",
+            "-M",
+            "128M",
+            "--timeout",
+            "120",
+            "-p",
+            &format!("{port}:8080"),
+            "--initrd",
+            d.to_str().unwrap(),
+        ])
         .args(["apps/elfloader", "--", "/bin/http", "8080"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -192,36 +296,68 @@ fn a_rust_network_server_serves_curl() {
         assert!(start.elapsed().as_secs() < 90, "the server never answered");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let clients: Vec<_> = (0..6).map(|i| { let u = url(&format!("/c{i}")); std::thread::spawn(move || curl(&u)) }).collect();
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let u = url(&format!("/c{i}"));
+            std::thread::spawn(move || curl(&u))
+        })
+        .collect();
     for (i, c) in clients.into_iter().enumerate() {
         let (ok, body) = c.join().unwrap();
-        assert!(ok && body.starts_with(&format!("path=/c{i}\nrequest=")), "{body}");
-        assert!(body.ends_with("peer-is-ipv4=true\nmotd=served by Kiln\n"), "{body}");
+        assert!(
+            ok && body.starts_with(&format!("path=/c{i}\nrequest=")),
+            "{body}"
+        );
+        assert!(
+            body.ends_with("peer-is-ipv4=true\nmotd=served by Kiln\n"),
+            "{body}"
+        );
     }
     let (ok, body) = curl(&url("/quit"));
     assert!(ok && body.starts_with("path=/quit\nrequest=8\n"), "{body}");
     let o = child.wait_with_output().unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(7), "{out}");
-    assert!(out.contains("linux-http: listening on 0.0.0.0:8080\n"), "{out}");
+    assert!(
+        out.contains("linux-http: listening on 0.0.0.0:8080\n"),
+        "{out}"
+    );
     assert!(out.contains("linux-http: 8 requests, quitting\n"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
 fn b_build() {
-    let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/elfloader"]).status().unwrap();
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["build", "-q", "apps/elfloader"])
+        .status()
+        .unwrap();
     assert!(b.success());
 }
 
 /// A port nothing listens on now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// GET with curl: whether it answered 200, and the body.
 fn curl(url: &str) -> (bool, String) {
-    let o = Command::new("curl").args(["-s", "-f", "-m", "20", url]).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    let o = Command::new("curl")
+        .args(["-s", "-f", "-m", "20", url])
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 /// A rootfs with Debian's nginx (copied with `kiln rootfs add`), a config
@@ -230,11 +366,24 @@ fn nginx_rootfs() -> (PathBuf, Vec<u8>) {
     let d = rootfs("nginx");
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/sbin/nginx"])
+        .args([
+            "rootfs",
+            "add",
+            "--to",
+            d.to_str().unwrap(),
+            "/usr/sbin/nginx",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for dir in ["etc/nginx", "www", "var/log/nginx", "var/lib/nginx", "run", "tmp"] {
+    for dir in [
+        "etc/nginx",
+        "www",
+        "var/log/nginx",
+        "var/lib/nginx",
+        "run",
+        "tmp",
+    ] {
         std::fs::create_dir_all(d.join(dir)).unwrap();
     }
     std::fs::write(
@@ -272,8 +421,25 @@ fn debians_nginx_serves_curl() {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "-M", "256M", "--timeout", "240", "-p", &format!("{port}:80"), "--initrd", d.to_str().unwrap()])
-        .args(["apps/elfloader", "--", "/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"])
+        .args([
+            "run",
+            "-W",
+            "-M",
+            "256M",
+            "--timeout",
+            "240",
+            "-p",
+            &format!("{port}:80"),
+            "--initrd",
+            d.to_str().unwrap(),
+        ])
+        .args([
+            "apps/elfloader",
+            "--",
+            "/usr/sbin/nginx",
+            "-c",
+            "/etc/nginx/nginx.conf",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -287,32 +453,82 @@ fn debians_nginx_serves_curl() {
     }
     assert_eq!(curl(&url("/")).1, "<h1>nginx on Kiln</h1>\n");
     // Headers: nginx's own, and the host's date (the wall clock).
-    let o = Command::new("curl").args(["-s", "-i", "-m", "20", &url("/index.html")]).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "-i", "-m", "20", &url("/index.html")])
+        .output()
+        .unwrap();
     let head = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\nServer: nginx/"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\nServer: nginx/"),
+        "{head}"
+    );
     let year = Command::new("date").args(["-u", "+%Y"]).output().unwrap();
-    assert!(head.contains(&format!(" {} ", String::from_utf8_lossy(&year.stdout).trim())), "the Date header has this year: {head}");
+    assert!(
+        head.contains(&format!(
+            " {} ",
+            String::from_utf8_lossy(&year.stdout).trim()
+        )),
+        "the Date header has this year: {head}"
+    );
     // 404 from nginx's error page.
-    let o = Command::new("curl").args(["-s", "-m", "20", "-w", "%{http_code}", &url("/missing")]).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "-m", "20", "-w", "%{http_code}", &url("/missing")])
+        .output()
+        .unwrap();
     let body = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(body.contains("<center>nginx/") && body.ends_with("404"), "{body}");
+    assert!(
+        body.contains("<center>nginx/") && body.ends_with("404"),
+        "{body}"
+    );
     // Keep-alive: two requests on one connection.
-    let o = Command::new("curl").args(["-s", "-v", "-m", "20", &url("/"), &url("/index.html")]).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "-v", "-m", "20", &url("/"), &url("/index.html")])
+        .output()
+        .unwrap();
     let verbose = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "<h1>nginx on Kiln</h1>\n<h1>nginx on Kiln</h1>\n");
-    assert!(verbose.contains("Re-using existing connection"), "{verbose}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "<h1>nginx on Kiln</h1>\n<h1>nginx on Kiln</h1>\n"
+    );
+    assert!(
+        verbose.contains("Re-using existing connection"),
+        "{verbose}"
+    );
     // A large file, byte for byte.
-    let o = Command::new("curl").args(["-s", "-f", "-m", "60", &url("/big.bin")]).output().unwrap();
-    assert!(o.status.success() && o.stdout == big, "big.bin: {} bytes back of {}", o.stdout.len(), big.len());
+    let o = Command::new("curl")
+        .args(["-s", "-f", "-m", "60", &url("/big.bin")])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stdout == big,
+        "big.bin: {} bytes back of {}",
+        o.stdout.len(),
+        big.len()
+    );
     // Clients at once.
-    let clients: Vec<_> = (0..12).map(|_| { let u = url("/"); std::thread::spawn(move || curl(&u)) }).collect();
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let u = url("/");
+            std::thread::spawn(move || curl(&u))
+        })
+        .collect();
     for c in clients {
-        assert_eq!(c.join().unwrap(), (true, "<h1>nginx on Kiln</h1>\n".to_string()));
+        assert_eq!(
+            c.join().unwrap(),
+            (true, "<h1>nginx on Kiln</h1>\n".to_string())
+        );
     }
     let _ = child.kill();
     let o = child.wait_with_output().unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("open() \"/www/missing\" failed (2: No such file or directory)"), "nginx's error log: {out}");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("open() \"/www/missing\" failed (2: No such file or directory)"),
+        "nginx's error log: {out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -324,7 +540,13 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     std::fs::create_dir_all(d.join("data")).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/bin/redis-server"])
+        .args([
+            "rootfs",
+            "add",
+            "--to",
+            d.to_str().unwrap(),
+            "/usr/bin/redis-server",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -332,8 +554,31 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "-M", "512M", "--timeout", "240", "-p", &format!("{port}:6379"), "--initrd", d.to_str().unwrap()])
-        .args(["apps/elfloader", "--", "/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", "/data", "--protected-mode", "no"])
+        .args([
+            "run",
+            "-W",
+            "-M",
+            "512M",
+            "--timeout",
+            "240",
+            "-p",
+            &format!("{port}:6379"),
+            "--initrd",
+            d.to_str().unwrap(),
+        ])
+        .args([
+            "apps/elfloader",
+            "--",
+            "/usr/bin/redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/data",
+            "--protected-mode",
+            "no",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -341,7 +586,11 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
         .unwrap();
     let p = port.to_string();
     let cli = |args: &[&str]| {
-        let o = Command::new("redis-cli").args(["-p", &p]).args(args).output().unwrap();
+        let o = Command::new("redis-cli")
+            .args(["-p", &p])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     let start = std::time::Instant::now();
@@ -356,19 +605,170 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     assert_eq!(cli(&["rpush", "l", "a", "b", "c"]), "3");
     assert_eq!(cli(&["lrange", "l", "0", "-1"]), "a\nb\nc");
     let info = cli(&["info", "server"]);
-    assert!(info.contains("redis_version:7.") && info.contains("process_id:1"), "{info}");
+    assert!(
+        info.contains("redis_version:7.") && info.contains("process_id:1"),
+        "{info}"
+    );
     // 20 clients at once, 2000 requests per test, every reply checked by
     // redis-benchmark (it fails on an error reply or a lost connection).
-    let o = Command::new("redis-benchmark").args(["-p", &p, "-n", "2000", "-c", "20", "-q", "-t", "set,get,incr,lpush"]).output().unwrap();
+    let o = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &p,
+            "-n",
+            "2000",
+            "-c",
+            "20",
+            "-q",
+            "-t",
+            "set,get,incr,lpush",
+        ])
+        .output()
+        .unwrap();
     let bench = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "{bench}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{bench}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     for t in ["SET", "GET", "INCR", "LPUSH"] {
-        assert!(bench.contains(&format!("{t}: ")) && bench.contains("requests per second"), "{bench}");
+        assert!(
+            bench.contains(&format!("{t}: ")) && bench.contains("requests per second"),
+            "{bench}"
+        );
     }
     assert_eq!(cli(&["dbsize"]).parse::<u64>().map(|n| n >= 3), Ok(true));
     let _ = child.kill();
     let o = child.wait_with_output().unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains("Ready to accept connections"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn arm64_programs_run_through_svc() {
+    // The same Rust programs built for aarch64-unknown-linux-musl, on QEMU
+    // virt: `svc #0`, arm64's system call numbers, TPIDR_EL0 for TLS, a
+    // program linked at a fixed address below RAM, threads and sockets.
+    let d = rootfs("arm64");
+    for p in ["linux-hello", "linux-threads", "linux-http"] {
+        std::fs::copy(linux_program_for("aarch64", p), d.join("bin").join(p)).unwrap();
+    }
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["build", "-q", "--arch", "arm64", "apps/elfloader"])
+        .status()
+        .unwrap();
+    assert!(b.success());
+    let arm = |extra: &[&str], args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .args([
+                "run",
+                "--arch",
+                "arm64",
+                "-M",
+                "256M",
+                "--timeout",
+                "180",
+                "--initrd",
+                d.to_str().unwrap(),
+            ])
+            .args(extra)
+            .args(["apps/elfloader", "--"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (code, out) = arm(
+        &["-e", "GREETING=hello from the host"],
+        &["/bin/linux-hello", "a", "two words"],
+    );
+    assert!(
+        out.contains(r#"linux-hello: 3 argument(s): ["/bin/linux-hello", "a", "two words"]"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("GREETING=hello from the host\n") && out.contains("motd: served by Kiln\n"),
+        "{out}"
+    );
+    assert!(out.contains("sum of multiples of 3: 166833\n"), "{out}");
+    assert_eq!(code, 43, "{out}");
+    let (code, out) = arm(&[], &["/bin/linux-threads"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("threads: counter = 1998000\n") && out.contains("threads: scoped sum = 36\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("threads: condvar woke after 50 ms or more\n"),
+        "{out}"
+    );
+    // The network server, fetched with curl.
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args([
+            "run",
+            "--arch",
+            "arm64",
+            "-M",
+            "256M",
+            "--timeout",
+            "180",
+            "-p",
+            &format!("{port}:8080"),
+            "--initrd",
+            d.to_str().unwrap(),
+        ])
+        .args(["apps/elfloader", "--", "/bin/linux-http", "8080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !curl(&format!("http://127.0.0.1:{port}/ready")).0 {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the arm64 server never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let (ok, body) = curl(&format!("http://127.0.0.1:{port}/quit"));
+    assert!(
+        ok && body.starts_with("path=/quit\n") && body.ends_with("motd=served by Kiln\n"),
+        "{body}"
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // An x86_64 program is refused on an arm64 kernel, with the reason.
+    std::fs::copy(linux_program("linux-hello"), d.join("bin/x86")).unwrap();
+    let (code, out) = arm(&[], &["/bin/x86"]);
+    assert_eq!(code, 126, "{out}");
+    assert!(
+        out.contains(
+            "/bin/x86: built for another CPU (ELF machine 62); this kernel runs aarch64 programs"
+        ),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -8,13 +8,20 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kiln(args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.current_dir(root()).args(args).stdin(Stdio::null());
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let d = done.clone();
@@ -31,12 +38,19 @@ fn kiln(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (i32, String, String) {
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// What apps/files prints for its walk of a folder, computed on the host.
 fn expected_walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     if prefix.is_empty() {
         names.push("dev".into());
     }
@@ -50,12 +64,22 @@ fn expected_walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         let host = dir.join(&n);
         let m = std::fs::symlink_metadata(&host).unwrap();
         if m.file_type().is_symlink() {
-            out.push(format!("link {p} -> {}", std::fs::read_link(&host).unwrap().display()));
+            out.push(format!(
+                "link {p} -> {}",
+                std::fs::read_link(&host).unwrap().display()
+            ));
         } else if m.is_dir() {
-            out.push(format!("dir  {p} mode {:o}", m.permissions().mode() & 0o7777));
+            out.push(format!(
+                "dir  {p} mode {:o}",
+                m.permissions().mode() & 0o7777
+            ));
             expected_walk(&host, &p, out);
         } else {
-            out.push(format!("file {p} mode {:o} size {}", m.permissions().mode() & 0o7777, m.len()));
+            out.push(format!(
+                "file {p} mode {:o} size {}",
+                m.permissions().mode() & 0o7777,
+                m.len()
+            ));
         }
     }
 }
@@ -76,17 +100,28 @@ fn files_app_on_the_raspberry_pi_sees_its_embedded_rootfs() {
 }
 
 fn sees_its_rootfs(target: &[&str]) {
-    let (code, out, err) = text(&kiln(&[&["run", "-q", "--timeout", "120"], target, &["apps/files"]].concat()));
+    let (code, out, err) = text(&kiln(
+        &[&["run", "-q", "--timeout", "120"], target, &["apps/files"]].concat(),
+    ));
     assert_eq!(code, 0, "{out}{err}");
     let rootfs = root().join("apps/files/rootfs");
     let mut want = Vec::new();
     expected_walk(&rootfs, "", &mut want);
-    let got: Vec<&str> = out.lines().take_while(|l| !l.starts_with("motd: ")).collect();
-    assert_eq!(got, want, "the listing differs from the rootfs folder\n{out}");
+    let got: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.starts_with("motd: "))
+        .collect();
+    assert_eq!(
+        got, want,
+        "the listing differs from the rootfs folder\n{out}"
+    );
 
     let motd = std::fs::read_to_string(rootfs.join("etc/motd")).unwrap();
     assert!(out.contains(&format!("motd: {motd}")), "{out}");
-    assert!(out.contains(&format!("greeting: {motd}")), "symlink not followed:\n{out}");
+    assert!(
+        out.contains(&format!("greeting: {motd}")),
+        "symlink not followed:\n{out}"
+    );
     let blob = std::fs::read(rootfs.join("data/blob.bin")).unwrap();
     let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
     let line = out.lines().find(|l| l.starts_with("blob: ")).unwrap();
@@ -118,16 +153,39 @@ fn initrd_at_run_time(target: &[&str], tag: &str) {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("etc")).unwrap();
     std::fs::write(d.join("etc/motd"), "a different root\n").unwrap();
-    let (code, out, err) =
-        text(&kiln(&[&["run", "-q", "--timeout", "120", "--initrd", d.to_str().unwrap()], target, &["apps/files"]].concat()));
+    let (code, out, err) = text(&kiln(
+        &[
+            &[
+                "run",
+                "-q",
+                "--timeout",
+                "120",
+                "--initrd",
+                d.to_str().unwrap(),
+            ],
+            target,
+            &["apps/files"],
+        ]
+        .concat(),
+    ));
     // The app finds the new motd, then misses the blob the embedded rootfs had.
     assert!(out.contains("motd: a different root\n"), "{out}{err}");
-    assert!(out.contains("files: no such file or directory (ENOENT)"), "{out}");
+    assert!(
+        out.contains("files: no such file or directory (ENOENT)"),
+        "{out}"
+    );
     assert_eq!(code, 1);
     // A corrupt cpio is refused before booting.
     let bad = d.join("bad.cpio");
     std::fs::write(&bad, b"070701 this is not an archive").unwrap();
-    let (code, _, err) = text(&kiln(&[&["run", "-q", "--initrd", bad.to_str().unwrap()], target, &["apps/files"]].concat()));
+    let (code, _, err) = text(&kiln(
+        &[
+            &["run", "-q", "--initrd", bad.to_str().unwrap()],
+            target,
+            &["apps/files"],
+        ]
+        .concat(),
+    ));
     assert_eq!(code, 1);
     assert!(err.contains(&format!("{}: cpio", bad.display())), "{err}");
     let _ = std::fs::remove_dir_all(&d);
@@ -145,9 +203,31 @@ fn a_corrupt_initrd_at_boot_is_a_clear_error() {
     let bad = d.join("truncated.cpio");
     std::fs::write(&bad, &good[..good.len() - 150]).unwrap();
     let o = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off", "-accel", "tcg", "-cpu", "max", "-m", "64M"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-append", "kiln.quiet --"])
+        .args([
+            "-M",
+            "microvm,acpi=off,pit=off,pic=off,rtc=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "64M",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-append",
+            "kiln.quiet --",
+        ])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
@@ -156,7 +236,11 @@ fn a_corrupt_initrd_at_boot_is_a_clear_error() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("kiln: initrd: initrd: cpio archive at offset") || out.contains("kiln: initrd: initrd: cpio entry"), "{out}");
+    assert!(
+        out.contains("kiln: initrd: initrd: cpio archive at offset")
+            || out.contains("kiln: initrd: initrd: cpio entry"),
+        "{out}"
+    );
     // Exit code 126 reaches QEMU as (126 + 1) * 2 + 1.
     assert_eq!(o.status.code(), Some(255), "{out}");
     let _ = std::fs::remove_dir_all(&d);
@@ -168,18 +252,41 @@ fn bad_rootfs_folders_fail_the_build_with_the_file_named() {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("rootfs")).unwrap();
     let app = root().join("apps/files");
-    std::fs::write(d.join("Kraftfile"), format!("spec: v0.6\nname: badfs\napp: {}\ntargets: [qemu/x86_64]\nrootfs: ./rootfs\n", app.display())).unwrap();
+    std::fs::write(
+        d.join("Kraftfile"),
+        format!(
+            "spec: v0.6\nname: badfs\napp: {}\ntargets: [qemu/x86_64]\nrootfs: ./rootfs\n",
+            app.display()
+        ),
+    )
+    .unwrap();
     let fifo = d.join("rootfs/pipe");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let (code, _, err) = text(&kiln(&["build", d.to_str().unwrap()]));
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{}: a FIFO cannot go into an initrd", fifo.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: a FIFO cannot go into an initrd",
+            fifo.display()
+        )),
+        "{err}"
+    );
     std::fs::remove_file(&fifo).unwrap();
-    std::fs::write(d.join("Kraftfile"), format!("spec: v0.6\nname: badfs\napp: {}\ntargets: [qemu/x86_64]\nrootfs: ./missing\n", app.display())).unwrap();
+    std::fs::write(
+        d.join("Kraftfile"),
+        format!(
+            "spec: v0.6\nname: badfs\napp: {}\ntargets: [qemu/x86_64]\nrootfs: ./missing\n",
+            app.display()
+        ),
+    )
+    .unwrap();
     let (code, _, err) = text(&kiln(&["build", d.to_str().unwrap()]));
     assert_eq!(code, 1);
-    assert!(err.contains("Kraftfile:5: rootfs './missing' does not exist"), "{err}");
+    assert!(
+        err.contains("Kraftfile:5: rootfs './missing' does not exist"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

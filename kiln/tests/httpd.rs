@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A running httpd guest on a host port of its own. The guest polls its
@@ -30,21 +33,42 @@ impl Guest {
 
     fn start_on(port: u16, machine: &str) -> Guest {
         let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
-        let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/httpd"]).status().unwrap();
+        let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .args(["build", "-q", "apps/httpd"])
+            .status()
+            .unwrap();
         assert!(b.success());
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(root())
-            .args(["run", "-q", "--timeout", "300", "--machine", machine, "-p", &format!("{port}:80"), "apps/httpd"])
+            .args([
+                "run",
+                "-q",
+                "--timeout",
+                "300",
+                "--machine",
+                machine,
+                "-p",
+                &format!("{port}:80"),
+                "apps/httpd",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let g = Guest { child, port, _one_at_a_time: lock };
+        let g = Guest {
+            child,
+            port,
+            _one_at_a_time: lock,
+        };
         // Ready when a request gets an answer.
         let start = Instant::now();
         while g.get("/").0 != 200 {
-            assert!(start.elapsed() < Duration::from_secs(60), "httpd did not answer on port {port}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "httpd did not answer on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         g
@@ -56,10 +80,25 @@ impl Guest {
 
     /// (status, body) through curl.
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        let o = Command::new("curl").args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", &self.url(path)]).output().unwrap();
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                &self.url(path),
+            ])
+            .output()
+            .unwrap();
         let mut out = o.stdout;
         let nl = out.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-        let code = String::from_utf8_lossy(&out[nl..]).trim().parse().unwrap_or(0);
+        let code = String::from_utf8_lossy(&out[nl..])
+            .trim()
+            .parse()
+            .unwrap_or(0);
         out.truncate(nl);
         (code, out)
     }
@@ -92,32 +131,66 @@ impl Drop for Guest {
 fn serves_the_site_byte_for_byte_with_http_semantics() {
     let g = Guest::start(18181);
     let www = root().join("apps/httpd/rootfs/www");
-    for (path, file) in [("/", "index.html"), ("/index.html", "index.html"), ("/style.css", "style.css"), ("/game.js", "game.js"), ("/about.html", "about.html"), ("/kiln.svg", "kiln.svg")] {
+    for (path, file) in [
+        ("/", "index.html"),
+        ("/index.html", "index.html"),
+        ("/style.css", "style.css"),
+        ("/game.js", "game.js"),
+        ("/about.html", "about.html"),
+        ("/kiln.svg", "kiln.svg"),
+    ] {
         let (code, body) = g.get(path);
         assert_eq!(code, 200, "{path}");
-        assert_eq!(body, std::fs::read(www.join(file)).unwrap(), "{path} differs from the rootfs");
+        assert_eq!(
+            body,
+            std::fs::read(www.join(file)).unwrap(),
+            "{path} differs from the rootfs"
+        );
     }
     assert_eq!(g.get("/missing.html").0, 404);
     assert_eq!(g.get("/../../etc/passwd").0, 404);
 
     // Headers: content types, HEAD, 405, 304, keep-alive with pipelining.
     let r = g.raw(b"HEAD /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Content-Type: text/css"), "{r}");
-    assert!(r.contains(&format!("Content-Length: {}\r\n", std::fs::metadata(www.join("style.css")).unwrap().len())), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Content-Type: text/css"),
+        "{r}"
+    );
+    assert!(
+        r.contains(&format!(
+            "Content-Length: {}\r\n",
+            std::fs::metadata(www.join("style.css")).unwrap().len()
+        )),
+        "{r}"
+    );
     assert!(r.ends_with("\r\n\r\n"), "HEAD must not send a body: {r}");
-    let r = g.raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
-    assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed") && r.contains("Allow: GET, HEAD"), "{r}");
+    let r =
+        g.raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+    assert!(
+        r.starts_with("HTTP/1.1 405 Method Not Allowed") && r.contains("Allow: GET, HEAD"),
+        "{r}"
+    );
     let etag = r#"""#;
     let first = g.raw(b"GET /kiln.svg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let tag = first.lines().find_map(|l| l.strip_prefix("ETag: ")).unwrap().to_string();
+    let tag = first
+        .lines()
+        .find_map(|l| l.strip_prefix("ETag: "))
+        .unwrap()
+        .to_string();
     assert!(tag.starts_with(etag));
     let r = g.raw(format!("GET /kiln.svg HTTP/1.1\r\nHost: x\r\nIf-None-Match: {tag}\r\nConnection: close\r\n\r\n").as_bytes());
     assert!(r.starts_with("HTTP/1.1 304 Not Modified"), "{r}");
     let r = g.raw(b"GET /kiln.svg HTTP/1.1\r\nHost: x\r\n\r\nGET /about.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 2, "pipelined requests on one connection: {r}");
+    assert_eq!(
+        r.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "pipelined requests on one connection: {r}"
+    );
 
     // Bad requests get an answer and a closed connection.
-    assert!(g.raw(b"GARBAGE\r\n\r\n").starts_with("HTTP/1.1 400 Bad Request"));
+    assert!(g
+        .raw(b"GARBAGE\r\n\r\n")
+        .starts_with("HTTP/1.1 400 Bad Request"));
     assert!(g.raw(b"GET / HTTP/9.9\r\n\r\n").starts_with("HTTP/1.1 505"));
     let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
     assert!(g.raw(huge.as_bytes()).starts_with("HTTP/1.1 431"));
@@ -136,8 +209,14 @@ const CLIENTS: usize = 30;
 fn silent_clients_and_many_connections_do_not_stop_the_server() {
     let g = Guest::start(18182);
     // Clients that connect and send nothing.
-    let silent: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(("127.0.0.1", g.port)).unwrap()).collect();
-    assert_eq!(g.get("/about.html").0, 200, "a silent client blocked the server");
+    let silent: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(("127.0.0.1", g.port)).unwrap())
+        .collect();
+    assert_eq!(
+        g.get("/about.html").0,
+        200,
+        "a silent client blocked the server"
+    );
     // Many clients at once, each fetching a page over keep-alive.
     let want = std::fs::read(root().join("apps/httpd/rootfs/www/game.js")).unwrap();
     let port = g.port;
@@ -151,20 +230,37 @@ fn silent_clients_and_many_connections_do_not_stop_the_server() {
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(150))).unwrap();
-                s.write_all(b"GET /game.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                s.write_all(b"GET /game.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .unwrap();
                 let mut out = Vec::new();
                 let t = Instant::now();
                 let r = s.read_to_end(&mut out);
-                let body = out.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &out[i + 4..]).unwrap_or(&[]);
+                let body = out
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| &out[i + 4..])
+                    .unwrap_or(&[]);
                 if r.is_err() || body != &want[..] {
-                    eprintln!("client: {r:?} after {:?}, {} bytes: {:?}", t.elapsed(), out.len(), String::from_utf8_lossy(&out[..out.len().min(200)]));
+                    eprintln!(
+                        "client: {r:?} after {:?}, {} bytes: {:?}",
+                        t.elapsed(),
+                        out.len(),
+                        String::from_utf8_lossy(&out[..out.len().min(200)])
+                    );
                 }
                 body == &want[..]
             })
         })
         .collect();
-    let ok = threads.into_iter().map(|t| t.join().unwrap_or(false)).filter(|ok| *ok).count();
-    assert_eq!(ok, CLIENTS, "only {ok} of {CLIENTS} concurrent clients got the page");
+    let ok = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(false))
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(
+        ok, CLIENTS,
+        "only {ok} of {CLIENTS} concurrent clients got the page"
+    );
     drop(silent);
     assert_eq!(g.get("/").0, 200);
 }
@@ -173,7 +269,14 @@ fn silent_clients_and_many_connections_do_not_stop_the_server() {
 fn the_site_renders_in_a_headless_browser() {
     let g = Guest::start(18183);
     let o = Command::new("chromium")
-        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", &g.url("/")])
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            &g.url("/"),
+        ])
         .stderr(Stdio::null())
         .output()
         .expect("chromium is installed by scripts/setup");
@@ -181,13 +284,27 @@ fn the_site_renders_in_a_headless_browser() {
     // game.js ran, the stylesheet applied, the logo loaded, and the game
     // drew its status line.
     assert!(dom.contains(r#"data-ready="yes""#), "{dom}");
-    assert!(dom.contains(r#"data-background="rgb(29, 20, 16)""#), "style.css did not apply:\n{dom}");
-    let logo: u32 = dom.split(r#"data-logo=""#).nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(
+        dom.contains(r#"data-background="rgb(29, 20, 16)""#),
+        "style.css did not apply:\n{dom}"
+    );
+    let logo: u32 = dom
+        .split(r#"data-logo=""#)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(logo > 0, "kiln.svg did not load (naturalWidth 0):\n{dom}");
     assert!(dom.contains("Score: 0 · Lives: 3"), "{dom}");
     let shot = std::env::temp_dir().join(format!("kiln-httpd-{}.png", std::process::id()));
     let o = Command::new("chromium")
-        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--window-size=800,700"])
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=3000",
+            "--window-size=800,700",
+        ])
         .arg(format!("--screenshot={}", shot.display()))
         .arg(g.url("/"))
         .stderr(Stdio::null())
@@ -196,7 +313,11 @@ fn the_site_renders_in_a_headless_browser() {
     assert!(o.status.success());
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 800, "screenshot width");
+    assert_eq!(
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        800,
+        "screenshot width"
+    );
     let _ = std::fs::remove_file(&shot);
 }
 
@@ -206,5 +327,8 @@ fn q35_serves_through_virtio_pci() {
     let g = Guest::start_on(18184, "q35");
     let (code, body) = g.get("/about.html");
     assert_eq!(code, 200);
-    assert_eq!(body, std::fs::read(root().join("apps/httpd/rootfs/www/about.html")).unwrap());
+    assert_eq!(
+        body,
+        std::fs::read(root().join("apps/httpd/rootfs/www/about.html")).unwrap()
+    );
 }

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct State(PathBuf);
@@ -19,20 +22,38 @@ impl State {
     }
 
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let o: Output = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).env("KILN_STATE_DIR", &self.0).args(args).output().unwrap();
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        let o: Output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .env("KILN_STATE_DIR", &self.0)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 
     fn state_of(&self, name: &str) -> String {
         let (_, out, _) = self.kiln(&["ps", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v.as_array().unwrap().iter().find(|r| r["name"] == name).map(|r| r["state"].as_str().unwrap().to_string()).unwrap_or_default()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
     }
 
     fn wait_for(&self, name: &str, state: &str) {
         let start = Instant::now();
         while self.state_of(name) != state {
-            assert!(start.elapsed() < Duration::from_secs(60), "{name} never reached '{state}' (now '{}')", self.state_of(name));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} never reached '{state}' (now '{}')",
+                self.state_of(name)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -57,7 +78,16 @@ fn detached_instances_are_listed_logged_stopped_and_removed() {
     assert_eq!(s.kiln(&["build", "-q", "apps/crashtest"]).0, 0);
 
     // A short-lived app: it exits, its status and output are kept.
-    let (code, out, err) = s.kiln(&["run", "-d", "--name", "short", "apps/crashtest", "--", "exit", "3"]);
+    let (code, out, err) = s.kiln(&[
+        "run",
+        "-d",
+        "--name",
+        "short",
+        "apps/crashtest",
+        "--",
+        "exit",
+        "3",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "short");
     s.wait_for("short", "exited (3)");
@@ -69,26 +99,59 @@ fn detached_instances_are_listed_logged_stopped_and_removed() {
     assert!(logs.contains("crashtest: exit"));
 
     // A server: running, with its port, reachable, then stopped.
-    let (code, _, err) = s.kiln(&["run", "-d", "-q", "--name", "web", "-p", "18095:80", "apps/httpd"]);
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-q",
+        "--name",
+        "web",
+        "-p",
+        "18095:80",
+        "apps/httpd",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(s.state_of("web"), "running");
     let start = Instant::now();
     loop {
-        let o = Command::new("curl").args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:18095/"]).output().unwrap();
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:18095/",
+            ])
+            .output()
+            .unwrap();
         if String::from_utf8_lossy(&o.stdout) == "200" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the detached server never answered");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the detached server never answered"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, table, _) = s.kiln(&["ps"]);
     let line = table.lines().find(|l| l.starts_with("web ")).unwrap();
-    assert!(line.contains("httpd") && line.contains("running") && line.contains("18095:80/tcp") && line.contains("64M"), "{table}");
+    assert!(
+        line.contains("httpd")
+            && line.contains("running")
+            && line.contains("18095:80/tcp")
+            && line.contains("64M"),
+        "{table}"
+    );
 
     // Names are unique; unknown names and removing a running instance are errors.
     let (code, _, err) = s.kiln(&["run", "-d", "--name", "web", "apps/httpd"]);
     assert_eq!(code, 1);
-    assert!(err.contains("an instance named 'web' exists already"), "{err}");
+    assert!(
+        err.contains("an instance named 'web' exists already"),
+        "{err}"
+    );
     let (code, _, err) = s.kiln(&["logs", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("no instance named 'nope'"), "{err}");
@@ -98,13 +161,30 @@ fn detached_instances_are_listed_logged_stopped_and_removed() {
 
     let t = Instant::now();
     assert_eq!(s.kiln(&["stop", "web"]).0, 0);
-    assert!(t.elapsed() < Duration::from_secs(4), "stop fell back to killing");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stop fell back to killing"
+    );
     assert_eq!(s.state_of("web"), "stopped");
     assert_eq!(s.kiln(&["rm", "web"]).0, 0);
     assert_eq!(s.state_of("web"), "");
 
     // --rm: the record goes away when the guest exits.
-    assert_eq!(s.kiln(&["run", "-d", "--rm", "--name", "gone", "apps/crashtest", "--", "exit", "0"]).0, 0);
+    assert_eq!(
+        s.kiln(&[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            "gone",
+            "apps/crashtest",
+            "--",
+            "exit",
+            "0"
+        ])
+        .0,
+        0
+    );
     let start = Instant::now();
     while s.0.join("gone").exists() {
         assert!(start.elapsed() < Duration::from_secs(60));
@@ -116,12 +196,32 @@ fn detached_instances_are_listed_logged_stopped_and_removed() {
 fn an_instance_whose_qemu_died_shows_as_exited() {
     let s = State::new("stale");
     assert_eq!(s.kiln(&["build", "-q", "apps/crashtest"]).0, 0);
-    assert_eq!(s.kiln(&["run", "-d", "--name", "victim", "apps/crashtest", "--", "hang"]).0, 0);
+    assert_eq!(
+        s.kiln(&[
+            "run",
+            "-d",
+            "--name",
+            "victim",
+            "apps/crashtest",
+            "--",
+            "hang"
+        ])
+        .0,
+        0
+    );
     assert_eq!(s.state_of("victim"), "running");
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.0.join("victim/instance.json")).unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.0.join("victim/instance.json")).unwrap())
+            .unwrap();
     let pid = info["pid"].as_u64().unwrap() as i32;
     // Kill the supervisor first, then QEMU: nobody records the exit.
-    let sup = Command::new("pgrep").args(["-f", &format!("__supervise {}", s.0.join("victim").display())]).output().unwrap();
+    let sup = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("__supervise {}", s.0.join("victim").display()),
+        ])
+        .output()
+        .unwrap();
     for p in String::from_utf8_lossy(&sup.stdout).split_whitespace() {
         // SAFETY: kill(2) on processes this test started.
         unsafe { libc::kill(p.parse().unwrap(), libc::SIGKILL) };

@@ -13,16 +13,31 @@ fn cases() -> PathBuf {
 
 /// Runs kconfiglib and Kiln on one tree and input; returns both outputs.
 fn both(dir: &Path, top: &Path, config: Option<&Path>, min: bool) -> (String, String) {
-    let out = std::env::temp_dir().join(format!("kiln-kconfiglib-{}-{}.out", std::process::id(), rand_suffix()));
+    let out = std::env::temp_dir().join(format!(
+        "kiln-kconfiglib-{}-{}.out",
+        std::process::id(),
+        rand_suffix()
+    ));
     let mut py = Command::new("/usr/bin/python3");
     py.arg(cases().join("kconfiglib_resolve.py")).arg(top);
-    py.arg(config.map_or(PathBuf::from("-"), Path::to_path_buf)).arg(&out);
+    py.arg(config.map_or(PathBuf::from("-"), Path::to_path_buf))
+        .arg(&out);
     if min {
         py.arg("--min");
     }
     // `source "$(KILN_TEST_EXTRA)/Kconfig"` in tests/kconfig/sources.
-    let r = py.current_dir(dir).env("srctree", dir).env("KILN_TEST_EXTRA", "extra").output().expect("running /usr/bin/python3");
-    assert!(r.status.success(), "kconfiglib failed on {}: {}", top.display(), String::from_utf8_lossy(&r.stderr));
+    let r = py
+        .current_dir(dir)
+        .env("srctree", dir)
+        .env("KILN_TEST_EXTRA", "extra")
+        .output()
+        .expect("running /usr/bin/python3");
+    assert!(
+        r.status.success(),
+        "kconfiglib failed on {}: {}",
+        top.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
     let reference = std::fs::read_to_string(&out).unwrap();
     let _ = std::fs::remove_file(&out);
 
@@ -34,8 +49,18 @@ fn both(dir: &Path, top: &Path, config: Option<&Path>, min: bool) -> (String, St
     if min {
         k.arg("--savedefconfig");
     }
-    let r = k.current_dir(dir).env("srctree", dir).env("KILN_TEST_EXTRA", "extra").output().unwrap();
-    assert!(r.status.success(), "kiln kconfig failed on {}: {}", top.display(), String::from_utf8_lossy(&r.stderr));
+    let r = k
+        .current_dir(dir)
+        .env("srctree", dir)
+        .env("KILN_TEST_EXTRA", "extra")
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "kiln kconfig failed on {}: {}",
+        top.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
     (reference, String::from_utf8(r.stdout).unwrap())
 }
 
@@ -50,9 +75,18 @@ fn compare_tree(dir: &Path, top: &Path, configs: &[Option<PathBuf>]) -> usize {
     for c in configs {
         for min in [false, true] {
             let (reference, ours) = both(dir, top, c.as_deref(), min);
-            let what = format!("{} with {} ({})", top.display(), c.as_ref().map_or("defaults".into(), |p| p.display().to_string()), if min { "savedefconfig" } else { ".config" });
+            let what = format!(
+                "{} with {} ({})",
+                top.display(),
+                c.as_ref()
+                    .map_or("defaults".into(), |p| p.display().to_string()),
+                if min { "savedefconfig" } else { ".config" }
+            );
             if !min {
-                assert!(reference.contains("CONFIG_"), "kconfiglib wrote no symbols for {what}:\n{reference}");
+                assert!(
+                    reference.contains("CONFIG_"),
+                    "kconfiglib wrote no symbols for {what}:\n{reference}"
+                );
             }
             assert_eq!(ours, reference, "Kiln and kconfiglib disagree on {what}");
             compared += 1;
@@ -64,9 +98,17 @@ fn compare_tree(dir: &Path, top: &Path, configs: &[Option<PathBuf>]) -> usize {
 #[test]
 fn synthetic_trees_resolve_exactly_like_kconfiglib() {
     let mut total = 0;
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
-    assert!(dirs.len() >= 8, "expected the synthetic trees in {}", cases().display());
+    assert!(
+        dirs.len() >= 8,
+        "expected the synthetic trees in {}",
+        cases().display()
+    );
     for d in &dirs {
         let mut configs: Vec<Option<PathBuf>> = vec![None];
         let mut found: Vec<PathBuf> = std::fs::read_dir(d)
@@ -75,7 +117,11 @@ fn synthetic_trees_resolve_exactly_like_kconfiglib() {
             .filter(|p| p.extension().is_some_and(|e| e == "config"))
             .collect();
         found.sort();
-        assert!(!found.is_empty(), "{}: each tree needs at least one .config input", d.display());
+        assert!(
+            !found.is_empty(),
+            "{}: each tree needs at least one .config input",
+            d.display()
+        );
         configs.extend(found.into_iter().map(Some));
         total += compare_tree(d, &d.join("Kconfig"), &configs);
     }
@@ -87,7 +133,11 @@ fn kilns_own_tree_resolves_exactly_like_kconfiglib() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let app = root.join("apps/helloworld");
     // `kiln config --show` writes the top-level Kconfig of the target next to the build.
-    let r = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["config", "--show"]).arg(&app).output().unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["config", "--show"])
+        .arg(&app)
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let top = app.join(".kiln/build/helloworld_qemu-x86_64.Kconfig");
     assert!(top.is_file());

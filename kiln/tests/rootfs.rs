@@ -7,12 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kiln(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn temp(name: &str) -> PathBuf {
@@ -24,21 +35,55 @@ fn temp(name: &str) -> PathBuf {
 #[test]
 fn programs_run_in_a_chroot_of_the_folder() {
     let d = temp("chroot");
-    let (code, out, err) = kiln(&["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/bin/qemu-img", "/usr/bin/curl"]);
+    let (code, out, err) = kiln(&[
+        "rootfs",
+        "add",
+        "--to",
+        d.to_str().unwrap(),
+        "/usr/bin/qemu-img",
+        "/usr/bin/curl",
+    ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("/usr/bin/qemu-img") && out.contains("/lib64/ld-linux-x86-64.so.2"), "{out}");
+    assert!(
+        out.contains("/usr/bin/qemu-img") && out.contains("/lib64/ld-linux-x86-64.so.2"),
+        "{out}"
+    );
     // qemu-img and curl come with scripts/test (scripts/setup).
     for prog in ["/usr/bin/qemu-img", "/usr/bin/curl"] {
-        let ldd = String::from_utf8(Command::new("ldd").arg(prog).output().unwrap().stdout).unwrap();
-        for lib in ldd.lines().filter_map(|l| l.split("=> ").nth(1)).map(|r| r.split(' ').next().unwrap()) {
-            assert!(d.join(lib.trim_start_matches('/')).is_file(), "{prog}: {lib} (from ldd) was not copied");
+        let ldd =
+            String::from_utf8(Command::new("ldd").arg(prog).output().unwrap().stdout).unwrap();
+        for lib in ldd
+            .lines()
+            .filter_map(|l| l.split("=> ").nth(1))
+            .map(|r| r.split(' ').next().unwrap())
+        {
+            assert!(
+                d.join(lib.trim_start_matches('/')).is_file(),
+                "{prog}: {lib} (from ldd) was not copied"
+            );
         }
     }
-    let img = Command::new("chroot").arg(&d).args(["/usr/bin/qemu-img", "--version"]).output().unwrap();
-    assert!(img.status.success(), "{}", String::from_utf8_lossy(&img.stderr));
+    let img = Command::new("chroot")
+        .arg(&d)
+        .args(["/usr/bin/qemu-img", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        img.status.success(),
+        "{}",
+        String::from_utf8_lossy(&img.stderr)
+    );
     assert!(String::from_utf8_lossy(&img.stdout).starts_with("qemu-img version"));
-    let curl = Command::new("chroot").arg(&d).args(["/usr/bin/curl", "--version"]).output().unwrap();
-    assert!(curl.status.success(), "{}", String::from_utf8_lossy(&curl.stderr));
+    let curl = Command::new("chroot")
+        .arg(&d)
+        .args(["/usr/bin/curl", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -46,23 +91,62 @@ fn programs_run_in_a_chroot_of_the_folder() {
 fn the_app_rootfs_folder_is_the_default_and_bad_input_is_named() {
     let app = temp("app");
     std::fs::create_dir_all(app.join("rootfs")).unwrap();
-    std::fs::write(app.join("Kraftfile"), "spec: v0.6\nname: x\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\n").unwrap();
-    let (code, _, err) = kiln(&["rootfs", "add", "--app", app.to_str().unwrap(), "/bin/busybox"]);
+    std::fs::write(
+        app.join("Kraftfile"),
+        "spec: v0.6\nname: x\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\n",
+    )
+    .unwrap();
+    let (code, _, err) = kiln(&[
+        "rootfs",
+        "add",
+        "--app",
+        app.to_str().unwrap(),
+        "/bin/busybox",
+    ]);
     assert_eq!(code, 0, "{err}");
-    assert!(app.join("rootfs/bin/busybox").is_file(), "static programs need nothing else");
-    assert_eq!(std::fs::read_dir(app.join("rootfs")).unwrap().count(), 1, "only bin/");
+    assert!(
+        app.join("rootfs/bin/busybox").is_file(),
+        "static programs need nothing else"
+    );
+    assert_eq!(
+        std::fs::read_dir(app.join("rootfs")).unwrap().count(),
+        1,
+        "only bin/"
+    );
 
     let text = app.join("notes.txt");
     std::fs::write(&text, "just text").unwrap();
-    let (code, _, err) = kiln(&["rootfs", "add", "--app", app.to_str().unwrap(), text.to_str().unwrap()]);
+    let (code, _, err) = kiln(&[
+        "rootfs",
+        "add",
+        "--app",
+        app.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("notes.txt: not an ELF file"), "{err}");
-    let (code, _, err) = kiln(&["rootfs", "add", "--app", app.to_str().unwrap(), "/no/such/program"]);
+    let (code, _, err) = kiln(&[
+        "rootfs",
+        "add",
+        "--app",
+        app.to_str().unwrap(),
+        "/no/such/program",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("/no/such/program: no such program"), "{err}");
 
-    std::fs::write(app.join("Kraftfile"), "spec: v0.6\nname: x\ntargets:\n  - qemu/x86_64\n").unwrap();
-    let (code, _, err) = kiln(&["rootfs", "add", "--app", app.to_str().unwrap(), "/bin/busybox"]);
+    std::fs::write(
+        app.join("Kraftfile"),
+        "spec: v0.6\nname: x\ntargets:\n  - qemu/x86_64\n",
+    )
+    .unwrap();
+    let (code, _, err) = kiln(&[
+        "rootfs",
+        "add",
+        "--app",
+        app.to_str().unwrap(),
+        "/bin/busybox",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("no `rootfs:` folder to copy into"), "{err}");
     let _ = std::fs::remove_dir_all(&app);

@@ -10,7 +10,10 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kiln() -> Command {
@@ -21,7 +24,13 @@ fn kiln() -> Command {
 
 fn build() {
     static BUILT: Once = Once::new();
-    BUILT.call_once(|| assert!(kiln().args(["build", "-q", "apps/threads"]).status().unwrap().success()));
+    BUILT.call_once(|| {
+        assert!(kiln()
+            .args(["build", "-q", "apps/threads"])
+            .status()
+            .unwrap()
+            .success())
+    });
 }
 
 fn run(extra: &[&str], args: &[&str]) -> Child {
@@ -39,8 +48,19 @@ fn run(extra: &[&str], args: &[&str]) -> Child {
 }
 
 fn finish(c: Child) -> (i32, String) {
-    let Output { status, stdout, stderr } = c.wait_with_output().unwrap();
-    (status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr)))
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.wait_with_output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    )
 }
 
 #[test]
@@ -51,17 +71,28 @@ fn the_tour_joins_sleeps_and_hands_over() {
         out.contains(r#"joined 4 workers: sums [500500, 2001000, 4501500, 8002000], finished ["worker-1", "worker-2", "worker-3", "worker-4"]"#),
         "{out}"
     );
-    assert!(out.contains("sleepers woke in order [100, 200, 300] after"), "{out}");
+    assert!(
+        out.contains("sleepers woke in order [100, 200, 300] after"),
+        "{out}"
+    );
     assert!(out.contains("(at least 300: true)"), "{out}");
     assert!(out.contains("consumer got 1000 items, sum 500500"), "{out}");
-    assert!(out.contains("timed wait timed out: true, after at least 50 ms: true"), "{out}");
+    assert!(
+        out.contains("timed wait timed out: true, after at least 50 ms: true"),
+        "{out}"
+    );
 }
 
 #[test]
 fn a_deadlock_is_reported_with_the_threads_names() {
     let (code, out) = finish(run(&[], &["deadlock"]));
     assert_eq!(code, 123, "{out}");
-    assert!(out.contains("kiln: deadlock: every thread is waiting and nothing can wake them: main, stuck"), "{out}");
+    assert!(
+        out.contains(
+            "kiln: deadlock: every thread is waiting and nothing can wake them: main, stuck"
+        ),
+        "{out}"
+    );
 }
 
 fn connect(port: u16, deadline: Instant) -> TcpStream {
@@ -96,11 +127,21 @@ fn a_thread_per_connection_blocks_without_stalling_the_others() {
     // A is now blocked in read() in its own thread; B must still be served.
     let mut b = connect(18620, deadline);
     let from_b = ask(&mut b, "second\n");
-    assert!(from_b.starts_with("conn-") && from_b.ends_with(": second\n"), "{from_b:?}");
+    assert!(
+        from_b.starts_with("conn-") && from_b.ends_with(": second\n"),
+        "{from_b:?}"
+    );
     let from_a = ask(&mut a, "first\n");
     assert!(from_a.ends_with(": first\n"), "{from_a:?}");
-    assert_ne!(from_a.split(':').next(), from_b.split(':').next(), "both served by one thread");
-    assert_eq!(ask(&mut b, "bye\n").trim_end(), format!("{}: bye", from_b.split(':').next().unwrap()));
+    assert_ne!(
+        from_a.split(':').next(),
+        from_b.split(':').next(),
+        "both served by one thread"
+    );
+    assert_eq!(
+        ask(&mut b, "bye\n").trim_end(),
+        format!("{}: bye", from_b.split(':').next().unwrap())
+    );
     let mut rest = Vec::new();
     b.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "B's thread closed its connection");
@@ -138,7 +179,24 @@ fn dns_server(sock: UdpSocket) {
         r.extend_from_slice(&[0, 1, 0, found as u8, 0, 0, 0, 0]);
         r.extend_from_slice(&q[12..qend]);
         if found {
-            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, labels[0].len() as u8]);
+            r.extend_from_slice(&[
+                0xc0,
+                12,
+                0,
+                1,
+                0,
+                1,
+                0,
+                0,
+                0,
+                60,
+                0,
+                4,
+                192,
+                0,
+                2,
+                labels[0].len() as u8,
+            ]);
         }
         let _ = sock.send_to(&r, from);
     }
@@ -153,11 +211,35 @@ fn dns_names_resolve_through_the_configured_server() {
         Err(e) => panic!("this test answers DNS on 127.0.0.1:53 and needs that port (root, and no local resolver on it): {e}"),
     };
     std::thread::spawn(move || dns_server(sock));
-    let (code, out) = finish(run(&["--kernel-arg", "netdev.dns=10.0.2.2"], &["resolve", "www.kiln.test", "mqtt.kiln.test", "198.51.100.7", "nowhere.example"]));
-    assert!(out.contains("threads: DNS servers [Ipv4(10.0.2.2)]"), "{out}");
-    assert!(out.contains("threads: www.kiln.test has address 192.0.2.3"), "{out}");
-    assert!(out.contains("threads: mqtt.kiln.test has address 192.0.2.4"), "{out}");
-    assert!(out.contains("threads: 198.51.100.7 has address 198.51.100.7"), "{out}");
-    assert!(out.contains("threads: nowhere.example: name not found"), "{out}");
+    let (code, out) = finish(run(
+        &["--kernel-arg", "netdev.dns=10.0.2.2"],
+        &[
+            "resolve",
+            "www.kiln.test",
+            "mqtt.kiln.test",
+            "198.51.100.7",
+            "nowhere.example",
+        ],
+    ));
+    assert!(
+        out.contains("threads: DNS servers [Ipv4(10.0.2.2)]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("threads: www.kiln.test has address 192.0.2.3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("threads: mqtt.kiln.test has address 192.0.2.4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("threads: 198.51.100.7 has address 198.51.100.7"),
+        "{out}"
+    );
+    assert!(
+        out.contains("threads: nowhere.example: name not found"),
+        "{out}"
+    );
     assert_eq!(code, 2, "a name not found makes the exit status 2: {out}");
 }

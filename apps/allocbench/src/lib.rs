@@ -23,6 +23,11 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
     );
     let ticks = p.ticks().wrapping_sub(t0);
     let us = kiln_boot::ticks_to_us(ticks, p.tick_hz());
-    println!("allocbench: {} ops, {} failed, {ticks} ticks, {} us", o.ops, o.failures, us.map_or(-1, |u| u as i64));
+    println!(
+        "allocbench: {} ops, {} failed, {ticks} ticks, {} us",
+        o.ops,
+        o.failures,
+        us.map_or(-1, |u| u as i64)
+    );
     0
 }

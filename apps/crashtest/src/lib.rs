@@ -32,7 +32,13 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
     match what {
         "exit" => num(),
         "process-exit" => kiln_std::process::exit(num()),
-        "panic" => panic!("{}", kiln_std::kconfig_str!("APP_CRASHTEST_PANIC_MESSAGE", "crashtest was asked to panic")),
+        "panic" => panic!(
+            "{}",
+            kiln_std::kconfig_str!(
+                "APP_CRASHTEST_PANIC_MESSAGE",
+                "crashtest was asked to panic"
+            )
+        ),
         "null" => {
             let p: *const u64 = core::hint::black_box(core::ptr::null());
             // SAFETY: none: this read is meant to fault.
@@ -92,7 +98,8 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
         "oom" => {
             // Far more than any test guest has: the heap reports, then the
             // allocation error becomes a panic.
-            let v: kiln_std::vec::Vec<u8> = kiln_std::vec::Vec::with_capacity(core::hint::black_box(1 << 40));
+            let v: kiln_std::vec::Vec<u8> =
+                kiln_std::vec::Vec::with_capacity(core::hint::black_box(1 << 40));
             v.capacity() as i32
         }
         "idle" => {

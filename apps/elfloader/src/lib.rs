@@ -1,4 +1,5 @@
-//! Runs an unmodified Linux x86_64 program from the rootfs, the way
+//! Runs an unmodified Linux program (x86_64 or arm64, as the kernel) from
+//! the rootfs, the way
 //! Unikraft's app-elfloader and Nanos do: `kiln run apps/elfloader --
 //! /path/to/program args`.
 //!
@@ -10,8 +11,9 @@
 //!
 //! Position-independent programs (static-pie, and dynamically linked PIEs
 //! through their loader) go anywhere in the heap; programs linked at a
-//! fixed address (busybox-static: 4 MiB) go to their own addresses, in the
-//! 4-32 MiB range the platform keeps out of the heap for them.
+//! fixed address (busybox-static: 4 MiB) go to their own addresses: on
+//! x86_64 in the 4-32 MiB range the platform keeps out of the heap for
+//! them, on arm64 in heap blocks mapped there.
 #![no_std]
 
 extern crate alloc;
@@ -27,30 +29,15 @@ const STACK: usize = 8 << 20;
 
 /// Copies `prog`'s segments (from `bytes`) into fresh memory; returns the
 /// load bias.
-/// Where programs linked at fixed addresses may lie: the platform keeps
-/// this range out of the heap when the ELF loader is configured.
-const FIXED: (u64, u64) = (0x40_0000, 0x200_0000);
-
 fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
     let (lo, hi) = prog.span();
     if !prog.relocatable() {
-        if lo < FIXED.0 || hi > FIXED.1 {
-            return Err(format!("linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {:#x}..{:#x}", FIXED.0, FIXED.1));
-        }
-        // The initrd (whose files the ramfs reads in place) must not be there.
-        if let Some(i) = kiln_boot::initrd() {
-            let (s, e) = (i.as_ptr() as u64, i.as_ptr() as u64 + i.len() as u64);
-            if s < hi && e > lo {
-                return Err(format!("linked at {lo:#x}..{hi:#x}, where the initrd lies ({s:#x}..{e:#x})"));
-            }
-        }
-        // SAFETY: [lo, hi) is identity-mapped RAM that the platform kept out
-        // of the heap for fixed-address programs, and nothing else uses it.
-        unsafe { core::ptr::write_bytes(lo as *mut u8, 0, (hi - lo) as usize) };
+        kiln_syscall::arch::place_fixed(lo, hi)?;
         copy_segments(prog, bytes, 0);
         return Ok(0);
     }
-    let layout = Layout::from_size_align((hi - lo) as usize, 4096).map_err(|_| String::from("too large"))?;
+    let layout =
+        Layout::from_size_align((hi - lo) as usize, 4096).map_err(|_| String::from("too large"))?;
     // SAFETY: a zeroed allocation of the program's non-zero span.
     let base = unsafe { alloc_zeroed(layout) } as u64;
     if base == 0 {
@@ -70,12 +57,22 @@ fn copy_segments(prog: &Program, bytes: &[u8], bias: u64) {
         // SAFETY: dst..dst+file_size lies inside the memory placed for the
         // program (its span covers every segment).
         unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        kiln_syscall::arch::code_written(dst, s.file_size);
     }
 }
 
 fn load(path: &str) -> Result<(Vec<u8>, Program), String> {
-    let bytes = kiln_vfs::vfs().read_file(path).map_err(|e| format!("{path}: {e}"))?;
+    let bytes = kiln_vfs::vfs()
+        .read_file(path)
+        .map_err(|e| format!("{path}: {e}"))?;
     let prog = Program::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    if prog.machine != kiln_syscall::arch::MACHINE {
+        let this = kiln_syscall::arch::PLATFORM;
+        return Err(format!(
+            "{path}: built for another CPU (ELF machine {}); this kernel runs {this} programs",
+            prog.machine
+        ));
+    }
     Ok((bytes, prog))
 }
 
@@ -99,12 +96,13 @@ enum Never {}
 fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
     let (bytes, prog) = load(path)?;
     // Programs and their libraries live in heap memory.
-    kiln_arch_x86_64::mmu::ram_executable();
+    kiln_syscall::arch::prepare_memory();
     let bias = place(&prog, &bytes).map_err(|e| format!("{path}: {e}"))?;
     let mut entry = prog.entry.wrapping_add(bias);
     let mut interp_base = 0;
     if let Some(interp) = prog.interpreter() {
-        let (ibytes, iprog) = load(interp).map_err(|e| format!("{path} needs its loader: {e} (kiln rootfs add copies it)"))?;
+        let (ibytes, iprog) = load(interp)
+            .map_err(|e| format!("{path} needs its loader: {e} (kiln rootfs add copies it)"))?;
         let ibias = place(&iprog, &ibytes).map_err(|e| format!("{interp}: {e}"))?;
         interp_base = iprog.span().0.wrapping_add(ibias);
         entry = iprog.entry.wrapping_add(ibias);
@@ -115,7 +113,7 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
         phnum: prog.phnum as u64,
         entry: prog.entry.wrapping_add(bias),
         interp_base,
-        hwcap: 0,
+        hwcap: kiln_syscall::arch::HWCAP,
         vdso: None,
     };
     let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -127,12 +125,22 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
         return Err(String::from("no memory for the program's stack"));
     }
     let top = stack + STACK as u64;
-    let random = (kiln_std::time::micros() as u128 * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835).to_le_bytes();
-    let init = kiln_elf::initial_stack(top, argv, &env_refs, &aux, random, "x86_64");
+    let random = (kiln_std::time::micros() as u128 * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        .to_le_bytes();
+    let init = kiln_elf::initial_stack(
+        top,
+        argv,
+        &env_refs,
+        &aux,
+        random,
+        kiln_syscall::arch::PLATFORM,
+    );
     // SAFETY: [sp, top) lies inside the stack allocation.
-    unsafe { core::ptr::copy_nonoverlapping(init.bytes.as_ptr(), init.sp as *mut u8, init.bytes.len()) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(init.bytes.as_ptr(), init.sp as *mut u8, init.bytes.len())
+    };
     kiln_syscall::install(path);
     // SAFETY: `entry` is inside the program (or loader) just placed in
     // executable memory; `init.sp` is its initial stack.
-    unsafe { kiln_arch_x86_64::syscall::enter(entry, init.sp) }
+    unsafe { kiln_syscall::arch::enter(entry, init.sp) }
 }

@@ -8,7 +8,11 @@ use kiln_std::prelude::*;
 
 fn walk(path: &str) -> fs::Result<()> {
     for e in fs::read_dir(path)? {
-        let p = if path == "/" { format!("/{}", e.name) } else { format!("{path}/{}", e.name) };
+        let p = if path == "/" {
+            format!("/{}", e.name)
+        } else {
+            format!("{path}/{}", e.name)
+        };
         let m = fs::symlink_metadata(&p)?;
         match e.kind {
             FileType::Dir => {
@@ -50,17 +54,35 @@ fn run() -> fs::Result<()> {
     fs::rename("/tmp/new.txt", "/data/moved.txt")?;
     print!("moved: {}", fs::read_to_string("/data/moved.txt")?);
     fs::remove_file("/data/moved.txt")?;
-    println!("after remove: {}", fs::metadata("/data/moved.txt").err().map_or("still there", |e| e.name()));
-    println!("missing: {}", File::open("/nope").err().map_or("?", |e| e.name()));
-    println!("rmdir non-empty: {}", fs::remove_dir("/data").err().map_or("?", |e| e.name()));
+    println!(
+        "after remove: {}",
+        fs::metadata("/data/moved.txt")
+            .err()
+            .map_or("still there", |e| e.name())
+    );
+    println!(
+        "missing: {}",
+        File::open("/nope").err().map_or("?", |e| e.name())
+    );
+    println!(
+        "rmdir non-empty: {}",
+        fs::remove_dir("/data").err().map_or("?", |e| e.name())
+    );
 
     // Device nodes.
     let mut z = [1u8; 8];
     File::open("/dev/zero")?.read(&mut z)?;
     let mut r = [0u8; 16];
     File::open("/dev/urandom")?.read(&mut r)?;
-    let n = OpenOptions::new().write(true).open("/dev/null")?.write(b"gone")?;
-    println!("zero: {} null took {n} urandom nonzero: {}", hex(&z), r.iter().any(|b| *b != 0));
+    let n = OpenOptions::new()
+        .write(true)
+        .open("/dev/null")?
+        .write(b"gone")?;
+    println!(
+        "zero: {} null took {n} urandom nonzero: {}",
+        hex(&z),
+        r.iter().any(|b| *b != 0)
+    );
     Ok(())
 }
 

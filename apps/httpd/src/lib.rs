@@ -90,7 +90,9 @@ pub fn parse_head(head: &[u8]) -> Result<Request, Reject> {
     let mut lines = text.split("\r\n");
     let line = lines.next().ok_or(Reject(400))?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(Reject(400));
     };
     if method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase()) {
@@ -156,7 +158,10 @@ fn reason(status: u16) -> &'static str {
 
 /// The head and an error page for a status without a file.
 fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
-    let body = format!("<!doctype html><title>{status} {0}</title><h1>{status} {0}</h1>\n", reason(status));
+    let body = format!(
+        "<!doctype html><title>{status} {0}</title><h1>{status} {0}</h1>\n",
+        reason(status)
+    );
     let mut h = format!(
         "HTTP/1.1 {status} {}\r\nServer: kiln-httpd\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n",
         reason(status),
@@ -199,7 +204,9 @@ fn resolve(path: &str) -> Option<(String, fs::Metadata)> {
         FileType::File => Some((full, m)),
         FileType::Dir => {
             let idx = format!("{}/index.html", full.trim_end_matches('/'));
-            let m = fs::metadata(&idx).ok().filter(|m| m.kind == FileType::File)?;
+            let m = fs::metadata(&idx)
+                .ok()
+                .filter(|m| m.kind == FileType::File)?;
             Some((idx, m))
         }
         _ => None,
@@ -208,7 +215,16 @@ fn resolve(path: &str) -> Option<(String, fs::Metadata)> {
 
 impl Conn {
     fn new(s: TcpStream, now: u64) -> Conn {
-        Conn { s, inbuf: Vec::new(), out: Vec::new(), out_pos: 0, body: None, closing: false, skip: 0, last: now }
+        Conn {
+            s,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            body: None,
+            closing: false,
+            skip: 0,
+            last: now,
+        }
     }
 
     fn busy(&self) -> bool {
@@ -244,8 +260,16 @@ impl Conn {
             return;
         };
         let etag = format!("\"{:x}-{:x}\"", meta.ino, meta.size);
-        let conn = if req.keep_alive { "keep-alive" } else { "close" };
-        if req.if_none_match.as_deref().is_some_and(|t| t == etag || t == "*") {
+        let conn = if req.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        if req
+            .if_none_match
+            .as_deref()
+            .is_some_and(|t| t == etag || t == "*")
+        {
             self.out.extend(format!("HTTP/1.1 304 Not Modified\r\nServer: kiln-httpd\r\nETag: {etag}\r\nConnection: {conn}\r\n\r\n").bytes());
             return;
         }
@@ -265,7 +289,10 @@ impl Conn {
             .bytes(),
         );
         if !head_only && meta.size > 0 {
-            self.body = Some(Body { file, left: meta.size });
+            self.body = Some(Body {
+                file,
+                left: meta.size,
+            });
         }
     }
 
@@ -360,11 +387,15 @@ impl Conn {
 /// Entry point: serves until the machine is stopped.
 pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
     if !net::available() {
-        println!("httpd: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
+        println!(
+            "httpd: no network device (kiln run adds one; on QEMU use -device virtio-net-device)"
+        );
         return 1;
     }
     if fs::metadata(ROOT).is_err() {
-        println!("httpd: the document root {ROOT} does not exist (the Kraftfile's rootfs provides it)");
+        println!(
+            "httpd: the document root {ROOT} does not exist (the Kraftfile's rootfs provides it)"
+        );
         return 1;
     }
     let mut listener = match TcpListener::bind(PORT as u16, BACKLOG as usize) {
@@ -414,22 +445,37 @@ mod tests {
 
     #[test]
     fn parses_requests_and_rejects_bad_ones() {
-        let r = parse_head(b"GET /a%20b.html?x=1 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"1-2\"").unwrap();
+        let r = parse_head(b"GET /a%20b.html?x=1 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"1-2\"")
+            .unwrap();
         assert_eq!(r.path, "/a b.html");
         assert!(r.keep_alive && !r.http10);
         assert_eq!(r.if_none_match.as_deref(), Some("\"1-2\""));
         let r = parse_head(b"HEAD / HTTP/1.0").unwrap();
         assert!(!r.keep_alive && r.http10);
-        assert!(parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive").unwrap().keep_alive);
-        assert!(!parse_head(b"GET / HTTP/1.1\r\nConnection: close").unwrap().keep_alive);
+        assert!(
+            parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !parse_head(b"GET / HTTP/1.1\r\nConnection: close")
+                .unwrap()
+                .keep_alive
+        );
         assert_eq!(parse_head(b"GET / HTTP/2.0"), Err(Reject(505)));
         assert_eq!(parse_head(b"GET /"), Err(Reject(400)));
         assert_eq!(parse_head(b"get / HTTP/1.1"), Err(Reject(400)));
         assert_eq!(parse_head(b"GET x HTTP/1.1"), Err(Reject(400)));
         assert_eq!(parse_head(b"GET /%zz HTTP/1.1"), Err(Reject(400)));
         assert_eq!(parse_head(b"GET /%00 HTTP/1.1"), Err(Reject(400)));
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nbad header"), Err(Reject(400)));
-        assert_eq!(parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked"), Err(Reject(501)));
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nbad header"),
+            Err(Reject(400))
+        );
+        assert_eq!(
+            parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked"),
+            Err(Reject(501))
+        );
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\xff: x"), Err(Reject(400)));
         assert_eq!(content_type("/x/INDEX.HTML"), "text/html; charset=utf-8");
         assert_eq!(content_type("/noext"), "application/octet-stream");

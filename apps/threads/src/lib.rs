@@ -21,21 +21,26 @@ fn tour() -> i32 {
     let workers: Vec<_> = (1..=4u64)
         .map(|n| {
             let total = total.clone();
-            thread::Builder::new().name(format!("worker-{n}")).spawn(move || {
-                let mut sum = 0;
-                for i in 0..=n * 1000 {
-                    sum += i;
-                    if i % 500 == 0 {
-                        thread::yield_now();
+            thread::Builder::new()
+                .name(format!("worker-{n}"))
+                .spawn(move || {
+                    let mut sum = 0;
+                    for i in 0..=n * 1000 {
+                        sum += i;
+                        if i % 500 == 0 {
+                            thread::yield_now();
+                        }
                     }
-                }
-                total.lock().push(thread::current_name());
-                sum
-            })
+                    total.lock().push(thread::current_name());
+                    sum
+                })
         })
         .collect();
     let sums: Vec<u64> = workers.into_iter().map(|h| h.join()).collect();
-    println!("threads: joined 4 workers: sums {sums:?}, finished {:?}", total.lock());
+    println!(
+        "threads: joined 4 workers: sums {sums:?}, finished {:?}",
+        total.lock()
+    );
 
     // Sleepers wake in deadline order.
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -54,21 +59,28 @@ fn tour() -> i32 {
         s.join();
     }
     let took = (micros() - t0) / 1000;
-    println!("threads: sleepers woke in order {:?} after {} ms (at least 300: {})", order.lock(), took, took >= 300);
+    println!(
+        "threads: sleepers woke in order {:?} after {} ms (at least 300: {})",
+        order.lock(),
+        took,
+        took >= 300
+    );
 
     // Producer and consumer.
     let queue = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
     let q2 = queue.clone();
-    let consumer = thread::Builder::new().name("consumer".to_string()).spawn(move || {
-        let (m, cv) = &*q2;
-        let (mut got, mut sum) = (0u64, 0u64);
-        while got < 1000 {
-            let mut items = cv.wait_while(m.lock(), |q: &mut Vec<u64>| q.is_empty());
-            got += items.len() as u64;
-            sum += items.drain(..).sum::<u64>();
-        }
-        (got, sum)
-    });
+    let consumer = thread::Builder::new()
+        .name("consumer".to_string())
+        .spawn(move || {
+            let (m, cv) = &*q2;
+            let (mut got, mut sum) = (0u64, 0u64);
+            while got < 1000 {
+                let mut items = cv.wait_while(m.lock(), |q: &mut Vec<u64>| q.is_empty());
+                got += items.len() as u64;
+                sum += items.drain(..).sum::<u64>();
+            }
+            (got, sum)
+        });
     for i in 1..=1000u64 {
         let (m, cv) = &*queue;
         m.lock().push(i);
@@ -85,7 +97,10 @@ fn tour() -> i32 {
     let t0 = micros();
     let (_g, timed_out) = cv.wait_timeout(m.lock(), Duration::from_millis(50));
     let took = (micros() - t0) / 1000;
-    println!("threads: timed wait timed out: {timed_out}, after at least 50 ms: {}", took >= 50);
+    println!(
+        "threads: timed wait timed out: {timed_out}, after at least 50 ms: {}",
+        took >= 50
+    );
     0
 }
 
@@ -102,7 +117,9 @@ fn echo() -> i32 {
     loop {
         let Ok(s) = l.accept() else { continue };
         n += 1;
-        thread::Builder::new().name(format!("conn-{n}")).spawn(move || serve(s, n));
+        thread::Builder::new()
+            .name(format!("conn-{n}"))
+            .spawn(move || serve(s, n));
     }
 }
 
@@ -134,7 +151,13 @@ fn resolve(names: &[&str]) -> i32 {
     let mut code = 0;
     for name in names {
         match dns::resolve(name) {
-            Ok(a) => println!("threads: {name} has address {}", a.iter().map(|a| format!("{a}")).collect::<Vec<_>>().join(" ")),
+            Ok(a) => println!(
+                "threads: {name} has address {}",
+                a.iter()
+                    .map(|a| format!("{a}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
             Err(e) => {
                 println!("threads: {name}: {e}");
                 code = 2;
@@ -148,7 +171,9 @@ fn deadlock() -> i32 {
     let a = Arc::new(Mutex::new(0));
     let held = a.lock();
     let a2 = a.clone();
-    let h = thread::Builder::new().name("stuck".to_string()).spawn(move || *a2.lock() += 1);
+    let h = thread::Builder::new()
+        .name("stuck".to_string())
+        .spawn(move || *a2.lock() += 1);
     // Main waits for the thread, which waits for the lock main holds.
     h.join();
     drop(held);

@@ -18,7 +18,9 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
     println!("udpecho: listening on port 7");
     let mut buf = [0u8; 2048];
     loop {
-        let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+        let Ok((n, from)) = s.recv_from(&mut buf) else {
+            continue;
+        };
         let msg = &mut buf[..n];
         if msg == b"quit" {
             let _ = s.send_to(b"bye", from);

@@ -25,7 +25,7 @@ pub unsafe fn prepare(stack: &mut [u8], entry: extern "C" fn(usize) -> !, arg: u
     frame[0] = entry as usize; // x19
     frame[1] = arg; // x20
     frame[11] = kiln_context_start as *const () as usize; // x30
-    // SAFETY: the caller guarantees the stack is writable; the frame is its top.
+                                                          // SAFETY: the caller guarantees the stack is writable; the frame is its top.
     unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), sp as *mut usize, FRAME_WORDS) };
     sp
 }

@@ -226,8 +226,10 @@ kiln_mmu_on:
 .balign 4096
 kiln_l1:
     .space 4096
+.global kiln_l2
 kiln_l2:
     .space 4 * 4096
+.global kiln_l3
 kiln_l3:
     .space 8 * 4096
 .balign 16
@@ -248,9 +250,124 @@ kiln_vectors:
 .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
 .balign 128
     stp x29, x30, [sp, #-16]!
+.if \n == 0
+    /* A Linux program's `svc #0` (it runs at EL1 on SP_EL0, like the kernel). */
+    mrs x29, esr_el1
+    lsr x29, x29, #26
+    cmp x29, #0x15
+    b.eq kiln_svc_entry
+.endif
     mov x29, #\n
     b kiln_exc_common
 .endr
+
+/* A system call. The handler may block its thread, so it runs on the
+ * program's own stack (SP_EL0), not the shared exception stack: x29/x30
+ * come back off SP_EL1 and a SyscallFrame (816 bytes: x0-x30, sp, elr,
+ * spsr, tpidr_el0, q0-q31, fpcr, fpsr) goes on SP_EL0. The kernel is
+ * built with FP/SIMD, so the program's vector registers are saved too.
+ * kiln_svc_dispatch puts the result in the frame's x0. */
+kiln_svc_entry:
+    ldp x29, x30, [sp], #16
+    msr spsel, #0
+    sub sp, sp, #816
+    stp x0, x1, [sp, #0]
+    stp x2, x3, [sp, #16]
+    stp x4, x5, [sp, #32]
+    stp x6, x7, [sp, #48]
+    stp x8, x9, [sp, #64]
+    stp x10, x11, [sp, #80]
+    stp x12, x13, [sp, #96]
+    stp x14, x15, [sp, #112]
+    stp x16, x17, [sp, #128]
+    stp x18, x19, [sp, #144]
+    stp x20, x21, [sp, #160]
+    stp x22, x23, [sp, #176]
+    stp x24, x25, [sp, #192]
+    stp x26, x27, [sp, #208]
+    stp x28, x29, [sp, #224]
+    add x0, sp, #816
+    stp x30, x0, [sp, #240]
+    mrs x0, elr_el1
+    mrs x1, spsr_el1
+    stp x0, x1, [sp, #256]
+    mrs x0, tpidr_el0
+    str x0, [sp, #272]
+    add x0, sp, #288
+    stp q0, q1, [x0, #0]
+    stp q2, q3, [x0, #32]
+    stp q4, q5, [x0, #64]
+    stp q6, q7, [x0, #96]
+    stp q8, q9, [x0, #128]
+    stp q10, q11, [x0, #160]
+    stp q12, q13, [x0, #192]
+    stp q14, q15, [x0, #224]
+    stp q16, q17, [x0, #256]
+    stp q18, q19, [x0, #288]
+    stp q20, q21, [x0, #320]
+    stp q22, q23, [x0, #352]
+    stp q24, q25, [x0, #384]
+    stp q26, q27, [x0, #416]
+    stp q28, q29, [x0, #448]
+    stp q30, q31, [x0, #480]
+    mrs x1, fpcr
+    mrs x2, fpsr
+    add x0, x0, #512
+    stp x1, x2, [x0]
+    mov x0, sp
+    bl kiln_svc_dispatch
+    mov x0, sp
+    b kiln_svc_resume
+
+/* kiln_svc_resume(frame): continue a program with every register of a
+ * SyscallFrame (after a system call, or a new thread from `clone`). */
+.global kiln_svc_resume
+kiln_svc_resume:
+    add x1, x0, #288
+    add x2, x1, #512
+    ldp x2, x3, [x2]
+    msr fpcr, x2
+    msr fpsr, x3
+    ldp q0, q1, [x1, #0]
+    ldp q2, q3, [x1, #32]
+    ldp q4, q5, [x1, #64]
+    ldp q6, q7, [x1, #96]
+    ldp q8, q9, [x1, #128]
+    ldp q10, q11, [x1, #160]
+    ldp q12, q13, [x1, #192]
+    ldp q14, q15, [x1, #224]
+    ldp q16, q17, [x1, #256]
+    ldp q18, q19, [x1, #288]
+    ldp q20, q21, [x1, #320]
+    ldp q22, q23, [x1, #352]
+    ldp q24, q25, [x1, #384]
+    ldp q26, q27, [x1, #416]
+    ldp q28, q29, [x1, #448]
+    ldp q30, q31, [x1, #480]
+    ldr x1, [x0, #272]
+    msr tpidr_el0, x1
+    ldp x1, x2, [x0, #256]
+    msr elr_el1, x1
+    msr spsr_el1, x2
+    ldr x1, [x0, #248]
+    mov sp, x1
+    ldp x2, x3, [x0, #16]
+    ldp x4, x5, [x0, #32]
+    ldp x6, x7, [x0, #48]
+    ldp x8, x9, [x0, #64]
+    ldp x10, x11, [x0, #80]
+    ldp x12, x13, [x0, #96]
+    ldp x14, x15, [x0, #112]
+    ldp x16, x17, [x0, #128]
+    ldp x18, x19, [x0, #144]
+    ldp x20, x21, [x0, #160]
+    ldp x22, x23, [x0, #176]
+    ldp x24, x25, [x0, #192]
+    ldp x26, x27, [x0, #208]
+    ldp x28, x29, [x0, #224]
+    ldr x30, [x0, #240]
+    ldp x0, x1, [x0, #0]
+    eret
 
 kiln_exc_common:
     sub sp, sp, #240

@@ -76,7 +76,11 @@ pub fn present() -> bool {
 /// Enables interrupt `intid` (PPI 16-31 or SPI 32+) as level-sensitive,
 /// highest priority, group 1 on GICv3 (group 0 on GICv2), to this CPU.
 pub fn enable(intid: u32) {
-    let (dist, local, v) = (DIST.load(Relaxed), LOCAL.load(Relaxed), VERSION.load(Relaxed));
+    let (dist, local, v) = (
+        DIST.load(Relaxed),
+        LOCAL.load(Relaxed),
+        VERSION.load(Relaxed),
+    );
     if v == 0 || intid >= 1020 {
         return;
     }
@@ -93,7 +97,7 @@ pub fn enable(intid: u32) {
     }
     if v == 3 {
         w32(dist + 0x80 + word, r32(dist + 0x80 + word) | bit); // IGROUPR: group 1
-        // IROUTER: to affinity 0.0.0.0 (this CPU).
+                                                                // IROUTER: to affinity 0.0.0.0 (this CPU).
         w32(dist + 0x6000 + intid as usize * 8, 0);
         w32(dist + 0x6000 + intid as usize * 8 + 4, 0);
     } else if intid >= 32 {

@@ -14,6 +14,8 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 pub mod context;
 pub mod gic;
+pub mod mmu;
+pub mod syscall;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 core::arch::global_asm!(include_str!("entry.S"));
@@ -100,7 +102,11 @@ impl FaultReport {
                 return Some("stack overflow (hit the guard page below the stack)");
             }
             let write = self.esr & (1 << 6) != 0;
-            if matches!(class, 0x24 | 0x25) && write && self.far >= self.readonly.0 && self.far < self.readonly.1 {
+            if matches!(class, 0x24 | 0x25)
+                && write
+                && self.far >= self.readonly.0
+                && self.far < self.readonly.1
+            {
                 return Some("write to read-only memory (kernel code or constants: W^X)");
             }
             if matches!(class, 0x20 | 0x21) {
@@ -116,18 +122,38 @@ impl FaultReport {
 
 impl fmt::Display for FaultReport {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(out, "kiln: CPU exception class 0x{:02x} ({}) at vector {}", self.class(), self.name(), self.vector)?;
+        writeln!(
+            out,
+            "kiln: CPU exception class 0x{:02x} ({}) at vector {}",
+            self.class(),
+            self.name(),
+            self.vector
+        )?;
         writeln!(out, "  ESR 0x{:x}", self.esr)?;
         writeln!(out, "  fault address       0x{:016x}", self.far)?;
-        writeln!(out, "  instruction pointer 0x{:016x}  SPSR 0x{:x}", self.elr, self.spsr)?;
+        writeln!(
+            out,
+            "  instruction pointer 0x{:016x}  SPSR 0x{:x}",
+            self.elr, self.spsr
+        )?;
         writeln!(out, "  stack pointer       0x{:016x}", self.sp)?;
         for (i, pair) in self.frame.x.chunks(4).enumerate() {
             for (j, v) in pair.iter().enumerate() {
-                write!(out, "{}x{:<2} {:016x}", if j == 0 { "  " } else { " " }, i * 4 + j, v)?;
+                write!(
+                    out,
+                    "{}x{:<2} {:016x}",
+                    if j == 0 { "  " } else { " " },
+                    i * 4 + j,
+                    v
+                )?;
             }
             writeln!(out)?;
         }
-        write!(out, "  x29 {:016x} x30 {:016x}", self.frame.x29, self.frame.x30)?;
+        write!(
+            out,
+            "  x29 {:016x} x30 {:016x}",
+            self.frame.x29, self.frame.x30
+        )?;
         if let Some(d) = self.diagnosis() {
             write!(out, "\nkiln: likely cause: {d}")?;
         }
@@ -367,7 +393,14 @@ pub mod layout {
     #[cfg(all(target_arch = "aarch64", target_os = "none"))]
     pub fn sections() -> Sections {
         // Taking the address of an extern static is safe.
-        let (ro, data) = (&raw const __rodata_start as u64, &raw const __data_start as u64);
-        Sections { text: (kernel_start() as u64, ro), rodata: (ro, data), data: (data, kernel_end() as u64) }
+        let (ro, data) = (
+            &raw const __rodata_start as u64,
+            &raw const __data_start as u64,
+        );
+        Sections {
+            text: (kernel_start() as u64, ro),
+            rodata: (ro, data),
+            data: (data, kernel_end() as u64),
+        }
     }
 }

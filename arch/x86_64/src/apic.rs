@@ -125,7 +125,10 @@ fn ioapic_write(reg: u32, v: u32) {
 /// virtio-mmio lines are), fixed delivery to [`DEVICE_VECTOR`].
 #[cfg(target_os = "none")]
 fn set_entry(gsi: u32, masked: bool) {
-    ioapic_write(0x10 + 2 * gsi, DEVICE_VECTOR as u32 | 1 << 15 | (masked as u32) << 16);
+    ioapic_write(
+        0x10 + 2 * gsi,
+        DEVICE_VECTOR as u32 | 1 << 15 | (masked as u32) << 16,
+    );
 }
 
 #[cfg(target_os = "none")]
@@ -135,12 +138,26 @@ core::arch::global_asm!(
     "kiln_device_isr:",
     // The CPU aligned rsp to 16 before pushing its 5-word frame; nine
     // pushes make it 16-byte aligned again for the call.
-    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
-    "push r8", "push r9", "push r10", "push r11",
+    "push rax",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
     "cld",
     "call kiln_arch_device_irq",
-    "pop r11", "pop r10", "pop r9", "pop r8",
-    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
     "iretq",
 );
 

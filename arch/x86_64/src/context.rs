@@ -60,7 +60,15 @@ pub unsafe fn prepare(stack: &mut [u8], entry: extern "C" fn(usize) -> !, arg: u
     // address. After the `ret`, rsp = top (16-byte aligned), so `call r12`
     // enters `entry` with rsp = 8 mod 16, as the ABI wants.
     let sp = top - FRAME_WORDS * 8;
-    let frame = [0usize, 0, arg, entry as usize, 0, 0, kiln_context_start as *const () as usize];
+    let frame = [
+        0usize,
+        0,
+        arg,
+        entry as usize,
+        0,
+        0,
+        kiln_context_start as *const () as usize,
+    ];
     // SAFETY: the caller guarantees the stack is writable; the frame lies
     // within its last FRAME_WORDS words.
     unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), sp as *mut usize, FRAME_WORDS) };

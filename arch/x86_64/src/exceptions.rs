@@ -89,7 +89,10 @@ const NAMES: [&str; 32] = [
 impl FaultReport {
     /// The exception's mnemonic and name.
     pub fn name(&self) -> &'static str {
-        NAMES.get(self.frame.vector as usize).copied().unwrap_or("unknown")
+        NAMES
+            .get(self.frame.vector as usize)
+            .copied()
+            .unwrap_or("unknown")
     }
 
     /// A one-line diagnosis when the report shows a well-known mistake.
@@ -105,7 +108,10 @@ impl FaultReport {
             if f.error & 0x11 == 0x11 {
                 return Some("jump into memory that is not executable (heap, stack or data: W^X)");
             }
-            if f.error & 0x3 == 0x3 && self.address >= self.readonly.0 && self.address < self.readonly.1 {
+            if f.error & 0x3 == 0x3
+                && self.address >= self.readonly.0
+                && self.address < self.readonly.1
+            {
                 return Some("write to read-only memory (kernel code or constants: W^X)");
             }
         }
@@ -126,16 +132,28 @@ impl fmt::Display for FaultReport {
             write!(
                 out,
                 " ({} {}{}{})",
-                if e & 1 != 0 { "protection violation," } else { "page not present," },
+                if e & 1 != 0 {
+                    "protection violation,"
+                } else {
+                    "page not present,"
+                },
                 if e & 2 != 0 { "write" } else { "read" },
-                if e & 16 != 0 { ", instruction fetch" } else { "" },
+                if e & 16 != 0 {
+                    ", instruction fetch"
+                } else {
+                    ""
+                },
                 if e & 4 != 0 { ", user mode" } else { "" }
             )?;
         }
         writeln!(out)?;
         writeln!(out, "  fault address       0x{:016x}", self.address)?;
         writeln!(out, "  instruction pointer 0x{:016x}", f.rip)?;
-        writeln!(out, "  stack pointer       0x{:016x}  rflags 0x{:x}", f.rsp, f.rflags)?;
+        writeln!(
+            out,
+            "  stack pointer       0x{:016x}  rflags 0x{:x}",
+            f.rsp, f.rflags
+        )?;
         writeln!(
             out,
             "  rax {:016x} rbx {:016x} rcx {:016x} rdx {:016x}",
@@ -151,7 +169,11 @@ impl fmt::Display for FaultReport {
             "  r9  {:016x} r10 {:016x} r11 {:016x} r12 {:016x}",
             f.r9, f.r10, f.r11, f.r12
         )?;
-        write!(out, "  r13 {:016x} r14 {:016x} r15 {:016x}", f.r13, f.r14, f.r15)?;
+        write!(
+            out,
+            "  r13 {:016x} r14 {:016x} r15 {:016x}",
+            f.r13, f.r14, f.r15
+        )?;
         if let Some(d) = self.diagnosis() {
             write!(out, "\nkiln: likely cause: {d}")?;
         }
@@ -206,8 +228,15 @@ struct Gate {
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
-const EMPTY: Gate =
-    Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+const EMPTY: Gate = Gate {
+    offset_low: 0,
+    selector: 0,
+    ist: 0,
+    attributes: 0,
+    offset_mid: 0,
+    offset_high: 0,
+    reserved: 0,
+};
 static mut IDT: Idt = Idt([EMPTY; 256]);
 
 /// Installs an interrupt handler (an assembly stub ending in iretq) for
@@ -281,16 +310,33 @@ mod tests {
         frame.vector = vector;
         frame.error = error;
         frame.rip = 0x10_2345;
-        FaultReport { frame, address, stack_guard: 0x1f_0000, readonly: (0x10_0000, 0x10_8000) }
+        FaultReport {
+            frame,
+            address,
+            stack_guard: 0x1f_0000,
+            readonly: (0x10_0000, 0x10_8000),
+        }
     }
 
     #[test]
     fn diagnoses_null_and_overflow() {
-        assert_eq!(report(14, 0, 8).diagnosis(), Some("null pointer dereference"));
-        assert!(report(14, 2, 0x1f_0ff8).diagnosis().unwrap().starts_with("stack overflow"));
+        assert_eq!(
+            report(14, 0, 8).diagnosis(),
+            Some("null pointer dereference")
+        );
+        assert!(report(14, 2, 0x1f_0ff8)
+            .diagnosis()
+            .unwrap()
+            .starts_with("stack overflow"));
         assert_eq!(report(13, 0, 0).diagnosis(), None);
-        assert!(report(14, 0x11, 0x40_0000).diagnosis().unwrap().starts_with("jump into memory that is not executable"));
-        assert!(report(14, 0x3, 0x10_1000).diagnosis().unwrap().starts_with("write to read-only memory"));
+        assert!(report(14, 0x11, 0x40_0000)
+            .diagnosis()
+            .unwrap()
+            .starts_with("jump into memory that is not executable"));
+        assert!(report(14, 0x3, 0x10_1000)
+            .diagnosis()
+            .unwrap()
+            .starts_with("write to read-only memory"));
         assert_eq!(report(14, 0x3, 0x40_0000).diagnosis(), None);
         let s = format!("{}", report(14, 2, 0));
         assert!(s.contains("CPU exception 14 (#PF page fault)"), "{s}");

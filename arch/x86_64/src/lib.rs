@@ -14,10 +14,10 @@
 pub mod apic;
 pub mod context;
 pub mod cpu;
-pub mod mmu;
-pub mod syscall;
 mod exceptions;
 mod gdt;
+pub mod mmu;
+pub mod syscall;
 pub mod tsc;
 
 pub use exceptions::{set_fault_handler, FaultReport};
@@ -100,9 +100,14 @@ pub mod layout {
     #[cfg(target_os = "none")]
     pub fn sections() -> Sections {
         // Taking the address of an extern static is safe.
-        let (ro, data) = (&raw const __rodata_start as u64, &raw const __data_start as u64);
-        Sections { text: (kernel_start() as u64, ro), rodata: (ro, data), data: (data, kernel_end() as u64) }
+        let (ro, data) = (
+            &raw const __rodata_start as u64,
+            &raw const __data_start as u64,
+        );
+        Sections {
+            text: (kernel_start() as u64, ro),
+            rodata: (ro, data),
+            data: (data, kernel_end() as u64),
+        }
     }
 }
-
-

@@ -71,7 +71,12 @@ extern "C" {
 /// early.
 #[cfg(target_os = "none")]
 pub fn init(ram: &[(u64, u64)]) -> Mapped {
-    let top = ram.iter().map(|r| r.1).max().unwrap_or(0).next_multiple_of(GIB);
+    let top = ram
+        .iter()
+        .map(|r| r.1)
+        .max()
+        .unwrap_or(0)
+        .next_multiple_of(GIB);
     let gibs = (top / GIB).min(512) as usize;
     let huge = has_gib_pages();
     let mut end = GIB;
@@ -270,7 +275,11 @@ mod tests {
             std::fs::write(&path, &want).unwrap();
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(have == want, "{} is out of date: run KILN_REGEN=1 cargo test -p kiln-arch-x86_64", path.display());
+        assert!(
+            have == want,
+            "{} is out of date: run KILN_REGEN=1 cargo test -p kiln-arch-x86_64",
+            path.display()
+        );
         assert_eq!(want.matches("QUAD(").count(), 512);
     }
 
@@ -278,7 +287,10 @@ mod tests {
     fn memory_outside_ram_is_uncached_and_nothing_is_executable() {
         let ram = [(0x10_0000, 0x4000_0000)];
         assert_eq!(large_flags(0x20_0000, MIB2, &ram) & (PCD | PWT), 0);
-        assert_eq!(large_flags(0xfe00_0000, MIB2, &ram) & (PCD | PWT), PCD | PWT);
+        assert_eq!(
+            large_flags(0xfe00_0000, MIB2, &ram) & (PCD | PWT),
+            PCD | PWT
+        );
         assert_ne!(large_flags(0, GIB, &ram) & NX, 0);
     }
 }

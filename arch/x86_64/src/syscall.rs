@@ -139,6 +139,9 @@ pub unsafe fn resume(frame: &Frame) -> ! {
 }
 
 /// Host builds (unit tests) cannot run programs.
+///
+/// # Safety
+/// Never runs.
 #[cfg(not(target_os = "none"))]
 pub unsafe fn resume(_frame: &Frame) -> ! {
     unreachable!("programs run only in a kernel")
@@ -247,6 +250,9 @@ pub unsafe fn enter(entry: u64, sp: u64) -> ! {
 }
 
 /// Host builds (unit tests) cannot run programs.
+///
+/// # Safety
+/// Never runs.
 #[cfg(not(target_os = "none"))]
 pub unsafe fn enter(_entry: u64, _sp: u64) -> ! {
     unreachable!("programs run only in a kernel")

@@ -74,6 +74,8 @@ mod tests {
         let big = Layout::from_size_align(65536, 4096).unwrap();
         let r = b.alloc(big).unwrap();
         assert_eq!(r.as_ptr() as usize % 4096, 0);
-        assert!(b.alloc(Layout::from_size_align(1 << 20, 8).unwrap()).is_none());
+        assert!(b
+            .alloc(Layout::from_size_align(1 << 20, 8).unwrap())
+            .is_none());
     }
 }

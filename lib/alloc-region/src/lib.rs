@@ -69,7 +69,10 @@ mod tests {
         let mut mem = vec![0u64; 64];
         let base = mem.as_mut_ptr() as *mut u8;
         let mut r = Region::new();
-        assert_eq!(unsafe { r.add_region(NonNull::new(base).unwrap(), 512) }, 512);
+        assert_eq!(
+            unsafe { r.add_region(NonNull::new(base).unwrap(), 512) },
+            512
+        );
         let a = r.alloc(Layout::from_size_align(3, 1).unwrap()).unwrap();
         let b = r.alloc(Layout::from_size_align(8, 8).unwrap()).unwrap();
         assert_eq!(b.as_ptr() as usize % 8, 0);

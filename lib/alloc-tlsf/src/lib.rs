@@ -62,10 +62,14 @@ mod tests {
         let l = Layout::from_size_align(1000, 16).unwrap();
         let blocks: Vec<_> = (0..50).map(|_| t.alloc(l).unwrap()).collect();
         assert!(blocks.iter().all(|b| b.as_ptr() as usize % 16 == 0));
-        assert!(t.alloc(Layout::from_size_align(60000, 8).unwrap()).is_none());
+        assert!(t
+            .alloc(Layout::from_size_align(60000, 8).unwrap())
+            .is_none());
         for b in blocks {
             unsafe { t.dealloc(b, l) };
         }
-        assert!(t.alloc(Layout::from_size_align(60000, 8).unwrap()).is_some());
+        assert!(t
+            .alloc(Layout::from_size_align(60000, 8).unwrap())
+            .is_some());
     }
 }

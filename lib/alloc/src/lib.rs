@@ -93,7 +93,13 @@ impl<B: Backend> Heap<B> {
         Heap {
             inner: Mutex::new((
                 backend,
-                Stats { total: 0, in_use: 0, peak: 0, allocs: 0, failures: 0 },
+                Stats {
+                    total: 0,
+                    in_use: 0,
+                    peak: 0,
+                    allocs: 0,
+                    failures: 0,
+                },
             )),
         }
     }
@@ -101,7 +107,9 @@ impl<B: Backend> Heap<B> {
 
 impl<B: Backend> HeapControl for Heap<B> {
     unsafe fn add_region(&self, start: usize, size: usize) -> usize {
-        let Some(p) = NonNull::new(start as *mut u8) else { return 0 };
+        let Some(p) = NonNull::new(start as *mut u8) else {
+            return 0;
+        };
         let mut g = self.inner.lock();
         // SAFETY: forwarded contract, see `Backend::add_region`.
         let added = unsafe { g.0.add_region(p, size) };
@@ -227,7 +235,11 @@ mod tests {
             size
         }
         fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-            if layout.size() <= self.1 { self.0.take() } else { None }
+            if layout.size() <= self.1 {
+                self.0.take()
+            } else {
+                None
+            }
         }
         unsafe fn dealloc(&mut self, ptr: NonNull<u8>, _: Layout) {
             self.0 = Some(ptr);
@@ -245,7 +257,10 @@ mod tests {
         assert!(unsafe { heap.alloc(l) }.is_null());
         unsafe { heap.dealloc(p, l) };
         let s = heap.stats();
-        assert_eq!((s.total, s.in_use, s.peak, s.allocs, s.failures), (256, 0, 100, 1, 1));
+        assert_eq!(
+            (s.total, s.in_use, s.peak, s.allocs, s.failures),
+            (256, 0, 100, 1, 1)
+        );
     }
 
     #[test]

@@ -40,16 +40,27 @@ fn next_layout(r: &mut Rng) -> Layout {
         70..=94 => 256 + (x >> 8) as usize % 3840,
         _ => 4096 + (x >> 8) as usize % 61440,
     };
-    let align = if size % 4096 == 0 || (x >> 40) % 16 == 0 { 4096 } else { 8 };
+    let align = if size % 4096 == 0 || (x >> 40) % 16 == 0 {
+        4096
+    } else {
+        8
+    };
     Layout::from_size_align(size, align).unwrap()
 }
 
 /// Runs `ops` operations. `alloc` returns null on failure. With `fill`,
 /// the live set grows until the first failure (a fragmentation probe);
 /// otherwise it stays around half of [`SLOTS`].
-pub fn run(ops: u64, seed: u64, fill: bool, alloc: &mut dyn FnMut(Layout) -> *mut u8, free: &mut dyn FnMut(*mut u8, Layout)) -> Outcome {
+pub fn run(
+    ops: u64,
+    seed: u64,
+    fill: bool,
+    alloc: &mut dyn FnMut(Layout) -> *mut u8,
+    free: &mut dyn FnMut(*mut u8, Layout),
+) -> Outcome {
     let mut r = Rng(seed | 1);
-    let mut slots: [(*mut u8, Layout); SLOTS] = [(core::ptr::null_mut(), Layout::new::<u8>()); SLOTS];
+    let mut slots: [(*mut u8, Layout); SLOTS] =
+        [(core::ptr::null_mut(), Layout::new::<u8>()); SLOTS];
     let mut live = 0usize;
     let mut out = Outcome::default();
     for _ in 0..ops {
@@ -62,7 +73,11 @@ pub fn run(ops: u64, seed: u64, fill: bool, alloc: &mut dyn FnMut(Layout) -> *mu
             out.ops += 1;
             continue;
         }
-        let slot = if slots[i].0.is_null() { i } else { slots.iter().position(|s| s.0.is_null()).unwrap() };
+        let slot = if slots[i].0.is_null() {
+            i
+        } else {
+            slots.iter().position(|s| s.0.is_null()).unwrap()
+        };
         let l = next_layout(&mut r);
         let p = alloc(l);
         out.ops += 1;

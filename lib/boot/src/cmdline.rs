@@ -107,7 +107,9 @@ pub fn parse(line: &str) -> Result<CmdLine, Error> {
 pub fn quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word != "--"
-        && !word.chars().any(|c| c.is_ascii_whitespace() || c == '"' || c == '\\');
+        && !word
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c == '"' || c == '\\');
     if plain {
         return word.into();
     }
@@ -136,14 +138,15 @@ impl CmdLine {
     /// True when the parameter is present as a bare name or with a value other
     /// than `0`, `n` or `false`.
     pub fn flag(&self, name: &str) -> bool {
-        self.param(name).is_some_and(|v| !matches!(v, "0" | "n" | "no" | "false"))
+        self.param(name)
+            .is_some_and(|v| !matches!(v, "0" | "n" | "no" | "false"))
     }
 
     /// Environment variables given as `env.KEY=VALUE` parameters, in order.
     pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.params.iter().filter_map(|(k, v)| {
-            Some((k.strip_prefix("env.")?, v.as_deref().unwrap_or("")))
-        })
+        self.params
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("env.")?, v.as_deref().unwrap_or(""))))
     }
 }
 
@@ -153,7 +156,9 @@ mod tests {
 
     #[test]
     fn machine_parameters_after_the_arguments_are_not_arguments() {
-        let c = parse("kiln.quiet -- a virtio_mmio.device=512@0xfeb00e00:12 \"virtio_mmio.device=x\"").unwrap();
+        let c =
+            parse("kiln.quiet -- a virtio_mmio.device=512@0xfeb00e00:12 \"virtio_mmio.device=x\"")
+                .unwrap();
         assert_eq!(c.args, ["a", "virtio_mmio.device=x"]);
         assert_eq!(c.param("virtio_mmio.device"), Some("512@0xfeb00e00:12"));
     }
@@ -183,7 +188,10 @@ mod tests {
     #[test]
     fn quotes_and_escapes() {
         let c = parse(r#"-- "hello world" "" "a\"b\\c" x"y z"w "\n" -- "--""#).unwrap();
-        assert_eq!(strs(&c.args), ["hello world", "", "a\"b\\c", "xy zw", "\\n", "--", "--"]);
+        assert_eq!(
+            strs(&c.args),
+            ["hello world", "", "a\"b\\c", "xy zw", "\\n", "--", "--"]
+        );
         assert_eq!(parse("a \"b"), Err(Error::UnterminatedQuote(2)));
     }
 
@@ -195,7 +203,16 @@ mod tests {
 
     #[test]
     fn quote_round_trips() {
-        let words = ["plain", "", "two words", "q\"uote", "back\\slash", "--", "tab\there", "ünï"];
+        let words = [
+            "plain",
+            "",
+            "two words",
+            "q\"uote",
+            "back\\slash",
+            "--",
+            "tab\there",
+            "ünï",
+        ];
         let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
         let line = alloc::format!("-- {}", line.join(" "));
         assert_eq!(strs(&parse(&line).unwrap().args), words);

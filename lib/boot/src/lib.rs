@@ -96,7 +96,12 @@ static PARAMS: spin::Once<Vec<(String, Option<String>)>> = spin::Once::new();
 /// The value of kernel parameter `name` (before `--` on the command line),
 /// for libraries (`netdev.ip=...`).
 pub fn param(name: &str) -> Option<&'static str> {
-    PARAMS.get()?.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    PARAMS
+        .get()?
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.as_deref())
 }
 
 /// The virtio-mmio devices the platform found (lib/virtio probes them).
@@ -165,7 +170,9 @@ pub fn exit(code: i32) -> ! {
     let code = if (0..=EXIT_MAX).contains(&code) {
         code
     } else {
-        kiln_console::println!("kiln: exit code {code} is outside 0..={EXIT_MAX}; reporting {EXIT_MAX}");
+        kiln_console::println!(
+            "kiln: exit code {code} is outside 0..={EXIT_MAX}; reporting {EXIT_MAX}"
+        );
         EXIT_MAX
     };
     match platform() {
@@ -178,7 +185,8 @@ pub fn exit(code: i32) -> ! {
 
 /// Converts a tick difference into microseconds, when the frequency is known.
 pub fn ticks_to_us(ticks: u64, hz: Option<u64>) -> Option<u64> {
-    hz.filter(|&h| h > 0).map(|h| (ticks as u128 * 1_000_000 / h as u128) as u64)
+    hz.filter(|&h| h > 0)
+        .map(|h| (ticks as u128 * 1_000_000 / h as u128) as u64)
 }
 
 /// Runs the boot sequence and the app; never returns.
@@ -211,7 +219,10 @@ pub fn start(
             exit(EXIT_MAX)
         }
     };
-    let level = cmd.param("kiln.loglevel").and_then(|v| v.parse::<u8>().ok()).unwrap_or(cfg.loglevel);
+    let level = cmd
+        .param("kiln.loglevel")
+        .and_then(|v| v.parse::<u8>().ok())
+        .unwrap_or(cfg.loglevel);
     if cmd.flag("kiln.quiet") || level == 0 {
         kiln_console::set_quiet();
     } else {
@@ -219,7 +230,14 @@ pub fn start(
     }
     let p = info.platform;
     if cfg.banner {
-        log!(Level::Info, "{} on {}, heap {} ({})", app_name, p.name(), heap.backend(), heap.stats());
+        log!(
+            Level::Info,
+            "{} on {}, heap {} ({})",
+            app_name,
+            p.name(),
+            heap.backend(),
+            heap.stats()
+        );
     }
 
     INITRD.call_once(|| info.initrd.or(cfg.initrd));
@@ -327,7 +345,10 @@ pub mod mem {
                 let a = (a + 4095) & !4095;
                 let b = b & !4095;
                 if a < b && n < out.len() {
-                    out[n] = MemRegion { start: a, size: b - a };
+                    out[n] = MemRegion {
+                        start: a,
+                        size: b - a,
+                    };
                     n += 1;
                 }
             }
@@ -343,14 +364,29 @@ pub mod mem {
         fn carves_out_reserved_and_clips() {
             let mut out = [MemRegion { start: 0, size: 0 }; 8];
             let ram = [(0, 0x9fc00), (0x10_0000, 0x800_0000)];
-            let n = carve(ram.into_iter(), &[(0x10_0000, 0x12_3456)], 0x10_0000, 0x400_0000, &mut out);
+            let n = carve(
+                ram.into_iter(),
+                &[(0x10_0000, 0x12_3456)],
+                0x10_0000,
+                0x400_0000,
+                &mut out,
+            );
             assert_eq!(n, 1);
             assert_eq!(out[0].start, 0x12_4000);
             assert_eq!(out[0].start + out[0].size, 0x400_0000);
             // a hole in the middle splits the region
-            let n = carve([(0, 0x10000)].into_iter(), &[(0x4000, 0x5000)], 0, usize::MAX, &mut out);
+            let n = carve(
+                [(0, 0x10000)].into_iter(),
+                &[(0x4000, 0x5000)],
+                0,
+                usize::MAX,
+                &mut out,
+            );
             assert_eq!(n, 2);
-            assert_eq!((out[0].start, out[0].size, out[1].start, out[1].size), (0, 0x4000, 0x5000, 0xb000));
+            assert_eq!(
+                (out[0].start, out[0].size, out[1].start, out[1].size),
+                (0, 0x4000, 0x5000, 0xb000)
+            );
         }
     }
 }

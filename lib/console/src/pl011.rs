@@ -10,7 +10,9 @@ pub struct Pl011 {
 
 impl Pl011 {
     pub const fn new(base: usize) -> Pl011 {
-        Pl011 { base: AtomicUsize::new(base) }
+        Pl011 {
+            base: AtomicUsize::new(base),
+        }
     }
 
     /// Moves the console to the UART at `base` (from the device tree).
@@ -26,7 +28,8 @@ impl crate::Sink for Pl011 {
         // recreated per write and holds no state of its own, so the alias
         // rule (one driver per device) holds for each write; the console's
         // lock keeps writers apart.
-        let mut uart = unsafe { pl011_uart::Uart::new(self.base.load(Ordering::Relaxed) as *mut u32) };
+        let mut uart =
+            unsafe { pl011_uart::Uart::new(self.base.load(Ordering::Relaxed) as *mut u32) };
         for &b in bytes {
             uart.write_byte(b);
         }

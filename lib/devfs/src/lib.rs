@@ -12,7 +12,13 @@ use kiln_vfs::{DirEntry, Error, FileSystem, FileType, Ino, Result, Stat};
 use spin::Mutex;
 
 const ROOT: Ino = 1;
-const NODES: [(&str, Ino); 5] = [("console", 2), ("null", 3), ("random", 4), ("urandom", 4), ("zero", 5)];
+const NODES: [(&str, Ino); 5] = [
+    ("console", 2),
+    ("null", 3),
+    ("random", 4),
+    ("urandom", 4),
+    ("zero", 5),
+];
 
 /// The device file system.
 pub struct DevFs {
@@ -24,7 +30,10 @@ impl DevFs {
     /// `seed` starts the random generator; `console` receives writes to
     /// `/dev/console`.
     pub fn new(seed: u64, console: fn(&[u8])) -> DevFs {
-        DevFs { rng: Mutex::new(seed | 1), console }
+        DevFs {
+            rng: Mutex::new(seed | 1),
+            console,
+        }
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
@@ -53,16 +62,31 @@ impl FileSystem for DevFs {
         if dir != ROOT {
             return Err(Error::NotDir);
         }
-        NODES.iter().find(|(n, _)| *n == name).map(|(_, i)| *i).ok_or(Error::NotFound)
+        NODES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, i)| *i)
+            .ok_or(Error::NotFound)
     }
 
     fn stat(&self, ino: Ino) -> Result<Stat> {
         let (kind, mode, nlink) = match ino {
             ROOT => (FileType::Dir, 0o755, 2),
-            2..=5 => (FileType::CharDevice, if ino == 2 { 0o600 } else { 0o666 }, 1),
+            2..=5 => (
+                FileType::CharDevice,
+                if ino == 2 { 0o600 } else { 0o666 },
+                1,
+            ),
             _ => return Err(Error::NotFound),
         };
-        Ok(Stat { ino, kind, mode, size: 0, nlink, mtime: 0 })
+        Ok(Stat {
+            ino,
+            kind,
+            mode,
+            size: 0,
+            nlink,
+            mtime: 0,
+        })
     }
 
     fn read(&self, ino: Ino, _offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -133,7 +157,14 @@ impl FileSystem for DevFs {
         if dir != ROOT {
             return Err(Error::NotDir);
         }
-        Ok(NODES.iter().map(|(n, i)| DirEntry { name: (*n).into(), ino: *i, kind: FileType::CharDevice }).collect())
+        Ok(NODES
+            .iter()
+            .map(|(n, i)| DirEntry {
+                name: (*n).into(),
+                ino: *i,
+                kind: FileType::CharDevice,
+            })
+            .collect())
     }
 
     fn set_mode(&self, _ino: Ino, _mode: u32) -> Result<()> {
@@ -163,7 +194,8 @@ pub fn kiln_init() -> core::result::Result<(), String> {
     let r = if v.mounts().is_empty() {
         v.mount("/", fs)
     } else {
-        v.mkdir_all(MOUNTPOINT, 0o755).and_then(|_| v.mount(MOUNTPOINT, fs))
+        v.mkdir_all(MOUNTPOINT, 0o755)
+            .and_then(|_| v.mount(MOUNTPOINT, fs))
     };
     r.map_err(|e| alloc::format!("mounting {MOUNTPOINT}: {e}"))
 }
@@ -181,7 +213,11 @@ mod tests {
     fn device_nodes_behave_like_linux() {
         let v = Vfs::new();
         v.mount("/", Arc::new(kiln_ramfs_stub::Root)).unwrap();
-        v.mount("/dev", Arc::new(DevFs::new(42, |b| WRITTEN.lock().extend_from_slice(b)))).unwrap();
+        v.mount(
+            "/dev",
+            Arc::new(DevFs::new(42, |b| WRITTEN.lock().extend_from_slice(b))),
+        )
+        .unwrap();
         let mut buf = [7u8; 16];
         let fd = v.open("/dev/null", O_RDWR, 0).unwrap();
         assert_eq!(v.read(fd, &mut buf).unwrap(), 0);
@@ -199,9 +235,17 @@ mod tests {
         v.write(fd, b"to the console").unwrap();
         assert_eq!(&WRITTEN.lock()[..], b"to the console");
         assert_eq!(v.stat("/dev/zero").unwrap().st_mode(), 0o020666);
-        let names: Vec<String> = v.readdir("/dev").unwrap().into_iter().map(|e| e.name).collect();
+        let names: Vec<String> = v
+            .readdir("/dev")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, ["console", "null", "random", "urandom", "zero"]);
-        assert_eq!(v.open("/dev/new", O_CREAT | O_WRONLY, 0o644), Err(Error::NotPermitted));
+        assert_eq!(
+            v.open("/dev/new", O_CREAT | O_WRONLY, 0o644),
+            Err(Error::NotPermitted)
+        );
         assert_eq!(v.unlink("/dev/null"), Err(Error::NotPermitted));
     }
 
@@ -217,10 +261,21 @@ mod tests {
                 1
             }
             fn lookup(&self, dir: Ino, name: &str) -> Result<Ino> {
-                if dir == 1 && name == "dev" { Ok(2) } else { Err(Error::NotFound) }
+                if dir == 1 && name == "dev" {
+                    Ok(2)
+                } else {
+                    Err(Error::NotFound)
+                }
             }
             fn stat(&self, ino: Ino) -> Result<Stat> {
-                Ok(Stat { ino, kind: FileType::Dir, mode: 0o755, size: 0, nlink: 2, mtime: 0 })
+                Ok(Stat {
+                    ino,
+                    kind: FileType::Dir,
+                    mode: 0o755,
+                    size: 0,
+                    nlink: 2,
+                    mtime: 0,
+                })
             }
             fn read(&self, _: Ino, _: u64, _: &mut [u8]) -> Result<usize> {
                 Err(Error::IsDir)
@@ -253,7 +308,11 @@ mod tests {
                 Err(Error::NotPermitted)
             }
             fn readdir(&self, _: Ino) -> Result<Vec<DirEntry>> {
-                Ok(alloc::vec![DirEntry { name: "dev".into(), ino: 2, kind: FileType::Dir }])
+                Ok(alloc::vec![DirEntry {
+                    name: "dev".into(),
+                    ino: 2,
+                    kind: FileType::Dir
+                }])
             }
             fn set_mode(&self, _: Ino, _: u32) -> Result<()> {
                 Err(Error::NotPermitted)

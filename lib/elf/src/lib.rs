@@ -20,7 +20,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use goblin::elf::header::{EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC};
-use goblin::elf::program_header::{PF_R, PF_W, PF_X, PT_GNU_STACK, PT_INTERP, PT_LOAD, PT_PHDR, PT_TLS};
+use goblin::elf::program_header::{
+    PF_R, PF_W, PF_X, PT_GNU_STACK, PT_INTERP, PT_LOAD, PT_PHDR, PT_TLS,
+};
 
 /// Page size of every Kiln target.
 pub const PAGE: u64 = 4096;
@@ -52,11 +54,23 @@ impl fmt::Display for Error {
         match self {
             Error::Malformed(m) => write!(f, "not a valid ELF file: {m}"),
             Error::NotElf64 => f.write_str("not a 64-bit little-endian ELF file"),
-            Error::WrongMachine(m) => write!(f, "built for another CPU (ELF machine {m}); Kiln runs x86_64 and AArch64 programs"),
-            Error::NotExecutable(t) => write!(f, "not an executable (ELF type {t}: a shared library or object file)"),
+            Error::WrongMachine(m) => write!(
+                f,
+                "built for another CPU (ELF machine {m}); Kiln runs x86_64 and AArch64 programs"
+            ),
+            Error::NotExecutable(t) => write!(
+                f,
+                "not an executable (ELF type {t}: a shared library or object file)"
+            ),
             Error::NoSegments => f.write_str("no loadable segments"),
-            Error::BadSegment(i) => write!(f, "segment {i} lies outside the file or is smaller in memory than in the file"),
-            Error::Misaligned(i) => write!(f, "segment {i}: address and file offset differ modulo the page size"),
+            Error::BadSegment(i) => write!(
+                f,
+                "segment {i} lies outside the file or is smaller in memory than in the file"
+            ),
+            Error::Misaligned(i) => write!(
+                f,
+                "segment {i}: address and file offset differ modulo the page size"
+            ),
             Error::BadInterpreter => f.write_str("PT_INTERP is not a NUL-terminated path"),
         }
     }
@@ -148,14 +162,24 @@ impl Program {
                         mem_size: ph.p_memsz,
                         file_offset: ph.p_offset,
                         file_size: ph.p_filesz,
-                        perms: Perms { read: ph.p_flags & PF_R != 0, write: ph.p_flags & PF_W != 0, exec: ph.p_flags & PF_X != 0 },
+                        perms: Perms {
+                            read: ph.p_flags & PF_R != 0,
+                            write: ph.p_flags & PF_W != 0,
+                            exec: ph.p_flags & PF_X != 0,
+                        },
                     });
                 }
                 PT_PHDR => phdr_vaddr = Some(ph.p_vaddr),
                 PT_INTERP => {
-                    let raw = bytes.get(ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize).ok_or(Error::BadInterpreter)?;
+                    let raw = bytes
+                        .get(ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize)
+                        .ok_or(Error::BadInterpreter)?;
                     let path = raw.strip_suffix(&[0]).ok_or(Error::BadInterpreter)?;
-                    interpreter = Some(core::str::from_utf8(path).map_err(|_| Error::BadInterpreter)?.to_string());
+                    interpreter = Some(
+                        core::str::from_utf8(path)
+                            .map_err(|_| Error::BadInterpreter)?
+                            .to_string(),
+                    );
                 }
                 PT_TLS => tls = Some((ph.p_vaddr, ph.p_filesz, ph.p_memsz, ph.p_align.max(1))),
                 PT_GNU_STACK => exec_stack = ph.p_flags & PF_X != 0,
@@ -200,7 +224,13 @@ impl Program {
     /// The page-aligned address range its segments span, before the bias.
     pub fn span(&self) -> (u64, u64) {
         let lo = self.segments.iter().map(|s| s.vaddr).min().unwrap_or(0) & !(PAGE - 1);
-        let hi = self.segments.iter().map(|s| s.vaddr + s.mem_size).max().unwrap_or(0).next_multiple_of(PAGE);
+        let hi = self
+            .segments
+            .iter()
+            .map(|s| s.vaddr + s.mem_size)
+            .max()
+            .unwrap_or(0)
+            .next_multiple_of(PAGE);
         (lo, hi)
     }
 
@@ -276,11 +306,22 @@ pub struct InitialStack {
 /// null, the envp pointers and a null, the auxiliary vector ending with
 /// AT_NULL, then (higher) the 16 AT_RANDOM bytes, the platform string and
 /// the argument and environment strings.
-pub fn initial_stack(top: u64, args: &[&str], env: &[&str], aux: &AuxInfo, random: [u8; 16], platform: &str) -> InitialStack {
+pub fn initial_stack(
+    top: u64,
+    args: &[&str],
+    env: &[&str],
+    aux: &AuxInfo,
+    random: [u8; 16],
+    platform: &str,
+) -> InitialStack {
     // Strings, from the top down.
     let mut strings: Vec<u8> = Vec::new();
     let mut offsets = Vec::new(); // offset of each string from the start of `strings`
-    for s in args.iter().chain(env.iter()).chain(core::iter::once(&platform)) {
+    for s in args
+        .iter()
+        .chain(env.iter())
+        .chain(core::iter::once(&platform))
+    {
         offsets.push(strings.len() as u64);
         strings.extend_from_slice(s.as_bytes());
         strings.push(0);

@@ -5,7 +5,8 @@
 use super::*;
 
 fn read(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (scripts/setup installs busybox-static)"))
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (scripts/setup installs busybox-static)"))
 }
 
 #[test]
@@ -13,18 +14,34 @@ fn static_pie_dynamic_and_static_programs_are_told_apart() {
     let ldconfig = Program::parse(&read("/sbin/ldconfig")).unwrap();
     assert_eq!(ldconfig.kind, Kind::StaticPie);
     assert!(ldconfig.relocatable());
-    assert!(ldconfig.tls.is_some(), "glibc programs carry a TLS template");
+    assert!(
+        ldconfig.tls.is_some(),
+        "glibc programs carry a TLS template"
+    );
 
     let ls = Program::parse(&read("/usr/bin/ls")).unwrap();
-    assert_eq!(ls.kind, Kind::Dynamic { interpreter: "/lib64/ld-linux-x86-64.so.2".into(), pie: true });
+    assert_eq!(
+        ls.kind,
+        Kind::Dynamic {
+            interpreter: "/lib64/ld-linux-x86-64.so.2".into(),
+            pie: true
+        }
+    );
     assert_eq!(ls.interpreter(), Some("/lib64/ld-linux-x86-64.so.2"));
 
     let bb = Program::parse(&read("/bin/busybox")).unwrap();
     assert_eq!(bb.kind, Kind::Static);
     assert!(!bb.relocatable());
-    assert_eq!(bb.bias(0x4000_0000), 0, "a fixed-address program is not moved");
+    assert_eq!(
+        bb.bias(0x4000_0000),
+        0,
+        "a fixed-address program is not moved"
+    );
     let (lo, hi) = bb.span();
-    assert!(lo >= 0x40_0000 && hi > lo, "busybox is linked at its usual 4 MiB: {lo:#x}..{hi:#x}");
+    assert!(
+        lo >= 0x40_0000 && hi > lo,
+        "busybox is linked at its usual 4 MiB: {lo:#x}..{hi:#x}"
+    );
 
     // The dynamic loader runs as a program of its own.
     let ld = Program::parse(&read("/lib64/ld-linux-x86-64.so.2")).unwrap();
@@ -38,7 +55,12 @@ fn segments_and_headers_are_where_the_file_says() {
     let exec: Vec<_> = p.segments.iter().filter(|s| s.perms.exec).collect();
     assert_eq!(exec.len(), 1, "one text segment");
     assert!(!exec[0].perms.write, "text is not writable");
-    assert!(p.segments.iter().any(|s| s.perms.write && s.mem_size > s.file_size), "data with .bss");
+    assert!(
+        p.segments
+            .iter()
+            .any(|s| s.perms.write && s.mem_size > s.file_size),
+        "data with .bss"
+    );
     assert_eq!(p.phent, 56);
     assert!(p.phdr_vaddr != 0);
     // A PIE moves by the bias; its entry stays inside its text.
@@ -51,7 +73,10 @@ fn segments_and_headers_are_where_the_file_says() {
 
 #[test]
 fn bad_files_say_what_is_wrong() {
-    assert!(matches!(Program::parse(b"not an elf at all, just text"), Err(Error::Malformed(_))));
+    assert!(matches!(
+        Program::parse(b"not an elf at all, just text"),
+        Err(Error::Malformed(_))
+    ));
     let lib = Program::parse(&read("/lib/x86_64-linux-gnu/libz.so.1")).unwrap_err();
     assert_eq!(lib, Error::NotExecutable(3));
     assert!(lib.to_string().contains("shared library"));
@@ -59,7 +84,10 @@ fn bad_files_say_what_is_wrong() {
     let mut bytes = read("/sbin/ldconfig");
     bytes.truncate(bytes.len() / 2);
     let e = Program::parse(&bytes).unwrap_err();
-    assert!(matches!(e, Error::BadSegment(_) | Error::Malformed(_)), "{e:?}");
+    assert!(
+        matches!(e, Error::BadSegment(_) | Error::Malformed(_)),
+        "{e:?}"
+    );
     // Another CPU.
     let mut bytes = read("/usr/bin/ls");
     bytes[18] = 40; // EM_ARM
@@ -69,11 +97,27 @@ fn bad_files_say_what_is_wrong() {
 #[test]
 fn the_initial_stack_reads_back_like_linux_lays_it_out() {
     let top = 0x7fff_0000_0000u64;
-    let aux = AuxInfo { phdr: 0x1040, phent: 56, phnum: 13, entry: 0x5000, interp_base: 0x7f00_0000_0000, hwcap: 0x178bfbff, vdso: None };
-    let s = initial_stack(top, &["/bin/prog", "one", "two words"], &["HOME=/", "X=1"], &aux, [7; 16], "x86_64");
+    let aux = AuxInfo {
+        phdr: 0x1040,
+        phent: 56,
+        phnum: 13,
+        entry: 0x5000,
+        interp_base: 0x7f00_0000_0000,
+        hwcap: 0x178bfbff,
+        vdso: None,
+    };
+    let s = initial_stack(
+        top,
+        &["/bin/prog", "one", "two words"],
+        &["HOME=/", "X=1"],
+        &aux,
+        [7; 16],
+        "x86_64",
+    );
     assert_eq!(s.sp % 16, 0);
     assert_eq!(s.sp + s.bytes.len() as u64, top);
-    let word = |addr: u64| u64::from_le_bytes(s.bytes[(addr - s.sp) as usize..][..8].try_into().unwrap());
+    let word =
+        |addr: u64| u64::from_le_bytes(s.bytes[(addr - s.sp) as usize..][..8].try_into().unwrap());
     let cstr = |addr: u64| {
         let b = &s.bytes[(addr - s.sp) as usize..];
         String::from_utf8(b[..b.iter().position(|&c| c == 0).unwrap()].to_vec()).unwrap()

@@ -51,7 +51,11 @@ pub struct Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.entry {
-            Some(e) => write!(f, "cpio entry '{}' at offset {}: {}", e, self.offset, self.what),
+            Some(e) => write!(
+                f,
+                "cpio entry '{}' at offset {}: {}",
+                e, self.offset, self.what
+            ),
             None => write!(f, "cpio archive at offset {}: {}", self.offset, self.what),
         }
     }
@@ -61,7 +65,11 @@ const HEADER: usize = 110;
 const TRAILER: &str = "TRAILER!!!";
 
 fn err(offset: usize, entry: Option<&str>, what: impl Into<String>) -> Error {
-    Error { offset, entry: entry.map(String::from), what: what.into() }
+    Error {
+        offset,
+        entry: entry.map(String::from),
+        what: what.into(),
+    }
 }
 
 /// Normalises an archive path: drops `.` and empty components and a
@@ -111,7 +119,15 @@ pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
     let mut at = 0usize;
     loop {
         if at >= data.len() {
-            return Err(err(at, None, if data.is_empty() { "empty archive" } else { "truncated: no trailer" }));
+            return Err(err(
+                at,
+                None,
+                if data.is_empty() {
+                    "empty archive"
+                } else {
+                    "truncated: no trailer"
+                },
+            ));
         }
         let Some(magic) = data.get(at..at + 6) else {
             return Err(err(at, None, "truncated header"));
@@ -119,15 +135,27 @@ pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
         let crc = match magic {
             b"070701" => false,
             b"070702" => true,
-            _ => return Err(err(at, None, "bad header magic (not a newc cpio archive, or corrupt)")),
+            _ => {
+                return Err(err(
+                    at,
+                    None,
+                    "bad header magic (not a newc cpio archive, or corrupt)",
+                ))
+            }
         };
         if data.len() < at + HEADER {
             return Err(err(at, None, "truncated header"));
         }
-        let f = |i| field(data, at, i).ok_or_else(|| err(at, None, "bad header field (not hexadecimal)"));
-        let (ino, mode, nlink, filesize, namesize, check) = (f(0)?, f(1)?, f(4)?, f(6)?, f(11)?, f(12)?);
+        let f = |i| {
+            field(data, at, i).ok_or_else(|| err(at, None, "bad header field (not hexadecimal)"))
+        };
+        let (ino, mode, nlink, filesize, namesize, check) =
+            (f(0)?, f(1)?, f(4)?, f(6)?, f(11)?, f(12)?);
         let name_start = at + HEADER;
-        let Some(name_bytes) = namesize.checked_sub(1).and_then(|n| data.get(name_start..name_start + n)) else {
+        let Some(name_bytes) = namesize
+            .checked_sub(1)
+            .and_then(|n| data.get(name_start..name_start + n))
+        else {
             return Err(err(at, None, "truncated name"));
         };
         let Ok(raw) = core::str::from_utf8(name_bytes) else {
@@ -137,8 +165,15 @@ pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
             return Err(err(at, Some(raw), "the name is not NUL-terminated"));
         }
         let data_start = (name_start + namesize).next_multiple_of(4);
-        let Some(file) = data_start.checked_add(filesize).and_then(|e| data.get(data_start..e)) else {
-            return Err(err(at, Some(raw), "truncated: the file data runs past the end of the archive"));
+        let Some(file) = data_start
+            .checked_add(filesize)
+            .and_then(|e| data.get(data_start..e))
+        else {
+            return Err(err(
+                at,
+                Some(raw),
+                "truncated: the file data runs past the end of the archive",
+            ));
         };
         let offset = at;
         at = (data_start + filesize).next_multiple_of(4);
@@ -156,11 +191,23 @@ pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
             0o100000 => Kind::File,
             0o040000 => Kind::Dir,
             0o120000 => Kind::Symlink,
-            0o020000 => return Err(err(offset, Some(raw), "character devices are not supported (devfs provides /dev)")),
+            0o020000 => {
+                return Err(err(
+                    offset,
+                    Some(raw),
+                    "character devices are not supported (devfs provides /dev)",
+                ))
+            }
             0o060000 => return Err(err(offset, Some(raw), "block devices are not supported")),
             0o010000 => return Err(err(offset, Some(raw), "FIFOs are not supported")),
             0o140000 => return Err(err(offset, Some(raw), "sockets are not supported")),
-            t => return Err(err(offset, Some(raw), alloc::format!("unknown file type {t:#o}"))),
+            t => {
+                return Err(err(
+                    offset,
+                    Some(raw),
+                    alloc::format!("unknown file type {t:#o}"),
+                ))
+            }
         };
         let path = normalise(raw).map_err(|w| err(offset, Some(raw), w))?;
         if kind == Kind::Symlink {
@@ -174,7 +221,15 @@ pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
         if path.is_empty() && kind != Kind::Dir {
             return Err(err(offset, Some(raw), "the root must be a directory"));
         }
-        out.push(Entry { path, kind, mode: mode & 0o7777, data: file, ino: ino as u32, nlink: nlink as u32, offset });
+        out.push(Entry {
+            path,
+            kind,
+            mode: mode & 0o7777,
+            data: file,
+            ino: ino as u32,
+            nlink: nlink as u32,
+            offset,
+        });
     }
 }
 
@@ -190,7 +245,9 @@ pub struct Summary {
 
 /// Unpacks a checked archive into `vfs` under `/`, copying file contents.
 pub fn unpack(vfs: &Vfs, data: &[u8]) -> Result<Summary, Error> {
-    unpack_with(vfs, data, &|path, bytes, mode| vfs.write_file(path, bytes, mode))
+    unpack_with(vfs, data, &|path, bytes, mode| {
+        vfs.write_file(path, bytes, mode)
+    })
 }
 
 /// Unpacks an archive that lives as long as the kernel: files point into
@@ -215,7 +272,11 @@ fn unpack_with(vfs: &Vfs, data: &[u8], write: Writer) -> Result<Summary, Error> 
     for e in &list {
         let at = |x: kiln_vfs::Error| err(e.offset, Some(&e.path), alloc::format!("{x}"));
         let path = alloc::format!("/{}", e.path);
-        if let Some(parent) = path.rfind('/').map(|i| &path[..i]).filter(|p| !p.is_empty()) {
+        if let Some(parent) = path
+            .rfind('/')
+            .map(|i| &path[..i])
+            .filter(|p| !p.is_empty())
+        {
             vfs.mkdir_all(parent, 0o755).map_err(at)?;
         }
         match e.kind {
@@ -336,12 +397,27 @@ mod tests {
         let v = Vfs::new();
         v.mount("/", Arc::new(kiln_ramfs::RamFs::new())).unwrap();
         let s = unpack(&v, &sample()).unwrap();
-        assert_eq!(s, Summary { files: 4, dirs: 1, symlinks: 1, links: 1, bytes: 22 + 4 + 6 });
-        assert_eq!(v.read_file("/etc/motd").unwrap(), b"hello from the initrd\n");
+        assert_eq!(
+            s,
+            Summary {
+                files: 4,
+                dirs: 1,
+                symlinks: 1,
+                links: 1,
+                bytes: 22 + 4 + 6
+            }
+        );
+        assert_eq!(
+            v.read_file("/etc/motd").unwrap(),
+            b"hello from the initrd\n"
+        );
         assert_eq!(v.stat("/etc/motd").unwrap().mode, 0o640);
         assert_eq!(v.stat("/etc").unwrap().mode, 0o700);
         assert_eq!(v.stat("/bin/deep/tool").unwrap().mode, 0o755);
-        assert_eq!(v.read_file("/etc/link").unwrap(), b"hello from the initrd\n");
+        assert_eq!(
+            v.read_file("/etc/link").unwrap(),
+            b"hello from the initrd\n"
+        );
         assert_eq!(v.readlink("/etc/link").unwrap(), "motd");
         assert_eq!(v.read_file("/hard1").unwrap(), b"shared");
         assert_eq!(v.stat("/hard1").unwrap().nlink, 2);
@@ -355,13 +431,19 @@ mod tests {
         let v = Vfs::new();
         v.mount("/", Arc::new(kiln_ramfs::RamFs::new())).unwrap();
         unpack_static(&v, archive).unwrap();
-        assert_eq!(v.read_file("/etc/motd").unwrap(), b"hello from the initrd\n");
+        assert_eq!(
+            v.read_file("/etc/motd").unwrap(),
+            b"hello from the initrd\n"
+        );
         assert_eq!(v.read_file("/hard2").unwrap(), b"shared");
         // Writing changes the file, never the archive it came from.
         let fd = v.open("/etc/motd", kiln_vfs::flags::O_WRONLY, 0).unwrap();
         v.write(fd, b"HELLO").unwrap();
         v.close(fd).unwrap();
-        assert_eq!(v.read_file("/etc/motd").unwrap(), b"HELLO from the initrd\n");
+        assert_eq!(
+            v.read_file("/etc/motd").unwrap(),
+            b"HELLO from the initrd\n"
+        );
         assert_eq!(archive, &before[..]);
         v.truncate("/bin/deep/tool", 2).unwrap();
         assert_eq!(v.read_file("/bin/deep/tool").unwrap(), b"\x7fE");
@@ -373,7 +455,10 @@ mod tests {
         let e = entries(&good[..good.len() - 20]).unwrap_err();
         assert!(e.what.contains("truncated"), "{e}");
         let e = entries(&good[..200]).unwrap_err();
-        assert!(e.to_string().contains("truncated") || e.to_string().contains("corrupt"), "{e}");
+        assert!(
+            e.to_string().contains("truncated") || e.to_string().contains("corrupt"),
+            "{e}"
+        );
         let e = entries(b"").unwrap_err();
         assert_eq!(e.what, "empty archive");
         let mut bad = good.clone();
@@ -381,15 +466,24 @@ mod tests {
         assert!(entries(&bad).unwrap_err().what.contains("bad header magic"));
         let esc = newc(&[("../etc/passwd", 0o100644, b"x", 1, 1)]);
         let e = entries(&esc).unwrap_err();
-        assert_eq!(e.to_string(), "cpio entry '../etc/passwd' at offset 0: path leaves the root (too many '..')");
+        assert_eq!(
+            e.to_string(),
+            "cpio entry '../etc/passwd' at offset 0: path leaves the root (too many '..')"
+        );
         let dev = newc(&[("dev/tty", 0o020644, b"", 1, 1)]);
-        assert!(entries(&dev).unwrap_err().what.contains("character devices"));
+        assert!(entries(&dev)
+            .unwrap_err()
+            .what
+            .contains("character devices"));
         let fifo = newc(&[("p", 0o010644, b"", 1, 1)]);
         assert!(entries(&fifo).unwrap_err().what.contains("FIFOs"));
         let long = "n".repeat(300);
         let e = entries(&newc(&[(&long, 0o100644, b"", 1, 1)])).unwrap_err();
         assert!(e.what.contains("longer than 255"), "{e}");
         assert_eq!(normalise("/a/./b/../c//d").unwrap(), "a/c/d");
-        assert_eq!(normalise("a/../..").unwrap_err(), "path leaves the root (too many '..')");
+        assert_eq!(
+            normalise("a/../..").unwrap_err(),
+            "path leaves the root (too many '..')"
+        );
     }
 }

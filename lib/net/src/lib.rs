@@ -30,8 +30,8 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
-pub use smoltcp::wire::{IpAddress, Ipv4Address};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+pub use smoltcp::wire::{IpAddress, Ipv4Address};
 use spin::Mutex;
 
 const QUEUE: usize = 256;
@@ -208,7 +208,12 @@ impl Listen {
 
     /// Takes the oldest established connection.
     fn take(&mut self, set: &mut SocketSet<'static>) -> Option<SocketHandle> {
-        let i = self.socks.iter().position(|&h| matches!(set.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait))?;
+        let i = self.socks.iter().position(|&h| {
+            matches!(
+                set.get::<tcp::Socket>(h).state(),
+                tcp::State::Established | tcp::State::CloseWait
+            )
+        })?;
         Some(self.socks.remove(i))
     }
 }
@@ -245,7 +250,8 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         kiln_console::log!(kiln_console::Level::Info, "net: no network device");
         return Ok(());
     };
-    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN).map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
+    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN)
+        .map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     let mac = dev.mac_address();
     let mut nic = Nic(dev, usize::MAX);
     let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
@@ -269,14 +275,17 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         dns_servers = c.3;
         (c.0, c.1, c.2)
     } else {
-        parse_ip(spec).ok_or_else(|| alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY] or dhcp"))?
+        parse_ip(spec).ok_or_else(|| {
+            alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY] or dhcp")
+        })?
     };
     if given.is_none() {
         // QEMU's user network answers DNS at 10.0.2.3.
         dns_servers.push(IpAddress::v4(10, 0, 2, 3));
     }
     if let Some(list) = kiln_boot::param("netdev.dns") {
-        dns_servers = parse_servers(list).ok_or_else(|| alloc::format!("net: netdev.dns={list}: expected ADDR[,ADDR...]"))?;
+        dns_servers = parse_servers(list)
+            .ok_or_else(|| alloc::format!("net: netdev.dns={list}: expected ADDR[,ADDR...]"))?;
     }
     // IPv6: the link-local address from the MAC (EUI-64).
     let ll = smoltcp::wire::Ipv6Address::new(
@@ -299,20 +308,36 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     kiln_console::log!(
         kiln_console::Level::Info,
         "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{} {ll}/64, {}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
         gw.map(|g| alloc::format!(" via {g}")).unwrap_or_default(),
         if spec == "dhcp" { " (DHCP)" } else { "" },
         if irq { "interrupts" } else { "polled" }
     );
     nic.1 = RX_BUDGET;
-    *STACK.lock() = Some(Stack { iface, nic, sockets, dhcp: dhcp_handle, dns: None, dns_servers, listeners: Vec::new() });
+    *STACK.lock() = Some(Stack {
+        iface,
+        nic,
+        sockets,
+        dhcp: dhcp_handle,
+        dns: None,
+        dns_servers,
+        listeners: Vec::new(),
+    });
     kiln_sched::add_poller(poller);
     Ok(())
 }
 
 /// Parses `ADDR[,ADDR...]` (IPv4 or IPv6).
 pub fn parse_servers(s: &str) -> Option<Vec<IpAddress>> {
-    s.split(',').map(|a| a.parse().ok()).collect::<Option<Vec<_>>>().filter(|v| !v.is_empty())
+    s.split(',')
+        .map(|a| a.parse().ok())
+        .collect::<Option<Vec<_>>>()
+        .filter(|v| !v.is_empty())
 }
 
 /// What DHCP gave: address, prefix, router, DNS servers.
@@ -321,11 +346,17 @@ type Lease = (Ipv4Address, u8, Option<Ipv4Address>, Vec<IpAddress>);
 /// Asks a DHCP server for an address (up to 10 s). The client socket stays
 /// in the set and renews the lease (`netdev.dhcp_max_lease=SECONDS` caps
 /// the lease the server grants, to renew sooner).
-fn dhcp(iface: &mut Interface, nic: &mut Nic, set: &mut SocketSet<'static>) -> core::result::Result<(SocketHandle, Lease), alloc::string::String> {
+fn dhcp(
+    iface: &mut Interface,
+    nic: &mut Nic,
+    set: &mut SocketSet<'static>,
+) -> core::result::Result<(SocketHandle, Lease), alloc::string::String> {
     use smoltcp::socket::dhcpv4;
     let mut sock = dhcpv4::Socket::new();
     if let Some(s) = kiln_boot::param("netdev.dhcp_max_lease") {
-        let secs: u64 = s.parse().map_err(|_| alloc::format!("net: netdev.dhcp_max_lease={s}: expected seconds"))?;
+        let secs: u64 = s
+            .parse()
+            .map_err(|_| alloc::format!("net: netdev.dhcp_max_lease={s}: expected seconds"))?;
         sock.set_max_lease_duration(Some(smoltcp::time::Duration::from_secs(secs)));
     }
     // With a receive buffer, every renewal reports the configuration again,
@@ -337,7 +368,10 @@ fn dhcp(iface: &mut Interface, nic: &mut Nic, set: &mut SocketSet<'static>) -> c
         iface.poll(now(), nic, set);
         if let Some(dhcpv4::Event::Configured(c)) = set.get_mut::<dhcpv4::Socket>(h).poll() {
             let dns = c.dns_servers.iter().map(|a| IpAddress::Ipv4(*a)).collect();
-            return Ok((h, (c.address.address(), c.address.prefix_len(), c.router, dns)));
+            return Ok((
+                h,
+                (c.address.address(), c.address.prefix_len(), c.router, dns),
+            ));
         }
         if (now() - start).total_millis() > 10_000 {
             return Err("net: no answer from a DHCP server within 10 s".into());
@@ -363,13 +397,21 @@ fn dhcp_events(s: &mut Stack) {
             if let Some(r) = c.router {
                 let _ = s.iface.routes_mut().add_default_ipv4_route(r);
             }
-            let what = if changed { "new lease" } else { "lease renewed" };
+            let what = if changed {
+                "new lease"
+            } else {
+                "lease renewed"
+            };
             kiln_console::log!(kiln_console::Level::Info, "net: DHCP {what}: {}", c.address);
         }
         Some(dhcpv4::Event::Deconfigured) => {
-            s.iface.update_ip_addrs(|a| a.retain(|x| !matches!(x, IpCidr::Ipv4(_))));
+            s.iface
+                .update_ip_addrs(|a| a.retain(|x| !matches!(x, IpCidr::Ipv4(_))));
             s.iface.routes_mut().remove_default_ipv4_route();
-            kiln_console::log!(kiln_console::Level::Info, "net: DHCP lease lost, asking again");
+            kiln_console::log!(
+                kiln_console::Level::Info,
+                "net: DHCP lease lost, asking again"
+            );
         }
         None => {}
     }
@@ -392,7 +434,8 @@ pub fn poll() -> bool {
         let mut changed = false;
         loop {
             s.nic.1 = RX_BUDGET;
-            changed |= s.iface.poll(now(), &mut s.nic, &mut s.sockets) != smoltcp::iface::PollResult::None;
+            changed |=
+                s.iface.poll(now(), &mut s.nic, &mut s.sockets) != smoltcp::iface::PollResult::None;
             for l in s.listeners.iter_mut().flatten() {
                 l.refill(&mut s.sockets);
             }
@@ -419,16 +462,25 @@ fn poller() -> kiln_sched::PollOutcome {
     let active = poll();
     let timer = {
         let mut g = STACK.lock();
-        g.as_mut().and_then(|s| s.iface.poll_delay(now(), &s.sockets)).map(|d| d.total_micros())
+        g.as_mut()
+            .and_then(|s| s.iface.poll_delay(now(), &s.sockets))
+            .map(|d| d.total_micros())
     };
     let within = if IRQ.load(Relaxed) {
         timer
     } else {
-        let q = if active { MIN_QUIET_US } else { (QUIET_US.load(Relaxed) * 2).min(MAX_QUIET_US) };
+        let q = if active {
+            MIN_QUIET_US
+        } else {
+            (QUIET_US.load(Relaxed) * 2).min(MAX_QUIET_US)
+        };
         QUIET_US.store(q, Relaxed);
         Some(timer.map_or(q, |t| t.min(q)))
     };
-    kiln_sched::PollOutcome { active, within_us: within }
+    kiln_sched::PollOutcome {
+        active,
+        within_us: within,
+    }
 }
 
 /// Blocks the calling thread until the network does something (a packet,
@@ -452,7 +504,12 @@ pub fn flush(max_us: u64) {
     let until = now().total_micros() as u64 + max_us;
     loop {
         poll();
-        let pending = with(|s| s.sockets.iter().any(|(_, sock)| matches!(sock, smoltcp::socket::Socket::Tcp(t) if t.send_queue() > 0))).unwrap_or(false);
+        let pending = with(|s| {
+            s.sockets.iter().any(
+                |(_, sock)| matches!(sock, smoltcp::socket::Socket::Tcp(t) if t.send_queue() > 0),
+            )
+        })
+        .unwrap_or(false);
         if !pending || now().total_micros() as u64 >= until {
             return;
         }
@@ -488,7 +545,10 @@ fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R> {
 
 /// Runs `attempt` on the stack until it has an answer: at once when
 /// non-blocking (WouldBlock if none), else polling the stack between tries.
-fn retry<T>(nonblocking: bool, mut attempt: impl FnMut(&mut Stack) -> Option<Result<T>>) -> Result<T> {
+fn retry<T>(
+    nonblocking: bool,
+    mut attempt: impl FnMut(&mut Stack) -> Option<Result<T>>,
+) -> Result<T> {
     loop {
         if let Some(r) = with(&mut attempt)? {
             return r;
@@ -503,7 +563,10 @@ fn retry<T>(nonblocking: bool, mut attempt: impl FnMut(&mut Stack) -> Option<Res
 }
 
 fn new_tcp() -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; rx_buffer()]), tcp::SocketBuffer::new(vec![0; tx_buffer()]));
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; rx_buffer()]),
+        tcp::SocketBuffer::new(vec![0; tx_buffer()]),
+    );
     s.set_nagle_enabled(false);
     s
 }
@@ -528,7 +591,11 @@ impl TcpListener {
             if s.listeners.iter().flatten().any(|l| l.port == port) {
                 return Err(Error::AddrInUse);
             }
-            let mut l = Listen { port, ready: backlog, socks: Vec::new() };
+            let mut l = Listen {
+                port,
+                ready: backlog,
+                socks: Vec::new(),
+            };
             l.refill(&mut s.sockets);
             if l.socks.is_empty() {
                 return Err(Error::Invalid);
@@ -543,7 +610,11 @@ impl TcpListener {
             s.listeners[slot] = Some(l);
             Ok(slot)
         })??;
-        Ok(TcpListener { port, slot, nonblocking: false })
+        Ok(TcpListener {
+            port,
+            slot,
+            nonblocking: false,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -558,8 +629,15 @@ impl TcpListener {
     pub fn has_pending(&self) -> bool {
         let slot = self.slot;
         with(|s| {
-            let Some(l) = s.listeners[slot].as_ref() else { return false };
-            l.socks.iter().any(|&h| matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait))
+            let Some(l) = s.listeners[slot].as_ref() else {
+                return false;
+            };
+            l.socks.iter().any(|&h| {
+                matches!(
+                    s.sockets.get::<tcp::Socket>(h).state(),
+                    tcp::State::Established | tcp::State::CloseWait
+                )
+            })
         })
         .unwrap_or(false)
     }
@@ -580,7 +658,10 @@ impl TcpListener {
                 Some(h)
             })?;
             if let Some(h) = got {
-                return Ok(TcpStream { h, nonblocking: false });
+                return Ok(TcpStream {
+                    h,
+                    nonblocking: false,
+                });
             }
             if self.nonblocking {
                 return Err(Error::WouldBlock);
@@ -625,7 +706,8 @@ impl TcpStream {
         }
         let h = with(|s| {
             let mut t = new_tcp();
-            t.connect(s.iface.context(), (addr, port), local).map_err(|_| Error::Invalid)?;
+            t.connect(s.iface.context(), (addr, port), local)
+                .map_err(|_| Error::Invalid)?;
             Ok(s.sockets.add(t))
         })??;
         let stream = TcpStream { h, nonblocking };
@@ -645,7 +727,13 @@ impl TcpStream {
 
     /// Whether the handshake of [`TcpStream::connect`] is still going on.
     pub fn is_connecting(&self) -> bool {
-        with(|s| matches!(s.sockets.get::<tcp::Socket>(self.h).state(), tcp::State::SynSent | tcp::State::SynReceived)).unwrap_or(false)
+        with(|s| {
+            matches!(
+                s.sockets.get::<tcp::Socket>(self.h).state(),
+                tcp::State::SynSent | tcp::State::SynReceived
+            )
+        })
+        .unwrap_or(false)
     }
 
     /// Whether a read would not block: data has arrived, or the peer closed
@@ -653,7 +741,9 @@ impl TcpStream {
     pub fn can_read(&self) -> bool {
         with(|s| {
             let t = s.sockets.get::<tcp::Socket>(self.h);
-            t.can_recv() || !t.may_recv() && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived)
+            t.can_recv()
+                || !t.may_recv()
+                    && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived)
         })
         .unwrap_or(true)
     }
@@ -663,7 +753,9 @@ impl TcpStream {
     pub fn can_write(&self) -> bool {
         with(|s| {
             let t = s.sockets.get::<tcp::Socket>(self.h);
-            t.can_send() || !t.may_send() && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived)
+            t.can_send()
+                || !t.may_send()
+                    && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived)
         })
         .unwrap_or(true)
     }
@@ -675,7 +767,14 @@ impl TcpStream {
 
     /// The local address and port.
     pub fn local(&self) -> Option<(IpAddress, u16)> {
-        with(|s| s.sockets.get::<tcp::Socket>(self.h).local_endpoint().map(|e| (e.addr, e.port))).ok().flatten()
+        with(|s| {
+            s.sockets
+                .get::<tcp::Socket>(self.h)
+                .local_endpoint()
+                .map(|e| (e.addr, e.port))
+        })
+        .ok()
+        .flatten()
     }
 
     /// Bytes that have arrived and wait to be read.
@@ -685,7 +784,14 @@ impl TcpStream {
 
     /// The peer's address and port.
     pub fn peer(&self) -> Option<(IpAddress, u16)> {
-        with(|s| s.sockets.get::<tcp::Socket>(self.h).remote_endpoint().map(|e| (e.addr, e.port))).ok().flatten()
+        with(|s| {
+            s.sockets
+                .get::<tcp::Socket>(self.h)
+                .remote_endpoint()
+                .map(|e| (e.addr, e.port))
+        })
+        .ok()
+        .flatten()
     }
 
     /// Reads what has arrived; 0 means the peer closed its side.
@@ -708,7 +814,8 @@ impl TcpStream {
             if !t.may_send() {
                 return Some(Err(Error::ConnectionReset));
             }
-            t.can_send().then(|| t.send_slice(buf).map_err(|_| Error::ConnectionReset))
+            t.can_send()
+                .then(|| t.send_slice(buf).map_err(|_| Error::ConnectionReset))
         });
         if !self.nonblocking {
             poll();
@@ -777,11 +884,17 @@ impl UdpSocket {
         }
         let h = with(|s| {
             let meta = || vec![udp::PacketMetadata::EMPTY; 32];
-            let mut u = udp::Socket::new(udp::PacketBuffer::new(meta(), vec![0; 65536]), udp::PacketBuffer::new(meta(), vec![0; 65536]));
+            let mut u = udp::Socket::new(
+                udp::PacketBuffer::new(meta(), vec![0; 65536]),
+                udp::PacketBuffer::new(meta(), vec![0; 65536]),
+            );
             u.bind(port).map_err(|_| Error::AddrInUse)?;
             Ok(s.sockets.add(u))
         })??;
-        Ok(UdpSocket { h, nonblocking: false })
+        Ok(UdpSocket {
+            h,
+            nonblocking: false,
+        })
     }
 
     pub fn set_nonblocking(&mut self, v: bool) {
@@ -803,7 +916,11 @@ impl UdpSocket {
         let h = self.h;
         retry(self.nonblocking, |s| {
             let u = s.sockets.get_mut::<udp::Socket>(h);
-            u.can_recv().then(|| u.recv_slice(buf).map(|(n, m)| (n, (m.endpoint.addr, m.endpoint.port))).map_err(|_| Error::Invalid))
+            u.can_recv().then(|| {
+                u.recv_slice(buf)
+                    .map(|(n, m)| (n, (m.endpoint.addr, m.endpoint.port)))
+                    .map_err(|_| Error::Invalid)
+            })
         })
     }
 
@@ -812,7 +929,11 @@ impl UdpSocket {
         let h = self.h;
         let r = retry(self.nonblocking, |s| {
             let u = s.sockets.get_mut::<udp::Socket>(h);
-            u.can_send().then(|| u.send_slice(buf, to).map(|_| buf.len()).map_err(|_| Error::Invalid))
+            u.can_send().then(|| {
+                u.send_slice(buf, to)
+                    .map(|_| buf.len())
+                    .map_err(|_| Error::Invalid)
+            })
         });
         if !self.nonblocking {
             poll();
@@ -853,22 +974,34 @@ pub mod dns {
                     if s.dns_servers.is_empty() {
                         return Err(Error::NoDnsServer);
                     }
-                    let h = s.sockets.add(dns::Socket::new(&s.dns_servers, vec![None, None, None, None]));
+                    let h = s.sockets.add(dns::Socket::new(
+                        &s.dns_servers,
+                        vec![None, None, None, None],
+                    ));
                     s.dns = Some(h);
                     h
                 }
             };
-            let q = s.sockets.get_mut::<dns::Socket>(h).start_query(s.iface.context(), name, smoltcp::wire::DnsQueryType::A);
-            Ok((h, q.map_err(|e| match e {
-                dns::StartQueryError::NoFreeSlot => Error::WouldBlock,
-                _ => Error::Invalid,
-            })?))
+            let q = s.sockets.get_mut::<dns::Socket>(h).start_query(
+                s.iface.context(),
+                name,
+                smoltcp::wire::DnsQueryType::A,
+            );
+            Ok((
+                h,
+                q.map_err(|e| match e {
+                    dns::StartQueryError::NoFreeSlot => Error::WouldBlock,
+                    _ => Error::Invalid,
+                })?,
+            ))
         })??;
-        retry(false, |s| match s.sockets.get_mut::<dns::Socket>(h).get_query_result(q) {
-            Err(dns::GetQueryResultError::Pending) => None,
-            Err(dns::GetQueryResultError::Failed) => Some(Err(Error::NotFound)),
-            Ok(v) if v.is_empty() => Some(Err(Error::NotFound)),
-            Ok(v) => Some(Ok(v.to_vec())),
+        retry(false, |s| {
+            match s.sockets.get_mut::<dns::Socket>(h).get_query_result(q) {
+                Err(dns::GetQueryResultError::Pending) => None,
+                Err(dns::GetQueryResultError::Failed) => Some(Err(Error::NotFound)),
+                Ok(v) if v.is_empty() => Some(Err(Error::NotFound)),
+                Ok(v) => Some(Ok(v.to_vec())),
+            }
         })
     }
 }
@@ -898,7 +1031,14 @@ mod tests {
     #[test]
     fn parses_addresses_like_unikraft() {
         let (a, p, g) = parse_ip("10.0.2.15/24:10.0.2.2").unwrap();
-        assert_eq!((a, p, g), (Ipv4Address::new(10, 0, 2, 15), 24, Some(Ipv4Address::new(10, 0, 2, 2))));
+        assert_eq!(
+            (a, p, g),
+            (
+                Ipv4Address::new(10, 0, 2, 15),
+                24,
+                Some(Ipv4Address::new(10, 0, 2, 2))
+            )
+        );
         assert_eq!(parse_ip("192.168.1.9/16").unwrap().2, None);
         assert!(parse_ip("10.0.2.15").is_none());
         assert!(parse_ip("10.0.2.15/33").is_none());

@@ -75,8 +75,19 @@ impl Default for RamFs {
 impl RamFs {
     pub fn new() -> RamFs {
         let mut m = BTreeMap::new();
-        m.insert(ROOT, Inode { data: Data::Dir(BTreeMap::new()), mode: 0o755, nlink: 2, mtime: 0 });
-        RamFs { inodes: Mutex::new(m), next: Mutex::new(ROOT + 1) }
+        m.insert(
+            ROOT,
+            Inode {
+                data: Data::Dir(BTreeMap::new()),
+                mode: 0o755,
+                nlink: 2,
+                mtime: 0,
+            },
+        );
+        RamFs {
+            inodes: Mutex::new(m),
+            next: Mutex::new(ROOT + 1),
+        }
     }
 
     fn alloc_ino(&self) -> Ino {
@@ -96,7 +107,10 @@ impl RamFs {
         Ok(())
     }
 
-    fn dir_mut<'a>(m: &'a mut BTreeMap<Ino, Inode>, dir: Ino) -> Result<&'a mut BTreeMap<String, Ino>> {
+    fn dir_mut<'a>(
+        m: &'a mut BTreeMap<Ino, Inode>,
+        dir: Ino,
+    ) -> Result<&'a mut BTreeMap<String, Ino>> {
         match &mut m.get_mut(&dir).ok_or(Error::NotFound)?.data {
             Data::Dir(d) => Ok(d),
             _ => Err(Error::NotDir),
@@ -150,7 +164,10 @@ impl FileSystem for RamFs {
 
     fn lookup(&self, dir: Ino, name: &str) -> Result<Ino> {
         let mut m = self.inodes.lock();
-        Self::dir_mut(&mut m, dir)?.get(name).copied().ok_or(Error::NotFound)
+        Self::dir_mut(&mut m, dir)?
+            .get(name)
+            .copied()
+            .ok_or(Error::NotFound)
     }
 
     fn stat(&self, ino: Ino) -> Result<Stat> {
@@ -161,7 +178,14 @@ impl FileSystem for RamFs {
             Data::Dir(d) => d.len() as u64,
             Data::Symlink(t) => t.len() as u64,
         };
-        Ok(Stat { ino, kind: kind(&i.data), mode: i.mode, size, nlink: i.nlink, mtime: i.mtime })
+        Ok(Stat {
+            ino,
+            kind: kind(&i.data),
+            mode: i.mode,
+            size,
+            nlink: i.nlink,
+            mtime: i.mtime,
+        })
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -184,9 +208,13 @@ impl FileSystem for RamFs {
         match &mut m.get_mut(&ino).ok_or(Error::NotFound)?.data {
             Data::File(c) => {
                 let v = c.owned();
-                let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= MAX_FILE).ok_or(Error::NoSpace)?;
+                let end = offset
+                    .checked_add(buf.len() as u64)
+                    .filter(|e| *e <= MAX_FILE)
+                    .ok_or(Error::NoSpace)?;
                 if end as usize > v.len() {
-                    v.try_reserve(end as usize - v.len()).map_err(|_| Error::NoSpace)?;
+                    v.try_reserve(end as usize - v.len())
+                        .map_err(|_| Error::NoSpace)?;
                 }
                 if offset as usize == v.len() {
                     // Appending (the common case): one copy, no zero-fill first.
@@ -213,7 +241,8 @@ impl FileSystem for RamFs {
             Data::File(c) => {
                 let v = c.owned();
                 if size as usize > v.len() {
-                    v.try_reserve(size as usize - v.len()).map_err(|_| Error::NoSpace)?;
+                    v.try_reserve(size as usize - v.len())
+                        .map_err(|_| Error::NoSpace)?;
                 }
                 v.resize(size as usize, 0);
                 Ok(())
@@ -230,11 +259,29 @@ impl FileSystem for RamFs {
             _ => return Err(Error::Invalid),
         };
         let nlink = if kind == FileType::Dir { 2 } else { 1 };
-        self.insert(dir, name, Inode { data, mode, nlink, mtime: 0 })
+        self.insert(
+            dir,
+            name,
+            Inode {
+                data,
+                mode,
+                nlink,
+                mtime: 0,
+            },
+        )
     }
 
     fn symlink(&self, dir: Ino, name: &str, target: &str) -> Result<Ino> {
-        self.insert(dir, name, Inode { data: Data::Symlink(target.to_string()), mode: 0o777, nlink: 1, mtime: 0 })
+        self.insert(
+            dir,
+            name,
+            Inode {
+                data: Data::Symlink(target.to_string()),
+                mode: 0o777,
+                nlink: 1,
+                mtime: 0,
+            },
+        )
     }
 
     fn readlink(&self, ino: Ino) -> Result<String> {
@@ -263,7 +310,9 @@ impl FileSystem for RamFs {
 
     fn unlink(&self, dir: Ino, name: &str) -> Result<()> {
         let mut m = self.inodes.lock();
-        let ino = *Self::dir_mut(&mut m, dir)?.get(name).ok_or(Error::NotFound)?;
+        let ino = *Self::dir_mut(&mut m, dir)?
+            .get(name)
+            .ok_or(Error::NotFound)?;
         if matches!(m[&ino].data, Data::Dir(_)) {
             return Err(Error::IsDir);
         }
@@ -274,7 +323,9 @@ impl FileSystem for RamFs {
 
     fn rmdir(&self, dir: Ino, name: &str) -> Result<()> {
         let mut m = self.inodes.lock();
-        let ino = *Self::dir_mut(&mut m, dir)?.get(name).ok_or(Error::NotFound)?;
+        let ino = *Self::dir_mut(&mut m, dir)?
+            .get(name)
+            .ok_or(Error::NotFound)?;
         match &m[&ino].data {
             Data::Dir(d) if !d.is_empty() => return Err(Error::NotEmpty),
             Data::Dir(_) => {}
@@ -289,7 +340,9 @@ impl FileSystem for RamFs {
     fn rename(&self, from_dir: Ino, from: &str, to_dir: Ino, to: &str) -> Result<()> {
         Self::check_name(to)?;
         let mut m = self.inodes.lock();
-        let ino = *Self::dir_mut(&mut m, from_dir)?.get(from).ok_or(Error::NotFound)?;
+        let ino = *Self::dir_mut(&mut m, from_dir)?
+            .get(from)
+            .ok_or(Error::NotFound)?;
         let moving_dir = matches!(m[&ino].data, Data::Dir(_));
         // A directory cannot move into itself or below itself.
         if moving_dir {
@@ -299,7 +352,12 @@ impl FileSystem for RamFs {
                     return Err(Error::Invalid);
                 }
                 if let Data::Dir(entries) = &m[&d].data {
-                    stack.extend(entries.values().copied().filter(|c| matches!(m[c].data, Data::Dir(_))));
+                    stack.extend(
+                        entries
+                            .values()
+                            .copied()
+                            .filter(|c| matches!(m[c].data, Data::Dir(_))),
+                    );
                 }
             }
         }
@@ -332,12 +390,28 @@ impl FileSystem for RamFs {
 
     fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
         let mut m = self.inodes.lock();
-        let entries: Vec<(String, Ino)> = Self::dir_mut(&mut m, dir)?.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        Ok(entries.into_iter().map(|(name, ino)| DirEntry { kind: kind(&m[&ino].data), name, ino }).collect())
+        let entries: Vec<(String, Ino)> = Self::dir_mut(&mut m, dir)?
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        Ok(entries
+            .into_iter()
+            .map(|(name, ino)| DirEntry {
+                kind: kind(&m[&ino].data),
+                name,
+                ino,
+            })
+            .collect())
     }
 
     fn set_static(&self, ino: Ino, data: &'static [u8]) -> Result<()> {
-        match &mut self.inodes.lock().get_mut(&ino).ok_or(Error::NotFound)?.data {
+        match &mut self
+            .inodes
+            .lock()
+            .get_mut(&ino)
+            .ok_or(Error::NotFound)?
+            .data
+        {
             Data::File(c) => {
                 *c = Contents::Static(data);
                 Ok(())
@@ -348,7 +422,11 @@ impl FileSystem for RamFs {
     }
 
     fn set_mode(&self, ino: Ino, mode: u32) -> Result<()> {
-        self.inodes.lock().get_mut(&ino).ok_or(Error::NotFound)?.mode = mode;
+        self.inodes
+            .lock()
+            .get_mut(&ino)
+            .ok_or(Error::NotFound)?
+            .mode = mode;
         Ok(())
     }
 }
@@ -356,7 +434,9 @@ impl FileSystem for RamFs {
 /// Boot-time init (lib/boot runs it when LIBRAMFS is selected): mounts an
 /// empty ramfs as the root file system.
 pub fn kiln_init() -> core::result::Result<(), String> {
-    kiln_vfs::vfs().mount("/", alloc::sync::Arc::new(RamFs::new())).map_err(|e| alloc::format!("mounting / : {e}"))
+    kiln_vfs::vfs()
+        .mount("/", alloc::sync::Arc::new(RamFs::new()))
+        .map_err(|e| alloc::format!("mounting / : {e}"))
 }
 
 #[cfg(test)]
@@ -386,7 +466,11 @@ mod tests {
         assert_eq!(v.pread(fd, &mut b, 0).unwrap(), 5);
         assert_eq!(&b, b"HELLO");
         let d = v.dup(fd).unwrap();
-        assert_eq!(v.lseek(d, 0, Whence::Cur).unwrap(), 11, "dup shares the offset");
+        assert_eq!(
+            v.lseek(d, 0, Whence::Cur).unwrap(),
+            11,
+            "dup shares the offset"
+        );
         assert_eq!(v.lseek(fd, -1, Whence::End).unwrap(), 10);
         assert_eq!(v.lseek(fd, -100, Whence::Cur), Err(Error::Invalid));
         v.ftruncate(fd, 3).unwrap();
@@ -400,8 +484,15 @@ mod tests {
         v.pwrite(fd, b"x", 6).unwrap();
         assert_eq!(v.read_file("/a.txt").unwrap(), b"HEL!\0\0x");
         let mut buf = [0u8; 1];
-        assert_eq!(v.read(fd, &mut buf), Err(Error::BadFd), "write-only descriptor");
-        assert_eq!(v.open("/a.txt", O_CREAT | O_EXCL | O_WRONLY, 0), Err(Error::Exists));
+        assert_eq!(
+            v.read(fd, &mut buf),
+            Err(Error::BadFd),
+            "write-only descriptor"
+        );
+        assert_eq!(
+            v.open("/a.txt", O_CREAT | O_EXCL | O_WRONLY, 0),
+            Err(Error::Exists)
+        );
         assert_eq!(v.open("/missing", O_RDONLY, 0), Err(Error::NotFound));
         let fd = v.open("/a.txt", O_RDWR | O_TRUNC, 0).unwrap();
         assert_eq!(v.fstat(fd).unwrap().size, 0);
@@ -417,12 +508,24 @@ mod tests {
         assert_eq!(v.mkdir("/nope/x", 0o755), Err(Error::NotFound));
         assert_eq!(v.mkdir("/d/e/f/g", 0o755), Err(Error::NotDir));
         assert_eq!(v.read_file("/d/./e/../e/f").unwrap(), b"x");
-        assert_eq!(v.read_file("/../../d/e/f").unwrap(), b"x", ".. stops at the root");
+        assert_eq!(
+            v.read_file("/../../d/e/f").unwrap(),
+            b"x",
+            ".. stops at the root"
+        );
         assert_eq!(v.stat("/d/e").unwrap().kind, FileType::Dir);
         assert_eq!(v.stat("/d/e/f").unwrap().st_mode(), 0o100600);
         assert_eq!(v.open("/d/e", O_WRONLY, 0), Err(Error::IsDir));
-        assert_eq!(v.open("/d/e/f", O_RDONLY | O_DIRECTORY, 0), Err(Error::NotDir));
-        let names: Vec<String> = v.readdir("/d").unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            v.open("/d/e/f", O_RDONLY | O_DIRECTORY, 0),
+            Err(Error::NotDir)
+        );
+        let names: Vec<String> = v
+            .readdir("/d")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, ["e"]);
         assert_eq!(v.rmdir("/d/e"), Err(Error::NotEmpty));
         assert_eq!(v.rmdir("/d/e/f"), Err(Error::NotDir));
@@ -431,7 +534,10 @@ mod tests {
         v.rmdir("/d/e").unwrap();
         assert_eq!(v.stat("/d/e"), Err(Error::NotFound));
         let long = "x".repeat(300);
-        assert_eq!(v.write_file(&alloc::format!("/{long}"), b"", 0o644), Err(Error::NameTooLong));
+        assert_eq!(
+            v.write_file(&alloc::format!("/{long}"), b"", 0o644),
+            Err(Error::NameTooLong)
+        );
         assert_eq!(v.stat(&"/a".repeat(3000)), Err(Error::NameTooLong));
         v.mkdir_all("/p/q/r", 0o755).unwrap();
         assert_eq!(v.stat("/p/q/r").unwrap().kind, FileType::Dir);
@@ -461,16 +567,28 @@ mod tests {
         v.link("/etc/conf", "/hard").unwrap();
         assert_eq!(v.stat("/hard").unwrap().nlink, 2);
         v.unlink("/etc/conf").unwrap();
-        assert_eq!(v.read_file("/hard").unwrap(), b"c", "the data lives while a link remains");
+        assert_eq!(
+            v.read_file("/hard").unwrap(),
+            b"c",
+            "the data lives while a link remains"
+        );
         assert_eq!(v.link("/etc", "/etc2"), Err(Error::NotPermitted));
 
         v.rename("/hard", "/etc/renamed").unwrap();
         assert_eq!(v.stat("/hard"), Err(Error::NotFound));
         v.write_file("/other", b"o", 0o644).unwrap();
         v.rename("/other", "/etc/renamed").unwrap();
-        assert_eq!(v.read_file("/etc/renamed").unwrap(), b"o", "rename replaces the target");
+        assert_eq!(
+            v.read_file("/etc/renamed").unwrap(),
+            b"o",
+            "rename replaces the target"
+        );
         v.mkdir("/etc/sub", 0o755).unwrap();
-        assert_eq!(v.rename("/etc", "/etc/sub/x"), Err(Error::Invalid), "into itself");
+        assert_eq!(
+            v.rename("/etc", "/etc/sub/x"),
+            Err(Error::Invalid),
+            "into itself"
+        );
         assert_eq!(v.rename("/etc/renamed", "/etc/sub"), Err(Error::IsDir));
         v.rename("/etc/sub", "/sub").unwrap();
         assert_eq!(v.stat("/sub").unwrap().kind, FileType::Dir);
@@ -486,7 +604,13 @@ mod tests {
         assert_eq!(v.rename("/mnt/inner", "/outer"), Err(Error::CrossDevice));
         assert_eq!(v.rmdir("/mnt"), Err(Error::Busy));
         assert_eq!(v.mount("/mnt", Arc::new(RamFs::new())), Err(Error::Busy));
-        assert_eq!(v.mount("/nowhere", Arc::new(RamFs::new())), Err(Error::NotFound));
-        assert_eq!(v.mounts(), [("/".to_string(), "ramfs"), ("/mnt".to_string(), "ramfs")]);
+        assert_eq!(
+            v.mount("/nowhere", Arc::new(RamFs::new())),
+            Err(Error::NotFound)
+        );
+        assert_eq!(
+            v.mounts(),
+            [("/".to_string(), "ramfs"), ("/mnt".to_string(), "ramfs")]
+        );
     }
 }

@@ -34,10 +34,10 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 
-#[cfg(target_arch = "x86_64")]
-use kiln_arch_x86_64::context;
 #[cfg(target_arch = "aarch64")]
 use kiln_arch_arm64::context;
+#[cfg(target_arch = "x86_64")]
+use kiln_arch_x86_64::context;
 
 /// Default stack size of a spawned thread (`CONFIG_LIBSCHED_STACK_SIZE`).
 pub const DEFAULT_STACK: usize = match option_env!("KILN_CONFIG_LIBSCHED_STACK_SIZE") {
@@ -123,12 +123,21 @@ impl Sched {
         };
         let mut threads = BTreeMap::new();
         threads.insert(0, Box::new(boot));
-        Sched { threads, ready: VecDeque::new(), current: 0, timers: BinaryHeap::new(), next_id: 1, last_poll: 0 }
+        Sched {
+            threads,
+            ready: VecDeque::new(),
+            current: 0,
+            timers: BinaryHeap::new(),
+            next_id: 1,
+            last_poll: 0,
+        }
     }
 
     fn cur(&mut self) -> &mut Thread {
         let id = self.current;
-        self.threads.get_mut(&id).expect("the current thread exists")
+        self.threads
+            .get_mut(&id)
+            .expect("the current thread exists")
     }
 
     /// Makes `id` ready if it is still blocked in wait number `seq`.
@@ -175,7 +184,8 @@ impl Sched {
     /// Frees the stacks of threads that ended (never the running one's).
     fn reap(&mut self) {
         let cur = self.current;
-        self.threads.retain(|&id, t| id == cur || t.state != State::Exited);
+        self.threads
+            .retain(|&id, t| id == cur || t.state != State::Exited);
     }
 }
 
@@ -199,7 +209,10 @@ fn now_us() -> u64 {
 fn now_us() -> u64 {
     use std::sync::OnceLock;
     static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 /// What a poller found.
@@ -281,9 +294,19 @@ fn reschedule() {
         }
         // Nothing is ready. If no blocked thread can be woken from outside
         // (a deadline, a device), none ever will be.
-        let stuck = !s.threads.values().any(|t| t.state == State::Blocked && t.wakeable);
-        let blocked: Vec<String> =
-            if stuck { s.threads.values().filter(|t| t.state == State::Blocked).map(|t| t.name.clone()).collect() } else { Vec::new() };
+        let stuck = !s
+            .threads
+            .values()
+            .any(|t| t.state == State::Blocked && t.wakeable);
+        let blocked: Vec<String> = if stuck {
+            s.threads
+                .values()
+                .filter(|t| t.state == State::Blocked)
+                .map(|t| t.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         drop(g);
         if stuck {
             deadlock(&blocked);
@@ -294,7 +317,13 @@ fn reschedule() {
             continue;
         }
         let now = now_us();
-        let wait = [next_deadline.map(|d| d.saturating_sub(now)), polled.within_us].into_iter().flatten().min();
+        let wait = [
+            next_deadline.map(|d| d.saturating_sub(now)),
+            polled.within_us,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let wait = wait.map_or(MAX_IDLE_US, |us| us.min(MAX_IDLE_US));
         idle(wait);
     }
@@ -320,7 +349,10 @@ fn idle(us: u64) {
 
 #[cfg(not(test))]
 fn deadlock(blocked: &[String]) -> ! {
-    kiln_console::println!("kiln: deadlock: every thread is waiting and nothing can wake them: {}", blocked.join(", "));
+    kiln_console::println!(
+        "kiln: deadlock: every thread is waiting and nothing can wake them: {}",
+        blocked.join(", ")
+    );
     kiln_boot::exit(kiln_boot::EXIT_DEADLOCK)
 }
 
@@ -341,7 +373,12 @@ pub fn current_name() -> String {
 
 /// Number of threads that have not ended (the boot thread included).
 pub fn thread_count() -> usize {
-    with(|s| s.threads.values().filter(|t| t.state != State::Exited).count())
+    with(|s| {
+        s.threads
+            .values()
+            .filter(|t| t.state != State::Exited)
+            .count()
+    })
 }
 
 /// Lets the other ready threads run first.
@@ -377,13 +414,19 @@ impl Default for WaitQueue {
 
 impl WaitQueue {
     pub const fn new() -> WaitQueue {
-        WaitQueue { waiters: spin::Mutex::new(VecDeque::new()), device: false }
+        WaitQueue {
+            waiters: spin::Mutex::new(VecDeque::new()),
+            device: false,
+        }
     }
 
     /// A queue that a poller wakes (a device's): its waiters never count as
     /// deadlocked.
     pub const fn for_device() -> WaitQueue {
-        WaitQueue { waiters: spin::Mutex::new(VecDeque::new()), device: true }
+        WaitQueue {
+            waiters: spin::Mutex::new(VecDeque::new()),
+            device: true,
+        }
     }
 
     /// Blocks until woken.
@@ -402,7 +445,13 @@ impl WaitQueue {
             let mut w = self.waiters.lock();
             // Entries left by timed-out waits are dropped now and then.
             if w.len() >= 64 {
-                w.retain(|&(i, q)| with(|s| s.threads.get(&i).is_some_and(|t| t.state == State::Blocked && t.seq == q)));
+                w.retain(|&(i, q)| {
+                    with(|s| {
+                        s.threads
+                            .get(&i)
+                            .is_some_and(|t| t.state == State::Blocked && t.seq == q)
+                    })
+                });
             }
             w.push_back((id, seq));
         }
@@ -413,7 +462,9 @@ impl WaitQueue {
     /// Wakes the longest waiter; false if nobody waited.
     pub fn wake_one(&self) -> bool {
         loop {
-            let Some((id, seq)) = self.waiters.lock().pop_front() else { return false };
+            let Some((id, seq)) = self.waiters.lock().pop_front() else {
+                return false;
+            };
             if with(|s| s.wake(id, seq, false)) {
                 return true;
             }
@@ -423,7 +474,11 @@ impl WaitQueue {
     /// Wakes every waiter; returns how many.
     pub fn wake_all(&self) -> usize {
         let all: Vec<_> = self.waiters.lock().drain(..).collect();
-        with(|s| all.into_iter().filter(|&(id, seq)| s.wake(id, seq, false)).count())
+        with(|s| {
+            all.into_iter()
+                .filter(|&(id, seq)| s.wake(id, seq, false))
+                .count()
+        })
     }
 
     /// Whether any thread is (or may be) waiting.
@@ -446,7 +501,10 @@ impl Default for Builder {
 
 impl Builder {
     pub fn new() -> Builder {
-        Builder { name: None, stack: DEFAULT_STACK }
+        Builder {
+            name: None,
+            stack: DEFAULT_STACK,
+        }
     }
 
     pub fn name(mut self, name: impl Into<String>) -> Builder {
@@ -463,7 +521,11 @@ impl Builder {
     /// Starts `f` on a new thread; it runs when the spawner next blocks or
     /// yields.
     pub fn spawn<T: Send + 'static>(self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let packet = Arc::new(Packet { value: spin::Mutex::new(None), done: WaitQueue::new(), finished: AtomicBool::new(false) });
+        let packet = Arc::new(Packet {
+            value: spin::Mutex::new(None),
+            done: WaitQueue::new(),
+            finished: AtomicBool::new(false),
+        });
         let p2 = packet.clone();
         let entry: Box<dyn FnOnce() + Send> = Box::new(move || {
             let v = f();
@@ -482,11 +544,21 @@ impl Builder {
         // Thread, which is only freed after the thread has exited.
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         let sp = unsafe {
-            let bytes = core::slice::from_raw_parts_mut(stack.as_mut_ptr() as *mut u8, stack.len() * 16);
+            let bytes =
+                core::slice::from_raw_parts_mut(stack.as_mut_ptr() as *mut u8, stack.len() * 16);
             context::prepare(bytes, thread_start, id as usize)
         };
         let name = self.name.unwrap_or_else(|| alloc::format!("thread-{id}"));
-        let t = Thread { name, sp, stack: Some(stack), state: State::Ready, seq: 0, timed_out: false, wakeable: false, entry: Some(entry) };
+        let t = Thread {
+            name,
+            sp,
+            stack: Some(stack),
+            state: State::Ready,
+            seq: 0,
+            timed_out: false,
+            wakeable: false,
+            entry: Some(entry),
+        };
         with(|s| {
             s.threads.insert(id, Box::new(t));
             s.ready.push_back(id);
@@ -498,7 +570,11 @@ impl Builder {
 /// Where every spawned thread starts.
 extern "C" fn thread_start(id: usize) -> ! {
     with(Sched::reap);
-    let entry = with(|s| s.threads.get_mut(&(id as ThreadId)).and_then(|t| t.entry.take()));
+    let entry = with(|s| {
+        s.threads
+            .get_mut(&(id as ThreadId))
+            .and_then(|t| t.entry.take())
+    });
     if let Some(f) = entry {
         f();
     }
@@ -574,7 +650,11 @@ unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
 
 impl<T> Mutex<T> {
     pub const fn new(value: T) -> Mutex<T> {
-        Mutex { locked: AtomicBool::new(false), waiters: WaitQueue::new(), value: UnsafeCell::new(value) }
+        Mutex {
+            locked: AtomicBool::new(false),
+            waiters: WaitQueue::new(),
+            value: UnsafeCell::new(value),
+        }
     }
 
     pub fn into_inner(self) -> T {
@@ -644,7 +724,9 @@ pub struct Condvar {
 
 impl Condvar {
     pub const fn new() -> Condvar {
-        Condvar { waiters: WaitQueue::new() }
+        Condvar {
+            waiters: WaitQueue::new(),
+        }
     }
 
     /// Unlocks, waits for a notification, locks again.
@@ -659,7 +741,11 @@ impl Condvar {
 
     /// Like [`Condvar::wait`], giving up after `timeout`; the bool is true
     /// when it timed out.
-    pub fn wait_timeout<'a, T: ?Sized>(&self, guard: MutexGuard<'a, T>, timeout: Duration) -> (MutexGuard<'a, T>, bool) {
+    pub fn wait_timeout<'a, T: ?Sized>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, T>, bool) {
         let m = guard.m;
         drop(guard);
         let woken = self.waiters.wait_timeout(timeout);
@@ -667,7 +753,11 @@ impl Condvar {
     }
 
     /// Waits until `condition` is false.
-    pub fn wait_while<'a, T: ?Sized>(&self, mut guard: MutexGuard<'a, T>, mut condition: impl FnMut(&mut T) -> bool) -> MutexGuard<'a, T> {
+    pub fn wait_while<'a, T: ?Sized>(
+        &self,
+        mut guard: MutexGuard<'a, T>,
+        mut condition: impl FnMut(&mut T) -> bool,
+    ) -> MutexGuard<'a, T> {
         while condition(&mut *guard) {
             guard = self.wait(guard);
         }

@@ -108,7 +108,10 @@ fn contended_mutex_blocks_instead_of_spinning() {
 fn timed_waits_time_out_and_wakes_are_not_lost() {
     let _g = serial();
     let wq = Arc::new(WaitQueue::new());
-    assert!(!wq.wait_timeout(Duration::from_millis(5)), "nobody wakes: timeout");
+    assert!(
+        !wq.wait_timeout(Duration::from_millis(5)),
+        "nobody wakes: timeout"
+    );
     let wq2 = wq.clone();
     let h = big().spawn(move || wq2.wait_timeout(Duration::from_secs(10)));
     yield_now();
@@ -140,6 +143,9 @@ fn deadlock_is_reported_not_hung() {
     let _g = serial();
     let r = std::panic::catch_unwind(|| WaitQueue::new().wait());
     let msg = r.unwrap_err();
-    assert!(msg.downcast_ref::<String>().unwrap().contains("deadlock: main"));
+    assert!(msg
+        .downcast_ref::<String>()
+        .unwrap()
+        .contains("deadlock: main"));
     *SCHED.lock() = None;
 }

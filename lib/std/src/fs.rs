@@ -160,7 +160,11 @@ impl File {
 
     /// Creates or truncates, for writing.
     pub fn create(path: &str) -> Result<File> {
-        OpenOptions::new().write(true).create(true).truncate(true).open(path)
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
     }
 
     /// The descriptor number.

@@ -27,7 +27,10 @@ pub mod fs;
 /// sockets, [`net::poll`] and [`net::idle`].
 #[cfg(feature = "net")]
 pub mod net {
-    pub use kiln_net::{available, dns, idle, interrupts, poll, Error, IpAddress, Ipv4Address, Result, TcpListener, TcpStream, UdpSocket};
+    pub use kiln_net::{
+        available, dns, idle, interrupts, poll, Error, IpAddress, Ipv4Address, Result, TcpListener,
+        TcpStream, UdpSocket,
+    };
 }
 
 /// Threads (kiln-std's `thread` feature; the app's Kconfig selects
@@ -93,7 +96,11 @@ pub mod kconfig {
     pub const fn parse_int(s: Option<&str>, default: i64) -> i64 {
         let Some(s) = s else { return default };
         let b = s.as_bytes();
-        let (neg, mut i) = if !b.is_empty() && b[0] == b'-' { (true, 1) } else { (false, 0) };
+        let (neg, mut i) = if !b.is_empty() && b[0] == b'-' {
+            (true, 1)
+        } else {
+            (false, 0)
+        };
         let radix = if b.len() > i + 1 && b[i] == b'0' && (b[i + 1] == b'x' || b[i + 1] == b'X') {
             i += 2;
             16
@@ -158,12 +165,18 @@ pub mod env {
 
     /// The value of environment variable `key` (the last one wins).
     pub fn var(key: &str) -> Option<&'static str> {
-        kiln_boot::env().iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        kiln_boot::env()
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// All environment variables, in the order given.
     pub fn vars() -> impl Iterator<Item = (&'static str, &'static str)> {
-        kiln_boot::env().iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        kiln_boot::env()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 

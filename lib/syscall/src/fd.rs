@@ -58,7 +58,12 @@ pub(crate) struct Desc {
 
 impl Desc {
     pub fn new(kind: Kind, flags: u32) -> Desc {
-        Desc { kind, flags: AtomicU32::new(flags & !O_CLOEXEC), rx_edge: AtomicU64::new(0), tx_edge: AtomicU64::new(0) }
+        Desc {
+            kind,
+            flags: AtomicU32::new(flags & !O_CLOEXEC),
+            rx_edge: AtomicU64::new(0),
+            tx_edge: AtomicU64::new(0),
+        }
     }
 
     pub fn nonblocking(&self) -> bool {
@@ -73,10 +78,26 @@ impl Desc {
             Kind::Pair(r, w) => {
                 let (r, w) = (r.readiness(), w.readiness());
                 // The peer closing shows as readable end of file.
-                let rd = if r & POLLHUP != 0 { POLLIN | POLLRDHUP } else { r };
-                rd | w | if r & POLLHUP != 0 && w & POLLERR != 0 { POLLHUP } else { 0 }
+                let rd = if r & POLLHUP != 0 {
+                    POLLIN | POLLRDHUP
+                } else {
+                    r
+                };
+                rd | w
+                    | if r & POLLHUP != 0 && w & POLLERR != 0 {
+                        POLLHUP
+                    } else {
+                        0
+                    }
             }
-            Kind::EventFd(e) => POLLOUT | if e.count.load(Ordering::Relaxed) > 0 { POLLIN } else { 0 },
+            Kind::EventFd(e) => {
+                POLLOUT
+                    | if e.count.load(Ordering::Relaxed) > 0 {
+                        POLLIN
+                    } else {
+                        0
+                    }
+            }
             Kind::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN
@@ -146,7 +167,11 @@ impl PipeEnd {
                 0
             }
         } else {
-            let hup = if self.pipe.writers.load(Ordering::Relaxed) == 0 { POLLHUP } else { 0 };
+            let hup = if self.pipe.writers.load(Ordering::Relaxed) == 0 {
+                POLLHUP
+            } else {
+                0
+            };
             hup | if len > 0 { POLLIN } else { 0 }
         }
     }
@@ -154,7 +179,11 @@ impl PipeEnd {
 
 impl Drop for PipeEnd {
     fn drop(&mut self) {
-        let n = if self.write { &self.pipe.writers } else { &self.pipe.readers };
+        let n = if self.write {
+            &self.pipe.writers
+        } else {
+            &self.pipe.readers
+        };
         n.fetch_sub(1, Ordering::Relaxed);
         notify();
     }
@@ -182,7 +211,10 @@ fn with_table<R>(f: impl FnOnce(&mut Vec<Option<Slot>>) -> R) -> R {
     let mut t = TABLE.lock();
     if t.is_empty() {
         for _ in 0..3 {
-            t.push(Some(Slot { desc: Arc::new(Desc::new(Kind::Console, 2)), cloexec: false }));
+            t.push(Some(Slot {
+                desc: Arc::new(Desc::new(Kind::Console, 2)),
+                cloexec: false,
+            }));
         }
     }
     f(&mut t)
@@ -197,7 +229,9 @@ pub(crate) fn get(fd: i64) -> Result<Arc<Desc>, i64> {
 /// Installs `desc` at the lowest free number at or above `min`.
 pub(crate) fn install_at_least(desc: Arc<Desc>, cloexec: bool, min: usize) -> Sys {
     with_table(|t| {
-        let i = (min..MAX_FDS).find(|&i| t.get(i).is_none_or(|s| s.is_none())).ok_or(errno::EMFILE)?;
+        let i = (min..MAX_FDS)
+            .find(|&i| t.get(i).is_none_or(|s| s.is_none()))
+            .ok_or(errno::EMFILE)?;
         if t.len() <= i {
             t.resize_with(i + 1, || None);
         }
@@ -221,7 +255,10 @@ fn close(fd: i64) -> Sys {
 
 fn dup3(old: i64, new: i64, flags: u64) -> Sys {
     let d = get(old)?;
-    let n = usize::try_from(new).ok().filter(|&n| n < MAX_FDS).ok_or(errno::EBADF)?;
+    let n = usize::try_from(new)
+        .ok()
+        .filter(|&n| n < MAX_FDS)
+        .ok_or(errno::EBADF)?;
     if old == new {
         return Ok(new);
     }
@@ -229,7 +266,10 @@ fn dup3(old: i64, new: i64, flags: u64) -> Sys {
         if t.len() <= n {
             t.resize_with(n + 1, || None);
         }
-        t[n].replace(Slot { desc: d, cloexec: flags & O_CLOEXEC as u64 != 0 })
+        t[n].replace(Slot {
+            desc: d,
+            cloexec: flags & O_CLOEXEC as u64 != 0,
+        })
     });
     drop(prev);
     Ok(new)
@@ -279,7 +319,10 @@ pub(crate) fn block(d: &Desc, attempt: impl FnMut() -> Option<Sys>) -> Sys {
 
 /// Runs `attempt` until it has a result, waiting between tries (EAGAIN at
 /// once when `nonblocking`).
-pub(crate) fn block_with<T>(nonblocking: bool, mut attempt: impl FnMut() -> Option<Result<T, i64>>) -> Result<T, i64> {
+pub(crate) fn block_with<T>(
+    nonblocking: bool,
+    mut attempt: impl FnMut() -> Option<Result<T, i64>>,
+) -> Result<T, i64> {
     loop {
         if let Some(r) = attempt() {
             return r;
@@ -357,7 +400,12 @@ pub(crate) fn write_desc(d: &Desc, buf: &[u8]) -> Sys {
             Some(Ok(n as i64))
         }),
         Kind::EventFd(e) => {
-            let Some(v) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) else { return Err(errno::EINVAL) };
+            let Some(v) = buf
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            else {
+                return Err(errno::EINVAL);
+            };
             if v == u64::MAX {
                 return Err(errno::EINVAL);
             }
@@ -372,26 +420,14 @@ pub(crate) fn write_desc(d: &Desc, buf: &[u8]) -> Sys {
     r
 }
 
-/// Linux `struct stat` (x86_64, 144 bytes) for `st`.
-fn stat_bytes(ino: u64, mode: u32, size: u64, nlink: u64, mtime: u64) -> [u8; 144] {
-    let mut b = [0u8; 144];
-    let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
-    put(0, &1u64.to_le_bytes());
-    put(8, &ino.to_le_bytes());
-    put(16, &nlink.to_le_bytes());
-    put(24, &mode.to_le_bytes());
-    put(48, &size.to_le_bytes());
-    put(56, &4096u64.to_le_bytes());
-    put(64, &size.div_ceil(512).to_le_bytes());
-    for at in [72, 88, 104] {
-        put(at, &mtime.to_le_bytes());
-    }
-    b
-}
-
 /// (ino, st_mode, size, nlink, mtime) of a description.
 fn desc_stat(d: &Desc) -> Result<(u64, u32, u64, u64, u64), i64> {
-    let vst = |fd: i32| vfs().fstat(fd).map(|s| (s.ino, s.st_mode(), s.size, s.nlink as u64, s.mtime)).map_err(vfs_err);
+    let vst = |fd: i32| {
+        vfs()
+            .fstat(fd)
+            .map(|s| (s.ino, s.st_mode(), s.size, s.nlink as u64, s.mtime))
+            .map_err(vfs_err)
+    };
     match &d.kind {
         Kind::Console => Ok((1, 0o020620, 0, 1, 0)),
         Kind::File(f) => vst(f.0),
@@ -404,7 +440,11 @@ fn desc_stat(d: &Desc) -> Result<(u64, u32, u64, u64, u64), i64> {
 }
 
 fn path_stat(path: &str, follow: bool) -> Result<(u64, u32, u64, u64, u64), i64> {
-    let r = if follow { vfs().stat(path) } else { vfs().lstat(path) };
+    let r = if follow {
+        vfs().stat(path)
+    } else {
+        vfs().lstat(path)
+    };
     match r {
         Ok(s) => Ok((s.ino, s.st_mode(), s.size, s.nlink as u64, s.mtime)),
         Err(e) => {
@@ -448,7 +488,11 @@ pub(crate) fn resolve(dirfd: i64, path: &str) -> Result<String, i64> {
             _ => return Err(errno::ENOTDIR),
         }
     };
-    Ok(if base == "/" { alloc::format!("/{path}") } else { alloc::format!("{base}/{path}") })
+    Ok(if base == "/" {
+        alloc::format!("/{path}")
+    } else {
+        alloc::format!("{base}/{path}")
+    })
 }
 
 fn cwd() -> String {
@@ -493,7 +537,11 @@ fn open(dirfd: i64, path: &str, flags: u32, mode: u32) -> Sys {
     };
     let is_dir = vfs().fstat(vfd.0).is_ok_and(|s| s.kind == FileType::Dir);
     let kind = if is_dir || flags & O_DIRECTORY != 0 {
-        Kind::Dir(DirFile { file: vfd, path, pos: spin::Mutex::new((0, None)) })
+        Kind::Dir(DirFile {
+            file: vfd,
+            path,
+            pos: spin::Mutex::new((0, None)),
+        })
     } else {
         Kind::File(vfd)
     };
@@ -502,12 +550,22 @@ fn open(dirfd: i64, path: &str, flags: u32, mode: u32) -> Sys {
 
 /// getdents64: fills `buf` with `struct linux_dirent64` records.
 fn getdents64(d: &Desc, buf: &mut [u8]) -> Sys {
-    let Kind::Dir(dir) = &d.kind else { return Err(errno::ENOTDIR) };
+    let Kind::Dir(dir) = &d.kind else {
+        return Err(errno::ENOTDIR);
+    };
     let mut pos = dir.pos.lock();
     if pos.1.is_none() {
         let mut v = alloc::vec![
-            DirEntry { name: ".".into(), ino: 1, kind: FileType::Dir },
-            DirEntry { name: "..".into(), ino: 1, kind: FileType::Dir },
+            DirEntry {
+                name: ".".into(),
+                ino: 1,
+                kind: FileType::Dir
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: 1,
+                kind: FileType::Dir
+            },
         ];
         v.extend(vfs().readdir(&dir.path).map_err(vfs_err)?);
         pos.1 = Some(v);
@@ -550,7 +608,10 @@ fn lseek(d: &Desc, off: i64, whence: u64) -> Sys {
         _ => return Err(errno::EINVAL),
     };
     match &d.kind {
-        Kind::File(f) => vfs().lseek(f.0, off, whence).map(|o| o as i64).map_err(vfs_err),
+        Kind::File(f) => vfs()
+            .lseek(f.0, off, whence)
+            .map(|o| o as i64)
+            .map_err(vfs_err),
         Kind::Dir(dir) => {
             // Only rewinding is meaningful for a directory.
             *dir.pos.lock() = (off.max(0) as usize, None);
@@ -562,14 +623,20 @@ fn lseek(d: &Desc, off: i64, whence: u64) -> Sys {
 
 fn pread(d: &Desc, buf: &mut [u8], off: u64) -> Sys {
     match &d.kind {
-        Kind::File(f) => vfs().pread(f.0, buf, off).map(|n| n as i64).map_err(vfs_err),
+        Kind::File(f) => vfs()
+            .pread(f.0, buf, off)
+            .map(|n| n as i64)
+            .map_err(vfs_err),
         _ => Err(errno::ESPIPE),
     }
 }
 
 fn pwrite(d: &Desc, buf: &[u8], off: u64) -> Sys {
     match &d.kind {
-        Kind::File(f) => vfs().pwrite(f.0, buf, off).map(|n| n as i64).map_err(vfs_err),
+        Kind::File(f) => vfs()
+            .pwrite(f.0, buf, off)
+            .map(|n| n as i64)
+            .map_err(vfs_err),
         _ => Err(errno::ESPIPE),
     }
 }
@@ -636,7 +703,10 @@ fn fcntl(fd: i64, cmd: u64, arg: u64) -> Sys {
         3 => Ok(d.flags.load(Ordering::Relaxed) as i64),
         4 => {
             let old = d.flags.load(Ordering::Relaxed);
-            d.flags.store((old & !SETTABLE) | (arg as u32 & SETTABLE), Ordering::Relaxed);
+            d.flags.store(
+                (old & !SETTABLE) | (arg as u32 & SETTABLE),
+                Ordering::Relaxed,
+            );
             Ok(0)
         }
         // Record locks: one process, so every lock is granted.
@@ -689,13 +759,29 @@ fn ioctl(fd: i64, req: u64, arg: u64) -> Sys {
 
 /// A new pipe's (read end, write end).
 fn new_pipe() -> (PipeEnd, PipeEnd) {
-    let pipe = Arc::new(Pipe { buf: spin::Mutex::new(VecDeque::new()), readers: AtomicUsize::new(1), writers: AtomicUsize::new(1) });
-    (PipeEnd { pipe: pipe.clone(), write: false }, PipeEnd { pipe, write: true })
+    let pipe = Arc::new(Pipe {
+        buf: spin::Mutex::new(VecDeque::new()),
+        readers: AtomicUsize::new(1),
+        writers: AtomicUsize::new(1),
+    });
+    (
+        PipeEnd {
+            pipe: pipe.clone(),
+            write: false,
+        },
+        PipeEnd { pipe, write: true },
+    )
 }
 
 fn pipe2(out: u64, flags: u64) -> Sys {
     let (rd, wr) = new_pipe();
-    pair_install(out, Kind::Pipe(rd), Kind::Pipe(wr), flags as u32 & (O_NONBLOCK | O_CLOEXEC), 1)
+    pair_install(
+        out,
+        Kind::Pipe(rd),
+        Kind::Pipe(wr),
+        flags as u32 & (O_NONBLOCK | O_CLOEXEC),
+        1,
+    )
 }
 
 /// socketpair(AF_UNIX, SOCK_STREAM): two ends joined by two pipes.
@@ -705,7 +791,13 @@ pub(crate) fn socketpair(domain: u64, ty: u64, out: u64) -> Sys {
     }
     let (r1, w1) = new_pipe();
     let (r2, w2) = new_pipe();
-    pair_install(out, Kind::Pair(r1, w2), Kind::Pair(r2, w1), ty as u32 & (O_NONBLOCK | O_CLOEXEC), 2)
+    pair_install(
+        out,
+        Kind::Pair(r1, w2),
+        Kind::Pair(r2, w1),
+        ty as u32 & (O_NONBLOCK | O_CLOEXEC),
+        2,
+    )
 }
 
 /// Installs two new descriptors and writes their numbers to `out`.
@@ -743,7 +835,9 @@ fn readlink(path: &str, buf: u64, len: u64) -> Sys {
 
 fn sendfile(out: i64, inp: i64, off_ptr: u64, count: u64) -> Sys {
     let (o, i) = (get(out)?, get(inp)?);
-    let Kind::File(f) = &i.kind else { return Err(errno::EINVAL) };
+    let Kind::File(f) = &i.kind else {
+        return Err(errno::EINVAL);
+    };
     let mut buf = alloc::vec![0u8; count.min(65536) as usize];
     let n = if off_ptr != 0 {
         // SAFETY: see `bytes`.
@@ -782,7 +876,7 @@ fn stat_at(dirfd: i64, ptr: u64, flags: u64) -> Result<(u64, u32, u64, u64, u64)
 
 fn put_stat(out: u64, s: (u64, u32, u64, u64, u64)) -> Sys {
     // SAFETY: see `bytes`.
-    unsafe { put(out, &stat_bytes(s.0, s.1, s.2, s.3, s.4)) }?;
+    unsafe { put(out, &crate::arch::stat_bytes(s.0, s.1, s.2, s.3, s.4)) }?;
     Ok(0)
 }
 
@@ -829,7 +923,10 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
             293 => pipe2(a[0], a[1]),
             284 | 290 => {
                 let flags = if nr == 290 { a[1] as u32 } else { 0 };
-                let e = EventFd { count: AtomicU64::new(a[0]), semaphore: flags & 1 != 0 };
+                let e = EventFd {
+                    count: AtomicU64::new(a[0]),
+                    semaphore: flags & 1 != 0,
+                };
                 install(Kind::EventFd(e), (flags & (O_NONBLOCK | O_CLOEXEC)) | 2)
             }
             217 => get(fd).and_then(|d| getdents64(&d, bytes_mut(a[1], a[2])?)),
@@ -840,7 +937,9 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
                 if (a[1] as usize) < c.len() + 1 {
                     Err(crate::errno::ERANGE)
                 } else {
-                    put(a[0], c.as_bytes()).and_then(|_| put(a[0] + c.len() as u64, &[0])).map(|_| a[0] as i64)
+                    put(a[0], c.as_bytes())
+                        .and_then(|_| put(a[0] + c.len() as u64, &[0]))
+                        .map(|_| a[0] as i64)
                 }
             }
             80 => path_arg(AT_FDCWD, a[0]).and_then(|p| match vfs().stat(&p) {
@@ -862,13 +961,25 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
             258 => path_arg(fd, a[1]).and_then(|p| vfs_call(vfs().mkdir(&p, a[2] as u32))),
             87 => path_arg(AT_FDCWD, a[0]).and_then(|p| vfs_call(vfs().unlink(&p))),
             84 => path_arg(AT_FDCWD, a[0]).and_then(|p| vfs_call(vfs().rmdir(&p))),
-            263 => path_arg(fd, a[1]).and_then(|p| vfs_call(if a[2] & AT_REMOVEDIR != 0 { vfs().rmdir(&p) } else { vfs().unlink(&p) })),
-            82 => path_arg(AT_FDCWD, a[0]).and_then(|f| vfs_call(vfs().rename(&f, &path_arg(AT_FDCWD, a[1])?))),
-            264 | 316 => path_arg(fd, a[1]).and_then(|f| vfs_call(vfs().rename(&f, &path_arg(a[2] as i64, a[3])?))),
+            263 => path_arg(fd, a[1]).and_then(|p| {
+                vfs_call(if a[2] & AT_REMOVEDIR != 0 {
+                    vfs().rmdir(&p)
+                } else {
+                    vfs().unlink(&p)
+                })
+            }),
+            82 => path_arg(AT_FDCWD, a[0])
+                .and_then(|f| vfs_call(vfs().rename(&f, &path_arg(AT_FDCWD, a[1])?))),
+            264 | 316 => path_arg(fd, a[1])
+                .and_then(|f| vfs_call(vfs().rename(&f, &path_arg(a[2] as i64, a[3])?))),
             88 => path_arg(AT_FDCWD, a[1]).and_then(|p| vfs_call(vfs().symlink(cstr(a[0])?, &p))),
-            266 => path_arg(a[1] as i64, a[2]).and_then(|p| vfs_call(vfs().symlink(cstr(a[0])?, &p))),
-            86 => path_arg(AT_FDCWD, a[0]).and_then(|o| vfs_call(vfs().link(&o, &path_arg(AT_FDCWD, a[1])?))),
-            265 => path_arg(fd, a[1]).and_then(|o| vfs_call(vfs().link(&o, &path_arg(a[2] as i64, a[3])?))),
+            266 => {
+                path_arg(a[1] as i64, a[2]).and_then(|p| vfs_call(vfs().symlink(cstr(a[0])?, &p)))
+            }
+            86 => path_arg(AT_FDCWD, a[0])
+                .and_then(|o| vfs_call(vfs().link(&o, &path_arg(AT_FDCWD, a[1])?))),
+            265 => path_arg(fd, a[1])
+                .and_then(|o| vfs_call(vfs().link(&o, &path_arg(a[2] as i64, a[3])?))),
             76 => path_arg(AT_FDCWD, a[0]).and_then(|p| vfs_call(vfs().truncate(&p, a[1]))),
             77 => get(fd).and_then(|d| match &d.kind {
                 Kind::File(f) => vfs_call(vfs().ftruncate(f.0, a[1])),
@@ -878,7 +989,8 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
             268 => path_arg(fd, a[1]).and_then(|p| vfs_call(vfs().chmod(&p, a[2] as u32))),
             // fchmod, ownership, times, sync, advice, flock: nothing to keep
             // (one user; the rootfs lives in memory).
-            91 | 92 | 93 | 94 | 260 | 132 | 235 | 280 | 261 | 74 | 75 | 162 | 221 | 73 | 285 | 277 => Ok(0),
+            91 | 92 | 93 | 94 | 260 | 132 | 235 | 280 | 261 | 74 | 75 | 162 | 221 | 73 | 285
+            | 277 => Ok(0),
             40 => sendfile(fd, a[1] as i64, a[2], a[3]),
             // statfs, fstatfs: a RAM file system.
             137 | 138 => {

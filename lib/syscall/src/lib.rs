@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod arch;
 mod fd;
 mod mem;
 mod names;
@@ -24,8 +25,8 @@ mod thread;
 
 use alloc::string::String;
 use alloc::vec::Vec;
+pub use arch::Frame;
 use core::sync::atomic::{AtomicBool, Ordering};
-pub use kiln_arch_x86_64::syscall::Frame;
 
 /// Linux errno values.
 #[allow(dead_code)]
@@ -120,7 +121,9 @@ pub(crate) unsafe fn put(ptr: u64, v: &[u8]) -> Result<(), i64> {
 /// As for [`bytes`].
 pub(crate) unsafe fn get_u64(ptr: u64) -> Result<u64, i64> {
     // SAFETY: as for `bytes`.
-    Ok(u64::from_le_bytes(unsafe { bytes(ptr, 8) }?.try_into().unwrap()))
+    Ok(u64::from_le_bytes(
+        unsafe { bytes(ptr, 8) }?.try_into().unwrap(),
+    ))
 }
 
 /// Reads a little-endian 32-bit value from guest memory.
@@ -129,7 +132,9 @@ pub(crate) unsafe fn get_u64(ptr: u64) -> Result<u64, i64> {
 /// As for [`bytes`].
 pub(crate) unsafe fn get_u32(ptr: u64) -> Result<u32, i64> {
     // SAFETY: as for `bytes`.
-    Ok(u32::from_le_bytes(unsafe { bytes(ptr, 4) }?.try_into().unwrap()))
+    Ok(u32::from_le_bytes(
+        unsafe { bytes(ptr, 4) }?.try_into().unwrap(),
+    ))
 }
 
 /// A NUL-terminated string (at most 4096 bytes).
@@ -146,7 +151,8 @@ pub(crate) unsafe fn cstr<'a>(ptr: u64) -> Result<&'a str, i64> {
         while n < 4096 && *(ptr as *const u8).add(n) != 0 {
             n += 1;
         }
-        core::str::from_utf8(core::slice::from_raw_parts(ptr as *const u8, n)).map_err(|_| errno::EINVAL)
+        core::str::from_utf8(core::slice::from_raw_parts(ptr as *const u8, n))
+            .map_err(|_| errno::EINVAL)
     }
 }
 
@@ -160,7 +166,15 @@ pub(crate) unsafe fn iovecs(ptr: u64, n: u64) -> Result<Vec<(u64, u64)>, i64> {
     }
     // SAFETY: as for `bytes`.
     let raw = unsafe { bytes(ptr, n * 16) }?;
-    Ok(raw.chunks(16).map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap()))).collect())
+    Ok(raw
+        .chunks(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().unwrap()),
+                u64::from_le_bytes(c[8..].try_into().unwrap()),
+            )
+        })
+        .collect())
 }
 
 /// Files the program looked for and did not find (for the summary at exit).
@@ -185,23 +199,43 @@ pub(crate) fn exit(code: i64) -> ! {
     }
     let missing = MISSING.lock().clone();
     if !missing.is_empty() {
-        kiln_console::log!(kiln_console::Level::Info, "elf: files the program looked for and did not find: {}", missing.join(", "));
+        kiln_console::log!(
+            kiln_console::Level::Info,
+            "elf: files the program looked for and did not find: {}",
+            missing.join(", ")
+        );
     }
     let unsupported = UNSUPPORTED.lock().clone();
     if !unsupported.is_empty() {
-        let names: Vec<String> = unsupported.iter().map(|n| alloc::format!("{} ({n})", table::name(*n))).collect();
-        kiln_console::log!(kiln_console::Level::Info, "elf: unsupported system calls: {}", names.join(", "));
+        let names: Vec<String> = unsupported
+            .iter()
+            .map(|n| alloc::format!("{} ({n})", table::name(*n)))
+            .collect();
+        kiln_console::log!(
+            kiln_console::Level::Info,
+            "elf: unsupported system calls: {}",
+            names.join(", ")
+        );
     }
     kiln_boot::exit((code & 0xff) as i32)
 }
 
 fn unsupported(nr: u64) -> Sys {
+    Err(unsupported_named(nr, table::name(nr)))
+}
+
+/// Logs an unsupported call once (by the number the program used);
+/// returns ENOSYS.
+fn unsupported_named(nr: u64, name: &str) -> i64 {
     let mut u = UNSUPPORTED.lock();
     if !u.contains(&nr) {
         u.push(nr);
-        kiln_console::log!(kiln_console::Level::Warn, "elf: system call {nr} ({}) is not supported: ENOSYS", table::name(nr));
+        kiln_console::log!(
+            kiln_console::Level::Warn,
+            "elf: system call {nr} ({name}) is not supported: ENOSYS"
+        );
     }
-    Err(errno::ENOSYS)
+    errno::ENOSYS
 }
 
 /// `kiln run --strace` (kernel parameter `syscall.strace=1`): print every call.
@@ -212,25 +246,36 @@ pub fn dispatch(f: &mut Frame) -> i64 {
     // Threads switch only inside system calls; each keeps its own SSE
     // state and TLS pointer across the switch.
     let _keep = thread::Keep::new();
-    let nr = f.nr;
+    let (nr, raw, a) = arch::call_of(f);
+    let Some(nr) = nr else {
+        // A number of this architecture's that Kiln does not know at all.
+        return -unsupported_named(raw, "?");
+    };
     if !STRACE.load(Ordering::Relaxed) {
-        return call(f).unwrap_or_else(|e| -e);
+        return call(nr, a, f).unwrap_or_else(|e| -e);
     }
-    let a = f.a;
     // exit and exit_group do not return: print them first.
     if nr == 60 || nr == 231 {
         kiln_console::println!("strace: {}({})", table::name(nr), a[0] as i64);
     }
-    let r = call(f).unwrap_or_else(|e| -e);
+    let r = call(nr, a, f).unwrap_or_else(|e| -e);
     let tid = thread::tid();
-    let who = if tid == 1 { String::new() } else { alloc::format!("[{tid}] ") };
-    kiln_console::println!("strace: {who}{}({:#x}, {:#x}, {:#x}) = {r}", table::name_or_number(nr), a[0], a[1], a[2]);
+    let who = if tid == 1 {
+        String::new()
+    } else {
+        alloc::format!("[{tid}] ")
+    };
+    kiln_console::println!(
+        "strace: {who}{}({:#x}, {:#x}, {:#x}) = {r}",
+        table::name_or_number(nr),
+        a[0],
+        a[1],
+        a[2]
+    );
     r
 }
 
-fn call(f: &mut Frame) -> Sys {
-    let a = f.a;
-    let nr = f.nr;
+fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
     if let Some(r) = fd::call(nr, a) {
         return r;
     }
@@ -243,7 +288,7 @@ fn call(f: &mut Frame) -> Sys {
     if let Some(r) = poll::call(nr, a) {
         return r;
     }
-    if let Some(r) = thread::call(nr, f) {
+    if let Some(r) = thread::call(nr, a, f) {
         return r;
     }
     if let Some(r) = misc(nr, a) {
@@ -286,7 +331,10 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             63 => {
                 let b = bytes_mut(a[0], 390)?;
                 b.fill(0);
-                for (i, f) in ["Linux", "kiln", "6.1.0-kiln", "#1 Kiln", "x86_64", ""].iter().enumerate() {
+                for (i, f) in ["Linux", "kiln", "6.1.0-kiln", "#1 Kiln", "x86_64", ""]
+                    .iter()
+                    .enumerate()
+                {
                     b[i * 65..i * 65 + f.len()].copy_from_slice(f.as_bytes());
                 }
                 Ok(0)
@@ -295,7 +343,11 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             228 => {
                 // CLOCK_REALTIME (0) and its coarse form (5) are wall time;
                 // the others count from boot.
-                let us = if a[0] == 0 || a[0] == 5 { realtime_us() } else { now_us() };
+                let us = if a[0] == 0 || a[0] == 5 {
+                    realtime_us()
+                } else {
+                    now_us()
+                };
                 put(a[1], &timespec(us))?;
                 Ok(0)
             }
@@ -325,7 +377,11 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             }
             // nanosleep, clock_nanosleep (TIMER_ABSTIME = 1).
             35 | 230 => {
-                let (ts, abs) = if nr == 35 { (a[0], false) } else { (a[2], a[1] & 1 != 0) };
+                let (ts, abs) = if nr == 35 {
+                    (a[0], false)
+                } else {
+                    (a[2], a[1] & 1 != 0)
+                };
                 let us = read_timespec_us(ts)?;
                 let now = now_us();
                 let until = match (abs, a[0]) {
@@ -449,14 +505,19 @@ pub(crate) unsafe fn read_timespec_us(ptr: u64) -> Result<u64, i64> {
     if ns >= 1_000_000_000 {
         return Err(errno::EINVAL);
     }
-    Ok(s.saturating_mul(1_000_000).saturating_add(ns.div_ceil(1000)))
+    Ok(s.saturating_mul(1_000_000)
+        .saturating_add(ns.div_ceil(1000)))
 }
 
 /// Wall-clock time in µs since 1970: the host's time at boot
 /// (`clock.epoch=`, which `kiln run` passes) plus the time since boot.
 pub(crate) fn realtime_us() -> u64 {
     static EPOCH: spin::Once<u64> = spin::Once::new();
-    let epoch = *EPOCH.call_once(|| kiln_boot::param("clock.epoch").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+    let epoch = *EPOCH.call_once(|| {
+        kiln_boot::param("clock.epoch")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
     epoch.saturating_mul(1_000_000).saturating_add(now_us())
 }
 
@@ -472,16 +533,12 @@ pub(crate) fn now_us() -> u64 {
     (ticks as u128 * 1_000_000 / hz as u128) as u64
 }
 
-/// Installs [`dispatch`] behind the `syscall` instruction. `exe` is the
-/// program's path (what `/proc/self/exe` names).
+/// Installs [`dispatch`] behind the `syscall` instruction (`svc #0` on
+/// arm64). `exe` is the program's path (what `/proc/self/exe` names).
 pub fn install(exe: &str) {
     if kiln_boot::param("syscall.strace").is_some_and(|v| v != "0") {
         STRACE.store(true, Ordering::Relaxed);
     }
     fd::set_exe(exe);
-    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-    {
-        kiln_arch_x86_64::syscall::set_handler(dispatch);
-        kiln_arch_x86_64::syscall::init();
-    }
+    arch::install(dispatch);
 }

@@ -16,7 +16,10 @@ struct Memory {
     maps: BTreeMap<u64, u64>,
 }
 
-static MEM: spin::Mutex<Memory> = spin::Mutex::new(Memory { brk: (0, 0, 0), maps: BTreeMap::new() });
+static MEM: spin::Mutex<Memory> = spin::Mutex::new(Memory {
+    brk: (0, 0, 0),
+    maps: BTreeMap::new(),
+});
 
 /// Size of the area `brk` grows in.
 const BRK_AREA: u64 = 16 << 20;
@@ -32,21 +35,27 @@ fn page_layout(len: u64) -> Option<Layout> {
 impl Memory {
     /// Whether [addr, addr + len) lies inside memory the program has.
     fn owns(&self, addr: u64, len: u64) -> bool {
-        self.maps.range(..=addr).next_back().is_some_and(|(&a, &s)| addr + len <= a + s) || (addr >= self.brk.0 && addr + len <= self.brk.2)
+        self.maps
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(&a, &s)| addr + len <= a + s)
+            || (addr >= self.brk.0 && addr + len <= self.brk.2)
     }
 }
 
 /// Reads a file's bytes at `off` into `buf` (zero past its end).
 fn fill_from(fd: i64, buf: &mut [u8], off: u64) -> Result<(), i64> {
     let d = crate::fd::get(fd)?;
-    let crate::fd::Kind::File(f) = &d.kind else { return Err(errno::EINVAL) };
+    let crate::fd::Kind::File(f) = &d.kind else {
+        return Err(errno::EINVAL);
+    };
     let n = vfs().pread(f.0, buf, off).map_err(vfs_err)?;
     buf[n..].fill(0);
     Ok(())
 }
 
 fn mmap(addr: u64, len: u64, flags: u64, fd: i64, off: u64) -> Sys {
-    if len == 0 || off % 4096 != 0 {
+    if len == 0 || !off.is_multiple_of(4096) {
         return Err(errno::EINVAL);
     }
     let mut m = MEM.lock();
@@ -64,6 +73,8 @@ fn mmap(addr: u64, len: u64, flags: u64, fd: i64, off: u64) -> Sys {
             buf.fill(0);
         } else {
             fill_from(fd, buf, off)?;
+            // A library's code, placed by the dynamic loader.
+            crate::arch::code_written(addr, len);
         }
         return Ok(addr as i64);
     }
@@ -82,22 +93,31 @@ fn mmap(addr: u64, len: u64, flags: u64, fd: i64, off: u64) -> Sys {
             let _ = munmap(p, len);
             return Err(e);
         }
+        crate::arch::code_written(p, len);
     }
     Ok(p as i64)
 }
 
 fn munmap(addr: u64, len: u64) -> Sys {
-    if addr % 4096 != 0 {
+    if !addr.is_multiple_of(4096) {
         return Err(errno::EINVAL);
     }
     let mut m = MEM.lock();
-    let whole = m.maps.get(&addr).is_some_and(|&s| len.next_multiple_of(4096) >= s);
+    let whole = m
+        .maps
+        .get(&addr)
+        .is_some_and(|&s| len.next_multiple_of(4096) >= s);
     if whole {
         let size = m.maps.remove(&addr).unwrap();
         drop(m);
         // SAFETY: allocated by `mmap` with this size and page alignment,
         // and no longer recorded, so never freed twice.
-        unsafe { dealloc(addr as *mut u8, Layout::from_size_align_unchecked(size as usize, 4096)) };
+        unsafe {
+            dealloc(
+                addr as *mut u8,
+                Layout::from_size_align_unchecked(size as usize, 4096),
+            )
+        };
     }
     Ok(0)
 }
@@ -114,7 +134,9 @@ fn mremap(old: u64, old_len: u64, new_len: u64, flags: u64) -> Sys {
     let new = mmap(0, new_len, MAP_ANONYMOUS, -1, 0)? as u64;
     // SAFETY: both blocks are the program's; the old one holds `size` bytes
     // and the new one at least `new_len` > `size`.
-    unsafe { core::ptr::copy_nonoverlapping(old as *const u8, new as *mut u8, old_len.min(size) as usize) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(old as *const u8, new as *mut u8, old_len.min(size) as usize)
+    };
     munmap(old, size)?;
     Ok(new as i64)
 }
@@ -133,7 +155,9 @@ fn madvise(addr: u64, len: u64, advice: u64) -> Sys {
 fn brk(want: u64) -> Sys {
     let mut m = MEM.lock();
     if m.brk.0 == 0 {
-        let Some(layout) = page_layout(BRK_AREA) else { return Ok(0) };
+        let Some(layout) = page_layout(BRK_AREA) else {
+            return Ok(0);
+        };
         // SAFETY: a fresh, zeroed allocation of a non-zero size.
         let p = unsafe { alloc_zeroed(layout) } as u64;
         if p == 0 {

@@ -27,10 +27,16 @@ type Peer = (IpAddress, u16);
 
 enum State {
     /// A TCP socket before listen or connect (port 0: not bound).
-    Tcp { port: u16 },
+    Tcp {
+        port: u16,
+    },
     Listener(TcpListener),
     Stream(TcpStream),
-    Udp { sock: Option<UdpSocket>, port: u16, peer: Option<Peer> },
+    Udp {
+        sock: Option<UdpSocket>,
+        port: u16,
+        peer: Option<Peer>,
+    },
 }
 
 pub(crate) struct Socket {
@@ -69,7 +75,10 @@ fn sockaddr(ptr: u64, len: u64) -> Result<Peer, i64> {
         return Err(errno::EAFNOSUPPORT);
     }
     let port = u16::from_be_bytes([b[2], b[3]]);
-    Ok((IpAddress::Ipv4(Ipv4Address::new(b[4], b[5], b[6], b[7])), port))
+    Ok((
+        IpAddress::Ipv4(Ipv4Address::new(b[4], b[5], b[6], b[7])),
+        port,
+    ))
 }
 
 /// Writes a sockaddr_in to `ptr` (up to `*lenptr` bytes) and its length to `*lenptr`.
@@ -123,7 +132,14 @@ impl Socket {
                 }
                 r
             }
-            State::Udp { sock, .. } => POLLOUT | if sock.as_ref().is_some_and(|s| s.can_read()) { POLLIN } else { 0 },
+            State::Udp { sock, .. } => {
+                POLLOUT
+                    | if sock.as_ref().is_some_and(|s| s.can_read()) {
+                        POLLIN
+                    } else {
+                        0
+                    }
+            }
         }
     }
 
@@ -138,23 +154,26 @@ impl Socket {
     /// Receives into `buf`; also says from whom (UDP).
     pub fn recv(&self, d: &Desc, buf: &mut [u8], flags: u64) -> Result<(i64, Option<Peer>), i64> {
         let mut from = None;
-        let n = block_with(d.nonblocking() || flags & MSG_DONTWAIT != 0, || match &mut *self.state.lock() {
-            State::Stream(s) => match s.read(buf) {
-                Ok(n) => Some(Ok(n as i64)),
-                Err(NetError::WouldBlock) => None,
-                Err(e) => Some(Err(net_err(e))),
+        let n = block_with(
+            d.nonblocking() || flags & MSG_DONTWAIT != 0,
+            || match &mut *self.state.lock() {
+                State::Stream(s) => match s.read(buf) {
+                    Ok(n) => Some(Ok(n as i64)),
+                    Err(NetError::WouldBlock) => None,
+                    Err(e) => Some(Err(net_err(e))),
+                },
+                State::Udp { sock: Some(u), .. } => match u.recv_from(buf) {
+                    Ok((n, p)) => {
+                        from = Some(p);
+                        Some(Ok(n as i64))
+                    }
+                    Err(NetError::WouldBlock) => None,
+                    Err(e) => Some(Err(net_err(e))),
+                },
+                State::Udp { sock: None, .. } => None,
+                _ => Some(Err(errno::ENOTCONN)),
             },
-            State::Udp { sock: Some(u), .. } => match u.recv_from(buf) {
-                Ok((n, p)) => {
-                    from = Some(p);
-                    Some(Ok(n as i64))
-                }
-                Err(NetError::WouldBlock) => None,
-                Err(e) => Some(Err(net_err(e))),
-            },
-            State::Udp { sock: None, .. } => None,
-            _ => Some(Err(errno::ENOTCONN)),
-        })?;
+        )?;
         Ok((n, from))
     }
 
@@ -180,7 +199,9 @@ impl Socket {
                 Err(e) => Some(Err(net_err(e))),
             },
             State::Udp { sock, port, peer } => {
-                let Some(dest) = to.or(*peer) else { return Some(Err(errno::EDESTADDRREQ)) };
+                let Some(dest) = to.or(*peer) else {
+                    return Some(Err(errno::EDESTADDRREQ));
+                };
                 if sock.is_none() {
                     if *port == 0 {
                         *port = ephemeral();
@@ -214,7 +235,9 @@ fn socket_of(fd: i64) -> Result<(alloc::sync::Arc<Desc>, ()), i64> {
 
 /// A socketpair end (read and written like a pipe).
 fn pair(fd: i64) -> Option<alloc::sync::Arc<Desc>> {
-    fd::get(fd).ok().filter(|d| matches!(d.kind, Kind::Pair(..)))
+    fd::get(fd)
+        .ok()
+        .filter(|d| matches!(d.kind, Kind::Pair(..)))
 }
 
 fn sock(d: &Desc) -> &Socket {
@@ -233,11 +256,20 @@ fn socket(domain: u64, ty: u64) -> Sys {
     }
     let state = match ty & 0xf {
         SOCK_STREAM => State::Tcp { port: 0 },
-        SOCK_DGRAM => State::Udp { sock: None, port: 0, peer: None },
+        SOCK_DGRAM => State::Udp {
+            sock: None,
+            port: 0,
+            peer: None,
+        },
         _ => return Err(errno::EPROTONOSUPPORT),
     };
     let flags = (ty & (SOCK_NONBLOCK | SOCK_CLOEXEC)) as u32 | 2;
-    fd::install(Kind::Socket(Socket { state: spin::Mutex::new(state) }), flags)
+    fd::install(
+        Kind::Socket(Socket {
+            state: spin::Mutex::new(state),
+        }),
+        flags,
+    )
 }
 
 fn bind(fd: i64, addr: u64, len: u64) -> Sys {
@@ -245,7 +277,11 @@ fn bind(fd: i64, addr: u64, len: u64) -> Sys {
     let (_, p) = sockaddr(addr, len)?;
     match &mut *sock(&d).state.lock() {
         State::Tcp { port } => *port = p,
-        State::Udp { sock: s @ None, port, .. } => {
+        State::Udp {
+            sock: s @ None,
+            port,
+            ..
+        } => {
             *port = if p == 0 { ephemeral() } else { p };
             let mut u = UdpSocket::bind(*port).map_err(net_err)?;
             u.set_nonblocking(true);
@@ -262,7 +298,9 @@ fn listen(fd: i64, backlog: u64) -> Sys {
     match &*st {
         State::Tcp { port } => {
             let port = if *port == 0 { ephemeral() } else { *port };
-            let mut l = TcpListener::bind(port, (backlog as i32).clamp(1, MAX_BACKLOG as i32) as usize).map_err(net_err)?;
+            let mut l =
+                TcpListener::bind(port, (backlog as i32).clamp(1, MAX_BACKLOG as i32) as usize)
+                    .map_err(net_err)?;
             l.set_nonblocking(true);
             *st = State::Listener(l);
             Ok(0)
@@ -290,7 +328,12 @@ fn accept(fd: i64, addr: u64, lenptr: u64, flags: u64) -> Sys {
         put_sockaddr(addr, lenptr, p)?;
     }
     let f = (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)) as u32 | 2;
-    fd::install(Kind::Socket(Socket { state: spin::Mutex::new(State::Stream(c)) }), f)
+    fd::install(
+        Kind::Socket(Socket {
+            state: spin::Mutex::new(State::Stream(c)),
+        }),
+        f,
+    )
 }
 
 fn connect(fd: i64, addr: u64, len: u64) -> Sys {
@@ -328,7 +371,11 @@ fn sendto(fd: i64, buf: u64, len: u64, flags: u64, addr: u64, alen: u64) -> Sys 
         return fd::write_desc(&d, unsafe { bytes(buf, len) }?);
     }
     let (d, _) = socket_of(fd)?;
-    let to = if addr != 0 { Some(sockaddr(addr, alen)?) } else { None };
+    let to = if addr != 0 {
+        Some(sockaddr(addr, alen)?)
+    } else {
+        None
+    };
     // SAFETY: see `crate::bytes`.
     let data = unsafe { bytes(buf, len) }?;
     let r = sock(&d).send_flags(&d, data, to, flags);
@@ -364,7 +411,14 @@ fn peer_of(d: &Desc) -> Option<Peer> {
 /// sendmsg/recvmsg: the iovecs gathered into (scattered from) one buffer.
 fn msg(fd: i64, hdr: u64, flags: u64, send: bool) -> Sys {
     // SAFETY: see `crate::bytes`; struct msghdr is 56 bytes.
-    let (name, namelen, iov, iovlen) = unsafe { (get_u64(hdr)?, get_u32(hdr + 8)? as u64, get_u64(hdr + 16)?, get_u64(hdr + 24)?) };
+    let (name, namelen, iov, iovlen) = unsafe {
+        (
+            get_u64(hdr)?,
+            get_u32(hdr + 8)? as u64,
+            get_u64(hdr + 16)?,
+            get_u64(hdr + 24)?,
+        )
+    };
     // SAFETY: see `crate::bytes`.
     let v = unsafe { iovecs(iov, iovlen) }?;
     if send {
@@ -373,11 +427,25 @@ fn msg(fd: i64, hdr: u64, flags: u64, send: bool) -> Sys {
             // SAFETY: see `crate::bytes`.
             all.extend_from_slice(unsafe { bytes(b, l) }?);
         }
-        return sendto(fd, all.as_ptr() as u64, all.len() as u64, flags, if namelen > 0 { name } else { 0 }, namelen);
+        return sendto(
+            fd,
+            all.as_ptr() as u64,
+            all.len() as u64,
+            flags,
+            if namelen > 0 { name } else { 0 },
+            namelen,
+        );
     }
     let total: u64 = v.iter().map(|&(_, l)| l).sum();
     let mut tmp = alloc::vec![0u8; total.min(1 << 20) as usize];
-    let n = recvfrom(fd, tmp.as_mut_ptr() as u64, tmp.len() as u64, flags, name, if name != 0 { hdr + 8 } else { 0 })?;
+    let n = recvfrom(
+        fd,
+        tmp.as_mut_ptr() as u64,
+        tmp.len() as u64,
+        flags,
+        name,
+        if name != 0 { hdr + 8 } else { 0 },
+    )?;
     let mut at = 0usize;
     for (b, l) in v {
         if at >= n as usize {
@@ -403,7 +471,9 @@ fn getsockopt(fd: i64, level: u64, name: u64, val: u64, lenptr: u64) -> Sys {
     let v: u32 = match (level, name) {
         // SO_ERROR: a refused connect shows here after EINPROGRESS.
         (SOL_SOCKET, 4) => match &*sock(&d).state.lock() {
-            State::Stream(s) if !s.is_connecting() && !s.is_open() && !s.can_read() => errno::ECONNREFUSED as u32,
+            State::Stream(s) if !s.is_connecting() && !s.is_open() && !s.can_read() => {
+                errno::ECONNREFUSED as u32
+            }
             _ => 0,
         },
         (SOL_SOCKET, 3) => match &*sock(&d).state.lock() {

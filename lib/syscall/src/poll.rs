@@ -7,6 +7,7 @@
 //! reported again only after a call on the descriptor drained it (see
 //! `Desc::rx_edge`).
 
+use crate::arch::{EPOLL_DATA, EPOLL_EVENT};
 use crate::fd::{self, Desc, Kind, POLLERR, POLLHUP};
 use crate::{bytes, bytes_mut, errno, put, Sys};
 use alloc::collections::BTreeMap;
@@ -35,7 +36,11 @@ pub(crate) struct Epoll {
 impl Epoll {
     /// Whether any member is ready (an epoll set polled in another).
     pub fn any_ready(&self) -> bool {
-        self.interest.lock().values().any(|i| i.desc.upgrade().is_some_and(|d| d.readiness() & (i.events | POLLERR | POLLHUP) != 0))
+        self.interest.lock().values().any(|i| {
+            i.desc
+                .upgrade()
+                .is_some_and(|d| d.readiness() & (i.events | POLLERR | POLLHUP) != 0)
+        })
     }
 
     /// Takes up to `max` ready events.
@@ -50,7 +55,10 @@ impl Epoll {
             let Some(d) = i.desc.upgrade() else { continue };
             let mut r = d.readiness() & (i.events | POLLERR | POLLHUP);
             if i.events & EPOLLET != 0 {
-                let (rx, tx) = (d.rx_edge.load(Ordering::Relaxed), d.tx_edge.load(Ordering::Relaxed));
+                let (rx, tx) = (
+                    d.rx_edge.load(Ordering::Relaxed),
+                    d.tx_edge.load(Ordering::Relaxed),
+                );
                 if i.rx_seen == Some(rx) {
                     r &= !fd::POLLIN;
                 }
@@ -95,7 +103,10 @@ fn deadline_ts(ptr: u64) -> Result<Option<u64>, i64> {
 }
 
 /// Runs `check` until it finds something or the deadline passes.
-fn wait_for<T: Default + PartialEq>(deadline: Option<u64>, mut check: impl FnMut() -> Result<T, i64>) -> Result<T, i64> {
+fn wait_for<T: Default + PartialEq>(
+    deadline: Option<u64>,
+    mut check: impl FnMut() -> Result<T, i64>,
+) -> Result<T, i64> {
     if kiln_net::available() {
         kiln_net::poll();
     }
@@ -113,7 +124,9 @@ fn epoll_ctl(epfd: i64, op: u64, fd: i64, ev: u64) -> Sys {
     const DEL: u64 = 2;
     const MOD: u64 = 3;
     let ep = fd::get(epfd)?;
-    let Kind::Epoll(e) = &ep.kind else { return Err(errno::EINVAL) };
+    let Kind::Epoll(e) = &ep.kind else {
+        return Err(errno::EINVAL);
+    };
     let target = fd::get(fd)?;
     if Arc::ptr_eq(&ep, &target) {
         return Err(errno::EINVAL);
@@ -121,21 +134,44 @@ fn epoll_ctl(epfd: i64, op: u64, fd: i64, ev: u64) -> Sys {
     let (events, data) = if op == DEL {
         (0, 0)
     } else {
-        // SAFETY: see `crate::bytes`; struct epoll_event is packed: u32, u64.
-        let b = unsafe { bytes(ev, 12) }?;
-        (u32::from_le_bytes(b[..4].try_into().unwrap()), u64::from_le_bytes(b[4..].try_into().unwrap()))
+        // SAFETY: see `crate::bytes`; struct epoll_event: u32, then u64.
+        let b = unsafe { bytes(ev, EPOLL_EVENT as u64) }?;
+        (
+            u32::from_le_bytes(b[..4].try_into().unwrap()),
+            u64::from_le_bytes(b[EPOLL_DATA..EPOLL_DATA + 8].try_into().unwrap()),
+        )
     };
     let mut set = e.interest.lock();
     // An entry whose description is gone (the fd was closed) is stale.
-    let live = set.get(&fd).is_some_and(|i| i.desc.upgrade().is_some_and(|d| Arc::ptr_eq(&d, &target)));
+    let live = set
+        .get(&fd)
+        .is_some_and(|i| i.desc.upgrade().is_some_and(|d| Arc::ptr_eq(&d, &target)));
     match op {
         ADD if live => Err(errno::EEXIST),
         ADD => {
-            set.insert(fd, Interest { desc: Arc::downgrade(&target), events, data, rx_seen: None, tx_seen: None });
+            set.insert(
+                fd,
+                Interest {
+                    desc: Arc::downgrade(&target),
+                    events,
+                    data,
+                    rx_seen: None,
+                    tx_seen: None,
+                },
+            );
             Ok(0)
         }
         MOD if live => {
-            set.insert(fd, Interest { desc: Arc::downgrade(&target), events, data, rx_seen: None, tx_seen: None });
+            set.insert(
+                fd,
+                Interest {
+                    desc: Arc::downgrade(&target),
+                    events,
+                    data,
+                    rx_seen: None,
+                    tx_seen: None,
+                },
+            );
             Ok(0)
         }
         DEL if live => {
@@ -152,13 +188,16 @@ fn epoll_wait(epfd: i64, out: u64, max: i64, deadline: Option<u64>) -> Sys {
         return Err(errno::EINVAL);
     }
     let ep = fd::get(epfd)?;
-    let Kind::Epoll(e) = &ep.kind else { return Err(errno::EINVAL) };
+    let Kind::Epoll(e) = &ep.kind else {
+        return Err(errno::EINVAL);
+    };
     // SAFETY: see `crate::bytes`.
-    let buf = unsafe { bytes_mut(out, max as u64 * 12) }?;
+    let buf = unsafe { bytes_mut(out, max as u64 * EPOLL_EVENT as u64) }?;
     let got = wait_for(deadline, || Ok(e.collect(max as usize)))?;
     for (k, (ev, data)) in got.iter().enumerate() {
-        buf[k * 12..k * 12 + 4].copy_from_slice(&ev.to_le_bytes());
-        buf[k * 12 + 4..k * 12 + 12].copy_from_slice(&data.to_le_bytes());
+        let at = k * EPOLL_EVENT;
+        buf[at..at + 4].copy_from_slice(&ev.to_le_bytes());
+        buf[at + EPOLL_DATA..at + EPOLL_DATA + 8].copy_from_slice(&data.to_le_bytes());
     }
     Ok(got.len() as i64)
 }
@@ -202,12 +241,17 @@ fn select(n: u64, rd: u64, wr: u64, ex: u64, deadline: Option<u64>) -> Sys {
         }
         // SAFETY: see `crate::bytes`.
         let b = unsafe { bytes(p, words * 8) }?;
-        Ok(b.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
+        Ok(b.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect())
     };
     let (want_r, want_w) = (load(rd)?, load(wr)?);
     let mut got = (Vec::new(), Vec::new());
     let count = wait_for(deadline, || {
-        let (mut r, mut w) = (alloc::vec![0u64; words as usize], alloc::vec![0u64; words as usize]);
+        let (mut r, mut w) = (
+            alloc::vec![0u64; words as usize],
+            alloc::vec![0u64; words as usize],
+        );
         let mut count = 0i64;
         for fd in 0..n as usize {
             let (wi, bit) = (fd / 64, 1u64 << (fd % 64));
@@ -253,17 +297,33 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
             } else {
                 // SAFETY: see `crate::bytes`.
                 unsafe { crate::get_u64(a[4]).and_then(|s| Ok((s, crate::get_u64(a[4] + 8)?))) }
-                    .map(|(s, us)| Some(crate::now_us().saturating_add(s.saturating_mul(1_000_000) + us)))
+                    .map(|(s, us)| {
+                        Some(crate::now_us().saturating_add(s.saturating_mul(1_000_000) + us))
+                    })
             };
             d.and_then(|d| select(a[0], a[1], a[2], a[3], d))
         }
         270 => deadline_ts(a[4]).and_then(|d| select(a[0], a[1], a[2], a[3], d)),
         213 | 291 => {
-            let flags = if nr == 291 { a[0] as u32 & 0o2000000 } else { 0 };
-            fd::install(Kind::Epoll(Epoll { interest: spin::Mutex::new(BTreeMap::new()) }), flags | 2)
+            let flags = if nr == 291 {
+                a[0] as u32 & 0o2000000
+            } else {
+                0
+            };
+            fd::install(
+                Kind::Epoll(Epoll {
+                    interest: spin::Mutex::new(BTreeMap::new()),
+                }),
+                flags | 2,
+            )
         }
         233 => epoll_ctl(a[0] as i64, a[1], a[2] as i64, a[3]),
-        232 | 281 => epoll_wait(a[0] as i64, a[1], a[2] as i64, deadline_ms(a[3] as i32 as i64)),
+        232 | 281 => epoll_wait(
+            a[0] as i64,
+            a[1],
+            a[2] as i64,
+            deadline_ms(a[3] as i32 as i64),
+        ),
         441 => deadline_ts(a[3]).and_then(|d| epoll_wait(a[0] as i64, a[1], a[2] as i64, d)),
         _ => return None,
     })

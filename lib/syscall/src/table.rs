@@ -193,7 +193,10 @@ pub const SUPPORT: &[(&str, Support)] = {
 
 /// A call's name, or "?".
 pub fn name(nr: u64) -> &'static str {
-    NAMES.iter().find(|&&(n, _)| n == nr).map_or("?", |&(_, s)| s)
+    NAMES
+        .iter()
+        .find(|&&(n, _)| n == nr)
+        .map_or("?", |&(_, s)| s)
 }
 
 pub(crate) fn name_or_number(nr: u64) -> String {
@@ -218,7 +221,10 @@ pub fn markdown() -> String {
         "# Linux system calls in Kiln (x86_64)\n\n\
          Generated from `lib/syscall/src/table.rs` (`KILN_BLESS=1 cargo test -p kiln-syscall` rewrites this page;\n\
          a unit test fails when it is out of date). Programs run by `apps/elfloader` make these calls; a call\n\
-         marked \"no\" returns ENOSYS and is named once on the console and again in the summary at exit.\n\n\
+         marked \"no\" returns ENOSYS and is named once on the console and again in the summary at exit.\n\
+         On arm64 the same calls are answered under arm64's numbers (the generic table; `lib/syscall/src/arch.rs`\n\
+         maps them); calls arm64 does not have (`open`, `stat`, `fork`, `arch_prctl`, ...) do not arise there,\n\
+         and the thread pointer is TPIDR_EL0, which programs set themselves.\n\n\
          {} calls do what Linux does, {} work with the limits given, {} are accepted with nothing to do,\n\
          {} are refused on purpose, and the other {} return ENOSYS.\n",
         count(|s| *s == Support::Yes),
@@ -248,7 +254,10 @@ mod tests {
     #[test]
     fn every_supported_name_is_a_real_call() {
         for (n, _) in SUPPORT {
-            assert!(NAMES.iter().any(|&(_, m)| m == *n), "{n} is not an x86_64 system call");
+            assert!(
+                NAMES.iter().any(|&(_, m)| m == *n),
+                "{n} is not an x86_64 system call"
+            );
         }
     }
 
@@ -260,6 +269,9 @@ mod tests {
             std::fs::write(path, &want).unwrap();
         }
         let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(have == want, "docs/syscalls.md is out of date: run KILN_BLESS=1 cargo test -p kiln-syscall");
+        assert!(
+            have == want,
+            "docs/syscalls.md is out of date: run KILN_BLESS=1 cargo test -p kiln-syscall"
+        );
     }
 }

@@ -11,6 +11,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use core::time::Duration;
+#[cfg(target_arch = "x86_64")]
 use kiln_arch_x86_64::syscall::FpState;
 use kiln_sched::{ThreadId, WaitQueue};
 
@@ -32,13 +33,19 @@ pub(crate) fn tid() -> u32 {
     if !THREADED.load(Ordering::Relaxed) {
         return 1;
     }
-    TASKS.lock().get(&kiln_sched::current()).map_or(1, |t| t.tid)
+    TASKS
+        .lock()
+        .get(&kiln_sched::current())
+        .map_or(1, |t| t.tid)
 }
 
 /// The calling thread's SSE registers and FS base, put back when dropped
-/// (another program thread may have run in between).
+/// (another program thread may have run in between). On arm64 the entry
+/// saves every register itself, TPIDR_EL0 included.
+#[cfg(target_arch = "x86_64")]
 pub(crate) struct Keep(Option<(FpState, u64)>);
 
+#[cfg(target_arch = "x86_64")]
 impl Keep {
     pub fn new() -> Keep {
         if !THREADED.load(Ordering::Relaxed) {
@@ -50,6 +57,7 @@ impl Keep {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Drop for Keep {
     fn drop(&mut self) {
         if let Some((fp, fs)) = &self.0 {
@@ -59,31 +67,41 @@ impl Drop for Keep {
     }
 }
 
-#[cfg(target_os = "none")]
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) struct Keep;
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Keep {
+    pub fn new() -> Keep {
+        Keep
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 fn save(fp: &mut FpState) {
     fp.save();
 }
-#[cfg(target_os = "none")]
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 fn restore(fp: &FpState) {
     fp.restore();
 }
-#[cfg(target_os = "none")]
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 fn fs_base() -> u64 {
     kiln_arch_x86_64::syscall::fs_base()
 }
-#[cfg(target_os = "none")]
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 fn set_fs_base(v: u64) {
     kiln_arch_x86_64::syscall::set_fs_base(v)
 }
-#[cfg(not(target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
 fn save(_: &mut FpState) {}
-#[cfg(not(target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
 fn restore(_: &FpState) {}
-#[cfg(not(target_os = "none"))]
+#[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
 fn fs_base() -> u64 {
     0
 }
-#[cfg(not(target_os = "none"))]
+#[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
 fn set_fs_base(_: u64) {}
 
 const CLONE_VM: u64 = 0x100;
@@ -97,8 +115,8 @@ const CLONE_CHILD_SETTID: u64 = 0x1000000;
 /// program thread, which then runs (and makes its calls) on its own stack.
 const START_STACK: usize = 16 << 10;
 
-fn clone(f: &Frame) -> Sys {
-    let [flags, stack, ptid, ctid, tls, _] = f.a;
+fn clone(a: [u64; 6], f: &Frame) -> Sys {
+    let [flags, stack, ptid, ctid, tls, _] = a;
     if flags & (CLONE_VM | CLONE_THREAD) != CLONE_VM | CLONE_THREAD {
         static SAID: AtomicBool = AtomicBool::new(false);
         if !SAID.swap(true, Ordering::Relaxed) {
@@ -119,26 +137,28 @@ fn clone(f: &Frame) -> Sys {
             put(ctid, &tid.to_le_bytes())?;
         }
     }
-    let mut child = *f;
-    child.nr = 0;
-    child.rsp = stack;
-    let fs = if flags & CLONE_SETTLS != 0 { tls } else { fs_base() };
+    let settls = flags & CLONE_SETTLS != 0;
+    let child = crate::arch::child_frame(f, stack, settls.then_some(tls));
+    let fs = if settls { tls } else { fs_base() };
     if !THREADED.swap(true, Ordering::Relaxed) {
         // The first thread becomes a task too, so tid() knows it.
-        TASKS.lock().insert(kiln_sched::current(), Task { tid: 1, clear_tid: 0 });
+        TASKS.lock().insert(
+            kiln_sched::current(),
+            Task {
+                tid: 1,
+                clear_tid: 0,
+            },
+        );
     }
-    let h = kiln_sched::Builder::new().name(alloc::format!("tid {tid}")).stack_size(START_STACK).spawn(move || {
-        set_fs_base(fs);
-        // SAFETY: the frame is the parent's at its `clone`, so rip is the
-        // program's code; rsp is the stack the program gave the thread.
-        #[cfg(target_os = "none")]
-        unsafe {
-            kiln_arch_x86_64::syscall::resume(&child)
-        }
-        #[cfg(not(target_os = "none"))]
-        let _ = child;
-    });
-    let clear_tid = if flags & CLONE_CHILD_CLEARTID != 0 { ctid } else { 0 };
+    let h = kiln_sched::Builder::new()
+        .name(alloc::format!("tid {tid}"))
+        .stack_size(START_STACK)
+        .spawn(move || crate::arch::start_thread(&child, fs));
+    let clear_tid = if flags & CLONE_CHILD_CLEARTID != 0 {
+        ctid
+    } else {
+        0
+    };
     TASKS.lock().insert(h.id(), Task { tid, clear_tid });
     Ok(tid as i64)
 }
@@ -148,7 +168,11 @@ fn clone(f: &Frame) -> Sys {
 /// program.
 fn exit_thread(code: i64) -> ! {
     let id = kiln_sched::current();
-    let task = if id == 0 { None } else { TASKS.lock().remove(&id) };
+    let task = if id == 0 {
+        None
+    } else {
+        TASKS.lock().remove(&id)
+    };
     let Some(task) = task else { crate::exit(code) };
     if task.clear_tid != 0 {
         // SAFETY: see `crate::bytes`; the word is the program's.
@@ -162,11 +186,17 @@ fn exit_thread(code: i64) -> ! {
 static FUTEXES: spin::Mutex<BTreeMap<u64, Arc<WaitQueue>>> = spin::Mutex::new(BTreeMap::new());
 
 fn queue(addr: u64) -> Arc<WaitQueue> {
-    FUTEXES.lock().entry(addr).or_insert_with(|| Arc::new(WaitQueue::new())).clone()
+    FUTEXES
+        .lock()
+        .entry(addr)
+        .or_insert_with(|| Arc::new(WaitQueue::new()))
+        .clone()
 }
 
 fn wake(addr: u64, n: u64) -> i64 {
-    let Some(q) = FUTEXES.lock().get(&addr).cloned() else { return 0 };
+    let Some(q) = FUTEXES.lock().get(&addr).cloned() else {
+        return 0;
+    };
     let mut woken = 0;
     while woken < n && q.wake_one() {
         woken += 1;
@@ -280,10 +310,9 @@ fn arch_prctl(code: u64, addr: u64) -> Sys {
 }
 
 /// The thread calls; None if `nr` is not one.
-pub(crate) fn call(nr: u64, f: &mut Frame) -> Option<Sys> {
-    let a = f.a;
+pub(crate) fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Option<Sys> {
     Some(match nr {
-        56 => clone(f),
+        56 => clone(a, f),
         // clone3: glibc then uses clone.
         435 => Err(errno::ENOSYS),
         60 => exit_thread(a[0] as i64),

@@ -268,7 +268,10 @@ fn check_path(path: &str) -> Result<()> {
 
 impl Vfs {
     pub const fn new() -> Vfs {
-        Vfs { mounts: Mutex::new(Vec::new()), fds: Mutex::new(BTreeMap::new()) }
+        Vfs {
+            mounts: Mutex::new(Vec::new()),
+            fds: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Mounts `fs` at `path` (`/` first; other mount points must be
@@ -296,7 +299,11 @@ impl Vfs {
 
     /// Mount points and file system names.
     pub fn mounts(&self) -> Vec<(String, &'static str)> {
-        self.mounts.lock().iter().map(|m| (m.path.clone(), m.fs.name())).collect()
+        self.mounts
+            .lock()
+            .iter()
+            .map(|m| (m.path.clone(), m.fs.name()))
+            .collect()
     }
 
     fn fs(&self, i: usize) -> Arc<dyn FileSystem> {
@@ -338,7 +345,10 @@ impl Vfs {
         // The work list: components still to walk, last one at the end.
         let mut todo: Vec<String> = components(path).rev().map(|s| s.to_string()).collect();
         // The walked path as (node, absolute path string) frames, root first.
-        let root = Node { mount: 0, ino: self.fs(0).root() };
+        let root = Node {
+            mount: 0,
+            ino: self.fs(0).root(),
+        };
         let mut stack: Vec<(Node, String)> = alloc::vec![(root, String::from("/"))];
         while let Some(c) = todo.pop() {
             let (cur, cur_path) = stack.last().cloned().unwrap();
@@ -353,11 +363,21 @@ impl Vfs {
                 return Err(Error::NotDir);
             }
             let ino = fs.lookup(cur.ino, &c)?;
-            let child_path = if cur_path == "/" { alloc::format!("/{c}") } else { alloc::format!("{cur_path}/{c}") };
-            let mut node = Node { mount: cur.mount, ino };
+            let child_path = if cur_path == "/" {
+                alloc::format!("/{c}")
+            } else {
+                alloc::format!("{cur_path}/{c}")
+            };
+            let mut node = Node {
+                mount: cur.mount,
+                ino,
+            };
             // Crossing into a file system mounted here.
             if let Some(m) = self.mount_at(&child_path) {
-                node = Node { mount: m, ino: self.fs(m).root() };
+                node = Node {
+                    mount: m,
+                    ino: self.fs(m).root(),
+                };
             }
             let st = self.fs(node.mount).stat(node.ino)?;
             if st.kind == FileType::Symlink && (follow || !todo.is_empty()) {
@@ -393,7 +413,11 @@ impl Vfs {
             None => (".", trimmed),
         };
         if name.is_empty() || name == "." || name == ".." {
-            return Err(if trimmed.is_empty() { Error::Busy } else { Error::Invalid });
+            return Err(if trimmed.is_empty() {
+                Error::Busy
+            } else {
+                Error::Invalid
+            });
         }
         let dir = if dir == "." { "/" } else { dir };
         let d = self.lookup(dir, true)?;
@@ -429,8 +453,13 @@ impl Vfs {
                 if name.len() > NAME_MAX {
                     return Err(Error::NameTooLong);
                 }
-                let ino = self.fs(dir.mount).create(dir.ino, name, FileType::File, mode & 0o7777)?;
-                Node { mount: dir.mount, ino }
+                let ino =
+                    self.fs(dir.mount)
+                        .create(dir.ino, name, FileType::File, mode & 0o7777)?;
+                Node {
+                    mount: dir.mount,
+                    ino,
+                }
             }
             Err(e) => return Err(e),
         };
@@ -449,7 +478,11 @@ impl Vfs {
         if flags & O_TRUNC != 0 && acc != O_RDONLY && st.kind == FileType::File {
             fs.truncate(node.ino, 0)?;
         }
-        Ok(self.new_fd(Open { node, flags, offset: Mutex::new(0) }))
+        Ok(self.new_fd(Open {
+            node,
+            flags,
+            offset: Mutex::new(0),
+        }))
     }
 
     pub fn close(&self, fd: i32) -> Result<()> {
@@ -539,7 +572,10 @@ impl Vfs {
             Whence::Cur => *off as i64,
             Whence::End => self.fs(o.node.mount).stat(o.node.ino)?.size as i64,
         };
-        let new = base.checked_add(offset).filter(|n| *n >= 0).ok_or(Error::Invalid)?;
+        let new = base
+            .checked_add(offset)
+            .filter(|n| *n >= 0)
+            .ok_or(Error::Invalid)?;
         *off = new as u64;
         Ok(*off)
     }
@@ -569,7 +605,9 @@ impl Vfs {
 
     pub fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
         let (dir, name) = self.parent(path)?;
-        self.fs(dir.mount).create(dir.ino, name, FileType::Dir, mode & 0o7777).map(|_| ())
+        self.fs(dir.mount)
+            .create(dir.ino, name, FileType::Dir, mode & 0o7777)
+            .map(|_| ())
     }
 
     /// Creates every missing directory on the way to `path`.
@@ -619,7 +657,9 @@ impl Vfs {
             return Err(Error::NotFound);
         }
         let (dir, name) = self.parent(path)?;
-        self.fs(dir.mount).symlink(dir.ino, name, target).map(|_| ())
+        self.fs(dir.mount)
+            .symlink(dir.ino, name, target)
+            .map(|_| ())
     }
 
     pub fn readlink(&self, path: &str) -> Result<String> {
@@ -643,7 +683,11 @@ impl Vfs {
         let mut v = self.fs(n.mount).readdir(n.ino)?;
         // Mount points show the mounted root's type.
         for e in &mut v {
-            let child = if p == "/" { alloc::format!("/{}", e.name) } else { alloc::format!("{p}/{}", e.name) };
+            let child = if p == "/" {
+                alloc::format!("/{}", e.name)
+            } else {
+                alloc::format!("{p}/{}", e.name)
+            };
             if self.mount_at(&child).is_some() {
                 e.kind = FileType::Dir;
             }
@@ -683,7 +727,9 @@ impl Vfs {
     /// long as the kernel (the initrd): no copy where the file system allows.
     pub fn write_file_static(&self, path: &str, data: &'static [u8], mode: u32) -> Result<()> {
         let fd = self.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode)?;
-        let r = self.get(fd).and_then(|o| self.fs(o.node.mount).set_static(o.node.ino, data));
+        let r = self
+            .get(fd)
+            .and_then(|o| self.fs(o.node.mount).set_static(o.node.ino, data));
         let _ = self.close(fd);
         r
     }

@@ -11,9 +11,9 @@ use core::ptr::NonNull;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
-use virtio_drivers::transport::pci::PciTransport;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 use virtio_drivers::transport::pci::virtio_device_type;
+use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
@@ -61,7 +61,9 @@ pub type Mmio = MmioTransport<'static>;
 pub fn mmio_devices(kind: DeviceType) -> Vec<Mmio> {
     let mut out = Vec::new();
     for &(base, size) in kiln_boot::virtio_mmio() {
-        let Some(header) = NonNull::new(base as *mut VirtIOHeader) else { continue };
+        let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
+            continue;
+        };
         // SAFETY: the platform found a virtio-mmio header at `base` and
         // mapped its `size` bytes uncached; nothing else drives this slot.
         match unsafe { MmioTransport::new(header, size) } {
@@ -80,7 +82,11 @@ pub struct PortCam;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 impl PortCam {
     fn address(df: DeviceFunction, offset: u8) -> u32 {
-        0x8000_0000 | (df.bus as u32) << 16 | (df.device as u32) << 11 | (df.function as u32) << 8 | (offset as u32 & 0xfc)
+        0x8000_0000
+            | (df.bus as u32) << 16
+            | (df.device as u32) << 11
+            | (df.function as u32) << 8
+            | (offset as u32 & 0xfc)
     }
 }
 
@@ -121,8 +127,11 @@ pub fn pci_devices(kind: DeviceType) -> Vec<PciTransport> {
         return out;
     }
     let mut root = PciRoot::new(PortCam);
-    let found: Vec<DeviceFunction> =
-        root.enumerate_bus(0).filter(|(_, info)| virtio_device_type(info) == Some(kind)).map(|(df, _)| df).collect();
+    let found: Vec<DeviceFunction> = root
+        .enumerate_bus(0)
+        .filter(|(_, info)| virtio_device_type(info) == Some(kind))
+        .map(|(df, _)| df)
+        .collect();
     for df in found {
         root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
         if let Ok(t) = PciTransport::new::<KilnHal, _>(&mut root, df) {
@@ -139,7 +148,10 @@ pub fn pci_devices(_kind: DeviceType) -> Vec<PciTransport> {
 
 /// Every virtio device of the given type: virtio-mmio slots, then PCI.
 pub fn devices(kind: DeviceType) -> Vec<SomeTransport<'static>> {
-    let mut v: Vec<SomeTransport<'static>> = mmio_devices(kind).into_iter().map(SomeTransport::Mmio).collect();
+    let mut v: Vec<SomeTransport<'static>> = mmio_devices(kind)
+        .into_iter()
+        .map(SomeTransport::Mmio)
+        .collect();
     v.extend(pci_devices(kind).into_iter().map(SomeTransport::Pci));
     v
 }

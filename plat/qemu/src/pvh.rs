@@ -48,7 +48,12 @@ struct ModlistEntry {
 }
 
 const MEMMAP_MAX: usize = 64;
-static mut MEMMAP: [MemmapEntry; MEMMAP_MAX] = [MemmapEntry { addr: 0, size: 0, kind: 0, reserved: 0 }; MEMMAP_MAX];
+static mut MEMMAP: [MemmapEntry; MEMMAP_MAX] = [MemmapEntry {
+    addr: 0,
+    size: 0,
+    kind: 0,
+    reserved: 0,
+}; MEMMAP_MAX];
 
 impl Start {
     /// RAM ranges as half-open `(start, end)` pairs.
@@ -135,5 +140,9 @@ pub unsafe fn parse(addr: usize) -> Result<Start, Error> {
             module = Some((m.paddr as usize, m.size as usize));
         }
     }
-    Ok(Start { cmdline, memmap, module })
+    Ok(Start {
+        cmdline,
+        memmap,
+        module,
+    })
 }

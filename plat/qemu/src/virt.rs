@@ -103,8 +103,14 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
     for n in fdt.all_nodes() {
         let name = n.name;
         if name == "chosen" {
-            cmdline = n.property("bootargs").and_then(|p| p.as_str()).unwrap_or("");
-            initrd = (n.property("linux,initrd-start").and_then(|p| p.as_usize()), n.property("linux,initrd-end").and_then(|p| p.as_usize()));
+            cmdline = n
+                .property("bootargs")
+                .and_then(|p| p.as_str())
+                .unwrap_or("");
+            initrd = (
+                n.property("linux,initrd-start").and_then(|p| p.as_usize()),
+                n.property("linux,initrd-end").and_then(|p| p.as_usize()),
+            );
             continue;
         }
         if name.starts_with("memory") {
@@ -117,9 +123,15 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
             }
             continue;
         }
-        let Some(compat) = n.compatible() else { continue };
+        let Some(compat) = n.compatible() else {
+            continue;
+        };
         let first = compat.first();
-        let mut regs = n.reg().into_iter().flatten().map(|r| (r.starting_address as usize, r.size.unwrap_or(0x200)));
+        let mut regs = n
+            .reg()
+            .into_iter()
+            .flatten()
+            .map(|r| (r.starting_address as usize, r.size.unwrap_or(0x200)));
         match first {
             "virtio,mmio" => {
                 if let (Some(r), true) = (regs.next(), nmmio < mmio.len()) {
@@ -128,7 +140,9 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
                     spis[nmmio] = n
                         .property("interrupts")
                         .filter(|p| p.value.len() >= 8 && p.value[..4] == [0; 4])
-                        .map_or(0, |p| 32 + u32::from_be_bytes(p.value[4..8].try_into().unwrap()));
+                        .map_or(0, |p| {
+                            32 + u32::from_be_bytes(p.value[4..8].try_into().unwrap())
+                        });
                     nmmio += 1;
                 }
             }
@@ -164,12 +178,21 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
     let (istart, iend) = initrd.unwrap_or((0, 0));
     let reserved = [
         (arch::layout::kernel_start(), arch::layout::kernel_end()),
-        (dtb & !0xfff, (dtb + fdt.total_size()).next_multiple_of(4096)),
+        (
+            dtb & !0xfff,
+            (dtb + fdt.total_size()).next_multiple_of(4096),
+        ),
         (istart & !0xfff, iend.next_multiple_of(4096)),
     ];
     let mut regions = [MemRegion { start: 0, size: 0 }; 16];
     // entry.S maps RAM up to 4 GiB.
-    let n = kiln_boot::mem::carve(ram[..nram].iter().copied(), &reserved, DEVICE_END, 1 << 32, &mut regions);
+    let n = kiln_boot::mem::carve(
+        ram[..nram].iter().copied(),
+        &reserved,
+        DEVICE_END,
+        1 << 32,
+        &mut regions,
+    );
     let info = BootInfo {
         platform: &VIRT,
         cmdline,

@@ -12,17 +12,17 @@
 #[path = "pvh.rs"]
 mod pvh;
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_arch_x86_64 as arch;
 use kiln_boot::{BootInfo, MemRegion, Platform};
-use core::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(target_os = "none")]
 core::arch::global_asm!(
     ".section .note.Xen, \"a\"",
     ".balign 4",
-    ".long 4",          // name size ("Xen\0")
-    ".long 4",          // descriptor size
-    ".long 18",         // XEN_ELFNOTE_PHYS32_ENTRY
+    ".long 4",  // name size ("Xen\0")
+    ".long 4",  // descriptor size
+    ".long 18", // XEN_ELFNOTE_PHYS32_ENTRY
     ".asciz \"Xen\"",
     ".balign 4",
     ".long _kiln_entry32",
@@ -71,7 +71,9 @@ impl Serial {
     }
 }
 
-static SERIAL: Serial = Serial { ready: AtomicBool::new(false) };
+static SERIAL: Serial = Serial {
+    ready: AtomicBool::new(false),
+};
 
 /// Applies `CONFIG_PLAT_QEMU_UART_INIT`: when false, the UART is used as QEMU
 /// leaves it, without programming it. Call before anything is printed.
@@ -112,7 +114,9 @@ impl Platform for Qemu {
         static HZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
         match HZ.load(core::sync::atomic::Ordering::Relaxed) {
             0 => {
-                let hz = kiln_boot::param("clock.tsc_hz").and_then(|v| v.parse().ok()).or_else(arch::tsc::frequency)?;
+                let hz = kiln_boot::param("clock.tsc_hz")
+                    .and_then(|v| v.parse().ok())
+                    .or_else(arch::tsc::frequency)?;
                 HZ.store(hz, core::sync::atomic::Ordering::Relaxed);
                 Some(hz)
             }
@@ -172,8 +176,14 @@ fn parse_virtio_mmio(s: &str) -> Option<(usize, usize, Option<u8>)> {
 mod tests {
     #[test]
     fn reads_virtio_mmio_parameters() {
-        assert_eq!(super::parse_virtio_mmio("512@0xfeb00e00:12"), Some((0xfeb0_0e00, 512, Some(12))));
-        assert_eq!(super::parse_virtio_mmio("4K@0xd0000000:5"), Some((0xd000_0000, 4096, Some(5))));
+        assert_eq!(
+            super::parse_virtio_mmio("512@0xfeb00e00:12"),
+            Some((0xfeb0_0e00, 512, Some(12)))
+        );
+        assert_eq!(
+            super::parse_virtio_mmio("4K@0xd0000000:5"),
+            Some((0xd000_0000, 4096, Some(5)))
+        );
         assert_eq!(super::parse_virtio_mmio("512@feb00e00:12"), None);
         assert_eq!(super::parse_virtio_mmio("junk"), None);
     }
@@ -211,10 +221,17 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     let module = start.module.unwrap_or((0, 0));
     let reserved = [
         (arch::layout::kernel_start(), arch::layout::kernel_end()),
-        (module.0 & !0xfff, (module.0 + module.1).next_multiple_of(4096)),
+        (
+            module.0 & !0xfff,
+            (module.0 + module.1).next_multiple_of(4096),
+        ),
         // With the ELF loader, 4-32 MiB stay out of the heap: Linux
         // programs linked at fixed addresses (usually 4 MiB) go there.
-        if option_env!("KILN_CONFIG_LIBELF") == Some("y") { (0x40_0000, 0x200_0000) } else { (0, 0) },
+        if option_env!("KILN_CONFIG_LIBELF") == Some("y") {
+            (0x40_0000, 0x200_0000)
+        } else {
+            (0, 0)
+        },
     ];
     let mut regions = [MemRegion { start: 0, size: 0 }; 16];
     // Below 1 MiB lie firmware tables and the loader's data.
@@ -233,7 +250,10 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     let mut mmio = [(0usize, 0usize); 32];
     let mut nmmio = 0;
     for w in start.cmdline.split_ascii_whitespace() {
-        if let Some((base, size, irq)) = w.strip_prefix(kiln_boot::cmdline::PLATFORM_PREFIX).and_then(parse_virtio_mmio) {
+        if let Some((base, size, irq)) = w
+            .strip_prefix(kiln_boot::cmdline::PLATFORM_PREFIX)
+            .and_then(parse_virtio_mmio)
+        {
             if nmmio < mmio.len() && arch::mmu::map_device(base as u64, size as u64) {
                 mmio[nmmio] = (base, size);
                 nmmio += 1;
@@ -250,7 +270,9 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         entry_ticks: entry_tsc,
         // SAFETY: QEMU loaded the module there; its pages are reserved above
         // and identity-mapped, and nothing writes to them.
-        initrd: start.module.map(|(a, n)| unsafe { core::slice::from_raw_parts(a as *const u8, n) }),
+        initrd: start
+            .module
+            .map(|(a, n)| unsafe { core::slice::from_raw_parts(a as *const u8, n) }),
         virtio_mmio: &mmio[..nmmio],
     };
     // SAFETY: the link crate of every kernel defines `kiln_start`.

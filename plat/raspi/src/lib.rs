@@ -10,7 +10,10 @@
 //! left it (on a real board, `enable_uart=1` in config.txt; GPIO 14/15).
 //! Exit: semihosting under QEMU; a real board halts.
 #![cfg_attr(not(test), no_std)]
-#![cfg_attr(not(all(target_arch = "aarch64", target_os = "none")), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    not(all(target_arch = "aarch64", target_os = "none")),
+    allow(dead_code, unused_imports)
+)]
 
 #[cfg(target_arch = "aarch64")]
 mod board {
@@ -107,8 +110,15 @@ mod board {
         }
         // SAFETY: when x0 is not null it is the firmware's device tree; the
         // fdt crate checks the header's magic and sizes before using it.
-        let fdt = if dtb != 0 { unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.ok() } else { None };
-        let cmdline = fdt.as_ref().and_then(|f| f.chosen().bootargs()).unwrap_or("");
+        let fdt = if dtb != 0 {
+            unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.ok()
+        } else {
+            None
+        };
+        let cmdline = fdt
+            .as_ref()
+            .and_then(|f| f.chosen().bootargs())
+            .unwrap_or("");
         let mut ram = [(0usize, 0usize); 8];
         let mut nram = 0;
         if let Some(f) = &fdt {
@@ -122,12 +132,30 @@ mod board {
             ram[0] = (0, RAM_END);
             nram = 1;
         }
-        let dt = fdt.as_ref().map_or((0, 0), |f| (dtb & !0xfff, (dtb + f.total_size()).next_multiple_of(4096)));
-        let reserved = [(arch::layout::kernel_start(), arch::layout::kernel_end()), dt];
+        let dt = fdt.as_ref().map_or((0, 0), |f| {
+            (dtb & !0xfff, (dtb + f.total_size()).next_multiple_of(4096))
+        });
+        let reserved = [
+            (arch::layout::kernel_start(), arch::layout::kernel_end()),
+            dt,
+        ];
         let mut regions = [MemRegion { start: 0, size: 0 }; 16];
         // The first 512 KiB hold the firmware's spin tables and the boot stub.
-        let n = kiln_boot::mem::carve(ram[..nram].iter().copied(), &reserved, 0x8_0000, PERIPHERALS, &mut regions);
-        let info = BootInfo { platform: &RASPI, cmdline, memory: &regions[..n], entry_ticks, initrd: None, virtio_mmio: &[] };
+        let n = kiln_boot::mem::carve(
+            ram[..nram].iter().copied(),
+            &reserved,
+            0x8_0000,
+            PERIPHERALS,
+            &mut regions,
+        );
+        let info = BootInfo {
+            platform: &RASPI,
+            cmdline,
+            memory: &regions[..n],
+            entry_ticks,
+            initrd: None,
+            virtio_mmio: &[],
+        };
         // SAFETY: the link crate of every kernel defines `kiln_start`.
         unsafe { kiln_start(&info) }
     }

@@ -31,7 +31,11 @@ fn measure<B: Backend>(make: fn() -> B, runs: usize) -> (f64, f64, u64) {
             OPS,
             r as u64 + 1,
             false,
-            &mut |l| b.borrow_mut().alloc(l).map_or(std::ptr::null_mut(), |p| p.as_ptr()),
+            &mut |l| {
+                b.borrow_mut()
+                    .alloc(l)
+                    .map_or(std::ptr::null_mut(), |p| p.as_ptr())
+            },
             // SAFETY: the workload frees only what it allocated, with its layout.
             &mut |p, l| unsafe { b.borrow_mut().dealloc(NonNull::new(p).unwrap(), l) },
         );
@@ -49,19 +53,36 @@ fn measure<B: Backend>(make: fn() -> B, runs: usize) -> (f64, f64, u64) {
         1_000_000,
         7,
         true,
-        &mut |l| b.borrow_mut().alloc(l).map_or(std::ptr::null_mut(), |p| p.as_ptr()),
+        &mut |l| {
+            b.borrow_mut()
+                .alloc(l)
+                .map_or(std::ptr::null_mut(), |p| p.as_ptr())
+        },
         // SAFETY: as above.
         &mut |p, l| unsafe { b.borrow_mut().dealloc(NonNull::new(p).unwrap(), l) },
     );
-    let used = if o.failures > 0 { o.live_at_first_failure } else { o.peak_live };
-    (rates[rates.len() / 2], used as f64 / total as f64 * 100.0, failures)
+    let used = if o.failures > 0 {
+        o.live_at_first_failure
+    } else {
+        o.peak_live
+    };
+    (
+        rates[rates.len() / 2],
+        used as f64 / total as f64 * 100.0,
+        failures,
+    )
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(7);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(7);
     println!("| backend | Mops/s (median of {runs}) | usable share of a 1 MiB arena | failed allocations in the 64 MiB runs |");
     println!("|---|---|---|---|");
-    let row = |name: &str, (rate, usable, fails): (f64, f64, u64)| println!("| {name} | {rate:.1} | {usable:.0}% | {fails} |");
+    let row = |name: &str, (rate, usable, fails): (f64, f64, u64)| {
+        println!("| {name} | {rate:.1} | {usable:.0}% | {fails} |")
+    };
     row("tlsf", measure(kiln_alloc_tlsf::Tlsf::new, runs));
     row("buddy", measure(kiln_alloc_buddy::Buddy::new, runs));
     row("region", measure(kiln_alloc_region::Region::new, runs));

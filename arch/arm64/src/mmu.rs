@@ -1,0 +1,114 @@
+//! Changes to the boot page tables (`entry.S` builds them: one level-1
+//! table, four level-2 tables of 2 MiB blocks covering 4 GiB, and level-3
+//! tables for the kernel image's blocks), for Linux programs.
+
+/// Descriptor bits.
+const VALID: u64 = 1;
+const TABLE_OR_PAGE: u64 = 2;
+const ATTR_MASK: u64 = 7 << 2;
+const ATTR_NORMAL: u64 = 1 << 2;
+const PXN: u64 = 1 << 53;
+const UXN: u64 = 1 << 54;
+/// End of QEMU virt's flash window (device memory in the boot map).
+const FLASH_END: u64 = 128 << 20;
+/// A 2 MiB block of normal memory: access flag, inner shareable, read,
+/// write and execute.
+const NORMAL_BLOCK: u64 = VALID | ATTR_NORMAL | (3 << 8) | (1 << 10);
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+extern "C" {
+    static mut kiln_l2: [u64; 2048];
+    static mut kiln_l3: [u64; 8 * 512];
+}
+
+/// Makes the TLB forget old translations after a table change.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+fn flush() {
+    // SAFETY: barriers and a TLB invalidation have no other effect.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi vmalle1", "dsb ish", "isb") }
+}
+
+/// Makes RAM outside the kernel image executable (Linux programs and
+/// their libraries are loaded into heap memory): the 2 MiB blocks of
+/// normal memory, and the 4 KiB pages past the kernel image's end. W^X then
+/// covers the kernel image only.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub fn ram_executable() {
+    let end = crate::layout::kernel_end() as u64;
+    // SAFETY: the tables are the live boot tables; clearing the
+    // never-execute bits of normal-memory entries changes no mapping's
+    // address or writability, and the flush makes the change visible.
+    unsafe {
+        let l2 = &mut *core::ptr::addr_of_mut!(kiln_l2);
+        for e in l2.iter_mut() {
+            let v = core::ptr::read_volatile(e);
+            if v & (VALID | TABLE_OR_PAGE) == VALID && v & ATTR_MASK == ATTR_NORMAL {
+                core::ptr::write_volatile(e, v & !(PXN | UXN));
+            }
+        }
+        let l3 = &mut *core::ptr::addr_of_mut!(kiln_l3);
+        for e in l3.iter_mut() {
+            let v = core::ptr::read_volatile(e);
+            let addr = v & 0x0000_ffff_ffff_f000;
+            if v & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
+                && v & ATTR_MASK == ATTR_NORMAL
+                && addr >= end
+            {
+                core::ptr::write_volatile(e, v & !(PXN | UXN));
+            }
+        }
+    }
+    flush();
+}
+
+/// Maps the 2 MiB block at virtual address `va` to RAM at `pa` (both 2 MiB
+/// aligned, below 4 GiB), readable, writable and executable: where a Linux
+/// program linked at a fixed address that is not RAM here (0x200000,
+/// 0x400000) is placed. Taken only where nothing is mapped, or where the
+/// boot map put device memory below 128 MiB (on QEMU virt that is the
+/// flash window, which Kiln does not use); false otherwise.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub fn map_block(va: u64, pa: u64) -> bool {
+    const BLOCK: u64 = 2 << 20;
+    if !va.is_multiple_of(BLOCK) || !pa.is_multiple_of(BLOCK) || va >= 4 << 30 {
+        return false;
+    }
+    // SAFETY: the entry is in the live level-2 tables and was unused (so
+    // nothing relies on the address being unmapped but the program).
+    unsafe {
+        let l2 = &mut *core::ptr::addr_of_mut!(kiln_l2);
+        let e = &mut l2[(va / BLOCK) as usize];
+        let old = core::ptr::read_volatile(e);
+        let device = old & (VALID | TABLE_OR_PAGE) == VALID && old & ATTR_MASK == 0;
+        if old != 0 && !(device && va < FLASH_END) {
+            return false;
+        }
+        core::ptr::write_volatile(e, pa | NORMAL_BLOCK);
+    }
+    flush();
+    true
+}
+
+/// Makes instructions just written to memory visible to instruction
+/// fetch (clean the data cache to the point of unification, invalidate
+/// the instruction cache).
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub fn sync_icache(start: u64, len: u64) {
+    let line = 64;
+    let (lo, hi) = (start & !(line - 1), start + len);
+    // SAFETY: cache maintenance by address on mapped memory changes no data.
+    unsafe {
+        let mut a = lo;
+        while a < hi {
+            core::arch::asm!("dc cvau, {}", in(reg) a);
+            a += line;
+        }
+        core::arch::asm!("dsb ish");
+        let mut a = lo;
+        while a < hi {
+            core::arch::asm!("ic ivau, {}", in(reg) a);
+            a += line;
+        }
+        core::arch::asm!("dsb ish", "isb");
+    }
+}

@@ -1,0 +1,105 @@
+//! `svc #0`, for Linux programs run by the ELF loader.
+//!
+//! Programs run at EL1 on SP_EL0 and the kernel's page tables, like the
+//! kernel itself, so `svc` arrives at the vector for the current EL with
+//! SP_EL0. `entry.S` moves back to the program's stack, saves every
+//! register (a [`Frame`], vector registers and TPIDR_EL0 included: the
+//! kernel uses FP/SIMD itself, and a thread switch inside the call must
+//! not lose them), calls the handler installed with [`set_handler`], and
+//! returns with `eret`. As on Linux, only x0 (the result) changes.
+
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// A program's registers at a system call (the layout `entry.S` writes).
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Frame {
+    /// x0-x30: the arguments in x0-x5, the number in x8.
+    pub x: [u64; 31],
+    /// The program's stack pointer.
+    pub sp: u64,
+    /// Where the program continues (after the `svc`).
+    pub elr: u64,
+    pub spsr: u64,
+    /// The thread pointer.
+    pub tpidr: u64,
+    pad: u64,
+    pub q: [u128; 32],
+    pub fpcr: u64,
+    pub fpsr: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Frame>() == 816);
+
+fn enosys(_: &mut Frame) -> i64 {
+    -38
+}
+
+static HANDLER: AtomicPtr<()> = AtomicPtr::new(enosys as *mut ());
+
+/// Installs the function that carries out system calls.
+pub fn set_handler(f: fn(&mut Frame) -> i64) {
+    HANDLER.store(f as *mut (), Ordering::Release);
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[no_mangle]
+extern "C" fn kiln_svc_dispatch(frame: &mut Frame) {
+    let p = HANDLER.load(Ordering::Acquire);
+    // SAFETY: HANDLER only holds `enosys` or a `fn(&mut Frame) -> i64` stored by set_handler.
+    let f: fn(&mut Frame) -> i64 = unsafe { core::mem::transmute(p) };
+    frame.x[0] = f(frame) as u64;
+}
+
+/// SPSR for a program: EL1 on SP_EL0 (EL1t), interrupts masked as they are
+/// in kernel code (they are taken only while idle).
+pub const PROGRAM_SPSR: u64 = 0x3c4;
+
+/// Continues a program with every register of `frame` (a new thread
+/// returning from `clone`, or a program's first instruction).
+///
+/// # Safety
+/// `frame.elr` must be program code and `frame.sp` a stack it owns.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub unsafe fn resume(frame: &Frame) -> ! {
+    extern "C" {
+        fn kiln_svc_resume(frame: *const Frame) -> !;
+    }
+    // SAFETY: per the contract; `frame` is read before the stack changes.
+    unsafe { kiln_svc_resume(frame) }
+}
+
+/// Starts a program: stack pointer `sp` (argc at [sp]), entry `entry`,
+/// every other register zero. Never returns.
+///
+/// # Safety
+/// `entry` must be executable program code and `sp` its initial stack.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub unsafe fn enter(entry: u64, sp: u64) -> ! {
+    let f = Frame {
+        sp,
+        elr: entry,
+        spsr: PROGRAM_SPSR,
+        ..Frame::default()
+    };
+    // SAFETY: per the contract.
+    unsafe { resume(&f) }
+}
+
+/// Host builds (unit tests) cannot run programs.
+///
+/// # Safety
+/// Never runs.
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+pub unsafe fn resume(_frame: &Frame) -> ! {
+    unreachable!("programs run only in a kernel")
+}
+
+/// Host builds (unit tests) cannot run programs.
+///
+/// # Safety
+/// Never runs.
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+pub unsafe fn enter(_entry: u64, _sp: u64) -> ! {
+    unreachable!("programs run only in a kernel")
+}
