@@ -751,8 +751,34 @@ fn ioctl(fd: i64, req: u64, arg: u64) -> Sys {
         }
         // FIOCLEX, FIONCLEX
         0x5451 | 0x5450 => fcntl(fd, 2, (req == 0x5451) as u64),
-        // Terminal requests (TCGETS, TIOCGWINSZ...): the console is a
-        // serial line without terminal settings, so not a terminal.
+        // The console is a terminal (a serial line): TCGETS gives settings
+        // of a cooked 115200-baud line, TCSETS* are accepted, TIOCGWINSZ
+        // says 80x24, the foreground group is the program. isatty() is
+        // true, so C libraries flush output by line.
+        0x5401 | 0x5402..=0x5404 | 0x5413 | 0x540f | 0x5410 if matches!(d.kind, Kind::Console) => {
+            // SAFETY (of `put`): see `bytes`.
+            match req {
+                0x5401 => {
+                    // The kernel's struct termios (36 bytes): iflag ICRNL|IXON, oflag OPOST|ONLCR,
+                    // cflag B115200|CS8|CREAD, lflag ISIG|ICANON|ECHO|ECHOE|ECHOK|IEXTEN.
+                    let mut t = [0u8; 36];
+                    t[0..4].copy_from_slice(&0o2400u32.to_le_bytes());
+                    t[4..8].copy_from_slice(&0o5u32.to_le_bytes());
+                    t[8..12].copy_from_slice(&(0o10002 | 0o60 | 0o200u32).to_le_bytes());
+                    t[12..16].copy_from_slice(&0o100073u32.to_le_bytes());
+                    unsafe { put(arg, &t) }?;
+                }
+                0x5413 => {
+                    let mut w = [0u8; 8];
+                    w[0..2].copy_from_slice(&24u16.to_le_bytes());
+                    w[2..4].copy_from_slice(&80u16.to_le_bytes());
+                    unsafe { put(arg, &w) }?;
+                }
+                0x540f => unsafe { put(arg, &1u32.to_le_bytes()) }?,
+                _ => {}
+            }
+            Ok(0)
+        }
         _ => Err(errno::ENOTTY),
     }
 }
