@@ -1,0 +1,195 @@
+//! Kiln's MQTT broker: the kiln-mqtt engine (MQTT 3.1.1 and 5.0) driven
+//! by one event loop over lib/net's non-blocking sockets.
+//!
+//! Configuration, later wins: the defaults, the file given with `-c FILE`
+//! (or /etc/mqtt/mqtt.conf when it exists), `MQTT_<OPTION>=value`
+//! environment variables (from the Kraftfile's `env` or `kiln run -e`), and
+//! `-p PORT`. Options are mosquitto.conf's (listener, allow_anonymous,
+//! password_file, acl_file, max_packet_size, max_inflight_messages,
+//! max_queued_messages, max_connections, max_keepalive, retain_available,
+//! sys_interval, ...). A bad option stops the broker with file, line and
+//! reason.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use kiln_mqtt::broker::{Broker, ConnId};
+use kiln_mqtt::config::{Acl, Config};
+use kiln_std::net::{self, Error as NetError, TcpListener, TcpStream};
+use kiln_std::prelude::*;
+
+/// Listening sockets kept ready for connecting clients.
+const BACKLOG: usize = 16;
+/// Longest wait for network activity before timeouts are checked.
+const WAIT_US: u64 = 100_000;
+/// Interval of the broker's timeout checks.
+const TICK_US: u64 = 100_000;
+
+fn read_file(path: &str, what: &str) -> Result<String, String> {
+    kiln_std::fs::read_to_string(path).map_err(|e| format!("{what} {path}: {e}"))
+}
+
+/// Builds the configuration from the command line, the file and the
+/// environment.
+fn configure(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+    let mut cfg = Config::default();
+    let mut file = None;
+    let mut port = None;
+    let mut it = args.iter().skip(1);
+    while let Some(&a) = it.next() {
+        match a {
+            "-c" => file = Some(it.next().ok_or("-c needs a file")?.to_string()),
+            "-p" => port = Some(it.next().ok_or("-p needs a port")?.to_string()),
+            "-q" => cfg.verbose = false,
+            _ => return Err(format!("unknown argument '{a}' (expected -c FILE, -p PORT, -q)")),
+        }
+    }
+    let default = "/etc/mqtt/mqtt.conf";
+    let file = file.or_else(|| kiln_std::fs::metadata(default).ok().map(|_| default.to_string()));
+    let mut files = Vec::new();
+    if let Some(f) = &file {
+        let text = read_file(f, "configuration file")?;
+        files = cfg.parse(&text, f)?;
+    }
+    for (k, v) in env {
+        if let Some(opt) = k.strip_prefix("MQTT_") {
+            match cfg.set(&opt.to_ascii_lowercase(), v) {
+                Ok(Some(f)) => files.push(f),
+                Ok(None) => {}
+                Err(e) => return Err(format!("environment {k}: {e}")),
+            }
+        }
+    }
+    if let Some(p) = port {
+        cfg.set("port", &p).map_err(|e| format!("-p: {e}"))?;
+    }
+    for (key, path) in files {
+        let text = read_file(&path, &key)?;
+        if key == "password_file" {
+            cfg.parse_passwords(&text, &path)?;
+        } else {
+            cfg.acl = Some(Acl::parse(&text, &path)?);
+        }
+    }
+    Ok(cfg)
+}
+
+fn peer_of(s: &TcpStream) -> String {
+    s.peer().map_or_else(|| String::from("?"), |(a, p)| format!("{a}:{p}"))
+}
+
+/// Entry point: serves until the machine is stopped.
+pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
+    let cfg = match configure(args, env) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("mqtt: {e}");
+            return 2;
+        }
+    };
+    if !net::available() {
+        println!("mqtt: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
+        return 1;
+    }
+    let mut listener = match TcpListener::bind(cfg.port, BACKLOG) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("mqtt: port {}: {e}", cfg.port);
+            return 1;
+        }
+    };
+    listener.set_nonblocking(true);
+    println!(
+        "mqtt: listening on port {} (MQTT 3.1.1 and 5.0; up to {} clients, packets up to {} bytes, {}; broker state bounded by {} KiB)",
+        cfg.port,
+        cfg.max_connections,
+        cfg.max_packet_size,
+        match (&cfg.passwords, cfg.allow_anonymous) {
+            (Some(p), true) => format!("{} users and anonymous clients", p.len()),
+            (Some(p), false) => format!("{} users, no anonymous clients", p.len()),
+            (None, true) => String::from("anonymous clients allowed"),
+            (None, false) => String::from("no anonymous clients and no password file: nobody can connect"),
+        },
+        cfg.memory_bound() / 1024
+    );
+    let start = kiln_std::time::micros();
+    let mut broker = Broker::new(cfg, start);
+    let mut conns: BTreeMap<ConnId, TcpStream> = BTreeMap::new();
+    let mut buf = vec![0u8; 4096];
+    let mut last_tick = 0;
+    let mut gone: Vec<ConnId> = Vec::new();
+    loop {
+        let mut active = net::poll();
+        let now = kiln_std::time::micros();
+        loop {
+            match listener.accept() {
+                Ok(mut s) => {
+                    active = true;
+                    s.set_nonblocking(true);
+                    if let Some(id) = broker.open(peer_of(&s), now) {
+                        conns.insert(id, s);
+                    } else {
+                        s.shutdown();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        for (&id, s) in conns.iter_mut() {
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        gone.push(id);
+                        break;
+                    }
+                    Ok(n) => {
+                        active = true;
+                        broker.input(id, &buf[..n], now);
+                        if n < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(NetError::WouldBlock) => break,
+                    Err(_) => {
+                        gone.push(id);
+                        break;
+                    }
+                }
+            }
+        }
+        // After every input: one client's message is others' output.
+        for (&id, s) in conns.iter_mut() {
+            if let Some(out) = broker.output(id) {
+                if !out.is_empty() {
+                    match s.write(out) {
+                        Ok(n) => {
+                            out.drain(..n);
+                            active |= n > 0;
+                        }
+                        Err(NetError::WouldBlock) => {}
+                        Err(_) => gone.push(id),
+                    }
+                }
+            }
+            if broker.wants_close(id) {
+                s.shutdown();
+                gone.push(id);
+            }
+        }
+        for id in gone.drain(..) {
+            conns.remove(&id);
+            broker.closed(id, now);
+        }
+        if now.saturating_sub(last_tick) >= TICK_US {
+            last_tick = now;
+            broker.tick(now);
+        }
+        for line in broker.take_log() {
+            println!("mqtt: {line}");
+        }
+        if !active {
+            net::idle(WAIT_US);
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The broker's configuration, in mosquitto.conf's words, with its
+//! password and ACL files. Bad input is reported with file and line.
+
+use crate::topic;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// Broker settings. The defaults bound memory for a small edge VM (see
+/// `Config::memory_bound`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub port: u16,
+    pub allow_anonymous: bool,
+    /// user -> password (plain text).
+    pub passwords: Option<BTreeMap<String, String>>,
+    pub acl: Option<Acl>,
+    /// Largest packet accepted or sent, in bytes.
+    pub max_packet_size: usize,
+    /// Unacknowledged QoS 1/2 messages in flight to one client.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages queued for one client (offline, or beyond the
+    /// in-flight window); more are dropped.
+    pub max_queued: usize,
+    /// Bytes (topics and payloads) queued and in flight for one client.
+    pub max_queued_bytes: usize,
+    pub max_connections: usize,
+    /// Sessions kept, connected or not (persistent sessions outlive their
+    /// connections).
+    pub max_sessions: usize,
+    /// Longest keep-alive a client may ask for (seconds; longer is cut).
+    pub max_keepalive: u16,
+    pub retain_available: bool,
+    pub max_retained: usize,
+    /// Topic aliases a v5 client may use.
+    pub topic_alias_max: u16,
+    /// Seconds between $SYS updates (0: none).
+    pub sys_interval: u32,
+    /// Seconds a connection may stay open before it sends CONNECT.
+    pub connect_timeout: u32,
+    /// Bytes waiting to be sent to one client before QoS 0 messages to it
+    /// are dropped.
+    pub max_out_buffer: usize,
+    /// Print connections and disconnections.
+    pub verbose: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 1883,
+            allow_anonymous: true,
+            passwords: None,
+            acl: None,
+            max_packet_size: 16 * 1024,
+            max_inflight: 20,
+            max_queued: 100,
+            max_queued_bytes: 16 * 1024,
+            max_connections: 1024,
+            max_sessions: 2048,
+            max_keepalive: 65535,
+            retain_available: true,
+            max_retained: 1000,
+            topic_alias_max: 10,
+            sys_interval: 10,
+            connect_timeout: 10,
+            max_out_buffer: 16 * 1024,
+            verbose: true,
+        }
+    }
+}
+
+impl Config {
+    /// Most bytes of messages the broker holds (excluding the network
+    /// stack's socket buffers and bookkeeping): per connection, a receive
+    /// buffer of one packet and the output buffer (plus one packet past its
+    /// limit); per session, its queued and in-flight messages; and the
+    /// retained messages.
+    pub fn memory_bound(&self) -> usize {
+        let per_conn = self.max_packet_size + self.max_out_buffer + self.max_packet_size;
+        self.max_connections * per_conn + self.max_sessions * self.max_queued_bytes + self.max_retained * self.max_packet_size
+    }
+
+    /// Sets option `key` (as in mosquitto.conf) to `value`; the error says
+    /// what is wrong. Files named by options are returned to be read.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<Option<(String, String)>, String> {
+        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{key}: '{v}' is not a number"));
+        let flag = |v: &str| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("{key}: '{v}' is not true or false")),
+        };
+        match key {
+            "listener" | "port" => {
+                let p = value.split_whitespace().next().unwrap_or("");
+                self.port = num(p)?.try_into().ok().filter(|&p: &u16| p != 0).ok_or(format!("{key}: {p} is not a TCP port"))?;
+            }
+            "allow_anonymous" => self.allow_anonymous = flag(value)?,
+            "password_file" | "acl_file" => return Ok(Some((key.into(), value.into()))),
+            "max_packet_size" => self.max_packet_size = (num(value)? as usize).clamp(64, 256 << 20),
+            "max_inflight_messages" => self.max_inflight = num(value)?.clamp(1, 65535) as u16,
+            "max_queued_messages" => self.max_queued = num(value)? as usize,
+            "max_queued_bytes" => self.max_queued_bytes = num(value)? as usize,
+            "max_sessions" => self.max_sessions = num(value)?.max(1) as usize,
+            "max_connections" => self.max_connections = if value == "-1" { 65536 } else { num(value)? as usize },
+            "max_keepalive" => self.max_keepalive = num(value)?.min(65535) as u16,
+            "retain_available" => self.retain_available = flag(value)?,
+            "max_retained_messages" => self.max_retained = num(value)? as usize,
+            "topic_alias_maximum" => self.topic_alias_max = num(value)?.min(65535) as u16,
+            "sys_interval" => self.sys_interval = num(value)? as u32,
+            "connect_timeout" => self.connect_timeout = num(value)?.max(1) as u32,
+            "max_out_buffer" => self.max_out_buffer = (num(value)? as usize).max(1024),
+            "verbose" | "connection_messages" => self.verbose = flag(value)?,
+            _ => return Err(format!("unknown option '{key}'")),
+        }
+        Ok(None)
+    }
+
+    /// Reads a mosquitto.conf-style file: `option value` per line, `#`
+    /// comments. Returns the files it names (password_file, acl_file).
+    pub fn parse(&mut self, text: &str, file: &str) -> Result<Vec<(String, String)>, String> {
+        let mut files = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once(char::is_whitespace).map(|(k, v)| (k, v.trim())).unwrap_or((line, ""));
+            if v.is_empty() {
+                return Err(format!("{file}:{}: '{k}' needs a value", n + 1));
+            }
+            match self.set(k, v) {
+                Ok(Some(f)) => files.push(f),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{file}:{}: {e}", n + 1)),
+            }
+        }
+        Ok(files)
+    }
+
+    /// Reads a password file: `user:password` per line (plain text).
+    pub fn parse_passwords(&mut self, text: &str, file: &str) -> Result<(), String> {
+        let mut m = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((u, p)) = line.split_once(':') else {
+                return Err(format!("{file}:{}: expected user:password", n + 1));
+            };
+            if p.starts_with("$6$") || p.starts_with("$7$") {
+                return Err(format!("{file}:{}: hashed passwords (mosquitto_passwd) are not supported; write user:password in plain text", n + 1));
+            }
+            m.insert(u.to_string(), p.to_string());
+        }
+        self.passwords = Some(m);
+        Ok(())
+    }
+
+    /// Whether `user`/`password` may connect.
+    pub fn authenticate(&self, user: Option<&str>, password: Option<&[u8]>) -> Result<(), u8> {
+        match (user, &self.passwords) {
+            (None, _) if self.allow_anonymous => Ok(()),
+            (None, _) => Err(0x87),
+            (Some(_), None) => Ok(()),
+            (Some(u), Some(m)) => match (m.get(u), password) {
+                (Some(p), Some(given)) if p.as_bytes() == given => Ok(()),
+                _ => Err(0x86),
+            },
+        }
+    }
+}
+
+/// Access kinds in an ACL rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    access: Access,
+    topic: String,
+    /// `pattern` rules substitute %c (client id) and %u (user name).
+    pattern: bool,
+}
+
+/// Per-topic access rules, in mosquitto's acl_file format: `topic [read|
+/// write|readwrite|deny] TOPIC` lines before any `user` line apply to
+/// anonymous clients, those after `user NAME` to that user, and `pattern`
+/// lines (with %c and %u) to everyone. With an ACL, what no rule grants is
+/// denied.
+#[derive(Clone, Debug, Default)]
+pub struct Acl {
+    anonymous: Vec<Rule>,
+    users: BTreeMap<String, Vec<Rule>>,
+    patterns: Vec<Rule>,
+}
+
+impl Acl {
+    pub fn parse(text: &str, file: &str) -> Result<Acl, String> {
+        let mut acl = Acl::default();
+        let mut user: Option<String> = None;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |m: &str| format!("{file}:{}: {m}", n + 1);
+            let (k, rest) = line.split_once(char::is_whitespace).map(|(k, v)| (k, v.trim())).unwrap_or((line, ""));
+            match k {
+                "user" if !rest.is_empty() => user = Some(rest.into()),
+                "topic" | "pattern" => {
+                    let (access, t) = match rest.split_once(char::is_whitespace) {
+                        Some(("read", t)) => (Access::Read, t.trim()),
+                        Some(("write", t)) => (Access::Write, t.trim()),
+                        Some(("readwrite", t)) => (Access::ReadWrite, t.trim()),
+                        Some(("deny", t)) => (Access::Deny, t.trim()),
+                        _ => (Access::ReadWrite, rest),
+                    };
+                    if !topic::valid_filter(t) {
+                        return Err(err(&format!("'{t}' is not a valid topic filter")));
+                    }
+                    let r = Rule { access, topic: t.into(), pattern: k == "pattern" };
+                    if k == "pattern" {
+                        acl.patterns.push(r);
+                    } else if let Some(u) = &user {
+                        acl.users.entry(u.clone()).or_default().push(r);
+                    } else {
+                        acl.anonymous.push(r);
+                    }
+                }
+                _ => return Err(err(&format!("expected 'user NAME', 'topic [read|write|readwrite|deny] TOPIC' or 'pattern ...', found '{line}'"))),
+            }
+        }
+        Ok(acl)
+    }
+
+    /// Whether a client may do `op`: publish to a topic, subscribe to a
+    /// filter, or receive a message on a topic.
+    pub fn allows(&self, user: Option<&str>, client: &str, op: Op, s: &str) -> bool {
+        let own = match user {
+            Some(u) => self.users.get(u).map(|v| v.as_slice()).unwrap_or(&[]),
+            None => &self.anonymous,
+        };
+        let mut granted = false;
+        for r in own.iter().chain(self.patterns.iter()) {
+            let t = if r.pattern { r.topic.replace("%c", client).replace("%u", user.unwrap_or("")) } else { r.topic.clone() };
+            // A deny rule inside a subscription (sensors/secret within
+            // sensors/#) does not refuse it: the messages it covers are
+            // not delivered (Op::Receive).
+            let hit = if op == Op::Subscribe { topic::covers(&t, s) } else { topic::matches(&t, s) };
+            if !hit {
+                continue;
+            }
+            match (r.access, op) {
+                (Access::Deny, _) => return false,
+                (Access::ReadWrite, _) | (Access::Write, Op::Publish) | (Access::Read, Op::Subscribe | Op::Receive) => granted = true,
+                _ => {}
+            }
+        }
+        granted
+    }
+}
+
+/// What an ACL is asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Publish,
+    Subscribe,
+    Receive,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_files_parse_and_errors_name_the_line() {
+        let mut c = Config::default();
+        let files = c.parse("# edge broker\nlistener 1884\nallow_anonymous false\npassword_file /etc/mqtt/passwd\nmax_packet_size 1024\n", "mqtt.conf").unwrap();
+        assert_eq!(c.port, 1884);
+        assert!(!c.allow_anonymous);
+        assert_eq!(c.max_packet_size, 1024);
+        assert_eq!(files, [("password_file".to_string(), "/etc/mqtt/passwd".to_string())]);
+        assert_eq!(c.parse("listener 1883\nbogus 1\n", "f.conf").unwrap_err(), "f.conf:2: unknown option 'bogus'");
+        assert_eq!(c.parse("max_inflight_messages many\n", "f.conf").unwrap_err(), "f.conf:1: max_inflight_messages: 'many' is not a number");
+        assert_eq!(c.parse("allow_anonymous\n", "f.conf").unwrap_err(), "f.conf:1: 'allow_anonymous' needs a value");
+    }
+
+    #[test]
+    fn passwords_and_acls() {
+        let mut c = Config { allow_anonymous: false, ..Config::default() };
+        c.parse_passwords("alice:secret\nbob:hunter2\n", "passwd").unwrap();
+        assert_eq!(c.authenticate(Some("alice"), Some(b"secret")), Ok(()));
+        assert_eq!(c.authenticate(Some("alice"), Some(b"wrong")), Err(0x86));
+        assert_eq!(c.authenticate(Some("carol"), Some(b"x")), Err(0x86));
+        assert_eq!(c.authenticate(None, None), Err(0x87));
+        assert!(c.parse_passwords("alice:$7$101$abc\n", "passwd").unwrap_err().starts_with("passwd:1: hashed passwords"));
+        let acl = Acl::parse("topic read public/#\nuser alice\ntopic readwrite sensors/#\ntopic deny sensors/secret\npattern write clients/%c/status\n", "acl").unwrap();
+        assert!(acl.allows(Some("alice"), "c1", Op::Publish, "sensors/a/temp"));
+        assert!(!acl.allows(Some("alice"), "c1", Op::Publish, "sensors/secret"));
+        assert!(acl.allows(Some("alice"), "c1", Op::Subscribe, "sensors/+/temp"));
+        assert!(acl.allows(Some("alice"), "c1", Op::Subscribe, "sensors/#"));
+        assert!(!acl.allows(Some("alice"), "c1", Op::Receive, "sensors/secret"));
+        assert!(!acl.allows(Some("alice"), "c1", Op::Subscribe, "public/news"));
+        assert!(acl.allows(None, "c2", Op::Subscribe, "public/news"));
+        assert!(acl.allows(None, "c2", Op::Receive, "public/news"));
+        assert!(!acl.allows(None, "c2", Op::Publish, "public/news"));
+        assert!(acl.allows(Some("bob"), "c3", Op::Publish, "clients/c3/status"));
+        assert!(!acl.allows(Some("bob"), "c3", Op::Publish, "clients/c4/status"));
+        assert!(Acl::parse("topic read a/#/b\n", "acl").unwrap_err().contains("acl:1: 'a/#/b' is not a valid topic filter"));
+    }
+}
