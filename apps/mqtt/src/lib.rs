@@ -88,6 +88,27 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
             return 2;
         }
     };
+    let mut cfg = cfg;
+    // As many clients as memory holds: each has the network stack's two
+    // socket buffers and a few KiB of broker and stack state; a reserve
+    // stays for the listening sockets and messages in flight.
+    let per_client = kiln_std::kconfig_int!("LIBNET_TCP_RX_BUFFER", 16384) as usize + kiln_std::kconfig_int!("LIBNET_TCP_TX_BUFFER", 32768) as usize + 6 * 1024;
+    if let Some(h) = kiln_std::heap_stats() {
+        let free = h.total.saturating_sub(h.in_use);
+        // The message budget: at most a quarter of free memory.
+        cfg.memory_limit = cfg.memory_limit.min(free / 4);
+        let reserve = (1 << 20) + BACKLOG * per_client + cfg.memory_limit;
+        let fit = free.saturating_sub(reserve) / per_client;
+        if cfg.max_connections > fit {
+            println!(
+                "mqtt: max_connections {} lowered to {fit}: {} KiB of free memory hold about {fit} clients of ~{} KiB each (give the VM more with kiln run -M)",
+                cfg.max_connections,
+                free / 1024,
+                per_client / 1024
+            );
+            cfg.max_connections = fit.max(1);
+        }
+    }
     if !net::available() {
         println!("mqtt: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
         return 1;
@@ -101,7 +122,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     };
     listener.set_nonblocking(true);
     println!(
-        "mqtt: listening on port {} (MQTT 3.1.1 and 5.0; up to {} clients, packets up to {} bytes, {}; broker state bounded by {} KiB)",
+        "mqtt: listening on port {} (MQTT 3.1.1 and 5.0; up to {} clients, packets up to {} bytes, {}; messages held in at most {} KiB)",
         cfg.port,
         cfg.max_connections,
         cfg.max_packet_size,
@@ -160,16 +181,14 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         }
         // After every input: one client's message is others' output.
         for (&id, s) in conns.iter_mut() {
-            if let Some(out) = broker.output(id) {
-                if !out.is_empty() {
-                    match s.write(out) {
-                        Ok(n) => {
-                            out.drain(..n);
-                            active |= n > 0;
-                        }
-                        Err(NetError::WouldBlock) => {}
-                        Err(_) => gone.push(id),
+            if let Some(out) = broker.output(id).filter(|o| !o.is_empty()) {
+                match s.write(out) {
+                    Ok(n) => {
+                        broker.consumed(id, n);
+                        active |= n > 0;
                     }
+                    Err(NetError::WouldBlock) => {}
+                    Err(_) => gone.push(id),
                 }
             }
             if broker.wants_close(id) {

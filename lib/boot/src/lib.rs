@@ -189,6 +189,13 @@ pub fn ticks_to_us(ticks: u64, hz: Option<u64>) -> Option<u64> {
         .map(|h| (ticks as u128 * 1_000_000 / h as u128) as u64)
 }
 
+static HEAP: spin::Once<&'static dyn HeapControl> = spin::Once::new();
+
+/// The heap's statistics (total, in use, peak), once the kernel has booted.
+pub fn heap_stats() -> Option<kiln_alloc::Stats> {
+    HEAP.get().map(|h| h.stats())
+}
+
 /// Runs the boot sequence and the app; never returns.
 pub fn start(
     info: &BootInfo,
@@ -199,6 +206,7 @@ pub fn start(
     main: AppMain,
 ) -> ! {
     set_platform(info.platform);
+    HEAP.call_once(|| heap);
     for r in info.memory {
         // SAFETY: the platform lists only free RAM outside the image and boot
         // structures, never handed to anyone else.

@@ -99,6 +99,12 @@ pub struct Broker {
     started: u64,
     last_sys: u64,
     pub stats: Stats,
+    /// Bytes of messages queued or in flight, over all sessions.
+    held: usize,
+    /// Bytes waiting in connections' output buffers.
+    unsent: usize,
+    /// Bytes of retained messages.
+    retained_bytes: usize,
     log: Vec<String>,
 }
 
@@ -114,6 +120,9 @@ impl Broker {
             started: now,
             last_sys: 0,
             stats: Stats::default(),
+            held: 0,
+            unsent: 0,
+            retained_bytes: 0,
             log: Vec::new(),
         }
     }
@@ -165,9 +174,24 @@ impl Broker {
         Some(id)
     }
 
-    /// Bytes waiting to be sent on `id` (the caller removes what it sent).
-    pub fn output(&mut self, id: ConnId) -> Option<&mut Vec<u8>> {
-        self.conns.get_mut(&id).map(|c| &mut c.out)
+    /// Bytes waiting to be sent on `id`; the caller reports what it sent
+    /// with [`Broker::consumed`].
+    pub fn output(&self, id: ConnId) -> Option<&[u8]> {
+        self.conns.get(&id).map(|c| c.out.as_slice())
+    }
+
+    /// `n` bytes of `id`'s output were sent.
+    pub fn consumed(&mut self, id: ConnId, n: usize) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            let n = n.min(c.out.len());
+            c.out.drain(..n);
+            self.unsent -= n;
+        }
+    }
+
+    /// Bytes of messages held now (queued, in flight, unsent, retained).
+    pub fn memory_used(&self) -> usize {
+        self.held + self.unsent + self.retained_bytes
     }
 
     /// Whether the caller should close `id` now (all output sent).
@@ -183,7 +207,9 @@ impl Broker {
     fn send(&mut self, id: ConnId, p: &Packet) {
         if let Some(c) = self.conns.get_mut(&id) {
             let v = if c.version == 0 { 4 } else { c.version };
+            let at = c.out.len();
             codec::encode(p, v, &mut c.out);
+            self.unsent += c.out.len() - at;
         }
     }
 
@@ -363,7 +389,9 @@ impl Broker {
             return refuse(self, 0x97, &format!("client {client}: {} sessions kept (max_sessions)", self.sessions.len()));
         }
         if !present {
-            self.sessions.remove(&client);
+            if let Some(old) = self.sessions.remove(&client) {
+                self.held -= old.held;
+            }
         }
         let receive_max = c.props.num(prop::RECEIVE_MAXIMUM).map_or(65535, |n| n.clamp(1, 65535) as u16);
         let s = self.sessions.entry(client.clone()).or_insert_with(|| Session {
@@ -494,6 +522,7 @@ impl Broker {
             if s.inflight.get(&pid).is_some_and(|f| f.2 == want || want == Flight::PubRec) {
                 if let Some((m, _, _)) = s.inflight.remove(&pid) {
                     s.held -= m.topic.len() + m.payload.len();
+                    self.held -= m.topic.len() + m.payload.len();
                 }
             }
         }
@@ -547,10 +576,15 @@ impl Broker {
     /// it if it is retained.
     fn route(&mut self, from: Option<&str>, msg: Msg, now: u64) {
         if msg.retain && self.cfg.retain_available {
+            let size = msg.topic.len() + msg.payload.len();
+            if let Some(old) = self.retained.remove(&*msg.topic) {
+                self.retained_bytes -= old.topic.len() + old.payload.len();
+            }
             if msg.payload.is_empty() {
-                self.retained.remove(&*msg.topic);
-            } else if self.retained.len() < self.cfg.max_retained || self.retained.contains_key(&*msg.topic) {
+                // An empty retained message only clears.
+            } else if self.retained.len() < self.cfg.max_retained && self.memory_used() + size <= self.cfg.memory_limit {
                 self.retained.insert(msg.topic.to_string(), msg.clone());
+                self.retained_bytes += size;
             } else {
                 self.stats.dropped += 1;
             }
@@ -593,7 +627,8 @@ impl Broker {
         }
         let out_limit = self.cfg.max_out_buffer;
         let Some(s) = self.sessions.get_mut(client) else { return };
-        let room = s.conn.and_then(|c| self.conns.get(&c)).is_some_and(|c| !c.close && c.out.len() < out_limit);
+        let budget = self.held + self.unsent + self.retained_bytes + m.topic.len() + m.payload.len() <= self.cfg.memory_limit;
+        let room = budget && s.conn.and_then(|c| self.conns.get(&c)).is_some_and(|c| !c.close && c.out.len() < out_limit);
         if m.qos == 0 {
             match s.conn {
                 Some(c) if room => self.send_publish(c, &m, &ids, 0, false, now),
@@ -602,19 +637,21 @@ impl Broker {
             return;
         }
         let size = m.topic.len() + m.payload.len();
-        if s.held + size > self.cfg.max_queued_bytes {
+        if s.held + size > self.cfg.max_queued_bytes || self.held + self.unsent + self.retained_bytes + size > self.cfg.memory_limit {
             self.stats.dropped += 1;
             return;
         }
         let window = s.receive_max.min(self.cfg.max_inflight) as usize;
         if room && s.queue.is_empty() && s.inflight.len() < window {
             s.held += size;
+            self.held += size;
             let pid = next_pid(s);
             s.inflight.insert(pid, (m.clone(), ids.clone(), if m.qos == 1 { Flight::PubAck } else { Flight::PubRec }));
             let c = s.conn.expect("room implies a connection");
             self.send_publish(c, &m, &ids, pid, false, now);
         } else if s.queue.len() < self.cfg.max_queued {
             s.held += size;
+            self.held += size;
             s.queue.push_back((m, ids));
         } else {
             self.stats.dropped += 1;
@@ -635,6 +672,7 @@ impl Broker {
             let Some((m, ids)) = s.queue.pop_front() else { return };
             if m.expires.is_some_and(|e| e <= now) {
                 s.held -= m.topic.len() + m.payload.len();
+                self.held -= m.topic.len() + m.payload.len();
                 continue;
             }
             let pid = next_pid(s);
@@ -664,6 +702,7 @@ impl Broker {
             self.stats.dropped += 1;
             return;
         }
+        self.unsent += c.out.len() - at;
         self.stats.sent += 1;
     }
 
@@ -671,6 +710,7 @@ impl Broker {
     /// unless it said DISCONNECT, and ends or keeps its session.
     pub fn closed(&mut self, id: ConnId, now: u64) {
         let Some(c) = self.conns.remove(&id) else { return };
+        self.unsent -= c.out.len();
         let Some(client) = c.client else { return };
         if !c.close {
             self.say(format!("Client {client} closed its connection."));
@@ -706,6 +746,7 @@ impl Broker {
 
     fn end_session(&mut self, client: &str, now: u64) {
         if let Some(s) = self.sessions.remove(client) {
+            self.held -= s.held;
             if let Some((w, _)) = s.delayed_will {
                 self.publish_will(client, w, now);
             }

@@ -25,6 +25,10 @@ pub struct Config {
     pub max_queued: usize,
     /// Bytes (topics and payloads) queued and in flight for one client.
     pub max_queued_bytes: usize,
+    /// Bytes of messages the broker holds for all clients together:
+    /// queued, in flight, waiting to be sent, and retained (mosquitto's
+    /// `memory_limit`).
+    pub memory_limit: usize,
     pub max_connections: usize,
     /// Sessions kept, connected or not (persistent sessions outlive their
     /// connections).
@@ -55,8 +59,9 @@ impl Default for Config {
             acl: None,
             max_packet_size: 16 * 1024,
             max_inflight: 20,
-            max_queued: 100,
-            max_queued_bytes: 16 * 1024,
+            max_queued: 1000,
+            max_queued_bytes: 256 * 1024,
+            memory_limit: 4 << 20,
             max_connections: 1024,
             max_sessions: 2048,
             max_keepalive: 65535,
@@ -65,21 +70,19 @@ impl Default for Config {
             topic_alias_max: 10,
             sys_interval: 10,
             connect_timeout: 10,
-            max_out_buffer: 16 * 1024,
+            max_out_buffer: 64 * 1024,
             verbose: true,
         }
     }
 }
 
 impl Config {
-    /// Most bytes of messages the broker holds (excluding the network
-    /// stack's socket buffers and bookkeeping): per connection, a receive
-    /// buffer of one packet and the output buffer (plus one packet past its
-    /// limit); per session, its queued and in-flight messages; and the
-    /// retained messages.
+    /// Most bytes of messages the broker holds (beyond the network
+    /// stack's socket buffers and bookkeeping): per connection, a packet
+    /// being received and one being queued past the budget, and
+    /// `memory_limit` for everything queued, in flight, unsent or retained.
     pub fn memory_bound(&self) -> usize {
-        let per_conn = self.max_packet_size + self.max_out_buffer + self.max_packet_size;
-        self.max_connections * per_conn + self.max_sessions * self.max_queued_bytes + self.max_retained * self.max_packet_size
+        self.max_connections * 2 * self.max_packet_size + self.memory_limit
     }
 
     /// Sets option `key` (as in mosquitto.conf) to `value`; the error says
@@ -102,6 +105,7 @@ impl Config {
             "max_inflight_messages" => self.max_inflight = num(value)?.clamp(1, 65535) as u16,
             "max_queued_messages" => self.max_queued = num(value)? as usize,
             "max_queued_bytes" => self.max_queued_bytes = num(value)? as usize,
+            "memory_limit" => self.memory_limit = (num(value)? as usize).max(64 * 1024),
             "max_sessions" => self.max_sessions = num(value)?.max(1) as usize,
             "max_connections" => self.max_connections = if value == "-1" { 65536 } else { num(value)? as usize },
             "max_keepalive" => self.max_keepalive = num(value)?.min(65535) as u16,

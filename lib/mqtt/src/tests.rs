@@ -30,7 +30,8 @@ fn send(b: &mut Broker, c: &Client, p: Packet, now: u64) {
 
 /// Packets the broker queued for `c` (and clears them).
 fn recv(b: &mut Broker, c: &Client) -> Vec<Packet> {
-    let out = b.output(c.id).map(std::mem::take).unwrap_or_default();
+    let out = b.output(c.id).map(<[u8]>::to_vec).unwrap_or_default();
+    b.consumed(c.id, out.len());
     let mut at = 0;
     let mut v = std::mem::take(&mut *c.pending.borrow_mut());
     while let Some((first, body, used)) = frame(&out[at..], usize::MAX).unwrap() {

@@ -78,6 +78,8 @@ pub enum Error {
     NotFound,
     /// DNS: no server is configured (`netdev.dns=`).
     NoDnsServer,
+    /// The heap cannot hold another socket's buffers.
+    NoMemory,
 }
 
 impl fmt::Display for Error {
@@ -91,6 +93,7 @@ impl fmt::Display for Error {
             Error::Invalid => "invalid argument",
             Error::NotFound => "name not found",
             Error::NoDnsServer => "no DNS server configured (netdev.dns=)",
+            Error::NoMemory => "not enough memory for another socket",
         })
     }
 }
@@ -197,7 +200,8 @@ impl Listen {
             }
         }
         while listening < self.ready && self.socks.len() < self.ready * Self::QUEUE_FACTOR {
-            let mut t = new_tcp();
+            // Out of memory: no more listening sockets until some close.
+            let Some(mut t) = new_tcp() else { return };
             if t.listen(self.port).is_err() {
                 return;
             }
@@ -562,13 +566,22 @@ fn retry<T>(
     }
 }
 
-fn new_tcp() -> tcp::Socket<'static> {
+/// A zeroed buffer, or None when the heap cannot give it (the stack then
+/// refuses the connection instead of the kernel running out of memory).
+fn try_buffer(n: usize) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.resize(n, 0);
+    Some(v)
+}
+
+fn new_tcp() -> Option<tcp::Socket<'static>> {
     let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; rx_buffer()]),
-        tcp::SocketBuffer::new(vec![0; tx_buffer()]),
+        tcp::SocketBuffer::new(try_buffer(rx_buffer())?),
+        tcp::SocketBuffer::new(try_buffer(tx_buffer())?),
     );
     s.set_nagle_enabled(false);
-    s
+    Some(s)
 }
 
 /// A listening TCP port. It keeps `backlog` sockets listening, topped up
@@ -705,7 +718,7 @@ impl TcpStream {
             NEXT_PORT.store(49152, core::sync::atomic::Ordering::Relaxed);
         }
         let h = with(|s| {
-            let mut t = new_tcp();
+            let mut t = new_tcp().ok_or(Error::NoMemory)?;
             t.connect(s.iface.context(), (addr, port), local)
                 .map_err(|_| Error::Invalid)?;
             Ok(s.sockets.add(t))

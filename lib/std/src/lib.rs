@@ -55,6 +55,9 @@ pub mod sync {
     pub use kiln_sched::{Condvar, Mutex, MutexGuard, WaitQueue};
 }
 
+/// The heap's statistics: `total` bytes, `in_use`, `peak` (None before boot).
+pub use kiln_boot::heap_stats;
+
 /// Time since boot.
 pub mod time {
     pub use core::time::Duration;

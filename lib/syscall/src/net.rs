@@ -50,6 +50,7 @@ fn net_err(e: NetError) -> i64 {
         NetError::AddrInUse => errno::EADDRINUSE,
         NetError::ConnectionReset => errno::ECONNRESET,
         NetError::NotConnected => errno::ENOTCONN,
+        NetError::NoMemory => errno::ENOMEM,
         _ => errno::EINVAL,
     }
 }
