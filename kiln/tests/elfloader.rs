@@ -270,7 +270,7 @@ fn a_rust_network_server_serves_curl() {
     std::fs::copy(linux_program("linux-http"), d.join("bin/http")).unwrap();
     b_build();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args([
             "run",
@@ -719,7 +719,7 @@ fn arm64_programs_run_through_svc() {
     );
     // The network server, fetched with curl.
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args([
             "run",

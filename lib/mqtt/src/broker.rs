@@ -47,6 +47,8 @@ struct Conn {
     max_packet: usize,
     /// Close once `out` is sent.
     close: bool,
+    /// When a timeout check first saw `close` with output still unsent.
+    closing_since: Option<u64>,
     /// DISCONNECT received: no will.
     clean_exit: bool,
 }
@@ -168,6 +170,7 @@ impl Broker {
                 alias_in: BTreeMap::new(),
                 max_packet: usize::MAX,
                 close: false,
+                closing_since: None,
                 clean_exit: false,
             },
         );
@@ -375,11 +378,19 @@ impl Broker {
                 }
             }
         }
-        // A client already connected with this id is taken over.
+        // A client already connected with this id is taken over: the old
+        // connection is closed (by the caller, once told) and its will
+        // published now, since it did not say DISCONNECT.
         if let Some(old) = self.sessions.get(&client).and_then(|s| s.conn) {
             if old != id {
                 self.fail(old, 0x8e, "session taken over by a new connection");
-                self.closed(old, now);
+                let will = self.conns.get_mut(&old).and_then(|c| c.will.take());
+                if let Some(w) = will {
+                    self.publish_will(&client, w, now);
+                }
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.conn = None;
+                }
             }
         }
         let keep_alive = c.keep_alive.min(self.cfg.max_keepalive);
@@ -759,6 +770,17 @@ impl Broker {
     pub fn tick(&mut self, now: u64) {
         let connect_us = self.cfg.connect_timeout as u64 * SECOND;
         let mut late = Vec::new();
+        for c in self.conns.values_mut() {
+            // A closing client that does not read its last bytes within 5 s
+            // does not get them.
+            if c.close && !c.out.is_empty() {
+                let since = *c.closing_since.get_or_insert(now);
+                if now.saturating_sub(since) > 5 * SECOND {
+                    self.unsent -= c.out.len();
+                    c.out.clear();
+                }
+            }
+        }
         for (&id, c) in &self.conns {
             if c.close {
                 continue;
