@@ -18,32 +18,33 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn run(rootfs: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
-    b_build();
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "run",
-            "-W",
-            "--timeout",
-            "120",
-            "--initrd",
-            rootfs.to_str().unwrap(),
-        ])
+/// `kiln run` of the ELF loader (TCG) on `rootfs`, with `extra` options
+/// and the program's `args`.
+fn loader(rootfs: &Path, extra: &[&str], args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.current_dir(root())
+        .args(["run", "-W", "--timeout", "240", "--initrd", rootfs.to_str().unwrap()])
         .args(extra)
         .args(["apps/elfloader", "--"])
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs to the end: the exit status and everything printed.
+fn output(mut c: Command) -> (i32, String) {
+    let o = c.output().unwrap();
+    (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// Starts a server guest; its output is collected when it ends.
+fn spawn(mut c: Command) -> std::process::Child {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn run(rootfs: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
+    b_build();
+    output(loader(rootfs, extra, args))
 }
 
 /// The test programs, built for Linux with musl (static-pie).
@@ -270,26 +271,7 @@ fn a_rust_network_server_serves_curl() {
     std::fs::copy(linux_program("linux-http"), d.join("bin/http")).unwrap();
     b_build();
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "run",
-            "-W",
-            "-M",
-            "128M",
-            "--timeout",
-            "120",
-            "-p",
-            &format!("{port}:8080"),
-            "--initrd",
-            d.to_str().unwrap(),
-        ])
-        .args(["apps/elfloader", "--", "/bin/http", "8080"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(loader(&d, &["-M", "128M", "-p", &format!("{port}:8080")], &["/bin/http", "8080"]));
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let start = std::time::Instant::now();
     while !curl(&url("/ready")).0 {
@@ -419,32 +401,7 @@ fn debians_nginx_serves_curl() {
     let (d, big) = nginx_rootfs();
     b_build();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "run",
-            "-W",
-            "-M",
-            "256M",
-            "--timeout",
-            "240",
-            "-p",
-            &format!("{port}:80"),
-            "--initrd",
-            d.to_str().unwrap(),
-        ])
-        .args([
-            "apps/elfloader",
-            "--",
-            "/usr/sbin/nginx",
-            "-c",
-            "/etc/nginx/nginx.conf",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(loader(&d, &["-M", "256M", "-p", &format!("{port}:80")], &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]));
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let start = std::time::Instant::now();
     while !curl(&url("/")).0 {
@@ -552,38 +509,11 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     b_build();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "run",
-            "-W",
-            "-M",
-            "512M",
-            "--timeout",
-            "240",
-            "-p",
-            &format!("{port}:6379"),
-            "--initrd",
-            d.to_str().unwrap(),
-        ])
-        .args([
-            "apps/elfloader",
-            "--",
-            "/usr/bin/redis-server",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/data",
-            "--protected-mode",
-            "no",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(loader(
+        &d,
+        &["-M", "512M", "-p", &format!("{port}:6379")],
+        &["/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", "/data", "--protected-mode", "no"],
+    ));
     let p = port.to_string();
     let cli = |args: &[&str]| {
         let o = Command::new("redis-cli")
@@ -664,35 +594,8 @@ fn arm64_programs_run_through_svc() {
         .status()
         .unwrap();
     assert!(b.success());
-    let arm = |extra: &[&str], args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .current_dir(root())
-            .args([
-                "run",
-                "--arch",
-                "arm64",
-                "-M",
-                "256M",
-                "--timeout",
-                "180",
-                "--initrd",
-                d.to_str().unwrap(),
-            ])
-            .args(extra)
-            .args(["apps/elfloader", "--"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    };
+    let arm64 = ["--arch", "arm64", "-M", "256M"];
+    let arm = |extra: &[&str], args: &[&str]| output(loader(&d, &[&arm64[..], extra].concat(), args));
     let (code, out) = arm(
         &["-e", "GREETING=hello from the host"],
         &["/bin/linux-hello", "a", "two words"],
@@ -719,27 +622,7 @@ fn arm64_programs_run_through_svc() {
     );
     // The network server, fetched with curl.
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "run",
-            "--arch",
-            "arm64",
-            "-M",
-            "256M",
-            "--timeout",
-            "180",
-            "-p",
-            &format!("{port}:8080"),
-            "--initrd",
-            d.to_str().unwrap(),
-        ])
-        .args(["apps/elfloader", "--", "/bin/linux-http", "8080"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(loader(&d, &[&arm64[..], &["-p", &format!("{port}:8080")]].concat(), &["/bin/linux-http", "8080"]));
     let start = std::time::Instant::now();
     while !curl(&format!("http://127.0.0.1:{port}/ready")).0 {
         assert!(

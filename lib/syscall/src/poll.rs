@@ -148,20 +148,7 @@ fn epoll_ctl(epfd: i64, op: u64, fd: i64, ev: u64) -> Sys {
         .is_some_and(|i| i.desc.upgrade().is_some_and(|d| Arc::ptr_eq(&d, &target)));
     match op {
         ADD if live => Err(errno::EEXIST),
-        ADD => {
-            set.insert(
-                fd,
-                Interest {
-                    desc: Arc::downgrade(&target),
-                    events,
-                    data,
-                    rx_seen: None,
-                    tx_seen: None,
-                },
-            );
-            Ok(0)
-        }
-        MOD if live => {
+        ADD | MOD if live == (op == MOD) => {
             set.insert(
                 fd,
                 Interest {
