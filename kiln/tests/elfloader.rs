@@ -42,6 +42,17 @@ fn spawn(mut c: Command) -> std::process::Child {
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
+/// Copies host programs with their libraries into `d` (`kiln rootfs add`).
+fn rootfs_add(d: &Path, programs: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["rootfs", "add", "--to", d.to_str().unwrap()])
+        .args(programs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn run(rootfs: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
     b_build();
     output(loader(rootfs, extra, args))
@@ -196,19 +207,7 @@ fn debian_programs_linked_against_glibc_run_through_their_loader() {
     // echo and cat from Debian's coreutils (dynamic PIEs): `kiln rootfs add`
     // copies them with libc and ld-linux; the loader maps the libraries.
     let d = rootfs("glibc");
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "rootfs",
-            "add",
-            "--to",
-            d.to_str().unwrap(),
-            "/bin/echo",
-            "/bin/cat",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rootfs_add(&d, &["/bin/echo", "/bin/cat"]);
     let (code, out) = run(&d, &[], &["/bin/echo", "hello", "from", "Debian's", "echo"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nhello from Debian's echo\n"), "{out}");
@@ -346,18 +345,7 @@ fn curl(url: &str) -> (bool, String) {
 /// that keeps it in one process, and a small site.
 fn nginx_rootfs() -> (PathBuf, Vec<u8>) {
     let d = rootfs("nginx");
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "rootfs",
-            "add",
-            "--to",
-            d.to_str().unwrap(),
-            "/usr/sbin/nginx",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rootfs_add(&d, &["/usr/sbin/nginx"]);
     for dir in [
         "etc/nginx",
         "www",
@@ -495,18 +483,7 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     // clone): commands from redis-cli, then redis-benchmark's clients.
     let d = rootfs("redis");
     std::fs::create_dir_all(d.join("data")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args([
-            "rootfs",
-            "add",
-            "--to",
-            d.to_str().unwrap(),
-            "/usr/bin/redis-server",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rootfs_add(&d, &["/usr/bin/redis-server"]);
     b_build();
     let port = free_port();
     let mut child = spawn(loader(
@@ -653,5 +630,32 @@ fn arm64_programs_run_through_svc() {
         ),
         "{out}"
     );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn signals_a_program_sends_itself_run_its_handlers() {
+    // musl's raise, sigprocmask, alarm and pause from a Rust program: the
+    // same output as on Linux.
+    let d = rootfs("signals");
+    std::fs::copy(linux_program("linux-signals"), d.join("bin/signals")).unwrap();
+    std::fs::copy("/bin/busybox", d.join("bin/busybox")).unwrap();
+    let (code, out) = run(&d, &["-M", "128M"], &["/bin/signals"]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "signals: after raise, handler ran 1 time(s)\n",
+        "signals: while blocked, handler ran 1 time(s)\n",
+        "signals: after unblocking, handler ran 2 time(s)\n",
+        "signals: alarm handler ran 1 time(s) after 1 s\n",
+        "signals: 3 after another handler, handler ran 3 time(s)\n",
+    ] {
+        assert!(out.contains(line), "{line:?}: {out}");
+    }
+    // busybox sh's trap, and a default action that ends the program.
+    let script = "trap 'echo caught TERM' TERM; kill -TERM $$; echo after kill; kill -0 $$ && echo alive; trap - TERM; kill -TERM $$; echo not reached";
+    let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "sh", "-c", script]);
+    assert!(out.contains("\ncaught TERM\nafter kill\nalive\n") && !out.contains("not reached"), "{out}");
+    assert!(out.contains("the program got signal 15 with no handler: it ends"), "{out}");
+    assert_eq!(code, 126, "128 + 15 is reported as 126 (exit codes above 126 are clamped): {out}");
     let _ = std::fs::remove_dir_all(&d);
 }

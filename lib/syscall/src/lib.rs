@@ -20,6 +20,7 @@ mod mem;
 mod names;
 mod net;
 mod poll;
+mod signal;
 pub mod table;
 mod thread;
 
@@ -245,34 +246,62 @@ static STRACE: AtomicBool = AtomicBool::new(false);
 pub fn dispatch(f: &mut Frame) -> i64 {
     // Threads switch only inside system calls; each keeps its own SSE
     // state and TLS pointer across the switch.
-    let _keep = thread::Keep::new();
+    let keep = thread::Keep::new();
     let (nr, raw, a) = arch::call_of(f);
     let Some(nr) = nr else {
         // A number of this architecture's that Kiln does not know at all.
         return -unsupported_named(raw, "?");
     };
-    if !STRACE.load(Ordering::Relaxed) {
-        return call(nr, a, f).unwrap_or_else(|e| -e);
+    let strace = STRACE.load(Ordering::Relaxed);
+    #[cfg(target_arch = "x86_64")]
+    if nr == 15 {
+        // rt_sigreturn: back to where the signal handler interrupted.
+        drop(keep);
+        if strace {
+            kiln_console::println!("strace: rt_sigreturn()");
+        }
+        match signal::sigreturn(f) {
+            Ok(n) => resume(&n),
+            Err(e) => exit(128 + 11 + 0 * e),
+        }
     }
     // exit and exit_group do not return: print them first.
-    if nr == 60 || nr == 231 {
+    if strace && (nr == 60 || nr == 231) {
         kiln_console::println!("strace: {}({})", table::name(nr), a[0] as i64);
     }
     let r = call(nr, a, f).unwrap_or_else(|e| -e);
-    let tid = thread::tid();
-    let who = if tid == 1 {
-        String::new()
-    } else {
-        alloc::format!("[{tid}] ")
-    };
-    kiln_console::println!(
-        "strace: {who}{}({:#x}, {:#x}, {:#x}) = {r}",
-        table::name_or_number(nr),
-        a[0],
-        a[1],
-        a[2]
-    );
+    if strace {
+        let tid = thread::tid();
+        let who = if tid == 1 { String::new() } else { alloc::format!("[{tid}] ") };
+        kiln_console::println!("strace: {who}{}({:#x}, {:#x}, {:#x}) = {r}", table::name_or_number(nr), a[0], a[1], a[2]);
+    }
+    drop(keep);
+    // A signal the program sent itself (or its alarm) runs its handler now.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(n) = signal::deliver(f, r) {
+        if strace {
+            kiln_console::println!("strace: --- signal {} delivered ---", n.a[0]);
+        }
+        resume(&n);
+    }
     r
+}
+
+/// Continues the program with `f`'s registers (a signal handler, or the
+/// return from one).
+#[cfg(target_arch = "x86_64")]
+fn resume(f: &Frame) -> ! {
+    #[cfg(target_os = "none")]
+    // SAFETY: `f` holds the program's own registers, or its handler's
+    // address and a stack below the program's, set up by `signal`.
+    unsafe {
+        kiln_arch_x86_64::syscall::resume(f)
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = f;
+        unreachable!("programs run only in a kernel")
+    }
 }
 
 fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
@@ -289,6 +318,9 @@ fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
         return r;
     }
     if let Some(r) = thread::call(nr, a, f) {
+        return r;
+    }
+    if let Some(r) = signal::call(nr, a) {
         return r;
     }
     if let Some(r) = misc(nr, a) {
@@ -461,23 +493,6 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             95 => Ok(0o022),
             // prctl: PR_SET_NAME and the like are accepted.
             157 => Ok(0),
-            // Signals are accepted; none is ever delivered (no other process
-            // can send one, and faults end the program with a report).
-            13 => {
-                if a[2] != 0 {
-                    bytes_mut(a[2], 32)?.fill(0);
-                }
-                Ok(0)
-            }
-            14 => {
-                if a[2] != 0 {
-                    bytes_mut(a[2], a[3].min(128))?.fill(0);
-                }
-                Ok(0)
-            }
-            131 | 127 | 130 => Ok(0),
-            // kill/tgkill/tkill to itself with signal 0 (a liveness check).
-            62 | 200 | 234 => Ok(0),
             // wait4: no children.
             61 => Err(errno::ECHILD),
             // fork/vfork/execve: one process only.
