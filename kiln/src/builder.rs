@@ -460,7 +460,23 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
             rel(&paths.link_crate)
         ),
     );
-    let initrd = match &kf.rootfs {
+    // Host programs named in `programs:` join a copy of the rootfs folder.
+    let staged = if kf.programs.is_empty() {
+        None
+    } else {
+        let stage = paths.initrd.with_extension("rootfs");
+        let _ = std::fs::remove_dir_all(&stage);
+        std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+        if let Some(r) = &kf.rootfs {
+            crate::rootfs::copy_tree(r, &stage)?;
+        }
+        let n = crate::rootfs::add(&stage, &kf.programs)
+            .map_err(|e| anyhow::anyhow!("{}:{}: programs: {e:#}", kf.path.display(), kf.programs_line))?
+            .len();
+        ui.note(&format!("{n} files of {} program(s) added to the rootfs", kf.programs.len()));
+        Some(stage)
+    };
+    let initrd = match staged.as_ref().or(kf.rootfs.as_ref()) {
         Some(r) if cfg.on("LIBINITRD") => {
             let n = crate::initrd::prepare(r, &paths.initrd)?;
             Some((paths.initrd.as_path(), n))

@@ -1,6 +1,7 @@
 //! The Kraftfile: Unikraft's app description (spec v0.6), as Kiln reads it.
 //!
-//! Supported: `spec`, `name`, `targets`, `cmd`, `env`, `kconfig`, `rootfs`.
+//! Supported: `spec`, `name`, `targets`, `cmd`, `env`, `kconfig`, `rootfs`,
+//! and Kiln's `ports` and `programs`.
 //! Accepted and explained: `unikraft` and `runtime` (Kiln builds its own core,
 //! so there is nothing to fetch). Kiln's own addition: `app`, the folder of the
 //! app's Rust crate relative to the Kraftfile (default: the Kraftfile's own
@@ -134,6 +135,9 @@ struct Raw {
     env: Option<Spanned<Pairs>>,
     kconfig: Option<Spanned<Pairs>>,
     rootfs: Option<Spanned<String>>,
+    /// Kiln extension: host programs copied into the rootfs at build time,
+    /// with their libraries and loader (as `kiln rootfs add` does).
+    programs: Option<Spanned<Vec<String>>>,
     /// Kiln extension: default `-p` port forwards for `kiln run`.
     ports: Option<Spanned<Vec<String>>>,
     unikraft: Option<serde::de::IgnoredAny>,
@@ -192,8 +196,11 @@ pub struct Kraftfile {
     pub env: Vec<(String, String)>,
     /// `kconfig:` entries with the Kraftfile line of each.
     pub kconfig: Vec<(String, String, u64)>,
-    #[allow(dead_code)] // packed by the initrd builder, still to come
     pub rootfs: Option<PathBuf>,
+    /// Host programs packed into the initrd with their libraries, and the
+    /// Kraftfile line that names them.
+    pub programs: Vec<PathBuf>,
+    pub programs_line: u64,
     /// Things worth telling the user (ignored fields and why).
     pub notes: Vec<String>,
 }
@@ -435,6 +442,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             Some(p)
         }
     };
+    let (programs, programs_line) = match raw.programs {
+        None => (Vec::new(), 0),
+        Some(p) => {
+            let line = p.referenced.line();
+            let mut v = Vec::new();
+            for prog in p.value {
+                let pb = PathBuf::from(&prog);
+                if !pb.is_absolute() {
+                    return Err(at(path, line, format!("programs: '{prog}' is not an absolute path on this machine")));
+                }
+                if !pb.is_file() {
+                    return Err(at(path, line, format!("programs: {prog}: no such program on this machine")));
+                }
+                v.push(pb);
+            }
+            if rootfs.as_ref().is_some_and(|r| !r.is_dir()) {
+                return Err(at(path, line, "programs: the rootfs is an archive; programs can only be added to a rootfs folder"));
+            }
+            (v, line)
+        }
+    };
     let ports = match raw.ports {
         None => Vec::new(),
         Some(p) => {
@@ -452,6 +480,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         env,
         kconfig,
         rootfs,
+        programs,
+        programs_line,
         notes,
     })
 }
@@ -584,6 +614,14 @@ kconfig:
             "/tmp/app/Kraftfile:4: kconfig entry 'NOEQUALS' is not KEY=VALUE"
         );
         assert!(err("name: x\n").contains("no 'targets'"));
+        assert_eq!(
+            err("name: x\ntargets: [qemu/x86_64]\nprograms:\n  - sbin/nginx\n"),
+            "/tmp/app/Kraftfile:4: programs: 'sbin/nginx' is not an absolute path on this machine"
+        );
+        assert_eq!(
+            err("name: x\ntargets: [qemu/x86_64]\nprograms: [/no/such/program]\n"),
+            "/tmp/app/Kraftfile:3: programs: /no/such/program: no such program on this machine"
+        );
     }
 
     #[test]

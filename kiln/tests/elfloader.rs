@@ -659,3 +659,33 @@ fn signals_a_program_sends_itself_run_its_handlers() {
     assert_eq!(code, 126, "128 + 15 is reported as 126 (exit codes above 126 are clamped): {out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn the_nginx_app_packs_nginx_from_this_machine_and_serves_in_32_mib() {
+    // apps/nginx: the Kraftfile's `programs:` packs Debian's nginx and its
+    // libraries into the image at build time; `cmd:` runs it.
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "-W", "-M", "32M", "--timeout", "240", "-p", &format!("{port}:80"), "apps/nginx"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let start = std::time::Instant::now();
+    while !curl(&url).0 {
+        assert!(start.elapsed().as_secs() < 180, "apps/nginx never answered");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let (_, body) = curl(&url);
+    assert!(body.contains("<h1>Debian's nginx, unmodified, on Kiln</h1>"), "{body}");
+    let o = Command::new("curl").args(["-s", "-I", "-m", "20", &url]).output().unwrap();
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(head.contains("Server: nginx/") && head.contains("Content-Type: text/html"), "{head}");
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("files of 1 program(s) added to the rootfs") || out.contains("compiled 0 of"), "{out}");
+}

@@ -24,8 +24,12 @@ use alloc::vec::Vec;
 use kiln_elf::{AuxInfo, Program};
 use kiln_std::prelude::*;
 
-/// Stack for the program.
-const STACK: usize = 8 << 20;
+/// Stack for the program: 8 MiB as on Linux, or a sixteenth of the free
+/// heap when that is less (at least 1 MiB).
+fn stack_size() -> usize {
+    let free = kiln_std::heap_stats().map_or(usize::MAX, |h| h.total - h.in_use);
+    (free / 16).clamp(1 << 20, 8 << 20) & !0xfff
+}
 
 /// Copies `prog`'s segments (from `bytes`) into fresh memory; returns the
 /// load bias.
@@ -118,13 +122,14 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     };
     let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env_refs: Vec<&str> = env_strings.iter().map(String::as_str).collect();
-    let layout = Layout::from_size_align(STACK, 16).unwrap();
-    // SAFETY: a zeroed allocation of STACK bytes.
+    let stack_len = stack_size();
+    let layout = Layout::from_size_align(stack_len, 16).unwrap();
+    // SAFETY: a zeroed allocation of stack_len bytes.
     let stack = unsafe { alloc_zeroed(layout) } as u64;
     if stack == 0 {
         return Err(String::from("no memory for the program's stack"));
     }
-    let top = stack + STACK as u64;
+    let top = stack + stack_len as u64;
     let random = (kiln_std::time::micros() as u128 * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
         .to_le_bytes();
     let init = kiln_elf::initial_stack(

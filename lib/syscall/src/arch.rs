@@ -339,13 +339,16 @@ mod tests {
 
 /// Readies [lo, hi) for a program linked at those fixed addresses, zeroed.
 /// x86_64: the range must lie in the 4-32 MiB the platform keeps out of the
-/// heap (with LIBELF) and not overlap the initrd. arm64: 2 MiB blocks of
+/// heap (with LIBELF_FIXED_AREA) and not overlap the initrd. arm64: 2 MiB blocks of
 /// heap memory are mapped at those addresses, which must be unused (below
 /// RAM on QEMU virt: 0x200000 and 0x400000 are where linkers put them).
 pub fn place_fixed(lo: u64, hi: u64) -> Result<(), alloc::string::String> {
     #[cfg(target_arch = "x86_64")]
     {
         const FIXED: (u64, u64) = (0x40_0000, 0x200_0000);
+        if option_env!("KILN_CONFIG_LIBELF_FIXED_AREA") != Some("y") {
+            return Err(alloc::format!("linked at {lo:#x}..{hi:#x}, and this kernel keeps no memory for fixed-address programs (set CONFIG_LIBELF_FIXED_AREA=y)"));
+        }
         if lo < FIXED.0 || hi > FIXED.1 {
             return Err(alloc::format!(
                 "linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {:#x}..{:#x}",

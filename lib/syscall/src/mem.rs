@@ -21,8 +21,13 @@ static MEM: spin::Mutex<Memory> = spin::Mutex::new(Memory {
     maps: BTreeMap::new(),
 });
 
-/// Size of the area `brk` grows in.
-const BRK_AREA: u64 = 16 << 20;
+/// Size of the area `brk` grows in: 16 MiB, or an eighth of the free heap
+/// when that is less (at least 1 MiB). Past it, C libraries' malloc uses
+/// mmap.
+fn brk_area() -> u64 {
+    let free = kiln_boot::heap_stats().map_or(u64::MAX, |h| (h.total - h.in_use) as u64);
+    (free / 8).clamp(1 << 20, 16 << 20) & !0xfff
+}
 
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -155,7 +160,8 @@ fn madvise(addr: u64, len: u64, advice: u64) -> Sys {
 fn brk(want: u64) -> Sys {
     let mut m = MEM.lock();
     if m.brk.0 == 0 {
-        let Some(layout) = page_layout(BRK_AREA) else {
+        let area = brk_area();
+        let Some(layout) = page_layout(area) else {
             return Ok(0);
         };
         // SAFETY: a fresh, zeroed allocation of a non-zero size.
@@ -163,7 +169,7 @@ fn brk(want: u64) -> Sys {
         if p == 0 {
             return Ok(0);
         }
-        m.brk = (p, p, p + BRK_AREA);
+        m.brk = (p, p, p + area);
     }
     if want >= m.brk.0 && want <= m.brk.2 {
         m.brk.1 = want;

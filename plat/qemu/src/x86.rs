@@ -225,9 +225,10 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
             module.0 & !0xfff,
             (module.0 + module.1).next_multiple_of(4096),
         ),
-        // With the ELF loader, 4-32 MiB stay out of the heap: Linux
-        // programs linked at fixed addresses (usually 4 MiB) go there.
-        if option_env!("KILN_CONFIG_LIBELF") == Some("y") {
+        // With the ELF loader's fixed area (LIBELF_FIXED_AREA), 4-32 MiB
+        // stay out of the heap: Linux programs linked at fixed addresses
+        // (usually 4 MiB) go there.
+        if option_env!("KILN_CONFIG_LIBELF_FIXED_AREA") == Some("y") {
             (0x40_0000, 0x200_0000)
         } else {
             (0, 0)
