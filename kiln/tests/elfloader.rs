@@ -37,6 +37,13 @@ fn output(mut c: Command) -> (i32, String) {
     (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// Stops a server guest; returns everything it printed.
+fn stop(mut child: std::process::Child) -> String {
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
 /// Starts a server guest; its output is collected when it ends.
 fn spawn(mut c: Command) -> std::process::Child {
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
@@ -389,7 +396,7 @@ fn debians_nginx_serves_curl() {
     let (d, big) = nginx_rootfs();
     b_build();
     let port = free_port();
-    let mut child = spawn(loader(&d, &["-M", "256M", "-p", &format!("{port}:80")], &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]));
+    let child = spawn(loader(&d, &["-M", "256M", "-p", &format!("{port}:80")], &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]));
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let start = std::time::Instant::now();
     while !curl(&url("/")).0 {
@@ -463,13 +470,7 @@ fn debians_nginx_serves_curl() {
             (true, "<h1>nginx on Kiln</h1>\n".to_string())
         );
     }
-    let _ = child.kill();
-    let o = child.wait_with_output().unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = stop(child);
     assert!(
         out.contains("open() \"/www/missing\" failed (2: No such file or directory)"),
         "nginx's error log: {out}"
@@ -486,7 +487,7 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     rootfs_add(&d, &["/usr/bin/redis-server"]);
     b_build();
     let port = free_port();
-    let mut child = spawn(loader(
+    let child = spawn(loader(
         &d,
         &["-M", "512M", "-p", &format!("{port}:6379")],
         &["/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", "/data", "--protected-mode", "no"],
@@ -545,13 +546,7 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
         );
     }
     assert_eq!(cli(&["dbsize"]).parse::<u64>().map(|n| n >= 3), Ok(true));
-    let _ = child.kill();
-    let o = child.wait_with_output().unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = stop(child);
     assert!(out.contains("Ready to accept connections"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -665,7 +660,7 @@ fn the_nginx_app_packs_nginx_from_this_machine_and_serves_in_32_mib() {
     // apps/nginx: the Kraftfile's `programs:` packs Debian's nginx and its
     // libraries into the image at build time; `cmd:` runs it.
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "-W", "-M", "32M", "--timeout", "240", "-p", &format!("{port}:80"), "apps/nginx"])
         .stdin(Stdio::null())
@@ -684,8 +679,6 @@ fn the_nginx_app_packs_nginx_from_this_machine_and_serves_in_32_mib() {
     let o = Command::new("curl").args(["-s", "-I", "-m", "20", &url]).output().unwrap();
     let head = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(head.contains("Server: nginx/") && head.contains("Content-Type: text/html"), "{head}");
-    let _ = child.kill();
-    let o = child.wait_with_output().unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let out = stop(child);
     assert!(out.contains("files of 1 program(s) added to the rootfs") || out.contains("compiled 0 of"), "{out}");
 }
