@@ -682,3 +682,31 @@ fn the_nginx_app_packs_nginx_from_this_machine_and_serves_in_32_mib() {
     let out = stop(child);
     assert!(out.contains("files of 1 program(s) added to the rootfs") || out.contains("compiled 0 of"), "{out}");
 }
+
+#[test]
+fn debians_mosquitto_runs_unmodified() {
+    // The broker people ran as a Nanos unikernel, from Debian, through the
+    // ELF loader (glibc, OpenSSL, cJSON; epoll): a message at QoS 1 from
+    // mosquitto_pub reaches mosquitto_sub.
+    let d = rootfs("mosquitto");
+    rootfs_add(&d, &["/usr/sbin/mosquitto"]);
+    std::fs::write(d.join("etc/mosquitto.conf"), "listener 1883\nallow_anonymous true\nuser root\n").unwrap();
+    std::fs::write(d.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(d.join("etc/group"), "root:x:0:\n").unwrap();
+    b_build();
+    let port = free_port();
+    let child = spawn(loader(&d, &["-M", "128M", "-p", &format!("{port}:1883")], &["/usr/sbin/mosquitto", "-c", "/etc/mosquitto.conf"]));
+    let p = port.to_string();
+    let start = std::time::Instant::now();
+    while !Command::new("mosquitto_pub").args(["-p", &p, "-t", "probe", "-m", "x"]).output().unwrap().status.success() {
+        assert!(start.elapsed().as_secs() < 120, "mosquitto never answered");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let sub = Command::new("mosquitto_sub").args(["-p", &p, "-t", "edge/#", "-v", "-C", "1", "-W", "30"]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(Command::new("mosquitto_pub").args(["-p", &p, "-q", "1", "-t", "edge/pump1", "-m", "42 psi"]).status().unwrap().success());
+    assert_eq!(String::from_utf8_lossy(&sub.wait_with_output().unwrap().stdout), "edge/pump1 42 psi\n");
+    let out = stop(child);
+    assert!(out.contains("mosquitto version 2.") && out.contains("New client connected from 10.0.2.2"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
