@@ -217,7 +217,11 @@ fn passwords_and_acls_from_the_rootfs() {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("etc/mqtt")).unwrap();
     std::fs::write(d.join("etc/mqtt/mqtt.conf"), "listener 1883\nallow_anonymous false\npassword_file /etc/mqtt/passwd\nacl_file /etc/mqtt/acl\n").unwrap();
-    std::fs::write(d.join("etc/mqtt/passwd"), "alice:wonderland\nbob:builder\n").unwrap();
+    // alice in plain text; bob hashed by mosquitto_passwd ($7$, PBKDF2).
+    std::fs::write(d.join("etc/mqtt/passwd"), "alice:wonderland\n").unwrap();
+    let o = Command::new("mosquitto_passwd").args(["-b", d.join("etc/mqtt/passwd").to_str().unwrap(), "bob", "builder"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(d.join("etc/mqtt/passwd")).unwrap().contains("bob:$7$"));
     std::fs::write(d.join("etc/mqtt/acl"), "user alice\ntopic readwrite farm/#\nuser bob\ntopic read farm/#\n").unwrap();
     let b = Broker::start(&["--initrd", d.to_str().unwrap()]);
     let (ok, out) = b.pubc(&["-t", "farm/x", "-m", "1"]);

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 pub struct Config {
     pub port: u16,
     pub allow_anonymous: bool,
-    /// user -> password (plain text).
+    /// user -> password: plain text, or mosquitto_passwd's `$6$`/`$7$` hash.
     pub passwords: Option<BTreeMap<String, String>>,
     pub acl: Option<Acl>,
     /// Largest packet accepted or sent, in bytes.
@@ -154,8 +154,8 @@ impl Config {
             let Some((u, p)) = line.split_once(':') else {
                 return Err(format!("{file}:{}: expected user:password", n + 1));
             };
-            if p.starts_with("$6$") || p.starts_with("$7$") {
-                return Err(format!("{file}:{}: hashed passwords (mosquitto_passwd) are not supported; write user:password in plain text", n + 1));
+            if p.starts_with('$') && Hashed::parse(p).is_none() {
+                return Err(format!("{file}:{}: unknown password hash '{}'; mosquitto_passwd's $6$ and $7$ hashes and plain text are understood", n + 1, p.split('$').nth(1).unwrap_or("")));
             }
             m.insert(u.to_string(), p.to_string());
         }
@@ -170,11 +170,60 @@ impl Config {
             (None, _) => Err(0x87),
             (Some(_), None) => Ok(()),
             (Some(u), Some(m)) => match (m.get(u), password) {
-                (Some(p), Some(given)) if p.as_bytes() == given => Ok(()),
+                (Some(p), Some(given)) if check_password(p, given) => Ok(()),
                 _ => Err(0x86),
             },
         }
     }
+}
+
+/// A password hash from mosquitto_passwd: `$6$SALT$HASH` (SHA-512 of the
+/// password and salt) or `$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512),
+/// salt and hash in base64.
+struct Hashed {
+    iterations: Option<u32>,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl Hashed {
+    fn parse(s: &str) -> Option<Hashed> {
+        use base64::Engine;
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.decode(v).ok();
+        let parts: Vec<&str> = s.split('$').collect();
+        match parts.as_slice() {
+            ["", "6", salt, hash] => Some(Hashed { iterations: None, salt: b64(salt)?, hash: b64(hash)? }),
+            ["", "7", it, salt, hash] => Some(Hashed { iterations: Some(it.parse().ok().filter(|&n| n > 0)?), salt: b64(salt)?, hash: b64(hash)? }),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, password: &[u8]) -> bool {
+        use sha2::{Digest, Sha512};
+        let got: Vec<u8> = match self.iterations {
+            None => {
+                let mut h = Sha512::new();
+                h.update(password);
+                h.update(&self.salt);
+                h.finalize().to_vec()
+            }
+            Some(n) => {
+                let mut out = alloc::vec![0u8; self.hash.len().clamp(1, 64)];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, &self.salt, n, &mut out);
+                out
+            }
+        };
+        // Compared without an early exit.
+        got.len() == self.hash.len() && got.iter().zip(&self.hash).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    }
+}
+
+/// Whether `given` is the password `stored` (plain or hashed) describes.
+fn check_password(stored: &str, given: &[u8]) -> bool {
+    if stored.starts_with('$') {
+        return Hashed::parse(stored).is_some_and(|h| h.matches(given));
+    }
+    stored.len() == given.len() && stored.bytes().zip(given).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
 }
 
 /// Access kinds in an ACL rule.
@@ -305,7 +354,15 @@ mod tests {
         assert_eq!(c.authenticate(Some("alice"), Some(b"wrong")), Err(0x86));
         assert_eq!(c.authenticate(Some("carol"), Some(b"x")), Err(0x86));
         assert_eq!(c.authenticate(None, None), Err(0x87));
-        assert!(c.parse_passwords("alice:$7$101$abc\n", "passwd").unwrap_err().starts_with("passwd:1: hashed passwords"));
+        assert!(c.parse_passwords("alice:$9$abc\n", "passwd").unwrap_err().starts_with("passwd:1: unknown password hash '9'"));
+        // A file written by `mosquitto_passwd -c -b pw alice wonderland`.
+        c.parse_passwords(
+            "alice:$7$101$UuXJI11Por0vTMpX$jfVt1v3BBgcqLgK23dPb08gZkSz8qOatMv25HzFRklHyFBYM7aJGlGMLpXBbjdCL9gKhnsnltY0uhqx0ax4q1w==\n",
+            "pw",
+        )
+        .unwrap();
+        assert_eq!(c.authenticate(Some("alice"), Some(b"wonderland")), Ok(()));
+        assert_eq!(c.authenticate(Some("alice"), Some(b"wonderlanD")), Err(0x86));
         let acl = Acl::parse("topic read public/#\nuser alice\ntopic readwrite sensors/#\ntopic deny sensors/secret\npattern write clients/%c/status\n", "acl").unwrap();
         assert!(acl.allows(Some("alice"), "c1", Op::Publish, "sensors/a/temp"));
         assert!(!acl.allows(Some("alice"), "c1", Op::Publish, "sensors/secret"));
