@@ -21,12 +21,19 @@ fn root() -> PathBuf {
 struct Broker {
     child: Option<Child>,
     port: u16,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Broker guests run one at a time: under TCG on two cores, several at
+/// once are slow enough that a client's subscription can miss a message
+/// published a moment later.
+static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Broker {
     /// Starts apps/mqtt with `extra` `kiln run` arguments; waits until it
     /// accepts MQTT connections.
     fn start(extra: &[&str]) -> Broker {
+        let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let b = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(["build", "-q", "apps/mqtt"]).status().unwrap();
         assert!(b.success());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -40,7 +47,7 @@ impl Broker {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let b = Broker { child: Some(child), port };
+        let b = Broker { child: Some(child), port, _one_at_a_time: lock };
         let start = Instant::now();
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -80,7 +87,7 @@ impl Broker {
             .spawn()
             .unwrap();
         // Subscribed once it has connected; give it a moment.
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(2000));
         c
     }
 }
