@@ -81,14 +81,13 @@ fn peer_of(s: &TcpStream) -> String {
 
 /// Entry point: serves until the machine is stopped.
 pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
-    let cfg = match configure(args, env) {
+    let mut cfg = match configure(args, env) {
         Ok(c) => c,
         Err(e) => {
             println!("mqtt: {e}");
             return 2;
         }
     };
-    let mut cfg = cfg;
     // As many clients as memory holds: each has the network stack's two
     // socket buffers and a few KiB of broker and stack state; a reserve
     // stays for the listening sockets and messages in flight.

@@ -712,10 +712,3 @@ pub fn encode(p: &Packet, version: u8, out: &mut Vec<u8>) {
     put_varint(out, body.len() as u32);
     out.extend_from_slice(&body);
 }
-
-/// Bytes `p` takes on the wire.
-pub fn size(p: &Packet, version: u8) -> usize {
-    let mut v = Vec::new();
-    encode(p, version, &mut v);
-    v.len()
-}

@@ -262,7 +262,12 @@ pub fn dispatch(f: &mut Frame) -> i64 {
         }
         match signal::sigreturn(f) {
             Ok(n) => resume(&n),
-            Err(e) => exit(128 + 11 + 0 * e),
+            Err(_) => {
+                // The stack no longer holds the frame Kiln wrote: Linux
+                // would kill the program with SIGSEGV.
+                kiln_console::log!(kiln_console::Level::Info, "elf: rt_sigreturn found no signal frame on the stack: the program ends");
+                exit(128 + 11)
+            }
         }
     }
     // exit and exit_group do not return: print them first.

@@ -226,12 +226,12 @@ impl Socket {
     }
 }
 
-fn socket_of(fd: i64) -> Result<(alloc::sync::Arc<Desc>, ()), i64> {
+fn socket_of(fd: i64) -> Result<alloc::sync::Arc<Desc>, i64> {
     let d = fd::get(fd)?;
     if !matches!(d.kind, Kind::Socket(_)) {
         return Err(errno::ENOTSOCK);
     }
-    Ok((d, ()))
+    Ok(d)
 }
 
 /// A socketpair end (read and written like a pipe).
@@ -274,7 +274,7 @@ fn socket(domain: u64, ty: u64) -> Sys {
 }
 
 fn bind(fd: i64, addr: u64, len: u64) -> Sys {
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let (_, p) = sockaddr(addr, len)?;
     match &mut *sock(&d).state.lock() {
         State::Tcp { port } => *port = p,
@@ -294,7 +294,7 @@ fn bind(fd: i64, addr: u64, len: u64) -> Sys {
 }
 
 fn listen(fd: i64, backlog: u64) -> Sys {
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let mut st = sock(&d).state.lock();
     match &*st {
         State::Tcp { port } => {
@@ -312,7 +312,7 @@ fn listen(fd: i64, backlog: u64) -> Sys {
 }
 
 fn accept(fd: i64, addr: u64, lenptr: u64, flags: u64) -> Sys {
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let s = sock(&d);
     let r = block_with(d.nonblocking(), || match &mut *s.state.lock() {
         State::Listener(l) => match l.accept() {
@@ -338,7 +338,7 @@ fn accept(fd: i64, addr: u64, lenptr: u64, flags: u64) -> Sys {
 }
 
 fn connect(fd: i64, addr: u64, len: u64) -> Sys {
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let to = sockaddr(addr, len)?;
     let s = sock(&d);
     {
@@ -371,7 +371,7 @@ fn sendto(fd: i64, buf: u64, len: u64, flags: u64, addr: u64, alen: u64) -> Sys 
         // SAFETY: see `crate::bytes`.
         return fd::write_desc(&d, unsafe { bytes(buf, len) }?);
     }
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let to = if addr != 0 {
         Some(sockaddr(addr, alen)?)
     } else {
@@ -389,7 +389,7 @@ fn recvfrom(fd: i64, buf: u64, len: u64, flags: u64, addr: u64, lenptr: u64) -> 
         // SAFETY: see `crate::bytes`.
         return fd::read_desc(&d, unsafe { bytes_mut(buf, len) }?);
     }
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     // SAFETY: see `crate::bytes`.
     let data = unsafe { bytes_mut(buf, len) }?;
     let r = sock(&d).recv(&d, data, flags);
@@ -468,7 +468,7 @@ fn msg(fd: i64, hdr: u64, flags: u64, send: bool) -> Sys {
 
 fn getsockopt(fd: i64, level: u64, name: u64, val: u64, lenptr: u64) -> Sys {
     const SOL_SOCKET: u64 = 1;
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let v: u32 = match (level, name) {
         // SO_ERROR: a refused connect shows here after EINPROGRESS.
         (SOL_SOCKET, 4) => match &*sock(&d).state.lock() {
@@ -496,7 +496,7 @@ fn getsockopt(fd: i64, level: u64, name: u64, val: u64, lenptr: u64) -> Sys {
 }
 
 fn name(fd: i64, addr: u64, lenptr: u64, peer: bool) -> Sys {
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     let any = IpAddress::Ipv4(Ipv4Address::new(0, 0, 0, 0));
     let local_ip = kiln_net::local_ipv4().map_or(any, IpAddress::Ipv4);
     let p = match (&*sock(&d).state.lock(), peer) {
@@ -513,7 +513,7 @@ fn name(fd: i64, addr: u64, lenptr: u64, peer: bool) -> Sys {
 }
 
 fn shutdown(fd: i64, how: u64) -> Sys {
-    let (d, _) = socket_of(fd)?;
+    let d = socket_of(fd)?;
     if let State::Stream(s) = &mut *sock(&d).state.lock() {
         // SHUT_WR or SHUT_RDWR close the sending side.
         if how >= 1 {

@@ -42,6 +42,8 @@ static PENDING: AtomicU64 = AtomicU64::new(0);
 static BLOCKED: AtomicU64 = AtomicU64::new(0);
 /// ITIMER_REAL: (due, interval) in µs since boot; due 0 means off.
 static ALARM: spin::Mutex<(u64, u64)> = spin::Mutex::new((0, 0));
+/// Whether ALARM is set: every system call checks this, not the lock.
+static ARMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 fn bit(sig: u64) -> u64 {
     1 << (sig - 1)
@@ -125,11 +127,15 @@ fn raise(sig: u64) -> Sys {
 
 /// Fires the alarm if it is due.
 fn check_alarm() {
+    if !ARMED.load(Ordering::Relaxed) {
+        return;
+    }
     let now = crate::now_us();
     let fire = {
         let mut a = ALARM.lock();
         if a.0 != 0 && now >= a.0 {
             a.0 = if a.1 > 0 { now + a.1 } else { 0 };
+            ARMED.store(a.0 != 0, Ordering::Relaxed);
             true
         } else {
             false
@@ -168,6 +174,7 @@ fn itimer(which: u64, new: u64, old: u64) -> Sys {
     if new != 0 {
         let (interval, value) = (timeval_us(new)?, timeval_us(new + 16)?);
         *a = (if value == 0 { 0 } else { now + value }, interval);
+        ARMED.store(a.0 != 0, Ordering::Relaxed);
     }
     Ok(0)
 }
@@ -177,6 +184,7 @@ fn alarm(secs: u64) -> Sys {
     let mut a = ALARM.lock();
     let left = if a.0 == 0 { 0 } else { a.0.saturating_sub(now).div_ceil(1_000_000) };
     *a = (if secs == 0 { 0 } else { now + secs * 1_000_000 }, 0);
+    ARMED.store(a.0 != 0, Ordering::Relaxed);
     Ok(left as i64)
 }
 
