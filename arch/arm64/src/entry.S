@@ -262,15 +262,24 @@ kiln_vectors:
 .endr
 
 /* A system call. The handler may block its thread, so it runs on the
- * program's own stack (SP_EL0), not the shared exception stack: x29/x30
- * come back off SP_EL1 and a SyscallFrame (816 bytes: x0-x30, sp, elr,
- * spsr, tpidr_el0, q0-q31, fpcr, fpsr) goes on SP_EL0. The kernel is
- * built with FP/SIMD, so the program's vector registers are saved too.
- * kiln_svc_dispatch puts the result in the frame's x0. */
+ * thread's own kernel stack (kiln_kstack_top, on SP_EL0), neither on the
+ * shared exception stack nor on the program's stack (a goroutine's may be
+ * 8 KiB): x29/x30 come back off SP_EL1, x0/x1 wait there while the
+ * program's SP_EL0 goes into a SyscallFrame (816 bytes: x0-x30, sp, elr,
+ * spsr, tpidr_el0, q0-q31, fpcr, fpsr) at the kernel stack's top. The
+ * kernel is built with FP/SIMD, so the program's vector registers are
+ * saved too. kiln_svc_dispatch puts the result in the frame's x0. */
 kiln_svc_entry:
     ldp x29, x30, [sp], #16
+    stp x0, x1, [sp, #-16]!
+    mrs x0, sp_el0
+    adrp x1, kiln_kstack_top
+    ldr x1, [x1, :lo12:kiln_kstack_top]
+    sub x1, x1, #816
+    str x0, [x1, #248]
+    msr sp_el0, x1
+    ldp x0, x1, [sp], #16
     msr spsel, #0
-    sub sp, sp, #816
     stp x0, x1, [sp, #0]
     stp x2, x3, [sp, #16]
     stp x4, x5, [sp, #32]
@@ -286,8 +295,7 @@ kiln_svc_entry:
     stp x24, x25, [sp, #192]
     stp x26, x27, [sp, #208]
     stp x28, x29, [sp, #224]
-    add x0, sp, #816
-    stp x30, x0, [sp, #240]
+    str x30, [sp, #240]
     mrs x0, elr_el1
     mrs x1, spsr_el1
     stp x0, x1, [sp, #256]
@@ -317,12 +325,20 @@ kiln_svc_entry:
     mov x0, sp
     bl kiln_svc_dispatch
     mov x0, sp
+    add x1, sp, #816
     b kiln_svc_resume
 
-/* kiln_svc_resume(frame): continue a program with every register of a
- * SyscallFrame (after a system call, or a new thread from `clone`). */
+/* kiln_svc_resume(frame, kstack): continue a program with every register
+ * of a SyscallFrame (after a system call, or a new thread from `clone`).
+ * kstack becomes the thread's kernel stack top for its next call (0: the
+ * current stack, from here up). */
 .global kiln_svc_resume
 kiln_svc_resume:
+    cbnz x1, 1f
+    mov x1, sp
+    and x1, x1, #~15
+1:  adrp x2, kiln_kstack_top
+    str x1, [x2, :lo12:kiln_kstack_top]
     add x1, x0, #288
     add x2, x1, #512
     ldp x2, x3, [x2]

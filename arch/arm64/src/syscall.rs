@@ -2,7 +2,9 @@
 //!
 //! Programs run at EL1 on SP_EL0 and the kernel's page tables, like the
 //! kernel itself, so `svc` arrives at the vector for the current EL with
-//! SP_EL0. `entry.S` moves back to the program's stack, saves every
+//! SP_EL0. `entry.S` moves to the calling thread's kernel stack
+//! ([`kernel_stack`]; never the program's stack, which may be a
+//! goroutine's few KiB, nor the shared exception stack), saves every
 //! register (a [`Frame`], vector registers and TPIDR_EL0 included: the
 //! kernel uses FP/SIMD itself, and a thread switch inside the call must
 //! not lose them), calls the handler installed with [`set_handler`], and
@@ -55,18 +57,36 @@ extern "C" fn kiln_svc_dispatch(frame: &mut Frame) {
 /// in kernel code (they are taken only while idle).
 pub const PROGRAM_SPSR: u64 = 0x3c4;
 
+/// Top of the running program thread's kernel stack: where the entry
+/// puts the next `svc`'s frame. Each thread sets it when it enters its
+/// program and every return to the program puts it back.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[no_mangle]
+static kiln_kstack_top: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The kernel stack top the current system call was entered on.
+pub fn kernel_stack() -> u64 {
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    return kiln_kstack_top.load(Ordering::Relaxed);
+    #[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+    0
+}
+
 /// Continues a program with every register of `frame` (a new thread
-/// returning from `clone`, or a program's first instruction).
+/// returning from `clone`, or a program's first instruction). `kstack`
+/// is the thread's kernel stack top for its later calls; None: the
+/// current stack, from here up.
 ///
 /// # Safety
-/// `frame.elr` must be program code and `frame.sp` a stack it owns.
+/// `frame.elr` must be program code and `frame.sp` a stack it owns;
+/// nothing on the kernel stack below `kstack` (or here) may still be in use.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub unsafe fn resume(frame: &Frame) -> ! {
+pub unsafe fn resume(frame: &Frame, kstack: Option<u64>) -> ! {
     extern "C" {
-        fn kiln_svc_resume(frame: *const Frame) -> !;
+        fn kiln_svc_resume(frame: *const Frame, kstack: u64) -> !;
     }
     // SAFETY: per the contract; `frame` is read before the stack changes.
-    unsafe { kiln_svc_resume(frame) }
+    unsafe { kiln_svc_resume(frame, kstack.unwrap_or(0) & !15) }
 }
 
 /// Starts a program: stack pointer `sp` (argc at [sp]), entry `entry`,
@@ -82,8 +102,9 @@ pub unsafe fn enter(entry: u64, sp: u64) -> ! {
         spsr: PROGRAM_SPSR,
         ..Frame::default()
     };
-    // SAFETY: per the contract.
-    unsafe { resume(&f) }
+    // SAFETY: per the contract; the caller's stack becomes the thread's
+    // kernel stack.
+    unsafe { resume(&f, None) }
 }
 
 /// Host builds (unit tests) cannot run programs.
@@ -91,7 +112,7 @@ pub unsafe fn enter(entry: u64, sp: u64) -> ! {
 /// # Safety
 /// Never runs.
 #[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
-pub unsafe fn resume(_frame: &Frame) -> ! {
+pub unsafe fn resume(_frame: &Frame, _kstack: Option<u64>) -> ! {
     unreachable!("programs run only in a kernel")
 }
 

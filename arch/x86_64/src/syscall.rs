@@ -1,12 +1,22 @@
 //! The `syscall` instruction, for Linux programs run by the ELF loader.
 //!
 //! Programs run in ring 0 on Kiln's page tables, like the kernel (as in
-//! Unikraft's ELF loader), so `syscall` does not change privilege or stack:
-//! the entry below steps over the program's red zone (128 bytes under its
-//! stack pointer), saves the program's registers (a [`Frame`]), calls the handler the
-//! syscall library installed with [`set_handler`], and returns with
-//! `popfq; jmp rcx` (sysret would drop to ring 3). As on Linux, only rax
-//! (the result), rcx and r11 change.
+//! Unikraft's ELF loader), so `syscall` does not change privilege or stack
+//! by itself. The entry below moves to the calling thread's **kernel
+//! stack** (the program's stack may be a goroutine's 8 KiB, and a call
+//! that blocks runs the scheduler, the network stack and the idle loop):
+//! the top of that stack is [`kernel_stack`], which each thread sets when
+//! it first enters its program ([`enter`], [`resume`]) and every return
+//! to the program puts back, so it is always the running program thread's.
+//! Interrupts are masked while this happens (they are taken only in the
+//! idle halt), and there is one CPU, so one scratch word holds the
+//! program's stack pointer for the two instructions that need it.
+//!
+//! On the kernel stack the entry saves the program's registers (a
+//! [`Frame`]), calls the handler the syscall library installed with
+//! [`set_handler`], and returns with `popfq; jmp rcx` (sysret would drop
+//! to ring 3). As on Linux, only rax (the result), rcx and r11 change, and
+//! nothing is written to the program's stack.
 
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -57,15 +67,16 @@ core::arch::global_asm!(
     ".section .text.kiln_syscall, \"ax\"",
     ".global kiln_syscall_entry",
     "kiln_syscall_entry:",
-    "lea rsp, [rsp - 128]",
+    "mov [rip + kiln_user_rsp], rsp",
+    "mov rsp, [rip + kiln_kstack_top]",
+    "push qword ptr [rip + kiln_user_rsp]",
     "push rbp",
     "mov rbp, rsp",
-    "and rsp, -16",
-    // A Frame, pushed from its last field down (16 words: aligned).
+    // A Frame, pushed from its last field down (16 words; the top is
+    // 16-byte aligned and two words are above, so it stays aligned).
     "push r11",
     "push rcx",
-    "lea rcx, [rbp + 136]",
-    "push rcx",
+    "push qword ptr [rbp + 8]",
     "push r15",
     "push r14",
     "push r13",
@@ -82,6 +93,10 @@ core::arch::global_asm!(
     "mov rdi, rsp",
     "cld",
     "call kiln_syscall_dispatch",
+    // This thread's kernel stack is the next call's again (others may
+    // have run while this one was blocked).
+    "lea rcx, [rbp + 16]",
+    "mov [rip + kiln_kstack_top], rcx",
     "mov rdi, [rsp + 8]",
     "mov rsi, [rsp + 16]",
     "mov rdx, [rsp + 24]",
@@ -94,12 +109,20 @@ core::arch::global_asm!(
     "popfq",
     "mov rsp, rbp",
     "pop rbp",
-    "lea rsp, [rsp + 128]",
+    "pop rsp",
     "jmp rcx",
-    // kiln_syscall_resume(frame): continue a program at frame.rip with all
-    // of frame's registers (a new thread returning from `clone`).
+    // kiln_syscall_resume(frame, kstack): continue a program at frame.rip
+    // with all of frame's registers (a new thread returning from `clone`,
+    // a signal handler); kstack is the thread's kernel stack top, or 0 for
+    // "from here".
     ".global kiln_syscall_resume",
     "kiln_syscall_resume:",
+    "test rsi, rsi",
+    "jnz 2f",
+    "mov rsi, rsp",
+    "and rsi, -16",
+    "2:",
+    "mov [rip + kiln_kstack_top], rsi",
     "mov rax, [rdi]",
     "mov rsi, [rdi + 16]",
     "mov rdx, [rdi + 24]",
@@ -123,19 +146,47 @@ core::arch::global_asm!(
     "jmp rcx",
 );
 
+/// The program's stack pointer between the first two instructions of the
+/// entry (interrupts are masked and there is one CPU).
+#[cfg(target_os = "none")]
+#[no_mangle]
+static mut kiln_user_rsp: u64 = 0;
+
+/// Top of the running program thread's kernel stack: where the next
+/// `syscall` puts its frame.
+#[cfg(target_os = "none")]
+#[no_mangle]
+static kiln_kstack_top: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The kernel stack top the current system call was entered on. Read it
+/// at the start of a call (before anything blocks) to [`resume`] the same
+/// thread's program on the same stack later.
+#[cfg(target_os = "none")]
+pub fn kernel_stack() -> u64 {
+    kiln_kstack_top.load(Ordering::Relaxed)
+}
+
+#[cfg(not(target_os = "none"))]
+pub fn kernel_stack() -> u64 {
+    0
+}
+
 /// Continues a program with `frame`'s registers: rax = `frame.nr`, the
 /// stack at `frame.rsp`, at `frame.rip`. How a thread made by `clone`
-/// starts.
+/// starts (`kstack` None: its kernel stack is the current one, from
+/// here up) and how a signal handler is entered or left (`kstack`: the
+/// [`kernel_stack`] the call came in on).
 ///
 /// # Safety
-/// `frame.rip` must be program code and `frame.rsp` a stack it owns.
+/// `frame.rip` must be program code and `frame.rsp` a stack it owns;
+/// nothing on the kernel stack below `kstack` (or here) may still be in use.
 #[cfg(target_os = "none")]
-pub unsafe fn resume(frame: &Frame) -> ! {
+pub unsafe fn resume(frame: &Frame, kstack: Option<u64>) -> ! {
     extern "C" {
-        fn kiln_syscall_resume(frame: *const Frame) -> !;
+        fn kiln_syscall_resume(frame: *const Frame, kstack: u64) -> !;
     }
     // SAFETY: per the contract; `frame` is read before the stack changes.
-    unsafe { kiln_syscall_resume(frame) }
+    unsafe { kiln_syscall_resume(frame, kstack.unwrap_or(0) & !15) }
 }
 
 /// Host builds (unit tests) cannot run programs.
@@ -143,7 +194,7 @@ pub unsafe fn resume(frame: &Frame) -> ! {
 /// # Safety
 /// Never runs.
 #[cfg(not(target_os = "none"))]
-pub unsafe fn resume(_frame: &Frame) -> ! {
+pub unsafe fn resume(_frame: &Frame, _kstack: Option<u64>) -> ! {
     unreachable!("programs run only in a kernel")
 }
 
@@ -229,22 +280,27 @@ pub fn fs_base() -> u64 {
 
 /// Starts a program: stack pointer `sp` (argc at [sp]), entry `entry`,
 /// rdx = 0 (no exit function), the other registers zero. Never returns;
-/// the program ends through `exit_group`.
+/// the program ends through `exit_group`. The caller's stack, from here
+/// up, becomes the thread's kernel stack.
 ///
 /// # Safety
 /// `entry` must be executable program code and `sp` its initial stack.
 #[cfg(target_os = "none")]
 pub unsafe fn enter(entry: u64, sp: u64) -> ! {
-    // SAFETY: per the contract; the kernel's stack is abandoned.
+    // SAFETY: per the contract; the kernel's stack is abandoned and reused
+    // by the program's system calls.
     unsafe {
         core::arch::asm!(
-            "mov rsp, {sp}",
+            "mov rax, rsp",
+            "and rax, -16",
+            "mov [rip + kiln_kstack_top], rax",
+            "mov rsp, rdi",
             "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
             "xor esi, esi", "xor edi, edi", "xor ebp, ebp",
             "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
             "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d",
             "jmp r15",
-            sp = in(reg) sp, in("r15") entry, options(noreturn)
+            in("rdi") sp, in("r15") entry, options(noreturn)
         )
     }
 }

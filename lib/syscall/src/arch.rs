@@ -200,13 +200,13 @@ pub fn start_thread(f: &Frame, fs_base: u64) -> ! {
         kiln_arch_x86_64::syscall::set_fs_base(fs_base);
         // SAFETY: the frame is the parent's at its `clone` with the stack the
         // program gave the thread; rip is the program's code.
-        unsafe { kiln_arch_x86_64::syscall::resume(f) }
+        unsafe { kiln_arch_x86_64::syscall::resume(f, None) }
     }
     #[cfg(all(target_arch = "aarch64", target_os = "none"))]
     {
         let _ = fs_base;
         // SAFETY: as above (elr is the program's code).
-        unsafe { kiln_arch_arm64::syscall::resume(f) }
+        unsafe { kiln_arch_arm64::syscall::resume(f, None) }
     }
     #[cfg(not(target_os = "none"))]
     {

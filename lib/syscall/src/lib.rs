@@ -247,6 +247,10 @@ pub fn dispatch(f: &mut Frame) -> i64 {
     // Threads switch only inside system calls; each keeps its own SSE
     // state and TLS pointer across the switch.
     let keep = thread::Keep::new();
+    // This thread's kernel stack, for continuing its program elsewhere
+    // (a signal handler) without leaving this call's frame on it.
+    #[cfg(target_arch = "x86_64")]
+    let kstack = kiln_arch_x86_64::syscall::kernel_stack();
     let (nr, raw, a) = arch::call_of(f);
     let Some(nr) = nr else {
         // A number of this architecture's that Kiln does not know at all.
@@ -261,7 +265,7 @@ pub fn dispatch(f: &mut Frame) -> i64 {
             kiln_console::println!("strace: rt_sigreturn()");
         }
         match signal::sigreturn(f) {
-            Ok(n) => resume(&n),
+            Ok(n) => resume(&n, kstack),
             Err(_) => {
                 // The stack no longer holds the frame Kiln wrote: Linux
                 // would kill the program with SIGSEGV.
@@ -287,7 +291,7 @@ pub fn dispatch(f: &mut Frame) -> i64 {
         if strace {
             kiln_console::println!("strace: --- signal {} delivered ---", n.a[0]);
         }
-        resume(&n);
+        resume(&n, kstack);
     }
     r
 }
@@ -295,16 +299,18 @@ pub fn dispatch(f: &mut Frame) -> i64 {
 /// Continues the program with `f`'s registers (a signal handler, or the
 /// return from one).
 #[cfg(target_arch = "x86_64")]
-fn resume(f: &Frame) -> ! {
+fn resume(f: &Frame, kstack: u64) -> ! {
     #[cfg(target_os = "none")]
     // SAFETY: `f` holds the program's own registers, or its handler's
-    // address and a stack below the program's, set up by `signal`.
+    // address and a stack below the program's, set up by `signal`;
+    // `kstack` is this thread's kernel stack top, which holds nothing
+    // once this call is abandoned.
     unsafe {
-        kiln_arch_x86_64::syscall::resume(f)
+        kiln_arch_x86_64::syscall::resume(f, Some(kstack))
     }
     #[cfg(not(target_os = "none"))]
     {
-        let _ = f;
+        let _ = (f, kstack);
         unreachable!("programs run only in a kernel")
     }
 }

@@ -111,9 +111,11 @@ const CLONE_PARENT_SETTID: u64 = 0x100000;
 const CLONE_CHILD_CLEARTID: u64 = 0x200000;
 const CLONE_CHILD_SETTID: u64 = 0x1000000;
 
-/// Stack of the kernel thread under a program thread: it only starts the
-/// program thread, which then runs (and makes its calls) on its own stack.
-const START_STACK: usize = 16 << 10;
+/// Kernel stack of a program thread: the kernel thread spawned for it
+/// starts the program thread, and its system calls (with whatever they
+/// block in: the scheduler, the network stack, the idle loop) run here,
+/// never on the program's stack.
+const START_STACK: usize = 64 << 10;
 
 fn clone(a: [u64; 6], f: &Frame) -> Sys {
     let [flags, stack, ptid, ctid, tls, _] = a;
