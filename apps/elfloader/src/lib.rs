@@ -24,8 +24,35 @@ use alloc::vec::Vec;
 use kiln_elf::{AuxInfo, Program};
 use kiln_std::prelude::*;
 
+/// The program's stack: on x86_64 8 MiB of demand-paged memory at a
+/// random address, above an inaccessible guard page; on arm64 a heap block
+/// of [`stack_size`].
+fn program_stack() -> Result<(u64, usize), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use kiln_syscall::vm::{PROT_READ, PROT_WRITE};
+        const LEN: u64 = 8 << 20;
+        let at = kiln_syscall::mem::paged::map_anon(0, LEN + 4096, PROT_READ | PROT_WRITE)
+            .ok_or_else(|| String::from("no address space for the program's stack"))?;
+        kiln_syscall::mem::paged::protect(at, 4096, 0);
+        Ok((at + 4096, LEN as usize))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let stack_len = stack_size();
+        let layout = Layout::from_size_align(stack_len, 16).unwrap();
+        // SAFETY: a zeroed allocation of stack_len bytes.
+        let stack = unsafe { alloc_zeroed(layout) } as u64;
+        if stack == 0 {
+            return Err(String::from("no memory for the program's stack"));
+        }
+        Ok((stack, stack_len))
+    }
+}
+
 /// Stack for the program: 8 MiB as on Linux, or a sixteenth of the free
 /// heap when that is less (at least 1 MiB).
+#[cfg(not(target_arch = "x86_64"))]
 fn stack_size() -> usize {
     let free = kiln_std::heap_stats().map_or(usize::MAX, |h| h.total - h.in_use);
     (free / 16).clamp(1 << 20, 8 << 20) & !0xfff
@@ -40,6 +67,35 @@ fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
         copy_segments(prog, bytes, 0);
         return Ok(0);
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Virtual memory at a random address (ASLR): the span read-write
+        // while the segments are copied in, then each segment gets its own
+        // protection (W^X) and the gaps between them none.
+        use kiln_syscall::vm::{PROT_EXEC, PROT_READ, PROT_WRITE};
+        let paged = kiln_syscall::mem::paged::map_anon(0, hi - lo, PROT_READ | PROT_WRITE)
+            .ok_or_else(|| format!("no address space for its {} KiB", (hi - lo) / 1024))?;
+        let bias = prog.bias(paged);
+        copy_segments(prog, bytes, bias);
+        kiln_syscall::mem::paged::protect(paged, hi - lo, 0);
+        for s in &prog.segments {
+            let start = s.vaddr.wrapping_add(bias) & !0xfff;
+            let end = (s.vaddr.wrapping_add(bias) + s.mem_size).next_multiple_of(4096);
+            let prot = if s.perms.read { PROT_READ } else { 0 }
+                | if s.perms.write { PROT_WRITE } else { 0 }
+                | if s.perms.exec { PROT_EXEC } else { 0 };
+            kiln_syscall::mem::paged::protect(start, end - start, prot);
+        }
+        Ok(bias)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    place_in_heap(prog, bytes, lo, hi)
+}
+
+/// arm64 (for now): the program in a heap block, all of it writable and
+/// executable.
+#[cfg(not(target_arch = "x86_64"))]
+fn place_in_heap(prog: &Program, bytes: &[u8], lo: u64, hi: u64) -> Result<u64, String> {
     let layout =
         Layout::from_size_align((hi - lo) as usize, 4096).map_err(|_| String::from("too large"))?;
     // SAFETY: a zeroed allocation of the program's non-zero span.
@@ -99,8 +155,9 @@ enum Never {}
 
 fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
     let (bytes, prog) = load(path)?;
-    // Programs and their libraries live in heap memory.
-    kiln_syscall::arch::prepare_memory();
+    // On arm64 programs and their libraries live in heap memory, made
+    // executable; on x86_64 only a fixed-address program's area is.
+    kiln_syscall::arch::prepare_memory(prog.relocatable(), prog.span());
     let bias = place(&prog, &bytes).map_err(|e| format!("{path}: {e}"))?;
     let mut entry = prog.entry.wrapping_add(bias);
     let mut interp_base = 0;
@@ -122,16 +179,10 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     };
     let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env_refs: Vec<&str> = env_strings.iter().map(String::as_str).collect();
-    let stack_len = stack_size();
-    let layout = Layout::from_size_align(stack_len, 16).unwrap();
-    // SAFETY: a zeroed allocation of stack_len bytes.
-    let stack = unsafe { alloc_zeroed(layout) } as u64;
-    if stack == 0 {
-        return Err(String::from("no memory for the program's stack"));
-    }
+    let (stack, stack_len) = program_stack()?;
     let top = stack + stack_len as u64;
-    let random = (kiln_std::time::micros() as u128 * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-        .to_le_bytes();
+    let mut random = [0u8; 16];
+    kiln_random::fill(&mut random);
     let init = kiln_elf::initial_stack(
         top,
         argv,

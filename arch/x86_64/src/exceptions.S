@@ -142,11 +142,30 @@ kiln_exc_common:
     push %r13
     push %r14
     push %r15
+    mov %rsp, %rbx
     mov %rsp, %rdi
     cld
     and $-16, %rsp
     call kiln_arch_exception
-    ud2
+    /* Resolved (a program's page brought in): retry the instruction. */
+    mov %rbx, %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rbp
+    pop %rbx
+    pop %rdx
+    pop %rcx
+    pop %rax
+    add $16, %rsp
+    iretq
 
 .section .rodata.kiln_exc_table, "a"
 .balign 8

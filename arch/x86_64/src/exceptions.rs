@@ -1,8 +1,10 @@
 //! CPU exceptions: the IDT and the fault report.
 //!
 //! Every exception vector (0-31) has a stub in `exceptions.S` that builds a
-//! uniform [`Frame`] and calls [`kiln_arch_exception`]. Kiln treats all of
-//! them as fatal: the report (vector, name, error code, faulting address,
+//! uniform [`Frame`] and calls [`kiln_arch_exception`]. A page fault goes
+//! first to the hook a library installed ([`set_page_fault_hook`]: a Linux
+//! program's demand-paged memory), and the instruction is retried when the
+//! hook resolved it. Everything else is fatal: the report (vector, name, error code, faulting address,
 //! instruction pointer, registers) goes to the platform's fault handler, which
 //! prints it and powers off with a non-zero code.
 
@@ -192,10 +194,33 @@ pub fn set_fault_handler(f: fn(&FaultReport) -> !) {
     HANDLER.store(f as *mut (), Ordering::Release);
 }
 
-/// Called by the exception stubs with the saved frame.
+fn no_hook(_: &Frame, _: u64) -> bool {
+    false
+}
+
+static PF_HOOK: AtomicPtr<()> = AtomicPtr::new(no_hook as *mut ());
+
+/// Installs the function that may resolve a page fault (frame, faulting
+/// address): true when the page is now mapped and the instruction can be
+/// retried. It runs on the page-fault stack with interrupts masked.
+pub fn set_page_fault_hook(f: fn(&Frame, u64) -> bool) {
+    PF_HOOK.store(f as *mut (), Ordering::Release);
+}
+
+/// Called by the exception stubs with the saved frame; returns only when
+/// the fault was resolved.
 #[cfg(target_os = "none")]
 #[no_mangle]
-extern "C" fn kiln_arch_exception(frame: &Frame) -> ! {
+extern "C" fn kiln_arch_exception(frame: &Frame) {
+    if frame.vector == 14 {
+        let p = PF_HOOK.load(Ordering::Acquire);
+        // SAFETY: PF_HOOK only holds `no_hook` or a value stored by
+        // `set_page_fault_hook`, both `fn(&Frame, u64) -> bool`.
+        let hook: fn(&Frame, u64) -> bool = unsafe { core::mem::transmute(p) };
+        if hook(frame, x86_64::registers::control::Cr2::read_raw()) {
+            return;
+        }
+    }
     let report = FaultReport {
         frame: *frame,
         address: x86_64::registers::control::Cr2::read_raw(),

@@ -17,10 +17,11 @@ pub mod cpu;
 mod exceptions;
 mod gdt;
 pub mod mmu;
+pub mod paging;
 pub mod syscall;
 pub mod tsc;
 
-pub use exceptions::{set_fault_handler, FaultReport};
+pub use exceptions::{set_fault_handler, set_page_fault_hook, FaultReport, Frame as ExceptionFrame};
 
 #[cfg(target_os = "none")]
 core::arch::global_asm!(include_str!("entry.S"), options(att_syntax));

@@ -1,6 +1,6 @@
 //! devfs: the device nodes programs expect under `/dev`: `null` (discards,
-//! reads nothing), `zero` (reads zeros), `urandom` and `random` (a
-//! xorshift* generator seeded at boot; not for cryptography), and `console`
+//! reads nothing), `zero` (reads zeros), `urandom` and `random` (lib/random's
+//! ChaCha20 generator, seeded from the CPU and the host), and `console`
 //! (writes go to the kernel console).
 #![cfg_attr(not(test), no_std)]
 
@@ -37,15 +37,8 @@ impl DevFs {
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
-        let mut s = self.rng.lock();
-        for chunk in buf.chunks_mut(8) {
-            // xorshift64*
-            *s ^= *s >> 12;
-            *s ^= *s << 25;
-            *s ^= *s >> 27;
-            let v = s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
+        let _ = &self.rng;
+        kiln_random::fill(buf);
     }
 }
 

@@ -280,10 +280,20 @@ pub const HWCAP: u64 = if cfg!(target_arch = "aarch64") {
     0
 };
 
-/// Makes heap memory executable before programs are copied into it.
-pub fn prepare_memory() {
+/// Makes memory executable before a program is copied into it: on
+/// arm64 the heap; on x86_64 only a fixed-address program's area
+/// (`relocatable` false, linked at `span`).
+pub fn prepare_memory(relocatable: bool, span: (u64, u64)) {
+    // x86_64: a position-independent program goes into virtual memory
+    // with its own protections; a fixed-address one runs in the area the
+    // platform keeps for it, made executable by 2 MiB pages.
     #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-    kiln_arch_x86_64::mmu::ram_executable();
+    if !relocatable {
+        let (lo, hi) = span;
+        let start = lo & !((2 << 20) - 1);
+        kiln_arch_x86_64::mmu::set_executable(start, hi - start);
+    }
+    let _ = (relocatable, span);
     #[cfg(all(target_arch = "aarch64", target_os = "none"))]
     kiln_arch_arm64::mmu::ram_executable();
 }

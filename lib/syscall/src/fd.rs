@@ -1031,3 +1031,12 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
         }
     }
 }
+
+/// The size of the file open as `fd` (None if it is not a file).
+pub(crate) fn file_size(fd: i64) -> Option<u64> {
+    let d = get(fd).ok()?;
+    match &d.kind {
+        Kind::File(f) => vfs().fstat(f.0).ok().map(|s| s.size),
+        _ => None,
+    }
+}

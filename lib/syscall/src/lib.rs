@@ -16,13 +16,19 @@ extern crate alloc;
 
 pub mod arch;
 mod fd;
-mod mem;
+pub mod mem;
 mod names;
 mod net;
 mod poll;
 mod signal;
 pub mod table;
 mod thread;
+pub mod vm;
+
+/// A random u64 from lib/random.
+pub(crate) fn random_u64() -> u64 {
+    kiln_random::u64()
+}
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -445,13 +451,7 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             }
             318 => {
                 let b = bytes_mut(a[0], a[1])?;
-                let mut x = now_us() ^ 0x9e37_79b9_7f4a_7c15 ^ (b.as_ptr() as u64).rotate_left(17);
-                for byte in b.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *byte = x as u8;
-                }
+                kiln_random::fill(b);
                 Ok(b.len() as i64)
             }
             // getrlimit, setrlimit, prlimit64: no limits (the stack: 8 MiB).

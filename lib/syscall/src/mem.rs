@@ -1,4 +1,12 @@
-//! Program memory: `brk` grows a reserved area, `mmap` hands out zeroed,
+//! Program memory.
+//!
+//! On x86_64 a program's memory is virtual and demand-paged ([`crate::vm`]):
+//! every call here works on page ranges of its address space, and the
+//! page-fault hook brings pages in. Addresses outside that window are the
+//! fixed-address programs' own (identity-mapped RAM the platform keeps for
+//! them), where `MAP_FIXED` fills in place as below.
+//!
+//! On arm64 (for now): `brk` grows a reserved area, `mmap` hands out zeroed,
 //! page-aligned blocks from the kernel heap (file mappings are read in:
 //! private, never written back). Everything is mapped read, write and
 //! execute, so `mprotect` has nothing to change. A block is freed when the
@@ -178,6 +186,29 @@ fn brk(want: u64) -> Sys {
 }
 
 /// The memory calls; None if `nr` is not one.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
+    Some(match nr {
+        9 => {
+            if a[0] % 4096 == 0 && a[3] & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 && !crate::vm::WINDOW.contains(&a[0]) {
+                mmap(a[0], a[1], a[3], a[4] as i64, a[5])
+            } else {
+                paged::mmap(a[0], a[1], a[2] as u8, a[3], a[4] as i64, a[5])
+            }
+        }
+        11 => paged::munmap(a[0], a[1]),
+        12 => Ok(paged::brk(a[0]) as i64),
+        10 => paged::mprotect(a[0], a[1], a[2] as u8),
+        25 => paged::mremap(a[0], a[1], a[2], a[3], a[4]),
+        28 => paged::madvise(a[0], a[1], a[2]),
+        // mlock, munlock, mlockall, munlockall, msync, membarrier.
+        149 | 150 | 151 | 152 | 26 | 324 => Ok(0),
+        _ => return None,
+    })
+}
+
+/// The memory calls; None if `nr` is not one.
+#[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
     Some(match nr {
         9 => mmap(a[0], a[1], a[3], a[4] as i64, a[5]),
@@ -190,4 +221,318 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         10 | 149 | 150 | 151 | 152 | 26 | 324 => Ok(0),
         _ => return None,
     })
+}
+
+/// Demand-paged memory (x86_64): the system calls over [`crate::vm::Space`]
+/// and the page-fault hook.
+#[cfg(target_arch = "x86_64")]
+pub mod paged {
+    use super::{fill_from, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE};
+    use crate::vm::{Pager, Space, Touch, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, WINDOW};
+    use crate::{errno, Sys};
+    use alloc::alloc::{alloc, dealloc, Layout};
+    use alloc::collections::{BTreeMap, BTreeSet};
+
+    static SPACE: spin::Mutex<Option<Space>> = spin::Mutex::new(None);
+
+    /// Frames from the kernel heap, page tables in the live tables.
+    struct Kernel;
+
+    /// Frames come from the heap in chunks of [`CHUNK`] pages (a
+    /// page-aligned heap block costs up to a page of padding, so one per
+    /// frame would double the cost); a chunk goes back to the heap as soon
+    /// as all its frames are free.
+    const CHUNK: u64 = 16;
+
+    struct Frames {
+        /// Chunk start -> bitmask of its free frames.
+        chunks: BTreeMap<u64, u16>,
+        /// Chunks with a free frame.
+        partial: BTreeSet<u64>,
+    }
+
+    static FRAMES: spin::Mutex<Frames> = spin::Mutex::new(Frames {
+        chunks: BTreeMap::new(),
+        partial: BTreeSet::new(),
+    });
+
+    const CHUNK_LAYOUT: Layout = match Layout::from_size_align((CHUNK * PAGE) as usize, 4096) {
+        Ok(l) => l,
+        Err(_) => panic!(),
+    };
+
+    fn zeroed_frame() -> Option<u64> {
+        let mut f = FRAMES.lock();
+        let c = match f.partial.first() {
+            Some(&c) => c,
+            None => {
+                // SAFETY: a fresh allocation of a non-zero size.
+                let p = unsafe { alloc(CHUNK_LAYOUT) } as u64;
+                if p == 0 {
+                    return None;
+                }
+                f.chunks.insert(p, u16::MAX);
+                f.partial.insert(p);
+                p
+            }
+        };
+        let mask = f.chunks.get_mut(&c).unwrap();
+        let i = mask.trailing_zeros() as u64;
+        *mask &= !(1 << i);
+        if *mask == 0 {
+            f.partial.remove(&c);
+        }
+        drop(f);
+        let frame = c + i * PAGE;
+        // SAFETY: the frame is one page of a chunk this pool owns, handed
+        // out to nobody else.
+        unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE as usize) };
+        Some(frame)
+    }
+
+    fn free_frame(frame: u64) {
+        let mut f = FRAMES.lock();
+        let Some((&c, _)) = f.chunks.range(..=frame).next_back() else { return };
+        let i = (frame - c) / PAGE;
+        let mask = f.chunks.get_mut(&c).unwrap();
+        *mask |= 1 << i;
+        if *mask == u16::MAX {
+            f.chunks.remove(&c);
+            f.partial.remove(&c);
+            // SAFETY: the chunk came from `alloc(CHUNK_LAYOUT)` and none of
+            // its frames is in use any more.
+            unsafe { dealloc(c as *mut u8, CHUNK_LAYOUT) };
+        } else {
+            f.partial.insert(c);
+        }
+    }
+
+    #[cfg(target_os = "none")]
+    fn access(prot: u8) -> Option<kiln_arch_x86_64::paging::Access> {
+        (prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0).then_some(kiln_arch_x86_64::paging::Access {
+            write: prot & PROT_WRITE != 0,
+            exec: prot & PROT_EXEC != 0,
+        })
+    }
+
+    impl Pager for Kernel {
+        fn frame(&mut self) -> Option<u64> {
+            zeroed_frame()
+        }
+        fn free(&mut self, f: u64) {
+            free_frame(f)
+        }
+
+        #[cfg(target_os = "none")]
+        fn map(&mut self, va: u64, f: u64, prot: u8) -> bool {
+            kiln_arch_x86_64::paging::map(va, f, access(prot), &mut zeroed_frame)
+        }
+        #[cfg(target_os = "none")]
+        fn unmap(&mut self, va: u64) -> Option<u64> {
+            kiln_arch_x86_64::paging::unmap(va)
+        }
+        #[cfg(target_os = "none")]
+        fn protect(&mut self, va: u64, prot: u8) {
+            kiln_arch_x86_64::paging::protect(va, access(prot))
+        }
+        #[cfg(target_os = "none")]
+        fn lookup(&self, va: u64) -> Option<u64> {
+            kiln_arch_x86_64::paging::frame(va)
+        }
+        #[cfg(not(target_os = "none"))]
+        fn map(&mut self, _: u64, _: u64, _: u8) -> bool {
+            false
+        }
+        #[cfg(not(target_os = "none"))]
+        fn unmap(&mut self, _: u64) -> Option<u64> {
+            None
+        }
+        #[cfg(not(target_os = "none"))]
+        fn protect(&mut self, _: u64, _: u8) {}
+        #[cfg(not(target_os = "none"))]
+        fn lookup(&self, _: u64) -> Option<u64> {
+            None
+        }
+    }
+
+    /// Runs `f` on the program's address space (made on first use, its
+    /// bases placed at random).
+    fn with<R>(f: impl FnOnce(&mut Space) -> R) -> R {
+        let mut g = SPACE.lock();
+        let s = g.get_or_insert_with(|| {
+            // Pages come in on first touch from here on.
+            #[cfg(target_os = "none")]
+            kiln_arch_x86_64::set_page_fault_hook(page_fault);
+            Space::new(crate::random_u64())
+        });
+        f(s)
+    }
+
+    fn up(v: u64) -> u64 {
+        v.saturating_add(PAGE - 1) & !(PAGE - 1)
+    }
+
+    /// Maps `len` bytes of fresh demand-zero memory with `prot` (at
+    /// `hint` if free, else where the space has room): the ELF loader's
+    /// program images and stack.
+    pub fn map_anon(hint: u64, len: u64, prot: u8) -> Option<u64> {
+        with(|s| {
+            let at = s.room(hint, up(len))?;
+            s.insert(&mut Kernel, at, up(len), prot);
+            Some(at)
+        })
+    }
+
+    /// `mprotect` for the ELF loader.
+    pub fn protect(addr: u64, len: u64, prot: u8) -> bool {
+        with(|s| s.protect(&mut Kernel, addr, len, prot)).is_ok()
+    }
+
+    pub(crate) fn mmap(addr: u64, len: u64, prot: u8, flags: u64, fd: i64, off: u64) -> Sys {
+        if len == 0 || !off.is_multiple_of(PAGE) || len > WINDOW.end - WINDOW.start {
+            return Err(errno::EINVAL);
+        }
+        let size = up(len);
+        let fixed = flags & MAP_FIXED != 0;
+        let at = with(|s| {
+            if fixed || flags & MAP_FIXED_NOREPLACE != 0 {
+                if addr % PAGE != 0 || !WINDOW.contains(&addr) || addr + size > WINDOW.end {
+                    return Err(errno::EINVAL);
+                }
+                if !fixed && s.overlaps(addr, addr + size) {
+                    return Err(errno::EEXIST);
+                }
+                s.insert(&mut Kernel, addr, size, prot);
+                return Ok(addr);
+            }
+            let at = s.room(addr & !(PAGE - 1), size).ok_or(errno::ENOMEM)?;
+            s.insert(&mut Kernel, at, size, prot);
+            Ok(at)
+        })?;
+        if flags & MAP_ANONYMOUS == 0 {
+            // File contents, written through the frames (whatever the
+            // protection), read in now; pages past the file's end stay
+            // demand-zero.
+            let file_len = crate::fd::file_size(fd).map_or(len, |n| n.saturating_sub(off).min(len));
+            let len = file_len;
+            let ok = with(|s| s.populate(&mut Kernel, at, at + up(len)));
+            if !ok {
+                let _ = munmap(at, size);
+                return Err(errno::ENOMEM);
+            }
+            let mut buf = alloc::vec![0u8; PAGE as usize];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(PAGE) as usize;
+                if let Err(e) = fill_from(fd, &mut buf[..n], off + done) {
+                    let _ = munmap(at, size);
+                    return Err(e);
+                }
+                let frame = with(|_| Kernel.lookup(at + done)).ok_or(errno::ENOMEM)?;
+                // SAFETY: the frame is one identity-mapped page of the
+                // kernel heap, mapped only at this program page.
+                unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), frame as *mut u8, n) };
+                done += n as u64;
+            }
+        }
+        Ok(at as i64)
+    }
+
+    pub(crate) fn munmap(addr: u64, len: u64) -> Sys {
+        if addr % PAGE != 0 || len == 0 {
+            return Err(errno::EINVAL);
+        }
+        if WINDOW.contains(&addr) {
+            with(|s| s.remove(&mut Kernel, addr, addr.saturating_add(up(len)).min(WINDOW.end)));
+        }
+        Ok(0)
+    }
+
+    pub(crate) fn mprotect(addr: u64, len: u64, prot: u8) -> Sys {
+        if addr % PAGE != 0 {
+            return Err(errno::EINVAL);
+        }
+        if !WINDOW.contains(&addr) {
+            // A fixed-address program's own memory: identity-mapped RAM
+            // with large pages, left as it is.
+            return Ok(0);
+        }
+        with(|s| s.protect(&mut Kernel, addr, len, prot)).map(|_| 0)
+    }
+
+    pub(crate) fn mremap(old: u64, old_len: u64, new_len: u64, flags: u64, new_addr: u64) -> Sys {
+        const MREMAP_MAYMOVE: u64 = 1;
+        const MREMAP_FIXED: u64 = 2;
+        if old % PAGE != 0 || new_len == 0 || !WINDOW.contains(&old) {
+            return Err(errno::EINVAL);
+        }
+        if flags & MREMAP_FIXED != 0 {
+            let _ = new_addr;
+            return Err(errno::EINVAL);
+        }
+        with(|s| s.remap(&mut Kernel, old, old_len, new_len, flags & MREMAP_MAYMOVE != 0)).map(|a| a as i64)
+    }
+
+    pub(crate) fn madvise(addr: u64, len: u64, advice: u64) -> Sys {
+        const MADV_DONTNEED: u64 = 4;
+        const MADV_FREE: u64 = 8;
+        if (advice == MADV_DONTNEED || advice == MADV_FREE) && WINDOW.contains(&addr) {
+            with(|s| s.drop_pages(&mut Kernel, addr & !(PAGE - 1), addr.saturating_add(up(len)).min(WINDOW.end)));
+        } else if advice == MADV_DONTNEED {
+            return super::madvise(addr, len, advice);
+        }
+        Ok(0)
+    }
+
+    pub(crate) fn brk(want: u64) -> u64 {
+        with(|s| s.set_brk(&mut Kernel, want))
+    }
+
+    /// Pages with memory behind them now, and at most so far.
+    pub fn resident() -> (u64, u64) {
+        with(|s| (s.resident, s.peak))
+    }
+
+    /// The page-fault hook: brings in a demand-zero page; a touch that
+    /// cannot be served ends the program (SIGSEGV), whether the program or
+    /// the kernel on its behalf made it. Faults of kernel code outside the
+    /// program's memory stay the kernel's (a fatal report).
+    #[cfg(target_os = "none")]
+    pub(crate) fn page_fault(f: &kiln_arch_x86_64::ExceptionFrame, addr: u64) -> bool {
+        let touch = if f.error & 16 != 0 {
+            Touch::Exec
+        } else if f.error & 2 != 0 {
+            Touch::Write
+        } else {
+            Touch::Read
+        };
+        let text = kiln_arch_x86_64::layout::sections().text;
+        let kernel = f.rip >= text.0 && f.rip < text.1;
+        let why = if WINDOW.contains(&addr) {
+            // The lock is never held while program memory is touched, so
+            // a busy lock is a kernel bug: report it as one.
+            let Some(mut g) = SPACE.try_lock() else { return false };
+            let Some(s) = g.as_mut() else { return false };
+            match s.fault(&mut Kernel, addr, touch) {
+                Ok(()) => return true,
+                Err(why) => why,
+            }
+        } else if kernel {
+            return false;
+        } else {
+            "no mapping there"
+        };
+        let what = match touch {
+            Touch::Read => "read",
+            Touch::Write => "wrote",
+            Touch::Exec => "executed",
+        };
+        let who = if kernel { "a system call's argument" } else { "the program" };
+        kiln_console::log!(
+            kiln_console::Level::Error,
+            "elf: segmentation fault (SIGSEGV): {who} {what} {addr:#x}: {why} (instruction pointer {:#x}); the program ends",
+            f.rip
+        );
+        kiln_boot::exit(128 + 11)
+    }
 }

@@ -167,7 +167,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("nanosleep", Yes),
         ("clock_nanosleep", Yes),
         ("sched_yield", Yes),
-        ("getrandom", Partial("a xorshift stream seeded from the clock: not for keys")),
+        ("getrandom", Yes),
         ("getrlimit", Partial("no limits; the stack 8 MiB, files 1024/4096")),
         ("setrlimit", Accepted("no limits")),
         ("prlimit64", Partial("as getrlimit; setting is accepted")),
