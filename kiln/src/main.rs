@@ -459,6 +459,14 @@ fn run(a: &RunArgs) -> Result<i32> {
     if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         kernel_args.push(format!("clock.epoch={}", t.as_secs()));
     }
+    // A seed for the guest's random generator from the host's, mixed with
+    // whatever the guest's CPU offers (lib/random).
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let mut seed = [0u8; 32];
+        if std::io::Read::read_exact(&mut f, &mut seed).is_ok() {
+            kernel_args.push(format!("random.seed={}", seed.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        }
+    }
     if arch == "x86_64" {
         if let Some(hz) = host_tsc_hz() {
             kernel_args.push(format!("clock.tsc_hz={hz}"));

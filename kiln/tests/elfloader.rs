@@ -723,3 +723,38 @@ fn debians_mosquitto_runs_unmodified() {
     assert!(out.contains("mosquitto version 2.") && out.contains("New client connected from 10.0.2.2"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Programs' memory is virtual (x86_64): a 1 GiB reservation costs
+/// nothing, partial munmap/mprotect work, a PIE lands somewhere else on
+/// every boot (ASLR), and W^X holds for the program: writing its code,
+/// executing its heap or reading an unmapped address ends the program
+/// with SIGSEGV and the address, and the kernel carries on to report it.
+#[test]
+fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
+    let prog = linux_program("linux-memory");
+    let d = rootfs("memory");
+    std::fs::copy(&prog, d.join("bin/memory")).unwrap();
+    let where_ = |out: &str| out.lines().find(|l| l.starts_with("where: ")).unwrap_or_else(|| panic!("{out}")).to_string();
+    let (code, a) = run(&d, &["-M", "48M"], &["/bin/memory", "where"]);
+    assert_eq!(code, 0, "{a}");
+    let (code, b) = run(&d, &["-M", "48M"], &["/bin/memory", "where"]);
+    assert_eq!(code, 0, "{b}");
+    let (wa, wb) = (where_(&a), where_(&b));
+    let field = |w: &str, name: &str| w.split_whitespace().skip_while(|x| *x != name).nth(1).unwrap().to_string();
+    for name in ["code", "stack", "mmap"] {
+        assert_ne!(field(&wa, name), field(&wb, name), "{name} at the same address on two boots: {wa} / {wb}");
+    }
+    assert!(a.contains("random: seeded from"), "{a}");
+    // 1 GiB reserved and another mapped, in a 48 MiB guest.
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "reserve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reserve: ok"), "{out}");
+    for (mode, what) in [("write-code", "wrote"), ("exec-heap", "executed"), ("segv", "read 0x7000dead0000")] {
+        let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", mode]);
+        assert!(out.contains(&format!("elf: segmentation fault (SIGSEGV): the program {what}")), "{mode}: {out}");
+        assert!(!out.contains("still running") && !out.contains("segv: read "), "{mode}: {out}");
+        assert!(!out.contains("CPU exception"), "{mode}: a program's fault is not the kernel's: {out}");
+        assert_eq!(code, 126, "{mode}: 128 + SIGSEGV, reported as 126: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

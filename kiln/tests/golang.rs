@@ -87,9 +87,27 @@ fn finish(mut c: Child, secs: u64) -> (i32, String) {
     (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// Waits until the guest answers on `port`: a connection that stays open
+/// and echoes (echo), answers HTTP (http) or answers an MQTT CONNECT
+/// (mqtt). QEMU's user network accepts on the host port before anything
+/// listens in the guest, then resets, so a bare connect proves nothing.
 fn wait_for_port(port: u16, guest: &mut Child) {
+    let answers = || -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        // An MQTT 3.1.1 CONNECT; the echo server sends it back, the HTTP
+        // server answers 400, the broker a CONNACK: any reply will do.
+        let connect = [0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 3, b'p', b'r', b'b'];
+        let mut probe = connect.to_vec();
+        probe.extend_from_slice(b"\n");
+        if s.write_all(&probe).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        matches!(std::io::Read::read(&mut s, &mut b), Ok(1))
+    };
     let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !answers() {
         assert!(guest.try_wait().unwrap().is_none(), "the guest ended before listening");
         assert!(t.elapsed() < Duration::from_secs(120), "nothing listened on {port}");
         std::thread::sleep(Duration::from_millis(200));
@@ -100,7 +118,7 @@ fn wait_for_port(port: u16, guest: &mut Child) {
 fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
     let mut all = Vec::new();
     std::io::Read::read_to_end(&mut s, &mut all).unwrap();
     let text = String::from_utf8_lossy(&all).to_string();
@@ -117,7 +135,8 @@ fn keep_alive(port: u16, path: &str, n: usize) -> Vec<(u16, String)> {
     let mut r = BufReader::new(s);
     (0..n)
         .map(|_| {
-            write!(w, "GET {path} HTTP/1.1\r\nHost: kiln\r\n\r\n").unwrap();
+            // One write, as curl and browsers send a request.
+            w.write_all(format!("GET {path} HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes()).unwrap();
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let status = line.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);

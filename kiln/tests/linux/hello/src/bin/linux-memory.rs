@@ -1,0 +1,81 @@
+//! Memory protection as a Linux program sees it, for Kiln's tests:
+//! `where` prints where its code, stack, heap and an mmap landed (ASLR);
+//! `reserve` maps 1 GiB PROT_NONE, opens 64 MiB of it, touches 4 MiB,
+//! unmaps the middle and mprotects the rest (all of which must cost
+//! nothing but the pages touched); `write-code` writes to its own code;
+//! `exec-heap` jumps into heap memory; `segv` reads an unmapped address.
+
+use std::ffi::c_void;
+
+extern "C" {
+    fn mmap(addr: *mut c_void, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut c_void;
+    fn munmap(addr: *mut c_void, len: usize) -> i32;
+    fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
+}
+
+const PROT_NONE: i32 = 0;
+const PROT_READ: i32 = 1;
+const PROT_WRITE: i32 = 2;
+const MAP_PRIVATE: i32 = 2;
+const MAP_ANONYMOUS: i32 = 0x20;
+const MAP_NORESERVE: i32 = 0x4000;
+
+fn main() {
+    let arg = std::env::args().nth(1).unwrap_or_default();
+    match arg.as_str() {
+        "where" => {
+            let local = 0u8;
+            let heap = Box::new(0u64);
+            let m = unsafe { mmap(std::ptr::null_mut(), 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) };
+            println!(
+                "where: code {:#x} stack {:#x} heap {:#x} mmap {:#x}",
+                main as *const () as usize, &local as *const u8 as usize, &*heap as *const u64 as usize, m as usize
+            );
+        }
+        "reserve" => unsafe {
+            let gib = 1usize << 30;
+            let r = mmap(std::ptr::null_mut(), gib, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            assert!(r as isize != -1, "reserving 1 GiB");
+            let base = r as usize;
+            assert_eq!(mprotect(r, 64 << 20, PROT_READ | PROT_WRITE), 0);
+            for i in (0..4 << 20).step_by(4096) {
+                *((base + i) as *mut u8) = (i >> 12) as u8;
+            }
+            // Unmap the middle of the open part, keep both ends.
+            assert_eq!(munmap((base + (1 << 20)) as *mut c_void, 2 << 20), 0);
+            assert_eq!(*((base + 4096) as *const u8), 1);
+            assert_eq!(*((base + (3 << 20) + 4096) as *const u8), ((3 << 20) + 4096 >> 12) as u8);
+            // Read-only now; reading still works.
+            assert_eq!(mprotect((base + (3 << 20)) as *mut c_void, 1 << 20, PROT_READ), 0);
+            assert_eq!(*((base + (3 << 20)) as *const u8), (3 << 20 >> 12) as u8);
+            // Fresh memory reads as zero; a whole other GiB costs nothing.
+            assert_eq!(*((base + (40 << 20)) as *const u8), 0);
+            let r2 = mmap(std::ptr::null_mut(), gib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            assert!(r2 as isize != -1, "a second GiB");
+            assert_eq!(munmap(r2, gib), 0);
+            println!("reserve: ok");
+        },
+        "write-code" => unsafe {
+            let p = main as *const () as usize as *mut u8;
+            println!("write-code: writing to {:#x}", p as usize);
+            std::ptr::write_volatile(p, 0xc3);
+            println!("write-code: still running");
+        },
+        "exec-heap" => unsafe {
+            let code: Vec<u8> = vec![0xc3; 64];
+            println!("exec-heap: jumping to {:#x}", code.as_ptr() as usize);
+            let f: extern "C" fn() = std::mem::transmute(code.as_ptr());
+            f();
+            println!("exec-heap: still running");
+        },
+        "segv" => unsafe {
+            println!("segv: reading 0x7000dead0000");
+            let v = std::ptr::read_volatile(0x7000_dead_0000usize as *const u8);
+            println!("segv: read {v}");
+        },
+        _ => {
+            println!("usage: linux-memory where|reserve|write-code|exec-heap|segv");
+            std::process::exit(2);
+        }
+    }
+}
