@@ -12,6 +12,10 @@
 //! execute, so `mprotect` has nothing to change. A block is freed when the
 //! whole of it is unmapped; unmapping part of one keeps it.
 
+// On x86_64 the heap-block implementation below serves only MAP_FIXED in a
+// fixed-address program's own memory.
+#![cfg_attr(target_arch = "x86_64", allow(dead_code))]
+
 use crate::{errno, vfs_err, Sys};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use alloc::collections::BTreeMap;
@@ -228,6 +232,7 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
 #[cfg(target_arch = "x86_64")]
 pub mod paged {
     use super::{fill_from, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE};
+    #[cfg_attr(not(target_os = "none"), allow(unused_imports))]
     use crate::vm::{Pager, Space, Touch, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, WINDOW};
     use crate::{errno, Sys};
     use alloc::alloc::{alloc, dealloc, Layout};
