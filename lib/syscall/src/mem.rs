@@ -433,7 +433,7 @@ pub mod paged {
                     let _ = munmap(at, size);
                     return Err(e);
                 }
-                let frame = with(|_| Kernel.lookup(at + done)).ok_or(errno::ENOMEM)?;
+                let frame = Kernel.lookup(at + done).ok_or(errno::ENOMEM)?;
                 // SAFETY: the frame is one identity-mapped page of the
                 // kernel heap, mapped only at this program page.
                 unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), frame as *mut u8, n) };
@@ -491,11 +491,6 @@ pub mod paged {
 
     pub(crate) fn brk(want: u64) -> u64 {
         with(|s| s.set_brk(&mut Kernel, want))
-    }
-
-    /// Pages with memory behind them now, and at most so far.
-    pub fn resident() -> (u64, u64) {
-        with(|s| (s.resident, s.peak))
     }
 
     /// The page-fault hook: brings in a demand-zero page; a touch that

@@ -70,7 +70,6 @@ pub struct Space {
     pub brk: (u64, u64),
     /// Pages with memory behind them.
     pub resident: u64,
-    pub peak: u64,
 }
 
 /// Where a fault came from, for the message.
@@ -96,7 +95,6 @@ impl Space {
             mmap_base,
             brk: (brk, brk),
             resident: 0,
-            peak: 0,
         }
     }
 
@@ -207,12 +205,8 @@ impl Space {
             let e = a.end;
             let mut va = s;
             while va < e {
-                if prot == 0 {
-                    // PROT_NONE keeps nothing accessible; the contents stay.
-                    p.protect(va, 0);
-                } else {
-                    p.protect(va, prot);
-                }
+                // PROT_NONE (0) leaves nothing accessible; the contents stay.
+                p.protect(va, prot);
                 va += PAGE;
             }
         }
@@ -240,7 +234,6 @@ impl Space {
             return Err("out of memory");
         }
         self.resident += 1;
-        self.peak = self.peak.max(self.resident);
         Ok(())
     }
 
@@ -260,7 +253,6 @@ impl Space {
             }
             va += PAGE;
         }
-        self.peak = self.peak.max(self.resident);
         true
     }
 
