@@ -758,3 +758,70 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// POSIX calls answered as Linux answers them (the lines are what the
+/// same program prints on Linux, but for the limits Linux's shell sets):
+/// SO_ACCEPTCONN, ftruncate of an unlinked open file, RLIMIT_NOFILE
+/// enforced, POSIX timers with their signals, sigtimedwait, getrusage; and
+/// recvmmsg/sendmmsg echoing datagrams sent through a forwarded UDP port.
+#[test]
+fn posix_calls_answer_as_on_linux() {
+    let prog = linux_program("linux-posix");
+    let d = rootfs("posix");
+    std::fs::copy(&prog, d.join("bin/posix")).unwrap();
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/posix"]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "acceptconn: bound 0, listening 1\n",
+        "unlinked: ftruncate 0 (errno 0), size 3, links 0, reads \"abc\"\n",
+        "nofile: soft 1024 hard 65536\n",
+        "nofile: soft > hard is errno 22; set to 16, dup stops with errno 24 after fd 15\n",
+        "timer: interval 20 ms, first in <= 50 ms, about 13 ticks in 300 ms, si_code -2, si_value 42\n",
+        "timer: deleted, 0 more ticks\n",
+        "timer: SIGEV_NONE left about 900 ms\n",
+        "sigtimedwait: signal 12 after about 100 ms, si_code -2, si_value 7\n",
+        "sigtimedwait: nothing pending gives -1 errno 11\n",
+        "timer_delete of a deleted timer: fails\n",
+        "rusage: max resident at least 4 MiB, page faults at least 1024\n",
+    ] {
+        assert!(out.contains(line), "{line:?}: {out}");
+    }
+    let _one = one_server();
+    let port = free_port();
+    let child = spawn(loader(&d, &["-M", "48M", "-p", &format!("{port}:9000/udp")], &["/bin/posix", "udp", "9000"]));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let mut buf = [0u8; 100];
+    let start = std::time::Instant::now();
+    // The guest is up once a ping comes back.
+    loop {
+        assert!(start.elapsed().as_secs() < 120, "no echo: {}", stop(child));
+        sock.send_to(b"ping", &to).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"echo ping");
+            break;
+        }
+    }
+    let sent: Vec<String> = (0..5).map(|i| format!("datagram {i}")).collect();
+    for m in &sent {
+        sock.send_to(m.as_bytes(), &to).unwrap();
+    }
+    let mut got = Vec::new();
+    // Late echoes of earlier pings may come in between.
+    while got.iter().filter(|g| *g != "echo ping").count() < sent.len() {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => got.push(String::from_utf8_lossy(&buf[..n]).to_string()),
+            Err(e) => panic!("{got:?} then {e}: {}", stop(child)),
+        }
+    }
+    for w in sent.iter().map(|m| format!("echo {m}")) {
+        assert!(got.contains(&w), "{w} missing from {got:?}");
+    }
+    sock.send_to(b"quit", &to).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("udp: recvmmsg gave ") && out.contains(" datagrams echoed\n"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}

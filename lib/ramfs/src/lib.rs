@@ -53,6 +53,8 @@ struct Inode {
     mode: u32,
     nlink: u32,
     mtime: u64,
+    /// Open descriptors: an unlinked inode lives until the last closes.
+    opens: u32,
 }
 
 /// An in-memory file system.
@@ -82,6 +84,7 @@ impl RamFs {
                 mode: 0o755,
                 nlink: 2,
                 mtime: 0,
+                opens: 0,
             },
         );
         RamFs {
@@ -121,7 +124,7 @@ impl RamFs {
     fn drop_link(m: &mut BTreeMap<Ino, Inode>, ino: Ino) {
         if let Some(i) = m.get_mut(&ino) {
             i.nlink = i.nlink.saturating_sub(1);
-            if i.nlink == 0 {
+            if i.nlink == 0 && i.opens == 0 {
                 m.remove(&ino);
             }
         }
@@ -267,6 +270,7 @@ impl FileSystem for RamFs {
                 mode,
                 nlink,
                 mtime: 0,
+                opens: 0,
             },
         )
     }
@@ -280,6 +284,7 @@ impl FileSystem for RamFs {
                 mode: 0o777,
                 nlink: 1,
                 mtime: 0,
+                opens: 0,
             },
         )
     }
@@ -386,6 +391,22 @@ impl FileSystem for RamFs {
             m.get_mut(&to_dir).unwrap().nlink += 1;
         }
         Ok(())
+    }
+
+    fn retain(&self, ino: Ino) {
+        if let Some(i) = self.inodes.lock().get_mut(&ino) {
+            i.opens += 1;
+        }
+    }
+
+    fn release(&self, ino: Ino) {
+        let mut m = self.inodes.lock();
+        if let Some(i) = m.get_mut(&ino) {
+            i.opens = i.opens.saturating_sub(1);
+            if i.opens == 0 && i.nlink == 0 {
+                m.remove(&ino);
+            }
+        }
     }
 
     fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
@@ -541,6 +562,29 @@ mod tests {
         assert_eq!(v.stat(&"/a".repeat(3000)), Err(Error::NameTooLong));
         v.mkdir_all("/p/q/r", 0o755).unwrap();
         assert_eq!(v.stat("/p/q/r").unwrap().kind, FileType::Dir);
+    }
+
+    #[test]
+    fn an_unlinked_file_lives_while_it_is_open() {
+        let v = Vfs::new();
+        let fs = Arc::new(RamFs::new());
+        v.mount("/", fs.clone()).unwrap();
+        v.write_file("/tmp", b"hello", 0o644).unwrap();
+        let fd = v.open("/tmp", O_RDWR, 0).unwrap();
+        let dup = v.dup(fd).unwrap();
+        v.unlink("/tmp").unwrap();
+        assert_eq!(v.stat("/tmp"), Err(Error::NotFound));
+        assert_eq!(v.fstat(fd).unwrap().nlink, 0);
+        v.ftruncate(fd, 2).unwrap();
+        assert_eq!(v.write(fd, b"y").unwrap(), 1);
+        let mut b = [0u8; 8];
+        assert_eq!(v.pread(dup, &mut b, 0).unwrap(), 2);
+        assert_eq!(&b[..2], b"ye");
+        v.close(fd).unwrap();
+        assert_eq!(v.fstat(dup).unwrap().size, 2, "another descriptor keeps it");
+        let ino = v.fstat(dup).unwrap().ino;
+        v.close(dup).unwrap();
+        assert_eq!(fs.stat(ino), Err(Error::NotFound), "freed after the last close");
     }
 
     #[test]

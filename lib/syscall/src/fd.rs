@@ -25,9 +25,6 @@ pub(crate) const POLLERR: u32 = 0x8;
 pub(crate) const POLLHUP: u32 = 0x10;
 pub(crate) const POLLRDHUP: u32 = 0x2000;
 
-/// Most descriptors a program may hold (what RLIMIT_NOFILE reports, 1024,
-/// is the soft limit; this is the hard one).
-const MAX_FDS: usize = 4096;
 
 /// What a descriptor refers to.
 pub(crate) enum Kind {
@@ -229,7 +226,7 @@ pub(crate) fn get(fd: i64) -> Result<Arc<Desc>, i64> {
 /// Installs `desc` at the lowest free number at or above `min`.
 pub(crate) fn install_at_least(desc: Arc<Desc>, cloexec: bool, min: usize) -> Sys {
     with_table(|t| {
-        let i = (min..MAX_FDS)
+        let i = (min..crate::limits::nofile())
             .find(|&i| t.get(i).is_none_or(|s| s.is_none()))
             .ok_or(errno::EMFILE)?;
         if t.len() <= i {
@@ -257,7 +254,7 @@ fn dup3(old: i64, new: i64, flags: u64) -> Sys {
     let d = get(old)?;
     let n = usize::try_from(new)
         .ok()
-        .filter(|&n| n < MAX_FDS)
+        .filter(|&n| n < crate::limits::nofile())
         .ok_or(errno::EBADF)?;
     if old == new {
         return Ok(new);

@@ -16,6 +16,7 @@ extern crate alloc;
 
 pub mod arch;
 mod fd;
+mod limits;
 pub mod mem;
 mod names;
 mod net;
@@ -337,6 +338,9 @@ fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
     if let Some(r) = thread::call(nr, a, f) {
         return r;
     }
+    if let Some(r) = limits::call(nr, a) {
+        return r;
+    }
     if let Some(r) = signal::call(nr, a) {
         return r;
     }
@@ -454,21 +458,6 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
                 kiln_random::fill(b);
                 Ok(b.len() as i64)
             }
-            // getrlimit, setrlimit, prlimit64: no limits (the stack: 8 MiB).
-            97 | 302 => {
-                let (res, out) = if nr == 97 { (a[0], a[1]) } else { (a[1], a[3]) };
-                if out != 0 {
-                    let v: [u64; 2] = match res {
-                        3 => [8 << 20, u64::MAX],
-                        7 => [1024, 4096],
-                        _ => [u64::MAX, u64::MAX],
-                    };
-                    put(out, &v[0].to_le_bytes())?;
-                    put(out + 8, &v[1].to_le_bytes())?;
-                }
-                Ok(0)
-            }
-            160 => Ok(0),
             // sched_getaffinity: one CPU.
             204 => {
                 let b = bytes_mut(a[2], a[1].min(128))?;

@@ -41,6 +41,15 @@ fn brk_area() -> u64 {
     (free / 8).clamp(1 << 20, 16 << 20) & !0xfff
 }
 
+/// The most memory the program has held (KiB) and the page faults that
+/// brought memory in, for getrusage. arm64 keeps no such count (0, 0).
+pub(crate) fn usage() -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    return paged::usage();
+    #[cfg(not(target_arch = "x86_64"))]
+    (0, 0)
+}
+
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x100000;
@@ -237,8 +246,18 @@ pub mod paged {
     use crate::{errno, Sys};
     use alloc::alloc::{alloc, dealloc, Layout};
     use alloc::collections::{BTreeMap, BTreeSet};
+    use core::sync::atomic::{AtomicU64, Ordering};
 
     static SPACE: spin::Mutex<Option<Space>> = spin::Mutex::new(None);
+
+    /// Frames in use now and at most, and faults served (for getrusage).
+    static RESIDENT: AtomicU64 = AtomicU64::new(0);
+    static PEAK: AtomicU64 = AtomicU64::new(0);
+    static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) fn usage() -> (u64, u64) {
+        (PEAK.load(Ordering::Relaxed) * PAGE / 1024, FAULTS.load(Ordering::Relaxed))
+    }
 
     /// Frames from the kernel heap, page tables in the live tables.
     struct Kernel;
@@ -288,6 +307,8 @@ pub mod paged {
             f.partial.remove(&c);
         }
         drop(f);
+        let now = RESIDENT.fetch_add(1, Ordering::Relaxed) + 1;
+        PEAK.fetch_max(now, Ordering::Relaxed);
         let frame = c + i * PAGE;
         // SAFETY: the frame is one page of a chunk this pool owns, handed
         // out to nobody else.
@@ -298,6 +319,7 @@ pub mod paged {
     fn free_frame(frame: u64) {
         let mut f = FRAMES.lock();
         let Some((&c, _)) = f.chunks.range(..=frame).next_back() else { return };
+        RESIDENT.fetch_sub(1, Ordering::Relaxed);
         let i = (frame - c) / PAGE;
         let mask = f.chunks.get_mut(&c).unwrap();
         *mask |= 1 << i;
@@ -514,7 +536,10 @@ pub mod paged {
             let Some(mut g) = SPACE.try_lock() else { return false };
             let Some(s) = g.as_mut() else { return false };
             match s.fault(&mut Kernel, addr, touch) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    FAULTS.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
                 Err(why) => why,
             }
         } else if kernel {

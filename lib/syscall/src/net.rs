@@ -466,6 +466,43 @@ fn msg(fd: i64, hdr: u64, flags: u64, send: bool) -> Sys {
     Ok(n)
 }
 
+/// sendmmsg/recvmmsg: [`msg`] for each struct mmsghdr (a msghdr, then
+/// the byte count: 64 bytes) in turn, as many as go without an error after
+/// the first. recvmmsg's MSG_WAITFORONE waits for the first message only;
+/// its timeout is checked after each message, as Linux does.
+fn mmsg(fd: i64, vec: u64, vlen: u64, flags: u64, timeout: u64, send: bool) -> Sys {
+    const MSG_WAITFORONE: u64 = 0x10000;
+    let deadline = match (send, timeout) {
+        (false, t) if t != 0 => {
+            // SAFETY: see `crate::bytes`.
+            Some(crate::now_us().saturating_add(unsafe { crate::read_timespec_us(t) }?))
+        }
+        _ => None,
+    };
+    let mut done = 0;
+    // UIO_MAXIOV messages at most.
+    while done < vlen.min(1024) {
+        let hdr = vec + done * 64;
+        let mut f = flags & !MSG_WAITFORONE;
+        if !send && done > 0 && flags & MSG_WAITFORONE != 0 {
+            f |= MSG_DONTWAIT;
+        }
+        match msg(fd, hdr, f, send) {
+            Ok(n) => {
+                // SAFETY: see `crate::bytes`.
+                unsafe { put(hdr + 56, &(n as u32).to_le_bytes()) }?;
+                done += 1;
+            }
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+        if deadline.is_some_and(|d| crate::now_us() >= d) {
+            break;
+        }
+    }
+    Ok(done as i64)
+}
+
 fn getsockopt(fd: i64, level: u64, name: u64, val: u64, lenptr: u64) -> Sys {
     const SOL_SOCKET: u64 = 1;
     let d = socket_of(fd)?;
@@ -483,7 +520,8 @@ fn getsockopt(fd: i64, level: u64, name: u64, val: u64, lenptr: u64) -> Sys {
         },
         (SOL_SOCKET, 7) => 32768,
         (SOL_SOCKET, 8) => 16384,
-        (SOL_SOCKET, 30) => 1, // SO_ACCEPTCONN
+        // SO_ACCEPTCONN: only a socket that listens.
+        (SOL_SOCKET, 30) => matches!(&*sock(&d).state.lock(), State::Listener(_)) as u32,
         _ => 0,
     };
     // SAFETY: see `crate::bytes`.
@@ -539,6 +577,8 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         45 => recvfrom(fd, a[1], a[2], a[3], a[4], a[5]),
         46 => msg(fd, a[1], a[2], true),
         47 => msg(fd, a[1], a[2], false),
+        307 => mmsg(fd, a[1], a[2], a[3], 0, true),
+        299 => mmsg(fd, a[1], a[2], a[3], a[4], false),
         48 => shutdown(fd, a[1]),
         51 => name(fd, a[1], a[2], false),
         52 => name(fd, a[1], a[2], true),

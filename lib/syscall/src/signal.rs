@@ -1,7 +1,10 @@
-//! Signals a program sends itself: `kill`/`tgkill`/`raise`, and SIGALRM
-//! from `alarm` and `setitimer(ITIMER_REAL)`. There is no other process to
-//! send one, and faults end the program with a report, so these are the
-//! signals that make sense in a unikernel.
+//! Signals a program sends itself: `kill`/`tgkill`/`raise`, SIGALRM from
+//! `alarm` and `setitimer(ITIMER_REAL)`, and the signals of POSIX timers
+//! (`timer_create` with SIGEV_SIGNAL or SIGEV_THREAD_ID; SIGEV_NONE timers
+//! only count). There is no other process to send one, and faults end the
+//! program with a report, so these are the signals that make sense in a
+//! unikernel. Signal state is the process's: one pending set and one
+//! blocked mask shared by its threads.
 //!
 //! A signal with a handler is delivered when a system call returns (the
 //! scheduler is cooperative, so a program that never makes a call never
@@ -10,10 +13,12 @@
 //! the registers, the siginfo, the FXSAVE state) and continues at the
 //! handler; `rt_sigreturn` puts everything back. A signal left at its
 //! default action ends the program with status 128 + the signal, as a
-//! shell reports it; ignored ones vanish. Blocking calls are not
-//! interrupted (no EINTR), except `pause` and `rt_sigsuspend`, which wait
-//! for the alarm. x86_64 only: on arm64 handlers are recorded but nothing
-//! is delivered.
+//! shell reports it (when it is unblocked, if it was blocked); ignored ones
+//! vanish. `rt_sigtimedwait` takes a pending signal without its handler.
+//! Blocking calls are not interrupted (no EINTR), except `pause`,
+//! `rt_sigsuspend` and `rt_sigtimedwait`, which wait for a signal (from a
+//! timer or another thread). x86_64 only: on arm64 handlers are recorded
+//! but nothing is delivered.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 #[cfg(target_arch = "x86_64")]
@@ -42,8 +47,46 @@ static PENDING: AtomicU64 = AtomicU64::new(0);
 static BLOCKED: AtomicU64 = AtomicU64::new(0);
 /// ITIMER_REAL: (due, interval) in µs since boot; due 0 means off.
 static ALARM: spin::Mutex<(u64, u64)> = spin::Mutex::new((0, 0));
-/// Whether ALARM is set: every system call checks this, not the lock.
-static ARMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// When the next timer (the alarm or a POSIX timer) is due, µs since boot;
+/// 0 if none is armed. Every system call checks this, not the locks.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+/// Woken when a signal becomes pending (pause, sigsuspend, sigtimedwait).
+static SIGNALLED: kiln_sched::WaitQueue = kiln_sched::WaitQueue::new();
+
+/// What a handler's siginfo says about a pending signal.
+#[derive(Clone, Copy)]
+struct Info {
+    /// si_code: SI_USER 0, SI_KERNEL 0x80, SI_TIMER -2, SI_TKILL -6.
+    code: i32,
+    /// The two 32-bit fields after it: pid and uid, or a timer's id and
+    /// overrun count.
+    a: u32,
+    b: u32,
+    /// A timer's sigev_value.
+    value: u64,
+}
+
+const USER: Info = Info { code: 0, a: 1, b: 0, value: 0 };
+static INFO: spin::Mutex<[Info; 65]> = spin::Mutex::new([USER; 65]);
+
+/// A POSIX timer (`timer_create`).
+#[derive(Clone, Copy)]
+struct PosixTimer {
+    /// µs since boot; 0 when disarmed.
+    due: u64,
+    interval: u64,
+    /// The signal it sends; 0 for SIGEV_NONE.
+    sig: u64,
+    value: u64,
+    /// Expirations missed before the last signal was taken.
+    overrun: u64,
+    /// On CLOCK_REALTIME (absolute times are wall-clock times).
+    realtime: bool,
+}
+
+/// Timers by id (Linux numbers them from 0); at most [`MAX_TIMERS`].
+static TIMERS: spin::Mutex<alloc::vec::Vec<Option<PosixTimer>>> = spin::Mutex::new(alloc::vec::Vec::new());
+const MAX_TIMERS: usize = 1024;
 
 fn bit(sig: u64) -> u64 {
     1 << (sig - 1)
@@ -102,48 +145,93 @@ fn sigprocmask(how: u64, set: u64, old: u64) -> Sys {
     Ok(0)
 }
 
-/// A signal sent to the program itself.
-fn raise(sig: u64) -> Sys {
+/// A signal sent to the program itself by kill (SI_USER) or tkill.
+fn raise(sig: u64, code: i32) -> Sys {
     if sig == 0 {
         return Ok(0);
     }
     valid(sig)?;
-    let a = ACTIONS.lock()[sig as usize];
-    match a.handler {
-        SIG_IGN => {}
-        // SIGCHLD, SIGCONT, SIGURG, SIGWINCH and the stop signals are
-        // ignored by default; the rest end the program.
-        SIG_DFL if matches!(sig, 17 | 18 | 19 | 20 | 21 | 22 | 23 | 28) => {}
-        SIG_DFL => {
-            kiln_console::log!(kiln_console::Level::Info, "elf: the program got signal {sig} with no handler: it ends");
-            crate::exit(128 + sig as i64)
-        }
-        _ => {
-            PENDING.fetch_or(bit(sig), Ordering::Relaxed);
-        }
-    }
+    pend(sig, Info { code, ..USER });
     Ok(0)
 }
 
-/// Fires the alarm if it is due.
+/// Whether `sig` left at SIG_DFL is ignored (SIGCHLD, SIGCONT, SIGURG,
+/// SIGWINCH and the stop signals); the others end the program.
+fn ignored_by_default(sig: u64) -> bool {
+    matches!(sig, 17 | 18 | 19 | 20 | 21 | 22 | 23 | 28)
+}
+
+fn die_of(sig: u64) -> ! {
+    kiln_console::log!(kiln_console::Level::Info, "elf: the program got signal {sig} with no handler: it ends");
+    crate::exit(128 + sig as i64)
+}
+
+/// Makes `sig` pending (or acts on it at once if it is not blocked and has
+/// no handler).
+fn pend(sig: u64, info: Info) {
+    let handler = ACTIONS.lock()[sig as usize].handler;
+    let blocked = BLOCKED.load(Ordering::Relaxed) & bit(sig) != 0;
+    match handler {
+        SIG_IGN => return,
+        SIG_DFL if ignored_by_default(sig) => return,
+        SIG_DFL if !blocked => die_of(sig),
+        _ => {}
+    }
+    INFO.lock()[sig as usize] = info;
+    PENDING.fetch_or(bit(sig), Ordering::Relaxed);
+    SIGNALLED.wake_all();
+}
+
+/// Fires the alarm and the POSIX timers that are due.
 fn check_alarm() {
-    if !ARMED.load(Ordering::Relaxed) {
+    let next = NEXT.load(Ordering::Relaxed);
+    if next == 0 {
         return;
     }
     let now = crate::now_us();
+    if now < next {
+        return;
+    }
     let fire = {
         let mut a = ALARM.lock();
         if a.0 != 0 && now >= a.0 {
             a.0 = if a.1 > 0 { now + a.1 } else { 0 };
-            ARMED.store(a.0 != 0, Ordering::Relaxed);
             true
         } else {
             false
         }
     };
     if fire {
-        let _ = raise(SIGALRM);
+        pend(SIGALRM, Info { code: 0x80, a: 0, b: 0, value: 0 });
     }
+    let mut due = alloc::vec::Vec::new();
+    for (id, t) in TIMERS.lock().iter_mut().enumerate() {
+        let Some(t) = t.as_mut().filter(|t| t.due != 0 && now >= t.due) else { continue };
+        let missed = if t.interval > 0 { (now - t.due) / t.interval } else { 0 };
+        t.due = if t.interval > 0 { t.due + (missed + 1) * t.interval } else { 0 };
+        if t.sig == 0 {
+            continue;
+        }
+        // An expiry while the last signal is still pending is an overrun.
+        let queued = PENDING.load(Ordering::Relaxed) & bit(t.sig) != 0;
+        t.overrun = if queued { t.overrun + 1 + missed } else { missed };
+        due.push((t.sig, Info { code: -2, a: id as u32, b: t.overrun.min(i32::MAX as u64) as u32, value: t.value }));
+    }
+    rearm();
+    for (sig, info) in due {
+        pend(sig, info);
+    }
+}
+
+/// Recomputes [`NEXT`] after a timer changed.
+fn rearm() {
+    let a = ALARM.lock().0;
+    let t = TIMERS.lock().iter().flatten().map(|t| t.due).filter(|&d| d != 0).min().unwrap_or(0);
+    NEXT.store(match (a, t) {
+        (0, t) => t,
+        (a, 0) => a,
+        (a, t) => a.min(t),
+    }, Ordering::Relaxed);
 }
 
 fn timeval_us(ptr: u64) -> Result<u64, i64> {
@@ -174,7 +262,8 @@ fn itimer(which: u64, new: u64, old: u64) -> Sys {
     if new != 0 {
         let (interval, value) = (timeval_us(new)?, timeval_us(new + 16)?);
         *a = (if value == 0 { 0 } else { now + value }, interval);
-        ARMED.store(a.0 != 0, Ordering::Relaxed);
+        drop(a);
+        rearm();
     }
     Ok(0)
 }
@@ -184,27 +273,164 @@ fn alarm(secs: u64) -> Sys {
     let mut a = ALARM.lock();
     let left = if a.0 == 0 { 0 } else { a.0.saturating_sub(now).div_ceil(1_000_000) };
     *a = (if secs == 0 { 0 } else { now + secs * 1_000_000 }, 0);
-    ARMED.store(a.0 != 0, Ordering::Relaxed);
+    drop(a);
+    rearm();
     Ok(left as i64)
 }
 
-/// pause/rt_sigsuspend: waits for the alarm (or forever), then EINTR.
-fn pause() -> Sys {
+/// Waits until a signal in `set` is pending or `deadline` (µs since boot)
+/// passes; true if one is pending.
+fn wait_for(set: u64, deadline: Option<u64>) -> bool {
     loop {
         check_alarm();
-        if PENDING.load(Ordering::Relaxed) & !BLOCKED.load(Ordering::Relaxed) != 0 {
-            return Err(errno::EINTR);
+        if PENDING.load(Ordering::Relaxed) & set != 0 {
+            return true;
         }
-        let due = ALARM.lock().0;
-        if due == 0 {
-            // Nothing will ever come: wait for another thread (a deadlock
-            // report if there is none).
-            static NEVER: kiln_sched::WaitQueue = kiln_sched::WaitQueue::new();
-            NEVER.wait();
-        } else {
-            kiln_sched::sleep(core::time::Duration::from_micros(due.saturating_sub(crate::now_us()).max(1)));
+        let now = crate::now_us();
+        let until = match (NEXT.load(Ordering::Relaxed), deadline) {
+            (0, d) => d,
+            (n, None) => Some(n),
+            (n, Some(d)) => Some(n.min(d)),
+        };
+        if deadline.is_some_and(|d| now >= d) {
+            return false;
+        }
+        match until {
+            // Nothing will come but from another thread (a deadlock report
+            // if there is none).
+            None => SIGNALLED.wait(),
+            Some(u) => {
+                SIGNALLED.wait_timeout(core::time::Duration::from_micros(u.saturating_sub(now).max(1)));
+            }
         }
     }
+}
+
+/// pause/rt_sigsuspend: waits for a signal that is not blocked, then EINTR.
+fn pause() -> Sys {
+    wait_for(!BLOCKED.load(Ordering::Relaxed), None);
+    Err(errno::EINTR)
+}
+
+/// rt_sigtimedwait: takes a pending signal in `set` (blocked or not)
+/// without running its handler; EAGAIN when the timeout passes.
+fn timedwait(set: u64, info: u64, timeout: u64) -> Sys {
+    // SAFETY: see `crate::bytes`.
+    let set = unsafe { get_u64(set) }?;
+    let deadline = if timeout != 0 {
+        // SAFETY: see `crate::bytes`.
+        Some(crate::now_us().saturating_add(unsafe { crate::read_timespec_us(timeout) }?))
+    } else {
+        None
+    };
+    if !wait_for(set, deadline) {
+        return Err(errno::EAGAIN);
+    }
+    let ready = PENDING.load(Ordering::Relaxed) & set;
+    let sig = ready.trailing_zeros() as u64 + 1;
+    PENDING.fetch_and(!bit(sig), Ordering::Relaxed);
+    if info != 0 {
+        // SAFETY: see `crate::bytes`.
+        unsafe { put(info, &siginfo(sig)) }?;
+    }
+    Ok(sig as i64)
+}
+
+/// The siginfo (128 bytes) for a pending `sig`.
+fn siginfo(sig: u64) -> [u8; 128] {
+    let i = INFO.lock()[sig as usize];
+    let mut b = [0u8; 128];
+    b[..4].copy_from_slice(&(sig as i32).to_le_bytes());
+    b[8..12].copy_from_slice(&i.code.to_le_bytes());
+    b[16..20].copy_from_slice(&i.a.to_le_bytes());
+    b[20..24].copy_from_slice(&i.b.to_le_bytes());
+    b[24..32].copy_from_slice(&i.value.to_le_bytes());
+    b
+}
+
+/// timer_create(clock, sigevent, id).
+fn timer_create(clock: u64, sev: u64, idp: u64) -> Sys {
+    // The clocks Linux has (CPU-time clocks count wall time here: the
+    // program is all that runs); not another process's CPU clock.
+    if clock > 11 || matches!(clock, 10) {
+        return Err(errno::EINVAL);
+    }
+    let mut timers = TIMERS.lock();
+    let id = match timers.iter().position(Option::is_none) {
+        Some(i) => i,
+        None if timers.len() < MAX_TIMERS => {
+            timers.push(None);
+            timers.len() - 1
+        }
+        None => return Err(errno::EAGAIN),
+    };
+    let (sig, value) = if sev == 0 {
+        (SIGALRM, id as u64)
+    } else {
+        // SAFETY: see `crate::bytes` (struct sigevent: value, signo,
+        // notify, thread id).
+        let (value, word) = unsafe { (get_u64(sev)?, get_u64(sev + 8)?) };
+        let (signo, notify) = (word & 0xffff_ffff, word >> 32);
+        match notify {
+            // SIGEV_SIGNAL, SIGEV_THREAD_ID (to the process: its threads
+            // share one pending set).
+            0 | 4 => {
+                valid(signo)?;
+                (signo, value)
+            }
+            // SIGEV_NONE
+            1 => (0, value),
+            _ => return Err(errno::EINVAL),
+        }
+    };
+    // SAFETY: see `crate::bytes`.
+    unsafe { put(idp, &(id as i32).to_le_bytes()) }?;
+    let realtime = matches!(clock, 0 | 5 | 8 | 11);
+    timers[id] = Some(PosixTimer { due: 0, interval: 0, sig, value, overrun: 0, realtime });
+    Ok(0)
+}
+
+fn with_timer<R>(id: u64, f: impl FnOnce(&mut PosixTimer) -> R) -> Result<R, i64> {
+    let mut timers = TIMERS.lock();
+    let t = usize::try_from(id as i32).ok().and_then(|i| timers.get_mut(i)).and_then(Option::as_mut).ok_or(errno::EINVAL)?;
+    Ok(f(t))
+}
+
+/// Writes a struct itimerspec (interval, time left) for `t`.
+fn put_itimerspec(ptr: u64, t: &PosixTimer) -> Result<(), i64> {
+    let left = if t.due == 0 { 0 } else { t.due.saturating_sub(crate::now_us()).max(1) };
+    // SAFETY: see `crate::bytes`.
+    unsafe {
+        put(ptr, &crate::timespec(t.interval))?;
+        put(ptr + 16, &crate::timespec(left))
+    }
+}
+
+/// timer_settime(id, flags, new, old): TIMER_ABSTIME (1) takes the value
+/// as a time on the timer's clock (CLOCK_REALTIME's is the wall clock).
+fn timer_settime(id: u64, flags: u64, new: u64, old: u64) -> Sys {
+    // SAFETY: see `crate::bytes`.
+    let (interval, value) = unsafe { (crate::read_timespec_us(new)?, crate::read_timespec_us(new + 16)?) };
+    let now = crate::now_us();
+    let prev = with_timer(id, |t| {
+        let due = match (value, flags & 1 != 0) {
+            (0, _) => 0,
+            (v, false) => now.saturating_add(v),
+            // Absolute: a time on the timer's clock (already past: at once).
+            (v, true) if t.realtime => crate::boot_time_of(v).max(1),
+            (v, true) => v.max(1),
+        };
+        let prev = *t;
+        t.due = due;
+        t.interval = interval;
+        t.overrun = 0;
+        prev
+    })?;
+    rearm();
+    if old != 0 {
+        put_itimerspec(old, &prev)?;
+    }
+    Ok(0)
 }
 
 /// rt_sigsuspend: waits with the given mask, then puts the old one back.
@@ -231,10 +457,27 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         131 => Ok(0),
         // kill(pid, sig) to itself (pid 1, 0 or -1); tkill/tgkill to one of
         // its threads.
-        62 if matches!(a[0] as i64, 0 | 1 | -1) => raise(a[1]),
+        62 if matches!(a[0] as i64, 0 | 1 | -1) => raise(a[1], 0),
         62 => Err(3), // ESRCH
-        200 => raise(a[1]),
-        234 => raise(a[2]),
+        200 => raise(a[1], -6),
+        234 => raise(a[2], -6),
+        128 => timedwait(a[0], a[1], a[2]),
+        222 => timer_create(a[0], a[1], a[2]),
+        223 => timer_settime(a[0], a[1], a[2], a[3]),
+        224 => with_timer(a[0], |t| *t).and_then(|t| put_itimerspec(a[1], &t)).map(|_| 0),
+        225 => with_timer(a[0], |t| t.overrun as i64),
+        226 => {
+            let mut timers = TIMERS.lock();
+            match usize::try_from(a[0] as i32).ok().and_then(|i| timers.get_mut(i)).filter(|t| t.is_some()) {
+                Some(t) => {
+                    *t = None;
+                    drop(timers);
+                    rearm();
+                    Ok(0)
+                }
+                None => Err(errno::EINVAL),
+            }
+        }
         37 => alarm(a[0]),
         36 => itimer(a[0], 0, a[1]),
         38 => itimer(a[0], a[1], a[2]),
@@ -269,6 +512,9 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
         }
         a
     };
+    if a.handler == SIG_DFL && !ignored_by_default(sig) {
+        die_of(sig);
+    }
     if a.handler <= SIG_IGN || a.flags & SA_RESTORER == 0 {
         return None;
     }
@@ -290,9 +536,7 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     ucb[(UC_MCONTEXT + 184) as usize..(UC_MCONTEXT + 192) as usize].copy_from_slice(&fp.to_le_bytes());
     let blocked = BLOCKED.load(Ordering::Relaxed);
     ucb[UC_SIGMASK as usize..].copy_from_slice(&blocked.to_le_bytes());
-    let mut infob = [0u8; 128];
-    infob[..4].copy_from_slice(&(sig as i32).to_le_bytes());
-    infob[16..20].copy_from_slice(&1i32.to_le_bytes());
+    let infob = siginfo(sig);
     #[allow(unused_mut)]
     let mut fpb = kiln_arch_x86_64::syscall::FpState::new();
     #[cfg(target_os = "none")]

@@ -175,6 +175,11 @@ pub trait FileSystem: Send + Sync {
     /// Removes an empty directory.
     fn rmdir(&self, dir: Ino, name: &str) -> Result<()>;
     fn rename(&self, from_dir: Ino, from: &str, to_dir: Ino, to: &str) -> Result<()>;
+    /// An open file now refers to `ino`: it lives on, contents and all,
+    /// after its last name is unlinked, until [`FileSystem::release`].
+    fn retain(&self, _ino: Ino) {}
+    /// One open reference to `ino` less (see [`FileSystem::retain`]).
+    fn release(&self, _ino: Ino) {}
     fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
     fn set_mode(&self, ino: Ino, mode: u32) -> Result<()>;
     /// Makes a file's contents `data`, which lives as long as the kernel,
@@ -234,6 +239,15 @@ struct Open {
     node: Node,
     flags: u32,
     offset: Mutex<u64>,
+    /// The file system, told when the last descriptor goes
+    /// ([`FileSystem::release`]).
+    fs: Arc<dyn FileSystem>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.fs.release(self.node.ino);
+    }
 }
 
 /// The VFS: a mount table and a descriptor table.
@@ -478,10 +492,12 @@ impl Vfs {
         if flags & O_TRUNC != 0 && acc != O_RDONLY && st.kind == FileType::File {
             fs.truncate(node.ino, 0)?;
         }
+        fs.retain(node.ino);
         Ok(self.new_fd(Open {
             node,
             flags,
             offset: Mutex::new(0),
+            fs,
         }))
     }
 
