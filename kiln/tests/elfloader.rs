@@ -825,3 +825,34 @@ fn posix_calls_answer_as_on_linux() {
     assert!(out.contains("udp: recvmmsg gave ") && out.contains(" datagrams echoed\n"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A test program linked at a fixed address (`-C relocation-model=static`:
+/// 4 MiB, as gcc links), built apart from the static-pie ones.
+fn fixed_program(name: &str) -> PathBuf {
+    let dir = root().join("kiln/tests/linux/hello");
+    let o = Command::new(env!("CARGO"))
+        .args(["rustc", "-q", "--release", "--target", "x86_64-unknown-linux-musl", "--target-dir", "target/fixed", "--bin", name, "--", "-C", "relocation-model=static"])
+        .current_dir(&dir)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "building {name}: {}", String::from_utf8_lossy(&o.stderr));
+    dir.join("target/fixed/x86_64-unknown-linux-musl/release").join(name)
+}
+
+/// Fixed-address programs are not confined to a small area: one whose
+/// image spans 64 MiB from 4 MiB runs when the guest has the RAM, and the
+/// RAM it does not need goes back to the heap; with too little RAM the
+/// loader says how much it needs.
+#[test]
+fn a_fixed_address_program_spanning_64_mib_runs() {
+    let d = rootfs("bigfixed");
+    std::fs::copy(fixed_program("linux-bigfixed"), d.join("bin/big")).unwrap();
+    let (code, out) = run(&d, &["-M", "96M"], &["/bin/big"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("bigfixed: at 0x40") && out.contains(", 64 MiB, checksum 2088960\n"), "{out}");
+    let (code, out) = run(&d, &["-M", "64M"], &["/bin/big"]);
+    assert_eq!(code, 126, "{out}");
+    assert!(out.contains("elfloader: /bin/big: linked at 0x400000..0x44") && out.contains("MiB more with -M"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -191,6 +191,43 @@ pub fn ticks_to_us(ticks: u64, hz: Option<u64>) -> Option<u64> {
 
 static HEAP: spin::Once<&'static dyn HeapControl> = spin::Once::new();
 
+/// RAM the platform kept out of the heap for a program linked at fixed
+/// addresses (x86_64, LIBELF_FIXED_AREA): [start, end), identity-mapped;
+/// (0, 0) when there is none or it was handed on.
+static FIXED_AREA: spin::Mutex<(usize, usize)> = spin::Mutex::new((0, 0));
+
+/// Records the RAM kept for a fixed-address program (platform code, before
+/// [`start`]).
+pub fn set_fixed_area(start: usize, end: usize) {
+    *FIXED_AREA.lock() = (start, end);
+}
+
+/// The RAM kept for a fixed-address program, if any is still kept.
+pub fn fixed_area() -> Option<(usize, usize)> {
+    Some(*FIXED_AREA.lock()).filter(|&(s, e)| e > s)
+}
+
+/// Gives the fixed-address area from `from` (page-aligned) to its end to
+/// the heap; the part below `from` stays the program's. Returns the bytes
+/// the heap took. The ELF loader calls this once it knows what the program
+/// needs (a position-independent program needs none of it).
+pub fn release_fixed_area(from: usize) -> usize {
+    let mut a = FIXED_AREA.lock();
+    let (start, end) = *a;
+    let from = from.clamp(start, end);
+    if from >= end {
+        return 0;
+    }
+    *a = (start, from);
+    drop(a);
+    match HEAP.get() {
+        // SAFETY: the platform kept [start, end) out of the heap and only
+        // the program below `from` uses it; it is RAM, mapped read-write.
+        Some(h) => unsafe { h.add_region(from, end - from) },
+        None => 0,
+    }
+}
+
 /// The heap's statistics (total, in use, peak), once the kernel has booted.
 pub fn heap_stats() -> Option<kiln_alloc::Stats> {
     HEAP.get().map(|h| h.stats())

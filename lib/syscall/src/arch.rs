@@ -292,6 +292,9 @@ pub fn prepare_memory(relocatable: bool, span: (u64, u64)) {
         let (lo, hi) = span;
         let start = lo & !((2 << 20) - 1);
         kiln_arch_x86_64::mmu::set_executable(start, hi - start);
+    } else {
+        // The RAM kept for a fixed-address program goes to the heap.
+        kiln_boot::release_fixed_area(0);
     }
     let _ = (relocatable, span);
     #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -348,22 +351,27 @@ mod tests {
 }
 
 /// Readies [lo, hi) for a program linked at those fixed addresses, zeroed.
-/// x86_64: the range must lie in the 4-32 MiB the platform keeps out of the
-/// heap (with LIBELF_FIXED_AREA) and not overlap the initrd. arm64: 2 MiB blocks of
+/// x86_64: the range must lie in the RAM the platform keeps out of the heap
+/// at boot (with LIBELF_FIXED_AREA: 4 MiB up to what the kernel keeps for
+/// itself near the end of RAM) and not overlap the initrd; the rest of that RAM then goes to the
+/// heap. arm64: 2 MiB blocks of
 /// heap memory are mapped at those addresses, which must be unused (below
 /// RAM on QEMU virt: 0x200000 and 0x400000 are where linkers put them).
 pub fn place_fixed(lo: u64, hi: u64) -> Result<(), alloc::string::String> {
     #[cfg(target_arch = "x86_64")]
     {
-        const FIXED: (u64, u64) = (0x40_0000, 0x200_0000);
         if option_env!("KILN_CONFIG_LIBELF_FIXED_AREA") != Some("y") {
             return Err(alloc::format!("linked at {lo:#x}..{hi:#x}, and this kernel keeps no memory for fixed-address programs (set CONFIG_LIBELF_FIXED_AREA=y)"));
         }
-        if lo < FIXED.0 || hi > FIXED.1 {
+        let Some((start, end)) = kiln_boot::fixed_area().map(|(s, e)| (s as u64, e as u64)) else {
             return Err(alloc::format!(
-                "linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {:#x}..{:#x}",
-                FIXED.0,
-                FIXED.1
+                "linked at {lo:#x}..{hi:#x}; this machine has no RAM to spare there (give it more with -M)"
+            ));
+        };
+        if lo < start || hi > end {
+            let more = (hi.saturating_sub(end) + (2 << 20)).div_ceil(1 << 20);
+            return Err(alloc::format!(
+                "linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {start:#x}..{end:#x} here (the RAM above the kernel image, less what the kernel keeps for itself and the initrd): give the guest {more} MiB more with -M"
             ));
         }
         // The initrd (whose files the ramfs reads in place) must not be there.
@@ -378,6 +386,9 @@ pub fn place_fixed(lo: u64, hi: u64) -> Result<(), alloc::string::String> {
         // SAFETY: [lo, hi) is identity-mapped RAM that the platform kept out
         // of the heap for fixed-address programs, and nothing else uses it.
         unsafe { core::ptr::write_bytes(lo as *mut u8, 0, (hi - lo) as usize) };
+        // What the program does not need goes to the heap (from the next
+        // 2 MiB page: the program's pages are executable).
+        kiln_boot::release_fixed_area(hi.next_multiple_of(2 << 20) as usize);
         Ok(())
     }
     #[cfg(target_arch = "aarch64")]

@@ -189,6 +189,37 @@ mod tests {
     }
 }
 
+/// RAM kept out of the heap at boot for a Linux program linked at fixed
+/// addresses (with LIBELF_FIXED_AREA): from 4 MiB (or the end of the kernel
+/// image) up to what the boot needs below the end of that RAM block, so that
+/// programs as large as the machine allows fit. The boot keeps 16 MiB plus
+/// the size of the initrd (a loader's, below its own pages, or the one in
+/// the kernel image): the ramfs may copy files out of it. The ELF loader
+/// gives the area back to the heap as soon as it knows how much of it the
+/// program needs (none for a position-independent one). (0, 0) when there
+/// is no room.
+fn fixed_area(ram: &[(u64, u64)], module: (usize, usize)) -> (usize, usize) {
+    const BASE: u64 = 0x40_0000;
+    if option_env!("KILN_CONFIG_LIBELF_FIXED_AREA") != Some("y") {
+        return (0, 0);
+    }
+    let Some(&(_, top)) = ram.iter().find(|&&(s, e)| s <= BASE && e > BASE) else {
+        return (0, 0);
+    };
+    let start = BASE.max((arch::layout::kernel_end() as u64).next_multiple_of(4096));
+    let image = (arch::layout::kernel_end() - arch::layout::kernel_start()) as u64;
+    let module_len = (module.1 - module.0) as u64;
+    let mut end = top.saturating_sub((16 << 20) + image + module_len);
+    if module_len > 0 && module.1 as u64 > start {
+        end = end.min((module.0 as u64).saturating_sub((16 << 20) + image + module_len));
+    }
+    let end = end & !((2 << 20) - 1);
+    if end <= start {
+        return (0, 0);
+    }
+    (start as usize, end as usize)
+}
+
 /// Called by the arch entry with EBX from the boot loader and the TSC at entry.
 #[cfg(target_os = "none")]
 #[no_mangle]
@@ -219,20 +250,13 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     // The kernel image (with its embedded initrd) and a loader-provided
     // initrd stay out of the heap.
     let module = start.module.unwrap_or((0, 0));
+    let module = (module.0 & !0xfff, (module.0 + module.1).next_multiple_of(4096));
+    let fixed = fixed_area(&ram[..nram], module);
+    kiln_boot::set_fixed_area(fixed.0, fixed.1);
     let reserved = [
         (arch::layout::kernel_start(), arch::layout::kernel_end()),
-        (
-            module.0 & !0xfff,
-            (module.0 + module.1).next_multiple_of(4096),
-        ),
-        // With the ELF loader's fixed area (LIBELF_FIXED_AREA), 4-32 MiB
-        // stay out of the heap: Linux programs linked at fixed addresses
-        // (usually 4 MiB) go there.
-        if option_env!("KILN_CONFIG_LIBELF_FIXED_AREA") == Some("y") {
-            (0x40_0000, 0x200_0000)
-        } else {
-            (0, 0)
-        },
+        module,
+        fixed,
     ];
     let mut regions = [MemRegion { start: 0, size: 0 }; 16];
     // Below 1 MiB lie firmware tables and the loader's data.
