@@ -118,6 +118,40 @@ pub fn unmap(va: u64) -> Option<u64> {
     Some(v & ADDR)
 }
 
+/// The first page in [va, end) whose entry is in use (mapped, or kept
+/// with PROT_NONE), or None: missing tables are skipped whole, and a leaf
+/// table is scanned without walking down again for every page.
+#[cfg(target_os = "none")]
+pub fn next_in_use(mut va: u64, end: u64) -> Option<u64> {
+    'walk: while va < end {
+        let mut t = pml4();
+        for shift in [39u32, 30, 21] {
+            // SAFETY: `t` is a live table of the hierarchy (identity-mapped);
+            // only reads.
+            let v = unsafe { *t.add(((va >> shift) & 511) as usize) };
+            if v & P == 0 {
+                va = (va | ((1u64 << shift) - 1)).checked_add(1)?;
+                continue 'walk;
+            }
+            t = (v & ADDR) as *mut u64;
+        }
+        loop {
+            // SAFETY: `t` is the page table for `va`; only reads.
+            if unsafe { *t.add(((va >> 12) & 511) as usize) } & (P | KEPT) != 0 {
+                return Some(va);
+            }
+            va += 4096;
+            if va >= end {
+                return None;
+            }
+            if va & ((2 << 20) - 1) == 0 {
+                continue 'walk;
+            }
+        }
+    }
+    None
+}
+
 /// Changes what the page at `va` allows, if it is mapped.
 #[cfg(target_os = "none")]
 pub fn protect(va: u64, access: Option<Access>) {

@@ -359,6 +359,10 @@ pub mod paged {
             kiln_arch_x86_64::paging::unmap(va)
         }
         #[cfg(target_os = "none")]
+        fn next_in_use(&self, va: u64, end: u64) -> Option<u64> {
+            kiln_arch_x86_64::paging::next_in_use(va, end)
+        }
+        #[cfg(target_os = "none")]
         fn protect(&mut self, va: u64, prot: u8) {
             kiln_arch_x86_64::paging::protect(va, access(prot))
         }

@@ -54,6 +54,12 @@ pub trait Pager {
     fn protect(&mut self, va: u64, prot: u8);
     /// The frame at `va`, if mapped.
     fn lookup(&self, va: u64) -> Option<u64>;
+    /// The first page at or after `va` and below `end` that may be mapped
+    /// (None: none is); lets a large, mostly untouched range be dropped
+    /// without looking at every page.
+    fn next_in_use(&self, va: u64, end: u64) -> Option<u64> {
+        (va < end).then_some(va)
+    }
 }
 
 /// Errors, as Linux numbers them.
@@ -173,12 +179,12 @@ impl Space {
     /// Gives back the pages of [start, end) (they read as zero again).
     pub fn drop_pages(&mut self, p: &mut dyn Pager, start: u64, end: u64) {
         let mut va = start;
-        while va < end {
-            if let Some(f) = p.unmap(va) {
+        while let Some(at) = p.next_in_use(va, end) {
+            if let Some(f) = p.unmap(at) {
                 p.free(f);
                 self.resident -= 1;
             }
-            va += PAGE;
+            va = at + PAGE;
         }
     }
 
