@@ -332,3 +332,39 @@ fn q35_serves_through_virtio_pci() {
         std::fs::read(root().join("apps/httpd/rootfs/www/about.html")).unwrap()
     );
 }
+
+/// Requests as clients other than browsers send them: one followed by a
+/// half-close (`nc -N`, HTTP/1.0 scripts) is answered before the server
+/// closes; lines ending in a bare LF are taken as nginx takes them; a
+/// first line that cannot be a request is answered 400 at once rather
+/// than at the idle timeout (30 s; the exchange waits at most 10 s).
+#[test]
+fn half_closes_bare_line_feeds_and_garbage_are_answered() {
+    let g = Guest::start(18184);
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /about.html HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    let r = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(r.is_ok() && out.starts_with("HTTP/1.1 200 OK\r\n"), "after a half-close: {r:?} {out:?}");
+    let want = std::fs::read_to_string(root().join("apps/httpd/rootfs/www/about.html")).unwrap();
+    assert!(out.ends_with(&want), "{out}");
+    let lf = g.raw(b"GET /about.html HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\nHost: x\nConnection: close\n\n");
+    assert_eq!(lf.matches("HTTP/1.1 200 OK\r\n").count(), 2, "bare LF: {lf}");
+    for garbage in [vec![b'x'; 4096], (0..4096u32).map(|i| (i * 7 % 251) as u8).collect()] {
+        let out = g.raw(&garbage);
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "garbage: {out:?}");
+    }
+    // A request cut short by the client's end gets no answer, and the
+    // server goes on.
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HT").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    let r = s.read_to_end(&mut out);
+    assert!(r.is_ok() && out.is_empty(), "a cut request: {r:?} {out:?}");
+    assert_eq!(g.get("/").0, 200);
+}

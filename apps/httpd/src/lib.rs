@@ -5,7 +5,10 @@
 //! send buffers drain, so a slow or silent client never holds up the others.
 //! Supported: GET and HEAD, keep-alive and pipelining, `index.html` for
 //! directories, content types by extension, ETag / If-None-Match (304),
-//! 400, 404, 405, 413, 431, 505, idle timeouts.
+//! 400, 404, 405, 413, 431, 505, idle timeouts. Lines may end in CRLF
+//! or a bare LF (as nginx accepts); a client that half-closes (shutdown of
+//! its sending side after the request) still gets its answers; a first
+//! line that cannot become a request line is answered 400 at once.
 #![no_std]
 
 extern crate alloc;
@@ -84,10 +87,37 @@ pub struct Request {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reject(pub u16);
 
+/// Where the request head at the start of `buf` ends: (the head's length
+/// without the blank line, the bytes up to and including the blank line).
+/// Lines end in CRLF or a bare LF.
+pub fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut start = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' {
+            let line = &buf[start..i];
+            if start > 0 && (line.is_empty() || line == b"\r") {
+                return Some((start, i + 1));
+            }
+            start = i + 1;
+        }
+    }
+    None
+}
+
+/// Whether the start of a request line, before its end has arrived,
+/// already cannot be one (a method is a short run of capital letters
+/// followed by a space): the client gets its 400 without waiting.
+pub fn hopeless(partial: &[u8]) -> bool {
+    let method = partial.split(|&b| b == b' ').next().unwrap_or(&[]);
+    let complete = method.len() < partial.len();
+    !method.iter().all(|c| c.is_ascii_uppercase()) || (!complete && method.len() > 32)
+}
+
 /// Parses a request head (without the final blank line).
 pub fn parse_head(head: &[u8]) -> Result<Request, Reject> {
     let text = core::str::from_utf8(head).map_err(|_| Reject(400))?;
-    let mut lines = text.split("\r\n");
+    // Lines end in CRLF or LF (`lines` takes either).
+    let mut lines = text.lines();
     let line = lines.next().ok_or(Reject(400))?;
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -194,6 +224,9 @@ struct Conn {
     /// Request body bytes still to skip.
     skip: usize,
     last: u64,
+    /// The client has finished sending (half-close or close): answer what
+    /// it sent, then close.
+    eof: bool,
 }
 
 /// Resolves a request path to a file under ROOT.
@@ -224,6 +257,7 @@ impl Conn {
             closing: false,
             skip: 0,
             last: now,
+            eof: false,
         }
     }
 
@@ -302,8 +336,9 @@ impl Conn {
         loop {
             match self.s.read(&mut buf) {
                 Ok(0) => {
-                    // The client is done sending; finish what is queued.
-                    self.closing = true;
+                    // The client is done sending: it still gets answers
+                    // to what it sent.
+                    self.eof = true;
                     break;
                 }
                 Ok(n) => {
@@ -321,9 +356,19 @@ impl Conn {
             }
         }
         while !self.busy() && !self.closing {
-            let Some(end) = self.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                if self.inbuf.len() > MAX_HEAD {
+            // Empty lines before a request line are skipped (RFC 9112).
+            let blank = self.inbuf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            self.inbuf.drain(..blank);
+            let Some((end, used)) = head_end(&self.inbuf) else {
+                let first = self.inbuf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+                if !self.inbuf.is_empty() && hopeless(first) {
+                    self.out.extend(error_response(400, false));
+                    self.closing = true;
+                } else if self.inbuf.len() > MAX_HEAD {
                     self.out.extend(error_response(431, false));
+                    self.closing = true;
+                } else if self.eof {
+                    // A request cut short by the client's end: nothing to answer.
                     self.closing = true;
                 }
                 break;
@@ -333,7 +378,7 @@ impl Conn {
                 self.closing = true;
                 break;
             }
-            let head: Vec<u8> = self.inbuf.drain(..end + 4).collect();
+            let head: Vec<u8> = self.inbuf.drain(..used).collect();
             self.respond(&head[..end]);
             if self.skip > 0 {
                 let k = self.skip.min(self.inbuf.len());
@@ -477,6 +522,14 @@ mod tests {
             Err(Reject(501))
         );
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\xff: x"), Err(Reject(400)));
+        // Bare LF line ends, as nginx takes them.
+        let r = parse_head(b"GET /lf HTTP/1.1\nHost: x\nConnection: close\n").unwrap();
+        assert_eq!((r.path.as_str(), r.keep_alive), ("/lf", false));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\nnext"), Some((23, 24)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnext"), Some((25, 27)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert!(hopeless(b"\x16\x03\x01") && hopeless(b"aaaa") && hopeless(&[b'A'; 40]));
+        assert!(!hopeless(b"GE") && !hopeless(b"GET / HTTP/1") && !hopeless(b"OPTIONS"));
         assert_eq!(content_type("/x/INDEX.HTML"), "text/html; charset=utf-8");
         assert_eq!(content_type("/noext"), "application/octet-stream");
     }

@@ -198,6 +198,7 @@ mod tests {
 /// gives the area back to the heap as soon as it knows how much of it the
 /// program needs (none for a position-independent one). (0, 0) when there
 /// is no room.
+#[cfg(target_os = "none")]
 fn fixed_area(ram: &[(u64, u64)], module: (usize, usize)) -> (usize, usize) {
     const BASE: u64 = 0x40_0000;
     if option_env!("KILN_CONFIG_LIBELF_FIXED_AREA") != Some("y") {
