@@ -109,6 +109,8 @@ struct Nic(VirtIONet<KilnHal, Transport, QUEUE>, usize);
 /// Packets received per stack run; the listeners' backlog is refilled
 /// between runs, so a burst of SYNs finds listening sockets.
 const RX_BUDGET: usize = 32;
+/// Most packets taken in per stack run before sending (see [`poll`]).
+const INGRESS_MAX: usize = 512;
 
 struct Rx(Vec<u8>);
 struct Tx<'a>(&'a mut Nic);
@@ -436,17 +438,36 @@ pub fn poll() -> bool {
             }
         }
         let mut changed = false;
+        // Every packet waiting is taken in before anything is sent: a
+        // timer that expired while its answer sat in the receive queue
+        // (a guest slowed by load) would otherwise send needless
+        // retransmissions, and QEMU's user network loses bytes of a
+        // connection when it sees a second SYN-ACK. Batches of RX_BUDGET
+        // with the listeners topped up in between; at most INGRESS_MAX
+        // packets per run, so a flood cannot starve the senders.
+        use smoltcp::iface::{PollIngressSingleResult as In, PollResult};
+        let mut taken = 0;
         loop {
             s.nic.1 = RX_BUDGET;
-            changed |=
-                s.iface.poll(now(), &mut s.nic, &mut s.sockets) != smoltcp::iface::PollResult::None;
+            loop {
+                match s.iface.poll_ingress_single(now(), &mut s.nic, &mut s.sockets) {
+                    In::None => break,
+                    In::PacketProcessed => {}
+                    In::SocketStateChanged => changed = true,
+                }
+            }
             for l in s.listeners.iter_mut().flatten() {
                 l.refill(&mut s.sockets);
             }
+            taken += RX_BUDGET - s.nic.1;
             // A spent budget means more packets may be waiting.
-            if s.nic.1 > 0 {
+            if s.nic.1 > 0 || taken >= INGRESS_MAX {
                 break;
             }
+            changed = true;
+        }
+        s.iface.poll_maintenance(now());
+        while s.iface.poll_egress(now(), &mut s.nic, &mut s.sockets) != PollResult::None {
             changed = true;
         }
         dhcp_events(s);
