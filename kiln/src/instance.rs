@@ -276,7 +276,8 @@ fn row(dir: &Path) -> Result<Row> {
         ports: i.ports,
         memory_mib: i.memory_mib,
         uptime_s: running.then(|| now().saturating_sub(i.started)),
-        pid: i.pid,
+        // Only a live QEMU's: a dead one's number may be another program's.
+        pid: i.pid.filter(|_| running),
     })
 }
 
@@ -310,12 +311,12 @@ pub fn ps(json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<12} {:<14} {:<14} {:<16} {:>7} {:>8}",
+        "{:<20} {:<12} {:<14} {:<17} {:<16} {:>7} {:>8}",
         "NAME", "APP", "TARGET", "STATE", "PORTS", "MEMORY", "UPTIME"
     );
     for r in rows {
         println!(
-            "{:<20} {:<12} {:<14} {:<14} {:<16} {:>6}M {:>8}",
+            "{:<20} {:<12} {:<14} {:<17} {:<16} {:>6}M {:>8}",
             r.name,
             r.app,
             r.target,

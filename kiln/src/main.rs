@@ -366,6 +366,18 @@ fn run(a: &RunArgs) -> Result<i32> {
         quiet: a.target.quiet,
     };
     let memory_mib = qemu::parse_memory(&a.memory)?;
+    // Everything that can be checked before a build is.
+    if a.name.is_some() || a.rm {
+        if !a.detach {
+            anyhow::bail!("--name and --rm are for detached instances (-d)");
+        }
+    }
+    if let Some(n) = &a.name {
+        instance::check_name(n)?;
+        if instance::state_dir().join(n).exists() {
+            anyhow::bail!("an instance named '{n}' exists already (kiln rm {n} removes it)");
+        }
+    }
     let timeout = match a.timeout {
         Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
         Some(t) => anyhow::bail!("--timeout {t}: must be a positive number of seconds"),
@@ -393,6 +405,7 @@ fn run(a: &RunArgs) -> Result<i32> {
             }
             let arch = a.target.arch.clone().unwrap_or_else(|| "x86_64".into());
             target_name = format!("{}/{arch}", a.target.plat.as_deref().unwrap_or("qemu"));
+            check_ports_free(&ports)?;
             (k.clone(), arch, Vec::new())
         }
         None => {
@@ -416,6 +429,9 @@ fn run(a: &RunArgs) -> Result<i32> {
             }
             app_name = kf.name.clone();
             target_name = target.to_string();
+            if !bridged {
+                check_ports_free(&ports)?;
+            }
             let image = builder::build(&kf, &target, &ui)?;
             net_in_kernel = builder::BuildPaths::new(&kf, &target).config_has("LIBNET");
             (image, target.arch, kf.cmd)
@@ -446,6 +462,25 @@ fn run(a: &RunArgs) -> Result<i32> {
             Some(out)
         }
     };
+    // Too little memory for the image is refused here: the guest would
+    // not get as far as saying so.
+    if !target_name.starts_with("raspi") {
+        let initrd_bytes = initrd
+            .as_deref()
+            .and_then(|i| std::fs::metadata(i).ok())
+            .map_or(0, |m| m.len());
+        let need = min_memory_mib(&kernel, &arch, initrd_bytes)?;
+        if memory_mib < need {
+            if let (Some(i), Some(_)) = (&initrd, &a.initrd) {
+                let _ = std::fs::remove_file(i);
+            }
+            anyhow::bail!(
+                "-M {}: this image needs at least {need} MiB (its kernel image, {} and a heap of 2 MiB); give it -M {need}M or more",
+                a.memory,
+                if initrd_bytes > 0 { "the initrd" } else { "no initrd" }
+            );
+        }
+    }
     let tap = match a.network.as_deref() {
         None | Some("user") => None,
         Some(n) => match n.strip_prefix("bridge:") {
@@ -544,15 +579,60 @@ fn run(a: &RunArgs) -> Result<i32> {
         println!("{name}");
         return Ok(0);
     }
-    if a.name.is_some() || a.rm {
-        anyhow::bail!("--name and --rm are for detached instances (-d)");
-    }
     let r = qemu::run(&spec);
     // QEMU read the packed initrd at start; it is not needed any more.
     if let (Some(i), Some(_)) = (&spec.initrd, &a.initrd) {
         let _ = std::fs::remove_file(i);
     }
     r
+}
+
+/// Fails when a host port `-p` would forward is taken, naming the Kiln
+/// instance that holds it when it is one (QEMU would only say that it
+/// could not set up the forwarding rule, and a detached instance would
+/// seem to start).
+fn check_ports_free(ports: &[qemu::PortForward]) -> Result<()> {
+    for p in ports {
+        let free = if p.udp {
+            std::net::UdpSocket::bind(("0.0.0.0", p.host)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("0.0.0.0", p.host)).is_ok()
+        };
+        if free {
+            continue;
+        }
+        let proto = if p.udp { "udp" } else { "tcp" };
+        let holder = instance::list()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.state == "running" && r.ports.iter().any(|q| q.starts_with(&format!("{}:", p.host)) && q.ends_with(proto)));
+        match holder {
+            Some(r) => anyhow::bail!("-p {}: host port {} ({proto}) is in use by Kiln instance '{}' (kiln stop {} frees it)", p.host, p.host, r.name, r.name),
+            None => anyhow::bail!("-p {}: host port {} ({proto}) is in use by another program on this machine", p.host, p.host),
+        }
+    }
+    Ok(())
+}
+
+/// The least guest memory (MiB) an image boots in: RAM up to the end of
+/// its loaded segments (x86_64 loads at 1 MiB; arm64 virt's RAM starts at
+/// 1 GiB), a loader-provided initrd, and 2 MiB of heap.
+fn min_memory_mib(kernel: &std::path::Path, arch: &str, initrd_bytes: u64) -> Result<u64> {
+    let bytes = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
+    let ram_base: u64 = if arch == "arm64" { 0x4000_0000 } else { 0 };
+    let end = match goblin::elf::Elf::parse(&bytes) {
+        Ok(elf) => elf
+            .program_headers
+            .iter()
+            .filter(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
+            .map(|p| p.p_paddr + p.p_memsz)
+            .max()
+            .unwrap_or(0),
+        // A raw image (arm64 Image): its size, loaded near the start of RAM.
+        Err(_) => ram_base + (2 << 20) + bytes.len() as u64,
+    };
+    let need = end.saturating_sub(ram_base) + initrd_bytes + (2 << 20);
+    Ok(need.div_ceil(1 << 20))
 }
 
 /// Builds the kernel command line: `kernel-params -- app args`.

@@ -331,6 +331,25 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     c
 }
 
+/// The signal in QEMU's "terminating on signal N" message, if `line` is
+/// that message.
+pub fn terminating_signal(line: &str) -> Option<i32> {
+    let rest = line.split_once("terminating on signal ")?.1;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok().filter(|&n| n > 0 && n < 65)
+}
+
+/// "SIGTERM" for 15 and the like.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT (Ctrl-C)".into(),
+        3 => "SIGQUIT".into(),
+        9 => "SIGKILL".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
+
 /// How the guest ended, decoded from QEMU's exit status.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -371,9 +390,31 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
             Ok(())
         });
     }
+    cmd.stderr(std::process::Stdio::piped());
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", qemu.display()))?;
+    // Ctrl-C reaches QEMU (same process group), which stops the guest and
+    // says so; `kiln run` waits for that and reports it once.
+    // SAFETY: setting a signal disposition to SIG_IGN has no handler to
+    // run; QEMU is already started with its own.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // QEMU's messages pass through; one of them tells a guest stopped by a
+    // signal from outside from one that reset itself.
+    let stopped_by = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let relay = child.stderr.take().map(|err| {
+        let stopped_by = stopped_by.clone();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(sig) = terminating_signal(&line) {
+                    stopped_by.store(sig, Ordering::SeqCst);
+                    continue;
+                }
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        })
+    });
     let done = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
     if let Some(t) = spec.timeout {
@@ -391,6 +432,11 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     }
     let status = child.wait()?;
     done.store(true, Ordering::SeqCst);
+    if let Some(r) = relay {
+        let _ = r.join();
+    }
+    // SAFETY: as above; the default disposition again.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     if timed_out.load(Ordering::SeqCst) {
         eprintln!(
             "kiln: the guest did not finish within {:?}; QEMU was stopped (exit status {EXIT_TIMEOUT})",
@@ -400,6 +446,15 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     }
     Ok(match decode(status) {
         Outcome::Exited(code) => code,
+        Outcome::NoCode if stopped_by.load(Ordering::SeqCst) != 0 => {
+            let sig = stopped_by.load(Ordering::SeqCst);
+            if sig == libc::SIGINT {
+                eprintln!("kiln: interrupted (Ctrl-C); the guest was stopped");
+            } else {
+                eprintln!("kiln: the guest was stopped by {} from outside", signal_name(sig));
+            }
+            128 + sig
+        }
         Outcome::NoCode => {
             eprintln!(
                 "kiln: the guest stopped without reporting an exit code (reset or triple fault)"
@@ -411,7 +466,7 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
             1
         }
         Outcome::Signal(sig) => {
-            eprintln!("kiln: QEMU was killed by signal {sig}");
+            eprintln!("kiln: QEMU was killed by {} from outside", signal_name(sig));
             128 + sig
         }
     })

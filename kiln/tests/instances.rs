@@ -229,4 +229,80 @@ fn an_instance_whose_qemu_died_shows_as_exited() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     s.wait_for("victim", "exited (unknown)");
+    // A dead QEMU's pid is not reported (it may be another program's by
+    // now), and the table keeps its columns.
+    let (_, out, _) = s.kiln(&["ps", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v[0]["pid"].is_null(), "{out}");
+    let (_, table, _) = s.kiln(&["ps"]);
+    let lines: Vec<&str> = table.lines().collect();
+    let col = |l: &str, w: &str| l.find(w).unwrap_or_else(|| panic!("{w} in {l:?}"));
+    assert_eq!(col(lines[0], "PORTS"), col(lines[1], "-"), "{table}");
+}
+
+/// What `kiln run` can tell is wrong is refused before anything boots,
+/// with what to do instead; a guest stopped from outside is reported as
+/// such, not as a crash.
+#[test]
+fn run_refuses_early_and_reports_a_stop_from_outside() {
+    let s = State::new("refuse");
+    // Memory below what the image needs (QEMU used to stop with a KVM
+    // emulation failure and hang).
+    let (code, _, err) = s.kiln(&["run", "-q", "-M", "1K", "apps/helloworld"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("-M 1K: this image needs at least ") && err.contains("MiB"), "{err}");
+    let need: String = err.split("at least ").nth(1).unwrap().chars().take_while(|c| c.is_ascii_digit()).collect();
+    let (code, out, err) = s.kiln(&["run", "-q", "-M", &format!("{need}M"), "apps/helloworld"]);
+    assert_eq!(code, 0, "the minimum it names boots: {out}{err}");
+    // A bad instance name, before any build.
+    let (code, out, err) = s.kiln(&["run", "-d", "--name", "../evil", "apps/helloworld"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("instance name '../evil'") && !out.contains("[1/4]") && !err.contains("[1/4]"), "{out}{err}");
+    // A host port another program holds, in the foreground and with -d.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for detach in [false, true] {
+        let fwd = format!("{port}:80");
+        let mut args = vec!["run", "-q", "-p", &fwd, "apps/httpd"];
+        if detach {
+            args.insert(1, "-d");
+        }
+        let (code, out, err) = s.kiln(&args);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains(&format!("host port {port} (tcp) is in use by another program")), "{err}");
+    }
+    drop(taken);
+    // One a Kiln instance holds: named.
+    let fwd = format!("{port}:80");
+    assert_eq!(s.kiln(&["run", "-d", "--name", "web", "-p", &fwd, "apps/httpd"]).0, 0);
+    let (code, _, err) = s.kiln(&["run", "-q", "-p", &fwd, "apps/httpd"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is in use by Kiln instance 'web'"), "{err}");
+    assert_eq!(s.kiln(&["rm", "-f", "web"]).0, 0);
+    // SIGTERM to QEMU from outside: 128 + 15, said as such.
+    let mut run = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .env("KILN_STATE_DIR", &s.0)
+        .args(["run", "-q", "apps/crashtest", "--", "hang"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let qemu = loop {
+        let o = Command::new("pgrep").args(["-P", &run.id().to_string()]).output().unwrap();
+        if let Some(p) = String::from_utf8_lossy(&o.stdout).split_whitespace().next() {
+            break p.parse::<i32>().unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "QEMU never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) on the QEMU this test started.
+    unsafe { libc::kill(qemu, libc::SIGTERM) };
+    let status = run.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("the guest was stopped by SIGTERM from outside") && !err.contains("triple fault"), "{err}");
 }
