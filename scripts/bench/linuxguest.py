@@ -65,7 +65,9 @@ def busybox():
 
 
 def _libs(binary):
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    r = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    # A static executable ("not a dynamic executable", status 1) needs none.
+    out = r.stdout if r.returncode == 0 else ""
     libs = []
     for line in out.splitlines():
         parts = line.split()
