@@ -121,10 +121,15 @@ fn copy_segments(prog: &Program, bytes: &[u8], bias: u64) {
     }
 }
 
-fn load(path: &str) -> Result<(Vec<u8>, Program), String> {
-    let bytes = kiln_vfs::vfs()
-        .read_file(path)
-        .map_err(|e| format!("{path}: {e}"))?;
+/// Reads the program at `path`: in place when the file is the initrd's
+/// own bytes (no copy in the heap, which matters for large programs in
+/// small guests), else a copy.
+fn load(path: &str) -> Result<(alloc::borrow::Cow<'static, [u8]>, Program), String> {
+    let vfs = kiln_vfs::vfs();
+    let bytes = match vfs.static_file(path) {
+        Some(b) => alloc::borrow::Cow::Borrowed(b),
+        None => alloc::borrow::Cow::Owned(vfs.read_file(path).map_err(|e| format!("{path}: {e}"))?),
+    };
     let prog = Program::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
     if prog.machine != kiln_syscall::arch::MACHINE {
         let this = kiln_syscall::arch::PLATFORM;

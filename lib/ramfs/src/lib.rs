@@ -393,6 +393,13 @@ impl FileSystem for RamFs {
         Ok(())
     }
 
+    fn static_data(&self, ino: Ino) -> Option<&'static [u8]> {
+        match &self.inodes.lock().get(&ino)?.data {
+            Data::File(Contents::Static(s)) => Some(s),
+            _ => None,
+        }
+    }
+
     fn retain(&self, ino: Ino) {
         if let Some(i) = self.inodes.lock().get_mut(&ino) {
             i.opens += 1;
@@ -585,6 +592,13 @@ mod tests {
         let ino = v.fstat(dup).unwrap().ino;
         v.close(dup).unwrap();
         assert_eq!(fs.stat(ino), Err(Error::NotFound), "freed after the last close");
+        // Static contents are lent out until the file changes.
+        static DATA: &[u8] = b"from the initrd";
+        v.write_file_static("/s", DATA, 0o644).unwrap();
+        assert_eq!(v.static_file("/s").map(|d| d.as_ptr()), Some(DATA.as_ptr()));
+        let fd = v.open("/s", O_RDWR, 0).unwrap();
+        v.write(fd, b"F").unwrap();
+        assert_eq!(v.static_file("/s"), None, "a changed file is a copy");
     }
 
     #[test]

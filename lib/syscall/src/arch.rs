@@ -371,7 +371,7 @@ pub fn place_fixed(lo: u64, hi: u64) -> Result<(), alloc::string::String> {
         if lo < start || hi > end {
             let more = (hi.saturating_sub(end) + (2 << 20)).div_ceil(1 << 20);
             return Err(alloc::format!(
-                "linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {start:#x}..{end:#x} here (the RAM above the kernel image, less what the kernel keeps for itself and the initrd): give the guest {more} MiB more with -M"
+                "linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {start:#x}..{end:#x} here (the RAM above the kernel image, less the 8 MiB the kernel keeps for itself and the initrd): give the guest {more} MiB more with -M"
             ));
         }
         // The initrd (whose files the ramfs reads in place) must not be there.

@@ -175,6 +175,12 @@ pub trait FileSystem: Send + Sync {
     /// Removes an empty directory.
     fn rmdir(&self, dir: Ino, name: &str) -> Result<()>;
     fn rename(&self, from_dir: Ino, from: &str, to_dir: Ino, to: &str) -> Result<()>;
+    /// A file's contents as memory that lives as long as the kernel (the
+    /// initrd's bytes, for a file not changed since), when the file system
+    /// has them so: readers that need the whole file can use it in place.
+    fn static_data(&self, _ino: Ino) -> Option<&'static [u8]> {
+        None
+    }
     /// An open file now refers to `ino`: it lives on, contents and all,
     /// after its last name is unlinked, until [`FileSystem::release`].
     fn retain(&self, _ino: Ino) {}
@@ -605,6 +611,14 @@ impl Vfs {
         let o = self.get(fd)?;
         Self::writable(&o)?;
         self.fs(o.node.mount).truncate(o.node.ino, size)
+    }
+
+    /// A file's whole contents without a copy, when its file system keeps
+    /// them in memory that lives as long as the kernel (see
+    /// [`FileSystem::static_data`]); None otherwise (use [`Vfs::read_file`]).
+    pub fn static_file(&self, path: &str) -> Option<&'static [u8]> {
+        let n = self.lookup(path, true).ok()?;
+        self.fs(n.mount).static_data(n.ino)
     }
 
     /// Metadata, following a final symlink.

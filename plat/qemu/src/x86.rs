@@ -191,13 +191,13 @@ mod tests {
 
 /// RAM kept out of the heap at boot for a Linux program linked at fixed
 /// addresses (with LIBELF_FIXED_AREA): from 4 MiB (or the end of the kernel
-/// image) up to what the boot needs below the end of that RAM block, so that
-/// programs as large as the machine allows fit. The boot keeps 16 MiB plus
-/// the size of the initrd (a loader's, below its own pages, or the one in
-/// the kernel image): the ramfs may copy files out of it. The ELF loader
-/// gives the area back to the heap as soon as it knows how much of it the
-/// program needs (none for a position-independent one). (0, 0) when there
-/// is no room.
+/// image) up to 8 MiB below the end of that RAM block (or below a loader's
+/// initrd), so that programs as large as the machine allows fit. The
+/// 8 MiB are the heap the boot needs (the ramfs serves the initrd's files
+/// in place, and the ELF loader reads the program there, so neither needs
+/// heap in proportion to them). The ELF loader gives the area back to the
+/// heap as soon as it knows how much of it the program needs (none for a
+/// position-independent one). (0, 0) when there is no room.
 #[cfg(target_os = "none")]
 fn fixed_area(ram: &[(u64, u64)], module: (usize, usize)) -> (usize, usize) {
     const BASE: u64 = 0x40_0000;
@@ -208,11 +208,16 @@ fn fixed_area(ram: &[(u64, u64)], module: (usize, usize)) -> (usize, usize) {
         return (0, 0);
     };
     let start = BASE.max((arch::layout::kernel_end() as u64).next_multiple_of(4096));
-    let image = (arch::layout::kernel_end() - arch::layout::kernel_start()) as u64;
+    const BOOT_HEAP: u64 = 8 << 20;
     let module_len = (module.1 - module.0) as u64;
-    let mut end = top.saturating_sub((16 << 20) + image + module_len);
+    let mut end = top.saturating_sub(BOOT_HEAP);
     if module_len > 0 && module.1 as u64 > start {
-        end = end.min((module.0 as u64).saturating_sub((16 << 20) + image + module_len));
+        // The boot heap is found below the initrd or above it.
+        end = end.min(if top - module.1 as u64 >= BOOT_HEAP {
+            module.0 as u64
+        } else {
+            (module.0 as u64).saturating_sub(BOOT_HEAP)
+        });
     }
     let end = end & !((2 << 20) - 1);
     if end <= start {
