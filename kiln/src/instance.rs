@@ -35,6 +35,9 @@ pub struct Info {
     /// The bridge the guest is on, if any.
     #[serde(default)]
     pub bridge: Option<(String, String)>,
+    /// TCP forwards the supervisor serves (`forward`).
+    #[serde(default)]
+    pub relays: Vec<crate::forward::Relay>,
 }
 
 /// The state directory.
@@ -145,6 +148,7 @@ pub fn start(
         pid: None,
         command,
         bridge: spec.bridge.clone(),
+        relays: spec.relays(),
     };
     write_info(&dir, &info)?;
     // The supervisor: this program again, in a new session, so it outlives
@@ -192,6 +196,11 @@ pub fn start(
 /// the guest's exit status.
 pub fn supervise(dir: &Path) -> Result<i32> {
     let mut info = read_info(dir)?;
+    if let Err(e) = crate::forward::start(&info.relays) {
+        let _ = std::fs::write(dir.join("console.log"), format!("kiln: {e}\n"));
+        std::fs::write(dir.join("exit"), "1\n")?;
+        return Ok(1);
+    }
     let (prog, args) = info.command.split_first().context("empty QEMU command")?;
     let mut child = Command::new(prog)
         .args(args)

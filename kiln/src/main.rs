@@ -3,6 +3,7 @@
 mod builder;
 mod config;
 mod fdt;
+mod forward;
 mod initrd;
 mod instance;
 mod kconfig;
@@ -540,6 +541,11 @@ fn run(a: &RunArgs) -> Result<i32> {
             memory_mib
         }
     ));
+    // TCP forwards go through Kiln's own listener (QEMU's has a backlog of
+    // one): QEMU forwards a free loopback port instead.
+    for p in ports.iter_mut().filter(|p| !p.udp) {
+        p.via = Some(forward::loopback_port()?);
+    }
     // A network device when the kernel has a network stack or ports are forwarded.
     let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
     let port_names: Vec<String> = net

@@ -63,6 +63,20 @@ pub struct PortForward {
     pub udp: bool,
     pub host: u16,
     pub guest: u16,
+    /// TCP: the loopback port QEMU forwards instead of `host`, which Kiln
+    /// serves itself (see `forward`); None: QEMU listens on `host`.
+    pub via: Option<u16>,
+}
+
+impl RunSpec {
+    /// The TCP forwards Kiln serves itself (those with a loopback port).
+    pub fn relays(&self) -> Vec<crate::forward::Relay> {
+        self.net
+            .iter()
+            .flatten()
+            .filter_map(|f| f.via.filter(|_| !f.udp).map(|via| crate::forward::Relay { host: f.host, via }))
+            .collect()
+    }
 }
 
 /// Parses `HOST:GUEST[/tcp|udp]` (or just `PORT` for the same port on both).
@@ -82,7 +96,7 @@ pub fn parse_port(s: &str) -> Result<PortForward> {
         None => (num(ports), num(ports)),
     };
     match (host, guest) {
-        (Some(host), Some(guest)) => Ok(PortForward { udp, host, guest }),
+        (Some(host), Some(guest)) => Ok(PortForward { udp, host, guest, via: None }),
         _ => bail!("-p {s}: expected HOST:GUEST with ports 1-65535, like 8080:80"),
     }
 }
@@ -315,12 +329,15 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     } else if let Some(fwd) = &spec.net {
         let mut netdev = String::from("user,id=n0");
         for f in fwd {
-            netdev += &format!(
-                ",hostfwd={}::{}-:{}",
-                if f.udp { "udp" } else { "tcp" },
-                f.host,
-                f.guest
-            );
+            netdev += &match f.via {
+                Some(via) if !f.udp => format!(",hostfwd=tcp:127.0.0.1:{via}-:{}", f.guest),
+                _ => format!(
+                    ",hostfwd={}::{}-:{}",
+                    if f.udp { "udp" } else { "tcp" },
+                    f.host,
+                    f.guest
+                ),
+            };
         }
         c.args(["-netdev", &netdev, "-device", nic]);
     }
@@ -379,6 +396,7 @@ pub fn decode(status: ExitStatus) -> Outcome {
 /// Boots the kernel and returns the exit status `kiln run` should have.
 pub fn run(spec: &RunSpec) -> Result<i32> {
     let qemu = find_qemu(&spec.arch)?;
+    crate::forward::start(&spec.relays())?;
     let mut cmd = command(&qemu, spec);
     // QEMU dies with `kiln run`: a killed kiln must not leave a guest running.
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only changes
