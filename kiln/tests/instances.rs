@@ -280,6 +280,7 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
     assert!(err.contains("is in use by Kiln instance 'web'"), "{err}");
     assert_eq!(s.kiln(&["rm", "-f", "web"]).0, 0);
     // SIGTERM to QEMU from outside: 128 + 15, said as such.
+    assert_eq!(s.kiln(&["build", "-q", "apps/crashtest"]).0, 0);
     let mut run = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .env("KILN_STATE_DIR", &s.0)
@@ -290,7 +291,7 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
         .unwrap();
     let start = Instant::now();
     let qemu = loop {
-        let o = Command::new("pgrep").args(["-P", &run.id().to_string()]).output().unwrap();
+        let o = Command::new("pgrep").args(["-P", &run.id().to_string(), "qemu-system"]).output().unwrap();
         if let Some(p) = String::from_utf8_lossy(&o.stdout).split_whitespace().next() {
             break p.parse::<i32>().unwrap();
         }
