@@ -498,8 +498,10 @@ pub mod paged {
             return Err(errno::EINVAL);
         }
         if flags & MREMAP_FIXED != 0 {
-            let _ = new_addr;
-            return Err(errno::EINVAL);
+            if flags & MREMAP_MAYMOVE == 0 {
+                return Err(errno::EINVAL);
+            }
+            return with(|s| s.remap_fixed(&mut Kernel, old, old_len, new_len, new_addr)).map(|a| a as i64);
         }
         with(|s| s.remap(&mut Kernel, old, old_len, new_len, flags & MREMAP_MAYMOVE != 0)).map(|a| a as i64)
     }

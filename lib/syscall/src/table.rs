@@ -96,7 +96,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("mmap", Partial("x86_64: demand-paged anonymous memory and private file copies at random addresses, MAP_FIXED and MAP_FIXED_NOREPLACE anywhere in the program window; shared file mappings are private copies; arm64: heap blocks")),
         ("munmap", Partial("x86_64: any page range, pages go back at once; arm64: whole mappings only")),
         ("brk", Partial("x86_64: demand-paged, up to 1 GiB at a random address; arm64: a 16 MiB area")),
-        ("mremap", Partial("x86_64: grows in place or moves the pages (MREMAP_MAYMOVE), shrinks; no MREMAP_FIXED")),
+        ("mremap", Partial("x86_64: grows in place or moves the pages (MREMAP_MAYMOVE), shrinks, MREMAP_FIXED; no MREMAP_DONTUNMAP")),
         ("madvise", Partial("MADV_DONTNEED and MADV_FREE give the pages back (they read as zero); other advice ignored")),
         ("mprotect", Partial("x86_64: per page, PROT_NONE keeps contents, W^X as asked; arm64: memory stays read/write/execute")),
         ("mlock", Accepted("memory is never paged out")),

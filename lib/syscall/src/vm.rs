@@ -280,11 +280,34 @@ impl Space {
             return Err(ENOMEM);
         }
         let new = self.room(0, new_len).ok_or(ENOMEM)?;
-        self.areas.insert(new, Area { end: new + new_len, prot: a.prot });
+        self.move_to(p, old, old_len, new, new_len, a.prot);
+        Ok(new)
+    }
+
+    /// `mremap` with MREMAP_FIXED: [old, old + old_len) moves to `new`
+    /// (page-aligned, in the window, not overlapping the old range),
+    /// replacing whatever was mapped there; its first `new_len` bytes keep
+    /// their pages.
+    pub fn remap_fixed(&mut self, p: &mut dyn Pager, old: u64, old_len: u64, new_len: u64, new: u64) -> Result<u64, i64> {
+        let (old_len, new_len) = (up(old_len), up(new_len));
+        let Some((_, a)) = self.find(old) else { return Err(EINVAL) };
+        let fits = new % PAGE == 0 && new >= WINDOW.start && new.checked_add(new_len).is_some_and(|e| e <= WINDOW.end);
+        if !fits || (new < old + old_len && old < new + new_len) {
+            return Err(EINVAL);
+        }
+        self.remove(p, new, new + new_len);
+        self.move_to(p, old, old_len, new, new_len, a.prot);
+        Ok(new)
+    }
+
+    /// Makes [new, new + new_len) an area with `prot`, moves the pages of
+    /// [old, old + min(old_len, new_len)) there and removes the old range.
+    fn move_to(&mut self, p: &mut dyn Pager, old: u64, old_len: u64, new: u64, new_len: u64, prot: u8) {
+        self.areas.insert(new, Area { end: new + new_len, prot });
         let mut off = 0;
-        while off < old_len {
+        while off < old_len.min(new_len) {
             if let Some(f) = p.unmap(old + off) {
-                if !p.map(new + off, f, a.prot) {
+                if !p.map(new + off, f, prot) {
                     p.free(f);
                     self.resident -= 1;
                 }
@@ -292,7 +315,6 @@ impl Space {
             off += PAGE;
         }
         self.remove(p, old, old + old_len);
-        Ok(new)
     }
 
     /// `brk`: moves the break (never below its start, at most BRK_SPAN);
@@ -410,6 +432,17 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(p.lookup(b), Some(f), "the page moved, not copied");
         assert!(s.find(a).is_none());
+        assert_eq!(s.resident, 1);
+        // MREMAP_FIXED: onto an address of the program's choosing,
+        // replacing what was there; never onto itself.
+        let c = s.room(0, 16 * PAGE).unwrap();
+        s.insert(&mut p, c, 16 * PAGE, RW);
+        s.fault(&mut p, c, Touch::Write).unwrap();
+        assert_eq!(s.remap_fixed(&mut p, b, 8 * PAGE, 2 * PAGE, b + PAGE), Err(EINVAL));
+        assert_eq!(s.remap_fixed(&mut p, b, 8 * PAGE, 2 * PAGE, c), Ok(c));
+        assert_eq!(p.lookup(c), Some(f), "the moved page replaced the one there");
+        assert!(s.find(b).is_none());
+        assert_eq!(s.find(c).map(|(_, a)| a.end), Some(c + 2 * PAGE));
         assert_eq!(s.resident, 1);
     }
 

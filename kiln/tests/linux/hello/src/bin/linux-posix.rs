@@ -60,6 +60,7 @@ fn main() {
         nofile();
         timers();
         rusage();
+        remap_fixed();
     }
 }
 
@@ -245,4 +246,24 @@ unsafe fn udp(port: u16) {
         println!("udp: recvmmsg gave {n}, sendmmsg sent {sent}");
     }
     println!("udp: {total} datagrams echoed");
+}
+
+unsafe fn remap_fixed() {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let a = libc::mmap(std::ptr::null_mut(), 2 * 4096, rw, anon, -1, 0) as *mut u8;
+    *a = b'x';
+    *a.add(4096) = b'y';
+    let b = libc::mmap(std::ptr::null_mut(), 4 * 4096, rw, anon, -1, 0) as *mut u8;
+    *b = b'z';
+    let r = libc::mremap(a as *mut _, 2 * 4096, 2 * 4096, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, b as *mut libc::c_void) as *mut u8;
+    // Onto a range that overlaps its own: refused.
+    let onto_self = libc::mremap(b as *mut _, 2 * 4096, 2 * 4096, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, b.add(4096) as *mut libc::c_void);
+    let e = errno();
+    println!(
+        "mremap: fixed move lands there {}, keeps both pages {}, onto itself errno {}",
+        r == b,
+        *b == b'x' && *b.add(4096) == b'y',
+        if onto_self == libc::MAP_FAILED { e } else { 0 }
+    );
 }
