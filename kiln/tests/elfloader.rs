@@ -85,21 +85,31 @@ fn linux_program(name: &str) -> PathBuf {
 /// x86_64; on arm64 a static executable at a fixed address (0x200000),
 /// linked by rust-lld, so no cross C toolchain is needed.
 fn linux_program_for(arch: &str, name: &str) -> PathBuf {
-    let dir = root().join("kiln/tests/linux/hello");
     let target = format!("{arch}-unknown-linux-musl");
+    cargo_in_test_programs(&["build", "-q", "--release", "--target", &target]);
+    test_programs().join("target").join(target).join("release").join(name)
+}
+
+/// kiln/tests/linux/hello, where the test programs' sources are.
+fn test_programs() -> PathBuf {
+    root().join("kiln/tests/linux/hello")
+}
+
+/// Runs cargo with `args` on the test programs; fails the test if the
+/// build fails.
+fn cargo_in_test_programs(args: &[&str]) {
     let o = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--release", "--target", &target])
-        .current_dir(&dir)
+        .args(args)
+        .current_dir(test_programs())
         .env_remove("RUSTFLAGS")
         .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "building the Linux test program: {}",
+        "building the Linux test programs ({args:?}): {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    dir.join("target").join(target).join("release").join(name)
 }
 
 fn rootfs(name: &str) -> PathBuf {
@@ -830,15 +840,8 @@ fn posix_calls_answer_as_on_linux() {
 /// A test program linked at a fixed address (`-C relocation-model=static`:
 /// 4 MiB, as gcc links), built apart from the static-pie ones.
 fn fixed_program(name: &str) -> PathBuf {
-    let dir = root().join("kiln/tests/linux/hello");
-    let o = Command::new(env!("CARGO"))
-        .args(["rustc", "-q", "--release", "--target", "x86_64-unknown-linux-musl", "--target-dir", "target/fixed", "--bin", name, "--", "-C", "relocation-model=static"])
-        .current_dir(&dir)
-        .env_remove("RUSTFLAGS")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "building {name}: {}", String::from_utf8_lossy(&o.stderr));
-    dir.join("target/fixed/x86_64-unknown-linux-musl/release").join(name)
+    cargo_in_test_programs(&["rustc", "-q", "--release", "--target", "x86_64-unknown-linux-musl", "--target-dir", "target/fixed", "--bin", name, "--", "-C", "relocation-model=static"]);
+    test_programs().join("target/fixed/x86_64-unknown-linux-musl/release").join(name)
 }
 
 /// Fixed-address programs are not confined to a small area: one whose

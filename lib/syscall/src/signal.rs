@@ -390,10 +390,20 @@ fn timer_create(clock: u64, sev: u64, idp: u64) -> Sys {
     Ok(0)
 }
 
-fn with_timer<R>(id: u64, f: impl FnOnce(&mut PosixTimer) -> R) -> Result<R, i64> {
+/// Runs `f` on the slot of existing timer `id` (a timer_t: an int);
+/// EINVAL if there is none.
+fn with_slot<R>(id: u64, f: impl FnOnce(&mut Option<PosixTimer>) -> R) -> Result<R, i64> {
     let mut timers = TIMERS.lock();
-    let t = usize::try_from(id as i32).ok().and_then(|i| timers.get_mut(i)).and_then(Option::as_mut).ok_or(errno::EINVAL)?;
-    Ok(f(t))
+    let slot = usize::try_from(id as i32)
+        .ok()
+        .and_then(|i| timers.get_mut(i))
+        .filter(|t| t.is_some())
+        .ok_or(errno::EINVAL)?;
+    Ok(f(slot))
+}
+
+fn with_timer<R>(id: u64, f: impl FnOnce(&mut PosixTimer) -> R) -> Result<R, i64> {
+    with_slot(id, |t| f(t.as_mut().unwrap()))
 }
 
 /// Writes a struct itimerspec (interval, time left) for `t`.
@@ -466,18 +476,10 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         223 => timer_settime(a[0], a[1], a[2], a[3]),
         224 => with_timer(a[0], |t| *t).and_then(|t| put_itimerspec(a[1], &t)).map(|_| 0),
         225 => with_timer(a[0], |t| t.overrun as i64),
-        226 => {
-            let mut timers = TIMERS.lock();
-            match usize::try_from(a[0] as i32).ok().and_then(|i| timers.get_mut(i)).filter(|t| t.is_some()) {
-                Some(t) => {
-                    *t = None;
-                    drop(timers);
-                    rearm();
-                    Ok(0)
-                }
-                None => Err(errno::EINVAL),
-            }
-        }
+        226 => with_slot(a[0], |t| *t = None).map(|()| {
+            rearm();
+            0
+        }),
         37 => alarm(a[0]),
         36 => itimer(a[0], 0, a[1]),
         38 => itimer(a[0], a[1], a[2]),
