@@ -425,8 +425,10 @@ impl Tree {
         let text = expanded.as_str();
         let none = HashMap::new();
         let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
-        let (rest, k) =
-            parse_kconfig(KconfigInput::new_extra(text, kf)).map_err(|e| syntax_error(&e))?;
+        if let Some(line) = unterminated_string(text) {
+            bail!("{}:{line}: string without its closing quote", top.display());
+        }
+        let (rest, k) = parse_guarded(top, text, kf)?;
         let rest = rest.fragment();
         if !rest.trim().is_empty() {
             let consumed = text.len() - rest.len();
@@ -975,6 +977,81 @@ impl Tree {
         }
         None
     }
+}
+
+/// Runs nom-kconfig on `text`. The parser panics on some malformed lines
+/// (in files `text` sources, which [`unterminated_string`] has not seen);
+/// such a panic becomes an error naming the top file, so no input stops
+/// `kiln` with a crash.
+fn parse_guarded<'a>(
+    top: &Path,
+    text: &'a str,
+    kf: KconfigFile,
+) -> Result<(KconfigInput<'a>, nom_kconfig::Kconfig)> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let parsed = std::panic::catch_unwind(|| parse_kconfig(KconfigInput::new_extra(text, kf)));
+    std::panic::set_hook(hook);
+    match parsed {
+        Ok(r) => r.map_err(|e| syntax_error(&e)),
+        Err(_) => bail!(
+            "{}: Kconfig syntax error in it or a file it sources (the parser gave up: look for a string without its closing quote)",
+            top.display()
+        ),
+    }
+}
+
+/// The first line (1-based) with a string that does not end on it, outside
+/// help texts and comments. A backslash at the end continues the line.
+fn unterminated_string(text: &str) -> Option<usize> {
+    let indent = |l: &str| {
+        l.chars()
+            .take_while(|c| c.is_whitespace())
+            .map(|c| if c == '\t' { 8 } else { 1 })
+            .sum::<usize>()
+    };
+    // In a help text: None before its first line, then that line's indent.
+    let mut help: Option<Option<usize>> = None;
+    let mut open: Option<(char, usize)> = None;
+    for (n, line) in text.lines().enumerate() {
+        if open.is_none() {
+            if let Some(first) = help {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let here = indent(line);
+                match first {
+                    None => {
+                        help = Some(Some(here));
+                        continue;
+                    }
+                    Some(i) if here >= i => continue,
+                    Some(_) => help = None,
+                }
+            }
+            let t = line.trim();
+            if t == "help" || t == "---help---" {
+                help = Some(None);
+                continue;
+            }
+        }
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match (open, c) {
+                (Some(_), '\\') => {
+                    chars.next();
+                }
+                (Some((q, _)), c) if c == q => open = None,
+                (None, '"' | '\'') => open = Some((c, n + 1)),
+                (None, '#') => break,
+                _ => {}
+            }
+        }
+        if open.is_some() && !line.ends_with('\\') {
+            return open.map(|(_, at)| at);
+        }
+    }
+    open.map(|(_, at)| at)
 }
 
 fn syntax_error(e: &nom_kconfig::error::Error) -> anyhow::Error {
@@ -1909,6 +1986,27 @@ config CMP
         let back = read_config(Path::new(".config"), &text).unwrap();
         let user: BTreeMap<String, String> = back.into_iter().map(|(k, (v, _))| (k, v)).collect();
         assert_eq!(resolve(&t, &user), x);
+    }
+
+    #[test]
+    fn unterminated_strings_are_errors_not_crashes() {
+        let d = std::env::temp_dir().join(format!("kiln-kconfig-quote-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("Kconfig");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Tree::load_file(&p)
+        };
+        // Found by fuzzing: the parser underflowed on this line.
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\nconfig S\n\tstring \"Gre\n").unwrap_err());
+        assert_eq!(e, format!("{}:4: string without its closing quote", p.display()));
+        // Quotes in help texts and comments are text, not strings.
+        let t = load("config A\n\tbool \"a\" # it's\n\thelp\n\t  Don't \"quote\n\n\t  me.\nconfig B\n\tbool \"b\"\n").unwrap();
+        assert!(t.get("B").is_some());
+        // In a sourced file the parser's panic becomes an error.
+        std::fs::write(d.join("Kconfig.sub"), include_bytes!("../../fuzz/regressions/kconfig/unterminated-string")).unwrap();
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
+        assert!(e.contains("Kconfig syntax error") && e.contains(&p.display().to_string()), "{e}");
     }
 
     #[test]

@@ -6,13 +6,13 @@ mod fdt;
 mod forward;
 mod initrd;
 mod instance;
-mod kconfig;
-mod kraftfile;
 mod menu;
 mod network;
 mod qemu;
 mod rootfs;
 mod ui;
+
+use kiln::{kconfig, kraftfile};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};

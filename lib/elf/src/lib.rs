@@ -40,8 +40,9 @@ pub enum Error {
     NotExecutable(u16),
     /// No loadable segment.
     NoSegments,
-    /// A segment's file range lies outside the file, or its memory size is
-    /// smaller than its file size (the segment's index).
+    /// A segment's file range lies outside the file, its memory size is
+    /// smaller than its file size, or it ends above [`USER_TOP`] (the
+    /// segment's index).
     BadSegment(usize),
     /// A segment whose address and offset disagree modulo the page size.
     Misaligned(usize),
@@ -65,7 +66,7 @@ impl fmt::Display for Error {
             Error::NoSegments => f.write_str("no loadable segments"),
             Error::BadSegment(i) => write!(
                 f,
-                "segment {i} lies outside the file or is smaller in memory than in the file"
+                "segment {i} lies outside the file or the user address space, or is smaller in memory than in the file"
             ),
             Error::Misaligned(i) => write!(
                 f,
@@ -83,6 +84,10 @@ pub struct Perms {
     pub write: bool,
     pub exec: bool,
 }
+
+/// The top of a Linux program's address space (47 bits on x86_64, and the
+/// 48-bit arm64 layout is cut to the same): no segment may end above it.
+pub const USER_TOP: u64 = 1 << 47;
 
 /// One PT_LOAD segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +156,11 @@ impl Program {
             match ph.p_type {
                 PT_LOAD => {
                     let end = ph.p_offset.checked_add(ph.p_filesz);
-                    if end.is_none_or(|e| e > bytes.len() as u64) || ph.p_memsz < ph.p_filesz {
+                    let top = ph.p_vaddr.checked_add(ph.p_memsz);
+                    if end.is_none_or(|e| e > bytes.len() as u64)
+                        || ph.p_memsz < ph.p_filesz
+                        || top.is_none_or(|t| t > USER_TOP)
+                    {
                         return Err(Error::BadSegment(i));
                     }
                     if ph.p_vaddr % PAGE != ph.p_offset % PAGE {
@@ -171,8 +180,9 @@ impl Program {
                 }
                 PT_PHDR => phdr_vaddr = Some(ph.p_vaddr),
                 PT_INTERP => {
+                    let end = ph.p_offset.checked_add(ph.p_filesz).ok_or(Error::BadInterpreter)?;
                     let raw = bytes
-                        .get(ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize)
+                        .get(ph.p_offset as usize..end as usize)
                         .ok_or(Error::BadInterpreter)?;
                     let path = raw.strip_suffix(&[0]).ok_or(Error::BadInterpreter)?;
                     interpreter = Some(

@@ -419,6 +419,8 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             fixed(0)?;
             let session_present = r.u8()? & 1 != 0;
             let code = r.u8()?;
+            // A 3.1.1 return code is read as the v5 reason it stands for.
+            let code = if v5 { code } else { v5_connack(code)? };
             Packet::ConnAck(ConnAck { session_present, code, props: r.props(v5)? })
         }
         3 => {
@@ -492,6 +494,14 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             let pid = r.u16()?;
             let props = r.props(v5)?;
             let codes = body[r.at..].to_vec();
+            // 3.1.1: a SUBACK's return codes are 0-2 or 0x80, an UNSUBACK
+            // has none.
+            if !v5 && ty == 9 && codes.iter().any(|&c| c > 2 && c != 0x80) {
+                return Err(Error::Malformed("SUBACK return code other than 0, 1, 2 or 0x80"));
+            }
+            if !v5 && ty == 11 && !codes.is_empty() {
+                return Err(Error::Malformed("UNSUBACK with a payload"));
+            }
             let a = SubAck { pid, codes, props };
             if ty == 9 {
                 Packet::SubAck(a)
@@ -570,6 +580,19 @@ fn put_props(out: &mut Vec<u8>, p: &Props) {
 }
 
 /// The 3.1.1 CONNACK return code for a v5 reason code.
+/// The v5 reason code for a 3.1.1 CONNACK return code.
+fn v5_connack(code: u8) -> Result<u8> {
+    Ok(match code {
+        0 => 0,
+        1 => 0x84,
+        2 => 0x85,
+        3 => 0x88,
+        4 => 0x86,
+        5 => 0x87,
+        _ => return Err(Error::Malformed("CONNACK return code above 5")),
+    })
+}
+
 fn v4_connack(code: u8) -> u8 {
     match code {
         0 => 0,

@@ -280,7 +280,7 @@ fn auth_and_acl() {
     cfg.acl = Some(Acl::parse("user alice\ntopic readwrite room/#\ntopic deny room/private\n", "acl").unwrap());
     let mut b = Broker::new(cfg, 0);
     let (_, a) = connect_with(&mut b, 4, "anon", true, |_| {});
-    assert_eq!(a.code, 5, "3.1.1: not authorised");
+    assert_eq!(a.code, 0x87, "3.1.1: not authorised (return code 5)");
     let (_, a) = connect_with(&mut b, 5, "wrong", true, |c| {
         c.username = Some("alice".into());
         c.password = Some(b"nope".to_vec());
@@ -310,4 +310,18 @@ fn connection_limits_and_silent_connections() {
     // A connection that never sends CONNECT is closed after the timeout.
     b.tick(6 * S);
     assert!(b.wants_close(a));
+}
+
+/// Found by fuzzing the codec: 3.1.1 acknowledgements with codes the
+/// protocol does not have decoded into packets that encoded differently.
+#[test]
+fn v4_acknowledgement_codes_are_checked() {
+    assert!(decode(0x90, &[0, 1, 0x35], 4).is_err(), "SUBACK code 0x35");
+    assert!(decode(0xb0, &[0, 1, 0], 4).is_err(), "UNSUBACK with a payload");
+    assert!(decode(0x20, &[0, 0x20], 4).is_err(), "CONNACK code 0x20");
+    let Packet::ConnAck(a) = decode(0x20, &[0, 1], 4).unwrap() else { panic!() };
+    assert_eq!(a.code, 0x84, "return code 1 is v5's unsupported protocol version");
+    let mut out = Vec::new();
+    encode(&Packet::ConnAck(a), 4, &mut out);
+    assert_eq!(out, [0x20, 2, 0, 1]);
 }
