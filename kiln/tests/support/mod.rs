@@ -1,0 +1,136 @@
+//! What the boot tests share: the repository root, running `kiln`, free
+//! host ports, bridges that go away after the test, and guests started
+//! with `kiln run` that are stopped (and their console returned) at the
+//! end. Each test file includes it with `mod support;`.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs `kiln ARGS` in the repository root: (exit code, stdout, stderr).
+pub fn kiln(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A host TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Guests run one at a time within a test binary: a guest under TCG
+/// takes a whole host CPU, and these machines have two.
+static ONE: Mutex<()> = Mutex::new(());
+
+/// Where a guest is reached.
+pub enum Net {
+    /// `-p HOST:GUEST` on QEMU's user network; the guest is 127.0.0.1:HOST.
+    Forward { host: u16, guest: u16 },
+    /// On a bridge made for the test; the guest is at its own address.
+    Bridge(Bridge),
+}
+
+/// A guest booted with `kiln run` (under TCG: this checks behaviour, and
+/// some hosts' KVM runs a non-PVM guest far slower than TCG does).
+pub struct Guest {
+    child: Option<Child>,
+    /// Address and port clients use for the guest port asked for.
+    pub addr: std::net::SocketAddr,
+    net: Net,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+impl Guest {
+    /// Builds and boots the app in `dir` (relative to the repository root
+    /// or absolute) with `extra` `kiln run` options, reached through `net`
+    /// on guest port `port`; returns once `ready(addr)` holds (within 90 s).
+    pub fn start(dir: &Path, net: Net, extra: &[&str], ready: impl Fn(std::net::SocketAddr) -> bool) -> Guest {
+        let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = root().join(dir);
+        let dir_s = dir.to_str().unwrap();
+        let (code, _, err) = kiln(&["build", "-q", dir_s]);
+        assert_eq!(code, 0, "kiln build {dir_s}: {err}");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.current_dir(root()).args(["run", "-W", "--timeout", "600"]).args(extra);
+        let addr = match &net {
+            Net::Forward { host, guest } => {
+                c.args(["-p", &format!("{host}:{guest}")]);
+                format!("127.0.0.1:{host}").parse().unwrap()
+            }
+            Net::Bridge(b) => {
+                c.args(["--network", &format!("bridge:{}", b.name)]);
+                b.guest
+            }
+        };
+        let child = c.arg(dir_s).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let g = Guest { child: Some(child), addr, net, _one_at_a_time: lock };
+        let start = Instant::now();
+        while !ready(g.addr) {
+            assert!(start.elapsed() < Duration::from_secs(90), "{dir_s} never became ready at {}", g.addr);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        g
+    }
+
+    /// Stops the guest; returns its console output (stdout, then stderr).
+    pub fn stop(mut self) -> String {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let o = c.wait_with_output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A bridge made with `kiln net create` on a free 10.x.0.0/24 and removed
+/// (with its line in QEMU's bridge.conf) when dropped, even after a
+/// failed assertion. The guest gets 10.x.0.2.
+pub struct Bridge {
+    pub name: String,
+    pub guest_ip: String,
+    guest: std::net::SocketAddr,
+}
+
+impl Bridge {
+    /// A bridge whose guest serves on `port`.
+    pub fn create(prefix: &str, port: u16) -> Bridge {
+        let name = format!("{prefix}{}", std::process::id() % 100000);
+        let addrs = String::from_utf8(Command::new("ip").args(["-o", "-4", "addr"]).output().unwrap().stdout).unwrap();
+        let third = (100..250).find(|t| !addrs.contains(&format!(" 10.{t}."))).expect("a free 10.x.0.0/24");
+        let b = Bridge {
+            name: name.clone(),
+            guest_ip: format!("10.{third}.0.2"),
+            guest: format!("10.{third}.0.2:{port}").parse().unwrap(),
+        };
+        let (code, _, err) = kiln(&["net", "create", &name, "--subnet", &format!("10.{third}.0.0/24")]);
+        assert_eq!(code, 0, "kiln net create: {err}");
+        b
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["net", "rm", &self.name]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
