@@ -387,28 +387,73 @@ pub fn logs(name: &str, follow: bool) -> Result<()> {
     }
 }
 
-/// Sends QMP `quit`: QEMU stops at once and cleanly (files flushed).
-fn qmp_quit(sock: &Path) -> Result<()> {
-    let mut s = std::os::unix::net::UnixStream::connect(sock)
-        .with_context(|| format!("connecting to {}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut greeting = String::new();
-    r.read_line(&mut greeting)?;
-    s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
-    let mut reply = String::new();
-    r.read_line(&mut reply)?;
-    s.write_all(b"{\"execute\":\"quit\"}\n")?;
-    // Wait for QEMU to act on it (it closes the socket as it exits):
-    // closing first can make QEMU drop the command unread.
-    let mut line = String::new();
-    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-        line.clear();
-    }
-    Ok(())
+/// A QMP session on an instance's control socket, past the handshake.
+struct Qmp {
+    s: std::os::unix::net::UnixStream,
+    r: BufReader<std::os::unix::net::UnixStream>,
 }
 
-/// `kiln stop NAME`: QMP quit, then SIGKILL after a grace period.
+impl Qmp {
+    fn connect(sock: &Path) -> Result<Qmp> {
+        let s = std::os::unix::net::UnixStream::connect(sock)
+            .with_context(|| format!("connecting to {}", sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let r = BufReader::new(s.try_clone()?);
+        let mut q = Qmp { s, r };
+        let mut greeting = String::new();
+        q.r.read_line(&mut greeting)?;
+        q.execute("{\"execute\":\"qmp_capabilities\"}")?;
+        Ok(q)
+    }
+
+    /// Sends one command and waits for its answer (events in between are
+    /// skipped); Ok(false) when QEMU answered with an error.
+    fn execute(&mut self, command: &str) -> Result<bool> {
+        self.s.write_all(command.as_bytes())?;
+        self.s.write_all(b"\n")?;
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line)? == 0 {
+                bail!("QEMU closed its control socket");
+            }
+            if line.contains("\"return\"") {
+                return Ok(true);
+            }
+            if line.contains("\"error\"") {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Sends `quit` and waits for QEMU to act on it (it closes the socket
+    /// as it exits): closing first can make QEMU drop the command unread.
+    fn quit(mut self) -> Result<()> {
+        self.s.write_all(b"{\"execute\":\"quit\"}\n")?;
+        let mut line = String::new();
+        while self.r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            line.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Asks the guest to shut down: Ctrl-Alt-Del on its keyboard (x86_64)
+/// and its power button (arm64 virt); the kernel hands the request to the
+/// app (see `kiln_boot::on_stop`). True if either reached the machine.
+fn ask_guest_to_stop(sock: &Path) -> bool {
+    let Ok(mut q) = Qmp::connect(sock) else { return false };
+    let key = q.execute(
+        "{\"execute\":\"send-key\",\"arguments\":{\"keys\":[{\"type\":\"qcode\",\"data\":\"ctrl\"},{\"type\":\"qcode\",\"data\":\"alt\"},{\"type\":\"qcode\",\"data\":\"delete\"}]}}",
+    );
+    let button = q.execute("{\"execute\":\"system_powerdown\"}");
+    matches!(key, Ok(true)) || matches!(button, Ok(true))
+}
+
+/// How long the guest has to shut down before QEMU is told to quit.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// `kiln stop NAME`: asks the guest to shut down (the app finishes what
+/// it is doing and exits); after 5 s QMP `quit`, then SIGKILL.
 pub fn stop(name: &str) -> Result<()> {
     let dir = instance_dir(name)?;
     let r = row(&dir)?;
@@ -416,25 +461,35 @@ pub fn stop(name: &str) -> Result<()> {
         bail!("instance '{name}' is not running ({})", r.state);
     };
     std::fs::write(dir.join("stopped"), b"")?;
-    let clean = qmp_quit(&dir.join("qmp.sock")).is_ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while alive(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if alive(pid) {
-        // SAFETY: kill(2) on the QEMU process this instance started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        eprintln!(
-            "kiln: {name} did not stop within 5 s{}; killed",
-            if clean { "" } else { " (QMP unreachable)" }
-        );
+    let sock = dir.join("qmp.sock");
+    let wait = |limit: Duration| {
+        let deadline = std::time::Instant::now() + limit;
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !alive(pid)
+    };
+    let asked = ask_guest_to_stop(&sock);
+    if asked && wait(GRACE) {
+        eprintln!("kiln: {name} shut down");
+    } else {
+        let quit = Qmp::connect(&sock).and_then(Qmp::quit).is_ok();
+        if !wait(Duration::from_secs(2)) {
+            // SAFETY: kill(2) on the QEMU process this instance started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            eprintln!(
+                "kiln: {name} did not stop{}; killed",
+                if quit { "" } else { " (QMP unreachable)" }
+            );
+        } else {
+            eprintln!("kiln: {name} did not shut down within {} s; stopped", GRACE.as_secs());
+        }
     }
     // Give the supervisor a moment to record the exit.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !dir.join("exit").exists() && dir.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("kiln: stopped {name}");
     Ok(())
 }
 

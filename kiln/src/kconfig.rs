@@ -22,9 +22,7 @@
 //! Values are computed lazily with memoisation, so the order of definitions
 //! does not matter.
 
-#[cfg(test)]
-use anyhow::Context;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use nom_kconfig::attribute::expression::{
     AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term,
 };
@@ -494,7 +492,6 @@ impl Tree {
     }
 
     /// Loads a Kconfig file from disk, with sources relative to its folder.
-    #[cfg(test)]
     pub fn load_file(path: &Path) -> Result<Tree> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -233,7 +233,9 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         _ if arm => c.args(["-M", "virt"]),
         // Without ACPI, legacy timers and the PIC, microvm comes up fastest;
         // Kiln needs none of them.
-        Machine::Microvm => c.args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off"]),
+        // The i8042 is how `kiln stop` asks the guest to shut down
+        // (Ctrl-Alt-Del), as on PC machines and Firecracker.
+        Machine::Microvm => c.args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off", "-device", "i8042"]),
         Machine::Q35 => c.args(["-M", "q35"]),
     };
     // Under KVM, the baseline model plus an invariant TSC (QEMU then reports

@@ -2,16 +2,12 @@
 //! virt board (TCG): output, arguments, exit codes and fault reports as on
 //! x86_64, and a raw arm64 Image for boot loaders.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::root;
+
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Builds each app once for arm64 per test process.
 fn built(app: &str) -> PathBuf {

@@ -8,15 +8,11 @@
 //! Under TCG (-W): some hosts' KVM (PVM) cannot emulate the SSE
 //! instructions ordinary Linux programs use.
 
+mod support;
+use support::{root, free_port, linux_program_for, test_programs, cargo_in_test_programs};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Server guests run one at a time: under TCG on two cores, several at
 /// once starve each other and QEMU's user network stalls for seconds.
@@ -79,37 +75,6 @@ fn hello() -> PathBuf {
 
 fn linux_program(name: &str) -> PathBuf {
     linux_program_for("x86_64", name)
-}
-
-/// A test program built for `arch` Linux with musl: static-pie on
-/// x86_64; on arm64 a static executable at a fixed address (0x200000),
-/// linked by rust-lld, so no cross C toolchain is needed.
-fn linux_program_for(arch: &str, name: &str) -> PathBuf {
-    let target = format!("{arch}-unknown-linux-musl");
-    cargo_in_test_programs(&["build", "-q", "--release", "--target", &target]);
-    test_programs().join("target").join(target).join("release").join(name)
-}
-
-/// kiln/tests/linux/hello, where the test programs' sources are.
-fn test_programs() -> PathBuf {
-    root().join("kiln/tests/linux/hello")
-}
-
-/// Runs cargo with `args` on the test programs; fails the test if the
-/// build fails.
-fn cargo_in_test_programs(args: &[&str]) {
-    let o = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(test_programs())
-        .env_remove("RUSTFLAGS")
-        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "building the Linux test programs ({args:?}): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 fn rootfs(name: &str) -> PathBuf {
@@ -343,15 +308,6 @@ fn b_build() {
         .status()
         .unwrap();
     assert!(b.success());
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// GET with curl: whether it answered 200, and the body.

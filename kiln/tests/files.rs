@@ -2,17 +2,13 @@
 //! Kraftfile's rootfs, packed into the image) and the test compares what it
 //! prints with the rootfs folder on the host, byte for byte.
 
+mod support;
+use support::root;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn kiln(args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));

@@ -7,15 +7,14 @@
 //! golang-github-eclipse-paho.mqtt.golang-dev) publishes and subscribes at
 //! every QoS through apps/mqtt.
 
+mod support;
+use support::{root, free_port};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 /// Guests run one at a time (TCG on two cores).
 fn one_guest() -> std::sync::MutexGuard<'static, ()> {
@@ -52,10 +51,6 @@ fn kiln() -> Command {
 
 fn build(app: &str) {
     assert!(kiln().args(["build", "-q", app]).status().unwrap().success());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `kiln run` of the ELF loader (TCG) with `rootfs`, `-M mem` and

@@ -2,18 +2,13 @@
 //! with curl and compared byte for byte with the rootfs, HTTP semantics,
 //! and bad clients that must not stop the server.
 
+mod support;
+use support::root;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// A running httpd guest on a host port of its own. The guest polls its
 /// network device without pause, taking a whole host CPU, so the tests

@@ -1,16 +1,12 @@
 //! Detached instances: kiln run -d, ps, logs, stop, rm, with a state folder
 //! of the test's own (KILN_STATE_DIR).
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::root;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 struct State(PathBuf);
 
@@ -306,4 +302,100 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
     std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(143), "{err}");
     assert!(err.contains("the guest was stopped by SIGTERM from outside") && !err.contains("triple fault"), "{err}");
+}
+
+impl State {
+    /// Waits until the instance's console shows `text`.
+    fn wait_for_log(&self, name: &str, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, logs, _) = self.kiln(&["logs", name]);
+            if logs.contains(text) {
+                return logs;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "{name} never printed {text:?}:\n{logs}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `kiln stop NAME`: the guest must shut down by itself (not be
+    /// killed after the grace period); returns its console.
+    fn stop_gracefully(&self, name: &str) -> String {
+        let t = Instant::now();
+        let (code, _, err) = self.kiln(&["stop", name]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&format!("kiln: {name} shut down")), "{name} did not shut down by itself: {err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "stopping {name} took {:?}", t.elapsed());
+        assert_eq!(self.state_of(name), "stopped");
+        self.kiln(&["logs", name]).1
+    }
+}
+
+/// `kiln stop` asks the guest to shut down (Ctrl-Alt-Del on x86_64, the
+/// power button on arm64) and the app finishes: httpd its responses, the
+/// broker sends wills and tells its clients, a Linux program gets SIGTERM
+/// and its handler runs; an app with no hook just ends.
+#[test]
+fn kiln_stop_lets_the_app_finish() {
+    let s = State::new("graceful");
+    let port = support::free_port().to_string();
+    // httpd, x86_64 and arm64.
+    for (name, arch) in [("web", "x86_64"), ("web-arm", "arm64")] {
+        let (code, _, err) = s.kiln(&["run", "-d", "-W", "--arch", arch, "--name", name, "-p", &format!("{port}:80"), "apps/httpd"]);
+        assert_eq!(code, 0, "{err}");
+        s.wait_for_log(name, "httpd: serving");
+        let logs = s.stop_gracefully(name);
+        assert!(logs.contains("kiln: stopping at the host's request") && logs.contains("httpd: stopping: ") && logs.contains("httpd: stopped"), "{logs}");
+        assert_eq!(s.kiln(&["rm", name]).0, 0);
+    }
+
+    // The broker: a client with a will is connected, another waits for it.
+    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "broker", "-p", &format!("{port}:1883"), "apps/mqtt"]);
+    assert_eq!(code, 0, "{err}");
+    s.wait_for_log("broker", "mqtt: listening");
+    let sub = |args: &[&str]| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut with_will = sub(&["-i", "dying", "-t", "nothing", "--will-topic", "status/dying", "--will-payload", "gone"]);
+    let waiting = sub(&["-i", "waiting", "-t", "status/#", "-C", "1", "-W", "60"]);
+    s.wait_for_log("broker", "waiting");
+    let logs = s.stop_gracefully("broker");
+    let got = waiting.wait_with_output().unwrap();
+    let _ = with_will.kill();
+    let _ = with_will.wait();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "gone", "the will reached the other client before the broker went: {logs}");
+    assert!(logs.contains("Shutting down at the host's request") && logs.contains("Publishing the will of dying") && logs.contains("mqtt: stopped"), "{logs}");
+
+    // A Linux program under the ELF loader: SIGTERM and its handler.
+    let d = std::env::temp_dir().join(format!("kiln-graceful-{}", std::process::id()));
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::copy(support::linux_program_for("x86_64", "linux-term"), d.join("bin/term")).unwrap();
+    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "term", "--initrd", d.to_str().unwrap(), "apps/elfloader", "--", "/bin/term"]);
+    assert_eq!(code, 0, "{err}");
+    s.wait_for_log("term", "term: waiting");
+    let logs = s.stop_gracefully("term");
+    assert!(logs.contains("term: got SIGTERM (poll interrupted), state saved"), "{logs}");
+    let _ = std::fs::remove_dir_all(&d);
+
+    // An app without a hook ends at once.
+    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "plain", "-p", &format!("{port}:7/udp"), "apps/udpecho"]);
+    assert_eq!(code, 0, "{err}");
+    s.wait_for_log("plain", "udpecho");
+    let logs = s.stop_gracefully("plain");
+    assert!(logs.contains("kiln: stopped at the host's request"), "{logs}");
+
+    // A guest that never looks (spinning) is stopped after the grace period.
+    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "spin", "apps/crashtest", "--", "hang"]);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, _, err) = s.kiln(&["stop", "spin"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("kiln: spin did not shut down within 5 s; stopped"), "{err}");
+    assert_eq!(s.state_of("spin"), "stopped");
 }

@@ -7,16 +7,14 @@
 //!
 //! Guests run under TCG (-W), each on a port of its own.
 
+mod support;
+use support::root;
+
 use kiln_mqtt::codec::{self, prop, Connect, Packet, Props, Publish, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 struct Broker {
     child: Option<Child>,

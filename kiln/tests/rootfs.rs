@@ -3,15 +3,11 @@
 //! the copied programs run in a chroot of that folder (as root), and every
 //! library `ldd` names is there.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+use support::root;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use std::path::PathBuf;
+use std::process::Command;
 
 fn kiln(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))

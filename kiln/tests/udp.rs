@@ -3,17 +3,12 @@
 //! 4 s so that it renews within the test), and echoes datagrams sent
 //! through a forwarded UDP port.
 
+mod support;
+use support::root;
+
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 #[test]
 fn udp_echo_over_a_dhcp_address() {

@@ -27,6 +27,9 @@ const MAX_HEAD: usize = 16 * 1024;
 const WAIT_US: u64 = 1_000_000;
 /// A connection without progress for this long is closed.
 const IDLE_US: u64 = 30_000_000;
+/// How long responses under way may take to finish after `kiln stop`
+/// (which waits 5 s for the guest).
+const STOP_US: u64 = 3_000_000;
 
 /// The content type for a file name.
 pub fn content_type(path: &str) -> &'static str {
@@ -451,12 +454,32 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
         }
     };
     listener.set_nonblocking(true);
+    // `kiln stop`: stop accepting, finish the responses under way, exit.
+    kiln_std::process::on_stop(net::wake_waiters);
+    let mut listener = Some(listener);
+    let mut stop_by = None;
     println!("httpd: serving {ROOT} on port {PORT}");
     let mut conns: Vec<Conn> = Vec::new();
     loop {
         let mut active = net::poll();
         let now = kiln_std::time::micros();
-        while let Ok(mut s) = listener.accept() {
+        if kiln_std::process::stop_requested() && stop_by.is_none() {
+            listener = None;
+            let busy = conns.iter().filter(|c| c.busy()).count();
+            println!("httpd: stopping: {busy} responses under way, {} connections", conns.len());
+            for c in &mut conns {
+                c.closing = true;
+            }
+            stop_by = Some(now + STOP_US);
+        }
+        if let Some(by) = stop_by {
+            if conns.is_empty() || now >= by {
+                net::flush(1_000_000);
+                println!("httpd: stopped");
+                return 0;
+            }
+        }
+        while let Some(Ok(mut s)) = listener.as_mut().map(|l| l.accept()) {
             s.set_nonblocking(true);
             conns.push(Conn::new(s, now));
             active = true;

@@ -25,6 +25,9 @@ const BACKLOG: usize = 16;
 const WAIT_US: u64 = 100_000;
 /// Interval of the broker's timeout checks.
 const TICK_US: u64 = 100_000;
+/// How long clients have to take their last packets after `kiln stop`
+/// (which waits 5 s for the guest).
+const STOP_US: u64 = 3_000_000;
 
 fn read_file(path: &str, what: &str) -> Result<String, String> {
     kiln_std::fs::read_to_string(path).map_err(|e| format!("{what} {path}: {e}"))
@@ -139,10 +142,27 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     let mut buf = vec![0u8; 4096];
     let mut last_tick = 0;
     let mut gone: Vec<ConnId> = Vec::new();
+    // `kiln stop`: wills out, clients told, then exit.
+    kiln_std::process::on_stop(net::wake_waiters);
+    let mut stop_by = None;
     loop {
         let mut active = net::poll();
         let now = kiln_std::time::micros();
-        loop {
+        if kiln_std::process::stop_requested() && stop_by.is_none() {
+            broker.shutdown(now);
+            stop_by = Some(now + STOP_US);
+        }
+        if let Some(by) = stop_by {
+            if conns.is_empty() || now >= by {
+                for line in broker.take_log() {
+                    println!("mqtt: {line}");
+                }
+                net::flush(1_000_000);
+                println!("mqtt: stopped");
+                return 0;
+            }
+        }
+        while stop_by.is_none() {
             match listener.accept() {
                 Ok(mut s) => {
                     active = true;

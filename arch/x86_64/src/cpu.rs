@@ -17,3 +17,13 @@ pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: forwarded to the caller.
     unsafe { x86_64::instructions::port::Port::new(port).write(value) }
 }
+
+/// Reads an 8-bit value from an I/O port.
+///
+/// # Safety
+/// The port must be one whose read has no effect on memory safety (a
+/// device register the caller owns; reads may consume device data).
+pub unsafe fn inb(port: u16) -> u8 {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).read() }
+}

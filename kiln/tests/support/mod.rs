@@ -30,6 +30,33 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// kiln/tests/linux/hello, where the Linux test programs' sources are.
+pub fn test_programs() -> PathBuf {
+    root().join("kiln/tests/linux/hello")
+}
+
+/// Runs cargo with `args` on the Linux test programs; fails the test if
+/// the build fails.
+pub fn cargo_in_test_programs(args: &[&str]) {
+    let o = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(test_programs())
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "building the Linux test programs ({args:?}): {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A test program built for `arch` Linux with musl: static-pie on
+/// x86_64; on arm64 a static executable at a fixed address (0x200000),
+/// linked by rust-lld, so no cross C toolchain is needed.
+pub fn linux_program_for(arch: &str, name: &str) -> PathBuf {
+    let target = format!("{arch}-unknown-linux-musl");
+    cargo_in_test_programs(&["build", "-q", "--release", "--target", &target]);
+    test_programs().join("target").join(target).join("release").join(name)
+}
+
 /// Guests run one at a time within a test binary: a guest under TCG
 /// takes a whole host CPU, and these machines have two.
 static ONE: Mutex<()> = Mutex::new(());

@@ -61,6 +61,66 @@ pub trait Platform: Sync {
     fn has_pci_ports(&self) -> bool {
         false
     }
+    /// Whether the host has asked the machine to shut down since the last
+    /// call: the power button (QEMU's `system_powerdown`) or Ctrl-Alt-Del
+    /// on the virtual keyboard (QMP `send-key`, Firecracker's
+    /// SendCtrlAltDel). Polled by [`poll_stop`]; the default never does.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// 0: running; 1: the host asked to stop and the handler ran.
+static STOP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// What runs when the host asks to stop (None: the default, exit 0).
+static STOP_HANDLER: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);
+
+/// Makes `f` what happens when the host asks the machine to stop (`kiln
+/// stop`), instead of the default: an exit with code 0 at once. `f` runs
+/// once, from the scheduler's wait loop; it should only note the request
+/// and wake the app (the app then finishes its work and exits), not block.
+pub fn on_stop(f: fn()) {
+    *STOP_HANDLER.lock() = Some(f);
+}
+
+/// Whether the host has asked the machine to stop (see [`on_stop`]).
+pub fn stop_requested() -> bool {
+    STOP.load(core::sync::atomic::Ordering::Acquire)
+}
+
+/// Asks the platform whether the host wants the machine to stop and, the
+/// first time it does, says so on the console and runs the handler (or
+/// exits 0). Called by the scheduler whenever it looks for work, so a
+/// request is seen within its longest wait (one second).
+pub fn poll_stop() {
+    if stop_requested() {
+        return;
+    }
+    let Some(p) = platform() else { return };
+    // At most every 10 ms: asking may trap to the hypervisor.
+    static LAST: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let now = p.ticks();
+    let gap = p.tick_hz().map_or(0, |hz| hz / 100);
+    let last = LAST.load(core::sync::atomic::Ordering::Relaxed);
+    if last != 0 && now.wrapping_sub(last) < gap {
+        return;
+    }
+    LAST.store(now, core::sync::atomic::Ordering::Relaxed);
+    if !p.stop_requested() {
+        return;
+    }
+    STOP.store(true, core::sync::atomic::Ordering::Release);
+    let handler = *STOP_HANDLER.lock();
+    match handler {
+        Some(f) => {
+            kiln_console::println!("kiln: stopping at the host's request");
+            f()
+        }
+        None => {
+            kiln_console::println!("kiln: stopped at the host's request");
+            exit(0)
+        }
+    }
 }
 
 /// A range of free RAM the heap may use.

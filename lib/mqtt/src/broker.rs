@@ -717,6 +717,36 @@ impl Broker {
         self.stats.sent += 1;
     }
 
+    /// The broker is going away (`kiln stop`). The wills of connected
+    /// clients that did not say DISCONNECT are published now, while the
+    /// others are still there to receive them (a will delay cannot hold:
+    /// nobody would send it later), and so are the delayed wills of
+    /// sessions whose client has gone. Then every client is told (v5:
+    /// DISCONNECT 0x8B, server shutting down) and closes once its output
+    /// is sent ([`Broker::wants_close`]).
+    pub fn shutdown(&mut self, now: u64) {
+        self.say("Shutting down at the host's request.".into());
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for &id in &ids {
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            if c.clean_exit {
+                continue;
+            }
+            if let (Some(w), Some(client)) = (c.will.take(), c.client.clone()) {
+                self.publish_will(&client, w, now);
+            }
+        }
+        let delayed: Vec<Arc<str>> = self.sessions.iter().filter(|(_, s)| s.delayed_will.is_some()).map(|(c, _)| c.clone()).collect();
+        for c in delayed {
+            if let Some((w, _)) = self.sessions.get_mut(&c).and_then(|s| s.delayed_will.take()) {
+                self.publish_will(&c, w, now);
+            }
+        }
+        for id in ids {
+            self.fail(id, 0x8b, "server shutting down");
+        }
+    }
+
     /// The connection is gone (closed by either side). Publishes its will
     /// unless it said DISCONNECT, and ends or keeps its session.
     pub fn closed(&mut self, id: ConnId, now: u64) {

@@ -238,6 +238,8 @@ pub fn add_poller(p: Poller) {
 }
 
 fn run_pollers() -> PollOutcome {
+    // A stop request from the host is looked for here too.
+    kiln_boot::poll_stop();
     let list: Vec<Poller> = POLLERS.lock().clone();
     let mut out = PollOutcome::default();
     for p in list {

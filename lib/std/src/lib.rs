@@ -28,8 +28,8 @@ pub mod fs;
 #[cfg(feature = "net")]
 pub mod net {
     pub use kiln_net::{
-        available, dns, idle, interrupts, poll, Error, IpAddress, Ipv4Address, Result, TcpListener,
-        TcpStream, UdpSocket,
+        available, dns, flush, idle, interrupts, poll, wake_waiters, Error, IpAddress, Ipv4Address,
+        Result, TcpListener, TcpStream, UdpSocket,
     };
 }
 
@@ -193,6 +193,20 @@ pub mod process {
     /// Ends the program with a panic-style report and the panic exit code.
     pub fn abort() -> ! {
         kiln_boot::exit(kiln_boot::EXIT_PANIC)
+    }
+
+    /// Makes a stop request from the host (`kiln stop`: the power button or
+    /// Ctrl-Alt-Del) something the app handles itself: `wake` runs once
+    /// when the request arrives (an event loop passes `net::wake_waiters`),
+    /// and the app sees it with [`stop_requested`], finishes its work and
+    /// exits. Without this, a stop request ends the app at once (exit 0).
+    pub fn on_stop(wake: fn()) {
+        kiln_boot::on_stop(wake)
+    }
+
+    /// Whether the host has asked the app to stop (see [`on_stop`]).
+    pub fn stop_requested() -> bool {
+        kiln_boot::stop_requested()
     }
 }
 

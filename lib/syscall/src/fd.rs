@@ -327,6 +327,9 @@ pub(crate) fn block_with<T>(
         if nonblocking {
             return Err(errno::EAGAIN);
         }
+        if crate::signal::interrupted() {
+            return Err(errno::EINTR);
+        }
         wait(None);
     }
 }

@@ -555,5 +555,7 @@ pub fn install(exe: &str) {
         STRACE.store(true, Ordering::Relaxed);
     }
     fd::set_exe(exe);
+    // `kiln stop` reaches the program as SIGTERM.
+    kiln_boot::on_stop(signal::stop_from_host);
     arch::install(dispatch);
 }

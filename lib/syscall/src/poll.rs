@@ -115,6 +115,9 @@ fn wait_for<T: Default + PartialEq>(
         if r != T::default() || deadline.is_some_and(|d| crate::now_us() >= d) {
             return Ok(r);
         }
+        if crate::signal::interrupted() {
+            return Err(crate::errno::EINTR);
+        }
         fd::wait(deadline);
     }
 }

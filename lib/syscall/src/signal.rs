@@ -17,7 +17,10 @@
 //! vanish. `rt_sigtimedwait` takes a pending signal without its handler.
 //! Blocking calls are not interrupted (no EINTR), except `pause`,
 //! `rt_sigsuspend` and `rt_sigtimedwait`, which wait for a signal (from a
-//! timer or another thread). x86_64 only: on arm64 handlers are recorded
+//! timer or another thread). The one signal from outside is SIGTERM when
+//! the host asks the machine to stop (`kiln stop`): while it is pending,
+//! blocking calls (reads, accepts, poll, epoll_wait) return EINTR so the
+//! handler runs; left at its default it ends the program with status 0. x86_64 only: on arm64 handlers are recorded
 //! but nothing is delivered.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
@@ -162,8 +165,37 @@ fn ignored_by_default(sig: u64) -> bool {
 }
 
 fn die_of(sig: u64) -> ! {
+    if sig == SIGTERM && FROM_HOST.load(Ordering::Relaxed) {
+        // `kiln stop` asked, and the program took the default: it ends as
+        // asked, which is success.
+        kiln_console::log!(kiln_console::Level::Info, "elf: the program ended on SIGTERM (the host's stop request)");
+        crate::exit(0)
+    }
     kiln_console::log!(kiln_console::Level::Info, "elf: the program got signal {sig} with no handler: it ends");
     crate::exit(128 + sig as i64)
+}
+
+const SIGTERM: u64 = 15;
+/// Set by the host's stop request (`kiln stop`): SIGTERM came from
+/// outside, and blocking calls return EINTR while it is pending, so the
+/// program's handler runs promptly (signals a program sends itself do not
+/// interrupt calls).
+static FROM_HOST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The host asked the machine to stop: the program gets SIGTERM, as a
+/// Linux system's shutdown sends it (nginx, redis and most servers finish
+/// their work and exit on it). Runs from the scheduler (see
+/// `kiln_boot::on_stop`).
+pub(crate) fn stop_from_host() {
+    FROM_HOST.store(true, Ordering::Relaxed);
+    pend(SIGTERM, USER);
+    crate::fd::notify();
+}
+
+/// Whether a blocking call should give up with EINTR: the host's SIGTERM
+/// is pending, unblocked, and has a handler to run.
+pub(crate) fn interrupted() -> bool {
+    FROM_HOST.load(Ordering::Relaxed) && PENDING.load(Ordering::Relaxed) & !BLOCKED.load(Ordering::Relaxed) & bit(SIGTERM) != 0
 }
 
 /// Makes `sig` pending (or acts on it at once if it is not blocked and has

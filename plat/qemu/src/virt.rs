@@ -51,6 +51,68 @@ impl Platform for Virt {
     fn device_wakes(&self) -> bool {
         DEVICE_LINES.load(Ordering::Relaxed)
     }
+
+    fn stop_requested(&self) -> bool {
+        power_button::pressed()
+    }
+}
+
+/// The power button of QEMU's virt machine: `system_powerdown` raises pin
+/// 3 of the PL061 GPIO controller (the device tree's gpio-keys "poweroff"
+/// key) for 100 ms. The pin is set to latch a rising edge, which the
+/// scheduler's polling then finds however late it looks.
+mod power_button {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The PL061's base address (0: none found).
+    static BASE: AtomicUsize = AtomicUsize::new(0);
+    const PIN: u32 = 1 << 3;
+    /// Interrupt sense (0: edge), both edges, event (1: rising), raw
+    /// status and clear registers.
+    const GPIOIS: usize = 0x404;
+    const GPIOIBE: usize = 0x408;
+    const GPIOIEV: usize = 0x40c;
+    const GPIORIS: usize = 0x414;
+    const GPIOIC: usize = 0x41c;
+
+    fn reg(base: usize, off: usize) -> *mut u32 {
+        (base + off) as *mut u32
+    }
+
+    /// Sets the controller at `base` (inside the device memory entry.S
+    /// maps) to latch a rising edge on the power pin.
+    pub fn found(base: usize) {
+        // SAFETY: `base` is the PL061 the device tree names, in the first
+        // GiB that entry.S maps as device memory; these are its 32-bit
+        // interrupt configuration registers, which nothing else touches.
+        unsafe {
+            let is = core::ptr::read_volatile(reg(base, GPIOIS));
+            core::ptr::write_volatile(reg(base, GPIOIS), is & !PIN);
+            let ibe = core::ptr::read_volatile(reg(base, GPIOIBE));
+            core::ptr::write_volatile(reg(base, GPIOIBE), ibe & !PIN);
+            let iev = core::ptr::read_volatile(reg(base, GPIOIEV));
+            core::ptr::write_volatile(reg(base, GPIOIEV), iev | PIN);
+            core::ptr::write_volatile(reg(base, GPIOIC), PIN);
+        }
+        BASE.store(base, Ordering::Relaxed);
+    }
+
+    /// Whether the button was pressed since the last call.
+    pub fn pressed() -> bool {
+        let base = BASE.load(Ordering::Relaxed);
+        if base == 0 {
+            return false;
+        }
+        // SAFETY: as in `found`; reading the raw status has no side
+        // effect, writing the clear register acknowledges the edge.
+        unsafe {
+            if core::ptr::read_volatile(reg(base, GPIORIS)) & PIN == 0 {
+                return false;
+            }
+            core::ptr::write_volatile(reg(base, GPIOIC), PIN);
+        }
+        true
+    }
 }
 
 /// Whether device interrupt lines are enabled at the GIC (so they end an idle wait).
@@ -144,6 +206,11 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
                             32 + u32::from_be_bytes(p.value[4..8].try_into().unwrap())
                         });
                     nmmio += 1;
+                }
+            }
+            "arm,pl061" => {
+                if let Some((base, _)) = regs.next() {
+                    power_button::found(base);
                 }
             }
             "arm,pl011" => {

@@ -143,6 +143,54 @@ impl Platform for Qemu {
     fn device_irq_done(&self) {
         arch::apic::unmask_devices()
     }
+
+    fn stop_requested(&self) -> bool {
+        keyboard::delete_pressed()
+    }
+}
+
+/// The i8042 keyboard controller, which `kiln run` gives microvm and PC
+/// machines have: the host asks the guest to stop with Ctrl-Alt-Del on it
+/// (QMP `send-key`; Firecracker's SendCtrlAltDel does the same). Polled,
+/// not interrupt-driven: the scheduler looks every few milliseconds while
+/// busy and at least once a second while idle.
+mod keyboard {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    use kiln_arch_x86_64 as arch;
+
+    const DATA: u16 = 0x60;
+    const STATUS: u16 = 0x64;
+    const OUTPUT_FULL: u8 = 0x01;
+    const FROM_MOUSE: u8 = 0x20;
+    /// The previous key byte (Delete is a two-byte code).
+    static PREV: AtomicU8 = AtomicU8::new(0);
+
+    /// Whether Delete was pressed since the last call; reads (and drops)
+    /// every byte the controller holds. Without a controller the status
+    /// port reads 0xff and nothing is read.
+    pub fn delete_pressed() -> bool {
+        let mut pressed = false;
+        for _ in 0..64 {
+            // SAFETY: reading the i8042's status and data ports consumes
+            // only keyboard bytes, which nothing else in Kiln reads.
+            let status = unsafe { arch::cpu::inb(STATUS) };
+            if status == 0xff || status & OUTPUT_FULL == 0 {
+                break;
+            }
+            // SAFETY: as above.
+            let byte = unsafe { arch::cpu::inb(DATA) };
+            if status & FROM_MOUSE != 0 {
+                continue;
+            }
+            // Delete's make code: E0 71 in scan code set 2 (QEMU without
+            // firmware, Firecracker), E0 53 in set 1 (after a BIOS turned
+            // on translation).
+            if PREV.swap(byte, Ordering::Relaxed) == 0xe0 && (byte == 0x71 || byte == 0x53) {
+                pressed = true;
+            }
+        }
+        pressed
+    }
 }
 
 static QEMU: Qemu = Qemu;
