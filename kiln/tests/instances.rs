@@ -383,6 +383,21 @@ fn kiln_stop_lets_the_app_finish() {
     assert!(logs.contains("term: got SIGTERM (poll interrupted), state saved"), "{logs}");
     let _ = std::fs::remove_dir_all(&d);
 
+    // Debian's redis saves its data on SIGTERM (its threads block signals
+    // of their own; the main thread takes it).
+    let r = std::env::temp_dir().join(format!("kiln-graceful-redis-{}", std::process::id()));
+    std::fs::create_dir_all(r.join("data")).unwrap();
+    let (code, _, err) = s.kiln(&["rootfs", "add", "--to", r.to_str().unwrap(), "/usr/bin/redis-server"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = s.kiln(&["run", "-d", "-W", "-M", "256M", "--name", "redis", "-p", &format!("{port}:6379"), "--initrd", r.to_str().unwrap(), "apps/elfloader", "--", "/usr/bin/redis-server", "--save", "3600 1", "--dir", "/data", "--protected-mode", "no"]);
+    assert_eq!(code, 0, "{err}");
+    s.wait_for_log("redis", "Ready to accept connections");
+    let set = Command::new("redis-cli").args(["-p", &port, "set", "kept", "yes"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+    let logs = s.stop_gracefully("redis");
+    assert!(logs.contains("Received SIGTERM") && logs.contains("DB saved on disk") && logs.contains("ready to exit"), "{logs}");
+    let _ = std::fs::remove_dir_all(&r);
+
     // An app without a hook ends at once.
     let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "plain", "-p", &format!("{port}:7/udp"), "apps/udpecho"]);
     assert_eq!(code, 0, "{err}");

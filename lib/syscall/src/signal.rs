@@ -3,8 +3,8 @@
 //! (`timer_create` with SIGEV_SIGNAL or SIGEV_THREAD_ID; SIGEV_NONE timers
 //! only count). There is no other process to send one, and faults end the
 //! program with a report, so these are the signals that make sense in a
-//! unikernel. Signal state is the process's: one pending set and one
-//! blocked mask shared by its threads.
+//! unikernel. The pending set is the process's; each thread has its own
+//! blocked mask, and a signal is taken by a thread that does not block it.
 //!
 //! A signal with a handler is delivered when a system call returns (the
 //! scheduler is cooperative, so a program that never makes a call never
@@ -45,9 +45,45 @@ struct Action {
 }
 
 static ACTIONS: spin::Mutex<[Action; 65]> = spin::Mutex::new([Action { handler: 0, flags: 0, restorer: 0, mask: 0 }; 65]);
-/// Pending signals (bit n-1 for signal n) and the blocked mask.
+/// Pending signals (bit n-1 for signal n).
 static PENDING: AtomicU64 = AtomicU64::new(0);
-static BLOCKED: AtomicU64 = AtomicU64::new(0);
+/// The blocked masks.
+static BLOCKED: Masks = Masks(spin::Mutex::new(alloc::collections::BTreeMap::new()));
+
+/// Blocked signals, one mask per thread as on Linux: glibc starts a
+/// thread with every signal blocked until it sets the thread's own mask,
+/// and jemalloc's background threads keep everything blocked; with one
+/// mask for all, the last such thread to run would block every signal of
+/// the program (SIGTERM from `kiln stop` among them). A new thread starts
+/// with its creator's mask ([`inherit_mask`]). Calls read and write the
+/// calling thread's.
+struct Masks(spin::Mutex<alloc::collections::BTreeMap<kiln_sched::ThreadId, u64>>);
+
+impl Masks {
+    fn load(&self, _: Ordering) -> u64 {
+        self.0.lock().get(&kiln_sched::current()).copied().unwrap_or(0)
+    }
+
+    fn store(&self, mask: u64, _: Ordering) {
+        self.0.lock().insert(kiln_sched::current(), mask);
+    }
+
+    fn swap(&self, mask: u64, _: Ordering) -> u64 {
+        self.0.lock().insert(kiln_sched::current(), mask).unwrap_or(0)
+    }
+}
+
+/// Thread `child` (just spawned by `clone`) starts with the calling
+/// thread's blocked mask.
+pub(crate) fn inherit_mask(child: kiln_sched::ThreadId) {
+    let mask = BLOCKED.load(Ordering::Relaxed);
+    BLOCKED.0.lock().insert(child, mask);
+}
+
+/// Thread `id` ended: its mask goes.
+pub(crate) fn forget_mask(id: kiln_sched::ThreadId) {
+    BLOCKED.0.lock().remove(&id);
+}
 /// ITIMER_REAL: (due, interval) in µs since boot; due 0 means off.
 static ALARM: spin::Mutex<(u64, u64)> = spin::Mutex::new((0, 0));
 /// When the next timer (the alarm or a POSIX timer) is due, µs since boot;

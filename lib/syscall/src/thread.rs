@@ -162,6 +162,7 @@ fn clone(a: [u64; 6], f: &Frame) -> Sys {
         0
     };
     TASKS.lock().insert(h.id(), Task { tid, clear_tid });
+    crate::signal::inherit_mask(h.id());
     Ok(tid as i64)
 }
 
@@ -182,6 +183,7 @@ fn exit_thread(code: i64) -> ! {
             wake(task.clear_tid, 1);
         }
     }
+    crate::signal::forget_mask(id);
     kiln_sched::exit_current()
 }
 
