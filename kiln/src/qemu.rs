@@ -422,14 +422,28 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     // QEMU's messages pass through; one of them tells a guest stopped by a
     // signal from outside from one that reset itself.
     let stopped_by = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    // QEMU pauses a guest after an internal error (a KVM emulation failure
+    // prints a register dump and waits forever): `kiln run` ends it.
+    let internal = Arc::new(AtomicBool::new(false));
     let relay = child.stderr.take().map(|err| {
-        let stopped_by = stopped_by.clone();
+        let (stopped_by, internal) = (stopped_by.clone(), internal.clone());
+        let pid = child.id() as libc::pid_t;
         std::thread::spawn(move || {
             use std::io::{BufRead, Write};
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 if let Some(sig) = terminating_signal(&line) {
                     stopped_by.store(sig, Ordering::SeqCst);
                     continue;
+                }
+                if internal_error(&line) && !internal.swap(true, Ordering::SeqCst) {
+                    // The register dump follows; then QEMU goes.
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(300));
+                        // SAFETY: kill(2) on our own child; if it has been
+                        // reaped meanwhile, the pid is not reused yet (we
+                        // have not returned from run).
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    });
                 }
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
@@ -457,6 +471,12 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     }
     // SAFETY: as above; the default disposition again.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    if internal.load(Ordering::SeqCst) {
+        eprintln!(
+            "kiln: QEMU stopped the guest after an internal error (message and registers above); it was ended (exit status {EXIT_CRASH})"
+        );
+        return Ok(EXIT_CRASH);
+    }
     if timed_out.load(Ordering::SeqCst) {
         eprintln!(
             "kiln: the guest did not finish within {:?}; QEMU was stopped (exit status {EXIT_TIMEOUT})",
@@ -492,10 +512,26 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     })
 }
 
+/// Whether QEMU's stderr `line` says it stopped the guest after an
+/// internal error (it then pauses the VM instead of exiting).
+fn internal_error(line: &str) -> bool {
+    line.starts_with("KVM internal error")
+        || line.starts_with("error: kvm run failed")
+        || line.contains("emulation failure")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn internal_errors_are_recognised() {
+        assert!(internal_error("KVM internal error. Suberror: 1"));
+        assert!(internal_error("emulation failure"));
+        assert!(internal_error("error: kvm run failed Bad address"));
+        assert!(!internal_error("qemu-system-x86_64: terminating on signal 15 from pid 7"));
+    }
 
     #[test]
     fn memory_sizes() {

@@ -73,6 +73,10 @@ pub enum Net {
 /// some hosts' KVM runs a non-PVM guest far slower than TCG does).
 pub struct Guest {
     child: Option<Child>,
+    /// What the guest printed so far (stdout, stderr), read as it comes: a
+    /// console pipe nobody reads fills up, and then the guest waits on its
+    /// serial port forever.
+    console: Option<(std::thread::JoinHandle<Vec<u8>>, std::thread::JoinHandle<Vec<u8>>)>,
     /// Address and port clients use for the guest port asked for.
     pub addr: std::net::SocketAddr,
     net: Net,
@@ -101,8 +105,16 @@ impl Guest {
                 b.guest
             }
         };
-        let child = c.arg(dir_s).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let g = Guest { child: Some(child), addr, net, _one_at_a_time: lock };
+        let mut child = c.arg(dir_s).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let drain = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        };
+        let console = Some((drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap()))));
+        let g = Guest { child: Some(child), console, addr, net, _one_at_a_time: lock };
         let start = Instant::now();
         while !ready(g.addr) {
             assert!(start.elapsed() < Duration::from_secs(90), "{dir_s} never became ready at {}", g.addr);
@@ -115,8 +127,10 @@ impl Guest {
     pub fn stop(mut self) -> String {
         let mut c = self.child.take().unwrap();
         let _ = c.kill();
-        let o = c.wait_with_output().unwrap();
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        let _ = c.wait();
+        let (out, err) = self.console.take().unwrap();
+        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))
     }
 }
 
