@@ -572,7 +572,7 @@ fn mqtt_soak(net: Net, label: &str) {
     let total: u64 = sent.iter().sum();
     println!(
         "soak: mqtt {label}: {total} messages published (QoS 1 and 2), {} deliveries checked, {} payload bytes, {nuisances} nuisance connections, 0 errors, p50 {:?}, p99 {:?}",
-        lat.len(),
+        seen.iter().map(|s| s.latencies.len()).sum::<usize>(),
         seen.iter().map(|s| s.bytes).sum::<u64>(),
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99),
