@@ -194,9 +194,13 @@ struct RunArgs {
     /// Guest memory (e.g. 64M, 1G)
     #[arg(long = "memory", short = 'M', default_value = "64M")]
     memory: String,
-    /// Disable hardware acceleration (use TCG even when KVM works)
+    /// Disable hardware acceleration (use TCG even when KVM works; the same as --accel tcg)
     #[arg(long = "disable-acceleration", short = 'W')]
     no_kvm: bool,
+    /// Accelerator: KVM when this host's KVM runs Kiln well, else TCG (auto);
+    /// or KVM (an error when unusable) or TCG
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: qemu::Accel,
     /// QEMU machine model
     #[arg(long, value_enum, default_value = "microvm")]
     machine: qemu::Machine,
@@ -439,16 +443,24 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
     };
 
-    let kvm = if a.no_kvm || arch != std::env::consts::ARCH.replace("aarch64", "arm64") {
-        false
-    } else {
-        match qemu::kvm_usable() {
+    let native = arch == std::env::consts::ARCH.replace("aarch64", "arm64");
+    let kvm = match (a.accel, a.no_kvm) {
+        (qemu::Accel::Tcg, _) | (_, true) => false,
+        (qemu::Accel::Kvm, false) => {
+            if !native {
+                anyhow::bail!("--accel kvm: KVM runs only {} guests on this host, not {arch}; leave --accel out to use TCG", std::env::consts::ARCH);
+            }
+            qemu::kvm_usable().map_err(|why| anyhow::anyhow!("--accel kvm: KVM is unusable here ({why}); leave --accel out to use TCG"))?;
+            true
+        }
+        (qemu::Accel::Auto, false) if !native => false,
+        (qemu::Accel::Auto, false) => match qemu::kvm_usable().and_then(|()| qemu::kvm_runs_kiln_well()) {
             Ok(()) => true,
             Err(why) => {
-                eprintln!("kiln: KVM unavailable ({why}); using TCG emulation, which is slower");
+                eprintln!("kiln: {why}; using TCG emulation");
                 false
             }
-        }
+        },
     };
 
     let initrd = match &a.initrd {

@@ -130,6 +130,17 @@ pub fn find_qemu(arch: &str) -> Result<PathBuf> {
     )
 }
 
+/// Which accelerator `kiln run` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when it can run Kiln well, else TCG.
+    Auto,
+    /// KVM, or an error.
+    Kvm,
+    /// QEMU's emulator.
+    Tcg,
+}
+
 /// Whether KVM can be used, and if not, why.
 pub fn kvm_usable() -> std::result::Result<(), String> {
     match std::fs::OpenOptions::new()
@@ -138,8 +149,20 @@ pub fn kvm_usable() -> std::result::Result<(), String> {
         .open("/dev/kvm")
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("/dev/kvm: {e}")),
+        Err(e) => Err(format!("KVM unavailable (/dev/kvm: {e})")),
     }
+}
+
+/// Whether this host's KVM runs a Kiln guest at hardware speed. PVM
+/// (the `kvm_pvm` module, KVM for hosts that are themselves VMs without
+/// nested virtualisation) runs only guests built for it: others it
+/// emulates instruction by instruction (about 1 µs each) and without SSE,
+/// which Linux programs need. TCG is faster there.
+pub fn kvm_runs_kiln_well() -> std::result::Result<(), String> {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Err("this host's KVM is PVM (kvm_pvm), which emulates a guest not built for it one instruction at a time and without SSE (--accel kvm uses it anyway)".into());
+    }
+    Ok(())
 }
 
 /// KVM's supported CPUID (KVM_GET_SUPPORTED_CPUID): (function, eax, ebx,

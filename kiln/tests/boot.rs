@@ -405,6 +405,32 @@ fn environment_reaches_the_app() {
     assert!(r.stdout.contains("GREETING=hello there"), "{}", r.stdout);
 }
 
+/// `--accel`: auto avoids a KVM that emulates (PVM) and says so; kvm
+/// insists on KVM; a bad value is refused.
+#[test]
+fn the_accelerator_is_chosen_and_explained() {
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let r = boot("helloworld", &[], &["auto"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let said_pvm = r.stderr.contains("this host's KVM is PVM (kvm_pvm)") && r.stderr.contains("using TCG emulation");
+    assert_eq!(said_pvm, kvm && pvm, "{}", r.stderr);
+    let banner = if kvm && !pvm { "KVM" } else { "TCG" };
+    assert!(r.stderr.contains(&format!("(microvm, {banner}, ")), "{}", r.stderr);
+    if kvm {
+        let r = boot("helloworld", &["--accel", "kvm"], &["kvm"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("(microvm, KVM, ") && r.stdout.contains("arg 1: kvm"), "{}", r.stderr);
+    } else {
+        let r = boot("helloworld", &["--accel", "kvm"], &[]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("--accel kvm: KVM is unusable here"), "{}", r.stderr);
+    }
+    let r = boot("helloworld", &["--accel", "fast"], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("invalid value 'fast'"), "{}", r.stderr);
+}
+
 #[test]
 fn tcg_and_q35_boot_too() {
     let r = boot("helloworld", &["-q", "-W"], &["tcg"]);

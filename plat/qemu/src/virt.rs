@@ -208,7 +208,9 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
                     nmmio += 1;
                 }
             }
-            "arm,pl061" => {
+            // With `secure=on`, virt has a second PL061 for the secure
+            // world (status "disabled" here); touching it faults.
+            "arm,pl061" if n.property("status").and_then(|p| p.as_str()) != Some("disabled") => {
                 if let Some((base, _)) = regs.next() {
                     power_button::found(base);
                 }
