@@ -16,5 +16,7 @@ fn fuzz(args: &[&str]) {
 #[test]
 fn kept_inputs_pass_and_every_target_survives_a_short_run() {
     fuzz(&["--replay"]);
-    fuzz(&["--seconds", "8"]);
+    // A fixed seed: the suite repeats the same runs (from a clean
+    // checkout's seeds), so it fails for a change, not for luck.
+    fuzz(&["--seconds", "8", "--seed", "1"]);
 }

@@ -128,7 +128,9 @@ pub fn parse_head(head: &[u8]) -> Result<Request, Reject> {
     else {
         return Err(Reject(400));
     };
-    if method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase()) {
+    // As `hopeless` judges a request line still arriving: a method is 1-32
+    // capital letters.
+    if method.is_empty() || method.len() > 32 || !method.bytes().all(|c| c.is_ascii_uppercase()) {
         return Err(Reject(400));
     }
     let http10 = match version {
@@ -518,6 +520,11 @@ mod tests {
         assert_eq!(r.path, "/a b.html");
         assert!(r.keep_alive && !r.http10);
         assert_eq!(r.if_none_match.as_deref(), Some("\"1-2\""));
+        // Found by fuzzing: 34 capital letters parsed as a method, while
+        // the same line still arriving was already answered 400.
+        let long = b"GKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKET / HTTP/1.1";
+        assert_eq!(parse_head(long), Err(Reject(400)));
+        assert!(hopeless(&long[..33]));
         let r = parse_head(b"HEAD / HTTP/1.0").unwrap();
         assert!(!r.keep_alive && r.http10);
         assert!(
