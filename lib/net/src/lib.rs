@@ -25,7 +25,9 @@ use kiln_virtio::virtio_drivers::transport::DeviceType;
 use kiln_virtio::virtio_drivers::transport::SomeTransport;
 use kiln_virtio::KilnHal;
 
-type Transport = SomeTransport<'static>;
+/// Status writes in the specification's steps (strict devices refuse
+/// virtio-drivers' combined ones).
+type Transport = kiln_virtio::Stepwise<SomeTransport<'static>>;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
@@ -256,8 +258,12 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         kiln_console::log!(kiln_console::Level::Info, "net: no network device");
         return Ok(());
     };
-    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN)
+    let refused = kiln_virtio::refused();
+    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(kiln_virtio::Stepwise(t), BUF_LEN)
         .map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
+    if kiln_virtio::refused() != refused {
+        return Err("net: the virtio-net device refused the features Kiln asked for; no network".into());
+    }
     let mac = dev.mac_address();
     let mut nic = Nic(dev, usize::MAX);
     let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");

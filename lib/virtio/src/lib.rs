@@ -19,6 +19,9 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 pub use virtio_drivers;
 
+mod stepwise;
+pub use stepwise::{refused, Stepwise};
+
 /// Kiln's glue for virtio-drivers.
 pub struct KilnHal;
 

@@ -1,0 +1,263 @@
+//! Device status, one step at a time.
+//!
+//! The virtio specification (3.1.1) has the driver set the status bits in
+//! order, each in its own write: ACKNOWLEDGE, DRIVER, then FEATURES_OK,
+//! which it must read back (a device that cannot work with the features
+//! clears it), then DRIVER_OK. virtio-drivers 0.13 writes
+//! ACKNOWLEDGE|DRIVER at once and never reads FEATURES_OK back. QEMU does
+//! not mind; a strict device (Firecracker's) refuses the jump and every
+//! later write, and the driver went on as if the device were up.
+//! [`Stepwise`] wraps any transport and splits each status write into the
+//! specification's steps; a device that drops FEATURES_OK is set FAILED,
+//! counted in [`refused`] and reported, so the driver using it can say the
+//! device is unusable instead of waiting on it forever.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::PhysAddr;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Devices that refused the features their driver asked for.
+static REFUSED: AtomicU32 = AtomicU32::new(0);
+
+/// How many devices have refused their driver's features since boot.
+pub fn refused() -> u32 {
+    REFUSED.load(Ordering::Relaxed)
+}
+
+/// The status bits in the order the specification sets them.
+const STEPS: [DeviceStatus; 4] = [
+    DeviceStatus::ACKNOWLEDGE,
+    DeviceStatus::DRIVER,
+    DeviceStatus::FEATURES_OK,
+    DeviceStatus::DRIVER_OK,
+];
+
+/// A transport whose status writes follow the specification's steps.
+pub struct Stepwise<T>(pub T);
+
+impl<T: Transport> Transport for Stepwise<T> {
+    fn device_type(&self) -> DeviceType {
+        self.0.device_type()
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        self.0.read_device_features()
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        self.0.write_driver_features(driver_features)
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        self.0.max_queue_size(queue)
+    }
+
+    fn notify(&mut self, queue: u16) {
+        self.0.notify(queue)
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        self.0.get_status()
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        // A reset is one write.
+        if status.is_empty() {
+            self.0.set_status(status);
+            return;
+        }
+        let mut now = self.0.get_status();
+        // A failed device stays so until reset.
+        if now.contains(DeviceStatus::FAILED) {
+            return;
+        }
+        for step in STEPS {
+            if !status.contains(step) || now.contains(step) {
+                continue;
+            }
+            now |= step;
+            self.0.set_status(now);
+            if step == DeviceStatus::FEATURES_OK && !self.0.get_status().contains(step) {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+                kiln_console::log!(
+                    kiln_console::Level::Warn,
+                    "virtio: the {:?} device refused the features its driver asked for; it is set FAILED",
+                    self.0.device_type()
+                );
+                let cur = self.0.get_status();
+                self.0.set_status(cur | DeviceStatus::FAILED);
+                return;
+            }
+        }
+        let mut rest = status;
+        for step in STEPS {
+            rest.remove(step);
+        }
+        if !rest.is_empty() {
+            self.0.set_status(now | rest);
+        }
+    }
+
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        self.0.set_guest_page_size(guest_page_size)
+    }
+
+    fn requires_legacy_layout(&self) -> bool {
+        self.0.requires_legacy_layout()
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        self.0.queue_set(queue, size, descriptors, driver_area, device_area)
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        self.0.queue_unset(queue)
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.0.queue_used(queue)
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.0.ack_interrupt()
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        self.0.read_config_generation()
+    }
+
+    fn read_config_space<C: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<C> {
+        self.0.read_config_space(offset)
+    }
+
+    fn write_config_space<C: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: C,
+    ) -> virtio_drivers::Result<()> {
+        self.0.write_config_space(offset, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device as strict as Firecracker's: a status write may add one bit
+    /// to the current status (or reset it); anything else is refused, and
+    /// once refused, every later write too. `keep_features` false: it
+    /// clears FEATURES_OK, as a device that cannot work with the features.
+    struct Strict {
+        status: u32,
+        broken: bool,
+        keep_features: bool,
+        writes: std::vec::Vec<u32>,
+    }
+
+    impl Strict {
+        fn new(keep_features: bool) -> Self {
+            Strict { status: 0, broken: false, keep_features, writes: std::vec::Vec::new() }
+        }
+    }
+
+    impl Transport for Strict {
+        fn device_type(&self) -> DeviceType {
+            DeviceType::Network
+        }
+        fn read_device_features(&mut self) -> u64 {
+            1 << 32 | 1 << 5 // VERSION_1, MAC
+        }
+        fn write_driver_features(&mut self, _: u64) {}
+        fn max_queue_size(&mut self, _: u16) -> u32 {
+            16
+        }
+        fn notify(&mut self, _: u16) {}
+        fn get_status(&self) -> DeviceStatus {
+            DeviceStatus::from_bits_truncate(self.status)
+        }
+        fn set_status(&mut self, status: DeviceStatus) {
+            let new = status.bits();
+            self.writes.push(new);
+            let added = new & !self.status;
+            let ok = new == 0 || (new & self.status == self.status && added.count_ones() == 1) || added == DeviceStatus::FAILED.bits();
+            if new == 0 {
+                self.broken = false;
+            } else if !ok || self.broken {
+                self.broken = true;
+                return;
+            }
+            self.status = new;
+            if !self.keep_features {
+                self.status &= !DeviceStatus::FEATURES_OK.bits();
+            }
+        }
+        fn set_guest_page_size(&mut self, _: u32) {}
+        fn requires_legacy_layout(&self) -> bool {
+            false
+        }
+        fn queue_set(&mut self, _: u16, _: u32, _: PhysAddr, _: PhysAddr, _: PhysAddr) {}
+        fn queue_unset(&mut self, _: u16) {}
+        fn queue_used(&mut self, _: u16) -> bool {
+            false
+        }
+        fn ack_interrupt(&mut self) -> InterruptStatus {
+            InterruptStatus::empty()
+        }
+        fn read_config_generation(&self) -> u32 {
+            0
+        }
+        fn read_config_space<C: FromBytes + IntoBytes>(&self, _: usize) -> virtio_drivers::Result<C> {
+            Ok(C::new_zeroed())
+        }
+        fn write_config_space<C: IntoBytes + Immutable>(&mut self, _: usize, _: C) -> virtio_drivers::Result<()> {
+            Ok(())
+        }
+    }
+
+    bitflags::bitflags! {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        struct Features: u64 {
+            const VERSION_1 = 1 << 32;
+            const MAC = 1 << 5;
+        }
+    }
+
+    #[test]
+    fn the_crate_alone_breaks_a_strict_device() {
+        let mut t = Strict::new(true);
+        t.begin_init(Features::all());
+        t.finish_init();
+        assert!(t.broken, "ACKNOWLEDGE|DRIVER in one write is refused");
+        assert_ne!(t.status, 0xf);
+    }
+
+    #[test]
+    fn stepwise_brings_a_strict_device_up() {
+        let mut t = Stepwise(Strict::new(true));
+        let f = t.begin_init(Features::all());
+        t.finish_init();
+        assert_eq!(f, Features::all());
+        assert!(!t.0.broken);
+        assert_eq!(t.0.status, 0xf, "ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK");
+        assert_eq!(t.0.writes, [0, 1, 3, 0xb, 0xf]);
+    }
+
+    #[test]
+    fn a_device_that_drops_features_ok_is_failed_and_counted() {
+        let before = refused();
+        let mut t = Stepwise(Strict::new(false));
+        t.begin_init(Features::all());
+        t.finish_init();
+        assert_eq!(refused(), before + 1);
+        assert!(t.0.status & DeviceStatus::FAILED.bits() != 0);
+        assert!(t.0.status & DeviceStatus::DRIVER_OK.bits() == 0, "never set DRIVER_OK");
+    }
+}
