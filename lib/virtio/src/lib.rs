@@ -129,6 +129,20 @@ pub fn pci_devices(kind: DeviceType) -> Vec<PciTransport> {
     if !kiln_boot::platform().is_some_and(|p| p.has_pci_ports()) {
         return out;
     }
+    // A machine without PCI reads all ones (QEMU's microvm) or zeros
+    // (Firecracker) from the configuration ports: look once at 00:00.0 (a
+    // PC's host bridge) before scanning 32 slots a VMM may log every
+    // access to.
+    static NO_PCI: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if NO_PCI.load(core::sync::atomic::Ordering::Relaxed) {
+        return out;
+    }
+    let host = DeviceFunction { bus: 0, device: 0, function: 0 };
+    let id = PortCam.read_word(host, 0);
+    if id == 0xffff_ffff || id == 0 {
+        NO_PCI.store(true, core::sync::atomic::Ordering::Relaxed);
+        return out;
+    }
     let mut root = PciRoot::new(PortCam);
     let found: Vec<DeviceFunction> = root
         .enumerate_bus(0)
