@@ -1985,11 +1985,17 @@ config CMP
         assert_eq!(resolve(&t, &user), x);
     }
 
+    /// Where a test writes its Kconfig file: a scratch folder of its own.
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-kconfig-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("Kconfig")
+    }
+
     #[test]
     fn unterminated_strings_are_errors_not_crashes() {
-        let d = std::env::temp_dir().join(format!("kiln-kconfig-quote-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let p = d.join("Kconfig");
+        let p = scratch("quote");
+        let d = p.parent().unwrap();
         let load = |text: &str| {
             std::fs::write(&p, text).unwrap();
             Tree::load_file(&p)
@@ -2008,9 +2014,8 @@ config CMP
 
     #[test]
     fn errors_name_file_line_and_symbol() {
-        let d = std::env::temp_dir().join(format!("kiln-kconfig-err-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let p = d.join("Kconfig");
+        let p = scratch("err");
+        let d = p.parent().unwrap();
         let load = |text: &str| {
             std::fs::write(&p, text).unwrap();
             Tree::load_file(&p).and_then(|t| t.check().map(|_| t))

@@ -454,7 +454,10 @@ fn run(a: &RunArgs) -> Result<i32> {
             true
         }
         (qemu::Accel::Auto, false) if !native => false,
-        (qemu::Accel::Auto, false) => match qemu::kvm_usable().and_then(|()| qemu::kvm_runs_kiln_well()) {
+        (qemu::Accel::Auto, false) => match qemu::kvm_usable()
+            .map_err(|why| format!("KVM unavailable ({why})"))
+            .and_then(|()| qemu::kvm_runs_kiln_well())
+        {
             Ok(()) => true,
             Err(why) => {
                 eprintln!("kiln: {why}; using TCG emulation");

@@ -149,7 +149,7 @@ pub fn kvm_usable() -> std::result::Result<(), String> {
         .open("/dev/kvm")
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("KVM unavailable (/dev/kvm: {e})")),
+        Err(e) => Err(format!("/dev/kvm: {e}")),
     }
 }
 

@@ -70,7 +70,7 @@ pub trait Platform: Sync {
     }
 }
 
-/// 0: running; 1: the host asked to stop and the handler ran.
+/// Whether the host asked to stop (and the handler ran).
 static STOP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// What runs when the host asks to stop (None: the default, exit 0).
 static STOP_HANDLER: spin::Mutex<Option<fn()>> = spin::Mutex::new(None);

@@ -20,8 +20,9 @@
 //! timer or another thread). The one signal from outside is SIGTERM when
 //! the host asks the machine to stop (`kiln stop`): while it is pending,
 //! blocking calls (reads, accepts, poll, epoll_wait) return EINTR so the
-//! handler runs; left at its default it ends the program with status 0. x86_64 only: on arm64 handlers are recorded
-//! but nothing is delivered.
+//! handler runs; left at its default it ends the program with status 0.
+//! x86_64 only: on arm64 handlers are recorded but nothing is delivered
+//! (the host's SIGTERM ends the program there).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 #[cfg(target_arch = "x86_64")]
@@ -60,15 +61,17 @@ static BLOCKED: Masks = Masks(spin::Mutex::new(alloc::collections::BTreeMap::new
 struct Masks(spin::Mutex<alloc::collections::BTreeMap<kiln_sched::ThreadId, u64>>);
 
 impl Masks {
-    fn load(&self, _: Ordering) -> u64 {
+    /// The calling thread's mask.
+    fn get(&self) -> u64 {
         self.0.lock().get(&kiln_sched::current()).copied().unwrap_or(0)
     }
 
-    fn store(&self, mask: u64, _: Ordering) {
+    fn set(&self, mask: u64) {
         self.0.lock().insert(kiln_sched::current(), mask);
     }
 
-    fn swap(&self, mask: u64, _: Ordering) -> u64 {
+    /// Sets the calling thread's mask; returns the one it had.
+    fn replace(&self, mask: u64) -> u64 {
         self.0.lock().insert(kiln_sched::current(), mask).unwrap_or(0)
     }
 }
@@ -76,7 +79,7 @@ impl Masks {
 /// Thread `child` (just spawned by `clone`) starts with the calling
 /// thread's blocked mask.
 pub(crate) fn inherit_mask(child: kiln_sched::ThreadId) {
-    let mask = BLOCKED.load(Ordering::Relaxed);
+    let mask = BLOCKED.get();
     BLOCKED.0.lock().insert(child, mask);
 }
 
@@ -165,7 +168,7 @@ fn sigaction(sig: u64, act: u64, old: u64) -> Sys {
 }
 
 fn sigprocmask(how: u64, set: u64, old: u64) -> Sys {
-    let cur = BLOCKED.load(Ordering::Relaxed);
+    let cur = BLOCKED.get();
     if old != 0 {
         // SAFETY: see `crate::bytes`.
         unsafe { put(old, &cur.to_le_bytes()) }?;
@@ -179,7 +182,7 @@ fn sigprocmask(how: u64, set: u64, old: u64) -> Sys {
             2 => s,
             _ => return Err(errno::EINVAL),
         };
-        BLOCKED.store(new, Ordering::Relaxed);
+        BLOCKED.set(new);
     }
     Ok(0)
 }
@@ -236,14 +239,14 @@ pub(crate) fn stop_from_host() {
 /// Whether a blocking call should give up with EINTR: the host's SIGTERM
 /// is pending, unblocked, and has a handler to run.
 pub(crate) fn interrupted() -> bool {
-    FROM_HOST.load(Ordering::Relaxed) && PENDING.load(Ordering::Relaxed) & !BLOCKED.load(Ordering::Relaxed) & bit(SIGTERM) != 0
+    FROM_HOST.load(Ordering::Relaxed) && PENDING.load(Ordering::Relaxed) & !BLOCKED.get() & bit(SIGTERM) != 0
 }
 
 /// Makes `sig` pending (or acts on it at once if it is not blocked and has
 /// no handler).
 fn pend(sig: u64, info: Info) {
     let handler = ACTIONS.lock()[sig as usize].handler;
-    let blocked = BLOCKED.load(Ordering::Relaxed) & bit(sig) != 0;
+    let blocked = BLOCKED.get() & bit(sig) != 0;
     match handler {
         SIG_IGN => return,
         SIG_DFL if ignored_by_default(sig) => return,
@@ -381,7 +384,7 @@ fn wait_for(set: u64, deadline: Option<u64>) -> bool {
 
 /// pause/rt_sigsuspend: waits for a signal that is not blocked, then EINTR.
 fn pause() -> Sys {
-    wait_for(!BLOCKED.load(Ordering::Relaxed), None);
+    wait_for(!BLOCKED.get(), None);
     Err(errno::EINTR)
 }
 
@@ -520,9 +523,9 @@ fn timer_settime(id: u64, flags: u64, new: u64, old: u64) -> Sys {
 fn suspend(mask: u64) -> Sys {
     // SAFETY: see `crate::bytes`.
     let mask = unsafe { get_u64(mask) }?;
-    let old = BLOCKED.swap(mask & !(bit(9) | bit(19)), Ordering::Relaxed);
+    let old = BLOCKED.replace(mask & !(bit(9) | bit(19)));
     let r = pause();
-    BLOCKED.store(old, Ordering::Relaxed);
+    BLOCKED.set(old);
     r
 }
 
@@ -533,7 +536,7 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         13 => sigaction(a[0], a[1], a[2]),
         14 => sigprocmask(a[0], a[1], a[2]),
         127 => {
-            let p = PENDING.load(Ordering::Relaxed) & BLOCKED.load(Ordering::Relaxed);
+            let p = PENDING.load(Ordering::Relaxed) & BLOCKED.get();
             // SAFETY: see `crate::bytes`.
             unsafe { put(a[0], &p.to_le_bytes()) }.map(|_| 0)
         }
@@ -573,7 +576,13 @@ const UC_SIZE: u64 = UC_SIGMASK + 8;
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     check_alarm();
-    let ready = PENDING.load(Ordering::Relaxed) & !BLOCKED.load(Ordering::Relaxed);
+    // Every system call returns through here: the mask (a lock and a
+    // lookup) only when something is pending.
+    let pending = PENDING.load(Ordering::Relaxed);
+    if pending == 0 {
+        return None;
+    }
+    let ready = pending & !BLOCKED.get();
     if ready == 0 {
         return None;
     }
@@ -609,7 +618,7 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     // cs (the kernel's: programs run in ring 0), then fpstate.
     ucb[(UC_MCONTEXT + 144) as usize..(UC_MCONTEXT + 146) as usize].copy_from_slice(&8u16.to_le_bytes());
     ucb[(UC_MCONTEXT + 184) as usize..(UC_MCONTEXT + 192) as usize].copy_from_slice(&fp.to_le_bytes());
-    let blocked = BLOCKED.load(Ordering::Relaxed);
+    let blocked = BLOCKED.get();
     ucb[UC_SIGMASK as usize..].copy_from_slice(&blocked.to_le_bytes());
     let infob = siginfo(sig);
     #[allow(unused_mut)]
@@ -628,7 +637,7 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     if a.flags & SA_NODEFER == 0 {
         mask |= bit(sig);
     }
-    BLOCKED.store(mask & !(bit(9) | bit(19)), Ordering::Relaxed);
+    BLOCKED.set(mask & !(bit(9) | bit(19)));
     let mut n = *f;
     n.nr = 0;
     n.a = [sig, info, uc, 0, 0, 0];
@@ -662,7 +671,7 @@ pub(crate) fn sigreturn(f: &Frame) -> Result<Frame, i64> {
     let fp = r(23)?;
     // SAFETY: see `crate::bytes`.
     let mask = unsafe { get_u64(uc + UC_SIGMASK) }?;
-    BLOCKED.store(mask & !(bit(9) | bit(19)), Ordering::Relaxed);
+    BLOCKED.set(mask & !(bit(9) | bit(19)));
     if fp != 0 && fp.is_multiple_of(16) {
         #[allow(unused_mut)]
         let mut st = kiln_arch_x86_64::syscall::FpState::new();
