@@ -35,9 +35,15 @@ pub fn test_programs() -> PathBuf {
     root().join("kiln/tests/linux/hello")
 }
 
+/// Builds of the test programs run one at a time: two cargo processes
+/// creating `target/` and a new `--target-dir` under it at once race (one
+/// saw its fresh directory's parent missing).
+static BUILDING: Mutex<()> = Mutex::new(());
+
 /// Runs cargo with `args` on the Linux test programs; fails the test if
 /// the build fails.
 pub fn cargo_in_test_programs(args: &[&str]) {
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let o = Command::new(env!("CARGO"))
         .args(args)
         .current_dir(test_programs())
