@@ -198,6 +198,10 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
     if kf.rootfs.is_some() && !user.contains_key("LIBINITRD") {
         user.insert("LIBINITRD".to_string(), "y".to_string());
     }
+    // Volumes need the disk file system (which brings the block driver).
+    if !kf.volumes.is_empty() && !user.contains_key("LIBFATFS") {
+        user.insert("LIBFATFS".to_string(), "y".to_string());
+    }
     for (k, v, line) in kf.kconfig.iter().chain(&target.kconfig) {
         set(
             tree,

@@ -244,6 +244,17 @@ fn alive(pid: u32) -> bool {
             .is_ok_and(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
 }
 
+/// The running instance whose machine has `image` as a disk, if any.
+pub fn using(image: &Path) -> Option<String> {
+    let want = std::fs::canonicalize(image).ok()?;
+    let needle = format!("file={},", want.display());
+    std::fs::read_dir(state_dir()).ok()?.flatten().find_map(|e| {
+        let i = read_info(&e.path()).ok()?;
+        let running = !e.path().join("exit").exists() && i.pid.is_some_and(alive);
+        (running && i.command.iter().any(|a| a.contains(&needle))).then_some(i.name)
+    })
+}
+
 /// An instance's state as `kiln ps` shows it.
 #[derive(Serialize, Debug, Clone)]
 pub struct Row {

@@ -144,7 +144,36 @@ struct Raw {
     runtime: Option<serde::de::IgnoredAny>,
     libraries: Option<serde::de::IgnoredAny>,
     template: Option<serde::de::IgnoredAny>,
-    volumes: Option<serde::de::IgnoredAny>,
+    volumes: Option<Spanned<Vec<Spanned<RawVolume>>>>,
+}
+
+/// A `volumes:` entry: `SOURCE:DESTINATION[:ro]`, or the long form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawVolume {
+    Short(String),
+    Long(LongVolume),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongVolume {
+    source: String,
+    destination: String,
+    driver: Option<String>,
+    #[serde(alias = "readOnly", alias = "readonly", default)]
+    read_only: bool,
+}
+
+/// A volume the Kraftfile names; `kiln run` resolves the source (an image
+/// file relative to the Kraftfile, or a named volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub source: String,
+    pub destination: String,
+    pub driver: Option<String>,
+    pub read_only: bool,
+    pub line: u64,
 }
 
 /// A build target: platform and architecture.
@@ -201,6 +230,8 @@ pub struct Kraftfile {
     /// Kraftfile line that names them.
     pub programs: Vec<PathBuf>,
     pub programs_line: u64,
+    /// `volumes:`, unresolved.
+    pub volumes: Vec<Volume>,
     /// Things worth telling the user (ignored fields and why).
     pub notes: Vec<String>,
 }
@@ -321,11 +352,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             "Kiln's libraries are chosen with Kconfig (`kconfig:` or `kiln menu`)",
         ),
         ("template", &raw.template, "templates are not supported yet"),
-        (
-            "volumes",
-            &raw.volumes,
-            "volumes are not supported yet; use `rootfs:` for files",
-        ),
     ] {
         if val.is_some() {
             return Err(at(
@@ -470,6 +496,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             p.value.into_iter().map(|v| (v, line)).collect()
         }
     };
+    let mut volumes = Vec::new();
+    for v in raw.volumes.map(|v| v.value).unwrap_or_default() {
+        let line = v.referenced.line();
+        volumes.push(match v.value {
+            RawVolume::Short(s) => {
+                let parts: Vec<&str> = s.split(':').collect();
+                let (source, destination, read_only) = match parts[..] {
+                    [a, b] => (a, b, false),
+                    [a, b, "ro"] => (a, b, true),
+                    [a, b, "rw"] => (a, b, false),
+                    _ => return Err(at(path, line, format!("volumes: '{s}': expected SOURCE:DESTINATION[:ro]"))),
+                };
+                Volume { source: source.into(), destination: destination.into(), driver: None, read_only, line }
+            }
+            RawVolume::Long(l) => Volume { source: l.source, destination: l.destination, driver: l.driver, read_only: l.read_only, line },
+        });
+    }
     Ok(Kraftfile {
         path: path.to_path_buf(),
         name,
@@ -482,6 +525,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         rootfs,
         programs,
         programs_line,
+        volumes,
         notes,
     })
 }

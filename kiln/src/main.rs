@@ -11,6 +11,7 @@ mod network;
 mod qemu;
 mod rootfs;
 mod ui;
+mod volume;
 
 use kiln::{kconfig, kraftfile};
 
@@ -55,6 +56,24 @@ enum Cmd {
     /// Put host programs into an app's rootfs folder
     #[command(subcommand)]
     Rootfs(RootfsCmd),
+    /// Volumes (disk images with a FAT file system) for `kiln run -v`: create, rm, ls
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Make a volume: an image of SIZE with an empty FAT file system
+    Create {
+        name: String,
+        /// Its size (e.g. 64M, 1G)
+        #[arg(long, default_value = "64M")]
+        size: String,
+    },
+    /// Remove a volume and its data
+    Rm { name: String },
+    /// List volumes
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +252,10 @@ struct RunArgs {
     /// An initrd for this run instead of the embedded one: a cpio file or a folder
     #[arg(long, value_name = "FILE|DIR")]
     initrd: Option<PathBuf>,
+    /// Mount a volume: HOST:GUEST[:ro], HOST an image file or a volume's name
+    /// (kiln volume create); repeatable
+    #[arg(long = "volume", short = 'v', value_name = "HOST:GUEST[:ro]")]
+    volumes: Vec<String>,
     /// Extra kernel parameters (before the app's arguments)
     #[arg(long = "kernel-arg", value_name = "PARAM")]
     kernel_args: Vec<String>,
@@ -400,6 +423,10 @@ fn run(a: &RunArgs) -> Result<i32> {
     for p in &a.ports {
         ports.push(qemu::parse_port(p)?);
     }
+    let mut volumes = Vec::new();
+    for v in &a.volumes {
+        volumes.push(volume::parse(v, std::path::Path::new("."))?);
+    }
     let mut net_in_kernel = false;
     let mut app_name = String::from("kernel");
     let target_name: String;
@@ -414,7 +441,16 @@ fn run(a: &RunArgs) -> Result<i32> {
             (k.clone(), arch, Vec::new())
         }
         None => {
-            let (kf, target) = load(&a.target, &ui)?;
+            let (mut kf, target) = load(&a.target, &ui)?;
+            // The Kraftfile's volumes, then -v's; any volume brings the
+            // disk file system into the kernel.
+            let mut all = volume::from_kraftfile(&kf)?;
+            all.append(&mut volumes);
+            volumes = all;
+            volume::check(&volumes)?;
+            if !volumes.is_empty() {
+                kf.kconfig.push(("CONFIG_LIBFATFS".into(), "y".into(), 0));
+            }
             // Fail before compiling when QEMU is missing.
             qemu::find_qemu(&target.arch)?;
             let mut all_env = kf.env.clone();
@@ -526,6 +562,12 @@ fn run(a: &RunArgs) -> Result<i32> {
     if a.strace {
         kernel_args.push("syscall.strace=1".into());
     }
+    if !volumes.is_empty() && target_name.starts_with("raspi") {
+        anyhow::bail!("volumes need a virtio-blk disk, which QEMU's Raspberry Pi boards do not have; run the qemu/{arch} target");
+    }
+    if let Some(p) = volume::fstab_param(&volumes) {
+        kernel_args.push(p);
+    }
     if let Some(t) = &tap {
         if !ports.is_empty() {
             anyhow::bail!("-p forwards ports on the user network; a bridged guest is reachable at its own address");
@@ -590,6 +632,7 @@ fn run(a: &RunArgs) -> Result<i32> {
         net,
         bridge,
         detached: None,
+        volumes,
     };
     if a.detach {
         let name = match &a.name {
@@ -689,6 +732,12 @@ fn main() {
         Cmd::Net(NetCmd::Create { name, subnet }) => network::create(name, subnet).map(|_| 0),
         Cmd::Net(NetCmd::Rm { name }) => network::remove(name).map(|_| 0),
         Cmd::Net(NetCmd::Ls) => network::list().map(|_| 0),
+        Cmd::Volume(VolumeCmd::Create { name, size }) => volume::create(name, size).map(|p| {
+            println!("{}", p.display());
+            0
+        }),
+        Cmd::Volume(VolumeCmd::Rm { name }) => volume::remove(name).map(|_| 0),
+        Cmd::Volume(VolumeCmd::Ls) => volume::list().map(|_| 0),
         Cmd::Ps(a) => instance::ps(a.json).map(|_| 0),
         Cmd::Logs(a) => instance::logs(&a.name, a.follow).map(|_| 0),
         Cmd::Stop(a) => instance::stop(&a.name).map(|_| 0),

@@ -55,6 +55,9 @@ pub struct RunSpec {
     /// Detached: the console goes to this file and QMP listens on this
     /// socket, instead of the terminal.
     pub detached: Option<(PathBuf, PathBuf)>,
+    /// Volumes: each image becomes a virtio-blk disk with the serial
+    /// number `vfs.fstab=` names it by (see `volume`).
+    pub volumes: Vec<crate::volume::Mount>,
 }
 
 /// `-p HOST:GUEST[/tcp|udp]`.
@@ -365,6 +368,21 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
             };
         }
         c.args(["-netdev", &netdev, "-device", nic]);
+    }
+    for (i, v) in spec.volumes.iter().enumerate() {
+        // QEMU's option syntax doubles commas inside a value.
+        let file = std::fs::canonicalize(&v.image).unwrap_or_else(|_| v.image.clone());
+        let file = file.display().to_string().replace(',', ",,");
+        c.arg("-drive").arg(format!(
+            "file={file},if=none,id=vol{i},format=raw,cache=writeback{}",
+            if v.read_only { ",readonly=on" } else { "" }
+        ));
+        let blk = match spec.machine {
+            _ if arm => "virtio-blk-device",
+            Machine::Microvm => "virtio-blk-device",
+            Machine::Q35 => "virtio-blk-pci,disable-legacy=on",
+        };
+        c.arg("-device").arg(format!("{blk},drive=vol{i},serial={}", crate::volume::serial(i)));
     }
     if let Some(i) = &spec.initrd {
         c.arg("-initrd").arg(i);

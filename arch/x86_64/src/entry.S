@@ -5,7 +5,7 @@
  * physical address of the boot information. This code:
  *   1. reads the TSC (the reference point for boot-time measurement);
  *   2. links the identity page tables: 0-1 GiB with 2 MiB pages, except the
- *      first 2 MiB, mapped with 4 KiB pages. These tables are final: the
+ *      first 4 MiB, mapped with 4 KiB pages. These tables are final: the
  *      linker computes every entry of the 4 KiB table (pagetable.ld), so the
  *      kernel is W^X from the first instruction (text read-only and
  *      executable, rodata read-only, everything else not executable, the
@@ -24,7 +24,7 @@ _kiln_entry32:
     mov %edx, kiln_entry_tsc+4
     mov %ebx, %esi
 
-    /* PML4[0] -> PDPT -> PD. The PD and the PT for the first 2 MiB are
+    /* PML4[0] -> PDPT -> PD. The PD and the PTs for the first 4 MiB are
      * built by the assembler (below), so boot runs no loop here: on
      * hypervisors that emulate a non-paravirtual guest instruction by
      * instruction, every instruction before main counts. */
@@ -87,15 +87,16 @@ kiln_pml4: .skip 4096
 kiln_pdpt: .skip 4096
 
 /* PD: the first GiB in 2 MiB pages (present, writable, large, not
- * executable), except entry 0, which points to the 4 KiB page table for the
- * first 2 MiB (kiln_pt, in pagetable.ld). */
+ * executable), except entries 0 and 1, which point to the 4 KiB page tables
+ * of the first 4 MiB (kiln_pt, two tables, in pagetable.ld). */
 .section .data.kiln.pagetables, "aw"
 .balign 4096
 .global kiln_pd
 kiln_pd:
     .quad kiln_pt + 0x3
-    .set kiln_i, 1
-    .rept 511
+    .quad kiln_pt + 0x1000 + 0x3
+    .set kiln_i, 2
+    .rept 510
     .quad (kiln_i << 21) | 0x83 | 0x8000000000000000
     .set kiln_i, kiln_i + 1
     .endr

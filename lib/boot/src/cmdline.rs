@@ -85,7 +85,19 @@ pub const PLATFORM_PREFIX: &str = "virtio_mmio.device=";
 pub fn parse(line: &str) -> Result<CmdLine, Error> {
     let mut out = CmdLine::default();
     let mut in_args = false;
-    for (w, quoted) in split(line)? {
+    let mut words = split(line)?.into_iter();
+    while let Some((mut w, quoted)) = words.next() {
+        // A list value in brackets, `name=[ a b ]` (Unikraft's form for
+        // vfs.fstab=), is one parameter: its words are gathered up to `]`.
+        if !in_args && w.split_once('=').is_some_and(|(_, v)| v.starts_with('[') && !v.ends_with(']')) {
+            for (next, _) in words.by_ref() {
+                w.push(' ');
+                w.push_str(&next);
+                if next.ends_with(']') {
+                    break;
+                }
+            }
+        }
         // The machine may append its own parameters after the app's
         // arguments (QEMU's microvm adds virtio_mmio.device=...): those are
         // never the app's.
@@ -165,6 +177,14 @@ mod tests {
 
     fn strs(v: &[String]) -> Vec<&str> {
         v.iter().map(|s| s.as_str()).collect()
+    }
+
+    #[test]
+    fn a_bracketed_list_is_one_parameter() {
+        let c = parse("vfs.fstab=[ \"vda:/data:vfat\" \"vdb:/x:vfat:ro\" ] netdev.ip=dhcp -- a").unwrap();
+        assert_eq!(c.params[0], ("vfs.fstab".into(), Some("[ vda:/data:vfat vdb:/x:vfat:ro ]".into())));
+        assert_eq!(c.params[1].0, "netdev.ip");
+        assert_eq!(c.args, ["a"]);
     }
 
     #[test]

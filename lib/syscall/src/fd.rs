@@ -1013,23 +1013,55 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
             }),
             90 => path_arg(AT_FDCWD, a[0]).and_then(|p| vfs_call(vfs().chmod(&p, a[1] as u32))),
             268 => path_arg(fd, a[1]).and_then(|p| vfs_call(vfs().chmod(&p, a[2] as u32))),
-            // fchmod, ownership, times, sync, advice, flock: nothing to keep
-            // (one user; the rootfs lives in memory).
-            91 | 92 | 93 | 94 | 260 | 132 | 235 | 280 | 261 | 74 | 75 | 162 | 221 | 73 | 285
-            | 277 => Ok(0),
+            // fchmod, ownership, times, advice, flock: nothing to keep (one
+            // user).
+            91 | 92 | 93 | 94 | 260 | 132 | 235 | 280 | 261 | 221 | 285 | 73 => Ok(0),
+            // fsync, fdatasync, sync_file_range: the file's file system
+            // makes it durable (a disk's flushes the device); other
+            // descriptors have nothing to keep.
+            74 | 75 | 277 => get(fd).and_then(|d| match &d.kind {
+                Kind::File(f) => vfs_call(vfs().fsync(f.0)),
+                _ => Ok(0),
+            }),
+            // sync, syncfs: every file system.
+            162 | 306 => vfs_call(vfs().sync_all()),
             40 => sendfile(fd, a[1] as i64, a[2], a[3]),
-            // statfs, fstatfs: a RAM file system.
-            137 | 138 => {
-                let b = bytes_mut(a[1], 120)?;
-                b.fill(0);
-                b[..8].copy_from_slice(&0x0102_1994u64.to_le_bytes()); // TMPFS_MAGIC
-                b[8..16].copy_from_slice(&4096u64.to_le_bytes());
-                b[64..72].copy_from_slice(&255u64.to_le_bytes());
-                Ok(0)
-            }
+            137 => path_arg(AT_FDCWD, a[0]).and_then(|p| {
+                let st = vfs().statfs(&p).map_err(|e| -(e.errno() as i64))?;
+                put_statfs(a[1], &st)
+            }),
+            138 => get(fd).and_then(|d| match &d.kind {
+                Kind::File(f) => {
+                    let st = vfs().fstatfs(f.0).map_err(|e| -(e.errno() as i64))?;
+                    put_statfs(a[1], &st)
+                }
+                _ => put_statfs(a[1], &kiln_vfs::StatFs::IN_MEMORY),
+            }),
             _ => Err(crate::NOT_MINE),
         }
     }
+}
+
+/// Writes Linux's `struct statfs` (120 bytes, 64-bit) at `addr`.
+///
+/// # Safety
+/// As for [`bytes_mut`]: `addr` is the program's pointer argument.
+unsafe fn put_statfs(addr: u64, st: &kiln_vfs::StatFs) -> Result<i64, i64> {
+    // SAFETY: forwarded contract.
+    let b = unsafe { bytes_mut(addr, 120)? };
+    b.fill(0);
+    let mut put = |at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, st.magic);
+    put(8, st.block_size);
+    put(16, st.blocks);
+    put(24, st.free);
+    put(32, st.free); // f_bavail: no blocks are reserved
+    put(40, st.files);
+    put(48, st.free_files);
+    put(64, st.name_max);
+    put(72, st.block_size); // f_frsize
+    put(80, if st.read_only { 1 } else { 0 }); // f_flags: ST_RDONLY
+    Ok(0)
 }
 
 /// The size of the file open as `fd` (None if it is not a file).

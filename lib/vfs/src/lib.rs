@@ -17,6 +17,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use spin::Mutex;
 
+pub mod fstab;
+
 /// An error, with the errno Linux uses for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -34,6 +36,10 @@ pub enum Error {
     ReadOnly,
     Busy,
     NotPermitted,
+    /// The device or the file system's data failed (EIO).
+    Io,
+    /// A file would grow past what the file system can hold (EFBIG).
+    TooBig,
 }
 
 impl Error {
@@ -43,7 +49,9 @@ impl Error {
             Error::NotPermitted => 1,
             Error::NotFound => 2,
             Error::BadFd => 9,
+            Error::Io => 5,
             Error::Busy => 16,
+            Error::TooBig => 27,
             Error::Exists => 17,
             Error::CrossDevice => 18,
             Error::NotDir => 20,
@@ -63,7 +71,9 @@ impl Error {
             Error::NotPermitted => "EPERM",
             Error::NotFound => "ENOENT",
             Error::BadFd => "EBADF",
+            Error::Io => "EIO",
             Error::Busy => "EBUSY",
+            Error::TooBig => "EFBIG",
             Error::Exists => "EEXIST",
             Error::CrossDevice => "EXDEV",
             Error::NotDir => "ENOTDIR",
@@ -84,7 +94,9 @@ impl fmt::Display for Error {
             Error::NotPermitted => "operation not permitted",
             Error::NotFound => "no such file or directory",
             Error::BadFd => "bad file descriptor",
+            Error::Io => "input/output error",
             Error::Busy => "device or resource busy",
+            Error::TooBig => "file too large",
             Error::Exists => "file exists",
             Error::CrossDevice => "cross-device link",
             Error::NotDir => "not a directory",
@@ -142,6 +154,40 @@ impl Stat {
     }
 }
 
+/// `statfs`'s magic number of a file system in memory.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// `statfs`'s magic number of a FAT file system.
+pub const MSDOS_MAGIC: u64 = 0x4d44;
+
+/// What `statfs` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub magic: u64,
+    pub block_size: u64,
+    /// Total and free blocks of `block_size`.
+    pub blocks: u64,
+    pub free: u64,
+    pub files: u64,
+    pub free_files: u64,
+    pub name_max: u64,
+    pub read_only: bool,
+}
+
+impl StatFs {
+    /// A file system in memory (ramfs, devfs), and descriptors that are no
+    /// file: no fixed size.
+    pub const IN_MEMORY: StatFs = StatFs {
+        magic: TMPFS_MAGIC,
+        block_size: 4096,
+        blocks: 0,
+        free: 0,
+        files: 0,
+        free_files: 0,
+        name_max: NAME_MAX as u64,
+        read_only: false,
+    };
+}
+
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -188,6 +234,17 @@ pub trait FileSystem: Send + Sync {
     fn release(&self, _ino: Ino) {}
     fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
     fn set_mode(&self, ino: Ino, mode: u32) -> Result<()>;
+    /// Makes a file's data and metadata durable (`fsync`); with `None`,
+    /// everything the file system holds (`sync`). A file system in memory
+    /// has nothing to do.
+    fn sync(&self, _ino: Option<Ino>) -> Result<()> {
+        Ok(())
+    }
+    /// Space and limits, for `statfs`. The default describes a file system
+    /// in memory.
+    fn statfs(&self) -> Result<StatFs> {
+        Ok(StatFs::IN_MEMORY)
+    }
     /// Makes a file's contents `data`, which lives as long as the kernel,
     /// without copying it if the file system can (ramfs copies on the first
     /// write). The default writes a copy.
@@ -214,6 +271,10 @@ pub mod flags {
     pub const O_EXCL: u32 = 0o200;
     pub const O_TRUNC: u32 = 0o1000;
     pub const O_APPEND: u32 = 0o2000;
+    /// Every write reaches stable storage before it returns (O_SYNC
+    /// includes this bit).
+    pub const O_DSYNC: u32 = 0o10000;
+    pub const O_SYNC: u32 = 0o4010000;
     pub const O_DIRECTORY: u32 = 0o200000;
     pub const O_NOFOLLOW: u32 = 0o400000;
 }
@@ -551,9 +612,9 @@ impl Vfs {
         if fs.stat(o.node.ino)?.kind == FileType::Dir {
             return Err(Error::IsDir);
         }
-        let mut off = o.offset.lock();
-        let n = fs.read(o.node.ino, *off, buf)?;
-        *off += n as u64;
+        let at = *o.offset.lock();
+        let n = fs.read(o.node.ino, at, buf)?;
+        *o.offset.lock() = at + n as u64;
         Ok(n)
     }
 
@@ -561,13 +622,57 @@ impl Vfs {
         let o = self.get(fd)?;
         Self::writable(&o)?;
         let fs = self.fs(o.node.mount);
-        let mut off = o.offset.lock();
-        if o.flags & O_APPEND != 0 {
-            *off = fs.stat(o.node.ino)?.size;
-        }
-        let n = fs.write(o.node.ino, *off, buf)?;
-        *off += n as u64;
+        // The offset's lock is not held across the file system's call: a
+        // disk's file system blocks the thread there, and another thread
+        // spinning on this lock would never let it run again.
+        let at = if o.flags & O_APPEND != 0 {
+            fs.stat(o.node.ino)?.size
+        } else {
+            *o.offset.lock()
+        };
+        let n = fs.write(o.node.ino, at, buf)?;
+        *o.offset.lock() = at + n as u64;
+        Self::synced(&o, &*fs)?;
         Ok(n)
+    }
+
+    /// After a write: with O_DSYNC or O_SYNC, the data reaches the device.
+    fn synced(o: &Open, fs: &dyn FileSystem) -> Result<()> {
+        if o.flags & O_DSYNC != 0 {
+            fs.sync(Some(o.node.ino))?;
+        }
+        Ok(())
+    }
+
+    /// `fsync`/`fdatasync`: the open file's data and metadata reach stable
+    /// storage.
+    pub fn fsync(&self, fd: i32) -> Result<()> {
+        let o = self.get(fd)?;
+        self.fs(o.node.mount).sync(Some(o.node.ino))
+    }
+
+    /// `sync`: every mounted file system writes what it holds.
+    pub fn sync_all(&self) -> Result<()> {
+        let all: Vec<Arc<dyn FileSystem>> = self.mounts.lock().iter().map(|m| m.fs.clone()).collect();
+        let mut first = Ok(());
+        for fs in all {
+            if let Err(e) = fs.sync(None) {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+
+    /// `statfs` of the file system holding `path`.
+    pub fn statfs(&self, path: &str) -> Result<StatFs> {
+        let n = self.lookup(path, true)?;
+        self.fs(n.mount).statfs()
+    }
+
+    /// `fstatfs` of the file system holding the open file `fd`.
+    pub fn fstatfs(&self, fd: i32) -> Result<StatFs> {
+        let o = self.get(fd)?;
+        self.fs(o.node.mount).statfs()
     }
 
     pub fn pread(&self, fd: i32, buf: &mut [u8], offset: u64) -> Result<usize> {
@@ -583,16 +688,23 @@ impl Vfs {
     pub fn pwrite(&self, fd: i32, buf: &[u8], offset: u64) -> Result<usize> {
         let o = self.get(fd)?;
         Self::writable(&o)?;
-        self.fs(o.node.mount).write(o.node.ino, offset, buf)
+        let fs = self.fs(o.node.mount);
+        let n = fs.write(o.node.ino, offset, buf)?;
+        Self::synced(&o, &*fs)?;
+        Ok(n)
     }
 
     pub fn lseek(&self, fd: i32, offset: i64, whence: Whence) -> Result<u64> {
         let o = self.get(fd)?;
+        let end = match whence {
+            Whence::End => self.fs(o.node.mount).stat(o.node.ino)?.size as i64,
+            _ => 0,
+        };
         let mut off = o.offset.lock();
         let base = match whence {
             Whence::Set => 0,
             Whence::Cur => *off as i64,
-            Whence::End => self.fs(o.node.mount).stat(o.node.ino)?.size as i64,
+            Whence::End => end,
         };
         let new = base
             .checked_add(offset)

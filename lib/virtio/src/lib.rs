@@ -71,7 +71,12 @@ pub fn mmio_devices(kind: DeviceType) -> Vec<Mmio> {
         // mapped its `size` bytes uncached; nothing else drives this slot.
         match unsafe { MmioTransport::new(header, size) } {
             Ok(t) if t.device_type() == kind => out.push(t),
-            _ => {}
+            // Dropping a transport resets its device: another driver's
+            // device (found by an earlier scan for its own type) would
+            // lose its queues. A transport owns no memory, so it is
+            // forgotten instead.
+            Ok(t) => core::mem::forget(t),
+            Err(_) => {}
         }
     }
     out

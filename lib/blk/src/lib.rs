@@ -1,0 +1,329 @@
+//! Block devices: every virtio-blk device the VMM provides, driven through
+//! virtio-drivers' `VirtIOBlk`, named `vda`, `vdb`, ... in the order found
+//! (virtio-mmio slots, then PCI).
+//!
+//! The contract of a [`Disk`]:
+//! - [`Disk::read`] and [`Disk::write`] take whole sectors (512 bytes) at a
+//!   sector number and return when the device has answered; the calling
+//!   thread blocks meanwhile and other threads run. A write is on the
+//!   device when `write` returns, not necessarily on stable storage:
+//!   [`Disk::flush`] asks the device to make every finished write durable
+//!   (VIRTIO_BLK_F_FLUSH; a device without it writes through).
+//! - Requests from several threads are served one at a time, in the order
+//!   the threads asked.
+//! - Errors are [`Error`]s: out of range, read-only, or the device's own
+//!   failure; nothing panics on a device's answer.
+//!
+//! How the scheduler learns that a request finished is chosen in Kconfig
+//! like the network's: the device's interrupt ends the CPU's halt
+//! (LIBVIRTIO_IRQ on platforms that route it), or a poller looks every
+//! 20 µs while a request is in flight. A flush has no non-blocking form in
+//! virtio-drivers, so it waits on the CPU (a flush is rare: fsync).
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
+use kiln_virtio::virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE as SECTOR};
+use kiln_virtio::virtio_drivers::transport::{DeviceType, SomeTransport};
+use kiln_virtio::KilnHal;
+
+/// Bytes in a sector, the unit of every request.
+pub const SECTOR_SIZE: usize = SECTOR;
+
+/// Status writes in the specification's steps, as for the network.
+type Transport = kiln_virtio::Stepwise<SomeTransport<'static>>;
+
+/// Largest transfer in one request: buffers are split into requests of at
+/// most this many bytes.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// What went wrong with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The sectors lie past the end of the disk, or the buffer is not a
+    /// whole number of sectors.
+    OutOfRange,
+    /// The device is read-only.
+    ReadOnly,
+    /// The device answered with an error.
+    Device,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::OutOfRange => "request outside the disk",
+            Error::ReadOnly => "read-only disk",
+            Error::Device => "the device reported an I/O error",
+        })
+    }
+}
+
+impl core::error::Error for Error {}
+
+struct Device {
+    blk: VirtIOBlk<KilnHal, Transport>,
+    /// A request was submitted and not yet completed.
+    in_flight: bool,
+}
+
+/// One virtio-blk disk.
+pub struct Disk {
+    name: String,
+    /// The device's serial number (QEMU's `serial=`), empty if it has none.
+    serial: String,
+    sectors: u64,
+    readonly: bool,
+    /// The device, locked briefly by a requester and by the poller.
+    dev: spin::Mutex<Device>,
+    /// Requests are served one at a time: the thread holding this turn owns
+    /// the queue until its request completes.
+    turn: kiln_sched::Mutex<()>,
+    /// The thread whose request is in flight waits here.
+    done: kiln_sched::WaitQueue,
+}
+
+static DISKS: spin::Mutex<Vec<Arc<Disk>>> = spin::Mutex::new(Vec::new());
+static IRQ: AtomicBool = AtomicBool::new(false);
+
+/// Every disk found at boot.
+pub fn disks() -> Vec<Arc<Disk>> {
+    DISKS.lock().clone()
+}
+
+/// The disk called `name` (`vda`, `vdb`, ...), or whose serial number is
+/// `name` (the host tool names volumes' disks by serial).
+pub fn disk(name: &str) -> Option<Arc<Disk>> {
+    let all = DISKS.lock();
+    all.iter().find(|d| d.name == name).or_else(|| all.iter().find(|d| !d.serial.is_empty() && d.serial == name)).cloned()
+}
+
+/// The name of the `i`th disk: vda, vdb, ... vdz, vdaa, ...
+pub fn disk_name(mut i: usize) -> String {
+    let mut s = Vec::new();
+    loop {
+        s.push(b'a' + (i % 26) as u8);
+        if i < 26 {
+            break;
+        }
+        i = i / 26 - 1;
+    }
+    s.reverse();
+    format!("vd{}", String::from_utf8(s).unwrap_or_default())
+}
+
+impl Disk {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// Size in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    fn check(&self, sector: u64, len: usize) -> Result<(), Error> {
+        let count = (len / SECTOR_SIZE) as u64;
+        if len % SECTOR_SIZE != 0 || sector.checked_add(count).is_none_or(|end| end > self.sectors) {
+            return Err(Error::OutOfRange);
+        }
+        Ok(())
+    }
+
+    /// Reads whole sectors starting at `sector` into `buf`.
+    pub fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.check(sector, buf.len())?;
+        let _turn = self.turn.lock();
+        for (i, chunk) in buf.chunks_mut(MAX_REQUEST).enumerate() {
+            let at = sector + (i * MAX_REQUEST / SECTOR_SIZE) as u64;
+            self.transfer(Op::Read(chunk), at)?;
+        }
+        Ok(())
+    }
+
+    /// Writes whole sectors from `buf` starting at `sector`.
+    pub fn write(&self, sector: u64, buf: &[u8]) -> Result<(), Error> {
+        if self.readonly {
+            return Err(Error::ReadOnly);
+        }
+        self.check(sector, buf.len())?;
+        let _turn = self.turn.lock();
+        for (i, chunk) in buf.chunks(MAX_REQUEST).enumerate() {
+            let at = sector + (i * MAX_REQUEST / SECTOR_SIZE) as u64;
+            self.transfer(Op::Write(chunk), at)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every finished write durable.
+    pub fn flush(&self) -> Result<(), Error> {
+        if self.readonly {
+            return Ok(());
+        }
+        let _turn = self.turn.lock();
+        self.dev.lock().blk.flush().map_err(|_| Error::Device)
+    }
+
+    /// One request: submit, block until the device used it, complete.
+    fn transfer(&self, mut op: Op<'_>, sector: u64) -> Result<(), Error> {
+        let mut req = BlkReq::default();
+        let mut resp = BlkResp::default();
+        let token = {
+            let mut d = self.dev.lock();
+            // SAFETY: `req`, `resp` and the buffer live on this frame until
+            // the request is completed below (this function does not return
+            // before), and nothing else touches them meanwhile.
+            let t = unsafe {
+                match &mut op {
+                    Op::Read(b) => d.blk.read_blocks_nb(sector as usize, &mut req, b, &mut resp),
+                    Op::Write(b) => d.blk.write_blocks_nb(sector as usize, &mut req, b, &mut resp),
+                }
+            };
+            let t = t.map_err(|_| Error::Device)?;
+            d.in_flight = true;
+            t
+        };
+        loop {
+            {
+                let mut d = self.dev.lock();
+                if d.blk.peek_used() == Some(token) {
+                    d.in_flight = false;
+                    // SAFETY: the same buffers as at submission.
+                    let r = unsafe {
+                        match &mut op {
+                            Op::Read(b) => d.blk.complete_read_blocks(token, &req, b, &mut resp),
+                            Op::Write(b) => d.blk.complete_write_blocks(token, &req, b, &mut resp),
+                        }
+                    };
+                    return r.map_err(|_| Error::Device);
+                }
+            }
+            // Nothing preempts this thread between the look above and the
+            // wait, so the poller's wake cannot come in between; the
+            // timeout only guards against a lost interrupt.
+            self.done.wait_timeout(core::time::Duration::from_millis(10));
+        }
+    }
+}
+
+enum Op<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// The scheduler's view of the disks: acknowledge their interrupts and wake
+/// the thread whose request finished.
+fn poller() -> kiln_sched::PollOutcome {
+    let irq = IRQ.load(Ordering::Relaxed);
+    let mut out = kiln_sched::PollOutcome::default();
+    let mut waiting = false;
+    for disk in DISKS.lock().iter() {
+        let mut d = disk.dev.lock();
+        if irq {
+            d.blk.ack_interrupt();
+            if let Some(p) = kiln_boot::platform() {
+                p.device_irq_done();
+            }
+        }
+        if d.in_flight {
+            if d.blk.peek_used().is_some() {
+                drop(d);
+                disk.done.wake_all();
+                out.active = true;
+            } else {
+                waiting = true;
+            }
+        }
+    }
+    if waiting && !irq {
+        out.within_us = Some(20);
+    }
+    out
+}
+
+/// Boot-time init (lib/boot runs it when LIBBLK is selected): brings up
+/// every virtio-blk device.
+pub fn kiln_init() -> Result<(), String> {
+    let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
+    let mut found = Vec::new();
+    let mut pci = false;
+    for t in kiln_virtio::devices(DeviceType::Block) {
+        pci |= matches!(t, SomeTransport::Pci(_));
+        let name = disk_name(found.len());
+        let refused = kiln_virtio::refused();
+        let mut blk = VirtIOBlk::<KilnHal, Transport>::new(kiln_virtio::Stepwise(t))
+            .map_err(|e| format!("blk: {name}: virtio-blk: {e:?}"))?;
+        if kiln_virtio::refused() != refused {
+            return Err(format!("blk: {name}: the device refused the features Kiln asked for"));
+        }
+        let sectors = blk.capacity();
+        let readonly = blk.readonly();
+        blk.disable_interrupts();
+        let mut id = [0u8; 20];
+        let serial = match blk.device_id(&mut id) {
+            Ok(n) => core::str::from_utf8(&id[..n.min(20)]).unwrap_or("").trim_end_matches('\0').into(),
+            Err(_) => String::new(),
+        };
+        kiln_console::log!(
+            kiln_console::Level::Info,
+            "blk: {name}{}: {} sectors ({} MiB){}",
+            if serial.is_empty() { String::new() } else { format!(" ({serial})") },
+            sectors,
+            sectors * SECTOR_SIZE as u64 >> 20,
+            if readonly { ", read-only" } else { "" }
+        );
+        found.push(Arc::new(Disk {
+            name,
+            serial,
+            sectors,
+            readonly,
+            dev: spin::Mutex::new(Device { blk, in_flight: false }),
+            turn: kiln_sched::Mutex::new(()),
+            done: kiln_sched::WaitQueue::for_device(),
+        }));
+    }
+    if found.is_empty() {
+        kiln_console::log!(kiln_console::Level::Debug, "blk: no block device");
+        return Ok(());
+    }
+    // PCI devices' interrupts are not routed: those platforms poll.
+    let irq = want_irq && !pci && kiln_boot::platform().is_some_and(|p| p.device_wakes());
+    if irq {
+        for d in &found {
+            d.dev.lock().blk.enable_interrupts();
+        }
+    }
+    IRQ.store(irq, Ordering::Relaxed);
+    *DISKS.lock() = found;
+    kiln_sched::add_poller(poller);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_named_as_linux_names_them() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(1), "vdb");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+        assert_eq!(disk_name(27), "vdab");
+        assert_eq!(disk_name(26 + 26 * 26), "vdaaa");
+    }
+}
