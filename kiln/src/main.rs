@@ -566,7 +566,16 @@ fn run(a: &RunArgs) -> Result<i32> {
         anyhow::bail!("volumes need a virtio-blk disk, which QEMU's Raspberry Pi boards do not have; run the qemu/{arch} target");
     }
     if let Some(p) = volume::fstab_param(&volumes) {
-        kernel_args.push(p);
+        // Entries given with --kernel-arg vfs.fstab=... are kept: the
+        // volumes' entries join them.
+        match kernel_args.iter_mut().rev().find(|a| a.starts_with("vfs.fstab=")) {
+            Some(given) => {
+                let mine = p.trim_start_matches("vfs.fstab=");
+                let theirs = given.trim_start_matches("vfs.fstab=").trim().trim_start_matches('[').trim_end_matches(']').trim().to_string();
+                *given = format!("vfs.fstab={theirs} {mine}");
+            }
+            None => kernel_args.push(p),
+        }
     }
     if let Some(t) = &tap {
         if !ports.is_empty() {

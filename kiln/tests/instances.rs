@@ -2,70 +2,10 @@
 //! of the test's own (KILN_STATE_DIR).
 
 mod support;
-use support::root;
+use support::{root, State};
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct State(PathBuf);
-
-impl State {
-    fn new(tag: &str) -> State {
-        let d = std::env::temp_dir().join(format!("kiln-state-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        State(d)
-    }
-
-    fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let o: Output = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .current_dir(root())
-            .env("KILN_STATE_DIR", &self.0)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-
-    fn state_of(&self, name: &str) -> String {
-        let (_, out, _) = self.kiln(&["ps", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .map(|r| r["state"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    }
-
-    fn wait_for(&self, name: &str, state: &str) {
-        let start = Instant::now();
-        while self.state_of(name) != state {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{name} never reached '{state}' (now '{}')",
-                self.state_of(name)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        // Stop anything left running.
-        if let Ok(rd) = std::fs::read_dir(&self.0) {
-            for e in rd.flatten() {
-                let _ = self.kiln(&["rm", "-f", &e.file_name().to_string_lossy()]);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn detached_instances_are_listed_logged_stopped_and_removed() {
@@ -302,33 +242,6 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
     std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(143), "{err}");
     assert!(err.contains("the guest was stopped by SIGTERM from outside") && !err.contains("triple fault"), "{err}");
-}
-
-impl State {
-    /// Waits until the instance's console shows `text`.
-    fn wait_for_log(&self, name: &str, text: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let (_, logs, _) = self.kiln(&["logs", name]);
-            if logs.contains(text) {
-                return logs;
-            }
-            assert!(start.elapsed() < Duration::from_secs(120), "{name} never printed {text:?}:\n{logs}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// `kiln stop NAME`: the guest must shut down by itself (not be
-    /// killed after the grace period); returns its console.
-    fn stop_gracefully(&self, name: &str) -> String {
-        let t = Instant::now();
-        let (code, _, err) = self.kiln(&["stop", name]);
-        assert_eq!(code, 0, "{err}");
-        assert!(err.contains(&format!("kiln: {name} shut down")), "{name} did not shut down by itself: {err}");
-        assert!(t.elapsed() < Duration::from_secs(5), "stopping {name} took {:?}", t.elapsed());
-        assert_eq!(self.state_of(name), "stopped");
-        self.kiln(&["logs", name]).1
-    }
 }
 
 /// `kiln stop` asks the guest to shut down (Ctrl-Alt-Del on x86_64, the

@@ -6,7 +6,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -179,5 +179,93 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["net", "rm", &self.name]).output();
         let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
+
+/// A Kiln state folder of the test's own (KILN_STATE_DIR): instances and
+/// volumes; everything in it is stopped and removed when it goes.
+pub struct State(pub PathBuf);
+
+impl State {
+    pub fn new(tag: &str) -> State {
+        let d = std::env::temp_dir().join(format!("kiln-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        State(d)
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> (i32, String, String) {
+        let o: Output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .env("KILN_STATE_DIR", &self.0)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    pub fn state_of(&self, name: &str) -> String {
+        let (_, out, _) = self.kiln(&["ps", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn wait_for(&self, name: &str, state: &str) {
+        let start = Instant::now();
+        while self.state_of(name) != state {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} never reached '{state}' (now '{}')",
+                self.state_of(name)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Stop anything left running.
+        if let Ok(rd) = std::fs::read_dir(&self.0) {
+            for e in rd.flatten() {
+                let _ = self.kiln(&["rm", "-f", &e.file_name().to_string_lossy()]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl State {
+    /// Waits until the instance's console shows `text`.
+    pub fn wait_for_log(&self, name: &str, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, logs, _) = self.kiln(&["logs", name]);
+            if logs.contains(text) {
+                return logs;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "{name} never printed {text:?}:\n{logs}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `kiln stop NAME`: the guest must shut down by itself (not be
+    /// killed after the grace period); returns its console.
+    pub fn stop_gracefully(&self, name: &str) -> String {
+        let t = Instant::now();
+        let (code, _, err) = self.kiln(&["stop", name]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&format!("kiln: {name} shut down")), "{name} did not shut down by itself: {err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "stopping {name} took {:?}", t.elapsed());
+        assert_eq!(self.state_of(name), "stopped");
+        self.kiln(&["logs", name]).1
     }
 }

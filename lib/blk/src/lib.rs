@@ -69,6 +69,10 @@ impl core::error::Error for Error {}
 
 struct Device {
     blk: VirtIOBlk<KilnHal, Transport>,
+    /// Every transfer goes through this kernel buffer: a caller's buffer
+    /// may be a Linux program's memory, which is not identity-mapped, and
+    /// the device must be given physical addresses.
+    bounce: alloc::boxed::Box<[u8]>,
     /// A request was submitted and not yet completed.
     in_flight: bool,
 }
@@ -178,38 +182,56 @@ impl Disk {
         self.dev.lock().blk.flush().map_err(|_| Error::Device)
     }
 
-    /// One request: submit, block until the device used it, complete.
-    fn transfer(&self, mut op: Op<'_>, sector: u64) -> Result<(), Error> {
+    /// One request (at most MAX_REQUEST bytes): submit, block until the
+    /// device used it, complete.
+    fn transfer(&self, op: Op<'_>, sector: u64) -> Result<(), Error> {
         let mut req = BlkReq::default();
         let mut resp = BlkResp::default();
+        let len = match &op {
+            Op::Read(b) => b.len(),
+            Op::Write(b) => b.len(),
+        };
         let token = {
             let mut d = self.dev.lock();
-            // SAFETY: `req`, `resp` and the buffer live on this frame until
-            // the request is completed below (this function does not return
-            // before), and nothing else touches them meanwhile.
+            let Device { blk, bounce, in_flight } = &mut *d;
+            let buf = &mut bounce[..len];
+            // SAFETY: `req` and `resp` live on this frame and the bounce
+            // buffer in the device until the request is completed below
+            // (this function does not return before; `turn` keeps other
+            // requests out of the bounce buffer meanwhile).
             let t = unsafe {
-                match &mut op {
-                    Op::Read(b) => d.blk.read_blocks_nb(sector as usize, &mut req, b, &mut resp),
-                    Op::Write(b) => d.blk.write_blocks_nb(sector as usize, &mut req, b, &mut resp),
+                match &op {
+                    Op::Read(_) => blk.read_blocks_nb(sector as usize, &mut req, buf, &mut resp),
+                    Op::Write(b) => {
+                        buf.copy_from_slice(b);
+                        blk.write_blocks_nb(sector as usize, &mut req, buf, &mut resp)
+                    }
                 }
             };
             let t = t.map_err(|_| Error::Device)?;
-            d.in_flight = true;
+            *in_flight = true;
             t
         };
+        let mut op = op;
         loop {
             {
                 let mut d = self.dev.lock();
-                if d.blk.peek_used() == Some(token) {
-                    d.in_flight = false;
+                let Device { blk, bounce, in_flight } = &mut *d;
+                if blk.peek_used() == Some(token) {
+                    *in_flight = false;
+                    let buf = &mut bounce[..len];
                     // SAFETY: the same buffers as at submission.
                     let r = unsafe {
                         match &mut op {
-                            Op::Read(b) => d.blk.complete_read_blocks(token, &req, b, &mut resp),
-                            Op::Write(b) => d.blk.complete_write_blocks(token, &req, b, &mut resp),
+                            Op::Read(_) => blk.complete_read_blocks(token, &req, buf, &mut resp),
+                            Op::Write(_) => blk.complete_write_blocks(token, &req, buf, &mut resp),
                         }
                     };
-                    return r.map_err(|_| Error::Device);
+                    r.map_err(|_| Error::Device)?;
+                    if let Op::Read(b) = &mut op {
+                        b.copy_from_slice(buf);
+                    }
+                    return Ok(());
                 }
             }
             // Nothing preempts this thread between the look above and the
@@ -291,7 +313,7 @@ pub fn kiln_init() -> Result<(), String> {
             serial,
             sectors,
             readonly,
-            dev: spin::Mutex::new(Device { blk, in_flight: false }),
+            dev: spin::Mutex::new(Device { blk, in_flight: false, bounce: alloc::vec![0u8; MAX_REQUEST].into_boxed_slice() }),
             turn: kiln_sched::Mutex::new(()),
             done: kiln_sched::WaitQueue::for_device(),
         }));

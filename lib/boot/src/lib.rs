@@ -224,8 +224,26 @@ pub fn env() -> &'static [(String, String)] {
     ENV.get().map_or(&[], |v| v.as_slice())
 }
 
-/// Powers off with `code`; spins if no platform registered yet.
+static AT_EXIT: spin::Mutex<Vec<fn()>> = spin::Mutex::new(Vec::new());
+
+/// Registers `f` to run once when the kernel exits through [`exit`] (a
+/// disk file system writes what it holds). Hooks must not block on
+/// anything the exiting thread may hold: they use `try_lock`.
+pub fn at_exit(f: fn()) {
+    AT_EXIT.lock().push(f);
+}
+
+/// Powers off with `code`; spins if no platform registered yet. The
+/// [`at_exit`] hooks run first (once: an exit from inside a hook skips
+/// them).
 pub fn exit(code: i32) -> ! {
+    static EXITING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if !EXITING.swap(true, core::sync::atomic::Ordering::SeqCst) {
+        let hooks: Vec<fn()> = AT_EXIT.try_lock().map(|h| h.clone()).unwrap_or_default();
+        for h in hooks {
+            h();
+        }
+    }
     // Larger codes do not fit the platforms' exit status.
     let code = if (0..=EXIT_MAX).contains(&code) {
         code

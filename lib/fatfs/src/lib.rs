@@ -363,6 +363,29 @@ impl FileSystem for FatVolume {
     }
 }
 
+/// Every mounted volume, for the sync at exit.
+static MOUNTED: spin::Mutex<Vec<Arc<FatVolume>>> = spin::Mutex::new(Vec::new());
+
+/// At exit: every volume writes what it holds and is marked clean, so the
+/// host's fsck finds it unmounted properly. A volume whose lock the exiting
+/// thread holds (it exits from inside a file system call) is left as it is.
+fn sync_at_exit() {
+    let all = MOUNTED.lock().clone();
+    for v in all {
+        if v.read_only {
+            continue;
+        }
+        match v.inner.try_lock() {
+            Some(mut g) => {
+                if let Err(e) = g.fs.sync() {
+                    kiln_console::log!(kiln_console::Level::Warn, "fatfs: writing a volume at exit: {e}");
+                }
+            }
+            None => kiln_console::log!(kiln_console::Level::Warn, "fatfs: a volume was busy at exit and is left unsynced"),
+        }
+    }
+}
+
 /// Mounts `entry` (a vfat entry of vfs.fstab=).
 fn mount(e: &kiln_vfs::fstab::Entry) -> core::result::Result<(), String> {
     let vfs = kiln_vfs::vfs();
@@ -389,10 +412,15 @@ fn mount(e: &kiln_vfs::fstab::Entry) -> core::result::Result<(), String> {
         }
         Err(_) => vfs.mkdir_all(&e.destination, 0o755).map_err(|err| format!("making {}: {err}", e.destination))?,
     }
-    let fs = FatVolume::mount(disk.clone(), e.read_only)?;
+    let fs = Arc::new(FatVolume::mount(disk.clone(), e.read_only)?);
     let ro = fs.read_only;
     let stats = fs.statfs().ok();
-    vfs.mount(&e.destination, Arc::new(fs)).map_err(|err| format!("{}: {err}", e.destination))?;
+    vfs.mount(&e.destination, fs.clone()).map_err(|err| format!("{}: {err}", e.destination))?;
+    let mut all = MOUNTED.lock();
+    if all.is_empty() {
+        kiln_boot::at_exit(sync_at_exit);
+    }
+    all.push(fs);
     kiln_console::log!(
         kiln_console::Level::Info,
         "fatfs: {} on {}{}{}",

@@ -1,0 +1,91 @@
+//! File work on a mounted volume, for kiln/tests/volumes.rs:
+//! - `count DIR`: reads DIR/count.txt (0 if missing), writes it plus one,
+//!   fsyncs, and prints `was N now M`; then makes, renames and lists a
+//!   directory with a long name and prints statfs's figures.
+//! - `loop DIR`: increments DIR/count.txt forever, printing `synced N`
+//!   after each fsync returned (what was acknowledged).
+//! - `fill DIR`: writes 64 KiB blocks to DIR/fill.bin until a write fails,
+//!   and prints the error (ENOSPC expected).
+//! - `write DIR`: tries to create DIR/new.txt and prints the error.
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+fn counter(dir: &str) -> (File, u64) {
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(format!("{dir}/count.txt")).expect("open count.txt");
+    let mut s = String::new();
+    f.read_to_string(&mut s).expect("read count.txt");
+    let n = s.trim().parse().unwrap_or(0);
+    (f, n)
+}
+
+fn put(f: &mut File, n: u64) {
+    f.seek(SeekFrom::Start(0)).unwrap();
+    // Fixed width: the file's size never changes after the first write.
+    f.write_all(format!("{n:020}\n").as_bytes()).expect("write count.txt");
+    f.sync_all().expect("fsync");
+}
+
+fn errno(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => "ENOSPC".into(),
+        Some(libc::EROFS) => "EROFS".into(),
+        Some(n) => format!("errno {n}"),
+        None => e.to_string(),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (what, dir) = (args[1].as_str(), args[2].as_str());
+    match what {
+        "count" => {
+            let (mut f, n) = counter(dir);
+            put(&mut f, n + 1);
+            println!("was {n} now {}", n + 1);
+            let d = format!("{dir}/A Directory With A Long Name");
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir(&d).expect("mkdir");
+            fs::write(format!("{d}/note.txt"), b"kept").expect("write note");
+            fs::rename(format!("{d}/note.txt"), format!("{d}/renamed-note.txt")).expect("rename");
+            let mut names: Vec<String> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            println!("listing {}", names.join(","));
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            let c = std::ffi::CString::new(dir).unwrap();
+            // SAFETY: a valid path and a statfs buffer.
+            let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+            println!("statfs {r} type {:x} free {} of {}", st.f_type, st.f_bfree, st.f_blocks);
+        }
+        "loop" => {
+            let (mut f, mut n) = counter(dir);
+            loop {
+                n += 1;
+                put(&mut f, n);
+                println!("synced {n}");
+            }
+        }
+        "fill" => {
+            let mut f = File::create(format!("{dir}/fill.bin")).expect("create fill.bin");
+            let block = vec![0x5au8; 64 * 1024];
+            let mut written = 0u64;
+            loop {
+                match f.write(&block) {
+                    Ok(0) => {
+                        println!("fill: write returned 0 after {written}");
+                        break;
+                    }
+                    Ok(n) => written += n as u64,
+                    Err(e) => {
+                        println!("fill: {} after {written} bytes", errno(&e));
+                        break;
+                    }
+                }
+            }
+        }
+        "write" => match File::create(format!("{dir}/new.txt")) {
+            Ok(_) => println!("write: created"),
+            Err(e) => println!("write: {}", errno(&e)),
+        },
+        _ => panic!("unknown command {what}"),
+    }
+}

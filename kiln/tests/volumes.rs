@@ -1,0 +1,208 @@
+//! Volumes: `kiln volume create` makes a FAT image the host's fsck.fat
+//! accepts; a Linux program writes to it through `kiln run -v` (virtio-blk,
+//! lib/fatfs) and what it wrote is there at the next boot and on the host
+//! (mtools); a guest killed with SIGKILL while it writes and fsyncs loses
+//! nothing it was told was synced; bad volumes are refused with the reason.
+//!
+//! Under TCG (-W), as the other Linux-program tests.
+
+mod support;
+use support::{linux_program_for, State};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// An initrd folder with the volume test program as /bin/volume.
+fn rootfs(arch: &str, tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-volumes-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::create_dir_all(d.join("etc")).unwrap();
+    std::fs::write(d.join("etc/motd"), "from the initrd\n").unwrap();
+    std::fs::copy(linux_program_for(arch, "linux-volume"), d.join("bin/volume")).unwrap();
+    d
+}
+
+/// `kiln run` of the ELF loader with `extra` options, the volume program
+/// and its arguments: (exit code, everything printed).
+fn run(s: &State, initrd: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
+    let mut all = vec!["run", "-W", "--timeout", "240", "--initrd", initrd.to_str().unwrap()];
+    all.extend_from_slice(extra);
+    all.extend_from_slice(&["apps/elfloader", "--", "/bin/volume"]);
+    all.extend_from_slice(args);
+    let (code, out, err) = s.kiln(&all);
+    (code, format!("{out}{err}"))
+}
+
+fn image(s: &State, name: &str) -> PathBuf {
+    s.0.join(".volumes").join(format!("{name}.img"))
+}
+
+/// `fsck.fat -n` of an image: (clean, its report). A dirty bit alone (an
+/// unmount that never came: the guest was killed) is not an error.
+fn fsck(img: &Path) -> (bool, String) {
+    let o = Command::new("fsck.fat").arg("-n").arg(img).output().expect("fsck.fat (dosfstools) is installed by scripts/test");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let only_dirty = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(|l| l.starts_with("fsck.fat ") || l.contains("Dirty bit is set") || l.contains("Automatically removing dirty bit") || l.contains("Leaving filesystem unchanged") || l.contains(" files, "));
+    (o.status.success() || only_dirty, text)
+}
+
+/// A file's contents in an image, read on the host (mtools).
+fn host_read(img: &Path, path: &str) -> String {
+    let o = Command::new("mtype").arg("-i").arg(img).arg(format!("::{path}")).output().expect("mtype (mtools) is installed by scripts/test");
+    assert!(o.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_volume_keeps_what_a_program_wrote_across_boots() {
+    let s = State::new("volumes");
+    let (code, out, err) = s.kiln(&["volume", "create", "data", "--size", "16M"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().ends_with("data.img"), "{out}");
+    let img = image(&s, "data");
+    let (clean, report) = fsck(&img);
+    assert!(clean && report.contains("0/"), "a new volume: {report}");
+    let (_, ls, _) = s.kiln(&["volume", "ls"]);
+    assert!(ls.contains("data") && ls.contains("16.0M"), "{ls}");
+
+    let initrd = rootfs("x86_64", "keep");
+    for n in 1..=2 {
+        let (code, out) = run(&s, &initrd, &["-v", "data:/data"], &["count", "/data"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(&format!("was {} now {n}", n - 1)), "boot {n}: {out}");
+        assert!(out.contains("listing renamed-note.txt"), "{out}");
+        // statfs: FAT's magic, and the volume's clusters.
+        assert!(out.contains("statfs 0 type 4d44"), "{out}");
+        assert!(out.contains("fatfs: kiln-vol0 on /data"), "{out}");
+        let (clean, report) = fsck(&img);
+        assert!(clean && !report.contains("Dirty"), "after a clean exit the volume is clean: {report}");
+    }
+    assert_eq!(host_read(&img, "/count.txt").trim().parse::<u64>().unwrap(), 2);
+    assert_eq!(host_read(&img, "/A Directory With A Long Name/renamed-note.txt"), "kept");
+
+    // The same volume on arm64 (virt's virtio-mmio) and on q35 (PCI).
+    let (code, out) = run(&s, &rootfs("aarch64", "keep-arm64"), &["--arch", "arm64", "-M", "256M", "-v", "data:/data"], &["count", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("was 2 now 3"), "arm64: {out}");
+    let (code, out) = run(&s, &initrd, &["--machine", "q35", "-v", &format!("{}:/data", img.display())], &["count", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("was 3 now 4"), "q35: {out}");
+    assert!(fsck(&img).0);
+
+    // Read-only: the program's write fails with EROFS, nothing changes.
+    let (code, out) = run(&s, &initrd, &["-v", "data:/data:ro"], &["write", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("write: EROFS") && out.contains("(read-only)"), "{out}");
+
+    // A full volume: ENOSPC, and the file system is still sound.
+    let (code, _, err) = s.kiln(&["volume", "create", "small", "--size", "2M"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out) = run(&s, &initrd, &["-v", "small:/data"], &["fill", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("fill: ENOSPC after "), "{out}");
+    let (clean, report) = fsck(&image(&s, "small"));
+    assert!(clean, "{report}");
+
+    let (code, _, err) = s.kiln(&["volume", "rm", "small"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!image(&s, "small").exists());
+    let _ = std::fs::remove_dir_all(&initrd);
+}
+
+#[test]
+fn bad_volumes_are_refused_with_the_reason() {
+    let s = State::new("badvolumes");
+    let initrd = rootfs("x86_64", "bad");
+    // Caught by kiln before booting.
+    for (flag, why) in [
+        ("nosuch:/data", "no volume named 'nosuch'"),
+        ("./nosuch.img:/data", "no such image file"),
+        ("/tmp:/data", "virtio-9p"),
+    ] {
+        let (code, out) = run(&s, &initrd, &["-v", flag], &["count", "/data"]);
+        assert_ne!(code, 0, "{flag}: {out}");
+        assert!(out.contains(why), "{flag}: {out}");
+    }
+    let (code, _, err) = s.kiln(&["volume", "create", "bad name"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a volume name is letters"), "{err}");
+
+    // Caught by the guest: an image with no file system, and a volume
+    // over the initrd's files. The boot stops with the reason.
+    let zero = s.0.join("zero.img");
+    std::fs::create_dir_all(&s.0).unwrap();
+    std::fs::write(&zero, vec![0u8; 4 << 20]).unwrap();
+    let (code, out) = run(&s, &initrd, &["-v", &format!("{}:/data", zero.display())], &["count", "/data"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not a FAT file system"), "{out}");
+    let (code, _, err) = s.kiln(&["volume", "create", "v", "--size", "4M"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out) = run(&s, &initrd, &["-v", "v:/etc"], &["count", "/etc"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("/etc already holds files from the initrd"), "{out}");
+    // Optional (nofail): the program runs without the mount.
+    let (code, out) = run(&s, &initrd, &["--kernel-arg", "vfs.fstab=vdz:/data:vfat:nofail", "-v", "v:/vol"], &["count", "/vol"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("/data not mounted (nofail): no disk vdz (this machine has vda)"), "{out}");
+    assert!(out.contains("was 0 now 1"), "{out}");
+    let _ = std::fs::remove_dir_all(&initrd);
+}
+
+/// A guest writing and fsyncing a counter is killed with SIGKILL at random
+/// moments, 20 times: each time the volume mounts again, fsck.fat finds
+/// nothing but the dirty bit, and the counter is at least the last value
+/// the guest reported synced.
+#[test]
+fn a_guest_killed_while_writing_loses_nothing_it_synced() {
+    let s = State::new("crash");
+    let (code, _, err) = s.kiln(&["volume", "create", "crash", "--size", "8M"]);
+    assert_eq!(code, 0, "{err}");
+    let img = image(&s, "crash");
+    let initrd = rootfs("x86_64", "crash");
+    let mut seed = std::process::id() as u64 | 1;
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut last = 0u64;
+    for round in 0..20 {
+        let name = format!("w{round}");
+        let (code, _, err) = s.kiln(&[
+            "run", "-d", "-W", "--name", &name, "--initrd", initrd.to_str().unwrap(), "-v", "crash:/data",
+            "apps/elfloader", "--", "/bin/volume", "loop", "/data",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        s.wait_for_log(&name, "synced");
+        std::thread::sleep(Duration::from_millis(random(1500)));
+        let (_, ps, _) = s.kiln(&["ps", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&ps).unwrap();
+        let pid = v.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).and_then(|r| r["pid"].as_u64());
+        let pid = pid.unwrap_or_else(|| panic!("{name} is not running: {ps}"));
+        // SAFETY: sends SIGKILL to the QEMU process of this test's instance.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let t = Instant::now();
+        while s.state_of(&name) == "running" {
+            assert!(t.elapsed() < Duration::from_secs(30), "{name} did not die");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, log, _) = s.kiln(&["logs", &name]);
+        let synced: Vec<u64> = log.lines().filter_map(|l| l.strip_prefix("synced ")?.trim().parse().ok()).collect();
+        let acked = *synced.last().unwrap_or_else(|| panic!("{name}: nothing synced:\n{log}"));
+        assert!(synced.first().copied().unwrap_or(0) > last, "round {round} started below the last value {last}: {log}");
+        let (clean, report) = fsck(&img);
+        assert!(clean, "round {round}: fsck.fat found damage:\n{report}");
+        let on_disk: u64 = host_read(&img, "/count.txt").trim().parse().unwrap();
+        assert!(on_disk >= acked, "round {round}: the guest reported {acked} synced, the volume holds {on_disk}");
+        last = on_disk;
+        assert_eq!(s.kiln(&["rm", &name]).0, 0);
+    }
+    assert!(last >= 20, "{last}");
+    let _ = std::fs::remove_dir_all(&initrd);
+}
