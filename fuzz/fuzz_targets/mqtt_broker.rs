@@ -2,7 +2,8 @@
 //! order: well-formed packets (connect, subscribe, publish at every QoS,
 //! acknowledgements, wills, persistent sessions, disconnects), raw bytes,
 //! dropped connections and the passing of time. The broker must never
-//! panic, and everything it sends must be packets its own codec reads.
+//! panic, everything it sends must be packets its own codec reads, and
+//! its persistence snapshot must restore into the same state.
 //!
 //! The input is a list of operations: one byte chooses the client and the
 //! operation, the bytes after it its arguments.
@@ -151,4 +152,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     b.tick(now + 3_600_000_000);
+    // Persistence: what the broker saves, a new broker restores, and saves
+    // the same bytes again.
+    let later = now + 3_600_000_000;
+    let snap = b.snapshot(later);
+    let mut again = Broker::new(b.cfg.clone(), later);
+    again.restore(&snap, later).expect("a broker's own snapshot restores");
+    assert_eq!(again.snapshot(later), snap, "a restored broker saves what it restored");
 });

@@ -181,17 +181,7 @@ fn a_guest_killed_while_writing_loses_nothing_it_synced() {
         assert_eq!(code, 0, "{err}");
         s.wait_for_log(&name, "synced");
         std::thread::sleep(Duration::from_millis(random(1500)));
-        let (_, ps, _) = s.kiln(&["ps", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&ps).unwrap();
-        let pid = v.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).and_then(|r| r["pid"].as_u64());
-        let pid = pid.unwrap_or_else(|| panic!("{name} is not running: {ps}"));
-        // SAFETY: sends SIGKILL to the QEMU process of this test's instance.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let t = Instant::now();
-        while s.state_of(&name) == "running" {
-            assert!(t.elapsed() < Duration::from_secs(30), "{name} did not die");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        kill_9(&s, &name);
         let (_, log, _) = s.kiln(&["logs", &name]);
         let synced: Vec<u64> = log.lines().filter_map(|l| l.strip_prefix("synced ")?.trim().parse().ok()).collect();
         let acked = *synced.last().unwrap_or_else(|| panic!("{name}: nothing synced:\n{log}"));
@@ -205,4 +195,94 @@ fn a_guest_killed_while_writing_loses_nothing_it_synced() {
     }
     assert!(last >= 20, "{last}");
     let _ = std::fs::remove_dir_all(&initrd);
+}
+
+/// Kills an instance's QEMU with SIGKILL (a power cut) and waits until it
+/// is gone.
+fn kill_9(s: &State, name: &str) {
+    let (_, ps, _) = s.kiln(&["ps", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    let pid = v.as_array().unwrap().iter().find(|r| r["name"] == name).and_then(|r| r["pid"].as_u64());
+    let pid = pid.unwrap_or_else(|| panic!("{name} is not running: {ps}"));
+    // SAFETY: sends SIGKILL to the QEMU process of this test's instance.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    while s.state_of(name) == "running" {
+        assert!(t.elapsed() < Duration::from_secs(30), "{name} did not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// mosquitto_sub/pub against 127.0.0.1:`port`: (success, output).
+fn mosquitto(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
+    let o = Command::new(tool).args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// apps/mqtt with mosquitto's persistence options on a volume: a retained
+/// message and QoS 1 messages queued for an offline persistent session
+/// survive a SIGKILL of the VMM (autosave after every change) and a clean
+/// stop, as mosquitto clients see it.
+#[test]
+fn the_broker_keeps_retained_messages_and_sessions_across_restarts() {
+    let s = State::new("mqttkeep");
+    let (code, _, err) = s.kiln(&["volume", "create", "mq", "--size", "8M"]);
+    assert_eq!(code, 0, "{err}");
+    let port = support::free_port();
+    let start = |name: &str| {
+        let fwd = format!("{port}:1883");
+        let (code, _, err) = s.kiln(&[
+            "run", "-d", "-W", "--name", name, "-p", &fwd, "-v", "mq:/var/lib/mqtt",
+            "-e", "MQTT_PERSISTENCE=true", "-e", "MQTT_PERSISTENCE_LOCATION=/var/lib/mqtt/",
+            "-e", "MQTT_AUTOSAVE_INTERVAL=1", "-e", "MQTT_AUTOSAVE_ON_CHANGES=true",
+            "apps/mqtt",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        s.wait_for_log(name, "mqtt: listening")
+    };
+    let log = start("b1");
+    assert!(log.contains("will be made at the first save"), "{log}");
+    // A persistent session subscribes, then goes away.
+    let (ok, out) = mosquitto("mosquitto_sub", port, &["-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-E"]);
+    assert!(ok, "{out}");
+    let (ok, out) = mosquitto("mosquitto_pub", port, &["-r", "-q", "1", "-t", "plant/a/temp", "-m", "21.5"]);
+    assert!(ok, "{out}");
+    let (ok, out) = mosquitto("mosquitto_pub", port, &["-q", "1", "-t", "plant/b/temp", "-m", "19.0"]);
+    assert!(ok, "{out}");
+    // The autosave follows each change (after the PUBACK, as mosquitto's
+    // does): once the volume holds the last message, the power goes.
+    let img = image(&s, "mq");
+    let t = Instant::now();
+    let saved = |img: &Path| Command::new("mtype").arg("-i").arg(img).arg("::/mosquitto.db").output().is_ok_and(|o| o.stdout.windows(4).any(|w| w == b"19.0"));
+    while !saved(&img) {
+        assert!(t.elapsed() < Duration::from_secs(60), "the broker never saved the second message");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, before, _) = s.kiln(&["logs", "b1"]);
+    kill_9(&s, "b1");
+    // Its supervisor lets go of the forwarded port as it notices.
+    let t = Instant::now();
+    while std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "port {port} stays taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let log = start("b2");
+    assert!(log.contains("restored 1 retained messages and 1 sessions (2 messages queued)"), "{before}\n---\n{log}");
+    let (ok, out) = mosquitto("mosquitto_sub", port, &["-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-C", "2", "-W", "30", "-v"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("plant/a/temp 21.5") && out.contains("plant/b/temp 19.0"), "{out}");
+    let (ok, out) = mosquitto("mosquitto_sub", port, &["-t", "plant/#", "-C", "1", "-W", "30", "-v"]);
+    assert!(ok && out.contains("plant/a/temp 21.5"), "a new subscriber gets the retained message: {out}");
+    // A clean stop saves too. (mosquitto_sub -C 2 may leave with its last
+    // PUBACK unsent: that message stays in flight for the session.)
+    let (code, _, err) = s.kiln(&["stop", "b2"]);
+    assert_eq!(code, 0, "{err}");
+    let log = start("b3");
+    assert!(log.contains("restored 1 retained messages and 1 sessions ("), "{log}");
+    assert!(!log.contains("(2 messages queued)"), "the messages received were acknowledged: {log}");
+    let (code, _, err) = s.kiln(&["stop", "b3"]);
+    assert_eq!(code, 0, "{err}");
+    let (clean, report) = fsck(&img);
+    assert!(clean && !report.contains("Dirty"), "{report}");
 }

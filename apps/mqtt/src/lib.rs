@@ -7,8 +7,10 @@
 //! `-p PORT`. Options are mosquitto.conf's (listener, allow_anonymous,
 //! password_file, acl_file, max_packet_size, max_inflight_messages,
 //! max_queued_messages, max_connections, max_keepalive, retain_available,
-//! sys_interval, ...). A bad option stops the broker with file, line and
-//! reason.
+//! sys_interval, persistence, persistence_location, persistence_file,
+//! autosave_interval, autosave_on_changes, ...). A bad option stops the
+//! broker with file, line and reason. With persistence on (the file on a
+//! volume), retained messages and persistent sessions outlive the machine.
 #![no_std]
 
 extern crate alloc;
@@ -78,6 +80,80 @@ fn configure(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// mosquitto's `persistence`: the broker's state is restored from
+/// `persistence_location/persistence_file` at start and saved every
+/// `autosave_interval` seconds when something changed (or, with
+/// `autosave_on_changes`, after that many changes), and at a clean stop.
+/// A save replaces the file durably (written, fsynced, renamed), so a
+/// power cut leaves the previous save or the new one.
+struct Saver {
+    path: String,
+    saved_at: u64,
+    saved_changes: u64,
+    failed: bool,
+}
+
+impl Saver {
+    fn open(broker: &mut Broker, now: u64) -> Saver {
+        let path = broker.cfg.persistence_path();
+        let dir = broker.cfg.persistence_location.trim_end_matches('/');
+        if !dir.is_empty() {
+            let _ = kiln_std::fs::create_dir_all(dir);
+        }
+        match kiln_std::fs::read(&path) {
+            Ok(data) => {
+                let t = kiln_std::time::micros();
+                match broker.restore(&data, now) {
+                    Ok(r) => println!(
+                        "mqtt: restored {} retained messages and {} sessions ({} messages queued) from {path} in {} us",
+                        r.retained,
+                        r.sessions,
+                        r.messages,
+                        kiln_std::time::micros() - t
+                    ),
+                    Err(e) => {
+                        let aside = format!("{path}.damaged");
+                        let _ = kiln_std::fs::rename(&path, &aside);
+                        println!("mqtt: {path} is damaged ({e}); starting without it (kept as {aside})");
+                    }
+                }
+            }
+            Err(kiln_std::fs::Error::NotFound) => println!("mqtt: persistence: {path} will be made at the first save"),
+            Err(e) => println!("mqtt: persistence: reading {path}: {e}; starting without it"),
+        }
+        Saver { path, saved_at: now, saved_changes: broker.changes(), failed: false }
+    }
+
+    fn due(&self, broker: &Broker, now: u64) -> bool {
+        let changes = broker.changes() - self.saved_changes;
+        let every = broker.cfg.autosave_interval as u64;
+        if changes == 0 || every == 0 {
+            return false;
+        }
+        if broker.cfg.autosave_on_changes {
+            changes >= every
+        } else {
+            now.saturating_sub(self.saved_at) >= every * 1_000_000
+        }
+    }
+
+    fn save(&mut self, broker: &Broker, now: u64) {
+        let changes = broker.changes();
+        match kiln_std::fs::write_durably(&self.path, &broker.snapshot(now)) {
+            Ok(()) => {
+                self.failed = false;
+                self.saved_changes = changes;
+            }
+            Err(e) if !self.failed => {
+                self.failed = true;
+                println!("mqtt: saving {}: {e} (tried again at the next autosave)", self.path);
+            }
+            Err(_) => {}
+        }
+        self.saved_at = now;
+    }
+}
+
 fn peer_of(s: &TcpStream) -> String {
     s.peer().map_or_else(|| String::from("?"), |(a, p)| format!("{a}:{p}"))
 }
@@ -138,6 +214,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     );
     let start = kiln_std::time::micros();
     let mut broker = Broker::new(cfg, start);
+    let mut saver = broker.cfg.persistence.then(|| Saver::open(&mut broker, start));
     let mut conns: BTreeMap<ConnId, TcpStream> = BTreeMap::new();
     let mut buf = vec![0u8; 4096];
     let mut last_tick = 0;
@@ -156,6 +233,9 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
             if conns.is_empty() || now >= by {
                 for line in broker.take_log() {
                     println!("mqtt: {line}");
+                }
+                if let Some(s) = &mut saver {
+                    s.save(&broker, now);
                 }
                 net::flush(1_000_000);
                 println!("mqtt: stopped");
@@ -225,6 +305,11 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         }
         for line in broker.take_log() {
             println!("mqtt: {line}");
+        }
+        if let Some(s) = &mut saver {
+            if s.due(&broker, now) {
+                s.save(&broker, now);
+            }
         }
         if !active {
             net::idle(WAIT_US);

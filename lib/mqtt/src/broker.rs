@@ -14,6 +14,10 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+#[path = "persist.rs"]
+mod persist;
+pub use persist::Restored;
+
 pub type ConnId = u64;
 
 const SECOND: u64 = 1_000_000;
@@ -108,6 +112,8 @@ pub struct Broker {
     /// Bytes of retained messages.
     retained_bytes: usize,
     log: Vec<String>,
+    /// Changes to what persistence keeps (see [`Broker::changes`]).
+    changes: u64,
 }
 
 impl Broker {
@@ -126,6 +132,7 @@ impl Broker {
             unsent: 0,
             retained_bytes: 0,
             log: Vec::new(),
+            changes: 0,
         }
     }
 
@@ -284,6 +291,11 @@ impl Broker {
     }
 
     fn handle(&mut self, id: ConnId, p: Packet, now: u64) {
+        // Packets that change sessions, subscriptions, queues or retained
+        // messages (persistence saves after changes).
+        if !matches!(p, Packet::PingReq | Packet::Auth(_)) && !matches!(&p, Packet::Publish(m) if m.qos == 0 && !m.retain) {
+            self.changes += 1;
+        }
         match p {
             Packet::Connect(c) => self.connect(id, c, now),
             Packet::Publish(m) => self.publish_in(id, m, now),
@@ -751,6 +763,7 @@ impl Broker {
     /// unless it said DISCONNECT, and ends or keeps its session.
     pub fn closed(&mut self, id: ConnId, now: u64) {
         let Some(c) = self.conns.remove(&id) else { return };
+        self.changes += 1;
         self.unsent -= c.out.len();
         let Some(client) = c.client else { return };
         if !c.close {
@@ -787,6 +800,7 @@ impl Broker {
 
     fn end_session(&mut self, client: &str, now: u64) {
         if let Some(s) = self.sessions.remove(client) {
+            self.changes += 1;
             self.held -= s.held;
             if let Some((w, _)) = s.delayed_will {
                 self.publish_will(client, w, now);

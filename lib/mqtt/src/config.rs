@@ -48,6 +48,16 @@ pub struct Config {
     pub max_out_buffer: usize,
     /// Print connections and disconnections.
     pub verbose: bool,
+    /// Keep retained messages and persistent sessions in a file
+    /// (`persistence_location` + `persistence_file`) across restarts.
+    pub persistence: bool,
+    /// Folder of the persistence file (mosquitto: with a trailing slash).
+    pub persistence_location: String,
+    pub persistence_file: String,
+    /// Seconds between saves (0: only at a clean stop); with
+    /// `autosave_on_changes`, the number of changes between saves.
+    pub autosave_interval: u32,
+    pub autosave_on_changes: bool,
 }
 
 impl Default for Config {
@@ -72,11 +82,22 @@ impl Default for Config {
             connect_timeout: 10,
             max_out_buffer: 64 * 1024,
             verbose: true,
+            persistence: false,
+            persistence_location: String::new(),
+            persistence_file: String::from("mosquitto.db"),
+            autosave_interval: 1800,
+            autosave_on_changes: false,
         }
     }
 }
 
 impl Config {
+    /// The persistence file's path.
+    pub fn persistence_path(&self) -> String {
+        let dir = self.persistence_location.trim_end_matches('/');
+        format!("{dir}/{}", self.persistence_file)
+    }
+
     /// Most bytes of messages the broker holds (beyond the network
     /// stack's socket buffers and bookkeeping): per connection, a packet
     /// being received and one being queued past the budget, and
@@ -116,6 +137,16 @@ impl Config {
             "connect_timeout" => self.connect_timeout = num(value)?.max(1) as u32,
             "max_out_buffer" => self.max_out_buffer = (num(value)? as usize).max(1024),
             "verbose" | "connection_messages" => self.verbose = flag(value)?,
+            "persistence" => self.persistence = flag(value)?,
+            "persistence_location" => self.persistence_location = value.into(),
+            "persistence_file" => {
+                if value.is_empty() || value.contains('/') {
+                    return Err(format!("{key}: '{value}' must be a file name (the folder is persistence_location)"));
+                }
+                self.persistence_file = value.into()
+            }
+            "autosave_interval" => self.autosave_interval = num(value)?.min(u32::MAX as u64) as u32,
+            "autosave_on_changes" => self.autosave_on_changes = flag(value)?,
             _ => return Err(format!("unknown option '{key}'")),
         }
         Ok(None)

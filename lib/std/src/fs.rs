@@ -52,6 +52,24 @@ pub fn rename(from: &str, to: &str) -> Result<()> {
     vfs().rename(from, to)
 }
 
+/// Every file system writes what it holds (`sync`).
+pub fn sync() -> Result<()> {
+    vfs().sync_all()
+}
+
+/// Replaces `path` with `data` so that a crash at any moment leaves either
+/// the old contents or the new: the data goes to `path.new`, is made
+/// durable, renamed over `path`, and the file system synced.
+pub fn write_durably(path: &str, data: &[u8]) -> Result<()> {
+    let tmp = alloc::format!("{path}.new");
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    rename(&tmp, path)?;
+    sync()
+}
+
 /// Metadata, following symlinks.
 pub fn metadata(path: &str) -> Result<Metadata> {
     vfs().stat(path)
@@ -224,6 +242,12 @@ impl File {
 
     pub fn set_len(&self, size: u64) -> Result<()> {
         vfs().ftruncate(self.fd, size)
+    }
+
+    /// Makes the file's data and metadata durable (`fsync`): on a disk,
+    /// written and flushed to the device.
+    pub fn sync_all(&self) -> Result<()> {
+        vfs().fsync(self.fd)
     }
 
     /// A second handle to the same open file (shared position), like `dup`.
