@@ -198,9 +198,13 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
     if kf.rootfs.is_some() && !user.contains_key("LIBINITRD") {
         user.insert("LIBINITRD".to_string(), "y".to_string());
     }
-    // Volumes need the disk file system (which brings the block driver).
-    if !kf.volumes.is_empty() && !user.contains_key("LIBFATFS") {
-        user.insert("LIBFATFS".to_string(), "y".to_string());
+    // Volumes need their file systems: 9pfs for folders, the disk file
+    // system (which brings the block driver) for images. Both, whatever the
+    // volumes are, so changing them does not change the kernel.
+    if !kf.volumes.is_empty() {
+        for lib in ["LIBFATFS", "LIB9PFS"] {
+            user.entry(lib.to_string()).or_insert_with(|| "y".to_string());
+        }
     }
     for (k, v, line) in kf.kconfig.iter().chain(&target.kconfig) {
         set(

@@ -448,8 +448,8 @@ fn run(a: &RunArgs) -> Result<i32> {
             all.append(&mut volumes);
             volumes = all;
             volume::check(&volumes)?;
-            if !volumes.is_empty() {
-                kf.kconfig.push(("CONFIG_LIBFATFS".into(), "y".into(), 0));
+            for lib in volume::libraries(&volumes) {
+                kf.kconfig.push((lib.into(), "y".into(), 0));
             }
             // Fail before compiling when QEMU is missing.
             qemu::find_qemu(&target.arch)?;

@@ -373,16 +373,23 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         // QEMU's option syntax doubles commas inside a value.
         let file = std::fs::canonicalize(&v.image).unwrap_or_else(|_| v.image.clone());
         let file = file.display().to_string().replace(',', ",,");
-        c.arg("-drive").arg(format!(
-            "file={file},if=none,id=vol{i},format=raw,cache=writeback{}",
-            if v.read_only { ",readonly=on" } else { "" }
-        ));
-        let blk = match spec.machine {
-            _ if arm => "virtio-blk-device",
-            Machine::Microvm => "virtio-blk-device",
-            Machine::Q35 => "virtio-blk-pci,disable-legacy=on",
-        };
-        c.arg("-device").arg(format!("{blk},drive=vol{i},serial={}", crate::volume::serial(i)));
+        let ro = if v.read_only { ",readonly=on" } else { "" };
+        let tag = crate::volume::serial(i, v.kind);
+        let pci = spec.machine == Machine::Q35 && !arm;
+        match v.kind {
+            crate::volume::Kind::Image => {
+                c.arg("-drive").arg(format!("file={file},if=none,id=vol{i},format=raw,cache=writeback{ro}"));
+                let blk = if pci { "virtio-blk-pci,disable-legacy=on" } else { "virtio-blk-device" };
+                c.arg("-device").arg(format!("{blk},drive=vol{i},serial={tag}"));
+            }
+            crate::volume::Kind::Folder => {
+                // security_model=none: files are the host user's, with the
+                // modes the guest gives them.
+                c.arg("-fsdev").arg(format!("local,id=vol{i},path={file},security_model=none{ro}"));
+                let dev = if pci { "virtio-9p-pci,disable-legacy=on" } else { "virtio-9p-device" };
+                c.arg("-device").arg(format!("{dev},fsdev=vol{i},mount_tag={tag}"));
+            }
+        }
     }
     if let Some(i) = &spec.initrd {
         c.arg("-initrd").arg(i);

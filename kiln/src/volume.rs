@@ -1,25 +1,36 @@
 //! Volumes: data that outlives a guest.
 //!
-//! A volume is a disk image holding a FAT file system (the guest's
-//! LIBFATFS mounts it from virtio-blk). It is named in the Kraftfile's
-//! `volumes:` or with `kiln run -v HOST:GUEST[:ro]`, where HOST is an
-//! image file, or the name of a volume made with `kiln volume create`
-//! (kept in Kiln's state folder). Each becomes a virtio-blk device with a
-//! serial number (`kiln-vol0`, ...) and an entry of `vfs.fstab=`, which
-//! names the disk by that serial, so the guest finds each volume whatever
-//! order the machine lists its devices in.
+//! A volume is named in the Kraftfile's `volumes:` or with `kiln run -v
+//! HOST:GUEST[:ro]`, where HOST is
+//! - a disk image holding a FAT file system, or the name of one made with
+//!   `kiln volume create` (kept in Kiln's state folder): it becomes a
+//!   virtio-blk device with a serial number (`kiln-vol0`, ...) that the
+//!   guest's LIBFATFS mounts;
+//! - a host folder: it is shared over virtio-9p with the mount tag
+//!   `kiln-fs0`, ..., which the guest's LIB9PFS mounts.
 //!
-//! Host folders (virtio-9p) are not supported yet: they are refused with
-//! that reason rather than ignored.
+//! Each gets an entry of `vfs.fstab=` naming its device by serial or tag,
+//! so the guest finds each volume whatever order the machine lists its
+//! devices in.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// What a volume is on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A disk image (virtio-blk, FAT).
+    Image,
+    /// A folder (virtio-9p).
+    Folder,
+}
+
 /// One volume of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
-    /// The image file.
+    /// The image file or folder.
     pub image: PathBuf,
+    pub kind: Kind,
     /// Absolute path in the guest.
     pub destination: String,
     pub read_only: bool,
@@ -40,16 +51,16 @@ fn valid_name(n: &str) -> bool {
 
 /// Resolves a volume's source: a path (relative to `base`) when it has a
 /// `/` or starts with `.`, else a named volume.
-fn source(s: &str, base: &Path) -> Result<PathBuf> {
+fn source(s: &str, base: &Path) -> Result<(PathBuf, Kind)> {
     if s.contains('/') || s.starts_with('.') {
         let p = base.join(s);
         if p.is_dir() {
-            bail!("{s} is a folder: sharing host folders (virtio-9p) is not supported yet; make an image with `kiln volume create NAME --size 64M` and use NAME");
+            return Ok((p, Kind::Folder));
         }
         if !p.is_file() {
-            bail!("{s}: no such image file");
+            bail!("{s}: no such image file or folder");
         }
-        return Ok(p);
+        return Ok((p, Kind::Image));
     }
     if !valid_name(s) {
         bail!("'{s}' is neither a path (put ./ in front of a file in this folder) nor a volume name");
@@ -58,7 +69,7 @@ fn source(s: &str, base: &Path) -> Result<PathBuf> {
     if !p.is_file() {
         bail!("no volume named '{s}' (kiln volume create {s} --size 64M makes one; kiln volume ls lists them)");
     }
-    Ok(p)
+    Ok((p, Kind::Image))
 }
 
 fn destination(d: &str) -> Result<String> {
@@ -88,7 +99,10 @@ pub fn parse(spec: &str, base: &Path) -> Result<Mount> {
         [_, _, m] => bail!("-v {spec}: unknown mode '{m}' (ro or rw)"),
         _ => bail!("-v {spec}: expected HOST:GUEST[:ro]"),
     };
-    (|| -> Result<Mount> { Ok(Mount { image: source(src, base)?, destination: destination(dst)?, read_only: ro }) })()
+    (|| -> Result<Mount> {
+        let (image, kind) = source(src, base)?;
+        Ok(Mount { image, kind, destination: destination(dst)?, read_only: ro })
+    })()
         .with_context(|| format!("-v {spec}"))
 }
 
@@ -97,18 +111,23 @@ pub fn from_kraftfile(kf: &crate::kraftfile::Kraftfile) -> Result<Vec<Mount>> {
     let base = kf.path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for v in &kf.volumes {
+        let m = source(&v.source, base)
+            .and_then(|(image, kind)| Ok(Mount { image, kind, destination: destination(&v.destination)?, read_only: v.read_only }))
+            .map_err(|e| anyhow::anyhow!("{}:{}: volumes: {e}", kf.path.display(), v.line))?;
         if let Some(d) = &v.driver {
-            if !matches!(d.as_str(), "vfat" | "fat" | "blk" | "virtio-blk") {
+            let fits = match m.kind {
+                Kind::Image => matches!(d.as_str(), "vfat" | "fat" | "blk" | "virtio-blk"),
+                Kind::Folder => matches!(d.as_str(), "9pfs" | "9p"),
+            };
+            if !fits {
                 bail!(
-                    "{}:{}: volume driver '{d}' is not supported (Kiln mounts FAT images over virtio-blk: leave `driver` out or say vfat)",
+                    "{}:{}: volume driver '{d}' does not fit {} (a folder is shared with 9pfs, an image mounted with vfat; leaving `driver` out picks it)",
                     kf.path.display(),
-                    v.line
+                    v.line,
+                    v.source
                 );
             }
         }
-        let m = source(&v.source, base)
-            .and_then(|image| Ok(Mount { image, destination: destination(&v.destination)?, read_only: v.read_only }))
-            .map_err(|e| anyhow::anyhow!("{}:{}: volumes: {e}", kf.path.display(), v.line))?;
         out.push(m);
     }
     Ok(out)
@@ -130,9 +149,13 @@ pub fn check(all: &[Mount]) -> Result<()> {
     Ok(())
 }
 
-/// The serial number of the `i`th volume's disk.
-pub fn serial(i: usize) -> String {
-    format!("kiln-vol{i}")
+/// The serial number of the `i`th volume's disk, or the mount tag of its
+/// shared folder.
+pub fn serial(i: usize, kind: Kind) -> String {
+    match kind {
+        Kind::Image => format!("kiln-vol{i}"),
+        Kind::Folder => format!("kiln-fs{i}"),
+    }
 }
 
 /// The kernel parameter that mounts `all`.
@@ -143,9 +166,26 @@ pub fn fstab_param(all: &[Mount]) -> Option<String> {
     let entries: Vec<String> = all
         .iter()
         .enumerate()
-        .map(|(i, m)| format!("{}:{}:vfat{}", serial(i), m.destination, if m.read_only { ":ro" } else { "" }))
+        .map(|(i, m)| {
+            let fs = match m.kind {
+                Kind::Image => "vfat",
+                Kind::Folder => "9pfs",
+            };
+            format!("{}:{}:{fs}{}", serial(i, m.kind), m.destination, if m.read_only { ":ro" } else { "" })
+        })
         .collect();
     Some(format!("vfs.fstab={}", entries.join(" ")))
+}
+
+/// The Kconfig symbols volumes need: both file systems whatever the kinds,
+/// so that switching between an image and a folder does not rebuild the
+/// kernel (and runs of one app with different volumes share one image).
+pub fn libraries(all: &[Mount]) -> Vec<&'static str> {
+    if all.is_empty() {
+        Vec::new()
+    } else {
+        vec!["CONFIG_LIBFATFS", "CONFIG_LIB9PFS"]
+    }
 }
 
 /// Parses a size: 64M, 1G, 512K, or bytes.
@@ -284,18 +324,20 @@ mod tests {
         assert!(e(&format!("{}:/", img.display())).contains("cannot be mounted on /"));
         assert!(e(&format!("{}:data", img.display())).contains("must be absolute"));
         assert!(e(&format!("{}:/data:rx", img.display())).contains("unknown mode 'rx'"));
-        assert!(e(&format!("{}:/x", d.display())).contains("virtio-9p"));
-        assert!(e("./no-such.img:/x").contains("no such image file"));
+        let folder = parse(&format!("{}:/x", d.display()), Path::new("/")).unwrap();
+        assert_eq!(folder.kind, Kind::Folder);
+        assert!(e("./no-such.img:/x").contains("no such image file or folder"));
         assert!(e("/nope").contains("expected HOST:GUEST"));
         let two = [
-            Mount { image: img.clone(), destination: "/a".into(), read_only: false },
-            Mount { image: img.clone(), destination: "/b".into(), read_only: false },
+            Mount { image: img.clone(), kind: Kind::Image, destination: "/a".into(), read_only: false },
+            Mount { image: img.clone(), kind: Kind::Image, destination: "/b".into(), read_only: false },
         ];
         assert!(check(&two).unwrap_err().to_string().contains("given twice"));
         assert_eq!(
-            fstab_param(&two).unwrap(),
-            "vfs.fstab=kiln-vol0:/a:vfat kiln-vol1:/b:vfat"
+            fstab_param(&[two[0].clone(), folder.clone()]).unwrap(),
+            "vfs.fstab=kiln-vol0:/a:vfat kiln-fs1:/x:9pfs"
         );
+        assert_eq!(libraries(&[folder]), ["CONFIG_LIBFATFS", "CONFIG_LIB9PFS"]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

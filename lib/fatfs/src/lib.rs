@@ -397,21 +397,7 @@ fn mount(e: &kiln_vfs::fstab::Entry) -> core::result::Result<(), String> {
             if have.is_empty() { "none".to_string() } else { have.join(", ") }
         )
     })?;
-    match vfs.stat(&e.destination) {
-        Ok(st) if st.kind != FileType::Dir => {
-            return Err(format!("{} is a file in the initrd, not a folder to mount on", e.destination));
-        }
-        Ok(_) => {
-            let inside = vfs.readdir(&e.destination).map_err(|err| format!("{}: {err}", e.destination))?;
-            if inside.iter().any(|d| d.name != "." && d.name != "..") {
-                return Err(format!(
-                    "{} already holds files from the initrd, which the volume would hide; mount it on an empty or new folder",
-                    e.destination
-                ));
-            }
-        }
-        Err(_) => vfs.mkdir_all(&e.destination, 0o755).map_err(|err| format!("making {}: {err}", e.destination))?,
-    }
+    vfs.prepare_mount_point(&e.destination)?;
     let fs = Arc::new(FatVolume::mount(disk.clone(), e.read_only)?);
     let ro = fs.read_only;
     let stats = fs.statfs().ok();

@@ -378,6 +378,25 @@ impl Vfs {
         Ok(())
     }
 
+    /// Makes `path` ready to mount a file system on: an existing empty
+    /// folder, or a new one. A folder that holds files (the initrd's) is
+    /// refused rather than hidden, as is a file.
+    pub fn prepare_mount_point(&self, path: &str) -> core::result::Result<(), String> {
+        match self.stat(path) {
+            Ok(st) if st.kind != FileType::Dir => Err(alloc::format!("{path} is a file in the initrd, not a folder to mount on")),
+            Ok(_) => {
+                let inside = self.readdir(path).map_err(|err| alloc::format!("{path}: {err}"))?;
+                if inside.iter().any(|d| d.name != "." && d.name != "..") {
+                    return Err(alloc::format!(
+                        "{path} already holds files from the initrd, which the volume would hide; mount it on an empty or new folder"
+                    ));
+                }
+                Ok(())
+            }
+            Err(_) => self.mkdir_all(path, 0o755).map_err(|err| alloc::format!("making {path}: {err}")),
+        }
+    }
+
     /// Mount points and file system names.
     pub fn mounts(&self) -> Vec<(String, &'static str)> {
         self.mounts

@@ -7,6 +7,8 @@
 //! - `fill DIR`: writes 64 KiB blocks to DIR/fill.bin until a write fails,
 //!   and prints the error (ENOSPC expected).
 //! - `write DIR`: tries to create DIR/new.txt and prints the error.
+//! - `share DIR`: prints DIR/hello.txt (the host's), links to it, truncates
+//!   a copy, makes a file mode 0600, removes a directory tree it made.
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -86,6 +88,23 @@ fn main() {
             Ok(_) => println!("write: created"),
             Err(e) => println!("write: {}", errno(&e)),
         },
+        "share" => {
+            print!("host says: {}", fs::read_to_string(format!("{dir}/hello.txt")).expect("read hello.txt"));
+            let _ = fs::remove_file(format!("{dir}/link"));
+            std::os::unix::fs::symlink("hello.txt", format!("{dir}/link")).expect("symlink");
+            print!("through the link: {}", fs::read_to_string(format!("{dir}/link")).expect("read link"));
+            fs::write(format!("{dir}/cut.txt"), b"0123456789").unwrap();
+            OpenOptions::new().write(true).open(format!("{dir}/cut.txt")).unwrap().set_len(4).expect("truncate");
+            fs::write(format!("{dir}/secret.txt"), b"s").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(format!("{dir}/secret.txt"), fs::Permissions::from_mode(0o600)).expect("chmod");
+            fs::create_dir_all(format!("{dir}/tmp/a/b")).unwrap();
+            fs::write(format!("{dir}/tmp/a/b/f"), b"x").unwrap();
+            fs::remove_dir_all(format!("{dir}/tmp")).expect("remove_dir_all");
+            let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            println!("share: {}", names.join(","));
+        }
         _ => panic!("unknown command {what}"),
     }
 }
