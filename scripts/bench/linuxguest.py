@@ -117,14 +117,16 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def initramfs(program, args, files, dirs=()):
+def initramfs(program, args, files, dirs=(), modules=(), pre=""):
     """Builds a gzipped initramfs running `program args` (a host binary)
     after bringing up eth0 with the address in `kiln_ip=` on the kernel
-    command line. `files` maps guest paths to bytes."""
+    command line. `files` maps guest paths to bytes; `modules` are more
+    kernel modules to load (virtio_blk, vfat, ...) and `pre` shell lines
+    run before the program (a mount)."""
     _, mods, _ = kernel()
     c = Cpio()
     c.file("/bin/busybox", busybox().read_bytes(), 0o755)
-    order = _module_order(mods, MODULES)
+    order = _module_order(mods, MODULES + list(modules))
     for m, path in order:
         c.file(f"/lib/modules/{m}.ko", path.read_bytes())
     for lib in _libs(program):
@@ -146,6 +148,7 @@ ip link set lo up
 ip link set eth0 up
 ip addr add ${{ip%%:*}} dev eth0
 ip route add default via ${{ip##*:}}
+{pre}
 echo "linux-guest: ready at $ip"
 exec {program} {' '.join(args)}
 """
@@ -153,7 +156,7 @@ exec {program} {' '.join(args)}
     return gzip.compress(c.finish(), 1)
 
 
-def start(initrd_path, netdev, accel, memory="64M", extra_cmdline="", console=None, cpu=None):
+def start(initrd_path, netdev, accel, memory="64M", extra_cmdline="", console=None, cpu=None, extra=()):
     """Boots the Linux guest in QEMU like `kiln run` boots Kiln: microvm,
     one vCPU, the given -accel and -cpu (pass what `kiln run` chose),
     virtio-net on `netdev` (a -netdev value with id=n0). Returns the QEMU
@@ -166,6 +169,7 @@ def start(initrd_path, netdev, accel, memory="64M", extra_cmdline="", console=No
         "-serial", f"file:{console}" if console else "null",
         "-kernel", str(vmlinuz), "-initrd", str(initrd_path),
         "-netdev", netdev, "-device", "virtio-net-device,netdev=n0",
+        *extra,
         "-append", f"console=ttyS0 quiet panic=-1 {extra_cmdline}",
     ]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -180,6 +180,17 @@ impl FatVolume {
                 _ => format!("{name}: cannot mount: {e}"),
             }
         })?;
+        // Bounded read caches (write-through: nothing is deferred, so crash
+        // safety is as without): positions in cluster chains, so a read at
+        // an offset does not walk the chain from its start; FAT and
+        // directory blocks (64 x 512 B); a directory's first entries.
+        let fs = fs.with_cache(
+            hadris_fat::CacheOptions::new()
+                .with_chain_positions(256)
+                .with_blocks(64)
+                .with_directory_entries(128)
+                .with_directory_hint(true),
+        );
         Ok(FatVolume {
             inner: kiln_sched::Mutex::new(Inner { fs, pinned: BTreeSet::new(), open: BTreeMap::new() }),
             read_only,

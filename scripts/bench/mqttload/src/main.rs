@@ -4,6 +4,7 @@
 //! mqttload fanin  PORT PUBLISHERS MESSAGES QOS   one subscriber, many publishers
 //! mqttload fanout PORT SUBSCRIBERS MESSAGES QOS  one publisher, many subscribers
 //! mqttload conns  PORT MAX                       clients held at once
+//! mqttload retain PORT N                         N retained messages (QoS 1)
 //!
 //! Prints `key=value` lines: msgs_per_s, p50_us, p99_us, delivered, sent
 //! (fan-in/out); held (conns). Each message carries its send time; the
@@ -139,7 +140,7 @@ fn report(lat: &mut [u64], secs: f64, sent: usize) {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let usage = "usage: mqttload fanin|fanout PORT CLIENTS MESSAGES QOS | mqttload conns PORT MAX";
+    let usage = "usage: mqttload fanin|fanout PORT CLIENTS MESSAGES QOS | mqttload conns PORT MAX | mqttload retain PORT N";
     let port: u16 = a.get(2).and_then(|s| s.parse().ok()).expect(usage);
     let stop = Arc::new(AtomicBool::new(false));
     match a.get(1).map(String::as_str) {
@@ -210,6 +211,29 @@ fn main() {
             }
             println!("connected={}", held.len());
             println!("held={alive}");
+        }
+        Some("retain") => {
+            // N retained QoS 1 messages on topics of their own, 64-byte
+            // payloads, in windows of 100 acknowledged ones.
+            let n: usize = a[3].parse().expect(usage);
+            let mut c = Conn::open(port, "retainer").expect("connect");
+            let start = Instant::now();
+            let mut acked = 0;
+            for w in (0..n).step_by(100) {
+                let end = (w + 100).min(n);
+                for i in w..end {
+                    let payload = vec![b'r'; 64];
+                    let pid = (i % 60000) as u16 + 1;
+                    c.send(&Packet::Publish(Publish { dup: false, qos: 1, retain: true, topic: format!("retained/{i}"), pid, payload, props: Props::default() })).expect("publish");
+                }
+                while acked < end {
+                    if let Packet::PubAck(_) = c.next().expect("PUBACK") {
+                        acked += 1;
+                    }
+                }
+            }
+            println!("retained={acked}");
+            println!("msgs_per_s={:.0}", acked as f64 / start.elapsed().as_secs_f64());
         }
         _ => panic!("{usage}"),
     }
