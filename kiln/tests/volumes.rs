@@ -311,6 +311,10 @@ fn the_broker_keeps_retained_messages_and_sessions_across_restarts() {
 
     let log = start("b2");
     assert!(log.contains("restored 1 retained messages and 1 sessions (2 messages queued)"), "{before}\n---\n{log}");
+    // A volume in use is not removed.
+    let (code, _, err) = s.kiln(&["volume", "rm", "mq"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("volume 'mq' is in use by instance 'b2'"), "{err}");
     let (ok, out) = mosquitto("mosquitto_sub", port, &["-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-C", "2", "-W", "30", "-v"]);
     assert!(ok, "{out}");
     assert!(out.contains("plant/a/temp 21.5") && out.contains("plant/b/temp 19.0"), "{out}");
