@@ -426,6 +426,10 @@ impl Tree {
         if let Some(line) = unterminated_string(text) {
             bail!("{}:{line}: string without its closing quote", top.display());
         }
+        // The parser follows `source` and nests parentheses by recursion:
+        // a loop or a very deep expression would overflow its stack, which
+        // no panic handler catches. Both are refused here with file:line.
+        check_sources(top, text, root, vars, &mut Vec::new())?;
         let (rest, k) = parse_guarded(top, text, kf)?;
         let rest = rest.fragment();
         if !rest.trim().is_empty() {
@@ -996,6 +1000,100 @@ fn parse_guarded<'a>(
             top.display()
         ),
     }
+}
+
+/// Deepest `source` nesting and parenthesis nesting accepted. The parser
+/// recurses for both; these bounds keep it within a 2 MiB thread stack even
+/// in a debug build (kconfiglib has no fixed limit; real trees stay far
+/// below both: Linux's deepest `source` chain is under 10 files, its
+/// deepest parentheses under 6).
+const MAX_SOURCE_DEPTH: usize = 16;
+const MAX_PARENS: usize = 16;
+
+/// Walks the `source` statements of `file` (`text`) and of the files they
+/// name, refusing a file that sources itself directly or through others,
+/// nesting deeper than MAX_SOURCE_DEPTH, and parentheses nested deeper than
+/// MAX_PARENS; errors name the file and line. `chain` is the sourcing
+/// files above `file`, with the line of each `source`.
+fn check_sources(
+    file: &Path,
+    text: &str,
+    root: &Path,
+    vars: &HashMap<String, String>,
+    chain: &mut Vec<(PathBuf, usize)>,
+) -> Result<()> {
+    if let Some(line) = parens_too_deep(text) {
+        bail!("{}:{line}: parentheses nested more than {MAX_PARENS} deep", file.display());
+    }
+    for (n, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        let Some(rest) = t.strip_prefix("source") else { continue };
+        if !rest.starts_with([' ', '\t']) {
+            continue;
+        }
+        let mut path = rest.trim().trim_matches('"').to_string();
+        if path.contains('$') {
+            for (k, v) in vars {
+                path = path.replace(&format!("$({k})"), v).replace(&format!("${{{k}}}"), v);
+            }
+        }
+        let target = root.join(&path);
+        let same = |a: &Path| {
+            let (x, y) = (std::fs::canonicalize(a).ok(), std::fs::canonicalize(&target).ok());
+            x.is_some() && x == y
+        };
+        if same(file) || chain.iter().any(|(f, _)| same(f)) {
+            let mut loop_: Vec<String> = chain.iter().map(|(f, l)| format!("{}:{l}", f.display())).collect();
+            loop_.push(format!("{}:{}", file.display(), n + 1));
+            bail!(
+                "{}:{}: `source \"{path}\"` makes a loop: {} sources itself ({})",
+                file.display(),
+                n + 1,
+                target.display(),
+                loop_.join(" -> ")
+            );
+        }
+        if chain.len() + 1 >= MAX_SOURCE_DEPTH {
+            bail!("{}:{}: `source` nested more than {MAX_SOURCE_DEPTH} files deep", file.display(), n + 1);
+        }
+        // A missing file is the parser's to report.
+        let Ok(sub) = std::fs::read_to_string(&target) else { continue };
+        chain.push((file.to_path_buf(), n + 1));
+        let r = check_sources(&target, &sub, root, vars, chain);
+        chain.pop();
+        r?;
+    }
+    Ok(())
+}
+
+/// The first line where parentheses (outside strings and comments) nest
+/// deeper than MAX_PARENS.
+fn parens_too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '(') => {
+                    depth += 1;
+                    if depth > MAX_PARENS {
+                        return Some(n + 1);
+                    }
+                }
+                (None, ')') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        // An expression does not go on past its line (without a backslash).
+        if !line.ends_with('\\') {
+            depth = 0;
+        }
+    }
+    None
 }
 
 /// The first line (1-based) with a string that does not end on it, outside
@@ -2010,6 +2108,42 @@ config CMP
         std::fs::write(d.join("Kconfig.sub"), include_bytes!("../../fuzz/regressions/kconfig/unterminated-string")).unwrap();
         let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
         assert!(e.contains("Kconfig syntax error") && e.contains(&p.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn source_loops_and_deep_nesting_are_errors_not_stack_overflows() {
+        let p = scratch("loops");
+        let d = p.parent().unwrap();
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Tree::load_file(&p)
+        };
+        // A file that sources itself.
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig\"\n").unwrap_err());
+        assert!(e.starts_with(&format!("{}:3: `source \"Kconfig\"` makes a loop", p.display())), "{e}");
+        // Two files that source each other.
+        std::fs::write(d.join("Kconfig.b"), "config B\n\tbool \"b\"\nsource \"Kconfig\"\n").unwrap();
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.b\"\n").unwrap_err());
+        assert!(e.contains("Kconfig.b:3: `source \"Kconfig\"` makes a loop") && e.contains("Kconfig:3 -> "), "{e}");
+        // The same file sourced twice side by side is no loop.
+        std::fs::write(d.join("Kconfig.c"), "config C\n\tbool \"c\"\n").unwrap();
+        assert!(load("menu \"m\"\nsource \"Kconfig.c\"\nendmenu\n").is_ok());
+        // 1,250 nested parentheses.
+        let deep = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(1250), ")".repeat(1250));
+        let e = format!("{:#}", load(&deep).unwrap_err());
+        assert_eq!(e, format!("{}:3: parentheses nested more than 16 deep", p.display()));
+        // As deep as allowed is fine, on this test's 2 MiB thread.
+        let ok = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(16), ")".repeat(16));
+        assert!(load(&ok).is_ok());
+        // A chain of sourced files as deep as allowed, then one more.
+        for i in 1..16 {
+            std::fs::write(d.join(format!("K{i}")), format!("config S{i}\n\tbool \"s\"\nsource \"K{}\"\n", i + 1)).unwrap();
+        }
+        std::fs::write(d.join("K16"), "config LAST\n\tbool \"last\"\n").unwrap();
+        let t = load("source \"K2\"\n").unwrap();
+        assert!(t.get("LAST").is_some());
+        let e = format!("{:#}", load("source \"K1\"\n").unwrap_err());
+        assert!(e.contains("K15:3: `source` nested more than 16 files deep"), "{e}");
     }
 
     #[test]
