@@ -137,8 +137,26 @@ fn menu_in_a_terminal_searches_edits_and_saves() {
     );
     t.keys(&["Escape"]);
 
-    // Pick the region heap in the choice's radio list.
-    t.keys(&["Home", "Enter"]);
+    // Pick the region heap in the choice's radio list (the cursor walks
+    // to it: where it is in the list depends on the libraries there are).
+    let cursor = |s: &str| s.lines().find(|l| l.contains("│>")).unwrap_or("").to_string();
+    t.keys(&["Home"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    loop {
+        let here = cursor(&t.screen());
+        if here.contains("Heap allocator") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the cursor never reached the heap choice:\n{}", t.screen());
+        t.keys(&["Down"]);
+        // One step at a time: wait until the cursor has moved.
+        let moved = Instant::now();
+        while cursor(&t.screen()) == here && moved.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    t.keys(&["Enter"]);
     let s = t.wait_for("(X) TLSF");
     assert!(s.contains("( ) Region"), "{s}");
     t.keys(&["Down", "Enter"]);
