@@ -5,7 +5,7 @@
 //! connections.
 
 mod support;
-use support::root;
+use support::{kiln, root};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,18 +16,6 @@ use std::time::{Duration, Instant};
 /// Bridge tests pick free subnets; one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn kiln(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn a_guest_on_a_bridge_serves_at_its_own_address() {

@@ -4,23 +4,11 @@
 //! library `ldd` names is there.
 
 mod support;
-use support::root;
+use support::kiln;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-fn kiln(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-rootfs-{name}-{}", std::process::id()));

@@ -17,7 +17,17 @@ pub fn root() -> PathBuf {
 
 /// Runs `kiln ARGS` in the repository root: (exit code, stdout, stderr).
 pub fn kiln(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).args(args).output().unwrap();
+    kiln_in(args, None)
+}
+
+/// Runs `kiln ARGS` with KILN_STATE_DIR set to `state` when given.
+fn kiln_in(args: &[&str], state: Option<&Path>) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.current_dir(root()).args(args);
+    if let Some(d) = state {
+        c.env("KILN_STATE_DIR", d);
+    }
+    let o: Output = c.output().unwrap();
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -194,17 +204,7 @@ impl State {
     }
 
     pub fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let o: Output = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .current_dir(root())
-            .env("KILN_STATE_DIR", &self.0)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
+        kiln_in(args, Some(&self.0))
     }
 
     pub fn state_of(&self, name: &str) -> String {

@@ -173,7 +173,8 @@ impl Client {
         let _ = self.call(Msg::new(proto::TCLUNK, 1).u32(fid), proto::TCLUNK);
     }
 
-    /// Walks from `from` by `names` (none: a copy of `from`) to a new fid.
+    /// Walks from `from` by `names` (none: a copy of `from`, whose qid is
+    /// left default) to a new fid.
     fn walk(&mut self, from: u32, names: &[&str]) -> Result<(u32, Qid)> {
         let new = self.fid();
         let mut m = Msg::new(proto::TWALK, 1).u32(from).u32(new).u16(names.len() as u16);
@@ -187,12 +188,10 @@ impl Client {
             // A partial walk leaves no new fid.
             return Err(Error::NotFound);
         }
+        // A copy (no names) has no qid in the reply: callers use only the fid.
         let mut qid = Qid::default();
         for _ in 0..n {
             qid = r.qid().map_err(errno)?;
-        }
-        if names.is_empty() {
-            qid = self.getattr(new)?.qid;
         }
         Ok((new, qid))
     }

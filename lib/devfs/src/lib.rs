@@ -122,18 +122,6 @@ impl FileSystem for DevFs {
         Err(Error::NotPermitted)
     }
 
-    fn symlink(&self, _dir: Ino, _name: &str, _target: &str) -> Result<Ino> {
-        Err(Error::NotPermitted)
-    }
-
-    fn readlink(&self, _ino: Ino) -> Result<String> {
-        Err(Error::Invalid)
-    }
-
-    fn link(&self, _dir: Ino, _name: &str, _ino: Ino) -> Result<()> {
-        Err(Error::NotPermitted)
-    }
-
     fn unlink(&self, _dir: Ino, _name: &str) -> Result<()> {
         Err(Error::NotPermitted)
     }

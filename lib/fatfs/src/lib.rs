@@ -83,7 +83,8 @@ struct WallClock;
 
 impl hadris_fs::Clock for WallClock {
     fn now(&self) -> hadris_fs::DateTime {
-        let epoch = kiln_boot::param("clock.epoch").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        static EPOCH: spin::Once<i64> = spin::Once::new();
+        let epoch = *EPOCH.call_once(|| kiln_boot::param("clock.epoch").and_then(|v| v.parse().ok()).unwrap_or(0));
         let p = kiln_boot::platform();
         let ticks = p.map_or(0, |p| p.ticks());
         let secs = kiln_boot::ticks_to_us(ticks, p.and_then(|p| p.tick_hz())).unwrap_or(0) / 1_000_000;
@@ -268,18 +269,6 @@ impl FileSystem for FatVolume {
         }
         .map_err(error)?;
         Ok(g.pin(id))
-    }
-
-    fn symlink(&self, _dir: Ino, _name: &str, _target: &str) -> Result<Ino> {
-        Err(Error::NotPermitted)
-    }
-
-    fn readlink(&self, _ino: Ino) -> Result<String> {
-        Err(Error::Invalid)
-    }
-
-    fn link(&self, _dir: Ino, _name: &str, _ino: Ino) -> Result<()> {
-        Err(Error::NotPermitted)
     }
 
     fn unlink(&self, dir: Ino, name: &str) -> Result<()> {

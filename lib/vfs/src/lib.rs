@@ -212,10 +212,20 @@ pub trait FileSystem: Send + Sync {
     fn truncate(&self, ino: Ino, size: u64) -> Result<()>;
     /// Creates a file or directory `name` in `dir`; EEXIST if it exists.
     fn create(&self, dir: Ino, name: &str, kind: FileType, mode: u32) -> Result<Ino>;
-    fn symlink(&self, dir: Ino, name: &str, target: &str) -> Result<Ino>;
-    fn readlink(&self, ino: Ino) -> Result<String>;
+    /// A symbolic link; the default (a file system without them, as
+    /// Linux's vfat) refuses with EPERM.
+    fn symlink(&self, _dir: Ino, _name: &str, _target: &str) -> Result<Ino> {
+        Err(Error::NotPermitted)
+    }
+    /// The default: nothing here is a symlink (EINVAL).
+    fn readlink(&self, _ino: Ino) -> Result<String> {
+        Err(Error::Invalid)
+    }
     /// A hard link: `name` in `dir` for the existing inode `ino`.
-    fn link(&self, dir: Ino, name: &str, ino: Ino) -> Result<()>;
+    /// The default refuses with EPERM (no hard links).
+    fn link(&self, _dir: Ino, _name: &str, _ino: Ino) -> Result<()> {
+        Err(Error::NotPermitted)
+    }
     /// Removes a non-directory entry.
     fn unlink(&self, dir: Ino, name: &str) -> Result<()>;
     /// Removes an empty directory.
