@@ -1,4 +1,5 @@
-//! TCP port forwarding for `-p HOST:GUEST` on QEMU's user network.
+//! TCP port forwarding for `-p HOST:GUEST`: to QEMU's user network, or
+//! to a guest's own address on a tap (Firecracker, cloud-hypervisor).
 //!
 //! QEMU's user network listens for a forwarded port itself, with a backlog
 //! of one: of a burst of simultaneous clients the host's kernel completes
@@ -13,20 +14,21 @@
 //! side is passed on to the other, so a client that shuts down its sending
 //! side still gets its answer.
 //!
-//! UDP forwards stay QEMU's own (no backlog there).
+//! UDP forwards stay QEMU's own (no backlog there). A guest on a tap is
+//! connected to directly, so there is no queue to wait on.
 
 use anyhow::{bail, Result};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// One forward: clients on `host` (all addresses) reach QEMU's forward on
-/// 127.0.0.1:`via`.
+/// One forward: clients on `host` (all addresses) are handed to `to`
+/// (QEMU's forward on a loopback port, or the guest on its tap).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Relay {
     pub host: u16,
-    pub via: u16,
+    pub to: SocketAddrV4,
 }
 
 /// A free loopback port for QEMU's side of a forward.
@@ -42,11 +44,11 @@ pub fn start(relays: &[Relay]) -> Result<()> {
     let mut bound = Vec::new();
     for r in relays {
         match TcpListener::bind(("0.0.0.0", r.host)) {
-            Ok(l) => bound.push((l, r.via)),
+            Ok(l) => bound.push((l, r.to)),
             Err(e) => bail!("-p {}: cannot listen on host port {} ({e})", r.host, r.host),
         }
     }
-    for (listener, via) in bound {
+    for (listener, to) in bound {
         let (tx, rx) = mpsc::channel::<TcpStream>();
         std::thread::spawn(move || {
             for c in listener.incoming().flatten() {
@@ -55,32 +57,38 @@ pub fn start(relays: &[Relay]) -> Result<()> {
                 }
             }
         });
-        std::thread::spawn(move || hand_over(rx, via));
+        std::thread::spawn(move || hand_over(rx, to));
     }
     Ok(())
 }
 
-/// Connects each client to QEMU in turn and starts relaying its bytes.
-fn hand_over(clients: mpsc::Receiver<TcpStream>, via: u16) {
+/// Connects each client to `to` in turn and starts relaying its bytes.
+fn hand_over(clients: mpsc::Receiver<TcpStream>, to: SocketAddrV4) {
+    let loopback = to.ip().is_loopback();
     for client in clients {
-        // QEMU may still be starting: it gets two seconds to listen.
+        // The VMM (or the guest's server) may still be starting: it gets
+        // two seconds to listen (a guest on a tap, which boots slowly under
+        // emulation, 30).
         let start = Instant::now();
-        let qemu = loop {
-            match TcpStream::connect(("127.0.0.1", via)) {
+        let patience = Duration::from_secs(if loopback { 2 } else { 30 });
+        let server = loop {
+            match TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) {
                 Ok(q) => break Some(q),
-                Err(_) if start.elapsed() < Duration::from_secs(2) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(20)),
                 Err(_) => break None,
             }
         };
-        let Some(qemu) = qemu else {
+        let Some(server) = server else {
             // QEMU is gone: the client is closed.
             continue;
         };
-        wait_taken(via);
+        if loopback {
+            wait_taken(to.port());
+        }
         let _ = client.set_nodelay(true);
-        let _ = qemu.set_nodelay(true);
-        let (Ok(c2), Ok(q2)) = (client.try_clone(), qemu.try_clone()) else { continue };
-        std::thread::spawn(move || pipe(client, qemu));
+        let _ = server.set_nodelay(true);
+        let (Ok(c2), Ok(q2)) = (client.try_clone(), server.try_clone()) else { continue };
+        std::thread::spawn(move || pipe(client, server));
         std::thread::spawn(move || pipe(q2, c2));
     }
 }
@@ -167,7 +175,8 @@ mod tests {
             }
         });
         let host = loopback_port().unwrap();
-        start(&[Relay { host, via }]).unwrap();
+        let to = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, via);
+        start(&[Relay { host, to }]).unwrap();
         let clients: Vec<_> = (0..50)
             .map(|i| {
                 std::thread::spawn(move || {
@@ -182,6 +191,6 @@ mod tests {
             })
             .collect();
         assert!(clients.into_iter().all(|c| c.join().unwrap()));
-        assert!(start(&[Relay { host, via }]).is_err(), "a taken port is an error");
+        assert!(start(&[Relay { host, to }]).is_err(), "a taken port is an error");
     }
 }

@@ -2,13 +2,15 @@
 //! folder under the state directory (`$KILN_STATE_DIR`, else
 //! `$XDG_STATE_HOME/kiln/instances`, else `~/.local/state/kiln/instances`)
 //! holding `instance.json` (what was started), `console.log` (the guest
-//! console), `qmp.sock` (QEMU's control socket) and, once QEMU has ended,
-//! `exit` (the guest's exit status). A supervisor process, started in its own
-//! session, runs QEMU and records the exit, so the state stays right when
-//! `kiln` itself is killed; if the supervisor dies too, `kiln ps` sees that
-//! QEMU is gone and shows the instance as exited.
+//! console), the VMM's control socket (and configuration) and, once the VMM
+//! has ended, `exit` (the guest's exit status). A supervisor process,
+//! started in its own session, runs the VMM, copies its console when the
+//! VMM writes it on standard output, records the exit and removes the tap
+//! device Kiln made for it, so the state stays right when `kiln` itself is
+//! killed; if the supervisor dies too, `kiln ps` sees that the VMM is gone
+//! and shows the instance as exited.
 
-use crate::qemu::{self, Outcome, RunSpec};
+use crate::vmm::{self, RunSpec};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Seek, Write};
@@ -28,10 +30,19 @@ pub struct Info {
     pub started: u64,
     /// Remove the instance when it exits.
     pub remove: bool,
-    /// QEMU's process ID, once started.
+    /// The VMM's process ID, once started.
     pub pid: Option<u32>,
-    /// The full QEMU command line.
+    /// The full VMM command line.
     pub command: Vec<String>,
+    /// The VMM.
+    #[serde(default)]
+    pub vmm: vmm::Kind,
+    /// The tap device Kiln made for the guest, removed when it ends.
+    #[serde(default)]
+    pub tap: Option<crate::network::Tap>,
+    /// The volumes' image files (canonical paths).
+    #[serde(default)]
+    pub volumes: Vec<PathBuf>,
     /// The bridge the guest is on, if any.
     #[serde(default)]
     pub bridge: Option<(String, String)>,
@@ -113,7 +124,8 @@ fn write_info(dir: &Path, info: &Info) -> Result<()> {
     Ok(())
 }
 
-/// Starts `spec` detached as instance `name`; returns once QEMU runs.
+/// Starts `spec` detached as instance `name`; returns once the VMM runs.
+/// The instance owns `spec.tap` from here on (its supervisor removes it).
 pub fn start(
     name: &str,
     app: &str,
@@ -127,11 +139,19 @@ pub fn start(
     if dir.exists() {
         bail!("an instance named '{name}' exists already (kiln rm {name} removes it)");
     }
+    let v = spec.vmm.vmm();
+    v.check(spec)?;
+    let bin = v.binary(&spec.arch)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let qemu_bin = qemu::find_qemu(&spec.arch)?;
     let mut spec = spec.clone();
-    spec.detached = Some((dir.join("console.log"), dir.join("qmp.sock")));
-    let cmd = qemu::command(&qemu_bin, &spec);
+    spec.detached = Some(dir.clone());
+    let cmd = match v.command(&bin, &spec, &dir) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let command: Vec<String> = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
@@ -149,6 +169,9 @@ pub fn start(
         command,
         bridge: spec.bridge.clone(),
         relays: spec.relays(),
+        vmm: spec.vmm,
+        tap: spec.tap.clone(),
+        volumes: spec.volumes.iter().filter_map(|v| std::fs::canonicalize(&v.image).ok()).collect(),
     };
     write_info(&dir, &info)?;
     // The supervisor: this program again, in a new session, so it outlives
@@ -170,7 +193,7 @@ pub fn start(
         });
     }
     sup.spawn().context("starting the instance supervisor")?;
-    // Wait until QEMU is up (pid recorded) or has already failed.
+    // Wait until the VMM is up (pid recorded) or has already failed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(i) = read_info(&dir) {
@@ -192,35 +215,54 @@ pub fn start(
     }
 }
 
-/// The supervisor (`kiln __supervise DIR`): runs QEMU, records its PID and
-/// the guest's exit status.
+/// The supervisor (`kiln __supervise DIR`): runs the VMM, records its PID
+/// and the guest's exit status, and removes the instance's tap device.
 pub fn supervise(dir: &Path) -> Result<i32> {
     let mut info = read_info(dir)?;
+    let r = supervise_vmm(dir, &mut info);
+    if let Some(t) = &info.tap {
+        t.remove();
+    }
+    r
+}
+
+fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
     if let Err(e) = crate::forward::start(&info.relays) {
         let _ = std::fs::write(dir.join("console.log"), format!("kiln: {e}\n"));
         std::fs::write(dir.join("exit"), "1\n")?;
         return Ok(1);
     }
-    let (prog, args) = info.command.split_first().context("empty QEMU command")?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let v = info.vmm.vmm();
+    let (prog, args) = info.command.split_first().context("empty VMM command")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    // A VMM that writes the console on its standard output has it copied
+    // into the log (without the exit line, whose code is kept).
+    let console = if v.console_on_stdout() {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("console.log"))?;
+        cmd.stdout(Stdio::piped());
+        Some(log)
+    } else {
+        cmd.stdout(Stdio::null());
+        None
+    };
+    let mut child = cmd.spawn()?;
     info.pid = Some(child.id());
-    write_info(dir, &info)?;
+    write_info(dir, info)?;
+    let copier = match (console, child.stdout.take()) {
+        (Some(log), Some(out)) => Some(vmm::copy_console(out, log)),
+        _ => None,
+    };
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
     let status = child.wait()?;
-    let code = match qemu::decode(status) {
-        Outcome::Exited(c) => c,
-        Outcome::NoCode => qemu::EXIT_CRASH,
-        Outcome::QemuFailed(_) => 1,
-        Outcome::Signal(s) => 128 + s,
-    };
+    let exit_line = copier.and_then(|c| c.join().ok()).flatten();
+    let code = v.outcome(status, exit_line).status();
     if !err.is_empty() {
         let mut log = std::fs::OpenOptions::new()
             .append(true)
@@ -236,10 +278,15 @@ pub fn supervise(dir: &Path) -> Result<i32> {
     Ok(0)
 }
 
-/// Whether process `pid` is a live QEMU.
-fn alive(pid: u32) -> bool {
+/// Whether process `pid` is a live VMM of kind `vmm`.
+fn alive(pid: u32, vmm: vmm::Kind) -> bool {
+    let program = match vmm {
+        vmm::Kind::Qemu => "qemu-system",
+        vmm::Kind::Firecracker => "firecracker",
+        vmm::Kind::CloudHypervisor => "cloud-hypervisor",
+    };
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(program))
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .is_ok_and(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
 }
@@ -250,8 +297,9 @@ pub fn using(image: &Path) -> Option<String> {
     let needle = format!("file={},", want.display());
     std::fs::read_dir(state_dir()).ok()?.flatten().find_map(|e| {
         let i = read_info(&e.path()).ok()?;
-        let running = !e.path().join("exit").exists() && i.pid.is_some_and(alive);
-        (running && i.command.iter().any(|a| a.contains(&needle))).then_some(i.name)
+        let running = !e.path().join("exit").exists() && i.pid.is_some_and(|p| alive(p, i.vmm));
+        let uses = i.volumes.contains(&want) || i.command.iter().any(|a| a.contains(&needle));
+        (running && uses).then_some(i.name)
     })
 }
 
@@ -274,7 +322,7 @@ fn row(dir: &Path) -> Result<Row> {
     let exit = std::fs::read_to_string(dir.join("exit"))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok());
-    let running = exit.is_none() && i.pid.is_some_and(alive);
+    let running = exit.is_none() && i.pid.is_some_and(|p| alive(p, i.vmm));
     let state = if running {
         "running".to_string()
     } else if exit.is_some() && dir.join("stopped").exists() {
@@ -284,7 +332,7 @@ fn row(dir: &Path) -> Result<Row> {
     } else if i.pid.is_none() {
         "starting".to_string()
     } else {
-        // QEMU and its supervisor are gone without a record.
+        // The VMM and its supervisor are gone without a record.
         "exited (unknown)".to_string()
     };
     Ok(Row {
@@ -296,7 +344,7 @@ fn row(dir: &Path) -> Result<Row> {
         ports: i.ports,
         memory_mib: i.memory_mib,
         uptime_s: running.then(|| now().saturating_sub(i.started)),
-        // Only a live QEMU's: a dead one's number may be another program's.
+        // Only a live VMM's: a dead one's number may be another program's.
         pid: i.pid.filter(|_| running),
     })
 }
@@ -398,102 +446,45 @@ pub fn logs(name: &str, follow: bool) -> Result<()> {
     }
 }
 
-/// A QMP session on an instance's control socket, past the handshake.
-struct Qmp {
-    s: std::os::unix::net::UnixStream,
-    r: BufReader<std::os::unix::net::UnixStream>,
-}
-
-impl Qmp {
-    fn connect(sock: &Path) -> Result<Qmp> {
-        let s = std::os::unix::net::UnixStream::connect(sock)
-            .with_context(|| format!("connecting to {}", sock.display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let r = BufReader::new(s.try_clone()?);
-        let mut q = Qmp { s, r };
-        let mut greeting = String::new();
-        q.r.read_line(&mut greeting)?;
-        q.execute("{\"execute\":\"qmp_capabilities\"}")?;
-        Ok(q)
-    }
-
-    /// Sends one command and waits for its answer (events in between are
-    /// skipped); Ok(false) when QEMU answered with an error.
-    fn execute(&mut self, command: &str) -> Result<bool> {
-        self.s.write_all(command.as_bytes())?;
-        self.s.write_all(b"\n")?;
-        loop {
-            let mut line = String::new();
-            if self.r.read_line(&mut line)? == 0 {
-                bail!("QEMU closed its control socket");
-            }
-            if line.contains("\"return\"") {
-                return Ok(true);
-            }
-            if line.contains("\"error\"") {
-                return Ok(false);
-            }
-        }
-    }
-
-    /// Sends `quit` and waits for QEMU to act on it (it closes the socket
-    /// as it exits): closing first can make QEMU drop the command unread.
-    fn quit(mut self) -> Result<()> {
-        self.s.write_all(b"{\"execute\":\"quit\"}\n")?;
-        let mut line = String::new();
-        while self.r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            line.clear();
-        }
-        Ok(())
-    }
-}
-
-/// Asks the guest to shut down: Ctrl-Alt-Del on its keyboard (x86_64)
-/// and its power button (arm64 virt); the kernel hands the request to the
-/// app (see `kiln_boot::on_stop`). True if either reached the machine.
-fn ask_guest_to_stop(sock: &Path) -> bool {
-    let Ok(mut q) = Qmp::connect(sock) else { return false };
-    let key = q.execute(
-        "{\"execute\":\"send-key\",\"arguments\":{\"keys\":[{\"type\":\"qcode\",\"data\":\"ctrl\"},{\"type\":\"qcode\",\"data\":\"alt\"},{\"type\":\"qcode\",\"data\":\"delete\"}]}}",
-    );
-    let button = q.execute("{\"execute\":\"system_powerdown\"}");
-    matches!(key, Ok(true)) || matches!(button, Ok(true))
-}
-
-/// How long the guest has to shut down before QEMU is told to quit.
+/// How long the guest has to shut down before the VMM is told to quit.
 const GRACE: Duration = Duration::from_secs(5);
 
 /// `kiln stop NAME`: asks the guest to shut down (the app finishes what
-/// it is doing and exits); after 5 s QMP `quit`, then SIGKILL.
+/// it is doing and exits); after 5 s the VMM is told to quit, then killed.
 pub fn stop(name: &str) -> Result<()> {
     let dir = instance_dir(name)?;
     let r = row(&dir)?;
     let Some(pid) = r.pid.filter(|_| r.state == "running") else {
         bail!("instance '{name}' is not running ({})", r.state);
     };
+    let kind = read_info(&dir)?.vmm;
+    let v = kind.vmm();
     std::fs::write(dir.join("stopped"), b"")?;
-    let sock = dir.join("qmp.sock");
     let wait = |limit: Duration| {
         let deadline = std::time::Instant::now() + limit;
-        while alive(pid) && std::time::Instant::now() < deadline {
+        while alive(pid, kind) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        !alive(pid)
+        !alive(pid, kind)
     };
-    let asked = ask_guest_to_stop(&sock);
+    let asked = v.ask_to_stop(&dir);
     if asked && wait(GRACE) {
         eprintln!("kiln: {name} shut down");
     } else {
-        let quit = Qmp::connect(&sock).and_then(Qmp::quit).is_ok();
-        if !wait(Duration::from_secs(2)) {
-            // SAFETY: kill(2) on the QEMU process this instance started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            eprintln!(
-                "kiln: {name} did not stop{}; killed",
-                if quit { "" } else { " (QMP unreachable)" }
-            );
+        let why = if asked {
+            format!("did not shut down within {} s", GRACE.as_secs())
+        } else if kind == vmm::Kind::Qemu {
+            "could not be asked to shut down (QMP unreachable)".to_string()
         } else {
-            eprintln!("kiln: {name} did not shut down within {} s; stopped", GRACE.as_secs());
+            format!("cannot be asked to shut down on {}", kind.name())
+        };
+        if v.quit(&dir) && wait(Duration::from_secs(2)) {
+            eprintln!("kiln: {name} {why}; stopped");
+        } else {
+            // SAFETY: kill(2) on the VMM process this instance started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            eprintln!("kiln: {name} {why}; killed");
+            let _ = wait(Duration::from_secs(2));
         }
     }
     // Give the supervisor a moment to record the exit.

@@ -179,8 +179,13 @@ pub struct Volume {
 /// A build target: platform and architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The kernel's platform (`qemu`, `raspi`, `raspi4`).
     pub plat: String,
     pub arch: String,
+    /// The VMM a target names instead of QEMU (`fc/x86_64` and
+    /// `firecracker/x86_64`: "firecracker"; `cloud-hypervisor/x86_64`:
+    /// "cloud-hypervisor"): the same qemu image, booted there.
+    pub vmm: Option<String>,
     /// Target-specific `kconfig:` entries, with their lines.
     pub kconfig: Vec<(String, String, u64)>,
     /// Line of the entry in the Kraftfile, for messages.
@@ -189,7 +194,17 @@ pub struct Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.plat, self.arch)
+        write!(f, "{}/{}", self.vmm.as_deref().unwrap_or(&self.plat), self.arch)
+    }
+}
+
+/// The VMM a target's platform names, when it is not QEMU: Unikraft's
+/// `fc` (and `firecracker`), and cloud-hypervisor by its usual names.
+pub fn vmm_of_plat(plat: &str) -> Option<&'static str> {
+    match plat {
+        "fc" | "firecracker" => Some("firecracker"),
+        "cloud-hypervisor" | "cloudhypervisor" | "clh" | "chv" => Some("cloud-hypervisor"),
+        _ => None,
     }
 }
 
@@ -420,8 +435,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                 (k, v, l)
             })
             .collect();
+        let vmm = vmm_of_plat(&plat).map(str::to_string);
         targets.push(Target {
-            plat,
+            plat: if vmm.is_some() { "qemu".into() } else { plat },
+            vmm,
             arch: canonical_arch(&arch).to_string(),
             kconfig,
             line,
@@ -541,12 +558,24 @@ impl Kraftfile {
     /// (either may be left out), else the first one listed.
     pub fn select_target(&self, plat: Option<&str>, arch: Option<&str>) -> Result<Target> {
         let arch = arch.map(canonical_arch);
-        let found = self
-            .targets
-            .iter()
-            .find(|t| plat.is_none_or(|p| p == t.plat) && arch.is_none_or(|a| a == t.arch));
+        let wanted_vmm = plat.and_then(vmm_of_plat);
+        let matches = |t: &&Target| {
+            let plat_ok = match (plat, wanted_vmm) {
+                (None, _) => true,
+                (Some(_), Some(v)) => t.vmm.as_deref() == Some(v),
+                (Some(p), None) => p == t.plat && (t.vmm.is_none() || p != "qemu"),
+            };
+            plat_ok && arch.is_none_or(|a| a == t.arch)
+        };
+        // `--plat fc` on a Kraftfile that lists only qemu targets: the
+        // qemu image, booted on that VMM.
+        let found = self.targets.iter().find(matches).cloned().or_else(|| {
+            let v = wanted_vmm?;
+            let t = self.targets.iter().find(|t| t.plat == "qemu" && arch.is_none_or(|a| a == t.arch))?;
+            Some(Target { vmm: Some(v.to_string()), ..t.clone() })
+        });
         let t = match found {
-            Some(t) => t.clone(),
+            Some(t) => t,
             None => {
                 let listed: Vec<String> = self.targets.iter().map(|t| t.to_string()).collect();
                 bail!(
@@ -558,8 +587,16 @@ impl Kraftfile {
                 );
             }
         };
+        if let (Some(v), "arm64") = (&t.vmm, t.arch.as_str()) {
+            return Err(at(
+                &self.path,
+                t.line,
+                format!("target '{t}': Kiln runs on {v} on x86_64 only (its arm64 kernel is an ELF for QEMU's virt board, not the Linux arm64 Image {v} loads); use qemu/arm64"),
+            ));
+        }
         if !SUPPORTED.contains(&(t.plat.as_str(), t.arch.as_str())) {
-            let ok: Vec<String> = SUPPORTED.iter().map(|(p, a)| format!("{p}/{a}")).collect();
+            let mut ok: Vec<String> = SUPPORTED.iter().map(|(p, a)| format!("{p}/{a}")).collect();
+            ok.extend(["fc/x86_64".to_string(), "cloud-hypervisor/x86_64".to_string()]);
             return Err(at(
                 &self.path,
                 t.line,
@@ -672,9 +709,18 @@ kconfig:
     fn target_selection() {
         let k = p("name: x\ntargets:\n  - qemu/x86_64\n  - fc/x86_64\n").unwrap();
         assert_eq!(k.select_target(None, None).unwrap().plat, "qemu");
+        assert_eq!(k.select_target(None, None).unwrap().vmm, None);
         assert_eq!(k.select_target(None, Some("amd64")).unwrap().plat, "qemu");
+        // fc/x86_64 is the qemu image on Firecracker.
+        let fc = k.select_target(Some("fc"), None).unwrap();
+        assert_eq!((fc.plat.as_str(), fc.vmm.as_deref(), fc.to_string().as_str()), ("qemu", Some("firecracker"), "firecracker/x86_64"));
+        assert_eq!(k.select_target(Some("qemu"), None).unwrap().vmm, None);
+        // A VMM named on the command line boots the qemu target there.
+        let ch = k.select_target(Some("cloud-hypervisor"), None).unwrap();
+        assert_eq!((ch.plat.as_str(), ch.vmm.as_deref()), ("qemu", Some("cloud-hypervisor")));
+        let k = p("name: x\ntargets:\n  - fc/arm64\n").unwrap();
         let e = format!("{:#}", k.select_target(Some("fc"), None).unwrap_err());
-        assert_eq!(e, "/tmp/app/Kraftfile:4: unknown target 'fc/x86_64': Kiln builds qemu/x86_64, qemu/arm64, raspi/arm64, raspi4/arm64");
+        assert!(e.contains("Kiln runs on firecracker on x86_64 only"), "{e}");
         let e = format!("{:#}", k.select_target(Some("xen"), None).unwrap_err());
         assert!(e.contains("no target matches xen/*"), "{e}");
     }

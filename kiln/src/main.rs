@@ -8,9 +8,9 @@ mod initrd;
 mod instance;
 mod menu;
 mod network;
-mod qemu;
 mod rootfs;
 mod ui;
+mod vmm;
 mod volume;
 
 use kiln::{kconfig, kraftfile};
@@ -219,10 +219,14 @@ struct RunArgs {
     /// Accelerator: KVM when this host's KVM runs Kiln well, else TCG (auto);
     /// or KVM (an error when unusable) or TCG
     #[arg(long, value_enum, default_value = "auto")]
-    accel: qemu::Accel,
+    accel: vmm::Accel,
     /// QEMU machine model
     #[arg(long, value_enum, default_value = "microvm")]
-    machine: qemu::Machine,
+    machine: vmm::Machine,
+    /// The virtual machine monitor (default: the target's, else qemu);
+    /// firecracker and cloud-hypervisor need KVM and their program in PATH
+    #[arg(long, value_enum)]
+    vmm: Option<vmm::Kind>,
     /// Stop the guest after this many seconds (exit status 124)
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -393,7 +397,7 @@ fn run(a: &RunArgs) -> Result<i32> {
     let ui = Ui {
         quiet: a.target.quiet,
     };
-    let memory_mib = qemu::parse_memory(&a.memory)?;
+    let memory_mib = vmm::parse_memory(&a.memory)?;
     // Everything that can be checked before a build is.
     if a.name.is_some() || a.rm {
         if !a.detach {
@@ -421,7 +425,7 @@ fn run(a: &RunArgs) -> Result<i32> {
 
     let mut ports = Vec::new();
     for p in &a.ports {
-        ports.push(qemu::parse_port(p)?);
+        ports.push(vmm::parse_port(p)?);
     }
     let mut volumes = Vec::new();
     for v in &a.volumes {
@@ -430,6 +434,7 @@ fn run(a: &RunArgs) -> Result<i32> {
     let mut net_in_kernel = false;
     let mut app_name = String::from("kernel");
     let target_name: String;
+    let mut vmm_kind = a.vmm;
     let (kernel, arch, cmd) = match &a.kernel {
         Some(k) => {
             if !k.is_file() {
@@ -451,8 +456,12 @@ fn run(a: &RunArgs) -> Result<i32> {
             for lib in volume::libraries(&volumes) {
                 kf.kconfig.push((lib.into(), "y".into(), 0));
             }
-            // Fail before compiling when QEMU is missing.
-            qemu::find_qemu(&target.arch)?;
+            // The target's VMM (`fc/x86_64`) unless --vmm says otherwise;
+            // fail before compiling when it is missing.
+            if vmm_kind.is_none() {
+                vmm_kind = target.vmm.as_deref().and_then(vmm::Kind::from_plat);
+            }
+            vmm_kind.unwrap_or_default().vmm().binary(&target.arch)?;
             let mut all_env = kf.env.clone();
             all_env.append(&mut env);
             env = all_env;
@@ -463,13 +472,13 @@ fn run(a: &RunArgs) -> Result<i32> {
             if a.ports.is_empty() && !bridged {
                 for (p, line) in &kf.ports {
                     ports.push(
-                        qemu::parse_port(p)
+                        vmm::parse_port(p)
                             .map_err(|e| anyhow::anyhow!("{}:{line}: {e}", kf.path.display()))?,
                     );
                 }
             }
             app_name = kf.name.clone();
-            target_name = target.to_string();
+            target_name = format!("{}/{}", target.plat, target.arch);
             if !bridged {
                 check_ports_free(&ports)?;
             }
@@ -479,20 +488,31 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
     };
 
+    let vmm_kind = vmm_kind.unwrap_or_default();
     let native = arch == std::env::consts::ARCH.replace("aarch64", "arm64");
     let kvm = match (a.accel, a.no_kvm) {
-        (qemu::Accel::Tcg, _) | (_, true) => false,
-        (qemu::Accel::Kvm, false) => {
+        // Firecracker and cloud-hypervisor have no emulator.
+        (vmm::Accel::Tcg, _) | (_, true) if vmm_kind != vmm::Kind::Qemu => {
+            anyhow::bail!("{}: {} runs guests on KVM only; leave out -W / --accel tcg, or run on QEMU (leave out --vmm)", if a.no_kvm { "-W" } else { "--accel tcg" }, vmm_kind.name())
+        }
+        _ if vmm_kind != vmm::Kind::Qemu => {
+            if let Err(why) = vmm::kvm_runs_kiln_well() {
+                eprintln!("kiln: {why}; {} has no emulator to use instead, so the guest runs that slowly", vmm_kind.name());
+            }
+            true
+        }
+        (vmm::Accel::Tcg, _) | (_, true) => false,
+        (vmm::Accel::Kvm, false) => {
             if !native {
                 anyhow::bail!("--accel kvm: KVM runs only {} guests on this host, not {arch}; leave --accel out to use TCG", std::env::consts::ARCH);
             }
-            qemu::kvm_usable().map_err(|why| anyhow::anyhow!("--accel kvm: KVM is unusable here ({why}); leave --accel out to use TCG"))?;
+            vmm::kvm_usable().map_err(|why| anyhow::anyhow!("--accel kvm: KVM is unusable here ({why}); leave --accel out to use TCG"))?;
             true
         }
-        (qemu::Accel::Auto, false) if !native => false,
-        (qemu::Accel::Auto, false) => match qemu::kvm_usable()
+        (vmm::Accel::Auto, false) if !native => false,
+        (vmm::Accel::Auto, false) => match vmm::kvm_usable()
             .map_err(|why| format!("KVM unavailable ({why})"))
-            .and_then(|()| qemu::kvm_runs_kiln_well())
+            .and_then(|()| vmm::kvm_runs_kiln_well())
         {
             Ok(()) => true,
             Err(why) => {
@@ -533,12 +553,21 @@ fn run(a: &RunArgs) -> Result<i32> {
             );
         }
     }
-    let tap = match a.network.as_deref() {
+    let bridge_name = match a.network.as_deref() {
         None | Some("user") => None,
         Some(n) => match n.strip_prefix("bridge:") {
-            Some(b) => Some(network::Attachment::new(b)?),
+            Some(b) => Some(b.to_string()),
             None => anyhow::bail!("--network {n}: expected user or bridge:NAME"),
         },
+    };
+    if bridge_name.is_some() && !ports.is_empty() {
+        anyhow::bail!("-p forwards ports on the user network; a bridged guest is reachable at its own address");
+    }
+    // QEMU on a bridge: its bridge helper makes the tap, Kiln picks the
+    // guest's address.
+    let attachment = match (&bridge_name, vmm_kind) {
+        (Some(b), vmm::Kind::Qemu) => Some(network::Attachment::new(b)?),
+        _ => None,
     };
     let mut kernel_args = a.kernel_args.clone();
     // The wall clock: guests have no battery-backed clock they read, so
@@ -565,7 +594,7 @@ fn run(a: &RunArgs) -> Result<i32> {
     if !volumes.is_empty() && target_name.starts_with("raspi") {
         anyhow::bail!("volumes need a virtio-blk disk, which QEMU's Raspberry Pi boards do not have; run the qemu/{arch} target");
     }
-    if let Some(p) = volume::fstab_param(&volumes) {
+    if let Some(p) = volume::fstab_param(&volumes, vmm_kind.disk_serials()) {
         // Entries given with --kernel-arg vfs.fstab=... are kept: the
         // volumes' entries join them.
         match kernel_args.iter_mut().rev().find(|a| a.starts_with("vfs.fstab=")) {
@@ -577,25 +606,55 @@ fn run(a: &RunArgs) -> Result<i32> {
             None => kernel_args.push(p),
         }
     }
-    if let Some(t) = &tap {
-        if !ports.is_empty() {
-            anyhow::bail!("-p forwards ports on the user network; a bridged guest is reachable at its own address");
-        }
-        kernel_args.insert(0, format!("netdev.ip={}", t.guest_ip));
+    // A network device when the kernel has a network stack, ports are
+    // forwarded or the guest is on a bridge.
+    let wants_net = net_in_kernel || !ports.is_empty() || bridge_name.is_some();
+    let plat = target_name.split('/').next().unwrap_or("qemu").to_string();
+    let mut spec = vmm::RunSpec {
+        vmm: vmm_kind,
+        kernel,
+        arch: arch.clone(),
+        plat,
+        machine: a.machine,
+        memory_mib,
+        kvm,
+        cmdline: String::new(),
+        timeout,
+        initrd,
+        net: wants_net.then(|| ports.clone()),
+        bridge: attachment.as_ref().map(|t| (t.bridge.clone(), t.mac.clone())),
+        tap: None,
+        detached: None,
+        volumes,
+    };
+    // What the VMM cannot boot is refused before anything is made for it.
+    spec.vmm.vmm().check(&spec)?;
+    // A VMM without a user network gets a tap device of Kiln's.
+    if vmm_kind != vmm::Kind::Qemu && wants_net {
+        spec.tap = Some(network::Tap::create(bridge_name.as_deref())?);
+    }
+    let guest_ip = attachment.as_ref().map(|t| t.guest_ip.clone()).or_else(|| spec.tap.as_ref().map(|t| t.netdev_ip.clone()));
+    if let Some(ip) = &guest_ip {
+        kernel_args.insert(0, format!("netdev.ip={ip}"));
         ui.note(&format!(
-            "network: bridge {}, guest address {}",
-            t.bridge, t.guest_ip
+            "network: {}, guest address {ip}",
+            match (&bridge_name, &spec.tap) {
+                (Some(b), _) => format!("bridge {b}"),
+                (None, Some(t)) => format!("tap {}", t.name),
+                (None, None) => "user".into(),
+            }
         ));
     }
     let args: &[String] = if a.args.is_empty() { &cmd } else { &a.args };
-    let cmdline = kernel_cmdline(a.target.quiet, &kernel_args, &env, args);
+    spec.cmdline = kernel_cmdline(a.target.quiet, &kernel_args, &env, args);
     ui.note(&format!(
         "booting {} ({}, {}, {} MiB)",
-        builder::rel(&kernel),
-        match (arch.as_str(), target_name.split('/').next()) {
-            ("arm64", Some("raspi")) => "raspi3b",
-            ("arm64", Some("raspi4")) => "raspi4b",
-            ("arm64", _) => "virt",
+        builder::rel(&spec.kernel),
+        match (arch.as_str(), target_name.split('/').next(), vmm_kind) {
+            (_, _, vmm::Kind::Firecracker | vmm::Kind::CloudHypervisor) => vmm_kind.name(),
+            ("arm64", Some("raspi"), _) => "raspi3b",
+            ("arm64", Some("raspi4"), _) => "raspi4b",
+            ("arm64", _, _) => "virt",
             _ => a.machine.name(),
         },
         if kvm { "KVM" } else { "TCG" },
@@ -608,13 +667,17 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
     ));
     // TCP forwards go through Kiln's own listener (QEMU's has a backlog of
-    // one): QEMU forwards a free loopback port instead.
+    // one): QEMU forwards a free loopback port instead; on a tap, Kiln
+    // connects to the guest itself.
     for p in ports.iter_mut().filter(|p| !p.udp) {
-        p.via = Some(forward::loopback_port()?);
+        p.via = Some(match &spec.tap {
+            Some(t) => std::net::SocketAddrV4::new(t.guest_addr(), p.guest),
+            None => std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, forward::loopback_port()?),
+        });
     }
-    // A network device when the kernel has a network stack or ports are forwarded.
-    let net = (net_in_kernel || !ports.is_empty() || tap.is_some()).then_some(ports);
-    let port_names: Vec<String> = net
+    spec.net = wants_net.then_some(ports);
+    let port_names: Vec<String> = spec
+        .net
         .iter()
         .flatten()
         .map(|p| {
@@ -626,34 +689,25 @@ fn run(a: &RunArgs) -> Result<i32> {
             )
         })
         .collect();
-    let bridge = tap.as_ref().map(|t| (t.bridge.clone(), t.mac.clone()));
-    let plat = target_name.split('/').next().unwrap_or("qemu").to_string();
-    let spec = qemu::RunSpec {
-        kernel,
-        arch,
-        plat,
-        machine: a.machine,
-        memory_mib,
-        kvm,
-        cmdline,
-        timeout,
-        initrd,
-        net,
-        bridge,
-        detached: None,
-        volumes,
-    };
     if a.detach {
         let name = match &a.name {
             Some(n) => n.clone(),
             None => instance::free_name(&app_name),
         };
-        instance::start(&name, &app_name, &target_name, &spec, &port_names, a.rm)?;
+        if let Err(e) = instance::start(&name, &app_name, &target_name, &spec, &port_names, a.rm) {
+            if let Some(t) = &spec.tap {
+                t.remove();
+            }
+            return Err(e);
+        }
         println!("{name}");
         return Ok(0);
     }
-    let r = qemu::run(&spec);
-    // QEMU read the packed initrd at start; it is not needed any more.
+    let r = vmm::run(&spec);
+    if let Some(t) = &spec.tap {
+        t.remove();
+    }
+    // The VMM read the packed initrd at start; it is not needed any more.
     if let (Some(i), Some(_)) = (&spec.initrd, &a.initrd) {
         let _ = std::fs::remove_file(i);
     }
@@ -664,7 +718,7 @@ fn run(a: &RunArgs) -> Result<i32> {
 /// instance that holds it when it is one (QEMU would only say that it
 /// could not set up the forwarding rule, and a detached instance would
 /// seem to start).
-fn check_ports_free(ports: &[qemu::PortForward]) -> Result<()> {
+fn check_ports_free(ports: &[vmm::PortForward]) -> Result<()> {
     for p in ports {
         let free = if p.udp {
             std::net::UdpSocket::bind(("0.0.0.0", p.host)).is_ok()
@@ -780,7 +834,7 @@ mod tests {
         assert!(parsed.flag("kiln.quiet"));
         assert_eq!(parsed.param("kiln.loglevel"), Some("4"));
         assert_eq!(
-            parsed.env().collect::<Vec<_>>(),
+            parsed.env(),
             vec![("GREETING", "hi there")]
         );
         assert_eq!(parsed.args, args);

@@ -4,9 +4,15 @@
 //! the helper creates (and removes with QEMU), with an address of its own on
 //! the same subnet, so the guest is reachable directly (no port forwarding,
 //! no user-mode network in the way). Needs root; iproute2's `ip` does the work.
+//!
+//! VMMs without a user network (Firecracker, cloud-hypervisor) get a [`Tap`]
+//! Kiln makes itself: on a bridge, or alone with a /24 of its own
+//! (172.30.N.0/24: the host is .1, the guest .2), through which `-p`
+//! forwards reach the guest.
 
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 
 fn ip(args: &[&str]) -> Result<String> {
@@ -158,6 +164,15 @@ impl Attachment {
         let base = u32::from(host) & (u32::MAX << (32 - prefix));
         let size = 1u32 << (32 - prefix);
         let mut used = vec![u32::from(host)];
+        // Kiln's own taps on the bridge carry their guest's address as
+        // the link's alias.
+        if let Ok(links) = ip(&["-o", "link", "show", "master", net]) {
+            for w in links.split_whitespace().collect::<Vec<_>>().windows(2) {
+                if let ("alias", Ok(a)) = (w[0], w[1].trim_end_matches('\\').parse::<Ipv4Addr>()) {
+                    used.push(u32::from(a));
+                }
+            }
+        }
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(c) = std::fs::read(e.path().join("cmdline")) else {
                 continue;
@@ -185,6 +200,81 @@ impl Attachment {
             guest_ip: format!("{}/{prefix}:{host}", Ipv4Addr::from(guest)),
             mac: format!("52:54:00:00:{:02x}:{:02x}", o[2], o[3]),
         })
+    }
+}
+
+/// A tap device Kiln made for a guest of a VMM without a user network;
+/// removed with [`Tap::remove`] when the VMM has ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tap {
+    pub name: String,
+    /// `netdev.ip=` for the guest: address/prefix:gateway.
+    pub netdev_ip: String,
+    pub mac: String,
+}
+
+/// The subnet of private taps: 172.30.N.0/24 for tap N.
+const TAP_NET: [u8; 2] = [172, 30];
+
+impl Tap {
+    /// The guest's address.
+    pub fn guest_addr(&self) -> Ipv4Addr {
+        self.netdev_ip.split('/').next().and_then(|a| a.parse().ok()).unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// Makes a tap: on `bridge` (the guest gets a free address there), or
+    /// alone with a subnet of its own. Needs root.
+    pub fn create(bridge: Option<&str>) -> Result<Tap> {
+        let attachment = bridge.map(Attachment::new).transpose()?;
+        let addrs = ip(&["-4", "-o", "addr", "show"]).unwrap_or_default();
+        for n in 0..=255u8 {
+            let name = format!("kilntap{n}");
+            let subnet = format!(" {}.{}.{n}.", TAP_NET[0], TAP_NET[1]);
+            if Path::new("/sys/class/net").join(&name).exists() || (attachment.is_none() && addrs.contains(&subnet)) {
+                continue;
+            }
+            if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
+                if Path::new("/sys/class/net").join(&name).exists() {
+                    // Taken meanwhile by another run.
+                    continue;
+                }
+                return Err(e.context("making a tap device for the guest's network"));
+            }
+            let (tap, r) = match &attachment {
+                Some(a) => {
+                    let tap = Tap { name: name.clone(), netdev_ip: a.guest_ip.clone(), mac: a.mac.clone() };
+                    let guest = tap.guest_addr().to_string();
+                    let r = ip(&["link", "set", "dev", &name, "master", &a.bridge, "alias", &guest, "up"]);
+                    (tap, r.map(|_| ()))
+                }
+                None => {
+                    let tap = Tap {
+                        name: name.clone(),
+                        netdev_ip: format!("{0}.{1}.{n}.2/24:{0}.{1}.{n}.1", TAP_NET[0], TAP_NET[1]),
+                        mac: format!("52:54:00:1e:{n:02x}:02"),
+                    };
+                    let host = format!("{}.{}.{n}.1/24", TAP_NET[0], TAP_NET[1]);
+                    let r = ip(&["addr", "add", &host, "dev", &name]).and_then(|_| ip(&["link", "set", "dev", &name, "up"]));
+                    (tap, r.map(|_| ()))
+                }
+            };
+            if let Err(e) = r {
+                tap.remove();
+                return Err(e);
+            }
+            return Ok(tap);
+        }
+        bail!("no free tap device: kilntap0 to kilntap255 are all in use")
+    }
+
+    /// Removes the tap device.
+    pub fn remove(&self) {
+        let _ = ip(&["link", "del", "dev", &self.name]);
+    }
+
+    #[cfg(test)]
+    pub fn for_test(name: &str, netdev_ip: &str, mac: &str) -> Tap {
+        Tap { name: name.into(), netdev_ip: netdev_ip.into(), mac: mac.into() }
     }
 }
 

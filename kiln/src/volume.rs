@@ -158,8 +158,10 @@ pub fn serial(i: usize, kind: Kind) -> String {
     }
 }
 
-/// The kernel parameter that mounts `all`.
-pub fn fstab_param(all: &[Mount]) -> Option<String> {
+/// The kernel parameter that mounts `all`: disks by their serial numbers,
+/// or (`serials` false: a VMM that gives disks none) by their names, vda,
+/// vdb, ... in the order they are attached.
+pub fn fstab_param(all: &[Mount], serials: bool) -> Option<String> {
     if all.is_empty() {
         return None;
     }
@@ -171,7 +173,13 @@ pub fn fstab_param(all: &[Mount]) -> Option<String> {
                 Kind::Image => "vfat",
                 Kind::Folder => "9pfs",
             };
-            format!("{}:{}:{fs}{}", serial(i, m.kind), m.destination, if m.read_only { ":ro" } else { "" })
+            let source = if serials || m.kind == Kind::Folder {
+                serial(i, m.kind)
+            } else {
+                let nth = all[..i].iter().filter(|o| o.kind == Kind::Image).count();
+                format!("vd{}", (b'a' + nth as u8) as char)
+            };
+            format!("{source}:{}:{fs}{}", m.destination, if m.read_only { ":ro" } else { "" })
         })
         .collect();
     Some(format!("vfs.fstab={}", entries.join(" ")))
@@ -334,8 +342,14 @@ mod tests {
         ];
         assert!(check(&two).unwrap_err().to_string().contains("given twice"));
         assert_eq!(
-            fstab_param(&[two[0].clone(), folder.clone()]).unwrap(),
+            fstab_param(&[two[0].clone(), folder.clone()], true).unwrap(),
             "vfs.fstab=kiln-vol0:/a:vfat kiln-fs1:/x:9pfs"
+        );
+        // Firecracker's disks have no serial numbers: by name.
+        let other = Mount { destination: "/c".into(), read_only: true, ..two[1].clone() };
+        assert_eq!(
+            fstab_param(&[two[0].clone(), folder.clone(), other], false).unwrap(),
+            "vfs.fstab=vda:/a:vfat kiln-fs1:/x:9pfs vdb:/c:vfat:ro"
         );
         assert_eq!(libraries(&[folder]), ["CONFIG_LIBFATFS", "CONFIG_LIB9PFS"]);
         std::fs::remove_dir_all(&d).unwrap();

@@ -18,6 +18,15 @@ pub unsafe fn outl(port: u16, value: u32) {
     unsafe { x86_64::instructions::port::Port::new(port).write(value) }
 }
 
+/// Writes an 8-bit value to an I/O port.
+///
+/// # Safety
+/// As for [`outl`].
+pub unsafe fn outb(port: u16, value: u8) {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).write(value) }
+}
+
 /// Reads an 8-bit value from an I/O port.
 ///
 /// # Safety

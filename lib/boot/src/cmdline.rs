@@ -154,11 +154,23 @@ impl CmdLine {
             .is_some_and(|v| !matches!(v, "0" | "n" | "no" | "false"))
     }
 
-    /// Environment variables given as `env.KEY=VALUE` parameters, in order.
-    pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.params
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("env.")?, v.as_deref().unwrap_or(""))))
+    /// Environment variables, in order: each `env.KEY=VALUE` parameter,
+    /// and each `KEY=VALUE` of an `env.vars=[ K=V ... ]` list (the form
+    /// urunc passes; an item without `=` is a variable with an empty value).
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.params {
+            let v = v.as_deref().unwrap_or("");
+            if k == "env.vars" {
+                let list = v.trim();
+                let list = list.strip_prefix('[').unwrap_or(list);
+                let list = list.strip_suffix(']').unwrap_or(list);
+                out.extend(list.split_ascii_whitespace().map(|item| item.split_once('=').unwrap_or((item, ""))));
+            } else if let Some(name) = k.strip_prefix("env.") {
+                out.push((name, v));
+            }
+        }
+        out
     }
 }
 
@@ -189,11 +201,14 @@ mod tests {
 
     #[test]
     fn params_and_args() {
+        let c = parse("Unikraft env.vars=[ PATH=/bin HOME=/ ] env.X=1 -- a").unwrap();
+        assert_eq!(c.env(), [("PATH", "/bin"), ("HOME", "/"), ("X", "1")]);
+        assert_eq!(c.args, ["a"]);
         let c = parse("kiln.quiet env.A=1 x=y=z -- a  b").unwrap();
         assert_eq!(c.param("kiln.quiet"), Some(""));
         assert_eq!(c.param("x"), Some("y=z"));
         assert!(c.flag("kiln.quiet"));
-        assert_eq!(c.env().collect::<Vec<_>>(), vec![("A", "1")]);
+        assert_eq!(c.env(), [("A", "1")]);
         assert_eq!(strs(&c.args), ["a", "b"]);
     }
 

@@ -29,6 +29,11 @@ pub const EXIT_FAULT: i32 = 125;
 /// Largest exit code that reaches the host unchanged (QEMU's exit status
 /// encodes the guest code in 7 bits, see `plat/qemu`).
 pub const EXIT_MAX: i32 = 126;
+/// On machines whose power-off carries no code (Firecracker,
+/// cloud-hypervisor, a QEMU without the debug-exit device) the platform
+/// prints this, the code and a newline on the console as its last line
+/// before powering off; `kiln run` reads the code from it.
+pub const EXIT_LINE: &str = "kiln: exit status ";
 
 /// Services every platform provides.
 pub trait Platform: Sync {
@@ -377,7 +382,7 @@ pub fn start(
     let mut args: Vec<String> = Vec::with_capacity(cmd.args.len() + 1);
     args.push(app_name.into());
     args.extend(cmd.args.iter().cloned());
-    let env: Vec<(String, String)> = cmd.env().map(|(k, v)| (k.into(), v.into())).collect();
+    let env: Vec<(String, String)> = cmd.env().into_iter().map(|(k, v)| (k.into(), v.into())).collect();
     let args = ARGS.call_once(|| args);
     let env = ENV.call_once(|| env);
     let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();

@@ -237,18 +237,34 @@ fn now() -> Instant {
     Instant::from_micros((ticks as u128 * 1_000_000 / hz as u128) as i64)
 }
 
-/// Parses `ADDR/PREFIX[:GATEWAY]`.
+/// Parses `ADDR/PREFIX[:GATEWAY[:DNS]]` (the DNS server, as urunc
+/// passes it, is [`dns_in_ip`]'s).
 pub fn parse_ip(s: &str) -> Option<(Ipv4Address, u8, Option<Ipv4Address>)> {
-    let (cidr, gw) = match s.split_once(':') {
-        Some((c, g)) => (c, Some(g.parse().ok()?)),
-        None => (s, None),
+    let mut parts = s.split(':');
+    let cidr = parts.next()?;
+    let gw = match parts.next() {
+        Some("") | None => None,
+        Some(g) => Some(g.parse().ok()?),
     };
+    if let Some(dns) = parts.next() {
+        if !dns.is_empty() {
+            dns.parse::<Ipv4Address>().ok()?;
+        }
+    }
+    if parts.next().is_some() {
+        return None;
+    }
     let (a, p) = cidr.split_once('/')?;
     let prefix: u8 = p.parse().ok()?;
     if prefix > 32 {
         return None;
     }
     Some((a.parse().ok()?, prefix, gw))
+}
+
+/// The DNS server in `ADDR/PREFIX:GATEWAY:DNS`, if there is one.
+pub fn dns_in_ip(s: &str) -> Option<Ipv4Address> {
+    s.split(':').nth(2).and_then(|d| d.parse().ok())
 }
 
 /// Boot-time init (lib/boot runs it when LIBNET is selected): brings up the
@@ -288,12 +304,15 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         (c.0, c.1, c.2)
     } else {
         parse_ip(spec).ok_or_else(|| {
-            alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY] or dhcp")
+            alloc::format!("net: netdev.ip={spec}: expected ADDR/PREFIX[:GATEWAY[:DNS]] or dhcp")
         })?
     };
     if given.is_none() {
         // QEMU's user network answers DNS at 10.0.2.3.
         dns_servers.push(IpAddress::v4(10, 0, 2, 3));
+    }
+    if let Some(d) = dns_in_ip(spec) {
+        dns_servers = vec![IpAddress::Ipv4(d)];
     }
     if let Some(list) = kiln_boot::param("netdev.dns") {
         dns_servers = parse_servers(list)
@@ -1083,6 +1102,12 @@ mod tests {
         assert!(parse_ip("10.0.2.15").is_none());
         assert!(parse_ip("10.0.2.15/33").is_none());
         assert!(parse_ip("10.0.2/24").is_none());
+        // urunc's form: a DNS server after the gateway.
+        let (a, _, g) = parse_ip("172.16.1.2/24:172.16.1.1:8.8.8.8").unwrap();
+        assert_eq!((a, g), (Ipv4Address::new(172, 16, 1, 2), Some(Ipv4Address::new(172, 16, 1, 1))));
+        assert_eq!(dns_in_ip("172.16.1.2/24:172.16.1.1:8.8.8.8"), Some(Ipv4Address::new(8, 8, 8, 8)));
+        assert!(parse_ip("172.16.1.2/24:172.16.1.1:x").is_none());
+        assert!(parse_ip("172.16.1.2/24:172.16.1.1:8.8.8.8:y").is_none());
         assert_eq!(parse_servers("10.0.2.3,fe80::1").unwrap().len(), 2);
         assert!(parse_servers("10.0.2.3,").is_none());
         assert!(parse_servers("").is_none());

@@ -33,6 +33,13 @@ core::arch::global_asm!(
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// COM1.
 const COM1: u16 = 0x3f8;
+/// cloud-hypervisor's ACPI sleep control register and the value that
+/// enters S5 (SLP_TYP 5 in bits 2-4, SLP_EN in bit 5).
+const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+const S5_SLEEP: u8 = 5 << 2 | 1 << 5;
+/// The i8042's command port and its "pulse reset line" command.
+const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_RESET: u8 = 0xfe;
 
 struct Serial {
     ready: AtomicBool,
@@ -91,14 +98,26 @@ impl Platform for Qemu {
     }
 
     fn exit(&self, code: i32) -> ! {
-        // SAFETY: writing to the debug-exit port only stops QEMU; on a machine
-        // without the device the write is ignored and the CPU halts below.
         // Let the UART drain first, or QEMU may exit with console bytes
         // still in its transmit FIFO.
         SERIAL.drain();
-        // Without the device (QEMU started by hand) the CPU halts: the exit
-        // code is lost, and QEMU's monitor or Ctrl-A X stops it.
+        // SAFETY: writing to the debug-exit port only stops QEMU; on a
+        // machine without the device the write is ignored.
         unsafe { arch::cpu::outl(DEBUG_EXIT_PORT, (code + 1) as u32) };
+        // Still running: not QEMU with the debug-exit device. The code goes
+        // on the console (see kiln_boot::EXIT_LINE), then the machine is
+        // powered off the ways other VMMs offer.
+        kiln_console::print_unlocked(format_args!("\n{}{code}\n", kiln_boot::EXIT_LINE));
+        SERIAL.drain();
+        // SAFETY: port 0x600 is cloud-hypervisor's ACPI sleep control
+        // register: SLP_TYPx = 5 (S5, soft off) with SLP_EN powers off. On
+        // q35 it is the PM1 status register, whose bits this write clears
+        // (nothing waits on them); elsewhere nothing decodes it.
+        unsafe { arch::cpu::outb(ACPI_SLEEP_CONTROL_PORT, S5_SLEEP) };
+        // SAFETY: 0xFE to the i8042's command port pulses the CPU reset
+        // line: Firecracker's only guest-initiated exit (and QEMU's with
+        // -no-reboot). The machine goes away; nothing runs after it.
+        unsafe { arch::cpu::outb(I8042_COMMAND_PORT, I8042_RESET) };
         arch::cpu::halt()
     }
 
