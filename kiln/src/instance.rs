@@ -263,6 +263,11 @@ fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
     let status = child.wait()?;
     let exit_line = copier.and_then(|c| c.join().ok()).flatten();
     let code = v.outcome(status, exit_line).status();
+    let err: String = err
+        .lines()
+        .filter(|l| !matches!(v.stderr_line(l), vmm::Stderr::Quiet))
+        .map(|l| format!("{l}\n"))
+        .collect();
     if !err.is_empty() {
         let mut log = std::fs::OpenOptions::new()
             .append(true)
@@ -379,12 +384,12 @@ pub fn ps(json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<12} {:<14} {:<17} {:<16} {:>7} {:>8}",
+        "{:<20} {:<12} {:<18} {:<17} {:<16} {:>7} {:>8}",
         "NAME", "APP", "TARGET", "STATE", "PORTS", "MEMORY", "UPTIME"
     );
     for r in rows {
         println!(
-            "{:<20} {:<12} {:<14} {:<17} {:<16} {:>6}M {:>8}",
+            "{:<20} {:<12} {:<18} {:<17} {:<16} {:>6}M {:>8}",
             r.name,
             r.app,
             r.target,

@@ -694,7 +694,12 @@ fn run(a: &RunArgs) -> Result<i32> {
             Some(n) => n.clone(),
             None => instance::free_name(&app_name),
         };
-        if let Err(e) = instance::start(&name, &app_name, &target_name, &spec, &port_names, a.rm) {
+        // `kiln ps` names the VMM when it is not QEMU.
+        let shown = match vmm_kind {
+            vmm::Kind::Qemu => target_name.clone(),
+            other => format!("{}/{arch}", other.name()),
+        };
+        if let Err(e) = instance::start(&name, &app_name, &shown, &spec, &port_names, a.rm) {
             if let Some(t) = &spec.tap {
                 t.remove();
             }

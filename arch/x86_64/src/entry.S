@@ -82,6 +82,7 @@ kiln_boot_gdtr:
 
 .section .bss.kiln.pagetables, "aw", @nobits
 .balign 4096
+.global kiln_pml4
 kiln_pml4: .skip 4096
 .global kiln_pdpt
 kiln_pdpt: .skip 4096

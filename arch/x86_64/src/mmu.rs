@@ -63,6 +63,7 @@ fn has_gib_pages() -> bool {
 
 #[cfg(target_os = "none")]
 extern "C" {
+    static mut kiln_pml4: [u64; 512];
     static mut kiln_pdpt: [u64; 512];
     static mut kiln_pt: [u64; 1024];
 }
@@ -109,44 +110,126 @@ pub fn init(ram: &[(u64, u64)]) -> Mapped {
 }
 
 /// Maps device memory [addr, addr + len) uncached (identity), for drivers,
-/// with 2 MiB pages (only those covering the range). Addresses in the first
-/// GiB are already mapped. Returns false if no table is left.
+/// with 2 MiB pages (only those covering the range), anywhere in the lower
+/// half of the address space (cloud-hypervisor puts PCI BARs just below
+/// 64 TiB). Addresses in the first GiB are already mapped. Returns false if
+/// no table is left.
 #[cfg(target_os = "none")]
 pub fn map_device(addr: u64, len: u64) -> bool {
     let end = addr + len.max(1);
     let mut a = addr & !(MIB2 - 1);
     while a < end {
-        let g = (a / GIB) as usize;
-        if g >= 512 {
+        // SAFETY: one CPU, and device mapping happens while drivers start;
+        // see map_device_page.
+        if a >= GIB && !unsafe { map_device_page(a) } {
             return false;
         }
-        if g > 0 {
-            // SAFETY: one CPU; kiln_pdpt is the live PDPT. An empty entry gets
-            // a zeroed spare directory before anything uses its addresses;
-            // existing 2 MiB entries are left alone, empty ones are filled.
-            // SPARE tables are handed out only here and in `init`, tracked by
-            // NEXT_SPARE.
-            unsafe {
-                let pdpt = &mut *(&raw mut kiln_pdpt);
-                if pdpt[g] == 0 {
-                    let i = NEXT_SPARE;
-                    if i >= SPARE_PDS {
-                        return false;
-                    }
-                    NEXT_SPARE += 1;
-                    let pd = &(*(&raw mut SPARE))[i];
-                    pdpt[g] = (pd as *const Table as u64) | P | W;
-                }
-                if pdpt[g] & PS == 0 {
-                    let pd = (pdpt[g] & 0x000f_ffff_ffff_f000) as *mut u64;
-                    let e = pd.add(((a % GIB) / MIB2) as usize);
-                    if *e == 0 {
-                        *e = a | P | W | PS | NX | PCD | PWT;
-                    }
-                }
-            }
-        }
         a += MIB2;
+    }
+    true
+}
+
+/// The address bits of a table entry.
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// Page directory pointer tables for device memory beyond the first
+/// 512 GiB.
+const SPARE_PDPTS: usize = 2;
+
+#[cfg(target_os = "none")]
+static mut SPARE_PDPT: [Table; SPARE_PDPTS] = [const { Table([0; 512]) }; SPARE_PDPTS];
+#[cfg(target_os = "none")]
+static mut NEXT_SPARE_PDPT: usize = 0;
+
+/// Device memory mapped beyond the first 512 GiB (where programs' address
+/// spaces lie), as (start, end) runs of 2 MiB pages.
+#[cfg(target_os = "none")]
+static mut HIGH_DEVICES: [(u64, u64); 8] = [(0, 0); 8];
+
+/// The device memory [`map_device`] mapped beyond the first 512 GiB
+/// (empty runs are (0, 0)): programs' address spaces must leave it alone.
+#[cfg(target_os = "none")]
+pub fn high_devices() -> impl Iterator<Item = (u64, u64)> {
+    // SAFETY: written only while drivers start (one CPU, map_device's
+    // contract); this copies it.
+    let runs = unsafe { *(&raw const HIGH_DEVICES) };
+    runs.into_iter().filter(|r| r.1 > r.0)
+}
+
+/// Records the 2 MiB page at `a` in [`HIGH_DEVICES`]; false if there is no
+/// room (the page is then not mapped).
+///
+/// # Safety
+/// As for [`map_device_page`].
+#[cfg(target_os = "none")]
+unsafe fn record_high_device(a: u64) -> bool {
+    // SAFETY: see the function's contract.
+    let runs = unsafe { &mut *(&raw mut HIGH_DEVICES) };
+    if let Some(r) = runs.iter_mut().find(|r| r.1 > r.0 && (r.1 == a || r.0 == a + MIB2 || (r.0 <= a && a < r.1))) {
+        r.0 = r.0.min(a);
+        r.1 = r.1.max(a + MIB2);
+        return true;
+    }
+    match runs.iter_mut().find(|r| r.1 <= r.0) {
+        Some(r) => {
+            *r = (a, a + MIB2);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Maps the 2 MiB page at `a` (aligned, at or above 1 GiB) uncached,
+/// unless something maps it already.
+///
+/// # Safety
+/// One CPU at a time. The tables are the live ones from entry.S; an empty
+/// entry gets a zeroed spare table (spares live in the identity-mapped
+/// kernel image) before anything uses its addresses, and entries already
+/// present are never changed, so no mapping in use moves (and x86 caches
+/// no non-present entries, so no TLB flush is needed).
+#[cfg(target_os = "none")]
+unsafe fn map_device_page(a: u64) -> bool {
+    let l4 = (a >> 39) as usize;
+    if l4 >= 256 {
+        return false;
+    }
+    // SAFETY: see the function's contract.
+    unsafe {
+        let pdpt: *mut u64 = if l4 == 0 {
+            (&raw mut kiln_pdpt).cast()
+        } else {
+            let pml4 = &mut *(&raw mut kiln_pml4);
+            if pml4[l4] == 0 {
+                if NEXT_SPARE_PDPT >= SPARE_PDPTS {
+                    return false;
+                }
+                let t = &(*(&raw mut SPARE_PDPT))[NEXT_SPARE_PDPT];
+                NEXT_SPARE_PDPT += 1;
+                pml4[l4] = (t as *const Table as u64) | P | W;
+            }
+            (pml4[l4] & ADDR) as *mut u64
+        };
+        let e = pdpt.add(((a >> 30) & 511) as usize);
+        if *e == 0 {
+            if NEXT_SPARE >= SPARE_PDS {
+                return false;
+            }
+            let pd = &(*(&raw mut SPARE))[NEXT_SPARE];
+            NEXT_SPARE += 1;
+            *e = (pd as *const Table as u64) | P | W;
+        }
+        if *e & PS != 0 {
+            // A 1 GiB page covers it already.
+            return true;
+        }
+        let pe = ((*e & ADDR) as *mut u64).add(((a >> 21) & 511) as usize);
+        if *pe == 0 {
+            if l4 > 0 && !record_high_device(a) {
+                return false;
+            }
+            *pe = a | P | W | PS | NX | PCD | PWT;
+        }
     }
     true
 }

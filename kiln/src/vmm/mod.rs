@@ -271,6 +271,8 @@ impl Outcome {
 pub enum Stderr {
     /// Nothing special: passed on.
     Pass,
+    /// A known, harmless warning: not passed on.
+    Quiet,
     /// The VMM says it is stopping because of this signal (not passed on).
     Stopping(i32),
     /// The VMM paused the guest after an internal error and will not exit
@@ -482,6 +484,13 @@ impl Drop for Scratch {
     }
 }
 
+/// Set when Ctrl-C reached `kiln run` (and its VMM) while a guest ran.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 /// Boots the kernel in the foreground and returns the exit status
 /// `kiln run` should have.
 pub fn run(spec: &RunSpec) -> Result<i32> {
@@ -511,10 +520,10 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     // Ctrl-C reaches the VMM (same process group), which stops; `kiln run`
-    // waits for that and reports it once.
-    // SAFETY: setting a signal disposition to SIG_IGN has no handler to
-    // run; the VMM is already started with its own.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // waits for that, notes it and reports it once.
+    // SAFETY: the handler only stores to an atomic (async-signal-safe); the
+    // VMM is already started with its own dispositions.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let console = child.stdout.take().map(|o| copy_console(o, std::io::stdout()));
     let stopped_by = Arc::new(AtomicI32::new(0));
     let internal = Arc::new(AtomicBool::new(false));
@@ -529,6 +538,7 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
                         stopped_by.store(sig, Ordering::SeqCst);
                         continue;
                     }
+                    Stderr::Quiet => continue,
                     Stderr::InternalError if !internal.swap(true, Ordering::SeqCst) => {
                         // A register dump follows; then the VMM goes.
                         std::thread::spawn(move || {
@@ -584,6 +594,11 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     }
     Ok(match vmm.outcome(status, exit_line) {
         Outcome::Exited(code) => code,
+        // A VMM that ends cleanly on SIGINT (cloud-hypervisor).
+        Outcome::NoCode if INTERRUPTED.load(Ordering::SeqCst) && stopped_by.load(Ordering::SeqCst) == 0 => {
+            eprintln!("kiln: interrupted (Ctrl-C); the guest was stopped");
+            128 + libc::SIGINT
+        }
         Outcome::NoCode if stopped_by.load(Ordering::SeqCst) != 0 => {
             let sig = stopped_by.load(Ordering::SeqCst);
             if sig == libc::SIGINT {

@@ -394,7 +394,11 @@ pub mod paged {
             // Pages come in on first touch from here on.
             #[cfg(target_os = "none")]
             kiln_arch_x86_64::set_page_fault_hook(page_fault);
-            Space::new(crate::random_u64())
+            #[allow(unused_mut)]
+            let mut s = Space::new(crate::random_u64());
+            #[cfg(target_os = "none")]
+            s.devices.extend(kiln_arch_x86_64::mmu::high_devices());
+            s
         });
         f(s)
     }
@@ -429,6 +433,9 @@ pub mod paged {
             if fixed || flags & MAP_FIXED_NOREPLACE != 0 {
                 if addr % PAGE != 0 || !WINDOW.contains(&addr) || addr + size > WINDOW.end {
                     return Err(errno::EINVAL);
+                }
+                if s.on_device(addr, addr + size) {
+                    return Err(errno::ENOMEM);
                 }
                 if !fixed && s.overlaps(addr, addr + size) {
                     return Err(errno::EEXIST);

@@ -76,6 +76,9 @@ pub struct Space {
     pub brk: (u64, u64),
     /// Pages with memory behind them.
     pub resident: u64,
+    /// Device memory the kernel mapped inside the window (cloud-hypervisor
+    /// puts PCI BARs just below 64 TiB): never the program's.
+    pub devices: alloc::vec::Vec<(u64, u64)>,
 }
 
 /// Where a fault came from, for the message.
@@ -101,6 +104,7 @@ impl Space {
             mmap_base,
             brk: (brk, brk),
             resident: 0,
+            devices: alloc::vec::Vec::new(),
         }
     }
 
@@ -113,9 +117,14 @@ impl Space {
             .map(|(&s, &a)| (s, a))
     }
 
-    /// Whether any area overlaps [start, end).
+    /// Whether any area (or device memory) overlaps [start, end).
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.areas.range(..end).next_back().is_some_and(|(_, a)| a.end > start)
+        self.on_device(start, end) || self.areas.range(..end).next_back().is_some_and(|(_, a)| a.end > start)
+    }
+
+    /// Whether [start, end) overlaps device memory.
+    pub fn on_device(&self, start: u64, end: u64) -> bool {
+        self.devices.iter().any(|&(s, e)| start < e && s < end)
     }
 
     /// Whether [start, end) is wholly covered by areas.
@@ -148,6 +157,10 @@ impl Space {
                 at = brk_end;
                 continue;
             }
+            if let Some(&(_, e)) = self.devices.iter().find(|&&(s, e)| at < e && s < at + len) {
+                at = e;
+                continue;
+            }
             match self.areas.range(..at + len).next_back() {
                 Some((_, a)) if a.end > at => at = a.end,
                 _ => return Some(at),
@@ -177,7 +190,11 @@ impl Space {
     }
 
     /// Gives back the pages of [start, end) (they read as zero again).
+    /// Device memory is not the program's: a range touching it is left.
     pub fn drop_pages(&mut self, p: &mut dyn Pager, start: u64, end: u64) {
+        if self.on_device(start, end) {
+            return;
+        }
         let mut va = start;
         while let Some(at) = p.next_in_use(va, end) {
             if let Some(f) = p.unmap(at) {
@@ -292,7 +309,7 @@ impl Space {
         let (old_len, new_len) = (up(old_len), up(new_len));
         let Some((_, a)) = self.find(old) else { return Err(EINVAL) };
         let fits = new % PAGE == 0 && new >= WINDOW.start && new.checked_add(new_len).is_some_and(|e| e <= WINDOW.end);
-        if !fits || (new < old + old_len && old < new + new_len) {
+        if !fits || (new < old + old_len && old < new + new_len) || self.on_device(new, new + new_len) {
             return Err(EINVAL);
         }
         self.remove(p, new, new + new_len);
@@ -456,6 +473,13 @@ mod tests {
         assert_eq!(s.resident, 0);
         assert_eq!(s.set_brk(&mut p, b - 1), b + PAGE, "never below its start");
         assert_ne!(Space::new(1).mmap_base, Space::new(1 << 20).mmap_base);
+        // Device memory in the window is never handed out.
+        let mut d = Space::new(0);
+        let base = d.mmap_base;
+        d.devices.push((base, base + (2 << 20)));
+        assert_eq!(d.room(base, PAGE), Some(base + (2 << 20)));
+        assert_eq!(d.room(0, PAGE), Some(base + (2 << 20)));
+        assert!(d.overlaps(base + PAGE, base + 2 * PAGE));
         assert_ne!(Space::new(1).brk.0, Space::new(2).brk.0);
         // mmap never lands in brk's room.
         let r = s.room(b + 2 * PAGE, PAGE).unwrap();
