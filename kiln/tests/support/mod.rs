@@ -269,3 +269,30 @@ impl State {
         self.kiln(&["logs", name]).1
     }
 }
+
+/// Whether the VMM `name` (firecracker, cloud-hypervisor) can run here:
+/// its program in PATH and KVM usable; Err says why not, for the test's
+/// "skipped" line. QEMU is always there (scripts/test installs it).
+pub fn vmm_available(name: &str) -> Result<(), String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|d| d.join(name).is_file()) {
+        return Err(format!("{name} is not in PATH (README: \"Firecracker and cloud-hypervisor\" says how to build it)"));
+    }
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map_err(|e| format!("/dev/kvm: {e}"))?;
+    Ok(())
+}
+
+/// The VMMs besides QEMU that this host can run, each test saying which
+/// it skipped and why.
+pub fn other_vmms(test: &str) -> Vec<&'static str> {
+    ["firecracker", "cloud-hypervisor"]
+        .into_iter()
+        .filter(|v| match vmm_available(v) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!("SKIPPED {test} on {v}: {why}");
+                false
+            }
+        })
+        .collect()
+}
