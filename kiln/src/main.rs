@@ -8,6 +8,7 @@ mod initrd;
 mod instance;
 mod menu;
 mod network;
+mod pkg;
 mod rootfs;
 mod ui;
 mod vmm;
@@ -59,6 +60,32 @@ enum Cmd {
     /// Volumes (disk images with a FAT file system) for `kiln run -v`: create, rm, ls
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Package an app for deployment: an OCI image for urunc (Kubernetes)
+    Pkg(PkgArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PkgFormat {
+    /// An OCI image layout folder and a docker-archive tarball, with urunc's annotations
+    Oci,
+}
+
+#[derive(Args)]
+struct PkgArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// What to write
+    #[arg(long, value_enum, default_value = "oci")]
+    format: PkgFormat,
+    /// The VMM the deployment boots it with (default: the target's, else qemu)
+    #[arg(long, value_enum)]
+    vmm: Option<vmm::Kind>,
+    /// Where to write (default: the app's .kiln/pkg folder)
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// The image's tag
+    #[arg(long, default_value = "latest")]
+    tag: String,
 }
 
 #[derive(Subcommand)]
@@ -380,6 +407,45 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     match &a.output {
         Some(o) => std::fs::write(o, out).with_context(|| format!("writing {}", o.display()))?,
         None => print!("{out}"),
+    }
+    Ok(0)
+}
+
+fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
+    let ui = Ui { quiet: a.target.quiet };
+    let (kf, target) = load(&a.target, &ui)?;
+    if target.plat != "qemu" {
+        anyhow::bail!("kiln pkg: the {target} target boots on a board, not under a VMM; package the qemu/{} target", target.arch);
+    }
+    let vmm = a.vmm.or_else(|| target.vmm.as_deref().and_then(vmm::Kind::from_plat)).unwrap_or_default();
+    if vmm != vmm::Kind::Qemu && target.arch != "x86_64" {
+        anyhow::bail!("kiln pkg: {} runs Kiln's x86_64 image only", vmm.name());
+    }
+    if !a.tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || a.tag.is_empty() || a.tag.len() > 128 {
+        anyhow::bail!("--tag {}: use letters, digits, '.', '_' and '-' (at most 128)", a.tag);
+    }
+    let kernel = builder::build(&kf, &target, &ui)?;
+    let out = match &a.output {
+        Some(o) => o.clone(),
+        None => kf.path.parent().unwrap_or(std::path::Path::new(".")).join(".kiln").join("pkg"),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let p = pkg::Package {
+        name: &kf.name.to_ascii_lowercase(),
+        tag: &a.tag,
+        kernel: &kernel,
+        arch: &target.arch,
+        hypervisor: vmm.name(),
+        args: &kf.cmd,
+        env: &kf.env,
+    };
+    match a.format {
+        PkgFormat::Oci => {
+            let (layout, archive) = pkg::oci(&p, &out)?;
+            ui.note(&format!("OCI image {}:{} for urunc on {}", p.name, p.tag, p.hypervisor));
+            println!("{}", layout.display());
+            println!("{}", archive.display());
+        }
     }
     Ok(0)
 }
@@ -806,6 +872,7 @@ fn main() {
         }),
         Cmd::Volume(VolumeCmd::Rm { name }) => volume::remove(name).map(|_| 0),
         Cmd::Volume(VolumeCmd::Ls) => volume::list().map(|_| 0),
+        Cmd::Pkg(a) => pkg_cmd(a),
         Cmd::Ps(a) => instance::ps(a.json).map(|_| 0),
         Cmd::Logs(a) => instance::logs(&a.name, a.follow).map(|_| 0),
         Cmd::Stop(a) => instance::stop(&a.name).map(|_| 0),

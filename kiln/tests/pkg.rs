@@ -1,0 +1,188 @@
+//! `kiln pkg --format oci`: the image as OCI tools read it (skopeo, umoci,
+//! containerd's `ctr`), and booted the way urunc boots a Unikraft-type
+//! image: its annotations read, a tap with a static address, urunc's
+//! command line, QEMU with the kernel from the image; HTTP 200 from it.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::root;
+
+fn tool(prog: &str, args: &[&str]) -> (bool, String) {
+    let o = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e} (scripts/test installs it)"));
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// Packs apps/httpd into a fresh folder: (folder, layout, archive).
+fn package(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let out = std::env::temp_dir().join(format!("kiln-pkg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, stdout, err) = support::kiln(&["pkg", "-q", "--format", "oci", "-o", out.to_str().unwrap(), "apps/httpd"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    (out, PathBuf::from(lines[0]), PathBuf::from(lines[1]))
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The manifest's annotations, found as urunc's shim finds them: index,
+/// then manifest blob.
+fn annotations(layout: &Path) -> serde_json::Value {
+    let index = json(&layout.join("index.json"));
+    let digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    json(&layout.join("blobs/sha256").join(digest))["annotations"].clone()
+}
+
+#[test]
+fn oci_tools_read_the_image() {
+    let (out, layout, archive) = package("tools");
+    let kernel = std::fs::read(root().join("apps/httpd/.kiln/build/httpd_qemu-x86_64")).unwrap();
+    let a = annotations(&layout);
+    assert_eq!(a["com.urunc.unikernel.unikernelType"], "unikraft");
+    assert_eq!(a["com.urunc.unikernel.hypervisor"], "qemu");
+    assert_eq!(a["com.urunc.unikernel.binary"], "/unikernel/kernel");
+    for src in [format!("oci:{}:latest", layout.display()), format!("docker-archive:{}", archive.display())] {
+        let (ok, text) = tool("skopeo", &["inspect", &src]);
+        assert!(ok, "{src}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Architecture"], "amd64", "{text}");
+        assert_eq!(v["Labels"]["com.urunc.unikernel.binary"], "/unikernel/kernel", "{text}");
+        assert_eq!(v["Layers"].as_array().unwrap().len(), 1, "{text}");
+    }
+    // Unpacked, the root file system holds the very kernel and urunc.json.
+    let bundle = out.join("bundle");
+    let (ok, text) = tool("umoci", &["unpack", "--rootless", "--image", &format!("{}:latest", layout.display()), bundle.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(bundle.join("rootfs/unikernel/kernel")).unwrap() == kernel, "the kernel in the image differs");
+    let u = json(&bundle.join("rootfs/urunc.json"));
+    assert_eq!(u["com.urunc.unikernel.unikernelType"], "b64:dW5pa3JhZnQ=");
+    // Packing again gives the same digests.
+    let again = out.join("again");
+    let (code, _, err) = support::kiln(&["pkg", "-q", "-o", again.to_str().unwrap(), "apps/httpd"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(layout.join("index.json")).unwrap(), std::fs::read(again.join("httpd-oci/index.json")).unwrap());
+    // Bad input.
+    let (code, _, err) = support::kiln(&["pkg", "--format", "vmdk", "apps/httpd"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid value 'vmdk'"), "{err}");
+    let (code, _, err) = support::kiln(&["pkg", "--tag", "a b", "apps/httpd"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--tag a b"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A containerd of the test's own imports the docker-archive tarball.
+#[test]
+fn containerd_imports_the_image() {
+    let (out, _, archive) = package("ctr");
+    let sock = out.join("containerd.sock");
+    let mut d = Command::new("containerd")
+        .args(["--address", sock.to_str().unwrap(), "--root", out.join("root").to_str().unwrap(), "--state", out.join("state").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("containerd (scripts/test installs it)");
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "containerd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ctr = |args: &[&str]| {
+        let mut a = vec!["--address", sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        tool("ctr", &a)
+    };
+    let (ok, text) = ctr(&["images", "import", archive.to_str().unwrap()]);
+    let (_, list) = ctr(&["images", "ls", "-q"]);
+    let _ = d.kill();
+    let _ = d.wait();
+    assert!(ok, "{text}");
+    assert!(list.contains("httpd:latest"), "{list}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Deletes the tap when the test ends, however it ends.
+struct Tap(String);
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_image_boots_as_urunc_boots_it() {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED the_image_boots_as_urunc_boots_it: making a tap device needs root");
+        return;
+    }
+    let (out, layout, _) = package("urunc");
+    let bundle = out.join("bundle");
+    let (ok, text) = tool("umoci", &["unpack", "--rootless", "--image", &format!("{}:latest", layout.display()), bundle.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let a = annotations(&layout);
+    assert_eq!(a["com.urunc.unikernel.hypervisor"], "qemu");
+    let kernel = bundle.join("rootfs").join(a["com.urunc.unikernel.binary"].as_str().unwrap().trim_start_matches('/'));
+    // A tap with a static address, as urunc's network setup makes.
+    let name = format!("kurunc{}", std::process::id() % 10000);
+    let tap = Tap(name.clone());
+    let third = 100 + std::process::id() % 100;
+    let (host, guest) = (format!("172.31.{third}.1"), format!("172.31.{third}.2"));
+    for args in [vec!["tuntap", "add", "dev", &name, "mode", "tap"], vec!["addr", "add", &format!("{host}/24"), "dev", &name], vec!["link", "set", "dev", &name, "up"]] {
+        let (ok, text) = tool("ip", &args);
+        assert!(ok, "ip {args:?}: {text}");
+    }
+    // urunc's command line for a Unikraft-type guest, then QEMU as urunc
+    // starts it (TCG here instead of KVM; no debug-exit device).
+    let cmdline = format!(
+        "Unikraft  env.vars=[ PATH=/bin GREETING=hi ] netdev.ip={guest}/24:{host}:8.8.8.8  -- {}",
+        a["com.urunc.unikernel.cmdline"].as_str().unwrap()
+    );
+    let mut q = Command::new("qemu-system-x86_64")
+        .args(["-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none", "-monitor", "null", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .args(["-netdev", &format!("tap,id=net0,script=no,downscript=no,ifname={name}"), "-device", "virtio-net-pci,netdev=net0,host_mtu=1500,mac=52:54:00:12:34:56"])
+        .args(["-append", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let console = q.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::BufReader::new(console).read_to_string(&mut s);
+        s
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&format!("{guest}:80").parse().unwrap(), Duration::from_secs(2)) {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if !r.is_empty() {
+                break r.lines().next().unwrap_or("").to_string();
+            }
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            break String::from("(no answer)");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = q.kill();
+    let _ = q.wait();
+    let log = reader.join().unwrap();
+    drop(tap);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{log}");
+    assert!(log.contains(&format!("net: 52:54:00:12:34:56 {guest}/24 via {host}")), "{log}");
+    let _ = std::fs::remove_dir_all(&out);
+}
