@@ -68,6 +68,8 @@ enum Cmd {
 enum PkgFormat {
     /// An OCI image layout folder and a docker-archive tarball, with urunc's annotations
     Oci,
+    /// A libvirt domain (XML) booting a copy of the kernel, for virsh define
+    Libvirt,
 }
 
 #[derive(Args)]
@@ -83,9 +85,21 @@ struct PkgArgs {
     /// Where to write (default: the app's .kiln/pkg folder)
     #[arg(long, short = 'o', value_name = "DIR")]
     output: Option<PathBuf>,
+    /// The image's (or libvirt domain's) name (default: the app's)
+    #[arg(long)]
+    name: Option<String>,
     /// The image's tag
     #[arg(long, default_value = "latest")]
     tag: String,
+    /// libvirt: guest memory
+    #[arg(long = "memory", short = 'M', default_value = "64M")]
+    memory: String,
+    /// libvirt: the network the guest joins (its address comes from the network's DHCP)
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// libvirt: where the console goes (default: <output>/<name>.console.log)
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -430,8 +444,12 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
         None => kf.path.parent().unwrap_or(std::path::Path::new(".")).join(".kiln").join("pkg"),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let name = a.name.clone().unwrap_or_else(|| kf.name.to_ascii_lowercase());
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) || name.starts_with(['.', '-']) {
+        anyhow::bail!("--name {name}: use lowercase letters, digits, '.', '_' and '-' (at most 64), as image names allow");
+    }
     let p = pkg::Package {
-        name: &kf.name.to_ascii_lowercase(),
+        name: &name,
         tag: &a.tag,
         kernel: &kernel,
         arch: &target.arch,
@@ -440,6 +458,33 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
         env: &kf.env,
     };
     match a.format {
+        PkgFormat::Libvirt => {
+            let memory_mib = vmm::parse_memory(&a.memory)?;
+            let need = min_memory_mib(&kernel, &target.arch, 0)?;
+            if memory_mib < need {
+                anyhow::bail!("-M {}: this image needs at least {need} MiB", a.memory);
+            }
+            if vmm != vmm::Kind::Qemu {
+                anyhow::bail!("--format libvirt: libvirt runs the image on QEMU; leave out --vmm");
+            }
+            let out = std::fs::canonicalize(&out)?;
+            let log = a.console_log.clone().unwrap_or_else(|| out.join(format!("{}.console.log", p.name)));
+            let domain_type = match vmm::kvm_usable().and_then(|()| vmm::kvm_runs_kiln_well()) {
+                Ok(()) if target.arch == std::env::consts::ARCH.replace("aarch64", "arm64") => "kvm",
+                _ => "qemu",
+            };
+            let mut params = vec!["netdev.ip=dhcp".to_string()];
+            // Under TCG the guest's TSC runs at this host's rate, and no
+            // CPUID leaf says what that is (KVM's does).
+            if let (Some(hz), "qemu", "x86_64") = (host_tsc_hz(), domain_type, target.arch.as_str()) {
+                params.push(format!("clock.tsc_hz={hz}"));
+            }
+            let cmdline = kernel_cmdline(false, &params, &kf.env, &kf.cmd);
+            let d = pkg::Domain { memory_mib, network: &a.network, cmdline: &cmdline, domain_type, console_log: &log };
+            let xml = pkg::libvirt(&p, &d, &out)?;
+            ui.note(&format!("libvirt domain {} ({}, {memory_mib} MiB, network {}); virsh define {} && virsh start {}", p.name, if domain_type == "kvm" { "KVM" } else { "TCG: this host's KVM cannot run it well" }, a.network, xml.display(), p.name));
+            println!("{}", xml.display());
+        }
         PkgFormat::Oci => {
             let (layout, archive) = pkg::oci(&p, &out)?;
             ui.note(&format!("OCI image {}:{} for urunc on {}", p.name, p.tag, p.hypervisor));

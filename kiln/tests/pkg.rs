@@ -186,3 +186,126 @@ fn the_image_boots_as_urunc_boots_it() {
     assert!(log.contains(&format!("net: 52:54:00:12:34:56 {guest}/24 via {host}")), "{log}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Starts `prog -d` unless a process of that name runs; true if started.
+fn daemon(prog: &str, path: &str) -> bool {
+    let running = Command::new("pgrep").args(["-x", prog]).output().is_ok_and(|o| o.status.success());
+    if running {
+        return false;
+    }
+    let ok = Command::new(path).arg("-d").status().is_ok_and(|s| s.success());
+    assert!(ok, "starting {path} (scripts/test installs libvirt-daemon-system)");
+    true
+}
+
+/// Removes the test's domain and network, and stops the daemons it started.
+struct Libvirt {
+    domain: String,
+    network: String,
+    started: Vec<&'static str>,
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        let virsh = |a: &[&str]| Command::new("virsh").args(["-c", "qemu:///system"]).args(a).output();
+        let _ = virsh(&["destroy", &self.domain]);
+        let _ = virsh(&["undefine", &self.domain]);
+        let _ = virsh(&["net-destroy", &self.network]);
+        for d in &self.started {
+            let _ = Command::new("pkill").args(["-x", d]).status();
+        }
+    }
+}
+
+/// `kiln pkg --format libvirt`: Debian's libvirtd (started here) defines
+/// and starts the domain on a network of the test's own; the guest gets
+/// its address from the network's DHCP server, serves a page, and its
+/// console is in the file the domain names.
+#[test]
+fn the_libvirt_domain_boots_under_debians_libvirtd() {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED the_libvirt_domain_boots_under_debians_libvirtd: libvirtd's system instance needs root");
+        return;
+    }
+    let id = std::process::id();
+    let mut lv = Libvirt { domain: format!("kiln-web-{id}"), network: format!("kilnnet{}", id % 10000), started: Vec::new() };
+    if daemon("virtlogd", "/usr/sbin/virtlogd") {
+        lv.started.push("virtlogd");
+    }
+    if daemon("libvirtd", "/usr/sbin/libvirtd") {
+        lv.started.push("libvirtd");
+    }
+    let virsh = |a: &[&str]| {
+        let mut args = vec!["-c", "qemu:///system"];
+        args.extend_from_slice(a);
+        // libvirtd takes a moment to answer after it starts.
+        let t = Instant::now();
+        loop {
+            let r = tool("virsh", &args);
+            if r.0 || !r.1.contains("Failed to connect socket") || t.elapsed() > Duration::from_secs(20) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let out = std::env::temp_dir().join(format!("kiln-pkg-libvirt-{id}"));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let third = 150 + id % 50;
+    let net_xml = out.join("net.xml");
+    std::fs::write(
+        &net_xml,
+        format!(
+            "<network><name>{}</name><bridge name='kvbr{}'/><ip address='192.168.{third}.1' netmask='255.255.255.0'><dhcp><range start='192.168.{third}.10' end='192.168.{third}.99'/></dhcp></ip></network>",
+            lv.network,
+            id % 10000
+        ),
+    )
+    .unwrap();
+    let (ok, text) = virsh(&["net-create", net_xml.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let (code, stdout, err) = support::kiln(&[
+        "pkg", "-q", "--format", "libvirt", "--name", &lv.domain, "--network", &lv.network, "-M", "48M", "-o", out.to_str().unwrap(), "apps/httpd",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let xml = stdout.trim().to_string();
+    let text = std::fs::read_to_string(&xml).unwrap();
+    assert!(text.contains("<memory unit='MiB'>48</memory>") && text.contains("netdev.ip=dhcp"), "{text}");
+    let (ok, text) = virsh(&["define", &xml]);
+    assert!(ok, "{text}");
+    let (ok, text) = virsh(&["start", &lv.domain]);
+    assert!(ok, "{text}");
+    let log = out.join(format!("{}.console.log", lv.domain));
+    let t = Instant::now();
+    let addr = loop {
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(a) = console.split_whitespace().find(|w| w.starts_with(&format!("192.168.{third}.")) && w.ends_with("/24")) {
+            break a.trim_end_matches("/24").to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "no DHCP address in the console:\n{console}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let status = {
+        let t = Instant::now();
+        loop {
+            let mut line = String::new();
+            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&format!("{addr}:80").parse().unwrap(), Duration::from_secs(2)) {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let _ = s.read_to_string(&mut line);
+            }
+            if !line.is_empty() || t.elapsed() > Duration::from_secs(60) {
+                break line.lines().next().unwrap_or("(no answer)").to_string();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{console}");
+    assert!(console.contains("(DHCP)") && console.contains("httpd: serving"), "{console}");
+    let (ok, text) = virsh(&["destroy", &lv.domain]);
+    assert!(ok, "{text}");
+    drop(lv);
+    let _ = std::fs::remove_dir_all(&out);
+}

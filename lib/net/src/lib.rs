@@ -374,7 +374,10 @@ pub fn parse_servers(s: &str) -> Option<Vec<IpAddress>> {
 /// What DHCP gave: address, prefix, router, DNS servers.
 type Lease = (Ipv4Address, u8, Option<Ipv4Address>, Vec<IpAddress>);
 
-/// Asks a DHCP server for an address (up to 10 s). The client socket stays
+/// Asks a DHCP server for an address (up to 30 s, asking again every
+/// second: a first DISCOVER sent while the host's bridge port is still
+/// coming up is lost, and smoltcp's default waits 10 s before the next).
+/// The client socket stays
 /// in the set and renews the lease (`netdev.dhcp_max_lease=SECONDS` caps
 /// the lease the server grants, to renew sooner).
 fn dhcp(
@@ -384,6 +387,10 @@ fn dhcp(
 ) -> core::result::Result<(SocketHandle, Lease), alloc::string::String> {
     use smoltcp::socket::dhcpv4;
     let mut sock = dhcpv4::Socket::new();
+    let mut retry = dhcpv4::RetryConfig::default();
+    retry.discover_timeout = smoltcp::time::Duration::from_secs(1);
+    retry.initial_request_timeout = smoltcp::time::Duration::from_secs(1);
+    sock.set_retry_config(retry);
     if let Some(s) = kiln_boot::param("netdev.dhcp_max_lease") {
         let secs: u64 = s
             .parse()
@@ -404,8 +411,8 @@ fn dhcp(
                 (c.address.address(), c.address.prefix_len(), c.router, dns),
             ));
         }
-        if (now() - start).total_millis() > 10_000 {
-            return Err("net: no answer from a DHCP server within 10 s".into());
+        if (now() - start).total_millis() > 30_000 {
+            return Err("net: no answer from a DHCP server within 30 s".into());
         }
     }
 }
