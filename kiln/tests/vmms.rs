@@ -196,3 +196,29 @@ fn what_a_vmm_cannot_do_is_refused_with_what_to_do() {
     assert!(err.contains("Firecracker runs Kiln's x86_64 image only"), "{err}");
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+/// On a bridge from `kiln net create`, a guest of each other VMM gets a
+/// tap on the bridge and an address of its own there.
+#[test]
+fn a_guest_of_every_other_vmm_serves_on_a_bridge() {
+    for v in other_vmms("bridges") {
+        let b = support::Bridge::create("kvb", 80);
+        let s = State::new(&format!("vmmbr-{v}"));
+        let net = format!("bridge:{}", b.name);
+        let (code, _, err) = s.kiln(&["run", "-q", "-d", "--vmm", v, "--name", "web", "--network", &net, "apps/httpd"]);
+        assert_eq!(code, 0, "{v}: {err}");
+        s.wait_for_log("web", "httpd: serving");
+        let tap = tap_of(&s, "web").expect("the instance records its tap");
+        let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
+        assert!(master.ends_with(&b.name), "{v}: {tap} is on {master:?}");
+        let mut c = std::net::TcpStream::connect_timeout(&format!("{}:80", b.guest_ip).parse().unwrap(), Duration::from_secs(30)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut r = String::new();
+        let _ = c.read_to_string(&mut r);
+        assert!(r.starts_with("HTTP/1.1 200 OK"), "{v}: {r}");
+        let (code, _, err) = s.kiln(&["rm", "-f", "web"]);
+        assert_eq!(code, 0, "{v}: {err}");
+        assert!(!Path::new("/sys/class/net").join(&tap).exists(), "{v}: {tap} left behind");
+    }
+}
