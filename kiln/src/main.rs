@@ -33,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// Build the kernel image of an app (its folder holds the Kraftfile)
     Build(BuildArgs),
-    /// Build if needed, then boot the app in QEMU and show its console
+    /// Build if needed, then boot the app (QEMU, Firecracker or cloud-hypervisor) and show its console
     Run(RunArgs),
     /// Show or change the app's Kconfig configuration without a terminal UI
     Config(ConfigArgs),
@@ -480,13 +480,13 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
                 params.push(format!("clock.tsc_hz={hz}"));
             }
             let cmdline = kernel_cmdline(false, &params, &kf.env, &kf.cmd);
-            let d = pkg::Domain { memory_mib, network: &a.network, cmdline: &cmdline, domain_type, console_log: &log };
-            let xml = pkg::libvirt(&p, &d, &out)?;
+            let d = pkg::libvirt::Domain { memory_mib, network: &a.network, cmdline: &cmdline, domain_type, console_log: &log };
+            let xml = pkg::libvirt::write(&p, &d, &out)?;
             ui.note(&format!("libvirt domain {} ({}, {memory_mib} MiB, network {}); virsh define {} && virsh start {}", p.name, if domain_type == "kvm" { "KVM" } else { "TCG: this host's KVM cannot run it well" }, a.network, xml.display(), p.name));
             println!("{}", xml.display());
         }
         PkgFormat::Oci => {
-            let (layout, archive) = pkg::oci(&p, &out)?;
+            let (layout, archive) = pkg::oci::write(&p, &out)?;
             ui.note(&format!("OCI image {}:{} for urunc on {}", p.name, p.tag, p.hypervisor));
             println!("{}", layout.display());
             println!("{}", archive.display());

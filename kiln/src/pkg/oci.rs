@@ -1,6 +1,4 @@
-//! `kiln pkg`: an app's image in the form a deployment takes.
-//!
-//! `--format oci` writes an OCI image (an image layout folder and a
+//! `kiln pkg --format oci` writes an OCI image (an image layout folder and a
 //! docker-archive tarball of the same image) for urunc, the OCI runtime
 //! that boots unikernels from container images: one layer holding the
 //! kernel (with its embedded initrd) at [`KERNEL`] and `/urunc.json`, and
@@ -10,14 +8,8 @@
 //! command line Unikraft takes (`env.vars=[...] netdev.ip=... -- ARGS`),
 //! which Kiln's kernel reads too. Everything is written deterministically
 //! (no timestamps), so the same kernel gives the same digests.
-//!
-//! `--format libvirt` writes a libvirt domain (`<name>.xml`) next to a copy
-//! of the kernel (`<name>.kernel`): direct kernel boot on QEMU's `pc`
-//! machine (virtio devices on PCI bus 0, which the kernel scans), the
-//! console on the first serial port into a file, virtio-net on a libvirt
-//! network with the address from its DHCP server, and every way the guest
-//! ends (power-off, reset, crash) ending the domain.
 
+use super::Package;
 use anyhow::{Context, Result};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,20 +17,6 @@ use std::path::{Path, PathBuf};
 
 /// Where the kernel lies in the image.
 pub const KERNEL: &str = "/unikernel/kernel";
-
-/// What goes into a package.
-pub struct Package<'a> {
-    /// The image's name (the app's), and its tag.
-    pub name: &'a str,
-    pub tag: &'a str,
-    pub kernel: &'a Path,
-    pub arch: &'a str,
-    /// The VMM urunc is to boot it with (qemu, firecracker, cloud-hypervisor).
-    pub hypervisor: &'a str,
-    /// The app's arguments and environment.
-    pub args: &'a [String],
-    pub env: &'a [(String, String)],
-}
 
 fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -124,7 +102,7 @@ fn config(p: &Package, diff_id: &str) -> Result<Vec<u8>> {
 
 /// Writes the OCI image of `p` as an image layout folder `<out>/<name>-oci`
 /// and a docker-archive tarball `<out>/<name>-oci.tar`; returns both.
-pub fn oci(p: &Package, out: &Path) -> Result<(PathBuf, PathBuf)> {
+pub fn write(p: &Package, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let layer_tar = layer(p)?;
     let diff_id = sha256(&layer_tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -179,76 +157,6 @@ pub fn oci(p: &Package, out: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     t.into_inner()?;
     Ok((dir, archive))
-}
-
-/// A libvirt domain for a package.
-pub struct Domain<'a> {
-    pub memory_mib: u64,
-    /// The libvirt network the guest joins.
-    pub network: &'a str,
-    /// The kernel command line (Kiln's parameters, `--`, the app's arguments).
-    pub cmdline: &'a str,
-    /// `kvm`, or `qemu` (TCG) where KVM cannot run Kiln well.
-    pub domain_type: &'a str,
-    /// Where the console goes.
-    pub console_log: &'a Path,
-}
-
-/// Escapes text for XML.
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
-}
-
-/// Writes `<out>/<name>.kernel` and the domain `<out>/<name>.xml`; returns
-/// the domain's path.
-pub fn libvirt(p: &Package, d: &Domain, out: &Path) -> Result<PathBuf> {
-    let kernel = out.join(format!("{}.kernel", p.name));
-    std::fs::copy(p.kernel, &kernel).with_context(|| format!("copying {} to {}", p.kernel.display(), kernel.display()))?;
-    let kernel = std::fs::canonicalize(&kernel)?;
-    let arch = if p.arch == "arm64" { "aarch64" } else { "x86_64" };
-    let machine = if p.arch == "arm64" { "virt" } else { "pc" };
-    let text = format!(
-        "<domain type='{ty}'>
-  <name>{name}</name>
-  <memory unit='MiB'>{mem}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='{arch}' machine='{machine}'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <cmdline>{cmdline}</cmdline>
-  </os>
-  <cpu mode='{cpu}'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <serial type='file'>
-      <source path='{log}'/>
-      <target port='0'/>
-    </serial>
-    <interface type='network'>
-      <source network='{net}'/>
-      <model type='virtio'/>
-    </interface>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-",
-        ty = xml(d.domain_type),
-        // Everything the emulator or the host CPU offers (RDRAND for
-        // lib/random, an invariant TSC).
-        cpu = if d.domain_type == "kvm" { "host-passthrough" } else { "maximum" },
-        name = xml(p.name),
-        mem = d.memory_mib,
-        kernel = xml(&kernel.display().to_string()),
-        cmdline = xml(d.cmdline),
-        log = xml(&d.console_log.display().to_string()),
-        net = xml(d.network),
-    );
-    let path = out.join(format!("{}.xml", p.name));
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }
 
 #[cfg(test)]
