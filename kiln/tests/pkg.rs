@@ -142,7 +142,7 @@ fn the_image_boots_as_urunc_boots_it() {
     // urunc's command line for a Unikraft-type guest, then QEMU as urunc
     // starts it (TCG here instead of KVM; no debug-exit device).
     let cmdline = format!(
-        "Unikraft  env.vars=[ PATH=/bin GREETING=hi ] netdev.ip={guest}/24:{host}:8.8.8.8  -- {}",
+        "Unikraft console=ttyS0 env.vars=[ PATH=/bin GREETING=hi ] netdev.ip={guest}/24:{host}:8.8.8.8 vfs.fstab=[ \"initrd0:/:extract:::\" ] -- {}",
         a["com.urunc.unikernel.cmdline"].as_str().unwrap()
     );
     let mut q = Command::new("qemu-system-x86_64")
@@ -184,6 +184,7 @@ fn the_image_boots_as_urunc_boots_it() {
     drop(tap);
     assert_eq!(status, "HTTP/1.1 200 OK", "{log}");
     assert!(log.contains(&format!("net: 52:54:00:12:34:56 {guest}/24 via {host}")), "{log}");
+    assert!(log.contains("vfs.fstab: initrd0 on / (extract): the initrd is the root file system already"), "{log}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

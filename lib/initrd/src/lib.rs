@@ -324,6 +324,7 @@ fn unpack_with(vfs: &Vfs, data: &[u8], write: Writer) -> Result<Summary, Error> 
 /// Boot-time init (lib/boot runs it when LIBINITRD is selected): unpacks
 /// the initrd (the boot loader's, else the embedded one) into `/`.
 pub fn kiln_init() -> Result<(), String> {
+    note_root_entries();
     let Some(data) = kiln_boot::initrd() else {
         kiln_console::log!(kiln_console::Level::Debug, "initrd: none");
         return Ok(());
@@ -346,6 +347,23 @@ pub fn kiln_init() -> Result<(), String> {
         }
     );
     Ok(())
+}
+
+/// urunc (and Unikraft's tools) put the initrd on `/` with `vfs.fstab=[
+/// "initrd0:/:extract:::" ]`: the initrd is Kiln's root already, so such
+/// entries are noted and left; the file system libraries mount the rest.
+fn note_root_entries() {
+    let Some(v) = kiln_boot::param("vfs.fstab") else { return };
+    let Ok(entries) = kiln_vfs::fstab::parse(v) else { return };
+    for e in entries.iter().filter(|e| matches!(e.fstype.as_str(), "extract" | "initrd" | "ramfs" | "initrdfs")) {
+        kiln_console::log!(
+            kiln_console::Level::Info,
+            "vfs.fstab: {} on {} ({}): the initrd is the root file system already; entry left",
+            e.source,
+            e.destination,
+            e.fstype
+        );
+    }
 }
 
 #[cfg(test)]
