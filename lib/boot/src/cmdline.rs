@@ -78,10 +78,18 @@ pub fn split(line: &str) -> Result<Vec<(String, bool)>, Error> {
     }
 }
 
-/// Parses a whole command line.
-/// Parameters a machine appends to the command line itself.
+/// The parameter a machine appends to list its virtio-mmio devices.
 pub const PLATFORM_PREFIX: &str = "virtio_mmio.device=";
 
+/// Parameters VMMs append to the command line after the app's arguments:
+/// QEMU's microvm and Firecracker list virtio-mmio devices, Firecracker
+/// adds `pci=off` (and `earlycon=` on arm64). Unquoted, they are never
+/// the app's; [`quote`] quotes an argument that looks like one.
+pub fn machine_appended(word: &str) -> bool {
+    word.starts_with(PLATFORM_PREFIX) || word == "pci=off" || word.starts_with("earlycon=")
+}
+
+/// Parses a whole command line.
 pub fn parse(line: &str) -> Result<CmdLine, Error> {
     let mut out = CmdLine::default();
     let mut in_args = false;
@@ -101,7 +109,7 @@ pub fn parse(line: &str) -> Result<CmdLine, Error> {
         // The machine may append its own parameters after the app's
         // arguments (QEMU's microvm adds virtio_mmio.device=...): those are
         // never the app's.
-        if in_args && !(w.starts_with(PLATFORM_PREFIX) && !quoted) {
+        if in_args && !(machine_appended(&w) && !quoted) {
             out.args.push(w);
         } else if w == "--" && !quoted {
             in_args = true;
@@ -119,6 +127,7 @@ pub fn parse(line: &str) -> Result<CmdLine, Error> {
 pub fn quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word != "--"
+        && !machine_appended(word)
         && !word
             .chars()
             .any(|c| c.is_ascii_whitespace() || c == '"' || c == '\\');
@@ -185,6 +194,10 @@ mod tests {
                 .unwrap();
         assert_eq!(c.args, ["a", "virtio_mmio.device=x"]);
         assert_eq!(c.param("virtio_mmio.device"), Some("512@0xfeb00e00:12"));
+        // Firecracker's own addition.
+        let c = parse("-- a pci=off virtio_mmio.device=4K@0xc0001000:5").unwrap();
+        assert_eq!(c.args, ["a"]);
+        assert_eq!(parse(&alloc::format!("-- {}", quote("pci=off"))).unwrap().args, ["pci=off"]);
     }
 
     fn strs(v: &[String]) -> Vec<&str> {
