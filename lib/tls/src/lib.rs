@@ -1,0 +1,297 @@
+//! TLS for Kiln's servers: rustls (TLS 1.3 and 1.2) with RustCrypto's
+//! algorithms, which build without `std` or C for both kernel targets.
+//!
+//! Without `std`, rustls offers only its sans-I/O "unbuffered" connection.
+//! [`Session`] puts buffers around it so that an event-loop server can treat
+//! a TLS connection like a plain one: ciphertext from the socket goes in
+//! with [`Session::received`], plaintext comes out of [`Session::read`],
+//! plaintext goes in with [`Session::write`], and [`Session::outgoing`] is
+//! the ciphertext to send ([`Session::sent`] says how much went). The
+//! session never blocks and never touches a socket.
+//!
+//! Keys and nonces come from lib/random (RustCrypto asks `getrandom`, which
+//! this crate points at it). Certificate validity uses the wall clock
+//! (`clock.epoch=` plus the time since boot). Errors are strings that say
+//! what was wrong (a file, a key that does not match its certificate, a
+//! client that is not speaking TLS), for the server's log.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+/// The wall clock for rustls: `clock.epoch=` plus the time since boot.
+/// Without `clock.epoch=` it starts at 1970: a server that checks no
+/// client certificates still works (it needs the time only to date its
+/// session tickets), and one that does refuses them as not yet valid.
+#[derive(Debug)]
+struct WallClock;
+
+impl rustls::time_provider::TimeProvider for WallClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        let epoch: u64 = kiln_boot::param("clock.epoch").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let up = kiln_boot::platform().and_then(|p| kiln_boot::ticks_to_us(p.ticks(), p.tick_hz())).unwrap_or(0) / 1_000_000;
+        Some(UnixTime::since_unix_epoch(core::time::Duration::from_secs(epoch + up)))
+    }
+}
+
+fn random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    kiln_random::fill(buf);
+    Ok(())
+}
+
+getrandom::register_custom_getrandom!(random);
+
+/// A server configuration from a certificate chain and its private key,
+/// both PEM: TLS 1.3 and 1.2, no client certificates, HTTP/1.1 (or
+/// `alpn`) offered in ALPN.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate: {e:?}"))?;
+    if certs.is_empty() {
+        return Err("certificate: no CERTIFICATE block in the PEM file".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e:?}"))?;
+    let provider = Arc::new(rustls_rustcrypto::provider());
+    let mut config = ServerConfig::builder_with_details(provider, Arc::new(WallClock))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the private key does not go with the certificate, or is not usable: {e}"))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Most ciphertext a session holds for sending before [`Session::write`]
+/// takes no more plaintext.
+const MAX_OUTGOING: usize = 64 * 1024;
+
+/// One TLS connection's state and buffers (see the module's contract).
+pub struct Session {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet processed.
+    incoming: Vec<u8>,
+    /// Ciphertext to send.
+    outgoing: Vec<u8>,
+    /// Plaintext received, not yet read.
+    plain_in: Vec<u8>,
+    /// Plaintext written before the handshake finished.
+    plain_out: Vec<u8>,
+    /// The handshake is done: plaintext is encrypted as it is written.
+    established: bool,
+    peer_closed: bool,
+    close_requested: bool,
+    close_sent: bool,
+    error: Option<String>,
+}
+
+impl Session {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Session, String> {
+        Ok(Session {
+            conn: UnbufferedServerConnection::new(config).map_err(|e| format!("{e}"))?,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            plain_in: Vec::new(),
+            plain_out: Vec::new(),
+            established: false,
+            peer_closed: false,
+            close_requested: false,
+            close_sent: false,
+            error: None,
+        })
+    }
+
+    /// Takes ciphertext from the peer and processes what it completes.
+    pub fn received(&mut self, ciphertext: &[u8]) {
+        self.incoming.extend_from_slice(ciphertext);
+        self.pump();
+    }
+
+    /// Plaintext received: copies up to `buf.len()` bytes; 0 when there is
+    /// none now (see [`Session::peer_closed`] for the end).
+    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.plain_in.len());
+        buf[..n].copy_from_slice(&self.plain_in[..n]);
+        self.plain_in.drain(..n);
+        n
+    }
+
+    /// Queues plaintext to send; returns how much was taken (0 while
+    /// [`MAX_OUTGOING`] bytes wait to go out).
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        if self.error.is_some() || self.close_requested {
+            return 0;
+        }
+        let room = MAX_OUTGOING.saturating_sub(self.outgoing.len() + self.plain_out.len());
+        let n = data.len().min(room);
+        self.plain_out.extend_from_slice(&data[..n]);
+        self.pump();
+        n
+    }
+
+    /// Room for plaintext [`Session::write`] would take now.
+    pub fn send_capacity(&self) -> usize {
+        MAX_OUTGOING.saturating_sub(self.outgoing.len() + self.plain_out.len())
+    }
+
+    /// Sends close_notify after what is queued.
+    pub fn close(&mut self) {
+        self.close_requested = true;
+        self.pump();
+    }
+
+    /// Ciphertext waiting to be sent.
+    pub fn outgoing(&self) -> &[u8] {
+        &self.outgoing
+    }
+
+    /// `n` bytes of [`Session::outgoing`] went out.
+    pub fn sent(&mut self, n: usize) {
+        self.outgoing.drain(..n.min(self.outgoing.len()));
+    }
+
+    /// The peer sent close_notify: no more plaintext will come.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed && self.plain_in.is_empty()
+    }
+
+    /// Why the connection failed (a handshake the peer got wrong, bytes
+    /// that are not TLS); the alert for the peer is in `outgoing`.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Whether the handshake has finished.
+    pub fn established(&self) -> bool {
+        self.established
+    }
+
+    /// Runs the connection's state machine until it needs more input.
+    fn pump(&mut self) {
+        if self.error.is_some() {
+            return;
+        }
+        // Each round handles one state; 64 rounds are far more than one
+        // flight of records needs, and stop a loop that makes no progress.
+        for _ in 0..64 {
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let mut more = true;
+            match state {
+                Err(e) => {
+                    self.error = Some(format!("{e}"));
+                    more = false;
+                }
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    while let Some(rec) = r.next_record() {
+                        match rec {
+                            Ok(rec) => self.plain_in.extend_from_slice(rec.payload),
+                            Err(e) => {
+                                self.error = Some(format!("{e}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(ConnectionState::ReadEarlyData(mut r)) => {
+                    while let Some(Ok(rec)) = r.next_record() {
+                        self.plain_in.extend_from_slice(rec.payload);
+                    }
+                }
+                Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
+                Ok(ConnectionState::Closed) => {
+                    self.peer_closed = true;
+                    more = false;
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    let out = &mut self.outgoing;
+                    let start = out.len();
+                    out.resize(start + 4096, 0);
+                    let r = match e.encode(&mut out[start..]) {
+                        Err(EncodeError::InsufficientSize(s)) => {
+                            out.resize(start + s.required_size, 0);
+                            e.encode(&mut out[start..])
+                        }
+                        r => r,
+                    };
+                    match r {
+                        Ok(n) => out.truncate(start + n),
+                        Err(err) => {
+                            out.truncate(start);
+                            self.error = Some(format!("{err}"));
+                        }
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    // What was encoded is in `outgoing` already; the caller
+                    // sends it.
+                    t.done();
+                }
+                Ok(ConnectionState::BlockedHandshake) => more = false,
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    self.established = true;
+                    if !self.plain_out.is_empty() {
+                        let out = &mut self.outgoing;
+                        let start = out.len();
+                        out.resize(start + self.plain_out.len() + 1024, 0);
+                        let r = match w.encrypt(&self.plain_out, &mut out[start..]) {
+                            Err(EncryptError::InsufficientSize(s)) => {
+                                out.resize(start + s.required_size, 0);
+                                w.encrypt(&self.plain_out, &mut out[start..])
+                            }
+                            r => r,
+                        };
+                        match r {
+                            Ok(n) => {
+                                out.truncate(start + n);
+                                self.plain_out.clear();
+                            }
+                            Err(err) => {
+                                out.truncate(start);
+                                self.error = Some(format!("{err}"));
+                            }
+                        }
+                    }
+                    if self.close_requested && !self.close_sent && self.plain_out.is_empty() {
+                        let out = &mut self.outgoing;
+                        let start = out.len();
+                        out.resize(start + 64, 0);
+                        match w.queue_close_notify(&mut out[start..]) {
+                            Ok(n) => out.truncate(start + n),
+                            Err(_) => out.truncate(start),
+                        }
+                        self.close_sent = true;
+                    }
+                    // Nothing more until the peer sends or the app writes.
+                    more = false;
+                }
+                Ok(_) => more = false,
+            }
+            self.incoming.drain(..discard.min(self.incoming.len()));
+            if !more || self.error.is_some() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_certificates_and_keys_are_named() {
+        assert!(server_config(b"", b"", &[]).unwrap_err().contains("no CERTIFICATE"));
+        let not_pem = b"-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n";
+        assert!(server_config(not_pem, b"", &[]).unwrap_err().starts_with("certificate"));
+    }
+}
