@@ -91,6 +91,50 @@ fn app_package(dir: &Path) -> Result<String> {
         .with_context(|| format!("{}: no [package] name", manifest.display()))
 }
 
+/// RustCrypto's crates (lib/tls) pick SIMD code with CPUID at run time,
+/// which the kernel's x86_64 target (no SSE, soft float) cannot compile:
+/// these settings make them use their portable code. Only those crates
+/// read them. (TOML strings for cargo's `--config`.)
+const SOFT_CRYPTO: &[&str] = &[
+    "\"--cfg\"", "\"aes_force_soft\"",
+    "\"--cfg\"", "\"polyval_force_soft\"",
+    "\"--cfg\"", "\"poly1305_force_soft\"",
+    "\"--cfg\"", "\"chacha20_force_soft\"",
+    "\"--cfg\"", "'curve25519_dalek_backend=\"serial\"'",
+];
+
+/// The app crate's cargo features that its Kconfig symbols turn on:
+/// `[package.metadata.kiln.features]` maps a feature to a symbol (`tls =
+/// "APP_HTTPD_TLS"`), so an option can bring in a library's code or leave
+/// it out of the image.
+fn app_features(dir: &Path, cfg: &Config) -> Result<Vec<String>> {
+    let manifest = dir.join("Cargo.toml");
+    let doc: toml::Table = std::fs::read_to_string(&manifest)?
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+    let Some(map) = doc
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("kiln"))
+        .and_then(|k| k.get("features"))
+    else {
+        return Ok(Vec::new());
+    };
+    let map = map
+        .as_table()
+        .with_context(|| format!("{}: [package.metadata.kiln.features] must map features to Kconfig symbols", manifest.display()))?;
+    let mut on = Vec::new();
+    for (feature, symbol) in map {
+        let symbol = symbol
+            .as_str()
+            .with_context(|| format!("{}: feature {feature}: expected a Kconfig symbol name", manifest.display()))?;
+        if cfg.on(symbol.trim_start_matches("CONFIG_")) {
+            on.push(feature.clone());
+        }
+    }
+    Ok(on)
+}
+
 /// Writes `content` to `path` unless it already holds exactly that, so that
 /// unchanged inputs do not make cargo rebuild, and concurrent builds of the
 /// same app never see a half-written file.
@@ -266,9 +310,11 @@ fn generate(
         deps += &format!("{} = {{ path = {} }}\n", l.package, toml_str(&l.dir));
     }
     let (heap_crate, heap_type) = (heap.rust_name(), heap.heap.clone().unwrap_or_default());
+    let features = app_features(&app_dir, cfg)?;
     deps += &format!(
-        "app = {{ package = {app_pkg:?}, path = {} }}\n",
-        toml_str(&app_dir)
+        "app = {{ package = {app_pkg:?}, path = {}, features = [{}] }}\n",
+        toml_str(&app_dir),
+        features.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
     );
 
     let manifest = format!(
@@ -511,7 +557,7 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         // would need a self-relocating loader for no benefit.
         .args([
             "--config",
-            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\"]"),
+            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\"{}]", SOFT_CRYPTO.iter().map(|f| format!(", {f}")).collect::<String>()),
         ])
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -225,3 +225,23 @@ fn a_guest_of_every_other_vmm_serves_on_a_bridge() {
         assert!(!Path::new("/sys/class/net").join(&tap).exists(), "{v}: {tap} left behind");
     }
 }
+
+/// A QEMU started without Kiln's debug-exit device (by libvirt, by urunc,
+/// by hand) gets the code on the console and a reset, which ends it with
+/// -no-reboot.
+#[test]
+fn qemu_without_the_debug_exit_device_gets_the_code_on_the_console() {
+    let (code, _, err) = support::kiln(&["build", "-q", "apps/crashtest"]);
+    assert_eq!(code, 0, "{err}");
+    let o = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm,acpi=off", "-device", "i8042", "-accel", "tcg", "-cpu", "max", "-m", "64M", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(root().join("apps/crashtest/.kiln/build/crashtest_qemu-x86_64"))
+        .args(["-append", "kiln.quiet -- exit 4"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.ends_with("\nkiln: exit status 4\n"), "{out}");
+}

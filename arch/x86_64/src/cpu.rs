@@ -27,6 +27,24 @@ pub unsafe fn outb(port: u16, value: u8) {
     unsafe { x86_64::instructions::port::Port::new(port).write(value) }
 }
 
+/// Writes a 16-bit value to an I/O port.
+///
+/// # Safety
+/// As for [`outl`].
+pub unsafe fn outw(port: u16, value: u16) {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).write(value) }
+}
+
+/// Reads a 32-bit value from an I/O port.
+///
+/// # Safety
+/// As for [`inb`].
+pub unsafe fn inl(port: u16) -> u32 {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).read() }
+}
+
 /// Reads an 8-bit value from an I/O port.
 ///
 /// # Safety

@@ -33,6 +33,25 @@ core::arch::global_asm!(
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// COM1.
 const COM1: u16 = 0x3f8;
+/// QEMU's fw_cfg interface: selector and data ports.
+const FW_CFG_SELECTOR: u16 = 0x510;
+const FW_CFG_DATA: u16 = 0x511;
+
+/// Whether this is QEMU (fw_cfg's signature reads "QEMU") with the
+/// isa-debug-exit device (which reads as 0, where an empty port reads all
+/// ones). Looked at only on the way out: Firecracker and cloud-hypervisor
+/// have neither port and may log the accesses.
+fn qemu_debug_exit() -> bool {
+    // SAFETY: selecting fw_cfg item 0 (the signature) and reading its
+    // bytes has no other effect; on a machine without fw_cfg the ports
+    // are empty. Reading the debug-exit port has no effect.
+    unsafe {
+        arch::cpu::outw(FW_CFG_SELECTOR, 0);
+        let sig = [0; 4].map(|_: u8| arch::cpu::inb(FW_CFG_DATA));
+        &sig == b"QEMU" && arch::cpu::inl(DEBUG_EXIT_PORT) == 0
+    }
+}
+
 /// cloud-hypervisor's ACPI sleep control register and the value that
 /// enters S5 (SLP_TYP 5 in bits 2-4, SLP_EN in bit 5).
 const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
@@ -101,12 +120,16 @@ impl Platform for Qemu {
         // Let the UART drain first, or QEMU may exit with console bytes
         // still in its transmit FIFO.
         SERIAL.drain();
-        // SAFETY: writing to the debug-exit port only stops QEMU; on a
-        // machine without the device the write is ignored.
-        unsafe { arch::cpu::outl(DEBUG_EXIT_PORT, (code + 1) as u32) };
-        // Still running: not QEMU with the debug-exit device. The code goes
-        // on the console (see kiln_boot::EXIT_LINE), then the machine is
-        // powered off the ways other VMMs offer.
+        if qemu_debug_exit() {
+            // SAFETY: writing to the debug-exit port only asks QEMU to stop.
+            unsafe { arch::cpu::outl(DEBUG_EXIT_PORT, (code + 1) as u32) };
+            // QEMU stops the machine from its main loop a moment later;
+            // nothing more may run (or print) meanwhile.
+            arch::cpu::halt()
+        }
+        // Not QEMU with the debug-exit device: the code goes on the
+        // console (see kiln_boot::EXIT_LINE), then the machine is powered
+        // off the ways other VMMs offer.
         kiln_console::print_unlocked(format_args!("\n{}{code}\n", kiln_boot::EXIT_LINE));
         SERIAL.drain();
         // SAFETY: port 0x600 is cloud-hypervisor's ACPI sleep control
