@@ -9,6 +9,13 @@
 //! or a bare LF (as nginx accepts); a client that half-closes (shutdown of
 //! its sending side after the request) still gets its answers; a first
 //! line that cannot become a request line is answered 400 at once.
+//!
+//! With APP_HTTPD_TLS (the `tls` feature, which `kiln build` turns on with
+//! it), a second listener serves the same over TLS 1.3/1.2 (lib/tls), with
+//! the certificate chain and key named by Kconfig or by the environment
+//! (HTTPD_TLS_CERT, HTTPD_TLS_KEY, HTTPD_TLS_PORT). A connection that is
+//! not TLS, or fails its handshake, gets an alert and is closed, with one
+//! log line; the others are not affected.
 #![no_std]
 
 extern crate alloc;
@@ -212,6 +219,106 @@ fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
     v
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(TcpStream, alloc::boxed::Box<kiln_tls::Session>, bool),
+}
+
+impl Stream {
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s, ..) => s,
+        }
+    }
+
+    /// Plaintext received; Ok(0) at the end, WouldBlock when none now.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s, session, eof) => {
+                let mut cipher = [0u8; 4096];
+                while !*eof {
+                    match s.read(&mut cipher) {
+                        Ok(0) => *eof = true,
+                        Ok(n) => session.received(&cipher[..n]),
+                        Err(NetError::WouldBlock) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                flush_tls(s, session)?;
+                if let Some(e) = session.error() {
+                    println!("httpd: TLS: {e}; connection closed");
+                    return Err(NetError::ConnectionReset);
+                }
+                match session.read(buf) {
+                    0 if *eof || session.peer_closed() => Ok(0),
+                    0 => Err(NetError::WouldBlock),
+                    n => Ok(n),
+                }
+            }
+        }
+    }
+
+    /// Sends (or, for TLS, queues) plaintext; Ok(0) or WouldBlock when
+    /// there is no room now.
+    fn write(&mut self, data: &[u8]) -> Result<usize, NetError> {
+        match self {
+            Stream::Plain(s) => s.write(data),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s, session, _) => {
+                let n = session.write(data);
+                flush_tls(s, session)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn send_capacity(&self) -> usize {
+        match self {
+            Stream::Plain(s) => s.send_capacity(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_, session, _) => session.send_capacity(),
+        }
+    }
+
+    /// Whether bytes are still on their way out (TLS records not yet
+    /// taken by the socket).
+    fn pending(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(_, session, _) => !session.outgoing().is_empty(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s, session, _) = self {
+            session.close();
+            let _ = flush_tls(s, session);
+        }
+        self.tcp().shutdown();
+    }
+}
+
+/// Sends what TLS records the socket takes.
+#[cfg(feature = "tls")]
+fn flush_tls(s: &mut TcpStream, session: &mut kiln_tls::Session) -> Result<(), NetError> {
+    while !session.outgoing().is_empty() {
+        match s.write(session.outgoing()) {
+            Ok(0) | Err(NetError::WouldBlock) => break,
+            Ok(n) => session.sent(n),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A file being sent.
 struct Body {
     file: File,
@@ -219,7 +326,7 @@ struct Body {
 }
 
 struct Conn {
-    s: TcpStream,
+    s: Stream,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -252,7 +359,7 @@ fn resolve(path: &str) -> Option<(String, fs::Metadata)> {
 }
 
 impl Conn {
-    fn new(s: TcpStream, now: u64) -> Conn {
+    fn new(s: Stream, now: u64) -> Conn {
         Conn {
             s,
             inbuf: Vec::new(),
@@ -267,7 +374,7 @@ impl Conn {
     }
 
     fn busy(&self) -> bool {
-        self.out_pos < self.out.len() || self.body.is_some()
+        self.out_pos < self.out.len() || self.body.is_some() || self.s.pending()
     }
 
     /// Answers one complete request head.
@@ -400,6 +507,15 @@ impl Conn {
             if self.out_pos == self.out.len() {
                 self.out.clear();
                 self.out_pos = 0;
+                if self.s.pending() {
+                    // TLS records of what was written wait for the socket.
+                    if self.s.write(&[]).is_err() {
+                        return false;
+                    }
+                    if self.s.pending() {
+                        return true;
+                    }
+                }
                 // Refill from the file being sent.
                 if let Some(b) = &mut self.body {
                     let room = self.s.send_capacity().min(64 * 1024);
@@ -435,7 +551,7 @@ impl Conn {
 }
 
 /// Entry point: serves until the machine is stopped.
-pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
+pub fn main(_args: &[&str], env: &[(&str, &str)]) -> i32 {
     if !net::available() {
         println!(
             "httpd: no network device (kiln run adds one; on QEMU use -device virtio-net-device)"
@@ -456,6 +572,16 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
         }
     };
     listener.set_nonblocking(true);
+    #[cfg(feature = "tls")]
+    let mut tls = match tls::listener(env) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            println!("httpd: TLS: {e}");
+            return 1;
+        }
+    };
+    #[cfg(not(feature = "tls"))]
+    let _ = env;
     // `kiln stop`: stop accepting, finish the responses under way, exit.
     kiln_std::process::on_stop(net::wake_waiters);
     let mut listener = Some(listener);
@@ -467,6 +593,10 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
         let now = kiln_std::time::micros();
         if kiln_std::process::stop_requested() && stop_by.is_none() {
             listener = None;
+            #[cfg(feature = "tls")]
+            {
+                tls = None;
+            }
             let busy = conns.iter().filter(|c| c.busy()).count();
             println!("httpd: stopping: {busy} responses under way, {} connections", conns.len());
             for c in &mut conns {
@@ -483,7 +613,17 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
         }
         while let Some(Ok(mut s)) = listener.as_mut().map(|l| l.accept()) {
             s.set_nonblocking(true);
-            conns.push(Conn::new(s, now));
+            conns.push(Conn::new(Stream::Plain(s), now));
+            active = true;
+        }
+        #[cfg(feature = "tls")]
+        while let Some((l, config)) = tls.as_mut() {
+            let Ok(mut s) = l.accept() else { break };
+            s.set_nonblocking(true);
+            match kiln_tls::Session::new(config.clone()) {
+                Ok(session) => conns.push(Conn::new(Stream::Tls(s, alloc::boxed::Box::new(session), false), now)),
+                Err(e) => println!("httpd: TLS: {e}; connection refused"),
+            }
             active = true;
         }
         conns.retain_mut(|c| {
@@ -506,6 +646,36 @@ pub fn main(_args: &[&str], _env: &[(&str, &str)]) -> i32 {
             // leaves its host CPU alone.
             net::idle(WAIT_US);
         }
+    }
+}
+
+/// The HTTPS listener.
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use alloc::sync::Arc;
+
+    const PORT: i64 = kconfig_int!("APP_HTTPD_TLS_PORT", 443);
+    const CERT: &str = kconfig_str!("APP_HTTPD_TLS_CERT", "/etc/tls/cert.pem");
+    const KEY: &str = kconfig_str!("APP_HTTPD_TLS_KEY", "/etc/tls/key.pem");
+
+    /// Reads the certificate and key (Kconfig's paths, or the
+    /// environment's) and listens on the TLS port.
+    pub fn listener(env: &[(&str, &str)]) -> Result<(TcpListener, Arc<kiln_tls::ServerConfig>), String> {
+        let var = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let port = match var("HTTPD_TLS_PORT") {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("HTTPD_TLS_PORT={p}: expected a port 1-65535"))?,
+            None => PORT as u16,
+        };
+        let cert_path = var("HTTPD_TLS_CERT").unwrap_or(CERT);
+        let key_path = var("HTTPD_TLS_KEY").unwrap_or(KEY);
+        let cert = fs::read(cert_path).map_err(|e| format!("reading the certificate {cert_path}: {e}"))?;
+        let key = fs::read(key_path).map_err(|e| format!("reading the private key {key_path}: {e}"))?;
+        let config = kiln_tls::server_config(&cert, &key, &[b"http/1.1"]).map_err(|e| format!("{cert_path}, {key_path}: {e}"))?;
+        let mut l = TcpListener::bind(port, BACKLOG as usize).map_err(|e| format!("port {port}: {e}"))?;
+        l.set_nonblocking(true);
+        println!("httpd: serving {ROOT} over TLS on port {port} ({cert_path})");
+        Ok((l, config))
     }
 }
 

@@ -1,0 +1,212 @@
+//! HTTPS from apps/httpd with APP_HTTPD_TLS=y (lib/tls): curl trusting the
+//! test CA gets the site byte for byte, headless Chromium renders it
+//! trusting only the server's key, HTTP keeps working beside it, a plain
+//! HTTP request to the TLS port is closed without harm to the others, and
+//! a missing certificate stops the server with the file's name.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::root;
+
+fn data(name: &str) -> PathBuf {
+    root().join("lib/tls/tests/data").join(name)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+/// An app folder: apps/httpd's crate and site, TLS on, the test's
+/// certificate and key in /etc/tls.
+fn https_app(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-https-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&root().join("apps/httpd/rootfs"), &dir.join("rootfs"));
+    std::fs::create_dir_all(dir.join("rootfs/etc/tls")).unwrap();
+    std::fs::copy(data("server.pem"), dir.join("rootfs/etc/tls/cert.pem")).unwrap();
+    std::fs::copy(data("server.key"), dir.join("rootfs/etc/tls/key.pem")).unwrap();
+    std::fs::write(
+        dir.join("Kraftfile"),
+        format!(
+            "spec: v0.6\nname: httpsd\napp: {}\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\nkconfig:\n  CONFIG_APP_HTTPD_TLS: y\n",
+            root().join("apps/httpd").display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// A running HTTPS guest; killed (and its folder removed) when dropped.
+struct Https {
+    child: std::process::Child,
+    console: Option<std::thread::JoinHandle<String>>,
+    plain: u16,
+    tls: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Https {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Https {
+    fn start() -> Https {
+        let dir = https_app("serve");
+        let (code, _, err) = support::kiln(&["build", "-q", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let (plain, tls) = (support::free_port(), support::free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:80"), "-p", &format!("{tls}:443"), dir.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let console = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let h = Https { child, console: Some(console), plain, tls, dir };
+        let t = Instant::now();
+        loop {
+            let (status, body) = curl(&["--cacert", data("ca.pem").to_str().unwrap()], &h.url("/"));
+            if status == "200" {
+                return h;
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                let console = h.stop();
+                panic!("HTTPS never answered (last: {status} {}):\n{console}", String::from_utf8_lossy(&body));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://kiln.test:{}{path}", self.tls)
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.console.take().unwrap().join().unwrap()
+    }
+}
+
+/// curl with `args` on `url` (kiln.test is 127.0.0.1): (status, body).
+fn curl(args: &[&str], url: &str) -> (String, Vec<u8>) {
+    let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "-m", "20", "--resolve", &format!("kiln.test:{port}:127.0.0.1"), "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let mut body = o.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&body[nl..]).trim().to_string();
+    body.truncate(nl);
+    (status, body)
+}
+
+#[test]
+fn httpd_serves_https_beside_http() {
+    let g = Https::start();
+    let ca = data("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let site = root().join("apps/httpd/rootfs/www");
+    for (path, file) in [("/", "index.html"), ("/game.js", "game.js"), ("/kiln.svg", "kiln.svg")] {
+        let (status, body) = curl(&["--cacert", ca], &g.url(path));
+        assert_eq!(status, "200", "{path}");
+        assert!(body == std::fs::read(site.join(file)).unwrap(), "{path} differs");
+    }
+    // TLS 1.2 too, and keep-alive: two requests on one connection.
+    let (status, _) = curl(&["--cacert", ca, "--tlsv1.2", "--tls-max", "1.2"], &g.url("/"));
+    assert_eq!(status, "200", "TLS 1.2");
+    let o = Command::new("curl")
+        .args(["-s", "-v", "--cacert", ca, "--resolve", &format!("kiln.test:{}:127.0.0.1", g.tls), "-o", "/dev/null", "-o", "/dev/null"])
+        .arg(g.url("/"))
+        .arg(g.url("/style.css"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("Re-using existing connection") || log.contains("Reusing existing"), "{log}");
+    assert!(log.contains("ALPN: server accepted http/1.1"), "{log}");
+    // Without the CA, curl refuses the certificate.
+    let (status, _) = curl(&[], &g.url("/"));
+    assert_eq!(status, "000");
+    // Plain HTTP on its own port is unchanged.
+    let (status, _) = curl(&[], &format!("http://kiln.test:{}/", g.plain));
+    assert_eq!(status, "200");
+    // A plain HTTP request to the TLS port: closed (after an alert), not hung.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.tls)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut back = Vec::new();
+    let r = s.read_to_end(&mut back);
+    assert!(r.is_ok() || !back.is_empty(), "the connection was not closed: {r:?}");
+    assert!(!back.starts_with(b"HTTP/"), "plain HTTP was answered on the TLS port");
+    // Garbage in place of a ClientHello, then the others still get service.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.tls)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    let (status, _) = curl(&["--cacert", ca], &g.url("/"));
+    assert_eq!(status, "200");
+    // Headless Chromium, trusting only the server's public key.
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            data("server.pem").display()
+        ))
+        .output()
+        .unwrap();
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    let o = Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            &format!("--host-resolver-rules=MAP kiln.test 127.0.0.1"),
+            &format!("--ignore-certificate-errors-spki-list={spki}"),
+            "--dump-dom",
+            &g.url("/"),
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed by scripts/setup");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(dom.contains(r#"data-ready="yes""#), "{dom}");
+    let console = g.stop();
+    assert!(console.contains("over TLS on port 443"), "{console}");
+    assert!(console.contains("httpd: TLS: "), "the bad handshakes are logged:\n{console}");
+}
+
+#[test]
+fn a_missing_certificate_stops_httpd_with_the_files_name() {
+    let dir = https_app("missing");
+    let (code, out, err) = support::kiln(&["run", "-W", "-q", "--timeout", "120", "-e", "HTTPD_TLS_CERT=/etc/tls/nope.pem", dir.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("httpd: TLS: reading the certificate /etc/tls/nope.pem"), "{out}");
+}
