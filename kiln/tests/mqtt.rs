@@ -350,3 +350,24 @@ fn a_bad_configuration_stops_the_broker_with_file_and_line() {
     assert!(out.contains("mqtt: /etc/mqtt/mqtt.conf:2: max_inflight_messages: 'lots' is not a number"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Two `listener` lines are two ports: a subscriber on one gets what a
+/// publisher sends to the other.
+#[test]
+fn several_listeners_serve_at_once() {
+    let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fwd = format!("{second}:8883");
+    let b = Broker::start(&["-p", &fwd, "-e", "MQTT_LISTENER=8883"]);
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &second.to_string(), "-t", "two/ports", "-C", "1", "-W", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, out) = b.pubc(&["-t", "two/ports", "-m", "across", "-q", "1"]);
+    assert!(ok, "{out}");
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "across");
+    let console = b.stop();
+    assert!(console.contains("mqtt: listening on ports 1883, 8883"), "{console}");
+}

@@ -191,17 +191,24 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         println!("mqtt: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
         return 1;
     }
-    let mut listener = match TcpListener::bind(cfg.port, BACKLOG) {
-        Ok(l) => l,
-        Err(e) => {
-            println!("mqtt: port {}: {e}", cfg.port);
-            return 1;
+    let mut listeners = Vec::new();
+    for &port in &cfg.listeners {
+        match TcpListener::bind(port, BACKLOG) {
+            Ok(mut l) => {
+                l.set_nonblocking(true);
+                listeners.push(l);
+            }
+            Err(e) => {
+                println!("mqtt: port {port}: {e}");
+                return 1;
+            }
         }
-    };
-    listener.set_nonblocking(true);
+    }
+    let ports: Vec<String> = cfg.listeners.iter().map(|p| p.to_string()).collect();
     println!(
-        "mqtt: listening on port {} (MQTT 3.1.1 and 5.0; up to {} clients, packets up to {} bytes, {}; messages held in at most {} KiB)",
-        cfg.port,
+        "mqtt: listening on port{} {} (MQTT 3.1.1 and 5.0; up to {} clients, packets up to {} bytes, {}; messages held in at most {} KiB)",
+        if ports.len() > 1 { "s" } else { "" },
+        ports.join(", "),
         cfg.max_connections,
         cfg.max_packet_size,
         match (&cfg.passwords, cfg.allow_anonymous) {
@@ -242,18 +249,15 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                 return 0;
             }
         }
-        while stop_by.is_none() {
-            match listener.accept() {
-                Ok(mut s) => {
-                    active = true;
-                    s.set_nonblocking(true);
-                    if let Some(id) = broker.open(peer_of(&s), now) {
-                        conns.insert(id, s);
-                    } else {
-                        s.shutdown();
-                    }
+        for listener in listeners.iter_mut().filter(|_| stop_by.is_none()) {
+            while let Ok(mut s) = listener.accept() {
+                active = true;
+                s.set_nonblocking(true);
+                if let Some(id) = broker.open(peer_of(&s), now) {
+                    conns.insert(id, s);
+                } else {
+                    s.shutdown();
                 }
-                Err(_) => break,
             }
         }
         for (&id, s) in conns.iter_mut() {

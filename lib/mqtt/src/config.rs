@@ -11,7 +11,12 @@ use alloc::vec::Vec;
 /// `Config::memory_bound`).
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub port: u16,
+    /// The TCP ports to listen on: each `listener` line adds one (the
+    /// first replaces the default 1883), `port` and `-p` set the only one.
+    pub listeners: Vec<u16>,
+    /// Whether a `listener` line has been read (the default is replaced
+    /// by the first).
+    pub listeners_given: bool,
     pub allow_anonymous: bool,
     /// user -> password: plain text, or mosquitto_passwd's `$6$`/`$7$` hash.
     pub passwords: Option<BTreeMap<String, String>>,
@@ -63,7 +68,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            port: 1883,
+            listeners: alloc::vec![1883],
+            listeners_given: false,
             allow_anonymous: true,
             passwords: None,
             acl: None,
@@ -117,8 +123,20 @@ impl Config {
         };
         match key {
             "listener" | "port" => {
+                // `listener PORT [ADDRESS]`: the address is not needed (one
+                // interface).
                 let p = value.split_whitespace().next().unwrap_or("");
-                self.port = num(p)?.try_into().ok().filter(|&p: &u16| p != 0).ok_or(format!("{key}: {p} is not a TCP port"))?;
+                let port: u16 = num(p)?.try_into().ok().filter(|&p: &u16| p != 0).ok_or(format!("{key}: {p} is not a TCP port"))?;
+                if key == "port" || !self.listeners_given {
+                    self.listeners.clear();
+                }
+                if key == "listener" {
+                    self.listeners_given = true;
+                }
+                if self.listeners.contains(&port) {
+                    return Err(format!("{key}: port {port} is listed twice"));
+                }
+                self.listeners.push(port);
             }
             "allow_anonymous" => self.allow_anonymous = flag(value)?,
             "password_file" | "acl_file" => return Ok(Some((key.into(), value.into()))),
@@ -365,10 +383,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn several_listeners() {
+        let mut c = Config::default();
+        assert_eq!(c.listeners, [1883]);
+        c.parse("listener 1883\nlistener 8883 0.0.0.0\n", "m.conf").unwrap();
+        assert_eq!(c.listeners, [1883, 8883]);
+        assert_eq!(c.parse("listener 8883\n", "m.conf").unwrap_err(), "m.conf:1: listener: port 8883 is listed twice");
+        // `port` (and -p) set the only one.
+        c.set("port", "1999").unwrap();
+        assert_eq!(c.listeners, [1999]);
+    }
+
+    #[test]
     fn conf_files_parse_and_errors_name_the_line() {
         let mut c = Config::default();
         let files = c.parse("# edge broker\nlistener 1884\nallow_anonymous false\npassword_file /etc/mqtt/passwd\nmax_packet_size 1024\n", "mqtt.conf").unwrap();
-        assert_eq!(c.port, 1884);
+        assert_eq!(c.listeners, [1884]);
         assert!(!c.allow_anonymous);
         assert_eq!(c.max_packet_size, 1024);
         assert_eq!(files, [("password_file".to_string(), "/etc/mqtt/passwd".to_string())]);
