@@ -371,3 +371,21 @@ fn several_listeners_serve_at_once() {
     let console = b.stop();
     assert!(console.contains("mqtt: listening on ports 1883, 8883"), "{console}");
 }
+
+/// MQTT 5 shared subscriptions: two members of `$share/workers/...` split
+/// the messages between them, each message going to one.
+#[test]
+fn shared_subscriptions_split_the_messages() {
+    let b = Broker::start(&[]);
+    let w1 = b.sub(&["-V", "5", "-t", "$share/workers/jobs/#", "-C", "2", "-W", "30"]);
+    let w2 = b.sub(&["-V", "5", "-t", "$share/workers/jobs/#", "-C", "2", "-W", "30"]);
+    for i in 0..4 {
+        let (ok, out) = b.pubc(&["-V", "5", "-q", "1", "-t", "jobs/next", "-m", &format!("job{i}")]);
+        assert!(ok, "{out}");
+    }
+    let got: Vec<String> = [w1, w2].into_iter().map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned()).collect();
+    let mut all: Vec<&str> = got.iter().flat_map(|g| g.lines()).collect();
+    all.sort();
+    assert_eq!(all, ["job0", "job1", "job2", "job3"], "{got:?}");
+    assert!(got.iter().all(|g| g.lines().count() == 2), "{got:?}");
+}

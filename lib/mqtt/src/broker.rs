@@ -114,6 +114,19 @@ pub struct Broker {
     log: Vec<String>,
     /// Changes to what persistence keeps (see [`Broker::changes`]).
     changes: u64,
+    /// Shared subscriptions: the next member to get a message, per
+    /// `$share/GROUP/FILTER` (round robin).
+    share_turn: BTreeMap<String, usize>,
+}
+
+/// A shared subscription's group and filter (`$share/GROUP/FILTER`), or
+/// None for an ordinary filter; Err for a malformed one.
+pub fn shared(f: &str) -> Option<Result<(&str, &str), ()>> {
+    let rest = f.strip_prefix("$share/")?;
+    Some(match rest.split_once('/') {
+        Some((g, filter)) if !g.is_empty() && !g.contains(['+', '#']) && !filter.is_empty() && topic::valid_filter(filter) => Ok((g, filter)),
+        _ => Err(()),
+    })
 }
 
 impl Broker {
@@ -133,6 +146,7 @@ impl Broker {
             retained_bytes: 0,
             log: Vec::new(),
             changes: 0,
+            share_turn: BTreeMap::new(),
         }
     }
 
@@ -460,7 +474,6 @@ impl Broker {
             if !self.cfg.retain_available {
                 props.set(prop::RETAIN_AVAILABLE, Value::Byte(0));
             }
-            props.set(prop::SHARED_SUB_AVAILABLE, Value::Byte(0));
         }
         self.send(id, &Packet::ConnAck(ConnAck { session_present: present, code: 0, props }));
         let user = c.username.as_deref().map(|u| format!(", u'{u}'")).unwrap_or_default();
@@ -563,10 +576,12 @@ impl Broker {
         let mut codes = Vec::new();
         let mut send_retained = Vec::new();
         for (f, o) in sub.filters {
-            let code = if !topic::valid_filter(&f) {
+            let share = shared(&f);
+            if share.is_some() && o.no_local {
+                return self.fail(id, 0x82, "no local on a shared subscription");
+            }
+            let code = if matches!(share, Some(Err(()))) || (share.is_none() && !topic::valid_filter(&f)) {
                 0x8f
-            } else if f.starts_with("$share/") {
-                0x9e
             } else if self.cfg.acl.as_ref().is_some_and(|a| !a.allows(user.as_deref(), &client, Op::Subscribe, &f)) {
                 0x87
             } else {
@@ -579,7 +594,8 @@ impl Broker {
             }
             let s = self.sessions.get_mut(&client).expect("a connected client has a session");
             let existed = s.subs.insert(f.clone(), (o, sid)).is_some();
-            if o.retain_handling == 0 || (o.retain_handling == 1 && !existed) {
+            // A shared subscription gets no retained messages.
+            if share.is_none() && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed)) {
                 send_retained.push((f, o, sid));
             }
         }
@@ -613,10 +629,22 @@ impl Broker {
             }
         }
         let mut targets: Vec<(Arc<str>, u8, bool, Vec<u32>)> = Vec::new();
+        // Shared subscriptions: per `$share/GROUP/FILTER`, the members
+        // whose filter matches (client, QoS, identifier, online).
+        let mut groups: BTreeMap<&str, Vec<(Arc<str>, u8, Option<u32>, bool)>> = BTreeMap::new();
         for (cid, s) in &self.sessions {
             let mut best: Option<(u8, bool)> = None;
             let mut ids = Vec::new();
             for (f, (o, sid)) in &s.subs {
+                if let Some(share) = shared(f) {
+                    if let Ok((_, filter)) = share {
+                        let allowed = self.cfg.acl.as_ref().is_none_or(|acl| acl.allows(s.user.as_deref(), cid, Op::Receive, &msg.topic));
+                        if allowed && topic::matches(filter, &msg.topic) {
+                            groups.entry(f.as_str()).or_default().push((cid.clone(), o.qos.min(msg.qos), *sid, s.conn.is_some()));
+                        }
+                    }
+                    continue;
+                }
                 if !topic::matches(f, &msg.topic) || (o.no_local && from == Some(&**cid)) {
                     continue;
                 }
@@ -634,6 +662,26 @@ impl Broker {
                 }
                 targets.push((cid.clone(), q, rap, ids));
             }
+        }
+        // One member of each group gets the message: the next in turn
+        // that is connected, else the next in turn (its session keeps it).
+        let picks: Vec<(String, Arc<str>, u8, Option<u32>)> = groups
+            .into_iter()
+            .map(|(key, members)| {
+                let turn = self.share_turn.get(key).copied().unwrap_or(0);
+                let n = members.len();
+                let pick = (0..n).map(|k| (turn + k) % n).find(|&i| members[i].3).unwrap_or(turn % n);
+                let (cid, q, sid, _) = members[pick].clone();
+                (key.to_string(), cid, q, sid)
+            })
+            .collect();
+        for (key, cid, q, sid) in picks {
+            let turn = self.share_turn.entry(key).or_insert(0);
+            *turn = turn.wrapping_add(1);
+            let mut m = msg.clone();
+            m.qos = q;
+            m.retain = false;
+            self.deliver(&cid, m, sid.into_iter().collect(), now);
         }
         for (cid, q, rap, ids) in targets {
             let mut m = msg.clone();

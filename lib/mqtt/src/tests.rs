@@ -384,3 +384,44 @@ fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     long.push(0);
     assert!(broker().restore(&long, 0).unwrap_err().contains("after the end"));
 }
+
+#[test]
+fn shared_subscriptions_take_turns() {
+    let mut b = broker();
+    let (w1, ack) = connect_with(&mut b, 5, "w1", true, |_| {});
+    // CONNACK no longer says shared subscriptions are unavailable.
+    assert_eq!(ack.props.num(prop::SHARED_SUB_AVAILABLE), None);
+    let (w2, _) = connect_with(&mut b, 4, "w2", false, |_| {});
+    let all = connect(&mut b, 5, "all");
+    let p = connect(&mut b, 5, "pub");
+    send(&mut b, &p, publish("jobs/old", "kept", 0, 0, true), 0);
+    assert_eq!(sub(&mut b, &w1, "$share/workers/jobs/#", 1), [1]);
+    assert_eq!(sub(&mut b, &w2, "$share/workers/jobs/#", 1), [1]);
+    assert_eq!(sub(&mut b, &all, "jobs/#", 1), [1]);
+    // No retained messages for a shared subscription.
+    assert!(payloads(&recv(&mut b, &w1)).is_empty());
+    recv(&mut b, &all);
+    for i in 0..6 {
+        send(&mut b, &p, publish("jobs/new", &format!("{i}"), 0, 0, false), 0);
+    }
+    let (g1, g2) = (payloads(&recv(&mut b, &w1)), payloads(&recv(&mut b, &w2)));
+    assert_eq!((g1.len(), g2.len()), (3, 3), "{g1:?} {g2:?}");
+    let mut seen: Vec<String> = g1.iter().chain(&g2).map(|m| m.1.clone()).collect();
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2", "3", "4", "5"]);
+    // The ordinary subscriber gets every one.
+    assert_eq!(payloads(&recv(&mut b, &all)).len(), 6);
+    // A member that went away (its session kept) is passed over while
+    // another is connected.
+    b.closed(w2.id, 0);
+    for i in 0..2 {
+        send(&mut b, &p, publish("jobs/new", &format!("late{i}"), 0, 0, false), 0);
+    }
+    assert_eq!(payloads(&recv(&mut b, &w1)).len(), 2);
+    // Malformed shared filters, and no-local on one (a protocol error).
+    assert_eq!(sub(&mut b, &w1, "$share/workers", 0), [0x8f]);
+    assert_eq!(sub(&mut b, &w1, "$share//jobs", 0), [0x8f]);
+    assert_eq!(sub(&mut b, &w1, "$share/a+b/jobs", 0), [0x8f]);
+    send(&mut b, &w1, Packet::Subscribe(Subscribe { pid: 2, filters: vec![("$share/g/x".into(), SubOpts { no_local: true, ..SubOpts::default() })], props: Props::default() }), 0);
+    assert!(recv(&mut b, &w1).iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason == 0x82)));
+}
