@@ -210,3 +210,122 @@ fn a_missing_certificate_stops_httpd_with_the_files_name() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("httpd: TLS: reading the certificate /etc/tls/nope.pem"), "{out}");
 }
+
+/// Runs a shell command (openssl), failing the test with its output.
+fn sh(cmd: &str) {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and client certificates in
+/// `dir`: ca.pem, server.pem/.key, client.pem/.key (CN device1, from the
+/// CA) and stranger.pem/.key (CN device1 from another CA).
+fn make_pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    sh(&format!("cd {d} && openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca"));
+    sh(&format!("cd {d} && openssl req -x509 {ec} -keyout other.key -out other.pem -days 2 -subj /CN=other-ca"));
+    let sign = |name: &str, cn: &str, ca: &str, ext: &str| {
+        sh(&format!(
+            "cd {d} && openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN={cn} && printf '{ext}' > {name}.ext && openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
+        ))
+    };
+    sign("server", "broker", "ca", "subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n");
+    sign("client", "device1", "ca", "extendedKeyUsage=clientAuth\\n");
+    sign("stranger", "device1", "other", "extendedKeyUsage=clientAuth\\n");
+}
+
+/// A mosquitto client (`tool`) against 127.0.0.1:`port` with `args`:
+/// (success, output).
+fn mosq(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
+    let o = Command::new(tool).args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// apps/mqtt with three listeners: plain 1883, TLS 8883, and TLS 8884
+/// that requires client certificates and takes their name as the user.
+#[test]
+fn mqtt_over_tls_with_client_certificates() {
+    let dir = std::env::temp_dir().join(format!("kiln-mqtts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = dir.join("pki");
+    make_pki(&pki);
+    let etc = dir.join("rootfs/etc/mqtt");
+    std::fs::create_dir_all(&etc).unwrap();
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(pki.join(f), etc.join(f)).unwrap();
+    }
+    std::fs::write(
+        etc.join("mqtt.conf"),
+        "listener 1883\nallow_anonymous true\n\
+         listener 8883\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\n\
+         listener 8884\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\ncafile /etc/mqtt/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Kraftfile"),
+        format!(
+            "spec: v0.6\nname: mqtts\napp: {}\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\ncmd: [\"-c\", \"/etc/mqtt/mqtt.conf\"]\nkconfig:\n  CONFIG_APP_MQTT_TLS: y\n",
+            root().join("apps/mqtt").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = support::kiln(&["build", "-q", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (plain, tls, mutual) = (support::free_port(), support::free_port(), support::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:1883"), "-p", &format!("{tls}:8883"), "-p", &format!("{mutual}:8884"), dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let console = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let ca = pki.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let t = Instant::now();
+    while !mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "probe", "-m", "x"]).0 {
+        assert!(t.elapsed() < Duration::from_secs(120), "the TLS listener never answered");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A subscriber on TLS gets what a publisher sends in plain TCP.
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &tls.to_string(), "--cafile", ca, "-t", "plant/#", "-C", "1", "-W", "30", "-v"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, o) = mosq("mosquitto_pub", plain, &["-t", "plant/temp", "-m", "21.5", "-q", "1"]);
+    assert!(ok, "{o}");
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "plant/temp 21.5");
+    // Without the CA the client refuses the broker's certificate.
+    assert!(!mosq("mosquitto_pub", tls, &["-t", "x", "-m", "y"]).0);
+    // Client certificates: required, checked, their name the user's.
+    let p = |f: &str| pki.join(f).display().to_string();
+    assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "-t", "x", "-m", "no cert"]).0, "a client without a certificate got in");
+    let (ok, o) = mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("client.pem"), "--key", &p("client.key"), "-i", "d1", "-t", "x", "-m", "with cert"]);
+    assert!(ok, "{o}");
+    assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("stranger.pem"), "--key", &p("stranger.key"), "-t", "x", "-m", "other CA"]).0, "a certificate from another CA got in");
+    // Garbage on a TLS port; the broker carries on.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00").unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    assert!(mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "x", "-m", "still"]).0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = console.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(log.contains("listening on ports 1883, 8883, 8884"), "{log}");
+    assert!(log.contains("listener 8884 speaks TLS (/etc/mqtt/server.pem, client certificates required)"), "{log}");
+    assert!(log.contains("as d1 (p2, c1, k60, u'device1')"), "the certificate's name is the user name:\n{log}");
+    assert!(log.contains("mqtt: TLS from"), "failed handshakes are logged:\n{log}");
+}

@@ -21,7 +21,7 @@
 extern crate alloc;
 
 use kiln_std::fs::{self, File, FileType};
-use kiln_std::net::{self, Error as NetError, TcpListener, TcpStream};
+use kiln_std::net::{self, Error as NetError, Stream, TcpListener};
 use kiln_std::prelude::*;
 use kiln_std::{kconfig_int, kconfig_str};
 
@@ -219,106 +219,6 @@ fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
     v
 }
 
-/// A connection's byte stream: plain TCP, or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(TcpStream, alloc::boxed::Box<kiln_tls::Session>, bool),
-}
-
-impl Stream {
-    fn tcp(&mut self) -> &mut TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            #[cfg(feature = "tls")]
-            Stream::Tls(s, ..) => s,
-        }
-    }
-
-    /// Plaintext received; Ok(0) at the end, WouldBlock when none now.
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s, session, eof) => {
-                let mut cipher = [0u8; 4096];
-                while !*eof {
-                    match s.read(&mut cipher) {
-                        Ok(0) => *eof = true,
-                        Ok(n) => session.received(&cipher[..n]),
-                        Err(NetError::WouldBlock) => break,
-                        Err(e) => return Err(e),
-                    }
-                }
-                flush_tls(s, session)?;
-                if let Some(e) = session.error() {
-                    println!("httpd: TLS: {e}; connection closed");
-                    return Err(NetError::ConnectionReset);
-                }
-                match session.read(buf) {
-                    0 if *eof || session.peer_closed() => Ok(0),
-                    0 => Err(NetError::WouldBlock),
-                    n => Ok(n),
-                }
-            }
-        }
-    }
-
-    /// Sends (or, for TLS, queues) plaintext; Ok(0) or WouldBlock when
-    /// there is no room now.
-    fn write(&mut self, data: &[u8]) -> Result<usize, NetError> {
-        match self {
-            Stream::Plain(s) => s.write(data),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s, session, _) => {
-                let n = session.write(data);
-                flush_tls(s, session)?;
-                Ok(n)
-            }
-        }
-    }
-
-    fn send_capacity(&self) -> usize {
-        match self {
-            Stream::Plain(s) => s.send_capacity(),
-            #[cfg(feature = "tls")]
-            Stream::Tls(_, session, _) => session.send_capacity(),
-        }
-    }
-
-    /// Whether bytes are still on their way out (TLS records not yet
-    /// taken by the socket).
-    fn pending(&self) -> bool {
-        match self {
-            Stream::Plain(_) => false,
-            #[cfg(feature = "tls")]
-            Stream::Tls(_, session, _) => !session.outgoing().is_empty(),
-        }
-    }
-
-    fn shutdown(&mut self) {
-        #[cfg(feature = "tls")]
-        if let Stream::Tls(s, session, _) = self {
-            session.close();
-            let _ = flush_tls(s, session);
-        }
-        self.tcp().shutdown();
-    }
-}
-
-/// Sends what TLS records the socket takes.
-#[cfg(feature = "tls")]
-fn flush_tls(s: &mut TcpStream, session: &mut kiln_tls::Session) -> Result<(), NetError> {
-    while !session.outgoing().is_empty() {
-        match s.write(session.outgoing()) {
-            Ok(0) | Err(NetError::WouldBlock) => break,
-            Ok(n) => session.sent(n),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// A file being sent.
 struct Body {
     file: File,
@@ -464,7 +364,12 @@ impl Conn {
                     self.inbuf.extend_from_slice(data);
                 }
                 Err(NetError::WouldBlock) => break,
-                Err(_) => return false,
+                Err(_) => {
+                    if let Some(e) = self.s.tls_error() {
+                        println!("httpd: TLS: {e}; connection closed");
+                    }
+                    return false;
+                }
             }
         }
         while !self.busy() && !self.closing {
@@ -620,8 +525,8 @@ pub fn main(_args: &[&str], env: &[(&str, &str)]) -> i32 {
         while let Some((l, config)) = tls.as_mut() {
             let Ok(mut s) = l.accept() else { break };
             s.set_nonblocking(true);
-            match kiln_tls::Session::new(config.clone()) {
-                Ok(session) => conns.push(Conn::new(Stream::Tls(s, alloc::boxed::Box::new(session), false), now)),
+            match kiln_std::tls::TlsStream::new(s, config.clone()) {
+                Ok(t) => conns.push(Conn::new(Stream::Tls(t), now)),
                 Err(e) => println!("httpd: TLS: {e}; connection refused"),
             }
             active = true;
@@ -661,7 +566,7 @@ mod tls {
 
     /// Reads the certificate and key (Kconfig's paths, or the
     /// environment's) and listens on the TLS port.
-    pub fn listener(env: &[(&str, &str)]) -> Result<(TcpListener, Arc<kiln_tls::ServerConfig>), String> {
+    pub fn listener(env: &[(&str, &str)]) -> Result<(TcpListener, Arc<kiln_std::tls::ServerConfig>), String> {
         let var = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
         let port = match var("HTTPD_TLS_PORT") {
             Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("HTTPD_TLS_PORT={p}: expected a port 1-65535"))?,
@@ -671,7 +576,7 @@ mod tls {
         let key_path = var("HTTPD_TLS_KEY").unwrap_or(KEY);
         let cert = fs::read(cert_path).map_err(|e| format!("reading the certificate {cert_path}: {e}"))?;
         let key = fs::read(key_path).map_err(|e| format!("reading the private key {key_path}: {e}"))?;
-        let config = kiln_tls::server_config(&cert, &key, &[b"http/1.1"]).map_err(|e| format!("{cert_path}, {key_path}: {e}"))?;
+        let config = kiln_std::tls::server_config(&cert, &key, &[b"http/1.1"]).map_err(|e| format!("{cert_path}, {key_path}: {e}"))?;
         let mut l = TcpListener::bind(port, BACKLOG as usize).map_err(|e| format!("port {port}: {e}"))?;
         l.set_nonblocking(true);
         println!("httpd: serving {ROOT} over TLS on port {port} ({cert_path})");

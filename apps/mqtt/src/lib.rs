@@ -18,7 +18,7 @@ extern crate alloc;
 use alloc::collections::BTreeMap;
 use kiln_mqtt::broker::{Broker, ConnId};
 use kiln_mqtt::config::{Acl, Config};
-use kiln_std::net::{self, Error as NetError, TcpListener, TcpStream};
+use kiln_std::net::{self, Error as NetError, Stream, TcpListener};
 use kiln_std::prelude::*;
 
 /// Listening sockets kept ready for connecting clients.
@@ -154,7 +154,7 @@ impl Saver {
     }
 }
 
-fn peer_of(s: &TcpStream) -> String {
+fn peer_of(s: &Stream) -> String {
     s.peer().map_or_else(|| String::from("?"), |(a, p)| format!("{a}:{p}"))
 }
 
@@ -191,12 +191,23 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         println!("mqtt: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
         return 1;
     }
+    if let Err(e) = cfg.check_tls() {
+        println!("mqtt: {e}");
+        return 2;
+    }
     let mut listeners = Vec::new();
     for &port in &cfg.listeners {
+        let tls = match tls::listener(&cfg, port) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("mqtt: listener {port}: {e}");
+                return 2;
+            }
+        };
         match TcpListener::bind(port, BACKLOG) {
             Ok(mut l) => {
                 l.set_nonblocking(true);
-                listeners.push(l);
+                listeners.push((l, tls));
             }
             Err(e) => {
                 println!("mqtt: port {port}: {e}");
@@ -222,7 +233,10 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     let start = kiln_std::time::micros();
     let mut broker = Broker::new(cfg, start);
     let mut saver = broker.cfg.persistence.then(|| Saver::open(&mut broker, start));
-    let mut conns: BTreeMap<ConnId, TcpStream> = BTreeMap::new();
+    let mut conns: BTreeMap<ConnId, Stream> = BTreeMap::new();
+    // TLS connections whose certificate's name becomes the user name once
+    // the handshake is done.
+    let mut identity_wanted: Vec<ConnId> = Vec::new();
     let mut buf = vec![0u8; 4096];
     let mut last_tick = 0;
     let mut gone: Vec<ConnId> = Vec::new();
@@ -249,11 +263,21 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                 return 0;
             }
         }
-        for listener in listeners.iter_mut().filter(|_| stop_by.is_none()) {
+        for (listener, tls) in listeners.iter_mut().filter(|_| stop_by.is_none()) {
             while let Ok(mut s) = listener.accept() {
                 active = true;
                 s.set_nonblocking(true);
+                let mut s = match tls::wrap(s, tls) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        println!("mqtt: TLS: {e}");
+                        continue;
+                    }
+                };
                 if let Some(id) = broker.open(peer_of(&s), now) {
+                    if tls::identity_as_username(tls) {
+                        identity_wanted.push(id);
+                    }
                     conns.insert(id, s);
                 } else {
                     s.shutdown();
@@ -269,6 +293,12 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                     }
                     Ok(n) => {
                         active = true;
+                        if let Some(i) = identity_wanted.iter().position(|&w| w == id) {
+                            identity_wanted.swap_remove(i);
+                            if let Some(name) = tls::peer_name(s) {
+                                broker.set_identity(id, name);
+                            }
+                        }
                         broker.input(id, &buf[..n], now);
                         if n < buf.len() {
                             break;
@@ -276,6 +306,9 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                     }
                     Err(NetError::WouldBlock) => break,
                     Err(_) => {
+                        if let Some(e) = s.tls_error() {
+                            println!("mqtt: TLS from {}: {e}; connection closed", peer_of(s));
+                        }
                         gone.push(id);
                         break;
                     }
@@ -301,6 +334,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         }
         for id in gone.drain(..) {
             conns.remove(&id);
+            identity_wanted.retain(|&w| w != id);
             broker.closed(id, now);
         }
         if now.saturating_sub(last_tick) >= TICK_US {
@@ -318,5 +352,91 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         if !active {
             net::idle(WAIT_US);
         }
+    }
+}
+
+/// TLS listeners (the `tls` feature): their configuration from the
+/// listener's files, and connections wrapped in it.
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use alloc::sync::Arc;
+    use kiln_std::tls::{ServerConfig, TlsStream};
+
+    /// A listener's TLS: its configuration and whether the certificate's
+    /// name is the user name.
+    pub type Tls = Option<(Arc<ServerConfig>, bool)>;
+
+    pub fn listener(cfg: &Config, port: u16) -> Result<Tls, String> {
+        let Some(t) = cfg.tls.get(&port) else { return Ok(None) };
+        let cert = read_file(&t.certfile, "certfile")?;
+        let key = read_file(&t.keyfile, "keyfile")?;
+        let ca = t.cafile.as_deref().map(|f| read_file(f, "cafile")).transpose()?;
+        let o = options(t, ca.as_deref());
+        let config = kiln_std::tls::server_config_with(cert.as_bytes(), key.as_bytes(), &o).map_err(|e| format!("{}, {}: {e}", t.certfile, t.keyfile))?;
+        println!(
+            "mqtt: listener {port} speaks TLS ({}{})",
+            t.certfile,
+            if t.require_certificate { ", client certificates required" } else { "" }
+        );
+        Ok(Some((config, t.use_identity_as_username)))
+    }
+
+    fn options<'a>(t: &kiln_mqtt::config::TlsListener, ca: Option<&'a str>) -> kiln_std::tls::Options<'a> {
+        kiln_std::tls::Options {
+            alpn: &[],
+            client_ca: ca.map(str::as_bytes),
+            require_client_cert: t.require_certificate,
+            only_version: match t.tls_version.as_deref() {
+                Some("tlsv1.2") => Some(12),
+                Some("tlsv1.3") => Some(13),
+                _ => None,
+            },
+        }
+    }
+
+    pub fn wrap(s: net::TcpStream, tls: &Tls) -> Result<Stream, String> {
+        Ok(match tls {
+            None => Stream::Plain(s),
+            Some((config, _)) => Stream::Tls(TlsStream::new(s, config.clone())?),
+        })
+    }
+
+    pub fn identity_as_username(tls: &Tls) -> bool {
+        tls.as_ref().is_some_and(|t| t.1)
+    }
+
+    pub fn peer_name(s: &Stream) -> Option<String> {
+        match s {
+            Stream::Tls(t) => t.session().peer_common_name(),
+            Stream::Plain(_) => None,
+        }
+    }
+}
+
+/// Without the `tls` feature: a listener with TLS settings is refused.
+#[cfg(not(feature = "tls"))]
+mod tls {
+    use super::*;
+
+    pub type Tls = ();
+
+    pub fn listener(cfg: &Config, port: u16) -> Result<Tls, String> {
+        match cfg.tls.contains_key(&port) {
+            true => Err("TLS settings (certfile, keyfile, ...) need APP_MQTT_TLS=y in the app's Kconfig (kconfig: CONFIG_APP_MQTT_TLS: y in the Kraftfile)".into()),
+            false => Ok(()),
+        }
+    }
+
+    pub fn wrap(s: net::TcpStream, _: &Tls) -> Result<Stream, String> {
+        Ok(Stream::Plain(s))
+    }
+
+    pub fn identity_as_username(_: &Tls) -> bool {
+        false
+    }
+
+    pub fn peer_name(_: &Stream) -> Option<String> {
+        None
     }
 }

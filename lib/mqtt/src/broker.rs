@@ -37,6 +37,9 @@ struct Msg {
 
 struct Conn {
     peer: String,
+    /// The user name a TLS client certificate gave (it replaces
+    /// CONNECT's user name and password).
+    identity: Option<String>,
     rx: Vec<u8>,
     out: Vec<u8>,
     /// 0 until CONNECT.
@@ -180,6 +183,7 @@ impl Broker {
             id,
             Conn {
                 peer,
+                identity: None,
                 rx: Vec::new(),
                 out: Vec::new(),
                 version: 0,
@@ -368,8 +372,18 @@ impl Broker {
         self.conns.get(&id).and_then(|c| c.client.clone())
     }
 
-    fn connect(&mut self, id: ConnId, c: Connect, now: u64) {
+    /// Connection `id` is a TLS client whose certificate names it `user`
+    /// (mosquitto's use_identity_as_username): that is its user name,
+    /// whatever CONNECT says, and no password is asked.
+    pub fn set_identity(&mut self, id: ConnId, user: String) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.identity = Some(user);
+        }
+    }
+
+    fn connect(&mut self, id: ConnId, mut c: Connect, now: u64) {
         let v = c.version;
+        let identity = self.conns[&id].identity.clone();
         let peer = self.conns[&id].peer.clone();
         let refuse = |b: &mut Broker, code: u8, why: &str| {
             if let Some(conn) = b.conns.get_mut(&id) {
@@ -393,7 +407,10 @@ impl Broker {
         } else {
             c.client_id.as_str().into()
         };
-        if let Err(code) = self.cfg.authenticate(c.username.as_deref(), c.password.as_deref()) {
+        if let Some(user) = identity {
+            c.username = Some(user);
+            c.password = None;
+        } else if let Err(code) = self.cfg.authenticate(c.username.as_deref(), c.password.as_deref()) {
             let why = if code == 0x87 { "not authorised (anonymous clients are not allowed)" } else { "bad user name or password" };
             return refuse(self, code, &format!("client {client}: {why}"));
         }

@@ -17,6 +17,9 @@ pub struct Config {
     /// Whether a `listener` line has been read (the default is replaced
     /// by the first).
     pub listeners_given: bool,
+    /// TLS settings of listeners, by port: mosquitto's words after a
+    /// `listener` line (before any, they are the default listener's).
+    pub tls: BTreeMap<u16, TlsListener>,
     pub allow_anonymous: bool,
     /// user -> password: plain text, or mosquitto_passwd's `$6$`/`$7$` hash.
     pub passwords: Option<BTreeMap<String, String>>,
@@ -65,11 +68,27 @@ pub struct Config {
     pub autosave_on_changes: bool,
 }
 
+/// A listener's TLS settings (file paths as given; the app reads them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsListener {
+    pub certfile: String,
+    pub keyfile: String,
+    /// CA certificates that client certificates must chain to.
+    pub cafile: Option<String>,
+    /// Clients must present a certificate from `cafile`.
+    pub require_certificate: bool,
+    /// The client certificate's common name is the user name.
+    pub use_identity_as_username: bool,
+    /// `tlsv1.2` or `tlsv1.3`: only that version (default: both).
+    pub tls_version: Option<String>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             listeners: alloc::vec![1883],
             listeners_given: false,
+            tls: BTreeMap::new(),
             allow_anonymous: true,
             passwords: None,
             acl: None,
@@ -165,9 +184,46 @@ impl Config {
             }
             "autosave_interval" => self.autosave_interval = num(value)?.min(u32::MAX as u64) as u32,
             "autosave_on_changes" => self.autosave_on_changes = flag(value)?,
+            "certfile" | "keyfile" | "cafile" | "require_certificate" | "use_identity_as_username" | "tls_version" => {
+                let port = *self.listeners.last().expect("there is always a listener");
+                let t = self.tls.entry(port).or_default();
+                match key {
+                    "certfile" => t.certfile = value.into(),
+                    "keyfile" => t.keyfile = value.into(),
+                    "cafile" => t.cafile = Some(value.into()),
+                    "require_certificate" => t.require_certificate = flag(value)?,
+                    "use_identity_as_username" => t.use_identity_as_username = flag(value)?,
+                    _ => {
+                        if !matches!(value, "tlsv1.2" | "tlsv1.3") {
+                            return Err(format!("{key}: '{value}' is not tlsv1.2 or tlsv1.3 (Kiln speaks no older TLS)"));
+                        }
+                        t.tls_version = Some(value.into());
+                    }
+                }
+            }
             _ => return Err(format!("unknown option '{key}'")),
         }
         Ok(None)
+    }
+
+    /// What is wrong with the listeners' TLS settings, if anything (run
+    /// once every option is in).
+    pub fn check_tls(&self) -> Result<(), String> {
+        for (port, t) in &self.tls {
+            if !self.listeners.contains(port) {
+                continue;
+            }
+            if t.certfile.is_empty() || t.keyfile.is_empty() {
+                return Err(format!("listener {port}: TLS needs both certfile and keyfile"));
+            }
+            if t.require_certificate && t.cafile.is_none() {
+                return Err(format!("listener {port}: require_certificate needs a cafile to check client certificates against"));
+            }
+            if t.use_identity_as_username && !t.require_certificate {
+                return Err(format!("listener {port}: use_identity_as_username needs require_certificate true"));
+            }
+        }
+        Ok(())
     }
 
     /// Reads a mosquitto.conf-style file: `option value` per line, `#`
@@ -381,6 +437,24 @@ pub enum Op {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_belong_to_their_listener() {
+        let mut c = Config::default();
+        c.parse("listener 1883\nlistener 8883\ncertfile /c.pem\nkeyfile /k.pem\ncafile /ca.pem\nrequire_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n", "m.conf").unwrap();
+        assert!(!c.tls.contains_key(&1883));
+        let t = &c.tls[&8883];
+        assert_eq!((t.certfile.as_str(), t.keyfile.as_str(), t.cafile.as_deref()), ("/c.pem", "/k.pem", Some("/ca.pem")));
+        assert!(t.require_certificate && t.use_identity_as_username);
+        c.check_tls().unwrap();
+        let mut c = Config::default();
+        c.parse("listener 8883\ncertfile /c.pem\n", "m.conf").unwrap();
+        assert_eq!(c.check_tls().unwrap_err(), "listener 8883: TLS needs both certfile and keyfile");
+        assert_eq!(c.parse("tls_version tlsv1\n", "m.conf").unwrap_err(), "m.conf:1: tls_version: 'tlsv1' is not tlsv1.2 or tlsv1.3 (Kiln speaks no older TLS)");
+        let mut c = Config::default();
+        c.parse("listener 8883\ncertfile /c.pem\nkeyfile /k.pem\nrequire_certificate true\n", "m.conf").unwrap();
+        assert!(c.check_tls().unwrap_err().contains("needs a cafile"));
+    }
 
     #[test]
     fn several_listeners() {

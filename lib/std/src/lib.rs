@@ -31,6 +31,18 @@ pub mod net {
         available, dns, flush, idle, interrupts, poll, wake_waiters, Error, IpAddress, Ipv4Address,
         Result, TcpListener, TcpStream, UdpSocket,
     };
+    pub use crate::stream::Stream;
+}
+
+#[cfg(feature = "net")]
+mod stream;
+
+/// TLS for servers (kiln-std's `tls` feature; the app's Kconfig selects
+/// LIBTLS): `tls::server_config` from PEM files, and
+/// [`net::Stream::Tls`] for the connections.
+#[cfg(feature = "tls")]
+pub mod tls {
+    pub use kiln_tls::{common_name, server_config, server_config_with, Options, ServerConfig, Session, TlsStream};
 }
 
 /// Threads (kiln-std's `thread` feature; the app's Kconfig selects

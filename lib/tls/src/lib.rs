@@ -18,6 +18,11 @@
 
 extern crate alloc;
 
+#[cfg(feature = "net")]
+mod stream;
+#[cfg(feature = "net")]
+pub use stream::TlsStream;
+
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -51,9 +56,28 @@ fn random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
 getrandom::register_custom_getrandom!(random);
 
 /// A server configuration from a certificate chain and its private key,
-/// both PEM: TLS 1.3 and 1.2, no client certificates, HTTP/1.1 (or
-/// `alpn`) offered in ALPN.
+/// both PEM: TLS 1.3 and 1.2, no client certificates, `alpn` offered in
+/// ALPN.
 pub fn server_config(cert_pem: &[u8], key_pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, String> {
+    server_config_with(cert_pem, key_pem, &Options { alpn, ..Options::default() })
+}
+
+/// What else a server asks of TLS.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Protocols offered in ALPN.
+    pub alpn: &'a [&'a [u8]],
+    /// CA certificates (PEM) that client certificates must chain to: with
+    /// it, clients may present one, and it is checked.
+    pub client_ca: Option<&'a [u8]>,
+    /// Clients must present a certificate (needs `client_ca`).
+    pub require_client_cert: bool,
+    /// Only this version: 12 or 13 (default: both).
+    pub only_version: Option<u8>,
+}
+
+/// A server configuration with [`Options`].
+pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate: {e:?}"))?;
@@ -62,14 +86,82 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8], alpn: &[&[u8]]) -> Result<
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e:?}"))?;
     let provider = Arc::new(rustls_rustcrypto::provider());
-    let mut config = ServerConfig::builder_with_details(provider, Arc::new(WallClock))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{e}"))?
-        .with_no_client_auth()
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match o.only_version {
+        Some(12) => &[&rustls::version::TLS12],
+        Some(13) => &[&rustls::version::TLS13],
+        _ => rustls::DEFAULT_VERSIONS,
+    };
+    let builder = ServerConfig::builder_with_details(provider.clone(), Arc::new(WallClock))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("{e}"))?;
+    let builder = match o.client_ca {
+        None if o.require_client_cert => return Err("client certificates required, but no CA to check them against".into()),
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                let c = c.map_err(|e| format!("CA file: {e:?}"))?;
+                roots.add(c).map_err(|e| format!("CA file: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("CA file: no CERTIFICATE block in the PEM file".into());
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let v = if o.require_client_cert { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| format!("CA file: {e}"))?)
+        }
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("the private key does not go with the certificate, or is not usable: {e}"))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = o.alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The common name (CN) in a DER certificate's subject.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    /// One DER element: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, mut b) = b.split_first()?;
+        let len = if first < 0x80 {
+            first as usize
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let l = b[..n].iter().fold(0usize, |a, &x| a << 8 | x as usize);
+            b = &b[n..];
+            l
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (_, cert, _) = tlv(der)?;
+    let (_, tbs, _) = tlv(cert)?;
+    let mut rest = tbs;
+    // [0] version (optional), serial, signature algorithm, issuer, validity, subject.
+    let mut fields = Vec::new();
+    while let Some((tag, body, r)) = tlv(rest) {
+        fields.push((tag, body));
+        rest = r;
+    }
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let (_, subject) = *fields.get(skip + 4)?;
+    let mut rdns = subject;
+    while let Some((_, set, r)) = tlv(rdns) {
+        rdns = r;
+        let mut atvs = set;
+        while let Some((_, atv, r2)) = tlv(atvs) {
+            atvs = r2;
+            let (_, oid, value) = tlv(atv)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, v, _) = tlv(value)?;
+                return core::str::from_utf8(v).ok().map(String::from);
+            }
+        }
+    }
+    None
 }
 
 /// Most ciphertext a session holds for sending before [`Session::write`]
@@ -174,6 +266,13 @@ impl Session {
     /// Whether the handshake has finished.
     pub fn established(&self) -> bool {
         self.established
+    }
+
+    /// The common name of the client's certificate, once the handshake
+    /// has checked it.
+    pub fn peer_common_name(&self) -> Option<String> {
+        let certs = self.conn.peer_certificates()?;
+        common_name(certs.first()?)
     }
 
     /// Runs the connection's state machine until it needs more input.

@@ -108,3 +108,13 @@ fn a_key_that_is_not_the_certificates_is_refused() {
     let e = server_config(CERT, other, &[]).unwrap_err();
     assert!(e.contains("does not go with the certificate") || e.contains("private key"), "{e}");
 }
+
+#[test]
+fn the_common_name_of_a_certificate() {
+    let der = CertificateDer::from_pem_slice(CERT).unwrap();
+    assert_eq!(kiln_tls::common_name(&der).as_deref(), Some("kiln.test"));
+    let ca = CertificateDer::from_pem_slice(CA).unwrap();
+    assert_eq!(kiln_tls::common_name(&ca).as_deref(), Some("Kiln test CA"));
+    assert_eq!(kiln_tls::common_name(b"\x30\x03\x02\x01\x00"), None);
+    assert_eq!(kiln_tls::common_name(b""), None);
+}
