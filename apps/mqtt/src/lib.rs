@@ -299,7 +299,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                                 broker.set_identity(id, name);
                             }
                         }
-                        broker.input(id, &buf[..n], now);
+                        broker.receive(id, &buf[..n], now);
                         if n < buf.len() {
                             break;
                         }
@@ -315,6 +315,8 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                 }
             }
         }
+        // Everything received in this pass, subscriptions first.
+        broker.process(now);
         // After every input: one client's message is others' output.
         for (&id, s) in conns.iter_mut() {
             if let Some(out) = broker.output(id).filter(|o| !o.is_empty()) {

@@ -256,17 +256,43 @@ impl Broker {
         self.say(format!("Client {name} disconnected: {why}"));
     }
 
-    /// Bytes received on `id`.
+    /// Bytes received on `id`, handled at once.
     pub fn input(&mut self, id: ConnId, data: &[u8], now: u64) {
-        let max = self.cfg.max_packet_size;
-        {
-            let Some(c) = self.conns.get_mut(&id) else { return };
-            if c.close {
-                return;
-            }
-            c.rx.extend_from_slice(data);
-            c.last_rx = now;
+        self.receive(id, data, now);
+        self.drain(id, false, now);
+    }
+
+    /// Bytes received on `id`, kept until [`Broker::process`]. An event
+    /// loop receives on every connection, then processes: a subscription
+    /// that came in during the same pass as another client's PUBLISH then
+    /// takes effect first, whatever the connections' order.
+    pub fn receive(&mut self, id: ConnId, data: &[u8], now: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.close {
+            return;
         }
+        c.rx.extend_from_slice(data);
+        c.last_rx = now;
+    }
+
+    /// Handles what [`Broker::receive`] kept: first, on every connection,
+    /// the packets before its first PUBLISH (CONNECT, SUBSCRIBE,
+    /// UNSUBSCRIBE, acknowledgements), then the rest. Each connection's
+    /// packets keep their order.
+    pub fn process(&mut self, now: u64) {
+        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.rx.is_empty()).map(|(&id, _)| id).collect();
+        for &id in &ids {
+            self.drain(id, true, now);
+        }
+        for &id in &ids {
+            self.drain(id, false, now);
+        }
+    }
+
+    /// Handles the complete packets `id` has received (with `early`, only
+    /// those before its first PUBLISH).
+    fn drain(&mut self, id: ConnId, early: bool, now: u64) {
+        let max = self.cfg.max_packet_size;
         loop {
             let (version, rx) = match self.conns.get_mut(&id) {
                 Some(c) if !c.close => (c.version, core::mem::take(&mut c.rx)),
@@ -277,6 +303,12 @@ impl Broker {
                 None => Ok(None),
             });
             match r {
+                Ok(Some((Packet::Publish(_), _))) if early => {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.rx = rx;
+                    }
+                    return;
+                }
                 Ok(Some((p, used))) => {
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.rx = rx;

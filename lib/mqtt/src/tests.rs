@@ -425,3 +425,21 @@ fn shared_subscriptions_take_turns() {
     send(&mut b, &w1, Packet::Subscribe(Subscribe { pid: 2, filters: vec![("$share/g/x".into(), SubOpts { no_local: true, ..SubOpts::default() })], props: Props::default() }), 0);
     assert!(recv(&mut b, &w1).iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason == 0x82)));
 }
+
+#[test]
+fn a_subscription_in_the_same_pass_as_a_publish_takes_effect_first() {
+    let mut b = broker();
+    // The publisher's connection comes first in the broker's order.
+    let p = connect(&mut b, 5, "pub");
+    let s = connect(&mut b, 5, "sub");
+    let mut bytes = Vec::new();
+    encode(&publish("race/x", "first", 0, 0, false), 5, &mut bytes);
+    b.receive(p.id, &bytes, 0);
+    let mut bytes = Vec::new();
+    encode(&Packet::Subscribe(Subscribe { pid: 1, filters: vec![("race/#".into(), SubOpts::default())], props: Props::default() }), 5, &mut bytes);
+    b.receive(s.id, &bytes, 0);
+    b.process(0);
+    let got = recv(&mut b, &s);
+    assert!(got.iter().any(|p| matches!(p, Packet::SubAck(_))));
+    assert_eq!(payloads(&got), [("race/x".to_string(), "first".to_string(), 0)]);
+}
