@@ -314,6 +314,16 @@ fn mqtt_over_tls_with_client_certificates() {
     let (ok, o) = mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("client.pem"), "--key", &p("client.key"), "-i", "d1", "-t", "x", "-m", "with cert"]);
     assert!(ok, "{o}");
     assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("stranger.pem"), "--key", &p("stranger.key"), "-t", "x", "-m", "other CA"]).0, "a certificate from another CA got in");
+    // paho-mqtt (MQTT 5) over TLS with a client certificate.
+    let o = Command::new("python3")
+        .arg(root().join("kiln/tests/mqtt/tls.py"))
+        .args([mutual.to_string(), ca.to_string(), p("client.pem"), p("client.key")])
+        .env("PYTHONPATH", root().join("target/pydeps"))
+        .output()
+        .unwrap();
+    let paho = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && paho.ends_with("done\n"), "{paho}");
+    assert!(paho.contains("received paho/tls over tls") && paho.contains("cipher TLSv1.3"), "{paho}");
     // Garbage on a TLS port; the broker carries on.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
