@@ -281,7 +281,7 @@ fn generate(
     })?;
     let app_pkg = app_package(&app_dir)?;
     let crate_name =
-        format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace('_', "-");
+        format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace(['_', '.'], "-");
     let dir = &paths.link_crate;
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;

@@ -2,8 +2,11 @@
 //!
 //! Supported: `spec`, `name`, `targets`, `cmd`, `env`, `kconfig`, `rootfs`,
 //! and Kiln's `ports` and `programs`.
-//! Accepted and explained: `unikraft` and `runtime` (Kiln builds its own core,
-//! so there is nothing to fetch). Kiln's own addition: `app`, the folder of the
+//! Unikraft's own fields are accepted and mapped where Kiln has a meaning
+//! for them (see [`unikraft_fields`]): `libraries:` names and the
+//! `CONFIG_LIB*` symbols of `unikraft:`/`libraries:` `kconfig:` blocks become
+//! Kiln's libraries; the ELF-loader template and runtimes make the app
+//! Kiln's ELF loader; everything else is listed once in one note. Kiln's own addition: `app`, the folder of the
 //! app's Rust crate relative to the Kraftfile (default: the Kraftfile's own
 //! folder), which lets the repository's root Kraftfile name the default app.
 //! Anything else is an error that names the file, line and field.
@@ -140,10 +143,10 @@ struct Raw {
     programs: Option<Spanned<Vec<String>>>,
     /// Kiln extension: default `-p` port forwards for `kiln run`.
     ports: Option<Spanned<Vec<String>>>,
-    unikraft: Option<serde::de::IgnoredAny>,
-    runtime: Option<serde::de::IgnoredAny>,
-    libraries: Option<serde::de::IgnoredAny>,
-    template: Option<serde::de::IgnoredAny>,
+    unikraft: Option<serde_json::Value>,
+    runtime: Option<serde_json::Value>,
+    libraries: Option<serde_json::Value>,
+    template: Option<serde_json::Value>,
     volumes: Option<Spanned<Vec<Spanned<RawVolume>>>>,
 }
 
@@ -249,6 +252,11 @@ pub struct Kraftfile {
     pub volumes: Vec<Volume>,
     /// Things worth telling the user (ignored fields and why).
     pub notes: Vec<String>,
+    /// A Kiln app the Kraftfile's `template:` or `runtime:` stands for
+    /// (`elfloader`), used when it gives no `app:`.
+    pub template_app: Option<&'static str>,
+    /// Whether `app:` was given.
+    pub app_given: bool,
 }
 
 /// A message located in a file, printed as `file:line: message`.
@@ -360,42 +368,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             ));
         }
     }
-    for (field, val, why) in [
-        (
-            "libraries",
-            &raw.libraries,
-            "Kiln's libraries are chosen with Kconfig (`kconfig:` or `kiln menu`)",
-        ),
-        ("template", &raw.template, "templates are not supported yet"),
-    ] {
-        if val.is_some() {
-            return Err(at(
-                path,
-                key_line(text, field),
-                format!("field '{field}' is not supported: {why}"),
-            ));
-        }
-    }
-    for (field, val, why) in [
-        (
-            "unikraft",
-            &raw.unikraft,
-            "Kiln builds its own core from this checkout",
-        ),
-        (
-            "runtime",
-            &raw.runtime,
-            "Kiln has no prebuilt runtimes; the app is built from source",
-        ),
-    ] {
-        if val.is_some() {
-            notes.push(format!(
-                "{}:{}: '{field}' ignored: {why}",
-                path.display(),
-                key_line(text, field)
-            ));
-        }
-    }
+    let mapped = unikraft_fields(path, text, &raw, &mut notes)?;
+    let template_app = mapped.1;
 
     let name = match raw.name {
         Some(n) if valid_name(&n.value) => n.value,
@@ -403,7 +377,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             return Err(at(
                 path,
                 n.referenced.line(),
-                format!("name '{}' must be letters, digits, '-' or '_'", n.value),
+                format!("name '{}' must be letters, digits, '.', '-' or '_'", n.value),
             ))
         }
         None => return Err(at(path, 1, "missing 'name'")),
@@ -459,13 +433,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     };
     let env = spanned_pairs(path, text, "env", raw.env)?;
     let kconfig_line = key_line(text, "kconfig");
-    let kconfig = spanned_pairs(path, text, "kconfig", raw.kconfig)?
+    // The symbols Unikraft's fields map to come first: the Kraftfile's own
+    // `kconfig:` has the last word.
+    let kconfig = mapped
+        .0
         .into_iter()
-        .map(|(k, v)| {
+        .chain(spanned_pairs(path, text, "kconfig", raw.kconfig)?.into_iter().map(|(k, v)| {
             let line = line_of(text, kconfig_line, &k);
             (k, v, line)
-        })
+        }))
         .collect();
+    let app_given = raw.app.is_some();
     let app_dir = match raw.app {
         Some(a) => dir.join(a),
         None => dir.to_path_buf(),
@@ -544,13 +522,123 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         programs_line,
         volumes,
         notes,
+        template_app,
+        app_given,
     })
 }
 
+/// Names as Unikraft allows them (`nginx1.25`, `helloworld-rust1.75`).
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
+        && !n.starts_with('.')
         && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// The Kiln library (Kconfig symbol) a Unikraft library stands for:
+/// `Some(Some(sym))`, `Some(None)` when Kiln needs nothing for it (its core
+/// does that job), None when Kiln has no equivalent.
+fn kiln_library(lib: &str) -> Option<Option<&'static str>> {
+    let lib = lib.trim_start_matches("lib").trim_start_matches('-');
+    Some(match lib {
+        "lwip" | "uknetdev" => Some("LIBNET"),
+        "vfscore" | "ukvfs" => Some("LIBVFS"),
+        "ramfs" | "ukcpio" | "cpio" => Some("LIBRAMFS"),
+        "devfs" => Some("LIBDEVFS"),
+        "9pfs" | "uk9p" => Some("LIB9PFS"),
+        "random" | "ukrandom" => Some("LIBRANDOM"),
+        "ukblkdev" | "virtio-blk" => Some("LIBBLK"),
+        "elf" | "ukelf" => Some("LIBELF"),
+        "musl" | "newlib" | "nolibc" | "ukalloc" | "ukallocbbuddy" | "ukallocpool" | "ukboot" | "ukdebug" | "uksched" | "ukschedcoop"
+        | "uklock" | "ukmpi" | "ukbus" | "uktime" | "uksglist" | "uksignal" | "ukstore" | "syscall_shim" | "ukswrand" => None,
+        l if l.starts_with("posix-") || l.starts_with("posix_") => None,
+        _ => return None,
+    })
+}
+
+/// Maps Unikraft's fields: `libraries:` (names, and their `kconfig:`
+/// blocks), `unikraft:`'s `kconfig:`, `template:` and `runtime:`. Returns the
+/// Kconfig entries they mean and the Kiln app the template or runtime stands
+/// for; what has no Kiln meaning goes into one note.
+#[allow(clippy::type_complexity)]
+fn unikraft_fields(path: &Path, text: &str, raw: &Raw, notes: &mut Vec<String>) -> Result<(Vec<(String, String, u64)>, Option<&'static str>)> {
+    let mut kconfig = Vec::new();
+    let mut left: Vec<String> = Vec::new();
+    let symbols = |block: &serde_json::Value, line: u64, kconfig: &mut Vec<(String, String, u64)>, left: &mut Vec<String>| {
+        let entries: Vec<(String, String)> = match block {
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), scalar(v))).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|e| e.as_str())
+                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (k, v) in entries {
+            let lib = k.trim_start_matches("CONFIG_").strip_prefix("LIB").map(str::to_ascii_lowercase);
+            match lib.as_deref().and_then(kiln_library) {
+                Some(Some(sym)) if v == "y" => kconfig.push((format!("CONFIG_{sym}"), "y".to_string(), line_of(text, line, &k))),
+                Some(None) if v == "y" => {}
+                _ => left.push(k),
+            }
+        }
+    };
+    if let Some(libs) = &raw.libraries {
+        let line = key_line(text, "libraries");
+        if let serde_json::Value::Object(m) = libs {
+            for (lib, spec) in m {
+                match kiln_library(lib) {
+                    Some(Some(sym)) => kconfig.push((format!("CONFIG_{sym}"), "y".to_string(), line_of(text, line, lib))),
+                    Some(None) => {}
+                    None => left.push(format!("library {lib}")),
+                }
+                if let Some(block) = spec.get("kconfig") {
+                    symbols(block, line, &mut kconfig, &mut left);
+                }
+            }
+        }
+    }
+    if let Some(block) = raw.unikraft.as_ref().and_then(|u| u.get("kconfig")) {
+        symbols(block, key_line(text, "unikraft"), &mut kconfig, &mut left);
+    }
+    let mut app = None;
+    for (field, val) in [("template", &raw.template), ("runtime", &raw.runtime)] {
+        let Some(v) = val else { continue };
+        let name = v
+            .as_str()
+            .or_else(|| v.get("name").and_then(|n| n.as_str()))
+            .or_else(|| v.get("source").and_then(|n| n.as_str()))
+            .unwrap_or("");
+        let line = key_line(text, field);
+        // `unikraft.org/nginx:1.15` -> nginx
+        let short = name.rsplit('/').next().unwrap_or(name).split(':').next().unwrap_or("");
+        if field == "template" && !short.contains("elfloader") {
+            return Err(at(path, line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for")));
+        }
+        app = Some("elfloader");
+        notes.push(format!(
+            "{}:{line}: {field} '{name}': runs on Kiln's ELF loader (apps/elfloader){}",
+            path.display(),
+            if short.contains("elfloader") || short == "base" || short.is_empty() { String::new() } else { format!("; the {short} program comes from the rootfs") }
+        ));
+    }
+    if !left.is_empty() {
+        notes.push(format!(
+            "{}: Unikraft settings with no Kiln meaning, left out: {}",
+            path.display(),
+            left.join(", ")
+        ));
+    }
+    Ok((kconfig, app))
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Bool(true) => "y".into(),
+        serde_json::Value::Bool(false) => "n".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 impl Kraftfile {
@@ -653,7 +741,45 @@ kconfig:
         );
         assert_eq!(k.kconfig, vec![("CONFIG_LIBFOO".into(), "y".into(), 16)]);
         assert_eq!(k.app_dir, Path::new("/tmp/app"));
-        assert!(k.notes[0].contains("'unikraft' ignored"), "{:?}", k.notes);
+        assert!(k.notes.is_empty(), "{:?}", k.notes);
+    }
+
+    #[test]
+    fn unikrafts_fields_are_mapped_or_listed() {
+        let k = p(r#"spec: v0.6
+name: nginx1.25
+runtime: unikraft.org/nginx:1.25
+unikraft:
+  source: https://github.com/unikraft/unikraft.git
+  kconfig:
+    CONFIG_LIBUKDEBUG_PRINTK_ERR: y
+    CONFIG_LIBVFSCORE: y
+libraries:
+  lwip: stable
+  musl: stable
+  libelf:
+    version: stable
+  wamr: stable
+  ramfs:
+    kconfig:
+      - CONFIG_LIBRAMFS=y
+targets:
+  - fc/x86_64
+"#)
+        .unwrap();
+        assert_eq!(k.name, "nginx1.25");
+        assert_eq!(k.template_app, Some("elfloader"));
+        assert!(!k.app_given);
+        let syms: Vec<&str> = k.kconfig.iter().map(|(s, _, _)| s.as_str()).collect();
+        for want in ["CONFIG_LIBNET", "CONFIG_LIBELF", "CONFIG_LIBRAMFS", "CONFIG_LIBVFS"] {
+            assert!(syms.contains(&want), "{syms:?}");
+        }
+        assert!(k.notes.iter().any(|n| n.contains("runtime 'unikraft.org/nginx:1.25': runs on Kiln's ELF loader") && n.contains("the nginx program comes from the rootfs")), "{:?}", k.notes);
+        let left = k.notes.iter().find(|n| n.contains("no Kiln meaning")).unwrap();
+        assert!(left.contains("library wamr") && left.contains("CONFIG_LIBUKDEBUG_PRINTK_ERR"), "{left}");
+        assert_eq!(k.select_target(None, None).unwrap().vmm.as_deref(), Some("firecracker"));
+        let k = p("name: hello\ntemplate:\n  source: https://github.com/unikraft/app-elfloader.git\ntargets: [qemu/x86_64]\n").unwrap();
+        assert_eq!(k.template_app, Some("elfloader"));
     }
 
     #[test]
@@ -684,12 +810,9 @@ kconfig:
         );
         assert_eq!(
             err("name: 'a b'\n"),
-            "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '-' or '_'"
+            "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '.', '-' or '_'"
         );
-        assert!(
-            err("name: x\ntargets: [qemu/x86_64]\nlibraries:\n  musl: stable\n")
-                .starts_with("/tmp/app/Kraftfile:3: field 'libraries' is not supported")
-        );
+        assert!(err("name: x\ntargets: [qemu/x86_64]\ntemplate: app-wamr\n").starts_with("/tmp/app/Kraftfile:3: template 'app-wamr': Kiln knows only the ELF loader's"));
         assert_eq!(
             err("name: x\ntargets: [qemu/x86_64]\nkconfig:\n  - NOEQUALS\n"),
             "/tmp/app/Kraftfile:4: kconfig entry 'NOEQUALS' is not KEY=VALUE"

@@ -313,7 +313,11 @@ struct RunArgs {
 }
 
 fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Target)> {
-    let kf = kraftfile::load(&t.dir)?;
+    let mut kf = kraftfile::load(&t.dir)?;
+    // A Unikraft template or runtime (the ELF loader) is one of Kiln's apps.
+    if let (Some(app), false) = (kf.template_app, kf.app_given) {
+        kf.app_dir = builder::kiln_home().join("apps").join(app);
+    }
     for n in &kf.notes {
         ui.note(n);
     }

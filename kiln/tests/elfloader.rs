@@ -816,3 +816,28 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
     assert!(out.contains("elfloader: /bin/big: linked at 0x400000..0x44") && out.contains("MiB more with -M"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A Kraftfile in Unikraft's own form (a dotted name, a `runtime:`,
+/// `libraries:` and `unikraft:` blocks) builds and runs on Kiln's ELF
+/// loader, with one note for what has no Kiln meaning.
+#[test]
+fn a_unikraft_kraftfile_with_a_runtime_runs_on_the_elf_loader() {
+    let d = std::env::temp_dir().join(format!("kiln-ukraftfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("rootfs/bin")).unwrap();
+    std::fs::copy("/bin/busybox", d.join("rootfs/bin/busybox")).expect("busybox-static is installed by scripts/test");
+    std::fs::write(
+        d.join("Kraftfile"),
+        "spec: v0.6\nname: hello1.0\nruntime: unikraft.org/base:latest\nrootfs: ./rootfs\n\
+         cmd: [\"/bin/busybox\", \"echo\", \"hello from a Unikraft Kraftfile\"]\n\
+         unikraft:\n  version: stable\n  kconfig:\n    CONFIG_LIBUKDEBUG_PRINTK_ERR: y\n\
+         libraries:\n  lwip: stable\n  musl: stable\n  wamr: stable\ntargets:\n  - qemu/x86_64\n",
+    )
+    .unwrap();
+    let (code, out, err) = support::kiln(&["run", "-W", "--timeout", "120", d.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("hello from a Unikraft Kraftfile"), "{out}");
+    assert!(err.contains("runtime 'unikraft.org/base:latest': runs on Kiln's ELF loader"), "{err}");
+    assert!(err.contains("no Kiln meaning, left out: library wamr, CONFIG_LIBUKDEBUG_PRINTK_ERR"), "{err}");
+}
