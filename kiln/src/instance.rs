@@ -511,7 +511,20 @@ pub fn rm(name: &str, force: bool) -> Result<()> {
         }
         stop(name)?;
     }
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    // A VMM that has just died: its supervisor is still writing the exit
+    // status (and the console's last lines) into the folder; wait for it
+    // (a little), or the removal races with those writes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !dir.join("exit").exists() && read_info(&dir).is_ok_and(|i| i.pid.is_some()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut r = std::fs::remove_dir_all(&dir);
+    if r.is_err() && dir.exists() {
+        // Something was still being written: once more.
+        std::thread::sleep(Duration::from_millis(100));
+        r = std::fs::remove_dir_all(&dir);
+    }
+    r.with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
 }
 

@@ -233,7 +233,8 @@ fn a_guest_killed_while_writing_loses_nothing_it_synced() {
         let on_disk: u64 = host_read(&img, "/count.txt").trim().parse().unwrap();
         assert!(on_disk >= acked, "round {round}: the guest reported {acked} synced, the volume holds {on_disk}");
         last = on_disk;
-        assert_eq!(s.kiln(&["rm", &name]).0, 0);
+        let (code, _, err) = s.kiln(&["rm", &name]);
+        assert_eq!(code, 0, "{err}");
     }
     assert!(last >= 20, "{last}");
     let _ = std::fs::remove_dir_all(&initrd);
