@@ -272,19 +272,7 @@ fn silent_clients_and_many_connections_do_not_stop_the_server() {
 #[test]
 fn the_site_renders_in_a_headless_browser() {
     let g = Guest::start(18183);
-    let o = Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            &g.url("/"),
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium is installed by scripts/setup");
-    let dom = String::from_utf8_lossy(&o.stdout);
+    let dom = support::chromium_dom(&g.url("/"), &[]);
     // game.js ran, the stylesheet applied, the logo loaded, and the game
     // drew its status line.
     assert!(dom.contains(r#"data-ready="yes""#), "{dom}");

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,28 +155,8 @@ fn the_image_boots_as_urunc_boots_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let console = q.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::BufReader::new(console).read_to_string(&mut s);
-        s
-    });
-    let t = Instant::now();
-    let status = loop {
-        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&format!("{guest}:80").parse().unwrap(), Duration::from_secs(2)) {
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if !r.is_empty() {
-                break r.lines().next().unwrap_or("").to_string();
-            }
-        }
-        if t.elapsed() > Duration::from_secs(90) {
-            break String::from("(no answer)");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let reader = support::read_in_background(q.stdout.take().unwrap());
+    let status = support::first_status(format!("{guest}:80").parse().unwrap(), Duration::from_secs(90)).unwrap_or_else(|| "(no answer)".into());
     let _ = q.kill();
     let _ = q.wait();
     let log = reader.join().unwrap();
@@ -287,21 +266,7 @@ fn the_libvirt_domain_boots_under_debians_libvirtd() {
         assert!(t.elapsed() < Duration::from_secs(90), "no DHCP address in the console:\n{console}");
         std::thread::sleep(Duration::from_millis(300));
     };
-    let status = {
-        let t = Instant::now();
-        loop {
-            let mut line = String::new();
-            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&format!("{addr}:80").parse().unwrap(), Duration::from_secs(2)) {
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-                let _ = s.read_to_string(&mut line);
-            }
-            if !line.is_empty() || t.elapsed() > Duration::from_secs(60) {
-                break line.lines().next().unwrap_or("(no answer)").to_string();
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    };
+    let status = support::first_status(format!("{addr}:80").parse().unwrap(), Duration::from_secs(60)).unwrap_or_else(|| "(no answer)".into());
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status, "HTTP/1.1 200 OK", "{console}");
     assert!(console.contains("(DHCP)") && console.contains("httpd: serving"), "{console}");

@@ -70,7 +70,7 @@ impl Https {
         let dir = https_app("serve");
         let (code, _, err) = support::kiln(&["build", "-q", dir.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
-        let (plain, tls) = (support::free_port(), support::free_port());
+        let [plain, tls] = support::free_ports();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(root())
             .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:80"), "-p", &format!("{tls}:443"), dir.to_str().unwrap()])
@@ -79,12 +79,7 @@ impl Https {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let console = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
+        let console = support::read_in_background(child.stdout.take().unwrap());
         let h = Https { child, console: Some(console), plain, tls, dir };
         let t = Instant::now();
         loop {
@@ -181,21 +176,7 @@ fn httpd_serves_https_beside_http() {
         .output()
         .unwrap();
     let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
-    let o = Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            &format!("--host-resolver-rules=MAP kiln.test 127.0.0.1"),
-            &format!("--ignore-certificate-errors-spki-list={spki}"),
-            "--dump-dom",
-            &g.url("/"),
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium is installed by scripts/setup");
-    let dom = String::from_utf8_lossy(&o.stdout);
+    let dom = support::chromium_dom(&g.url("/"), &["--host-resolver-rules=MAP kiln.test 127.0.0.1", &format!("--ignore-certificate-errors-spki-list={spki}")]);
     assert!(dom.contains(r#"data-ready="yes""#), "{dom}");
     let console = g.stop();
     assert!(console.contains("over TLS on port 443"), "{console}");
@@ -273,7 +254,7 @@ fn mqtt_over_tls_with_client_certificates() {
     .unwrap();
     let (code, _, err) = support::kiln(&["build", "-q", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let (plain, tls, mutual) = (support::free_port(), support::free_port(), support::free_port());
+    let [plain, tls, mutual] = support::free_ports();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:1883"), "-p", &format!("{tls}:8883"), "-p", &format!("{mutual}:8884"), dir.to_str().unwrap()])
@@ -282,12 +263,7 @@ fn mqtt_over_tls_with_client_certificates() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let console = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
+    let console = support::read_in_background(child.stdout.take().unwrap());
     let ca = pki.join("ca.pem");
     let ca = ca.to_str().unwrap();
     let t = Instant::now();

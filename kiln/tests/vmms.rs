@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -48,20 +47,7 @@ fn exit_codes_arguments_and_panics_reach_kiln_run_on_every_vmm() {
 
 /// GET / on 127.0.0.1:`port`: the status line.
 fn get(port: u16) -> String {
-    let t = Instant::now();
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if !r.is_empty() {
-                return r.lines().next().unwrap_or("").to_string();
-            }
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "nothing answered on port {port}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    support::first_status(([127, 0, 0, 1], port).into(), Duration::from_secs(60)).unwrap_or_else(|| panic!("nothing answered on port {port}"))
 }
 
 /// Waits (10 s at most) until nothing listens on host port `port`.
@@ -214,12 +200,8 @@ fn a_guest_of_every_other_vmm_serves_on_a_bridge() {
         let tap = tap_of(&s, "web").expect("the instance records its tap");
         let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
         assert!(master.ends_with(&b.name), "{v}: {tap} is on {master:?}");
-        let mut c = std::net::TcpStream::connect_timeout(&format!("{}:80", b.guest_ip).parse().unwrap(), Duration::from_secs(30)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut r = String::new();
-        let _ = c.read_to_string(&mut r);
-        assert!(r.starts_with("HTTP/1.1 200 OK"), "{v}: {r}");
+        let status = support::first_status(format!("{}:80", b.guest_ip).parse().unwrap(), Duration::from_secs(30));
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{v}");
         let (code, _, err) = s.kiln(&["rm", "-f", "web"]);
         assert_eq!(code, 0, "{v}: {err}");
         assert!(!Path::new("/sys/class/net").join(&tap).exists(), "{v}: {tap} left behind");

@@ -414,7 +414,7 @@ impl Conn {
                 self.out_pos = 0;
                 if self.s.pending() {
                     // TLS records of what was written wait for the socket.
-                    if self.s.write(&[]).is_err() {
+                    if self.s.flush().is_err() {
                         return false;
                     }
                     if self.s.pending() {

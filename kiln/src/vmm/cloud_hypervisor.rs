@@ -4,7 +4,7 @@
 //! ends it. The guest powers off through the ACPI sleep register, so its
 //! exit code comes on the console ([`kiln_boot::EXIT_LINE`]).
 
-use super::{api, find_program, RunSpec, Stderr, Vmm};
+use super::{api, RunSpec, Stderr, Vmm};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,10 +20,7 @@ impl Vmm for CloudHypervisor {
     }
 
     fn binary(&self, _arch: &str) -> Result<PathBuf> {
-        find_program(
-            "cloud-hypervisor",
-            "cloud-hypervisor is not packaged by Debian: build it from its source (README, \"Firecracker and cloud-hypervisor\") and put `cloud-hypervisor` in PATH, or run on QEMU (leave out --vmm)",
-        )
+        super::built_from_source("cloud-hypervisor", "cloud-hypervisor")
     }
 
     fn command(&self, bin: &Path, spec: &RunSpec, dir: &Path) -> Result<Command> {

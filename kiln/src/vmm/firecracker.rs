@@ -5,7 +5,7 @@
 //! The guest powers off through the i8042 reset, so its exit code comes
 //! on the console ([`kiln_boot::EXIT_LINE`]).
 
-use super::{api, find_program, RunSpec, Vmm};
+use super::{api, RunSpec, Vmm};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -24,10 +24,7 @@ impl Vmm for Firecracker {
     }
 
     fn binary(&self, _arch: &str) -> Result<PathBuf> {
-        find_program(
-            "firecracker",
-            "Firecracker is not packaged by Debian: build it from its source (README, \"Firecracker and cloud-hypervisor\") and put `firecracker` in PATH, or run on QEMU (leave out --vmm)",
-        )
+        super::built_from_source("firecracker", "Firecracker")
     }
 
     fn command(&self, bin: &Path, spec: &RunSpec, dir: &Path) -> Result<Command> {

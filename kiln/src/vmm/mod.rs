@@ -170,6 +170,15 @@ pub fn find_program(name: &str, how_to_get: &str) -> Result<PathBuf> {
     bail!("{name} not found in PATH. {how_to_get}")
 }
 
+/// A VMM that is not a Debian package (Firecracker, cloud-hypervisor):
+/// `program` in PATH, or how to get it.
+fn built_from_source(program: &str, name: &str) -> Result<PathBuf> {
+    find_program(
+        program,
+        &format!("{name} is not packaged by Debian: build it from its source (README, \"Firecracker and cloud-hypervisor\") and put `{program}` in PATH, or run on QEMU (leave out --vmm)"),
+    )
+}
+
 /// Which accelerator `kiln run` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {

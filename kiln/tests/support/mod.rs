@@ -296,3 +296,53 @@ pub fn other_vmms(test: &str) -> Vec<&'static str> {
         })
         .collect()
 }
+
+/// Reads `r` to its end on a thread: the text it gave (a console pipe
+/// nobody reads fills up and stops the guest).
+pub fn read_in_background(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// GET / at `addr` until something answers (at most `within`): the
+/// status line, or None.
+pub fn first_status(addr: std::net::SocketAddr, within: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if !r.is_empty() {
+                return Some(r.lines().next().unwrap_or("").to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// Headless Chromium's DOM of `url` after 5 s of virtual time, with
+/// `flags` added.
+pub fn chromium_dom(url: &str, flags: &[&str]) -> String {
+    let o = Command::new("chromium")
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"])
+        .args(flags)
+        .args(["--dump-dom", url])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed by scripts/setup");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `N` different host TCP ports nothing listens on now (each held until
+/// all are chosen, so none is handed out twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}

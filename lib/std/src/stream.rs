@@ -51,6 +51,15 @@ impl Stream {
         }
     }
 
+    /// Sends what is waiting (TLS records the socket did not take).
+    pub fn flush(&mut self) -> Result<(), Error> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+
     /// Why the TLS connection failed, if it did.
     pub fn tls_error(&self) -> Option<&str> {
         match self {
