@@ -60,7 +60,7 @@ enum Cmd {
     /// Volumes (disk images with a FAT file system) for `kiln run -v`: create, rm, ls
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Package an app for deployment: an OCI image for urunc (Kubernetes)
+    /// Package an app for deployment: an OCI image for urunc (Kubernetes), a libvirt domain, or a bootable disk image (raw, qcow2, vmdk, vhd, vhdx, vdi, gce)
     Pkg(PkgArgs),
 }
 
@@ -70,6 +70,36 @@ enum PkgFormat {
     Oci,
     /// A libvirt domain (XML) booting a copy of the kernel, for virsh define
     Libvirt,
+    /// A bootable GPT disk image (BIOS and UEFI), raw
+    Raw,
+    /// The disk image as qcow2 (QEMU, Proxmox, OpenStack)
+    Qcow2,
+    /// The disk image as VMDK (VMware, VirtualBox)
+    Vmdk,
+    /// The disk image as a fixed VHD (Hyper-V, Azure, XenServer)
+    Vhd,
+    /// The disk image as VHDX (Hyper-V)
+    Vhdx,
+    /// The disk image as VDI (VirtualBox)
+    Vdi,
+    /// The raw disk image in the tarball Google Compute Engine imports
+    Gce,
+}
+
+impl PkgFormat {
+    fn disk(self) -> Option<pkg::disk::Format> {
+        use pkg::disk::Format as F;
+        Some(match self {
+            PkgFormat::Oci | PkgFormat::Libvirt => return None,
+            PkgFormat::Raw => F::Raw,
+            PkgFormat::Qcow2 => F::Qcow2,
+            PkgFormat::Vmdk => F::Vmdk,
+            PkgFormat::Vhd => F::Vhd,
+            PkgFormat::Vhdx => F::Vhdx,
+            PkgFormat::Vdi => F::Vdi,
+            PkgFormat::Gce => F::Gce,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -442,6 +472,12 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     if !a.tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || a.tag.is_empty() || a.tag.len() > 128 {
         anyhow::bail!("--tag {}: use letters, digits, '.', '_' and '-' (at most 128)", a.tag);
     }
+    if let Some(f) = a.format.disk() {
+        if a.vmm.is_some_and(|v| v != vmm::Kind::Qemu) {
+            anyhow::bail!("kiln pkg --format {}: a disk image boots through firmware on any x86_64 hypervisor; leave out --vmm", f.name());
+        }
+        pkg::disk::check_tools(f, &target.arch)?;
+    }
     let kernel = builder::build(&kf, &target, &ui)?;
     let out = match &a.output {
         Some(o) => o.clone(),
@@ -489,12 +525,26 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
             ui.note(&format!("libvirt domain {} ({}, {memory_mib} MiB, network {}); virsh define {} && virsh start {}", p.name, if domain_type == "kvm" { "KVM" } else { "TCG: this host's KVM cannot run it well" }, a.network, xml.display(), p.name));
             println!("{}", xml.display());
         }
+        f if f.disk().is_some() => {
+            let f = f.disk().unwrap();
+            // Clouds and hypervisors hand out addresses by DHCP; the
+            // console is COM1 either way.
+            let mut words = vec!["netdev.ip=dhcp".to_string()];
+            words.extend(kf.env.iter().map(|(k, v)| format!("env.{k}={v}")));
+            words.push("--".into());
+            words.extend(kf.cmd.iter().cloned());
+            let image = pkg::disk::write(&p, &words, f, &out)?;
+            let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+            ui.note(&format!("{} disk image of {} ({} KiB), boots on BIOS and UEFI firmware", f.name(), p.name, size / 1024));
+            println!("{}", image.display());
+        }
         PkgFormat::Oci => {
             let (layout, archive) = pkg::oci::write(&p, &out)?;
             ui.note(&format!("OCI image {}:{} for urunc on {}", p.name, p.tag, p.hypervisor));
             println!("{}", layout.display());
             println!("{}", archive.display());
         }
+        _ => unreachable!("every disk format is handled above"),
     }
     Ok(0)
 }

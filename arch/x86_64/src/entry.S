@@ -1,8 +1,11 @@
 /* Kiln x86_64 entry.
  *
- * The boot loader (QEMU's PVH loader, see plat/qemu) jumps to _kiln_entry32 in
+ * The boot loader (QEMU's PVH loader, or GRUB's multiboot2 loader when the
+ * kernel boots from a disk image; see plat/qemu) jumps to _kiln_entry32 in
  * 32-bit protected mode with paging off, flat segments, and EBX holding the
- * physical address of the boot information. This code:
+ * physical address of the boot information (EAX holds multiboot2's magic;
+ * it is kept in kiln_entry_eax so the platform can tell the two apart).
+ * This code:
  *   1. reads the TSC (the reference point for boot-time measurement);
  *   2. links the identity page tables: 0-1 GiB with 2 MiB pages, except the
  *      first 4 MiB, mapped with 4 KiB pages. These tables are final: the
@@ -19,6 +22,7 @@
 _kiln_entry32:
     cli
     cld
+    mov %eax, kiln_entry_eax
     rdtsc
     mov %eax, kiln_entry_tsc
     mov %edx, kiln_entry_tsc+4
@@ -106,3 +110,8 @@ kiln_pd:
 .balign 8
 .global kiln_entry_tsc
 kiln_entry_tsc: .quad 0
+
+.section .data.kiln_entry_eax, "aw"
+.balign 4
+.global kiln_entry_eax
+kiln_entry_eax: .long 0

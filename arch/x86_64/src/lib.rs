@@ -38,6 +38,15 @@ extern "Rust" {
 #[cfg(target_os = "none")]
 extern "C" {
     static kiln_entry_tsc: u64;
+    static kiln_entry_eax: u32;
+}
+
+/// EAX as the boot loader left it at the 32-bit entry: multiboot2's magic
+/// (0x36d76289) when GRUB booted the kernel, anything under PVH.
+#[cfg(target_os = "none")]
+pub fn entry_eax() -> u32 {
+    // SAFETY: written once by entry.S before any Rust code runs.
+    unsafe { core::ptr::read_volatile(&raw const kiln_entry_eax) }
 }
 
 /// Called by `entry.S` on the boot stack in 64-bit mode.

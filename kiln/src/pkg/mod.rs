@@ -3,8 +3,11 @@
 //!
 //! - [`oci`]: an OCI image for urunc (Kubernetes and other container
 //!   engines that boot unikernels);
-//! - [`libvirt`]: a libvirt domain booting a copy of the kernel.
+//! - [`libvirt`]: a libvirt domain booting a copy of the kernel;
+//! - [`disk`]: a bootable disk image (BIOS and UEFI) in the formats
+//!   hypervisors and clouds import.
 
+pub mod disk;
 pub mod libvirt;
 pub mod oci;
 

@@ -1,16 +1,20 @@
 //! QEMU on x86_64 (`microvm`, the default, and `q35`).
 //!
-//! Boot protocol: Xen PVH. QEMU's `-kernel` loader finds the
+//! Boot protocols: Xen PVH, and multiboot2 for disk images. QEMU's
+//! `-kernel` loader (and Firecracker's and cloud-hypervisor's) finds the
 //! `XEN_ELFNOTE_PHYS32_ENTRY` note below and jumps to the arch's 32-bit entry
-//! with EBX pointing at a `hvm_start_info`, from which this crate takes the
-//! command line and the memory map. Console: the 16550 UART at COM1. Exit:
+//! with EBX pointing at a `hvm_start_info`; GRUB, booting a disk image from
+//! `kiln pkg` on BIOS or UEFI firmware, finds the multiboot2 header below and
+//! jumps to the same entry with EBX pointing at its multiboot2 information.
+//! From either this crate takes the command line and the memory map
+//! (bootinfo.rs). Console: the 16550 UART at COM1. Exit:
 //! QEMU's `isa-debug-exit` device at port 0xf4 (`kiln run` adds it), which
 //! ends QEMU with status `(value << 1) | 1`; Kiln writes `code + 1`, so status
 //! 1 (a QEMU error) and 0 (QEMU stopped for another reason) never look like a
 //! guest exit code.
 
-#[path = "pvh.rs"]
-mod pvh;
+#[path = "bootinfo.rs"]
+mod bootinfo;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_arch_x86_64 as arch;
@@ -27,6 +31,26 @@ core::arch::global_asm!(
     ".balign 4",
     ".long _kiln_entry32",
     ".balign 4",
+);
+
+// The multiboot2 header (magic, architecture 0 = i386 protected mode,
+// length, checksum, then only the end tag): the loader takes the load
+// addresses and the entry point from the ELF program headers. It must lie
+// 8-aligned in the first 32 KiB of the file: linker.ld puts it first in
+// the text segment.
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".section .multiboot2, \"a\"",
+    ".balign 8",
+    "2:",
+    ".long 0xe85250d6",
+    ".long 0",
+    ".long 3f - 2b",
+    ".long -(0xe85250d6 + (3f - 2b))",
+    ".short 0", // end tag: type 0, flags 0, size 8
+    ".short 0",
+    ".long 8",
+    "3:",
 );
 
 /// I/O port of QEMU's isa-debug-exit device.
@@ -324,9 +348,10 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     kiln_console::set_sink(&SERIAL);
     kiln_boot::set_platform(&QEMU);
 
-    // SAFETY: the PVH loader passes the address of a start info block in EBX;
-    // `pvh::parse` checks its magic before reading anything else.
-    let start = match unsafe { pvh::parse(boot_arg) } {
+    // SAFETY: the loader passes the address of its boot information in EBX
+    // and says in EAX which form it has; `bootinfo::parse` checks magic
+    // numbers and sizes before trusting anything else.
+    let start = match unsafe { bootinfo::parse(boot_arg, arch::entry_eax()) } {
         Ok(s) => s,
         Err(e) => {
             kiln_console::println!("kiln: boot: {e}");
