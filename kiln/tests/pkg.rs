@@ -67,9 +67,9 @@ fn oci_tools_read_the_image() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(layout.join("index.json")).unwrap(), std::fs::read(again.join("httpd-oci/index.json")).unwrap());
     // Bad input.
-    let (code, _, err) = support::kiln(&["pkg", "--format", "vmdk", "apps/httpd"]);
+    let (code, _, err) = support::kiln(&["pkg", "--format", "vmdk2", "apps/httpd"]);
     assert_ne!(code, 0);
-    assert!(err.contains("invalid value 'vmdk'"), "{err}");
+    assert!(err.contains("invalid value 'vmdk2'"), "{err}");
     let (code, _, err) = support::kiln(&["pkg", "--tag", "a b", "apps/httpd"]);
     assert_eq!(code, 1);
     assert!(err.contains("--tag a b"), "{err}");

@@ -114,7 +114,7 @@ pub fn check_tools(format: Format, arch: &str) -> Result<()> {
     }
     for (platform, package) in [("i386-pc", "grub-pc-bin"), ("x86_64-efi", "grub-efi-amd64-bin")] {
         if !grub_dir(platform).join("multiboot2.mod").exists() {
-            bail!("kiln pkg --format {}: GRUB's {platform} modules are missing ({}); install Debian's {package}", format.extension(), grub_dir(platform).display());
+            bail!("kiln pkg --format {}: GRUB's {platform} modules are missing ({}); install Debian's {package}", format.name(), grub_dir(platform).display());
         }
     }
     if format.qemu_img_name().is_some() && which("qemu-img").is_none() {
@@ -222,7 +222,9 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
     // BIOS: the core image names its partition outright (the first disk's
     // second partition); UEFI: the partition GRUB was loaded from.
     let core = grub_mkimage("i386-pc", "(hd0,gpt2)/boot/grub", &["biosdisk"], work)?;
-    let efi = grub_mkimage("x86_64-efi", "/boot/grub", &[], work)?;
+    // UEFI: GOP, so that multiboot2 finds a video mode to hand over (it
+    // prints an error on the console otherwise; Kiln does not use it).
+    let efi = grub_mkimage("x86_64-efi", "/boot/grub", &["efi_gop"], work)?;
     let boot_img = std::fs::read(grub_dir("i386-pc").join("boot.img")).context("reading GRUB's boot.img")?;
     if boot_img.len() != 512 || core.len() < 512 {
         bail!("GRUB's boot.img or core image has an unexpected size");
@@ -280,7 +282,7 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
         f.write_all(&esp)?;
         f.sync_all()?;
     }
-    let dest = out.join(format!("{}.{}", p.name, format.name()));
+    let dest = out.join(format!("{}.{}", p.name, format.extension()));
     match format {
         Format::Raw => std::fs::rename(&raw, &dest).with_context(|| format!("moving the image to {}", dest.display()))?,
         Format::Gce => gce_tarball(&raw, &dest)?,
@@ -306,7 +308,9 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
 /// `qemu-img check` where the format has checks, and `qemu-img info`
 /// confirming the format, for a converted image.
 fn check_image(image: &Path, name: &str) -> Result<()> {
-    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(image).output().context("running qemu-img info")?;
+    // A fixed VHD is a raw disk with a footer, which qemu-img would probe
+    // as raw: the format is named.
+    let info = Command::new("qemu-img").args(["info", "--output=json", "-f", name]).arg(image).output().context("running qemu-img info")?;
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).with_context(|| format!("qemu-img info {}: {}", image.display(), String::from_utf8_lossy(&info.stderr).trim()))?;
     if v["format"].as_str() != Some(name) {
         bail!("qemu-img info {}: format {} where {name} was written", image.display(), v["format"]);

@@ -34,10 +34,13 @@ core::arch::global_asm!(
 );
 
 // The multiboot2 header (magic, architecture 0 = i386 protected mode,
-// length, checksum, then only the end tag): the loader takes the load
-// addresses and the entry point from the ELF program headers. It must lie
-// 8-aligned in the first 32 KiB of the file: linker.ld puts it first in
-// the text segment.
+// length, checksum, tags): the loader takes the load addresses and the
+// entry point from the ELF program headers. One tag says a framebuffer is
+// welcome but optional, with no preferred mode: UEFI has no text console
+// to hand over, and GRUB warns on the console when the kernel accepts
+// neither (Kiln's console is COM1 either way). It must lie 8-aligned in
+// the first 32 KiB of the file: linker.ld puts it first in the text
+// segment.
 #[cfg(target_os = "none")]
 core::arch::global_asm!(
     ".section .multiboot2, \"a\"",
@@ -47,6 +50,13 @@ core::arch::global_asm!(
     ".long 0",
     ".long 3f - 2b",
     ".long -(0xe85250d6 + (3f - 2b))",
+    ".short 5", // framebuffer tag: type 5, optional, size 20, any mode
+    ".short 1",
+    ".long 20",
+    ".long 0",
+    ".long 0",
+    ".long 0",
+    ".balign 8",
     ".short 0", // end tag: type 0, flags 0, size 8
     ".short 0",
     ".long 8",

@@ -1,0 +1,199 @@
+//! `kiln pkg --format raw|qcow2|vmdk|vhd|vhdx|vdi|gce`: disk images booted
+//! the way clouds and desktop hypervisors boot them, from the disk alone
+//! (no `-kernel`): through SeaBIOS and OVMF on QEMU's q35, and SeaBIOS on
+//! `pc`, under TCG (firmware does not run under this host's KVM). The
+//! network is virtio-net PCI with QEMU's user network, whose DHCP server
+//! gives the address; the console is COM1. httpd answers HTTP and the MQTT
+//! broker answers mosquitto's clients.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Packs `app` as `format` into `out`: the image's path.
+fn package(app: &str, format: &str, out: &Path) -> PathBuf {
+    let (code, stdout, err) = support::kiln(&["pkg", "-q", "--format", format, "-o", out.to_str().unwrap(), app]);
+    assert_eq!(code, 0, "{err}");
+    let image = PathBuf::from(stdout.trim());
+    assert!(image.is_file(), "{stdout}");
+    image
+}
+
+fn out_dir(tag: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("kiln-disk-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    out
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Firmware {
+    SeaBios,
+    Ovmf,
+}
+
+/// A QEMU booting a disk image through firmware, its console in a file;
+/// killed when dropped.
+struct DiskGuest {
+    child: Child,
+    console: PathBuf,
+}
+
+impl DiskGuest {
+    fn boot(image: &Path, format: &str, machine: &str, firmware: Firmware, guest_port: u16, host_port: u16) -> DiskGuest {
+        let dir = image.parent().unwrap();
+        let console = dir.join(format!("{}.{machine}.{firmware:?}.console", image.file_name().unwrap().to_string_lossy()));
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-M", machine, "-accel", "tcg", "-m", "128M", "-display", "none", "-no-reboot", "-nodefaults"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-drive")
+            .arg(format!("file={},format={format},if=virtio", image.display()))
+            .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"), "-device", "virtio-net-pci,netdev=n0"]);
+        if let Firmware::Ovmf = firmware {
+            let vars = dir.join(format!("{}.vars.fd", image.file_name().unwrap().to_string_lossy()));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF's variable store (scripts/test installs ovmf)");
+            c.arg("-drive").arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
+            c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        }
+        let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("qemu-system-x86_64");
+        DiskGuest { child, console }
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+}
+
+impl Drop for DiskGuest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The format `qemu-img info` finds (or reads when told it, for a fixed
+/// VHD, which it would probe as raw).
+fn qemu_img_format(image: &Path, told: Option<&str>) -> String {
+    let mut c = Command::new("qemu-img");
+    c.args(["info", "--output=json"]);
+    if let Some(f) = told {
+        c.args(["-f", f]);
+    }
+    let o = c.arg(image).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["format"].as_str().unwrap_or("").to_string()
+}
+
+/// httpd from each format on each firmware path: the first HTTP 200 within
+/// two minutes, the DHCP address and PCI network on the console.
+#[test]
+fn httpd_serves_from_disk_images_on_bios_and_uefi() {
+    let out = out_dir("httpd");
+    let raw = package("apps/httpd", "raw", &out);
+    let qcow2 = package("apps/httpd", "qcow2", &out);
+    let vmdk = package("apps/httpd", "vmdk", &out);
+    for (image, format, machine, firmware) in [
+        (&raw, "raw", "q35", Firmware::SeaBios),
+        (&qcow2, "qcow2", "q35", Firmware::Ovmf),
+        (&vmdk, "vmdk", "pc", Firmware::SeaBios),
+    ] {
+        assert_eq!(qemu_img_format(image, None), format);
+        let port = support::free_port();
+        let g = DiskGuest::boot(image, format, machine, firmware, 80, port);
+        let status = support::first_status(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(120));
+        let console = g.console();
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{format} on {machine} with {firmware:?}; console:\n{console}");
+        assert!(console.contains("kiln: httpd on qemu/x86_64"), "{console}");
+        assert!(console.contains("10.0.2.15/24 via 10.0.2.2 (DHCP)"), "{console}");
+    }
+    // The other formats, as qemu-img reads them (kiln pkg also runs qemu-img check).
+    for (format, name) in [("vhd", "vpc"), ("vhdx", "vhdx"), ("vdi", "vdi")] {
+        let image = package("apps/httpd", format, &out);
+        let told = (format == "vhd").then_some(name);
+        assert_eq!(qemu_img_format(&image, told), name);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The MQTT broker from a VDI image on UEFI: mosquitto's clients publish
+/// and subscribe through it.
+#[test]
+fn mqtt_broker_serves_from_a_uefi_disk() {
+    let out = out_dir("mqtt");
+    let image = package("apps/mqtt", "vdi", &out);
+    let port = support::free_port();
+    let g = DiskGuest::boot(&image, "vdi", "q35", Firmware::Ovmf, 1883, port);
+    let p = port.to_string();
+    let t = Instant::now();
+    while !Command::new("mosquitto_pub").args(["-p", &p, "-t", "probe", "-m", "x"]).output().unwrap().status.success() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no broker; console:\n{}", g.console());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let sub = Command::new("mosquitto_sub").args(["-p", &p, "-t", "disk/#", "-v", "-C", "2", "-W", "60"]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for (q, m) in [("1", "from-uefi"), ("2", "exactly-once")] {
+        assert!(Command::new("mosquitto_pub").args(["-p", &p, "-q", q, "-t", "disk/x", "-m", m]).status().unwrap().success());
+    }
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "disk/x from-uefi\ndisk/x exactly-once\n", "console:\n{}", g.console());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// GCE's import format: a gzip'd tar holding only `disk.raw`, a whole
+/// number of GiB, with the protective MBR and the GPT header.
+#[test]
+fn gce_tarball_has_the_layout_gce_imports() {
+    use std::io::Read;
+    let out = out_dir("gce");
+    let tarball = package("apps/helloworld", "gce", &out);
+    assert!(tarball.to_string_lossy().ends_with(".tar.gz"));
+    let f = std::fs::File::open(&tarball).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut names = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let size = e.header().size().unwrap();
+        assert_eq!(size % (1 << 30), 0, "{name}: {size} bytes");
+        let mut head = vec![0u8; 1024];
+        e.read_exact(&mut head).unwrap();
+        assert_eq!(&head[510..512], &[0x55, 0xaa], "MBR signature");
+        assert_eq!(head[450], 0xee, "protective MBR partition");
+        assert_eq!(&head[512..520], b"EFI PART", "GPT header");
+        names.push(name);
+    }
+    assert_eq!(names, ["disk.raw"]);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Bad input: an unknown format, a VMM where firmware boots the disk, an
+/// arm64 app, and a host without qemu-img.
+#[test]
+fn bad_disk_requests_are_refused_clearly() {
+    let (code, _, err) = support::kiln(&["pkg", "--format", "iso9660", "apps/helloworld"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid value 'iso9660'") && err.contains("qcow2"), "{err}");
+    let (code, _, err) = support::kiln(&["pkg", "--format", "raw", "--vmm", "firecracker", "apps/helloworld"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("leave out --vmm"), "{err}");
+    let (code, _, err) = support::kiln(&["pkg", "--format", "qcow2", "--arch", "arm64", "apps/helloworld"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("arm64 has no disk image yet"), "{err}");
+    // A PATH with grub-mkimage but no qemu-img.
+    let bin = out_dir("path");
+    std::os::unix::fs::symlink("/usr/bin/grub-mkimage", bin.join("grub-mkimage")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(support::root())
+        .env("PATH", &bin)
+        .args(["pkg", "--format", "vmdk", "apps/helloworld"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("qemu-img not found") && err.contains("qemu-utils"), "{err}");
+    let _ = std::fs::remove_dir_all(&bin);
+}
