@@ -3,7 +3,8 @@
 //! (no `-kernel`): through SeaBIOS and OVMF on QEMU's q35, and SeaBIOS on
 //! `pc`, under TCG (firmware does not run under this host's KVM). The
 //! network is virtio-net PCI with QEMU's user network, whose DHCP server
-//! gives the address; the console is COM1. httpd answers HTTP and the MQTT
+//! gives the address, and its interrupts are MSI-X messages; the console
+//! is COM1. httpd answers HTTP and the MQTT
 //! broker answers mosquitto's clients.
 
 mod support;
@@ -109,6 +110,8 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
         assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{format} on {machine} with {firmware:?}; console:\n{console}");
         assert!(console.contains("kiln: httpd on qemu/x86_64"), "{console}");
         assert!(console.contains("10.0.2.15/24 via 10.0.2.2 (DHCP)"), "{console}");
+        // virtio-net PCI signals with MSI-X: not polled.
+        assert!(console.contains("/64, interrupts"), "{console}");
     }
     // The other formats, as qemu-img reads them (kiln pkg also runs qemu-img check).
     for (format, name) in [("vhd", "vpc"), ("vhdx", "vhdx"), ("vdi", "vdi")] {

@@ -207,6 +207,34 @@ pub fn unmask_devices() {
 }
 
 /// Whether any device line is routed.
+/// ROUTED's bit for "message interrupts handed out" (GSIs use bits 0-23).
+const MSI_ROUTED: u32 = 1 << 31;
+
+/// The MSI/MSI-X message that raises the device vector on this CPU:
+/// address 0xFEE0_0000 with the local APIC's ID, data = the vector (fixed
+/// delivery, edge-triggered). Installs the device handler; None before
+/// [`init`] or without a timer frequency (idle could not sleep anyway).
+#[cfg(target_os = "none")]
+pub fn msi_message() -> Option<(u64, u32)> {
+    // SAFETY: HZ is written once by init, before devices are probed.
+    if unsafe { HZ } == 0 {
+        return None;
+    }
+    extern "C" {
+        fn kiln_device_isr();
+    }
+    crate::exceptions::set_interrupt(DEVICE_VECTOR, kiln_device_isr as usize as u64);
+    // SAFETY: the local APIC's ID register (0x20), mapped by init.
+    let id = unsafe { core::ptr::read_volatile((BASE + 0x20) as *const u32) } >> 24;
+    ROUTED.fetch_or(MSI_ROUTED, core::sync::atomic::Ordering::Relaxed);
+    Some((0xfee0_0000 | (id as u64) << 12, DEVICE_VECTOR as u32))
+}
+
+#[cfg(not(target_os = "none"))]
+pub fn msi_message() -> Option<(u64, u32)> {
+    None
+}
+
 pub fn devices_routed() -> bool {
     ROUTED.load(core::sync::atomic::Ordering::Relaxed) != 0
 }

@@ -55,7 +55,7 @@ mod device {
         pub fn all(buf: usize) -> Vec<Device> {
             let mut out = Vec::new();
             for t in kiln_virtio::devices(DeviceType::_9P) {
-                let mut transport = kiln_virtio::Stepwise(t);
+                let mut transport = t;
                 transport.begin_init(Feature::VERSION_1);
                 let Ok(mut queue) = VirtQueue::new(&mut transport, 0, false, false) else { continue };
                 transport.finish_init();

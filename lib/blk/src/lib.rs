@@ -282,12 +282,12 @@ fn poller() -> kiln_sched::PollOutcome {
 pub fn kiln_init() -> Result<(), String> {
     let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
     let mut found = Vec::new();
-    let mut pci = false;
+    let mut wakes = true;
     for t in kiln_virtio::devices(DeviceType::Block) {
-        pci |= matches!(t, SomeTransport::Pci(_));
+        wakes &= t.wakes_cpu();
         let name = disk_name(found.len());
         let refused = kiln_virtio::refused();
-        let mut blk = VirtIOBlk::<KilnHal, Transport>::new(kiln_virtio::Stepwise(t))
+        let mut blk = VirtIOBlk::<KilnHal, Transport>::new(t)
             .map_err(|e| format!("blk: {name}: virtio-blk: {e:?}"))?;
         if kiln_virtio::refused() != refused {
             return Err(format!("blk: {name}: the device refused the features Kiln asked for"));
@@ -322,8 +322,9 @@ pub fn kiln_init() -> Result<(), String> {
         kiln_console::log!(kiln_console::Level::Debug, "blk: no block device");
         return Ok(());
     }
-    // PCI devices' interrupts are not routed: those platforms poll.
-    let irq = want_irq && !pci && kiln_boot::platform().is_some_and(|p| p.device_wakes());
+    // Interrupts only when every disk's wakes the CPU (MSI-X on PCI, a
+    // routed line on virtio-mmio); otherwise all are polled.
+    let irq = want_irq && wakes;
     if irq {
         for d in &found {
             d.dev.lock().blk.enable_interrupts();

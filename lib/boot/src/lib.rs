@@ -61,6 +61,13 @@ pub trait Platform: Sync {
     /// wakes the CPU); a driver calls this after acknowledging it at the
     /// device, so the next one wakes the CPU again.
     fn device_irq_done(&self) {}
+    /// The MSI/MSI-X message (address, data) that raises the device
+    /// interrupt, which wakes [`Platform::idle`] as a routed line does; None
+    /// where the platform takes no message interrupts. Asking turns the
+    /// interrupt on, so only ask for a device that will be given it.
+    fn msi_message(&self) -> Option<(u64, u32)> {
+        None
+    }
     /// Whether PCI configuration space is reachable through ports
     /// 0xCF8/0xCFC (x86 PC machines).
     fn has_pci_ports(&self) -> bool {

@@ -275,7 +275,8 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         return Ok(());
     };
     let refused = kiln_virtio::refused();
-    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(kiln_virtio::Stepwise(t), BUF_LEN)
+    let wakes = t.wakes_cpu();
+    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN)
         .map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     if kiln_virtio::refused() != refused {
         return Err("net: the virtio-net device refused the features Kiln asked for; no network".into());
@@ -283,7 +284,7 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     let mac = dev.mac_address();
     let mut nic = Nic(dev, usize::MAX);
     let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
-    let irq = want_irq && kiln_boot::platform().is_some_and(|p| p.device_wakes());
+    let irq = want_irq && wakes;
     if irq {
         nic.0.enable_interrupts();
         IRQ.store(true, core::sync::atomic::Ordering::Relaxed);

@@ -1,7 +1,9 @@
 //! virtio devices through the `virtio-drivers` crate: Kiln's [`Hal`]
 //! (DMA pages from the kernel heap, identity-mapped, so physical and
 //! virtual addresses are equal) and discovery of the virtio-mmio transports
-//! the platform found. Devices are driven by polling.
+//! the platform found and of virtio PCI functions (with MSI-X where the
+//! platform takes message interrupts, msix.rs). [`devices`] hands them out
+//! wrapped in [`Stepwise`], ready for a virtio-drivers driver.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -19,8 +21,12 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 pub use virtio_drivers;
 
+mod msix;
 mod stepwise;
 pub use stepwise::{refused, Stepwise};
+
+/// A device's transport as drivers take it.
+pub type Device = Stepwise<SomeTransport<'static>>;
 
 /// Kiln's glue for virtio-drivers.
 pub struct KilnHal;
@@ -127,9 +133,9 @@ impl ConfigurationAccess for PortCam {
 }
 
 /// The virtio PCI devices of the given type on bus 0, with memory decoding
-/// and bus mastering (DMA) enabled.
+/// and bus mastering (DMA) enabled, and MSI-X where it can be had.
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-pub fn pci_devices(kind: DeviceType) -> Vec<PciTransport> {
+pub fn pci_devices(kind: DeviceType) -> Vec<Device> {
     let mut out = Vec::new();
     if !kiln_boot::platform().is_some_and(|p| p.has_pci_ports()) {
         return out;
@@ -157,23 +163,27 @@ pub fn pci_devices(kind: DeviceType) -> Vec<PciTransport> {
     for df in found {
         root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
         if let Ok(t) = PciTransport::new::<KilnHal, _>(&mut root, df) {
-            out.push(t);
+            let t = SomeTransport::Pci(t);
+            out.push(match msix::enable(&mut PortCam, df) {
+                Some(common) => Stepwise::with_msix(t, common),
+                None => Stepwise::new(t),
+            });
         }
     }
     out
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
-pub fn pci_devices(_kind: DeviceType) -> Vec<PciTransport> {
+pub fn pci_devices(_kind: DeviceType) -> Vec<Device> {
     Vec::new()
 }
 
 /// Every virtio device of the given type: virtio-mmio slots, then PCI.
-pub fn devices(kind: DeviceType) -> Vec<SomeTransport<'static>> {
-    let mut v: Vec<SomeTransport<'static>> = mmio_devices(kind)
+pub fn devices(kind: DeviceType) -> Vec<Device> {
+    let mut v: Vec<Device> = mmio_devices(kind)
         .into_iter()
-        .map(SomeTransport::Mmio)
+        .map(|t| Stepwise::new(SomeTransport::Mmio(t)))
         .collect();
-    v.extend(pci_devices(kind).into_iter().map(SomeTransport::Pci));
+    v.extend(pci_devices(kind));
     v
 }

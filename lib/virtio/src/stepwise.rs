@@ -11,6 +11,12 @@
 //! specification's steps; a device that drops FEATURES_OK is set FAILED,
 //! counted in [`refused`] and reported, so the driver using it can say the
 //! device is unusable instead of waiting on it forever.
+//!
+//! It also finishes what virtio-drivers leaves out of MSI-X: a virtio PCI
+//! function whose MSI-X table Kiln enabled (lib.rs) signals a queue only
+//! once the queue has a vector, and a device reset clears the vectors. So
+//! when the driver sets DRIVER_OK, every queue is given vector 0 (the
+//! table entry that wakes the CPU), and configuration changes none.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
@@ -34,40 +40,74 @@ const STEPS: [DeviceStatus; 4] = [
 ];
 
 /// A transport whose status writes follow the specification's steps.
-pub struct Stepwise<T>(pub T);
+pub struct Stepwise<T> {
+    inner: T,
+    /// The virtio PCI common configuration of a device with MSI-X on.
+    msix: Option<crate::msix::CommonCfg>,
+}
+
+impl<T> Stepwise<T> {
+    /// Wraps a transport that needs no MSI-X vectors.
+    pub fn new(inner: T) -> Self {
+        Stepwise { inner, msix: None }
+    }
+
+    /// Wraps a virtio PCI transport whose MSI-X table is enabled: its
+    /// queues get vector 0 when the driver finishes.
+    pub(crate) fn with_msix(inner: T, common: crate::msix::CommonCfg) -> Self {
+        Stepwise { inner, msix: Some(common) }
+    }
+
+    /// Whether the device's interrupts arrive as MSI-X messages.
+    pub fn msix(&self) -> bool {
+        self.msix.is_some()
+    }
+}
+
+impl Stepwise<virtio_drivers::transport::SomeTransport<'_>> {
+    /// Whether the device's interrupts end `Platform::idle` early: a PCI
+    /// function's when MSI-X is on, a virtio-mmio slot's when the platform
+    /// routed its line.
+    pub fn wakes_cpu(&self) -> bool {
+        match self.inner {
+            virtio_drivers::transport::SomeTransport::Pci(_) => self.msix.is_some(),
+            _ => kiln_boot::platform().is_some_and(|p| p.device_wakes()),
+        }
+    }
+}
 
 impl<T: Transport> Transport for Stepwise<T> {
     fn device_type(&self) -> DeviceType {
-        self.0.device_type()
+        self.inner.device_type()
     }
 
     fn read_device_features(&mut self) -> u64 {
-        self.0.read_device_features()
+        self.inner.read_device_features()
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {
-        self.0.write_driver_features(driver_features)
+        self.inner.write_driver_features(driver_features)
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u32 {
-        self.0.max_queue_size(queue)
+        self.inner.max_queue_size(queue)
     }
 
     fn notify(&mut self, queue: u16) {
-        self.0.notify(queue)
+        self.inner.notify(queue)
     }
 
     fn get_status(&self) -> DeviceStatus {
-        self.0.get_status()
+        self.inner.get_status()
     }
 
     fn set_status(&mut self, status: DeviceStatus) {
         // A reset is one write.
         if status.is_empty() {
-            self.0.set_status(status);
+            self.inner.set_status(status);
             return;
         }
-        let mut now = self.0.get_status();
+        let mut now = self.inner.get_status();
         // A failed device stays so until reset.
         if now.contains(DeviceStatus::FAILED) {
             return;
@@ -77,16 +117,16 @@ impl<T: Transport> Transport for Stepwise<T> {
                 continue;
             }
             now |= step;
-            self.0.set_status(now);
-            if step == DeviceStatus::FEATURES_OK && !self.0.get_status().contains(step) {
+            self.inner.set_status(now);
+            if step == DeviceStatus::FEATURES_OK && !self.inner.get_status().contains(step) {
                 REFUSED.fetch_add(1, Ordering::Relaxed);
                 kiln_console::log!(
                     kiln_console::Level::Warn,
                     "virtio: the {:?} device refused the features its driver asked for; it is set FAILED",
-                    self.0.device_type()
+                    self.inner.device_type()
                 );
-                let cur = self.0.get_status();
-                self.0.set_status(cur | DeviceStatus::FAILED);
+                let cur = self.inner.get_status();
+                self.inner.set_status(cur | DeviceStatus::FAILED);
                 return;
             }
         }
@@ -95,16 +135,29 @@ impl<T: Transport> Transport for Stepwise<T> {
             rest.remove(step);
         }
         if !rest.is_empty() {
-            self.0.set_status(now | rest);
+            self.inner.set_status(now | rest);
+        }
+        if status.contains(DeviceStatus::DRIVER_OK) {
+            if let Some(common) = &self.msix {
+                if !common.route_queues() {
+                    // The device kept no vector: it cannot wake the CPU.
+                    kiln_console::log!(
+                        kiln_console::Level::Warn,
+                        "virtio: the {:?} device took no MSI-X vector; it is polled",
+                        self.inner.device_type()
+                    );
+                    self.msix = None;
+                }
+            }
         }
     }
 
     fn set_guest_page_size(&mut self, guest_page_size: u32) {
-        self.0.set_guest_page_size(guest_page_size)
+        self.inner.set_guest_page_size(guest_page_size)
     }
 
     fn requires_legacy_layout(&self) -> bool {
-        self.0.requires_legacy_layout()
+        self.inner.requires_legacy_layout()
     }
 
     fn queue_set(
@@ -115,27 +168,27 @@ impl<T: Transport> Transport for Stepwise<T> {
         driver_area: PhysAddr,
         device_area: PhysAddr,
     ) {
-        self.0.queue_set(queue, size, descriptors, driver_area, device_area)
+        self.inner.queue_set(queue, size, descriptors, driver_area, device_area)
     }
 
     fn queue_unset(&mut self, queue: u16) {
-        self.0.queue_unset(queue)
+        self.inner.queue_unset(queue)
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {
-        self.0.queue_used(queue)
+        self.inner.queue_used(queue)
     }
 
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        self.0.ack_interrupt()
+        self.inner.ack_interrupt()
     }
 
     fn read_config_generation(&self) -> u32 {
-        self.0.read_config_generation()
+        self.inner.read_config_generation()
     }
 
     fn read_config_space<C: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<C> {
-        self.0.read_config_space(offset)
+        self.inner.read_config_space(offset)
     }
 
     fn write_config_space<C: IntoBytes + Immutable>(
@@ -143,7 +196,7 @@ impl<T: Transport> Transport for Stepwise<T> {
         offset: usize,
         value: C,
     ) -> virtio_drivers::Result<()> {
-        self.0.write_config_space(offset, value)
+        self.inner.write_config_space(offset, value)
     }
 }
 
@@ -241,23 +294,23 @@ mod tests {
 
     #[test]
     fn stepwise_brings_a_strict_device_up() {
-        let mut t = Stepwise(Strict::new(true));
+        let mut t = Stepwise::new(Strict::new(true));
         let f = t.begin_init(Features::all());
         t.finish_init();
         assert_eq!(f, Features::all());
-        assert!(!t.0.broken);
-        assert_eq!(t.0.status, 0xf, "ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK");
-        assert_eq!(t.0.writes, [0, 1, 3, 0xb, 0xf]);
+        assert!(!t.inner.broken);
+        assert_eq!(t.inner.status, 0xf, "ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK");
+        assert_eq!(t.inner.writes, [0, 1, 3, 0xb, 0xf]);
     }
 
     #[test]
     fn a_device_that_drops_features_ok_is_failed_and_counted() {
         let before = refused();
-        let mut t = Stepwise(Strict::new(false));
+        let mut t = Stepwise::new(Strict::new(false));
         t.begin_init(Features::all());
         t.finish_init();
         assert_eq!(refused(), before + 1);
-        assert!(t.0.status & DeviceStatus::FAILED.bits() != 0);
-        assert!(t.0.status & DeviceStatus::DRIVER_OK.bits() == 0, "never set DRIVER_OK");
+        assert!(t.inner.status & DeviceStatus::FAILED.bits() != 0);
+        assert!(t.inner.status & DeviceStatus::DRIVER_OK.bits() == 0, "never set DRIVER_OK");
     }
 }

@@ -208,6 +208,10 @@ impl Platform for Qemu {
         true
     }
 
+    fn msi_message(&self) -> Option<(u64, u32)> {
+        arch::apic::msi_message()
+    }
+
     fn idle(&self, us: u64) {
         arch::apic::idle(us)
     }
