@@ -42,24 +42,37 @@ struct DiskGuest {
     console: PathBuf,
 }
 
+/// QEMU booting `image` through `firmware` (TCG, 128 MiB, COM1 into a file
+/// beside the image, the image as a virtio disk): the command and the
+/// console's path.
+fn qemu(image: &Path, format: &str, machine: &str, firmware: Firmware) -> (Command, PathBuf) {
+    let dir = image.parent().unwrap();
+    let console = dir.join(format!("{}.{machine}.{firmware:?}.console", image.file_name().unwrap().to_string_lossy()));
+    let _ = std::fs::remove_file(&console);
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-M", machine, "-accel", "tcg", "-m", "128M", "-display", "none", "-nodefaults"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-drive")
+        .arg(format!("file={},format={format},if=virtio", image.display()));
+    if let Firmware::Ovmf = firmware {
+        let vars = dir.join(format!("{}.vars.fd", image.file_name().unwrap().to_string_lossy()));
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF's variable store (scripts/test installs ovmf)");
+        c.arg("-drive").arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    }
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    (c, console)
+}
+
 impl DiskGuest {
+    /// Boots with a host port forwarded to the guest's (no reboot: a
+    /// reset stops QEMU).
     fn boot(image: &Path, format: &str, machine: &str, firmware: Firmware, guest_port: u16, host_port: u16) -> DiskGuest {
-        let dir = image.parent().unwrap();
-        let console = dir.join(format!("{}.{machine}.{firmware:?}.console", image.file_name().unwrap().to_string_lossy()));
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-M", machine, "-accel", "tcg", "-m", "128M", "-display", "none", "-no-reboot", "-nodefaults"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-drive")
-            .arg(format!("file={},format={format},if=virtio", image.display()))
+        let (mut c, console) = qemu(image, format, machine, firmware);
+        c.arg("-no-reboot")
             .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"), "-device", "virtio-net-pci,netdev=n0"]);
-        if let Firmware::Ovmf = firmware {
-            let vars = dir.join(format!("{}.vars.fd", image.file_name().unwrap().to_string_lossy()));
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF's variable store (scripts/test installs ovmf)");
-            c.arg("-drive").arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
-            c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-        }
-        let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("qemu-system-x86_64");
+        let child = c.spawn().expect("qemu-system-x86_64");
         DiskGuest { child, console }
     }
 
@@ -143,6 +156,36 @@ fn mqtt_broker_serves_from_a_uefi_disk() {
     }
     let got = sub.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&got.stdout), "disk/x from-uefi\ndisk/x exactly-once\n", "console:\n{}", g.console());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// An app that ends powers the machine off through ACPI (S5), as clouds
+/// expect, rather than resetting it, which would boot the image again:
+/// QEMU, allowed to reboot, stops by itself after one run.
+#[test]
+fn an_app_that_ends_powers_the_machine_off() {
+    let out = out_dir("off");
+    let image = package("apps/helloworld", "raw", &out);
+    for (machine, firmware) in [("q35", Firmware::SeaBios), ("q35", Firmware::Ovmf), ("pc", Firmware::SeaBios)] {
+        let (mut c, console) = qemu(&image, "raw", machine, firmware);
+        let mut child = c.spawn().unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if t.elapsed() > Duration::from_secs(90) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        assert!(status.is_some_and(|s| s.success()), "{machine} with {firmware:?} did not power off: {status:?}; console:\n{text}");
+        assert_eq!(text.matches("Hello, world!").count(), 1, "{machine} with {firmware:?}; console:\n{text}");
+        assert!(text.contains("kiln: exit status 0"), "{text}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

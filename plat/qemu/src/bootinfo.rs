@@ -46,7 +46,16 @@ pub struct Start {
     memmap: &'static [MemmapEntry],
     /// The first boot module (QEMU's `-initrd`): physical address and size.
     pub module: Option<(usize, usize)>,
+    /// Where the ACPI RSDP is, when the loader said (PVH's `rsdp_paddr`,
+    /// or multiboot2's copy of it, kept in [`RSDP_COPY`]).
+    pub rsdp: Option<usize>,
 }
+
+/// Multiboot2 hands over a copy of the RSDP (UEFI's, which firmware
+/// tables alone do not lead to); it is kept here, identity-mapped.
+#[repr(C, align(16))]
+struct RsdpCopy([u8; 64]);
+static mut RSDP_COPY: RsdpCopy = RsdpCopy([0; 64]);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -175,6 +184,7 @@ unsafe fn parse_pvh(addr: usize) -> Result<Start, Error> {
         cmdline,
         memmap,
         module,
+        rsdp: (si.rsdp_paddr != 0).then_some(si.rsdp_paddr as usize),
     })
 }
 
@@ -185,6 +195,8 @@ const MB2_END: u32 = 0;
 const MB2_CMDLINE: u32 = 1;
 const MB2_MODULE: u32 = 3;
 const MB2_MMAP: u32 = 6;
+const MB2_ACPI_OLD: u32 = 14;
+const MB2_ACPI_NEW: u32 = 15;
 /// The information must lie in the first GiB, which the boot page tables map.
 const MB2_LIMIT: usize = 1 << 30;
 
@@ -213,6 +225,7 @@ unsafe fn parse_multiboot2(addr: usize) -> Result<Start, Error> {
     let mut entries = 0;
     let mut cmdline = "";
     let mut module = None;
+    let mut rsdp = None;
     let mut at = 8;
     while at + 8 <= total {
         let (kind, size) = (u32_at(at), u32_at(at + 4) as usize);
@@ -249,6 +262,15 @@ unsafe fn parse_multiboot2(addr: usize) -> Result<Start, Error> {
                     e += entry_size;
                 }
             }
+            // The newer RSDP (ACPI 2.0+) wins over the older one.
+            MB2_ACPI_OLD | MB2_ACPI_NEW if body.len() >= 20 && (kind == MB2_ACPI_NEW || rsdp.is_none()) => {
+                // SAFETY: single-threaded boot; the copy is read only
+                // through the address returned in Start.
+                let copy = unsafe { &mut *(&raw mut RSDP_COPY) };
+                let n = body.len().min(copy.0.len());
+                copy.0[..n].copy_from_slice(&body[..n]);
+                rsdp = Some(copy.0.as_ptr() as usize);
+            }
             _ => {}
         }
         at += size.next_multiple_of(8);
@@ -260,5 +282,6 @@ unsafe fn parse_multiboot2(addr: usize) -> Result<Start, Error> {
         cmdline,
         memmap: &memmap[..entries],
         module,
+        rsdp,
     })
 }

@@ -15,6 +15,8 @@
 
 #[path = "bootinfo.rs"]
 mod bootinfo;
+#[path = "power.rs"]
+mod power;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_arch_x86_64 as arch;
@@ -166,6 +168,9 @@ impl Platform for Qemu {
         // off the ways other VMMs offer.
         kiln_console::print_unlocked(format_args!("\n{}{code}\n", kiln_boot::EXIT_LINE));
         SERIAL.drain();
+        // Firmware-booted machines (and cloud-hypervisor) describe their
+        // power-off in ACPI; a reset would boot them again.
+        power::power_off();
         // SAFETY: port 0x600 is cloud-hypervisor's ACPI sleep control
         // register: SLP_TYPx = 5 (S5, soft off) with SLP_EN powers off. On
         // q35 it is the PM1 status register, whose bits this write clears
@@ -375,6 +380,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     // Page 0 held boot information (q35); it is copied, so null pointers
     // can fault from now on. Then memory above the first GiB is mapped.
     arch::mmu::unmap_null_page();
+    power::set_rsdp(start.rsdp);
     let mut ram = [(0u64, 0u64); 64];
     let mut nram = 0;
     for (s, e) in start.ram().take(ram.len()) {

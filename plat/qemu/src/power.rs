@@ -1,0 +1,158 @@
+//! ACPI soft-off (S5) on machines that boot through firmware or tell
+//! Kiln where the RSDP is: q35 and `pc` under SeaBIOS or OVMF, clouds, and
+//! cloud-hypervisor. There the exit path would otherwise end in a reset,
+//! which such machines answer by booting the image again.
+//!
+//! Nothing is read at boot (every instruction before `main` counts): the
+//! loader's RSDP address is remembered, or the BIOS area is searched when
+//! the machine is powered off. The tables are read with the `acpi` crate:
+//! the FADT gives the PM1 control registers (or, on hardware-reduced ACPI,
+//! the sleep control register), and the DSDT's `\_S5` package the sleep
+//! type values, read by looking for the package's name in the AML, as the
+//! rest of the DSDT needs no interpreter here.
+
+use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use kiln_arch_x86_64 as arch;
+
+/// The RSDP's address from the loader; 0 when it gave none.
+static RSDP: AtomicUsize = AtomicUsize::new(0);
+
+/// Remembers where the loader put the RSDP.
+pub fn set_rsdp(addr: Option<usize>) {
+    RSDP.store(addr.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// Identity mapping of firmware tables: each region is mapped uncached
+/// (map_device) and used in place; nothing is unmapped.
+#[derive(Clone, Copy)]
+struct Identity;
+
+impl AcpiHandler for Identity {
+    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+        arch::mmu::map_device(physical_address as u64, size as u64);
+        // SAFETY: the region is identity-mapped now; the crate reads it
+        // as the table it asked for, within `size` bytes.
+        unsafe {
+            PhysicalMapping::new(
+                physical_address,
+                NonNull::new(physical_address as *mut T).expect("ACPI table at address 0"),
+                size,
+                size,
+                Identity,
+            )
+        }
+    }
+
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+/// How to enter S5: registers (I/O ports) and the values to write.
+struct SoftOff {
+    pm1a: u16,
+    pm1b: Option<u16>,
+    typ_a: u16,
+    typ_b: u16,
+    /// Hardware-reduced ACPI: the sleep control register (8 bits).
+    sleep_control: Option<u16>,
+}
+
+/// `\_S5`'s SLP_TYPa and SLP_TYPb from the DSDT's AML: the name, then a
+/// package (PackageOp, PkgLength, NumElements) whose first two elements
+/// are integers (ZeroOp, OneOp or BytePrefix).
+fn s5_from_aml(aml: &[u8]) -> Option<(u16, u16)> {
+    let at = aml.windows(4).position(|w| w == b"_S5_")?;
+    let rest = aml.get(at + 4..)?;
+    if *rest.first()? != 0x12 {
+        return None;
+    }
+    let len_bytes = 1 + (*rest.get(1)? >> 6) as usize;
+    let mut i = 1 + len_bytes + 1;
+    let mut value = || -> Option<u16> {
+        let v = match *rest.get(i)? {
+            0x00 => 0,
+            0x01 => 1,
+            0x0a => {
+                i += 1;
+                *rest.get(i)? as u16
+            }
+            _ => return None,
+        };
+        i += 1;
+        Some(v)
+    };
+    let a = value()?;
+    let b = value().unwrap_or(a);
+    Some((a, b))
+}
+
+fn soft_off() -> Option<SoftOff> {
+    let rsdp = RSDP.load(Ordering::Relaxed);
+    // SAFETY: the RSDP address came from the loader, or the crate searches
+    // the BIOS area (below 1 MiB, identity-mapped) for one with a valid
+    // checksum; every table it leads to is checksummed before use.
+    let tables = unsafe {
+        if rsdp != 0 {
+            AcpiTables::from_rsdp(Identity, rsdp)
+        } else {
+            AcpiTables::search_for_rsdp_bios(Identity)
+        }
+    }
+    .ok()?;
+    let fadt = tables.find_table::<acpi::fadt::Fadt>().ok()?;
+    let dsdt = tables.dsdt().ok()?;
+    arch::mmu::map_device(dsdt.address as u64, dsdt.length as u64);
+    // SAFETY: the DSDT's AML, identity-mapped above, `length` bytes long
+    // (checksummed by the crate).
+    let aml = unsafe { core::slice::from_raw_parts(dsdt.address as *const u8, dsdt.length as usize) };
+    let (typ_a, typ_b) = s5_from_aml(aml)?;
+    let io = |g: acpi::address::GenericAddress| {
+        (g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0 && g.address < 0x1_0000)
+            .then_some(g.address as u16)
+    };
+    let sleep_control = fadt.sleep_control_register().ok().flatten().and_then(io);
+    let pm1a = fadt.pm1a_control_block().ok().and_then(io);
+    let pm1b = fadt.pm1b_control_block().ok().flatten().and_then(io);
+    if pm1a.is_none() && sleep_control.is_none() {
+        return None;
+    }
+    Some(SoftOff { pm1a: pm1a.unwrap_or(0), pm1b, typ_a, typ_b, sleep_control })
+}
+
+/// Enters S5 if the ACPI tables say how; returns if they do not, and may
+/// return before the machine acts on the request (QEMU stops from its main
+/// loop, and takes a shutdown before a reset asked for after it).
+pub fn power_off() {
+    let Some(s) = soft_off() else { return };
+    const SLP_EN: u16 = 1 << 13;
+    // SAFETY: the registers are the FADT's PM1 control (and sleep control)
+    // ports; writing SLP_TYP with SLP_EN is the specified way to enter
+    // S5, after which nothing runs.
+    unsafe {
+        if let Some(port) = s.sleep_control {
+            arch::cpu::outb(port, ((s.typ_a as u8 & 7) << 2) | 1 << 5);
+        }
+        if s.pm1a != 0 {
+            arch::cpu::outw(s.pm1a, (s.typ_a & 7) << 10 | SLP_EN);
+        }
+        if let Some(port) = s.pm1b {
+            arch::cpu::outw(port, (s.typ_b & 7) << 10 | SLP_EN);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_s5_packages() {
+        // Name(_S5, Package(4) {Zero, Zero, Zero, Zero}), as QEMU writes it.
+        assert_eq!(super::s5_from_aml(b"\x08_S5_\x12\x06\x04\x00\x00\x00\x00"), Some((0, 0)));
+        // Name(\_S5, Package(2) {0x07, 0x07}) with BytePrefix.
+        assert_eq!(super::s5_from_aml(b"xx\x08\\_S5_\x12\x07\x02\x0a\x07\x0a\x07"), Some((7, 7)));
+        // A method called _S5_ (not a package) is no answer.
+        assert_eq!(super::s5_from_aml(b"\x14_S5_\x00"), None);
+        assert_eq!(super::s5_from_aml(b"\x08_S5_\x12\x06"), None);
+        assert_eq!(super::s5_from_aml(b"nothing"), None);
+    }
+}
