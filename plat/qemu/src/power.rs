@@ -4,8 +4,9 @@
 //! which such machines answer by booting the image again.
 //!
 //! Nothing is read at boot (every instruction before `main` counts): the
-//! loader's RSDP address is remembered, or the BIOS area is searched when
-//! the machine is powered off. The tables are read with the `acpi` crate:
+//! loader's RSDP address (GRUB's multiboot2 copy, PVH's `rsdp_paddr`) is
+//! remembered and followed when the machine is powered off. Without one
+//! (QEMU's own PVH loader gives none) the caller's other ways remain. The tables are read with the `acpi` crate:
 //! the FADT gives the PM1 control registers (or, on hardware-reduced ACPI,
 //! the sleep control register), and the DSDT's `\_S5` package the sleep
 //! type values, read by looking for the package's name in the AML, as the
@@ -89,17 +90,15 @@ fn s5_from_aml(aml: &[u8]) -> Option<(u16, u16)> {
 
 fn soft_off() -> Option<SoftOff> {
     let rsdp = RSDP.load(Ordering::Relaxed);
-    // SAFETY: the RSDP address came from the loader, or the crate searches
-    // the BIOS area (below 1 MiB, identity-mapped) for one with a valid
-    // checksum; every table it leads to is checksummed before use.
-    let tables = unsafe {
-        if rsdp != 0 {
-            AcpiTables::from_rsdp(Identity, rsdp)
-        } else {
-            AcpiTables::search_for_rsdp_bios(Identity)
-        }
+    // No search of the BIOS area without the loader's word: its pointer
+    // to the EBDA lies in page 0, which is unmapped (and a machine booted
+    // without firmware has no tables there anyway).
+    if rsdp == 0 {
+        return None;
     }
-    .ok()?;
+    // SAFETY: the RSDP address came from the loader; the crate checks its
+    // signature and checksum, and those of every table it leads to.
+    let tables = unsafe { AcpiTables::from_rsdp(Identity, rsdp) }.ok()?;
     let fadt = tables.find_table::<acpi::fadt::Fadt>().ok()?;
     let dsdt = tables.dsdt().ok()?;
     arch::mmu::map_device(dsdt.address as u64, dsdt.length as u64);
