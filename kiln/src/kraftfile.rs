@@ -283,41 +283,61 @@ fn key_line(text: &str, key: &str) -> u64 {
         .map_or(1, |i| i as u64 + 1)
 }
 
+/// Problems found in a Kraftfile, each with its file and line: all are
+/// reported together.
+struct Problems<'a> {
+    path: &'a Path,
+    list: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, line: u64, msg: impl fmt::Display) {
+        self.list.push(format!("{}:{}: {}", self.path.display(), line, msg));
+    }
+
+    fn into_result<T>(self, value: T) -> Result<T> {
+        match self.list.len() {
+            0 => Ok(value),
+            1 => Err(anyhow::anyhow!("{}", self.list[0])),
+            n => Err(anyhow::anyhow!("{n} problems in {}:\n{}", self.path.display(), self.list.join("\n"))),
+        }
+    }
+}
+
 /// Turns a `KEY: value` map or a `KEY=value` list into pairs; `line` is where
 /// the list starts, `text` the whole file (to point at a bad entry).
 fn pairs(
-    path: &Path,
+    problems: &mut Problems,
     text: &str,
     what: &str,
     line: u64,
     p: Option<Pairs>,
-) -> Result<Vec<(String, String)>> {
+) -> Vec<(String, String)> {
     match p {
-        None => Ok(Vec::new()),
-        Some(Pairs::Map(m)) => Ok(m.into_iter().map(|(k, v)| (k, v.to_string())).collect()),
+        None => Vec::new(),
+        Some(Pairs::Map(m)) => m.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
         Some(Pairs::List(l)) => l
             .into_iter()
-            .map(|s| match s.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(at(
-                    path,
-                    line_of(text, line, &s),
-                    format!("{what} entry '{s}' is not KEY=VALUE"),
-                )),
+            .filter_map(|s| match s.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Some((k.to_string(), v.to_string())),
+                _ => {
+                    problems.add(line_of(text, line, &s), format!("{what} entry '{s}' is not KEY=VALUE"));
+                    None
+                }
             })
             .collect(),
     }
 }
 
 fn spanned_pairs(
-    path: &Path,
+    problems: &mut Problems,
     text: &str,
     what: &str,
     p: Option<Spanned<Pairs>>,
-) -> Result<Vec<(String, String)>> {
+) -> Vec<(String, String)> {
     match p {
-        None => Ok(Vec::new()),
-        Some(s) => pairs(path, text, what, s.referenced.line(), Some(s.value)),
+        None => Vec::new(),
+        Some(s) => pairs(problems, text, what, s.referenced.line(), Some(s.value)),
     }
 }
 
@@ -341,7 +361,13 @@ pub fn load(dir: &Path) -> Result<Kraftfile> {
 
 /// Parses Kraftfile text; `path` is used for messages and relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
-    let raw: Raw = serde_saphyr::from_str(text).map_err(|e| {
+    // A key given twice (three of Unikraft's catalog Kraftfiles do it):
+    // the last one counts, as in most YAML readers, and a note says so.
+    let options = serde_saphyr::Options {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins,
+        ..Default::default()
+    };
+    let raw: Raw = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let line = e.location().map(|l| l.line()).unwrap_or(0);
         // The library's message carries its own location suffix; keep the text only.
         let msg = e.to_string();
@@ -354,51 +380,62 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut notes = Vec::new();
+    let mut problems = Problems { path, list: Vec::new() };
+    for (key, first, again) in duplicate_keys(text) {
+        notes.push(format!("{}:{again}: '{key}' is given again (first on line {first}); the last one counts", path.display()));
+    }
 
     if let Some(spec) = &raw.spec {
         let v = spec.value.trim_start_matches('v');
         if !matches!(v, "0.5" | "0.6") {
-            return Err(at(
-                path,
+            problems.add(
                 spec.referenced.line(),
                 format!(
                     "unsupported spec '{}': Kiln reads Kraftfile spec v0.6 (and v0.5)",
                     spec.value
                 ),
-            ));
+            );
         }
     }
-    let mapped = unikraft_fields(path, text, &raw, &mut notes)?;
+    let mapped = unikraft_fields(&mut problems, text, &raw, &mut notes);
     let template_app = mapped.1;
 
     let name = match raw.name {
         Some(n) if valid_name(&n.value) => n.value,
         Some(n) => {
-            return Err(at(
-                path,
+            problems.add(
                 n.referenced.line(),
                 format!("name '{}' must be letters, digits, '.', '-' or '_'", n.value),
-            ))
+            );
+            String::new()
         }
-        None => return Err(at(path, 1, "missing 'name'")),
+        None => {
+            problems.add(1, "missing 'name'");
+            String::new()
+        }
     };
 
     let mut targets = Vec::new();
+    let listed_targets = raw.targets.len();
+    // Where the previous target was: an entry's own line is searched from
+    // there (locations inside a list of untagged values are the list's).
+    let mut from = key_line(text, "targets");
     for t in raw.targets {
-        let line = t.referenced.line();
+        let mut line = t.referenced.line().max(from);
+        if let RawTarget::Short(s) = &t.value {
+            line = line_of(text, line, s);
+            from = line + 1;
+        }
         let (plat, arch, kconfig) = match t.value {
             RawTarget::Short(s) => match s.split_once('/') {
                 Some((p, a)) => (p.to_string(), a.to_string(), Vec::new()),
                 None => {
-                    return Err(at(
-                        path,
-                        line,
-                        format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64"),
-                    ))
+                    problems.add(line, format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64"));
+                    continue;
                 }
             },
             RawTarget::Long(l) => {
-                let kc = pairs(path, text, "kconfig", line, l.kconfig)?;
+                let kc = pairs(&mut problems, text, "kconfig", line, l.kconfig);
                 (l.plat, l.arch, kc)
             }
         };
@@ -418,12 +455,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             line,
         });
     }
-    if targets.is_empty() {
-        return Err(at(
-            path,
-            1,
-            "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64",
-        ));
+    if listed_targets == 0 {
+        problems.add(1, "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64");
     }
 
     let cmd = match raw.cmd {
@@ -431,14 +464,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         Some(Words::Many(v)) => v,
         Some(Words::One(s)) => s.split_whitespace().map(String::from).collect(),
     };
-    let env = spanned_pairs(path, text, "env", raw.env)?;
+    let env = spanned_pairs(&mut problems, text, "env", raw.env);
     let kconfig_line = key_line(text, "kconfig");
     // The symbols Unikraft's fields map to come first: the Kraftfile's own
     // `kconfig:` has the last word.
     let kconfig = mapped
         .0
         .into_iter()
-        .chain(spanned_pairs(path, text, "kconfig", raw.kconfig)?.into_iter().map(|(k, v)| {
+        .chain(spanned_pairs(&mut problems, text, "kconfig", raw.kconfig).into_iter().map(|(k, v)| {
             let line = line_of(text, kconfig_line, &k);
             (k, v, line)
         }))
@@ -453,12 +486,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         Some(r) => {
             // Joined lexically, so `./rootfs` reads as `DIR/rootfs` in messages.
             let p: PathBuf = dir.join(&r.value).components().collect();
-            if !p.exists() {
-                return Err(at(
-                    path,
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == "Dockerfile" || name == "Containerfile" || name.ends_with(".Dockerfile") || name.ends_with(".dockerfile") {
+                problems.add(
                     r.referenced.line(),
-                    format!("rootfs '{}' does not exist", r.value),
-                ));
+                    format!(
+                        "rootfs '{}' is a Dockerfile, which Kiln does not build yet: build it into a folder (e.g. `docker build -o type=local,dest=rootfs .`, or `buildah`) and give `rootfs: ./rootfs`",
+                        r.value
+                    ),
+                );
+            } else if !p.exists() {
+                problems.add(r.referenced.line(), format!("rootfs '{}' does not exist", r.value));
             }
             Some(p)
         }
@@ -471,15 +509,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             for prog in p.value {
                 let pb = PathBuf::from(&prog);
                 if !pb.is_absolute() {
-                    return Err(at(path, line, format!("programs: '{prog}' is not an absolute path on this machine")));
-                }
-                if !pb.is_file() {
-                    return Err(at(path, line, format!("programs: {prog}: no such program on this machine")));
+                    problems.add(line_of(text, line, &prog), format!("programs: '{prog}' is not an absolute path on this machine"));
+                } else if !pb.is_file() {
+                    problems.add(line_of(text, line, &prog), format!("programs: {prog}: no such program on this machine"));
                 }
                 v.push(pb);
             }
-            if rootfs.as_ref().is_some_and(|r| !r.is_dir()) {
-                return Err(at(path, line, "programs: the rootfs is an archive; programs can only be added to a rootfs folder"));
+            if rootfs.as_ref().is_some_and(|r| r.is_file()) {
+                problems.add(line, "programs: the rootfs is an archive; programs can only be added to a rootfs folder");
             }
             (v, line)
         }
@@ -501,14 +538,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                     [a, b] => (a, b, false),
                     [a, b, "ro"] => (a, b, true),
                     [a, b, "rw"] => (a, b, false),
-                    _ => return Err(at(path, line, format!("volumes: '{s}': expected SOURCE:DESTINATION[:ro]"))),
+                    _ => {
+                        problems.add(line, format!("volumes: '{s}': expected SOURCE:DESTINATION[:ro]"));
+                        continue;
+                    }
                 };
                 Volume { source: source.into(), destination: destination.into(), driver: None, read_only, line }
             }
             RawVolume::Long(l) => Volume { source: l.source, destination: l.destination, driver: l.driver, read_only: l.read_only, line },
         });
     }
-    Ok(Kraftfile {
+    problems.into_result(Kraftfile {
         path: path.to_path_buf(),
         name,
         app_dir,
@@ -525,6 +565,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         template_app,
         app_given,
     })
+}
+
+/// Top-level keys given more than once: (key, first line, later line).
+fn duplicate_keys(text: &str) -> Vec<(String, u64, u64)> {
+    let mut seen: Vec<(&str, u64)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.starts_with([' ', '\t', '#', '-']) || l.starts_with("---") {
+            continue;
+        }
+        let Some((key, _)) = l.split_once(':') else { continue };
+        let key = key.trim();
+        if key.is_empty() || key.contains(' ') {
+            continue;
+        }
+        match seen.iter().find(|(k, _)| *k == key) {
+            Some(&(_, first)) => out.push((key.to_string(), first, i as u64 + 1)),
+            None => seen.push((key, i as u64 + 1)),
+        }
+    }
+    out
 }
 
 /// Names as Unikraft allows them (`nginx1.25`, `helloworld-rust1.75`).
@@ -561,7 +622,8 @@ fn kiln_library(lib: &str) -> Option<Option<&'static str>> {
 /// Kconfig entries they mean and the Kiln app the template or runtime stands
 /// for; what has no Kiln meaning goes into one note.
 #[allow(clippy::type_complexity)]
-fn unikraft_fields(path: &Path, text: &str, raw: &Raw, notes: &mut Vec<String>) -> Result<(Vec<(String, String, u64)>, Option<&'static str>)> {
+fn unikraft_fields(problems: &mut Problems, text: &str, raw: &Raw, notes: &mut Vec<String>) -> (Vec<(String, String, u64)>, Option<&'static str>) {
+    let path = problems.path;
     let mut kconfig = Vec::new();
     let mut left: Vec<String> = Vec::new();
     let symbols = |block: &serde_json::Value, line: u64, kconfig: &mut Vec<(String, String, u64)>, left: &mut Vec<String>| {
@@ -613,7 +675,8 @@ fn unikraft_fields(path: &Path, text: &str, raw: &Raw, notes: &mut Vec<String>) 
         // `unikraft.org/nginx:1.15` -> nginx
         let short = name.rsplit('/').next().unwrap_or(name).split(':').next().unwrap_or("");
         if field == "template" && !short.contains("elfloader") {
-            return Err(at(path, line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for")));
+            problems.add(line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for"));
+            continue;
         }
         app = Some("elfloader");
         notes.push(format!(
@@ -629,7 +692,7 @@ fn unikraft_fields(path: &Path, text: &str, raw: &Raw, notes: &mut Vec<String>) 
             left.join(", ")
         ));
     }
-    Ok((kconfig, app))
+    (kconfig, app)
 }
 
 fn scalar(v: &serde_json::Value) -> String {
@@ -643,8 +706,16 @@ fn scalar(v: &serde_json::Value) -> String {
 
 impl Kraftfile {
     /// Picks the target to build: the one matching `plat`/`arch` when given
-    /// (either may be left out), else the first one listed.
+    /// (either may be left out), else the first one Kiln can build (see
+    /// [`Kraftfile::unbuildable`] for the others).
     pub fn select_target(&self, plat: Option<&str>, arch: Option<&str>) -> Result<Target> {
+        if plat.is_none() && arch.is_none() {
+            if let Some(t) = self.targets.iter().find(|t| self.buildable(t).is_ok()) {
+                return Ok(t.clone());
+            }
+            let why: Vec<String> = self.targets.iter().filter_map(|t| self.buildable(t).err()).map(|e| e.to_string()).collect();
+            bail!("{}", why.join("\n"));
+        }
         let arch = arch.map(canonical_arch);
         let wanted_vmm = plat.and_then(vmm_of_plat);
         let matches = |t: &&Target| {
@@ -675,6 +746,12 @@ impl Kraftfile {
                 );
             }
         };
+        self.buildable(&t)?;
+        Ok(t)
+    }
+
+    /// Why Kiln cannot build a target, if it cannot.
+    fn buildable(&self, t: &Target) -> Result<()> {
         if let (Some(v), "arm64") = (&t.vmm, t.arch.as_str()) {
             return Err(at(
                 &self.path,
@@ -691,7 +768,13 @@ impl Kraftfile {
                 format!("unknown target '{t}': Kiln builds {}", ok.join(", ")),
             ));
         }
-        Ok(t)
+        Ok(())
+    }
+
+    /// The listed targets Kiln cannot build (`xen/x86_64`, `fc/arm64`...),
+    /// named for a note when another one is built.
+    pub fn unbuildable(&self) -> Vec<String> {
+        self.targets.iter().filter(|t| self.buildable(t).is_err()).map(|t| t.to_string()).collect()
     }
 }
 
@@ -791,6 +874,29 @@ targets:
     }
 
     #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = err("spec: v0.4\nname: 'a b'\ntargets:\n  - qemu\nenv:\n  - NOEQ\nkconfig: [X=y, ALSO]\ntemplate: app-wamr\nrootfs: ./none\nvolumes: ['only-one']\n");
+        for line in [
+            "Kraftfile:1: unsupported spec 'v0.4'",
+            "Kraftfile:2: name 'a b' must be",
+            "Kraftfile:4: target 'qemu' must be PLAT/ARCH",
+            "Kraftfile:6: env entry 'NOEQ' is not KEY=VALUE",
+            "Kraftfile:7: kconfig entry 'ALSO' is not KEY=VALUE",
+            "Kraftfile:8: template 'app-wamr'",
+            "Kraftfile:9: rootfs './none' does not exist",
+            "Kraftfile:10: volumes: 'only-one'",
+        ] {
+            assert!(e.contains(line), "{line} missing from:\n{e}");
+        }
+        assert!(e.starts_with("8 problems in /tmp/app/Kraftfile:\n"), "{e}");
+        assert!(err("name: x\ntargets: [qemu/x86_64]\nrootfs: ./Dockerfile\n").contains(":3: rootfs './Dockerfile' is a Dockerfile, which Kiln does not build yet"));
+        // A key given twice: the last counts, with a note.
+        let k = p("name: a\ntargets: [qemu/x86_64]\nname: b\n").unwrap();
+        assert_eq!(k.name, "b");
+        assert!(k.notes.iter().any(|n| n.contains(":3: 'name' is given again (first on line 1)")), "{:?}", k.notes);
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         assert_eq!(
             err("name: x\ntargets:\n  - qemu\n"),
@@ -803,13 +909,13 @@ targets:
             err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n")
         );
         assert!(err("name: x\n  targets: [\n").starts_with("/tmp/app/Kraftfile:"));
-        assert_eq!(err("spec: v0.4\nname: x\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.6 (and v0.5)");
+        assert_eq!(err("spec: v0.4\nname: x\ntargets: [qemu/x86_64]\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.6 (and v0.5)");
         assert_eq!(
             err("targets: [qemu/x86_64]\n"),
             "/tmp/app/Kraftfile:1: missing 'name'"
         );
         assert_eq!(
-            err("name: 'a b'\n"),
+            err("name: 'a b'\ntargets: [qemu/x86_64]\n"),
             "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '.', '-' or '_'"
         );
         assert!(err("name: x\ntargets: [qemu/x86_64]\ntemplate: app-wamr\n").starts_with("/tmp/app/Kraftfile:3: template 'app-wamr': Kiln knows only the ELF loader's"));
@@ -845,6 +951,14 @@ targets:
         let e = format!("{:#}", k.select_target(Some("fc"), None).unwrap_err());
         assert!(e.contains("Kiln runs on firecracker on x86_64 only"), "{e}");
         let e = format!("{:#}", k.select_target(Some("xen"), None).unwrap_err());
+        // Unikraft's catalog lists targets Kiln cannot build beside ones
+        // it can: the first buildable one is picked, the rest named.
+        let k = p("name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n  - qemu/arm64\n  - qemu/x86_64\n").unwrap();
+        assert_eq!(k.select_target(None, None).unwrap().to_string(), "qemu/arm64");
+        assert_eq!(k.unbuildable(), ["xen/x86_64", "firecracker/arm64"]);
+        let k = p("name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n").unwrap();
+        let all = format!("{:#}", k.select_target(None, None).unwrap_err());
+        assert!(all.contains(":3: unknown target 'xen/x86_64'") && all.contains(":4: target 'firecracker/arm64': Kiln runs on firecracker on x86_64 only"), "{all}");
         assert!(e.contains("no target matches xen/*"), "{e}");
     }
 }

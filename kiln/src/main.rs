@@ -352,6 +352,10 @@ fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Tar
         ui.note(n);
     }
     let target = kf.select_target(t.plat.as_deref(), t.arch.as_deref())?;
+    let skipped = kf.unbuildable();
+    if t.plat.is_none() && t.arch.is_none() && !skipped.is_empty() {
+        ui.note(&format!("{}: building {target}; Kiln cannot build {} (also listed)", builder::rel(&kf.path), skipped.join(", ")));
+    }
     ui.step(
         1,
         4,
