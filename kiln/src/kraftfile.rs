@@ -363,9 +363,8 @@ pub fn load(dir: &Path) -> Result<Kraftfile> {
 pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     // A key given twice (three of Unikraft's catalog Kraftfiles do it):
     // the last one counts, as in most YAML readers, and a note says so.
-    let options = serde_saphyr::Options {
+    let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins,
-        ..Default::default()
     };
     let raw: Raw = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let line = e.location().map(|l| l.line()).unwrap_or(0);
