@@ -181,7 +181,11 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
     let saved = saved_path(kf);
     if saved.is_file() {
         let text = std::fs::read_to_string(&saved)?;
-        for (k, (v, line)) in kconfig::read_config(&saved, &text)? {
+        // In file order: of several members of one choice set to y, the
+        // last one wins (set() turns the others off).
+        let mut saved_values: Vec<_> = kconfig::read_config(&saved, &text)?.into_iter().collect();
+        saved_values.sort_by_key(|(_, (_, line))| *line);
+        for (k, (v, line)) in saved_values {
             // Symbols that no longer exist are dropped, as olddefconfig does.
             if tree.get(&k).is_some() {
                 set(

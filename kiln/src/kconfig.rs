@@ -1884,6 +1884,26 @@ pub fn write_config(tree: &Tree, user: &User) -> String {
 
 /// Reads a `.config`: `CONFIG_X=v` lines and `# CONFIG_X is not set`.
 /// Returns values keyed by name without `CONFIG_`, with the line of each.
+/// A `.config`'s values (from [`read_config`]) as user values. When
+/// several members of one choice are `y`, the one latest in the file is
+/// the selection, as in kconfiglib (the others become `n`).
+pub fn user_from_config(tree: &Tree, values: BTreeMap<String, (String, u64)>) -> User {
+    let mut in_order: Vec<(String, String, u64)> = values.into_iter().map(|(k, (v, l))| (k, v, l)).collect();
+    in_order.sort_by_key(|e| e.2);
+    let mut user = User::new();
+    for (k, v, _) in in_order {
+        if v == "y" {
+            if let Some(c) = tree.get(&k).and_then(|s| s.choice) {
+                for &m in &tree.choices[c].members {
+                    user.insert(tree.syms[m].name.clone(), "n".into());
+                }
+            }
+        }
+        user.insert(k, v);
+    }
+    user
+}
+
 pub fn read_config(path: &Path, text: &str) -> Result<BTreeMap<String, (String, u64)>> {
     let mut out = BTreeMap::new();
     for (i, l) in text.lines().enumerate() {
@@ -2081,6 +2101,13 @@ config CMP
         let back = read_config(Path::new(".config"), &text).unwrap();
         let user: BTreeMap<String, String> = back.into_iter().map(|(k, (v, _))| (k, v)).collect();
         assert_eq!(resolve(&t, &user), x);
+        // Two members of one choice set to y: the later line wins, whatever
+        // the names' order.
+        for (text, want) in [("CONFIG_B=y\nCONFIG_P2=y\nCONFIG_P1=y\n", "P1"), ("CONFIG_B=y\nCONFIG_P1=y\nCONFIG_P2=y\n", "P2")] {
+            let user = user_from_config(&t, read_config(Path::new(".config"), text).unwrap());
+            let x = resolve(&t, &user);
+            assert_eq!(v(&x, want).as_deref(), Some("y"), "{text}");
+        }
     }
 
     /// Where a test writes its Kconfig file: a scratch folder of its own.

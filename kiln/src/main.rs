@@ -435,10 +435,7 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     if let Some(c) = &a.config {
         let text =
             std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
-        user = kconfig::read_config(c, &text)?
-            .into_iter()
-            .map(|(k, (v, _))| (k, v))
-            .collect();
+        user = kconfig::user_from_config(&tree, kconfig::read_config(c, &text)?);
     }
     let eval = kconfig::Eval::new(&tree, &user);
     let out = if a.savedefconfig {
