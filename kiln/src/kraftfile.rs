@@ -148,6 +148,27 @@ struct Raw {
     libraries: Option<serde_json::Value>,
     template: Option<serde_json::Value>,
     volumes: Option<Spanned<Vec<Spanned<RawVolume>>>>,
+    /// Kiln extension: named boot-command sets (`kiln run --boot NAME`).
+    boot: Option<std::collections::BTreeMap<String, RawBoot>>,
+}
+
+/// A `boot:` entry: the command line and environment of one boot set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoot {
+    cmd: Option<Words>,
+    env: Option<Pairs>,
+}
+
+/// A named boot-command set (the Kraftfile's `boot:`, after OSv's
+/// `config_set`): its own command line (replacing `cmd` when given) and
+/// environment (added over `env`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSet {
+    pub name: String,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub line: u64,
 }
 
 /// A `volumes:` entry: `SOURCE:DESTINATION[:ro]`, or the long form.
@@ -257,6 +278,8 @@ pub struct Kraftfile {
     pub template_app: Option<&'static str>,
     /// Whether `app:` was given.
     pub app_given: bool,
+    /// Named boot-command sets; `cmd` and `env` are the default one.
+    pub boot: Vec<BootSet>,
 }
 
 /// A message located in a file, printed as `file:line: message`.
@@ -547,6 +570,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             RawVolume::Long(l) => Volume { source: l.source, destination: l.destination, driver: l.driver, read_only: l.read_only, line },
         });
     }
+    let boot_line = key_line(text, "boot");
+    let mut boot = Vec::new();
+    for (name, b) in raw.boot.unwrap_or_default() {
+        let line = line_of(text, boot_line, &format!("{name}:"));
+        if name == "default" || name == "help" || !valid_name(&name) {
+            problems.add(line, format!("boot: '{name}' cannot name a set (`default` is the top-level cmd and env; `help` lists the sets; use letters, digits, '.', '-', '_')"));
+            continue;
+        }
+        let cmd = b.cmd.map(|w| match w {
+            Words::Many(v) => v,
+            Words::One(s) => s.split_whitespace().map(String::from).collect(),
+        });
+        let env = pairs(&mut problems, text, "env", line, b.env);
+        boot.push(BootSet { name, cmd, env, line });
+    }
     problems.into_result(Kraftfile {
         path: path.to_path_buf(),
         name,
@@ -563,6 +601,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         notes,
         template_app,
         app_given,
+        boot,
     })
 }
 
@@ -704,6 +743,53 @@ fn scalar(v: &serde_json::Value) -> String {
 }
 
 impl Kraftfile {
+    /// The command line and environment of the named boot sets, applied
+    /// left to right over the default (`cmd`, `env`): each set's `env` adds
+    /// to (or overrides) the variables so far, and its `cmd`, when given,
+    /// replaces the command line. `default` names the Kraftfile's own.
+    pub fn boot_with(&self, names: &[String]) -> Result<(Vec<String>, Vec<(String, String)>)> {
+        let (mut cmd, mut env) = (self.cmd.clone(), self.env.clone());
+        for n in names {
+            if n == "default" {
+                continue;
+            }
+            let Some(b) = self.boot.iter().find(|b| &b.name == n) else {
+                bail!("--boot {n}: {} has no such boot set ({}); `--boot help` lists them", self.path.display(), self.boot_names().join(", "));
+            };
+            if let Some(c) = &b.cmd {
+                cmd = c.clone();
+            }
+            for (k, v) in &b.env {
+                env.retain(|(ek, _)| ek != k);
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        Ok((cmd, env))
+    }
+
+    /// Every boot set's name, `default` first.
+    pub fn boot_names(&self) -> Vec<String> {
+        std::iter::once("default".to_string()).chain(self.boot.iter().map(|b| b.name.clone())).collect()
+    }
+
+    /// `--boot help`: each set with its command line and environment.
+    pub fn boot_listing(&self) -> String {
+        let show = |cmd: &[String], env: &[(String, String)]| {
+            let mut s = format!("cmd: {}", if cmd.is_empty() { "(none)".to_string() } else { cmd.join(" ") });
+            if !env.is_empty() {
+                s.push_str("; env: ");
+                s.push_str(&env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+            }
+            s
+        };
+        let mut out = format!("Boot sets of {} (kiln run --boot NAME, repeatable):\n  default  {}\n", self.path.display(), show(&self.cmd, &self.env));
+        for b in &self.boot {
+            let (cmd, env) = self.boot_with(std::slice::from_ref(&b.name)).unwrap_or_default();
+            out.push_str(&format!("  {}  {}\n", b.name, show(&cmd, &env)));
+        }
+        out
+    }
+
     /// Picks the target to build: the one matching `plat`/`arch` when given
     /// (either may be left out), else the first one Kiln can build (see
     /// [`Kraftfile::unbuildable`] for the others).
@@ -870,6 +956,24 @@ targets:
         assert_eq!(k.cmd, ["-v", "--port", "80"]);
         assert_eq!(k.app_dir, Path::new("/tmp/app/../src"));
         assert_eq!(k.targets[0].arch, "x86_64");
+    }
+
+    #[test]
+    fn boot_sets() {
+        let k = p("name: x\ntargets: [qemu/x86_64]\ncmd: [serve, /www]\nenv: {LOG: info, PORT: 80}\nboot:\n  debug:\n    env: {LOG: debug}\n  bench:\n    cmd: serve --no-log /www\n").unwrap();
+        assert_eq!(k.boot_names(), ["default", "bench", "debug"]);
+        let (cmd, env) = k.boot_with(&["debug".into()]).unwrap();
+        assert_eq!(cmd, ["serve", "/www"]);
+        assert_eq!(env, [("PORT".to_string(), "80".to_string()), ("LOG".to_string(), "debug".to_string())]);
+        let (cmd, env) = k.boot_with(&["debug".into(), "bench".into()]).unwrap();
+        assert_eq!(cmd, ["serve", "--no-log", "/www"]);
+        assert!(env.contains(&("LOG".to_string(), "debug".to_string())));
+        assert_eq!(k.boot_with(&[]).unwrap(), (k.cmd.clone(), k.env.clone()));
+        let e = format!("{:#}", k.boot_with(&["nope".into()]).unwrap_err());
+        assert!(e.contains("--boot nope") && e.contains("default, bench, debug"), "{e}");
+        assert!(k.boot_listing().contains("  debug  cmd: serve /www; env: PORT=80 LOG=debug\n"), "{}", k.boot_listing());
+        let e = err("name: x\ntargets: [qemu/x86_64]\nboot:\n  default:\n    cmd: a\n  ok:\n    env: [BAD]\n");
+        assert!(e.contains(":4: boot: 'default' cannot name a set") && e.contains(":7: env entry 'BAD' is not KEY=VALUE"), "{e}");
     }
 
     #[test]

@@ -121,6 +121,9 @@ struct PkgArgs {
     /// The image's tag
     #[arg(long, default_value = "latest")]
     tag: String,
+    /// Pack the Kraftfile's boot set NAME instead of the default (repeatable)
+    #[arg(long = "boot", value_name = "NAME")]
+    boot: Vec<String>,
     /// libvirt: guest memory
     #[arg(long = "memory", short = 'M', default_value = "64M")]
     memory: String,
@@ -304,6 +307,9 @@ struct RunArgs {
     /// Environment variable for the app (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Boot with the Kraftfile's boot set NAME (its `boot:`; repeatable, applied left to right; `help` lists them)
+    #[arg(long = "boot", value_name = "NAME")]
+    boot: Vec<String>,
     /// Boot this kernel image instead of building the app
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
@@ -462,7 +468,9 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
 
 fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     let ui = Ui { quiet: a.target.quiet };
-    let (kf, target) = load(&a.target, &ui)?;
+    let (mut kf, target) = load(&a.target, &ui)?;
+    // A package records one command line: the default set, or --boot's.
+    (kf.cmd, kf.env) = kf.boot_with(&a.boot)?;
     if target.plat != "qemu" {
         anyhow::bail!("kiln pkg: the {target} target boots on a board, not under a VMM; package the qemu/{} target", target.arch);
     }
@@ -602,6 +610,9 @@ fn run(a: &RunArgs) -> Result<i32> {
     let target_name: String;
     let mut vmm_kind = a.vmm;
     let (kernel, arch, cmd) = match &a.kernel {
+        Some(_) if !a.boot.is_empty() => {
+            anyhow::bail!("--boot names a set of the app's Kraftfile; with --kernel, give the arguments after -- and the environment with -e");
+        }
         Some(k) => {
             if !k.is_file() {
                 anyhow::bail!("{}: no such kernel image", k.display());
@@ -613,6 +624,11 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
         None => {
             let (mut kf, target) = load(&a.target, &ui)?;
+            if a.boot.iter().any(|b| b == "help") {
+                print!("{}", kf.boot_listing());
+                return Ok(0);
+            }
+            (kf.cmd, kf.env) = kf.boot_with(&a.boot)?;
             // The Kraftfile's volumes, then -v's; any volume brings the
             // disk file system into the kernel.
             let mut all = volume::from_kraftfile(&kf)?;

@@ -865,3 +865,33 @@ fn build_recompiles_exactly_when_the_configuration_changes() {
     assert!(manifest.contains("opt-level = 3\n"), "{manifest}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Boot-command sets (the Kraftfile's `boot:`, after OSv's `config_set`):
+/// `--boot NAME` picks one, several apply left to right, `--boot help`
+/// lists them without booting, an unknown name is refused with the list.
+#[test]
+fn boot_sets_pick_the_command_line_and_environment() {
+    let d = temp_app(&format!(
+        "spec: v0.6\nname: bootsets\napp: {}\ntargets: [qemu/x86_64]\ncmd: [env, MODE]\nenv:\n  MODE: normal\nboot:\n  debug:\n    env:\n      MODE: debug\n  quit:\n    cmd: exit 7\n",
+        root().join("apps/crashtest").display()
+    ));
+    let dir = d.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = kiln();
+        c.args(["run", "-q"]).args(extra).arg(dir);
+        output(run_with_limit(c, Duration::from_secs(300)))
+    };
+    // crashtest prints its request, then the variable.
+    let r = run(&[]);
+    assert_eq!((r.code, r.stdout.lines().last()), (0, Some("MODE=normal")), "{}", r.stderr);
+    let r = run(&["--boot", "debug"]);
+    assert_eq!((r.code, r.stdout.lines().last()), (0, Some("MODE=debug")), "{}", r.stderr);
+    let r = run(&["--boot", "debug", "--boot", "quit"]);
+    assert_eq!(r.code, 7, "{}{}", r.stdout, r.stderr);
+    let r = run(&["--boot", "help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("  default  cmd: env MODE; env: MODE=normal\n") && r.stdout.contains("  quit  cmd: exit 7; env: MODE=normal\n"), "{}", r.stdout);
+    let e = kiln_error(&["run", "--boot", "fast", dir]);
+    assert!(e.contains("--boot fast") && e.contains("default, debug, quit"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}
