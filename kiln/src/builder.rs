@@ -341,8 +341,8 @@ opt-level = {opt}
 lto = true
 codegen-units = 1
 panic = "abort"
-debug = false
-strip = {strip}
+debug = "line-tables-only"
+strip = false
 
 [profile.dev]
 panic = "abort"
@@ -353,7 +353,6 @@ panic = "abort"
         } else {
             "3"
         },
-        strip = !cfg.on("BUILD_DEBUG_SYMBOLS"),
     );
     // A platform may lay the kernel out itself (its RAM starts elsewhere).
     let plat_linker = home
@@ -399,7 +398,15 @@ static BOOT: kiln_boot::BootConfig = kiln_boot::BootConfig {{
 /// Called by the platform once the CPU is up.
 #[no_mangle]
 pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
-{configure}    kiln_boot::start(info, &BOOT, &HEAP, LIBS, {name:?}, app::main)
+{configure}    kiln_boot::start(info, &BOOT, &HEAP, LIBS, {name:?}, main)
+}}
+
+/// The app's `main`, kept a function of its own under the symbol `main`
+/// (LTO would otherwise inline it out of sight): `break main` in gdb.
+#[no_mangle]
+#[inline(never)]
+fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {{
+    app::main(args, env)
 }}
 "#,
         name = kf.name,
@@ -433,6 +440,34 @@ pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
     write_if_changed(&dir.join("build.rs"), &build_rs)?;
     write_if_changed(&dir.join("src").join("main.rs"), &main_rs)?;
     Ok(crate_name)
+}
+
+/// The kernel ELF as loaders need it: everything up to the end of the last
+/// segment's file data, with no section headers (so no symbol table).
+/// Every loader Kiln's kernels meet (QEMU's, Firecracker's and
+/// cloud-hypervisor's PVH loaders, GRUB's multiboot2 loader) reads program
+/// headers only. The full ELF stays beside the image as `NAME.elf`.
+pub fn strip_to_segments(elf: &[u8]) -> Result<Vec<u8>> {
+    let e = goblin::elf::Elf::parse(elf).map_err(|e| anyhow::anyhow!("not an ELF file: {e}"))?;
+    if !e.is_64 || !e.little_endian {
+        bail!("not a little-endian ELF64 file");
+    }
+    let headers_end = e.header.e_phoff + e.header.e_phnum as u64 * e.header.e_phentsize as u64;
+    let end = e
+        .program_headers
+        .iter()
+        .map(|p| p.p_offset + p.p_filesz)
+        .chain([headers_end])
+        .max()
+        .unwrap_or(0) as usize;
+    if end > elf.len() {
+        bail!("a segment runs past the end of the file");
+    }
+    let mut out = elf[..end].to_vec();
+    // e_shoff (8 bytes at 0x28), e_shnum and e_shstrndx (2 bytes at 0x3c, 0x3e).
+    out[0x28..0x30].fill(0);
+    out[0x3c..0x40].fill(0);
+    Ok(out)
 }
 
 /// The raw image of an ELF64 (little-endian) kernel: its loadable
@@ -556,7 +591,7 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         // would need a self-relocating loader for no benefit.
         .args([
             "--config",
-            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\"{}]", SOFT_CRYPTO.iter().map(|f| format!(", {f}")).collect::<String>()),
+            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\", \"-Cforce-unwind-tables=no\"{}]", SOFT_CRYPTO.iter().map(|f| format!(", {f}")).collect::<String>()),
         ])
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -630,8 +665,16 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         std::fs::copy(&built, paths.kernel.with_extension("elf"))
             .with_context(|| format!("copying {}", built.display()))?;
     } else {
-        std::fs::copy(&built, &tmp)
-            .with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
+        // The ELF with its symbol table stays beside the image (for gdb
+        // and for symbolizing fault reports); the image is cut to what
+        // loaders read, unless BUILD_DEBUG_SYMBOLS keeps the symbols in.
+        let elf = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+        let image = if cfg.on("BUILD_DEBUG_SYMBOLS") { elf.clone() } else { strip_to_segments(&elf).with_context(|| format!("{}: stripping", built.display()))? };
+        std::fs::write(&tmp, image).with_context(|| format!("writing {}", tmp.display()))?;
+        let elf_path = paths.kernel.with_extension("elf");
+        let elf_tmp = paths.kernel.with_extension(format!("elf-tmp{}", std::process::id()));
+        std::fs::write(&elf_tmp, &elf).with_context(|| format!("writing {}", elf_tmp.display()))?;
+        std::fs::rename(&elf_tmp, &elf_path).with_context(|| format!("writing {}", elf_path.display()))?;
     }
     std::fs::rename(&tmp, &paths.kernel)
         .with_context(|| format!("writing {}", paths.kernel.display()))?;

@@ -313,6 +313,9 @@ struct RunArgs {
     /// Boot this kernel image instead of building the app
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// Start the guest stopped, waiting for gdb on this port (default 1234); prints the gdb command (QEMU, under TCG unless --accel kvm)
+    #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "1234")]
+    gdb: Option<u16>,
     /// Run in the background as an instance (see kiln ps, logs, stop, rm)
     #[arg(long, short = 'd')]
     detach: bool,
@@ -672,6 +675,14 @@ fn run(a: &RunArgs) -> Result<i32> {
 
     let vmm_kind = vmm_kind.unwrap_or_default();
     let native = arch == std::env::consts::ARCH.replace("aarch64", "arm64");
+    if a.gdb.is_some() {
+        if vmm_kind != vmm::Kind::Qemu {
+            anyhow::bail!("--gdb: {} has no gdb stub in the builds Kiln runs; debug on QEMU (leave out --vmm)", vmm_kind.name());
+        }
+        if a.detach {
+            anyhow::bail!("--gdb runs in the foreground (leave out -d)");
+        }
+    }
     let kvm = match (a.accel, a.no_kvm) {
         // Firecracker and cloud-hypervisor have no emulator.
         (vmm::Accel::Tcg, _) | (_, true) if vmm_kind != vmm::Kind::Qemu => {
@@ -684,6 +695,8 @@ fn run(a: &RunArgs) -> Result<i32> {
             true
         }
         (vmm::Accel::Tcg, _) | (_, true) => false,
+        // Software breakpoints and single steps are exact under TCG.
+        (vmm::Accel::Auto, false) if a.gdb.is_some() => false,
         (vmm::Accel::Kvm, false) => {
             if !native {
                 anyhow::bail!("--accel kvm: KVM runs only {} guests on this host, not {arch}; leave --accel out to use TCG", std::env::consts::ARCH);
@@ -808,7 +821,17 @@ fn run(a: &RunArgs) -> Result<i32> {
         tap: None,
         detached: None,
         volumes,
+        gdb: a.gdb,
     };
+    if let Some(port) = a.gdb {
+        // The ELF with symbols beside the image (or the image itself).
+        let elf = spec.kernel.with_extension("elf");
+        let elf = if elf.is_file() { elf } else { spec.kernel.clone() };
+        let gdb = if arch == "arm64" { "gdb-multiarch" } else { "gdb" };
+        eprintln!("kiln: the guest is stopped before its first instruction, waiting for gdb on port {port}:");
+        // The link crate keeps the app's entry as the symbol `main`.
+        eprintln!("kiln:   {gdb} -ex 'target remote localhost:{port}' -ex 'break main' -ex continue {}", builder::rel(&elf));
+    }
     // What the VMM cannot boot is refused before anything is made for it.
     spec.vmm.vmm().check(&spec)?;
     // A VMM without a user network gets a tap device of Kiln's.

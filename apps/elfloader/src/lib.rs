@@ -173,6 +173,13 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
         interp_base = iprog.span().0.wrapping_add(ibias);
         entry = iprog.entry.wrapping_add(ibias);
     }
+    // Where it went, for a debugger: `add-symbol-file PROGRAM -o BIAS` in
+    // gdb gives the program's symbols at their load addresses.
+    kiln_console::log!(
+        kiln_console::Level::Info,
+        "elfloader: {path} loaded with bias {bias:#x}{}",
+        if interp_base != 0 { alloc::format!(", its loader at {interp_base:#x}") } else { String::new() }
+    );
     let aux = AuxInfo {
         phdr: prog.phdr_vaddr.wrapping_add(bias),
         phent: prog.phent as u64,

@@ -111,6 +111,8 @@ pub struct RunSpec {
     pub detached: Option<PathBuf>,
     /// Volumes: each image becomes a virtio-blk disk (see `volume`).
     pub volumes: Vec<crate::volume::Mount>,
+    /// QEMU's gdb stub on this port, the guest stopped until gdb continues it.
+    pub gdb: Option<u16>,
 }
 
 /// `-p HOST:GUEST[/tcp|udp]`.
@@ -685,6 +687,7 @@ mod tests {
             tap: None,
             detached: None,
             volumes: Vec::new(),
+            gdb: None,
         }
     }
 

@@ -149,6 +149,10 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         "none",
         "-no-reboot",
     ]);
+    // gdb: the stub on a loopback port, the CPU stopped until gdb says go.
+    if let Some(port) = spec.gdb {
+        c.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
+    }
     // One stdio chardev for the serial console and QEMU's monitor (Ctrl-A C),
     // with Ctrl-C still stopping QEMU.
     match dir {
