@@ -443,7 +443,8 @@ fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {{
 }
 
 /// The kernel ELF as loaders need it: everything up to the end of the last
-/// segment's file data, with no section headers (so no symbol table).
+/// segment's file data, and a section header table with only its null
+/// entry (so no symbol table).
 /// Every loader Kiln's kernels meet (QEMU's, Firecracker's and
 /// cloud-hypervisor's PVH loaders, GRUB's multiboot2 loader) reads program
 /// headers only. The full ELF stays beside the image as `NAME.elf`.
@@ -463,10 +464,18 @@ pub fn strip_to_segments(elf: &[u8]) -> Result<Vec<u8>> {
     if end > elf.len() {
         bail!("a segment runs past the end of the file");
     }
+    // A section header table of one null entry: GRUB refuses a multiboot
+    // ELF without one (e_shoff 0).
     let mut out = elf[..end].to_vec();
-    // e_shoff (8 bytes at 0x28), e_shnum and e_shstrndx (2 bytes at 0x3c, 0x3e).
-    out[0x28..0x30].fill(0);
-    out[0x3c..0x40].fill(0);
+    out.resize(end.next_multiple_of(8), 0);
+    let shoff = out.len() as u64;
+    out.extend_from_slice(&[0u8; 64]);
+    // e_shoff (8 bytes at 0x28); e_shentsize, e_shnum, e_shstrndx (2 bytes
+    // each at 0x3a, 0x3c, 0x3e).
+    out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+    out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    out[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes());
+    out[0x3e..0x40].fill(0);
     Ok(out)
 }
 
