@@ -621,10 +621,22 @@ impl Tree {
                     let n = self.push(parent, node);
                     self.build(cur, &i.entries, n)?;
                 }
-                Entry::Source(s) => {
-                    let line = self.locate(cur, &["source"]);
+                // `rsource` (relative to this file's folder), `osource` and
+                // `orsource` (optional: nothing when the file is missing),
+                // as Zephyr's and ESP-IDF's trees use them.
+                Entry::Source(s) | Entry::RSource(s) | Entry::OSource(s) | Entry::OrSource(s) => {
+                    let optional = matches!(e, Entry::OSource(_) | Entry::OrSource(_));
+                    let line = self.locate(cur, &["source", "rsource", "osource", "orsource"]);
                     for k in &s.kconfigs {
-                        let file = cur.root.join(&k.file);
+                        let mut file = cur.root.join(&k.file);
+                        if !file.is_file() {
+                            if let Some(here) = cur.file.parent().map(|d| d.join(&k.file)).filter(|f| f.is_file()) {
+                                file = here;
+                            }
+                        }
+                        if !file.is_file() && optional {
+                            continue;
+                        }
                         if !file.is_file() {
                             bail!(
                                 "{}:{line}: sourced file {} not found",
@@ -1027,7 +1039,12 @@ fn check_sources(
     }
     for (n, l) in text.lines().enumerate() {
         let t = l.trim_start();
-        let Some(rest) = t.strip_prefix("source") else { continue };
+        let Some((kind, rest)) = ["source", "rsource", "osource", "orsource"]
+            .iter()
+            .find_map(|k| t.strip_prefix(k).map(|r| (*k, r)))
+        else {
+            continue;
+        };
         if !rest.starts_with([' ', '\t']) {
             continue;
         }
@@ -1037,7 +1054,11 @@ fn check_sources(
                 path = path.replace(&format!("$({k})"), v).replace(&format!("${{{k}}}"), v);
             }
         }
-        let target = root.join(&path);
+        let target = if kind.starts_with('r') || kind.starts_with("or") {
+            file.parent().unwrap_or(root).join(&path)
+        } else {
+            root.join(&path)
+        };
         let same = |a: &Path| {
             let (x, y) = (std::fs::canonicalize(a).ok(), std::fs::canonicalize(&target).ok());
             x.is_some() && x == y
@@ -1046,7 +1067,7 @@ fn check_sources(
             let mut loop_: Vec<String> = chain.iter().map(|(f, l)| format!("{}:{l}", f.display())).collect();
             loop_.push(format!("{}:{}", file.display(), n + 1));
             bail!(
-                "{}:{}: `source \"{path}\"` makes a loop: {} sources itself ({})",
+                "{}:{}: `{kind} \"{path}\"` makes a loop: {} sources itself ({})",
                 file.display(),
                 n + 1,
                 target.display(),
@@ -2135,6 +2156,24 @@ config CMP
         std::fs::write(d.join("Kconfig.sub"), include_bytes!("../../fuzz/regressions/kconfig/unterminated-string")).unwrap();
         let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
         assert!(e.contains("Kconfig syntax error") && e.contains(&p.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn relative_and_optional_sources() {
+        let p = scratch("rsource");
+        let d = p.parent().unwrap();
+        std::fs::create_dir_all(d.join("sub/inner")).unwrap();
+        std::fs::write(d.join("sub/Kconfig"), "config B\n\tbool \"b\"\n\tdefault y\nrsource \"inner/Kconfig\"\n").unwrap();
+        std::fs::write(d.join("sub/inner/Kconfig"), "config C\n\tbool \"c\"\n\tdefault y\n").unwrap();
+        std::fs::write(&p, "config A\n\tbool \"a\"\nrsource \"sub/Kconfig\"\nosource \"missing/Kconfig\"\norsource \"gone/Kconfig\"\n").unwrap();
+        let t = Tree::load_file(&p).unwrap();
+        for name in ["A", "B", "C"] {
+            assert!(t.get(name).is_some(), "{name}");
+        }
+        // rsource loops are found as source loops are.
+        std::fs::write(d.join("sub/inner/Kconfig"), "config C\n\tbool \"c\"\nrsource \"../Kconfig\"\n").unwrap();
+        let e = format!("{:#}", Tree::load_file(&p).unwrap_err());
+        assert!(e.contains("inner/Kconfig:3: `rsource \"../Kconfig\"` makes a loop"), "{e}");
     }
 
     #[test]
