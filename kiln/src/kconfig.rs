@@ -626,7 +626,13 @@ impl Tree {
                 // as Zephyr's and ESP-IDF's trees use them.
                 Entry::Source(s) | Entry::RSource(s) | Entry::OSource(s) | Entry::OrSource(s) => {
                     let optional = matches!(e, Entry::OSource(_) | Entry::OrSource(_));
-                    let line = self.locate(cur, &["source", "rsource", "osource", "orsource"]);
+                    let keyword = match e {
+                        Entry::RSource(_) => "rsource",
+                        Entry::OSource(_) => "osource",
+                        Entry::OrSource(_) => "orsource",
+                        _ => "source",
+                    };
+                    let line = self.locate(cur, &[keyword]);
                     for k in &s.kconfigs {
                         let mut file = cur.root.join(&k.file);
                         if !file.is_file() {
