@@ -386,8 +386,12 @@ pub fn load(dir: &Path) -> Result<Kraftfile> {
 pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     // A key given twice (three of Unikraft's catalog Kraftfiles do it):
     // the last one counts, as in most YAML readers, and a note says so.
-    let options = serde_saphyr::options! {
+    // (A struct literal rather than 0.0.29's `options!` macro: the fuzz
+    // crate's lock holds an older serde-saphyr.)
+    #[allow(deprecated)]
+    let options = serde_saphyr::Options {
         duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins,
+        ..Default::default()
     };
     let raw: Raw = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let line = e.location().map(|l| l.line()).unwrap_or(0);

@@ -1057,6 +1057,31 @@ mod tests {
 /// no other way to learn it.
 #[cfg(target_arch = "x86_64")]
 fn host_tsc_hz() -> Option<u64> {
+    // Measured once per host boot (10 ms of every run otherwise): the
+    // rate is remembered beside the instances' state with the kernel's
+    // boot ID, which changes when the host reboots.
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot_id = boot_id.trim();
+    let cache = instance::state_dir().with_file_name("tsc_hz");
+    if let Some(hz) = std::fs::read_to_string(&cache).ok().and_then(|t| {
+        let (id, hz) = t.trim().split_once(' ')?;
+        (id == boot_id).then(|| hz.parse().ok()).flatten()
+    }) {
+        return Some(hz);
+    }
+    let hz = measure_tsc_hz()?;
+    if let Some(dir) = cache.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{boot_id} {hz}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, &cache);
+        }
+    }
+    Some(hz)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_tsc_hz() -> Option<u64> {
     // SAFETY: rdtsc only reads the counter.
     let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
     let (t0, c0) = (std::time::Instant::now(), tsc());

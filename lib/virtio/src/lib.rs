@@ -15,6 +15,7 @@ use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 use virtio_drivers::transport::pci::virtio_device_type;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};

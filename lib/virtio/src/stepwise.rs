@@ -54,6 +54,7 @@ impl<T> Stepwise<T> {
 
     /// Wraps a virtio PCI transport whose MSI-X table is enabled: its
     /// queues get vector 0 when the driver finishes.
+    #[cfg_attr(not(all(target_arch = "x86_64", target_os = "none")), allow(dead_code))]
     pub(crate) fn with_msix(inner: T, common: crate::msix::CommonCfg) -> Self {
         Stepwise { inner, msix: Some(common) }
     }
