@@ -1,4 +1,7 @@
-//! The Kraftfile: Unikraft's app description (spec v0.6), as Kiln reads it.
+//! The Kraftfile: Unikraft's app description (spec v0.5, v0.6 and v0.7), as
+//! Kiln reads it. v0.7 (the `unikraft` CLI's) adds a long `rootfs:` form
+//! (`source: {path, type, dockerfile}`, `format`), `roms:`, and splits a
+//! string `cmd` as a shell would; Kiln reads all three.
 //!
 //! Supported: `spec`, `name`, `targets`, `cmd`, `env`, `kconfig`, `rootfs`,
 //! and Kiln's `ports` and `programs`.
@@ -129,6 +132,7 @@ struct LongTarget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    #[serde(alias = "specification")]
     spec: Option<Spanned<String>>,
     name: Option<Spanned<String>>,
     app: Option<String>,
@@ -137,7 +141,13 @@ struct Raw {
     cmd: Option<Words>,
     env: Option<Spanned<Pairs>>,
     kconfig: Option<Spanned<Pairs>>,
-    rootfs: Option<Spanned<String>>,
+    rootfs: Option<Spanned<RawRootfs>>,
+    /// v0.7: more read-only file systems beside the rootfs.
+    roms: Option<Spanned<serde_json::Value>>,
+    /// Image labels (metadata only here).
+    labels: Option<serde_json::Value>,
+    /// Unikraft's output folder: Kiln writes to `.kiln/`.
+    outdir: Option<Spanned<String>>,
     /// Kiln extension: host programs copied into the rootfs at build time,
     /// with their libraries and loader (as `kiln rootfs add` does).
     programs: Option<Spanned<Vec<String>>>,
@@ -150,6 +160,14 @@ struct Raw {
     volumes: Option<Spanned<Vec<Spanned<RawVolume>>>>,
     /// Kiln extension: named boot-command sets (`kiln run --boot NAME`).
     boot: Option<std::collections::BTreeMap<String, RawBoot>>,
+}
+
+/// `rootfs:`: a path (v0.5-v0.7), or v0.7's long form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawRootfs {
+    Short(String),
+    Long(serde_json::Value),
 }
 
 /// A `boot:` entry: the command line and environment of one boot set.
@@ -413,11 +431,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
 
     if let Some(spec) = &raw.spec {
         let v = spec.value.trim_start_matches('v');
-        if !matches!(v, "0.5" | "0.6") {
+        if !matches!(v, "0.5" | "0.6" | "0.7") {
             problems.add(
                 spec.referenced.line(),
                 format!(
-                    "unsupported spec '{}': Kiln reads Kraftfile spec v0.6 (and v0.5)",
+                    "unsupported spec '{}': Kiln reads Kraftfile spec v0.5, v0.6 and v0.7",
                     spec.value
                 ),
             );
@@ -510,23 +528,62 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     let rootfs = match raw.rootfs {
         None => None,
         Some(r) => {
+            // A long form's location is its first inner line: name `rootfs:`'s.
+            let line = match r.value {
+                RawRootfs::Short(_) => r.referenced.line(),
+                RawRootfs::Long(_) => key_line(text, "rootfs"),
+            };
+            // v0.7's long form: `source:` a path (with a `type:` beside it,
+            // the older way) or `{path, type, dockerfile}`, and `format:`.
+            let (value, kind, dockerfile) = match r.value {
+                RawRootfs::Short(v) => (v, None, None),
+                RawRootfs::Long(v) => {
+                    let src = &v["source"];
+                    let source = src.as_str().or_else(|| src["path"].as_str()).unwrap_or("").to_string();
+                    let kind = src["type"].as_str().or_else(|| v["type"].as_str()).map(str::to_string);
+                    let dockerfile = src["dockerfile"].as_str().map(str::to_string);
+                    match v["format"].as_str() {
+                        None | Some("cpio") => {}
+                        Some(f) => notes.push(format!("{}:{line}: rootfs format '{f}': Kiln packs the rootfs as cpio (embedded in the kernel)", path.display())),
+                    }
+                    if source.is_empty() {
+                        problems.add(line, "rootfs: the long form needs `source:` (a path, or `{path: ..., type: ...}`)");
+                    }
+                    (source, kind, dockerfile)
+                }
+            };
             // Joined lexically, so `./rootfs` reads as `DIR/rootfs` in messages.
-            let p: PathBuf = dir.join(&r.value).components().collect();
+            let p: PathBuf = dir.join(&value).components().collect();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name == "Dockerfile" || name == "Containerfile" || name.ends_with(".Dockerfile") || name.ends_with(".dockerfile") {
+            let is_dockerfile = dockerfile.is_some()
+                || kind.as_deref() == Some("dockerfile")
+                || name == "Dockerfile"
+                || name == "Containerfile"
+                || name.ends_with(".Dockerfile")
+                || name.ends_with(".dockerfile");
+            if is_dockerfile {
                 problems.add(
-                    r.referenced.line(),
+                    line,
                     format!(
                         "rootfs '{}' is a Dockerfile, which Kiln does not build yet: build it into a folder (e.g. `docker build -o type=local,dest=rootfs .`, or `buildah`) and give `rootfs: ./rootfs`",
-                        r.value
+                        dockerfile.as_deref().unwrap_or(&value)
                     ),
                 );
-            } else if !p.exists() {
-                problems.add(r.referenced.line(), format!("rootfs '{}' does not exist", r.value));
+            } else if let Some(k) = kind.as_deref().filter(|k| !matches!(*k, "dir" | "file" | "cpio")) {
+                problems.add(line, format!("rootfs type '{k}': Kiln reads a folder or a cpio archive (types dir, file, cpio)"));
+            } else if !value.is_empty() && !p.exists() {
+                problems.add(line, format!("rootfs '{value}' does not exist"));
             }
             Some(p)
         }
     };
+    if let Some(roms) = raw.roms.filter(|r| r.value.as_array().is_none_or(|a| !a.is_empty())) {
+        problems.add(roms.referenced.line(), "roms: extra read-only file systems are not supported yet; put their files in the rootfs, or mount them as volumes (`volumes:`)");
+    }
+    if let Some(o) = raw.outdir {
+        notes.push(format!("{}:{}: outdir '{}' is not used: Kiln writes its builds to .kiln/ beside the Kraftfile", path.display(), o.referenced.line(), o.value));
+    }
+    let _ = raw.labels;
     let (programs, programs_line) = match raw.programs {
         None => (Vec::new(), 0),
         Some(p) => {
@@ -963,6 +1020,26 @@ targets:
     }
 
     #[test]
+    fn spec_v07_forms() {
+        let d = std::env::temp_dir().join(format!("kiln-kf07-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("rootfs")).unwrap();
+        let at = |text: &str| parse(&d.join("Kraftfile"), text);
+        let k = at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\ncmd: -c /x.conf\nrootfs:\n  source:\n    path: ./rootfs\n    type: dir\n  format: erofs\nlabels:\n  org.x/y: z\noutdir: out\n").unwrap();
+        assert_eq!(k.cmd, ["-c", "/x.conf"]);
+        assert_eq!(k.rootfs.as_deref(), Some(d.join("rootfs").as_path()));
+        assert!(k.notes.iter().any(|n| n.contains(":5: rootfs format 'erofs': Kiln packs the rootfs as cpio")), "{:?}", k.notes);
+        assert!(k.notes.iter().any(|n| n.contains("outdir 'out' is not used")), "{:?}", k.notes);
+        // The older flat long form, the Dockerfile forms, other types, roms.
+        let k = at("specification: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs:\n  source: ./rootfs\n  type: dir\n").unwrap();
+        assert!(k.rootfs.is_some());
+        let e = format!("{:#}", at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs:\n  source: {path: ., dockerfile: ./x/Dockerfile}\nroms: [./extra]\n").unwrap_err());
+        assert!(e.contains(":4: rootfs './x/Dockerfile' is a Dockerfile") && e.contains(":6: roms: extra read-only file systems are not supported yet"), "{e}");
+        let e = format!("{:#}", at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs: {source: {path: img.tar, type: tarball}}\n").unwrap_err());
+        assert!(e.contains(":4: rootfs type 'tarball'"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn boot_sets() {
         let k = p("name: x\ntargets: [qemu/x86_64]\ncmd: [serve, /www]\nenv: {LOG: info, PORT: 80}\nboot:\n  debug:\n    env: {LOG: debug}\n  bench:\n    cmd: serve --no-log /www\n").unwrap();
         assert_eq!(k.boot_names(), ["default", "bench", "debug"]);
@@ -1016,7 +1093,7 @@ targets:
             err("name: x\ntargets: [qemu/x86_64]\nfoo: 1\n")
         );
         assert!(err("name: x\n  targets: [\n").starts_with("/tmp/app/Kraftfile:"));
-        assert_eq!(err("spec: v0.4\nname: x\ntargets: [qemu/x86_64]\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.6 (and v0.5)");
+        assert_eq!(err("spec: v0.4\nname: x\ntargets: [qemu/x86_64]\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.5, v0.6 and v0.7");
         assert_eq!(
             err("targets: [qemu/x86_64]\n"),
             "/tmp/app/Kraftfile:1: missing 'name'"
