@@ -420,6 +420,9 @@ impl Tree {
                     .replace(&format!("${{{k}}}"), v);
             }
         }
+        // What is left of `$(NAME)` names nothing defined: empty, as in
+        // kconfiglib (function calls, `$(fn,args)`, are left alone).
+        let expanded = drop_undefined_vars(&expanded);
         let text = expanded.as_str();
         let none = HashMap::new();
         let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
@@ -1018,6 +1021,40 @@ fn parse_guarded<'a>(
             top.display()
         ),
     }
+}
+
+/// Replaces every `$(NAME)` and `${NAME}` (NAME letters, digits, `_`)
+/// with nothing; defined ones were substituted before.
+fn drop_undefined_vars(text: &str) -> String {
+    if !text.contains('$') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let close = match after.chars().next() {
+            Some('(') => ')',
+            Some('{') => '}',
+            _ => {
+                out.push('$');
+                rest = after;
+                continue;
+            }
+        };
+        match after[1..].find(close) {
+            Some(end) if end > 0 && after[1..1 + end].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                rest = &after[end + 2..];
+            }
+            _ => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Deepest `source` nesting and parenthesis nesting accepted. The parser
@@ -2162,6 +2199,17 @@ config CMP
         std::fs::write(d.join("Kconfig.sub"), include_bytes!("../../fuzz/regressions/kconfig/unterminated-string")).unwrap();
         let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
         assert!(e.contains("Kconfig syntax error") && e.contains(&p.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn undefined_variables_expand_to_nothing() {
+        assert_eq!(drop_undefined_vars("default \"x$(UNDEF)y${ALSO}z\""), "default \"xyz\"");
+        assert_eq!(drop_undefined_vars("$(shell,true) $ $(a b) cost$"), "$(shell,true) $ $(a b) cost$");
+        let p = scratch("undef");
+        std::fs::write(&p, "config S\n\tstring \"s\"\n\tdefault \"x$(KILN_SURELY_UNDEFINED)y\"\n").unwrap();
+        let t = Tree::load_file(&p).unwrap();
+        let x = resolve(&t, &User::new());
+        assert_eq!(v(&x, "S").as_deref(), Some("xy"));
     }
 
     #[test]
