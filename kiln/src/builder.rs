@@ -135,6 +135,28 @@ fn app_features(dir: &Path, cfg: &Config) -> Result<Vec<String>> {
     Ok(on)
 }
 
+/// Whether the app's `main` is C (`[package.metadata.kiln] main = "c"`):
+/// its crate re-exports `kiln_libc::c_main`, which calls the C `main`.
+fn c_main(dir: &Path) -> Result<bool> {
+    let manifest = dir.join("Cargo.toml");
+    let doc: toml::Table = std::fs::read_to_string(&manifest)?
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+    match doc
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("kiln"))
+        .and_then(|k| k.get("main"))
+    {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            Some("c") => Ok(true),
+            Some("rust") => Ok(false),
+            _ => bail!("{}: [package.metadata.kiln] main = {v}: expected \"c\" or \"rust\"", manifest.display()),
+        },
+    }
+}
+
 /// Writes `content` to `path` unless it already holds exactly that, so that
 /// unchanged inputs do not make cargo rebuild, and concurrent builds of the
 /// same app never see a half-written file.
@@ -311,6 +333,13 @@ fn generate(
     }
     let (heap_crate, heap_type) = (heap.rust_name(), heap.heap.clone().unwrap_or_default());
     let features = app_features(&app_dir, cfg)?;
+    let c_app = c_main(&app_dir)?;
+    if c_app && !cfg.on("LIBC") {
+        bail!(
+            "{}: the app's main is C ([package.metadata.kiln] main = \"c\"), which needs LIBC: select it in the app's Kconfig (select LIBC)",
+            app_dir.join("Cargo.toml").display()
+        );
+    }
     deps += &format!(
         "app = {{ package = {app_pkg:?}, path = {}, features = [{}] }}\n",
         toml_str(&app_dir),
@@ -401,14 +430,18 @@ pub fn kiln_start(info: &kiln_boot::BootInfo) -> ! {{
 {configure}    kiln_boot::start(info, &BOOT, &HEAP, LIBS, {name:?}, main)
 }}
 
-/// The app's `main`, kept a function of its own under the symbol `main`
-/// (LTO would otherwise inline it out of sight): `break main` in gdb.
-#[no_mangle]
+/// The app's `main`, kept a function of its own under the symbol `{main_symbol}`
+/// (LTO would otherwise inline it out of sight): `break {main_symbol}` in gdb.{libc_doc}
+#[export_name = "{main_symbol}"]
 #[inline(never)]
 fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {{
-    app::main(args, env)
+    {call_main}
 }}
 "#,
+        // A C app's main is the C function `main`; the Rust one steps aside.
+        main_symbol = if c_app { "kiln_app_main" } else { "main" },
+        libc_doc = if cfg.on("LIBC") { "\n/// With LIBC, the app runs as the C runtime's main thread (lib/libc)." } else { "" },
+        call_main = if cfg.on("LIBC") { "kiln_libc::run(args, env, app::main)" } else { "app::main(args, env)" },
         name = kf.name,
         configure = if target.plat == "qemu" { "    kiln_plat::configure(config::PLAT_QEMU_UART_INIT);\n" } else { "" },
         config_file = paths.config.display(),

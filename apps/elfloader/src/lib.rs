@@ -24,40 +24,6 @@ use alloc::vec::Vec;
 use kiln_elf::{AuxInfo, Program};
 use kiln_std::prelude::*;
 
-/// The program's stack: on x86_64 8 MiB of demand-paged memory at a
-/// random address, above an inaccessible guard page; on arm64 a heap block
-/// of [`stack_size`].
-fn program_stack() -> Result<(u64, usize), String> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use kiln_syscall::vm::{PROT_READ, PROT_WRITE};
-        const LEN: u64 = 8 << 20;
-        let at = kiln_syscall::mem::paged::map_anon(0, LEN + 4096, PROT_READ | PROT_WRITE)
-            .ok_or_else(|| String::from("no address space for the program's stack"))?;
-        kiln_syscall::mem::paged::protect(at, 4096, 0);
-        Ok((at + 4096, LEN as usize))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let stack_len = stack_size();
-        let layout = Layout::from_size_align(stack_len, 16).unwrap();
-        // SAFETY: a zeroed allocation of stack_len bytes.
-        let stack = unsafe { alloc_zeroed(layout) } as u64;
-        if stack == 0 {
-            return Err(String::from("no memory for the program's stack"));
-        }
-        Ok((stack, stack_len))
-    }
-}
-
-/// Stack for the program: 8 MiB as on Linux, or a sixteenth of the free
-/// heap when that is less (at least 1 MiB).
-#[cfg(not(target_arch = "x86_64"))]
-fn stack_size() -> usize {
-    let free = kiln_std::heap_stats().map_or(usize::MAX, |h| h.total - h.in_use);
-    (free / 16).clamp(1 << 20, 8 << 20) & !0xfff
-}
-
 /// Copies `prog`'s segments (from `bytes`) into fresh memory; returns the
 /// load bias.
 fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
@@ -191,7 +157,7 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     };
     let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env_refs: Vec<&str> = env_strings.iter().map(String::as_str).collect();
-    let (stack, stack_len) = program_stack()?;
+    let (stack, stack_len) = kiln_syscall::mem::program_stack()?;
     let top = stack + stack_len as u64;
     let mut random = [0u8; 16];
     kiln_random::fill(&mut random);

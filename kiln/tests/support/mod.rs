@@ -104,6 +104,11 @@ impl Guest {
     /// or absolute) with `extra` `kiln run` options, reached through `net`
     /// on guest port `port`; returns once `ready(addr)` holds (within 90 s).
     pub fn start(dir: &Path, net: Net, extra: &[&str], ready: impl Fn(std::net::SocketAddr) -> bool) -> Guest {
+        Guest::start_with_args(dir, net, extra, &[], ready)
+    }
+
+    /// [`Guest::start`], with `args` for the app (after `--`).
+    pub fn start_with_args(dir: &Path, net: Net, extra: &[&str], args: &[&str], ready: impl Fn(std::net::SocketAddr) -> bool) -> Guest {
         let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = root().join(dir);
         let dir_s = dir.to_str().unwrap();
@@ -121,7 +126,11 @@ impl Guest {
                 b.guest
             }
         };
-        let mut child = c.arg(dir_s).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        c.arg(dir_s);
+        if !args.is_empty() {
+            c.arg("--").args(args);
+        }
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let drain = |mut r: Box<dyn std::io::Read + Send>| {
             std::thread::spawn(move || {
                 let mut v = Vec::new();

@@ -318,6 +318,24 @@ pub fn release_fixed_area(from: usize) -> usize {
     }
 }
 
+static TIMES: spin::Once<(u64, u64)> = spin::Once::new();
+
+/// Microseconds from the kernel's entry to the app's `main`, once main has
+/// been called (`None` before, or when the platform's clock rate is
+/// unknown).
+pub fn boot_us() -> Option<u64> {
+    let (entry, main) = *TIMES.get()?;
+    ticks_to_us(main.wrapping_sub(entry), platform()?.tick_hz())
+}
+
+/// Microseconds since the kernel's entry (`None` before main, or when the
+/// platform's clock rate is unknown).
+pub fn uptime_us() -> Option<u64> {
+    let (entry, _) = *TIMES.get()?;
+    let p = platform()?;
+    ticks_to_us(p.ticks().wrapping_sub(entry), p.tick_hz())
+}
+
 /// The heap's statistics (total, in use, peak), once the kernel has booted.
 pub fn heap_stats() -> Option<kiln_alloc::Stats> {
     HEAP.get().map(|h| h.stats())
@@ -396,6 +414,7 @@ pub fn start(
     let envp: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     let main_ticks = p.ticks();
+    TIMES.call_once(|| (info.entry_ticks, main_ticks));
     if cmd.flag("kiln.bootstats") {
         let t = main_ticks.wrapping_sub(info.entry_ticks);
         match ticks_to_us(t, p.tick_hz()) {

@@ -574,3 +574,40 @@ pub mod paged {
         kiln_boot::exit(128 + 11)
     }
 }
+
+/// A new program's stack (the ELF loader's program, lib/libc's C
+/// runtime): on x86_64 8 MiB of demand-paged memory at a random address,
+/// above an inaccessible guard page; on arm64 a heap block of
+/// `stack_size`. Returns its lowest address and length.
+pub fn program_stack() -> Result<(u64, usize), alloc::string::String> {
+    use alloc::string::String;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::vm::{PROT_READ, PROT_WRITE};
+        const LEN: u64 = 8 << 20;
+        let at = paged::map_anon(0, LEN + 4096, PROT_READ | PROT_WRITE)
+            .ok_or_else(|| String::from("no address space for the program's stack"))?;
+        paged::protect(at, 4096, 0);
+        Ok((at + 4096, LEN as usize))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let stack_len = stack_size();
+        let layout = Layout::from_size_align(stack_len, 16).unwrap();
+        // SAFETY: a zeroed allocation of stack_len bytes.
+        let stack = unsafe { alloc_zeroed(layout) } as u64;
+        if stack == 0 {
+            return Err(String::from("no memory for the program's stack"));
+        }
+        Ok((stack, stack_len))
+    }
+}
+
+/// Stack for the program: 8 MiB as on Linux, or a sixteenth of the free
+/// heap when that is less (at least 1 MiB).
+#[cfg(not(target_arch = "x86_64"))]
+fn stack_size() -> usize {
+    let free = kiln_boot::heap_stats().map_or(usize::MAX, |h| h.total - h.in_use);
+    (free / 16).clamp(1 << 20, 8 << 20) & !0xfff
+}
+

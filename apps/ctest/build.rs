@@ -1,0 +1,3 @@
+fn main() {
+    kiln_cc::compile("ctest", &["ctest.c"]);
+}

@@ -1,0 +1,211 @@
+//! C in the kernel (lib/libc, musl): apps/hello-c's C `main` gets its
+//! arguments and environment and its return value is the exit status, on
+//! x86_64 and arm64 (QEMU virt) and built for the Raspberry Pis; C code
+//! using threads, files and floating point, and a C TCP echo server
+//! served to concurrent clients (apps/ctest); a C compile error and a C app
+//! without LIBC are clear errors.
+//!
+//! Under TCG (-W): C code uses SSE, which some hosts' KVM (PVM) cannot
+//! emulate.
+
+mod support;
+use support::{free_port, kiln, root, Guest, Net};
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Builds and guests one at a time: C kernels share one cargo target
+/// folder, and a TCG guest takes a whole host CPU.
+static ONE: Mutex<()> = Mutex::new(());
+
+/// `kiln run -W` of `app` for `arch` with `extra` options and the app's
+/// `args`: the exit status and everything printed.
+fn run(app: &str, arch: &str, extra: &[&str], args: &[&str]) -> (i32, String) {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = format!("apps/{app}");
+    let mut a = vec!["run", "-W", "--timeout", "240", "--arch", arch];
+    a.extend_from_slice(extra);
+    a.push(&dir);
+    a.push("--");
+    a.extend_from_slice(args);
+    let (code, out, err) = kiln(&a);
+    (code, format!("{out}{err}"))
+}
+
+fn hello_c_prints_arguments_environment_and_status(arch: &str) {
+    let (code, out) = run("hello-c", arch, &["-e", "NAME=kiln", "-e", "exit=7"], &["one", "two words"]);
+    assert_eq!(code, 7, "{out}");
+    for want in [
+        "Hello from C!\n",
+        "argv[0] = hello-c\n",
+        "argv[1] = one\n",
+        "argv[2] = two words\n",
+        "NAME = kiln\n",
+        "sqrt(2) = 1.414214\n",
+        "LIBC = y\n",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    let heap = out.lines().find(|l| l.starts_with("heap: ")).unwrap_or_else(|| panic!("{out}"));
+    let kib: Vec<u64> = heap.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(kib.len() == 2 && kib[0] > 0 && kib[0] < kib[1], "{heap}");
+}
+
+#[test]
+fn hello_c_prints_arguments_environment_and_status_on_x86_64() {
+    hello_c_prints_arguments_environment_and_status("x86_64");
+}
+
+#[test]
+fn hello_c_prints_arguments_environment_and_status_on_arm64() {
+    hello_c_prints_arguments_environment_and_status("arm64");
+}
+
+fn c_threads_files_and_floating_point(arch: &str) {
+    for (test, want) in [
+        ("threads", "threads: 8 threads summed 400040000\n"),
+        ("files", "files: 1000 lines, last 999, 8890 bytes\n"),
+        ("float", "float: 3.14064 0.4794 2500 10.000\n"),
+    ] {
+        let (code, out) = run("ctest", arch, &[], &[test]);
+        assert_eq!(code, 0, "ctest {test} on {arch}:\n{out}");
+        assert!(out.contains(want), "ctest {test} on {arch}: {want:?} missing:\n{out}");
+    }
+}
+
+#[test]
+fn c_threads_files_and_floating_point_on_x86_64() {
+    c_threads_files_and_floating_point("x86_64");
+}
+
+#[test]
+fn c_threads_files_and_floating_point_on_arm64() {
+    c_threads_files_and_floating_point("arm64");
+}
+
+/// Sends `n` lines on one connection and reads each back.
+fn echo_client(addr: std::net::SocketAddr, id: usize, n: usize) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(20)).map_err(|e| format!("client {id}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    for i in 0..n {
+        let msg = format!("client {id} message {i} {}\n", "x".repeat(id * 37 % 300));
+        s.write_all(msg.as_bytes()).map_err(|e| format!("client {id}: {e}"))?;
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).map_err(|e| format!("client {id} message {i}: {e}"))?;
+        if back != msg.as_bytes() {
+            return Err(format!("client {id} message {i}: got {:?}", String::from_utf8_lossy(&back)));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_c_tcp_echo_server_serves_concurrent_clients() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let port = free_port();
+    let ready = |addr| {
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut b = [0u8; 6];
+        s.write_all(b"ready\n").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ready\n"
+    };
+    let g = Guest::start_with_args(
+        &PathBuf::from("apps/ctest"),
+        Net::Forward { host: port, guest: 7007 },
+        &[],
+        &["echo", "7007"],
+        ready,
+    );
+    let addr = g.addr;
+    let clients: Vec<_> = (0..16).map(|id| std::thread::spawn(move || echo_client(addr, id, 20))).collect();
+    let errors: Vec<String> = clients.into_iter().filter_map(|c| c.join().unwrap().err()).collect();
+    // "quit" ends the server once it accepts again.
+    let mut q = TcpStream::connect(addr).unwrap();
+    q.write_all(b"quit").unwrap();
+    let mut b = [0u8; 4];
+    let _ = q.read_exact(&mut b);
+    let _ = TcpStream::connect(addr);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = g.stop();
+    assert!(errors.is_empty(), "{errors:?}\n{out}");
+    assert!(out.contains("echo: listening on 7007"), "{out}");
+    assert!(out.contains("echo: served 19 clients") || out.contains("echo: served 18 clients"), "{out}");
+}
+
+/// A C app for another target is still a C app: it builds for both
+/// Raspberry Pis.
+#[test]
+fn hello_c_builds_for_the_raspberry_pis() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    for plat in ["raspi", "raspi4"] {
+        let (code, out, err) = kiln(&["build", "-q", "--plat", plat, "--arch", "arm64", "apps/hello-c"]);
+        assert_eq!(code, 0, "{plat}: {out}{err}");
+        let image = root().join(format!("apps/hello-c/.kiln/build/hello-c_{plat}-arm64"));
+        let bytes = std::fs::read(&image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+        // A raw arm64 Image: "ARM\x64" at offset 56.
+        assert_eq!(&bytes[56..60], b"ARM\x64", "{plat}");
+    }
+}
+
+/// A folder removed when dropped.
+struct TempApp(PathBuf);
+
+impl TempApp {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A copy of apps/hello-c in a temporary folder, its main.c replaced.
+fn hello_c_with(main_c: &str, kconfig: Option<&str>) -> TempApp {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = TempApp(std::env::temp_dir().join(format!("kiln-c-{}-{n}", std::process::id())));
+    std::fs::create_dir_all(d.path()).unwrap();
+    let src = root().join("apps/hello-c");
+    for f in ["Kraftfile", "Kconfig", "build.rs"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    if let Some(k) = kconfig {
+        std::fs::write(d.path().join("Kconfig"), k).unwrap();
+    }
+    std::fs::create_dir(d.path().join("src")).unwrap();
+    std::fs::copy(src.join("src/lib.rs"), d.path().join("src/lib.rs")).unwrap();
+    let libc = root().join("lib/libc");
+    std::fs::write(
+        d.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"broken-c\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[package.metadata.kiln]\nmain = \"c\"\n\n[dependencies]\nkiln-libc = {{ path = {:?} }}\n\n[build-dependencies]\nkiln-cc = {{ path = {:?} }}\n\n[workspace]\n",
+            libc.display().to_string(),
+            libc.join("cc").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.path().join("main.c"), main_c).unwrap();
+    d
+}
+
+#[test]
+fn c_errors_are_clear() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    // The compiler's own message, with the file and line.
+    let d = hello_c_with("#include <stdio.h>\nint main(void)\n{\n    printf(\"x\\n\")\n    return 0;\n}\n", None);
+    let (code, out, err) = kiln(&["build", d.path().to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("main.c:4:"), "no file:line in:\n{err}");
+    assert!(err.contains("expected ';'"), "{err}");
+    // A C main without the C library.
+    let d = hello_c_with("int main(void) { return 0; }\n", Some("config APP_HELLO_C\n\tdef_bool y\n"));
+    let (code, out, err) = kiln(&["build", d.path().to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("needs LIBC"), "{err}");
+}
