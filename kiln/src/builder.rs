@@ -685,6 +685,16 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     let errors = err_thread.join().unwrap_or_default();
     if !status.success() {
         eprint!("{errors}");
+        // C compile errors (kiln-cc forwards the compiler's lines as cargo
+        // warnings), said again at the end, where they are seen.
+        let c_errors: Vec<&str> = errors
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("cargo:warning="))
+            .filter(|l| l.contains(": error:") || l.contains(": fatal error:"))
+            .collect();
+        if !c_errors.is_empty() {
+            bail!("compiling C code failed:\n  {}", c_errors.join("\n  "));
+        }
         bail!(
             "compiling the kernel failed (cargo in {})",
             paths.link_crate.display()

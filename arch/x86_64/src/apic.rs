@@ -50,7 +50,7 @@ pub fn init() -> bool {
     extern "C" {
         fn kiln_timer_isr();
     }
-    crate::exceptions::set_interrupt(TIMER_VECTOR, kiln_timer_isr as usize as u64);
+    crate::exceptions::set_interrupt(TIMER_VECTOR, kiln_timer_isr as *const () as usize as u64);
     // Mask both legacy 8259 PICs: firmware (q35's SeaBIOS) leaves them on
     // with the timer at vector 8, which would look like a double fault the
     // first time interrupts are enabled. Without PICs (microvm) the writes
@@ -186,7 +186,7 @@ pub fn route_device(gsi: u8) -> bool {
     extern "C" {
         fn kiln_device_isr();
     }
-    crate::exceptions::set_interrupt(DEVICE_VECTOR, kiln_device_isr as usize as u64);
+    crate::exceptions::set_interrupt(DEVICE_VECTOR, kiln_device_isr as *const () as usize as u64);
     // Destination: local APIC 0 (high half), then the masked entry.
     ioapic_write(0x10 + 2 * gsi as u32 + 1, 0);
     set_entry(gsi as u32, true);
@@ -223,7 +223,7 @@ pub fn msi_message() -> Option<(u64, u32)> {
     extern "C" {
         fn kiln_device_isr();
     }
-    crate::exceptions::set_interrupt(DEVICE_VECTOR, kiln_device_isr as usize as u64);
+    crate::exceptions::set_interrupt(DEVICE_VECTOR, kiln_device_isr as *const () as usize as u64);
     // SAFETY: the local APIC's ID register (0x20), mapped by init.
     let id = unsafe { core::ptr::read_volatile((BASE + 0x20) as *const u32) } >> 24;
     ROUTED.fetch_or(MSI_ROUTED, core::sync::atomic::Ordering::Relaxed);

@@ -250,7 +250,7 @@ pub fn init() {
         let mut efer = Msr::new(0xC000_0080);
         efer.write(efer.read() | 1);
         Msr::new(0xC000_0081).write(cs << 32);
-        Msr::new(0xC000_0082).write(kiln_syscall_entry as usize as u64);
+        Msr::new(0xC000_0082).write(kiln_syscall_entry as *const () as usize as u64);
         Msr::new(0xC000_0084).write((1 << 9) | (1 << 8) | (1 << 10) | (1 << 18));
         let mut cr0: u64;
         core::arch::asm!("mov {}, cr0", out(reg) cr0);

@@ -91,7 +91,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
         phdr: 0,
         phent: 56,
         phnum: 0,
-        entry: kiln_libc_start as usize as u64,
+        entry: kiln_libc_start as *const () as usize as u64,
         interp_base: 0,
         hwcap: kiln_syscall::arch::HWCAP,
         vdso: None,
@@ -108,7 +108,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
     // program (no memory to make executable: the code is the kernel's).
     // SAFETY: kiln_libc_start is the kernel's own code (c/start.c) and
     // init.sp its initial stack.
-    unsafe { kiln_syscall::arch::enter(kiln_libc_start as usize as u64, init.sp) }
+    unsafe { kiln_syscall::arch::enter(kiln_libc_start as *const () as usize as u64, init.sp) }
 }
 
 /// Called by musl's `__libc_start_main` once the C runtime is up: runs the

@@ -159,7 +159,6 @@ pub fn build() -> cc::Build {
     let clang = clang().unwrap_or_else(|e| fail(&e));
     b.compiler(clang)
         .no_default_flags(true)
-        .cargo_warnings(false)
         .flag("-O2")
         .flag("-g")
         .flag("-ffunction-sections")
@@ -176,23 +175,66 @@ pub fn build() -> cc::Build {
 
 /// Compiles `sources` (paths relative to the package) into the static
 /// library `name`, linked into the kernel; cargo recompiles when one of
-/// them, or a header next to them, changes.
+/// them, or a header (`.h`) in a source's folder, changes.
 pub fn compile(name: &str, sources: &[&str]) {
     if !for_kernel() {
         return;
     }
     let mut b = build();
+    // Absolute paths: the compiler's messages then name the file wherever
+    // they are read.
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     for s in sources {
-        println!("cargo:rerun-if-changed={s}");
-        if let Some(dir) = Path::new(s).parent() {
-            if !dir.as_os_str().is_empty() {
-                println!("cargo:rerun-if-changed={}", dir.display());
+        let path = dir.join(s);
+        println!("cargo:rerun-if-changed={}", path.display());
+        // Headers beside a source (not the folder: the app's build output
+        // lives under it and would make every build recompile).
+        if let Some(Ok(entries)) = path.parent().map(std::fs::read_dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "h") {
+                    println!("cargo:rerun-if-changed={}", e.path().display());
+                }
             }
         }
-        b.file(s);
+        b.file(path);
     }
     if let Err(e) = b.try_compile(name) {
         fail(&format!("compiling C for {name} failed (the compiler's messages are above): {e}"));
+    }
+}
+
+/// The folder of a published crate's sources, as cargo downloaded them:
+/// C libraries come from crates that ship them (SQLite's amalgamation in
+/// `libsqlite3-sys`, Lua in `lua-src`), never copied into Kiln. The crate
+/// must be in the calling package's dependency graph; a dependency on a
+/// platform no target has (`[target.'cfg(any())'.dependencies]`) brings
+/// its sources without building it.
+pub fn crate_source(name: &str) -> PathBuf {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default()).join("Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .unwrap_or_else(|e| fail(&format!("running cargo metadata for {name}'s sources: {e}")));
+    if !out.status.success() {
+        fail(&format!(
+            "cargo metadata (for {name}'s sources) failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| fail(&format!("cargo metadata's output: {e}")));
+    let found = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["manifest_path"].as_str())
+        .map(PathBuf::from);
+    match found.as_ref().and_then(|p| p.parent()) {
+        Some(dir) => dir.to_path_buf(),
+        None => fail(&format!("{name} is not among {}'s dependencies (cargo metadata)", manifest.display())),
     }
 }
 

@@ -1,0 +1,43 @@
+//! Compiles SQLite's amalgamation (from the libsqlite3-sys crate's
+//! sources) for the kernel and generates its Rust bindings with bindgen.
+use std::path::PathBuf;
+
+fn main() {
+    let src = kiln_cc::crate_source("libsqlite3-sys").join("sqlite3");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    kiln_cc::bindgen()
+        .header(src.join("sqlite3.h").to_string_lossy())
+        .allowlist_function("sqlite3_.*")
+        .allowlist_var("SQLITE_.*")
+        .allowlist_type("sqlite3.*")
+        .generate()
+        .unwrap_or_else(|e| {
+            eprintln!("error: bindgen could not read sqlite3.h: {e}");
+            std::process::exit(1)
+        })
+        .write_to_file(out.join("sqlite3.rs"))
+        .expect("writing sqlite3.rs");
+    if !kiln_cc::for_kernel() {
+        return;
+    }
+    let mut b = kiln_cc::build();
+    b.file(src.join("sqlite3.c"))
+        // Serialized threading over musl's pthreads; no shared libraries
+        // to load extensions from; memory statistics off (a lock less per
+        // malloc); double-quoted strings are strings, not identifiers.
+        .define("SQLITE_THREADSAFE", "1")
+        .define("SQLITE_OMIT_LOAD_EXTENSION", "1")
+        .define("SQLITE_DEFAULT_MEMSTATUS", "0")
+        .define("SQLITE_DQS", "0")
+        .define("SQLITE_TEMP_STORE", "3")
+        .define("SQLITE_DEFAULT_FOREIGN_KEYS", "1")
+        // The amalgamation is not ours to clean up.
+        .warnings(false)
+        .extra_warnings(false)
+        .flag("-w");
+    if let Err(e) = b.try_compile("sqlite3") {
+        eprintln!("error: compiling SQLite failed: {e}");
+        std::process::exit(1);
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
