@@ -2,8 +2,9 @@
 //! arguments and environment and its return value is the exit status, on
 //! x86_64 and arm64 (QEMU virt and both Raspberry Pi boards); C code
 //! using threads, files and floating point, and a C TCP echo server
-//! served to concurrent clients (apps/ctest); a C compile error and a C app
-//! without LIBC are clear errors.
+//! served to concurrent clients (apps/ctest); SQLite from Rust through
+//! its bindgen bindings (apps/records: real SQL over HTTP); a C compile
+//! error and a C app without LIBC are clear errors.
 //!
 //! Under TCG (-W): C code uses SSE, which some hosts' KVM (PVM) cannot
 //! emulate.
@@ -206,4 +207,92 @@ fn c_errors_are_clear() {
     let (code, out, err) = kiln(&["build", d.path().to_str().unwrap()]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("needs LIBC"), "{err}");
+}
+
+/// One HTTP/1.1 request on its own connection: status and body.
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: records\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let status = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+/// apps/records: a Rust app using SQLite (C) through its bindgen
+/// bindings; real SQL over HTTP, checked against what SQLite must answer.
+fn records_answer_real_sql(arch: &str) {
+    let port = free_port();
+    let g = Guest::start(
+        &PathBuf::from("apps/records"),
+        Net::Forward { host: port, guest: 8080 },
+        &["--arch", arch],
+        |addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = s.write_all(b"GET /kv HTTP/1.1\r\n\r\n");
+            let mut b = [0u8; 12];
+            s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.1 200")
+        }),
+    );
+    let a = g.addr;
+    // Key-value.
+    assert_eq!(http(a, "PUT", "/kv/greeting", "hello; world"), (201, "stored\n".into()));
+    assert_eq!(http(a, "GET", "/kv/greeting", ""), (200, "hello; world".into()));
+    assert_eq!(http(a, "PUT", "/kv/greeting", "again"), (201, "stored\n".into()));
+    assert_eq!(http(a, "GET", "/kv/greeting", ""), (200, "again".into()));
+    assert_eq!(http(a, "GET", "/kv/none", "").0, 404);
+    assert_eq!(http(a, "PUT", "/kv/other", "x").0, 201);
+    assert_eq!(http(a, "GET", "/kv", ""), (200, "greeting\nother\n".into()));
+    assert_eq!(http(a, "DELETE", "/kv/other", ""), (200, "deleted\n".into()));
+    assert_eq!(http(a, "DELETE", "/kv/other", "").0, 404);
+    // SQL: 2,000 rows inserted in one transaction by a recursive CTE, an
+    // index, point queries, a join and aggregates.
+    let (code, body) = http(
+        a,
+        "POST",
+        "/sql",
+        "BEGIN; CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, price REAL, shop INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+           INSERT INTO item SELECT i, 'item;' || i, i * 0.25, i % 7 FROM n;
+         CREATE TABLE shop(id INTEGER PRIMARY KEY, city TEXT);
+         INSERT INTO shop VALUES (0,'Oslo'),(1,'Lima'),(2,'Pune'),(3,'Kobe'),(4,'Graz'),(5,'Cork'),(6,'Fez');
+         CREATE INDEX item_name ON item(name); COMMIT;
+         SELECT count(*), sum(price), max(name) FROM item;",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "count(*)\tsum(price)\tmax(name)\n2000\t500250.0\titem;999\n");
+    let (code, body) = http(a, "POST", "/sql", "SELECT id, price FROM item WHERE name = 'item;1234'");
+    assert_eq!((code, body.as_str()), (200, "id\tprice\n1234\t308.5\n"));
+    let (code, body) = http(
+        a,
+        "POST",
+        "/sql",
+        "SELECT s.city, count(*) AS n, sum(i.id) FROM item i JOIN shop s ON s.id = i.shop GROUP BY s.city ORDER BY n DESC, s.city LIMIT 3",
+    );
+    assert_eq!(code, 200, "{body}");
+    // 2000 = 7 * 285 + 5: shops 1-5 have 286 items, 0 and 6 have 285;
+    // shop 5 (Cork) sums 5, 12, ... 2000: 286 * 2005 / 2.
+    assert_eq!(body, "city\tn\tsum(i.id)\nCork\t286\t286715\nGraz\t286\t286429\nKobe\t286\t286143\n");
+    let (code, body) = http(a, "POST", "/sql", "UPDATE item SET price = price * 2 WHERE shop = 3");
+    assert_eq!((code, body.as_str()), (200, "OK 286\n"));
+    // SQLite's own errors come back as 400 with its message.
+    let (code, body) = http(a, "POST", "/sql", "SELECT nope FROM item");
+    assert_eq!((code, body.as_str()), (400, "no such column: nope (SQLite error 1)\n"));
+    let (code, body) = http(a, "POST", "/sql", "INSERT INTO item(id) VALUES (1)");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("UNIQUE constraint failed: item.id"), "{body}");
+    let out = g.stop();
+    assert!(out.contains("records: SQLite 3."), "{out}");
+}
+
+#[test]
+fn records_answer_real_sql_on_x86_64() {
+    records_answer_real_sql("x86_64");
+}
+
+#[test]
+fn records_answer_real_sql_on_arm64() {
+    records_answer_real_sql("arm64");
 }

@@ -190,19 +190,17 @@ fn keys(db: &Connection) -> kiln_sqlite::Result<Reply> {
 /// are the answer.
 fn sql(db: &Connection, body: &[u8]) -> kiln_sqlite::Result<Reply> {
     let text = core::str::from_utf8(body).map_err(|_| kiln_sqlite::Error { code: 1, message: "the SQL is not UTF-8".into() })?;
-    let statements: Vec<&str> = text.split_inclusive(';').map(str::trim).filter(|s| !s.is_empty() && *s != ";").collect();
+    let mut rest = text;
     let mut out = String::new();
-    for st in statements {
+    while let Some((mut s, tail)) = db.prepare_next(rest)? {
+        rest = tail;
         out.clear();
-        let mut s = db.prepare(st)?;
         let n = s.column_count();
         if n > 0 {
             out += &(0..n).map(|i| s.column_name(i)).collect::<Vec<_>>().join("\t");
             out.push('\n');
         }
-        let mut rows = 0;
         while s.step()? {
-            rows += 1;
             out += &(0..n).map(|i| s.column(i).to_string()).collect::<Vec<_>>().join("\t");
             out.push('\n');
         }
@@ -210,7 +208,6 @@ fn sql(db: &Connection, body: &[u8]) -> kiln_sqlite::Result<Reply> {
         if n == 0 {
             out = format!("OK {}\n", db.changes());
         }
-        let _ = rows;
     }
     Ok(Reply { status: 200, body: out.into_bytes() })
 }

@@ -125,6 +125,29 @@ impl Connection {
         Ok(Statement { stmt, conn: self })
     }
 
+    /// Compiles the first statement of `sql` and returns it with the rest
+    /// of the text (SQLite's own tokenizer decides where a statement ends,
+    /// so `;` inside strings is no boundary). `Ok(None)` when only blanks
+    /// or comments are left.
+    pub fn prepare_next<'s>(&self, sql: &'s str) -> Result<Option<(Statement<'_>, &'s str)>> {
+        let mut stmt = core::ptr::null_mut();
+        let mut tail: *const c_char = core::ptr::null();
+        // SAFETY: db is open; the text is given with its length (no NUL
+        // needed); tail points into it when SQLite returns.
+        let rc = unsafe {
+            sys::sqlite3_prepare_v2(self.db, sql.as_ptr().cast(), sql.len() as c_int, &mut stmt, &mut tail)
+        };
+        if rc != sys::SQLITE_OK as c_int {
+            return Err(self.error(rc));
+        }
+        let used = if tail.is_null() { sql.len() } else { (tail as usize - sql.as_ptr() as usize).min(sql.len()) };
+        let rest = sql.get(used..).unwrap_or("");
+        if stmt.is_null() {
+            return Ok(None);
+        }
+        Ok(Some((Statement { stmt, conn: self }, rest)))
+    }
+
     /// Rows the last INSERT, UPDATE or DELETE changed.
     pub fn changes(&self) -> i64 {
         // SAFETY: db is open.
