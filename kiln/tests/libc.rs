@@ -3,7 +3,8 @@
 //! x86_64 and arm64 (QEMU virt and both Raspberry Pi boards); C code
 //! using threads, files and floating point, and a C TCP echo server
 //! served to concurrent clients (apps/ctest); SQLite from Rust through
-//! its bindgen bindings (apps/records: real SQL over HTTP); a C compile
+//! its bindgen bindings (apps/records: real SQL over HTTP); Lua scripts
+//! (apps/lua); a C compile
 //! error and a C app without LIBC are clear errors.
 //!
 //! Under TCG (-W): C code uses SSE, which some hosts' KVM (PVM) cannot
@@ -295,4 +296,40 @@ fn records_answer_real_sql_on_x86_64() {
 #[test]
 fn records_answer_real_sql_on_arm64() {
     records_answer_real_sql("arm64");
+}
+
+/// apps/lua: Lua 5.4 (C, from the lua-src crate) runs a script from the
+/// initrd with its standard libraries; errors and os.exit reach the exit
+/// status.
+fn lua_runs_scripts(arch: &str) {
+    let (code, out) = run("lua", arch, &["-e", "HOME=/home/kiln"], &["/hello.lua", "a", "b"]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "Hello from Lua 5.4 in Kiln!\n",
+        "arguments:\ta b\n",
+        "squares:\t1,4,9,16,25,36,49,64,81,100\n",
+        "pi ~ 3.141593, 2^0.5 = 1.4142\n",
+        "fibonacci:\t0 1 1 2 3 5 8 13 21 34 55 89\n",
+        "lines read back:\t3\n",
+        "HOME is\t/home/kiln\n",
+    ] {
+        assert!(out.contains(want), "{arch}: {want:?} missing:\n{out}");
+    }
+    let (code, out) = run("lua", arch, &[], &["-e", "print(string.rep('ab', 3)); os.exit(3)"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("ababab\n"), "{out}");
+    let (code, out) = run("lua", arch, &[], &["-e", "local t = nil; print(t.x)"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lua: (command line):1: attempt to index a nil value (local 't')"), "{out}");
+    assert!(out.contains("stack traceback:"), "{out}");
+}
+
+#[test]
+fn lua_runs_scripts_on_x86_64() {
+    lua_runs_scripts("x86_64");
+}
+
+#[test]
+fn lua_runs_scripts_on_arm64() {
+    lua_runs_scripts("arm64");
 }
