@@ -695,6 +695,11 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         if !c_errors.is_empty() {
             bail!("compiling C code failed:\n  {}", c_errors.join("\n  "));
         }
+        // A build script's own error (what to install, a missing source),
+        // cargo prints indented under `--- stderr`.
+        if let Some(e) = errors.lines().find_map(|l| l.strip_prefix("  error: ")) {
+            bail!("{e}");
+        }
         bail!(
             "compiling the kernel failed (cargo in {})",
             paths.link_crate.display()

@@ -275,6 +275,11 @@ fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
             .open(dir.join("console.log"))?;
         let _ = write!(log, "{err}");
     }
+    // The tap goes before the exit status is written: `kiln rm` and `kiln
+    // stop` take the status as the sign that everything is cleaned up.
+    if let Some(t) = info.tap.take() {
+        t.remove();
+    }
     if info.remove {
         let _ = std::fs::remove_dir_all(dir);
     } else {

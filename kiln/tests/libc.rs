@@ -105,7 +105,16 @@ fn echo_client(addr: std::net::SocketAddr, id: usize, n: usize) -> Result<(), St
 }
 
 #[test]
-fn a_c_tcp_echo_server_serves_concurrent_clients() {
+fn a_c_tcp_echo_server_serves_concurrent_clients_on_x86_64() {
+    c_tcp_echo_server_serves_concurrent_clients("x86_64");
+}
+
+#[test]
+fn a_c_tcp_echo_server_serves_concurrent_clients_on_arm64() {
+    c_tcp_echo_server_serves_concurrent_clients("arm64");
+}
+
+fn c_tcp_echo_server_serves_concurrent_clients(arch: &str) {
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port();
     let ready = |addr| {
@@ -117,7 +126,7 @@ fn a_c_tcp_echo_server_serves_concurrent_clients() {
     let g = Guest::start_with_args(
         &PathBuf::from("apps/ctest"),
         Net::Forward { host: port, guest: 7007 },
-        &[],
+        &["--arch", arch],
         &["echo", "7007"],
         ready,
     );
@@ -203,6 +212,19 @@ fn c_errors_are_clear() {
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("main.c:4:"), "no file:line in:\n{err}");
     assert!(err.contains("expected ';'"), "{err}");
+    // A machine without the C compiler, or without musl for the CPU.
+    let d = hello_c_with("int main(void) { return 0; }\n", None);
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let o = c.current_dir(root()).env("KILN_CLANG", "/nonexistent/clang").args(["build", d.path().to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("install it (apt install clang)"), "{err}");
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let o = c.current_dir(root()).env("KILN_MUSL", "/nonexistent").args(["build", "--arch", "arm64", d.path().to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("C code for aarch64 kernels needs musl's headers and libc.a for aarch64"), "{err}");
+    assert!(err.contains("install musl-dev:arm64"), "{err}");
     // A C main without the C library.
     let d = hello_c_with("int main(void) { return 0; }\n", Some("config APP_HELLO_C\n\tdef_bool y\n"));
     let (code, out, err) = kiln(&["build", d.path().to_str().unwrap()]);

@@ -11,6 +11,10 @@
 //! The database is the file `DB` names in the environment (default
 //! `/records.db`, on the ramfs root; a file on a volume outlives the
 //! guest). One request per connection (`Connection: close`).
+//!
+//! With arguments, the app runs them as SQL files instead (each one's
+//! last rows printed as for `POST /sql`) and ends: `kiln run apps/records
+//! -- /schema.sql`.
 #![no_std]
 
 use kiln_sqlite::{Connection, Value};
@@ -22,7 +26,7 @@ const PORT: i64 = kiln_std::kconfig_int!("APP_RECORDS_PORT", 8080);
 const MAX_REQUEST: usize = 1 << 20;
 
 /// Entry point.
-pub fn main(_args: &[&str], env: &[(&str, &str)]) -> i32 {
+pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     let path = env.iter().find(|(k, _)| *k == "DB").map_or("/records.db", |(_, v)| *v);
     let db = match Connection::open(path) {
         Ok(db) => db,
@@ -34,6 +38,27 @@ pub fn main(_args: &[&str], env: &[(&str, &str)]) -> i32 {
     if let Err(e) = db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)") {
         println!("records: {path}: {e}");
         return 1;
+    }
+    // SQL files given as arguments are run, the last statement's rows
+    // printed, and the app ends: `kiln run apps/records -- /schema.sql`.
+    if args.len() > 1 {
+        for file in &args[1..] {
+            let text = match kiln_std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("records: {file}: {e:?}");
+                    return 1;
+                }
+            };
+            match sql(&db, text.as_bytes()) {
+                Ok(reply) => print!("{}", String::from_utf8_lossy(&reply.body)),
+                Err(e) => {
+                    println!("records: {file}: {e}");
+                    return 1;
+                }
+            }
+        }
+        return 0;
     }
     let mut listener = match TcpListener::bind(PORT as u16, 16) {
         Ok(l) => l,
