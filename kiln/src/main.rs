@@ -720,6 +720,17 @@ fn run(a: &RunArgs) -> Result<i32> {
     let initrd = match &a.initrd {
         None => None,
         Some(p) if !p.exists() => anyhow::bail!("--initrd {}: no such file or folder", p.display()),
+        // A kernel built without initrd support would boot without the
+        // files and fail later, far from the cause.
+        Some(p) if std::fs::read_to_string(kernel.with_extension("config"))
+            .is_ok_and(|c| c.lines().any(|l| l == "# CONFIG_LIBINITRD is not set")) =>
+        {
+            anyhow::bail!(
+                "--initrd {}: {} was built without initrd support (LIBINITRD is off); select LIBINITRD in the app's Kconfig, or give the app a rootfs in its Kraftfile",
+                p.display(),
+                kernel.display()
+            )
+        }
         Some(p) => {
             // Packed (or checked) next to the kernel image, one file per
             // `kiln run`, so runs of the same app with different initrds

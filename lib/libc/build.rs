@@ -45,7 +45,11 @@ fn main() {
         eprintln!("error: LIBC: {e}");
         std::process::exit(1)
     });
-    kiln_cc::compile("kiln_libc_start", &["c/start.c"]);
+    println!("cargo:rerun-if-changed=c/start.c");
+    if let Err(e) = kiln_cc::build_library().file("c/start.c").try_compile("kiln_libc_start") {
+        eprintln!("error: compiling lib/libc's c/start.c failed: {e}");
+        std::process::exit(1);
+    }
     println!("cargo:rustc-link-search=native={}", t.lib.display());
     println!("cargo:rustc-link-lib=static=c");
 }

@@ -34,7 +34,7 @@ fn main() {
     if !kiln_cc::for_kernel() {
         return;
     }
-    let mut b = kiln_cc::build();
+    let mut b = kiln_cc::build_library();
     for e in std::fs::read_dir(&src).expect("reading Lua's sources").flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");

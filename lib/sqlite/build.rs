@@ -20,7 +20,7 @@ fn main() {
     if !kiln_cc::for_kernel() {
         return;
     }
-    let mut b = kiln_cc::build();
+    let mut b = kiln_cc::build_library();
     b.file(src.join("sqlite3.c"))
         // Serialized threading over musl's pthreads; no shared libraries
         // to load extensions from; memory statistics off (a lock less per

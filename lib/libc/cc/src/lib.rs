@@ -23,6 +23,9 @@
 //!   every resolved Kconfig value as `-DCONFIG_<SYMBOL>=...` (`y` is 1,
 //!   strings stay strings, `n` is not defined): Unikraft's `CONFIG_`
 //!   convention. Kiln's own header, `kiln.h`, is on the include path.
+//!   [`build_library`] is the same without the `CONFIG_` defines, for C
+//!   libraries that read none (a configuration change then leaves them
+//!   compiled).
 //! - Host builds (unit tests) get a plain [`cc::Build`]: nothing for a
 //!   kernel is compiled then.
 //! - What is missing is said with the package that brings it: clang
@@ -134,8 +137,9 @@ pub fn config_defines() -> Vec<(String, String)> {
     out
 }
 
-/// Compiler arguments shared by [`build`] and [`bindgen`].
-fn common_args(t: &Target) -> Vec<String> {
+/// Compiler arguments shared by [`build`] and [`bindgen`] (with the
+/// Kconfig values as defines when `config`).
+fn common_args(t: &Target, config: bool) -> Vec<String> {
     let mut a = vec![
         format!("--target={}", t.triple),
         // musl's headers and clang's own (stddef.h, stdarg.h, float.h),
@@ -145,12 +149,26 @@ fn common_args(t: &Target) -> Vec<String> {
         format!("-I{}", kiln_include().display()),
         "-D__KILN__=1".into(),
     ];
-    a.extend(config_defines().into_iter().map(|(k, v)| format!("-D{k}={v}")));
+    if config {
+        a.extend(config_defines().into_iter().map(|(k, v)| format!("-D{k}={v}")));
+    }
     a
 }
 
-/// A [`cc::Build`] for the kernel cargo builds (see the module docs).
+/// A [`cc::Build`] for the kernel cargo builds (see the module docs), with
+/// the Kconfig values as `CONFIG_` defines: for an app's own C.
 pub fn build() -> cc::Build {
+    configured(true)
+}
+
+/// [`build`] without the `CONFIG_` defines: for a C library that reads
+/// none (SQLite, Lua), so that a change to the kernel's configuration
+/// does not recompile it.
+pub fn build_library() -> cc::Build {
+    configured(false)
+}
+
+fn configured(config: bool) -> cc::Build {
     let mut b = cc::Build::new();
     if !for_kernel() {
         return b;
@@ -167,7 +185,7 @@ pub fn build() -> cc::Build {
         .flag("-fno-pic")
         .flag("-fno-stack-protector")
         .flag("-fno-asynchronous-unwind-tables");
-    for a in common_args(&t) {
+    for a in common_args(&t, config) {
         b.flag(a);
     }
     b
@@ -238,15 +256,15 @@ pub fn crate_source(name: &str) -> PathBuf {
     }
 }
 
-/// A bindgen builder that reads headers as [`build`] compiles them:
-/// clang's target, musl's headers, `kiln.h`'s folder, the CONFIG_
-/// defines; `core` types (the kernel has no `std`).
+/// A bindgen builder that reads headers as [`build_library`] compiles
+/// them: clang's target, musl's headers, `kiln.h`'s folder; `core` types
+/// (the kernel has no `std`).
 #[cfg(feature = "bindgen")]
 pub fn bindgen() -> bindgen::Builder {
     let mut b = bindgen::Builder::default().use_core().layout_tests(false);
     if for_kernel() {
         let t = target().unwrap_or_else(|e| fail(&e));
-        b = b.clang_args(common_args(&t));
+        b = b.clang_args(common_args(&t, false));
     } else {
         b = b.clang_arg(format!("-I{}", kiln_include().display()));
     }
