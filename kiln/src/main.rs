@@ -124,6 +124,11 @@ struct PkgArgs {
     /// Pack the Kraftfile's boot set NAME instead of the default (repeatable)
     #[arg(long = "boot", value_name = "NAME")]
     boot: Vec<String>,
+    /// OCI: a separate initrd (a folder, packed, or a cpio file) beside the
+    /// kernel in the image, named by com.urunc.unikernel.initrd; the
+    /// runtime hands it to the kernel in place of the embedded one
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
     /// libvirt: guest memory
     #[arg(long = "memory", short = 'M', default_value = "64M")]
     memory: String,
@@ -490,6 +495,14 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
         }
         pkg::disk::check_tools(f, &target.arch)?;
     }
+    if a.initrd.is_some() && a.format != PkgFormat::Oci {
+        anyhow::bail!("--initrd: only an OCI image carries a separate initrd (--format oci); give the app a rootfs in its Kraftfile to embed one");
+    }
+    if let Some(i) = &a.initrd {
+        if !i.exists() {
+            anyhow::bail!("--initrd {}: no such file or folder", i.display());
+        }
+    }
     let kernel = builder::build(&kf, &target, &ui)?;
     let out = match &a.output {
         Some(o) => o.clone(),
@@ -500,6 +513,20 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) || name.starts_with(['.', '-']) {
         anyhow::bail!("--name {name}: use lowercase letters, digits, '.', '_' and '-' (at most 64), as image names allow");
     }
+    // The separate initrd, packed next to the output like kiln run's.
+    let initrd = match &a.initrd {
+        None => None,
+        Some(i) => {
+            if std::fs::read_to_string(kernel.with_extension("config"))
+                .is_ok_and(|c| c.lines().any(|l| l == "# CONFIG_LIBINITRD is not set"))
+            {
+                anyhow::bail!("--initrd {}: {} was built without initrd support (LIBINITRD is off); select LIBINITRD in the app's Kconfig", i.display(), kernel.display());
+            }
+            let packed = out.join(format!("{name}.initrd.cpio"));
+            initrd::prepare(i, &packed)?;
+            Some(packed)
+        }
+    };
     let p = pkg::Package {
         name: &name,
         tag: &a.tag,
@@ -508,6 +535,7 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
         hypervisor: vmm.name(),
         args: &kf.cmd,
         env: &kf.env,
+        initrd: initrd.as_deref(),
     };
     match a.format {
         PkgFormat::Libvirt => {

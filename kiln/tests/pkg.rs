@@ -115,20 +115,29 @@ impl Drop for Tap {
     }
 }
 
-#[test]
-fn the_image_boots_as_urunc_boots_it() {
-    // SAFETY: geteuid has no side effects.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED the_image_boots_as_urunc_boots_it: making a tap device needs root");
-        return;
-    }
-    let (out, layout, _) = package("urunc");
+/// What a guest booted as urunc boots it answered: the first line and
+/// body of `GET /`, and its console.
+struct UruncBoot {
+    status: String,
+    body: String,
+    log: String,
+    guest: String,
+    host: String,
+}
+
+/// Boots the image in `layout` the way urunc does: unpacks it, reads the
+/// annotations, makes a tap with a static address, builds urunc's command
+/// line for a Unikraft-type guest and starts QEMU with the kernel (and the
+/// initrd, when the image names one) from the image (TCG instead of KVM;
+/// no debug-exit device); then fetches `/`.
+fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
     let bundle = out.join("bundle");
     let (ok, text) = tool("umoci", &["unpack", "--rootless", "--image", &format!("{}:latest", layout.display()), bundle.to_str().unwrap()]);
     assert!(ok, "{text}");
-    let a = annotations(&layout);
+    let a = annotations(layout);
     assert_eq!(a["com.urunc.unikernel.hypervisor"], "qemu");
-    let kernel = bundle.join("rootfs").join(a["com.urunc.unikernel.binary"].as_str().unwrap().trim_start_matches('/'));
+    let file = |key: &str| a[key].as_str().map(|p| bundle.join("rootfs").join(p.trim_start_matches('/')));
+    let kernel = file("com.urunc.unikernel.binary").unwrap();
     // A tap with a static address, as urunc's network setup makes.
     let name = format!("kurunc{}", std::process::id() % 10000);
     let tap = Tap(name.clone());
@@ -138,16 +147,18 @@ fn the_image_boots_as_urunc_boots_it() {
         let (ok, text) = tool("ip", &args);
         assert!(ok, "ip {args:?}: {text}");
     }
-    // urunc's command line for a Unikraft-type guest, then QEMU as urunc
-    // starts it (TCG here instead of KVM; no debug-exit device).
     let cmdline = format!(
         "Unikraft console=ttyS0 env.vars=[ PATH=/bin GREETING=hi ] netdev.ip={guest}/24:{host}:8.8.8.8 vfs.fstab=[ \"initrd0:/:extract:::\" ] -- {}",
         a["com.urunc.unikernel.cmdline"].as_str().unwrap()
     );
-    let mut q = Command::new("qemu-system-x86_64")
-        .args(["-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none", "-monitor", "null", "-serial", "stdio"])
+    let mut q = Command::new("qemu-system-x86_64");
+    q.args(["-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none", "-monitor", "null", "-serial", "stdio"])
         .arg("-kernel")
-        .arg(&kernel)
+        .arg(&kernel);
+    if let Some(initrd) = file("com.urunc.unikernel.initrd") {
+        q.arg("-initrd").arg(initrd);
+    }
+    let mut q = q
         .args(["-netdev", &format!("tap,id=net0,script=no,downscript=no,ifname={name}"), "-device", "virtio-net-pci,netdev=net0,host_mtu=1500,mac=52:54:00:12:34:56"])
         .args(["-append", &cmdline])
         .stdin(Stdio::null())
@@ -156,15 +167,83 @@ fn the_image_boots_as_urunc_boots_it() {
         .spawn()
         .unwrap();
     let reader = support::read_in_background(q.stdout.take().unwrap());
-    let status = support::first_status(format!("{guest}:80").parse().unwrap(), Duration::from_secs(90)).unwrap_or_else(|| "(no answer)".into());
+    let addr: std::net::SocketAddr = format!("{guest}:80").parse().unwrap();
+    let status = support::first_status(addr, Duration::from_secs(90)).unwrap_or_else(|| "(no answer)".into());
+    let body = get_body(addr);
     let _ = q.kill();
     let _ = q.wait();
     let log = reader.join().unwrap();
     drop(tap);
-    assert_eq!(status, "HTTP/1.1 200 OK", "{log}");
-    assert!(log.contains(&format!("net: 52:54:00:12:34:56 {guest}/24 via {host}")), "{log}");
-    assert!(log.contains("vfs.fstab: initrd0 on / (extract): the initrd is the root file system already"), "{log}");
+    UruncBoot { status, body, log, guest, host }
+}
+
+/// The body of `GET /` (empty when there is no answer).
+fn get_body(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    reply.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn the_image_boots_as_urunc_boots_it() {
+    if !is_root() {
+        eprintln!("SKIPPED the_image_boots_as_urunc_boots_it: making a tap device needs root");
+        return;
+    }
+    let (out, layout, _) = package("urunc");
+    assert!(annotations(&layout).get("com.urunc.unikernel.initrd").is_none());
+    let b = boot_as_urunc(&out, &layout);
+    assert_eq!(b.status, "HTTP/1.1 200 OK", "{}", b.log);
+    assert!(b.log.contains(&format!("net: 52:54:00:12:34:56 {}/24 via {}", b.guest, b.host)), "{}", b.log);
+    assert!(b.log.contains("vfs.fstab: initrd0 on / (extract): the initrd is the root file system already"), "{}", b.log);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `kiln pkg --initrd DIR`: the image carries the initrd beside the kernel
+/// and names it (com.urunc.unikernel.initrd); booted as urunc boots it,
+/// the guest serves the files of that initrd, not the embedded ones.
+#[test]
+fn a_separate_initrd_is_carried_named_and_used() {
+    let site = std::env::temp_dir().join(format!("kiln-pkg-site-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&site);
+    std::fs::create_dir_all(site.join("www")).unwrap();
+    std::fs::write(site.join("www/index.html"), "<p>served from the separate initrd</p>\n").unwrap();
+    let out = std::env::temp_dir().join(format!("kiln-pkg-initrd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, stdout, err) = support::kiln(&["pkg", "-q", "--format", "oci", "--initrd", site.to_str().unwrap(), "-o", out.to_str().unwrap(), "apps/httpd"]);
+    assert_eq!(code, 0, "{err}");
+    let layout = PathBuf::from(stdout.lines().next().unwrap());
+    let a = annotations(&layout);
+    assert_eq!(a["com.urunc.unikernel.initrd"], "/unikernel/initrd");
+    let (ok, text) = tool("skopeo", &["inspect", &format!("oci:{}:latest", layout.display())]);
+    assert!(ok, "{text}");
+    assert!(text.contains("\"com.urunc.unikernel.initrd\": \"/unikernel/initrd\""), "{text}");
+    // Other formats carry no separate initrd; a missing folder is named.
+    let (code, _, err) = support::kiln(&["pkg", "-q", "--format", "libvirt", "--initrd", site.to_str().unwrap(), "-o", out.to_str().unwrap(), "apps/httpd"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("only an OCI image carries a separate initrd"), "{err}");
+    let (code, _, err) = support::kiln(&["pkg", "-q", "--initrd", "/nonexistent/site", "apps/httpd"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--initrd /nonexistent/site: no such file or folder"), "{err}");
+    if !is_root() {
+        eprintln!("SKIPPED booting a_separate_initrd_is_carried_named_and_used: making a tap device needs root");
+        return;
+    }
+    let b = boot_as_urunc(&out, &layout);
+    assert_eq!(b.status, "HTTP/1.1 200 OK", "{}", b.log);
+    assert_eq!(b.body, "<p>served from the separate initrd</p>\n", "{}", b.log);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&site);
 }
 
 /// Starts `prog -d` unless a process of that name runs; true if started.

@@ -215,7 +215,13 @@ fn keys(db: &Connection) -> kiln_sqlite::Result<Reply> {
 /// are the answer.
 fn sql(db: &Connection, body: &[u8]) -> kiln_sqlite::Result<Reply> {
     let text = core::str::from_utf8(body).map_err(|_| kiln_sqlite::Error { code: 1, message: "the SQL is not UTF-8".into() })?;
-    let mut rest = text;
+    if text.contains('\0') {
+        return Err(kiln_sqlite::Error { code: 1, message: "a NUL byte in the SQL".into() });
+    }
+    let mut c_text = Vec::with_capacity(text.len() + 1);
+    c_text.extend_from_slice(text.as_bytes());
+    c_text.push(0);
+    let mut rest: &[u8] = &c_text;
     let mut out = String::new();
     while let Some((mut s, tail)) = db.prepare_next(rest)? {
         rest = tail;

@@ -25,4 +25,6 @@ pub struct Package<'a> {
     /// The app's arguments and environment.
     pub args: &'a [String],
     pub env: &'a [(String, String)],
+    /// A separate initrd (a packed cpio), for formats that carry one (OCI).
+    pub initrd: Option<&'a Path>,
 }

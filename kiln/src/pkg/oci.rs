@@ -1,7 +1,8 @@
 //! `kiln pkg --format oci` writes an OCI image (an image layout folder and a
 //! docker-archive tarball of the same image) for urunc, the OCI runtime
 //! that boots unikernels from container images: one layer holding the
-//! kernel (with its embedded initrd) at [`KERNEL`] and `/urunc.json`, and
+//! kernel (with its embedded initrd) at [`KERNEL`], a separate initrd at
+//! [`INITRD`] when `--initrd` gives one, and `/urunc.json`, and
 //! the annotations urunc reads, on the manifest, as image labels and in
 //! `/urunc.json` (whose values are `b64:`-encoded, as urunc's own tools
 //! write them). The guest type is `unikraft`: urunc then builds the
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Where the kernel lies in the image.
 pub const KERNEL: &str = "/unikernel/kernel";
+/// Where a separate initrd (`kiln pkg --initrd`) lies in the image.
+pub const INITRD: &str = "/unikernel/initrd";
 
 fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -25,13 +28,17 @@ fn sha256(bytes: &[u8]) -> String {
 /// urunc's annotations for `p`.
 pub fn annotations(p: &Package) -> Vec<(&'static str, String)> {
     let cmdline = p.args.iter().map(|a| kiln_boot::cmdline::quote(a)).collect::<Vec<_>>().join(" ");
-    vec![
+    let mut a = vec![
         ("com.urunc.unikernel.unikernelType", "unikraft".into()),
         ("com.urunc.unikernel.hypervisor", p.hypervisor.into()),
         ("com.urunc.unikernel.binary", KERNEL.into()),
         ("com.urunc.unikernel.cmdline", cmdline),
         ("com.urunc.unikernel.mountRootfs", "false".into()),
-    ]
+    ];
+    if p.initrd.is_some() {
+        a.push(("com.urunc.unikernel.initrd", INITRD.into()));
+    }
+    a
 }
 
 /// Base64 (standard alphabet, padded), for `/urunc.json`.
@@ -73,6 +80,10 @@ fn layer(p: &Package) -> Result<Vec<u8>> {
     };
     add("unikernel/", &[], 0o755, tar::EntryType::Directory)?;
     add(KERNEL.trim_start_matches('/'), &kernel, 0o755, tar::EntryType::Regular)?;
+    if let Some(i) = p.initrd {
+        let bytes = std::fs::read(i).with_context(|| format!("reading {}", i.display()))?;
+        add(INITRD.trim_start_matches('/'), &bytes, 0o644, tar::EntryType::Regular)?;
+    }
     add("urunc.json", &urunc, 0o644, tar::EntryType::Regular)?;
     Ok(t.into_inner()?)
 }

@@ -128,24 +128,27 @@ impl Connection {
     /// Compiles the first statement of `sql` and returns it with the rest
     /// of the text (SQLite's own tokenizer decides where a statement ends,
     /// so `;` inside strings is no boundary). `Ok(None)` when only blanks
-    /// or comments are left.
-    pub fn prepare_next<'s>(&self, sql: &'s str) -> Result<Option<(Statement<'_>, &'s str)>> {
+    /// or comments are left. `sql` is C text: its last byte is a NUL
+    /// (and the rest returned keeps it), so that SQLite reads it in place
+    /// and nothing is scanned to its end for each statement (given a
+    /// length, SQLite copies all of the rest; a `CStr` would be measured).
+    pub fn prepare_next<'s>(&self, sql: &'s [u8]) -> Result<Option<(Statement<'_>, &'s [u8])>> {
+        if sql.last() != Some(&0) {
+            return Err(Error { code: sys::SQLITE_MISUSE as i32, message: "SQL text without its final NUL".into() });
+        }
         let mut stmt = core::ptr::null_mut();
         let mut tail: *const c_char = core::ptr::null();
-        // SAFETY: db is open; the text is given with its length (no NUL
-        // needed); tail points into it when SQLite returns.
-        let rc = unsafe {
-            sys::sqlite3_prepare_v2(self.db, sql.as_ptr().cast(), sql.len() as c_int, &mut stmt, &mut tail)
-        };
+        // SAFETY: db is open; sql ends with a NUL; tail points into it (at
+        // most at that NUL) when SQLite returns.
+        let rc = unsafe { sys::sqlite3_prepare_v2(self.db, sql.as_ptr().cast(), -1, &mut stmt, &mut tail) };
         if rc != sys::SQLITE_OK as c_int {
             return Err(self.error(rc));
         }
-        let used = if tail.is_null() { sql.len() } else { (tail as usize - sql.as_ptr() as usize).min(sql.len()) };
-        let rest = sql.get(used..).unwrap_or("");
         if stmt.is_null() {
             return Ok(None);
         }
-        Ok(Some((Statement { stmt, conn: self }, rest)))
+        let used = if tail.is_null() { sql.len() - 1 } else { (tail as usize).saturating_sub(sql.as_ptr() as usize).min(sql.len() - 1) };
+        Ok(Some((Statement { stmt, conn: self }, &sql[used..])))
     }
 
     /// Rows the last INSERT, UPDATE or DELETE changed.
