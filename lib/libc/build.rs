@@ -6,8 +6,6 @@ use std::path::PathBuf;
 fn main() {
     let include = kiln_cc::kiln_include();
     println!("cargo:rerun-if-changed={}", include.join("kiln.h").display());
-    // For C code's build scripts: DEP_KILN_LIBC_INCLUDE.
-    println!("cargo:include={}", include.display());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
 
     // kiln.h as Rust: its types, and its functions (which src/lib.rs
