@@ -131,6 +131,10 @@ struct UruncBoot {
 /// initrd, when the image names one) from the image (TCG instead of KVM;
 /// no debug-exit device); then fetches `/`.
 fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
+    // One at a time: each makes a tap and a subnet named after the test
+    // process.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let bundle = out.join("bundle");
     let (ok, text) = tool("umoci", &["unpack", "--rootless", "--image", &format!("{}:latest", layout.display()), bundle.to_str().unwrap()]);
     assert!(ok, "{text}");
