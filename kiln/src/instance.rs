@@ -253,7 +253,7 @@ fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
     info.pid = Some(child.id());
     write_info(dir, info)?;
     let copier = match (console, child.stdout.take()) {
-        (Some(log), Some(out)) => Some(vmm::copy_console(out, log)),
+        (Some(log), Some(out)) => Some(vmm::copy_console(out, log, Some(info.kernel.clone()))),
         _ => None,
     };
     let mut err = String::new();

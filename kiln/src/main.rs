@@ -10,6 +10,7 @@ mod menu;
 mod network;
 mod pkg;
 mod rootfs;
+mod symbols;
 mod ui;
 mod vmm;
 mod volume;

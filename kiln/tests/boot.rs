@@ -232,6 +232,9 @@ fn null_dereference_reports_a_page_fault() {
         "rip {rip:#x} outside the kernel text"
     );
     assert!(r.stdout.contains("likely cause: null pointer dereference"));
+    // kiln run names the function and line from the ELF beside the image.
+    let named = r.stdout.lines().find(|l| l.starts_with("  in ")).unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(named.contains("main at apps/crashtest/src/lib.rs:45"), "{named}");
 
     let r = boot("crashtest", &["-q"], &["write-null"]);
     assert_eq!(r.code, 125);

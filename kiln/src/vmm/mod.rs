@@ -375,11 +375,34 @@ pub struct ConsoleFilter<W: Write> {
     started: bool,
     blank_held: bool,
     code: Option<i32>,
+    /// The kernel's symbols, to name the function of a fault report's
+    /// instruction pointer, and the whole current line for that.
+    symbols: Option<crate::symbols::Symbols>,
+    text: Vec<u8>,
 }
 
 impl<W: Write> ConsoleFilter<W> {
     pub fn new(out: W) -> Self {
-        ConsoleFilter { out, line: Vec::new(), started: false, blank_held: false, code: None }
+        ConsoleFilter { out, line: Vec::new(), started: false, blank_held: false, code: None, symbols: None, text: Vec::new() }
+    }
+
+    /// Names functions in fault reports from these symbols.
+    pub fn with_symbols(mut self, symbols: Option<crate::symbols::Symbols>) -> Self {
+        self.symbols = symbols;
+        self
+    }
+
+    /// After a complete line: the function a fault report's instruction
+    /// pointer is in, on a line of its own.
+    fn annotate(&mut self) -> std::io::Result<()> {
+        let text = std::mem::take(&mut self.text);
+        if let Some(s) = &self.symbols {
+            if let Some(note) = std::str::from_utf8(&text).ok().and_then(|l| s.annotate(l.trim_end_matches('\r'))) {
+                self.out.write_all(note.as_bytes())?;
+                self.out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
     }
 
     /// The code of the last exit line seen.
@@ -393,9 +416,13 @@ impl<W: Write> ConsoleFilter<W> {
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let marker = kiln_boot::EXIT_LINE.as_bytes();
         for &b in bytes {
+            if b != b'\n' && self.symbols.is_some() && self.text.len() < 512 {
+                self.text.push(b);
+            }
             if b == b'\n' && std::mem::take(&mut self.started) {
                 self.out.write_all(&std::mem::take(&mut self.line))?;
                 self.out.write_all(b"\n")?;
+                self.annotate()?;
                 continue;
             }
             if b == b'\n' {
@@ -420,6 +447,7 @@ impl<W: Write> ConsoleFilter<W> {
                         self.out.write_all(b"\n")?;
                     }
                 }
+                self.annotate()?;
                 continue;
             }
             self.line.push(b);
@@ -458,9 +486,11 @@ impl<W: Write> ConsoleFilter<W> {
 pub fn copy_console<R: Read + Send + 'static, W: Write + Send + 'static>(
     mut from: R,
     to: W,
+    kernel: Option<PathBuf>,
 ) -> std::thread::JoinHandle<Option<i32>> {
     std::thread::spawn(move || {
-        let mut f = ConsoleFilter::new(to);
+        let symbols = kernel.as_deref().and_then(crate::symbols::Symbols::for_image);
+        let mut f = ConsoleFilter::new(to).with_symbols(symbols);
         let mut buf = [0u8; 4096];
         loop {
             match from.read(&mut buf) {
@@ -525,8 +555,12 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     if vmm.console_on_stdout() {
         // The console is output only: a VMM reading a terminal would put
         // it in raw mode and take Ctrl-C for the guest.
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.stdin(Stdio::null());
     }
+    // The console comes through Kiln on its way to the terminal, so that
+    // fault reports get their function names (QEMU keeps reading the
+    // terminal for the guest's input).
+    cmd.stdout(Stdio::piped());
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -535,7 +569,7 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     // SAFETY: the handler only stores to an atomic (async-signal-safe); the
     // VMM is already started with its own dispositions.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let console = child.stdout.take().map(|o| copy_console(o, std::io::stdout()));
+    let console = child.stdout.take().map(|o| copy_console(o, std::io::stdout(), Some(spec.kernel.clone())));
     let stopped_by = Arc::new(AtomicI32::new(0));
     let internal = Arc::new(AtomicBool::new(false));
     let relay = child.stderr.take().map(|err| {
