@@ -8,8 +8,5 @@ fn main() {
     let lua = std::env::var("DEP_KILN_LUA_SRC").expect("lib/lua names Lua's sources");
     let mut b = kiln_cc::build();
     b.file("main.c").include(lua);
-    if let Err(e) = b.try_compile("lua_main") {
-        eprintln!("error: compiling main.c failed: {e}");
-        std::process::exit(1);
-    }
+    kiln_cc::compile_with(&b, "lua_main");
 }

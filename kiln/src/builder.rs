@@ -73,22 +73,45 @@ impl BuildPaths {
 }
 
 /// The package name of the app crate in `dir`.
-fn app_package(dir: &Path) -> Result<String> {
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).with_context(|| {
-        format!(
-            "{}: the app's crate is missing (set `app:` in the Kraftfile to its folder)",
-            manifest.display()
-        )
-    })?;
-    let doc: toml::Table = text
-        .parse()
-        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
-    doc.get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-        .map(String::from)
-        .with_context(|| format!("{}: no [package] name", manifest.display()))
+/// The app crate's manifest, read once per build: its path and contents.
+struct AppManifest {
+    path: PathBuf,
+    doc: toml::Table,
+}
+
+impl AppManifest {
+    fn read(dir: &Path) -> Result<AppManifest> {
+        let path = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{}: the app's crate is missing (set `app:` in the Kraftfile to its folder)",
+                path.display()
+            )
+        })?;
+        let doc: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: not valid TOML", path.display()))?;
+        Ok(AppManifest { path, doc })
+    }
+
+    /// The package's name.
+    fn package(&self) -> Result<String> {
+        self.doc
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .map(String::from)
+            .with_context(|| format!("{}: no [package] name", self.path.display()))
+    }
+
+    /// A key of `[package.metadata.kiln]`.
+    fn kiln(&self, key: &str) -> Option<&toml::Value> {
+        self.doc
+            .get("package")
+            .and_then(|p| p.get("metadata"))
+            .and_then(|m| m.get("kiln"))
+            .and_then(|k| k.get(key))
+    }
 }
 
 /// RustCrypto's crates (lib/tls) pick SIMD code with CPUID at run time,
@@ -107,27 +130,18 @@ const SOFT_CRYPTO: &[&str] = &[
 /// `[package.metadata.kiln.features]` maps a feature to a symbol (`tls =
 /// "APP_HTTPD_TLS"`), so an option can bring in a library's code or leave
 /// it out of the image.
-fn app_features(dir: &Path, cfg: &Config) -> Result<Vec<String>> {
-    let manifest = dir.join("Cargo.toml");
-    let doc: toml::Table = std::fs::read_to_string(&manifest)?
-        .parse()
-        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
-    let Some(map) = doc
-        .get("package")
-        .and_then(|p| p.get("metadata"))
-        .and_then(|m| m.get("kiln"))
-        .and_then(|k| k.get("features"))
-    else {
+fn app_features(m: &AppManifest, cfg: &Config) -> Result<Vec<String>> {
+    let Some(map) = m.kiln("features") else {
         return Ok(Vec::new());
     };
     let map = map
         .as_table()
-        .with_context(|| format!("{}: [package.metadata.kiln.features] must map features to Kconfig symbols", manifest.display()))?;
+        .with_context(|| format!("{}: [package.metadata.kiln.features] must map features to Kconfig symbols", m.path.display()))?;
     let mut on = Vec::new();
     for (feature, symbol) in map {
         let symbol = symbol
             .as_str()
-            .with_context(|| format!("{}: feature {feature}: expected a Kconfig symbol name", manifest.display()))?;
+            .with_context(|| format!("{}: feature {feature}: expected a Kconfig symbol name", m.path.display()))?;
         if cfg.on(symbol.trim_start_matches("CONFIG_")) {
             on.push(feature.clone());
         }
@@ -137,22 +151,13 @@ fn app_features(dir: &Path, cfg: &Config) -> Result<Vec<String>> {
 
 /// Whether the app's `main` is C (`[package.metadata.kiln] main = "c"`):
 /// its crate re-exports `kiln_libc::c_main`, which calls the C `main`.
-fn c_main(dir: &Path) -> Result<bool> {
-    let manifest = dir.join("Cargo.toml");
-    let doc: toml::Table = std::fs::read_to_string(&manifest)?
-        .parse()
-        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
-    match doc
-        .get("package")
-        .and_then(|p| p.get("metadata"))
-        .and_then(|m| m.get("kiln"))
-        .and_then(|k| k.get("main"))
-    {
+fn c_main(m: &AppManifest) -> Result<bool> {
+    match m.kiln("main") {
         None => Ok(false),
         Some(v) => match v.as_str() {
             Some("c") => Ok(true),
             Some("rust") => Ok(false),
-            _ => bail!("{}: [package.metadata.kiln] main = {v}: expected \"c\" or \"rust\"", manifest.display()),
+            _ => bail!("{}: [package.metadata.kiln] main = {v}: expected \"c\" or \"rust\"", m.path.display()),
         },
     }
 }
@@ -301,7 +306,8 @@ fn generate(
             kf.app_dir.display()
         )
     })?;
-    let app_pkg = app_package(&app_dir)?;
+    let app_manifest = AppManifest::read(&app_dir)?;
+    let app_pkg = app_manifest.package()?;
     let crate_name =
         format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace(['_', '.'], "-");
     let dir = &paths.link_crate;
@@ -332,12 +338,12 @@ fn generate(
         deps += &format!("{} = {{ path = {} }}\n", l.package, toml_str(&l.dir));
     }
     let (heap_crate, heap_type) = (heap.rust_name(), heap.heap.clone().unwrap_or_default());
-    let features = app_features(&app_dir, cfg)?;
-    let c_app = c_main(&app_dir)?;
+    let features = app_features(&app_manifest, cfg)?;
+    let c_app = c_main(&app_manifest)?;
     if c_app && !cfg.on("LIBC") {
         bail!(
             "{}: the app's main is C ([package.metadata.kiln] main = \"c\"), which needs LIBC: select it in the app's Kconfig (select LIBC)",
-            app_dir.join("Cargo.toml").display()
+            app_manifest.path.display()
         );
     }
     deps += &format!(

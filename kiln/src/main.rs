@@ -475,6 +475,23 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `--initrd` for a kernel whose `.config` (beside it) says LIBINITRD is
+/// off is refused: the kernel would boot without the files and fail
+/// later, far from the cause. (A kernel without its `.config`, given by
+/// `--kernel`, is taken as it is.)
+fn needs_initrd_support(kernel: &std::path::Path, initrd: &std::path::Path) -> Result<()> {
+    let off = std::fs::read_to_string(kernel.with_extension("config"))
+        .is_ok_and(|c| c.lines().any(|l| l == "# CONFIG_LIBINITRD is not set"));
+    if off {
+        anyhow::bail!(
+            "--initrd {}: {} was built without initrd support (LIBINITRD is off); select LIBINITRD in the app's Kconfig, or give the app a rootfs in its Kraftfile",
+            initrd.display(),
+            kernel.display()
+        );
+    }
+    Ok(())
+}
+
 fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     let ui = Ui { quiet: a.target.quiet };
     let (mut kf, target) = load(&a.target, &ui)?;
@@ -518,11 +535,7 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     let initrd = match &a.initrd {
         None => None,
         Some(i) => {
-            if std::fs::read_to_string(kernel.with_extension("config"))
-                .is_ok_and(|c| c.lines().any(|l| l == "# CONFIG_LIBINITRD is not set"))
-            {
-                anyhow::bail!("--initrd {}: {} was built without initrd support (LIBINITRD is off); select LIBINITRD in the app's Kconfig", i.display(), kernel.display());
-            }
+            needs_initrd_support(&kernel, i)?;
             let packed = out.join(format!("{name}.initrd.cpio"));
             initrd::prepare(i, &packed)?;
             Some(packed)
@@ -749,18 +762,8 @@ fn run(a: &RunArgs) -> Result<i32> {
     let initrd = match &a.initrd {
         None => None,
         Some(p) if !p.exists() => anyhow::bail!("--initrd {}: no such file or folder", p.display()),
-        // A kernel built without initrd support would boot without the
-        // files and fail later, far from the cause.
-        Some(p) if std::fs::read_to_string(kernel.with_extension("config"))
-            .is_ok_and(|c| c.lines().any(|l| l == "# CONFIG_LIBINITRD is not set")) =>
-        {
-            anyhow::bail!(
-                "--initrd {}: {} was built without initrd support (LIBINITRD is off); select LIBINITRD in the app's Kconfig, or give the app a rootfs in its Kraftfile",
-                p.display(),
-                kernel.display()
-            )
-        }
         Some(p) => {
+            needs_initrd_support(&kernel, p)?;
             // Packed (or checked) next to the kernel image, one file per
             // `kiln run`, so runs of the same app with different initrds
             // do not overwrite each other's.

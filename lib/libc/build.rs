@@ -10,16 +10,11 @@ fn main() {
 
     // kiln.h as Rust: its types, and its functions (which src/lib.rs
     // implements and checks against these declarations).
-    kiln_cc::bindgen()
-        .header(include.join("kiln.h").to_string_lossy())
-        .allowlist_item("kiln_.*")
-        .generate()
-        .unwrap_or_else(|e| {
-            eprintln!("error: bindgen could not read kiln.h: {e}");
-            std::process::exit(1)
-        })
-        .write_to_file(out.join("kiln_h.rs"))
-        .expect("writing kiln_h.rs");
+    kiln_cc::write_bindings(
+        kiln_cc::bindgen().header(include.join("kiln.h").to_string_lossy()).allowlist_item("kiln_.*"),
+        "kiln_h.rs",
+        "kiln.h",
+    );
 
     // The Kconfig values, for kiln_config() at run time.
     let mut table = String::from("static CONFIG: &[(&str, &core::ffi::CStr)] = &[\n");
@@ -39,15 +34,9 @@ fn main() {
     if !kiln_cc::for_kernel() {
         return;
     }
-    let t = kiln_cc::target().unwrap_or_else(|e| {
-        eprintln!("error: LIBC: {e}");
-        std::process::exit(1)
-    });
+    let t = kiln_cc::target().unwrap_or_else(|e| kiln_cc::fail(&format!("LIBC: {e}")));
     println!("cargo:rerun-if-changed=c/start.c");
-    if let Err(e) = kiln_cc::build_library().file("c/start.c").try_compile("kiln_libc_start") {
-        eprintln!("error: compiling lib/libc's c/start.c failed: {e}");
-        std::process::exit(1);
-    }
+    kiln_cc::compile_with(kiln_cc::build_library().file("c/start.c"), "kiln_libc_start");
     println!("cargo:rustc-link-search=native={}", t.lib.display());
     println!("cargo:rustc-link-lib=static=c");
 }

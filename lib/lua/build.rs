@@ -1,7 +1,5 @@
 //! Compiles Lua 5.4 (from the lua-src crate's sources) for the kernel and
 //! generates Rust bindings for its C API with bindgen.
-use std::path::PathBuf;
-
 fn main() {
     let krate = kiln_cc::crate_source("lua-src");
     let src = std::fs::read_dir(&krate)
@@ -10,27 +8,20 @@ fn main() {
         .map(|e| e.path())
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("lua-5.4")))
         .max()
-        .unwrap_or_else(|| {
-            eprintln!("error: no lua-5.4 sources in {}", krate.display());
-            std::process::exit(1)
-        });
+        .unwrap_or_else(|| kiln_cc::fail(&format!("no lua-5.4 sources in {}", krate.display())));
     // For apps that compile Lua's own lua.c (apps/lua): DEP_KILN_LUA_SRC.
     println!("cargo:src={}", src.display());
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    kiln_cc::bindgen()
-        .header(src.join("lua.h").to_string_lossy())
-        .header(src.join("lauxlib.h").to_string_lossy())
-        .header(src.join("lualib.h").to_string_lossy())
-        .allowlist_function("lua.*")
-        .allowlist_var("LUA.*")
-        .allowlist_type("lua.*")
-        .generate()
-        .unwrap_or_else(|e| {
-            eprintln!("error: bindgen could not read Lua's headers: {e}");
-            std::process::exit(1)
-        })
-        .write_to_file(out.join("lua.rs"))
-        .expect("writing lua.rs");
+    kiln_cc::write_bindings(
+        kiln_cc::bindgen()
+            .header(src.join("lua.h").to_string_lossy())
+            .header(src.join("lauxlib.h").to_string_lossy())
+            .header(src.join("lualib.h").to_string_lossy())
+            .allowlist_function("lua.*")
+            .allowlist_var("LUA.*")
+            .allowlist_type("lua.*"),
+        "lua.rs",
+        "Lua's headers",
+    );
     if !kiln_cc::for_kernel() {
         return;
     }
@@ -45,9 +36,6 @@ fn main() {
     }
     // POSIX (musl): mkstemp, popen, _setjmp; no dlopen for C modules.
     b.define("LUA_USE_POSIX", None).warnings(false).extra_warnings(false).flag("-w");
-    if let Err(e) = b.try_compile("lua") {
-        eprintln!("error: compiling Lua failed: {e}");
-        std::process::exit(1);
-    }
+    kiln_cc::compile_with(&b, "lua");
     println!("cargo:rerun-if-changed=build.rs");
 }

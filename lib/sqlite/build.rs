@@ -1,22 +1,16 @@
 //! Compiles SQLite's amalgamation (from the libsqlite3-sys crate's
 //! sources) for the kernel and generates its Rust bindings with bindgen.
-use std::path::PathBuf;
-
 fn main() {
     let src = kiln_cc::crate_source("libsqlite3-sys").join("sqlite3");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    kiln_cc::bindgen()
-        .header(src.join("sqlite3.h").to_string_lossy())
-        .allowlist_function("sqlite3_.*")
-        .allowlist_var("SQLITE_.*")
-        .allowlist_type("sqlite3.*")
-        .generate()
-        .unwrap_or_else(|e| {
-            eprintln!("error: bindgen could not read sqlite3.h: {e}");
-            std::process::exit(1)
-        })
-        .write_to_file(out.join("sqlite3.rs"))
-        .expect("writing sqlite3.rs");
+    kiln_cc::write_bindings(
+        kiln_cc::bindgen()
+            .header(src.join("sqlite3.h").to_string_lossy())
+            .allowlist_function("sqlite3_.*")
+            .allowlist_var("SQLITE_.*")
+            .allowlist_type("sqlite3.*"),
+        "sqlite3.rs",
+        "sqlite3.h",
+    );
     if !kiln_cc::for_kernel() {
         return;
     }
@@ -35,9 +29,6 @@ fn main() {
         .warnings(false)
         .extra_warnings(false)
         .flag("-w");
-    if let Err(e) = b.try_compile("sqlite3") {
-        eprintln!("error: compiling SQLite failed: {e}");
-        std::process::exit(1);
-    }
+    kiln_cc::compile_with(&b, "sqlite3");
     println!("cargo:rerun-if-changed=build.rs");
 }

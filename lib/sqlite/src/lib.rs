@@ -102,6 +102,8 @@ impl Connection {
         if rc != sys::SQLITE_OK as c_int {
             // SAFETY: err is NULL or a message sqlite3_malloc'ed.
             let message = unsafe { text(err) };
+            // SAFETY: err came from SQLite (or is NULL, which it ignores)
+            // and is freed once, after being copied.
             unsafe { sys::sqlite3_free(err.cast()) };
             return Err(Error { code: rc, message });
         }

@@ -109,8 +109,9 @@ fn clang() -> Result<String, String> {
     }
 }
 
-/// Stops the build script with `msg` as cargo shows it.
-fn fail(msg: &str) -> ! {
+/// Stops the build script with `msg` as cargo shows it (`kiln build`
+/// repeats it at the end of its output).
+pub fn fail(msg: &str) -> ! {
     // cargo prints a build script's stderr when it fails; kiln shows it.
     eprintln!("error: {msg}");
     std::process::exit(1)
@@ -216,6 +217,13 @@ pub fn compile(name: &str, sources: &[&str]) {
         }
         b.file(path);
     }
+    compile_with(&b, name);
+}
+
+/// Compiles what `b` names into the static library `name`, linked into
+/// the kernel; a failure stops the build script, pointing at the
+/// compiler's messages.
+pub fn compile_with(b: &cc::Build, name: &str) {
     if let Err(e) = b.try_compile(name) {
         fail(&format!("compiling C for {name} failed (the compiler's messages are above): {e}"));
     }
@@ -253,6 +261,17 @@ pub fn crate_source(name: &str) -> PathBuf {
     match found.as_ref().and_then(|p| p.parent()) {
         Some(dir) => dir.to_path_buf(),
         None => fail(&format!("{name} is not among {}'s dependencies (cargo metadata)", manifest.display())),
+    }
+}
+
+/// Runs bindgen with `b` and writes the bindings to `OUT_DIR/file`, or
+/// stops the build script saying which headers (`what`) it could not read.
+#[cfg(feature = "bindgen")]
+pub fn write_bindings(b: bindgen::Builder, file: &str, what: &str) {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join(file);
+    let bindings = b.generate().unwrap_or_else(|e| fail(&format!("bindgen could not read {what}: {e}")));
+    if let Err(e) = bindings.write_to_file(&out) {
+        fail(&format!("writing {}: {e}", out.display()));
     }
 }
 
