@@ -15,8 +15,9 @@ fn fuzz(args: &[&str]) {
 
 #[test]
 fn kept_inputs_pass_and_every_target_survives_a_short_run() {
-    fuzz(&["--replay"]);
+    // Unoptimised (--quick): building takes most of this test's time.
+    fuzz(&["--quick", "--replay"]);
     // A fixed seed: the suite repeats the same runs (from a clean
     // checkout's seeds), so it fails for a change, not for luck.
-    fuzz(&["--seconds", "4", "--seed", "1"]);
+    fuzz(&["--quick", "--seconds", "4", "--seed", "1"]);
 }
