@@ -1,8 +1,9 @@
 //! Kconfig: the configuration language of Linux and Unikraft, as Kiln uses it.
 //!
-//! Parsing is done by `nom-kconfig` (the `kconfig-parser` crate cannot parse
-//! `choice` or `if`/`endif`). This module turns its syntax tree into a menu
-//! tree of nodes and a table of symbols, and evaluates values the way the
+//! Kiln reads the files itself (`parse`, in one pass, linear in the input:
+//! the crates on offer were slow on large trees or missed parts of the
+//! language). This module holds the menu tree of nodes and the table of
+//! symbols it builds, and evaluates values the way the
 //! Linux kernel's kconfig does (checked against kconfiglib by the tests in
 //! `kiln/tests/kconfiglib.rs`):
 //!
@@ -23,16 +24,8 @@
 //! does not matter.
 
 use anyhow::{anyhow, bail, Context, Result};
-use nom_kconfig::attribute::expression::{
-    AndExpression, Atom, CompareOperand, CompareOperator, OrExpression, Term,
-};
-use nom_kconfig::attribute::r#macro::Macro;
-use nom_kconfig::attribute::r#type::Type;
-use nom_kconfig::attribute::range::RangeBound;
-use nom_kconfig::attribute::{Attribute, OptionValues};
-use nom_kconfig::symbol::{ConstantSymbol, Symbol};
-use nom_kconfig::tristate::Tristate;
-use nom_kconfig::{parse_kconfig, Entry, KconfigFile, KconfigInput};
+mod parse;
+pub use parse::{MAX_NESTING, MAX_SOURCE_DEPTH};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -66,7 +59,18 @@ impl Kind {
     }
 }
 
-/// An expression, reduced from nom-kconfig's tree.
+/// A comparison in an expression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareOperator {
+    Equal,
+    NotEqual,
+    LowerThan,
+    LowerOrEqual,
+    GreaterThan,
+    GreaterOrEqual,
+}
+
+/// An expression.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
     /// A constant: `y`, `m`, `n`, a number or a quoted string.
@@ -227,8 +231,6 @@ pub struct Tree {
     index: HashMap<String, usize>,
     modules: Option<usize>,
     modules_name: Option<String>,
-    /// Text of each file read, for line numbers.
-    texts: HashMap<PathBuf, String>,
 }
 
 /// Resolved values: `None` means the symbol is not written (no value).
@@ -236,127 +238,6 @@ pub type Values = BTreeMap<String, Option<String>>;
 
 /// User values by symbol name (without `CONFIG_`).
 pub type User = BTreeMap<String, String>;
-
-fn line_of(text: &str, words: &[&str], from: usize) -> Option<usize> {
-    text.lines().enumerate().skip(from).find_map(|(i, l)| {
-        let mut w = l.split_whitespace();
-        words.iter().all(|n| w.next() == Some(n)).then_some(i)
-    })
-}
-
-fn conv_symbol(s: &Symbol) -> Expr {
-    match s {
-        Symbol::NonConstant(n) => match n.as_str() {
-            "y" | "n" | "m" => Expr::Const(n.clone()),
-            _ => Expr::Sym(n.clone()),
-        },
-        Symbol::Constant(c) => Expr::Const(match c {
-            ConstantSymbol::Integer(i) => i.to_string(),
-            ConstantSymbol::Hex(h) => h.clone(),
-            ConstantSymbol::Boolean(b) => if *b { "y" } else { "n" }.into(),
-            ConstantSymbol::String(s) => s.clone(),
-            ConstantSymbol::Tristate(t) => match t {
-                Tristate::No => "n",
-                Tristate::Module => "m",
-                Tristate::Yes => "y",
-            }
-            .into(),
-        }),
-    }
-}
-
-thread_local! {
-    /// Variables for `$(VAR)` in expressions, set while a tree loads.
-    static VARS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
-}
-
-/// Expands a macro in an expression: `$(VAR)` from the load's variables;
-/// macro functions (`$(shell,...)`, `$(cc-option,...)`) probe a C build
-/// environment Kiln does not have, and expand to nothing (`n`).
-fn expand(m: &Macro) -> String {
-    match m {
-        Macro::Variable(v) => VARS.with(|vars| vars.borrow().get(v).cloned().unwrap_or_default()),
-        Macro::DoubleQuoted(inner) => expand(inner),
-        Macro::FunctionCall(_) => String::new(),
-    }
-}
-
-/// Converts nom-kconfig expressions. In conditions (`cond`), a plain `m`
-/// means `m && MODULES`, as in Linux.
-struct Conv {
-    cond: bool,
-}
-
-impl Conv {
-    fn operand(&self, o: &CompareOperand) -> Result<Expr> {
-        match o {
-            CompareOperand::Symbol(s) => Ok(conv_symbol(s)),
-            CompareOperand::Macro(m) => Ok(Expr::Const(expand(m))),
-        }
-    }
-
-    fn atom(&self, a: &Atom) -> Result<Expr> {
-        Ok(match a {
-            Atom::Symbol(s) => {
-                let e = conv_symbol(s);
-                if self.cond && is_const(&e, "m") {
-                    Expr::And(vec![e, Expr::Modules])
-                } else {
-                    e
-                }
-            }
-            Atom::Compare(c) => Expr::Cmp(
-                c.operator.clone(),
-                Box::new(self.operand(&c.left)?),
-                Box::new(self.operand(&c.right)?),
-            ),
-            Atom::Parenthesis(e) => self.or(e)?,
-            Atom::Macro(m) => Expr::Const(expand(m)),
-        })
-    }
-
-    fn term(&self, t: &Term) -> Result<Expr> {
-        Ok(match t {
-            Term::Not(a) => Expr::Not(Box::new(self.atom(a)?)),
-            Term::Atom(a) => self.atom(a)?,
-        })
-    }
-
-    fn and(&self, a: &AndExpression) -> Result<Expr> {
-        Ok(match a {
-            AndExpression::Term(t) => self.term(t)?,
-            AndExpression::Expression(ts) => {
-                Expr::And(ts.iter().map(|t| self.term(t)).collect::<Result<_>>()?)
-            }
-        })
-    }
-
-    fn or(&self, e: &OrExpression) -> Result<Expr> {
-        Ok(match e {
-            OrExpression::Term(a) => self.and(a)?,
-            OrExpression::Expression(v) => {
-                Expr::Or(v.iter().map(|a| self.and(a)).collect::<Result<_>>()?)
-            }
-        })
-    }
-}
-
-const COND: Conv = Conv { cond: true };
-const VALUE: Conv = Conv { cond: false };
-
-fn opt_cond(c: &Option<OrExpression>) -> Result<Expr> {
-    c.as_ref().map_or(Ok(yes()), |e| COND.or(e))
-}
-
-fn bound(b: &RangeBound) -> Expr {
-    match b {
-        RangeBound::Hex(h) => Expr::Const(h.clone()),
-        RangeBound::Number(n) => Expr::Const(n.to_string()),
-        RangeBound::Symbol(s) | RangeBound::Variable(s) => {
-            conv_symbol(&Symbol::NonConstant(s.clone()))
-        }
-    }
-}
 
 /// An empty menu node.
 fn blank(item: Item, file: &Path, line: u64) -> Node {
@@ -378,19 +259,6 @@ fn blank(item: Item, file: &Path, line: u64) -> Node {
     }
 }
 
-fn short(s: &str) -> String {
-    s.chars().take(200).collect()
-}
-
-/// Where in the files the tree builder is: for line numbers.
-struct Cursor {
-    file: PathBuf,
-    /// The source root; sourced files are named relative to it.
-    root: PathBuf,
-    /// Next line to search from, per file.
-    pos: HashMap<PathBuf, usize>,
-}
-
 impl Tree {
     /// Loads a Kconfig tree from its top file. `source` paths are relative to
     /// `root`; `$(VAR)` in them comes from `vars`.
@@ -408,52 +276,11 @@ impl Tree {
             index: HashMap::new(),
             modules: None,
             modules_name: None,
-            texts: HashMap::new(),
         };
-        VARS.with(|v| *v.borrow_mut() = vars.clone());
-        // `$(VAR)` in the top file, as nom-kconfig does for sourced files.
-        let mut expanded = text.to_string();
-        if expanded.contains('$') {
-            for (k, v) in vars {
-                expanded = expanded
-                    .replace(&format!("$({k})"), v)
-                    .replace(&format!("${{{k}}}"), v);
-            }
-        }
-        // What is left of `$(NAME)` names nothing defined: empty, as in
-        // kconfiglib (function calls, `$(fn,args)`, are left alone).
-        let expanded = drop_undefined_vars(&expanded);
-        let text = expanded.as_str();
-        let none = HashMap::new();
-        let kf = KconfigFile::new_with_vars(root.to_path_buf(), top.to_path_buf(), vars, &none);
-        if let Some(line) = unterminated_string(text) {
-            bail!("{}:{line}: string without its closing quote", top.display());
-        }
-        // The parser follows `source` and nests parentheses by recursion:
-        // a loop or a very deep expression would overflow its stack, which
-        // no panic handler catches. Both are refused here with file:line.
-        check_sources(top, text, root, vars, &mut Vec::new())?;
-        let (rest, k) = parse_guarded(top, text, kf)?;
-        let rest = rest.fragment();
-        if !rest.trim().is_empty() {
-            let consumed = text.len() - rest.len();
-            let line = text[..consumed].matches('\n').count() + 1;
-            let snippet = rest.trim_start().lines().next().unwrap_or("");
-            bail!(
-                "{}:{line}: Kconfig syntax error near '{snippet}'",
-                top.display()
-            );
-        }
-        t.texts.insert(top.to_path_buf(), text.to_string());
         let mut top_node = blank(Item::Menu, top, 1);
         top_node.prompt = Some(("Kiln Configuration".into(), yes()));
         t.nodes.push(top_node);
-        let mut cur = Cursor {
-            file: top.to_path_buf(),
-            root: root.to_path_buf(),
-            pos: HashMap::new(),
-        };
-        t.build(&mut cur, &k.entries, 0)?;
+        parse::Parser::new(&mut t, root, vars).file(top, text, 0)?;
         if !t.mainmenu.is_empty() {
             t.nodes[0].prompt = Some((t.mainmenu.clone(), yes()));
         }
@@ -510,28 +337,6 @@ impl Tree {
         )
     }
 
-    fn text_of(&mut self, file: &Path) -> &str {
-        if !self.texts.contains_key(file) {
-            let t = std::fs::read_to_string(file).unwrap_or_default();
-            self.texts.insert(file.to_path_buf(), t);
-        }
-        &self.texts[file]
-    }
-
-    /// The line of the next entry starting with `words` in the current file.
-    fn locate(&mut self, cur: &mut Cursor, words: &[&str]) -> u64 {
-        let file = cur.file.clone();
-        let from = cur.pos.get(&file).copied().unwrap_or(0);
-        let text = self.text_of(&file);
-        match line_of(text, words, from).or_else(|| line_of(text, words, 0)) {
-            Some(i) => {
-                cur.pos.insert(file, i + 1);
-                i as u64 + 1
-            }
-            None => from as u64 + 1,
-        }
-    }
-
     fn push(&mut self, parent: usize, node: Node) -> usize {
         let i = self.nodes.len();
         self.nodes.push(Node {
@@ -542,228 +347,30 @@ impl Tree {
         i
     }
 
-    fn build(&mut self, cur: &mut Cursor, entries: &[Entry], parent: usize) -> Result<()> {
-        for e in entries {
-            match e {
-                Entry::Config(c) => self.config(cur, &c.symbol, &c.attributes, parent, false)?,
-                Entry::MenuConfig(c) => self.config(cur, &c.symbol, &c.attributes, parent, true)?,
-                Entry::Choice(ch) => {
-                    let line = self.locate(cur, &["choice"]);
-                    let ci = self.choices.len();
-                    let mut node = blank(Item::Choice(ci), &cur.file, line);
-                    let mut kind = Kind::Unknown;
-                    let mut optional = false;
-                    for a in &ch.options {
-                        match a {
-                            Attribute::Prompt(p) => {
-                                node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?))
-                            }
-                            Attribute::DependsOn(d) => {
-                                node.dep = and(&node.dep, COND.or(&d.expression)?)
-                            }
-                            Attribute::Default(d) => node
-                                .defaults
-                                .push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
-                            Attribute::Type(t) => {
-                                let (k, p) = match &t.r#type {
-                                    Type::Bool(p) => (Kind::Bool, p),
-                                    Type::Tristate(p) => (Kind::Tristate, p),
-                                    _ => bail!(
-                                        "{}:{line}: a choice is bool or tristate",
-                                        cur.file.display()
-                                    ),
-                                };
-                                kind = k;
-                                if let Some(p) = p {
-                                    node.prompt = Some((p.clone(), opt_cond(&t.r#if)?));
-                                }
-                            }
-                            Attribute::Optional => optional = true,
-                            Attribute::Help(h) => node.help = h.clone(),
-                            _ => {}
-                        }
-                    }
-                    self.choices.push(Choice {
-                        kind,
-                        nodes: vec![],
-                        defaults: vec![],
-                        direct_dep: no(),
-                        optional,
-                        members: vec![],
-                    });
-                    let n = self.push(parent, node);
-                    self.choices[ci].nodes.push(n);
-                    self.build(cur, &ch.entries, n)?;
-                }
-                Entry::Menu(m) => {
-                    let line = self.locate(cur, &["menu"]);
-                    let mut node = blank(Item::Menu, &cur.file, line);
-                    node.prompt = Some((m.prompt.clone(), yes()));
-                    for d in &m.depends_on {
-                        node.dep = and(&node.dep, COND.or(&d.expression)?);
-                    }
-                    if let Some(Some(v)) = &m.visible {
-                        node.visible = COND.or(v)?;
-                    }
-                    let n = self.push(parent, node);
-                    self.build(cur, &m.entries, n)?;
-                }
-                Entry::Comment(c) => {
-                    let line = self.locate(cur, &["comment"]);
-                    let mut node = blank(Item::Comment, &cur.file, line);
-                    node.prompt = Some((c.prompt.clone(), yes()));
-                    for d in &c.dependencies {
-                        node.dep = and(&node.dep, COND.or(&d.expression)?);
-                    }
-                    self.push(parent, node);
-                }
-                Entry::If(i) => {
-                    let line = self.locate(cur, &["if"]);
-                    let mut node = blank(Item::If, &cur.file, line);
-                    node.dep = COND.or(&i.condition)?;
-                    let n = self.push(parent, node);
-                    self.build(cur, &i.entries, n)?;
-                }
-                // `rsource` (relative to this file's folder), `osource` and
-                // `orsource` (optional: nothing when the file is missing),
-                // as Zephyr's and ESP-IDF's trees use them.
-                Entry::Source(s) | Entry::RSource(s) | Entry::OSource(s) | Entry::OrSource(s) => {
-                    let optional = matches!(e, Entry::OSource(_) | Entry::OrSource(_));
-                    let keyword = match e {
-                        Entry::RSource(_) => "rsource",
-                        Entry::OSource(_) => "osource",
-                        Entry::OrSource(_) => "orsource",
-                        _ => "source",
-                    };
-                    let line = self.locate(cur, &[keyword]);
-                    for k in &s.kconfigs {
-                        let mut file = cur.root.join(&k.file);
-                        if !file.is_file() {
-                            if let Some(here) = cur.file.parent().map(|d| d.join(&k.file)).filter(|f| f.is_file()) {
-                                file = here;
-                            }
-                        }
-                        if !file.is_file() && optional {
-                            continue;
-                        }
-                        if !file.is_file() {
-                            bail!(
-                                "{}:{line}: sourced file {} not found",
-                                cur.file.display(),
-                                file.display()
-                            );
-                        }
-                        let saved = std::mem::replace(&mut cur.file, file);
-                        self.build(cur, &k.entries, parent)?;
-                        cur.file = saved;
-                    }
-                }
-                Entry::MainMenu(m) => self.mainmenu = m.prompt.clone(),
-                // Macro-language statements (`$(error-if,...)`, function
-                // definitions) check the build environment; Kiln has none.
-                Entry::VariableAssignment(_) | Entry::FunctionCall(_) | Entry::Function(_) => {}
-                other => bail!(
-                    "{}: unsupported Kconfig entry {other:?}",
-                    cur.file.display()
-                ),
-            }
+    /// The symbol `name`, made (untyped, defined at `file:line`) the
+    /// first time it is named.
+    fn symbol(&mut self, name: &str, file: &Path, line: u64) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
         }
-        Ok(())
-    }
-
-    fn config(
-        &mut self,
-        cur: &mut Cursor,
-        name: &str,
-        attrs: &[Attribute],
-        parent: usize,
-        menuconfig: bool,
-    ) -> Result<()> {
-        let line = self.locate(
-            cur,
-            &[if menuconfig { "menuconfig" } else { "config" }, name],
-        );
-        let si = match self.index.get(name) {
-            Some(&i) => i,
-            None => {
-                self.index.insert(name.into(), self.syms.len());
-                self.syms.push(Sym {
-                    name: name.into(),
-                    kind: Kind::Unknown,
-                    nodes: vec![],
-                    defaults: vec![],
-                    ranges: vec![],
-                    selects: vec![],
-                    implies: vec![],
-                    direct_dep: no(),
-                    rev: vec![],
-                    weak_rev: vec![],
-                    choice: None,
-                    help: String::new(),
-                    file: cur.file.clone(),
-                    line,
-                });
-                self.syms.len() - 1
-            }
-        };
-        let mut node = blank(Item::Sym(si), &cur.file, line);
-        node.menuconfig = menuconfig;
-        for a in attrs {
-            match a {
-                Attribute::Type(t) => {
-                    let cond = opt_cond(&t.r#if)?;
-                    let (kind, prompt, def) = match &t.r#type {
-                        Type::Bool(p) => (Kind::Bool, p.clone(), None),
-                        Type::Tristate(p) => (Kind::Tristate, p.clone(), None),
-                        Type::Int(p) => (Kind::Int, p.clone(), None),
-                        Type::Hex(p) => (Kind::Hex, p.clone(), None),
-                        Type::String(p) => (Kind::Str, p.clone(), None),
-                        Type::DefBool(e) => (Kind::Bool, None, Some(e)),
-                        Type::DefTristate(e) => (Kind::Tristate, None, Some(e)),
-                        Type::DefInt(e) => (Kind::Int, None, Some(e)),
-                        Type::DefHex(e) => (Kind::Hex, None, Some(e)),
-                        Type::DefString(e) => (Kind::Str, None, Some(e)),
-                    };
-                    if self.syms[si].kind == Kind::Unknown {
-                        self.syms[si].kind = kind;
-                    }
-                    if let Some(p) = prompt {
-                        node.prompt = Some((p, cond.clone()));
-                    }
-                    if let Some(e) = def {
-                        node.defaults.push((VALUE.or(e)?, cond));
-                    }
-                }
-                Attribute::Prompt(p) => node.prompt = Some((p.prompt.clone(), opt_cond(&p.r#if)?)),
-                Attribute::Default(d) => node
-                    .defaults
-                    .push((VALUE.or(&d.expression)?, opt_cond(&d.r#if)?)),
-                Attribute::DependsOn(d) => node.dep = and(&node.dep, COND.or(&d.expression)?),
-                Attribute::Select(x) => node.selects.push((x.symbol.clone(), opt_cond(&x.r#if)?)),
-                Attribute::Imply(x) => {
-                    let Expr::Sym(target) = conv_symbol(&x.symbol) else {
-                        bail!("{}:{line}: {name} implies a constant", cur.file.display());
-                    };
-                    node.implies.push((target, opt_cond(&x.r#if)?));
-                }
-                Attribute::Range(r) => node.ranges.push((
-                    bound(&r.lower_bound),
-                    bound(&r.upper_bound),
-                    opt_cond(&r.r#if)?,
-                )),
-                Attribute::Help(h) => node.help = h.clone(),
-                Attribute::Modules | Attribute::Option(OptionValues::Modules) => {
-                    self.modules_name = Some(name.into())
-                }
-                _ => {}
-            }
-        }
-        if self.syms[si].help.is_empty() {
-            self.syms[si].help = node.help.clone();
-        }
-        let n = self.push(parent, node);
-        self.syms[si].nodes.push(n);
-        Ok(())
+        self.index.insert(name.into(), self.syms.len());
+        self.syms.push(Sym {
+            name: name.into(),
+            kind: Kind::Unknown,
+            nodes: vec![],
+            defaults: vec![],
+            ranges: vec![],
+            selects: vec![],
+            implies: vec![],
+            direct_dep: no(),
+            rev: vec![],
+            weak_rev: vec![],
+            choice: None,
+            help: String::new(),
+            file: file.to_path_buf(),
+            line,
+        });
+        self.syms.len() - 1
     }
 
     /// Propagates dependencies down the tree, as Linux's menu_finalize does.
@@ -932,14 +539,7 @@ impl Tree {
                 }
             }
         }
-        if let Some(cycle) = self.find_loop() {
-            let first = self.get(&cycle[0]).unwrap();
-            out.push(format!(
-                "{}: dependency loop: {}",
-                at(first),
-                cycle.join(" -> ")
-            ));
-        }
+        out.extend(self.dependency_loop());
         out
     }
 
@@ -951,16 +551,41 @@ impl Tree {
         }
     }
 
-    /// A loop among dependencies: a symbol's value depends on the symbols in
-    /// its dependencies and on whoever selects it.
+    /// A dependency loop, as "file:line: dependency loop: A -> B -> A".
+    pub fn dependency_loop(&self) -> Option<String> {
+        let cycle = self.find_loop()?;
+        let first = self.get(&cycle[0])?;
+        Some(format!("{}:{}: dependency loop: {}", first.file.display(), first.line, cycle.join(" -> ")))
+    }
+
+    /// A loop among dependencies. A symbol's value depends on the symbols
+    /// in its dependencies, prompt conditions, defaults (values and
+    /// conditions), ranges, and on whoever selects or implies it (and when),
+    /// as kconfiglib counts them.
     fn find_loop(&self) -> Option<Vec<String>> {
         let mut edges: Vec<Vec<usize>> = vec![Vec::new(); self.syms.len()];
         for (i, s) in self.syms.iter().enumerate() {
             let mut refs = Vec::new();
             syms_in(&s.direct_dep, &mut refs);
-            for (sel, _) in &s.rev {
-                refs.push(sel.clone());
+            for (_, e) in s.rev.iter().chain(&s.weak_rev) {
+                syms_in(e, &mut refs);
             }
+            for (v, c) in &s.defaults {
+                syms_in(v, &mut refs);
+                syms_in(c, &mut refs);
+            }
+            for (lo, hi, c) in &s.ranges {
+                syms_in(lo, &mut refs);
+                syms_in(hi, &mut refs);
+                syms_in(c, &mut refs);
+            }
+            for &n in &s.nodes {
+                if let Some((_, c)) = &self.nodes[n].prompt {
+                    syms_in(c, &mut refs);
+                }
+            }
+            refs.sort();
+            refs.dedup();
             edges[i].extend(refs.iter().filter_map(|r| self.sym_index(r)));
         }
         // Iterative DFS: Linux-sized trees are too deep for recursion.
@@ -999,247 +624,6 @@ impl Tree {
         }
         None
     }
-}
-
-/// Runs nom-kconfig on `text`. The parser panics on some malformed lines
-/// (in files `text` sources, which [`unterminated_string`] has not seen);
-/// such a panic becomes an error naming the top file, so no input stops
-/// `kiln` with a crash.
-fn parse_guarded<'a>(
-    top: &Path,
-    text: &'a str,
-    kf: KconfigFile,
-) -> Result<(KconfigInput<'a>, nom_kconfig::Kconfig)> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let parsed = std::panic::catch_unwind(|| parse_kconfig(KconfigInput::new_extra(text, kf)));
-    std::panic::set_hook(hook);
-    match parsed {
-        Ok(r) => r.map_err(|e| syntax_error(&e)),
-        Err(_) => bail!(
-            "{}: Kconfig syntax error in it or a file it sources (the parser gave up: look for a string without its closing quote)",
-            top.display()
-        ),
-    }
-}
-
-/// Replaces every `$(NAME)` and `${NAME}` (NAME letters, digits, `_`)
-/// with nothing; defined ones were substituted before.
-fn drop_undefined_vars(text: &str) -> String {
-    if !text.contains('$') {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let close = match after.chars().next() {
-            Some('(') => ')',
-            Some('{') => '}',
-            _ => {
-                out.push('$');
-                rest = after;
-                continue;
-            }
-        };
-        match after[1..].find(close) {
-            Some(end) if end > 0 && after[1..1 + end].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
-                rest = &after[end + 2..];
-            }
-            _ => {
-                out.push('$');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Deepest `source` nesting and parenthesis nesting accepted. The parser
-/// recurses for both; these bounds keep it within a 2 MiB thread stack even
-/// in a debug build (kconfiglib has no fixed limit; real trees stay far
-/// below both: Linux's deepest `source` chain is under 10 files, its
-/// deepest parentheses under 6).
-const MAX_SOURCE_DEPTH: usize = 16;
-const MAX_PARENS: usize = 16;
-
-/// Walks the `source` statements of `file` (`text`) and of the files they
-/// name, refusing a file that sources itself directly or through others,
-/// nesting deeper than MAX_SOURCE_DEPTH, and parentheses nested deeper than
-/// MAX_PARENS; errors name the file and line. `chain` is the sourcing
-/// files above `file`, with the line of each `source`.
-fn check_sources(
-    file: &Path,
-    text: &str,
-    root: &Path,
-    vars: &HashMap<String, String>,
-    chain: &mut Vec<(PathBuf, usize)>,
-) -> Result<()> {
-    if let Some(line) = parens_too_deep(text) {
-        bail!("{}:{line}: parentheses nested more than {MAX_PARENS} deep", file.display());
-    }
-    for (n, l) in text.lines().enumerate() {
-        let t = l.trim_start();
-        let Some((kind, rest)) = ["source", "rsource", "osource", "orsource"]
-            .iter()
-            .find_map(|k| t.strip_prefix(k).map(|r| (*k, r)))
-        else {
-            continue;
-        };
-        if !rest.starts_with([' ', '\t']) {
-            continue;
-        }
-        let mut path = rest.trim().trim_matches('"').to_string();
-        if path.contains('$') {
-            for (k, v) in vars {
-                path = path.replace(&format!("$({k})"), v).replace(&format!("${{{k}}}"), v);
-            }
-        }
-        let target = if kind.starts_with('r') || kind.starts_with("or") {
-            file.parent().unwrap_or(root).join(&path)
-        } else {
-            root.join(&path)
-        };
-        let same = |a: &Path| {
-            let (x, y) = (std::fs::canonicalize(a).ok(), std::fs::canonicalize(&target).ok());
-            x.is_some() && x == y
-        };
-        if same(file) || chain.iter().any(|(f, _)| same(f)) {
-            let mut loop_: Vec<String> = chain.iter().map(|(f, l)| format!("{}:{l}", f.display())).collect();
-            loop_.push(format!("{}:{}", file.display(), n + 1));
-            bail!(
-                "{}:{}: `{kind} \"{path}\"` makes a loop: {} sources itself ({})",
-                file.display(),
-                n + 1,
-                target.display(),
-                loop_.join(" -> ")
-            );
-        }
-        if chain.len() + 1 >= MAX_SOURCE_DEPTH {
-            bail!("{}:{}: `source` nested more than {MAX_SOURCE_DEPTH} files deep", file.display(), n + 1);
-        }
-        // A missing file is the parser's to report.
-        let Ok(sub) = std::fs::read_to_string(&target) else { continue };
-        chain.push((file.to_path_buf(), n + 1));
-        let r = check_sources(&target, &sub, root, vars, chain);
-        chain.pop();
-        r?;
-    }
-    Ok(())
-}
-
-/// The first line where parentheses (outside strings and comments) nest
-/// deeper than MAX_PARENS.
-fn parens_too_deep(text: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    for (n, line) in text.lines().enumerate() {
-        let mut quote: Option<char> = None;
-        for c in line.chars() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, '"' | '\'') => quote = Some(c),
-                (None, '#') => break,
-                (None, '(') => {
-                    depth += 1;
-                    if depth > MAX_PARENS {
-                        return Some(n + 1);
-                    }
-                }
-                (None, ')') => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        // An expression does not go on past its line (without a backslash).
-        if !line.ends_with('\\') {
-            depth = 0;
-        }
-    }
-    None
-}
-
-/// The first line (1-based) with a string that does not end on it, outside
-/// help texts and comments. A backslash at the end continues the line.
-fn unterminated_string(text: &str) -> Option<usize> {
-    let indent = |l: &str| {
-        l.chars()
-            .take_while(|c| c.is_whitespace())
-            .map(|c| if c == '\t' { 8 } else { 1 })
-            .sum::<usize>()
-    };
-    // In a help text: None before its first line, then that line's indent.
-    let mut help: Option<Option<usize>> = None;
-    let mut open: Option<(char, usize)> = None;
-    for (n, line) in text.lines().enumerate() {
-        if open.is_none() {
-            if let Some(first) = help {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let here = indent(line);
-                match first {
-                    None => {
-                        help = Some(Some(here));
-                        continue;
-                    }
-                    Some(i) if here >= i => continue,
-                    Some(_) => help = None,
-                }
-            }
-            let t = line.trim();
-            if t == "help" || t == "---help---" {
-                help = Some(None);
-                continue;
-            }
-        }
-        let mut chars = line.chars();
-        while let Some(c) = chars.next() {
-            match (open, c) {
-                (Some(_), '\\') => {
-                    chars.next();
-                }
-                (Some((q, _)), c) if c == q => open = None,
-                (None, '"' | '\'') => open = Some((c, n + 1)),
-                (None, '#') => break,
-                _ => {}
-            }
-        }
-        if open.is_some() && !line.ends_with('\\') {
-            return open.map(|(_, at)| at);
-        }
-    }
-    open.map(|(_, at)| at)
-}
-
-fn syntax_error(e: &nom_kconfig::error::Error) -> anyhow::Error {
-    let file = if e.resolved_path.as_os_str().is_empty() {
-        &e.filename
-    } else {
-        &e.resolved_path
-    };
-    let snippet = e
-        .input
-        .trim_start()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let hint = if snippet.starts_with("source")
-        || snippet.starts_with("rsource")
-        || snippet.starts_with("osource")
-    {
-        " (the sourced file is missing, unreadable, outside the source root, or has an error)"
-    } else {
-        ""
-    };
-    anyhow!(
-        "{}:{}: Kconfig syntax error near '{}'{hint}",
-        file.display(),
-        e.line,
-        short(&snippet)
-    )
 }
 
 /// The symbols an expression mentions.
@@ -2195,16 +1579,14 @@ config CMP
         // Quotes in help texts and comments are text, not strings.
         let t = load("config A\n\tbool \"a\" # it's\n\thelp\n\t  Don't \"quote\n\n\t  me.\nconfig B\n\tbool \"b\"\n").unwrap();
         assert!(t.get("B").is_some());
-        // In a sourced file the parser's panic becomes an error.
+        // In a sourced file (this one once made a parser panic).
         std::fs::write(d.join("Kconfig.sub"), include_bytes!("../../fuzz/regressions/kconfig/unterminated-string")).unwrap();
         let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
-        assert!(e.contains("Kconfig syntax error") && e.contains(&p.display().to_string()), "{e}");
+        assert_eq!(e, format!("{}:2: string without its closing quote", d.join("Kconfig.sub").display()));
     }
 
     #[test]
     fn undefined_variables_expand_to_nothing() {
-        assert_eq!(drop_undefined_vars("default \"x$(UNDEF)y${ALSO}z\""), "default \"xyz\"");
-        assert_eq!(drop_undefined_vars("$(shell,true) $ $(a b) cost$"), "$(shell,true) $ $(a b) cost$");
         let p = scratch("undef");
         std::fs::write(&p, "config S\n\tstring \"s\"\n\tdefault \"x$(KILN_SURELY_UNDEFINED)y\"\n").unwrap();
         let t = Tree::load_file(&p).unwrap();
@@ -2248,22 +1630,86 @@ config CMP
         // The same file sourced twice side by side is no loop.
         std::fs::write(d.join("Kconfig.c"), "config C\n\tbool \"c\"\n").unwrap();
         assert!(load("menu \"m\"\nsource \"Kconfig.c\"\nendmenu\n").is_ok());
-        // 1,250 nested parentheses.
+        // 1,250 nested parentheses, and as many `!`.
         let deep = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(1250), ")".repeat(1250));
         let e = format!("{:#}", load(&deep).unwrap_err());
-        assert_eq!(e, format!("{}:3: parentheses nested more than 16 deep", p.display()));
+        assert!(e.starts_with(&format!("{}:3: Kconfig syntax error: parentheses nested more than {MAX_NESTING} deep", p.display())), "{e}");
+        let e = format!("{:#}", load(&format!("config A\n\tbool \"a\"\n\tdepends on {}A\n", "!".repeat(1250))).unwrap_err());
+        assert!(e.contains(":3: Kconfig syntax error: parentheses nested"), "{e}");
         // As deep as allowed is fine, on this test's 2 MiB thread.
-        let ok = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(16), ")".repeat(16));
+        let ok = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
         assert!(load(&ok).is_ok());
         // A chain of sourced files as deep as allowed, then one more.
-        for i in 1..16 {
+        let n = MAX_SOURCE_DEPTH;
+        for i in 1..n {
             std::fs::write(d.join(format!("K{i}")), format!("config S{i}\n\tbool \"s\"\nsource \"K{}\"\n", i + 1)).unwrap();
         }
-        std::fs::write(d.join("K16"), "config LAST\n\tbool \"last\"\n").unwrap();
+        std::fs::write(d.join(format!("K{n}")), "config LAST\n\tbool \"last\"\n").unwrap();
         let t = load("source \"K2\"\n").unwrap();
         assert!(t.get("LAST").is_some());
         let e = format!("{:#}", load("source \"K1\"\n").unwrap_err());
-        assert!(e.contains("K15:3: `source` nested more than 16 files deep"), "{e}");
+        assert!(e.contains(&format!("K{}:3: `source` nested more than {n} files deep", n - 1)), "{e}");
+    }
+
+    #[test]
+    fn macros_run_and_their_errors_name_the_line() {
+        let p = scratch("macros");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Tree::load_file(&p)
+        };
+        let t = load("f = <$(1)|$(2)>\nV := $(f,a,b)\nconfig S\n\tstring \"s\"\n\tdefault \"$(V)$(lineno)\"\n").unwrap();
+        assert_eq!(v(&resolve(&t, &User::new()), "S").as_deref(), Some("<a|b>5"));
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\n$(error-if,y,this tree needs a newer Kiln)\n").unwrap_err());
+        assert_eq!(e, format!("{}:3: this tree needs a newer Kiln", p.display()));
+        let e = format!("{:#}", load("X = a$(X)\nconfig A\n\tstring \"a\"\n\tdefault \"$(X)\"\n").unwrap_err());
+        assert_eq!(e, format!("{}:4: preprocessor variable X refers to itself", p.display()));
+        let e = format!("{:#}", load("f = $(f,x)\nY := $(f,y)\n").unwrap_err());
+        assert!(e.ends_with("preprocessor function f calls itself more than 100 deep"), "{e}");
+        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\tfrobnicate\n").unwrap_err());
+        assert_eq!(e, format!("{}:3: 'frobnicate' is neither a Kconfig keyword nor an assignment", p.display()));
+        let e = format!("{:#}", load("menu \"m\"\nconfig A\n\tbool \"a\"\n").unwrap_err());
+        assert_eq!(e, format!("{}: the file ends before its 'endmenu'", p.display()));
+    }
+
+    #[test]
+    fn absolute_and_wildcard_sources() {
+        let p = scratch("globs");
+        let d = p.parent().unwrap();
+        for sub in ["b", "a"] {
+            std::fs::create_dir_all(d.join("drivers").join(sub)).unwrap();
+            std::fs::write(d.join("drivers").join(sub).join("Kconfig"), format!("config DRV_{}\n\tbool \"{sub}\"\n", sub.to_uppercase())).unwrap();
+        }
+        // A file outside the source root, by its absolute path.
+        let outside = std::env::temp_dir().join(format!("kiln-kconfig-outside-{}", std::process::id()));
+        std::fs::write(&outside, "config OUTSIDE\n\tbool \"o\"\n").unwrap();
+        std::fs::write(&p, format!("source \"drivers/*/Kconfig\"\nsource \"{}\"\n", outside.display())).unwrap();
+        let t = Tree::load_file(&p).unwrap();
+        let names: Vec<&str> = t.syms.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["DRV_A", "DRV_B", "OUTSIDE"]);
+        let _ = std::fs::remove_file(outside);
+    }
+
+    #[test]
+    fn dependency_loops_through_every_kind_of_edge() {
+        let p = scratch("deploops");
+        let found = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Tree::load_file(&p).unwrap().dependency_loop()
+        };
+        let cases = [
+            ("config A\n\tbool \"a\"\n\tdepends on B\nconfig B\n\tbool \"b\"\n\tdepends on A\n", "A -> B -> A"),
+            ("config A\n\tbool \"a\"\n\tdepends on A\n", "A -> A"),
+            ("config A\n\tbool \"a\"\n\tdepends on B\n\tselect B\nconfig B\n\tbool \"b\"\n", "A -> B -> A"),
+            ("config A\n\tbool\n\tdefault B\nconfig B\n\tbool\n\tdefault A\n", "A -> B -> A"),
+            ("config A\n\tint \"a\"\n\trange 0 B\nconfig B\n\tint\n\tdefault A\n", "A -> B -> A"),
+            ("config A\n\tbool \"a\" if B\nconfig B\n\tbool\n\tdefault y if A\n", "A -> B -> A"),
+        ];
+        for (text, want) in cases {
+            let l = found(text).unwrap_or_else(|| panic!("no loop found in:\n{text}"));
+            assert!(l.ends_with(&format!("dependency loop: {want}")) && l.starts_with(&format!("{}:1:", p.display())), "{l}");
+        }
+        assert_eq!(found("config A\n\tbool \"a\"\nconfig B\n\tbool \"b\"\n\tdepends on A\n\tselect C\nconfig C\n\tbool\n\tdefault A\n"), None);
     }
 
     #[test]

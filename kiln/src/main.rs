@@ -445,6 +445,10 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
         None => std::env::current_dir()?,
     };
     let tree = kconfig::Tree::load(&a.file, &text, &root, &std::env::vars().collect())?;
+    // Like kconfiglib, a tree with a dependency loop has no configuration.
+    if let Some(l) = tree.dependency_loop() {
+        anyhow::bail!("{l}");
+    }
     let t1 = std::time::Instant::now();
     let mut user = kconfig::User::new();
     if let Some(c) = &a.config {

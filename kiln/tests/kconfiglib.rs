@@ -148,3 +148,31 @@ fn kilns_own_tree_resolves_exactly_like_kconfiglib() {
     let n = compare_tree(Path::new("/"), &top, &[None, Some(region)]);
     assert_eq!(n, 4);
 }
+
+/// Trees with a dependency loop (through depends, select, defaults, ranges,
+/// prompt conditions, or a symbol on itself) have no configuration: both
+/// tools refuse them.
+#[test]
+fn dependency_loops_are_refused_like_kconfiglib() {
+    let dir = std::env::temp_dir().join(format!("kiln-kconfiglib-loops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let top = dir.join("Kconfig");
+    let trees = [
+        "config A\n\tbool \"a\"\n\tdepends on B\nconfig B\n\tbool \"b\"\n\tdepends on A\n",
+        "config A\n\tbool \"a\"\n\tdepends on A\n",
+        "config A\n\tbool \"a\"\n\tdepends on B\n\tselect B\nconfig B\n\tbool \"b\"\n",
+        "config A\n\tbool\n\tdefault B\nconfig B\n\tbool\n\tdefault A\n",
+        "config A\n\tint \"a\"\n\trange 0 B\nconfig B\n\tint\n\tdefault A\n",
+        "config A\n\tbool \"a\" if B\nconfig B\n\tbool\n\tdefault y if A\n",
+    ];
+    for text in trees {
+        std::fs::write(&top, text).unwrap();
+        let out = dir.join("out");
+        let py = Command::new("/usr/bin/python3").arg(cases().join("kconfiglib_resolve.py")).arg(&top).arg("-").arg(&out).output().unwrap();
+        assert!(!py.status.success() && String::from_utf8_lossy(&py.stderr).contains("Dependency loop"), "kconfiglib accepted:\n{text}");
+        let k = Command::new(env!("CARGO_BIN_EXE_kiln")).arg("kconfig").arg(&top).output().unwrap();
+        let err = String::from_utf8_lossy(&k.stderr);
+        assert!(!k.status.success() && err.contains(&format!("{}:1: dependency loop: A -> ", top.display())), "kiln kconfig on:\n{text}\n{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
