@@ -208,6 +208,8 @@ pub struct Sym {
     pub help: String,
     pub file: PathBuf,
     pub line: u64,
+    /// Set by `option env` or `option defconfig_list`: never written.
+    pub auto: bool,
 }
 
 /// A `choice` group.
@@ -369,14 +371,39 @@ impl Tree {
             help: String::new(),
             file: file.to_path_buf(),
             line,
+            auto: false,
         });
         self.syms.len() - 1
     }
 
-    /// Propagates dependencies down the tree, as Linux's menu_finalize does.
+    /// Propagates dependencies down the tree, as Linux's menu_finalize
+    /// does, and finalizes the top node's children.
     fn finalize(&mut self, n: usize, visible_if: &Expr) {
+        self.finalize_at(&[n], 0, visible_if);
+    }
+
+    /// Finalizes `kids[i]` (one of a parent's children, in order): its
+    /// properties go to its symbol or choice, its own children are
+    /// finalized, and a symbol takes the siblings that follow it and depend
+    /// on it as its children (an implicit menu: this decides, among other
+    /// things, which symbols of a choice are its members). `if` blocks and
+    /// promptless nodes give their children to their parent. Returns the
+    /// index of the next sibling still to finalize.
+    fn finalize_at(&mut self, kids: &[usize], i: usize, visible_if: &Expr) -> usize {
+        let n = kids[i];
+        let mut next = i + 1;
         match self.nodes[n].item {
-            Item::Sym(si) => self.add_props(si, n),
+            Item::Sym(si) => {
+                self.add_props(si, n);
+                let mut implicit = Vec::new();
+                while next < kids.len() && self.menu_dep(kids[next], si) {
+                    let k = kids[next];
+                    next = self.finalize_at(kids, next, visible_if);
+                    self.nodes[k].parent = Some(n);
+                    implicit.push(k);
+                }
+                self.nodes[n].children = implicit;
+            }
             _ if !self.nodes[n].children.is_empty() => {
                 let vis = if self.nodes[n].item == Item::Menu {
                     and(visible_if, self.nodes[n].visible.clone())
@@ -384,22 +411,29 @@ impl Tree {
                     visible_if.clone()
                 };
                 self.propagate(n, &vis);
-                for c in self.nodes[n].children.clone() {
-                    self.finalize(c, &vis);
+                let children = self.nodes[n].children.clone();
+                let mut kept = Vec::new();
+                let mut j = 0;
+                while j < children.len() {
+                    kept.push(children[j]);
+                    j = self.finalize_at(&children, j, &vis);
                 }
+                self.nodes[n].children = kept;
             }
             _ => {}
         }
-        // `if` blocks vanish: their children move up, deps already applied.
-        if self.nodes[n]
-            .children
-            .iter()
-            .any(|&c| self.nodes[c].item == Item::If)
-        {
+        if !self.nodes[n].children.is_empty() {
+            // Children left with nothing to show move up a level (as
+            // kconfiglib's menu tree has them); `if` nodes vanish.
             let mut flat = Vec::new();
             self.flatten(n, &mut flat);
             for &c in &flat {
                 self.nodes[c].parent = Some(n);
+                let node = &mut self.nodes[c];
+                if node.prompt.is_none() && !matches!(node.item, Item::Choice(_)) {
+                    // Its children were moved up beside it.
+                    node.children.clear();
+                }
             }
             self.nodes[n].children = flat;
         }
@@ -438,14 +472,53 @@ impl Tree {
                 self.syms[m].choice = Some(ci);
             }
         }
+        next
     }
 
+    /// Whether node `c` depends on symbol `si` the way that puts it in the
+    /// symbol's implicit menu: `si`, `si = y`, `si = m` or `si != n` as a
+    /// term of a top-level `&&` in its prompt's condition (or, without a
+    /// prompt, in its dependencies).
+    fn menu_dep(&self, c: usize, si: usize) -> bool {
+        let node = &self.nodes[c];
+        let e = node.prompt.as_ref().map_or(&node.dep, |p| &p.1);
+        let name = &self.syms[si].name;
+        fn on(e: &Expr, name: &str) -> bool {
+            let is = |x: &Expr| matches!(x, Expr::Sym(s) if s == name);
+            match e {
+                Expr::Sym(s) => s == name,
+                Expr::And(v) => v.iter().any(|x| on(x, name)),
+                Expr::Cmp(op, a, b) => {
+                    let other = if is(a) {
+                        b
+                    } else if is(b) {
+                        a
+                    } else {
+                        return false;
+                    };
+                    match op {
+                        CompareOperator::Equal => is_const(other, "y") || is_const(other, "m"),
+                        CompareOperator::NotEqual => is_const(other, "n"),
+                        _ => false,
+                    }
+                }
+                _ => false,
+            }
+        }
+        on(e, name)
+    }
+
+    /// The children of `n` with those of its `if` and promptless children
+    /// (not choices) put in their place, recursively.
     fn flatten(&self, n: usize, out: &mut Vec<usize>) {
         for &c in &self.nodes[n].children {
-            if self.nodes[c].item == Item::If {
-                self.flatten(c, out);
-            } else {
+            let node = &self.nodes[c];
+            let hoist = !node.children.is_empty() && node.prompt.is_none() && !matches!(node.item, Item::Choice(_));
+            if node.item != Item::If {
                 out.push(c);
+            }
+            if node.item == Item::If || hoist {
+                self.flatten(c, out);
             }
         }
     }
@@ -558,71 +631,106 @@ impl Tree {
         Some(format!("{}:{}: dependency loop: {}", first.file.display(), first.line, cycle.join(" -> ")))
     }
 
-    /// A loop among dependencies. A symbol's value depends on the symbols
-    /// in its dependencies, prompt conditions, defaults (values and
-    /// conditions), ranges, and on whoever selects or implies it (and when),
-    /// as kconfiglib counts them.
+    /// A loop among dependencies, as kconfiglib finds them. A symbol's
+    /// value depends on the symbols (and choices) in its dependencies,
+    /// prompt conditions, defaults (values and conditions), ranges, and on
+    /// whoever selects or implies it (and when). A choice depends on the
+    /// conditions of its prompts and defaults and on its members; a member
+    /// depends on its choice, but a member, its choice and that member
+    /// again are no loop. The loop is given from a symbol. Graph nodes are
+    /// the symbols, then the choices.
     fn find_loop(&self) -> Option<Vec<String>> {
-        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); self.syms.len()];
+        let ns = self.syms.len();
+        let total = ns + self.choices.len();
+        // Edges: (node, whether it is a member's tie to its choice).
+        let mut edges: Vec<Vec<(usize, bool)>> = vec![Vec::new(); total];
         for (i, s) in self.syms.iter().enumerate() {
-            let mut refs = Vec::new();
-            syms_in(&s.direct_dep, &mut refs);
-            for (_, e) in s.rev.iter().chain(&s.weak_rev) {
-                syms_in(e, &mut refs);
-            }
-            for (v, c) in &s.defaults {
-                syms_in(v, &mut refs);
-                syms_in(c, &mut refs);
-            }
-            for (lo, hi, c) in &s.ranges {
-                syms_in(lo, &mut refs);
-                syms_in(hi, &mut refs);
-                syms_in(c, &mut refs);
-            }
-            for &n in &s.nodes {
-                if let Some((_, c)) = &self.nodes[n].prompt {
-                    syms_in(c, &mut refs);
-                }
-            }
-            refs.sort();
-            refs.dedup();
-            edges[i].extend(refs.iter().filter_map(|r| self.sym_index(r)));
+            let mut exprs: Vec<&Expr> = vec![&s.direct_dep];
+            exprs.extend(s.rev.iter().chain(&s.weak_rev).map(|(_, e)| e));
+            exprs.extend(s.defaults.iter().flat_map(|(v, c)| [v, c]));
+            exprs.extend(s.ranges.iter().flat_map(|(lo, hi, c)| [lo, hi, c]));
+            exprs.extend(s.nodes.iter().filter_map(|&n| self.nodes[n].prompt.as_ref().map(|p| &p.1)));
+            edges[i] = self.graph_refs(&exprs).into_iter().map(|r| (r, false)).collect();
+            edges[i].extend(s.choice.map(|c| (ns + c, true)));
         }
-        // Iterative DFS: Linux-sized trees are too deep for recursion.
-        let mut state = vec![0u8; self.syms.len()];
-        for start in 0..self.syms.len() {
+        for (ci, c) in self.choices.iter().enumerate() {
+            let mut exprs: Vec<&Expr> = c.defaults.iter().map(|(_, cond)| cond).collect();
+            exprs.extend(c.nodes.iter().filter_map(|&n| self.nodes[n].prompt.as_ref().map(|p| &p.1)));
+            let mut e: Vec<(usize, bool)> = self.graph_refs(&exprs).into_iter().map(|r| (r, false)).collect();
+            e.extend(c.members.iter().map(|&m| (m, true)));
+            edges[ns + ci] = e;
+        }
+        let name = |n: usize| {
+            if n < ns {
+                self.syms[n].name.clone()
+            } else {
+                String::from("<choice>")
+            }
+        };
+        // Iterative DFS (Linux-sized trees are too deep for recursion); a
+        // frame is (node, next edge, where a tie led here from).
+        let mut state = vec![0u8; total];
+        for start in 0..ns {
             if state[start] != 0 {
                 continue;
             }
-            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            let mut stack: Vec<(usize, usize, Option<usize>)> = vec![(start, 0, None)];
             state[start] = 1;
-            while let Some(&mut (n, ref mut next)) = stack.last_mut() {
-                if *next < edges[n].len() {
-                    let m = edges[n][*next];
-                    *next += 1;
-                    match state[m] {
-                        0 => {
-                            state[m] = 1;
-                            stack.push((m, 0));
-                        }
-                        1 => {
-                            let from = stack.iter().position(|(s, _)| *s == m).unwrap_or(0);
-                            let mut cycle: Vec<String> = stack[from..]
-                                .iter()
-                                .map(|(s, _)| self.syms[*s].name.clone())
-                                .collect();
-                            cycle.push(self.syms[m].name.clone());
-                            return Some(cycle);
-                        }
-                        _ => {}
-                    }
-                } else {
+            while let Some(&mut (n, ref mut next, skip)) = stack.last_mut() {
+                let Some(&(m, tie)) = edges[n].get(*next) else {
                     state[n] = 2;
                     stack.pop();
+                    continue;
+                };
+                *next += 1;
+                if tie && Some(m) == skip {
+                    continue;
+                }
+                match state[m] {
+                    0 => {
+                        state[m] = 1;
+                        // From a member to its choice or back: the same
+                        // tie straight back is no loop.
+                        stack.push((m, 0, tie.then_some(n)));
+                    }
+                    1 => {
+                        let from = stack.iter().position(|f| f.0 == m).unwrap_or(0);
+                        let mut cycle: Vec<usize> = stack[from..].iter().map(|f| f.0).collect();
+                        // Start (and end) at a symbol.
+                        let first = cycle.iter().position(|&x| x < ns).unwrap_or(0);
+                        cycle.rotate_left(first);
+                        cycle.push(cycle[0]);
+                        return Some(cycle.into_iter().map(name).collect());
+                    }
+                    _ => {}
                 }
             }
         }
         None
+    }
+
+    /// The symbols `exprs` mention. (A choice in a condition is no edge:
+    /// a member's tie to its choice is, both ways.)
+    fn graph_refs(&self, exprs: &[&Expr]) -> Vec<usize> {
+        fn walk(t: &Tree, e: &Expr, out: &mut Vec<usize>) {
+            match e {
+                Expr::Sym(s) => out.extend(t.sym_index(s)),
+                Expr::Choice(_) | Expr::Const(_) | Expr::Modules => {}
+                Expr::Not(x) => walk(t, x, out),
+                Expr::And(v) | Expr::Or(v) => v.iter().for_each(|x| walk(t, x, out)),
+                Expr::Cmp(_, a, b) => {
+                    walk(t, a, out);
+                    walk(t, b, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for e in exprs {
+            walk(self, e, &mut out);
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
@@ -1006,7 +1114,10 @@ impl<'a> Eval<'a> {
         if let Some(v) = self.str_cache.borrow()[i].clone() {
             return v;
         }
-        let v = self.guard(i, 4, (String::new(), false), || self.compute_str(i));
+        let mut v = self.guard(i, 4, (String::new(), false), || self.compute_str(i));
+        // Values from the environment (`option env`) and the defconfig
+        // list are not configuration: never written, as in Linux.
+        v.1 &= !self.tree.syms[i].auto;
         self.str_cache.borrow_mut()[i] = Some(v.clone());
         v
     }

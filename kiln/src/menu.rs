@@ -116,13 +116,23 @@ impl Menu {
     fn rows(&self) -> Vec<Row> {
         let ev = self.eval();
         match &self.view {
-            View::Menu(m) => self.tree.nodes[*m]
-                .children
-                .iter()
-                .copied()
-                .filter(|&c| ev.node_visible(c))
-                .map(Row::Node)
-                .collect(),
+            View::Menu(m) => {
+                // A symbol's implicit menu (what follows it and depends on
+                // it, such as an `if` block after it) is shown right below it.
+                fn add(tree: &kconfig::Tree, ev: &Eval<'_>, n: usize, out: &mut Vec<Row>) {
+                    for &c in &tree.nodes[n].children {
+                        if ev.node_visible(c) {
+                            out.push(Row::Node(c));
+                            if matches!(tree.nodes[c].item, Item::Sym(_)) {
+                                add(tree, ev, c, out);
+                            }
+                        }
+                    }
+                }
+                let mut rows = Vec::new();
+                add(&self.tree, &ev, *m, &mut rows);
+                rows
+            }
             View::Choice(n) => {
                 let Item::Choice(ci) = self.tree.nodes[*n].item else {
                     return vec![];

@@ -95,6 +95,8 @@ pub struct Parser<'a> {
     pending: Option<Line>,
     /// Line number of the line being read, for `$(lineno)` and errors.
     line: usize,
+    /// Whether a symbol has been the defconfig list (the first one is).
+    defconfig_list: bool,
 }
 
 fn is_word(c: char) -> bool {
@@ -111,7 +113,7 @@ const KEYWORDS: &[&str] = &[
 
 impl<'a> Parser<'a> {
     pub fn new(t: &'a mut Tree, root: &Path, env: &'a HashMap<String, String>) -> Parser<'a> {
-        Parser { t, root: root.to_path_buf(), env, vars: HashMap::new(), files: Vec::new(), chain: Vec::new(), pending: None, line: 0 }
+        Parser { t, root: root.to_path_buf(), env, vars: HashMap::new(), files: Vec::new(), chain: Vec::new(), pending: None, line: 0, defconfig_list: false }
     }
 
     /// Reads `text` as the file `path` into the menu under `parent`.
@@ -460,16 +462,17 @@ impl<'a> Parser<'a> {
         let relative = kw == "rsource" || kw == "orsource";
         let optional = kw == "osource" || kw == "orsource";
         let pattern = if relative { dir.join(p) } else { self.root.join(p) };
-        let mut found = glob(&pattern);
-        if found.is_empty() && !relative {
-            // A path relative to the sourcing file, for trees written so.
-            found = glob(&dir.join(p));
-        }
+        let found = glob(&pattern);
         if found.is_empty() {
             if optional {
                 return Ok(());
             }
-            bail!("{}:{no}: sourced file {} not found", here.display(), pattern.display());
+            let hint = if !relative && !Path::new(p).is_absolute() && glob(&dir.join(p)).first().is_some() {
+                format!(" (`source` is relative to the source root, {}; `rsource \"{p}\"` names the file beside this one)", self.root.display())
+            } else {
+                String::new()
+            };
+            bail!("{}:{no}: sourced file {} not found{hint}", here.display(), pattern.display());
         }
         for file in found {
             let canon = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
@@ -585,8 +588,15 @@ impl<'a> Parser<'a> {
                         if let Some(v) = self.env.get(var) {
                             node.defaults.push((Expr::Const(v.clone()), yes()));
                         }
+                        self.auto(name);
                     }
-                    (Some("defconfig_list" | "allnoconfig_y"), None, _) => {}
+                    (Some("defconfig_list"), None, _) => {
+                        if !self.defconfig_list {
+                            self.defconfig_list = true;
+                            self.auto(name);
+                        }
+                    }
+                    (Some("allnoconfig_y"), None, _) => {}
                     _ => return self.err(&l, "unknown option"),
                 },
                 "modules" => self.t.modules_name = Some(name.to_string()),
@@ -597,6 +607,12 @@ impl<'a> Parser<'a> {
                     return Ok((kind, optional));
                 }
             }
+        }
+    }
+
+    fn auto(&mut self, name: &str) {
+        if let Some(&i) = self.t.index.get(name) {
+            self.t.syms[i].auto = true;
         }
     }
 
