@@ -359,7 +359,10 @@ impl Menu {
         let mut chain = Vec::new();
         let mut cur = self.tree.nodes[node].parent;
         while let Some(p) = cur {
-            chain.push(p);
+            // A symbol's implicit menu is shown inside its own menu.
+            if !matches!(self.tree.nodes[p].item, Item::Sym(_)) {
+                chain.push(p);
+            }
             cur = self.tree.nodes[p].parent;
         }
         chain.reverse();
