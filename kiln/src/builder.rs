@@ -636,10 +636,11 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         .arg("--target-dir")
         .arg(&target_dir)
         // Kiln links the kernel at a fixed address; position-independent code
-        // would need a self-relocating loader for no benefit.
+        // would need a self-relocating loader for no benefit. Frame pointers
+        // give panics and faults their backtraces.
         .args([
             "--config",
-            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\", \"-Cforce-unwind-tables=no\"{}]", SOFT_CRYPTO.iter().map(|f| format!(", {f}")).collect::<String>()),
+            &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\", \"-Cforce-unwind-tables=no\", \"-Cforce-frame-pointers=yes\"{}]", SOFT_CRYPTO.iter().map(|f| format!(", {f}")).collect::<String>()),
         ])
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

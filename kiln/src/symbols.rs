@@ -8,6 +8,9 @@
 //!   in read_volatile<u64> at library/core/src/ptr/mod.rs:2091, inlined into main at apps/crashtest/src/lib.rs:45
 //! ```
 //!
+//! The backtrace that follows a fault or a panic (`  #1  return address
+//! 0x...`) gets a line under each address the same way.
+//!
 //! Inlined calls are listed innermost first (`inlined into ...`), each
 //! with the name its debug information gives (kernels carry line tables
 //! only, so names are short: `main` is the app's). An
@@ -23,6 +26,8 @@ pub struct Symbols {
 
 /// What the console says before the address.
 const MARKER: &str = "instruction pointer 0x";
+/// ... and before each address of a backtrace (lib/boot's print_backtrace).
+const RETURN: &str = "return address 0x";
 
 impl Symbols {
     /// The ELF beside `image` (`image.elf`), or `image` itself when it is
@@ -42,7 +47,11 @@ impl Symbols {
                 let name = f
                     .function
                     .as_ref()
-                    .and_then(|n| n.demangle().ok().map(|d| strip_hash(&d).to_string()));
+                    .and_then(|n| n.demangle().ok().map(|d| strip_hash(&d).to_string()))
+                    .filter(|n| !n.is_empty())
+                    // An outermost frame without a name in the line tables
+                    // takes its symbol's.
+                    .or_else(|| (parts.is_empty()).then(|| self.loader.find_symbol(addr)).flatten().map(|sym| strip_hash(&rustc_demangle::demangle(sym).to_string()).to_string()));
                 let at = f.location.as_ref().and_then(|l| Some(format!("{}:{}", short(l.file?), l.line?)));
                 match (name, at) {
                     (Some(n), Some(a)) => parts.push(format!("{n} at {a}")),
@@ -60,12 +69,17 @@ impl Symbols {
     }
 
     /// The line to print after a console line, if it reports an
-    /// instruction pointer the kernel has code at.
+    /// instruction pointer or a backtrace's return address the kernel has
+    /// code at. A return address is looked up one byte back: the call
+    /// instruction, not what follows it.
     pub fn annotate(&self, line: &str) -> Option<String> {
-        let at = line.find(MARKER)? + MARKER.len();
+        let (at, back, indent) = match line.find(MARKER) {
+            Some(i) => (i + MARKER.len(), 0, "  "),
+            None => (line.find(RETURN)? + RETURN.len(), 1, "      "),
+        };
         let hex: String = line[at..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
         let addr = u64::from_str_radix(&hex, 16).ok()?;
-        Some(format!("  in {}", self.describe(addr)?))
+        Some(format!("{indent}in {}", self.describe(addr.checked_sub(back)?)?))
     }
 }
 

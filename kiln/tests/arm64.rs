@@ -91,6 +91,10 @@ fn exit_codes_and_panics_reach_kiln_run() {
     let (c, out) = boot("crashtest", &["panic"]);
     assert_eq!(c, 101, "{out}");
     assert!(out.contains("crashtest was asked to panic"), "{out}");
+    // The backtrace, named by kiln run from the ELF beside the image.
+    assert!(out.contains("kiln: backtrace, most recent call first:"), "{out}");
+    assert!(out.contains("      in main at apps/crashtest/src/lib.rs:35"), "{out}");
+    assert!(out.contains("      in kiln_plat_main at plat/qemu/src/virt.rs:"), "{out}");
 }
 
 #[test]

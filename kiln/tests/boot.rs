@@ -197,6 +197,19 @@ fn panic_prints_message_and_location() {
         "{}",
         r.stdout
     );
+    // A backtrace, named by kiln run: the app's main, then the boot path.
+    let trace = backtrace(&r.stdout);
+    assert!(trace[0].starts_with("core::panicking::panic"), "{trace:?}");
+    let main = trace.iter().position(|f| f.starts_with("main at apps/crashtest/src/lib.rs:35")).unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(trace[main + 1].starts_with("start at lib/boot/src/lib.rs:"), "{trace:?}");
+}
+
+/// The functions of the backtrace after a panic or fault report, as
+/// `kiln run` names them (`      in NAME at FILE:LINE` under each address).
+pub fn backtrace(out: &str) -> Vec<String> {
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("kiln: backtrace, most recent call first:")).collect();
+    assert!(!lines.is_empty(), "no backtrace in:\n{out}");
+    lines.iter().filter_map(|l| l.strip_prefix("      in ")).map(String::from).collect()
 }
 
 fn hex_field(out: &str, name: &str) -> u64 {
@@ -235,6 +248,10 @@ fn null_dereference_reports_a_page_fault() {
     // kiln run names the function and line from the ELF beside the image.
     let named = r.stdout.lines().find(|l| l.starts_with("  in ")).unwrap_or_else(|| panic!("{}", r.stdout));
     assert!(named.contains("main at apps/crashtest/src/lib.rs:45"), "{named}");
+    // Its callers: the boot path that called main.
+    let trace = backtrace(&r.stdout);
+    assert!(trace[0].starts_with("start at lib/boot/src/lib.rs:"), "{trace:?}");
+    assert!(trace.iter().any(|f| f.starts_with("kiln_plat_main at plat/qemu/src/x86.rs:")), "{trace:?}");
 
     let r = boot("crashtest", &["-q"], &["write-null"]);
     assert_eq!(r.code, 125);

@@ -17,6 +17,37 @@ pub mod gic;
 pub mod mmu;
 pub mod syscall;
 
+/// The frame-pointer chain, for backtraces (kernels are built with frame
+/// pointers: x29 points at the caller's x29 and the return address, x30;
+/// `kiln_boot::walk_frames` walks it).
+pub mod frames {
+    /// The frame and stack pointers of the function this is inlined into.
+    #[inline(always)]
+    pub fn here() -> (usize, usize) {
+        #[cfg(target_arch = "aarch64")]
+        {
+            let (fp, sp): (usize, usize);
+            // SAFETY: copies two registers; touches no memory.
+            unsafe { core::arch::asm!("mov {}, x29", "mov {}, sp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags)) };
+            (fp, sp)
+        }
+        // Host builds (unit tests) have no such frames: no backtrace.
+        #[cfg(not(target_arch = "aarch64"))]
+        (0, 0)
+    }
+
+    /// Reads one word of a stack.
+    ///
+    /// # Safety
+    /// `addr` must be readable: within a thread's stack, above its stack
+    /// pointer (RAM is mapped whole; only guard pages, below stacks, are
+    /// not).
+    pub unsafe fn read_word(addr: usize) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe { core::ptr::read_volatile(addr as *const usize) }
+    }
+}
+
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 core::arch::global_asm!(include_str!("entry.S"));
 
@@ -63,6 +94,12 @@ pub struct FaultReport {
 }
 
 impl FaultReport {
+    /// The frame and stack pointers of the code that faulted, where its
+    /// backtrace starts.
+    pub fn frame_registers(&self) -> (usize, usize) {
+        (self.frame.x29 as usize, self.sp as usize)
+    }
+
     /// The exception class (ESR_EL1.EC).
     pub fn class(&self) -> u64 {
         (self.esr >> 26) & 0x3f

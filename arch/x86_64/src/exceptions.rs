@@ -97,6 +97,12 @@ impl FaultReport {
             .unwrap_or("unknown")
     }
 
+    /// The frame and stack pointers of the code that faulted, where its
+    /// backtrace starts.
+    pub fn frame_registers(&self) -> (usize, usize) {
+        (self.frame.rbp as usize, self.frame.rsp as usize)
+    }
+
     /// A one-line diagnosis when the report shows a well-known mistake.
     pub fn diagnosis(&self) -> Option<&'static str> {
         let f = &self.frame;

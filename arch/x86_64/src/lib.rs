@@ -23,6 +23,35 @@ pub mod tsc;
 
 pub use exceptions::{set_fault_handler, set_page_fault_hook, FaultReport, Frame as ExceptionFrame};
 
+/// The frame-pointer chain, for backtraces (kernels are built with frame
+/// pointers; `kiln_boot::walk_frames` walks it).
+pub mod frames {
+    /// The frame and stack pointers of the function this is inlined into.
+    #[inline(always)]
+    pub fn here() -> (usize, usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (fp, sp): (usize, usize);
+            // SAFETY: copies two registers; touches no memory.
+            unsafe { core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags)) };
+            (fp, sp)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        (0, 0)
+    }
+
+    /// Reads one word of a stack.
+    ///
+    /// # Safety
+    /// `addr` must be readable: within a thread's stack, above its stack
+    /// pointer (RAM is identity-mapped; only guard pages, below stacks,
+    /// are not).
+    pub unsafe fn read_word(addr: usize) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe { core::ptr::read_volatile(addr as *const usize) }
+    }
+}
+
 #[cfg(target_os = "none")]
 core::arch::global_asm!(include_str!("entry.S"), options(att_syntax));
 #[cfg(target_os = "none")]

@@ -49,6 +49,11 @@ pub trait Platform: Sync {
     fn map_device(&self, _addr: usize, _len: usize) -> bool {
         false
     }
+    /// Return addresses of the calls that led here, innermost first, into
+    /// `out` (see [`walk_frames`]); how many. The default knows none.
+    fn backtrace(&self, _out: &mut [usize]) -> usize {
+        0
+    }
     /// Sleeps until an interrupt or `us` microseconds pass, to stop burning
     /// the host CPU when there is nothing to do. The default returns at once.
     fn idle(&self, _us: u64) {}
@@ -427,6 +432,48 @@ pub fn start(
     exit(code)
 }
 
+/// How far above the stack pointer a frame may lie (a frame chain that
+/// leaves this span is corrupt, and the walk stops).
+const STACK_SPAN: usize = 1 << 20;
+
+/// Walks a frame-pointer chain (kernels are built with frame pointers: on
+/// x86_64 and arm64 each frame begins with the caller's frame pointer, then
+/// the return address). `fp` and `sp` are the frame and stack pointers
+/// where the walk starts; `read(addr)` reads one word of the stack. Stops
+/// at a null return address, a frame outside `sp..sp + 1 MiB`, a
+/// misaligned one, or one that does not lie above the last. Writes the
+/// return addresses, innermost first, into `out` and returns how many.
+pub fn walk_frames(fp: usize, sp: usize, read: impl Fn(usize) -> usize, out: &mut [usize]) -> usize {
+    let top = sp.saturating_add(STACK_SPAN);
+    let (mut fp, mut n) = (fp, 0);
+    while n < out.len() && fp >= sp && fp < top - 16 && fp % 8 == 0 {
+        let ret = read(fp + 8);
+        if ret == 0 {
+            break;
+        }
+        out[n] = ret;
+        n += 1;
+        let next = read(fp);
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    n
+}
+
+/// Prints a backtrace of return addresses in the form `kiln run`
+/// annotates with function names and lines.
+pub fn print_backtrace(addrs: &[usize]) {
+    if addrs.is_empty() {
+        return;
+    }
+    kiln_console::print_unlocked(format_args!("kiln: backtrace, most recent call first:\n"));
+    for (i, a) in addrs.iter().enumerate() {
+        kiln_console::print_unlocked(format_args!("  #{i:<2} return address 0x{a:016x}\n"));
+    }
+}
+
 /// The kernel's panic handler: message and location, then [`EXIT_PANIC`].
 #[cfg(all(not(test), target_os = "none"))]
 #[panic_handler]
@@ -441,12 +488,38 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         )),
         None => kiln_console::print_unlocked(format_args!("kiln: panic: {msg}\n")),
     }
+    let mut frames = [0usize; 24];
+    let n = platform().map_or(0, |p| p.backtrace(&mut frames));
+    // The first return address is into this handler.
+    print_backtrace(frames[..n].get(1..).unwrap_or(&[]));
     exit(EXIT_PANIC)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_chains_are_walked_within_the_stack() {
+        // A stack of words at 0x1000..: frames at 0x1000 -> 0x1040 -> 0x1080.
+        let mut mem = [0usize; 64];
+        let base = 0x1000;
+        let mut put = |addr: usize, v: usize| mem[(addr - base) / 8] = v;
+        put(0x1000, 0x1040);
+        put(0x1008, 0xaaaa);
+        put(0x1040, 0x1080);
+        put(0x1048, 0xbbbb);
+        put(0x1080, 0x0800); // a chain that goes down ends the walk
+        put(0x1088, 0xcccc);
+        let read = |a: usize| mem[(a - base) / 8];
+        let mut out = [0; 8];
+        assert_eq!(walk_frames(0x1000, 0x1000, read, &mut out), 3);
+        assert_eq!(out[..3], [0xaaaa, 0xbbbb, 0xcccc]);
+        // Below the stack pointer, misaligned, or a full buffer.
+        assert_eq!(walk_frames(0x1000, 0x1008, read, &mut out), 0);
+        assert_eq!(walk_frames(0x1004, 0x1000, read, &mut out), 0);
+        assert_eq!(walk_frames(0x1000, 0x1000, read, &mut out[..2]), 2);
+    }
 
     #[test]
     fn ticks_convert() {

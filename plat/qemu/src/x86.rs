@@ -148,6 +148,12 @@ pub fn configure(uart_init: bool) {
 struct Qemu;
 
 impl Platform for Qemu {
+    fn backtrace(&self, out: &mut [usize]) -> usize {
+        let (fp, sp) = arch::frames::here();
+        // SAFETY: walk_frames reads only this thread's own frame chain,
+        // above its stack pointer.
+        kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, out)
+    }
     fn name(&self) -> &'static str {
         "qemu/x86_64"
     }
@@ -282,6 +288,12 @@ static QEMU: Qemu = Qemu;
 
 fn fault(report: &arch::FaultReport) -> ! {
     kiln_console::print_unlocked(format_args!("{report}\n"));
+    let (fp, sp) = report.frame_registers();
+    let mut frames = [0usize; 24];
+    // SAFETY: walk_frames reads only within 1 MiB above the faulting
+    // code's stack pointer, along its own frame chain.
+    let n = kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, &mut frames);
+    kiln_boot::print_backtrace(&frames[..n]);
     kiln_boot::exit(kiln_boot::EXIT_FAULT)
 }
 

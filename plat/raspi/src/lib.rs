@@ -45,6 +45,12 @@ mod board {
     struct Raspi;
 
     impl Platform for Raspi {
+        fn backtrace(&self, out: &mut [usize]) -> usize {
+            let (fp, sp) = arch::frames::here();
+            // SAFETY: walk_frames reads only this thread's own frame chain,
+            // above its stack pointer.
+            kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, out)
+        }
         fn name(&self) -> &'static str {
             if cfg!(feature = "pi4") {
                 "raspi4/arm64 (BCM2711)"
@@ -78,6 +84,12 @@ mod board {
     fn fault(report: &arch::FaultReport) -> ! {
         if !arch::power::exiting() {
             kiln_console::print_unlocked(format_args!("{report}\n"));
+            let (fp, sp) = report.frame_registers();
+            let mut frames = [0usize; 24];
+            // SAFETY: walk_frames reads only within 1 MiB above the faulting
+            // code's stack pointer, along its own frame chain.
+            let n = kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, &mut frames);
+            kiln_boot::print_backtrace(&frames[..n]);
         }
         kiln_boot::exit(kiln_boot::EXIT_FAULT)
     }
