@@ -270,6 +270,18 @@ impl Tree {
         root: &Path,
         vars: &HashMap<String, String>,
     ) -> Result<Tree> {
+        Tree::load_with_shell(top, text, root, vars, false)
+    }
+
+    /// [`Tree::load`], with `$(shell,...)` running its command when
+    /// `run_shell` (for trees that probe the host as Linux's does).
+    pub fn load_with_shell(
+        top: &Path,
+        text: &str,
+        root: &Path,
+        vars: &HashMap<String, String>,
+        run_shell: bool,
+    ) -> Result<Tree> {
         let mut t = Tree {
             nodes: Vec::new(),
             syms: Vec::new(),
@@ -282,7 +294,7 @@ impl Tree {
         let mut top_node = blank(Item::Menu, top, 1);
         top_node.prompt = Some(("Kiln Configuration".into(), yes()));
         t.nodes.push(top_node);
-        parse::Parser::new(&mut t, root, vars).file(top, text, 0)?;
+        parse::Parser::new(&mut t, root, vars).run_shell(run_shell).file(top, text, 0)?;
         if !t.mainmenu.is_empty() {
             t.nodes[0].prompt = Some((t.mainmenu.clone(), yes()));
         }

@@ -444,7 +444,8 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
         Some(r) => PathBuf::from(r),
         None => std::env::current_dir()?,
     };
-    let tree = kconfig::Tree::load(&a.file, &text, &root, &std::env::vars().collect())?;
+    // As kconfiglib, `$(shell,...)` runs (Linux's tree probes its compiler).
+    let tree = kconfig::Tree::load_with_shell(&a.file, &text, &root, &std::env::vars().collect(), true)?;
     // Like kconfiglib, a tree with a dependency loop has no configuration.
     if let Some(l) = tree.dependency_loop() {
         anyhow::bail!("{l}");

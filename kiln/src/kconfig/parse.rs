@@ -13,8 +13,9 @@
 //! - Macros: `$(VAR)` and `$(fn,arg,...)` expand before a line is read, in
 //!   names and strings alike. Variables set in the files come first, then
 //!   the built-in functions (`info`, `warning-if`, `error-if`, `filename`,
-//!   `lineno`; `shell` expands to nothing: Kiln runs no host commands to
-//!   configure), then the environment given to [`super::Tree::load`]; an
+//!   `lineno`, and `shell`, which runs its command only when the loader
+//!   asks for it: `kiln kconfig` does, Kiln's own builds and the fuzzer do
+//!   not), then the environment given to [`super::Tree::load`]; an
 //!   undefined name is empty. `$(1)`, `$(2)` are a function's arguments. A
 //!   variable that refers to itself is an error, as is `$(error-if,y,...)`.
 //! - `source` names a file relative to the source root (or an absolute
@@ -97,6 +98,8 @@ pub struct Parser<'a> {
     line: usize,
     /// Whether a symbol has been the defconfig list (the first one is).
     defconfig_list: bool,
+    /// Whether `$(shell,...)` runs its command (else it is empty).
+    run_shell: bool,
 }
 
 fn is_word(c: char) -> bool {
@@ -113,7 +116,14 @@ const KEYWORDS: &[&str] = &[
 
 impl<'a> Parser<'a> {
     pub fn new(t: &'a mut Tree, root: &Path, env: &'a HashMap<String, String>) -> Parser<'a> {
-        Parser { t, root: root.to_path_buf(), env, vars: HashMap::new(), files: Vec::new(), chain: Vec::new(), pending: None, line: 0, defconfig_list: false }
+        Parser { t, root: root.to_path_buf(), env, vars: HashMap::new(), files: Vec::new(), chain: Vec::new(), pending: None, line: 0, defconfig_list: false, run_shell: false }
+    }
+
+    /// Lets `$(shell,...)` run its command, as kconfiglib does (Linux's
+    /// tree probes its compiler so); without this it expands to nothing.
+    pub fn run_shell(mut self, yes: bool) -> Self {
+        self.run_shell = yes;
+        self
     }
 
     /// Reads `text` as the file `path` into the menu under `parent`.
@@ -360,6 +370,14 @@ impl<'a> Parser<'a> {
             }
             "filename" => self.path().display().to_string(),
             "lineno" => self.line.to_string(),
+            "shell" if self.run_shell => {
+                want(1)?;
+                // As kconfiglib: sh -c, its output with newlines as spaces.
+                match std::process::Command::new("sh").arg("-c").arg(arg(1)).stdin(std::process::Stdio::null()).output() {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end_matches('\n').replace('\n', " "),
+                    Err(e) => bail!("{at}: $(shell,...): running sh: {e}"),
+                }
+            }
             "shell" => String::new(),
             _ => self.env.get(name).cloned().unwrap_or_default(),
         })
