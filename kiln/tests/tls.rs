@@ -145,6 +145,29 @@ fn httpd_serves_https_beside_http() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(log.contains("Re-using existing connection") || log.contains("Reusing existing"), "{log}");
     assert!(log.contains("ALPN: server accepted http/1.1"), "{log}");
+    // Resumption: a client that kept its session comes back without a
+    // full handshake: TLS 1.3 and 1.2 with session tickets, TLS 1.2 by
+    // session ID.
+    let sess = g.dir.join("session.pem");
+    for (version, ticket) in [("1.3", ""), ("1.2", ""), ("1.2", "-no_ticket")] {
+        let s_client = |keep: &str| {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 60 openssl s_client -connect 127.0.0.1:{} -servername kiln.test -CAfile {ca} -tls{} {ticket} {keep} {} -ign_eof",
+                    g.tls,
+                    version.replace('.', "_"),
+                    sess.display()
+                ))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let first = s_client("-sess_out");
+        assert!(first.contains(&format!("New, TLSv{version}")) && first.contains(" 200 OK"), "{version} {ticket}:\n{first}");
+        let again = s_client("-sess_in");
+        assert!(again.contains(&format!("Reused, TLSv{version}")) && again.contains(" 200 OK"), "{version} {ticket} was not resumed:\n{again}");
+    }
     // Without the CA, curl refuses the certificate.
     let (status, _) = curl(&[], &g.url("/"));
     assert_eq!(status, "000");

@@ -115,7 +115,121 @@ pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Resul
         .with_single_cert(certs, key)
         .map_err(|e| format!("the private key does not go with the certificate, or is not usable: {e}"))?;
     config.alpn_protocols = o.alpn.iter().map(|p| p.to_vec()).collect();
+    // Resumption: TLS 1.3 and 1.2 clients come back with a session ticket
+    // (stateless, sealed under this configuration's key) or, for 1.2
+    // clients without ticket support, a session ID from the cache.
+    config.ticketer = Arc::new(Ticketer::new());
+    config.session_storage = Arc::new(SessionCache::default());
     Ok(Arc::new(config))
+}
+
+/// Sessions by ID for TLS 1.2 resumption without tickets: at most
+/// [`SessionCache::CAPACITY`], the oldest forgotten first.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    inner: spin::Mutex<(alloc::collections::BTreeMap<Vec<u8>, Vec<u8>>, alloc::collections::VecDeque<Vec<u8>>)>,
+}
+
+impl SessionCache {
+    pub const CAPACITY: usize = 1024;
+}
+
+impl rustls::server::StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut g = self.inner.lock();
+        let (map, order) = &mut *g;
+        if map.insert(key.clone(), value).is_none() {
+            order.push_back(key);
+        }
+        while map.len() > Self::CAPACITY {
+            match order.pop_front() {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.lock().0.get(key).cloned()
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let mut g = self.inner.lock();
+        let v = g.0.remove(key)?;
+        g.1.retain(|k| k != key);
+        Some(v)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// Stateless session tickets: the session's secrets sealed with
+/// ChaCha20-Poly1305 under a key drawn from lib/random when the
+/// configuration is made (so tickets die with the boot, and a server
+/// restarted with new keys simply does a full handshake). A ticket is a
+/// random 12-byte nonce and the sealed state.
+pub struct Ticketer {
+    cipher: chacha20poly1305::ChaCha20Poly1305,
+}
+
+impl core::fmt::Debug for Ticketer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Ticketer")
+    }
+}
+
+impl Ticketer {
+    /// How long a client may keep a ticket (6 hours, as rustls's own).
+    pub const LIFETIME_S: u32 = 6 * 3600;
+
+    pub fn new() -> Ticketer {
+        use chacha20poly1305::KeyInit;
+        let mut key = [0u8; 32];
+        kiln_random::fill(&mut key);
+        Ticketer { cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()) }
+    }
+}
+
+impl Default for Ticketer {
+    fn default() -> Self {
+        Ticketer::new()
+    }
+}
+
+impl rustls::server::ProducesTickets for Ticketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        Self::LIFETIME_S
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use chacha20poly1305::aead::Aead;
+        let mut nonce = [0u8; 12];
+        kiln_random::fill(&mut nonce);
+        let sealed = self.cipher.encrypt(&nonce.into(), plain).ok()?;
+        let mut t = Vec::with_capacity(12 + sealed.len());
+        t.extend_from_slice(&nonce);
+        t.extend_from_slice(&sealed);
+        Some(t)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        use chacha20poly1305::aead::Aead;
+        if ticket.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, sealed) = ticket.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().ok()?;
+        self.cipher.decrypt(&nonce.into(), sealed).ok()
+    }
 }
 
 /// The common name (CN) in a DER certificate's subject.
@@ -386,6 +500,35 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tickets_open_only_under_their_key_and_unaltered() {
+        use rustls::server::ProducesTickets;
+        let t = Ticketer::new();
+        let a = t.encrypt(b"session secrets").unwrap();
+        let b = t.encrypt(b"session secrets").unwrap();
+        assert_ne!(a, b, "a fresh nonce per ticket");
+        assert_eq!(t.decrypt(&a).as_deref(), Some(&b"session secrets"[..]));
+        let mut bent = a.clone();
+        bent[20] ^= 1;
+        assert_eq!(t.decrypt(&bent), None);
+        assert_eq!(t.decrypt(&a[..20]), None);
+        assert_eq!(Ticketer::new().decrypt(&a), None, "another key");
+    }
+
+    #[test]
+    fn the_session_cache_forgets_the_oldest() {
+        use rustls::server::StoresServerSessions;
+        let c = SessionCache::default();
+        for i in 0..SessionCache::CAPACITY + 2 {
+            assert!(c.put(alloc::format!("{i}").into_bytes(), alloc::vec![i as u8]));
+        }
+        assert_eq!(c.get(b"0"), None);
+        assert_eq!(c.get(b"1"), None);
+        assert_eq!(c.get(b"2"), Some(alloc::vec![2]));
+        assert_eq!(c.take(b"2"), Some(alloc::vec![2]));
+        assert_eq!(c.get(b"2"), None);
+    }
 
     #[test]
     fn bad_certificates_and_keys_are_named() {
