@@ -1783,6 +1783,9 @@ config CMP
         };
         let t = load("f = <$(1)|$(2)>\nV := $(f,a,b)\nconfig S\n\tstring \"s\"\n\tdefault \"$(V)$(lineno)\"\n").unwrap();
         assert_eq!(v(&resolve(&t, &User::new()), "S").as_deref(), Some("<a|b>5"));
+        // Parentheses inside a call nest, with their commas.
+        let t = load("f = [$(1)][$(2)]\nconfig S\n\tstring \"s\"\n\tdefault \"$(f,g(x, y),z)\"\n").unwrap();
+        assert_eq!(v(&resolve(&t, &User::new()), "S").as_deref(), Some("[g(x, y)][z]"));
         let e = format!("{:#}", load("config A\n\tbool \"a\"\n$(error-if,y,this tree needs a newer Kiln)\n").unwrap_err());
         assert_eq!(e, format!("{}:3: this tree needs a newer Kiln", p.display()));
         let e = format!("{:#}", load("X = a$(X)\nconfig A\n\tstring \"a\"\n\tdefault \"$(X)\"\n").unwrap_err());

@@ -287,9 +287,12 @@ impl<'a> Parser<'a> {
     fn macro_at(&mut self, s: &str, at: usize, args: &[String]) -> Result<(String, usize)> {
         let mut parts: Vec<String> = vec![String::new()];
         let mut i = at + 2;
+        // Parentheses inside the call (not macros) nest: their commas and
+        // closing parentheses are text.
+        let mut nesting = 0usize;
         loop {
             let rest = &s[i..];
-            let Some(j) = rest.find(['$', ',', ')']) else {
+            let Some(j) = rest.find(['$', ',', '(', ')']) else {
                 bail!("{}: macro without its closing ')': '{}'", self.at(self.line), &s[at..].chars().take(80).collect::<String>());
             };
             parts.last_mut().unwrap().push_str(&rest[..j]);
@@ -304,8 +307,22 @@ impl<'a> Parser<'a> {
                     parts.last_mut().unwrap().push('$');
                     i += 1;
                 }
+                b'(' => {
+                    nesting += 1;
+                    parts.last_mut().unwrap().push('(');
+                    i += 1;
+                }
+                b',' if nesting > 0 => {
+                    parts.last_mut().unwrap().push(',');
+                    i += 1;
+                }
                 b',' => {
                     parts.push(String::new());
+                    i += 1;
+                }
+                b')' if nesting > 0 => {
+                    nesting -= 1;
+                    parts.last_mut().unwrap().push(')');
                     i += 1;
                 }
                 _ => {
@@ -833,7 +850,7 @@ fn strip_comment(s: &str) -> &str {
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '"' | '\'') => quote = Some(c),
-            (None, '(') if s[..i].ends_with('$') => depth += 1,
+            (None, '(') if depth > 0 || s[..i].ends_with('$') => depth += 1,
             (None, ')') if depth > 0 => depth -= 1,
             (None, '#') if depth == 0 => return &s[..i],
             _ => {}
