@@ -285,6 +285,22 @@ fn mqtt5_features_with_paho() {
         let Some(Packet::Publish(m)) = s.next() else { panic!("no message") };
         assert_eq!((m.topic.as_str(), m.payload.as_slice()), ("alias/a/very/long/topic", want.as_bytes()));
     }
+    // The broker's own aliases, to a subscriber that allows one: the
+    // topic once, then the alias alone.
+    let Packet::Connect(mut c) = connect_packet("alias-taker", 5, 30) else { unreachable!() };
+    c.props.set(prop::TOPIC_ALIAS_MAXIMUM, Value::U16(1));
+    let (mut t, _) = Raw::connect(b.port, Packet::Connect(c), 5);
+    t.send(&Packet::Subscribe(codec::Subscribe { pid: 1, filters: vec![("alias/#".into(), codec::SubOpts::default())], props: Props::default() }));
+    assert!(matches!(t.next(), Some(Packet::SubAck(_))));
+    for (n, topic) in ["alias/x", "alias/x", "alias/y"].into_iter().enumerate() {
+        p.send(&Packet::Publish(Publish { dup: false, qos: 0, retain: false, topic: topic.into(), pid: 0, payload: vec![n as u8], props: Props::default() }));
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let Some(Packet::Publish(m)) = t.next() else { panic!("no message") };
+        got.push((m.topic, m.props.num(prop::TOPIC_ALIAS), m.payload));
+    }
+    assert_eq!(got, [("alias/x".to_string(), Some(1), vec![0]), (String::new(), Some(1), vec![1]), ("alias/y".to_string(), None, vec![2])]);
 }
 
 #[test]

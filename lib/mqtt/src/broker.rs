@@ -50,6 +50,10 @@ struct Conn {
     last_rx: u64,
     will: Option<Will>,
     alias_in: BTreeMap<u16, String>,
+    /// Topic aliases this broker gave the client's incoming messages (v5:
+    /// up to the TopicAliasMaximum its CONNECT allowed; 0, none).
+    alias_out: BTreeMap<Arc<str>, u16>,
+    alias_out_max: u16,
     /// Largest packet the client accepts.
     max_packet: usize,
     /// Close once `out` is sent.
@@ -193,6 +197,8 @@ impl Broker {
                 last_rx: now,
                 will: None,
                 alias_in: BTreeMap::new(),
+                alias_out: BTreeMap::new(),
+                alias_out_max: 0,
                 max_packet: usize::MAX,
                 close: false,
                 closing_since: None,
@@ -509,6 +515,7 @@ impl Broker {
         conn.keep_alive_us = keep_alive as u64 * SECOND;
         conn.will = c.will;
         conn.max_packet = c.props.num(prop::MAXIMUM_PACKET_SIZE).map_or(usize::MAX, |n| n as usize);
+        conn.alias_out_max = c.props.num(prop::TOPIC_ALIAS_MAXIMUM).map_or(0, |n| n.min(u16::MAX as u32) as u16);
         let mut props = Props::default();
         if v == 5 {
             if let Some(a) = assigned {
@@ -813,14 +820,37 @@ impl Broker {
                 props.0.push((prop::SUBSCRIPTION_ID, Value::VarInt(i)));
             }
         }
-        let p = Packet::Publish(Publish { dup, qos: m.qos, retain: m.retain, topic: m.topic.to_string(), pid, payload: m.payload.to_vec(), props });
+        // Server-assigned topic aliases (v5, when the client allows them):
+        // a topic's first message carries it with a new alias, later ones
+        // the alias alone. Aliases are not reassigned once all are taken.
+        let mut topic = m.topic.to_string();
+        let mut new_alias = None;
+        if c.version == 5 && c.alias_out_max > 0 {
+            match c.alias_out.get(&m.topic) {
+                Some(&a) => {
+                    props.set(prop::TOPIC_ALIAS, Value::U16(a));
+                    topic.clear();
+                }
+                None if c.alias_out.len() < c.alias_out_max as usize => {
+                    let a = c.alias_out.len() as u16 + 1;
+                    props.set(prop::TOPIC_ALIAS, Value::U16(a));
+                    new_alias = Some(a);
+                }
+                None => {}
+            }
+        }
+        let p = Packet::Publish(Publish { dup, qos: m.qos, retain: m.retain, topic, pid, payload: m.payload.to_vec(), props });
         let at = c.out.len();
         codec::encode(&p, c.version, &mut c.out);
         if c.out.len() - at > c.max_packet {
-            // Larger than the client accepts: not sent (v5 says discard).
+            // Larger than the client accepts: not sent (v5 says discard),
+            // and its alias is not the client's to know.
             c.out.truncate(at);
             self.stats.dropped += 1;
             return;
+        }
+        if let Some(a) = new_alias {
+            c.alias_out.insert(m.topic.clone(), a);
         }
         self.unsent += c.out.len() - at;
         self.stats.sent += 1;

@@ -274,6 +274,40 @@ fn mqtt5_aliases_expiry_and_limits() {
 }
 
 #[test]
+fn server_assigned_topic_aliases() {
+    let mut b = broker();
+    // A subscriber that takes up to 2 aliases.
+    let (s, _) = connect_with(&mut b, 5, "s", true, |c| c.props.set(prop::TOPIC_ALIAS_MAXIMUM, Value::U16(2)));
+    sub(&mut b, &s, "t/#", 0);
+    let p = connect(&mut b, 5, "p");
+    for topic in ["t/a", "t/a", "t/b", "t/c", "t/b", "t/c"] {
+        send(&mut b, &p, publish(topic, "x", 0, 0, false), 0);
+    }
+    let got: Vec<(String, Option<u64>)> = recv(&mut b, &s)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(m) => Some((m.topic, m.props.num(prop::TOPIC_ALIAS).map(u64::from))),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, Option<u64>)> = vec![
+        ("t/a".into(), Some(1)),
+        (String::new(), Some(1)),
+        ("t/b".into(), Some(2)),
+        ("t/c".into(), None),
+        (String::new(), Some(2)),
+        ("t/c".into(), None),
+    ];
+    assert_eq!(got, want);
+    // A client that allows none (and a 3.1.1 client) gets topics only.
+    let plain = connect(&mut b, 5, "plain");
+    sub(&mut b, &plain, "t/#", 0);
+    send(&mut b, &p, publish("t/a", "y", 0, 0, false), 0);
+    let Some(Packet::Publish(m)) = recv(&mut b, &plain).into_iter().find(|p| matches!(p, Packet::Publish(_))) else { panic!() };
+    assert_eq!((m.topic.as_str(), m.props.get(prop::TOPIC_ALIAS).is_none()), ("t/a", true));
+}
+
+#[test]
 fn auth_and_acl() {
     let mut cfg = Config { sys_interval: 0, allow_anonymous: false, ..Config::default() };
     cfg.parse_passwords("alice:secret\n", "passwd").unwrap();
