@@ -238,6 +238,16 @@ fn make_pki(dir: &Path) {
     sign("server", "broker", "ca", "subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n");
     sign("client", "device1", "ca", "extendedKeyUsage=clientAuth\\n");
     sign("stranger", "device1", "other", "extendedKeyUsage=clientAuth\\n");
+    // A client certificate from the right CA that expired in 2020 (openssl
+    // ca sets past dates; x509 -req cannot).
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n",
+    )
+    .unwrap();
+    sh(&format!(
+        "cd {d} && : > index.txt && echo 01 > serial && openssl req {ec} -keyout expired.key -out expired.csr -subj /CN=device1 && printf 'extendedKeyUsage=clientAuth\\n' > expired.ext && openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -startdate 20200101000000Z -enddate 20200102000000Z -extfile expired.ext -notext -in expired.csr -out expired.pem 2>&1"
+    ));
 }
 
 /// A mosquitto client (`tool`) against 127.0.0.1:`port` with `args`:
@@ -313,6 +323,7 @@ fn mqtt_over_tls_with_client_certificates() {
     let (ok, o) = mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("client.pem"), "--key", &p("client.key"), "-i", "d1", "-t", "x", "-m", "with cert"]);
     assert!(ok, "{o}");
     assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("stranger.pem"), "--key", &p("stranger.key"), "-t", "x", "-m", "other CA"]).0, "a certificate from another CA got in");
+    assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("expired.pem"), "--key", &p("expired.key"), "-t", "x", "-m", "expired"]).0, "an expired certificate got in");
     // paho-mqtt (MQTT 5) over TLS with a client certificate.
     let o = Command::new("python3")
         .arg(root().join("kiln/tests/mqtt/tls.py"))
@@ -337,4 +348,5 @@ fn mqtt_over_tls_with_client_certificates() {
     assert!(log.contains("listener 8884 speaks TLS (/etc/mqtt/server.pem, client certificates required)"), "{log}");
     assert!(log.contains("as d1 (p2, c1, k60, u'device1')"), "the certificate's name is the user name:\n{log}");
     assert!(log.contains("mqtt: TLS from"), "failed handshakes are logged:\n{log}");
+    assert!(log.lines().any(|l| l.starts_with("mqtt: TLS from") && l.contains("xpired")), "the expired certificate is named:\n{log}");
 }
