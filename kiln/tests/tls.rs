@@ -274,7 +274,8 @@ fn mqtt_over_tls_with_client_certificates() {
         etc.join("mqtt.conf"),
         "listener 1883\nallow_anonymous true\n\
          listener 8883\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\n\
-         listener 8884\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\ncafile /etc/mqtt/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n",
+         listener 8884\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\ncafile /etc/mqtt/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n\
+         connect_timeout 3\n",
     )
     .unwrap();
     std::fs::write(
@@ -340,6 +341,17 @@ fn mqtt_over_tls_with_client_certificates() {
     s.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00").unwrap();
     let _ = s.read_to_end(&mut Vec::new());
     assert!(mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "x", "-m", "still"]).0);
+    // A handshake that stalls (a record header promising a ClientHello
+    // that never comes) is closed at the connect timeout, and the others
+    // are served meanwhile.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).unwrap();
+    let t = Instant::now();
+    assert!(mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "x", "-m", "meanwhile"]).0);
+    let r = s.read_to_end(&mut Vec::new());
+    assert!(r.is_ok() || t.elapsed() < Duration::from_secs(25), "a stalled handshake was never closed: {r:?}");
+    assert!(t.elapsed() < Duration::from_secs(25), "a stalled handshake held on for {:?}", t.elapsed());
     let _ = child.kill();
     let _ = child.wait();
     let log = console.join().unwrap();
