@@ -362,6 +362,79 @@ fn nginx_rootfs() -> (PathBuf, Vec<u8>) {
     (d, big)
 }
 
+/// The server random of the ServerHello in `openssl s_client -msg`
+/// output (32 bytes after the message type, length and version).
+fn server_random(msg: &str) -> Vec<u8> {
+    let mut lines = msg.lines().skip_while(|l| !(l.starts_with("<<<") && l.ends_with("ServerHello")));
+    lines.next().unwrap_or_else(|| panic!("no ServerHello in:\n{msg}"));
+    let bytes: Vec<u8> = lines
+        .take_while(|l| l.starts_with("    "))
+        .flat_map(|l| l.split_whitespace().filter_map(|h| u8::from_str_radix(h, 16).ok()).collect::<Vec<_>>())
+        .collect();
+    assert!(bytes.len() >= 38 && bytes[0] == 2, "{msg}");
+    bytes[6..38].to_vec()
+}
+
+#[test]
+fn debians_nginx_serves_https_with_openssl_and_kilns_randomness() {
+    let _one = one_server();
+    // nginx with OpenSSL 3 (libssl, libcrypto from Debian, unmodified):
+    // TLS 1.3 with the test CA's certificate; OpenSSL's keys and randoms
+    // come from the kernel's getrandom, so two boots must differ.
+    let (d, _) = nginx_rootfs();
+    let tls = root().join("lib/tls/tests/data");
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(tls.join(f), d.join("etc/nginx").join(f)).unwrap();
+    }
+    std::fs::write(
+        d.join("etc/nginx/nginx.conf"),
+        "user root; daemon off; master_process off; worker_processes 1;\n\
+         error_log stderr; pid /tmp/nginx.pid;\n\
+         events { worker_connections 64; }\n\
+         http { access_log off; server { listen 443 ssl; ssl_certificate /etc/nginx/server.pem;\n\
+         ssl_certificate_key /etc/nginx/server.key; ssl_protocols TLSv1.2 TLSv1.3; root /www; } }\n",
+    )
+    .unwrap();
+    b_build();
+    let ca = tls.join("ca.pem");
+    let mut randoms = Vec::new();
+    for boot in 0..2 {
+        let port = free_port();
+        let child = spawn(loader(&d, &["-M", "256M", "-p", &format!("{port}:443")], &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]));
+        let get = || {
+            Command::new("curl")
+                .args(["-s", "-m", "20", "--cacert", ca.to_str().unwrap(), "--resolve", &format!("kiln.test:{port}:127.0.0.1")])
+                .arg(format!("https://kiln.test:{port}/"))
+                .output()
+                .unwrap()
+        };
+        let start = std::time::Instant::now();
+        let body = loop {
+            let o = get();
+            if o.status.success() {
+                break String::from_utf8_lossy(&o.stdout).into_owned();
+            }
+            if start.elapsed().as_secs() > 120 {
+                panic!("nginx never answered over HTTPS:\n{}", stop(child));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        };
+        assert_eq!(body, "<h1>nginx on Kiln</h1>\n");
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 60 openssl s_client -connect 127.0.0.1:{port} -servername kiln.test -CAfile {} -tls1_3 -msg -ign_eof 2>&1", ca.display()))
+            .output()
+            .unwrap();
+        let msg = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(msg.contains("New, TLSv1.3") && msg.contains("Verify return code: 0 (ok)"), "boot {boot}:\n{msg}");
+        randoms.push(server_random(&msg));
+        let out = stop(child);
+        assert!(!out.contains("kiln: CPU exception") && !out.contains("kiln: panic"), "{out}");
+    }
+    assert_ne!(randoms[0], randoms[1], "two boots gave the same ServerHello random");
+    assert!(randoms.iter().all(|r| r.iter().any(|&b| b != 0)), "{randoms:?}");
+}
+
 #[test]
 fn debians_nginx_serves_curl() {
     let _one = one_server();

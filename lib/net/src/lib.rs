@@ -873,6 +873,19 @@ impl TcpStream {
         })
     }
 
+    /// Like [`TcpStream::read`], but leaves what it copies in the stream
+    /// (MSG_PEEK): the next read gets the same bytes.
+    pub fn peek(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let h = self.h;
+        retry(self.nonblocking, |s| {
+            let t = s.sockets.get_mut::<tcp::Socket>(h);
+            if t.can_recv() {
+                return Some(t.peek_slice(buf).map_err(|_| Error::ConnectionReset));
+            }
+            (!t.may_recv()).then_some(Ok(0))
+        })
+    }
+
     /// Queues as much of `buf` as fits in the send buffer.
     pub fn write(&mut self, buf: &[u8]) -> Result<usize> {
         let h = self.h;

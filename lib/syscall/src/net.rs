@@ -18,6 +18,7 @@ const SOCK_DGRAM: u64 = 2;
 const SOCK_NONBLOCK: u64 = 0o4000;
 const SOCK_CLOEXEC: u64 = 0o2000000;
 const MSG_DONTWAIT: u64 = 0x40;
+const MSG_PEEK: u64 = 0x2;
 
 /// Most sockets a listener keeps listening at once, whatever backlog the
 /// program asks for (each holds its buffers).
@@ -158,7 +159,7 @@ impl Socket {
         let n = block_with(
             d.nonblocking() || flags & MSG_DONTWAIT != 0,
             || match &mut *self.state.lock() {
-                State::Stream(s) => match s.read(buf) {
+                State::Stream(s) => match if flags & MSG_PEEK != 0 { s.peek(buf) } else { s.read(buf) } {
                     Ok(n) => Some(Ok(n as i64)),
                     Err(NetError::WouldBlock) => None,
                     Err(e) => Some(Err(net_err(e))),

@@ -113,7 +113,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("accept4", Yes),
         ("connect", Partial("TCP (blocking or EINPROGRESS) and UDP")),
         ("sendto", Partial("MSG_DONTWAIT; other flags ignored")),
-        ("recvfrom", Partial("MSG_DONTWAIT; no MSG_PEEK")),
+        ("recvfrom", Partial("MSG_DONTWAIT; MSG_PEEK on TCP (not UDP)")),
         ("sendmsg", Partial("no control data")),
         ("recvmsg", Partial("no control data")),
         ("sendmmsg", Partial("as sendmsg, for each message")),
