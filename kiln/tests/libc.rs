@@ -310,6 +310,46 @@ fn records_answer_real_sql(arch: &str) {
     assert!(out.contains("records: SQLite 3."), "{out}");
 }
 
+/// SQLite in the kernel keeps its database on a FAT volume (lib/blk,
+/// lib/fatfs): rows written in one boot (with its journal, fsync and
+/// truncation) are read back in the next, and the image passes fsck.
+#[test]
+fn sqlite_keeps_its_database_on_a_volume() {
+    let s = support::State::new("sqlite-volume");
+    let (code, _, err) = s.kiln(&["volume", "create", "recs", "--size", "16M"]);
+    assert_eq!(code, 0, "{err}");
+    let sql = std::env::temp_dir().join(format!("kiln-sqlite-volume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sql);
+    std::fs::create_dir_all(&sql).unwrap();
+    std::fs::write(
+        sql.join("write.sql"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);\n\
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) INSERT INTO t SELECT i, 'row ' || i FROM n;\n\
+         DELETE FROM t WHERE id > 400; VACUUM;\n\
+         SELECT count(*) FROM t;\n",
+    )
+    .unwrap();
+    std::fs::write(sql.join("read.sql"), "PRAGMA integrity_check; SELECT count(*), max(v) FROM t;\n").unwrap();
+    let boot = |file: &str| {
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        s.kiln(&["run", "-W", "--timeout", "240", "--initrd", sql.to_str().unwrap(), "-v", "recs:/data", "-e", "DB=/data/records.db", "apps/records", "--", file])
+    };
+    let (code, out, err) = boot("/write.sql");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("count(*)\n400\n"), "{out}");
+    let (code, out, err) = boot("/read.sql");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("count(*)\tmax(v)\n400\trow 99\n"), "{out}");
+    // The host reads the volume too: a clean FAT with the database on it.
+    let img = s.0.join(".volumes/recs.img");
+    let o = std::process::Command::new("fsck.fat").arg("-n").arg(&img).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = std::process::Command::new("mdir").arg("-b").arg("-i").arg(&img).arg("::/").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("records.db"), "{}", String::from_utf8_lossy(&o.stdout));
+    let _ = std::fs::remove_dir_all(&sql);
+    let _ = std::fs::remove_dir_all(&s.0);
+}
+
 #[test]
 fn records_answer_real_sql_on_x86_64() {
     records_answer_real_sql("x86_64");
