@@ -18,6 +18,7 @@
 
 extern crate alloc;
 
+#[cfg(not(target_arch = "x86_64"))]
 use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::string::String;
 use alloc::vec::Vec;
