@@ -405,3 +405,43 @@ fn shared_subscriptions_split_the_messages() {
     assert_eq!(all, ["job0", "job1", "job2", "job3"], "{got:?}");
     assert!(got.iter().all(|g| g.lines().count() == 2), "{got:?}");
 }
+
+/// MQTT over WebSockets (`protocol websockets` on a second listener, as
+/// browsers and mosquitto's users run it): paho-mqtt over WebSockets and
+/// over plain TCP, MQTT 3.1.1 and 5, each receives what the other sends
+/// (one message larger than 64 KiB); a plain HTTP request to the
+/// WebSocket port gets 400 and the broker carries on.
+#[test]
+fn mqtt_over_websockets_beside_plain_tcp() {
+    let py = root().join("target/pydeps");
+    assert!(py.join("paho").exists(), "paho-mqtt is installed by scripts/test into target/pydeps");
+    let d = std::env::temp_dir().join(format!("kiln-mqtt-ws-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("etc/mqtt")).unwrap();
+    std::fs::write(
+        d.join("etc/mqtt/mqtt.conf"),
+        "listener 1883\nlistener 8080\nprotocol websockets\nallow_anonymous true\nmax_packet_size 1000000\n",
+    )
+    .unwrap();
+    let ws = support::free_port();
+    let b = Broker::start(&["--initrd", d.to_str().unwrap(), "-p", &format!("{ws}:8080")]);
+    let mut s = TcpStream::connect(("127.0.0.1", ws)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 400 "), "{}", String::from_utf8_lossy(&answer));
+    let o = Command::new("python3")
+        .arg(root().join("kiln/tests/mqtt/websockets.py"))
+        .args([ws.to_string(), b.port.to_string()])
+        .env("PYTHONPATH", &py)
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let log = b.stop();
+    let _ = std::fs::remove_dir_all(&d);
+    assert!(o.status.success() && out.ends_with("done\n"), "{out}\n{log}");
+    assert!(out.contains("MQTT 3.1.1: websockets and tcp both ways") && out.contains("MQTT 5: websockets and tcp both ways"), "{out}");
+    assert!(log.contains("mqtt: listener 8080 speaks MQTT over WebSockets"), "{log}");
+    assert!(log.contains("WebSocket handshake: not a WebSocket upgrade; connection closed"), "{log}");
+}

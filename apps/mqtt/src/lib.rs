@@ -18,6 +18,7 @@ extern crate alloc;
 use alloc::collections::BTreeMap;
 use kiln_mqtt::broker::{Broker, ConnId};
 use kiln_mqtt::config::{Acl, Config};
+use kiln_mqtt::ws::Ws;
 use kiln_std::net::{self, Error as NetError, Stream, TcpListener};
 use kiln_std::prelude::*;
 
@@ -207,7 +208,11 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         match TcpListener::bind(port, BACKLOG) {
             Ok(mut l) => {
                 l.set_nonblocking(true);
-                listeners.push((l, tls));
+                let ws = cfg.websockets.contains(&port);
+                if ws {
+                    println!("mqtt: listener {port} speaks MQTT over WebSockets");
+                }
+                listeners.push((l, tls, ws));
             }
             Err(e) => {
                 println!("mqtt: port {port}: {e}");
@@ -233,7 +238,10 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     let start = kiln_std::time::micros();
     let mut broker = Broker::new(cfg, start);
     let mut saver = broker.cfg.persistence.then(|| Saver::open(&mut broker, start));
-    let mut conns: BTreeMap<ConnId, Stream> = BTreeMap::new();
+    // Each connection's stream, and its WebSocket layer on a websockets
+    // listener.
+    let mut conns: BTreeMap<ConnId, (Stream, Option<Ws>)> = BTreeMap::new();
+    let mut unwrapped = Vec::new();
     // TLS connections whose certificate's name becomes the user name once
     // the handshake is done.
     let mut identity_wanted: Vec<ConnId> = Vec::new();
@@ -263,7 +271,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                 return 0;
             }
         }
-        for (listener, tls) in listeners.iter_mut().filter(|_| stop_by.is_none()) {
+        for (listener, tls, ws) in listeners.iter_mut().filter(|_| stop_by.is_none()) {
             while let Ok(mut s) = listener.accept() {
                 active = true;
                 s.set_nonblocking(true);
@@ -278,13 +286,13 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                     if tls::identity_as_username(tls) {
                         identity_wanted.push(id);
                     }
-                    conns.insert(id, s);
+                    conns.insert(id, (s, ws.then(Ws::new)));
                 } else {
                     s.shutdown();
                 }
             }
         }
-        for (&id, s) in conns.iter_mut() {
+        for (&id, (s, ws)) in conns.iter_mut() {
             loop {
                 match s.read(&mut buf) {
                     Ok(0) => {
@@ -299,7 +307,18 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                                 broker.set_identity(id, name);
                             }
                         }
-                        broker.receive(id, &buf[..n], now);
+                        match ws {
+                            None => broker.receive(id, &buf[..n], now),
+                            Some(w) => {
+                                unwrapped.clear();
+                                if let Err(e) = w.input(&buf[..n], &mut unwrapped) {
+                                    println!("mqtt: {}: {e}; connection closed", peer_of(s));
+                                }
+                                if !unwrapped.is_empty() {
+                                    broker.receive(id, &unwrapped, now);
+                                }
+                            }
+                        }
                         if n < buf.len() {
                             break;
                         }
@@ -318,20 +337,47 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         // Everything received in this pass, subscriptions first.
         broker.process(now);
         // After every input: one client's message is others' output.
-        for (&id, s) in conns.iter_mut() {
-            if let Some(out) = broker.output(id).filter(|o| !o.is_empty()) {
-                match s.write(out) {
-                    Ok(n) => {
-                        broker.consumed(id, n);
-                        active |= n > 0;
+        for (&id, (s, ws)) in conns.iter_mut() {
+            match ws {
+                None => {
+                    if let Some(out) = broker.output(id).filter(|o| !o.is_empty()) {
+                        match s.write(out) {
+                            Ok(n) => {
+                                broker.consumed(id, n);
+                                active |= n > 0;
+                            }
+                            Err(NetError::WouldBlock) => {}
+                            Err(_) => gone.push(id),
+                        }
                     }
-                    Err(NetError::WouldBlock) => {}
-                    Err(_) => gone.push(id),
+                    if broker.wants_close(id) {
+                        s.shutdown();
+                        gone.push(id);
+                    }
                 }
-            }
-            if broker.wants_close(id) {
-                s.shutdown();
-                gone.push(id);
+                Some(w) => {
+                    // The broker's bytes go into frames at once; the
+                    // frames leave as the socket takes them.
+                    if let Some(out) = broker.output(id).filter(|o| !o.is_empty()) {
+                        let n = out.len();
+                        w.frame(out);
+                        broker.consumed(id, n);
+                    }
+                    if !w.output().is_empty() {
+                        match s.write(w.output()) {
+                            Ok(n) => {
+                                w.sent(n);
+                                active |= n > 0;
+                            }
+                            Err(NetError::WouldBlock) => {}
+                            Err(_) => gone.push(id),
+                        }
+                    }
+                    if w.output().is_empty() && (w.closed() || broker.wants_close(id)) {
+                        s.shutdown();
+                        gone.push(id);
+                    }
+                }
             }
         }
         for id in gone.drain(..) {

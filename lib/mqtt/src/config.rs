@@ -20,6 +20,9 @@ pub struct Config {
     /// TLS settings of listeners, by port: mosquitto's words after a
     /// `listener` line (before any, they are the default listener's).
     pub tls: BTreeMap<u16, TlsListener>,
+    /// Listeners that speak MQTT over WebSockets (`protocol websockets`
+    /// after their `listener` line); the others speak plain MQTT.
+    pub websockets: alloc::collections::BTreeSet<u16>,
     pub allow_anonymous: bool,
     /// user -> password: plain text, or mosquitto_passwd's `$6$`/`$7$` hash.
     pub passwords: Option<BTreeMap<String, String>>,
@@ -88,6 +91,7 @@ impl Default for Config {
         Config {
             listeners: alloc::vec![1883],
             listeners_given: false,
+            websockets: alloc::collections::BTreeSet::new(),
             tls: BTreeMap::new(),
             allow_anonymous: true,
             passwords: None,
@@ -156,6 +160,18 @@ impl Config {
                     return Err(format!("{key}: port {port} is listed twice"));
                 }
                 self.listeners.push(port);
+            }
+            "protocol" => {
+                let port = *self.listeners.last().expect("there is always a listener");
+                match value {
+                    "mqtt" => {
+                        self.websockets.remove(&port);
+                    }
+                    "websockets" => {
+                        self.websockets.insert(port);
+                    }
+                    _ => return Err(format!("{key}: '{value}' is not mqtt or websockets")),
+                }
             }
             "allow_anonymous" => self.allow_anonymous = flag(value)?,
             "password_file" | "acl_file" => return Ok(Some((key.into(), value.into()))),
@@ -454,6 +470,15 @@ mod tests {
         let mut c = Config::default();
         c.parse("listener 8883\ncertfile /c.pem\nkeyfile /k.pem\nrequire_certificate true\n", "m.conf").unwrap();
         assert!(c.check_tls().unwrap_err().contains("needs a cafile"));
+    }
+
+    #[test]
+    fn websocket_listeners() {
+        let mut c = Config::default();
+        c.parse("listener 1883\nlistener 8080\nprotocol websockets\nlistener 9001\nprotocol websockets\nprotocol mqtt\n", "f").unwrap();
+        assert_eq!(c.listeners, [1883, 8080, 9001]);
+        assert_eq!(c.websockets.iter().copied().collect::<Vec<_>>(), [8080]);
+        assert_eq!(c.parse("protocol http\n", "f").unwrap_err(), "f:1: protocol: 'http' is not mqtt or websockets");
     }
 
     #[test]

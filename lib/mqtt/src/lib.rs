@@ -2,7 +2,8 @@
 //! [`codec`] reads and writes packets, [`topic`] matches topic filters,
 //! [`config`] reads mosquitto.conf-style settings, password and ACL files,
 //! and [`broker::Broker`] keeps connections, sessions, subscriptions,
-//! retained messages and QoS flows. `apps/mqtt` runs it over lib/net.
+//! retained messages and QoS flows; [`ws`] carries MQTT over WebSockets.
+//! `apps/mqtt` runs it over lib/net.
 //!
 //! Kiln's own codec: the MQTT crates on crates.io are clients, need std
 //! and tokio, or cover only 3.1.1; a broker for a no_std kernel needs both
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod topic;
+pub mod ws;
 
 #[cfg(test)]
 mod tests;
