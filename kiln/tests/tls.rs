@@ -257,8 +257,9 @@ fn mosq(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
-/// apps/mqtt with three listeners: plain 1883, TLS 8883, and TLS 8884
-/// that requires client certificates and takes their name as the user.
+/// apps/mqtt with four listeners: plain 1883, TLS 8883, TLS 8884 that
+/// requires client certificates and takes their name as the user, and
+/// WebSockets over TLS on 8885.
 #[test]
 fn mqtt_over_tls_with_client_certificates() {
     let dir = std::env::temp_dir().join(format!("kiln-mqtts-{}", std::process::id()));
@@ -275,6 +276,7 @@ fn mqtt_over_tls_with_client_certificates() {
         "listener 1883\nallow_anonymous true\n\
          listener 8883\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\n\
          listener 8884\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\ncafile /etc/mqtt/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n\
+         listener 8885\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\nprotocol websockets\nmax_packet_size 1000000\n\
          connect_timeout 3\n",
     )
     .unwrap();
@@ -288,10 +290,10 @@ fn mqtt_over_tls_with_client_certificates() {
     .unwrap();
     let (code, _, err) = support::kiln(&["build", "-q", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let [plain, tls, mutual] = support::free_ports();
+    let [plain, tls, mutual, wss] = support::free_ports();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:1883"), "-p", &format!("{tls}:8883"), "-p", &format!("{mutual}:8884"), dir.to_str().unwrap()])
+        .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:1883"), "-p", &format!("{tls}:8883"), "-p", &format!("{mutual}:8884"), "-p", &format!("{wss}:8885"), dir.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -335,6 +337,15 @@ fn mqtt_over_tls_with_client_certificates() {
     let paho = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success() && paho.ends_with("done\n"), "{paho}");
     assert!(paho.contains("received paho/tls over tls") && paho.contains("cipher TLSv1.3"), "{paho}");
+    // MQTT over WebSockets over TLS (wss://) beside plain TCP.
+    let o = Command::new("python3")
+        .arg(root().join("kiln/tests/mqtt/websockets.py"))
+        .args([wss.to_string(), plain.to_string(), ca.to_string()])
+        .env("PYTHONPATH", root().join("target/pydeps"))
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && out.contains("MQTT 5: websockets over TLS and tcp both ways"), "{out}");
     // Garbage on a TLS port; the broker carries on.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -2,11 +2,14 @@
 WebSocket listener and one on plain TCP each receive what the other
 publishes (QoS 1, MQTT 3.1.1 and 5), through the same broker.
 
-Usage: python3 websockets.py WS_PORT TCP_PORT; prints "done" at the end."""
-import sys, threading, time
+Usage: python3 websockets.py WS_PORT TCP_PORT [CA]; with CA (a PEM
+file), the WebSocket client speaks TLS (wss://) and trusts that CA.
+Prints "done" at the end."""
+import ssl, sys, threading, time
 import paho.mqtt.client as mqtt
 
 ws_port, tcp_port = int(sys.argv[1]), int(sys.argv[2])
+ca = sys.argv[3] if len(sys.argv) > 3 else None
 
 
 def client(name, transport, port, protocol):
@@ -15,6 +18,8 @@ def client(name, transport, port, protocol):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, transport=transport, protocol=protocol)
     if transport == "websockets":
         c.ws_set_options(path="/mqtt")
+        if ca:
+            c.tls_set(ca_certs=ca, tls_version=ssl.PROTOCOL_TLS_CLIENT)
 
     def on_message(_c, _u, m):
         got.append((m.topic, m.payload.decode()))
@@ -40,7 +45,7 @@ for protocol, label in [(mqtt.MQTTv311, "3.1.1"), (mqtt.MQTTv5, "5")]:
         sys.exit(f"{label}: ws got {ws_got}, tcp got {[(t, len(p)) for t, p in tcp_got]}")
     assert ws_got == [(f"to/ws/{label}", "hello over websockets")], ws_got
     assert tcp_got == [(f"to/tcp/{label}", big)], [(t, len(p)) for t, p in tcp_got]
-    print(f"MQTT {label}: websockets and tcp both ways")
+    print(f"MQTT {label}: websockets{' over TLS' if ca else ''} and tcp both ways")
     for c in (ws, tcp):
         c.disconnect()
         c.loop_stop()
