@@ -1,5 +1,7 @@
-//! TLS for Kiln's servers: rustls (TLS 1.3 and 1.2) with RustCrypto's
-//! algorithms, which build without `std` or C for both kernel targets.
+//! TLS for Kiln's servers and clients: rustls (TLS 1.3 and 1.2) with
+//! RustCrypto's algorithms, which build without `std` or C for both kernel
+//! targets. [`server_config`] and [`client_config`] make configurations;
+//! a [`Session`] is either end of one connection.
 //!
 //! Without `std`, rustls offers only its sans-I/O "unbuffered" connection.
 //! [`Session`] puts buffers around it so that an event-loop server can treat
@@ -27,9 +29,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-pub use rustls::ServerConfig;
+pub use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
@@ -42,6 +45,14 @@ struct WallClock;
 
 impl rustls::time_provider::TimeProvider for WallClock {
     fn current_time(&self) -> Option<UnixTime> {
+        // Host tests: the host's clock.
+        #[cfg(test)]
+        {
+            extern crate std;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+            return Some(UnixTime::since_unix_epoch(now));
+        }
+        #[allow(unreachable_code)]
         let epoch: u64 = kiln_boot::param("clock.epoch").and_then(|v| v.parse().ok()).unwrap_or(0);
         let up = kiln_boot::platform().and_then(|p| kiln_boot::ticks_to_us(p.ticks(), p.tick_hz())).unwrap_or(0) / 1_000_000;
         Some(UnixTime::since_unix_epoch(core::time::Duration::from_secs(epoch + up)))
@@ -120,6 +131,37 @@ pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Resul
     // clients without ticket support, a session ID from the cache.
     config.ticketer = Arc::new(Ticketer::new());
     config.session_storage = Arc::new(SessionCache::default());
+    Ok(Arc::new(config))
+}
+
+/// A client configuration: servers' certificates must chain to one in
+/// `ca_pem` (PEM, one or more) and name the server; TLS 1.3 and 1.2;
+/// `alpn` offered. With `client_cert` (certificate chain and key, PEM),
+/// the client presents it when a server asks.
+pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], &[u8])>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| format!("CA file: {e:?}"))?;
+        roots.add(c).map_err(|e| format!("CA file: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("CA file: no CERTIFICATE block in the PEM file".into());
+    }
+    let provider = Arc::new(rustls_rustcrypto::provider());
+    let builder = ClientConfig::builder_with_details(provider, Arc::new(WallClock))
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| format!("{e}"))?
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("client certificate: {e:?}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("client key: {e:?}"))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| format!("the client key does not go with its certificate: {e}"))?
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -282,9 +324,49 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 /// takes no more plaintext.
 const MAX_OUTGOING: usize = 64 * 1024;
 
-/// One TLS connection's state and buffers (see the module's contract).
+/// rustls's two sans-I/O connections, for one state machine loop.
+trait Records {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    /// 0-RTT data (only servers receive it).
+    fn read_early(r: rustls::unbuffered::ReadEarlyData<'_, '_, Self::Data>, out: &mut Vec<u8>);
+}
+
+impl Records for UnbufferedServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn read_early(mut r: rustls::unbuffered::ReadEarlyData<'_, '_, Self::Data>, out: &mut Vec<u8>) {
+        while let Some(Ok(rec)) = r.next_record() {
+            out.extend_from_slice(rec.payload);
+        }
+    }
+}
+
+impl Records for UnbufferedClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn read_early(_: rustls::unbuffered::ReadEarlyData<'_, '_, Self::Data>, _: &mut Vec<u8>) {}
+}
+
+/// Which side of the connection this end is.
+enum Conn {
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
+}
+
+/// One TLS connection's state and buffers (see the module's contract):
+/// a server's ([`Session::new`]) or a client's ([`Session::client`]).
 pub struct Session {
-    conn: UnbufferedServerConnection,
+    conn: Conn,
+    b: Buffers,
+}
+
+/// What a session keeps besides rustls's connection.
+struct Buffers {
     /// Ciphertext received and not yet processed.
     incoming: Vec<u8>,
     /// Ciphertext to send.
@@ -301,10 +383,9 @@ pub struct Session {
     error: Option<String>,
 }
 
-impl Session {
-    pub fn new(config: Arc<ServerConfig>) -> Result<Session, String> {
-        Ok(Session {
-            conn: UnbufferedServerConnection::new(config).map_err(|e| format!("{e}"))?,
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
             incoming: Vec::new(),
             outgoing: Vec::new(),
             plain_in: Vec::new(),
@@ -314,90 +395,119 @@ impl Session {
             close_requested: false,
             close_sent: false,
             error: None,
-        })
+        }
+    }
+}
+
+impl Session {
+    /// The server's end of a connection a client opened.
+    pub fn new(config: Arc<ServerConfig>) -> Result<Session, String> {
+        Ok(Session { conn: Conn::Server(UnbufferedServerConnection::new(config).map_err(|e| format!("{e}"))?), b: Buffers::new() })
+    }
+
+    /// The client's end of a connection to `server_name` (the name its
+    /// certificate must carry: a DNS name or an IP address). The
+    /// ClientHello is in [`Session::outgoing`] at once.
+    pub fn client(config: Arc<ClientConfig>, server_name: &str) -> Result<Session, String> {
+        let name = rustls_pki_types::ServerName::try_from(String::from(server_name)).map_err(|e| format!("server name {server_name}: {e}"))?;
+        let mut s = Session { conn: Conn::Client(UnbufferedClientConnection::new(config, name).map_err(|e| format!("{e}"))?), b: Buffers::new() };
+        s.pump();
+        Ok(s)
     }
 
     /// Takes ciphertext from the peer and processes what it completes.
     pub fn received(&mut self, ciphertext: &[u8]) {
-        self.incoming.extend_from_slice(ciphertext);
+        self.b.incoming.extend_from_slice(ciphertext);
         self.pump();
     }
 
     /// Plaintext received: copies up to `buf.len()` bytes; 0 when there is
     /// none now (see [`Session::peer_closed`] for the end).
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
-        let n = buf.len().min(self.plain_in.len());
-        buf[..n].copy_from_slice(&self.plain_in[..n]);
-        self.plain_in.drain(..n);
+        let n = buf.len().min(self.b.plain_in.len());
+        buf[..n].copy_from_slice(&self.b.plain_in[..n]);
+        self.b.plain_in.drain(..n);
         n
     }
 
     /// Queues plaintext to send; returns how much was taken (0 while
     /// [`MAX_OUTGOING`] bytes wait to go out).
     pub fn write(&mut self, data: &[u8]) -> usize {
-        if self.error.is_some() || self.close_requested {
+        if self.b.error.is_some() || self.b.close_requested {
             return 0;
         }
-        let room = MAX_OUTGOING.saturating_sub(self.outgoing.len() + self.plain_out.len());
+        let room = MAX_OUTGOING.saturating_sub(self.b.outgoing.len() + self.b.plain_out.len());
         let n = data.len().min(room);
-        self.plain_out.extend_from_slice(&data[..n]);
+        self.b.plain_out.extend_from_slice(&data[..n]);
         self.pump();
         n
     }
 
     /// Room for plaintext [`Session::write`] would take now.
     pub fn send_capacity(&self) -> usize {
-        MAX_OUTGOING.saturating_sub(self.outgoing.len() + self.plain_out.len())
+        MAX_OUTGOING.saturating_sub(self.b.outgoing.len() + self.b.plain_out.len())
     }
 
     /// Sends close_notify after what is queued.
     pub fn close(&mut self) {
-        self.close_requested = true;
+        self.b.close_requested = true;
         self.pump();
     }
 
     /// Ciphertext waiting to be sent.
     pub fn outgoing(&self) -> &[u8] {
-        &self.outgoing
+        &self.b.outgoing
     }
 
     /// `n` bytes of [`Session::outgoing`] went out.
     pub fn sent(&mut self, n: usize) {
-        self.outgoing.drain(..n.min(self.outgoing.len()));
+        self.b.outgoing.drain(..n.min(self.b.outgoing.len()));
     }
 
     /// The peer sent close_notify: no more plaintext will come.
     pub fn peer_closed(&self) -> bool {
-        self.peer_closed && self.plain_in.is_empty()
+        self.b.peer_closed && self.b.plain_in.is_empty()
     }
 
     /// Why the connection failed (a handshake the peer got wrong, bytes
     /// that are not TLS); the alert for the peer is in `outgoing`.
     pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
+        self.b.error.as_deref()
     }
 
     /// Whether the handshake has finished.
     pub fn established(&self) -> bool {
-        self.established
+        self.b.established
     }
 
     /// The common name of the client's certificate, once the handshake
     /// has checked it.
     pub fn peer_common_name(&self) -> Option<String> {
-        let certs = self.conn.peer_certificates()?;
+        let certs = match &self.conn {
+            Conn::Server(c) => c.peer_certificates()?,
+            Conn::Client(c) => c.peer_certificates()?,
+        };
         common_name(certs.first()?)
     }
 
     /// Runs the connection's state machine until it needs more input.
     fn pump(&mut self) {
+        match &mut self.conn {
+            Conn::Server(c) => self.b.pump(c),
+            Conn::Client(c) => self.b.pump(c),
+        }
+    }
+}
+
+impl Buffers {
+    fn pump<C: Records>(&mut self, conn: &mut C) {
         if self.error.is_some() {
             return;
         }
         // Each round handles one state; 64 rounds are far more than one
         // flight of records needs, and stop a loop that makes no progress.
         for _ in 0..64 {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { discard, state } = conn.process(&mut self.incoming);
             let mut more = true;
             match state {
                 Err(e) => {
@@ -415,11 +525,7 @@ impl Session {
                         }
                     }
                 }
-                Ok(ConnectionState::ReadEarlyData(mut r)) => {
-                    while let Some(Ok(rec)) = r.next_record() {
-                        self.plain_in.extend_from_slice(rec.payload);
-                    }
-                }
+                Ok(ConnectionState::ReadEarlyData(r)) => C::read_early(r, &mut self.plain_in),
                 Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
                 Ok(ConnectionState::Closed) => {
                     self.peer_closed = true;
@@ -500,6 +606,66 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CA: &[u8] = include_bytes!("../tests/data/ca.pem");
+    const CERT: &[u8] = include_bytes!("../tests/data/server.pem");
+    const KEY: &[u8] = include_bytes!("../tests/data/server.key");
+
+    /// Passes ciphertext between two sessions until neither has any.
+    fn exchange(a: &mut Session, b: &mut Session) {
+        for _ in 0..32 {
+            let (x, y) = (a.outgoing().to_vec(), b.outgoing().to_vec());
+            if x.is_empty() && y.is_empty() {
+                return;
+            }
+            a.sent(x.len());
+            b.sent(y.len());
+            b.received(&x);
+            a.received(&y);
+        }
+    }
+
+    #[test]
+    fn a_client_session_talks_to_a_server_session() {
+        let server = server_config(CERT, KEY, &[b"mqtt"]).unwrap();
+        let client = client_config(CA, &[b"mqtt"], None).unwrap();
+        for name in ["kiln.test", "127.0.0.1"] {
+            let mut c = Session::client(client.clone(), name).unwrap();
+            assert!(!c.outgoing().is_empty(), "the ClientHello goes out at once");
+            let mut s = Session::new(server.clone()).unwrap();
+            assert_eq!(c.write(b"ping"), 4, "written before the handshake, sent after it");
+            exchange(&mut c, &mut s);
+            assert!(c.established() && s.established(), "{:?} {:?}", c.error(), s.error());
+            let mut buf = [0u8; 16];
+            let n = s.read(&mut buf);
+            assert_eq!(&buf[..n], b"ping");
+            s.write(b"pong");
+            exchange(&mut c, &mut s);
+            let n = c.read(&mut buf);
+            assert_eq!(&buf[..n], b"pong");
+            c.close();
+            exchange(&mut c, &mut s);
+            assert!(s.peer_closed());
+        }
+    }
+
+    #[test]
+    fn a_client_refuses_the_wrong_name_or_an_unknown_ca() {
+        let server = server_config(CERT, KEY, &[]).unwrap();
+        let client = client_config(CA, &[], None).unwrap();
+        let mut c = Session::client(client, "other.test").unwrap();
+        let mut s = Session::new(server.clone()).unwrap();
+        exchange(&mut c, &mut s);
+        assert!(c.error().is_some_and(|e| e.contains("not valid for name \"other.test\"")), "{:?}", c.error());
+        // A CA the server's certificate does not chain to: its own.
+        let stranger = client_config(CERT, &[], None).unwrap();
+        let mut c = Session::client(stranger, "kiln.test").unwrap();
+        let mut s = Session::new(server).unwrap();
+        exchange(&mut c, &mut s);
+        assert!(c.error().is_some() && !c.established(), "{:?}", c.error());
+        assert!(client_config(b"not pem", &[], None).unwrap_err().contains("no CERTIFICATE"));
+        assert!(Session::client(client_config(CA, &[], None).unwrap(), "not a name!").is_err());
+    }
 
     #[test]
     fn tickets_open_only_under_their_key_and_unaltered() {

@@ -20,6 +20,13 @@ impl TlsStream {
         Ok(TlsStream { tcp, session: alloc::boxed::Box::new(Session::new(config)?), eof: false })
     }
 
+    /// The client's end over a connection this side opened to
+    /// `server_name` (see [`Session::client`]); the handshake runs as the
+    /// stream is read and written.
+    pub fn client(tcp: TcpStream, config: alloc::sync::Arc<crate::ClientConfig>, server_name: &str) -> Result<TlsStream, String> {
+        Ok(TlsStream { tcp, session: alloc::boxed::Box::new(Session::client(config, server_name)?), eof: false })
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
