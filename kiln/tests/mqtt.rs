@@ -445,3 +445,32 @@ fn mqtt_over_websockets_beside_plain_tcp() {
     assert!(log.contains("mqtt: listener 8080 speaks MQTT over WebSockets"), "{log}");
     assert!(log.contains("WebSocket handshake: not a WebSocket upgrade; connection closed"), "{log}");
 }
+
+/// mosquitto's per_listener_settings: each listener its own
+/// allow_anonymous and password file, as mosquitto clients see it.
+#[test]
+fn per_listener_security() {
+    let d = std::env::temp_dir().join(format!("kiln-mqtt-perlistener-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("etc/mqtt")).unwrap();
+    std::fs::write(
+        d.join("etc/mqtt/mqtt.conf"),
+        "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\npassword_file /etc/mqtt/passwords\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("etc/mqtt/passwords"), "alice:secret\n").unwrap();
+    let guarded = support::free_port();
+    let b = Broker::start(&["--initrd", d.to_str().unwrap(), "-p", &format!("{guarded}:1884")]);
+    let pub_on = |port: u16, extra: &[&str]| {
+        let o = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "t", "-m", "x"]).args(extra).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    assert!(pub_on(b.port, &[]).0, "anonymous on the open listener");
+    let (ok, err) = pub_on(guarded, &[]);
+    assert!(!ok && err.contains("not authorised"), "anonymous on the guarded listener: {err}");
+    assert!(!pub_on(guarded, &["-u", "alice", "-P", "wrong"]).0);
+    assert!(pub_on(guarded, &["-u", "alice", "-P", "secret"]).0);
+    let log = b.stop();
+    let _ = std::fs::remove_dir_all(&d);
+    assert!(log.contains("security options per listener"), "{log}");
+}

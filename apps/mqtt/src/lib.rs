@@ -17,7 +17,7 @@ extern crate alloc;
 
 use alloc::collections::BTreeMap;
 use kiln_mqtt::broker::{Broker, ConnId};
-use kiln_mqtt::config::{Acl, Config};
+use kiln_mqtt::config::Config;
 use kiln_mqtt::ws::Ws;
 use kiln_std::net::{self, Error as NetError, Stream, TcpListener};
 use kiln_std::prelude::*;
@@ -72,11 +72,7 @@ fn configure(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
     }
     for (key, path) in files {
         let text = read_file(&path, &key)?;
-        if key == "password_file" {
-            cfg.parse_passwords(&text, &path)?;
-        } else {
-            cfg.acl = Some(Acl::parse(&text, &path)?);
-        }
+        cfg.load_file(&key, &path, &text)?;
     }
     Ok(cfg)
 }
@@ -212,7 +208,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                 if ws {
                     println!("mqtt: listener {port} speaks MQTT over WebSockets");
                 }
-                listeners.push((l, tls, ws));
+                listeners.push((l, tls, ws, port));
             }
             Err(e) => {
                 println!("mqtt: port {port}: {e}");
@@ -228,6 +224,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         cfg.max_connections,
         cfg.max_packet_size,
         match (&cfg.passwords, cfg.allow_anonymous) {
+            _ if cfg.per_listener_settings => String::from("security options per listener"),
             (Some(p), true) => format!("{} users and anonymous clients", p.len()),
             (Some(p), false) => format!("{} users, no anonymous clients", p.len()),
             (None, true) => String::from("anonymous clients allowed"),
@@ -271,7 +268,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                 return 0;
             }
         }
-        for (listener, tls, ws) in listeners.iter_mut().filter(|_| stop_by.is_none()) {
+        for (listener, tls, ws, port) in listeners.iter_mut().filter(|_| stop_by.is_none()) {
             while let Ok(mut s) = listener.accept() {
                 active = true;
                 s.set_nonblocking(true);
@@ -282,7 +279,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
                         continue;
                     }
                 };
-                if let Some(id) = broker.open(peer_of(&s), now) {
+                if let Some(id) = broker.open_on(peer_of(&s), *port, now) {
                     if tls::identity_as_username(tls) {
                         identity_wanted.push(id);
                     }

@@ -50,6 +50,8 @@ struct Conn {
     last_rx: u64,
     will: Option<Will>,
     alias_in: BTreeMap<u16, String>,
+    /// The listener (port) it came in on; 0 when not said.
+    listener: u16,
     /// Topic aliases this broker gave the client's incoming messages (v5:
     /// up to the TopicAliasMaximum its CONNECT allowed; 0, none).
     alias_out: BTreeMap<Arc<str>, u16>,
@@ -77,6 +79,9 @@ enum Flight {
 struct Session {
     conn: Option<ConnId>,
     user: Option<String>,
+    /// The listener of its last connection (0: unknown, as after a
+    /// restore): its security options apply to deliveries.
+    listener: u16,
     version: u8,
     subs: BTreeMap<String, (SubOpts, Option<u32>)>,
     queue: VecDeque<(Msg, Vec<u32>)>,
@@ -176,6 +181,12 @@ impl Broker {
     /// A new connection from `peer`; None when `max_connections` are open
     /// (the caller closes the socket).
     pub fn open(&mut self, peer: String, now: u64) -> Option<ConnId> {
+        self.open_on(peer, 0, now)
+    }
+
+    /// A new connection that came in on listener `port` (whose security
+    /// options apply to it with per_listener_settings).
+    pub fn open_on(&mut self, peer: String, port: u16, now: u64) -> Option<ConnId> {
         if self.conns.len() >= self.cfg.max_connections {
             self.stats.connections_refused += 1;
             self.say(format!("Connection from {peer} refused: {} connections open (max_connections)", self.conns.len()));
@@ -197,6 +208,7 @@ impl Broker {
                 last_rx: now,
                 will: None,
                 alias_in: BTreeMap::new(),
+                listener: port,
                 alias_out: BTreeMap::new(),
                 alias_out_max: 0,
                 max_packet: usize::MAX,
@@ -448,12 +460,12 @@ impl Broker {
         if let Some(user) = identity {
             c.username = Some(user);
             c.password = None;
-        } else if let Err(code) = self.cfg.authenticate(c.username.as_deref(), c.password.as_deref()) {
+        } else if let Err(code) = self.cfg.security(self.conns[&id].listener).authenticate(c.username.as_deref(), c.password.as_deref()) {
             let why = if code == 0x87 { "not authorised (anonymous clients are not allowed)" } else { "bad user name or password" };
             return refuse(self, code, &format!("client {client}: {why}"));
         }
         if let Some(w) = &c.will {
-            if let Some(acl) = &self.cfg.acl {
+            if let Some(acl) = self.cfg.security(self.conns[&id].listener).acl {
                 if !acl.allows(c.username.as_deref(), &client, Op::Publish, &w.topic) {
                     return refuse(self, 0x87, &format!("client {client}: not authorised to publish its will on {}", w.topic));
                 }
@@ -486,9 +498,11 @@ impl Broker {
             }
         }
         let receive_max = c.props.num(prop::RECEIVE_MAXIMUM).map_or(65535, |n| n.clamp(1, 65535) as u16);
+        let listener = self.conns[&id].listener;
         let s = self.sessions.entry(client.clone()).or_insert_with(|| Session {
             conn: None,
             user: None,
+            listener,
             version: v,
             subs: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -503,6 +517,7 @@ impl Broker {
         });
         s.conn = Some(id);
         s.user = c.username.clone();
+        s.listener = listener;
         s.version = v;
         s.expiry = expiry;
         s.gone_at = None;
@@ -570,7 +585,8 @@ impl Broker {
         }
         self.stats.received += 1;
         let user = self.sessions.get(&client).and_then(|s| s.user.clone());
-        let allowed = !m.topic.starts_with('$') && self.cfg.acl.as_ref().is_none_or(|a| a.allows(user.as_deref(), &client, Op::Publish, &m.topic));
+        let acl = self.cfg.security(self.conns.get(&id).map_or(0, |c| c.listener)).acl;
+        let allowed = !m.topic.starts_with('$') && acl.is_none_or(|a| a.allows(user.as_deref(), &client, Op::Publish, &m.topic));
         let reason = if allowed { 0 } else { 0x87 };
         if m.qos == 2 {
             let s = self.sessions.get_mut(&client).expect("a connected client has a session");
@@ -638,7 +654,7 @@ impl Broker {
             }
             let code = if matches!(share, Some(Err(()))) || (share.is_none() && !topic::valid_filter(&f)) {
                 0x8f
-            } else if self.cfg.acl.as_ref().is_some_and(|a| !a.allows(user.as_deref(), &client, Op::Subscribe, &f)) {
+            } else if self.cfg.security(self.conns.get(&id).map_or(0, |c| c.listener)).acl.is_some_and(|a| !a.allows(user.as_deref(), &client, Op::Subscribe, &f)) {
                 0x87
             } else {
                 o.qos.min(2)
@@ -694,7 +710,7 @@ impl Broker {
             for (f, (o, sid)) in &s.subs {
                 if let Some(share) = shared(f) {
                     if let Ok((_, filter)) = share {
-                        let allowed = self.cfg.acl.as_ref().is_none_or(|acl| acl.allows(s.user.as_deref(), cid, Op::Receive, &msg.topic));
+                        let allowed = self.cfg.security(s.listener).acl.is_none_or(|acl| acl.allows(s.user.as_deref(), cid, Op::Receive, &msg.topic));
                         if allowed && topic::matches(filter, &msg.topic) {
                             groups.entry(f.as_str()).or_default().push((cid.clone(), o.qos.min(msg.qos), *sid, s.conn.is_some()));
                         }
@@ -711,7 +727,7 @@ impl Broker {
                 }
             }
             if let Some((q, rap)) = best {
-                if let Some(acl) = &self.cfg.acl {
+                if let Some(acl) = self.cfg.security(s.listener).acl {
                     if !acl.allows(s.user.as_deref(), cid, Op::Receive, &msg.topic) {
                         continue;
                     }

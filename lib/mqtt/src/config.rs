@@ -27,6 +27,15 @@ pub struct Config {
     /// user -> password: plain text, or mosquitto_passwd's `$6$`/`$7$` hash.
     pub passwords: Option<BTreeMap<String, String>>,
     pub acl: Option<Acl>,
+    /// mosquitto's `per_listener_settings true`: `allow_anonymous`,
+    /// `password_file` and `acl_file` after a `listener` line are that
+    /// listener's ([`Config::listener_security`]); a listener given none
+    /// allows no anonymous clients, as mosquitto's do.
+    pub per_listener_settings: bool,
+    pub listener_security: BTreeMap<u16, Security>,
+    /// password_file and acl_file lines: (option, path, the listener they
+    /// belong to with per_listener_settings).
+    pub files: Vec<(String, String, Option<u16>)>,
     /// Largest packet accepted or sent, in bytes.
     pub max_packet_size: usize,
     /// Unacknowledged QoS 1/2 messages in flight to one client.
@@ -92,6 +101,9 @@ impl Default for Config {
             listeners: alloc::vec![1883],
             listeners_given: false,
             websockets: alloc::collections::BTreeSet::new(),
+            per_listener_settings: false,
+            listener_security: BTreeMap::new(),
+            files: Vec::new(),
             tls: BTreeMap::new(),
             allow_anonymous: true,
             passwords: None,
@@ -173,8 +185,27 @@ impl Config {
                     _ => return Err(format!("{key}: '{value}' is not mqtt or websockets")),
                 }
             }
-            "allow_anonymous" => self.allow_anonymous = flag(value)?,
-            "password_file" | "acl_file" => return Ok(Some((key.into(), value.into()))),
+            "per_listener_settings" => {
+                if self.listeners_given || !self.files.is_empty() {
+                    return Err(format!("{key}: must come before any listener and security option"));
+                }
+                self.per_listener_settings = flag(value)?;
+            }
+            "allow_anonymous" => {
+                let v = flag(value)?;
+                match self.current_listener() {
+                    Some(port) => self.listener_security.entry(port).or_default().allow_anonymous = v,
+                    None => self.allow_anonymous = v,
+                }
+            }
+            "password_file" | "acl_file" => {
+                let port = self.current_listener();
+                if let Some(port) = port {
+                    self.listener_security.entry(port).or_default();
+                }
+                self.files.push((key.into(), value.into(), port));
+                return Ok(Some((key.into(), value.into())));
+            }
             "max_packet_size" => self.max_packet_size = (num(value)? as usize).clamp(64, 256 << 20),
             "max_inflight_messages" => self.max_inflight = num(value)?.clamp(1, 65535) as u16,
             "max_queued_messages" => self.max_queued = num(value)? as usize,
@@ -266,27 +297,75 @@ impl Config {
 
     /// Reads a password file: `user:password` per line (plain text).
     pub fn parse_passwords(&mut self, text: &str, file: &str) -> Result<(), String> {
-        let mut m = BTreeMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((u, p)) = line.split_once(':') else {
-                return Err(format!("{file}:{}: expected user:password", n + 1));
-            };
-            if p.starts_with('$') && Hashed::parse(p).is_none() {
-                return Err(format!("{file}:{}: unknown password hash '{}'; mosquitto_passwd's $6$ and $7$ hashes and plain text are understood", n + 1, p.split('$').nth(1).unwrap_or("")));
-            }
-            m.insert(u.to_string(), p.to_string());
-        }
-        self.passwords = Some(m);
+        self.passwords = Some(parse_password_lines(text, file)?);
         Ok(())
     }
 
+    /// The listener security options apply to now: the last listener's
+    /// with per_listener_settings, else none (the global ones).
+    fn current_listener(&self) -> Option<u16> {
+        (self.per_listener_settings && self.listeners_given).then(|| *self.listeners.last().expect("there is always a listener"))
+    }
+
+    /// Reads a password_file or acl_file the configuration named (`text`
+    /// is the file at `path`) into every listener that named it.
+    pub fn load_file(&mut self, key: &str, path: &str, text: &str) -> Result<(), String> {
+        let ports: Vec<Option<u16>> = self.files.iter().filter(|(k, p, _)| k == key && p == path).map(|f| f.2).collect();
+        let ports = if ports.is_empty() { alloc::vec![None] } else { ports };
+        for port in ports {
+            if key == "password_file" {
+                let m = parse_password_lines(text, path)?;
+                match port {
+                    Some(port) => self.listener_security.entry(port).or_default().passwords = Some(m),
+                    None => self.passwords = Some(m),
+                }
+            } else {
+                let a = Acl::parse(text, path)?;
+                match port {
+                    Some(port) => self.listener_security.entry(port).or_default().acl = Some(a),
+                    None => self.acl = Some(a),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The security options of connections on `port` (0: unknown, the
+    /// global ones).
+    pub fn security(&self, port: u16) -> SecurityRef<'_> {
+        match self.listener_security.get(&port).filter(|_| self.per_listener_settings) {
+            Some(s) => SecurityRef { allow_anonymous: s.allow_anonymous, passwords: s.passwords.as_ref(), acl: s.acl.as_ref() },
+            None if self.per_listener_settings && port != 0 => SecurityRef { allow_anonymous: false, passwords: None, acl: None },
+            None => SecurityRef { allow_anonymous: self.allow_anonymous, passwords: self.passwords.as_ref(), acl: self.acl.as_ref() },
+        }
+    }
+
+    /// Whether `user`/`password` may connect (with the global options).
+    pub fn authenticate(&self, user: Option<&str>, password: Option<&[u8]>) -> Result<(), u8> {
+        self.security(0).authenticate(user, password)
+    }
+}
+
+/// One listener's security options (mosquitto's per_listener_settings).
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub allow_anonymous: bool,
+    pub passwords: Option<BTreeMap<String, String>>,
+    pub acl: Option<Acl>,
+}
+
+/// The security options that apply to a connection.
+#[derive(Clone, Copy)]
+pub struct SecurityRef<'a> {
+    pub allow_anonymous: bool,
+    pub passwords: Option<&'a BTreeMap<String, String>>,
+    pub acl: Option<&'a Acl>,
+}
+
+impl SecurityRef<'_> {
     /// Whether `user`/`password` may connect.
     pub fn authenticate(&self, user: Option<&str>, password: Option<&[u8]>) -> Result<(), u8> {
-        match (user, &self.passwords) {
+        match (user, self.passwords) {
             (None, _) if self.allow_anonymous => Ok(()),
             (None, _) => Err(0x87),
             (Some(_), None) => Ok(()),
@@ -296,6 +375,25 @@ impl Config {
             },
         }
     }
+}
+
+/// A password file's `user:password` lines.
+fn parse_password_lines(text: &str, file: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((u, p)) = line.split_once(':') else {
+            return Err(format!("{file}:{}: expected user:password", n + 1));
+        };
+        if p.starts_with('$') && Hashed::parse(p).is_none() {
+            return Err(format!("{file}:{}: unknown password hash '{}'; mosquitto_passwd's $6$ and $7$ hashes and plain text are understood", n + 1, p.split('$').nth(1).unwrap_or("")));
+        }
+        m.insert(u.to_string(), p.to_string());
+    }
+    Ok(m)
 }
 
 /// A password hash from mosquitto_passwd: `$6$SALT$HASH` (SHA-512 of the

@@ -271,6 +271,7 @@ impl Broker {
                 Session {
                     conn: None,
                     user,
+                    listener: 0,
                     version,
                     subs,
                     queue,

@@ -308,6 +308,59 @@ fn server_assigned_topic_aliases() {
 }
 
 #[test]
+fn per_listener_settings() {
+    let mut cfg = Config { sys_interval: 0, ..Config::default() };
+    let files = cfg
+        .parse(
+            "per_listener_settings true\n\
+             listener 1883\nallow_anonymous true\nacl_file /acl\n\
+             listener 8883\npassword_file /pw\n\
+             listener 9001\n",
+            "conf",
+        )
+        .unwrap();
+    assert_eq!(files, [("acl_file".to_string(), "/acl".to_string()), ("password_file".to_string(), "/pw".to_string())]);
+    cfg.load_file("acl_file", "/acl", "topic read public/#\n").unwrap();
+    cfg.load_file("password_file", "/pw", "alice:secret\n").unwrap();
+    let mut b = Broker::new(cfg, 0);
+    let on = |b: &mut Broker, port: u16, id: &str, user: Option<(&str, &[u8])>| {
+        let c = client(b.open_on("test".into(), port, 0).unwrap(), 4);
+        let p = Connect { version: 4, client_id: id.into(), clean: true, keep_alive: 60, username: user.map(|u| u.0.into()), password: user.map(|u| u.1.to_vec()), will: None, props: Props::default() };
+        send(b, &c, Packet::Connect(p), 0);
+        let got = recv(b, &c);
+        let Some(Packet::ConnAck(a)) = got.first() else { panic!("no CONNACK") };
+        (c, a.code)
+    };
+    // 1883: anonymous, but its ACL lets it only read public/#.
+    let (anon, code) = on(&mut b, 1883, "anon", None);
+    assert_eq!(code, 0);
+    // 8883: users from its password file only; no anonymous clients.
+    assert_eq!(on(&mut b, 8883, "nobody", None).1, 0x87);
+    assert_eq!(on(&mut b, 8883, "mallory", Some(("alice", b"wrong"))).1, 0x86);
+    let (alice, code) = on(&mut b, 8883, "alice", Some(("alice", b"secret")));
+    assert_eq!(code, 0);
+    // 9001: given nothing, so nobody gets in (as mosquitto).
+    assert_eq!(on(&mut b, 9001, "x", None).1, 0x87);
+    // The ACL of 1883 applies to its client only.
+    sub(&mut b, &anon, "public/#", 0);
+    let mut subs = Vec::new();
+    send(&mut b, &anon, publish("public/a", "from anon", 0, 0, false), 0);
+    send(&mut b, &alice, Packet::Subscribe(Subscribe { pid: 1, filters: vec![("#".into(), SubOpts::default())], props: Props::default() }), 0);
+    subs.extend(recv(&mut b, &alice));
+    send(&mut b, &alice, publish("private/b", "from alice", 0, 0, false), 0);
+    send(&mut b, &alice, publish("public/c", "from alice", 0, 0, false), 0);
+    let got: Vec<String> = recv(&mut b, &anon).into_iter().filter_map(|p| if let Packet::Publish(m) = p { Some(m.topic) } else { None }).collect();
+    assert_eq!(got, ["public/c"], "anon may only read public/# and may not publish");
+    let got: Vec<String> = recv(&mut b, &alice).into_iter().filter_map(|p| if let Packet::Publish(m) = p { Some(m.topic) } else { None }).collect();
+    assert_eq!(got, ["private/b", "public/c"], "alice's listener has no ACL");
+    // Without per_listener_settings, options are global wherever they are.
+    let mut g = Config::default();
+    g.parse("listener 1883\nlistener 8883\nallow_anonymous false\n", "conf").unwrap();
+    assert!(!g.security(1883).allow_anonymous && !g.security(8883).allow_anonymous);
+    assert!(Config::default().parse("listener 1883\nper_listener_settings true\n", "c").unwrap_err().contains("must come before"));
+}
+
+#[test]
 fn auth_and_acl() {
     let mut cfg = Config { sys_interval: 0, allow_anonymous: false, ..Config::default() };
     cfg.parse_passwords("alice:secret\n", "passwd").unwrap();
