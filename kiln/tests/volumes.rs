@@ -336,7 +336,7 @@ fn the_broker_keeps_retained_messages_and_sessions_across_restarts() {
     let (code, _, err) = s.kiln(&["stop", "b3"]);
     assert_eq!(code, 0, "{err}");
     let (clean, report) = fsck(&img);
-    assert!(clean && !report.contains("Dirty"), "{report}");
+    assert!(clean && !report.contains("Dirty"), "{report}\n(kiln stop b3: {err})");
 }
 
 /// A run-time initrd with Debian's `programs` and their libraries.

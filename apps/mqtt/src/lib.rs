@@ -82,12 +82,16 @@ fn configure(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
 /// `autosave_interval` seconds when something changed (or, with
 /// `autosave_on_changes`, after that many changes), and at a clean stop.
 /// A save replaces the file durably (written, fsynced, renamed), so a
-/// power cut leaves the previous save or the new one.
+/// power cut leaves the previous save or the new one; a snapshot equal to
+/// the file's is not written again.
 struct Saver {
     path: String,
     saved_at: u64,
     saved_changes: u64,
     failed: bool,
+    /// What the file holds: a snapshot equal to it is not written again
+    /// (a clean-session client coming and going changes nothing kept).
+    last: Vec<u8>,
 }
 
 impl Saver {
@@ -118,7 +122,8 @@ impl Saver {
             Err(kiln_std::fs::Error::NotFound) => println!("mqtt: persistence: {path} will be made at the first save"),
             Err(e) => println!("mqtt: persistence: reading {path}: {e}; starting without it"),
         }
-        Saver { path, saved_at: now, saved_changes: broker.changes(), failed: false }
+        let last = kiln_std::fs::read(&path).unwrap_or_default();
+        Saver { path, saved_at: now, saved_changes: broker.changes(), failed: false, last }
     }
 
     fn due(&self, broker: &Broker, now: u64) -> bool {
@@ -136,10 +141,17 @@ impl Saver {
 
     fn save(&mut self, broker: &Broker, now: u64) {
         let changes = broker.changes();
-        match kiln_std::fs::write_durably(&self.path, &broker.snapshot(now)) {
+        let snapshot = broker.snapshot(now);
+        if snapshot == self.last && !self.failed {
+            self.saved_changes = changes;
+            self.saved_at = now;
+            return;
+        }
+        match kiln_std::fs::write_durably(&self.path, &snapshot) {
             Ok(()) => {
                 self.failed = false;
                 self.saved_changes = changes;
+                self.last = snapshot;
             }
             Err(e) if !self.failed => {
                 self.failed = true;
