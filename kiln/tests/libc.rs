@@ -247,6 +247,9 @@ fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u1
 /// apps/records: a Rust app using SQLite (C) through its bindgen
 /// bindings; real SQL over HTTP, checked against what SQLite must answer.
 fn records_answer_real_sql(arch: &str) {
+    // apps/records is built with other options (volumes) by another test:
+    // one build and guest at a time.
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port();
     let g = Guest::start(
         &PathBuf::from("apps/records"),
@@ -330,8 +333,10 @@ fn sqlite_keeps_its_database_on_a_volume() {
     )
     .unwrap();
     std::fs::write(sql.join("read.sql"), "PRAGMA integrity_check; SELECT count(*), max(v) FROM t;\n").unwrap();
+    // Both boots under one hold of the lock: the records kernel is built
+    // with the volume's file systems here and without them elsewhere.
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let boot = |file: &str| {
-        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         s.kiln(&["run", "-W", "--timeout", "240", "--initrd", sql.to_str().unwrap(), "-v", "recs:/data", "-e", "DB=/data/records.db", "apps/records", "--", file])
     };
     let (code, out, err) = boot("/write.sql");
