@@ -101,17 +101,21 @@ impl Saver {
         if !dir.is_empty() {
             let _ = kiln_std::fs::create_dir_all(dir);
         }
+        let mut last = Vec::new();
         match kiln_std::fs::read(&path) {
             Ok(data) => {
                 let t = kiln_std::time::micros();
                 match broker.restore(&data, now) {
-                    Ok(r) => println!(
-                        "mqtt: restored {} retained messages and {} sessions ({} messages queued) from {path} in {} us",
-                        r.retained,
-                        r.sessions,
-                        r.messages,
-                        kiln_std::time::micros() - t
-                    ),
+                    Ok(r) => {
+                        println!(
+                            "mqtt: restored {} retained messages and {} sessions ({} messages queued) from {path} in {} us",
+                            r.retained,
+                            r.sessions,
+                            r.messages,
+                            kiln_std::time::micros() - t
+                        );
+                        last = data;
+                    }
                     Err(e) => {
                         let aside = format!("{path}.damaged");
                         let _ = kiln_std::fs::rename(&path, &aside);
@@ -122,7 +126,6 @@ impl Saver {
             Err(kiln_std::fs::Error::NotFound) => println!("mqtt: persistence: {path} will be made at the first save"),
             Err(e) => println!("mqtt: persistence: reading {path}: {e}; starting without it"),
         }
-        let last = kiln_std::fs::read(&path).unwrap_or_default();
         Saver { path, saved_at: now, saved_changes: broker.changes(), failed: false, last }
     }
 

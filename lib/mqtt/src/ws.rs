@@ -69,11 +69,6 @@ impl Ws {
         self.closed
     }
 
-    /// Whether the handshake is done (MQTT may flow).
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
     /// Wraps MQTT bytes in a binary frame (servers do not mask).
     pub fn frame(&mut self, data: &[u8]) {
         if !self.closed && !data.is_empty() {

@@ -863,24 +863,22 @@ impl TcpStream {
 
     /// Reads what has arrived; 0 means the peer closed its side.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let h = self.h;
-        retry(self.nonblocking, |s| {
-            let t = s.sockets.get_mut::<tcp::Socket>(h);
-            if t.can_recv() {
-                return Some(t.recv_slice(buf).map_err(|_| Error::ConnectionReset));
-            }
-            (!t.may_recv()).then_some(Ok(0))
-        })
+        self.receive(buf, false)
     }
 
     /// Like [`TcpStream::read`], but leaves what it copies in the stream
     /// (MSG_PEEK): the next read gets the same bytes.
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.receive(buf, true)
+    }
+
+    fn receive(&mut self, buf: &mut [u8], peek: bool) -> Result<usize> {
         let h = self.h;
         retry(self.nonblocking, |s| {
             let t = s.sockets.get_mut::<tcp::Socket>(h);
             if t.can_recv() {
-                return Some(t.peek_slice(buf).map_err(|_| Error::ConnectionReset));
+                let r = if peek { t.peek_slice(buf) } else { t.recv_slice(buf) };
+                return Some(r.map_err(|_| Error::ConnectionReset));
             }
             (!t.may_recv()).then_some(Ok(0))
         })

@@ -109,14 +109,7 @@ pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Resul
         None if o.require_client_cert => return Err("client certificates required, but no CA to check them against".into()),
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(ca) {
-                let c = c.map_err(|e| format!("CA file: {e:?}"))?;
-                roots.add(c).map_err(|e| format!("CA file: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err("CA file: no CERTIFICATE block in the PEM file".into());
-            }
+            let roots = roots(ca)?;
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let v = if o.require_client_cert { v } else { v.allow_unauthenticated() };
             builder.with_client_cert_verifier(v.build().map_err(|e| format!("CA file: {e}"))?)
@@ -134,11 +127,8 @@ pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Resul
     Ok(Arc::new(config))
 }
 
-/// A client configuration: servers' certificates must chain to one in
-/// `ca_pem` (PEM, one or more) and name the server; TLS 1.3 and 1.2;
-/// `alpn` offered. With `client_cert` (certificate chain and key, PEM),
-/// the client presents it when a server asks.
-pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], &[u8])>) -> Result<Arc<ClientConfig>, String> {
+/// The CA certificates of a PEM file, for checking the other side's.
+fn roots(ca_pem: &[u8]) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         let c = c.map_err(|e| format!("CA file: {e:?}"))?;
@@ -147,6 +137,15 @@ pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], 
     if roots.is_empty() {
         return Err("CA file: no CERTIFICATE block in the PEM file".into());
     }
+    Ok(roots)
+}
+
+/// A client configuration: servers' certificates must chain to one in
+/// `ca_pem` (PEM, one or more) and name the server; TLS 1.3 and 1.2;
+/// `alpn` offered. With `client_cert` (certificate chain and key, PEM),
+/// the client presents it when a server asks.
+pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], &[u8])>) -> Result<Arc<ClientConfig>, String> {
+    let roots = roots(ca_pem)?;
     let provider = Arc::new(rustls_rustcrypto::provider());
     let builder = ClientConfig::builder_with_details(provider, Arc::new(WallClock))
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
