@@ -35,6 +35,38 @@ pub fn rust_target(arch: &str) -> &'static str {
     }
 }
 
+/// Builds Kiln's UEFI loader for arm64 disk images (plat/efi) and returns
+/// the `.efi` file's path. Cargo keeps it current; the Rust target comes
+/// with the toolchain file (rustup installs it on first use).
+pub fn efi_loader() -> Result<PathBuf> {
+    const TRIPLE: &str = "aarch64-unknown-uefi";
+    let target_dir = kiln_home().join("target").join("efi");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let o = Command::new(&cargo)
+        .current_dir(kiln_home())
+        .args(["build", "--release", "--quiet", "-p", "kiln-efi-boot", "--target", TRIPLE])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .with_context(|| format!("running {cargo:?}: is Rust (cargo) installed?"))?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        if err.contains("can't find crate for `core`") || err.contains("target may not be installed") {
+            bail!("building the UEFI loader: Rust's {TRIPLE} target is missing; install it with `rustup target add {TRIPLE}`");
+        }
+        bail!("building the UEFI loader (plat/efi) failed:\n{}", err.trim());
+    }
+    let efi = target_dir.join(TRIPLE).join("release").join("kiln-efi-boot.efi");
+    if !efi.is_file() {
+        bail!("building the UEFI loader: cargo wrote no {}", efi.display());
+    }
+    Ok(efi)
+}
+
 /// Paths of one build.
 pub struct BuildPaths {
     /// The kernel image: `<dir>/.kiln/build/<name>_<plat>-<arch>`.

@@ -594,7 +594,8 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
             words.extend(kf.cmd.iter().cloned());
             let image = pkg::disk::write(&p, &words, f, &out)?;
             let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
-            ui.note(&format!("{} disk image of {} ({} KiB), boots on BIOS and UEFI firmware", f.name(), p.name, size / 1024));
+            let firmware = if target.arch == "arm64" { "UEFI firmware (QEMU virt: -machine virt,acpi=off)" } else { "BIOS and UEFI firmware" };
+            ui.note(&format!("{} disk image of {} ({} KiB), boots on {firmware}", f.name(), p.name, size / 1024));
             println!("{}", image.display());
         }
         PkgFormat::Oci => {

@@ -95,6 +95,8 @@ const GRUB_MODULES: &[&str] = &["part_gpt", "fat", "multiboot2", "normal", "boot
 
 /// The kernel's path inside the EFI system partition.
 const KERNEL_PATH: &str = "/boot/kiln";
+/// arm64: the kernel's command line, read by Kiln's UEFI loader.
+const CMDLINE_PATH: &str = "/boot/cmdline";
 
 /// Where Debian's packages put GRUB's images for each platform.
 fn grub_dir(platform: &str) -> PathBuf {
@@ -103,11 +105,12 @@ fn grub_dir(platform: &str) -> PathBuf {
 
 /// Checks the host tools a format needs, naming the package to install.
 pub fn check_tools(format: Format, arch: &str) -> Result<()> {
-    if arch != "x86_64" {
-        bail!(
-            "kiln pkg --format {}: disk images boot Kiln's x86_64 kernel (BIOS and UEFI); {arch} has no disk image yet",
-            format.name()
-        );
+    if format.qemu_img_name().is_some() && which("qemu-img").is_none() {
+        bail!("kiln pkg --format {}: qemu-img not found; install Debian's qemu-utils (apt-get install qemu-utils)", format.name());
+    }
+    if arch == "arm64" {
+        // Kiln's own loader, built by cargo.
+        return Ok(());
     }
     if which("grub-mkimage").is_none() {
         bail!("kiln pkg --format {}: grub-mkimage not found; install Debian's grub-pc-bin and grub-efi-amd64-bin (apt-get install grub-pc-bin grub-efi-amd64-bin)", format.name());
@@ -116,9 +119,6 @@ pub fn check_tools(format: Format, arch: &str) -> Result<()> {
         if !grub_dir(platform).join("multiboot2.mod").exists() {
             bail!("kiln pkg --format {}: GRUB's {platform} modules are missing ({}); install Debian's {package}", format.name(), grub_dir(platform).display());
         }
-    }
-    if format.qemu_img_name().is_some() && which("qemu-img").is_none() {
-        bail!("kiln pkg --format {}: qemu-img not found; install Debian's qemu-utils (apt-get install qemu-utils)", format.name());
     }
     Ok(())
 }
@@ -217,8 +217,15 @@ pub fn write(p: &Package, words: &[String], format: Format, out: &Path) -> Resul
     r
 }
 
-fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Path) -> Result<PathBuf> {
-    let kernel = std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
+/// What goes on a disk for one architecture: the ESP's files, and for
+/// x86_64 GRUB's BIOS path (its boot sector and core image).
+struct Layout {
+    files: Vec<(&'static str, Vec<u8>)>,
+    bios: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// x86_64: GRUB for BIOS and UEFI, one `grub.cfg` with the command line.
+fn x86_64_layout(kernel: Vec<u8>, words: &[String], work: &Path) -> Result<Layout> {
     // BIOS: the core image names its partition outright (the first disk's
     // second partition); UEFI: the partition GRUB was loaded from.
     let core = grub_mkimage("i386-pc", "(hd0,gpt2)/boot/grub", &["biosdisk"], work)?;
@@ -229,16 +236,42 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
     if boot_img.len() != 512 || core.len() < 512 {
         bail!("GRUB's boot.img or core image has an unexpected size");
     }
-    let core_sectors = (core.len() as u64).div_ceil(SECTOR);
-    if core_sectors > BIOS_BOOT_SECTORS {
+    if (core.len() as u64).div_ceil(SECTOR) > BIOS_BOOT_SECTORS {
         bail!("GRUB's core image ({} KiB) does not fit its 1 MiB partition", core.len() / 1024);
     }
-    let cfg = grub_cfg(words);
-    let files: [(&str, &[u8]); 3] = [
-        ("/EFI/BOOT/BOOTX64.EFI", &efi),
-        ("/boot/grub/grub.cfg", cfg.as_bytes()),
-        (KERNEL_PATH, &kernel),
-    ];
+    Ok(Layout {
+        files: vec![
+            ("/EFI/BOOT/BOOTX64.EFI", efi),
+            ("/boot/grub/grub.cfg", grub_cfg(words).into_bytes()),
+            (KERNEL_PATH, kernel),
+        ],
+        bios: Some((boot_img, core)),
+    })
+}
+
+/// arm64: Kiln's own UEFI loader (plat/efi) with the kernel Image and its
+/// command line beside it; UEFI only (arm64 machines have no BIOS).
+fn arm64_layout(kernel: Vec<u8>, words: &[String]) -> Result<Layout> {
+    let loader = crate::builder::efi_loader()?;
+    let efi = std::fs::read(&loader).with_context(|| format!("reading {}", loader.display()))?;
+    let cmdline: Vec<String> = words.iter().map(|w| kiln_boot::cmdline::quote(w)).collect();
+    Ok(Layout {
+        files: vec![
+            ("/EFI/BOOT/BOOTAA64.EFI", efi),
+            (CMDLINE_PATH, format!("{}\n", cmdline.join(" ")).into_bytes()),
+            (KERNEL_PATH, kernel),
+        ],
+        bios: None,
+    })
+}
+
+fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Path) -> Result<PathBuf> {
+    let kernel = std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
+    let layout = match p.arch {
+        "arm64" => arm64_layout(kernel, words)?,
+        _ => x86_64_layout(kernel, words, work)?,
+    };
+    let files: Vec<(&str, &[u8])> = layout.files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
     // The partition: its files with a quarter spare (for a user's edits
     // and FAT's own tables), at least 8 MiB, in whole MiB.
     let content: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
@@ -259,25 +292,30 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
             .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
             .create_from_device(f, None)
             .context("making the partition table")?;
-        gpt.add_partition_at("BIOS boot", 1, BIOS_BOOT_LBA, BIOS_BOOT_SECTORS, gpt::partition_types::BIOS, 0)
-            .context("adding the BIOS boot partition")?;
+        if layout.bios.is_some() {
+            gpt.add_partition_at("BIOS boot", 1, BIOS_BOOT_LBA, BIOS_BOOT_SECTORS, gpt::partition_types::BIOS, 0)
+                .context("adding the BIOS boot partition")?;
+        }
         let esp_sectors = (sectors - GPT_BACKUP_SECTORS - 1 - ESP_LBA).min(esp_bytes / SECTOR);
-        gpt.add_partition_at("EFI system", 2, ESP_LBA, esp_sectors, gpt::partition_types::EFI, 0)
+        let esp_number = if layout.bios.is_some() { 2 } else { 1 };
+        gpt.add_partition_at("EFI system", esp_number, ESP_LBA, esp_sectors, gpt::partition_types::EFI, 0)
             .context("adding the EFI system partition")?;
         let mut f = gpt.write().context("writing the partition table")?;
-        // The protective MBR, with GRUB's boot sector pointed at the core.
         let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
-        let mut code = [0u8; 440];
-        code.copy_from_slice(&boot_img[..440]);
-        code[BOOT_IMG_CORE_LBA..BOOT_IMG_CORE_LBA + 8].copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
-        mbr.set_bootcode(code);
+        if let Some((boot_img, mut core)) = layout.bios {
+            // The protective MBR carries GRUB's boot sector, pointed at
+            // the core, whose first sector lists the rest.
+            let core_sectors = (core.len() as u64).div_ceil(SECTOR);
+            let mut code = [0u8; 440];
+            code.copy_from_slice(&boot_img[..440]);
+            code[BOOT_IMG_CORE_LBA..BOOT_IMG_CORE_LBA + 8].copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
+            mbr.set_bootcode(code);
+            core[CORE_LIST_LBA..CORE_LIST_LBA + 8].copy_from_slice(&(BIOS_BOOT_LBA + 1).to_le_bytes());
+            core[CORE_LIST_COUNT..CORE_LIST_COUNT + 2].copy_from_slice(&((core_sectors - 1) as u16).to_le_bytes());
+            f.seek(SeekFrom::Start(BIOS_BOOT_LBA * SECTOR))?;
+            f.write_all(&core)?;
+        }
         mbr.overwrite_lba0(&mut f).context("writing the protective MBR")?;
-        // The core image, its first sector listing the rest.
-        let mut core = core;
-        core[CORE_LIST_LBA..CORE_LIST_LBA + 8].copy_from_slice(&(BIOS_BOOT_LBA + 1).to_le_bytes());
-        core[CORE_LIST_COUNT..CORE_LIST_COUNT + 2].copy_from_slice(&((core_sectors - 1) as u16).to_le_bytes());
-        f.seek(SeekFrom::Start(BIOS_BOOT_LBA * SECTOR))?;
-        f.write_all(&core)?;
         f.seek(SeekFrom::Start(ESP_LBA * SECTOR))?;
         f.write_all(&esp)?;
         f.sync_all()?;
