@@ -44,7 +44,15 @@ pub fn efi_loader() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let o = Command::new(&cargo)
         .current_dir(kiln_home())
-        .args(["build", "--release", "--quiet", "-p", "kiln-efi-boot", "--target", TRIPLE])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "kiln-efi-boot",
+            "--target",
+            TRIPLE,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
@@ -55,12 +63,20 @@ pub fn efi_loader() -> Result<PathBuf> {
         .with_context(|| format!("running {cargo:?}: is Rust (cargo) installed?"))?;
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
-        if err.contains("can't find crate for `core`") || err.contains("target may not be installed") {
+        if err.contains("can't find crate for `core`")
+            || err.contains("target may not be installed")
+        {
             bail!("building the UEFI loader: Rust's {TRIPLE} target is missing; install it with `rustup target add {TRIPLE}`");
         }
-        bail!("building the UEFI loader (plat/efi) failed:\n{}", err.trim());
+        bail!(
+            "building the UEFI loader (plat/efi) failed:\n{}",
+            err.trim()
+        );
     }
-    let efi = target_dir.join(TRIPLE).join("release").join("kiln-efi-boot.efi");
+    let efi = target_dir
+        .join(TRIPLE)
+        .join("release")
+        .join("kiln-efi-boot.efi");
     if !efi.is_file() {
         bail!("building the UEFI loader: cargo wrote no {}", efi.display());
     }
@@ -151,11 +167,16 @@ impl AppManifest {
 /// these settings make them use their portable code. Only those crates
 /// read them. (TOML strings for cargo's `--config`.)
 const SOFT_CRYPTO: &[&str] = &[
-    "\"--cfg\"", "\"aes_force_soft\"",
-    "\"--cfg\"", "\"polyval_force_soft\"",
-    "\"--cfg\"", "\"poly1305_force_soft\"",
-    "\"--cfg\"", "\"chacha20_force_soft\"",
-    "\"--cfg\"", "'curve25519_dalek_backend=\"serial\"'",
+    "\"--cfg\"",
+    "\"aes_force_soft\"",
+    "\"--cfg\"",
+    "\"polyval_force_soft\"",
+    "\"--cfg\"",
+    "\"poly1305_force_soft\"",
+    "\"--cfg\"",
+    "\"chacha20_force_soft\"",
+    "\"--cfg\"",
+    "'curve25519_dalek_backend=\"serial\"'",
 ];
 
 /// The app crate's cargo features that its Kconfig symbols turn on:
@@ -166,14 +187,20 @@ fn app_features(m: &AppManifest, cfg: &Config) -> Result<Vec<String>> {
     let Some(map) = m.kiln("features") else {
         return Ok(Vec::new());
     };
-    let map = map
-        .as_table()
-        .with_context(|| format!("{}: [package.metadata.kiln.features] must map features to Kconfig symbols", m.path.display()))?;
+    let map = map.as_table().with_context(|| {
+        format!(
+            "{}: [package.metadata.kiln.features] must map features to Kconfig symbols",
+            m.path.display()
+        )
+    })?;
     let mut on = Vec::new();
     for (feature, symbol) in map {
-        let symbol = symbol
-            .as_str()
-            .with_context(|| format!("{}: feature {feature}: expected a Kconfig symbol name", m.path.display()))?;
+        let symbol = symbol.as_str().with_context(|| {
+            format!(
+                "{}: feature {feature}: expected a Kconfig symbol name",
+                m.path.display()
+            )
+        })?;
         if cfg.on(symbol.trim_start_matches("CONFIG_")) {
             on.push(feature.clone());
         }
@@ -189,7 +216,10 @@ fn c_main(m: &AppManifest) -> Result<bool> {
         Some(v) => match v.as_str() {
             Some("c") => Ok(true),
             Some("rust") => Ok(false),
-            _ => bail!("{}: [package.metadata.kiln] main = {v}: expected \"c\" or \"rust\"", m.path.display()),
+            _ => bail!(
+                "{}: [package.metadata.kiln] main = {v}: expected \"c\" or \"rust\"",
+                m.path.display()
+            ),
         },
     }
 }
@@ -381,7 +411,11 @@ fn generate(
     deps += &format!(
         "app = {{ package = {app_pkg:?}, path = {}, features = [{}] }}\n",
         toml_str(&app_dir),
-        features.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
+        features
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let manifest = format!(
@@ -631,9 +665,18 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
             crate::rootfs::copy_tree(r, &stage)?;
         }
         let n = crate::rootfs::add(&stage, &kf.programs)
-            .map_err(|e| anyhow::anyhow!("{}:{}: programs: {e:#}", kf.path.display(), kf.programs_line))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{}: programs: {e:#}",
+                    kf.path.display(),
+                    kf.programs_line
+                )
+            })?
             .len();
-        ui.note(&format!("{n} files of {} program(s) added to the rootfs", kf.programs.len()));
+        ui.note(&format!(
+            "{n} files of {} program(s) added to the rootfs",
+            kf.programs.len()
+        ));
         Some(stage)
     };
     let initrd = match staged.as_ref().or(kf.rootfs.as_ref()) {
@@ -661,7 +704,15 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
     if current {
         let size = std::fs::metadata(&paths.kernel)?.len();
-        ui.step(4, 4, &format!("Kernel {} ({:.1} KiB; up to date)", rel(&paths.kernel), size as f64 / 1024.0));
+        ui.step(
+            4,
+            4,
+            &format!(
+                "Kernel {} ({:.1} KiB; up to date)",
+                rel(&paths.kernel),
+                size as f64 / 1024.0
+            ),
+        );
         return Ok(paths.kernel);
     }
     let _ = std::fs::remove_file(&stamp_path);
@@ -779,18 +830,26 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         // and for symbolizing fault reports); the image is cut to what
         // loaders read, unless BUILD_DEBUG_SYMBOLS keeps the symbols in.
         let elf = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-        let image = if cfg.on("BUILD_DEBUG_SYMBOLS") { elf.clone() } else { strip_to_segments(&elf).with_context(|| format!("{}: stripping", built.display()))? };
+        let image = if cfg.on("BUILD_DEBUG_SYMBOLS") {
+            elf.clone()
+        } else {
+            strip_to_segments(&elf).with_context(|| format!("{}: stripping", built.display()))?
+        };
         std::fs::write(&tmp, image).with_context(|| format!("writing {}", tmp.display()))?;
         let elf_path = paths.kernel.with_extension("elf");
-        let elf_tmp = paths.kernel.with_extension(format!("elf-tmp{}", std::process::id()));
+        let elf_tmp = paths
+            .kernel
+            .with_extension(format!("elf-tmp{}", std::process::id()));
         std::fs::write(&elf_tmp, &elf).with_context(|| format!("writing {}", elf_tmp.display()))?;
-        std::fs::rename(&elf_tmp, &elf_path).with_context(|| format!("writing {}", elf_path.display()))?;
+        std::fs::rename(&elf_tmp, &elf_path)
+            .with_context(|| format!("writing {}", elf_path.display()))?;
     }
     std::fs::rename(&tmp, &paths.kernel)
         .with_context(|| format!("writing {}", paths.kernel.display()))?;
     // The inputs as they were before cargo ran: a file changed meanwhile
     // makes the next build ask cargo again.
-    std::fs::write(&stamp_path, &stamp).with_context(|| format!("writing {}", stamp_path.display()))?;
+    std::fs::write(&stamp_path, &stamp)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
     let size = std::fs::metadata(&paths.kernel)?.len();
     ui.step(
         4,
@@ -814,11 +873,15 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
 /// lock file pins); this takes a few milliseconds where cargo takes tens.
 fn inputs_stamp(kf: &Kraftfile, paths: &BuildPaths) -> String {
     fn walk(dir: &Path, skip: &[&Path], out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let name = e.file_name();
-            if matches!(name.to_str(), Some("target" | ".kiln" | ".git")) || skip.contains(&p.as_path()) {
+            if matches!(name.to_str(), Some("target" | ".kiln" | ".git"))
+                || skip.contains(&p.as_path())
+            {
                 continue;
             }
             match e.file_type() {
@@ -830,15 +893,28 @@ fn inputs_stamp(kf: &Kraftfile, paths: &BuildPaths) -> String {
     fn file_line(p: &Path) -> String {
         match std::fs::metadata(p) {
             Ok(m) => {
-                let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
-                format!("{} {} {}.{:09}", p.display(), m.len(), t.as_secs(), t.subsec_nanos())
+                let t = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .unwrap_or_default();
+                format!(
+                    "{} {} {}.{:09}",
+                    p.display(),
+                    m.len(),
+                    t.as_secs(),
+                    t.subsec_nanos()
+                )
             }
             Err(_) => format!("{} missing", p.display()),
         }
     }
     let home = kiln_home();
     let mut lines = Vec::new();
-    let rootfs = kf.rootfs.as_ref().and_then(|r| std::fs::canonicalize(r).ok());
+    let rootfs = kf
+        .rootfs
+        .as_ref()
+        .and_then(|r| std::fs::canonicalize(r).ok());
     let skip: Vec<&Path> = rootfs.iter().map(PathBuf::as_path).collect();
     for d in ["lib", "arch", "plat"] {
         walk(&home.join(d), &[], &mut lines);
@@ -858,13 +934,20 @@ fn inputs_stamp(kf: &Kraftfile, paths: &BuildPaths) -> String {
     if let Ok(exe) = std::env::current_exe() {
         lines.push(file_line(&exe));
     }
-    let rustup = std::env::var_os("RUSTUP_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")));
+    let rustup = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")));
     if let Some(r) = rustup {
         lines.push(file_line(&r.join("toolchains")));
     }
     lines.sort();
     let mut env: Vec<String> = std::env::vars()
-        .filter(|(k, _)| ["KILN_", "CC", "CFLAGS", "RUSTC", "BINDGEN", "LIBCLANG"].iter().any(|p| k.starts_with(p)) && k != "KILN_LINK_MAP")
+        .filter(|(k, _)| {
+            ["KILN_", "CC", "CFLAGS", "RUSTC", "BINDGEN", "LIBCLANG"]
+                .iter()
+                .any(|p| k.starts_with(p))
+                && k != "KILN_LINK_MAP"
+        })
         .map(|(k, v)| format!("env {k}={v}"))
         .collect();
     env.sort();

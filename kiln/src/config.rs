@@ -207,7 +207,8 @@ pub fn user_values(kf: &Kraftfile, target: &Target, tree: &Tree) -> Result<User>
     // volumes are, so changing them does not change the kernel.
     if !kf.volumes.is_empty() {
         for lib in ["LIBFATFS", "LIB9PFS"] {
-            user.entry(lib.to_string()).or_insert_with(|| "y".to_string());
+            user.entry(lib.to_string())
+                .or_insert_with(|| "y".to_string());
         }
     }
     for (k, v, line) in kf.kconfig.iter().chain(&target.kconfig) {

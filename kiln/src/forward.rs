@@ -74,7 +74,9 @@ fn hand_over(clients: mpsc::Receiver<TcpStream>, to: SocketAddrV4) {
         let server = loop {
             match TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)) {
                 Ok(q) => break Some(q),
-                Err(_) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) if start.elapsed() < patience => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(_) => break None,
             }
         };
@@ -87,7 +89,9 @@ fn hand_over(clients: mpsc::Receiver<TcpStream>, to: SocketAddrV4) {
         }
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
-        let (Ok(c2), Ok(q2)) = (client.try_clone(), server.try_clone()) else { continue };
+        let (Ok(c2), Ok(q2)) = (client.try_clone(), server.try_clone()) else {
+            continue;
+        };
         std::thread::spawn(move || pipe(client, server));
         std::thread::spawn(move || pipe(q2, c2));
     }
@@ -120,7 +124,8 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 /// to its listening socket on 127.0.0.1:`port`.
 fn wait_taken(port: u16) {
     let start = Instant::now();
-    while accept_queue(port).is_some_and(|n| n > 0) && start.elapsed() < Duration::from_millis(200) {
+    while accept_queue(port).is_some_and(|n| n > 0) && start.elapsed() < Duration::from_millis(200)
+    {
         std::thread::sleep(Duration::from_micros(200));
     }
 }
@@ -191,6 +196,9 @@ mod tests {
             })
             .collect();
         assert!(clients.into_iter().all(|c| c.join().unwrap()));
-        assert!(start(&[Relay { host, to }]).is_err(), "a taken port is an error");
+        assert!(
+            start(&[Relay { host, to }]).is_err(),
+            "a taken port is an error"
+        );
     }
 }

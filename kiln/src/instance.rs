@@ -171,7 +171,11 @@ pub fn start(
         relays: spec.relays(),
         vmm: spec.vmm,
         tap: spec.tap.clone(),
-        volumes: spec.volumes.iter().filter_map(|v| std::fs::canonicalize(&v.image).ok()).collect(),
+        volumes: spec
+            .volumes
+            .iter()
+            .filter_map(|v| std::fs::canonicalize(&v.image).ok())
+            .collect(),
     };
     write_info(&dir, &info)?;
     // The supervisor: this program again, in a new session, so it outlives
@@ -305,12 +309,15 @@ fn alive(pid: u32, vmm: vmm::Kind) -> bool {
 pub fn using(image: &Path) -> Option<String> {
     let want = std::fs::canonicalize(image).ok()?;
     let needle = format!("file={},", want.display());
-    std::fs::read_dir(state_dir()).ok()?.flatten().find_map(|e| {
-        let i = read_info(&e.path()).ok()?;
-        let running = !e.path().join("exit").exists() && i.pid.is_some_and(|p| alive(p, i.vmm));
-        let uses = i.volumes.contains(&want) || i.command.iter().any(|a| a.contains(&needle));
-        (running && uses).then_some(i.name)
-    })
+    std::fs::read_dir(state_dir())
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let i = read_info(&e.path()).ok()?;
+            let running = !e.path().join("exit").exists() && i.pid.is_some_and(|p| alive(p, i.vmm));
+            let uses = i.volumes.contains(&want) || i.command.iter().any(|a| a.contains(&needle));
+            (running && uses).then_some(i.name)
+        })
 }
 
 /// An instance's state as `kiln ps` shows it.
@@ -520,7 +527,10 @@ pub fn rm(name: &str, force: bool) -> Result<()> {
     // status (and the console's last lines) into the folder; wait for it
     // (a little), or the removal races with those writes.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !dir.join("exit").exists() && read_info(&dir).is_ok_and(|i| i.pid.is_some()) && std::time::Instant::now() < deadline {
+    while !dir.join("exit").exists()
+        && read_info(&dir).is_ok_and(|i| i.pid.is_some())
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut r = std::fs::remove_dir_all(&dir);

@@ -294,7 +294,9 @@ impl Tree {
         let mut top_node = blank(Item::Menu, top, 1);
         top_node.prompt = Some(("Kiln Configuration".into(), yes()));
         t.nodes.push(top_node);
-        parse::Parser::new(&mut t, root, vars).run_shell(run_shell).file(top, text, 0)?;
+        parse::Parser::new(&mut t, root, vars)
+            .run_shell(run_shell)
+            .file(top, text, 0)?;
         if !t.mainmenu.is_empty() {
             t.nodes[0].prompt = Some((t.mainmenu.clone(), yes()));
         }
@@ -525,7 +527,9 @@ impl Tree {
     fn flatten(&self, n: usize, out: &mut Vec<usize>) {
         for &c in &self.nodes[n].children {
             let node = &self.nodes[c];
-            let hoist = !node.children.is_empty() && node.prompt.is_none() && !matches!(node.item, Item::Choice(_));
+            let hoist = !node.children.is_empty()
+                && node.prompt.is_none()
+                && !matches!(node.item, Item::Choice(_));
             if node.item != Item::If {
                 out.push(c);
             }
@@ -640,7 +644,12 @@ impl Tree {
     pub fn dependency_loop(&self) -> Option<String> {
         let cycle = self.find_loop()?;
         let first = self.get(&cycle[0])?;
-        Some(format!("{}:{}: dependency loop: {}", first.file.display(), first.line, cycle.join(" -> ")))
+        Some(format!(
+            "{}:{}: dependency loop: {}",
+            first.file.display(),
+            first.line,
+            cycle.join(" -> ")
+        ))
     }
 
     /// A loop among dependencies, as kconfiglib finds them. A symbol's
@@ -661,14 +670,30 @@ impl Tree {
             exprs.extend(s.rev.iter().chain(&s.weak_rev).map(|(_, e)| e));
             exprs.extend(s.defaults.iter().flat_map(|(v, c)| [v, c]));
             exprs.extend(s.ranges.iter().flat_map(|(lo, hi, c)| [lo, hi, c]));
-            exprs.extend(s.nodes.iter().filter_map(|&n| self.nodes[n].prompt.as_ref().map(|p| &p.1)));
-            edges[i] = self.graph_refs(&exprs).into_iter().map(|r| (r, false)).collect();
+            exprs.extend(
+                s.nodes
+                    .iter()
+                    .filter_map(|&n| self.nodes[n].prompt.as_ref().map(|p| &p.1)),
+            );
+            edges[i] = self
+                .graph_refs(&exprs)
+                .into_iter()
+                .map(|r| (r, false))
+                .collect();
             edges[i].extend(s.choice.map(|c| (ns + c, true)));
         }
         for (ci, c) in self.choices.iter().enumerate() {
             let mut exprs: Vec<&Expr> = c.defaults.iter().map(|(_, cond)| cond).collect();
-            exprs.extend(c.nodes.iter().filter_map(|&n| self.nodes[n].prompt.as_ref().map(|p| &p.1)));
-            let mut e: Vec<(usize, bool)> = self.graph_refs(&exprs).into_iter().map(|r| (r, false)).collect();
+            exprs.extend(
+                c.nodes
+                    .iter()
+                    .filter_map(|&n| self.nodes[n].prompt.as_ref().map(|p| &p.1)),
+            );
+            let mut e: Vec<(usize, bool)> = self
+                .graph_refs(&exprs)
+                .into_iter()
+                .map(|r| (r, false))
+                .collect();
             e.extend(c.members.iter().map(|&m| (m, true)));
             edges[ns + ci] = e;
         }
@@ -1459,7 +1484,8 @@ pub fn write_config(tree: &Tree, user: &User) -> String {
 /// several members of one choice are `y`, the one latest in the file is
 /// the selection, as in kconfiglib (the others become `n`).
 pub fn user_from_config(tree: &Tree, values: BTreeMap<String, (String, u64)>) -> User {
-    let mut in_order: Vec<(String, String, u64)> = values.into_iter().map(|(k, (v, l))| (k, v, l)).collect();
+    let mut in_order: Vec<(String, String, u64)> =
+        values.into_iter().map(|(k, (v, l))| (k, v, l)).collect();
     in_order.sort_by_key(|e| e.2);
     let mut user = User::new();
     for (k, v, _) in in_order {
@@ -1674,7 +1700,10 @@ config CMP
         assert_eq!(resolve(&t, &user), x);
         // Two members of one choice set to y: the later line wins, whatever
         // the names' order.
-        for (text, want) in [("CONFIG_B=y\nCONFIG_P2=y\nCONFIG_P1=y\n", "P1"), ("CONFIG_B=y\nCONFIG_P1=y\nCONFIG_P2=y\n", "P2")] {
+        for (text, want) in [
+            ("CONFIG_B=y\nCONFIG_P2=y\nCONFIG_P1=y\n", "P1"),
+            ("CONFIG_B=y\nCONFIG_P1=y\nCONFIG_P2=y\n", "P2"),
+        ] {
             let user = user_from_config(&t, read_config(Path::new(".config"), text).unwrap());
             let x = resolve(&t, &user);
             assert_eq!(v(&x, want).as_deref(), Some("y"), "{text}");
@@ -1697,21 +1726,44 @@ config CMP
             Tree::load_file(&p)
         };
         // Found by fuzzing: the parser underflowed on this line.
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\nconfig S\n\tstring \"Gre\n").unwrap_err());
-        assert_eq!(e, format!("{}:4: string without its closing quote", p.display()));
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\nconfig S\n\tstring \"Gre\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!("{}:4: string without its closing quote", p.display())
+        );
         // Quotes in help texts and comments are text, not strings.
         let t = load("config A\n\tbool \"a\" # it's\n\thelp\n\t  Don't \"quote\n\n\t  me.\nconfig B\n\tbool \"b\"\n").unwrap();
         assert!(t.get("B").is_some());
         // In a sourced file (this one once made a parser panic).
-        std::fs::write(d.join("Kconfig.sub"), include_bytes!("../../fuzz/regressions/kconfig/unterminated-string")).unwrap();
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err());
-        assert_eq!(e, format!("{}:2: string without its closing quote", d.join("Kconfig.sub").display()));
+        std::fs::write(
+            d.join("Kconfig.sub"),
+            include_bytes!("../../fuzz/regressions/kconfig/unterminated-string"),
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\nsource \"Kconfig.sub\"\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "{}:2: string without its closing quote",
+                d.join("Kconfig.sub").display()
+            )
+        );
     }
 
     #[test]
     fn undefined_variables_expand_to_nothing() {
         let p = scratch("undef");
-        std::fs::write(&p, "config S\n\tstring \"s\"\n\tdefault \"x$(KILN_SURELY_UNDEFINED)y\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "config S\n\tstring \"s\"\n\tdefault \"x$(KILN_SURELY_UNDEFINED)y\"\n",
+        )
+        .unwrap();
         let t = Tree::load_file(&p).unwrap();
         let x = resolve(&t, &User::new());
         assert_eq!(v(&x, "S").as_deref(), Some("xy"));
@@ -1722,17 +1774,32 @@ config CMP
         let p = scratch("rsource");
         let d = p.parent().unwrap();
         std::fs::create_dir_all(d.join("sub/inner")).unwrap();
-        std::fs::write(d.join("sub/Kconfig"), "config B\n\tbool \"b\"\n\tdefault y\nrsource \"inner/Kconfig\"\n").unwrap();
-        std::fs::write(d.join("sub/inner/Kconfig"), "config C\n\tbool \"c\"\n\tdefault y\n").unwrap();
+        std::fs::write(
+            d.join("sub/Kconfig"),
+            "config B\n\tbool \"b\"\n\tdefault y\nrsource \"inner/Kconfig\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("sub/inner/Kconfig"),
+            "config C\n\tbool \"c\"\n\tdefault y\n",
+        )
+        .unwrap();
         std::fs::write(&p, "config A\n\tbool \"a\"\nrsource \"sub/Kconfig\"\nosource \"missing/Kconfig\"\norsource \"gone/Kconfig\"\n").unwrap();
         let t = Tree::load_file(&p).unwrap();
         for name in ["A", "B", "C"] {
             assert!(t.get(name).is_some(), "{name}");
         }
         // rsource loops are found as source loops are.
-        std::fs::write(d.join("sub/inner/Kconfig"), "config C\n\tbool \"c\"\nrsource \"../Kconfig\"\n").unwrap();
+        std::fs::write(
+            d.join("sub/inner/Kconfig"),
+            "config C\n\tbool \"c\"\nrsource \"../Kconfig\"\n",
+        )
+        .unwrap();
         let e = format!("{:#}", Tree::load_file(&p).unwrap_err());
-        assert!(e.contains("inner/Kconfig:3: `rsource \"../Kconfig\"` makes a loop"), "{e}");
+        assert!(
+            e.contains("inner/Kconfig:3: `rsource \"../Kconfig\"` makes a loop"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1744,34 +1811,88 @@ config CMP
             Tree::load_file(&p)
         };
         // A file that sources itself.
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig\"\n").unwrap_err());
-        assert!(e.starts_with(&format!("{}:3: `source \"Kconfig\"` makes a loop", p.display())), "{e}");
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\nsource \"Kconfig\"\n").unwrap_err()
+        );
+        assert!(
+            e.starts_with(&format!(
+                "{}:3: `source \"Kconfig\"` makes a loop",
+                p.display()
+            )),
+            "{e}"
+        );
         // Two files that source each other.
-        std::fs::write(d.join("Kconfig.b"), "config B\n\tbool \"b\"\nsource \"Kconfig\"\n").unwrap();
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\nsource \"Kconfig.b\"\n").unwrap_err());
-        assert!(e.contains("Kconfig.b:3: `source \"Kconfig\"` makes a loop") && e.contains("Kconfig:3 -> "), "{e}");
+        std::fs::write(
+            d.join("Kconfig.b"),
+            "config B\n\tbool \"b\"\nsource \"Kconfig\"\n",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\nsource \"Kconfig.b\"\n").unwrap_err()
+        );
+        assert!(
+            e.contains("Kconfig.b:3: `source \"Kconfig\"` makes a loop")
+                && e.contains("Kconfig:3 -> "),
+            "{e}"
+        );
         // The same file sourced twice side by side is no loop.
         std::fs::write(d.join("Kconfig.c"), "config C\n\tbool \"c\"\n").unwrap();
         assert!(load("menu \"m\"\nsource \"Kconfig.c\"\nendmenu\n").is_ok());
         // 1,250 nested parentheses, and as many `!`.
-        let deep = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(1250), ")".repeat(1250));
+        let deep = format!(
+            "config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n",
+            "(".repeat(1250),
+            ")".repeat(1250)
+        );
         let e = format!("{:#}", load(&deep).unwrap_err());
-        assert!(e.starts_with(&format!("{}:3: Kconfig syntax error: parentheses nested more than {MAX_NESTING} deep", p.display())), "{e}");
-        let e = format!("{:#}", load(&format!("config A\n\tbool \"a\"\n\tdepends on {}A\n", "!".repeat(1250))).unwrap_err());
-        assert!(e.contains(":3: Kconfig syntax error: parentheses nested"), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "{}:3: Kconfig syntax error: parentheses nested more than {MAX_NESTING} deep",
+                p.display()
+            )),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load(&format!(
+                "config A\n\tbool \"a\"\n\tdepends on {}A\n",
+                "!".repeat(1250)
+            ))
+            .unwrap_err()
+        );
+        assert!(
+            e.contains(":3: Kconfig syntax error: parentheses nested"),
+            "{e}"
+        );
         // As deep as allowed is fine, on this test's 2 MiB thread.
-        let ok = format!("config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        let ok = format!(
+            "config A\n\tbool \"a\"\n\tdepends on {}B{}\nconfig B\n\tbool \"b\"\n",
+            "(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
         assert!(load(&ok).is_ok());
         // A chain of sourced files as deep as allowed, then one more.
         let n = MAX_SOURCE_DEPTH;
         for i in 1..n {
-            std::fs::write(d.join(format!("K{i}")), format!("config S{i}\n\tbool \"s\"\nsource \"K{}\"\n", i + 1)).unwrap();
+            std::fs::write(
+                d.join(format!("K{i}")),
+                format!("config S{i}\n\tbool \"s\"\nsource \"K{}\"\n", i + 1),
+            )
+            .unwrap();
         }
         std::fs::write(d.join(format!("K{n}")), "config LAST\n\tbool \"last\"\n").unwrap();
         let t = load("source \"K2\"\n").unwrap();
         assert!(t.get("LAST").is_some());
         let e = format!("{:#}", load("source \"K1\"\n").unwrap_err());
-        assert!(e.contains(&format!("K{}:3: `source` nested more than {n} files deep", n - 1)), "{e}");
+        assert!(
+            e.contains(&format!(
+                "K{}:3: `source` nested more than {n} files deep",
+                n - 1
+            )),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1782,20 +1903,61 @@ config CMP
             Tree::load_file(&p)
         };
         let t = load("f = <$(1)|$(2)>\nV := $(f,a,b)\nconfig S\n\tstring \"s\"\n\tdefault \"$(V)$(lineno)\"\n").unwrap();
-        assert_eq!(v(&resolve(&t, &User::new()), "S").as_deref(), Some("<a|b>5"));
+        assert_eq!(
+            v(&resolve(&t, &User::new()), "S").as_deref(),
+            Some("<a|b>5")
+        );
         // Parentheses inside a call nest, with their commas.
-        let t = load("f = [$(1)][$(2)]\nconfig S\n\tstring \"s\"\n\tdefault \"$(f,g(x, y),z)\"\n").unwrap();
-        assert_eq!(v(&resolve(&t, &User::new()), "S").as_deref(), Some("[g(x, y)][z]"));
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\n$(error-if,y,this tree needs a newer Kiln)\n").unwrap_err());
-        assert_eq!(e, format!("{}:3: this tree needs a newer Kiln", p.display()));
-        let e = format!("{:#}", load("X = a$(X)\nconfig A\n\tstring \"a\"\n\tdefault \"$(X)\"\n").unwrap_err());
-        assert_eq!(e, format!("{}:4: preprocessor variable X refers to itself", p.display()));
+        let t = load("f = [$(1)][$(2)]\nconfig S\n\tstring \"s\"\n\tdefault \"$(f,g(x, y),z)\"\n")
+            .unwrap();
+        assert_eq!(
+            v(&resolve(&t, &User::new()), "S").as_deref(),
+            Some("[g(x, y)][z]")
+        );
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\n$(error-if,y,this tree needs a newer Kiln)\n")
+                .unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!("{}:3: this tree needs a newer Kiln", p.display())
+        );
+        let e = format!(
+            "{:#}",
+            load("X = a$(X)\nconfig A\n\tstring \"a\"\n\tdefault \"$(X)\"\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "{}:4: preprocessor variable X refers to itself",
+                p.display()
+            )
+        );
         let e = format!("{:#}", load("f = $(f,x)\nY := $(f,y)\n").unwrap_err());
-        assert!(e.ends_with("preprocessor function f calls itself more than 100 deep"), "{e}");
-        let e = format!("{:#}", load("config A\n\tbool \"a\"\n\tfrobnicate\n").unwrap_err());
-        assert_eq!(e, format!("{}:3: 'frobnicate' is neither a Kconfig keyword nor an assignment", p.display()));
-        let e = format!("{:#}", load("menu \"m\"\nconfig A\n\tbool \"a\"\n").unwrap_err());
-        assert_eq!(e, format!("{}: the file ends before its 'endmenu'", p.display()));
+        assert!(
+            e.ends_with("preprocessor function f calls itself more than 100 deep"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load("config A\n\tbool \"a\"\n\tfrobnicate\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "{}:3: 'frobnicate' is neither a Kconfig keyword nor an assignment",
+                p.display()
+            )
+        );
+        let e = format!(
+            "{:#}",
+            load("menu \"m\"\nconfig A\n\tbool \"a\"\n").unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!("{}: the file ends before its 'endmenu'", p.display())
+        );
     }
 
     #[test]
@@ -1804,12 +1966,24 @@ config CMP
         let d = p.parent().unwrap();
         for sub in ["b", "a"] {
             std::fs::create_dir_all(d.join("drivers").join(sub)).unwrap();
-            std::fs::write(d.join("drivers").join(sub).join("Kconfig"), format!("config DRV_{}\n\tbool \"{sub}\"\n", sub.to_uppercase())).unwrap();
+            std::fs::write(
+                d.join("drivers").join(sub).join("Kconfig"),
+                format!("config DRV_{}\n\tbool \"{sub}\"\n", sub.to_uppercase()),
+            )
+            .unwrap();
         }
         // A file outside the source root, by its absolute path.
-        let outside = std::env::temp_dir().join(format!("kiln-kconfig-outside-{}", std::process::id()));
+        let outside =
+            std::env::temp_dir().join(format!("kiln-kconfig-outside-{}", std::process::id()));
         std::fs::write(&outside, "config OUTSIDE\n\tbool \"o\"\n").unwrap();
-        std::fs::write(&p, format!("source \"drivers/*/Kconfig\"\nsource \"{}\"\n", outside.display())).unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "source \"drivers/*/Kconfig\"\nsource \"{}\"\n",
+                outside.display()
+            ),
+        )
+        .unwrap();
         let t = Tree::load_file(&p).unwrap();
         let names: Vec<&str> = t.syms.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["DRV_A", "DRV_B", "OUTSIDE"]);
@@ -1824,16 +1998,35 @@ config CMP
             Tree::load_file(&p).unwrap().dependency_loop()
         };
         let cases = [
-            ("config A\n\tbool \"a\"\n\tdepends on B\nconfig B\n\tbool \"b\"\n\tdepends on A\n", "A -> B -> A"),
+            (
+                "config A\n\tbool \"a\"\n\tdepends on B\nconfig B\n\tbool \"b\"\n\tdepends on A\n",
+                "A -> B -> A",
+            ),
             ("config A\n\tbool \"a\"\n\tdepends on A\n", "A -> A"),
-            ("config A\n\tbool \"a\"\n\tdepends on B\n\tselect B\nconfig B\n\tbool \"b\"\n", "A -> B -> A"),
-            ("config A\n\tbool\n\tdefault B\nconfig B\n\tbool\n\tdefault A\n", "A -> B -> A"),
-            ("config A\n\tint \"a\"\n\trange 0 B\nconfig B\n\tint\n\tdefault A\n", "A -> B -> A"),
-            ("config A\n\tbool \"a\" if B\nconfig B\n\tbool\n\tdefault y if A\n", "A -> B -> A"),
+            (
+                "config A\n\tbool \"a\"\n\tdepends on B\n\tselect B\nconfig B\n\tbool \"b\"\n",
+                "A -> B -> A",
+            ),
+            (
+                "config A\n\tbool\n\tdefault B\nconfig B\n\tbool\n\tdefault A\n",
+                "A -> B -> A",
+            ),
+            (
+                "config A\n\tint \"a\"\n\trange 0 B\nconfig B\n\tint\n\tdefault A\n",
+                "A -> B -> A",
+            ),
+            (
+                "config A\n\tbool \"a\" if B\nconfig B\n\tbool\n\tdefault y if A\n",
+                "A -> B -> A",
+            ),
         ];
         for (text, want) in cases {
             let l = found(text).unwrap_or_else(|| panic!("no loop found in:\n{text}"));
-            assert!(l.ends_with(&format!("dependency loop: {want}")) && l.starts_with(&format!("{}:1:", p.display())), "{l}");
+            assert!(
+                l.ends_with(&format!("dependency loop: {want}"))
+                    && l.starts_with(&format!("{}:1:", p.display())),
+                "{l}"
+            );
         }
         assert_eq!(found("config A\n\tbool \"a\"\nconfig B\n\tbool \"b\"\n\tdepends on A\n\tselect C\nconfig C\n\tbool\n\tdefault A\n"), None);
     }

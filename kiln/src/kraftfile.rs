@@ -236,7 +236,12 @@ pub struct Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.vmm.as_deref().unwrap_or(&self.plat), self.arch)
+        write!(
+            f,
+            "{}/{}",
+            self.vmm.as_deref().unwrap_or(&self.plat),
+            self.arch
+        )
     }
 }
 
@@ -333,14 +338,19 @@ struct Problems<'a> {
 
 impl Problems<'_> {
     fn add(&mut self, line: u64, msg: impl fmt::Display) {
-        self.list.push(format!("{}:{}: {}", self.path.display(), line, msg));
+        self.list
+            .push(format!("{}:{}: {}", self.path.display(), line, msg));
     }
 
     fn into_result<T>(self, value: T) -> Result<T> {
         match self.list.len() {
             0 => Ok(value),
             1 => Err(anyhow::anyhow!("{}", self.list[0])),
-            n => Err(anyhow::anyhow!("{n} problems in {}:\n{}", self.path.display(), self.list.join("\n"))),
+            n => Err(anyhow::anyhow!(
+                "{n} problems in {}:\n{}",
+                self.path.display(),
+                self.list.join("\n")
+            )),
         }
     }
 }
@@ -362,7 +372,10 @@ fn pairs(
             .filter_map(|s| match s.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Some((k.to_string(), v.to_string())),
                 _ => {
-                    problems.add(line_of(text, line, &s), format!("{what} entry '{s}' is not KEY=VALUE"));
+                    problems.add(
+                        line_of(text, line, &s),
+                        format!("{what} entry '{s}' is not KEY=VALUE"),
+                    );
                     None
                 }
             })
@@ -424,9 +437,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut notes = Vec::new();
-    let mut problems = Problems { path, list: Vec::new() };
+    let mut problems = Problems {
+        path,
+        list: Vec::new(),
+    };
     for (key, first, again) in duplicate_keys(text) {
-        notes.push(format!("{}:{again}: '{key}' is given again (first on line {first}); the last one counts", path.display()));
+        notes.push(format!(
+            "{}:{again}: '{key}' is given again (first on line {first}); the last one counts",
+            path.display()
+        ));
     }
 
     if let Some(spec) = &raw.spec {
@@ -449,7 +468,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         Some(n) => {
             problems.add(
                 n.referenced.line(),
-                format!("name '{}' must be letters, digits, '.', '-' or '_'", n.value),
+                format!(
+                    "name '{}' must be letters, digits, '.', '-' or '_'",
+                    n.value
+                ),
             );
             String::new()
         }
@@ -474,7 +496,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             RawTarget::Short(s) => match s.split_once('/') {
                 Some((p, a)) => (p.to_string(), a.to_string(), Vec::new()),
                 None => {
-                    problems.add(line, format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64"));
+                    problems.add(
+                        line,
+                        format!("target '{s}' must be PLAT/ARCH, e.g. qemu/x86_64"),
+                    );
                     continue;
                 }
             },
@@ -515,10 +540,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
     let kconfig = mapped
         .0
         .into_iter()
-        .chain(spanned_pairs(&mut problems, text, "kconfig", raw.kconfig).into_iter().map(|(k, v)| {
-            let line = line_of(text, kconfig_line, &k);
-            (k, v, line)
-        }))
+        .chain(
+            spanned_pairs(&mut problems, text, "kconfig", raw.kconfig)
+                .into_iter()
+                .map(|(k, v)| {
+                    let line = line_of(text, kconfig_line, &k);
+                    (k, v, line)
+                }),
+        )
         .collect();
     let app_given = raw.app.is_some();
     let app_dir = match raw.app {
@@ -539,8 +568,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                 RawRootfs::Short(v) => (v, None, None),
                 RawRootfs::Long(v) => {
                     let src = &v["source"];
-                    let source = src.as_str().or_else(|| src["path"].as_str()).unwrap_or("").to_string();
-                    let kind = src["type"].as_str().or_else(|| v["type"].as_str()).map(str::to_string);
+                    let source = src
+                        .as_str()
+                        .or_else(|| src["path"].as_str())
+                        .unwrap_or("")
+                        .to_string();
+                    let kind = src["type"]
+                        .as_str()
+                        .or_else(|| v["type"].as_str())
+                        .map(str::to_string);
                     let dockerfile = src["dockerfile"].as_str().map(str::to_string);
                     match v["format"].as_str() {
                         None | Some("cpio") => {}
@@ -569,7 +605,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                         dockerfile.as_deref().unwrap_or(&value)
                     ),
                 );
-            } else if let Some(k) = kind.as_deref().filter(|k| !matches!(*k, "dir" | "file" | "cpio")) {
+            } else if let Some(k) = kind
+                .as_deref()
+                .filter(|k| !matches!(*k, "dir" | "file" | "cpio"))
+            {
                 problems.add(line, format!("rootfs type '{k}': Kiln reads a folder or a cpio archive (types dir, file, cpio)"));
             } else if !value.is_empty() && !p.exists() {
                 problems.add(line, format!("rootfs '{value}' does not exist"));
@@ -577,11 +616,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             Some(p)
         }
     };
-    if let Some(roms) = raw.roms.filter(|r| r.value.as_array().is_none_or(|a| !a.is_empty())) {
+    if let Some(roms) = raw
+        .roms
+        .filter(|r| r.value.as_array().is_none_or(|a| !a.is_empty()))
+    {
         problems.add(roms.referenced.line(), "roms: extra read-only file systems are not supported yet; put their files in the rootfs, or mount them as volumes (`volumes:`)");
     }
     if let Some(o) = raw.outdir {
-        notes.push(format!("{}:{}: outdir '{}' is not used: Kiln writes its builds to .kiln/ beside the Kraftfile", path.display(), o.referenced.line(), o.value));
+        notes.push(format!(
+            "{}:{}: outdir '{}' is not used: Kiln writes its builds to .kiln/ beside the Kraftfile",
+            path.display(),
+            o.referenced.line(),
+            o.value
+        ));
     }
     let _ = raw.labels;
     let (programs, programs_line) = match raw.programs {
@@ -592,9 +639,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             for prog in p.value {
                 let pb = PathBuf::from(&prog);
                 if !pb.is_absolute() {
-                    problems.add(line_of(text, line, &prog), format!("programs: '{prog}' is not an absolute path on this machine"));
+                    problems.add(
+                        line_of(text, line, &prog),
+                        format!("programs: '{prog}' is not an absolute path on this machine"),
+                    );
                 } else if !pb.is_file() {
-                    problems.add(line_of(text, line, &prog), format!("programs: {prog}: no such program on this machine"));
+                    problems.add(
+                        line_of(text, line, &prog),
+                        format!("programs: {prog}: no such program on this machine"),
+                    );
                 }
                 v.push(pb);
             }
@@ -622,13 +675,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                     [a, b, "ro"] => (a, b, true),
                     [a, b, "rw"] => (a, b, false),
                     _ => {
-                        problems.add(line, format!("volumes: '{s}': expected SOURCE:DESTINATION[:ro]"));
+                        problems.add(
+                            line,
+                            format!("volumes: '{s}': expected SOURCE:DESTINATION[:ro]"),
+                        );
                         continue;
                     }
                 };
-                Volume { source: source.into(), destination: destination.into(), driver: None, read_only, line }
+                Volume {
+                    source: source.into(),
+                    destination: destination.into(),
+                    driver: None,
+                    read_only,
+                    line,
+                }
             }
-            RawVolume::Long(l) => Volume { source: l.source, destination: l.destination, driver: l.driver, read_only: l.read_only, line },
+            RawVolume::Long(l) => Volume {
+                source: l.source,
+                destination: l.destination,
+                driver: l.driver,
+                read_only: l.read_only,
+                line,
+            },
         });
     }
     let boot_line = key_line(text, "boot");
@@ -644,7 +712,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             Words::One(s) => s.split_whitespace().map(String::from).collect(),
         });
         let env = pairs(&mut problems, text, "env", line, b.env);
-        boot.push(BootSet { name, cmd, env, line });
+        boot.push(BootSet {
+            name,
+            cmd,
+            env,
+            line,
+        });
     }
     problems.into_result(Kraftfile {
         path: path.to_path_buf(),
@@ -674,7 +747,9 @@ fn duplicate_keys(text: &str) -> Vec<(String, u64, u64)> {
         if l.starts_with([' ', '\t', '#', '-']) || l.starts_with("---") {
             continue;
         }
-        let Some((key, _)) = l.split_once(':') else { continue };
+        let Some((key, _)) = l.split_once(':') else {
+            continue;
+        };
         let key = key.trim();
         if key.is_empty() || key.contains(' ') {
             continue;
@@ -709,8 +784,9 @@ fn kiln_library(lib: &str) -> Option<Option<&'static str>> {
         "random" | "ukrandom" => Some("LIBRANDOM"),
         "ukblkdev" | "virtio-blk" => Some("LIBBLK"),
         "elf" | "ukelf" => Some("LIBELF"),
-        "musl" | "newlib" | "nolibc" | "ukalloc" | "ukallocbbuddy" | "ukallocpool" | "ukboot" | "ukdebug" | "uksched" | "ukschedcoop"
-        | "uklock" | "ukmpi" | "ukbus" | "uktime" | "uksglist" | "uksignal" | "ukstore" | "syscall_shim" | "ukswrand" => None,
+        "musl" | "newlib" | "nolibc" | "ukalloc" | "ukallocbbuddy" | "ukallocpool" | "ukboot"
+        | "ukdebug" | "uksched" | "ukschedcoop" | "uklock" | "ukmpi" | "ukbus" | "uktime"
+        | "uksglist" | "uksignal" | "ukstore" | "syscall_shim" | "ukswrand" => None,
         l if l.starts_with("posix-") || l.starts_with("posix_") => None,
         _ => return None,
     })
@@ -721,24 +797,42 @@ fn kiln_library(lib: &str) -> Option<Option<&'static str>> {
 /// Kconfig entries they mean and the Kiln app the template or runtime stands
 /// for; what has no Kiln meaning goes into one note.
 #[allow(clippy::type_complexity)]
-fn unikraft_fields(problems: &mut Problems, text: &str, raw: &Raw, notes: &mut Vec<String>) -> (Vec<(String, String, u64)>, Option<&'static str>) {
+fn unikraft_fields(
+    problems: &mut Problems,
+    text: &str,
+    raw: &Raw,
+    notes: &mut Vec<String>,
+) -> (Vec<(String, String, u64)>, Option<&'static str>) {
     let path = problems.path;
     let mut kconfig = Vec::new();
     let mut left: Vec<String> = Vec::new();
-    let symbols = |block: &serde_json::Value, line: u64, kconfig: &mut Vec<(String, String, u64)>, left: &mut Vec<String>| {
+    let symbols = |block: &serde_json::Value,
+                   line: u64,
+                   kconfig: &mut Vec<(String, String, u64)>,
+                   left: &mut Vec<String>| {
         let entries: Vec<(String, String)> = match block {
             serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), scalar(v))).collect(),
             serde_json::Value::Array(a) => a
                 .iter()
                 .filter_map(|e| e.as_str())
-                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|e| {
+                    e.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect(),
             _ => Vec::new(),
         };
         for (k, v) in entries {
-            let lib = k.trim_start_matches("CONFIG_").strip_prefix("LIB").map(str::to_ascii_lowercase);
+            let lib = k
+                .trim_start_matches("CONFIG_")
+                .strip_prefix("LIB")
+                .map(str::to_ascii_lowercase);
             match lib.as_deref().and_then(kiln_library) {
-                Some(Some(sym)) if v == "y" => kconfig.push((format!("CONFIG_{sym}"), "y".to_string(), line_of(text, line, &k))),
+                Some(Some(sym)) if v == "y" => kconfig.push((
+                    format!("CONFIG_{sym}"),
+                    "y".to_string(),
+                    line_of(text, line, &k),
+                )),
                 Some(None) if v == "y" => {}
                 _ => left.push(k),
             }
@@ -749,7 +843,11 @@ fn unikraft_fields(problems: &mut Problems, text: &str, raw: &Raw, notes: &mut V
         if let serde_json::Value::Object(m) = libs {
             for (lib, spec) in m {
                 match kiln_library(lib) {
-                    Some(Some(sym)) => kconfig.push((format!("CONFIG_{sym}"), "y".to_string(), line_of(text, line, lib))),
+                    Some(Some(sym)) => kconfig.push((
+                        format!("CONFIG_{sym}"),
+                        "y".to_string(),
+                        line_of(text, line, lib),
+                    )),
                     Some(None) => {}
                     None => left.push(format!("library {lib}")),
                 }
@@ -772,7 +870,13 @@ fn unikraft_fields(problems: &mut Problems, text: &str, raw: &Raw, notes: &mut V
             .unwrap_or("");
         let line = key_line(text, field);
         // `unikraft.org/nginx:1.15` -> nginx
-        let short = name.rsplit('/').next().unwrap_or(name).split(':').next().unwrap_or("");
+        let short = name
+            .rsplit('/')
+            .next()
+            .unwrap_or(name)
+            .split(':')
+            .next()
+            .unwrap_or("");
         if field == "template" && !short.contains("elfloader") {
             problems.add(line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for"));
             continue;
@@ -781,7 +885,11 @@ fn unikraft_fields(problems: &mut Problems, text: &str, raw: &Raw, notes: &mut V
         notes.push(format!(
             "{}:{line}: {field} '{name}': runs on Kiln's ELF loader (apps/elfloader){}",
             path.display(),
-            if short.contains("elfloader") || short == "base" || short.is_empty() { String::new() } else { format!("; the {short} program comes from the rootfs") }
+            if short.contains("elfloader") || short == "base" || short.is_empty() {
+                String::new()
+            } else {
+                format!("; the {short} program comes from the rootfs")
+            }
         ));
     }
     if !left.is_empty() {
@@ -815,7 +923,11 @@ impl Kraftfile {
                 continue;
             }
             let Some(b) = self.boot.iter().find(|b| &b.name == n) else {
-                bail!("--boot {n}: {} has no such boot set ({}); `--boot help` lists them", self.path.display(), self.boot_names().join(", "));
+                bail!(
+                    "--boot {n}: {} has no such boot set ({}); `--boot help` lists them",
+                    self.path.display(),
+                    self.boot_names().join(", ")
+                );
             };
             if let Some(c) = &b.cmd {
                 cmd = c.clone();
@@ -830,22 +942,42 @@ impl Kraftfile {
 
     /// Every boot set's name, `default` first.
     pub fn boot_names(&self) -> Vec<String> {
-        std::iter::once("default".to_string()).chain(self.boot.iter().map(|b| b.name.clone())).collect()
+        std::iter::once("default".to_string())
+            .chain(self.boot.iter().map(|b| b.name.clone()))
+            .collect()
     }
 
     /// `--boot help`: each set with its command line and environment.
     pub fn boot_listing(&self) -> String {
         let show = |cmd: &[String], env: &[(String, String)]| {
-            let mut s = format!("cmd: {}", if cmd.is_empty() { "(none)".to_string() } else { cmd.join(" ") });
+            let mut s = format!(
+                "cmd: {}",
+                if cmd.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    cmd.join(" ")
+                }
+            );
             if !env.is_empty() {
                 s.push_str("; env: ");
-                s.push_str(&env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                s.push_str(
+                    &env.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
             }
             s
         };
-        let mut out = format!("Boot sets of {} (kiln run --boot NAME, repeatable):\n  default  {}\n", self.path.display(), show(&self.cmd, &self.env));
+        let mut out = format!(
+            "Boot sets of {} (kiln run --boot NAME, repeatable):\n  default  {}\n",
+            self.path.display(),
+            show(&self.cmd, &self.env)
+        );
         for b in &self.boot {
-            let (cmd, env) = self.boot_with(std::slice::from_ref(&b.name)).unwrap_or_default();
+            let (cmd, env) = self
+                .boot_with(std::slice::from_ref(&b.name))
+                .unwrap_or_default();
             out.push_str(&format!("  {}  {}\n", b.name, show(&cmd, &env)));
         }
         out
@@ -859,7 +991,12 @@ impl Kraftfile {
             if let Some(t) = self.targets.iter().find(|t| self.buildable(t).is_ok()) {
                 return Ok(t.clone());
             }
-            let why: Vec<String> = self.targets.iter().filter_map(|t| self.buildable(t).err()).map(|e| e.to_string()).collect();
+            let why: Vec<String> = self
+                .targets
+                .iter()
+                .filter_map(|t| self.buildable(t).err())
+                .map(|e| e.to_string())
+                .collect();
             bail!("{}", why.join("\n"));
         }
         let arch = arch.map(canonical_arch);
@@ -876,8 +1013,14 @@ impl Kraftfile {
         // qemu image, booted on that VMM.
         let found = self.targets.iter().find(matches).cloned().or_else(|| {
             let v = wanted_vmm?;
-            let t = self.targets.iter().find(|t| t.plat == "qemu" && arch.is_none_or(|a| a == t.arch))?;
-            Some(Target { vmm: Some(v.to_string()), ..t.clone() })
+            let t = self
+                .targets
+                .iter()
+                .find(|t| t.plat == "qemu" && arch.is_none_or(|a| a == t.arch))?;
+            Some(Target {
+                vmm: Some(v.to_string()),
+                ..t.clone()
+            })
         });
         let t = match found {
             Some(t) => t,
@@ -907,7 +1050,10 @@ impl Kraftfile {
         }
         if !SUPPORTED.contains(&(t.plat.as_str(), t.arch.as_str())) {
             let mut ok: Vec<String> = SUPPORTED.iter().map(|(p, a)| format!("{p}/{a}")).collect();
-            ok.extend(["fc/x86_64".to_string(), "cloud-hypervisor/x86_64".to_string()]);
+            ok.extend([
+                "fc/x86_64".to_string(),
+                "cloud-hypervisor/x86_64".to_string(),
+            ]);
             return Err(at(
                 &self.path,
                 t.line,
@@ -920,7 +1066,11 @@ impl Kraftfile {
     /// The listed targets Kiln cannot build (`xen/x86_64`, `fc/arm64`...),
     /// named for a note when another one is built.
     pub fn unbuildable(&self) -> Vec<String> {
-        self.targets.iter().filter(|t| self.buildable(t).is_err()).map(|t| t.to_string()).collect()
+        self.targets
+            .iter()
+            .filter(|t| self.buildable(t).is_err())
+            .map(|t| t.to_string())
+            .collect()
     }
 }
 
@@ -1000,13 +1150,34 @@ targets:
         assert_eq!(k.template_app, Some("elfloader"));
         assert!(!k.app_given);
         let syms: Vec<&str> = k.kconfig.iter().map(|(s, _, _)| s.as_str()).collect();
-        for want in ["CONFIG_LIBNET", "CONFIG_LIBELF", "CONFIG_LIBRAMFS", "CONFIG_LIBVFS"] {
+        for want in [
+            "CONFIG_LIBNET",
+            "CONFIG_LIBELF",
+            "CONFIG_LIBRAMFS",
+            "CONFIG_LIBVFS",
+        ] {
             assert!(syms.contains(&want), "{syms:?}");
         }
-        assert!(k.notes.iter().any(|n| n.contains("runtime 'unikraft.org/nginx:1.25': runs on Kiln's ELF loader") && n.contains("the nginx program comes from the rootfs")), "{:?}", k.notes);
-        let left = k.notes.iter().find(|n| n.contains("no Kiln meaning")).unwrap();
-        assert!(left.contains("library wamr") && left.contains("CONFIG_LIBUKDEBUG_PRINTK_ERR"), "{left}");
-        assert_eq!(k.select_target(None, None).unwrap().vmm.as_deref(), Some("firecracker"));
+        assert!(
+            k.notes.iter().any(|n| n
+                .contains("runtime 'unikraft.org/nginx:1.25': runs on Kiln's ELF loader")
+                && n.contains("the nginx program comes from the rootfs")),
+            "{:?}",
+            k.notes
+        );
+        let left = k
+            .notes
+            .iter()
+            .find(|n| n.contains("no Kiln meaning"))
+            .unwrap();
+        assert!(
+            left.contains("library wamr") && left.contains("CONFIG_LIBUKDEBUG_PRINTK_ERR"),
+            "{left}"
+        );
+        assert_eq!(
+            k.select_target(None, None).unwrap().vmm.as_deref(),
+            Some("firecracker")
+        );
         let k = p("name: hello\ntemplate:\n  source: https://github.com/unikraft/app-elfloader.git\ntargets: [qemu/x86_64]\n").unwrap();
         assert_eq!(k.template_app, Some("elfloader"));
     }
@@ -1027,13 +1198,29 @@ targets:
         let k = at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\ncmd: -c /x.conf\nrootfs:\n  source:\n    path: ./rootfs\n    type: dir\n  format: erofs\nlabels:\n  org.x/y: z\noutdir: out\n").unwrap();
         assert_eq!(k.cmd, ["-c", "/x.conf"]);
         assert_eq!(k.rootfs.as_deref(), Some(d.join("rootfs").as_path()));
-        assert!(k.notes.iter().any(|n| n.contains(":5: rootfs format 'erofs': Kiln packs the rootfs as cpio")), "{:?}", k.notes);
-        assert!(k.notes.iter().any(|n| n.contains("outdir 'out' is not used")), "{:?}", k.notes);
+        assert!(
+            k.notes
+                .iter()
+                .any(|n| n.contains(":5: rootfs format 'erofs': Kiln packs the rootfs as cpio")),
+            "{:?}",
+            k.notes
+        );
+        assert!(
+            k.notes
+                .iter()
+                .any(|n| n.contains("outdir 'out' is not used")),
+            "{:?}",
+            k.notes
+        );
         // The older flat long form, the Dockerfile forms, other types, roms.
         let k = at("specification: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs:\n  source: ./rootfs\n  type: dir\n").unwrap();
         assert!(k.rootfs.is_some());
         let e = format!("{:#}", at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs:\n  source: {path: ., dockerfile: ./x/Dockerfile}\nroms: [./extra]\n").unwrap_err());
-        assert!(e.contains(":4: rootfs './x/Dockerfile' is a Dockerfile") && e.contains(":6: roms: extra read-only file systems are not supported yet"), "{e}");
+        assert!(
+            e.contains(":4: rootfs './x/Dockerfile' is a Dockerfile")
+                && e.contains(":6: roms: extra read-only file systems are not supported yet"),
+            "{e}"
+        );
         let e = format!("{:#}", at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs: {source: {path: img.tar, type: tarball}}\n").unwrap_err());
         assert!(e.contains(":4: rootfs type 'tarball'"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
@@ -1045,16 +1232,34 @@ targets:
         assert_eq!(k.boot_names(), ["default", "bench", "debug"]);
         let (cmd, env) = k.boot_with(&["debug".into()]).unwrap();
         assert_eq!(cmd, ["serve", "/www"]);
-        assert_eq!(env, [("PORT".to_string(), "80".to_string()), ("LOG".to_string(), "debug".to_string())]);
+        assert_eq!(
+            env,
+            [
+                ("PORT".to_string(), "80".to_string()),
+                ("LOG".to_string(), "debug".to_string())
+            ]
+        );
         let (cmd, env) = k.boot_with(&["debug".into(), "bench".into()]).unwrap();
         assert_eq!(cmd, ["serve", "--no-log", "/www"]);
         assert!(env.contains(&("LOG".to_string(), "debug".to_string())));
         assert_eq!(k.boot_with(&[]).unwrap(), (k.cmd.clone(), k.env.clone()));
         let e = format!("{:#}", k.boot_with(&["nope".into()]).unwrap_err());
-        assert!(e.contains("--boot nope") && e.contains("default, bench, debug"), "{e}");
-        assert!(k.boot_listing().contains("  debug  cmd: serve /www; env: PORT=80 LOG=debug\n"), "{}", k.boot_listing());
+        assert!(
+            e.contains("--boot nope") && e.contains("default, bench, debug"),
+            "{e}"
+        );
+        assert!(
+            k.boot_listing()
+                .contains("  debug  cmd: serve /www; env: PORT=80 LOG=debug\n"),
+            "{}",
+            k.boot_listing()
+        );
         let e = err("name: x\ntargets: [qemu/x86_64]\nboot:\n  default:\n    cmd: a\n  ok:\n    env: [BAD]\n");
-        assert!(e.contains(":4: boot: 'default' cannot name a set") && e.contains(":7: env entry 'BAD' is not KEY=VALUE"), "{e}");
+        assert!(
+            e.contains(":4: boot: 'default' cannot name a set")
+                && e.contains(":7: env entry 'BAD' is not KEY=VALUE"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1073,11 +1278,21 @@ targets:
             assert!(e.contains(line), "{line} missing from:\n{e}");
         }
         assert!(e.starts_with("8 problems in /tmp/app/Kraftfile:\n"), "{e}");
-        assert!(err("name: x\ntargets: [qemu/x86_64]\nrootfs: ./Dockerfile\n").contains(":3: rootfs './Dockerfile' is a Dockerfile, which Kiln does not build yet"));
+        assert!(
+            err("name: x\ntargets: [qemu/x86_64]\nrootfs: ./Dockerfile\n").contains(
+                ":3: rootfs './Dockerfile' is a Dockerfile, which Kiln does not build yet"
+            )
+        );
         // A key given twice: the last counts, with a note.
         let k = p("name: a\ntargets: [qemu/x86_64]\nname: b\n").unwrap();
         assert_eq!(k.name, "b");
-        assert!(k.notes.iter().any(|n| n.contains(":3: 'name' is given again (first on line 1)")), "{:?}", k.notes);
+        assert!(
+            k.notes
+                .iter()
+                .any(|n| n.contains(":3: 'name' is given again (first on line 1)")),
+            "{:?}",
+            k.notes
+        );
     }
 
     #[test]
@@ -1102,7 +1317,11 @@ targets:
             err("name: 'a b'\ntargets: [qemu/x86_64]\n"),
             "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '.', '-' or '_'"
         );
-        assert!(err("name: x\ntargets: [qemu/x86_64]\ntemplate: app-wamr\n").starts_with("/tmp/app/Kraftfile:3: template 'app-wamr': Kiln knows only the ELF loader's"));
+        assert!(
+            err("name: x\ntargets: [qemu/x86_64]\ntemplate: app-wamr\n").starts_with(
+                "/tmp/app/Kraftfile:3: template 'app-wamr': Kiln knows only the ELF loader's"
+            )
+        );
         assert_eq!(
             err("name: x\ntargets: [qemu/x86_64]\nkconfig:\n  - NOEQUALS\n"),
             "/tmp/app/Kraftfile:4: kconfig entry 'NOEQUALS' is not KEY=VALUE"
@@ -1126,23 +1345,41 @@ targets:
         assert_eq!(k.select_target(None, Some("amd64")).unwrap().plat, "qemu");
         // fc/x86_64 is the qemu image on Firecracker.
         let fc = k.select_target(Some("fc"), None).unwrap();
-        assert_eq!((fc.plat.as_str(), fc.vmm.as_deref(), fc.to_string().as_str()), ("qemu", Some("firecracker"), "firecracker/x86_64"));
+        assert_eq!(
+            (fc.plat.as_str(), fc.vmm.as_deref(), fc.to_string().as_str()),
+            ("qemu", Some("firecracker"), "firecracker/x86_64")
+        );
         assert_eq!(k.select_target(Some("qemu"), None).unwrap().vmm, None);
         // A VMM named on the command line boots the qemu target there.
         let ch = k.select_target(Some("cloud-hypervisor"), None).unwrap();
-        assert_eq!((ch.plat.as_str(), ch.vmm.as_deref()), ("qemu", Some("cloud-hypervisor")));
+        assert_eq!(
+            (ch.plat.as_str(), ch.vmm.as_deref()),
+            ("qemu", Some("cloud-hypervisor"))
+        );
         let k = p("name: x\ntargets:\n  - fc/arm64\n").unwrap();
         let e = format!("{:#}", k.select_target(Some("fc"), None).unwrap_err());
         assert!(e.contains("Kiln runs on firecracker on x86_64 only"), "{e}");
         let e = format!("{:#}", k.select_target(Some("xen"), None).unwrap_err());
         // Unikraft's catalog lists targets Kiln cannot build beside ones
         // it can: the first buildable one is picked, the rest named.
-        let k = p("name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n  - qemu/arm64\n  - qemu/x86_64\n").unwrap();
-        assert_eq!(k.select_target(None, None).unwrap().to_string(), "qemu/arm64");
+        let k = p(
+            "name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n  - qemu/arm64\n  - qemu/x86_64\n",
+        )
+        .unwrap();
+        assert_eq!(
+            k.select_target(None, None).unwrap().to_string(),
+            "qemu/arm64"
+        );
         assert_eq!(k.unbuildable(), ["xen/x86_64", "firecracker/arm64"]);
         let k = p("name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n").unwrap();
         let all = format!("{:#}", k.select_target(None, None).unwrap_err());
-        assert!(all.contains(":3: unknown target 'xen/x86_64'") && all.contains(":4: target 'firecracker/arm64': Kiln runs on firecracker on x86_64 only"), "{all}");
+        assert!(
+            all.contains(":3: unknown target 'xen/x86_64'")
+                && all.contains(
+                    ":4: target 'firecracker/arm64': Kiln runs on firecracker on x86_64 only"
+                ),
+            "{all}"
+        );
         assert!(e.contains("no target matches xen/*"), "{e}");
     }
 }

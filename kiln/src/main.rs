@@ -369,7 +369,11 @@ fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Tar
     let target = kf.select_target(t.plat.as_deref(), t.arch.as_deref())?;
     let skipped = kf.unbuildable();
     if t.plat.is_none() && t.arch.is_none() && !skipped.is_empty() {
-        ui.note(&format!("{}: building {target}; Kiln cannot build {} (also listed)", builder::rel(&kf.path), skipped.join(", ")));
+        ui.note(&format!(
+            "{}: building {target}; Kiln cannot build {} (also listed)",
+            builder::rel(&kf.path),
+            skipped.join(", ")
+        ));
     }
     ui.step(
         1,
@@ -445,7 +449,8 @@ fn kconfig_cmd(a: &KconfigArgs) -> Result<i32> {
         None => std::env::current_dir()?,
     };
     // As kconfiglib, `$(shell,...)` runs (Linux's tree probes its compiler).
-    let tree = kconfig::Tree::load_with_shell(&a.file, &text, &root, &std::env::vars().collect(), true)?;
+    let tree =
+        kconfig::Tree::load_with_shell(&a.file, &text, &root, &std::env::vars().collect(), true)?;
     // Like kconfiglib, a tree with a dependency loop has no configuration.
     if let Some(l) = tree.dependency_loop() {
         anyhow::bail!("{l}");
@@ -498,19 +503,33 @@ fn needs_initrd_support(kernel: &std::path::Path, initrd: &std::path::Path) -> R
 }
 
 fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
-    let ui = Ui { quiet: a.target.quiet };
+    let ui = Ui {
+        quiet: a.target.quiet,
+    };
     let (mut kf, target) = load(&a.target, &ui)?;
     // A package records one command line: the default set, or --boot's.
     (kf.cmd, kf.env) = kf.boot_with(&a.boot)?;
     if target.plat != "qemu" {
         anyhow::bail!("kiln pkg: the {target} target boots on a board, not under a VMM; package the qemu/{} target", target.arch);
     }
-    let vmm = a.vmm.or_else(|| target.vmm.as_deref().and_then(vmm::Kind::from_plat)).unwrap_or_default();
+    let vmm = a
+        .vmm
+        .or_else(|| target.vmm.as_deref().and_then(vmm::Kind::from_plat))
+        .unwrap_or_default();
     if vmm != vmm::Kind::Qemu && target.arch != "x86_64" {
         anyhow::bail!("kiln pkg: {} runs Kiln's x86_64 image only", vmm.name());
     }
-    if !a.tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || a.tag.is_empty() || a.tag.len() > 128 {
-        anyhow::bail!("--tag {}: use letters, digits, '.', '_' and '-' (at most 128)", a.tag);
+    if !a
+        .tag
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        || a.tag.is_empty()
+        || a.tag.len() > 128
+    {
+        anyhow::bail!(
+            "--tag {}: use letters, digits, '.', '_' and '-' (at most 128)",
+            a.tag
+        );
     }
     if let Some(f) = a.format.disk() {
         if a.vmm.is_some_and(|v| v != vmm::Kind::Qemu) {
@@ -529,11 +548,25 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     let kernel = builder::build(&kf, &target, &ui)?;
     let out = match &a.output {
         Some(o) => o.clone(),
-        None => kf.path.parent().unwrap_or(std::path::Path::new(".")).join(".kiln").join("pkg"),
+        None => kf
+            .path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(".kiln")
+            .join("pkg"),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let name = a.name.clone().unwrap_or_else(|| kf.name.to_ascii_lowercase());
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) || name.starts_with(['.', '-']) {
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| kf.name.to_ascii_lowercase());
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        || name.starts_with(['.', '-'])
+    {
         anyhow::bail!("--name {name}: use lowercase letters, digits, '.', '_' and '-' (at most 64), as image names allow");
     }
     // The separate initrd, packed next to the output like kiln run's.
@@ -567,19 +600,31 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
                 anyhow::bail!("--format libvirt: libvirt runs the image on QEMU; leave out --vmm");
             }
             let out = std::fs::canonicalize(&out)?;
-            let log = a.console_log.clone().unwrap_or_else(|| out.join(format!("{}.console.log", p.name)));
+            let log = a
+                .console_log
+                .clone()
+                .unwrap_or_else(|| out.join(format!("{}.console.log", p.name)));
             let domain_type = match vmm::kvm_usable().and_then(|()| vmm::kvm_runs_kiln_well()) {
-                Ok(()) if target.arch == std::env::consts::ARCH.replace("aarch64", "arm64") => "kvm",
+                Ok(()) if target.arch == std::env::consts::ARCH.replace("aarch64", "arm64") => {
+                    "kvm"
+                }
                 _ => "qemu",
             };
             let mut params = vec!["netdev.ip=dhcp".to_string()];
             // Under TCG the guest's TSC runs at this host's rate, and no
             // CPUID leaf says what that is (KVM's does).
-            if let (Some(hz), "qemu", "x86_64") = (host_tsc_hz(), domain_type, target.arch.as_str()) {
+            if let (Some(hz), "qemu", "x86_64") = (host_tsc_hz(), domain_type, target.arch.as_str())
+            {
                 params.push(format!("clock.tsc_hz={hz}"));
             }
             let cmdline = kernel_cmdline(false, &params, &kf.env, &kf.cmd);
-            let d = pkg::libvirt::Domain { memory_mib, network: &a.network, cmdline: &cmdline, domain_type, console_log: &log };
+            let d = pkg::libvirt::Domain {
+                memory_mib,
+                network: &a.network,
+                cmdline: &cmdline,
+                domain_type,
+                console_log: &log,
+            };
             let xml = pkg::libvirt::write(&p, &d, &out)?;
             ui.note(&format!("libvirt domain {} ({}, {memory_mib} MiB, network {}); virsh define {} && virsh start {}", p.name, if domain_type == "kvm" { "KVM" } else { "TCG: this host's KVM cannot run it well" }, a.network, xml.display(), p.name));
             println!("{}", xml.display());
@@ -594,13 +639,25 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
             words.extend(kf.cmd.iter().cloned());
             let image = pkg::disk::write(&p, &words, f, &out)?;
             let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
-            let firmware = if target.arch == "arm64" { "UEFI firmware (QEMU virt: -machine virt,acpi=off)" } else { "BIOS and UEFI firmware" };
-            ui.note(&format!("{} disk image of {} ({} KiB), boots on {firmware}", f.name(), p.name, size / 1024));
+            let firmware = if target.arch == "arm64" {
+                "UEFI firmware (QEMU virt: -machine virt,acpi=off)"
+            } else {
+                "BIOS and UEFI firmware"
+            };
+            ui.note(&format!(
+                "{} disk image of {} ({} KiB), boots on {firmware}",
+                f.name(),
+                p.name,
+                size / 1024
+            ));
             println!("{}", image.display());
         }
         PkgFormat::Oci => {
             let (layout, archive) = pkg::oci::write(&p, &out)?;
-            ui.note(&format!("OCI image {}:{} for urunc on {}", p.name, p.tag, p.hypervisor));
+            ui.note(&format!(
+                "OCI image {}:{} for urunc on {}",
+                p.name, p.tag, p.hypervisor
+            ));
             println!("{}", layout.display());
             println!("{}", archive.display());
         }
@@ -738,7 +795,10 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
         _ if vmm_kind != vmm::Kind::Qemu => {
             if let Err(why) = vmm::kvm_runs_kiln_well() {
-                eprintln!("kiln: {why}; {} has no emulator to use instead, so the guest runs that slowly", vmm_kind.name());
+                eprintln!(
+                    "kiln: {why}; {} has no emulator to use instead, so the guest runs that slowly",
+                    vmm_kind.name()
+                );
             }
             true
         }
@@ -749,7 +809,11 @@ fn run(a: &RunArgs) -> Result<i32> {
             if !native {
                 anyhow::bail!("--accel kvm: KVM runs only {} guests on this host, not {arch}; leave --accel out to use TCG", std::env::consts::ARCH);
             }
-            vmm::kvm_usable().map_err(|why| anyhow::anyhow!("--accel kvm: KVM is unusable here ({why}); leave --accel out to use TCG"))?;
+            vmm::kvm_usable().map_err(|why| {
+                anyhow::anyhow!(
+                    "--accel kvm: KVM is unusable here ({why}); leave --accel out to use TCG"
+                )
+            })?;
             true
         }
         (vmm::Accel::Auto, false) if !native => false,
@@ -824,7 +888,10 @@ fn run(a: &RunArgs) -> Result<i32> {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let mut seed = [0u8; 32];
         if std::io::Read::read_exact(&mut f, &mut seed).is_ok() {
-            kernel_args.push(format!("random.seed={}", seed.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+            kernel_args.push(format!(
+                "random.seed={}",
+                seed.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ));
         }
     }
     if arch == "x86_64" {
@@ -841,10 +908,20 @@ fn run(a: &RunArgs) -> Result<i32> {
     if let Some(p) = volume::fstab_param(&volumes, vmm_kind.disk_serials()) {
         // Entries given with --kernel-arg vfs.fstab=... are kept: the
         // volumes' entries join them.
-        match kernel_args.iter_mut().rev().find(|a| a.starts_with("vfs.fstab=")) {
+        match kernel_args
+            .iter_mut()
+            .rev()
+            .find(|a| a.starts_with("vfs.fstab="))
+        {
             Some(given) => {
                 let mine = p.trim_start_matches("vfs.fstab=");
-                let theirs = given.trim_start_matches("vfs.fstab=").trim().trim_start_matches('[').trim_end_matches(']').trim().to_string();
+                let theirs = given
+                    .trim_start_matches("vfs.fstab=")
+                    .trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim()
+                    .to_string();
                 *given = format!("vfs.fstab={theirs} {mine}");
             }
             None => kernel_args.push(p),
@@ -866,7 +943,9 @@ fn run(a: &RunArgs) -> Result<i32> {
         timeout,
         initrd,
         net: wants_net.then(|| ports.clone()),
-        bridge: attachment.as_ref().map(|t| (t.bridge.clone(), t.mac.clone())),
+        bridge: attachment
+            .as_ref()
+            .map(|t| (t.bridge.clone(), t.mac.clone())),
         tap: None,
         detached: None,
         volumes,
@@ -875,11 +954,22 @@ fn run(a: &RunArgs) -> Result<i32> {
     if let Some(port) = a.gdb {
         // The ELF with symbols beside the image (or the image itself).
         let elf = spec.kernel.with_extension("elf");
-        let elf = if elf.is_file() { elf } else { spec.kernel.clone() };
-        let gdb = if arch == "arm64" { "gdb-multiarch" } else { "gdb" };
+        let elf = if elf.is_file() {
+            elf
+        } else {
+            spec.kernel.clone()
+        };
+        let gdb = if arch == "arm64" {
+            "gdb-multiarch"
+        } else {
+            "gdb"
+        };
         eprintln!("kiln: the guest is stopped before its first instruction, waiting for gdb on port {port}:");
         // The link crate keeps the app's entry as the symbol `main`.
-        eprintln!("kiln:   {gdb} -ex 'target remote localhost:{port}' -ex 'break main' -ex continue {}", builder::rel(&elf));
+        eprintln!(
+            "kiln:   {gdb} -ex 'target remote localhost:{port}' -ex 'break main' -ex continue {}",
+            builder::rel(&elf)
+        );
     }
     // What the VMM cannot boot is refused before anything is made for it.
     spec.vmm.vmm().check(&spec)?;
@@ -887,7 +977,10 @@ fn run(a: &RunArgs) -> Result<i32> {
     if vmm_kind != vmm::Kind::Qemu && wants_net {
         spec.tap = Some(network::Tap::create(bridge_name.as_deref())?);
     }
-    let guest_ip = attachment.as_ref().map(|t| t.guest_ip.clone()).or_else(|| spec.tap.as_ref().map(|t| t.netdev_ip.clone()));
+    let guest_ip = attachment
+        .as_ref()
+        .map(|t| t.guest_ip.clone())
+        .or_else(|| spec.tap.as_ref().map(|t| t.netdev_ip.clone()));
     if let Some(ip) = &guest_ip {
         kernel_args.insert(0, format!("netdev.ip={ip}"));
         ui.note(&format!(
@@ -926,7 +1019,10 @@ fn run(a: &RunArgs) -> Result<i32> {
     for p in ports.iter_mut().filter(|p| !p.udp) {
         p.via = Some(match &spec.tap {
             Some(t) => std::net::SocketAddrV4::new(t.guest_addr(), p.guest),
-            None => std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, forward::loopback_port()?),
+            None => std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::LOCALHOST,
+                forward::loopback_port()?,
+            ),
         });
     }
     spec.net = wants_net.then_some(ports);
@@ -988,10 +1084,12 @@ fn check_ports_free(ports: &[vmm::PortForward]) -> Result<()> {
             continue;
         }
         let proto = if p.udp { "udp" } else { "tcp" };
-        let holder = instance::list()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|r| r.state == "running" && r.ports.iter().any(|q| q.starts_with(&format!("{}:", p.host)) && q.ends_with(proto)));
+        let holder = instance::list().unwrap_or_default().into_iter().find(|r| {
+            r.state == "running"
+                && r.ports
+                    .iter()
+                    .any(|q| q.starts_with(&format!("{}:", p.host)) && q.ends_with(proto))
+        });
         match holder {
             Some(r) => anyhow::bail!("-p {}: host port {} ({proto}) is in use by Kiln instance '{}' (kiln stop {} frees it)", p.host, p.host, r.name, r.name),
             None => anyhow::bail!("-p {}: host port {} ({proto}) is in use by another program on this machine", p.host, p.host),
@@ -1093,10 +1191,7 @@ mod tests {
         let parsed = kiln_boot::cmdline::parse(&line).unwrap();
         assert!(parsed.flag("kiln.quiet"));
         assert_eq!(parsed.param("kiln.loglevel"), Some("4"));
-        assert_eq!(
-            parsed.env(),
-            vec![("GREETING", "hi there")]
-        );
+        assert_eq!(parsed.env(), vec![("GREETING", "hi there")]);
         assert_eq!(parsed.args, args);
     }
 }

@@ -219,7 +219,11 @@ const TAP_NET: [u8; 2] = [172, 30];
 impl Tap {
     /// The guest's address.
     pub fn guest_addr(&self) -> Ipv4Addr {
-        self.netdev_ip.split('/').next().and_then(|a| a.parse().ok()).unwrap_or(Ipv4Addr::UNSPECIFIED)
+        self.netdev_ip
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
     /// Makes a tap: on `bridge` (the guest gets a free address there), or
@@ -230,7 +234,9 @@ impl Tap {
         for n in 0..=255u8 {
             let name = format!("kilntap{n}");
             let subnet = format!(" {}.{}.{n}.", TAP_NET[0], TAP_NET[1]);
-            if Path::new("/sys/class/net").join(&name).exists() || (attachment.is_none() && addrs.contains(&subnet)) {
+            if Path::new("/sys/class/net").join(&name).exists()
+                || (attachment.is_none() && addrs.contains(&subnet))
+            {
                 continue;
             }
             if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
@@ -242,19 +248,29 @@ impl Tap {
             }
             let (tap, r) = match &attachment {
                 Some(a) => {
-                    let tap = Tap { name: name.clone(), netdev_ip: a.guest_ip.clone(), mac: a.mac.clone() };
+                    let tap = Tap {
+                        name: name.clone(),
+                        netdev_ip: a.guest_ip.clone(),
+                        mac: a.mac.clone(),
+                    };
                     let guest = tap.guest_addr().to_string();
-                    let r = ip(&["link", "set", "dev", &name, "master", &a.bridge, "alias", &guest, "up"]);
+                    let r = ip(&[
+                        "link", "set", "dev", &name, "master", &a.bridge, "alias", &guest, "up",
+                    ]);
                     (tap, r.map(|_| ()))
                 }
                 None => {
                     let tap = Tap {
                         name: name.clone(),
-                        netdev_ip: format!("{0}.{1}.{n}.2/24:{0}.{1}.{n}.1", TAP_NET[0], TAP_NET[1]),
+                        netdev_ip: format!(
+                            "{0}.{1}.{n}.2/24:{0}.{1}.{n}.1",
+                            TAP_NET[0], TAP_NET[1]
+                        ),
                         mac: format!("52:54:00:1e:{n:02x}:02"),
                     };
                     let host = format!("{}.{}.{n}.1/24", TAP_NET[0], TAP_NET[1]);
-                    let r = ip(&["addr", "add", &host, "dev", &name]).and_then(|_| ip(&["link", "set", "dev", &name, "up"]));
+                    let r = ip(&["addr", "add", &host, "dev", &name])
+                        .and_then(|_| ip(&["link", "set", "dev", &name, "up"]));
                     (tap, r.map(|_| ()))
                 }
             };
@@ -274,7 +290,11 @@ impl Tap {
 
     #[cfg(test)]
     pub fn for_test(name: &str, netdev_ip: &str, mac: &str) -> Tap {
-        Tap { name: name.into(), netdev_ip: netdev_ip.into(), mac: mac.into() }
+        Tap {
+            name: name.into(),
+            netdev_ip: netdev_ip.into(),
+            mac: mac.into(),
+        }
     }
 }
 

@@ -169,12 +169,14 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         let (src, dst) = (e.path(), to.join(e.file_name()));
         let t = e.file_type()?;
         if t.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst).with_context(|| format!("creating {}", dst.display()))?;
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)
+                .with_context(|| format!("creating {}", dst.display()))?;
         } else if t.is_dir() {
             std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
             copy_tree(&src, &dst)?;
         } else {
-            std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
         }
     }
     Ok(())

@@ -34,8 +34,14 @@ impl Symbols {
     /// an ELF with symbols; `None` when neither can be read.
     pub fn for_image(image: &Path) -> Option<Symbols> {
         let elf = image.with_extension("elf");
-        let path = if elf.is_file() { elf } else { image.to_path_buf() };
-        addr2line::Loader::new(&path).ok().map(|loader| Symbols { loader })
+        let path = if elf.is_file() {
+            elf
+        } else {
+            image.to_path_buf()
+        };
+        addr2line::Loader::new(&path)
+            .ok()
+            .map(|loader| Symbols { loader })
     }
 
     /// `function at file:line` for `addr` (and the functions it was inlined
@@ -51,8 +57,18 @@ impl Symbols {
                     .filter(|n| !n.is_empty())
                     // An outermost frame without a name in the line tables
                     // takes its symbol's.
-                    .or_else(|| (parts.is_empty()).then(|| self.loader.find_symbol(addr)).flatten().map(|sym| strip_hash(&rustc_demangle::demangle(sym).to_string()).to_string()));
-                let at = f.location.as_ref().and_then(|l| Some(format!("{}:{}", short(l.file?), l.line?)));
+                    .or_else(|| {
+                        (parts.is_empty())
+                            .then(|| self.loader.find_symbol(addr))
+                            .flatten()
+                            .map(|sym| {
+                                strip_hash(&rustc_demangle::demangle(sym).to_string()).to_string()
+                            })
+                    });
+                let at = f
+                    .location
+                    .as_ref()
+                    .and_then(|l| Some(format!("{}:{}", short(l.file?), l.line?)));
                 match (name, at) {
                     (Some(n), Some(a)) => parts.push(format!("{n} at {a}")),
                     (Some(n), None) => parts.push(n),
@@ -77,16 +93,24 @@ impl Symbols {
             Some(i) => (i + MARKER.len(), 0, "  "),
             None => (line.find(RETURN)? + RETURN.len(), 1, "      "),
         };
-        let hex: String = line[at..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        let hex: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect();
         let addr = u64::from_str_radix(&hex, 16).ok()?;
-        Some(format!("{indent}in {}", self.describe(addr.checked_sub(back)?)?))
+        Some(format!(
+            "{indent}in {}",
+            self.describe(addr.checked_sub(back)?)?
+        ))
     }
 }
 
 /// A Rust symbol without its trailing hash (`::h0123456789abcdef`).
 fn strip_hash(s: &str) -> &str {
     match s.rfind("::h") {
-        Some(i) if s.len() - i == 19 && s[i + 3..].chars().all(|c| c.is_ascii_hexdigit()) => &s[..i],
+        Some(i) if s.len() - i == 19 && s[i + 3..].chars().all(|c| c.is_ascii_hexdigit()) => {
+            &s[..i]
+        }
         _ => s,
     }
 }
@@ -99,11 +123,17 @@ fn short(file: &str) -> String {
         return rel.display().to_string();
     }
     // Rust's own library, compiled in from /rustc/<commit>/library/...
-    if let Some(i) = file.find("/library/").filter(|_| file.starts_with("/rustc/")) {
+    if let Some(i) = file
+        .find("/library/")
+        .filter(|_| file.starts_with("/rustc/"))
+    {
         return file[i + 1..].to_string();
     }
     match file.find("/registry/src/") {
-        Some(i) => file[i + "/registry/src/".len()..].split_once('/').map_or(file, |(_, r)| r).to_string(),
+        Some(i) => file[i + "/registry/src/".len()..]
+            .split_once('/')
+            .map_or(file, |(_, r)| r)
+            .to_string(),
         None => file.to_string(),
     }
 }
@@ -114,7 +144,10 @@ mod tests {
 
     #[test]
     fn hashes_are_stripped() {
-        assert_eq!(strip_hash("crashtest::main::h0123456789abcdef"), "crashtest::main");
+        assert_eq!(
+            strip_hash("crashtest::main::h0123456789abcdef"),
+            "crashtest::main"
+        );
         assert_eq!(strip_hash("crashtest::main"), "crashtest::main");
         assert_eq!(strip_hash("a::hello"), "a::hello");
     }

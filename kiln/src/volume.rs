@@ -46,7 +46,10 @@ fn named(name: &str) -> PathBuf {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Resolves a volume's source: a path (relative to `base`) when it has a
@@ -63,7 +66,9 @@ fn source(s: &str, base: &Path) -> Result<(PathBuf, Kind)> {
         return Ok((p, Kind::Image));
     }
     if !valid_name(s) {
-        bail!("'{s}' is neither a path (put ./ in front of a file in this folder) nor a volume name");
+        bail!(
+            "'{s}' is neither a path (put ./ in front of a file in this folder) nor a volume name"
+        );
     }
     let p = named(s);
     if !p.is_file() {
@@ -76,9 +81,14 @@ fn destination(d: &str) -> Result<String> {
     if !d.starts_with('/') {
         bail!("the guest path '{d}' must be absolute");
     }
-    let clean: Vec<&str> = d.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let clean: Vec<&str> = d
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     if clean.is_empty() {
-        bail!("a volume cannot be mounted on / (the initrd is the root); pick a folder such as /data");
+        bail!(
+            "a volume cannot be mounted on / (the initrd is the root); pick a folder such as /data"
+        );
     }
     if clean.contains(&"..") {
         bail!("the guest path '{d}' must not contain '..'");
@@ -101,9 +111,14 @@ pub fn parse(spec: &str, base: &Path) -> Result<Mount> {
     };
     (|| -> Result<Mount> {
         let (image, kind) = source(src, base)?;
-        Ok(Mount { image, kind, destination: destination(dst)?, read_only: ro })
+        Ok(Mount {
+            image,
+            kind,
+            destination: destination(dst)?,
+            read_only: ro,
+        })
     })()
-        .with_context(|| format!("-v {spec}"))
+    .with_context(|| format!("-v {spec}"))
 }
 
 /// The Kraftfile's `volumes:`, resolved against its folder.
@@ -112,7 +127,14 @@ pub fn from_kraftfile(kf: &crate::kraftfile::Kraftfile) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
     for v in &kf.volumes {
         let m = source(&v.source, base)
-            .and_then(|(image, kind)| Ok(Mount { image, kind, destination: destination(&v.destination)?, read_only: v.read_only }))
+            .and_then(|(image, kind)| {
+                Ok(Mount {
+                    image,
+                    kind,
+                    destination: destination(&v.destination)?,
+                    read_only: v.read_only,
+                })
+            })
             .map_err(|e| anyhow::anyhow!("{}:{}: volumes: {e}", kf.path.display(), v.line))?;
         if let Some(d) = &v.driver {
             let fits = match m.kind {
@@ -142,7 +164,12 @@ pub fn check(all: &[Mount]) -> Result<()> {
                 bail!("two volumes are mounted on {}", a.destination);
             }
             if std::fs::canonicalize(&a.image).ok() == std::fs::canonicalize(&b.image).ok() {
-                bail!("{} is given twice (on {} and {})", a.image.display(), b.destination, a.destination);
+                bail!(
+                    "{} is given twice (on {} and {})",
+                    a.image.display(),
+                    b.destination,
+                    a.destination
+                );
             }
         }
     }
@@ -179,7 +206,11 @@ pub fn fstab_param(all: &[Mount], serials: bool) -> Option<String> {
                 let nth = all[..i].iter().filter(|o| o.kind == Kind::Image).count();
                 format!("vd{}", (b'a' + nth as u8) as char)
             };
-            format!("{source}:{}:{fs}{}", m.destination, if m.read_only { ":ro" } else { "" })
+            format!(
+                "{source}:{}:{fs}{}",
+                m.destination,
+                if m.read_only { ":ro" } else { "" }
+            )
         })
         .collect();
     Some(format!("vfs.fstab={}", entries.join(" ")))
@@ -205,8 +236,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
         Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().with_context(|| format!("--size {s}: expected a size such as 64M or 1G"))?;
-    n.checked_mul(mul).with_context(|| format!("--size {s}: too large"))
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--size {s}: expected a size such as 64M or 1G"))?;
+    n.checked_mul(mul)
+        .with_context(|| format!("--size {s}: too large"))
 }
 
 /// Makes an image of `bytes` at `path` with an empty FAT file system
@@ -227,13 +261,21 @@ pub fn format_image(path: &Path, bytes: u64, label: &str) -> Result<()> {
     let made = (|| -> Result<()> {
         f.set_len(bytes)?;
         let mut dev = hadris_storage::host::FileDevice::new(f.try_clone()?)?;
-        let mut label11: String = label.to_ascii_uppercase().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(11).collect();
+        let mut label11: String = label
+            .to_ascii_uppercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(11)
+            .collect();
         if label11.is_empty() {
             label11 = "KILN".into();
         }
-        let options = hadris_fat::FatOptions::new()
-            .with_label(hadris_fat::VolumeLabel::new(&label11).map_err(|e| anyhow::anyhow!("label {label11}: {e:?}"))?);
-        hadris_fat::sync::format(&mut dev, &options).map_err(|e| anyhow::anyhow!("formatting: {e}"))?;
+        let options = hadris_fat::FatOptions::new().with_label(
+            hadris_fat::VolumeLabel::new(&label11)
+                .map_err(|e| anyhow::anyhow!("label {label11}: {e:?}"))?,
+        );
+        hadris_fat::sync::format(&mut dev, &options)
+            .map_err(|e| anyhow::anyhow!("formatting: {e}"))?;
         f.sync_all()?;
         Ok(())
     })();
@@ -276,7 +318,13 @@ pub fn list() -> Result<()> {
     for (n, p) in names {
         let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         let free = free_bytes(&p).map_or("?".to_string(), human);
-        println!("{:<24} {:>10} {:>10}  {}", n, human(size), free, p.display());
+        println!(
+            "{:<24} {:>10} {:>10}  {}",
+            n,
+            human(size),
+            free,
+            p.display()
+        );
     }
     Ok(())
 }
@@ -294,7 +342,11 @@ fn human(b: u64) -> String {
 /// Free space of the FAT file system in an image (read-only look).
 fn free_bytes(image: &Path) -> Option<u64> {
     let dev = hadris_storage::host::FileDevice::new(std::fs::File::open(image).ok()?).ok()?;
-    let mut fs = hadris_fat::sync::FatFs::mount(hadris_storage::ReadOnly::new(dev), hadris_fs::MountOptions::new().read_only()).ok()?;
+    let mut fs = hadris_fat::sync::FatFs::mount(
+        hadris_storage::ReadOnly::new(dev),
+        hadris_fs::MountOptions::new().read_only(),
+    )
+    .ok()?;
     let s = fs.statfs().ok()?;
     Some(s.free_bytes())
 }
@@ -327,7 +379,12 @@ mod tests {
         let m = parse(&format!("{}:/data:ro", img.display()), Path::new("/")).unwrap();
         assert_eq!(m.destination, "/data");
         assert!(m.read_only);
-        assert_eq!(parse(&format!("{}:/data/./x/", img.display()), Path::new("/")).unwrap().destination, "/data/x");
+        assert_eq!(
+            parse(&format!("{}:/data/./x/", img.display()), Path::new("/"))
+                .unwrap()
+                .destination,
+            "/data/x"
+        );
         let e = |s: &str| format!("{:#}", parse(s, Path::new("/")).unwrap_err());
         assert!(e(&format!("{}:/", img.display())).contains("cannot be mounted on /"));
         assert!(e(&format!("{}:data", img.display())).contains("must be absolute"));
@@ -337,8 +394,18 @@ mod tests {
         assert!(e("./no-such.img:/x").contains("no such image file or folder"));
         assert!(e("/nope").contains("expected HOST:GUEST"));
         let two = [
-            Mount { image: img.clone(), kind: Kind::Image, destination: "/a".into(), read_only: false },
-            Mount { image: img.clone(), kind: Kind::Image, destination: "/b".into(), read_only: false },
+            Mount {
+                image: img.clone(),
+                kind: Kind::Image,
+                destination: "/a".into(),
+                read_only: false,
+            },
+            Mount {
+                image: img.clone(),
+                kind: Kind::Image,
+                destination: "/b".into(),
+                read_only: false,
+            },
         ];
         assert!(check(&two).unwrap_err().to_string().contains("given twice"));
         assert_eq!(
@@ -346,7 +413,11 @@ mod tests {
             "vfs.fstab=kiln-vol0:/a:vfat kiln-fs1:/x:9pfs"
         );
         // Firecracker's disks have no serial numbers: by name.
-        let other = Mount { destination: "/c".into(), read_only: true, ..two[1].clone() };
+        let other = Mount {
+            destination: "/c".into(),
+            read_only: true,
+            ..two[1].clone()
+        };
         assert_eq!(
             fstab_param(&[two[0].clone(), folder.clone(), other], false).unwrap(),
             "vfs.fstab=vda:/a:vfat kiln-fs1:/x:9pfs vdb:/c:vfat:ro"

@@ -92,9 +92,18 @@ fn exit_codes_and_panics_reach_kiln_run() {
     assert_eq!(c, 101, "{out}");
     assert!(out.contains("crashtest was asked to panic"), "{out}");
     // The backtrace, named by kiln run from the ELF beside the image.
-    assert!(out.contains("kiln: backtrace, most recent call first:"), "{out}");
-    assert!(out.contains("      in main at apps/crashtest/src/lib.rs:35"), "{out}");
-    assert!(out.contains("      in kiln_plat_main at plat/qemu/src/virt.rs:"), "{out}");
+    assert!(
+        out.contains("kiln: backtrace, most recent call first:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("      in main at apps/crashtest/src/lib.rs:35"),
+        "{out}"
+    );
+    assert!(
+        out.contains("      in kiln_plat_main at plat/qemu/src/virt.rs:"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -480,10 +489,24 @@ fn idle_waits_for_the_timer_interrupt_on_every_arm_board() {
 fn the_mqtt_broker_serves_mosquitto_clients_on_arm64() {
     built("mqtt");
     let _g = one_at_a_time();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut guest = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-q", "--arch", "arm64", "--timeout", "120", "-p", &format!("{port}:1883"), "apps/mqtt"])
+        .args([
+            "run",
+            "-q",
+            "--arch",
+            "arm64",
+            "--timeout",
+            "120",
+            "-p",
+            &format!("{port}:1883"),
+            "apps/mqtt",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -491,17 +514,37 @@ fn the_mqtt_broker_serves_mosquitto_clients_on_arm64() {
         .unwrap();
     let p = port.to_string();
     let start = std::time::Instant::now();
-    while !Command::new("mosquitto_pub").args(["-p", &p, "-t", "probe", "-m", "x"]).output().unwrap().status.success() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(90), "the broker on arm64 never answered");
+    while !Command::new("mosquitto_pub")
+        .args(["-p", &p, "-t", "probe", "-m", "x"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "the broker on arm64 never answered"
+        );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let sub = Command::new("mosquitto_sub").args(["-p", &p, "-t", "arm/#", "-v", "-C", "2", "-W", "30"]).stdout(Stdio::piped()).spawn().unwrap();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-p", &p, "-t", "arm/#", "-v", "-C", "2", "-W", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     for (q, m) in [("1", "one"), ("2", "two")] {
-        assert!(Command::new("mosquitto_pub").args(["-p", &p, "-q", q, "-t", "arm/x", "-m", m]).status().unwrap().success());
+        assert!(Command::new("mosquitto_pub")
+            .args(["-p", &p, "-q", q, "-t", "arm/x", "-m", m])
+            .status()
+            .unwrap()
+            .success());
     }
     let out = sub.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "arm/x one\narm/x two\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "arm/x one\narm/x two\n"
+    );
     let _ = guest.kill();
     let _ = guest.wait();
 }

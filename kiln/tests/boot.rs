@@ -200,16 +200,29 @@ fn panic_prints_message_and_location() {
     // A backtrace, named by kiln run: the app's main, then the boot path.
     let trace = backtrace(&r.stdout);
     assert!(trace[0].starts_with("core::panicking::panic"), "{trace:?}");
-    let main = trace.iter().position(|f| f.starts_with("main at apps/crashtest/src/lib.rs:35")).unwrap_or_else(|| panic!("{}", r.stdout));
-    assert!(trace[main + 1].starts_with("start at lib/boot/src/lib.rs:"), "{trace:?}");
+    let main = trace
+        .iter()
+        .position(|f| f.starts_with("main at apps/crashtest/src/lib.rs:35"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        trace[main + 1].starts_with("start at lib/boot/src/lib.rs:"),
+        "{trace:?}"
+    );
 }
 
 /// The functions of the backtrace after a panic or fault report, as
 /// `kiln run` names them (`      in NAME at FILE:LINE` under each address).
 pub fn backtrace(out: &str) -> Vec<String> {
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("kiln: backtrace, most recent call first:")).collect();
+    let lines: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("kiln: backtrace, most recent call first:"))
+        .collect();
     assert!(!lines.is_empty(), "no backtrace in:\n{out}");
-    lines.iter().filter_map(|l| l.strip_prefix("      in ")).map(String::from).collect()
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("      in "))
+        .map(String::from)
+        .collect()
 }
 
 fn hex_field(out: &str, name: &str) -> u64 {
@@ -246,12 +259,27 @@ fn null_dereference_reports_a_page_fault() {
     );
     assert!(r.stdout.contains("likely cause: null pointer dereference"));
     // kiln run names the function and line from the ELF beside the image.
-    let named = r.stdout.lines().find(|l| l.starts_with("  in ")).unwrap_or_else(|| panic!("{}", r.stdout));
-    assert!(named.contains("main at apps/crashtest/src/lib.rs:45"), "{named}");
+    let named = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("  in "))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        named.contains("main at apps/crashtest/src/lib.rs:45"),
+        "{named}"
+    );
     // Its callers: the boot path that called main.
     let trace = backtrace(&r.stdout);
-    assert!(trace[0].starts_with("start at lib/boot/src/lib.rs:"), "{trace:?}");
-    assert!(trace.iter().any(|f| f.starts_with("kiln_plat_main at plat/qemu/src/x86.rs:")), "{trace:?}");
+    assert!(
+        trace[0].starts_with("start at lib/boot/src/lib.rs:"),
+        "{trace:?}"
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|f| f.starts_with("kiln_plat_main at plat/qemu/src/x86.rs:")),
+        "{trace:?}"
+    );
 
     let r = boot("crashtest", &["-q"], &["write-null"]);
     assert_eq!(r.code, 125);
@@ -430,21 +458,38 @@ fn environment_reaches_the_app() {
 #[test]
 fn the_accelerator_is_chosen_and_explained() {
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     let r = boot("helloworld", &[], &["auto"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let said_pvm = r.stderr.contains("this host's KVM is PVM (kvm_pvm)") && r.stderr.contains("using TCG emulation");
+    let said_pvm = r.stderr.contains("this host's KVM is PVM (kvm_pvm)")
+        && r.stderr.contains("using TCG emulation");
     assert_eq!(said_pvm, kvm && pvm, "{}", r.stderr);
     let banner = if kvm && !pvm { "KVM" } else { "TCG" };
-    assert!(r.stderr.contains(&format!("(microvm, {banner}, ")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("(microvm, {banner}, ")),
+        "{}",
+        r.stderr
+    );
     if kvm {
         let r = boot("helloworld", &["--accel", "kvm"], &["kvm"]);
         assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-        assert!(r.stderr.contains("(microvm, KVM, ") && r.stdout.contains("arg 1: kvm"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("(microvm, KVM, ") && r.stdout.contains("arg 1: kvm"),
+            "{}",
+            r.stderr
+        );
     } else {
         let r = boot("helloworld", &["--accel", "kvm"], &[]);
         assert_eq!(r.code, 1);
-        assert!(r.stderr.contains("--accel kvm: KVM is unusable here"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("--accel kvm: KVM is unusable here"),
+            "{}",
+            r.stderr
+        );
     }
     let r = boot("helloworld", &["--accel", "fast"], &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
@@ -860,14 +905,26 @@ fn build_recompiles_exactly_when_the_configuration_changes() {
     // Nothing changed: Kiln knows from its record of the inputs, without
     // asking cargo.
     let again = build();
-    assert!(again.lines().any(|l| l.starts_with("[4/4]") && l.ends_with("; up to date)")), "{again}");
-    assert_eq!(compiled_crates(&again), 0, "nothing changed, yet the kernel was recompiled");
+    assert!(
+        again
+            .lines()
+            .any(|l| l.starts_with("[4/4]") && l.ends_with("; up to date)")),
+        "{again}"
+    );
+    assert_eq!(
+        compiled_crates(&again),
+        0,
+        "nothing changed, yet the kernel was recompiled"
+    );
     // An edited input goes to cargo again.
     let kraftfile = d.join("Kraftfile");
     let text = std::fs::read_to_string(&kraftfile).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&kraftfile, format!("{text}# edited\n")).unwrap();
-    assert!(!build().contains("; up to date)"), "an edited Kraftfile was taken as up to date");
+    assert!(
+        !build().contains("; up to date)"),
+        "an edited Kraftfile was taken as up to date"
+    );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), first);
 
     let mut c = kiln();
@@ -913,15 +970,34 @@ fn boot_sets_pick_the_command_line_and_environment() {
     };
     // crashtest prints its request, then the variable.
     let r = run(&[]);
-    assert_eq!((r.code, r.stdout.lines().last()), (0, Some("MODE=normal")), "{}", r.stderr);
+    assert_eq!(
+        (r.code, r.stdout.lines().last()),
+        (0, Some("MODE=normal")),
+        "{}",
+        r.stderr
+    );
     let r = run(&["--boot", "debug"]);
-    assert_eq!((r.code, r.stdout.lines().last()), (0, Some("MODE=debug")), "{}", r.stderr);
+    assert_eq!(
+        (r.code, r.stdout.lines().last()),
+        (0, Some("MODE=debug")),
+        "{}",
+        r.stderr
+    );
     let r = run(&["--boot", "debug", "--boot", "quit"]);
     assert_eq!(r.code, 7, "{}{}", r.stdout, r.stderr);
     let r = run(&["--boot", "help"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("  default  cmd: env MODE; env: MODE=normal\n") && r.stdout.contains("  quit  cmd: exit 7; env: MODE=normal\n"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("  default  cmd: env MODE; env: MODE=normal\n")
+            && r.stdout.contains("  quit  cmd: exit 7; env: MODE=normal\n"),
+        "{}",
+        r.stdout
+    );
     let e = kiln_error(&["run", "--boot", "fast", dir]);
-    assert!(e.contains("--boot fast") && e.contains("default, debug, quit"), "{e}");
+    assert!(
+        e.contains("--boot fast") && e.contains("default, debug, quit"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

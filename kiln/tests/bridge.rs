@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 /// Bridge tests pick free subnets; one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-
 #[test]
 fn a_guest_on_a_bridge_serves_at_its_own_address() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -9,7 +9,7 @@
 //! instructions ordinary Linux programs use.
 
 mod support;
-use support::{root, free_port, linux_program_for, test_programs, cargo_in_test_programs};
+use support::{cargo_in_test_programs, free_port, linux_program_for, root, test_programs};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,7 +26,14 @@ fn one_server() -> std::sync::MutexGuard<'static, ()> {
 fn loader(rootfs: &Path, extra: &[&str], args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.current_dir(root())
-        .args(["run", "-W", "--timeout", "240", "--initrd", rootfs.to_str().unwrap()])
+        .args([
+            "run",
+            "-W",
+            "--timeout",
+            "240",
+            "--initrd",
+            rootfs.to_str().unwrap(),
+        ])
         .args(extra)
         .args(["apps/elfloader", "--"])
         .args(args)
@@ -37,19 +44,33 @@ fn loader(rootfs: &Path, extra: &[&str], args: &[&str]) -> Command {
 /// Runs to the end: the exit status and everything printed.
 fn output(mut c: Command) -> (i32, String) {
     let o = c.output().unwrap();
-    (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// Stops a server guest; returns everything it printed.
 fn stop(mut child: std::process::Child) -> String {
     let _ = child.kill();
     let o = child.wait_with_output().unwrap();
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Starts a server guest; its output is collected when it ends.
 fn spawn(mut c: Command) -> std::process::Child {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Copies host programs with their libraries into `d` (`kiln rootfs add`).
@@ -260,7 +281,11 @@ fn a_rust_network_server_serves_curl() {
     std::fs::copy(linux_program("linux-http"), d.join("bin/http")).unwrap();
     b_build();
     let port = free_port();
-    let child = spawn(loader(&d, &["-M", "128M", "-p", &format!("{port}:8080")], &["/bin/http", "8080"]));
+    let child = spawn(loader(
+        &d,
+        &["-M", "128M", "-p", &format!("{port}:8080")],
+        &["/bin/http", "8080"],
+    ));
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let start = std::time::Instant::now();
     while !curl(&url("/ready")).0 {
@@ -365,11 +390,19 @@ fn nginx_rootfs() -> (PathBuf, Vec<u8>) {
 /// The server random of the ServerHello in `openssl s_client -msg`
 /// output (32 bytes after the message type, length and version).
 fn server_random(msg: &str) -> Vec<u8> {
-    let mut lines = msg.lines().skip_while(|l| !(l.starts_with("<<<") && l.ends_with("ServerHello")));
-    lines.next().unwrap_or_else(|| panic!("no ServerHello in:\n{msg}"));
+    let mut lines = msg
+        .lines()
+        .skip_while(|l| !(l.starts_with("<<<") && l.ends_with("ServerHello")));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("no ServerHello in:\n{msg}"));
     let bytes: Vec<u8> = lines
         .take_while(|l| l.starts_with("    "))
-        .flat_map(|l| l.split_whitespace().filter_map(|h| u8::from_str_radix(h, 16).ok()).collect::<Vec<_>>())
+        .flat_map(|l| {
+            l.split_whitespace()
+                .filter_map(|h| u8::from_str_radix(h, 16).ok())
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert!(bytes.len() >= 38 && bytes[0] == 2, "{msg}");
     bytes[6..38].to_vec()
@@ -400,10 +433,22 @@ fn debians_nginx_serves_https_with_openssl_and_kilns_randomness() {
     let mut randoms = Vec::new();
     for boot in 0..2 {
         let port = free_port();
-        let child = spawn(loader(&d, &["-M", "256M", "-p", &format!("{port}:443")], &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]));
+        let child = spawn(loader(
+            &d,
+            &["-M", "256M", "-p", &format!("{port}:443")],
+            &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"],
+        ));
         let get = || {
             Command::new("curl")
-                .args(["-s", "-m", "20", "--cacert", ca.to_str().unwrap(), "--resolve", &format!("kiln.test:{port}:127.0.0.1")])
+                .args([
+                    "-s",
+                    "-m",
+                    "20",
+                    "--cacert",
+                    ca.to_str().unwrap(),
+                    "--resolve",
+                    &format!("kiln.test:{port}:127.0.0.1"),
+                ])
                 .arg(format!("https://kiln.test:{port}/"))
                 .output()
                 .unwrap()
@@ -426,13 +471,25 @@ fn debians_nginx_serves_https_with_openssl_and_kilns_randomness() {
             .output()
             .unwrap();
         let msg = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(msg.contains("New, TLSv1.3") && msg.contains("Verify return code: 0 (ok)"), "boot {boot}:\n{msg}");
+        assert!(
+            msg.contains("New, TLSv1.3") && msg.contains("Verify return code: 0 (ok)"),
+            "boot {boot}:\n{msg}"
+        );
         randoms.push(server_random(&msg));
         let out = stop(child);
-        assert!(!out.contains("kiln: CPU exception") && !out.contains("kiln: panic"), "{out}");
+        assert!(
+            !out.contains("kiln: CPU exception") && !out.contains("kiln: panic"),
+            "{out}"
+        );
     }
-    assert_ne!(randoms[0], randoms[1], "two boots gave the same ServerHello random");
-    assert!(randoms.iter().all(|r| r.iter().any(|&b| b != 0)), "{randoms:?}");
+    assert_ne!(
+        randoms[0], randoms[1],
+        "two boots gave the same ServerHello random"
+    );
+    assert!(
+        randoms.iter().all(|r| r.iter().any(|&b| b != 0)),
+        "{randoms:?}"
+    );
 }
 
 #[test]
@@ -444,7 +501,11 @@ fn debians_nginx_serves_curl() {
     let (d, big) = nginx_rootfs();
     b_build();
     let port = free_port();
-    let child = spawn(loader(&d, &["-M", "256M", "-p", &format!("{port}:80")], &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]));
+    let child = spawn(loader(
+        &d,
+        &["-M", "256M", "-p", &format!("{port}:80")],
+        &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"],
+    ));
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let start = std::time::Instant::now();
     while !curl(&url("/")).0 {
@@ -539,7 +600,17 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     let child = spawn(loader(
         &d,
         &["-M", "512M", "-p", &format!("{port}:6379")],
-        &["/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", "/data", "--protected-mode", "no"],
+        &[
+            "/usr/bin/redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/data",
+            "--protected-mode",
+            "no",
+        ],
     ));
     let p = port.to_string();
     let cli = |args: &[&str]| {
@@ -617,7 +688,8 @@ fn arm64_programs_run_through_svc() {
         .unwrap();
     assert!(b.success());
     let arm64 = ["--arch", "arm64", "-M", "256M"];
-    let arm = |extra: &[&str], args: &[&str]| output(loader(&d, &[&arm64[..], extra].concat(), args));
+    let arm =
+        |extra: &[&str], args: &[&str]| output(loader(&d, &[&arm64[..], extra].concat(), args));
     let (code, out) = arm(
         &["-e", "GREETING=hello from the host"],
         &["/bin/linux-hello", "a", "two words"],
@@ -644,7 +716,11 @@ fn arm64_programs_run_through_svc() {
     );
     // The network server, fetched with curl.
     let port = free_port();
-    let child = spawn(loader(&d, &[&arm64[..], &["-p", &format!("{port}:8080")]].concat(), &["/bin/linux-http", "8080"]));
+    let child = spawn(loader(
+        &d,
+        &[&arm64[..], &["-p", &format!("{port}:8080")]].concat(),
+        &["/bin/linux-http", "8080"],
+    ));
     let start = std::time::Instant::now();
     while !curl(&format!("http://127.0.0.1:{port}/ready")).0 {
         assert!(
@@ -699,9 +775,18 @@ fn signals_a_program_sends_itself_run_its_handlers() {
     // busybox sh's trap, and a default action that ends the program.
     let script = "trap 'echo caught TERM' TERM; kill -TERM $$; echo after kill; kill -0 $$ && echo alive; trap - TERM; kill -TERM $$; echo not reached";
     let (code, out) = run(&d, &["-M", "256M"], &["/bin/busybox", "sh", "-c", script]);
-    assert!(out.contains("\ncaught TERM\nafter kill\nalive\n") && !out.contains("not reached"), "{out}");
-    assert!(out.contains("the program got signal 15 with no handler: it ends"), "{out}");
-    assert_eq!(code, 126, "128 + 15 is reported as 126 (exit codes above 126 are clamped): {out}");
+    assert!(
+        out.contains("\ncaught TERM\nafter kill\nalive\n") && !out.contains("not reached"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the program got signal 15 with no handler: it ends"),
+        "{out}"
+    );
+    assert_eq!(
+        code, 126,
+        "128 + 15 is reported as 126 (exit codes above 126 are clamped): {out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -713,7 +798,17 @@ fn the_nginx_app_packs_nginx_from_this_machine_and_serves_in_32_mib() {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "-M", "32M", "--timeout", "240", "-p", &format!("{port}:80"), "apps/nginx"])
+        .args([
+            "run",
+            "-W",
+            "-M",
+            "32M",
+            "--timeout",
+            "240",
+            "-p",
+            &format!("{port}:80"),
+            "apps/nginx",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -726,12 +821,26 @@ fn the_nginx_app_packs_nginx_from_this_machine_and_serves_in_32_mib() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     let (_, body) = curl(&url);
-    assert!(body.contains("<h1>Debian's nginx, unmodified, on Kiln</h1>"), "{body}");
-    let o = Command::new("curl").args(["-s", "-I", "-m", "20", &url]).output().unwrap();
+    assert!(
+        body.contains("<h1>Debian's nginx, unmodified, on Kiln</h1>"),
+        "{body}"
+    );
+    let o = Command::new("curl")
+        .args(["-s", "-I", "-m", "20", &url])
+        .output()
+        .unwrap();
     let head = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(head.contains("Server: nginx/") && head.contains("Content-Type: text/html"), "{head}");
+    assert!(
+        head.contains("Server: nginx/") && head.contains("Content-Type: text/html"),
+        "{head}"
+    );
     let out = stop(child);
-    assert!(out.contains("files of 1 program(s) added to the rootfs") || out.contains("compiled 0 of") || out.contains("; up to date)"), "{out}");
+    assert!(
+        out.contains("files of 1 program(s) added to the rootfs")
+            || out.contains("compiled 0 of")
+            || out.contains("; up to date)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -742,24 +851,52 @@ fn debians_mosquitto_runs_unmodified() {
     // mosquitto_pub reaches mosquitto_sub.
     let d = rootfs("mosquitto");
     rootfs_add(&d, &["/usr/sbin/mosquitto"]);
-    std::fs::write(d.join("etc/mosquitto.conf"), "listener 1883\nallow_anonymous true\nuser root\n").unwrap();
+    std::fs::write(
+        d.join("etc/mosquitto.conf"),
+        "listener 1883\nallow_anonymous true\nuser root\n",
+    )
+    .unwrap();
     std::fs::write(d.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(d.join("etc/group"), "root:x:0:\n").unwrap();
     b_build();
     let port = free_port();
-    let child = spawn(loader(&d, &["-M", "128M", "-p", &format!("{port}:1883")], &["/usr/sbin/mosquitto", "-c", "/etc/mosquitto.conf"]));
+    let child = spawn(loader(
+        &d,
+        &["-M", "128M", "-p", &format!("{port}:1883")],
+        &["/usr/sbin/mosquitto", "-c", "/etc/mosquitto.conf"],
+    ));
     let p = port.to_string();
     let start = std::time::Instant::now();
-    while !Command::new("mosquitto_pub").args(["-p", &p, "-t", "probe", "-m", "x"]).output().unwrap().status.success() {
+    while !Command::new("mosquitto_pub")
+        .args(["-p", &p, "-t", "probe", "-m", "x"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
         assert!(start.elapsed().as_secs() < 120, "mosquitto never answered");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let sub = Command::new("mosquitto_sub").args(["-p", &p, "-t", "edge/#", "-v", "-C", "1", "-W", "30"]).stdout(Stdio::piped()).spawn().unwrap();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-p", &p, "-t", "edge/#", "-v", "-C", "1", "-W", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(Command::new("mosquitto_pub").args(["-p", &p, "-q", "1", "-t", "edge/pump1", "-m", "42 psi"]).status().unwrap().success());
-    assert_eq!(String::from_utf8_lossy(&sub.wait_with_output().unwrap().stdout), "edge/pump1 42 psi\n");
+    assert!(Command::new("mosquitto_pub")
+        .args(["-p", &p, "-q", "1", "-t", "edge/pump1", "-m", "42 psi"])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        String::from_utf8_lossy(&sub.wait_with_output().unwrap().stdout),
+        "edge/pump1 42 psi\n"
+    );
     let out = stop(child);
-    assert!(out.contains("mosquitto version 2.") && out.contains("New client connected from 10.0.2.2"), "{out}");
+    assert!(
+        out.contains("mosquitto version 2.") && out.contains("New client connected from 10.0.2.2"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -773,26 +910,56 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
     let prog = linux_program("linux-memory");
     let d = rootfs("memory");
     std::fs::copy(&prog, d.join("bin/memory")).unwrap();
-    let where_ = |out: &str| out.lines().find(|l| l.starts_with("where: ")).unwrap_or_else(|| panic!("{out}")).to_string();
+    let where_ = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("where: "))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
     let (code, a) = run(&d, &["-M", "48M"], &["/bin/memory", "where"]);
     assert_eq!(code, 0, "{a}");
     let (code, b) = run(&d, &["-M", "48M"], &["/bin/memory", "where"]);
     assert_eq!(code, 0, "{b}");
     let (wa, wb) = (where_(&a), where_(&b));
-    let field = |w: &str, name: &str| w.split_whitespace().skip_while(|x| *x != name).nth(1).unwrap().to_string();
+    let field = |w: &str, name: &str| {
+        w.split_whitespace()
+            .skip_while(|x| *x != name)
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
     for name in ["code", "stack", "mmap"] {
-        assert_ne!(field(&wa, name), field(&wb, name), "{name} at the same address on two boots: {wa} / {wb}");
+        assert_ne!(
+            field(&wa, name),
+            field(&wb, name),
+            "{name} at the same address on two boots: {wa} / {wb}"
+        );
     }
     assert!(a.contains("random: seeded from"), "{a}");
     // 1 GiB reserved and another mapped, in a 48 MiB guest.
     let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "reserve"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("reserve: ok"), "{out}");
-    for (mode, what) in [("write-code", "wrote"), ("exec-heap", "executed"), ("segv", "read 0x7000dead0000")] {
+    for (mode, what) in [
+        ("write-code", "wrote"),
+        ("exec-heap", "executed"),
+        ("segv", "read 0x7000dead0000"),
+    ] {
         let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", mode]);
-        assert!(out.contains(&format!("elf: segmentation fault (SIGSEGV): the program {what}")), "{mode}: {out}");
-        assert!(!out.contains("still running") && !out.contains("segv: read "), "{mode}: {out}");
-        assert!(!out.contains("CPU exception"), "{mode}: a program's fault is not the kernel's: {out}");
+        assert!(
+            out.contains(&format!(
+                "elf: segmentation fault (SIGSEGV): the program {what}"
+            )),
+            "{mode}: {out}"
+        );
+        assert!(
+            !out.contains("still running") && !out.contains("segv: read "),
+            "{mode}: {out}"
+        );
+        assert!(
+            !out.contains("CPU exception"),
+            "{mode}: a program's fault is not the kernel's: {out}"
+        );
         assert_eq!(code, 126, "{mode}: 128 + SIGSEGV, reported as 126: {out}");
     }
     let _ = std::fs::remove_dir_all(&d);
@@ -828,9 +995,14 @@ fn posix_calls_answer_as_on_linux() {
     }
     let _one = one_server();
     let port = free_port();
-    let child = spawn(loader(&d, &["-M", "48M", "-p", &format!("{port}:9000/udp")], &["/bin/posix", "udp", "9000"]));
+    let child = spawn(loader(
+        &d,
+        &["-M", "48M", "-p", &format!("{port}:9000/udp")],
+        &["/bin/posix", "udp", "9000"],
+    ));
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
     let to = format!("127.0.0.1:{port}");
     let mut buf = [0u8; 100];
     let start = std::time::Instant::now();
@@ -860,17 +1032,39 @@ fn posix_calls_answer_as_on_linux() {
     }
     sock.send_to(b"quit", &to).unwrap();
     let o = child.wait_with_output().unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("udp: recvmmsg gave ") && out.contains(" datagrams echoed\n"), "{out}");
+    assert!(
+        out.contains("udp: recvmmsg gave ") && out.contains(" datagrams echoed\n"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
 /// A test program linked at a fixed address (`-C relocation-model=static`:
 /// 4 MiB, as gcc links), built apart from the static-pie ones.
 fn fixed_program(name: &str) -> PathBuf {
-    cargo_in_test_programs(&["rustc", "-q", "--release", "--target", "x86_64-unknown-linux-musl", "--target-dir", "target/fixed", "--bin", name, "--", "-C", "relocation-model=static"]);
-    test_programs().join("target/fixed/x86_64-unknown-linux-musl/release").join(name)
+    cargo_in_test_programs(&[
+        "rustc",
+        "-q",
+        "--release",
+        "--target",
+        "x86_64-unknown-linux-musl",
+        "--target-dir",
+        "target/fixed",
+        "--bin",
+        name,
+        "--",
+        "-C",
+        "relocation-model=static",
+    ]);
+    test_programs()
+        .join("target/fixed/x86_64-unknown-linux-musl/release")
+        .join(name)
 }
 
 /// Fixed-address programs are not confined to a small area: one whose
@@ -883,10 +1077,17 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
     std::fs::copy(fixed_program("linux-bigfixed"), d.join("bin/big")).unwrap();
     let (code, out) = run(&d, &["-M", "96M"], &["/bin/big"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("bigfixed: at 0x40") && out.contains(", 64 MiB, checksum 2088960\n"), "{out}");
+    assert!(
+        out.contains("bigfixed: at 0x40") && out.contains(", 64 MiB, checksum 2088960\n"),
+        "{out}"
+    );
     let (code, out) = run(&d, &["-M", "64M"], &["/bin/big"]);
     assert_eq!(code, 126, "{out}");
-    assert!(out.contains("elfloader: /bin/big: linked at 0x400000..0x44") && out.contains("MiB more with -M"), "{out}");
+    assert!(
+        out.contains("elfloader: /bin/big: linked at 0x400000..0x44")
+            && out.contains("MiB more with -M"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -898,7 +1099,8 @@ fn a_unikraft_kraftfile_with_a_runtime_runs_on_the_elf_loader() {
     let d = std::env::temp_dir().join(format!("kiln-ukraftfile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("rootfs/bin")).unwrap();
-    std::fs::copy("/bin/busybox", d.join("rootfs/bin/busybox")).expect("busybox-static is installed by scripts/test");
+    std::fs::copy("/bin/busybox", d.join("rootfs/bin/busybox"))
+        .expect("busybox-static is installed by scripts/test");
     std::fs::write(
         d.join("Kraftfile"),
         "spec: v0.6\nname: hello1.0\nruntime: unikraft.org/base:latest\nrootfs: ./rootfs\n\
@@ -911,6 +1113,12 @@ fn a_unikraft_kraftfile_with_a_runtime_runs_on_the_elf_loader() {
     let _ = std::fs::remove_dir_all(&d);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("hello from a Unikraft Kraftfile"), "{out}");
-    assert!(err.contains("runtime 'unikraft.org/base:latest': runs on Kiln's ELF loader"), "{err}");
-    assert!(err.contains("no Kiln meaning, left out: library wamr, CONFIG_LIBUKDEBUG_PRINTK_ERR"), "{err}");
+    assert!(
+        err.contains("runtime 'unikraft.org/base:latest': runs on Kiln's ELF loader"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no Kiln meaning, left out: library wamr, CONFIG_LIBUKDEBUG_PRINTK_ERR"),
+        "{err}"
+    );
 }

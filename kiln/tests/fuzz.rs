@@ -6,10 +6,16 @@ use std::process::Command;
 
 fn fuzz(args: &[&str]) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let o = Command::new(format!("{root}/scripts/fuzz")).args(args).output().expect("scripts/fuzz runs");
+    let o = Command::new(format!("{root}/scripts/fuzz"))
+        .args(args)
+        .output()
+        .expect("scripts/fuzz runs");
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "scripts/fuzz {args:?} failed:\n{out}\n{err}");
+    assert!(
+        o.status.success(),
+        "scripts/fuzz {args:?} failed:\n{out}\n{err}"
+    );
     println!("{out}");
 }
 

@@ -8,7 +8,7 @@
 //! every QoS through apps/mqtt.
 
 mod support;
-use support::{root, free_port};
+use support::{free_port, root};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -39,7 +39,11 @@ fn go_rootfs(name: &str) -> PathBuf {
         .env("GOCACHE", root().join("target/gocache"))
         .output()
         .expect("go (Debian's golang-go; scripts/test installs it)");
-    assert!(o.status.success(), "building {name}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "building {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     d
 }
 
@@ -50,7 +54,11 @@ fn kiln() -> Command {
 }
 
 fn build(app: &str) {
-    assert!(kiln().args(["build", "-q", app]).status().unwrap().success());
+    assert!(kiln()
+        .args(["build", "-q", app])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// `kiln run` of the ELF loader (TCG) with `rootfs`, `-M mem` and
@@ -58,7 +66,16 @@ fn build(app: &str) {
 fn start(rootfs: &Path, mem: &str, extra: &[&str], args: &[&str]) -> Child {
     build("apps/elfloader");
     kiln()
-        .args(["run", "-W", "--timeout", "280", "-M", mem, "--initrd", rootfs.to_str().unwrap()])
+        .args([
+            "run",
+            "-W",
+            "--timeout",
+            "280",
+            "-M",
+            mem,
+            "--initrd",
+            rootfs.to_str().unwrap(),
+        ])
         .args(extra)
         .args(["apps/elfloader", "--"])
         .args(args)
@@ -79,7 +96,14 @@ fn finish(mut c: Child, secs: u64) -> (i32, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let o = c.wait_with_output().unwrap();
-    (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// Waits until the guest answers on `port`: a connection that stays open
@@ -88,11 +112,15 @@ fn finish(mut c: Child, secs: u64) -> (i32, String) {
 /// listens in the guest, then resets, so a bare connect proves nothing.
 fn wait_for_port(port: u16, guest: &mut Child) {
     let answers = || -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         // An MQTT 3.1.1 CONNECT; the echo server sends it back, the HTTP
         // server answers 400, the broker a CONNACK: any reply will do.
-        let connect = [0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 3, b'p', b'r', b'b'];
+        let connect = [
+            0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 3, b'p', b'r', b'b',
+        ];
         let mut probe = connect.to_vec();
         probe.extend_from_slice(b"\n");
         if s.write_all(&probe).is_err() {
@@ -103,8 +131,14 @@ fn wait_for_port(port: u16, guest: &mut Child) {
     };
     let t = Instant::now();
     while !answers() {
-        assert!(guest.try_wait().unwrap().is_none(), "the guest ended before listening");
-        assert!(t.elapsed() < Duration::from_secs(120), "nothing listened on {port}");
+        assert!(
+            guest.try_wait().unwrap().is_none(),
+            "the guest ended before listening"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "nothing listened on {port}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -113,12 +147,18 @@ fn wait_for_port(port: u16, guest: &mut Child) {
 fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut all = Vec::new();
     std::io::Read::read_to_end(&mut s, &mut all).unwrap();
     let text = String::from_utf8_lossy(&all).to_string();
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -131,7 +171,8 @@ fn keep_alive(port: u16, path: &str, n: usize) -> Vec<(u16, String)> {
     (0..n)
         .map(|_| {
             // One write, as curl and browsers send a request.
-            w.write_all(format!("GET {path} HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes()).unwrap();
+            w.write_all(format!("GET {path} HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes())
+                .unwrap();
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let status = line.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -158,7 +199,12 @@ fn a_go_net_http_server_serves_50_clients_at_once() {
     let _one = one_guest();
     let d = go_rootfs("goserver");
     let port = free_port();
-    let mut g = start(&d, "1G", &["-p", &format!("{port}:80")], &["/bin/goserver", "http", "80"]);
+    let mut g = start(
+        &d,
+        "1G",
+        &["-p", &format!("{port}:80")],
+        &["/bin/goserver", "http", "80"],
+    );
     wait_for_port(port, &mut g);
     // 50 clients at once, each 6 requests on one keep-alive connection
     // (`kiln run -p` takes them all at once and hands them to QEMU in turn).
@@ -169,7 +215,10 @@ fn a_go_net_http_server_serves_50_clients_at_once() {
     for c in clients {
         for (status, body) in c.join().unwrap() {
             assert_eq!(status, 200, "{body}");
-            assert!(body.starts_with("hello from Go on Kiln, request "), "{body}");
+            assert!(
+                body.starts_with("hello from Go on Kiln, request "),
+                "{body}"
+            );
             ok += 1;
         }
     }
@@ -190,7 +239,12 @@ fn a_go_echo_server_keeps_50_connections_talking() {
     let _one = one_guest();
     let d = go_rootfs("goserver");
     let port = free_port();
-    let mut g = start(&d, "1G", &["-p", &format!("{port}:7")], &["/bin/goserver", "echo", "7"]);
+    let mut g = start(
+        &d,
+        "1G",
+        &["-p", &format!("{port}:7")],
+        &["/bin/goserver", "echo", "7"],
+    );
     wait_for_port(port, &mut g);
     let clients: Vec<_> = (0..50)
         .map(|i| {
@@ -224,8 +278,14 @@ fn a_go_echo_server_keeps_50_connections_talking() {
 fn a_hundred_goroutines_meet_on_a_channel() {
     let _one = one_guest();
     let d = go_rootfs("goserver");
-    let (code, out) = finish(start(&d, "1G", &[], &["/bin/goserver", "spawn", "100"]), 240);
-    assert!(out.contains("goserver: 100 goroutines done, sum 51450\n"), "{out}");
+    let (code, out) = finish(
+        start(&d, "1G", &[], &["/bin/goserver", "spawn", "100"]),
+        240,
+    );
+    assert!(
+        out.contains("goserver: 100 goroutines done, sum 51450\n"),
+        "{out}"
+    );
     assert_eq!(code, 0, "{out}");
 }
 
@@ -236,7 +296,15 @@ fn a_go_mqtt_client_publishes_and_subscribes_at_every_qos() {
     build("apps/mqtt");
     let port = free_port();
     let mut broker = kiln()
-        .args(["run", "-W", "--timeout", "280", "-p", &format!("{port}:1883"), "apps/mqtt"])
+        .args([
+            "run",
+            "-W",
+            "--timeout",
+            "280",
+            "-p",
+            &format!("{port}:1883"),
+            "apps/mqtt",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -244,11 +312,24 @@ fn a_go_mqtt_client_publishes_and_subscribes_at_every_qos() {
     wait_for_port(port, &mut broker);
     // The client guest reaches the host (and the broker's forwarded port)
     // at 10.0.2.2 through QEMU's user network.
-    let (code, out) = finish(start(&d, "1G", &[], &["/bin/gomqtt", &format!("tcp://10.0.2.2:{port}")]), 240);
+    let (code, out) = finish(
+        start(
+            &d,
+            "1G",
+            &[],
+            &["/bin/gomqtt", &format!("tcp://10.0.2.2:{port}")],
+        ),
+        240,
+    );
     let _ = broker.kill();
     let _ = broker.wait();
     for q in 0..3 {
-        assert!(out.contains(&format!("gomqtt: got kiln/go/q{q} qos{q} payload at qos {q}\n")), "{out}");
+        assert!(
+            out.contains(&format!(
+                "gomqtt: got kiln/go/q{q} qos{q} payload at qos {q}\n"
+            )),
+            "{out}"
+        );
     }
     assert!(out.contains("gomqtt: done"), "{out}");
     assert_eq!(code, 0, "{out}");

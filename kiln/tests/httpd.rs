@@ -42,20 +42,9 @@ impl Guest {
         assert!(b.success());
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(root())
-            .args([
-                "run",
-                "-q",
-                "--timeout",
-                "300",
-                "--machine",
-                machine,
-            ])
+            .args(["run", "-q", "--timeout", "300", "--machine", machine])
             .args(extra)
-            .args([
-                "-p",
-                &format!("{port}:80"),
-                "apps/httpd",
-            ])
+            .args(["-p", &format!("{port}:80"), "apps/httpd"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -335,19 +324,35 @@ fn half_closes_bare_line_feeds_and_garbage_are_answered() {
     let g = Guest::start(18184);
     let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /about.html HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /about.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut out = Vec::new();
     let r = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out);
-    assert!(r.is_ok() && out.starts_with("HTTP/1.1 200 OK\r\n"), "after a half-close: {r:?} {out:?}");
+    assert!(
+        r.is_ok() && out.starts_with("HTTP/1.1 200 OK\r\n"),
+        "after a half-close: {r:?} {out:?}"
+    );
     let want = std::fs::read_to_string(root().join("apps/httpd/rootfs/www/about.html")).unwrap();
     assert!(out.ends_with(&want), "{out}");
-    let lf = g.raw(b"GET /about.html HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\nHost: x\nConnection: close\n\n");
-    assert_eq!(lf.matches("HTTP/1.1 200 OK\r\n").count(), 2, "bare LF: {lf}");
-    for garbage in [vec![b'x'; 4096], (0..4096u32).map(|i| (i * 7 % 251) as u8).collect()] {
+    let lf = g.raw(
+        b"GET /about.html HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\nHost: x\nConnection: close\n\n",
+    );
+    assert_eq!(
+        lf.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "bare LF: {lf}"
+    );
+    for garbage in [
+        vec![b'x'; 4096],
+        (0..4096u32).map(|i| (i * 7 % 251) as u8).collect(),
+    ] {
         let out = g.raw(&garbage);
-        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "garbage: {out:?}");
+        assert!(
+            out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "garbage: {out:?}"
+        );
     }
     // A request cut short by the client's end gets no answer, and the
     // server goes on.
@@ -383,7 +388,16 @@ fn slow_clients_in_lock_step_all_get_their_answer() {
         let mut ok = 0;
         while !d.load(std::sync::atomic::Ordering::Relaxed) {
             let o = Command::new("curl")
-                .args(["-s", "-m", "30", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/")])
+                .args([
+                    "-s",
+                    "-m",
+                    "30",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://127.0.0.1:{port}/"),
+                ])
                 .output()
                 .unwrap();
             ok += (o.stdout == b"200") as usize;
@@ -416,7 +430,11 @@ fn slow_clients_in_lock_step_all_get_their_answer() {
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let ok = other.join().unwrap();
-    assert_eq!(answers.get(&("HTTP/1.1 200".to_string(), true)), Some(&100), "{answers:?}");
+    assert_eq!(
+        answers.get(&("HTTP/1.1 200".to_string(), true)),
+        Some(&100),
+        "{answers:?}"
+    );
     assert!(ok > 0, "the other client got no page meanwhile");
 }
 
@@ -438,7 +456,8 @@ fn three_hundred_keep_alive_clients_through_a_forwarded_port() {
                 s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
                 let mut buf = vec![0u8; 65536];
                 for _ in 0..20 {
-                    s.write_all(b"GET /about.html HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+                    s.write_all(b"GET /about.html HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .map_err(|e| e.to_string())?;
                     let mut got = Vec::new();
                     // The head, then Content-Length bytes.
                     let body_at = loop {
@@ -466,6 +485,15 @@ fn three_hundred_keep_alive_clients_through_a_forwarded_port() {
             })
         })
         .collect();
-    let errors: Vec<String> = clients.into_iter().filter_map(|c| c.join().unwrap().err()).collect();
-    assert!(errors.is_empty(), "{} of 300 failed after {:?}: {:?}", errors.len(), start.elapsed(), &errors[..errors.len().min(5)]);
+    let errors: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} of 300 failed after {:?}: {:?}",
+        errors.len(),
+        start.elapsed(),
+        &errors[..errors.len().min(5)]
+    );
 }

@@ -186,14 +186,26 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
     // emulation failure and hang).
     let (code, _, err) = s.kiln(&["run", "-q", "-M", "1K", "apps/helloworld"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("-M 1K: this image needs at least ") && err.contains("MiB"), "{err}");
-    let need: String = err.split("at least ").nth(1).unwrap().chars().take_while(|c| c.is_ascii_digit()).collect();
+    assert!(
+        err.contains("-M 1K: this image needs at least ") && err.contains("MiB"),
+        "{err}"
+    );
+    let need: String = err
+        .split("at least ")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     let (code, out, err) = s.kiln(&["run", "-q", "-M", &format!("{need}M"), "apps/helloworld"]);
     assert_eq!(code, 0, "the minimum it names boots: {out}{err}");
     // A bad instance name, before any build.
     let (code, out, err) = s.kiln(&["run", "-d", "--name", "../evil", "apps/helloworld"]);
     assert_eq!(code, 1);
-    assert!(err.contains("instance name '../evil'") && !out.contains("[1/4]") && !err.contains("[1/4]"), "{out}{err}");
+    assert!(
+        err.contains("instance name '../evil'") && !out.contains("[1/4]") && !err.contains("[1/4]"),
+        "{out}{err}"
+    );
     // A host port another program holds, in the foreground and with -d.
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -205,12 +217,21 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
         }
         let (code, out, err) = s.kiln(&args);
         assert_eq!(code, 1, "{out}{err}");
-        assert!(err.contains(&format!("host port {port} (tcp) is in use by another program")), "{err}");
+        assert!(
+            err.contains(&format!(
+                "host port {port} (tcp) is in use by another program"
+            )),
+            "{err}"
+        );
     }
     drop(taken);
     // One a Kiln instance holds: named.
     let fwd = format!("{port}:80");
-    assert_eq!(s.kiln(&["run", "-d", "--name", "web", "-p", &fwd, "apps/httpd"]).0, 0);
+    assert_eq!(
+        s.kiln(&["run", "-d", "--name", "web", "-p", &fwd, "apps/httpd"])
+            .0,
+        0
+    );
     let (code, _, err) = s.kiln(&["run", "-q", "-p", &fwd, "apps/httpd"]);
     assert_eq!(code, 1);
     assert!(err.contains("is in use by Kiln instance 'web'"), "{err}");
@@ -227,11 +248,17 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
         .unwrap();
     let start = Instant::now();
     let qemu = loop {
-        let o = Command::new("pgrep").args(["-P", &run.id().to_string(), "qemu-system"]).output().unwrap();
+        let o = Command::new("pgrep")
+            .args(["-P", &run.id().to_string(), "qemu-system"])
+            .output()
+            .unwrap();
         if let Some(p) = String::from_utf8_lossy(&o.stdout).split_whitespace().next() {
             break p.parse::<i32>().unwrap();
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "QEMU never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "QEMU never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     std::thread::sleep(Duration::from_secs(1));
@@ -241,7 +268,11 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
     let mut err = String::new();
     std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(143), "{err}");
-    assert!(err.contains("the guest was stopped by SIGTERM from outside") && !err.contains("triple fault"), "{err}");
+    assert!(
+        err.contains("the guest was stopped by SIGTERM from outside")
+            && !err.contains("triple fault"),
+        "{err}"
+    );
 }
 
 /// `kiln stop` asks the guest to shut down (Ctrl-Alt-Del on x86_64, the
@@ -254,16 +285,41 @@ fn kiln_stop_lets_the_app_finish() {
     let port = support::free_port().to_string();
     // httpd, x86_64 and arm64.
     for (name, arch) in [("web", "x86_64"), ("web-arm", "arm64")] {
-        let (code, _, err) = s.kiln(&["run", "-d", "-W", "--arch", arch, "--name", name, "-p", &format!("{port}:80"), "apps/httpd"]);
+        let (code, _, err) = s.kiln(&[
+            "run",
+            "-d",
+            "-W",
+            "--arch",
+            arch,
+            "--name",
+            name,
+            "-p",
+            &format!("{port}:80"),
+            "apps/httpd",
+        ]);
         assert_eq!(code, 0, "{err}");
         s.wait_for_log(name, "httpd: serving");
         let logs = s.stop_gracefully(name);
-        assert!(logs.contains("kiln: stopping at the host's request") && logs.contains("httpd: stopping: ") && logs.contains("httpd: stopped"), "{logs}");
+        assert!(
+            logs.contains("kiln: stopping at the host's request")
+                && logs.contains("httpd: stopping: ")
+                && logs.contains("httpd: stopped"),
+            "{logs}"
+        );
         assert_eq!(s.kiln(&["rm", name]).0, 0);
     }
 
     // The broker: a client with a will is connected, another waits for it.
-    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "broker", "-p", &format!("{port}:1883"), "apps/mqtt"]);
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-W",
+        "--name",
+        "broker",
+        "-p",
+        &format!("{port}:1883"),
+        "apps/mqtt",
+    ]);
     assert_eq!(code, 0, "{err}");
     s.wait_for_log("broker", "mqtt: listening");
     let sub = |args: &[&str]| {
@@ -275,55 +331,150 @@ fn kiln_stop_lets_the_app_finish() {
             .spawn()
             .unwrap()
     };
-    let mut with_will = sub(&["-i", "dying", "-t", "nothing", "--will-topic", "status/dying", "--will-payload", "gone"]);
+    let mut with_will = sub(&[
+        "-i",
+        "dying",
+        "-t",
+        "nothing",
+        "--will-topic",
+        "status/dying",
+        "--will-payload",
+        "gone",
+    ]);
     let waiting = sub(&["-i", "waiting", "-t", "status/#", "-C", "1", "-W", "60"]);
     s.wait_for_log("broker", "waiting");
     let logs = s.stop_gracefully("broker");
     let got = waiting.wait_with_output().unwrap();
     let _ = with_will.kill();
     let _ = with_will.wait();
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "gone", "the will reached the other client before the broker went: {logs}");
-    assert!(logs.contains("Shutting down at the host's request") && logs.contains("Publishing the will of dying") && logs.contains("mqtt: stopped"), "{logs}");
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "gone",
+        "the will reached the other client before the broker went: {logs}"
+    );
+    assert!(
+        logs.contains("Shutting down at the host's request")
+            && logs.contains("Publishing the will of dying")
+            && logs.contains("mqtt: stopped"),
+        "{logs}"
+    );
 
     // A Linux program under the ELF loader: SIGTERM and its handler.
     let d = std::env::temp_dir().join(format!("kiln-graceful-{}", std::process::id()));
     std::fs::create_dir_all(d.join("bin")).unwrap();
-    std::fs::copy(support::linux_program_for("x86_64", "linux-term"), d.join("bin/term")).unwrap();
-    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "term", "--initrd", d.to_str().unwrap(), "apps/elfloader", "--", "/bin/term"]);
+    std::fs::copy(
+        support::linux_program_for("x86_64", "linux-term"),
+        d.join("bin/term"),
+    )
+    .unwrap();
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-W",
+        "--name",
+        "term",
+        "--initrd",
+        d.to_str().unwrap(),
+        "apps/elfloader",
+        "--",
+        "/bin/term",
+    ]);
     assert_eq!(code, 0, "{err}");
     s.wait_for_log("term", "term: waiting");
     let logs = s.stop_gracefully("term");
-    assert!(logs.contains("term: got SIGTERM (poll interrupted), state saved"), "{logs}");
+    assert!(
+        logs.contains("term: got SIGTERM (poll interrupted), state saved"),
+        "{logs}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 
     // Debian's redis saves its data on SIGTERM (its threads block signals
     // of their own; the main thread takes it).
     let r = std::env::temp_dir().join(format!("kiln-graceful-redis-{}", std::process::id()));
     std::fs::create_dir_all(r.join("data")).unwrap();
-    let (code, _, err) = s.kiln(&["rootfs", "add", "--to", r.to_str().unwrap(), "/usr/bin/redis-server"]);
+    let (code, _, err) = s.kiln(&[
+        "rootfs",
+        "add",
+        "--to",
+        r.to_str().unwrap(),
+        "/usr/bin/redis-server",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = s.kiln(&["run", "-d", "-W", "-M", "256M", "--name", "redis", "-p", &format!("{port}:6379"), "--initrd", r.to_str().unwrap(), "apps/elfloader", "--", "/usr/bin/redis-server", "--save", "3600 1", "--dir", "/data", "--protected-mode", "no"]);
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-W",
+        "-M",
+        "256M",
+        "--name",
+        "redis",
+        "-p",
+        &format!("{port}:6379"),
+        "--initrd",
+        r.to_str().unwrap(),
+        "apps/elfloader",
+        "--",
+        "/usr/bin/redis-server",
+        "--save",
+        "3600 1",
+        "--dir",
+        "/data",
+        "--protected-mode",
+        "no",
+    ]);
     assert_eq!(code, 0, "{err}");
     s.wait_for_log("redis", "Ready to accept connections");
-    let set = Command::new("redis-cli").args(["-p", &port, "set", "kept", "yes"]).output().unwrap();
+    let set = Command::new("redis-cli")
+        .args(["-p", &port, "set", "kept", "yes"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
     let logs = s.stop_gracefully("redis");
-    assert!(logs.contains("Received SIGTERM") && logs.contains("DB saved on disk") && logs.contains("ready to exit"), "{logs}");
+    assert!(
+        logs.contains("Received SIGTERM")
+            && logs.contains("DB saved on disk")
+            && logs.contains("ready to exit"),
+        "{logs}"
+    );
     let _ = std::fs::remove_dir_all(&r);
 
     // An app without a hook ends at once.
-    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "plain", "-p", &format!("{port}:7/udp"), "apps/udpecho"]);
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-W",
+        "--name",
+        "plain",
+        "-p",
+        &format!("{port}:7/udp"),
+        "apps/udpecho",
+    ]);
     assert_eq!(code, 0, "{err}");
     s.wait_for_log("plain", "udpecho");
     let logs = s.stop_gracefully("plain");
-    assert!(logs.contains("kiln: stopped at the host's request"), "{logs}");
+    assert!(
+        logs.contains("kiln: stopped at the host's request"),
+        "{logs}"
+    );
 
     // A guest that never looks (spinning) is stopped after the grace period.
-    let (code, _, err) = s.kiln(&["run", "-d", "-W", "--name", "spin", "apps/crashtest", "--", "hang"]);
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-W",
+        "--name",
+        "spin",
+        "apps/crashtest",
+        "--",
+        "hang",
+    ]);
     assert_eq!(code, 0, "{err}");
     std::thread::sleep(Duration::from_secs(1));
     let (code, _, err) = s.kiln(&["stop", "spin"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("kiln: spin did not shut down within 5 s; stopped"), "{err}");
+    assert!(
+        err.contains("kiln: spin did not shut down within 5 s; stopped"),
+        "{err}"
+    );
     assert_eq!(s.state_of("spin"), "stopped");
 }

@@ -168,11 +168,28 @@ fn dependency_loops_are_refused_like_kconfiglib() {
     for text in trees {
         std::fs::write(&top, text).unwrap();
         let out = dir.join("out");
-        let py = Command::new("/usr/bin/python3").arg(cases().join("kconfiglib_resolve.py")).arg(&top).arg("-").arg(&out).output().unwrap();
-        assert!(!py.status.success() && String::from_utf8_lossy(&py.stderr).contains("Dependency loop"), "kconfiglib accepted:\n{text}");
-        let k = Command::new(env!("CARGO_BIN_EXE_kiln")).arg("kconfig").arg(&top).output().unwrap();
+        let py = Command::new("/usr/bin/python3")
+            .arg(cases().join("kconfiglib_resolve.py"))
+            .arg(&top)
+            .arg("-")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            !py.status.success() && String::from_utf8_lossy(&py.stderr).contains("Dependency loop"),
+            "kconfiglib accepted:\n{text}"
+        );
+        let k = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("kconfig")
+            .arg(&top)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&k.stderr);
-        assert!(!k.status.success() && err.contains(&format!("{}:1: dependency loop: A -> ", top.display())), "kiln kconfig on:\n{text}\n{err}");
+        assert!(
+            !k.status.success()
+                && err.contains(&format!("{}:1: dependency loop: A -> ", top.display())),
+            "kiln kconfig on:\n{text}\n{err}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -187,7 +204,11 @@ fn dependency_loops_are_refused_like_kconfiglib() {
 fn kconfiglibs_own_test_trees_resolve_exactly_like_kconfiglib() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kconfiglib-src");
     let tests = src.join("tests");
-    assert!(tests.is_dir(), "{} is missing: run scripts/kconfiglib-trees (scripts/test does)", tests.display());
+    assert!(
+        tests.is_dir(),
+        "{} is missing: run scripts/kconfiglib-trees (scripts/test does)",
+        tests.display()
+    );
     let mut trees: Vec<PathBuf> = std::fs::read_dir(&tests)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -198,7 +219,11 @@ fn kconfiglibs_own_test_trees_resolve_exactly_like_kconfiglib() {
     let (mut compared, mut refused) = (0, 0);
     for tree in &trees {
         let rel = tree.strip_prefix(&src).unwrap();
-        let out = std::env::temp_dir().join(format!("kiln-kconfiglib-trees-{}-{}", std::process::id(), rand_suffix()));
+        let out = std::env::temp_dir().join(format!(
+            "kiln-kconfiglib-trees-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&out).unwrap();
         let py = Command::new("/usr/bin/python3")
             .arg(cases().join("kconfiglib_trees.py"))
@@ -209,15 +234,39 @@ fn kconfiglibs_own_test_trees_resolve_exactly_like_kconfiglib() {
             .env("srctree", &src)
             .output()
             .unwrap();
-        assert!(py.status.success(), "kconfiglib on {}: {}", rel.display(), String::from_utf8_lossy(&py.stderr));
-        let kiln = |args: &[&std::ffi::OsStr]| Command::new(env!("CARGO_BIN_EXE_kiln")).arg("kconfig").arg(rel).args(args).current_dir(&src).env("srctree", &src).output().unwrap();
+        assert!(
+            py.status.success(),
+            "kconfiglib on {}: {}",
+            rel.display(),
+            String::from_utf8_lossy(&py.stderr)
+        );
+        let kiln = |args: &[&std::ffi::OsStr]| {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .arg("kconfig")
+                .arg(rel)
+                .args(args)
+                .current_dir(&src)
+                .env("srctree", &src)
+                .output()
+                .unwrap()
+        };
         if let Ok(why) = std::fs::read_to_string(out.join("refused")) {
             let k = kiln(&[]);
-            assert!(!k.status.success(), "{}: kconfiglib refuses it ({}) and Kiln does not", rel.display(), why.trim());
+            assert!(
+                !k.status.success(),
+                "{}: kconfiglib refuses it ({}) and Kiln does not",
+                rel.display(),
+                why.trim()
+            );
             refused += 1;
         } else {
             let mut inputs: Vec<(String, Option<PathBuf>)> = vec![("alldef".into(), None)];
-            inputs.extend((0..10).map(|i| (format!("random-{i}"), Some(out.join(format!("random-{i}.config"))))));
+            inputs.extend((0..10).map(|i| {
+                (
+                    format!("random-{i}"),
+                    Some(out.join(format!("random-{i}.config"))),
+                )
+            }));
             for (name, config) in inputs {
                 for (ext, min) in [("out", false), ("min", true)] {
                     let mut args: Vec<&std::ffi::OsStr> = Vec::new();
@@ -228,14 +277,27 @@ fn kconfiglibs_own_test_trees_resolve_exactly_like_kconfiglib() {
                         args.push(std::ffi::OsStr::new("--savedefconfig"));
                     }
                     let k = kiln(&args);
-                    assert!(k.status.success(), "kiln kconfig on {} ({name}): {}", rel.display(), String::from_utf8_lossy(&k.stderr));
+                    assert!(
+                        k.status.success(),
+                        "kiln kconfig on {} ({name}): {}",
+                        rel.display(),
+                        String::from_utf8_lossy(&k.stderr)
+                    );
                     let want = std::fs::read_to_string(out.join(format!("{name}.{ext}"))).unwrap();
-                    assert_eq!(String::from_utf8_lossy(&k.stdout), want, "{} ({name}, {ext})", rel.display());
+                    assert_eq!(
+                        String::from_utf8_lossy(&k.stdout),
+                        want,
+                        "{} ({name}, {ext})",
+                        rel.display()
+                    );
                     compared += 1;
                 }
             }
         }
         let _ = std::fs::remove_dir_all(&out);
     }
-    assert!(compared >= 600 && refused >= 10, "{compared} compared, {refused} refused");
+    assert!(
+        compared >= 600 && refused >= 10,
+        "{compared} compared, {refused} refused"
+    );
 }

@@ -38,7 +38,12 @@ fn run(app: &str, arch: &str, extra: &[&str], args: &[&str]) -> (i32, String) {
 }
 
 fn hello_c_prints_arguments_environment_and_status(arch: &str) {
-    let (code, out) = run("hello-c", arch, &["-e", "NAME=kiln", "-e", "exit=7"], &["one", "two words"]);
+    let (code, out) = run(
+        "hello-c",
+        arch,
+        &["-e", "NAME=kiln", "-e", "exit=7"],
+        &["one", "two words"],
+    );
     assert_eq!(code, 7, "{out}");
     for want in [
         "Hello from C!\n",
@@ -51,8 +56,14 @@ fn hello_c_prints_arguments_environment_and_status(arch: &str) {
     ] {
         assert!(out.contains(want), "{want:?} missing:\n{out}");
     }
-    let heap = out.lines().find(|l| l.starts_with("heap: ")).unwrap_or_else(|| panic!("{out}"));
-    let kib: Vec<u64> = heap.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let heap = out
+        .lines()
+        .find(|l| l.starts_with("heap: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let kib: Vec<u64> = heap
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     assert!(kib.len() == 2 && kib[0] > 0 && kib[0] < kib[1], "{heap}");
 }
 
@@ -74,7 +85,10 @@ fn c_threads_files_and_floating_point(arch: &str) {
         "files: 1000 lines, last 999, 8890 bytes\n",
         "float: 3.14064 0.4794 2500 10.000\n",
     ] {
-        assert!(out.contains(want), "ctest on {arch}: {want:?} missing:\n{out}");
+        assert!(
+            out.contains(want),
+            "ctest on {arch}: {want:?} missing:\n{out}"
+        );
     }
 }
 
@@ -90,15 +104,21 @@ fn c_threads_files_and_floating_point_on_arm64() {
 
 /// Sends `n` lines on one connection and reads each back.
 fn echo_client(addr: std::net::SocketAddr, id: usize, n: usize) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(20)).map_err(|e| format!("client {id}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(20))
+        .map_err(|e| format!("client {id}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     for i in 0..n {
         let msg = format!("client {id} message {i} {}\n", "x".repeat(id * 37 % 300));
-        s.write_all(msg.as_bytes()).map_err(|e| format!("client {id}: {e}"))?;
+        s.write_all(msg.as_bytes())
+            .map_err(|e| format!("client {id}: {e}"))?;
         let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).map_err(|e| format!("client {id} message {i}: {e}"))?;
+        s.read_exact(&mut back)
+            .map_err(|e| format!("client {id} message {i}: {e}"))?;
         if back != msg.as_bytes() {
-            return Err(format!("client {id} message {i}: got {:?}", String::from_utf8_lossy(&back)));
+            return Err(format!(
+                "client {id} message {i}: got {:?}",
+                String::from_utf8_lossy(&back)
+            ));
         }
     }
     Ok(())
@@ -118,21 +138,31 @@ fn c_tcp_echo_server_serves_concurrent_clients(arch: &str) {
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port();
     let ready = |addr| {
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let mut b = [0u8; 6];
         s.write_all(b"ready\n").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ready\n"
     };
     let g = Guest::start_with_args(
         &PathBuf::from("apps/ctest"),
-        Net::Forward { host: port, guest: 7007 },
+        Net::Forward {
+            host: port,
+            guest: 7007,
+        },
         &["--arch", arch],
         &["echo", "7007"],
         ready,
     );
     let addr = g.addr;
-    let clients: Vec<_> = (0..16).map(|id| std::thread::spawn(move || echo_client(addr, id, 20))).collect();
-    let errors: Vec<String> = clients.into_iter().filter_map(|c| c.join().unwrap().err()).collect();
+    let clients: Vec<_> = (0..16)
+        .map(|id| std::thread::spawn(move || echo_client(addr, id, 20)))
+        .collect();
+    let errors: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().err())
+        .collect();
     // "quit" ends the server once it accepts again.
     let mut q = TcpStream::connect(addr).unwrap();
     q.write_all(b"quit").unwrap();
@@ -143,7 +173,10 @@ fn c_tcp_echo_server_serves_concurrent_clients(arch: &str) {
     let out = g.stop();
     assert!(errors.is_empty(), "{errors:?}\n{out}");
     assert!(out.contains("echo: listening on 7007"), "{out}");
-    assert!(out.contains("echo: served 19 clients") || out.contains("echo: served 18 clients"), "{out}");
+    assert!(
+        out.contains("echo: served 19 clients") || out.contains("echo: served 18 clients"),
+        "{out}"
+    );
 }
 
 /// The same C app boots on both Raspberry Pis (QEMU's raspi3b and
@@ -151,9 +184,19 @@ fn c_tcp_echo_server_serves_concurrent_clients(arch: &str) {
 #[test]
 fn hello_c_runs_on_the_raspberry_pis() {
     for plat in ["raspi", "raspi4"] {
-        let (code, out) = run("hello-c", "arm64", &["--plat", plat, "-e", "NAME=pi"], &["one"]);
+        let (code, out) = run(
+            "hello-c",
+            "arm64",
+            &["--plat", plat, "-e", "NAME=pi"],
+            &["one"],
+        );
         assert_eq!(code, 0, "{plat}: {out}");
-        for want in ["Hello from C!\n", "argv[1] = one\n", "NAME = pi\n", "sqrt(2) = 1.414214\n"] {
+        for want in [
+            "Hello from C!\n",
+            "argv[1] = one\n",
+            "NAME = pi\n",
+            "sqrt(2) = 1.414214\n",
+        ] {
             assert!(out.contains(want), "{plat}: {want:?} missing:\n{out}");
         }
     }
@@ -207,7 +250,10 @@ fn hello_c_with(main_c: &str, kconfig: Option<&str>) -> TempApp {
 fn c_errors_are_clear() {
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     // The compiler's own message, with the file and line.
-    let d = hello_c_with("#include <stdio.h>\nint main(void)\n{\n    printf(\"x\\n\")\n    return 0;\n}\n", None);
+    let d = hello_c_with(
+        "#include <stdio.h>\nint main(void)\n{\n    printf(\"x\\n\")\n    return 0;\n}\n",
+        None,
+    );
     let (code, out, err) = kiln(&["build", d.path().to_str().unwrap()]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("main.c:4:"), "no file:line in:\n{err}");
@@ -215,18 +261,34 @@ fn c_errors_are_clear() {
     // A machine without the C compiler, or without musl for the CPU.
     let d = hello_c_with("int main(void) { return 0; }\n", None);
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-    let o = c.current_dir(root()).env("KILN_CLANG", "/nonexistent/clang").args(["build", d.path().to_str().unwrap()]).output().unwrap();
+    let o = c
+        .current_dir(root())
+        .env("KILN_CLANG", "/nonexistent/clang")
+        .args(["build", d.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("install it (apt install clang)"), "{err}");
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-    let o = c.current_dir(root()).env("KILN_MUSL", "/nonexistent").args(["build", "--arch", "arm64", d.path().to_str().unwrap()]).output().unwrap();
+    let o = c
+        .current_dir(root())
+        .env("KILN_MUSL", "/nonexistent")
+        .args(["build", "--arch", "arm64", d.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
-    assert!(err.contains("C code for aarch64 kernels needs musl's headers and libc.a for aarch64"), "{err}");
+    assert!(
+        err.contains("C code for aarch64 kernels needs musl's headers and libc.a for aarch64"),
+        "{err}"
+    );
     assert!(err.contains("install musl-dev:arm64"), "{err}");
     // A C main without the C library.
-    let d = hello_c_with("int main(void) { return 0; }\n", Some("config APP_HELLO_C\n\tdef_bool y\n"));
+    let d = hello_c_with(
+        "int main(void) { return 0; }\n",
+        Some("config APP_HELLO_C\n\tdef_bool y\n"),
+    );
     let (code, out, err) = kiln(&["build", d.path().to_str().unwrap()]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("needs LIBC"), "{err}");
@@ -236,11 +298,23 @@ fn c_errors_are_clear() {
 fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: records\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: records\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
-    let status = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -253,25 +327,42 @@ fn records_answer_real_sql(arch: &str) {
     let port = free_port();
     let g = Guest::start(
         &PathBuf::from("apps/records"),
-        Net::Forward { host: port, guest: 8080 },
+        Net::Forward {
+            host: port,
+            guest: 8080,
+        },
         &["--arch", arch],
-        |addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok_and(|mut s| {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            let _ = s.write_all(b"GET /kv HTTP/1.1\r\n\r\n");
-            let mut b = [0u8; 12];
-            s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.1 200")
-        }),
+        |addr| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok_and(|mut s| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = s.write_all(b"GET /kv HTTP/1.1\r\n\r\n");
+                let mut b = [0u8; 12];
+                s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.1 200")
+            })
+        },
     );
     let a = g.addr;
     // Key-value.
-    assert_eq!(http(a, "PUT", "/kv/greeting", "hello; world"), (201, "stored\n".into()));
-    assert_eq!(http(a, "GET", "/kv/greeting", ""), (200, "hello; world".into()));
-    assert_eq!(http(a, "PUT", "/kv/greeting", "again"), (201, "stored\n".into()));
+    assert_eq!(
+        http(a, "PUT", "/kv/greeting", "hello; world"),
+        (201, "stored\n".into())
+    );
+    assert_eq!(
+        http(a, "GET", "/kv/greeting", ""),
+        (200, "hello; world".into())
+    );
+    assert_eq!(
+        http(a, "PUT", "/kv/greeting", "again"),
+        (201, "stored\n".into())
+    );
     assert_eq!(http(a, "GET", "/kv/greeting", ""), (200, "again".into()));
     assert_eq!(http(a, "GET", "/kv/none", "").0, 404);
     assert_eq!(http(a, "PUT", "/kv/other", "x").0, 201);
     assert_eq!(http(a, "GET", "/kv", ""), (200, "greeting\nother\n".into()));
-    assert_eq!(http(a, "DELETE", "/kv/other", ""), (200, "deleted\n".into()));
+    assert_eq!(
+        http(a, "DELETE", "/kv/other", ""),
+        (200, "deleted\n".into())
+    );
     assert_eq!(http(a, "DELETE", "/kv/other", "").0, 404);
     // SQL: 2,000 rows inserted in one transaction by a recursive CTE, an
     // index, point queries, a join and aggregates.
@@ -288,8 +379,16 @@ fn records_answer_real_sql(arch: &str) {
          SELECT count(*), sum(price), max(name) FROM item;",
     );
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body, "count(*)\tsum(price)\tmax(name)\n2000\t500250.0\titem;999\n");
-    let (code, body) = http(a, "POST", "/sql", "SELECT id, price FROM item WHERE name = 'item;1234'");
+    assert_eq!(
+        body,
+        "count(*)\tsum(price)\tmax(name)\n2000\t500250.0\titem;999\n"
+    );
+    let (code, body) = http(
+        a,
+        "POST",
+        "/sql",
+        "SELECT id, price FROM item WHERE name = 'item;1234'",
+    );
     assert_eq!((code, body.as_str()), (200, "id\tprice\n1234\t308.5\n"));
     let (code, body) = http(
         a,
@@ -300,12 +399,23 @@ fn records_answer_real_sql(arch: &str) {
     assert_eq!(code, 200, "{body}");
     // 2000 = 7 * 285 + 5: shops 1-5 have 286 items, 0 and 6 have 285;
     // shop 5 (Cork) sums 5, 12, ... 2000: 286 * 2005 / 2.
-    assert_eq!(body, "city\tn\tsum(i.id)\nCork\t286\t286715\nGraz\t286\t286429\nKobe\t286\t286143\n");
-    let (code, body) = http(a, "POST", "/sql", "UPDATE item SET price = price * 2 WHERE shop = 3");
+    assert_eq!(
+        body,
+        "city\tn\tsum(i.id)\nCork\t286\t286715\nGraz\t286\t286429\nKobe\t286\t286143\n"
+    );
+    let (code, body) = http(
+        a,
+        "POST",
+        "/sql",
+        "UPDATE item SET price = price * 2 WHERE shop = 3",
+    );
     assert_eq!((code, body.as_str()), (200, "OK 286\n"));
     // SQLite's own errors come back as 400 with its message.
     let (code, body) = http(a, "POST", "/sql", "SELECT nope FROM item");
-    assert_eq!((code, body.as_str()), (400, "no such column: nope (SQLite error 1)\n"));
+    assert_eq!(
+        (code, body.as_str()),
+        (400, "no such column: nope (SQLite error 1)\n")
+    );
     let (code, body) = http(a, "POST", "/sql", "INSERT INTO item(id) VALUES (1)");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("UNIQUE constraint failed: item.id"), "{body}");
@@ -332,12 +442,30 @@ fn sqlite_keeps_its_database_on_a_volume() {
          SELECT count(*) FROM t;\n",
     )
     .unwrap();
-    std::fs::write(sql.join("read.sql"), "PRAGMA integrity_check; SELECT count(*), max(v) FROM t;\n").unwrap();
+    std::fs::write(
+        sql.join("read.sql"),
+        "PRAGMA integrity_check; SELECT count(*), max(v) FROM t;\n",
+    )
+    .unwrap();
     // Both boots under one hold of the lock: the records kernel is built
     // with the volume's file systems here and without them elsewhere.
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let boot = |file: &str| {
-        s.kiln(&["run", "-W", "--timeout", "240", "--initrd", sql.to_str().unwrap(), "-v", "recs:/data", "-e", "DB=/data/records.db", "apps/records", "--", file])
+        s.kiln(&[
+            "run",
+            "-W",
+            "--timeout",
+            "240",
+            "--initrd",
+            sql.to_str().unwrap(),
+            "-v",
+            "recs:/data",
+            "-e",
+            "DB=/data/records.db",
+            "apps/records",
+            "--",
+            file,
+        ])
     };
     let (code, out, err) = boot("/write.sql");
     assert_eq!(code, 0, "{out}{err}");
@@ -347,10 +475,24 @@ fn sqlite_keeps_its_database_on_a_volume() {
     assert!(out.contains("count(*)\tmax(v)\n400\trow 99\n"), "{out}");
     // The host reads the volume too: a clean FAT with the database on it.
     let img = s.0.join(".volumes/recs.img");
-    let o = std::process::Command::new("fsck.fat").arg("-n").arg(&img).output().unwrap();
+    let o = std::process::Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&img)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-    let o = std::process::Command::new("mdir").arg("-b").arg("-i").arg(&img).arg("::/").output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains("records.db"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = std::process::Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(&img)
+        .arg("::/")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("records.db"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let _ = std::fs::remove_dir_all(&sql);
     let _ = std::fs::remove_dir_all(&s.0);
 }
@@ -369,7 +511,12 @@ fn records_answer_real_sql_on_arm64() {
 /// initrd with its standard libraries; errors and os.exit reach the exit
 /// status.
 fn lua_runs_scripts(arch: &str) {
-    let (code, out) = run("lua", arch, &["-e", "HOME=/home/kiln"], &["/hello.lua", "a", "b"]);
+    let (code, out) = run(
+        "lua",
+        arch,
+        &["-e", "HOME=/home/kiln"],
+        &["/hello.lua", "a", "b"],
+    );
     assert_eq!(code, 0, "{out}");
     for want in [
         "Hello from Lua 5.4 in Kiln!\n",
@@ -382,12 +529,20 @@ fn lua_runs_scripts(arch: &str) {
     ] {
         assert!(out.contains(want), "{arch}: {want:?} missing:\n{out}");
     }
-    let (code, out) = run("lua", arch, &[], &["-e", "print(string.rep('ab', 3)); os.exit(3)"]);
+    let (code, out) = run(
+        "lua",
+        arch,
+        &[],
+        &["-e", "print(string.rep('ab', 3)); os.exit(3)"],
+    );
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("ababab\n"), "{out}");
     let (code, out) = run("lua", arch, &[], &["-e", "local t = nil; print(t.x)"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("lua: (command line):1: attempt to index a nil value (local 't')"), "{out}");
+    assert!(
+        out.contains("lua: (command line):1: attempt to index a nil value (local 't')"),
+        "{out}"
+    );
     assert!(out.contains("stack traceback:"), "{out}");
 }
 

@@ -139,7 +139,12 @@ fn menu_in_a_terminal_searches_edits_and_saves() {
 
     // Pick the region heap in the choice's radio list (the cursor walks
     // to it: where it is in the list depends on the libraries there are).
-    let cursor = |s: &str| s.lines().find(|l| l.contains("│>")).unwrap_or("").to_string();
+    let cursor = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("│>"))
+            .unwrap_or("")
+            .to_string()
+    };
     t.keys(&["Home"]);
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
@@ -148,7 +153,11 @@ fn menu_in_a_terminal_searches_edits_and_saves() {
         if here.contains("Heap allocator") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "the cursor never reached the heap choice:\n{}", t.screen());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the cursor never reached the heap choice:\n{}",
+            t.screen()
+        );
         t.keys(&["Down"]);
         // One step at a time: wait until the cursor has moved.
         let moved = Instant::now();

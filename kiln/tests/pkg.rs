@@ -11,15 +11,33 @@ use std::time::{Duration, Instant};
 use support::root;
 
 fn tool(prog: &str, args: &[&str]) -> (bool, String) {
-    let o = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e} (scripts/test installs it)"));
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    let o = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e} (scripts/test installs it)"));
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// Packs apps/httpd into a fresh folder: (folder, layout, archive).
 fn package(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
     let out = std::env::temp_dir().join(format!("kiln-pkg-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let (code, stdout, err) = support::kiln(&["pkg", "-q", "--format", "oci", "-o", out.to_str().unwrap(), "apps/httpd"]);
+    let (code, stdout, err) = support::kiln(&[
+        "pkg",
+        "-q",
+        "--format",
+        "oci",
+        "-o",
+        out.to_str().unwrap(),
+        "apps/httpd",
+    ]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
@@ -34,7 +52,11 @@ fn json(path: &Path) -> serde_json::Value {
 /// then manifest blob.
 fn annotations(layout: &Path) -> serde_json::Value {
     let index = json(&layout.join("index.json"));
-    let digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     json(&layout.join("blobs/sha256").join(digest))["annotations"].clone()
 }
 
@@ -46,26 +68,47 @@ fn oci_tools_read_the_image() {
     assert_eq!(a["com.urunc.unikernel.unikernelType"], "unikraft");
     assert_eq!(a["com.urunc.unikernel.hypervisor"], "qemu");
     assert_eq!(a["com.urunc.unikernel.binary"], "/unikernel/kernel");
-    for src in [format!("oci:{}:latest", layout.display()), format!("docker-archive:{}", archive.display())] {
+    for src in [
+        format!("oci:{}:latest", layout.display()),
+        format!("docker-archive:{}", archive.display()),
+    ] {
         let (ok, text) = tool("skopeo", &["inspect", &src]);
         assert!(ok, "{src}: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["Architecture"], "amd64", "{text}");
-        assert_eq!(v["Labels"]["com.urunc.unikernel.binary"], "/unikernel/kernel", "{text}");
+        assert_eq!(
+            v["Labels"]["com.urunc.unikernel.binary"], "/unikernel/kernel",
+            "{text}"
+        );
         assert_eq!(v["Layers"].as_array().unwrap().len(), 1, "{text}");
     }
     // Unpacked, the root file system holds the very kernel and urunc.json.
     let bundle = out.join("bundle");
-    let (ok, text) = tool("umoci", &["unpack", "--rootless", "--image", &format!("{}:latest", layout.display()), bundle.to_str().unwrap()]);
+    let (ok, text) = tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{text}");
-    assert!(std::fs::read(bundle.join("rootfs/unikernel/kernel")).unwrap() == kernel, "the kernel in the image differs");
+    assert!(
+        std::fs::read(bundle.join("rootfs/unikernel/kernel")).unwrap() == kernel,
+        "the kernel in the image differs"
+    );
     let u = json(&bundle.join("rootfs/urunc.json"));
     assert_eq!(u["com.urunc.unikernel.unikernelType"], "b64:dW5pa3JhZnQ=");
     // Packing again gives the same digests.
     let again = out.join("again");
     let (code, _, err) = support::kiln(&["pkg", "-q", "-o", again.to_str().unwrap(), "apps/httpd"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read(layout.join("index.json")).unwrap(), std::fs::read(again.join("httpd-oci/index.json")).unwrap());
+    assert_eq!(
+        std::fs::read(layout.join("index.json")).unwrap(),
+        std::fs::read(again.join("httpd-oci/index.json")).unwrap()
+    );
     // Bad input.
     let (code, _, err) = support::kiln(&["pkg", "--format", "vmdk2", "apps/httpd"]);
     assert_ne!(code, 0);
@@ -82,14 +125,24 @@ fn containerd_imports_the_image() {
     let (out, _, archive) = package("ctr");
     let sock = out.join("containerd.sock");
     let mut d = Command::new("containerd")
-        .args(["--address", sock.to_str().unwrap(), "--root", out.join("root").to_str().unwrap(), "--state", out.join("state").to_str().unwrap()])
+        .args([
+            "--address",
+            sock.to_str().unwrap(),
+            "--root",
+            out.join("root").to_str().unwrap(),
+            "--state",
+            out.join("state").to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("containerd (scripts/test installs it)");
     let t = Instant::now();
     while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(30), "containerd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "containerd did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let ctr = |args: &[&str]| {
@@ -136,18 +189,35 @@ fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let bundle = out.join("bundle");
-    let (ok, text) = tool("umoci", &["unpack", "--rootless", "--image", &format!("{}:latest", layout.display()), bundle.to_str().unwrap()]);
+    let (ok, text) = tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{text}");
     let a = annotations(layout);
     assert_eq!(a["com.urunc.unikernel.hypervisor"], "qemu");
-    let file = |key: &str| a[key].as_str().map(|p| bundle.join("rootfs").join(p.trim_start_matches('/')));
+    let file = |key: &str| {
+        a[key]
+            .as_str()
+            .map(|p| bundle.join("rootfs").join(p.trim_start_matches('/')))
+    };
     let kernel = file("com.urunc.unikernel.binary").unwrap();
     // A tap with a static address, as urunc's network setup makes.
     let name = format!("kurunc{}", std::process::id() % 10000);
     let tap = Tap(name.clone());
     let third = 100 + std::process::id() % 100;
     let (host, guest) = (format!("172.31.{third}.1"), format!("172.31.{third}.2"));
-    for args in [vec!["tuntap", "add", "dev", &name, "mode", "tap"], vec!["addr", "add", &format!("{host}/24"), "dev", &name], vec!["link", "set", "dev", &name, "up"]] {
+    for args in [
+        vec!["tuntap", "add", "dev", &name, "mode", "tap"],
+        vec!["addr", "add", &format!("{host}/24"), "dev", &name],
+        vec!["link", "set", "dev", &name, "up"],
+    ] {
         let (ok, text) = tool("ip", &args);
         assert!(ok, "ip {args:?}: {text}");
     }
@@ -156,14 +226,22 @@ fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
         a["com.urunc.unikernel.cmdline"].as_str().unwrap()
     );
     let mut q = Command::new("qemu-system-x86_64");
-    q.args(["-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none", "-monitor", "null", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel);
+    q.args([
+        "-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none",
+        "-monitor", "null", "-serial", "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&kernel);
     if let Some(initrd) = file("com.urunc.unikernel.initrd") {
         q.arg("-initrd").arg(initrd);
     }
     let mut q = q
-        .args(["-netdev", &format!("tap,id=net0,script=no,downscript=no,ifname={name}"), "-device", "virtio-net-pci,netdev=net0,host_mtu=1500,mac=52:54:00:12:34:56"])
+        .args([
+            "-netdev",
+            &format!("tap,id=net0,script=no,downscript=no,ifname={name}"),
+            "-device",
+            "virtio-net-pci,netdev=net0,host_mtu=1500,mac=52:54:00:12:34:56",
+        ])
         .args(["-append", &cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -172,25 +250,36 @@ fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
         .unwrap();
     let reader = support::read_in_background(q.stdout.take().unwrap());
     let addr: std::net::SocketAddr = format!("{guest}:80").parse().unwrap();
-    let status = support::first_status(addr, Duration::from_secs(90)).unwrap_or_else(|| "(no answer)".into());
+    let status = support::first_status(addr, Duration::from_secs(90))
+        .unwrap_or_else(|| "(no answer)".into());
     let body = get_body(addr);
     let _ = q.kill();
     let _ = q.wait();
     let log = reader.join().unwrap();
     drop(tap);
-    UruncBoot { status, body, log, guest, host }
+    UruncBoot {
+        status,
+        body,
+        log,
+        guest,
+        host,
+    }
 }
 
 /// The body of `GET /` (empty when there is no answer).
 fn get_body(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else { return String::new() };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
+        return String::new();
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n");
     let mut reply = Vec::new();
     let _ = s.read_to_end(&mut reply);
     let reply = String::from_utf8_lossy(&reply).into_owned();
-    reply.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string())
+    reply
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
 }
 
 fn is_root() -> bool {
@@ -205,11 +294,26 @@ fn the_image_boots_as_urunc_boots_it() {
         return;
     }
     let (out, layout, _) = package("urunc");
-    assert!(annotations(&layout).get("com.urunc.unikernel.initrd").is_none());
+    assert!(annotations(&layout)
+        .get("com.urunc.unikernel.initrd")
+        .is_none());
     let b = boot_as_urunc(&out, &layout);
     assert_eq!(b.status, "HTTP/1.1 200 OK", "{}", b.log);
-    assert!(b.log.contains(&format!("net: 52:54:00:12:34:56 {}/24 via {}", b.guest, b.host)), "{}", b.log);
-    assert!(b.log.contains("vfs.fstab: initrd0 on / (extract): the initrd is the root file system already"), "{}", b.log);
+    assert!(
+        b.log.contains(&format!(
+            "net: 52:54:00:12:34:56 {}/24 via {}",
+            b.guest, b.host
+        )),
+        "{}",
+        b.log
+    );
+    assert!(
+        b.log.contains(
+            "vfs.fstab: initrd0 on / (extract): the initrd is the root file system already"
+        ),
+        "{}",
+        b.log
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -221,43 +325,93 @@ fn a_separate_initrd_is_carried_named_and_used() {
     let site = std::env::temp_dir().join(format!("kiln-pkg-site-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&site);
     std::fs::create_dir_all(site.join("www")).unwrap();
-    std::fs::write(site.join("www/index.html"), "<p>served from the separate initrd</p>\n").unwrap();
+    std::fs::write(
+        site.join("www/index.html"),
+        "<p>served from the separate initrd</p>\n",
+    )
+    .unwrap();
     let out = std::env::temp_dir().join(format!("kiln-pkg-initrd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let (code, stdout, err) = support::kiln(&["pkg", "-q", "--format", "oci", "--initrd", site.to_str().unwrap(), "-o", out.to_str().unwrap(), "apps/httpd"]);
+    let (code, stdout, err) = support::kiln(&[
+        "pkg",
+        "-q",
+        "--format",
+        "oci",
+        "--initrd",
+        site.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "apps/httpd",
+    ]);
     assert_eq!(code, 0, "{err}");
     let layout = PathBuf::from(stdout.lines().next().unwrap());
     let a = annotations(&layout);
     assert_eq!(a["com.urunc.unikernel.initrd"], "/unikernel/initrd");
-    let (ok, text) = tool("skopeo", &["inspect", &format!("oci:{}:latest", layout.display())]);
+    let (ok, text) = tool(
+        "skopeo",
+        &["inspect", &format!("oci:{}:latest", layout.display())],
+    );
     assert!(ok, "{text}");
-    assert!(text.contains("\"com.urunc.unikernel.initrd\": \"/unikernel/initrd\""), "{text}");
+    assert!(
+        text.contains("\"com.urunc.unikernel.initrd\": \"/unikernel/initrd\""),
+        "{text}"
+    );
     // Other formats carry no separate initrd; a missing folder is named.
-    let (code, _, err) = support::kiln(&["pkg", "-q", "--format", "libvirt", "--initrd", site.to_str().unwrap(), "-o", out.to_str().unwrap(), "apps/httpd"]);
+    let (code, _, err) = support::kiln(&[
+        "pkg",
+        "-q",
+        "--format",
+        "libvirt",
+        "--initrd",
+        site.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "apps/httpd",
+    ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("only an OCI image carries a separate initrd"), "{err}");
-    let (code, _, err) = support::kiln(&["pkg", "-q", "--initrd", "/nonexistent/site", "apps/httpd"]);
+    assert!(
+        err.contains("only an OCI image carries a separate initrd"),
+        "{err}"
+    );
+    let (code, _, err) =
+        support::kiln(&["pkg", "-q", "--initrd", "/nonexistent/site", "apps/httpd"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("--initrd /nonexistent/site: no such file or folder"), "{err}");
+    assert!(
+        err.contains("--initrd /nonexistent/site: no such file or folder"),
+        "{err}"
+    );
     if !is_root() {
         eprintln!("SKIPPED booting a_separate_initrd_is_carried_named_and_used: making a tap device needs root");
         return;
     }
     let b = boot_as_urunc(&out, &layout);
     assert_eq!(b.status, "HTTP/1.1 200 OK", "{}", b.log);
-    assert_eq!(b.body, "<p>served from the separate initrd</p>\n", "{}", b.log);
+    assert_eq!(
+        b.body, "<p>served from the separate initrd</p>\n",
+        "{}",
+        b.log
+    );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&site);
 }
 
 /// Starts `prog -d` unless a process of that name runs; true if started.
 fn daemon(prog: &str, path: &str) -> bool {
-    let running = Command::new("pgrep").args(["-x", prog]).output().is_ok_and(|o| o.status.success());
+    let running = Command::new("pgrep")
+        .args(["-x", prog])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if running {
         return false;
     }
-    let ok = Command::new(path).arg("-d").status().is_ok_and(|s| s.success());
-    assert!(ok, "starting {path} (scripts/test installs libvirt-daemon-system)");
+    let ok = Command::new(path)
+        .arg("-d")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "starting {path} (scripts/test installs libvirt-daemon-system)"
+    );
     true
 }
 
@@ -270,7 +424,12 @@ struct Libvirt {
 
 impl Drop for Libvirt {
     fn drop(&mut self) {
-        let virsh = |a: &[&str]| Command::new("virsh").args(["-c", "qemu:///system"]).args(a).output();
+        let virsh = |a: &[&str]| {
+            Command::new("virsh")
+                .args(["-c", "qemu:///system"])
+                .args(a)
+                .output()
+        };
         let _ = virsh(&["destroy", &self.domain]);
         let _ = virsh(&["undefine", &self.domain]);
         let _ = virsh(&["net-destroy", &self.network]);
@@ -292,7 +451,11 @@ fn the_libvirt_domain_boots_under_debians_libvirtd() {
         return;
     }
     let id = std::process::id();
-    let mut lv = Libvirt { domain: format!("kiln-web-{id}"), network: format!("kilnnet{}", id % 10000), started: Vec::new() };
+    let mut lv = Libvirt {
+        domain: format!("kiln-web-{id}"),
+        network: format!("kilnnet{}", id % 10000),
+        started: Vec::new(),
+    };
     if daemon("virtlogd", "/usr/sbin/virtlogd") {
         lv.started.push("virtlogd");
     }
@@ -306,7 +469,10 @@ fn the_libvirt_domain_boots_under_debians_libvirtd() {
         let t = Instant::now();
         loop {
             let r = tool("virsh", &args);
-            if r.0 || !r.1.contains("Failed to connect socket") || t.elapsed() > Duration::from_secs(20) {
+            if r.0
+                || !r.1.contains("Failed to connect socket")
+                || t.elapsed() > Duration::from_secs(20)
+            {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -329,12 +495,27 @@ fn the_libvirt_domain_boots_under_debians_libvirtd() {
     let (ok, text) = virsh(&["net-create", net_xml.to_str().unwrap()]);
     assert!(ok, "{text}");
     let (code, stdout, err) = support::kiln(&[
-        "pkg", "-q", "--format", "libvirt", "--name", &lv.domain, "--network", &lv.network, "-M", "48M", "-o", out.to_str().unwrap(), "apps/httpd",
+        "pkg",
+        "-q",
+        "--format",
+        "libvirt",
+        "--name",
+        &lv.domain,
+        "--network",
+        &lv.network,
+        "-M",
+        "48M",
+        "-o",
+        out.to_str().unwrap(),
+        "apps/httpd",
     ]);
     assert_eq!(code, 0, "{err}");
     let xml = stdout.trim().to_string();
     let text = std::fs::read_to_string(&xml).unwrap();
-    assert!(text.contains("<memory unit='MiB'>48</memory>") && text.contains("netdev.ip=dhcp"), "{text}");
+    assert!(
+        text.contains("<memory unit='MiB'>48</memory>") && text.contains("netdev.ip=dhcp"),
+        "{text}"
+    );
     let (ok, text) = virsh(&["define", &xml]);
     assert!(ok, "{text}");
     let (ok, text) = virsh(&["start", &lv.domain]);
@@ -343,16 +524,29 @@ fn the_libvirt_domain_boots_under_debians_libvirtd() {
     let t = Instant::now();
     let addr = loop {
         let console = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(a) = console.split_whitespace().find(|w| w.starts_with(&format!("192.168.{third}.")) && w.ends_with("/24")) {
+        if let Some(a) = console
+            .split_whitespace()
+            .find(|w| w.starts_with(&format!("192.168.{third}.")) && w.ends_with("/24"))
+        {
             break a.trim_end_matches("/24").to_string();
         }
-        assert!(t.elapsed() < Duration::from_secs(90), "no DHCP address in the console:\n{console}");
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "no DHCP address in the console:\n{console}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let status = support::first_status(format!("{addr}:80").parse().unwrap(), Duration::from_secs(60)).unwrap_or_else(|| "(no answer)".into());
+    let status = support::first_status(
+        format!("{addr}:80").parse().unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| "(no answer)".into());
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status, "HTTP/1.1 200 OK", "{console}");
-    assert!(console.contains("(DHCP)") && console.contains("httpd: serving"), "{console}");
+    assert!(
+        console.contains("(DHCP)") && console.contains("httpd: serving"),
+        "{console}"
+    );
     let (ok, text) = virsh(&["destroy", &lv.domain]);
     assert!(ok, "{text}");
     drop(lv);

@@ -9,7 +9,6 @@ use support::kiln;
 use std::path::PathBuf;
 use std::process::Command;
 
-
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-rootfs-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use support::{free_port, root, Bridge, Guest, Net};
 
 fn soak_time() -> Duration {
-    let s = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let s = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     Duration::from_secs(s)
 }
 
@@ -51,8 +54,13 @@ fn console_problems(console: &str) -> Vec<&str> {
         .filter(|l| {
             let lower = l.to_ascii_lowercase();
             // The heap's summary line counts failed allocations.
-            let failed = lower.split(", ").any(|part| part.strip_suffix(" failed)").is_some_and(|n| n != "0"));
-            failed || lower.contains("out of memory") || lower.contains("panic") || lower.contains("exception")
+            let failed = lower
+                .split(", ")
+                .any(|part| part.strip_suffix(" failed)").is_some_and(|n| n != "0"));
+            failed
+                || lower.contains("out of memory")
+                || lower.contains("panic")
+                || lower.contains("exception")
         })
         .collect()
 }
@@ -69,14 +77,31 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 /// The files the soak site serves: sizes from empty to 1 MiB, contents
 /// that differ at every byte.
-const SIZES: [usize; 12] = [0, 1, 100, 1459, 1460, 4096, 16_383, 65_536, 100_001, 262_144, 500_000, 1 << 20];
+const SIZES: [usize; 12] = [
+    0,
+    1,
+    100,
+    1459,
+    1460,
+    4096,
+    16_383,
+    65_536,
+    100_001,
+    262_144,
+    500_000,
+    1 << 20,
+];
 
 /// An app folder that builds apps/httpd with the soak site as its rootfs.
 fn soak_site() -> (PathBuf, Vec<Vec<u8>>) {
     let dir = root().join("target/soak/httpd");
     let www = dir.join("rootfs/www");
     std::fs::create_dir_all(&www).unwrap();
-    let files: Vec<Vec<u8>> = SIZES.iter().enumerate().map(|(i, &n)| bytes(i as u64 + 7, n)).collect();
+    let files: Vec<Vec<u8>> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| bytes(i as u64 + 7, n))
+        .collect();
     for (i, f) in files.iter().enumerate() {
         let p = www.join(format!("f{i}.bin"));
         if std::fs::read(&p).ok().as_ref() != Some(f) {
@@ -110,26 +135,44 @@ impl Totals {
 
 /// Reads one response to a GET of `want` from `s` (after `buf`'s bytes)
 /// and checks it byte for byte; leftover bytes stay in `buf`.
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8], slow: Option<&mut Rng>) -> Result<(), String> {
+fn read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    want: &[u8],
+    slow: Option<&mut Rng>,
+) -> Result<(), String> {
     let mut chunk = vec![0u8; 65536];
     let mut slow = slow;
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = s.read(&mut chunk).map_err(|e| format!("reading the head: {e}"))?;
+        let n = s
+            .read(&mut chunk)
+            .map_err(|e| format!("reading the head: {e}"))?;
         if n == 0 {
-            return Err(format!("closed before the head ({} bytes: {:?})", buf.len(), String::from_utf8_lossy(&buf[..buf.len().min(80)])));
+            return Err(format!(
+                "closed before the head ({} bytes: {:?})",
+                buf.len(),
+                String::from_utf8_lossy(&buf[..buf.len().min(80)])
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     if !head.starts_with("HTTP/1.1 200 ") {
-        return Err(format!("status line {:?}", head.lines().next().unwrap_or("")));
+        return Err(format!(
+            "status line {:?}",
+            head.lines().next().unwrap_or("")
+        ));
     }
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(usize::MAX)))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(usize::MAX))
+        })
         .ok_or("no Content-Length")?;
     if len != want.len() {
         return Err(format!("Content-Length {len}, file has {}", want.len()));
@@ -143,7 +186,9 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8], slow: Option
             }
             None => chunk.len(),
         };
-        let n = s.read(&mut chunk[..room]).map_err(|e| format!("reading the body at {}/{len}: {e}", buf.len()))?;
+        let n = s
+            .read(&mut chunk[..room])
+            .map_err(|e| format!("reading the body at {}/{len}: {e}", buf.len()))?;
         if n == 0 {
             return Err(format!("closed at {}/{len} body bytes", buf.len()));
         }
@@ -169,14 +214,24 @@ fn request(file: usize, pad: usize, close: bool) -> Vec<u8> {
 }
 
 /// One client connection doing one of five things.
-fn http_client(addr: SocketAddr, files: &[Vec<u8>], rng: &mut Rng, t: &Totals) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30)).map_err(|e| format!("connect: {e}"))?;
+fn http_client(
+    addr: SocketAddr,
+    files: &[Vec<u8>],
+    rng: &mut Rng,
+    t: &Totals,
+) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+        .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.set_nodelay(true).unwrap();
     t.connections.fetch_add(1, Ordering::Relaxed);
     let pick = |rng: &mut Rng| {
         // Mostly small files, some large.
-        if rng.below(4) == 0 { rng.below(SIZES.len() as u64) as usize } else { rng.below(8) as usize }
+        if rng.below(4) == 0 {
+            rng.below(SIZES.len() as u64) as usize
+        } else {
+            rng.below(8) as usize
+        }
     };
     let mut buf = Vec::new();
     match rng.below(10) {
@@ -186,19 +241,25 @@ fn http_client(addr: SocketAddr, files: &[Vec<u8>], rng: &mut Rng, t: &Totals) -
             let wanted: Vec<usize> = (0..k).map(|_| pick(rng)).collect();
             let mut all = Vec::new();
             for (i, &f) in wanted.iter().enumerate() {
-                all.extend(request(f, rng.below(3000) as usize, i + 1 == k && rng.below(2) == 0));
+                all.extend(request(
+                    f,
+                    rng.below(3000) as usize,
+                    i + 1 == k && rng.below(2) == 0,
+                ));
             }
             let start = Instant::now();
             let mut at = 0;
             while at < all.len() {
                 let n = (1 + rng.below(all.len() as u64) as usize).min(all.len() - at);
-                s.write_all(&all[at..at + n]).map_err(|e| format!("write: {e}"))?;
+                s.write_all(&all[at..at + n])
+                    .map_err(|e| format!("write: {e}"))?;
                 at += n;
             }
             for &f in &wanted {
                 read_response(&mut s, &mut buf, &files[f], None)?;
                 t.requests.fetch_add(1, Ordering::Relaxed);
-                t.bytes_checked.fetch_add(files[f].len() as u64, Ordering::Relaxed);
+                t.bytes_checked
+                    .fetch_add(files[f].len() as u64, Ordering::Relaxed);
             }
             t.latencies.lock().unwrap().push(start.elapsed() / k as u32);
         }
@@ -212,37 +273,49 @@ fn http_client(addr: SocketAddr, files: &[Vec<u8>], rng: &mut Rng, t: &Totals) -
             }
             read_response(&mut s, &mut buf, &files[f], None)?;
             t.requests.fetch_add(1, Ordering::Relaxed);
-            t.bytes_checked.fetch_add(files[f].len() as u64, Ordering::Relaxed);
+            t.bytes_checked
+                .fetch_add(files[f].len() as u64, Ordering::Relaxed);
         }
         // A slow reader of a large file.
         7 => {
             let f = 6 + rng.below(4) as usize;
-            s.write_all(&request(f, 0, false)).map_err(|e| format!("write: {e}"))?;
+            s.write_all(&request(f, 0, false))
+                .map_err(|e| format!("write: {e}"))?;
             read_response(&mut s, &mut buf, &files[f], Some(rng))?;
             t.requests.fetch_add(1, Ordering::Relaxed);
-            t.bytes_checked.fetch_add(files[f].len() as u64, Ordering::Relaxed);
+            t.bytes_checked
+                .fetch_add(files[f].len() as u64, Ordering::Relaxed);
         }
         // A half-close after the request: one answer, then the end.
         8 => {
             let f = pick(rng);
-            s.write_all(&request(f, rng.below(200) as usize, false)).map_err(|e| format!("write: {e}"))?;
+            s.write_all(&request(f, rng.below(200) as usize, false))
+                .map_err(|e| format!("write: {e}"))?;
             s.shutdown(Shutdown::Write).unwrap();
             read_response(&mut s, &mut buf, &files[f], None)?;
             t.requests.fetch_add(1, Ordering::Relaxed);
-            t.bytes_checked.fetch_add(files[f].len() as u64, Ordering::Relaxed);
+            t.bytes_checked
+                .fetch_add(files[f].len() as u64, Ordering::Relaxed);
             let mut rest = Vec::new();
             match s.read_to_end(&mut rest) {
                 Ok(_) if rest.is_empty() && buf.is_empty() => {}
-                Ok(_) => return Err(format!("{} bytes after the answer to a half-closed request", rest.len() + buf.len())),
+                Ok(_) => {
+                    return Err(format!(
+                        "{} bytes after the answer to a half-closed request",
+                        rest.len() + buf.len()
+                    ))
+                }
                 Err(e) => return Err(format!("no end after a half-close: {e}")),
             }
         }
         // A reset: half a request, or in the middle of a large answer.
         _ => {
             if rng.below(2) == 0 {
-                s.write_all(b"GET /f11.bin HT").map_err(|e| format!("write: {e}"))?;
+                s.write_all(b"GET /f11.bin HT")
+                    .map_err(|e| format!("write: {e}"))?;
             } else {
-                s.write_all(&request(11, 0, false)).map_err(|e| format!("write: {e}"))?;
+                s.write_all(&request(11, 0, false))
+                    .map_err(|e| format!("write: {e}"))?;
                 let mut some = [0u8; 5000];
                 let _ = s.read(&mut some);
             }
@@ -256,7 +329,10 @@ fn http_client(addr: SocketAddr, files: &[Vec<u8>], rng: &mut Rng, t: &Totals) -
 /// Makes dropping `s` send a RST instead of a FIN.
 fn set_linger_zero(s: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt on an open socket with a properly sized linger.
     unsafe {
         libc::setsockopt(
@@ -270,10 +346,13 @@ fn set_linger_zero(s: &TcpStream) {
 }
 
 fn answers(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut got = Vec::new();
-    s.write_all(b"GET /index.html HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n").is_ok()
+    s.write_all(b"GET /index.html HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
+        .is_ok()
         && s.read_to_end(&mut got).is_ok()
         && got.starts_with(b"HTTP/1.1 200")
 }
@@ -289,7 +368,8 @@ fn http_soak(net: Net, clients: usize, label: &str) {
         .map(|w| {
             let (files, totals) = (files.clone(), totals.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
+                let mut rng =
+                    Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
                 while Instant::now() < until {
                     if let Err(e) = http_client(addr, &files, &mut rng, &totals) {
                         totals.error(e);
@@ -315,15 +395,33 @@ fn http_soak(net: Net, clients: usize, label: &str) {
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99),
     );
-    assert!(errors.is_empty(), "{} client errors, first ones: {errors:#?}", errors.len());
-    assert!(totals.requests.load(Ordering::Relaxed) > 100, "too little traffic to mean anything");
+    assert!(
+        errors.is_empty(),
+        "{} client errors, first ones: {errors:#?}",
+        errors.len()
+    );
+    assert!(
+        totals.requests.load(Ordering::Relaxed) > 100,
+        "too little traffic to mean anything"
+    );
     assert!(still, "the server stopped answering after the soak");
-    assert!(console_problems(&console).is_empty(), "console: {:?}", console_problems(&console));
+    assert!(
+        console_problems(&console).is_empty(),
+        "console: {:?}",
+        console_problems(&console)
+    );
 }
 
 #[test]
 fn web_server_soak_through_a_forwarded_port() {
-    http_soak(Net::Forward { host: free_port(), guest: 80 }, 16, "-p");
+    http_soak(
+        Net::Forward {
+            host: free_port(),
+            guest: 80,
+        },
+        16,
+        "-p",
+    );
 }
 
 #[test]
@@ -342,10 +440,24 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr, id: &str) -> Result<Client, String> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(30)).map_err(|e| format!("{id}: connect: {e}"))?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+            .map_err(|e| format!("{id}: connect: {e}"))?;
         s.set_nodelay(true).unwrap();
-        let mut c = Client { s, buf: Vec::new(), v: 4 };
-        c.send(&Packet::Connect(Connect { version: 4, client_id: id.into(), clean: true, keep_alive: 120, username: None, password: None, will: None, props: Props::default() }))?;
+        let mut c = Client {
+            s,
+            buf: Vec::new(),
+            v: 4,
+        };
+        c.send(&Packet::Connect(Connect {
+            version: 4,
+            client_id: id.into(),
+            clean: true,
+            keep_alive: 120,
+            username: None,
+            password: None,
+            will: None,
+            props: Props::default(),
+        }))?;
         match c.next(Duration::from_secs(30))? {
             Some(Packet::ConnAck(a)) if a.code == 0 => Ok(c),
             p => Err(format!("{id}: no CONNACK but {p:?}")),
@@ -362,7 +474,9 @@ impl Client {
     fn next(&mut self, wait: Duration) -> Result<Option<Packet>, String> {
         let mut chunk = [0u8; 16384];
         loop {
-            if let Some((first, body, used)) = codec::frame(&self.buf, usize::MAX).map_err(|e| format!("framing: {e}"))? {
+            if let Some((first, body, used)) =
+                codec::frame(&self.buf, usize::MAX).map_err(|e| format!("framing: {e}"))?
+            {
                 let p = codec::decode(first, body, self.v).map_err(|e| format!("decoding: {e}"))?;
                 self.buf.drain(..used);
                 return Ok(Some(p));
@@ -371,7 +485,9 @@ impl Client {
             match self.s.read(&mut chunk) {
                 Ok(0) => return Err("the broker closed the connection".into()),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(None),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(None)
+                }
                 Err(e) => return Err(format!("read: {e}")),
             }
         }
@@ -413,21 +529,45 @@ fn publisher(addr: SocketAddr, p: u64, until: Instant, t0: Instant) -> Result<u6
         if due && open.len() < 16 {
             let pid = (seq % 60000) as u16 + 1;
             let (qos, payload) = message(p, seq, t0);
-            c.send(&Packet::Publish(Publish { dup: false, qos, retain: false, topic: format!("soak/p{p}"), pid, payload, props: Props::default() }))?;
+            c.send(&Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: format!("soak/p{p}"),
+                pid,
+                payload,
+                props: Props::default(),
+            }))?;
             open.insert(pid, seq);
             seq += 1;
             continue;
         }
-        let ack = |pid| Ack { pid, reason: 0, props: Props::default() };
-        let wait = if open.is_empty() { Duration::from_millis(2) } else { Duration::from_secs(30) };
+        let ack = |pid| Ack {
+            pid,
+            reason: 0,
+            props: Props::default(),
+        };
+        let wait = if open.is_empty() {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_secs(30)
+        };
         match c.next(wait)? {
             Some(Packet::PubAck(a)) | Some(Packet::PubComp(a)) => {
-                open.remove(&a.pid).ok_or_else(|| format!("pub{p}: acknowledgement of unknown packet {}", a.pid))?;
+                open.remove(&a.pid).ok_or_else(|| {
+                    format!("pub{p}: acknowledgement of unknown packet {}", a.pid)
+                })?;
             }
             Some(Packet::PubRec(a)) => c.send(&Packet::PubRel(ack(a.pid)))?,
             Some(other) => return Err(format!("pub{p}: unexpected {other:?}")),
             None if open.is_empty() => {}
-            None => return Err(format!("pub{p}: no acknowledgement within 30 s ({} open, {seq} sent, at {:?})", open.len(), t0.elapsed())),
+            None => {
+                return Err(format!(
+                    "pub{p}: no acknowledgement within 30 s ({} open, {seq} sent, at {:?})",
+                    open.len(),
+                    t0.elapsed()
+                ))
+            }
         }
     }
 }
@@ -441,10 +581,30 @@ struct Seen {
 
 /// Subscribes to soak/# at QoS 2 and checks every message until `stop`
 /// holds and nothing came for 3 s.
-fn subscriber(addr: SocketAddr, id: String, t0: Instant, stop: Arc<AtomicU64>, slow: bool) -> Result<Seen, String> {
+fn subscriber(
+    addr: SocketAddr,
+    id: String,
+    t0: Instant,
+    stop: Arc<AtomicU64>,
+    slow: bool,
+) -> Result<Seen, String> {
     let mut c = Client::connect(addr, &id)?;
-    c.send(&Packet::Subscribe(Subscribe { pid: 1, filters: vec![("soak/#".into(), SubOpts { qos: 2, ..SubOpts::default() })], props: Props::default() }))?;
-    let mut seen = Seen { next: BTreeMap::new(), latencies: Vec::new(), bytes: 0 };
+    c.send(&Packet::Subscribe(Subscribe {
+        pid: 1,
+        filters: vec![(
+            "soak/#".into(),
+            SubOpts {
+                qos: 2,
+                ..SubOpts::default()
+            },
+        )],
+        props: Props::default(),
+    }))?;
+    let mut seen = Seen {
+        next: BTreeMap::new(),
+        latencies: Vec::new(),
+        bytes: 0,
+    };
     let mut n = 0u64;
     loop {
         let p = match c.next(Duration::from_secs(3))? {
@@ -452,7 +612,11 @@ fn subscriber(addr: SocketAddr, id: String, t0: Instant, stop: Arc<AtomicU64>, s
             None if stop.load(Ordering::SeqCst) == 1 => return Ok(seen),
             None => continue,
         };
-        let ack = |pid| Ack { pid, reason: 0, props: Props::default() };
+        let ack = |pid| Ack {
+            pid,
+            reason: 0,
+            props: Props::default(),
+        };
         match p {
             Packet::SubAck(a) => {
                 if a.codes != [2] {
@@ -468,7 +632,10 @@ fn subscriber(addr: SocketAddr, id: String, t0: Instant, stop: Arc<AtomicU64>, s
                 let (qos, mut want) = message(pp, seq, t0);
                 want[16..24].copy_from_slice(&sent.to_be_bytes());
                 if m.payload != want || m.qos != qos || m.topic != format!("soak/p{pp}") {
-                    return Err(format!("{id}: message {pp}/{seq} corrupted (qos {}, topic {})", m.qos, m.topic));
+                    return Err(format!(
+                        "{id}: message {pp}/{seq} corrupted (qos {}, topic {})",
+                        m.qos, m.topic
+                    ));
                 }
                 let expect = seen.next.entry(pp).or_insert(seq);
                 if seq != *expect {
@@ -476,7 +643,8 @@ fn subscriber(addr: SocketAddr, id: String, t0: Instant, stop: Arc<AtomicU64>, s
                 }
                 *expect += 1;
                 seen.bytes += m.payload.len() as u64;
-                seen.latencies.push(t0.elapsed().saturating_sub(Duration::from_micros(sent)));
+                seen.latencies
+                    .push(t0.elapsed().saturating_sub(Duration::from_micros(sent)));
                 match m.qos {
                     1 => c.send(&Packet::PubAck(ack(m.pid)))?,
                     2 => c.send(&Packet::PubRec(ack(m.pid)))?,
@@ -506,7 +674,17 @@ fn nuisance(addr: SocketAddr, until: Instant) -> u64 {
                 set_linger_zero(&s);
             }
         } else if let Ok(mut c) = Client::connect(addr, &format!("nuisance{}", rng.below(4))) {
-            let _ = c.send(&Packet::Subscribe(Subscribe { pid: 1, filters: vec![("soak/#".into(), SubOpts { qos: (rng.below(3)) as u8, ..SubOpts::default() })], props: Props::default() }));
+            let _ = c.send(&Packet::Subscribe(Subscribe {
+                pid: 1,
+                filters: vec![(
+                    "soak/#".into(),
+                    SubOpts {
+                        qos: (rng.below(3)) as u8,
+                        ..SubOpts::default()
+                    },
+                )],
+                props: Props::default(),
+            }));
             let _ = c.next(Duration::from_millis(rng.below(500)));
             if rng.below(2) == 0 {
                 set_linger_zero(&c.s);
@@ -524,7 +702,21 @@ fn mqtt_connects(addr: SocketAddr) -> bool {
 fn mqtt_soak(net: Net, label: &str) {
     let dir = Path::new("apps/mqtt");
     // Queues long enough that a slow subscriber loses nothing.
-    let guest = Guest::start(dir, net, &["-M", "256M", "-e", "MQTT_MAX_QUEUED_MESSAGES=100000", "-e", "MQTT_MAX_QUEUED_BYTES=33554432", "-e", "MQTT_MEMORY_LIMIT=67108864"], mqtt_connects);
+    let guest = Guest::start(
+        dir,
+        net,
+        &[
+            "-M",
+            "256M",
+            "-e",
+            "MQTT_MAX_QUEUED_MESSAGES=100000",
+            "-e",
+            "MQTT_MAX_QUEUED_BYTES=33554432",
+            "-e",
+            "MQTT_MEMORY_LIMIT=67108864",
+        ],
+        mqtt_connects,
+    );
     let addr = guest.addr;
     let t0 = Instant::now();
     let stop = Arc::new(AtomicU64::new(0));
@@ -537,7 +729,9 @@ fn mqtt_soak(net: Net, label: &str) {
     // Subscriptions are in place before anything is published.
     std::thread::sleep(Duration::from_secs(3));
     let until = Instant::now() + soak_time();
-    let pubs: Vec<_> = (0..4u64).map(|p| std::thread::spawn(move || publisher(addr, p, until, t0))).collect();
+    let pubs: Vec<_> = (0..4u64)
+        .map(|p| std::thread::spawn(move || publisher(addr, p, until, t0)))
+        .collect();
     let noise = std::thread::spawn(move || nuisance(addr, until));
     let sent: Vec<Result<u64, String>> = pubs.into_iter().map(|h| h.join().unwrap()).collect();
     let nuisances = noise.join().unwrap();
@@ -545,7 +739,10 @@ fn mqtt_soak(net: Net, label: &str) {
     let seen: Vec<Result<Seen, String>> = subs.into_iter().map(|h| h.join().unwrap()).collect();
     let still = mqtt_connects(addr);
     let console = guest.stop();
-    let mut errors: Vec<String> = sent.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    let mut errors: Vec<String> = sent
+        .iter()
+        .filter_map(|r| r.as_ref().err().cloned())
+        .collect();
     errors.extend(seen.iter().filter_map(|r| r.as_ref().err().cloned()));
     if !errors.is_empty() {
         for (i, s) in seen.iter().enumerate() {
@@ -556,7 +753,11 @@ fn mqtt_soak(net: Net, label: &str) {
         errors.push(format!("the broker accepts clients after it: {still}"));
         let log = root().join(format!("target/soak/mqtt-{label}.log"));
         std::fs::write(&log, &console).unwrap();
-        panic!("{errors:#?}\nconsole in {}; problems: {:?}", log.display(), console_problems(&console));
+        panic!(
+            "{errors:#?}\nconsole in {}; problems: {:?}",
+            log.display(),
+            console_problems(&console)
+        );
     }
     let sent: Vec<u64> = sent.into_iter().map(Result::unwrap).collect();
     let seen: Vec<Seen> = seen.into_iter().map(Result::unwrap).collect();
@@ -568,7 +769,10 @@ fn mqtt_soak(net: Net, label: &str) {
     }
     // Latency as the prompt subscribers see it (the slow one's includes
     // its own backlog).
-    let mut lat: Vec<Duration> = seen[..3].iter().flat_map(|s| s.latencies.iter().copied()).collect();
+    let mut lat: Vec<Duration> = seen[..3]
+        .iter()
+        .flat_map(|s| s.latencies.iter().copied())
+        .collect();
     let total: u64 = sent.iter().sum();
     println!(
         "soak: mqtt {label}: {total} messages published (QoS 1 and 2), {} deliveries checked, {} payload bytes, {nuisances} nuisance connections, 0 errors, p50 {:?}, p99 {:?}",
@@ -579,12 +783,22 @@ fn mqtt_soak(net: Net, label: &str) {
     );
     assert!(total > 100, "too little traffic to mean anything");
     assert!(still, "the broker stopped accepting clients after the soak");
-    assert!(console_problems(&console).is_empty(), "console: {:?}", console_problems(&console));
+    assert!(
+        console_problems(&console).is_empty(),
+        "console: {:?}",
+        console_problems(&console)
+    );
 }
 
 #[test]
 fn mqtt_broker_soak_through_a_forwarded_port() {
-    mqtt_soak(Net::Forward { host: free_port(), guest: 1883 }, "-p");
+    mqtt_soak(
+        Net::Forward {
+            host: free_port(),
+            guest: 1883,
+        },
+        "-p",
+    );
 }
 
 #[test]

@@ -73,14 +73,30 @@ impl Https {
         let [plain, tls] = support::free_ports();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(root())
-            .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:80"), "-p", &format!("{tls}:443"), dir.to_str().unwrap()])
+            .args([
+                "run",
+                "-W",
+                "--timeout",
+                "300",
+                "-p",
+                &format!("{plain}:80"),
+                "-p",
+                &format!("{tls}:443"),
+                dir.to_str().unwrap(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let console = support::read_in_background(child.stdout.take().unwrap());
-        let h = Https { child, console: Some(console), plain, tls, dir };
+        let h = Https {
+            child,
+            console: Some(console),
+            plain,
+            tls,
+            dir,
+        };
         let t = Instant::now();
         loop {
             let (status, body) = curl(&["--cacert", data("ca.pem").to_str().unwrap()], &h.url("/"));
@@ -89,7 +105,10 @@ impl Https {
             }
             if t.elapsed() > Duration::from_secs(120) {
                 let console = h.stop();
-                panic!("HTTPS never answered (last: {status} {}):\n{console}", String::from_utf8_lossy(&body));
+                panic!(
+                    "HTTPS never answered (last: {status} {}):\n{console}",
+                    String::from_utf8_lossy(&body)
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -110,7 +129,15 @@ impl Https {
 fn curl(args: &[&str], url: &str) -> (String, Vec<u8>) {
     let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
     let o = Command::new("curl")
-        .args(["-s", "-m", "20", "--resolve", &format!("kiln.test:{port}:127.0.0.1"), "-w", "\n%{http_code}"])
+        .args([
+            "-s",
+            "-m",
+            "20",
+            "--resolve",
+            &format!("kiln.test:{port}:127.0.0.1"),
+            "-w",
+            "\n%{http_code}",
+        ])
         .args(args)
         .arg(url)
         .output()
@@ -128,22 +155,46 @@ fn httpd_serves_https_beside_http() {
     let ca = data("ca.pem");
     let ca = ca.to_str().unwrap();
     let site = root().join("apps/httpd/rootfs/www");
-    for (path, file) in [("/", "index.html"), ("/game.js", "game.js"), ("/kiln.svg", "kiln.svg")] {
+    for (path, file) in [
+        ("/", "index.html"),
+        ("/game.js", "game.js"),
+        ("/kiln.svg", "kiln.svg"),
+    ] {
         let (status, body) = curl(&["--cacert", ca], &g.url(path));
         assert_eq!(status, "200", "{path}");
-        assert!(body == std::fs::read(site.join(file)).unwrap(), "{path} differs");
+        assert!(
+            body == std::fs::read(site.join(file)).unwrap(),
+            "{path} differs"
+        );
     }
     // TLS 1.2 too, and keep-alive: two requests on one connection.
-    let (status, _) = curl(&["--cacert", ca, "--tlsv1.2", "--tls-max", "1.2"], &g.url("/"));
+    let (status, _) = curl(
+        &["--cacert", ca, "--tlsv1.2", "--tls-max", "1.2"],
+        &g.url("/"),
+    );
     assert_eq!(status, "200", "TLS 1.2");
     let o = Command::new("curl")
-        .args(["-s", "-v", "--cacert", ca, "--resolve", &format!("kiln.test:{}:127.0.0.1", g.tls), "-o", "/dev/null", "-o", "/dev/null"])
+        .args([
+            "-s",
+            "-v",
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("kiln.test:{}:127.0.0.1", g.tls),
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
         .arg(g.url("/"))
         .arg(g.url("/style.css"))
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
-    assert!(log.contains("Re-using existing connection") || log.contains("Reusing existing"), "{log}");
+    assert!(
+        log.contains("Re-using existing connection") || log.contains("Reusing existing"),
+        "{log}"
+    );
     assert!(log.contains("ALPN: server accepted http/1.1"), "{log}");
     // Resumption: a client that kept its session comes back without a
     // full handshake: TLS 1.3 and 1.2 with session tickets, TLS 1.2 by
@@ -164,9 +215,15 @@ fn httpd_serves_https_beside_http() {
             String::from_utf8_lossy(&o.stdout).into_owned()
         };
         let first = s_client("-sess_out");
-        assert!(first.contains(&format!("New, TLSv{version}")) && first.contains(" 200 OK"), "{version} {ticket}:\n{first}");
+        assert!(
+            first.contains(&format!("New, TLSv{version}")) && first.contains(" 200 OK"),
+            "{version} {ticket}:\n{first}"
+        );
         let again = s_client("-sess_in");
-        assert!(again.contains(&format!("Reused, TLSv{version}")) && again.contains(" 200 OK"), "{version} {ticket} was not resumed:\n{again}");
+        assert!(
+            again.contains(&format!("Reused, TLSv{version}")) && again.contains(" 200 OK"),
+            "{version} {ticket} was not resumed:\n{again}"
+        );
     }
     // Without the CA, curl refuses the certificate.
     let (status, _) = curl(&[], &g.url("/"));
@@ -180,12 +237,19 @@ fn httpd_serves_https_beside_http() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut back = Vec::new();
     let r = s.read_to_end(&mut back);
-    assert!(r.is_ok() || !back.is_empty(), "the connection was not closed: {r:?}");
-    assert!(!back.starts_with(b"HTTP/"), "plain HTTP was answered on the TLS port");
+    assert!(
+        r.is_ok() || !back.is_empty(),
+        "the connection was not closed: {r:?}"
+    );
+    assert!(
+        !back.starts_with(b"HTTP/"),
+        "plain HTTP was answered on the TLS port"
+    );
     // Garbage in place of a ClientHello, then the others still get service.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", g.tls)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
     let _ = s.read_to_end(&mut Vec::new());
     let (status, _) = curl(&["--cacert", ca], &g.url("/"));
     assert_eq!(status, "200");
@@ -199,26 +263,51 @@ fn httpd_serves_https_beside_http() {
         .output()
         .unwrap();
     let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
-    let dom = support::chromium_dom(&g.url("/"), &["--host-resolver-rules=MAP kiln.test 127.0.0.1", &format!("--ignore-certificate-errors-spki-list={spki}")]);
+    let dom = support::chromium_dom(
+        &g.url("/"),
+        &[
+            "--host-resolver-rules=MAP kiln.test 127.0.0.1",
+            &format!("--ignore-certificate-errors-spki-list={spki}"),
+        ],
+    );
     assert!(dom.contains(r#"data-ready="yes""#), "{dom}");
     let console = g.stop();
     assert!(console.contains("over TLS on port 443"), "{console}");
-    assert!(console.contains("httpd: TLS: "), "the bad handshakes are logged:\n{console}");
+    assert!(
+        console.contains("httpd: TLS: "),
+        "the bad handshakes are logged:\n{console}"
+    );
 }
 
 #[test]
 fn a_missing_certificate_stops_httpd_with_the_files_name() {
     let dir = https_app("missing");
-    let (code, out, err) = support::kiln(&["run", "-W", "-q", "--timeout", "120", "-e", "HTTPD_TLS_CERT=/etc/tls/nope.pem", dir.to_str().unwrap()]);
+    let (code, out, err) = support::kiln(&[
+        "run",
+        "-W",
+        "-q",
+        "--timeout",
+        "120",
+        "-e",
+        "HTTPD_TLS_CERT=/etc/tls/nope.pem",
+        dir.to_str().unwrap(),
+    ]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("httpd: TLS: reading the certificate /etc/tls/nope.pem"), "{out}");
+    assert!(
+        out.contains("httpd: TLS: reading the certificate /etc/tls/nope.pem"),
+        "{out}"
+    );
 }
 
 /// Runs a shell command (openssl), failing the test with its output.
 fn sh(cmd: &str) {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and client certificates in
@@ -228,16 +317,28 @@ fn make_pki(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let d = dir.display();
     let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    sh(&format!("cd {d} && openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca"));
+    sh(&format!(
+        "cd {d} && openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca"
+    ));
     sh(&format!("cd {d} && openssl req -x509 {ec} -keyout other.key -out other.pem -days 2 -subj /CN=other-ca"));
     let sign = |name: &str, cn: &str, ca: &str, ext: &str| {
         sh(&format!(
             "cd {d} && openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN={cn} && printf '{ext}' > {name}.ext && openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
         ))
     };
-    sign("server", "broker", "ca", "subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n");
+    sign(
+        "server",
+        "broker",
+        "ca",
+        "subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n",
+    );
     sign("client", "device1", "ca", "extendedKeyUsage=clientAuth\\n");
-    sign("stranger", "device1", "other", "extendedKeyUsage=clientAuth\\n");
+    sign(
+        "stranger",
+        "device1",
+        "other",
+        "extendedKeyUsage=clientAuth\\n",
+    );
     // A client certificate from the right CA that expired in 2020 (openssl
     // ca sets past dates; x509 -req cannot).
     std::fs::write(
@@ -253,8 +354,19 @@ fn make_pki(dir: &Path) {
 /// A mosquitto client (`tool`) against 127.0.0.1:`port` with `args`:
 /// (success, output).
 fn mosq(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
-    let o = Command::new(tool).args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().unwrap();
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    let o = Command::new(tool)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// apps/mqtt with four listeners: plain 1883, TLS 8883, TLS 8884 that
@@ -293,7 +405,21 @@ fn mqtt_over_tls_with_client_certificates() {
     let [plain, tls, mutual, wss] = support::free_ports();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
-        .args(["run", "-W", "--timeout", "300", "-p", &format!("{plain}:1883"), "-p", &format!("{tls}:8883"), "-p", &format!("{mutual}:8884"), "-p", &format!("{wss}:8885"), dir.to_str().unwrap()])
+        .args([
+            "run",
+            "-W",
+            "--timeout",
+            "300",
+            "-p",
+            &format!("{plain}:1883"),
+            "-p",
+            &format!("{tls}:8883"),
+            "-p",
+            &format!("{mutual}:8884"),
+            "-p",
+            &format!("{wss}:8885"),
+            dir.to_str().unwrap(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -303,40 +429,145 @@ fn mqtt_over_tls_with_client_certificates() {
     let ca = pki.join("ca.pem");
     let ca = ca.to_str().unwrap();
     let t = Instant::now();
-    while !mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "probe", "-m", "x"]).0 {
-        assert!(t.elapsed() < Duration::from_secs(120), "the TLS listener never answered");
+    while !mosq(
+        "mosquitto_pub",
+        tls,
+        &["--cafile", ca, "-t", "probe", "-m", "x"],
+    )
+    .0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the TLS listener never answered"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     // A subscriber on TLS gets what a publisher sends in plain TCP.
     let sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &tls.to_string(), "--cafile", ca, "-t", "plant/#", "-C", "1", "-W", "30", "-v"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls.to_string(),
+            "--cafile",
+            ca,
+            "-t",
+            "plant/#",
+            "-C",
+            "1",
+            "-W",
+            "30",
+            "-v",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let (ok, o) = mosq("mosquitto_pub", plain, &["-t", "plant/temp", "-m", "21.5", "-q", "1"]);
+    let (ok, o) = mosq(
+        "mosquitto_pub",
+        plain,
+        &["-t", "plant/temp", "-m", "21.5", "-q", "1"],
+    );
     assert!(ok, "{o}");
     let got = sub.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "plant/temp 21.5");
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "plant/temp 21.5"
+    );
     // Without the CA the client refuses the broker's certificate.
     assert!(!mosq("mosquitto_pub", tls, &["-t", "x", "-m", "y"]).0);
     // Client certificates: required, checked, their name the user's.
     let p = |f: &str| pki.join(f).display().to_string();
-    assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "-t", "x", "-m", "no cert"]).0, "a client without a certificate got in");
-    let (ok, o) = mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("client.pem"), "--key", &p("client.key"), "-i", "d1", "-t", "x", "-m", "with cert"]);
+    assert!(
+        !mosq(
+            "mosquitto_pub",
+            mutual,
+            &["--cafile", ca, "-t", "x", "-m", "no cert"]
+        )
+        .0,
+        "a client without a certificate got in"
+    );
+    let (ok, o) = mosq(
+        "mosquitto_pub",
+        mutual,
+        &[
+            "--cafile",
+            ca,
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+            "-i",
+            "d1",
+            "-t",
+            "x",
+            "-m",
+            "with cert",
+        ],
+    );
     assert!(ok, "{o}");
-    assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("stranger.pem"), "--key", &p("stranger.key"), "-t", "x", "-m", "other CA"]).0, "a certificate from another CA got in");
-    assert!(!mosq("mosquitto_pub", mutual, &["--cafile", ca, "--cert", &p("expired.pem"), "--key", &p("expired.key"), "-t", "x", "-m", "expired"]).0, "an expired certificate got in");
+    assert!(
+        !mosq(
+            "mosquitto_pub",
+            mutual,
+            &[
+                "--cafile",
+                ca,
+                "--cert",
+                &p("stranger.pem"),
+                "--key",
+                &p("stranger.key"),
+                "-t",
+                "x",
+                "-m",
+                "other CA"
+            ]
+        )
+        .0,
+        "a certificate from another CA got in"
+    );
+    assert!(
+        !mosq(
+            "mosquitto_pub",
+            mutual,
+            &[
+                "--cafile",
+                ca,
+                "--cert",
+                &p("expired.pem"),
+                "--key",
+                &p("expired.key"),
+                "-t",
+                "x",
+                "-m",
+                "expired"
+            ]
+        )
+        .0,
+        "an expired certificate got in"
+    );
     // paho-mqtt (MQTT 5) over TLS with a client certificate.
     let o = Command::new("python3")
         .arg(root().join("kiln/tests/mqtt/tls.py"))
-        .args([mutual.to_string(), ca.to_string(), p("client.pem"), p("client.key")])
+        .args([
+            mutual.to_string(),
+            ca.to_string(),
+            p("client.pem"),
+            p("client.key"),
+        ])
         .env("PYTHONPATH", root().join("target/pydeps"))
         .output()
         .unwrap();
-    let paho = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let paho = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(o.status.success() && paho.ends_with("done\n"), "{paho}");
-    assert!(paho.contains("received paho/tls over tls") && paho.contains("cipher TLSv1.3"), "{paho}");
+    assert!(
+        paho.contains("received paho/tls over tls") && paho.contains("cipher TLSv1.3"),
+        "{paho}"
+    );
     // MQTT over WebSockets over TLS (wss://) beside plain TCP.
     let o = Command::new("python3")
         .arg(root().join("kiln/tests/mqtt/websockets.py"))
@@ -344,14 +575,29 @@ fn mqtt_over_tls_with_client_certificates() {
         .env("PYTHONPATH", root().join("target/pydeps"))
         .output()
         .unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success() && out.contains("MQTT 5: websockets over TLS and tcp both ways"), "{out}");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && out.contains("MQTT 5: websockets over TLS and tcp both ways"),
+        "{out}"
+    );
     // Garbage on a TLS port; the broker carries on.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00").unwrap();
+    s.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+        .unwrap();
     let _ = s.read_to_end(&mut Vec::new());
-    assert!(mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "x", "-m", "still"]).0);
+    assert!(
+        mosq(
+            "mosquitto_pub",
+            tls,
+            &["--cafile", ca, "-t", "x", "-m", "still"]
+        )
+        .0
+    );
     // A handshake that stalls (a record header promising a ClientHello
     // that never comes) is closed at the connect timeout, and the others
     // are served meanwhile.
@@ -359,17 +605,46 @@ fn mqtt_over_tls_with_client_certificates() {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).unwrap();
     let t = Instant::now();
-    assert!(mosq("mosquitto_pub", tls, &["--cafile", ca, "-t", "x", "-m", "meanwhile"]).0);
+    assert!(
+        mosq(
+            "mosquitto_pub",
+            tls,
+            &["--cafile", ca, "-t", "x", "-m", "meanwhile"]
+        )
+        .0
+    );
     let r = s.read_to_end(&mut Vec::new());
-    assert!(r.is_ok() || t.elapsed() < Duration::from_secs(25), "a stalled handshake was never closed: {r:?}");
-    assert!(t.elapsed() < Duration::from_secs(25), "a stalled handshake held on for {:?}", t.elapsed());
+    assert!(
+        r.is_ok() || t.elapsed() < Duration::from_secs(25),
+        "a stalled handshake was never closed: {r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "a stalled handshake held on for {:?}",
+        t.elapsed()
+    );
     let _ = child.kill();
     let _ = child.wait();
     let log = console.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(log.contains("listening on ports 1883, 8883, 8884"), "{log}");
-    assert!(log.contains("listener 8884 speaks TLS (/etc/mqtt/server.pem, client certificates required)"), "{log}");
-    assert!(log.contains("as d1 (p2, c1, k60, u'device1')"), "the certificate's name is the user name:\n{log}");
-    assert!(log.contains("mqtt: TLS from"), "failed handshakes are logged:\n{log}");
-    assert!(log.lines().any(|l| l.starts_with("mqtt: TLS from") && l.contains("xpired")), "the expired certificate is named:\n{log}");
+    assert!(
+        log.contains(
+            "listener 8884 speaks TLS (/etc/mqtt/server.pem, client certificates required)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("as d1 (p2, c1, k60, u'device1')"),
+        "the certificate's name is the user name:\n{log}"
+    );
+    assert!(
+        log.contains("mqtt: TLS from"),
+        "failed handshakes are logged:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("mqtt: TLS from") && l.contains("xpired")),
+        "the expired certificate is named:\n{log}"
+    );
 }

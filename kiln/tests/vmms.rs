@@ -32,29 +32,42 @@ fn exit_codes_arguments_and_panics_reach_kiln_run_on_every_vmm() {
     for v in vmms {
         let (code, out, err) = run_on(v, "apps/helloworld", &["a", "b c"]);
         assert_eq!(code, 0, "{v}: {out}{err}");
-        assert!(out.contains("Hello, world!") && out.contains("arg 2: b c"), "{v}: {out}");
+        assert!(
+            out.contains("Hello, world!") && out.contains("arg 2: b c"),
+            "{v}: {out}"
+        );
         // What a VMM appends to the command line (Firecracker's pci=off)
         // is not the app's.
         assert!(!out.contains("arg 3"), "{v}: {out}");
-        assert!(!out.contains("exit status"), "{v}: the exit line is Kiln's, not the user's: {out}");
+        assert!(
+            !out.contains("exit status"),
+            "{v}: the exit line is Kiln's, not the user's: {out}"
+        );
         let (code, out, err) = run_on(v, "apps/crashtest", &["exit", "7"]);
         assert_eq!(code, 7, "{v}: {out}{err}");
         let (code, out, err) = run_on(v, "apps/crashtest", &["panic"]);
         assert_eq!(code, 101, "{v}: {out}{err}");
-        assert!(format!("{out}{err}").contains("crashtest was asked to panic"), "{v}: {out}{err}");
+        assert!(
+            format!("{out}{err}").contains("crashtest was asked to panic"),
+            "{v}: {out}{err}"
+        );
     }
 }
 
 /// GET / on 127.0.0.1:`port`: the status line.
 fn get(port: u16) -> String {
-    support::first_status(([127, 0, 0, 1], port).into(), Duration::from_secs(60)).unwrap_or_else(|| panic!("nothing answered on port {port}"))
+    support::first_status(([127, 0, 0, 1], port).into(), Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("nothing answered on port {port}"))
 }
 
 /// Waits (10 s at most) until nothing listens on host port `port`.
 fn wait_port_free(port: u16) {
     let t = Instant::now();
     while std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "port {port} stays taken");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "port {port} stays taken"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -72,14 +85,31 @@ fn httpd_serves_through_p_and_stops_as_an_instance_on_every_other_vmm() {
         let s = State::new(&format!("vmm-{v}"));
         let port = support::free_port();
         let fwd = format!("{port}:80");
-        let (code, _, err) = s.kiln(&["run", "-q", "-d", "--vmm", v, "--name", "web", "-p", &fwd, "apps/httpd"]);
+        let (code, _, err) = s.kiln(&[
+            "run",
+            "-q",
+            "-d",
+            "--vmm",
+            v,
+            "--name",
+            "web",
+            "-p",
+            &fwd,
+            "apps/httpd",
+        ]);
         assert_eq!(code, 0, "{v}: {err}");
         s.wait_for_log("web", "httpd: serving");
         assert_eq!(get(port), "HTTP/1.1 200 OK", "{v}");
         let (_, ps, _) = s.kiln(&["ps"]);
-        assert!(ps.contains(&format!("{v}/x86_64")) && ps.contains("running"), "{v}: {ps}");
+        assert!(
+            ps.contains(&format!("{v}/x86_64")) && ps.contains("running"),
+            "{v}: {ps}"
+        );
         let tap = tap_of(&s, "web").expect("the instance records its tap");
-        assert!(Path::new("/sys/class/net").join(&tap).exists(), "{v}: {tap} missing while the guest runs");
+        assert!(
+            Path::new("/sys/class/net").join(&tap).exists(),
+            "{v}: {tap} missing while the guest runs"
+        );
         let (code, _, err) = s.kiln(&["stop", "web"]);
         assert_eq!(code, 0, "{v}: {err}");
         if v == "firecracker" {
@@ -88,10 +118,16 @@ fn httpd_serves_through_p_and_stops_as_an_instance_on_every_other_vmm() {
             let (_, log, _) = s.kiln(&["logs", "web"]);
             assert!(log.contains("httpd: stopped"), "{log}");
         } else {
-            assert!(err.contains("cannot be asked to shut down on cloud-hypervisor; stopped"), "{err}");
+            assert!(
+                err.contains("cannot be asked to shut down on cloud-hypervisor; stopped"),
+                "{err}"
+            );
         }
         assert_eq!(s.state_of("web"), "stopped");
-        assert!(!Path::new("/sys/class/net").join(&tap).exists(), "{v}: {tap} left behind");
+        assert!(
+            !Path::new("/sys/class/net").join(&tap).exists(),
+            "{v}: {tap} left behind"
+        );
         // The port is free again once the instance's supervisor is gone.
         wait_port_free(port);
     }
@@ -111,9 +147,24 @@ fn a_volume_keeps_the_brokers_retained_messages_on_every_other_vmm() {
             wait_port_free(port);
             let fwd = format!("{port}:1883");
             let (code, _, err) = s.kiln(&[
-                "run", "-d", "--vmm", v, "--name", name, "-p", &fwd, "-v", "mq:/var/lib/mqtt",
-                "-e", "MQTT_PERSISTENCE=true", "-e", "MQTT_PERSISTENCE_LOCATION=/var/lib/mqtt/",
-                "-e", "MQTT_AUTOSAVE_INTERVAL=1", "-e", "MQTT_AUTOSAVE_ON_CHANGES=true",
+                "run",
+                "-d",
+                "--vmm",
+                v,
+                "--name",
+                name,
+                "-p",
+                &fwd,
+                "-v",
+                "mq:/var/lib/mqtt",
+                "-e",
+                "MQTT_PERSISTENCE=true",
+                "-e",
+                "MQTT_PERSISTENCE_LOCATION=/var/lib/mqtt/",
+                "-e",
+                "MQTT_AUTOSAVE_INTERVAL=1",
+                "-e",
+                "MQTT_AUTOSAVE_ON_CHANGES=true",
                 "apps/mqtt",
             ]);
             assert_eq!(code, 0, "{v}: {err}");
@@ -121,10 +172,26 @@ fn a_volume_keeps_the_brokers_retained_messages_on_every_other_vmm() {
         };
         start("b1");
         let pub_ = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-r", "-q", "1", "-t", "edge/temp", "-m", "21.5"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-r",
+                "-q",
+                "1",
+                "-t",
+                "edge/temp",
+                "-m",
+                "21.5",
+            ])
             .output()
             .unwrap();
-        assert!(pub_.status.success(), "{v}: {}", String::from_utf8_lossy(&pub_.stderr));
+        assert!(
+            pub_.status.success(),
+            "{v}: {}",
+            String::from_utf8_lossy(&pub_.stderr)
+        );
         // The autosave follows the change (just after the PUBACK); then
         // the broker is stopped (on cloud-hypervisor at once, without its
         // help).
@@ -135,10 +202,26 @@ fn a_volume_keeps_the_brokers_retained_messages_on_every_other_vmm() {
         let log = s.wait_for_log("b2", "mqtt: restored");
         assert!(log.contains("restored 1 retained messages"), "{v}: {log}");
         let sub = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "edge/#", "-C", "1", "-W", "30", "-v"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "edge/#",
+                "-C",
+                "1",
+                "-W",
+                "30",
+                "-v",
+            ])
             .output()
             .unwrap();
-        assert!(String::from_utf8_lossy(&sub.stdout).contains("edge/temp 21.5"), "{v}: {}", String::from_utf8_lossy(&sub.stderr));
+        assert!(
+            String::from_utf8_lossy(&sub.stdout).contains("edge/temp 21.5"),
+            "{v}: {}",
+            String::from_utf8_lossy(&sub.stderr)
+        );
         let (code, _, err) = s.kiln(&["stop", "b2"]);
         assert_eq!(code, 0, "{v}: {err}");
     }
@@ -146,43 +229,125 @@ fn a_volume_keeps_the_brokers_retained_messages_on_every_other_vmm() {
 
 /// `kiln ARGS` with PATH = `first` then the usual one.
 fn kiln_with_path(first: &Path, args: &[&str]) -> (i32, String) {
-    let path = std::env::join_paths(std::iter::once(first.to_path_buf()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).filter(|d| !d.join("firecracker").exists()))).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln")).current_dir(root()).env("PATH", path).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    let path = std::env::join_paths(
+        std::iter::once(first.to_path_buf()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .filter(|d| !d.join("firecracker").exists()),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .env("PATH", path)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn what_a_vmm_cannot_do_is_refused_with_what_to_do() {
     let (code, _, err) = support::kiln(&["run", "--vmm", "xen", "apps/helloworld"]);
     assert_ne!(code, 0);
-    assert!(err.contains("invalid value 'xen'") && err.contains("firecracker") && err.contains("cloud-hypervisor"), "{err}");
+    assert!(
+        err.contains("invalid value 'xen'")
+            && err.contains("firecracker")
+            && err.contains("cloud-hypervisor"),
+        "{err}"
+    );
     // No firecracker in PATH: how to get it, before anything is built.
     let empty = std::env::temp_dir().join(format!("kiln-novmm-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let (code, err) = kiln_with_path(&empty, &["run", "--vmm", "firecracker", "apps/helloworld"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("firecracker not found in PATH") && err.contains("build it from its source"), "{err}");
+    assert!(
+        err.contains("firecracker not found in PATH") && err.contains("build it from its source"),
+        "{err}"
+    );
     // A stand-in program: the checks that come before starting it.
     let fake: PathBuf = empty.join("firecracker");
     std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
-    Command::new("chmod").arg("755").arg(&fake).status().unwrap();
-    let (code, err) = kiln_with_path(&empty, &["run", "-W", "--vmm", "firecracker", "apps/helloworld"]);
+    Command::new("chmod")
+        .arg("755")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let (code, err) = kiln_with_path(
+        &empty,
+        &["run", "-W", "--vmm", "firecracker", "apps/helloworld"],
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("-W: firecracker runs guests on KVM only"), "{err}");
-    let (code, err) = kiln_with_path(&empty, &["run", "--machine", "q35", "--vmm", "firecracker", "apps/helloworld"]);
+    assert!(
+        err.contains("-W: firecracker runs guests on KVM only"),
+        "{err}"
+    );
+    let (code, err) = kiln_with_path(
+        &empty,
+        &[
+            "run",
+            "--machine",
+            "q35",
+            "--vmm",
+            "firecracker",
+            "apps/helloworld",
+        ],
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("--machine chooses QEMU's machine model"), "{err}");
+    assert!(
+        err.contains("--machine chooses QEMU's machine model"),
+        "{err}"
+    );
     let folder = format!("{}:/x", empty.display());
-    let (code, err) = kiln_with_path(&empty, &["run", "--vmm", "firecracker", "-v", &folder, "apps/helloworld"]);
+    let (code, err) = kiln_with_path(
+        &empty,
+        &[
+            "run",
+            "--vmm",
+            "firecracker",
+            "-v",
+            &folder,
+            "apps/helloworld",
+        ],
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("Firecracker has no virtio-9p device") && err.contains("kiln volume create"), "{err}");
-    let (code, err) = kiln_with_path(&empty, &["run", "--vmm", "firecracker", "-p", "5353:53/udp", "apps/helloworld"]);
+    assert!(
+        err.contains("Firecracker has no virtio-9p device") && err.contains("kiln volume create"),
+        "{err}"
+    );
+    let (code, err) = kiln_with_path(
+        &empty,
+        &[
+            "run",
+            "--vmm",
+            "firecracker",
+            "-p",
+            "5353:53/udp",
+            "apps/helloworld",
+        ],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("Kiln forwards TCP ports only"), "{err}");
     let image = root().join("apps/helloworld/.kiln/build/helloworld_qemu-x86_64");
-    let (code, err) = kiln_with_path(&empty, &["run", "--vmm", "firecracker", "--arch", "arm64", "--kernel", image.to_str().unwrap()]);
+    let (code, err) = kiln_with_path(
+        &empty,
+        &[
+            "run",
+            "--vmm",
+            "firecracker",
+            "--arch",
+            "arm64",
+            "--kernel",
+            image.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("Firecracker runs Kiln's x86_64 image only"), "{err}");
+    assert!(
+        err.contains("Firecracker runs Kiln's x86_64 image only"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&empty);
 }
 
@@ -194,17 +359,34 @@ fn a_guest_of_every_other_vmm_serves_on_a_bridge() {
         let b = support::Bridge::create("kvb", 80);
         let s = State::new(&format!("vmmbr-{v}"));
         let net = format!("bridge:{}", b.name);
-        let (code, _, err) = s.kiln(&["run", "-q", "-d", "--vmm", v, "--name", "web", "--network", &net, "apps/httpd"]);
+        let (code, _, err) = s.kiln(&[
+            "run",
+            "-q",
+            "-d",
+            "--vmm",
+            v,
+            "--name",
+            "web",
+            "--network",
+            &net,
+            "apps/httpd",
+        ]);
         assert_eq!(code, 0, "{v}: {err}");
         s.wait_for_log("web", "httpd: serving");
         let tap = tap_of(&s, "web").expect("the instance records its tap");
         let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
         assert!(master.ends_with(&b.name), "{v}: {tap} is on {master:?}");
-        let status = support::first_status(format!("{}:80", b.guest_ip).parse().unwrap(), Duration::from_secs(30));
+        let status = support::first_status(
+            format!("{}:80", b.guest_ip).parse().unwrap(),
+            Duration::from_secs(30),
+        );
         assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{v}");
         let (code, _, err) = s.kiln(&["rm", "-f", "web"]);
         assert_eq!(code, 0, "{v}: {err}");
-        assert!(!Path::new("/sys/class/net").join(&tap).exists(), "{v}: {tap} left behind");
+        assert!(
+            !Path::new("/sys/class/net").join(&tap).exists(),
+            "{v}: {tap} left behind"
+        );
     }
 }
 
@@ -216,7 +398,24 @@ fn qemu_without_the_debug_exit_device_gets_the_code_on_the_console() {
     let (code, _, err) = support::kiln(&["build", "-q", "apps/crashtest"]);
     assert_eq!(code, 0, "{err}");
     let o = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,acpi=off", "-device", "i8042", "-accel", "tcg", "-cpu", "max", "-m", "64M", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-M",
+            "microvm,acpi=off",
+            "-device",
+            "i8042",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "64M",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(root().join("apps/crashtest/.kiln/build/crashtest_qemu-x86_64"))
         .args(["-append", "kiln.quiet -- exit 4"])

@@ -22,14 +22,25 @@ fn rootfs(arch: &str, tag: &str) -> PathBuf {
     std::fs::create_dir_all(d.join("bin")).unwrap();
     std::fs::create_dir_all(d.join("etc")).unwrap();
     std::fs::write(d.join("etc/motd"), "from the initrd\n").unwrap();
-    std::fs::copy(linux_program_for(arch, "linux-volume"), d.join("bin/volume")).unwrap();
+    std::fs::copy(
+        linux_program_for(arch, "linux-volume"),
+        d.join("bin/volume"),
+    )
+    .unwrap();
     d
 }
 
 /// `kiln run` of the ELF loader with `extra` options, the volume program
 /// and its arguments: (exit code, everything printed).
 fn run(s: &State, initrd: &Path, extra: &[&str], args: &[&str]) -> (i32, String) {
-    let mut all = vec!["run", "-W", "--timeout", "240", "--initrd", initrd.to_str().unwrap()];
+    let mut all = vec![
+        "run",
+        "-W",
+        "--timeout",
+        "240",
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ];
     all.extend_from_slice(extra);
     all.extend_from_slice(&["apps/elfloader", "--", "/bin/volume"]);
     all.extend_from_slice(args);
@@ -44,19 +55,39 @@ fn image(s: &State, name: &str) -> PathBuf {
 /// `fsck.fat -n` of an image: (clean, its report). A dirty bit alone (an
 /// unmount that never came: the guest was killed) is not an error.
 fn fsck(img: &Path) -> (bool, String) {
-    let o = Command::new("fsck.fat").arg("-n").arg(img).output().expect("fsck.fat (dosfstools) is installed by scripts/test");
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    let only_dirty = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .all(|l| l.starts_with("fsck.fat ") || l.contains("Dirty bit is set") || l.contains("Automatically removing dirty bit") || l.contains("Leaving filesystem unchanged") || l.contains(" files, "));
+    let o = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(img)
+        .output()
+        .expect("fsck.fat (dosfstools) is installed by scripts/test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let only_dirty = text.lines().filter(|l| !l.trim().is_empty()).all(|l| {
+        l.starts_with("fsck.fat ")
+            || l.contains("Dirty bit is set")
+            || l.contains("Automatically removing dirty bit")
+            || l.contains("Leaving filesystem unchanged")
+            || l.contains(" files, ")
+    });
     (o.status.success() || only_dirty, text)
 }
 
 /// A file's contents in an image, read on the host (mtools).
 fn host_read(img: &Path, path: &str) -> String {
-    let o = Command::new("mtype").arg("-i").arg(img).arg(format!("::{path}")).output().expect("mtype (mtools) is installed by scripts/test");
-    assert!(o.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("mtype")
+        .arg("-i")
+        .arg(img)
+        .arg(format!("::{path}"))
+        .output()
+        .expect("mtype (mtools) is installed by scripts/test");
+    assert!(
+        o.status.success(),
+        "mtype {path}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -76,22 +107,49 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
     for n in 1..=2 {
         let (code, out) = run(&s, &initrd, &["-v", "data:/data"], &["count", "/data"]);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains(&format!("was {} now {n}", n - 1)), "boot {n}: {out}");
+        assert!(
+            out.contains(&format!("was {} now {n}", n - 1)),
+            "boot {n}: {out}"
+        );
         assert!(out.contains("listing renamed-note.txt"), "{out}");
         // statfs: FAT's magic, and the volume's clusters.
         assert!(out.contains("statfs 0 type 4d44"), "{out}");
         assert!(out.contains("fatfs: kiln-vol0 on /data"), "{out}");
         let (clean, report) = fsck(&img);
-        assert!(clean && !report.contains("Dirty"), "after a clean exit the volume is clean: {report}");
+        assert!(
+            clean && !report.contains("Dirty"),
+            "after a clean exit the volume is clean: {report}"
+        );
     }
-    assert_eq!(host_read(&img, "/count.txt").trim().parse::<u64>().unwrap(), 2);
-    assert_eq!(host_read(&img, "/A Directory With A Long Name/renamed-note.txt"), "kept");
+    assert_eq!(
+        host_read(&img, "/count.txt").trim().parse::<u64>().unwrap(),
+        2
+    );
+    assert_eq!(
+        host_read(&img, "/A Directory With A Long Name/renamed-note.txt"),
+        "kept"
+    );
 
     // The same volume on arm64 (virt's virtio-mmio) and on q35 (PCI).
-    let (code, out) = run(&s, &rootfs("aarch64", "keep-arm64"), &["--arch", "arm64", "-M", "256M", "-v", "data:/data"], &["count", "/data"]);
+    let (code, out) = run(
+        &s,
+        &rootfs("aarch64", "keep-arm64"),
+        &["--arch", "arm64", "-M", "256M", "-v", "data:/data"],
+        &["count", "/data"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("was 2 now 3"), "arm64: {out}");
-    let (code, out) = run(&s, &initrd, &["--machine", "q35", "-v", &format!("{}:/data", img.display())], &["count", "/data"]);
+    let (code, out) = run(
+        &s,
+        &initrd,
+        &[
+            "--machine",
+            "q35",
+            "-v",
+            &format!("{}:/data", img.display()),
+        ],
+        &["count", "/data"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("was 3 now 4"), "q35: {out}");
     assert!(fsck(&img).0);
@@ -99,7 +157,10 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
     // Read-only: the program's write fails with EROFS, nothing changes.
     let (code, out) = run(&s, &initrd, &["-v", "data:/data:ro"], &["write", "/data"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("write: EROFS") && out.contains("(read-only)"), "{out}");
+    assert!(
+        out.contains("write: EROFS") && out.contains("(read-only)"),
+        "{out}"
+    );
 
     // A full volume: ENOSPC, and the file system is still sound.
     let (code, _, err) = s.kiln(&["volume", "create", "small", "--size", "2M"]);
@@ -130,26 +191,65 @@ fn a_host_folder_is_shared_both_ways() {
     let (code, out) = run(&s, &initrd, &["-v", &flag], &["share", "/data"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("9pfs: kiln-fs0 on /data"), "{out}");
-    assert!(out.contains("host says: from the host") && out.contains("through the link: from the host"), "{out}");
-    assert!(out.contains("share: cut.txt,hello.txt,link,secret.txt"), "{out}");
-    assert_eq!(std::fs::read_to_string(share.join("cut.txt")).unwrap(), "0123");
-    assert_eq!(std::fs::read_link(share.join("link")).unwrap(), Path::new("hello.txt"));
+    assert!(
+        out.contains("host says: from the host") && out.contains("through the link: from the host"),
+        "{out}"
+    );
+    assert!(
+        out.contains("share: cut.txt,hello.txt,link,secret.txt"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("cut.txt")).unwrap(),
+        "0123"
+    );
+    assert_eq!(
+        std::fs::read_link(share.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(share.join("secret.txt")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(share.join("secret.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     assert!(!share.join("tmp").exists());
     // Twice, and on arm64: the counter grows in the host's folder.
     for n in 1..=2 {
         let (code, out) = run(&s, &initrd, &["-v", &flag], &["count", "/data"]);
         assert_eq!(code, 0, "{out}");
         assert!(out.contains(&format!("was {} now {n}", n - 1)), "{out}");
-        assert!(out.contains("statfs 0 type 1021997"), "the host's figures, as a 9p mount: {out}");
+        assert!(
+            out.contains("statfs 0 type 1021997"),
+            "the host's figures, as a 9p mount: {out}"
+        );
     }
-    let (code, out) = run(&s, &rootfs("aarch64", "share-arm64"), &["--arch", "arm64", "-M", "256M", "-v", &flag], &["count", "/data"]);
+    let (code, out) = run(
+        &s,
+        &rootfs("aarch64", "share-arm64"),
+        &["--arch", "arm64", "-M", "256M", "-v", &flag],
+        &["count", "/data"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("was 2 now 3"), "arm64: {out}");
-    assert_eq!(std::fs::read_to_string(share.join("count.txt")).unwrap().trim().parse::<u64>().unwrap(), 3);
+    assert_eq!(
+        std::fs::read_to_string(share.join("count.txt"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap(),
+        3
+    );
     // Read-only: the guest cannot change the host's files.
-    let (code, out) = run(&s, &initrd, &["-v", &format!("{flag}:ro")], &["write", "/data"]);
+    let (code, out) = run(
+        &s,
+        &initrd,
+        &["-v", &format!("{flag}:ro")],
+        &["write", "/data"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("write: EROFS"), "{out}");
     assert!(!share.join("new.txt").exists());
@@ -179,18 +279,39 @@ fn bad_volumes_are_refused_with_the_reason() {
     let zero = s.0.join("zero.img");
     std::fs::create_dir_all(&s.0).unwrap();
     std::fs::write(&zero, vec![0u8; 4 << 20]).unwrap();
-    let (code, out) = run(&s, &initrd, &["-v", &format!("{}:/data", zero.display())], &["count", "/data"]);
+    let (code, out) = run(
+        &s,
+        &initrd,
+        &["-v", &format!("{}:/data", zero.display())],
+        &["count", "/data"],
+    );
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("not a FAT file system"), "{out}");
     let (code, _, err) = s.kiln(&["volume", "create", "v", "--size", "4M"]);
     assert_eq!(code, 0, "{err}");
     let (code, out) = run(&s, &initrd, &["-v", "v:/etc"], &["count", "/etc"]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("/etc already holds files from the initrd"), "{out}");
+    assert!(
+        out.contains("/etc already holds files from the initrd"),
+        "{out}"
+    );
     // Optional (nofail): the program runs without the mount.
-    let (code, out) = run(&s, &initrd, &["--kernel-arg", "vfs.fstab=vdz:/data:vfat:nofail", "-v", "v:/vol"], &["count", "/vol"]);
+    let (code, out) = run(
+        &s,
+        &initrd,
+        &[
+            "--kernel-arg",
+            "vfs.fstab=vdz:/data:vfat:nofail",
+            "-v",
+            "v:/vol",
+        ],
+        &["count", "/vol"],
+    );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("/data not mounted (nofail): no disk vdz (this machine has vda)"), "{out}");
+    assert!(
+        out.contains("/data not mounted (nofail): no disk vdz (this machine has vda)"),
+        "{out}"
+    );
     assert!(out.contains("was 0 now 1"), "{out}");
     let _ = std::fs::remove_dir_all(&initrd);
 }
@@ -217,21 +338,44 @@ fn a_guest_killed_while_writing_loses_nothing_it_synced() {
     for round in 0..20 {
         let name = format!("w{round}");
         let (code, _, err) = s.kiln(&[
-            "run", "-d", "-W", "--name", &name, "--initrd", initrd.to_str().unwrap(), "-v", "crash:/data",
-            "apps/elfloader", "--", "/bin/volume", "loop", "/data",
+            "run",
+            "-d",
+            "-W",
+            "--name",
+            &name,
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "-v",
+            "crash:/data",
+            "apps/elfloader",
+            "--",
+            "/bin/volume",
+            "loop",
+            "/data",
         ]);
         assert_eq!(code, 0, "{err}");
         s.wait_for_log(&name, "synced");
         std::thread::sleep(Duration::from_millis(random(1500)));
         kill_9(&s, &name);
         let (_, log, _) = s.kiln(&["logs", &name]);
-        let synced: Vec<u64> = log.lines().filter_map(|l| l.strip_prefix("synced ")?.trim().parse().ok()).collect();
-        let acked = *synced.last().unwrap_or_else(|| panic!("{name}: nothing synced:\n{log}"));
-        assert!(synced.first().copied().unwrap_or(0) > last, "round {round} started below the last value {last}: {log}");
+        let synced: Vec<u64> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("synced ")?.trim().parse().ok())
+            .collect();
+        let acked = *synced
+            .last()
+            .unwrap_or_else(|| panic!("{name}: nothing synced:\n{log}"));
+        assert!(
+            synced.first().copied().unwrap_or(0) > last,
+            "round {round} started below the last value {last}: {log}"
+        );
         let (clean, report) = fsck(&img);
         assert!(clean, "round {round}: fsck.fat found damage:\n{report}");
         let on_disk: u64 = host_read(&img, "/count.txt").trim().parse().unwrap();
-        assert!(on_disk >= acked, "round {round}: the guest reported {acked} synced, the volume holds {on_disk}");
+        assert!(
+            on_disk >= acked,
+            "round {round}: the guest reported {acked} synced, the volume holds {on_disk}"
+        );
         last = on_disk;
         let (code, _, err) = s.kiln(&["rm", &name]);
         assert_eq!(code, 0, "{err}");
@@ -245,7 +389,12 @@ fn a_guest_killed_while_writing_loses_nothing_it_synced() {
 fn kill_9(s: &State, name: &str) {
     let (_, ps, _) = s.kiln(&["ps", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&ps).unwrap();
-    let pid = v.as_array().unwrap().iter().find(|r| r["name"] == name).and_then(|r| r["pid"].as_u64());
+    let pid = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["pid"].as_u64());
     let pid = pid.unwrap_or_else(|| panic!("{name} is not running: {ps}"));
     // SAFETY: sends SIGKILL to the QEMU process of this test's instance.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -258,8 +407,19 @@ fn kill_9(s: &State, name: &str) {
 
 /// mosquitto_sub/pub against 127.0.0.1:`port`: (success, output).
 fn mosquitto(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
-    let o = Command::new(tool).args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().unwrap();
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    let o = Command::new(tool)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// apps/mqtt with mosquitto's persistence options on a volume: a retained
@@ -275,9 +435,23 @@ fn the_broker_keeps_retained_messages_and_sessions_across_restarts() {
     let start = |name: &str| {
         let fwd = format!("{port}:1883");
         let (code, _, err) = s.kiln(&[
-            "run", "-d", "-W", "--name", name, "-p", &fwd, "-v", "mq:/var/lib/mqtt",
-            "-e", "MQTT_PERSISTENCE=true", "-e", "MQTT_PERSISTENCE_LOCATION=/var/lib/mqtt/",
-            "-e", "MQTT_AUTOSAVE_INTERVAL=1", "-e", "MQTT_AUTOSAVE_ON_CHANGES=true",
+            "run",
+            "-d",
+            "-W",
+            "--name",
+            name,
+            "-p",
+            &fwd,
+            "-v",
+            "mq:/var/lib/mqtt",
+            "-e",
+            "MQTT_PERSISTENCE=true",
+            "-e",
+            "MQTT_PERSISTENCE_LOCATION=/var/lib/mqtt/",
+            "-e",
+            "MQTT_AUTOSAVE_INTERVAL=1",
+            "-e",
+            "MQTT_AUTOSAVE_ON_CHANGES=true",
             "apps/mqtt",
         ]);
         assert_eq!(code, 0, "{err}");
@@ -286,19 +460,41 @@ fn the_broker_keeps_retained_messages_and_sessions_across_restarts() {
     let log = start("b1");
     assert!(log.contains("will be made at the first save"), "{log}");
     // A persistent session subscribes, then goes away.
-    let (ok, out) = mosquitto("mosquitto_sub", port, &["-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-E"]);
+    let (ok, out) = mosquitto(
+        "mosquitto_sub",
+        port,
+        &["-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-E"],
+    );
     assert!(ok, "{out}");
-    let (ok, out) = mosquitto("mosquitto_pub", port, &["-r", "-q", "1", "-t", "plant/a/temp", "-m", "21.5"]);
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &["-r", "-q", "1", "-t", "plant/a/temp", "-m", "21.5"],
+    );
     assert!(ok, "{out}");
-    let (ok, out) = mosquitto("mosquitto_pub", port, &["-q", "1", "-t", "plant/b/temp", "-m", "19.0"]);
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &["-q", "1", "-t", "plant/b/temp", "-m", "19.0"],
+    );
     assert!(ok, "{out}");
     // The autosave follows each change (after the PUBACK, as mosquitto's
     // does): once the volume holds the last message, the power goes.
     let img = image(&s, "mq");
     let t = Instant::now();
-    let saved = |img: &Path| Command::new("mtype").arg("-i").arg(img).arg("::/mosquitto.db").output().is_ok_and(|o| o.stdout.windows(4).any(|w| w == b"19.0"));
+    let saved = |img: &Path| {
+        Command::new("mtype")
+            .arg("-i")
+            .arg(img)
+            .arg("::/mosquitto.db")
+            .output()
+            .is_ok_and(|o| o.stdout.windows(4).any(|w| w == b"19.0"))
+    };
     while !saved(&img) {
-        assert!(t.elapsed() < Duration::from_secs(60), "the broker never saved the second message");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the broker never saved the second message"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, before, _) = s.kiln(&["logs", "b1"]);
@@ -306,37 +502,68 @@ fn the_broker_keeps_retained_messages_and_sessions_across_restarts() {
     // Its supervisor lets go of the forwarded port as it notices.
     let t = Instant::now();
     while std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "port {port} stays taken");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "port {port} stays taken"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     let log = start("b2");
-    assert!(log.contains("restored 1 retained messages and 1 sessions (2 messages queued)"), "{before}\n---\n{log}");
+    assert!(
+        log.contains("restored 1 retained messages and 1 sessions (2 messages queued)"),
+        "{before}\n---\n{log}"
+    );
     // A volume in use is not removed.
     let (code, _, err) = s.kiln(&["volume", "rm", "mq"]);
     assert_ne!(code, 0);
-    assert!(err.contains("volume 'mq' is in use by instance 'b2'"), "{err}");
+    assert!(
+        err.contains("volume 'mq' is in use by instance 'b2'"),
+        "{err}"
+    );
     // The session's two queued messages, then the retained one again
     // (mosquitto_sub subscribes at every connect). All three are read, so
     // the client leaves with nothing unread: a socket closed with unread
     // data is reset, and a reset can overtake the acknowledgements on
     // their way through QEMU's forwarding.
-    let (ok, out) = mosquitto("mosquitto_sub", port, &["-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-C", "3", "-W", "30", "-v"]);
+    let (ok, out) = mosquitto(
+        "mosquitto_sub",
+        port,
+        &[
+            "-c", "-i", "keeper", "-q", "1", "-t", "plant/#", "-C", "3", "-W", "30", "-v",
+        ],
+    );
     assert!(ok, "{out}");
-    assert!(out.contains("plant/a/temp 21.5") && out.contains("plant/b/temp 19.0"), "{out}");
+    assert!(
+        out.contains("plant/a/temp 21.5") && out.contains("plant/b/temp 19.0"),
+        "{out}"
+    );
     assert_eq!(out.matches("plant/a/temp 21.5").count(), 2, "{out}");
-    let (ok, out) = mosquitto("mosquitto_sub", port, &["-t", "plant/#", "-C", "1", "-W", "30", "-v"]);
-    assert!(ok && out.contains("plant/a/temp 21.5"), "a new subscriber gets the retained message: {out}");
+    let (ok, out) = mosquitto(
+        "mosquitto_sub",
+        port,
+        &["-t", "plant/#", "-C", "1", "-W", "30", "-v"],
+    );
+    assert!(
+        ok && out.contains("plant/a/temp 21.5"),
+        "a new subscriber gets the retained message: {out}"
+    );
     // A clean stop saves too.
     let (_, b2, _) = s.kiln(&["logs", "b2"]);
     let (code, _, err) = s.kiln(&["stop", "b2"]);
     assert_eq!(code, 0, "{err}");
     let log = start("b3");
-    assert!(log.contains("restored 1 retained messages and 1 sessions (0 messages queued)"), "the messages received were acknowledged:\n{b2}\n---\n{err}\n---\n{log}");
+    assert!(
+        log.contains("restored 1 retained messages and 1 sessions (0 messages queued)"),
+        "the messages received were acknowledged:\n{b2}\n---\n{err}\n---\n{log}"
+    );
     let (code, _, err) = s.kiln(&["stop", "b3"]);
     assert_eq!(code, 0, "{err}");
     let (clean, report) = fsck(&img);
-    assert!(clean && !report.contains("Dirty"), "{report}\n(kiln stop b3: {err})");
+    assert!(
+        clean && !report.contains("Dirty"),
+        "{report}\n(kiln stop b3: {err})"
+    );
 }
 
 /// A run-time initrd with Debian's `programs` and their libraries.
@@ -354,7 +581,10 @@ fn debian_rootfs(s: &State, tag: &str, programs: &[&str]) -> PathBuf {
 fn wait_port_free(port: u16) {
     let t = Instant::now();
     while std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "port {port} stays taken");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "port {port} stays taken"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -373,15 +603,42 @@ fn debians_redis_keeps_every_acknowledged_write_on_a_volume() {
     let start = |name: &str| {
         let fwd = format!("{port}:6379");
         let (code, _, err) = s.kiln(&[
-            "run", "-d", "-W", "-M", "512M", "--name", name, "-p", &fwd, "-v", "rd:/data", "--initrd", initrd.to_str().unwrap(),
-            "apps/elfloader", "--", "/usr/bin/redis-server", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-            "--dir", "/data", "--protected-mode", "no",
+            "run",
+            "-d",
+            "-W",
+            "-M",
+            "512M",
+            "--name",
+            name,
+            "-p",
+            &fwd,
+            "-v",
+            "rd:/data",
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "apps/elfloader",
+            "--",
+            "/usr/bin/redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            "/data",
+            "--protected-mode",
+            "no",
         ]);
         assert_eq!(code, 0, "{err}");
         s.wait_for_log(name, "Ready to accept connections")
     };
     let cli = |args: &[&str]| {
-        let o = Command::new("redis-cli").args(["-p", &p]).args(args).output().unwrap();
+        let o = Command::new("redis-cli")
+            .args(["-p", &p])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     start("r1");
@@ -417,7 +674,16 @@ fn debians_sqlite_survives_a_kill_in_the_middle_of_a_write_loop() {
     std::fs::create_dir_all(initrd.join("sql")).unwrap();
     std::fs::write(initrd.join("sql/insert.sql"), sql).unwrap();
     let sqlite = |extra: &[&str], args: &[&str]| {
-        let mut all = vec!["run", "-W", "-M", "128M", "-v", "sq:/data", "--initrd", initrd.to_str().unwrap()];
+        let mut all = vec![
+            "run",
+            "-W",
+            "-M",
+            "128M",
+            "-v",
+            "sq:/data",
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ];
         all.extend_from_slice(extra);
         all.extend_from_slice(&["apps/elfloader", "--", "/usr/bin/sqlite3", "/data/t.db"]);
         all.extend_from_slice(args);
@@ -428,12 +694,28 @@ fn debians_sqlite_survives_a_kill_in_the_middle_of_a_write_loop() {
     s.wait_for_log("w", "inserted 200");
     kill_9(&s, "w");
     let (_, log, _) = s.kiln(&["logs", "w"]);
-    let reported: u64 = log.lines().filter_map(|l| l.strip_prefix("inserted ")?.trim().parse().ok()).max().unwrap();
-    assert!(reported < 5000, "the loop had finished before the kill: {reported}");
-    let (code, out, err) = sqlite(&["--timeout", "120"], &["pragma integrity_check; select 'rows', count(*) from t;"]);
+    let reported: u64 = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("inserted ")?.trim().parse().ok())
+        .max()
+        .unwrap();
+    assert!(
+        reported < 5000,
+        "the loop had finished before the kill: {reported}"
+    );
+    let (code, out, err) = sqlite(
+        &["--timeout", "120"],
+        &["pragma integrity_check; select 'rows', count(*) from t;"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.lines().any(|l| l.trim() == "ok"), "{out}{err}");
-    let rows: u64 = out.lines().find_map(|l| l.strip_prefix("rows|")?.trim().parse().ok()).unwrap_or_else(|| panic!("{out}{err}"));
-    assert!(rows >= reported, "sqlite3 reported {reported} rows inserted, the database holds {rows}");
+    let rows: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rows|")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}{err}"));
+    assert!(
+        rows >= reported,
+        "sqlite3 reported {reported} rows inserted, the database holds {rows}"
+    );
     let _ = std::fs::remove_dir_all(&initrd);
 }

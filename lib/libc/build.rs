@@ -5,13 +5,18 @@ use std::path::PathBuf;
 
 fn main() {
     let include = kiln_cc::kiln_include();
-    println!("cargo:rerun-if-changed={}", include.join("kiln.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("kiln.h").display()
+    );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
 
     // kiln.h as Rust: its types, and its functions (which src/lib.rs
     // implements and checks against these declarations).
     kiln_cc::write_bindings(
-        kiln_cc::bindgen().header(include.join("kiln.h").to_string_lossy()).allowlist_item("kiln_.*"),
+        kiln_cc::bindgen()
+            .header(include.join("kiln.h").to_string_lossy())
+            .allowlist_item("kiln_.*"),
         "kiln_h.rs",
         "kiln.h",
     );
@@ -36,7 +41,10 @@ fn main() {
     }
     let t = kiln_cc::target().unwrap_or_else(|e| kiln_cc::fail(&format!("LIBC: {e}")));
     println!("cargo:rerun-if-changed=c/start.c");
-    kiln_cc::compile_with(kiln_cc::build_library().file("c/start.c"), "kiln_libc_start");
+    kiln_cc::compile_with(
+        kiln_cc::build_library().file("c/start.c"),
+        "kiln_libc_start",
+    );
     println!("cargo:rustc-link-search=native={}", t.lib.display());
     println!("cargo:rustc-link-lib=static=c");
 }

@@ -6,7 +6,11 @@ fn main() {
         .expect("reading lua-src's folder")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("lua-5.4")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("lua-5.4"))
+        })
         .max()
         .unwrap_or_else(|| kiln_cc::fail(&format!("no lua-5.4 sources in {}", krate.display())));
     // For apps that compile Lua's own lua.c (apps/lua): DEP_KILN_LUA_SRC.
@@ -26,7 +30,10 @@ fn main() {
         return;
     }
     let mut b = kiln_cc::build_library();
-    for e in std::fs::read_dir(&src).expect("reading Lua's sources").flatten() {
+    for e in std::fs::read_dir(&src)
+        .expect("reading Lua's sources")
+        .flatten()
+    {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         // lua.c and luac.c are programs (apps/lua compiles lua.c).
@@ -35,7 +42,10 @@ fn main() {
         }
     }
     // POSIX (musl): mkstemp, popen, _setjmp; no dlopen for C modules.
-    b.define("LUA_USE_POSIX", None).warnings(false).extra_warnings(false).flag("-w");
+    b.define("LUA_USE_POSIX", None)
+        .warnings(false)
+        .extra_warnings(false)
+        .flag("-w");
     kiln_cc::compile_with(&b, "lua");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -145,7 +145,11 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     kiln_console::log!(
         kiln_console::Level::Info,
         "elfloader: {path} loaded with bias {bias:#x}{}",
-        if interp_base != 0 { alloc::format!(", its loader at {interp_base:#x}") } else { String::new() }
+        if interp_base != 0 {
+            alloc::format!(", its loader at {interp_base:#x}")
+        } else {
+            String::new()
+        }
     );
     let aux = AuxInfo {
         phdr: prog.phdr_vaddr.wrapping_add(bias),

@@ -374,7 +374,11 @@ impl Conn {
         }
         while !self.busy() && !self.closing {
             // Empty lines before a request line are skipped (RFC 9112).
-            let blank = self.inbuf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let blank = self
+                .inbuf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
             self.inbuf.drain(..blank);
             let Some((end, used)) = head_end(&self.inbuf) else {
                 let first = self.inbuf.split(|&b| b == b'\n').next().unwrap_or(&[]);
@@ -503,7 +507,10 @@ pub fn main(_args: &[&str], env: &[(&str, &str)]) -> i32 {
                 tls = None;
             }
             let busy = conns.iter().filter(|c| c.busy()).count();
-            println!("httpd: stopping: {busy} responses under way, {} connections", conns.len());
+            println!(
+                "httpd: stopping: {busy} responses under way, {} connections",
+                conns.len()
+            );
             for c in &mut conns {
                 c.closing = true;
             }
@@ -566,18 +573,28 @@ mod tls {
 
     /// Reads the certificate and key (Kconfig's paths, or the
     /// environment's) and listens on the TLS port.
-    pub fn listener(env: &[(&str, &str)]) -> Result<(TcpListener, Arc<kiln_std::tls::ServerConfig>), String> {
+    pub fn listener(
+        env: &[(&str, &str)],
+    ) -> Result<(TcpListener, Arc<kiln_std::tls::ServerConfig>), String> {
         let var = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
         let port = match var("HTTPD_TLS_PORT") {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("HTTPD_TLS_PORT={p}: expected a port 1-65535"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("HTTPD_TLS_PORT={p}: expected a port 1-65535"))?,
             None => PORT as u16,
         };
         let cert_path = var("HTTPD_TLS_CERT").unwrap_or(CERT);
         let key_path = var("HTTPD_TLS_KEY").unwrap_or(KEY);
-        let cert = fs::read(cert_path).map_err(|e| format!("reading the certificate {cert_path}: {e}"))?;
-        let key = fs::read(key_path).map_err(|e| format!("reading the private key {key_path}: {e}"))?;
-        let config = kiln_std::tls::server_config(&cert, &key, &[b"http/1.1"]).map_err(|e| format!("{cert_path}, {key_path}: {e}"))?;
-        let mut l = TcpListener::bind(port, BACKLOG as usize).map_err(|e| format!("port {port}: {e}"))?;
+        let cert =
+            fs::read(cert_path).map_err(|e| format!("reading the certificate {cert_path}: {e}"))?;
+        let key =
+            fs::read(key_path).map_err(|e| format!("reading the private key {key_path}: {e}"))?;
+        let config = kiln_std::tls::server_config(&cert, &key, &[b"http/1.1"])
+            .map_err(|e| format!("{cert_path}, {key_path}: {e}"))?;
+        let mut l =
+            TcpListener::bind(port, BACKLOG as usize).map_err(|e| format!("port {port}: {e}"))?;
         l.set_nonblocking(true);
         println!("httpd: serving {ROOT} over TLS on port {port} ({cert_path})");
         Ok((l, config))
@@ -631,7 +648,10 @@ mod tests {
         let r = parse_head(b"GET /lf HTTP/1.1\nHost: x\nConnection: close\n").unwrap();
         assert_eq!((r.path.as_str(), r.keep_alive), ("/lf", false));
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\nnext"), Some((23, 24)));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnext"), Some((25, 27)));
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnext"),
+            Some((25, 27))
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
         assert!(hopeless(b"\x16\x03\x01") && hopeless(b"aaaa") && hopeless(&[b'A'; 40]));
         assert!(!hopeless(b"GE") && !hopeless(b"GET / HTTP/1") && !hopeless(b"OPTIONS"));

@@ -48,11 +48,19 @@ fn configure(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
             "-c" => file = Some(it.next().ok_or("-c needs a file")?.to_string()),
             "-p" => port = Some(it.next().ok_or("-p needs a port")?.to_string()),
             "-q" => cfg.verbose = false,
-            _ => return Err(format!("unknown argument '{a}' (expected -c FILE, -p PORT, -q)")),
+            _ => {
+                return Err(format!(
+                    "unknown argument '{a}' (expected -c FILE, -p PORT, -q)"
+                ))
+            }
         }
     }
     let default = "/etc/mqtt/mqtt.conf";
-    let file = file.or_else(|| kiln_std::fs::metadata(default).ok().map(|_| default.to_string()));
+    let file = file.or_else(|| {
+        kiln_std::fs::metadata(default)
+            .ok()
+            .map(|_| default.to_string())
+    });
     let mut files = Vec::new();
     if let Some(f) = &file {
         let text = read_file(f, "configuration file")?;
@@ -119,14 +127,24 @@ impl Saver {
                     Err(e) => {
                         let aside = format!("{path}.damaged");
                         let _ = kiln_std::fs::rename(&path, &aside);
-                        println!("mqtt: {path} is damaged ({e}); starting without it (kept as {aside})");
+                        println!(
+                            "mqtt: {path} is damaged ({e}); starting without it (kept as {aside})"
+                        );
                     }
                 }
             }
-            Err(kiln_std::fs::Error::NotFound) => println!("mqtt: persistence: {path} will be made at the first save"),
+            Err(kiln_std::fs::Error::NotFound) => {
+                println!("mqtt: persistence: {path} will be made at the first save")
+            }
             Err(e) => println!("mqtt: persistence: reading {path}: {e}; starting without it"),
         }
-        Saver { path, saved_at: now, saved_changes: broker.changes(), failed: false, last }
+        Saver {
+            path,
+            saved_at: now,
+            saved_changes: broker.changes(),
+            failed: false,
+            last,
+        }
     }
 
     fn due(&self, broker: &Broker, now: u64) -> bool {
@@ -158,7 +176,10 @@ impl Saver {
             }
             Err(e) if !self.failed => {
                 self.failed = true;
-                println!("mqtt: saving {}: {e} (tried again at the next autosave)", self.path);
+                println!(
+                    "mqtt: saving {}: {e} (tried again at the next autosave)",
+                    self.path
+                );
             }
             Err(_) => {}
         }
@@ -167,7 +188,8 @@ impl Saver {
 }
 
 fn peer_of(s: &Stream) -> String {
-    s.peer().map_or_else(|| String::from("?"), |(a, p)| format!("{a}:{p}"))
+    s.peer()
+        .map_or_else(|| String::from("?"), |(a, p)| format!("{a}:{p}"))
 }
 
 /// Entry point: serves until the machine is stopped.
@@ -182,7 +204,9 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     // As many clients as memory holds: each has the network stack's two
     // socket buffers and a few KiB of broker and stack state; a reserve
     // stays for the listening sockets and messages in flight.
-    let per_client = kiln_std::kconfig_int!("LIBNET_TCP_RX_BUFFER", 16384) as usize + kiln_std::kconfig_int!("LIBNET_TCP_TX_BUFFER", 32768) as usize + 6 * 1024;
+    let per_client = kiln_std::kconfig_int!("LIBNET_TCP_RX_BUFFER", 16384) as usize
+        + kiln_std::kconfig_int!("LIBNET_TCP_TX_BUFFER", 32768) as usize
+        + 6 * 1024;
     if let Some(h) = kiln_std::heap_stats() {
         let free = h.total.saturating_sub(h.in_use);
         // The message budget: at most a quarter of free memory.
@@ -200,7 +224,9 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         }
     }
     if !net::available() {
-        println!("mqtt: no network device (kiln run adds one; on QEMU use -device virtio-net-device)");
+        println!(
+            "mqtt: no network device (kiln run adds one; on QEMU use -device virtio-net-device)"
+        );
         return 1;
     }
     if let Err(e) = cfg.check_tls() {
@@ -249,7 +275,10 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
     );
     let start = kiln_std::time::micros();
     let mut broker = Broker::new(cfg, start);
-    let mut saver = broker.cfg.persistence.then(|| Saver::open(&mut broker, start));
+    let mut saver = broker
+        .cfg
+        .persistence
+        .then(|| Saver::open(&mut broker, start));
     // Each connection's stream, and its WebSocket layer on a websockets
     // listener.
     let mut conns: BTreeMap<ConnId, (Stream, Option<Ws>)> = BTreeMap::new();
@@ -428,21 +457,35 @@ mod tls {
     pub type Tls = Option<(Arc<ServerConfig>, bool)>;
 
     pub fn listener(cfg: &Config, port: u16) -> Result<Tls, String> {
-        let Some(t) = cfg.tls.get(&port) else { return Ok(None) };
+        let Some(t) = cfg.tls.get(&port) else {
+            return Ok(None);
+        };
         let cert = read_file(&t.certfile, "certfile")?;
         let key = read_file(&t.keyfile, "keyfile")?;
-        let ca = t.cafile.as_deref().map(|f| read_file(f, "cafile")).transpose()?;
+        let ca = t
+            .cafile
+            .as_deref()
+            .map(|f| read_file(f, "cafile"))
+            .transpose()?;
         let o = options(t, ca.as_deref());
-        let config = kiln_std::tls::server_config_with(cert.as_bytes(), key.as_bytes(), &o).map_err(|e| format!("{}, {}: {e}", t.certfile, t.keyfile))?;
+        let config = kiln_std::tls::server_config_with(cert.as_bytes(), key.as_bytes(), &o)
+            .map_err(|e| format!("{}, {}: {e}", t.certfile, t.keyfile))?;
         println!(
             "mqtt: listener {port} speaks TLS ({}{})",
             t.certfile,
-            if t.require_certificate { ", client certificates required" } else { "" }
+            if t.require_certificate {
+                ", client certificates required"
+            } else {
+                ""
+            }
         );
         Ok(Some((config, t.use_identity_as_username)))
     }
 
-    fn options<'a>(t: &kiln_mqtt::config::TlsListener, ca: Option<&'a str>) -> kiln_std::tls::Options<'a> {
+    fn options<'a>(
+        t: &kiln_mqtt::config::TlsListener,
+        ca: Option<&'a str>,
+    ) -> kiln_std::tls::Options<'a> {
         kiln_std::tls::Options {
             alpn: &[],
             client_ca: ca.map(str::as_bytes),

@@ -28,7 +28,9 @@ pub mod frames {
         {
             let (fp, sp): (usize, usize);
             // SAFETY: copies two registers; touches no memory.
-            unsafe { core::arch::asm!("mov {}, x29", "mov {}, sp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                core::arch::asm!("mov {}, x29", "mov {}, sp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags))
+            };
             (fp, sp)
         }
         // Host builds (unit tests) have no such frames: no backtrace.

@@ -104,30 +104,40 @@ pub fn idle(_us: u64) {}
 /// [`unmask_devices`] once it has acknowledged the interrupt at the device.
 pub const DEVICE_VECTOR: u8 = 0x21;
 
+/// The IOAPIC's address: the architectural default until the platform
+/// names another (from the MADT) with [`route_line`].
 #[cfg(target_os = "none")]
-const IOAPIC: u64 = 0xfec0_0000;
+static IOAPIC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0xfec0_0000);
 
 /// IOAPIC inputs routed to [`DEVICE_VECTOR`], one bit each.
 static ROUTED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// Of those, the inputs that are active low, and the edge-triggered ones.
+static ACTIVE_LOW: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+static EDGE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 #[cfg(target_os = "none")]
 fn ioapic_write(reg: u32, v: u32) {
     // SAFETY: IOREGSEL (index) and IOWIN (data) of the IOAPIC, mapped
     // uncached by `route_device`; interrupts are off, so the index/data
     // pair is not interleaved with another writer.
+    let base = IOAPIC.load(core::sync::atomic::Ordering::Relaxed);
     unsafe {
-        core::ptr::write_volatile(IOAPIC as *mut u32, reg);
-        core::ptr::write_volatile((IOAPIC + 0x10) as *mut u32, v);
+        core::ptr::write_volatile(base as *mut u32, reg);
+        core::ptr::write_volatile((base + 0x10) as *mut u32, v);
     }
 }
 
-/// Redirection entry (low half) for `gsi`: level triggered, active high (as
-/// virtio-mmio lines are), fixed delivery to [`DEVICE_VECTOR`].
+/// Redirection entry (low half) for `gsi`: level triggered and active high
+/// (as virtio-mmio lines are) unless routed otherwise, fixed delivery to
+/// [`DEVICE_VECTOR`].
 #[cfg(target_os = "none")]
 fn set_entry(gsi: u32, masked: bool) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let low = ACTIVE_LOW.load(Relaxed) >> gsi & 1;
+    let level = !EDGE.load(Relaxed) >> gsi & 1;
     ioapic_write(
         0x10 + 2 * gsi,
-        DEVICE_VECTOR as u32 | 1 << 15 | (masked as u32) << 16,
+        DEVICE_VECTOR as u32 | low << 13 | level << 15 | (masked as u32) << 16,
     );
 }
 
@@ -179,9 +189,41 @@ extern "C" fn kiln_arch_device_irq() {
 /// [`unmask_devices`]. False when there is no IOAPIC to program.
 #[cfg(target_os = "none")]
 pub fn route_device(gsi: u8) -> bool {
-    // SAFETY (of the HZ read): written once by init before devices are routed.
-    if gsi >= 24 || unsafe { HZ } == 0 || !crate::mmu::map_device(IOAPIC, 4096) {
+    route_line(
+        IOAPIC.load(core::sync::atomic::Ordering::Relaxed),
+        gsi,
+        false,
+        true,
+    )
+}
+
+/// Routes input `pin` of the IOAPIC at `ioapic` (as the MADT names it) to
+/// [`DEVICE_VECTOR`], with the line's polarity and trigger mode, masked
+/// until [`unmask_devices`]. One IOAPIC serves all device lines: false
+/// for a second one, or when there is no IOAPIC to program.
+#[cfg(target_os = "none")]
+pub fn route_line(ioapic: u64, pin: u8, active_low: bool, level: bool) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    let gsi = pin;
+    let routed_lines = ROUTED.load(Relaxed) & !MSI_ROUTED;
+    if routed_lines != 0 && IOAPIC.load(Relaxed) != ioapic {
         return false;
+    }
+    // SAFETY (of the HZ read): written once by init before devices are routed.
+    if gsi >= 24 || unsafe { HZ } == 0 || !crate::mmu::map_device(ioapic, 4096) {
+        return false;
+    }
+    IOAPIC.store(ioapic, Relaxed);
+    let bit = 1u32 << gsi;
+    if active_low {
+        ACTIVE_LOW.fetch_or(bit, Relaxed);
+    } else {
+        ACTIVE_LOW.fetch_and(!bit, Relaxed);
+    }
+    if level {
+        EDGE.fetch_and(!bit, Relaxed);
+    } else {
+        EDGE.fetch_or(bit, Relaxed);
     }
     extern "C" {
         fn kiln_device_isr();
@@ -242,6 +284,12 @@ pub fn devices_routed() -> bool {
 /// Host builds (unit tests) have no IOAPIC.
 #[cfg(not(target_os = "none"))]
 pub fn route_device(_gsi: u8) -> bool {
+    false
+}
+
+/// Host builds (unit tests) have no IOAPIC.
+#[cfg(not(target_os = "none"))]
+pub fn route_line(_ioapic: u64, _pin: u8, _active_low: bool, _level: bool) -> bool {
     false
 }
 

@@ -21,7 +21,9 @@ pub mod paging;
 pub mod syscall;
 pub mod tsc;
 
-pub use exceptions::{set_fault_handler, set_page_fault_hook, FaultReport, Frame as ExceptionFrame};
+pub use exceptions::{
+    set_fault_handler, set_page_fault_hook, FaultReport, Frame as ExceptionFrame,
+};
 
 /// The frame-pointer chain, for backtraces (kernels are built with frame
 /// pointers; `kiln_boot::walk_frames` walks it).
@@ -33,7 +35,9 @@ pub mod frames {
         {
             let (fp, sp): (usize, usize);
             // SAFETY: copies two registers; touches no memory.
-            unsafe { core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags))
+            };
             (fp, sp)
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -165,7 +165,10 @@ pub fn high_devices() -> impl Iterator<Item = (u64, u64)> {
 unsafe fn record_high_device(a: u64) -> bool {
     // SAFETY: see the function's contract.
     let runs = unsafe { &mut *(&raw mut HIGH_DEVICES) };
-    if let Some(r) = runs.iter_mut().find(|r| r.1 > r.0 && (r.1 == a || r.0 == a + MIB2 || (r.0 <= a && a < r.1))) {
+    if let Some(r) = runs
+        .iter_mut()
+        .find(|r| r.1 > r.0 && (r.1 == a || r.0 == a + MIB2 || (r.0 <= a && a < r.1)))
+    {
         r.0 = r.0.min(a);
         r.1 = r.1.max(a + MIB2);
         return true;

@@ -88,7 +88,12 @@ fn flush(va: u64) {
 /// Maps the page at `va` to `frame` with `access` (None: nothing allowed,
 /// the frame kept). False if a table could not be made.
 #[cfg(target_os = "none")]
-pub fn map(va: u64, frame: u64, access: Option<Access>, table: &mut dyn FnMut() -> Option<u64>) -> bool {
+pub fn map(
+    va: u64,
+    frame: u64,
+    access: Option<Access>,
+    table: &mut dyn FnMut() -> Option<u64>,
+) -> bool {
     debug_assert!(WINDOW.contains(&va));
     // SAFETY: per the module's contract.
     match unsafe { entry(va, Some(table)) } {

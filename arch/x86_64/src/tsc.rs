@@ -68,11 +68,22 @@ fn kvmclock_frequency() -> Option<u64> {
     const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
     const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
     let sig = __cpuid(0x4000_0000);
-    let kvm = sig.ebx == u32::from_le_bytes(*b"KVMK") && sig.ecx == u32::from_le_bytes(*b"VMKV") && sig.edx == u32::from_le_bytes(*b"M\0\0\0");
+    let kvm = sig.ebx == u32::from_le_bytes(*b"KVMK")
+        && sig.ecx == u32::from_le_bytes(*b"VMKV")
+        && sig.edx == u32::from_le_bytes(*b"M\0\0\0");
     if !kvm || sig.eax < 0x4000_0001 || __cpuid(0x4000_0001).eax & KVM_FEATURE_CLOCKSOURCE2 == 0 {
         return None;
     }
-    static mut CLOCK: PvClock = PvClock { version: 0, _pad0: 0, tsc_timestamp: 0, system_time: 0, tsc_to_system_mul: 0, tsc_shift: 0, flags: 0, _pad: [0; 2] };
+    static mut CLOCK: PvClock = PvClock {
+        version: 0,
+        _pad0: 0,
+        tsc_timestamp: 0,
+        system_time: 0,
+        tsc_to_system_mul: 0,
+        tsc_shift: 0,
+        flags: 0,
+        _pad: [0; 2],
+    };
     let addr = (&raw mut CLOCK) as u64;
     let wrmsr = |v: u64| {
         // SAFETY: the MSR exists (the CPUID bit above); its value is the
@@ -104,7 +115,11 @@ fn kvmclock_frequency() -> Option<u64> {
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 fn rate(mul: u32, shift: i8) -> u64 {
     let hz = (1_000_000_000u128 << 32) / mul.max(1) as u128;
-    let hz = if shift >= 0 { hz >> shift } else { hz << -shift };
+    let hz = if shift >= 0 {
+        hz >> shift
+    } else {
+        hz << -shift
+    };
     u64::try_from(hz).unwrap_or(u64::MAX)
 }
 

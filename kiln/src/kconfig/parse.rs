@@ -107,16 +107,59 @@ fn is_word(c: char) -> bool {
 }
 
 const KEYWORDS: &[&str] = &[
-    "config", "menuconfig", "choice", "endchoice", "menu", "endmenu", "comment", "if", "endif",
-    "source", "rsource", "osource", "orsource", "mainmenu", "bool", "boolean", "tristate", "int",
-    "hex", "string", "def_bool", "def_tristate", "def_int", "def_hex", "def_string", "prompt",
-    "default", "depends", "select", "imply", "range", "help", "option", "modules", "optional",
-    "visible", "transitional",
+    "config",
+    "menuconfig",
+    "choice",
+    "endchoice",
+    "menu",
+    "endmenu",
+    "comment",
+    "if",
+    "endif",
+    "source",
+    "rsource",
+    "osource",
+    "orsource",
+    "mainmenu",
+    "bool",
+    "boolean",
+    "tristate",
+    "int",
+    "hex",
+    "string",
+    "def_bool",
+    "def_tristate",
+    "def_int",
+    "def_hex",
+    "def_string",
+    "prompt",
+    "default",
+    "depends",
+    "select",
+    "imply",
+    "range",
+    "help",
+    "option",
+    "modules",
+    "optional",
+    "visible",
+    "transitional",
 ];
 
 impl<'a> Parser<'a> {
     pub fn new(t: &'a mut Tree, root: &Path, env: &'a HashMap<String, String>) -> Parser<'a> {
-        Parser { t, root: root.to_path_buf(), env, vars: HashMap::new(), files: Vec::new(), chain: Vec::new(), pending: None, line: 0, defconfig_list: false, run_shell: false }
+        Parser {
+            t,
+            root: root.to_path_buf(),
+            env,
+            vars: HashMap::new(),
+            files: Vec::new(),
+            chain: Vec::new(),
+            pending: None,
+            line: 0,
+            defconfig_list: false,
+            run_shell: false,
+        }
     }
 
     /// Lets `$(shell,...)` run its command, as kconfiglib does (Linux's
@@ -128,14 +171,21 @@ impl<'a> Parser<'a> {
 
     /// Reads `text` as the file `path` into the menu under `parent`.
     pub fn file(&mut self, path: &Path, text: &str, parent: usize) -> Result<()> {
-        self.files.push(File { path: path.to_path_buf(), raw: text.lines().map(str::to_string).collect(), next: 0 });
+        self.files.push(File {
+            path: path.to_path_buf(),
+            raw: text.lines().map(str::to_string).collect(),
+            next: 0,
+        });
         let r = self.block(parent, None);
         self.files.pop();
         r
     }
 
     fn path(&self) -> PathBuf {
-        self.files.last().map(|f| f.path.clone()).unwrap_or_default()
+        self.files
+            .last()
+            .map(|f| f.path.clone())
+            .unwrap_or_default()
     }
 
     fn at(&self, no: usize) -> String {
@@ -164,7 +214,9 @@ impl<'a> Parser<'a> {
             return Ok(Some(l));
         }
         loop {
-            let Some((no, mut text)) = self.raw() else { return Ok(None) };
+            let Some((no, mut text)) = self.raw() else {
+                return Ok(None);
+            };
             while text.ends_with('\\') {
                 text.pop();
                 match self.raw() {
@@ -177,9 +229,14 @@ impl<'a> Parser<'a> {
             if t.is_empty() || t.starts_with('#') {
                 continue;
             }
-            let first: String = t.chars().take_while(|&c| c.is_ascii_alphanumeric() || c == '_' || c == '-').collect();
+            let first: String = t
+                .chars()
+                .take_while(|&c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                .collect();
             let rest = &t[first.len()..];
-            let kw = if KEYWORDS.contains(&first.as_str()) && !rest.starts_with(|c: char| is_word(c) && c != '$') {
+            let kw = if KEYWORDS.contains(&first.as_str())
+                && !rest.starts_with(|c: char| is_word(c) && c != '$')
+            {
                 first
             } else if t.trim_matches(|c: char| c == '-' || c.is_whitespace()) == "help" {
                 String::from("help")
@@ -188,12 +245,23 @@ impl<'a> Parser<'a> {
                 continue;
             };
             let code = strip_comment(&text);
-            let expanded = if code.contains('$') { self.expand(code, &[])? } else { code.to_string() };
+            let expanded = if code.contains('$') {
+                self.expand(code, &[])?
+            } else {
+                code.to_string()
+            };
             let toks = match tokenize(&expanded) {
                 Ok(v) => v,
-                Err(why) if why == UNTERMINATED => bail!("{}: string without its closing quote", self.at(no)),
+                Err(why) if why == UNTERMINATED => {
+                    bail!("{}: string without its closing quote", self.at(no))
+                }
                 Err(why) => {
-                    let l = Line { no, kw, toks: vec![], text };
+                    let l = Line {
+                        no,
+                        kw,
+                        toks: vec![],
+                        text,
+                    };
                     return self.err(&l, &why);
                 }
             };
@@ -230,7 +298,11 @@ impl<'a> Parser<'a> {
             if name.trim().is_empty() {
                 return Ok(());
             }
-            bail!("{}: '{}' is neither a Kconfig keyword nor an assignment", self.at(no), name.trim());
+            bail!(
+                "{}: '{}' is neither a Kconfig keyword nor an assignment",
+                self.at(no),
+                name.trim()
+            );
         }
         let rest = rest.trim_start();
         let (op, value) = if let Some(v) = rest.strip_prefix(":=") {
@@ -240,7 +312,13 @@ impl<'a> Parser<'a> {
         } else if let Some(v) = rest.strip_prefix('=') {
             ("=", v)
         } else {
-            let word: String = t.split_whitespace().next().unwrap_or("").chars().take(60).collect();
+            let word: String = t
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect();
             bail!("{}: unknown Kconfig keyword '{word}'", self.at(no));
         };
         if name.is_empty() {
@@ -249,17 +327,35 @@ impl<'a> Parser<'a> {
         let value = value.trim_start().to_string();
         match (op, self.vars.get_mut(&name)) {
             ("+=", Some(v)) => {
-                let add = if v.recursive { value } else { self.expand(&value, &[])? };
+                let add = if v.recursive {
+                    value
+                } else {
+                    self.expand(&value, &[])?
+                };
                 let v = self.vars.get_mut(&name).unwrap();
                 v.value.push(' ');
                 v.value.push_str(&add);
             }
             (":=", _) => {
                 let value = self.expand(&value, &[])?;
-                self.vars.insert(name, Var { value, recursive: false, expanding: 0 });
+                self.vars.insert(
+                    name,
+                    Var {
+                        value,
+                        recursive: false,
+                        expanding: 0,
+                    },
+                );
             }
             _ => {
-                self.vars.insert(name, Var { value, recursive: true, expanding: 0 });
+                self.vars.insert(
+                    name,
+                    Var {
+                        value,
+                        recursive: true,
+                        expanding: 0,
+                    },
+                );
             }
         }
         Ok(())
@@ -293,7 +389,11 @@ impl<'a> Parser<'a> {
         loop {
             let rest = &s[i..];
             let Some(j) = rest.find(['$', ',', '(', ')']) else {
-                bail!("{}: macro without its closing ')': '{}'", self.at(self.line), &s[at..].chars().take(80).collect::<String>());
+                bail!(
+                    "{}: macro without its closing ')': '{}'",
+                    self.at(self.line),
+                    &s[at..].chars().take(80).collect::<String>()
+                );
             };
             parts.last_mut().unwrap().push_str(&rest[..j]);
             i += j;
@@ -362,7 +462,11 @@ impl<'a> Parser<'a> {
         let arg = |n: usize| parts.get(n).map(String::as_str).unwrap_or("");
         let want = |n: usize| -> Result<()> {
             if parts.len() - 1 != n {
-                bail!("{at}: $({name},...) takes {n} argument{}, not {}", if n == 1 { "" } else { "s" }, parts.len() - 1);
+                bail!(
+                    "{at}: $({name},...) takes {n} argument{}, not {}",
+                    if n == 1 { "" } else { "s" },
+                    parts.len() - 1
+                );
             }
             Ok(())
         };
@@ -390,8 +494,15 @@ impl<'a> Parser<'a> {
             "shell" if self.run_shell => {
                 want(1)?;
                 // As kconfiglib: sh -c, its output with newlines as spaces.
-                match std::process::Command::new("sh").arg("-c").arg(arg(1)).stdin(std::process::Stdio::null()).output() {
-                    Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end_matches('\n').replace('\n', " "),
+                match std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(arg(1))
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout)
+                        .trim_end_matches('\n')
+                        .replace('\n', " "),
                     Err(e) => bail!("{at}: $(shell,...): running sh: {e}"),
                 }
             }
@@ -415,7 +526,9 @@ impl<'a> Parser<'a> {
             let file = self.path();
             match l.kw.as_str() {
                 "config" | "menuconfig" => {
-                    let [Tok::Word(name)] = &l.toks[1..] else { return self.err(&l, "expected one symbol name") };
+                    let [Tok::Word(name)] = &l.toks[1..] else {
+                        return self.err(&l, "expected one symbol name");
+                    };
                     let si = self.t.symbol(name, &file, l.no as u64);
                     let mut node = blank(Item::Sym(si), &file, l.no as u64);
                     node.menuconfig = l.kw == "menuconfig";
@@ -431,7 +544,8 @@ impl<'a> Parser<'a> {
                     self.t.syms[si].nodes.push(n);
                 }
                 "choice" => {
-                    if l.toks.len() > 2 || l.toks.get(1).is_some_and(|t| !matches!(t, Tok::Word(_))) {
+                    if l.toks.len() > 2 || l.toks.get(1).is_some_and(|t| !matches!(t, Tok::Word(_)))
+                    {
                         return self.err(&l, "expected 'choice' or 'choice NAME'");
                     }
                     let ci = self.t.choices.len();
@@ -453,11 +567,21 @@ impl<'a> Parser<'a> {
                     self.block(n, Some("endchoice"))?;
                 }
                 "menu" | "comment" => {
-                    let [Tok::Str(prompt)] = &l.toks[1..] else { return self.err(&l, "expected one quoted prompt") };
+                    let [Tok::Str(prompt)] = &l.toks[1..] else {
+                        return self.err(&l, "expected one quoted prompt");
+                    };
                     let menu = l.kw == "menu";
-                    let mut node = blank(if menu { Item::Menu } else { Item::Comment }, &file, l.no as u64);
+                    let mut node = blank(
+                        if menu { Item::Menu } else { Item::Comment },
+                        &file,
+                        l.no as u64,
+                    );
                     node.prompt = Some((prompt.clone(), yes()));
-                    self.props(&mut node, if menu { Owner::Menu } else { Owner::Comment }, "")?;
+                    self.props(
+                        &mut node,
+                        if menu { Owner::Menu } else { Owner::Comment },
+                        "",
+                    )?;
                     let n = self.t.push(parent, node);
                     if menu {
                         self.block(n, Some("endmenu"))?;
@@ -471,7 +595,15 @@ impl<'a> Parser<'a> {
                 }
                 "endmenu" | "endif" | "endchoice" => {
                     if end != Some(l.kw.as_str()) {
-                        return self.err(&l, &format!("'{}' without its opening line{}", l.kw, end.map(|e| format!(" (a '{e}' is due first)")).unwrap_or_default()));
+                        return self.err(
+                            &l,
+                            &format!(
+                                "'{}' without its opening line{}",
+                                l.kw,
+                                end.map(|e| format!(" (a '{e}' is due first)"))
+                                    .unwrap_or_default()
+                            ),
+                        );
                     }
                     if l.toks.len() > 1 {
                         return self.err(&l, "nothing may follow it");
@@ -479,11 +611,15 @@ impl<'a> Parser<'a> {
                     return Ok(());
                 }
                 "source" | "rsource" | "osource" | "orsource" => {
-                    let [Tok::Str(p)] = &l.toks[1..] else { return self.err(&l, "expected one quoted path") };
+                    let [Tok::Str(p)] = &l.toks[1..] else {
+                        return self.err(&l, "expected one quoted path");
+                    };
                     self.source(&l.kw, p, l.no, parent)?;
                 }
                 "mainmenu" => {
-                    let [Tok::Str(p)] = &l.toks[1..] else { return self.err(&l, "expected one quoted title") };
+                    let [Tok::Str(p)] = &l.toks[1..] else {
+                        return self.err(&l, "expected one quoted title");
+                    };
                     self.t.mainmenu = p.clone();
                 }
                 kw => return self.err(&l, &format!("'{kw}' outside a config, choice or menu")),
@@ -496,29 +632,52 @@ impl<'a> Parser<'a> {
         let dir = here.parent().unwrap_or(Path::new(".")).to_path_buf();
         let relative = kw == "rsource" || kw == "orsource";
         let optional = kw == "osource" || kw == "orsource";
-        let pattern = if relative { dir.join(p) } else { self.root.join(p) };
+        let pattern = if relative {
+            dir.join(p)
+        } else {
+            self.root.join(p)
+        };
         let found = glob(&pattern);
         if found.is_empty() {
             if optional {
                 return Ok(());
             }
-            let hint = if !relative && !Path::new(p).is_absolute() && glob(&dir.join(p)).first().is_some() {
+            let hint = if !relative
+                && !Path::new(p).is_absolute()
+                && glob(&dir.join(p)).first().is_some()
+            {
                 format!(" (`source` is relative to the source root, {}; `rsource \"{p}\"` names the file beside this one)", self.root.display())
             } else {
                 String::new()
             };
-            bail!("{}:{no}: sourced file {} not found{hint}", here.display(), pattern.display());
+            bail!(
+                "{}:{no}: sourced file {} not found{hint}",
+                here.display(),
+                pattern.display()
+            );
         }
         for file in found {
             let canon = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
             let same = |f: &Path| std::fs::canonicalize(f).is_ok_and(|c| c == canon);
             if self.files.iter().any(|f| same(&f.path)) {
-                let mut chain: Vec<String> = self.chain.iter().map(|(f, l)| format!("{}:{l}", f.display())).collect();
+                let mut chain: Vec<String> = self
+                    .chain
+                    .iter()
+                    .map(|(f, l)| format!("{}:{l}", f.display()))
+                    .collect();
                 chain.push(format!("{}:{no}", here.display()));
-                bail!("{}:{no}: `{kw} \"{p}\"` makes a loop: {} sources itself ({})", here.display(), file.display(), chain.join(" -> "));
+                bail!(
+                    "{}:{no}: `{kw} \"{p}\"` makes a loop: {} sources itself ({})",
+                    here.display(),
+                    file.display(),
+                    chain.join(" -> ")
+                );
             }
             if self.files.len() >= MAX_SOURCE_DEPTH {
-                bail!("{}:{no}: `source` nested more than {MAX_SOURCE_DEPTH} files deep", here.display());
+                bail!(
+                    "{}:{no}: `source` nested more than {MAX_SOURCE_DEPTH} files deep",
+                    here.display()
+                );
             }
             let text = match std::fs::read(&file) {
                 Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -543,7 +702,9 @@ impl<'a> Parser<'a> {
         let mut kind = Kind::Unknown;
         let mut optional = false;
         loop {
-            let Some(l) = self.next()? else { return Ok((kind, optional)) };
+            let Some(l) = self.next()? else {
+                return Ok((kind, optional));
+            };
             let word = |i: usize| match l.toks.get(i) {
                 Some(Tok::Word(w)) => Some(w.as_str()),
                 _ => None,
@@ -568,7 +729,9 @@ impl<'a> Parser<'a> {
                             let cond = self.cond_at(&l, 2)?;
                             node.prompt = Some((p.clone(), cond));
                         }
-                        Some(_) => return self.err(&l, "a type is followed by a quoted prompt or nothing"),
+                        Some(_) => {
+                            return self.err(&l, "a type is followed by a quoted prompt or nothing")
+                        }
                     }
                 }
                 k @ ("def_bool" | "def_tristate" | "def_int" | "def_hex" | "def_string") => {
@@ -577,7 +740,9 @@ impl<'a> Parser<'a> {
                     node.defaults.push((value, cond));
                 }
                 "prompt" => {
-                    let Some(Tok::Str(p)) = l.toks.get(1) else { return self.err(&l, "expected a quoted prompt") };
+                    let Some(Tok::Str(p)) = l.toks.get(1) else {
+                        return self.err(&l, "expected a quoted prompt");
+                    };
                     let cond = self.cond_at(&l, 2)?;
                     node.prompt = Some((p.clone(), cond));
                 }
@@ -605,10 +770,17 @@ impl<'a> Parser<'a> {
                     };
                     let target = target.to_string();
                     let cond = self.cond_at(&l, 2)?;
-                    if k == "select" { &mut node.selects } else { &mut node.implies }.push((target, cond));
+                    if k == "select" {
+                        &mut node.selects
+                    } else {
+                        &mut node.implies
+                    }
+                    .push((target, cond));
                 }
                 "range" => {
-                    let (Some(lo), Some(hi)) = (l.toks.get(1).and_then(atom), l.toks.get(2).and_then(atom)) else {
+                    let (Some(lo), Some(hi)) =
+                        (l.toks.get(1).and_then(atom), l.toks.get(2).and_then(atom))
+                    else {
                         return self.err(&l, "expected 'range LOW HIGH'");
                     };
                     let cond = self.cond_at(&l, 3)?;
@@ -708,7 +880,11 @@ impl<'a> Parser<'a> {
 
     /// A value expression, then an optional `if` condition.
     fn value_and_cond(&self, l: &Line, i: usize) -> Result<(Expr, Expr)> {
-        let mut p = ExprParser { toks: &l.toks, i, depth: 0 };
+        let mut p = ExprParser {
+            toks: &l.toks,
+            i,
+            depth: 0,
+        };
         let value = p.or().map_err(|why| self.err::<()>(l, &why).unwrap_err())?;
         let cond = self.cond_at(l, p.i)?;
         Ok((value, cond))
@@ -716,7 +892,11 @@ impl<'a> Parser<'a> {
 
     /// An expression filling the rest of the line.
     fn whole_expr(&self, l: &Line, i: usize, cond: bool) -> Result<Expr> {
-        let mut p = ExprParser { toks: &l.toks, i, depth: 0 };
+        let mut p = ExprParser {
+            toks: &l.toks,
+            i,
+            depth: 0,
+        };
         let e = p.or().map_err(|why| self.err::<()>(l, &why).unwrap_err())?;
         if p.i != l.toks.len() {
             return self.err(l, "unexpected words after the expression");
@@ -767,7 +947,11 @@ impl ExprParser<'_> {
             self.i += 1;
             v.push(self.and()?);
         }
-        Ok(if v.len() == 1 { v.pop().unwrap() } else { Expr::Or(v) })
+        Ok(if v.len() == 1 {
+            v.pop().unwrap()
+        } else {
+            Expr::Or(v)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, String> {
@@ -776,7 +960,11 @@ impl ExprParser<'_> {
             self.i += 1;
             v.push(self.factor()?);
         }
-        Ok(if v.len() == 1 { v.pop().unwrap() } else { Expr::And(v) })
+        Ok(if v.len() == 1 {
+            v.pop().unwrap()
+        } else {
+            Expr::And(v)
+        })
     }
 
     fn deeper(&mut self) -> Result<(), String> {
@@ -788,7 +976,9 @@ impl ExprParser<'_> {
     }
 
     fn factor(&mut self) -> Result<Expr, String> {
-        let Some(t) = self.peek().cloned() else { return Err("an expression is missing".into()) };
+        let Some(t) = self.peek().cloned() else {
+            return Err("an expression is missing".into());
+        };
         self.i += 1;
         match t {
             Tok::Not => {
@@ -808,10 +998,14 @@ impl ExprParser<'_> {
                 Ok(e)
             }
             t => {
-                let Some(a) = atom(&t) else { return Err(format!("unexpected {}", describe(&t))) };
+                let Some(a) = atom(&t) else {
+                    return Err(format!("unexpected {}", describe(&t)));
+                };
                 if let Some(Tok::Cmp(op)) = self.peek().cloned() {
                     self.i += 1;
-                    let b = self.peek().and_then(atom).ok_or_else(|| String::from("a comparison needs a symbol or value on its right"))?;
+                    let b = self.peek().and_then(atom).ok_or_else(|| {
+                        String::from("a comparison needs a symbol or value on its right")
+                    })?;
                     self.i += 1;
                     return Ok(Expr::Cmp(op, Box::new(a), Box::new(b)));
                 }
@@ -965,7 +1159,11 @@ fn expand_tabs(s: &str) -> String {
 fn glob(pattern: &Path) -> Vec<PathBuf> {
     let s = pattern.to_string_lossy();
     if !s.contains(['*', '?', '[']) {
-        return if pattern.is_file() { vec![pattern.to_path_buf()] } else { vec![] };
+        return if pattern.is_file() {
+            vec![pattern.to_path_buf()]
+        } else {
+            vec![]
+        };
     }
     let mut found = vec![PathBuf::new()];
     for comp in pattern.components() {
@@ -976,9 +1174,19 @@ fn glob(pattern: &Path) -> Vec<PathBuf> {
                 next.push(base.join(comp));
                 continue;
             }
-            let dir = if base.as_os_str().is_empty() { Path::new(".") } else { base.as_path() };
-            let Ok(rd) = std::fs::read_dir(dir) else { continue };
-            let mut names: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.') && wildcard(&part, n)).collect();
+            let dir = if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                base.as_path()
+            };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && wildcard(&part, n))
+                .collect();
             names.sort();
             next.extend(names.into_iter().map(|n| base.join(n)));
         }

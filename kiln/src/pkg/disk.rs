@@ -91,7 +91,15 @@ const CORE_LIST_COUNT: usize = 0x1fc;
 
 /// GRUB's modules for both images: GPT, FAT, multiboot2, the config file's
 /// commands (normal), and the serial console.
-const GRUB_MODULES: &[&str] = &["part_gpt", "fat", "multiboot2", "normal", "boot", "serial", "terminal"];
+const GRUB_MODULES: &[&str] = &[
+    "part_gpt",
+    "fat",
+    "multiboot2",
+    "normal",
+    "boot",
+    "serial",
+    "terminal",
+];
 
 /// The kernel's path inside the EFI system partition.
 const KERNEL_PATH: &str = "/boot/kiln";
@@ -115,7 +123,10 @@ pub fn check_tools(format: Format, arch: &str) -> Result<()> {
     if which("grub-mkimage").is_none() {
         bail!("kiln pkg --format {}: grub-mkimage not found; install Debian's grub-pc-bin and grub-efi-amd64-bin (apt-get install grub-pc-bin grub-efi-amd64-bin)", format.name());
     }
-    for (platform, package) in [("i386-pc", "grub-pc-bin"), ("x86_64-efi", "grub-efi-amd64-bin")] {
+    for (platform, package) in [
+        ("i386-pc", "grub-pc-bin"),
+        ("x86_64-efi", "grub-efi-amd64-bin"),
+    ] {
         if !grub_dir(platform).join("multiboot2.mod").exists() {
             bail!("kiln pkg --format {}: GRUB's {platform} modules are missing ({}); install Debian's {package}", format.name(), grub_dir(platform).display());
         }
@@ -173,7 +184,10 @@ fn grub_mkimage(platform: &str, prefix: &str, extra: &[&str], work: &Path) -> Re
         .output()
         .context("running grub-mkimage")?;
     if !o.status.success() {
-        bail!("grub-mkimage -O {platform} failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+        bail!(
+            "grub-mkimage -O {platform} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
     }
     std::fs::read(&out).with_context(|| format!("reading {}", out.display()))
 }
@@ -184,25 +198,35 @@ fn esp_image(bytes: u64, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     use hadris_fs::OpenOptions;
     use hadris_storage::{BlockSize, MemDevice};
     let mut dev = MemDevice::new(vec![0u8; bytes as usize], BlockSize::new(512).unwrap());
-    let options = hadris_fat::FatOptions::new()
-        .with_label(hadris_fat::VolumeLabel::new("KILN-ESP").map_err(|e| anyhow::anyhow!("label: {e:?}"))?);
-    hadris_fat::sync::format(&mut dev, &options).map_err(|e| anyhow::anyhow!("formatting the EFI system partition: {e}"))?;
+    let options = hadris_fat::FatOptions::new().with_label(
+        hadris_fat::VolumeLabel::new("KILN-ESP").map_err(|e| anyhow::anyhow!("label: {e:?}"))?,
+    );
+    hadris_fat::sync::format(&mut dev, &options)
+        .map_err(|e| anyhow::anyhow!("formatting the EFI system partition: {e}"))?;
     let mut token = MountToken::new();
-    let mut fat: Fat<_> = Fat::mount(dev, &mut token).map_err(|e| anyhow::anyhow!("mounting the EFI system partition: {e:?}"))?;
+    let mut fat: Fat<_> = Fat::mount(dev, &mut token)
+        .map_err(|e| anyhow::anyhow!("mounting the EFI system partition: {e:?}"))?;
     for (path, data) in files {
-        let (dir, name) = path.trim_start_matches('/').rsplit_once('/').unwrap_or(("", path));
+        let (dir, name) = path
+            .trim_start_matches('/')
+            .rsplit_once('/')
+            .unwrap_or(("", path));
         let dir = if dir.is_empty() {
             fat.root()
         } else {
-            fat.create_dir_all(fat.root(), dir).map_err(|e| anyhow::anyhow!("{dir} in the EFI system partition: {e:?}"))?
+            fat.create_dir_all(fat.root(), dir)
+                .map_err(|e| anyhow::anyhow!("{dir} in the EFI system partition: {e:?}"))?
         };
         let f = fat
             .open(dir, name, OpenOptions::new().write().create().truncate())
             .map_err(|e| anyhow::anyhow!("{path} in the EFI system partition: {e:?}"))?;
-        fat.write(&f, data).map_err(|e| anyhow::anyhow!("writing {path} into the EFI system partition: {e:?}"))?;
+        fat.write(&f, data)
+            .map_err(|e| anyhow::anyhow!("writing {path} into the EFI system partition: {e:?}"))?;
         fat.close(f).map_err(|e| anyhow::anyhow!("{path}: {e:?}"))?;
     }
-    let dev = fat.unmount().map_err(|e| anyhow::anyhow!("finishing the EFI system partition: {e:?}"))?;
+    let dev = fat
+        .unmount()
+        .map_err(|e| anyhow::anyhow!("finishing the EFI system partition: {e:?}"))?;
     Ok(dev.into_inner())
 }
 
@@ -232,12 +256,16 @@ fn x86_64_layout(kernel: Vec<u8>, words: &[String], work: &Path) -> Result<Layou
     // UEFI: GOP, so that multiboot2 finds a video mode to hand over (it
     // prints an error on the console otherwise; Kiln does not use it).
     let efi = grub_mkimage("x86_64-efi", "/boot/grub", &["efi_gop"], work)?;
-    let boot_img = std::fs::read(grub_dir("i386-pc").join("boot.img")).context("reading GRUB's boot.img")?;
+    let boot_img =
+        std::fs::read(grub_dir("i386-pc").join("boot.img")).context("reading GRUB's boot.img")?;
     if boot_img.len() != 512 || core.len() < 512 {
         bail!("GRUB's boot.img or core image has an unexpected size");
     }
     if (core.len() as u64).div_ceil(SECTOR) > BIOS_BOOT_SECTORS {
-        bail!("GRUB's core image ({} KiB) does not fit its 1 MiB partition", core.len() / 1024);
+        bail!(
+            "GRUB's core image ({} KiB) does not fit its 1 MiB partition",
+            core.len() / 1024
+        );
     }
     Ok(Layout {
         files: vec![
@@ -258,24 +286,40 @@ fn arm64_layout(kernel: Vec<u8>, words: &[String]) -> Result<Layout> {
     Ok(Layout {
         files: vec![
             ("/EFI/BOOT/BOOTAA64.EFI", efi),
-            (CMDLINE_PATH, format!("{}\n", cmdline.join(" ")).into_bytes()),
+            (
+                CMDLINE_PATH,
+                format!("{}\n", cmdline.join(" ")).into_bytes(),
+            ),
             (KERNEL_PATH, kernel),
         ],
         bios: None,
     })
 }
 
-fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Path) -> Result<PathBuf> {
-    let kernel = std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
+fn write_in(
+    p: &Package,
+    words: &[String],
+    format: Format,
+    out: &Path,
+    work: &Path,
+) -> Result<PathBuf> {
+    let kernel =
+        std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
     let layout = match p.arch {
         "arm64" => arm64_layout(kernel, words)?,
         _ => x86_64_layout(kernel, words, work)?,
     };
-    let files: Vec<(&str, &[u8])> = layout.files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    let files: Vec<(&str, &[u8])> = layout
+        .files
+        .iter()
+        .map(|(n, d)| (*n, d.as_slice()))
+        .collect();
     // The partition: its files with a quarter spare (for a user's edits
     // and FAT's own tables), at least 8 MiB, in whole MiB.
     let content: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
-    let esp_bytes = (content + content / 4 + 2 * MIB).max(8 * MIB).next_multiple_of(MIB);
+    let esp_bytes = (content + content / 4 + 2 * MIB)
+        .max(8 * MIB)
+        .next_multiple_of(MIB);
     let esp = esp_image(esp_bytes, &files)?;
     // The whole disk: GCE takes whole GiB only.
     let mut disk_bytes = ESP_LBA * SECTOR + esp_bytes + MIB;
@@ -284,7 +328,12 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
     }
     let raw = work.join("disk.raw");
     {
-        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&raw).with_context(|| format!("creating {}", raw.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&raw)
+            .with_context(|| format!("creating {}", raw.display()))?;
         f.set_len(disk_bytes)?;
         let sectors = disk_bytes / SECTOR;
         let mut gpt = gpt::GptConfig::new()
@@ -293,36 +342,56 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
             .create_from_device(f, None)
             .context("making the partition table")?;
         if layout.bios.is_some() {
-            gpt.add_partition_at("BIOS boot", 1, BIOS_BOOT_LBA, BIOS_BOOT_SECTORS, gpt::partition_types::BIOS, 0)
-                .context("adding the BIOS boot partition")?;
+            gpt.add_partition_at(
+                "BIOS boot",
+                1,
+                BIOS_BOOT_LBA,
+                BIOS_BOOT_SECTORS,
+                gpt::partition_types::BIOS,
+                0,
+            )
+            .context("adding the BIOS boot partition")?;
         }
         let esp_sectors = (sectors - GPT_BACKUP_SECTORS - 1 - ESP_LBA).min(esp_bytes / SECTOR);
         let esp_number = if layout.bios.is_some() { 2 } else { 1 };
-        gpt.add_partition_at("EFI system", esp_number, ESP_LBA, esp_sectors, gpt::partition_types::EFI, 0)
-            .context("adding the EFI system partition")?;
+        gpt.add_partition_at(
+            "EFI system",
+            esp_number,
+            ESP_LBA,
+            esp_sectors,
+            gpt::partition_types::EFI,
+            0,
+        )
+        .context("adding the EFI system partition")?;
         let mut f = gpt.write().context("writing the partition table")?;
-        let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
+        let mut mbr =
+            gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
         if let Some((boot_img, mut core)) = layout.bios {
             // The protective MBR carries GRUB's boot sector, pointed at
             // the core, whose first sector lists the rest.
             let core_sectors = (core.len() as u64).div_ceil(SECTOR);
             let mut code = [0u8; 440];
             code.copy_from_slice(&boot_img[..440]);
-            code[BOOT_IMG_CORE_LBA..BOOT_IMG_CORE_LBA + 8].copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
+            code[BOOT_IMG_CORE_LBA..BOOT_IMG_CORE_LBA + 8]
+                .copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
             mbr.set_bootcode(code);
-            core[CORE_LIST_LBA..CORE_LIST_LBA + 8].copy_from_slice(&(BIOS_BOOT_LBA + 1).to_le_bytes());
-            core[CORE_LIST_COUNT..CORE_LIST_COUNT + 2].copy_from_slice(&((core_sectors - 1) as u16).to_le_bytes());
+            core[CORE_LIST_LBA..CORE_LIST_LBA + 8]
+                .copy_from_slice(&(BIOS_BOOT_LBA + 1).to_le_bytes());
+            core[CORE_LIST_COUNT..CORE_LIST_COUNT + 2]
+                .copy_from_slice(&((core_sectors - 1) as u16).to_le_bytes());
             f.seek(SeekFrom::Start(BIOS_BOOT_LBA * SECTOR))?;
             f.write_all(&core)?;
         }
-        mbr.overwrite_lba0(&mut f).context("writing the protective MBR")?;
+        mbr.overwrite_lba0(&mut f)
+            .context("writing the protective MBR")?;
         f.seek(SeekFrom::Start(ESP_LBA * SECTOR))?;
         f.write_all(&esp)?;
         f.sync_all()?;
     }
     let dest = out.join(format!("{}.{}", p.name, format.extension()));
     match format {
-        Format::Raw => std::fs::rename(&raw, &dest).with_context(|| format!("moving the image to {}", dest.display()))?,
+        Format::Raw => std::fs::rename(&raw, &dest)
+            .with_context(|| format!("moving the image to {}", dest.display()))?,
         Format::Gce => gce_tarball(&raw, &dest)?,
         other => {
             let name = other.qemu_img_name().unwrap();
@@ -333,9 +402,16 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
                 // Azure wants a fixed-size VHD whose size is a whole MiB.
                 c.args(["-o", "subformat=fixed,force_size=on"]);
             }
-            let o = c.arg(&raw).arg(&dest).output().context("running qemu-img")?;
+            let o = c
+                .arg(&raw)
+                .arg(&dest)
+                .output()
+                .context("running qemu-img")?;
             if !o.status.success() {
-                bail!("qemu-img convert to {name} failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+                bail!(
+                    "qemu-img convert to {name} failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
             }
             check_image(&dest, name)?;
         }
@@ -348,15 +424,37 @@ fn write_in(p: &Package, words: &[String], format: Format, out: &Path, work: &Pa
 fn check_image(image: &Path, name: &str) -> Result<()> {
     // A fixed VHD is a raw disk with a footer, which qemu-img would probe
     // as raw: the format is named.
-    let info = Command::new("qemu-img").args(["info", "--output=json", "-f", name]).arg(image).output().context("running qemu-img info")?;
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout).with_context(|| format!("qemu-img info {}: {}", image.display(), String::from_utf8_lossy(&info.stderr).trim()))?;
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", name])
+        .arg(image)
+        .output()
+        .context("running qemu-img info")?;
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).with_context(|| {
+        format!(
+            "qemu-img info {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&info.stderr).trim()
+        )
+    })?;
     if v["format"].as_str() != Some(name) {
-        bail!("qemu-img info {}: format {} where {name} was written", image.display(), v["format"]);
+        bail!(
+            "qemu-img info {}: format {} where {name} was written",
+            image.display(),
+            v["format"]
+        );
     }
     if matches!(name, "qcow2" | "vmdk" | "vhdx" | "vdi") {
-        let o = Command::new("qemu-img").args(["check", "-q", "-f", name]).arg(image).output().context("running qemu-img check")?;
+        let o = Command::new("qemu-img")
+            .args(["check", "-q", "-f", name])
+            .arg(image)
+            .output()
+            .context("running qemu-img check")?;
         if !o.status.success() {
-            bail!("qemu-img check {}: {}", image.display(), String::from_utf8_lossy(&o.stdout).trim());
+            bail!(
+                "qemu-img check {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&o.stdout).trim()
+            );
         }
     }
     Ok(())
@@ -391,8 +489,18 @@ mod tests {
 
     #[test]
     fn grub_words_stay_literal() {
-        let cfg = grub_cfg(&["netdev.ip=dhcp".into(), "env.A=x y".into(), "--".into(), "it's $HOME".into()]);
-        assert!(cfg.contains(r"multiboot2 /boot/kiln 'netdev.ip=dhcp' 'env.A=x y' '--' 'it'\''s $HOME'"), "{cfg}");
+        let cfg = grub_cfg(&[
+            "netdev.ip=dhcp".into(),
+            "env.A=x y".into(),
+            "--".into(),
+            "it's $HOME".into(),
+        ]);
+        assert!(
+            cfg.contains(
+                r"multiboot2 /boot/kiln 'netdev.ip=dhcp' 'env.A=x y' '--' 'it'\''s $HOME'"
+            ),
+            "{cfg}"
+        );
         assert!(cfg.ends_with("\nboot\n"));
     }
 }

@@ -24,16 +24,25 @@ pub struct Domain<'a> {
 
 /// Escapes text for XML.
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 /// Writes `<out>/<name>.kernel` and the domain `<out>/<name>.xml`; returns
 /// the domain's path.
 pub fn write(p: &Package, d: &Domain, out: &Path) -> Result<PathBuf> {
     let kernel = out.join(format!("{}.kernel", p.name));
-    std::fs::copy(p.kernel, &kernel).with_context(|| format!("copying {} to {}", p.kernel.display(), kernel.display()))?;
+    std::fs::copy(p.kernel, &kernel)
+        .with_context(|| format!("copying {} to {}", p.kernel.display(), kernel.display()))?;
     let kernel = std::fs::canonicalize(&kernel)?;
-    let arch = if p.arch == "arm64" { "aarch64" } else { "x86_64" };
+    let arch = if p.arch == "arm64" {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
     let machine = if p.arch == "arm64" { "virt" } else { "pc" };
     let text = format!(
         "<domain type='{ty}'>
@@ -66,7 +75,11 @@ pub fn write(p: &Package, d: &Domain, out: &Path) -> Result<PathBuf> {
         ty = xml(d.domain_type),
         // Everything the emulator or the host CPU offers (RDRAND for
         // lib/random, an invariant TSC).
-        cpu = if d.domain_type == "kvm" { "host-passthrough" } else { "maximum" },
+        cpu = if d.domain_type == "kvm" {
+            "host-passthrough"
+        } else {
+            "maximum"
+        },
         name = xml(p.name),
         mem = d.memory_mib,
         kernel = xml(&kernel.display().to_string()),

@@ -22,12 +22,20 @@ pub const KERNEL: &str = "/unikernel/kernel";
 pub const INITRD: &str = "/unikernel/initrd";
 
 fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// urunc's annotations for `p`.
 pub fn annotations(p: &Package) -> Vec<(&'static str, String)> {
-    let cmdline = p.args.iter().map(|a| kiln_boot::cmdline::quote(a)).collect::<Vec<_>>().join(" ");
+    let cmdline = p
+        .args
+        .iter()
+        .map(|a| kiln_boot::cmdline::quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut a = vec![
         ("com.urunc.unikernel.unikernelType", "unikraft".into()),
         ("com.urunc.unikernel.hypervisor", p.hypervisor.into()),
@@ -46,7 +54,9 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -60,10 +70,16 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The layer, uncompressed: the kernel and `/urunc.json`.
 fn layer(p: &Package) -> Result<Vec<u8>> {
-    let kernel = std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
+    let kernel =
+        std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
     let urunc: serde_json::Map<String, serde_json::Value> = annotations(p)
         .into_iter()
-        .map(|(k, v)| (k.to_string(), json!(format!("b64:{}", base64(v.as_bytes())))))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                json!(format!("b64:{}", base64(v.as_bytes()))),
+            )
+        })
         .collect();
     let urunc = serde_json::to_vec_pretty(&urunc)?;
     let mut t = tar::Builder::new(Vec::new());
@@ -79,10 +95,20 @@ fn layer(p: &Package) -> Result<Vec<u8>> {
         Ok(())
     };
     add("unikernel/", &[], 0o755, tar::EntryType::Directory)?;
-    add(KERNEL.trim_start_matches('/'), &kernel, 0o755, tar::EntryType::Regular)?;
+    add(
+        KERNEL.trim_start_matches('/'),
+        &kernel,
+        0o755,
+        tar::EntryType::Regular,
+    )?;
     if let Some(i) = p.initrd {
         let bytes = std::fs::read(i).with_context(|| format!("reading {}", i.display()))?;
-        add(INITRD.trim_start_matches('/'), &bytes, 0o644, tar::EntryType::Regular)?;
+        add(
+            INITRD.trim_start_matches('/'),
+            &bytes,
+            0o644,
+            tar::EntryType::Regular,
+        )?;
     }
     add("urunc.json", &urunc, 0o644, tar::EntryType::Regular)?;
     Ok(t.into_inner()?)
@@ -99,7 +125,10 @@ fn oci_arch(arch: &str) -> &'static str {
 
 /// The image configuration, naming the uncompressed layer's digest.
 fn config(p: &Package, diff_id: &str) -> Result<Vec<u8>> {
-    let labels: serde_json::Map<String, serde_json::Value> = annotations(p).into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let labels: serde_json::Map<String, serde_json::Value> = annotations(p)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     let env: Vec<String> = p.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     Ok(serde_json::to_vec(&json!({
         "created": "1970-01-01T00:00:00Z",
@@ -120,7 +149,10 @@ pub fn write(p: &Package, out: &Path) -> Result<(PathBuf, PathBuf)> {
     std::io::Write::write_all(&mut gz, &layer_tar)?;
     let layer_gz = gz.finish()?;
     let config = config(p, &diff_id)?;
-    let annotations: serde_json::Map<String, serde_json::Value> = annotations(p).into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations(p)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -158,8 +190,15 @@ pub fn write(p: &Package, out: &Path) -> Result<(PathBuf, PathBuf)> {
         "RepoTags": [format!("{}:{}", p.name, p.tag)],
         "Layers": [layer_name],
     }]))?;
-    let mut t = tar::Builder::new(std::fs::File::create(&archive).with_context(|| format!("writing {}", archive.display()))?);
-    for (path, bytes) in [(config_name.as_str(), &config), (layer_name.as_str(), &layer_tar), ("manifest.json", &docker_manifest)] {
+    let mut t = tar::Builder::new(
+        std::fs::File::create(&archive)
+            .with_context(|| format!("writing {}", archive.display()))?,
+    );
+    for (path, bytes) in [
+        (config_name.as_str(), &config),
+        (layer_name.as_str(), &layer_tar),
+        ("manifest.json", &docker_manifest),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
         h.set_mode(0o644);

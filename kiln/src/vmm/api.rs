@@ -64,11 +64,20 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             String::from_utf8_lossy(&got[..n]).into_owned()
         });
-        let code = request(&sock, "PUT", "/actions", "{\"action_type\":\"SendCtrlAltDel\"}").unwrap();
+        let code = request(
+            &sock,
+            "PUT",
+            "/actions",
+            "{\"action_type\":\"SendCtrlAltDel\"}",
+        )
+        .unwrap();
         assert_eq!(code, 204);
         let req = server.join().unwrap();
         assert!(req.starts_with("PUT /actions HTTP/1.1\r\n"), "{req}");
-        assert!(req.ends_with("\r\n\r\n{\"action_type\":\"SendCtrlAltDel\"}"), "{req}");
+        assert!(
+            req.ends_with("\r\n\r\n{\"action_type\":\"SendCtrlAltDel\"}"),
+            "{req}"
+        );
         assert!(status_code(b"garbage").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

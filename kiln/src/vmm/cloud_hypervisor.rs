@@ -36,7 +36,11 @@ impl Vmm for CloudHypervisor {
     /// BARs (the BARs stay where they are, as they should) say nothing to
     /// the user.
     fn stderr_line(&self, line: &str) -> Stderr {
-        let harmless = ["Kernel lacks CONFIG_SCHED_CORE", "IP configuration will not be overwritten", "Failed moving device BAR"];
+        let harmless = [
+            "Kernel lacks CONFIG_SCHED_CORE",
+            "IP configuration will not be overwritten",
+            "Failed moving device BAR",
+        ];
         if harmless.iter().any(|h| line.contains(h)) {
             Stderr::Quiet
         } else {
@@ -51,7 +55,10 @@ impl Vmm for CloudHypervisor {
     }
 
     fn quit(&self, dir: &Path) -> bool {
-        matches!(api::request(&dir.join(SOCKET), "PUT", "/api/v1/vmm.shutdown", ""), Ok(200..=299))
+        matches!(
+            api::request(&dir.join(SOCKET), "PUT", "/api/v1/vmm.shutdown", ""),
+            Ok(200..=299)
+        )
     }
 }
 
@@ -108,10 +115,20 @@ mod tests {
             destination: "/data".into(),
             read_only: true,
         });
-        spec.tap = Some(crate::network::Tap::for_test("kilntap3", "172.30.3.2/24:172.30.3.1", "52:54:00:00:03:02"));
+        spec.tap = Some(crate::network::Tap::for_test(
+            "kilntap3",
+            "172.30.3.2/24:172.30.3.1",
+            "52:54:00:00:03:02",
+        ));
         let a = args(&spec, Path::new("/run/x.sock")).join(" ");
         assert!(a.starts_with("--kernel /k --cmdline -- a --cpus boot=1 --memory size=64M --serial tty --console off"), "{a}");
-        assert!(a.contains("--net tap=kilntap3,mac=52:54:00:00:03:02"), "{a}");
-        assert!(a.contains("--disk path=/tmp/data.img,serial=kiln-vol0,readonly=on"), "{a}");
+        assert!(
+            a.contains("--net tap=kilntap3,mac=52:54:00:00:03:02"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--disk path=/tmp/data.img,serial=kiln-vol0,readonly=on"),
+            "{a}"
+        );
     }
 }

@@ -48,7 +48,12 @@ impl Vmm for Firecracker {
     fn ask_to_stop(&self, dir: &Path) -> bool {
         // The i8042's Ctrl-Alt-Del, which the kernel hands to the app.
         matches!(
-            api::request(&dir.join(SOCKET), "PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#),
+            api::request(
+                &dir.join(SOCKET),
+                "PUT",
+                "/actions",
+                r#"{"action_type":"SendCtrlAltDel"}"#
+            ),
             Ok(204)
         )
     }
@@ -108,7 +113,11 @@ mod tests {
             destination: "/data".into(),
             read_only: true,
         });
-        spec.tap = Some(crate::network::Tap::for_test("kilntap3", "172.30.3.2/24:172.30.3.1", "52:54:00:00:03:02"));
+        spec.tap = Some(crate::network::Tap::for_test(
+            "kilntap3",
+            "172.30.3.2/24:172.30.3.1",
+            "52:54:00:00:03:02",
+        ));
         let c = config(&spec);
         assert_eq!(c["boot-source"]["kernel_image_path"], "/k");
         assert_eq!(c["boot-source"]["boot_args"], "-- a");

@@ -33,7 +33,17 @@ pub const EXIT_TIMEOUT: i32 = 124;
 pub const EXIT_CRASH: i32 = kiln_boot::EXIT_FAULT;
 
 /// The VMMs Kiln runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// QEMU (microvm or q35 on x86_64, virt or the Raspberry Pi boards on arm64)
@@ -133,7 +143,11 @@ impl RunSpec {
         self.net
             .iter()
             .flatten()
-            .filter_map(|f| f.via.filter(|_| !f.udp).map(|to| crate::forward::Relay { host: f.host, to }))
+            .filter_map(|f| {
+                f.via
+                    .filter(|_| !f.udp)
+                    .map(|to| crate::forward::Relay { host: f.host, to })
+            })
             .collect()
     }
 }
@@ -155,7 +169,12 @@ pub fn parse_port(s: &str) -> Result<PortForward> {
         None => (num(ports), num(ports)),
     };
     match (host, guest) {
-        (Some(host), Some(guest)) => Ok(PortForward { udp, host, guest, via: None }),
+        (Some(host), Some(guest)) => Ok(PortForward {
+            udp,
+            host,
+            guest,
+            via: None,
+        }),
         _ => bail!("-p {s}: expected HOST:GUEST with ports 1-65535, like 8080:80"),
     }
 }
@@ -344,7 +363,11 @@ fn check_pvh_vmm(spec: &RunSpec, name: &str) -> Result<()> {
     if spec.machine != Machine::Microvm {
         bail!("--machine chooses QEMU's machine model; {name} has its own (leave out --machine)");
     }
-    if let Some(v) = spec.volumes.iter().find(|v| v.kind == crate::volume::Kind::Folder) {
+    if let Some(v) = spec
+        .volumes
+        .iter()
+        .find(|v| v.kind == crate::volume::Kind::Folder)
+    {
         bail!(
             "volume {}: {name} has no virtio-9p device to share a host folder; use an image volume (kiln volume create NAME --size 64M) or run on QEMU (leave out --vmm)",
             v.image.display()
@@ -383,7 +406,15 @@ pub struct ConsoleFilter<W: Write> {
 
 impl<W: Write> ConsoleFilter<W> {
     pub fn new(out: W) -> Self {
-        ConsoleFilter { out, line: Vec::new(), started: false, blank_held: false, code: None, symbols: None, text: Vec::new() }
+        ConsoleFilter {
+            out,
+            line: Vec::new(),
+            started: false,
+            blank_held: false,
+            code: None,
+            symbols: None,
+            text: Vec::new(),
+        }
     }
 
     /// Names functions in fault reports from these symbols.
@@ -397,7 +428,10 @@ impl<W: Write> ConsoleFilter<W> {
     fn annotate(&mut self) -> std::io::Result<()> {
         let text = std::mem::take(&mut self.text);
         if let Some(s) = &self.symbols {
-            if let Some(note) = std::str::from_utf8(&text).ok().and_then(|l| s.annotate(l.trim_end_matches('\r'))) {
+            if let Some(note) = std::str::from_utf8(&text)
+                .ok()
+                .and_then(|l| s.annotate(l.trim_end_matches('\r')))
+            {
                 self.out.write_all(note.as_bytes())?;
                 self.out.write_all(b"\n")?;
             }
@@ -489,7 +523,9 @@ pub fn copy_console<R: Read + Send + 'static, W: Write + Send + 'static>(
     kernel: Option<PathBuf>,
 ) -> std::thread::JoinHandle<Option<i32>> {
     std::thread::spawn(move || {
-        let symbols = kernel.as_deref().and_then(crate::symbols::Symbols::for_image);
+        let symbols = kernel
+            .as_deref()
+            .and_then(crate::symbols::Symbols::for_image);
         let mut f = ConsoleFilter::new(to).with_symbols(symbols);
         let mut buf = [0u8; 4096];
         loop {
@@ -569,7 +605,10 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     // SAFETY: the handler only stores to an atomic (async-signal-safe); the
     // VMM is already started with its own dispositions.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let console = child.stdout.take().map(|o| copy_console(o, std::io::stdout(), Some(spec.kernel.clone())));
+    let console = child
+        .stdout
+        .take()
+        .map(|o| copy_console(o, std::io::stdout(), Some(spec.kernel.clone())));
     let stopped_by = Arc::new(AtomicI32::new(0));
     let internal = Arc::new(AtomicBool::new(false));
     let relay = child.stderr.take().map(|err| {
@@ -640,7 +679,9 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     Ok(match vmm.outcome(status, exit_line) {
         Outcome::Exited(code) => code,
         // A VMM that ends cleanly on SIGINT (cloud-hypervisor).
-        Outcome::NoCode if INTERRUPTED.load(Ordering::SeqCst) && stopped_by.load(Ordering::SeqCst) == 0 => {
+        Outcome::NoCode
+            if INTERRUPTED.load(Ordering::SeqCst) && stopped_by.load(Ordering::SeqCst) == 0 =>
+        {
             eprintln!("kiln: interrupted (Ctrl-C); the guest was stopped");
             128 + libc::SIGINT
         }
@@ -649,7 +690,10 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
             if sig == libc::SIGINT {
                 eprintln!("kiln: interrupted (Ctrl-C); the guest was stopped");
             } else {
-                eprintln!("kiln: the guest was stopped by {} from outside", signal_name(sig));
+                eprintln!(
+                    "kiln: the guest was stopped by {} from outside",
+                    signal_name(sig)
+                );
             }
             128 + sig
         }
@@ -668,7 +712,10 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
             128 + libc::SIGINT
         }
         Outcome::Signal(sig) => {
-            eprintln!("kiln: {name} was killed by {} from outside", signal_name(sig));
+            eprintln!(
+                "kiln: {name} was killed by {} from outside",
+                signal_name(sig)
+            );
             128 + sig
         }
     })
@@ -745,7 +792,10 @@ mod tests {
     #[test]
     fn vmm_names() {
         assert_eq!(Kind::from_plat("fc"), Some(Kind::Firecracker));
-        assert_eq!(Kind::from_plat("cloud-hypervisor"), Some(Kind::CloudHypervisor));
+        assert_eq!(
+            Kind::from_plat("cloud-hypervisor"),
+            Some(Kind::CloudHypervisor)
+        );
         assert_eq!(Kind::from_plat("xen"), None);
         for k in [Kind::Qemu, Kind::Firecracker, Kind::CloudHypervisor] {
             assert_eq!(Kind::from_plat(k.name()), Some(k));
@@ -772,6 +822,9 @@ mod tests {
         assert_eq!(v.outcome(st(0), Some(7)), Outcome::Exited(7));
         assert_eq!(v.outcome(st(0), None), Outcome::NoCode);
         assert_eq!(v.outcome(st(1), None), Outcome::VmmFailed(1));
-        assert_eq!(v.outcome(ExitStatus::from_raw(15), None), Outcome::Signal(15));
+        assert_eq!(
+            v.outcome(ExitStatus::from_raw(15), None),
+            Outcome::Signal(15)
+        );
     }
 }

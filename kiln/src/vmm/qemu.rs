@@ -39,7 +39,11 @@ pub fn qemu_binary(arch: &str) -> &'static str {
 
 /// Finds QEMU for `arch` in PATH, or explains how to install it.
 pub fn find_qemu(arch: &str) -> Result<PathBuf> {
-    let pkg = if arch == "arm64" { "qemu-system-arm" } else { "qemu-system-x86" };
+    let pkg = if arch == "arm64" {
+        "qemu-system-arm"
+    } else {
+        "qemu-system-x86"
+    };
     find_program(
         qemu_binary(arch),
         &format!("Install QEMU with `scripts/setup` (Debian 12: QEMU 10 from bookworm-backports), or `apt-get install {pkg}`"),
@@ -115,7 +119,12 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         // Kiln needs none of them.
         // The i8042 is how `kiln stop` asks the guest to shut down
         // (Ctrl-Alt-Del), as on PC machines and Firecracker.
-        Machine::Microvm => c.args(["-M", "microvm,acpi=off,pit=off,pic=off,rtc=off", "-device", "i8042"]),
+        Machine::Microvm => c.args([
+            "-M",
+            "microvm,acpi=off,pit=off,pic=off,rtc=off",
+            "-device",
+            "i8042",
+        ]),
         Machine::Q35 => c.args(["-M", "q35"]),
     };
     // Under KVM, the baseline model plus an invariant TSC (QEMU then reports
@@ -167,11 +176,15 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
             ]);
         }
         Some(dir) => {
-            c.arg("-chardev")
-                .arg(format!("file,id=con,path={}", dir.join("console.log").display()));
+            c.arg("-chardev").arg(format!(
+                "file,id=con,path={}",
+                dir.join("console.log").display()
+            ));
             c.args(["-serial", "chardev:con"]);
-            c.arg("-qmp")
-                .arg(format!("unix:{},server=on,wait=off", dir.join(QMP_SOCKET).display()));
+            c.arg("-qmp").arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join(QMP_SOCKET).display()
+            ));
         }
     }
     if arm {
@@ -216,7 +229,9 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         let mut netdev = String::from("user,id=n0");
         for f in fwd {
             netdev += &match f.via {
-                Some(via) if !f.udp => format!(",hostfwd=tcp:127.0.0.1:{}-:{}", via.port(), f.guest),
+                Some(via) if !f.udp => {
+                    format!(",hostfwd=tcp:127.0.0.1:{}-:{}", via.port(), f.guest)
+                }
                 _ => format!(
                     ",hostfwd={}::{}-:{}",
                     if f.udp { "udp" } else { "tcp" },
@@ -236,16 +251,30 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
         let pci = spec.machine == Machine::Q35 && !arm;
         match v.kind {
             crate::volume::Kind::Image => {
-                c.arg("-drive").arg(format!("file={file},if=none,id=vol{i},format=raw,cache=writeback{ro}"));
-                let blk = if pci { "virtio-blk-pci,disable-legacy=on" } else { "virtio-blk-device" };
-                c.arg("-device").arg(format!("{blk},drive=vol{i},serial={tag}"));
+                c.arg("-drive").arg(format!(
+                    "file={file},if=none,id=vol{i},format=raw,cache=writeback{ro}"
+                ));
+                let blk = if pci {
+                    "virtio-blk-pci,disable-legacy=on"
+                } else {
+                    "virtio-blk-device"
+                };
+                c.arg("-device")
+                    .arg(format!("{blk},drive=vol{i},serial={tag}"));
             }
             crate::volume::Kind::Folder => {
                 // security_model=none: files are the host user's, with the
                 // modes the guest gives them.
-                c.arg("-fsdev").arg(format!("local,id=vol{i},path={file},security_model=none{ro}"));
-                let dev = if pci { "virtio-9p-pci,disable-legacy=on" } else { "virtio-9p-device" };
-                c.arg("-device").arg(format!("{dev},fsdev=vol{i},mount_tag={tag}"));
+                c.arg("-fsdev").arg(format!(
+                    "local,id=vol{i},path={file},security_model=none{ro}"
+                ));
+                let dev = if pci {
+                    "virtio-9p-pci,disable-legacy=on"
+                } else {
+                    "virtio-9p-device"
+                };
+                c.arg("-device")
+                    .arg(format!("{dev},fsdev=vol{i},mount_tag={tag}"));
             }
         }
     }
@@ -260,7 +289,11 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
 /// that message.
 pub fn terminating_signal(line: &str) -> Option<i32> {
     let rest = line.split_once("terminating on signal ")?.1;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok().filter(|&n| n > 0 && n < 65)
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&n| n > 0 && n < 65)
 }
 
 /// Decodes QEMU's status: the guest writes `code + 1` to isa-debug-exit, and
@@ -317,7 +350,9 @@ impl Vmm for Qemu {
     /// (arm64 virt); the kernel hands the request to the app (see
     /// `kiln_boot::on_stop`).
     fn ask_to_stop(&self, dir: &Path) -> bool {
-        let Ok(mut q) = Qmp::connect(&dir.join(QMP_SOCKET)) else { return false };
+        let Ok(mut q) = Qmp::connect(&dir.join(QMP_SOCKET)) else {
+            return false;
+        };
         let key = q.execute(
             "{\"execute\":\"send-key\",\"arguments\":{\"keys\":[{\"type\":\"qcode\",\"data\":\"ctrl\"},{\"type\":\"qcode\",\"data\":\"alt\"},{\"type\":\"qcode\",\"data\":\"delete\"}]}}",
         );
@@ -326,7 +361,9 @@ impl Vmm for Qemu {
     }
 
     fn quit(&self, dir: &Path) -> bool {
-        Qmp::connect(&dir.join(QMP_SOCKET)).and_then(Qmp::quit).is_ok()
+        Qmp::connect(&dir.join(QMP_SOCKET))
+            .and_then(Qmp::quit)
+            .is_ok()
     }
 }
 
@@ -398,7 +435,9 @@ mod tests {
         assert!(internal_error("KVM internal error. Suberror: 1"));
         assert!(internal_error("emulation failure"));
         assert!(internal_error("error: kvm run failed Bad address"));
-        assert!(!internal_error("qemu-system-x86_64: terminating on signal 15 from pid 7"));
+        assert!(!internal_error(
+            "qemu-system-x86_64: terminating on signal 15 from pid 7"
+        ));
     }
 
     #[test]

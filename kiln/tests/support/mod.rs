@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Runs `kiln ARGS` in the repository root: (exit code, stdout, stderr).
@@ -37,7 +40,11 @@ fn kiln_in(args: &[&str], state: Option<&Path>) -> (i32, String, String) {
 
 /// A host TCP port nothing listens on now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// kiln/tests/linux/hello, where the Linux test programs' sources are.
@@ -61,7 +68,11 @@ pub fn cargo_in_test_programs(args: &[&str]) {
         .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
         .output()
         .unwrap();
-    assert!(o.status.success(), "building the Linux test programs ({args:?}): {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "building the Linux test programs ({args:?}): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A test program built for `arch` Linux with musl: static-pie on
@@ -70,7 +81,11 @@ pub fn cargo_in_test_programs(args: &[&str]) {
 pub fn linux_program_for(arch: &str, name: &str) -> PathBuf {
     let target = format!("{arch}-unknown-linux-musl");
     cargo_in_test_programs(&["build", "-q", "--release", "--target", &target]);
-    test_programs().join("target").join(target).join("release").join(name)
+    test_programs()
+        .join("target")
+        .join(target)
+        .join("release")
+        .join(name)
 }
 
 /// Guests run one at a time within a test binary: a guest under TCG
@@ -92,7 +107,10 @@ pub struct Guest {
     /// What the guest printed so far (stdout, stderr), read as it comes: a
     /// console pipe nobody reads fills up, and then the guest waits on its
     /// serial port forever.
-    console: Option<(std::thread::JoinHandle<Vec<u8>>, std::thread::JoinHandle<Vec<u8>>)>,
+    console: Option<(
+        std::thread::JoinHandle<Vec<u8>>,
+        std::thread::JoinHandle<Vec<u8>>,
+    )>,
     /// Address and port clients use for the guest port asked for.
     pub addr: std::net::SocketAddr,
     net: Net,
@@ -103,19 +121,32 @@ impl Guest {
     /// Builds and boots the app in `dir` (relative to the repository root
     /// or absolute) with `extra` `kiln run` options, reached through `net`
     /// on guest port `port`; returns once `ready(addr)` holds (within 90 s).
-    pub fn start(dir: &Path, net: Net, extra: &[&str], ready: impl Fn(std::net::SocketAddr) -> bool) -> Guest {
+    pub fn start(
+        dir: &Path,
+        net: Net,
+        extra: &[&str],
+        ready: impl Fn(std::net::SocketAddr) -> bool,
+    ) -> Guest {
         Guest::start_with_args(dir, net, extra, &[], ready)
     }
 
     /// [`Guest::start`], with `args` for the app (after `--`).
-    pub fn start_with_args(dir: &Path, net: Net, extra: &[&str], args: &[&str], ready: impl Fn(std::net::SocketAddr) -> bool) -> Guest {
+    pub fn start_with_args(
+        dir: &Path,
+        net: Net,
+        extra: &[&str],
+        args: &[&str],
+        ready: impl Fn(std::net::SocketAddr) -> bool,
+    ) -> Guest {
         let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = root().join(dir);
         let dir_s = dir.to_str().unwrap();
         let (code, _, err) = kiln(&["build", "-q", dir_s]);
         assert_eq!(code, 0, "kiln build {dir_s}: {err}");
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        c.current_dir(root()).args(["run", "-W", "--timeout", "600"]).args(extra);
+        c.current_dir(root())
+            .args(["run", "-W", "--timeout", "600"])
+            .args(extra);
         let addr = match &net {
             Net::Forward { host, guest } => {
                 c.args(["-p", &format!("{host}:{guest}")]);
@@ -130,7 +161,12 @@ impl Guest {
         if !args.is_empty() {
             c.arg("--").args(args);
         }
-        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let drain = |mut r: Box<dyn std::io::Read + Send>| {
             std::thread::spawn(move || {
                 let mut v = Vec::new();
@@ -138,11 +174,24 @@ impl Guest {
                 v
             })
         };
-        let console = Some((drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap()))));
-        let g = Guest { child: Some(child), console, addr, net, _one_at_a_time: lock };
+        let console = Some((
+            drain(Box::new(child.stdout.take().unwrap())),
+            drain(Box::new(child.stderr.take().unwrap())),
+        ));
+        let g = Guest {
+            child: Some(child),
+            console,
+            addr,
+            net,
+            _one_at_a_time: lock,
+        };
         let start = Instant::now();
         while !ready(g.addr) {
-            assert!(start.elapsed() < Duration::from_secs(90), "{dir_s} never became ready at {}", g.addr);
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{dir_s} never became ready at {}",
+                g.addr
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         g
@@ -155,7 +204,11 @@ impl Guest {
         let _ = c.wait();
         let (out, err) = self.console.take().unwrap();
         let (out, err) = (out.join().unwrap(), err.join().unwrap());
-        format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        )
     }
 }
 
@@ -181,14 +234,29 @@ impl Bridge {
     /// A bridge whose guest serves on `port`.
     pub fn create(prefix: &str, port: u16) -> Bridge {
         let name = format!("{prefix}{}", std::process::id() % 100000);
-        let addrs = String::from_utf8(Command::new("ip").args(["-o", "-4", "addr"]).output().unwrap().stdout).unwrap();
-        let third = (100..250).find(|t| !addrs.contains(&format!(" 10.{t}."))).expect("a free 10.x.0.0/24");
+        let addrs = String::from_utf8(
+            Command::new("ip")
+                .args(["-o", "-4", "addr"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let third = (100..250)
+            .find(|t| !addrs.contains(&format!(" 10.{t}.")))
+            .expect("a free 10.x.0.0/24");
         let b = Bridge {
             name: name.clone(),
             guest_ip: format!("10.{third}.0.2"),
             guest: format!("10.{third}.0.2:{port}").parse().unwrap(),
         };
-        let (code, _, err) = kiln(&["net", "create", &name, "--subnet", &format!("10.{third}.0.0/24")]);
+        let (code, _, err) = kiln(&[
+            "net",
+            "create",
+            &name,
+            "--subnet",
+            &format!("10.{third}.0.0/24"),
+        ]);
         assert_eq!(code, 0, "kiln net create: {err}");
         b
     }
@@ -196,8 +264,12 @@ impl Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["net", "rm", &self.name]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+        let _ = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["net", "rm", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
     }
 }
 
@@ -261,7 +333,10 @@ impl State {
             if logs.contains(text) {
                 return logs;
             }
-            assert!(start.elapsed() < Duration::from_secs(120), "{name} never printed {text:?}:\n{logs}");
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{name} never printed {text:?}:\n{logs}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -272,8 +347,15 @@ impl State {
         let t = Instant::now();
         let (code, _, err) = self.kiln(&["stop", name]);
         assert_eq!(code, 0, "{err}");
-        assert!(err.contains(&format!("kiln: {name} shut down")), "{name} did not shut down by itself: {err}");
-        assert!(t.elapsed() < Duration::from_secs(5), "stopping {name} took {:?}", t.elapsed());
+        assert!(
+            err.contains(&format!("kiln: {name} shut down")),
+            "{name} did not shut down by itself: {err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "stopping {name} took {:?}",
+            t.elapsed()
+        );
         assert_eq!(self.state_of(name), "stopped");
         self.kiln(&["logs", name]).1
     }
@@ -287,7 +369,11 @@ pub fn vmm_available(name: &str) -> Result<(), String> {
     if !std::env::split_paths(&path).any(|d| d.join(name).is_file()) {
         return Err(format!("{name} is not in PATH (README: \"Firecracker and cloud-hypervisor\" says how to build it)"));
     }
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map_err(|e| format!("/dev/kvm: {e}"))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
     Ok(())
 }
 
@@ -308,7 +394,9 @@ pub fn other_vmms(test: &str) -> Vec<&'static str> {
 
 /// Reads `r` to its end on a thread: the text it gave (a console pipe
 /// nobody reads fills up and stops the guest).
-pub fn read_in_background(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+pub fn read_in_background(
+    mut r: impl std::io::Read + Send + 'static,
+) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut s = String::new();
         let _ = r.read_to_string(&mut s);
@@ -340,7 +428,12 @@ pub fn first_status(addr: std::net::SocketAddr, within: Duration) -> Option<Stri
 /// `flags` added.
 pub fn chromium_dom(url: &str, flags: &[&str]) -> String {
     let o = Command::new("chromium")
-        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"])
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+        ])
         .args(flags)
         .args(["--dump-dom", url])
         .stderr(Stdio::null())
@@ -352,6 +445,8 @@ pub fn chromium_dom(url: &str, flags: &[&str]) -> String {
 /// `N` different host TCP ports nothing listens on now (each held until
 /// all are chosen, so none is handed out twice).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }

@@ -57,7 +57,9 @@ mod device {
             for t in kiln_virtio::devices(DeviceType::_9P) {
                 let mut transport = t;
                 transport.begin_init(Feature::VERSION_1);
-                let Ok(mut queue) = VirtQueue::new(&mut transport, 0, false, false) else { continue };
+                let Ok(mut queue) = VirtQueue::new(&mut transport, 0, false, false) else {
+                    continue;
+                };
                 transport.finish_init();
                 // Replies are waited for by polling: no interrupts.
                 queue.set_dev_notify(false);
@@ -73,7 +75,13 @@ mod device {
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .unwrap_or_default();
-                out.push(Device { transport, queue, tag, req: vec![0; buf], resp: vec![0; buf] });
+                out.push(Device {
+                    transport,
+                    queue,
+                    tag,
+                    req: vec![0; buf],
+                    resp: vec![0; buf],
+                });
             }
             out
         }
@@ -86,7 +94,11 @@ mod device {
             self.req[..msg.len()].copy_from_slice(msg);
             let n = self
                 .queue
-                .add_notify_wait_pop(&[&self.req[..msg.len()]], &mut [&mut self.resp[..]], &mut self.transport)
+                .add_notify_wait_pop(
+                    &[&self.req[..msg.len()]],
+                    &mut [&mut self.resp[..]],
+                    &mut self.transport,
+                )
                 .map_err(|_| ())? as usize;
             let _ = self.transport.ack_interrupt();
             Ok(&self.resp[..n.min(self.resp.len())])
@@ -177,7 +189,10 @@ impl Client {
     /// left default) to a new fid.
     fn walk(&mut self, from: u32, names: &[&str]) -> Result<(u32, Qid)> {
         let new = self.fid();
-        let mut m = Msg::new(proto::TWALK, 1).u32(from).u32(new).u16(names.len() as u16);
+        let mut m = Msg::new(proto::TWALK, 1)
+            .u32(from)
+            .u32(new)
+            .u16(names.len() as u16);
         for n in names {
             m = m.str(n);
         }
@@ -197,7 +212,12 @@ impl Client {
     }
 
     fn getattr(&mut self, fid: u32) -> Result<proto::Attr> {
-        let reply = self.call(Msg::new(proto::TGETATTR, 1).u32(fid).u64(proto::GETATTR_BASIC), proto::TGETATTR)?;
+        let reply = self.call(
+            Msg::new(proto::TGETATTR, 1)
+                .u32(fid)
+                .u64(proto::GETATTR_BASIC),
+            proto::TGETATTR,
+        )?;
         let mut r = Reply::parse(&reply, proto::TGETATTR).map_err(errno)?;
         proto::getattr(&mut r).map_err(errno)
     }
@@ -214,21 +234,39 @@ impl Client {
         match self.nodes.get_mut(&qid.path) {
             Some(n) if n.refs > 0 => self.clunk(fid),
             Some(n) => {
-                let old = core::mem::replace(n, Node { fid, io: None, refs: 0 });
+                let old = core::mem::replace(
+                    n,
+                    Node {
+                        fid,
+                        io: None,
+                        refs: 0,
+                    },
+                );
                 self.clunk(old.fid);
                 if let Some((f, _)) = old.io {
                     self.clunk(f);
                 }
             }
             None => {
-                self.nodes.insert(qid.path, Node { fid, io: None, refs: 0 });
+                self.nodes.insert(
+                    qid.path,
+                    Node {
+                        fid,
+                        io: None,
+                        refs: 0,
+                    },
+                );
             }
         }
         qid.path
     }
 
     fn lopen(&mut self, fid: u32, flags: u32) -> Result<()> {
-        self.call(Msg::new(proto::TLOPEN, 1).u32(fid).u32(flags), proto::TLOPEN).map(|_| ())
+        self.call(
+            Msg::new(proto::TLOPEN, 1).u32(fid).u32(flags),
+            proto::TLOPEN,
+        )
+        .map(|_| ())
     }
 
     /// A fid of `ino` open for reading (and writing when `write`).
@@ -265,7 +303,17 @@ impl Client {
     }
 
     fn setattr(&mut self, fid: u32, valid: u32, mode: u32, size: u64) -> Result<()> {
-        let m = Msg::new(proto::TSETATTR, 1).u32(fid).u32(valid).u32(mode).u32(0).u32(0).u64(size).u64(0).u64(0).u64(0).u64(0);
+        let m = Msg::new(proto::TSETATTR, 1)
+            .u32(fid)
+            .u32(valid)
+            .u32(mode)
+            .u32(0)
+            .u32(0)
+            .u64(size)
+            .u64(0)
+            .u64(0)
+            .u64(0)
+            .u64(0);
         self.call(m, proto::TSETATTR).map(|_| ())
     }
 }
@@ -280,11 +328,22 @@ pub struct NinePFs {
 impl NinePFs {
     /// Attaches to `dev`'s exported folder.
     fn attach(dev: Device, read_only: bool) -> core::result::Result<NinePFs, String> {
-        let mut c = Client { dev, msize: MSIZE, next_fid: 0, nodes: BTreeMap::new() };
+        let mut c = Client {
+            dev,
+            msize: MSIZE,
+            next_fid: 0,
+            nodes: BTreeMap::new(),
+        };
         let reply = c
-            .call(Msg::new(proto::TVERSION, !0).u32(MSIZE as u32).str("9P2000.L"), proto::TVERSION)
+            .call(
+                Msg::new(proto::TVERSION, !0)
+                    .u32(MSIZE as u32)
+                    .str("9P2000.L"),
+                proto::TVERSION,
+            )
             .map_err(|e| format!("the 9P version exchange failed: {e}"))?;
-        let mut r = Reply::parse(&reply, proto::TVERSION).map_err(|_| String::from("a malformed Rversion"))?;
+        let mut r = Reply::parse(&reply, proto::TVERSION)
+            .map_err(|_| String::from("a malformed Rversion"))?;
         let msize = r.u32().map_err(|_| String::from("a malformed Rversion"))? as usize;
         let version = r.str().map_err(|_| String::from("a malformed Rversion"))?;
         if version != "9P2000.L" {
@@ -296,11 +355,32 @@ impl NinePFs {
         c.msize = msize.min(MSIZE);
         let root_fid = c.fid();
         let reply = c
-            .call(Msg::new(proto::TATTACH, 1).u32(root_fid).u32(proto::NOFID).str("root").str("").u32(0), proto::TATTACH)
+            .call(
+                Msg::new(proto::TATTACH, 1)
+                    .u32(root_fid)
+                    .u32(proto::NOFID)
+                    .str("root")
+                    .str("")
+                    .u32(0),
+                proto::TATTACH,
+            )
             .map_err(|e| format!("attaching to the shared folder failed: {e}"))?;
-        let qid = Reply::parse(&reply, proto::TATTACH).and_then(|mut r| r.qid()).map_err(|_| String::from("a malformed Rattach"))?;
-        c.nodes.insert(qid.path, Node { fid: root_fid, io: None, refs: 0 });
-        Ok(NinePFs { client: kiln_sched::Mutex::new(c), root: qid.path, read_only })
+        let qid = Reply::parse(&reply, proto::TATTACH)
+            .and_then(|mut r| r.qid())
+            .map_err(|_| String::from("a malformed Rattach"))?;
+        c.nodes.insert(
+            qid.path,
+            Node {
+                fid: root_fid,
+                io: None,
+                refs: 0,
+            },
+        );
+        Ok(NinePFs {
+            client: kiln_sched::Mutex::new(c),
+            root: qid.path,
+            read_only,
+        })
     }
 
     fn writable(&self) -> Result<()> {
@@ -341,7 +421,14 @@ impl FileSystem for NinePFs {
         let mut c = self.client.lock();
         let fid = c.node(ino)?.fid;
         let a = c.getattr(fid)?;
-        Ok(Stat { ino, kind: kind_of(a.mode), mode: a.mode & 0o7777, size: a.size, nlink: a.nlink.max(1) as u32, mtime: a.mtime })
+        Ok(Stat {
+            ino,
+            kind: kind_of(a.mode),
+            mode: a.mode & 0o7777,
+            size: a.size,
+            nlink: a.nlink.max(1) as u32,
+            mtime: a.mtime,
+        })
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -351,7 +438,13 @@ impl FileSystem for NinePFs {
         let mut done = 0;
         while done < buf.len() {
             let want = (buf.len() - done).min(chunk);
-            let reply = c.call(Msg::new(proto::TREAD, 1).u32(fid).u64(offset + done as u64).u32(want as u32), proto::TREAD)?;
+            let reply = c.call(
+                Msg::new(proto::TREAD, 1)
+                    .u32(fid)
+                    .u64(offset + done as u64)
+                    .u32(want as u32),
+                proto::TREAD,
+            )?;
             let mut r = Reply::parse(&reply, proto::TREAD).map_err(errno)?;
             let n = (r.u32().map_err(errno)? as usize).min(want);
             let data = r.bytes(n).map_err(errno)?;
@@ -372,8 +465,17 @@ impl FileSystem for NinePFs {
         let mut done = 0;
         while done < buf.len() {
             let part = &buf[done..(done + chunk).min(buf.len())];
-            let reply = c.call(Msg::new(proto::TWRITE, 1).u32(fid).u64(offset + done as u64).u32(part.len() as u32).bytes(part), proto::TWRITE)?;
-            let n = Reply::parse(&reply, proto::TWRITE).and_then(|mut r| r.u32()).map_err(errno)? as usize;
+            let reply = c.call(
+                Msg::new(proto::TWRITE, 1)
+                    .u32(fid)
+                    .u64(offset + done as u64)
+                    .u32(part.len() as u32)
+                    .bytes(part),
+                proto::TWRITE,
+            )?;
+            let n = Reply::parse(&reply, proto::TWRITE)
+                .and_then(|mut r| r.u32())
+                .map_err(errno)? as usize;
             done += n.min(part.len());
             if n < part.len() {
                 break;
@@ -395,13 +497,28 @@ impl FileSystem for NinePFs {
         let d = c.node(dir)?.fid;
         match kind {
             FileType::Dir => {
-                c.call(Msg::new(proto::TMKDIR, 1).u32(d).str(name).u32(mode & 0o7777).u32(0), proto::TMKDIR)?;
+                c.call(
+                    Msg::new(proto::TMKDIR, 1)
+                        .u32(d)
+                        .str(name)
+                        .u32(mode & 0o7777)
+                        .u32(0),
+                    proto::TMKDIR,
+                )?;
             }
             FileType::File => {
                 // Tlcreate turns the fid it is given into the new file's.
                 let (f, _) = c.walk(d, &[])?;
                 // O_RDWR | O_CREAT | O_EXCL
-                let r = c.call(Msg::new(proto::TLCREATE, 1).u32(f).str(name).u32(0o302).u32(mode & 0o7777).u32(0), proto::TLCREATE);
+                let r = c.call(
+                    Msg::new(proto::TLCREATE, 1)
+                        .u32(f)
+                        .str(name)
+                        .u32(0o302)
+                        .u32(mode & 0o7777)
+                        .u32(0),
+                    proto::TLCREATE,
+                );
                 c.clunk(f);
                 r?;
             }
@@ -415,7 +532,14 @@ impl FileSystem for NinePFs {
         self.writable()?;
         let mut c = self.client.lock();
         let d = c.node(dir)?.fid;
-        c.call(Msg::new(proto::TSYMLINK, 1).u32(d).str(name).str(target).u32(0), proto::TSYMLINK)?;
+        c.call(
+            Msg::new(proto::TSYMLINK, 1)
+                .u32(d)
+                .str(name)
+                .str(target)
+                .u32(0),
+            proto::TSYMLINK,
+        )?;
         let (fid, qid) = c.walk(d, &[name])?;
         Ok(c.remember(fid, qid))
     }
@@ -424,35 +548,60 @@ impl FileSystem for NinePFs {
         let mut c = self.client.lock();
         let fid = c.node(ino)?.fid;
         let reply = c.call(Msg::new(proto::TREADLINK, 1).u32(fid), proto::TREADLINK)?;
-        Reply::parse(&reply, proto::TREADLINK).and_then(|mut r| r.str()).map_err(errno)
+        Reply::parse(&reply, proto::TREADLINK)
+            .and_then(|mut r| r.str())
+            .map_err(errno)
     }
 
     fn link(&self, dir: Ino, name: &str, ino: Ino) -> Result<()> {
         self.writable()?;
         let mut c = self.client.lock();
         let (d, f) = (c.node(dir)?.fid, c.node(ino)?.fid);
-        c.call(Msg::new(proto::TLINK, 1).u32(d).u32(f).str(name), proto::TLINK).map(|_| ())
+        c.call(
+            Msg::new(proto::TLINK, 1).u32(d).u32(f).str(name),
+            proto::TLINK,
+        )
+        .map(|_| ())
     }
 
     fn unlink(&self, dir: Ino, name: &str) -> Result<()> {
         self.writable()?;
         let mut c = self.client.lock();
         let d = c.node(dir)?.fid;
-        c.call(Msg::new(proto::TUNLINKAT, 1).u32(d).str(name).u32(0), proto::TUNLINKAT).map(|_| ())
+        c.call(
+            Msg::new(proto::TUNLINKAT, 1).u32(d).str(name).u32(0),
+            proto::TUNLINKAT,
+        )
+        .map(|_| ())
     }
 
     fn rmdir(&self, dir: Ino, name: &str) -> Result<()> {
         self.writable()?;
         let mut c = self.client.lock();
         let d = c.node(dir)?.fid;
-        c.call(Msg::new(proto::TUNLINKAT, 1).u32(d).str(name).u32(proto::AT_REMOVEDIR), proto::TUNLINKAT).map(|_| ())
+        c.call(
+            Msg::new(proto::TUNLINKAT, 1)
+                .u32(d)
+                .str(name)
+                .u32(proto::AT_REMOVEDIR),
+            proto::TUNLINKAT,
+        )
+        .map(|_| ())
     }
 
     fn rename(&self, from_dir: Ino, from: &str, to_dir: Ino, to: &str) -> Result<()> {
         self.writable()?;
         let mut c = self.client.lock();
         let (a, b) = (c.node(from_dir)?.fid, c.node(to_dir)?.fid);
-        c.call(Msg::new(proto::TRENAMEAT, 1).u32(a).str(from).u32(b).str(to), proto::TRENAMEAT).map(|_| ())
+        c.call(
+            Msg::new(proto::TRENAMEAT, 1)
+                .u32(a)
+                .str(from)
+                .u32(b)
+                .str(to),
+            proto::TRENAMEAT,
+        )
+        .map(|_| ())
     }
 
     fn retain(&self, ino: Ino) {
@@ -482,7 +631,10 @@ impl FileSystem for NinePFs {
         let mut offset = 0;
         let count = (c.msize - proto::HEADER - 4) as u32;
         let result = loop {
-            let reply = match c.call(Msg::new(proto::TREADDIR, 1).u32(fid).u64(offset).u32(count), proto::TREADDIR) {
+            let reply = match c.call(
+                Msg::new(proto::TREADDIR, 1).u32(fid).u64(offset).u32(count),
+                proto::TREADDIR,
+            ) {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             };
@@ -504,7 +656,11 @@ impl FileSystem for NinePFs {
                             2 => FileType::CharDevice,
                             _ => FileType::File,
                         };
-                        out.push(DirEntry { name, ino: qid.path, kind });
+                        out.push(DirEntry {
+                            name,
+                            ino: qid.path,
+                            kind,
+                        });
                     }
                 }
                 Err(e) => break Err(errno(e)),
@@ -525,7 +681,11 @@ impl FileSystem for NinePFs {
         let mut c = self.client.lock();
         let fids: Vec<u32> = match ino {
             Some(i) => c.node(i)?.io.map(|(f, _)| f).into_iter().collect(),
-            None => c.nodes.values().filter_map(|n| n.io.map(|(f, _)| f)).collect(),
+            None => c
+                .nodes
+                .values()
+                .filter_map(|n| n.io.map(|(f, _)| f))
+                .collect(),
         };
         for f in fids {
             c.call(Msg::new(proto::TFSYNC, 1).u32(f).u32(0), proto::TFSYNC)?;
@@ -539,7 +699,11 @@ impl FileSystem for NinePFs {
         let reply = c.call(Msg::new(proto::TSTATFS, 1).u32(fid), proto::TSTATFS)?;
         let mut r = Reply::parse(&reply, proto::TSTATFS).map_err(errno)?;
         let (_kind, bsize) = (r.u32().map_err(errno)?, r.u32().map_err(errno)?);
-        let (blocks, bfree, _bavail) = (r.u64().map_err(errno)?, r.u64().map_err(errno)?, r.u64().map_err(errno)?);
+        let (blocks, bfree, _bavail) = (
+            r.u64().map_err(errno)?,
+            r.u64().map_err(errno)?,
+            r.u64().map_err(errno)?,
+        );
         let (files, ffree) = (r.u64().map_err(errno)?, r.u64().map_err(errno)?);
         Ok(StatFs {
             magic: V9FS_MAGIC,
@@ -563,7 +727,10 @@ pub fn kiln_init() -> core::result::Result<(), String> {
         return Ok(());
     };
     let entries = kiln_vfs::fstab::parse(v)?;
-    let wanted: Vec<_> = entries.iter().filter(|e| matches!(e.fstype.as_str(), "9pfs" | "9p")).collect();
+    let wanted: Vec<_> = entries
+        .iter()
+        .filter(|e| matches!(e.fstype.as_str(), "9pfs" | "9p"))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -574,13 +741,23 @@ pub fn kiln_init() -> core::result::Result<(), String> {
             None => Err(format!(
                 "no virtio-9p device with the tag {} (this machine has {})",
                 e.source,
-                if devices.is_empty() { "none".to_string() } else { devices.iter().map(|d| d.tag.clone()).collect::<Vec<_>>().join(", ") }
+                if devices.is_empty() {
+                    "none".to_string()
+                } else {
+                    devices
+                        .iter()
+                        .map(|d| d.tag.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             )),
             Some(i) => kiln_vfs::vfs()
                 .prepare_mount_point(&e.destination)
                 .and_then(|()| NinePFs::attach(devices.remove(i), e.read_only))
                 .and_then(|fs| {
-                    kiln_vfs::vfs().mount(&e.destination, Arc::new(fs)).map_err(|err| format!("{}: {err}", e.destination))
+                    kiln_vfs::vfs()
+                        .mount(&e.destination, Arc::new(fs))
+                        .map_err(|err| format!("{}: {err}", e.destination))
                 }),
         };
         match r {
@@ -592,7 +769,11 @@ pub fn kiln_init() -> core::result::Result<(), String> {
                 if e.read_only { " (read-only)" } else { "" }
             ),
             Err(why) if e.optional => {
-                kiln_console::log!(kiln_console::Level::Warn, "9pfs: {} not mounted (nofail): {why}", e.destination)
+                kiln_console::log!(
+                    kiln_console::Level::Warn,
+                    "9pfs: {} not mounted (nofail): {why}",
+                    e.destination
+                )
             }
             Err(why) => return Err(format!("9pfs: {}: {why}", e.destination)),
         }

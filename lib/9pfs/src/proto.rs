@@ -121,7 +121,10 @@ impl<'a> Reply<'a> {
         if size < HEADER || size > data.len() {
             return Err(Error::Malformed);
         }
-        let mut r = Reply { data: &data[..size], at: HEADER };
+        let mut r = Reply {
+            data: &data[..size],
+            at: HEADER,
+        };
         match data[4] {
             RLERROR => Err(Error::Errno(r.u32()?)),
             t if t == sent + 1 => Ok(r),
@@ -129,7 +132,11 @@ impl<'a> Reply<'a> {
         }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.data.len()).ok_or(Error::Malformed)?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or(Error::Malformed)?;
         let s = &self.data[self.at..end];
         self.at = end;
         Ok(s)
@@ -154,7 +161,11 @@ impl<'a> Reply<'a> {
         self.take(n)
     }
     pub fn qid(&mut self) -> Result<Qid, Error> {
-        Ok(Qid { kind: self.u8()?, version: self.u32()?, path: self.u64()? })
+        Ok(Qid {
+            kind: self.u8()?,
+            version: self.u32()?,
+            path: self.u64()?,
+        })
     }
     pub fn rest(&self) -> &'a [u8] {
         &self.data[self.at..]
@@ -182,7 +193,13 @@ pub fn getattr(r: &mut Reply) -> Result<Attr, Error> {
     let (_blksize, _blocks) = (r.u64()?, r.u64()?);
     let (_atime, _atime_ns) = (r.u64()?, r.u64()?);
     let mtime = r.u64()?;
-    Ok(Attr { qid, mode, nlink, size, mtime })
+    Ok(Attr {
+        qid,
+        mode,
+        nlink,
+        size,
+        mtime,
+    })
 }
 
 /// One Rreaddir entry: (qid, offset of the next, type, name).
@@ -207,7 +224,10 @@ mod tests {
     #[test]
     fn messages_have_their_size_and_replies_are_checked() {
         let m = Msg::new(TWALK, 1).u32(1).u32(2).u16(1).str("etc").done();
-        assert_eq!(u32::from_le_bytes(m[..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_le_bytes(m[..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(m[4], TWALK);
         // Rlerror ENOENT.
         let e = Msg::new(RLERROR, 1).u32(2).done();
@@ -223,7 +243,14 @@ mod tests {
         let ok = Msg::new(TWALK + 1, 1).u16(1).u8(0x80).u32(3).u64(99).done();
         let mut r = Reply::parse(&ok, TWALK).unwrap();
         assert_eq!(r.u16().unwrap(), 1);
-        assert_eq!(r.qid().unwrap(), Qid { kind: 0x80, version: 3, path: 99 });
+        assert_eq!(
+            r.qid().unwrap(),
+            Qid {
+                kind: 0x80,
+                version: 3,
+                path: 99
+            }
+        );
         assert_eq!(r.u8().err(), Some(Error::Malformed));
     }
 
@@ -231,7 +258,16 @@ mod tests {
     fn directory_entries() {
         let mut data = Vec::new();
         for (i, n) in ["a", "long name"].iter().enumerate() {
-            data.extend_from_slice(&Msg(Vec::new()).u8(0).u32(0).u64(i as u64 + 10).u64(i as u64 + 1).u8(8).str(n).0);
+            data.extend_from_slice(
+                &Msg(Vec::new())
+                    .u8(0)
+                    .u32(0)
+                    .u64(i as u64 + 10)
+                    .u64(i as u64 + 1)
+                    .u8(8)
+                    .str(n)
+                    .0,
+            );
         }
         let e = dirents(&data).unwrap();
         assert_eq!(e.len(), 2);

@@ -105,7 +105,13 @@ pub fn disks() -> Vec<Arc<Disk>> {
 /// `name` (the host tool names volumes' disks by serial).
 pub fn disk(name: &str) -> Option<Arc<Disk>> {
     let all = DISKS.lock();
-    all.iter().find(|d| d.name == name).or_else(|| all.iter().find(|d| !d.serial.is_empty() && d.serial == name)).cloned()
+    all.iter()
+        .find(|d| d.name == name)
+        .or_else(|| {
+            all.iter()
+                .find(|d| !d.serial.is_empty() && d.serial == name)
+        })
+        .cloned()
 }
 
 /// The name of the `i`th disk: vda, vdb, ... vdz, vdaa, ...
@@ -142,7 +148,11 @@ impl Disk {
 
     fn check(&self, sector: u64, len: usize) -> Result<(), Error> {
         let count = (len / SECTOR_SIZE) as u64;
-        if len % SECTOR_SIZE != 0 || sector.checked_add(count).is_none_or(|end| end > self.sectors) {
+        if len % SECTOR_SIZE != 0
+            || sector
+                .checked_add(count)
+                .is_none_or(|end| end > self.sectors)
+        {
             return Err(Error::OutOfRange);
         }
         Ok(())
@@ -193,7 +203,11 @@ impl Disk {
         };
         let token = {
             let mut d = self.dev.lock();
-            let Device { blk, bounce, in_flight } = &mut *d;
+            let Device {
+                blk,
+                bounce,
+                in_flight,
+            } = &mut *d;
             let buf = &mut bounce[..len];
             // SAFETY: `req` and `resp` live on this frame and the bounce
             // buffer in the device until the request is completed below
@@ -216,7 +230,11 @@ impl Disk {
         loop {
             {
                 let mut d = self.dev.lock();
-                let Device { blk, bounce, in_flight } = &mut *d;
+                let Device {
+                    blk,
+                    bounce,
+                    in_flight,
+                } = &mut *d;
                 if blk.peek_used() == Some(token) {
                     *in_flight = false;
                     let buf = &mut bounce[..len];
@@ -237,7 +255,8 @@ impl Disk {
             // Nothing preempts this thread between the look above and the
             // wait, so the poller's wake cannot come in between; the
             // timeout only guards against a lost interrupt.
-            self.done.wait_timeout(core::time::Duration::from_millis(10));
+            self.done
+                .wait_timeout(core::time::Duration::from_millis(10));
         }
     }
 }
@@ -290,20 +309,29 @@ pub fn kiln_init() -> Result<(), String> {
         let mut blk = VirtIOBlk::<KilnHal, Transport>::new(t)
             .map_err(|e| format!("blk: {name}: virtio-blk: {e:?}"))?;
         if kiln_virtio::refused() != refused {
-            return Err(format!("blk: {name}: the device refused the features Kiln asked for"));
+            return Err(format!(
+                "blk: {name}: the device refused the features Kiln asked for"
+            ));
         }
         let sectors = blk.capacity();
         let readonly = blk.readonly();
         blk.disable_interrupts();
         let mut id = [0u8; 20];
         let serial = match blk.device_id(&mut id) {
-            Ok(n) => core::str::from_utf8(&id[..n.min(20)]).unwrap_or("").trim_end_matches('\0').into(),
+            Ok(n) => core::str::from_utf8(&id[..n.min(20)])
+                .unwrap_or("")
+                .trim_end_matches('\0')
+                .into(),
             Err(_) => String::new(),
         };
         kiln_console::log!(
             kiln_console::Level::Info,
             "blk: {name}{}: {} sectors ({} MiB){}",
-            if serial.is_empty() { String::new() } else { format!(" ({serial})") },
+            if serial.is_empty() {
+                String::new()
+            } else {
+                format!(" ({serial})")
+            },
             sectors,
             sectors * SECTOR_SIZE as u64 >> 20,
             if readonly { ", read-only" } else { "" }
@@ -313,7 +341,11 @@ pub fn kiln_init() -> Result<(), String> {
             serial,
             sectors,
             readonly,
-            dev: spin::Mutex::new(Device { blk, in_flight: false, bounce: alloc::vec![0u8; MAX_REQUEST].into_boxed_slice() }),
+            dev: spin::Mutex::new(Device {
+                blk,
+                in_flight: false,
+                bounce: alloc::vec![0u8; MAX_REQUEST].into_boxed_slice(),
+            }),
             turn: kiln_sched::Mutex::new(()),
             done: kiln_sched::WaitQueue::for_device(),
         }));

@@ -97,7 +97,10 @@ pub fn parse(line: &str) -> Result<CmdLine, Error> {
     while let Some((mut w, quoted)) = words.next() {
         // A list value in brackets, `name=[ a b ]` (Unikraft's form for
         // vfs.fstab=), is one parameter: its words are gathered up to `]`.
-        if !in_args && w.split_once('=').is_some_and(|(_, v)| v.starts_with('[') && !v.ends_with(']')) {
+        if !in_args
+            && w.split_once('=')
+                .is_some_and(|(_, v)| v.starts_with('[') && !v.ends_with(']'))
+        {
             for (next, _) in words.by_ref() {
                 w.push(' ');
                 w.push_str(&next);
@@ -174,7 +177,10 @@ impl CmdLine {
                 let list = v.trim();
                 let list = list.strip_prefix('[').unwrap_or(list);
                 let list = list.strip_suffix(']').unwrap_or(list);
-                out.extend(list.split_ascii_whitespace().map(|item| item.split_once('=').unwrap_or((item, ""))));
+                out.extend(
+                    list.split_ascii_whitespace()
+                        .map(|item| item.split_once('=').unwrap_or((item, ""))),
+                );
             } else if let Some(name) = k.strip_prefix("env.") {
                 out.push((name, v));
             }
@@ -197,7 +203,12 @@ mod tests {
         // Firecracker's own addition.
         let c = parse("-- a pci=off virtio_mmio.device=4K@0xc0001000:5").unwrap();
         assert_eq!(c.args, ["a"]);
-        assert_eq!(parse(&alloc::format!("-- {}", quote("pci=off"))).unwrap().args, ["pci=off"]);
+        assert_eq!(
+            parse(&alloc::format!("-- {}", quote("pci=off")))
+                .unwrap()
+                .args,
+            ["pci=off"]
+        );
     }
 
     fn strs(v: &[String]) -> Vec<&str> {
@@ -206,8 +217,15 @@ mod tests {
 
     #[test]
     fn a_bracketed_list_is_one_parameter() {
-        let c = parse("vfs.fstab=[ \"vda:/data:vfat\" \"vdb:/x:vfat:ro\" ] netdev.ip=dhcp -- a").unwrap();
-        assert_eq!(c.params[0], ("vfs.fstab".into(), Some("[ vda:/data:vfat vdb:/x:vfat:ro ]".into())));
+        let c = parse("vfs.fstab=[ \"vda:/data:vfat\" \"vdb:/x:vfat:ro\" ] netdev.ip=dhcp -- a")
+            .unwrap();
+        assert_eq!(
+            c.params[0],
+            (
+                "vfs.fstab".into(),
+                Some("[ vda:/data:vfat vdb:/x:vfat:ro ]".into())
+            )
+        );
         assert_eq!(c.params[1].0, "netdev.ip");
         assert_eq!(c.args, ["a"]);
     }

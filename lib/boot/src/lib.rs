@@ -78,6 +78,20 @@ pub trait Platform: Sync {
     fn has_pci_ports(&self) -> bool {
         false
     }
+    /// Bus 0's PCIe configuration space (ECAM), mapped, at this address;
+    /// None where the machine has none (or does not say where), and the
+    /// ports serve.
+    fn pci_ecam(&self) -> Option<usize> {
+        None
+    }
+    /// Routes the legacy INTx line of a PCI function that has no MSI-X:
+    /// `irq` is its Interrupt Line register, the ISA IRQ firmware routed
+    /// its pin to. Masked and unmasked as routed lines are (see
+    /// [`Platform::device_irq_done`]); false where it cannot be routed.
+    fn route_pci_intx(&self, irq: u8) -> bool {
+        let _ = irq;
+        false
+    }
     /// Whether the host has asked the machine to shut down since the last
     /// call: the power button (QEMU's `system_powerdown`) or Ctrl-Alt-Del
     /// on the virtual keyboard (QMP `send-key`, Firecracker's
@@ -412,7 +426,11 @@ pub fn start(
     let mut args: Vec<String> = Vec::with_capacity(cmd.args.len() + 1);
     args.push(app_name.into());
     args.extend(cmd.args.iter().cloned());
-    let env: Vec<(String, String)> = cmd.env().into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let env: Vec<(String, String)> = cmd
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     let args = ARGS.call_once(|| args);
     let env = ENV.call_once(|| env);
     let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
@@ -443,7 +461,12 @@ const STACK_SPAN: usize = 1 << 20;
 /// at a null return address, a frame outside `sp..sp + 1 MiB`, a
 /// misaligned one, or one that does not lie above the last. Writes the
 /// return addresses, innermost first, into `out` and returns how many.
-pub fn walk_frames(fp: usize, sp: usize, read: impl Fn(usize) -> usize, out: &mut [usize]) -> usize {
+pub fn walk_frames(
+    fp: usize,
+    sp: usize,
+    read: impl Fn(usize) -> usize,
+    out: &mut [usize],
+) -> usize {
     let top = sp.saturating_add(STACK_SPAN);
     let (mut fp, mut n) = (fp, 0);
     while n < out.len() && fp >= sp && fp < top - 16 && fp % 8 == 0 {

@@ -180,7 +180,10 @@ impl Program {
                 }
                 PT_PHDR => phdr_vaddr = Some(ph.p_vaddr),
                 PT_INTERP => {
-                    let end = ph.p_offset.checked_add(ph.p_filesz).ok_or(Error::BadInterpreter)?;
+                    let end = ph
+                        .p_offset
+                        .checked_add(ph.p_filesz)
+                        .ok_or(Error::BadInterpreter)?;
                     let raw = bytes
                         .get(ph.p_offset as usize..end as usize)
                         .ok_or(Error::BadInterpreter)?;

@@ -44,7 +44,9 @@ impl hadris_io::ErrorType for Device {
     type Error = kiln_blk::Error;
 }
 
-fn device_error<T>(r: core::result::Result<T, kiln_blk::Error>) -> core::result::Result<T, hadris_io::Error<kiln_blk::Error>> {
+fn device_error<T>(
+    r: core::result::Result<T, kiln_blk::Error>,
+) -> core::result::Result<T, hadris_io::Error<kiln_blk::Error>> {
     r.map_err(|e| match e {
         kiln_blk::Error::ReadOnly => hadris_io::Error::new(ErrorKind::ReadOnly, "read-only disk"),
         e => hadris_io::Error::device(e, "virtio-blk request failed"),
@@ -64,11 +66,19 @@ impl hadris_storage::sync::BlockDevice for Device {
         !self.0.readonly()
     }
 
-    fn read_blocks(&mut self, first: BlockIndex, buf: &mut [u8]) -> core::result::Result<(), hadris_io::Error<Self::Error>> {
+    fn read_blocks(
+        &mut self,
+        first: BlockIndex,
+        buf: &mut [u8],
+    ) -> core::result::Result<(), hadris_io::Error<Self::Error>> {
         device_error(self.0.read(first.get(), buf))
     }
 
-    fn write_blocks(&mut self, first: BlockIndex, buf: &[u8]) -> core::result::Result<(), hadris_io::Error<Self::Error>> {
+    fn write_blocks(
+        &mut self,
+        first: BlockIndex,
+        buf: &[u8],
+    ) -> core::result::Result<(), hadris_io::Error<Self::Error>> {
         device_error(self.0.write(first.get(), buf))
     }
 
@@ -84,11 +94,17 @@ struct WallClock;
 impl hadris_fs::Clock for WallClock {
     fn now(&self) -> hadris_fs::DateTime {
         static EPOCH: spin::Once<i64> = spin::Once::new();
-        let epoch = *EPOCH.call_once(|| kiln_boot::param("clock.epoch").and_then(|v| v.parse().ok()).unwrap_or(0));
+        let epoch = *EPOCH.call_once(|| {
+            kiln_boot::param("clock.epoch")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        });
         let p = kiln_boot::platform();
         let ticks = p.map_or(0, |p| p.ticks());
-        let secs = kiln_boot::ticks_to_us(ticks, p.and_then(|p| p.tick_hz())).unwrap_or(0) / 1_000_000;
-        hadris_fs::DateTime::from_unix_seconds(epoch + secs as i64).unwrap_or(hadris_fs::DateTime::UNIX_EPOCH)
+        let secs =
+            kiln_boot::ticks_to_us(ticks, p.and_then(|p| p.tick_hz())).unwrap_or(0) / 1_000_000;
+        hadris_fs::DateTime::from_unix_seconds(epoch + secs as i64)
+            .unwrap_or(hadris_fs::DateTime::UNIX_EPOCH)
     }
 }
 
@@ -147,7 +163,10 @@ impl Inner {
         &mut self,
         ino: Ino,
         mode: OpenMode,
-        f: impl FnOnce(&mut FatFs<Device>, NodeId) -> core::result::Result<T, hadris_io::Error<kiln_blk::Error>>,
+        f: impl FnOnce(
+            &mut FatFs<Device>,
+            NodeId,
+        ) -> core::result::Result<T, hadris_io::Error<kiln_blk::Error>>,
     ) -> Result<T> {
         let id = node(ino)?;
         if self.open.contains_key(&ino) {
@@ -193,7 +212,11 @@ impl FatVolume {
                 .with_directory_hint(true),
         );
         Ok(FatVolume {
-            inner: kiln_sched::Mutex::new(Inner { fs, pinned: BTreeSet::new(), open: BTreeMap::new() }),
+            inner: kiln_sched::Mutex::new(Inner {
+                fs,
+                pinned: BTreeSet::new(),
+                open: BTreeMap::new(),
+            }),
             read_only,
         })
     }
@@ -229,7 +252,11 @@ impl FileSystem for FatVolume {
     fn stat(&self, ino: Ino) -> Result<Stat> {
         let mut g = self.inner.lock();
         let m = g.fs.stat(node(ino)?).map_err(error)?;
-        let kind = if m.file_type().is_dir() { FileType::Dir } else { FileType::File };
+        let kind = if m.file_type().is_dir() {
+            FileType::Dir
+        } else {
+            FileType::File
+        };
         Ok(Stat {
             ino,
             kind,
@@ -241,21 +268,27 @@ impl FileSystem for FatVolume {
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.inner.lock().with_open(ino, OpenMode::Read, |fs, id| fs.read(id, offset, buf))
+        self.inner
+            .lock()
+            .with_open(ino, OpenMode::Read, |fs, id| fs.read(id, offset, buf))
     }
 
     fn write(&self, ino: Ino, offset: u64, buf: &[u8]) -> Result<usize> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        self.inner.lock().with_open(ino, OpenMode::Write, |fs, id| fs.write(id, offset, buf))
+        self.inner
+            .lock()
+            .with_open(ino, OpenMode::Write, |fs, id| fs.write(id, offset, buf))
     }
 
     fn truncate(&self, ino: Ino, size: u64) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        self.inner.lock().with_open(ino, OpenMode::Write, |fs, id| fs.truncate(id, size))
+        self.inner
+            .lock()
+            .with_open(ino, OpenMode::Write, |fs, id| fs.truncate(id, size))
     }
 
     fn create(&self, dir: Ino, name: &str, kind: FileType, _mode: u32) -> Result<Ino> {
@@ -272,18 +305,32 @@ impl FileSystem for FatVolume {
     }
 
     fn unlink(&self, dir: Ino, name: &str) -> Result<()> {
-        self.inner.lock().fs.unlink(node(dir)?, name_of(name)).map_err(error)
+        self.inner
+            .lock()
+            .fs
+            .unlink(node(dir)?, name_of(name))
+            .map_err(error)
     }
 
     fn rmdir(&self, dir: Ino, name: &str) -> Result<()> {
-        self.inner.lock().fs.rmdir(node(dir)?, name_of(name)).map_err(error)
+        self.inner
+            .lock()
+            .fs
+            .rmdir(node(dir)?, name_of(name))
+            .map_err(error)
     }
 
     fn rename(&self, from_dir: Ino, from: &str, to_dir: Ino, to: &str) -> Result<()> {
         self.inner
             .lock()
             .fs
-            .rename(node(from_dir)?, name_of(from), node(to_dir)?, name_of(to), RenameMode::Replace)
+            .rename(
+                node(from_dir)?,
+                name_of(from),
+                node(to_dir)?,
+                name_of(to),
+                RenameMode::Replace,
+            )
             .map_err(error)
     }
 
@@ -303,7 +350,9 @@ impl FileSystem for FatVolume {
 
     fn release(&self, ino: Ino) {
         let mut g = self.inner.lock();
-        let Some(n) = g.open.get_mut(&ino) else { return };
+        let Some(n) = g.open.get_mut(&ino) else {
+            return;
+        };
         *n -= 1;
         if *n == 0 {
             g.open.remove(&ino);
@@ -322,11 +371,17 @@ impl FileSystem for FatVolume {
         let mut at = DirCursor::START;
         while let Some(e) = g.fs.readdir(d, at).map_err(error)? {
             at = e.next_cursor();
-            let Ok(name) = e.name().to_str() else { continue };
+            let Ok(name) = e.name().to_str() else {
+                continue;
+            };
             out.push(DirEntry {
                 name: name.to_string(),
                 ino: e.node().get(),
-                kind: if e.file_type().is_dir() { FileType::Dir } else { FileType::File },
+                kind: if e.file_type().is_dir() {
+                    FileType::Dir
+                } else {
+                    FileType::File
+                },
             });
         }
         Ok(out)
@@ -378,10 +433,16 @@ fn sync_at_exit() {
         match v.inner.try_lock() {
             Some(mut g) => {
                 if let Err(e) = g.fs.sync() {
-                    kiln_console::log!(kiln_console::Level::Warn, "fatfs: writing a volume at exit: {e}");
+                    kiln_console::log!(
+                        kiln_console::Level::Warn,
+                        "fatfs: writing a volume at exit: {e}"
+                    );
                 }
             }
-            None => kiln_console::log!(kiln_console::Level::Warn, "fatfs: a volume was busy at exit and is left unsynced"),
+            None => kiln_console::log!(
+                kiln_console::Level::Warn,
+                "fatfs: a volume was busy at exit and is left unsynced"
+            ),
         }
     }
 }
@@ -390,18 +451,26 @@ fn sync_at_exit() {
 fn mount(e: &kiln_vfs::fstab::Entry) -> core::result::Result<(), String> {
     let vfs = kiln_vfs::vfs();
     let disk = kiln_blk::disk(&e.source).ok_or_else(|| {
-        let have: Vec<String> = kiln_blk::disks().iter().map(|d| d.name().to_string()).collect();
+        let have: Vec<String> = kiln_blk::disks()
+            .iter()
+            .map(|d| d.name().to_string())
+            .collect();
         format!(
             "no disk {} (this machine has {})",
             e.source,
-            if have.is_empty() { "none".to_string() } else { have.join(", ") }
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
         )
     })?;
     vfs.prepare_mount_point(&e.destination)?;
     let fs = Arc::new(FatVolume::mount(disk.clone(), e.read_only)?);
     let ro = fs.read_only;
     let stats = fs.statfs().ok();
-    vfs.mount(&e.destination, fs.clone()).map_err(|err| format!("{}: {err}", e.destination))?;
+    vfs.mount(&e.destination, fs.clone())
+        .map_err(|err| format!("{}: {err}", e.destination))?;
     let mut all = MOUNTED.lock();
     if all.is_empty() {
         kiln_boot::at_exit(sync_at_exit);
@@ -413,7 +482,11 @@ fn mount(e: &kiln_vfs::fstab::Entry) -> core::result::Result<(), String> {
         e.source,
         e.destination,
         if ro { " (read-only)" } else { "" },
-        stats.map_or(String::new(), |s| format!(", {} of {} KiB free", s.free * s.block_size / 1024, s.blocks * s.block_size / 1024))
+        stats.map_or(String::new(), |s| format!(
+            ", {} of {} KiB free",
+            s.free * s.block_size / 1024,
+            s.blocks * s.block_size / 1024
+        ))
     );
     Ok(())
 }
@@ -424,10 +497,17 @@ pub fn kiln_init() -> core::result::Result<(), String> {
         return Ok(());
     };
     let entries = kiln_vfs::fstab::parse(v)?;
-    for e in entries.iter().filter(|e| matches!(e.fstype.as_str(), "vfat" | "fat" | "msdos" | "fatfs")) {
+    for e in entries
+        .iter()
+        .filter(|e| matches!(e.fstype.as_str(), "vfat" | "fat" | "msdos" | "fatfs"))
+    {
         if let Err(why) = mount(e) {
             if e.optional {
-                kiln_console::log!(kiln_console::Level::Warn, "fatfs: {} not mounted (nofail): {why}", e.destination);
+                kiln_console::log!(
+                    kiln_console::Level::Warn,
+                    "fatfs: {} not mounted (nofail): {why}",
+                    e.destination
+                );
             } else {
                 return Err(format!("fatfs: {}: {why}", e.destination));
             }

@@ -353,9 +353,18 @@ pub fn kiln_init() -> Result<(), String> {
 /// "initrd0:/:extract:::" ]`: the initrd is Kiln's root already, so such
 /// entries are noted and left; the file system libraries mount the rest.
 fn note_root_entries() {
-    let Some(v) = kiln_boot::param("vfs.fstab") else { return };
-    let Ok(entries) = kiln_vfs::fstab::parse(v) else { return };
-    for e in entries.iter().filter(|e| matches!(e.fstype.as_str(), "extract" | "initrd" | "ramfs" | "initrdfs")) {
+    let Some(v) = kiln_boot::param("vfs.fstab") else {
+        return;
+    };
+    let Ok(entries) = kiln_vfs::fstab::parse(v) else {
+        return;
+    };
+    for e in entries.iter().filter(|e| {
+        matches!(
+            e.fstype.as_str(),
+            "extract" | "initrd" | "ramfs" | "initrdfs"
+        )
+    }) {
         kiln_console::log!(
             kiln_console::Level::Info,
             "vfs.fstab: {} on {} ({}): the initrd is the root file system already; entry left",

@@ -5,7 +5,10 @@
 //! and calls [`Broker::tick`] now and then for timeouts. Time is in
 //! microseconds from any origin.
 
-use crate::codec::{self, prop, Ack, ConnAck, Connect, Disconnect, Error, Packet, Props, Publish, SubAck, SubOpts, Value, Will};
+use crate::codec::{
+    self, prop, Ack, ConnAck, Connect, Disconnect, Error, Packet, Props, Publish, SubAck, SubOpts,
+    Value, Will,
+};
 use crate::config::{Config, Op};
 use crate::topic;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -136,7 +139,14 @@ pub struct Broker {
 pub fn shared(f: &str) -> Option<Result<(&str, &str), ()>> {
     let rest = f.strip_prefix("$share/")?;
     Some(match rest.split_once('/') {
-        Some((g, filter)) if !g.is_empty() && !g.contains(['+', '#']) && !filter.is_empty() && topic::valid_filter(filter) => Ok((g, filter)),
+        Some((g, filter))
+            if !g.is_empty()
+                && !g.contains(['+', '#'])
+                && !filter.is_empty()
+                && topic::valid_filter(filter) =>
+        {
+            Ok((g, filter))
+        }
         _ => Err(()),
     })
 }
@@ -189,7 +199,10 @@ impl Broker {
     pub fn open_on(&mut self, peer: String, port: u16, now: u64) -> Option<ConnId> {
         if self.conns.len() >= self.cfg.max_connections {
             self.stats.connections_refused += 1;
-            self.say(format!("Connection from {peer} refused: {} connections open (max_connections)", self.conns.len()));
+            self.say(format!(
+                "Connection from {peer} refused: {} connections open (max_connections)",
+                self.conns.len()
+            ));
             return None;
         }
         let id = self.next_conn;
@@ -242,7 +255,9 @@ impl Broker {
 
     /// Whether the caller should close `id` now (all output sent).
     pub fn wants_close(&self, id: ConnId) -> bool {
-        self.conns.get(&id).is_some_and(|c| c.close && c.out.is_empty())
+        self.conns
+            .get(&id)
+            .is_some_and(|c| c.close && c.out.is_empty())
     }
 
     /// Whether `id` has output waiting.
@@ -262,14 +277,25 @@ impl Broker {
     /// Ends a connection because of `why`: a v5 client gets a DISCONNECT
     /// with `reason` first. Its will is published when it closes.
     fn fail(&mut self, id: ConnId, reason: u8, why: &str) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         if c.close {
             return;
         }
         c.close = true;
-        let name = c.client.as_deref().map_or_else(|| format!("<unknown> from {}", c.peer), |s| s.to_string());
+        let name = c
+            .client
+            .as_deref()
+            .map_or_else(|| format!("<unknown> from {}", c.peer), |s| s.to_string());
         if c.version == 5 {
-            self.send(id, &Packet::Disconnect(Disconnect { reason, props: Props::default() }));
+            self.send(
+                id,
+                &Packet::Disconnect(Disconnect {
+                    reason,
+                    props: Props::default(),
+                }),
+            );
         }
         self.say(format!("Client {name} disconnected: {why}"));
     }
@@ -285,7 +311,9 @@ impl Broker {
     /// that came in during the same pass as another client's PUBLISH then
     /// takes effect first, whatever the connections' order.
     pub fn receive(&mut self, id: ConnId, data: &[u8], now: u64) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         if c.close {
             return;
         }
@@ -298,7 +326,12 @@ impl Broker {
     /// UNSUBSCRIBE, acknowledgements), then the rest. Each connection's
     /// packets keep their order.
     pub fn process(&mut self, now: u64) {
-        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.rx.is_empty()).map(|(&id, _)| id).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.rx.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
         for &id in &ids {
             self.drain(id, true, now);
         }
@@ -317,7 +350,9 @@ impl Broker {
                 _ => return,
             };
             let r = codec::frame(&rx, max).and_then(|f| match f {
-                Some((first, body, used)) => codec::decode(first, body, version).map(|p| Some((p, used))),
+                Some((first, body, used)) => {
+                    codec::decode(first, body, version).map(|p| Some((p, used)))
+                }
                 None => Ok(None),
             });
             match r {
@@ -343,7 +378,14 @@ impl Broker {
                 Err(e) => {
                     if let (Error::Version(v), 0) = (e, version) {
                         // Refused with CONNACK "unacceptable protocol version" in 3.1.1 form.
-                        self.send(id, &Packet::ConnAck(ConnAck { session_present: false, code: 0x84, props: Props::default() }));
+                        self.send(
+                            id,
+                            &Packet::ConnAck(ConnAck {
+                                session_present: false,
+                                code: 0x84,
+                                props: Props::default(),
+                            }),
+                        );
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.close = true;
                             let peer = c.peer.clone();
@@ -361,7 +403,9 @@ impl Broker {
     fn handle(&mut self, id: ConnId, p: Packet, now: u64) {
         // Packets that change sessions, subscriptions, queues or retained
         // messages (persistence saves after changes).
-        if !matches!(p, Packet::PingReq | Packet::Auth(_)) && !matches!(&p, Packet::Publish(m) if m.qos == 0 && !m.retain) {
+        if !matches!(p, Packet::PingReq | Packet::Auth(_))
+            && !matches!(&p, Packet::Publish(m) if m.qos == 0 && !m.retain)
+        {
             self.changes += 1;
         }
         match p {
@@ -370,20 +414,48 @@ impl Broker {
             Packet::PubAck(a) => self.acked(id, a.pid, Flight::PubAck, now),
             Packet::PubRec(a) => {
                 let client = self.client_of(id);
-                let known = client.as_ref().and_then(|c| self.sessions.get_mut(c)).and_then(|s| s.inflight.get_mut(&a.pid)).filter(|f| f.2 == Flight::PubRec);
+                let known = client
+                    .as_ref()
+                    .and_then(|c| self.sessions.get_mut(c))
+                    .and_then(|s| s.inflight.get_mut(&a.pid))
+                    .filter(|f| f.2 == Flight::PubRec);
                 match known {
                     Some(f) if a.reason < 0x80 => {
                         f.2 = Flight::PubComp;
-                        self.send(id, &Packet::PubRel(Ack { pid: a.pid, reason: 0, props: Props::default() }));
+                        self.send(
+                            id,
+                            &Packet::PubRel(Ack {
+                                pid: a.pid,
+                                reason: 0,
+                                props: Props::default(),
+                            }),
+                        );
                     }
                     Some(_) => self.acked(id, a.pid, Flight::PubRec, now),
-                    None => self.send(id, &Packet::PubRel(Ack { pid: a.pid, reason: 0x92, props: Props::default() })),
+                    None => self.send(
+                        id,
+                        &Packet::PubRel(Ack {
+                            pid: a.pid,
+                            reason: 0x92,
+                            props: Props::default(),
+                        }),
+                    ),
                 }
             }
             Packet::PubRel(a) => {
                 let client = self.client_of(id);
-                let found = client.as_ref().and_then(|c| self.sessions.get_mut(c)).is_some_and(|s| s.qos2_in.remove(&a.pid));
-                self.send(id, &Packet::PubComp(Ack { pid: a.pid, reason: if found { 0 } else { 0x92 }, props: Props::default() }));
+                let found = client
+                    .as_ref()
+                    .and_then(|c| self.sessions.get_mut(c))
+                    .is_some_and(|s| s.qos2_in.remove(&a.pid));
+                self.send(
+                    id,
+                    &Packet::PubComp(Ack {
+                        pid: a.pid,
+                        reason: if found { 0 } else { 0x92 },
+                        props: Props::default(),
+                    }),
+                );
             }
             Packet::PubComp(a) => self.acked(id, a.pid, Flight::PubComp, now),
             Packet::Subscribe(s) => self.subscribe(id, s, now),
@@ -392,18 +464,33 @@ impl Broker {
                 let mut codes = Vec::new();
                 if let Some(s) = client.as_ref().and_then(|c| self.sessions.get_mut(c)) {
                     for f in &u.filters {
-                        codes.push(if s.subs.remove(f.as_str()).is_some() { 0 } else { 0x11 });
+                        codes.push(if s.subs.remove(f.as_str()).is_some() {
+                            0
+                        } else {
+                            0x11
+                        });
                     }
                 }
-                self.send(id, &Packet::UnsubAck(SubAck { pid: u.pid, codes, props: Props::default() }));
+                self.send(
+                    id,
+                    &Packet::UnsubAck(SubAck {
+                        pid: u.pid,
+                        codes,
+                        props: Props::default(),
+                    }),
+                );
             }
             Packet::PingReq => self.send(id, &Packet::PingResp),
             Packet::Disconnect(d) => {
-                let Some(c) = self.conns.get_mut(&id) else { return };
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return;
+                };
                 // v5 reason 0x04: disconnect, but publish the will.
                 c.clean_exit = d.reason != 0x04;
                 c.close = true;
-                if let (Some(n), Some(client)) = (d.props.num(prop::SESSION_EXPIRY), c.client.clone()) {
+                if let (Some(n), Some(client)) =
+                    (d.props.num(prop::SESSION_EXPIRY), c.client.clone())
+                {
                     if let Some(s) = self.sessions.get_mut(&client) {
                         s.expiry = n;
                     }
@@ -441,7 +528,14 @@ impl Broker {
                 conn.close = true;
                 conn.clean_exit = true;
             }
-            b.send(id, &Packet::ConnAck(ConnAck { session_present: false, code, props: Props::default() }));
+            b.send(
+                id,
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                    props: Props::default(),
+                }),
+            );
             b.say(format!("Connection from {peer} refused: {why}"));
         };
         let mut assigned = None;
@@ -460,14 +554,29 @@ impl Broker {
         if let Some(user) = identity {
             c.username = Some(user);
             c.password = None;
-        } else if let Err(code) = self.cfg.security(self.conns[&id].listener).authenticate(c.username.as_deref(), c.password.as_deref()) {
-            let why = if code == 0x87 { "not authorised (anonymous clients are not allowed)" } else { "bad user name or password" };
+        } else if let Err(code) = self
+            .cfg
+            .security(self.conns[&id].listener)
+            .authenticate(c.username.as_deref(), c.password.as_deref())
+        {
+            let why = if code == 0x87 {
+                "not authorised (anonymous clients are not allowed)"
+            } else {
+                "bad user name or password"
+            };
             return refuse(self, code, &format!("client {client}: {why}"));
         }
         if let Some(w) = &c.will {
             if let Some(acl) = self.cfg.security(self.conns[&id].listener).acl {
                 if !acl.allows(c.username.as_deref(), &client, Op::Publish, &w.topic) {
-                    return refuse(self, 0x87, &format!("client {client}: not authorised to publish its will on {}", w.topic));
+                    return refuse(
+                        self,
+                        0x87,
+                        &format!(
+                            "client {client}: not authorised to publish its will on {}",
+                            w.topic
+                        ),
+                    );
                 }
             }
         }
@@ -487,34 +596,53 @@ impl Broker {
             }
         }
         let keep_alive = c.keep_alive.min(self.cfg.max_keepalive);
-        let expiry = if v == 5 { c.props.num(prop::SESSION_EXPIRY).unwrap_or(0) } else if c.clean { 0 } else { u32::MAX };
+        let expiry = if v == 5 {
+            c.props.num(prop::SESSION_EXPIRY).unwrap_or(0)
+        } else if c.clean {
+            0
+        } else {
+            u32::MAX
+        };
         let present = !c.clean && self.sessions.contains_key(&client);
         if !self.sessions.contains_key(&client) && self.sessions.len() >= self.cfg.max_sessions {
-            return refuse(self, 0x97, &format!("client {client}: {} sessions kept (max_sessions)", self.sessions.len()));
+            return refuse(
+                self,
+                0x97,
+                &format!(
+                    "client {client}: {} sessions kept (max_sessions)",
+                    self.sessions.len()
+                ),
+            );
         }
         if !present {
             if let Some(old) = self.sessions.remove(&client) {
                 self.held -= old.held;
             }
         }
-        let receive_max = c.props.num(prop::RECEIVE_MAXIMUM).map_or(65535, |n| n.clamp(1, 65535) as u16);
+        let receive_max = c
+            .props
+            .num(prop::RECEIVE_MAXIMUM)
+            .map_or(65535, |n| n.clamp(1, 65535) as u16);
         let listener = self.conns[&id].listener;
-        let s = self.sessions.entry(client.clone()).or_insert_with(|| Session {
-            conn: None,
-            user: None,
-            listener,
-            version: v,
-            subs: BTreeMap::new(),
-            queue: VecDeque::new(),
-            inflight: BTreeMap::new(),
-            next_pid: 1,
-            qos2_in: BTreeSet::new(),
-            expiry,
-            gone_at: None,
-            receive_max,
-            held: 0,
-            delayed_will: None,
-        });
+        let s = self
+            .sessions
+            .entry(client.clone())
+            .or_insert_with(|| Session {
+                conn: None,
+                user: None,
+                listener,
+                version: v,
+                subs: BTreeMap::new(),
+                queue: VecDeque::new(),
+                inflight: BTreeMap::new(),
+                next_pid: 1,
+                qos2_in: BTreeSet::new(),
+                expiry,
+                gone_at: None,
+                receive_max,
+                held: 0,
+                delayed_will: None,
+            });
         s.conn = Some(id);
         s.user = c.username.clone();
         s.listener = listener;
@@ -529,8 +657,14 @@ impl Broker {
         conn.client = Some(client.clone());
         conn.keep_alive_us = keep_alive as u64 * SECOND;
         conn.will = c.will;
-        conn.max_packet = c.props.num(prop::MAXIMUM_PACKET_SIZE).map_or(usize::MAX, |n| n as usize);
-        conn.alias_out_max = c.props.num(prop::TOPIC_ALIAS_MAXIMUM).map_or(0, |n| n.min(u16::MAX as u32) as u16);
+        conn.max_packet = c
+            .props
+            .num(prop::MAXIMUM_PACKET_SIZE)
+            .map_or(usize::MAX, |n| n as usize);
+        conn.alias_out_max = c
+            .props
+            .num(prop::TOPIC_ALIAS_MAXIMUM)
+            .map_or(0, |n| n.min(u16::MAX as u32) as u16);
         let mut props = Props::default();
         if v == 5 {
             if let Some(a) = assigned {
@@ -540,20 +674,52 @@ impl Broker {
                 props.set(prop::SERVER_KEEP_ALIVE, Value::U16(keep_alive));
             }
             props.set(prop::RECEIVE_MAXIMUM, Value::U16(self.cfg.max_inflight));
-            props.set(prop::TOPIC_ALIAS_MAXIMUM, Value::U16(self.cfg.topic_alias_max));
-            props.set(prop::MAXIMUM_PACKET_SIZE, Value::U32(self.cfg.max_packet_size as u32));
+            props.set(
+                prop::TOPIC_ALIAS_MAXIMUM,
+                Value::U16(self.cfg.topic_alias_max),
+            );
+            props.set(
+                prop::MAXIMUM_PACKET_SIZE,
+                Value::U32(self.cfg.max_packet_size as u32),
+            );
             if !self.cfg.retain_available {
                 props.set(prop::RETAIN_AVAILABLE, Value::Byte(0));
             }
         }
-        self.send(id, &Packet::ConnAck(ConnAck { session_present: present, code: 0, props }));
-        let user = c.username.as_deref().map(|u| format!(", u'{u}'")).unwrap_or_default();
-        self.say(format!("New client connected from {peer} as {client} (p{}, c{}, k{keep_alive}{user}).", if v == 5 { 5 } else { 2 }, c.clean as u8));
+        self.send(
+            id,
+            &Packet::ConnAck(ConnAck {
+                session_present: present,
+                code: 0,
+                props,
+            }),
+        );
+        let user = c
+            .username
+            .as_deref()
+            .map(|u| format!(", u'{u}'"))
+            .unwrap_or_default();
+        self.say(format!(
+            "New client connected from {peer} as {client} (p{}, c{}, k{keep_alive}{user}).",
+            if v == 5 { 5 } else { 2 },
+            c.clean as u8
+        ));
         // Unfinished deliveries go again, then the queue.
-        let pending: Vec<(u16, Msg, Vec<u32>, Flight)> = self.sessions[&client].inflight.iter().map(|(p, (m, ids, f))| (*p, m.clone(), ids.clone(), *f)).collect();
+        let pending: Vec<(u16, Msg, Vec<u32>, Flight)> = self.sessions[&client]
+            .inflight
+            .iter()
+            .map(|(p, (m, ids, f))| (*p, m.clone(), ids.clone(), *f))
+            .collect();
         for (pid, m, ids, f) in pending {
             if f == Flight::PubComp {
-                self.send(id, &Packet::PubRel(Ack { pid, reason: 0, props: Props::default() }));
+                self.send(
+                    id,
+                    &Packet::PubRel(Ack {
+                        pid,
+                        reason: 0,
+                        props: Props::default(),
+                    }),
+                );
             } else {
                 self.send_publish(id, &m, &ids, pid, true, now);
             }
@@ -562,7 +728,9 @@ impl Broker {
     }
 
     fn publish_in(&mut self, id: ConnId, mut m: Publish, now: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let (v, client) = (conn.version, conn.client.clone().expect("connected"));
         // Topic aliases (v5).
         if let Some(alias) = m.props.num(prop::TOPIC_ALIAS) {
@@ -585,17 +753,31 @@ impl Broker {
         }
         self.stats.received += 1;
         let user = self.sessions.get(&client).and_then(|s| s.user.clone());
-        let acl = self.cfg.security(self.conns.get(&id).map_or(0, |c| c.listener)).acl;
-        let allowed = !m.topic.starts_with('$') && acl.is_none_or(|a| a.allows(user.as_deref(), &client, Op::Publish, &m.topic));
+        let acl = self
+            .cfg
+            .security(self.conns.get(&id).map_or(0, |c| c.listener))
+            .acl;
+        let allowed = !m.topic.starts_with('$')
+            && acl.is_none_or(|a| a.allows(user.as_deref(), &client, Op::Publish, &m.topic));
         let reason = if allowed { 0 } else { 0x87 };
         if m.qos == 2 {
-            let s = self.sessions.get_mut(&client).expect("a connected client has a session");
+            let s = self
+                .sessions
+                .get_mut(&client)
+                .expect("a connected client has a session");
             if !s.qos2_in.contains(&m.pid) && s.qos2_in.len() >= self.cfg.max_inflight as usize {
                 return self.fail(id, 0x93, "receive maximum exceeded");
             }
             // A repeated QoS 2 PUBLISH is acknowledged but not delivered again.
             let first = s.qos2_in.insert(m.pid);
-            self.send(id, &Packet::PubRec(Ack { pid: m.pid, reason, props: Props::default() }));
+            self.send(
+                id,
+                &Packet::PubRec(Ack {
+                    pid: m.pid,
+                    reason,
+                    props: Props::default(),
+                }),
+            );
             if !first || !allowed {
                 if !allowed {
                     self.qos2_refused(&client, m.pid);
@@ -603,17 +785,37 @@ impl Broker {
                 return;
             }
         } else if m.qos == 1 {
-            self.send(id, &Packet::PubAck(Ack { pid: m.pid, reason, props: Props::default() }));
+            self.send(
+                id,
+                &Packet::PubAck(Ack {
+                    pid: m.pid,
+                    reason,
+                    props: Props::default(),
+                }),
+            );
         }
         if !allowed {
-            self.say(format!("Client {client}: not authorised to publish on {}", m.topic));
+            self.say(format!(
+                "Client {client}: not authorised to publish on {}",
+                m.topic
+            ));
             return;
         }
         if v == 5 {
             m.props.remove(prop::SUBSCRIPTION_ID);
         }
-        let expires = m.props.num(prop::MESSAGE_EXPIRY).map(|s| now + s as u64 * SECOND);
-        let msg = Msg { topic: m.topic.as_str().into(), payload: m.payload.into(), qos: m.qos, retain: m.retain, props: Arc::new(m.props), expires };
+        let expires = m
+            .props
+            .num(prop::MESSAGE_EXPIRY)
+            .map(|s| now + s as u64 * SECOND);
+        let msg = Msg {
+            topic: m.topic.as_str().into(),
+            payload: m.payload.into(),
+            qos: m.qos,
+            retain: m.retain,
+            props: Arc::new(m.props),
+            expires,
+        };
         self.route(Some(&client), msg, now);
     }
 
@@ -625,9 +827,14 @@ impl Broker {
     }
 
     fn acked(&mut self, id: ConnId, pid: u16, want: Flight, now: u64) {
-        let Some(client) = self.client_of(id) else { return };
+        let Some(client) = self.client_of(id) else {
+            return;
+        };
         if let Some(s) = self.sessions.get_mut(&client) {
-            if s.inflight.get(&pid).is_some_and(|f| f.2 == want || want == Flight::PubRec) {
+            if s.inflight
+                .get(&pid)
+                .is_some_and(|f| f.2 == want || want == Flight::PubRec)
+            {
                 if let Some((m, _, _)) = s.inflight.remove(&pid) {
                     s.held -= m.topic.len() + m.payload.len();
                     self.held -= m.topic.len() + m.payload.len();
@@ -638,7 +845,9 @@ impl Broker {
     }
 
     fn subscribe(&mut self, id: ConnId, sub: codec::Subscribe, now: u64) {
-        let Some(client) = self.client_of(id) else { return };
+        let Some(client) = self.client_of(id) else {
+            return;
+        };
         let v = self.conns[&id].version;
         let sid = sub.props.num(prop::SUBSCRIPTION_ID);
         if sid == Some(0) {
@@ -652,29 +861,53 @@ impl Broker {
             if share.is_some() && o.no_local {
                 return self.fail(id, 0x82, "no local on a shared subscription");
             }
-            let code = if matches!(share, Some(Err(()))) || (share.is_none() && !topic::valid_filter(&f)) {
+            let code = if matches!(share, Some(Err(())))
+                || (share.is_none() && !topic::valid_filter(&f))
+            {
                 0x8f
-            } else if self.cfg.security(self.conns.get(&id).map_or(0, |c| c.listener)).acl.is_some_and(|a| !a.allows(user.as_deref(), &client, Op::Subscribe, &f)) {
+            } else if self
+                .cfg
+                .security(self.conns.get(&id).map_or(0, |c| c.listener))
+                .acl
+                .is_some_and(|a| !a.allows(user.as_deref(), &client, Op::Subscribe, &f))
+            {
                 0x87
             } else {
                 o.qos.min(2)
             };
             codes.push(if v == 5 || code < 3 { code } else { 0x80 });
             if code >= 0x80 {
-                self.say(format!("Client {client}: subscription to {f} refused (reason 0x{code:02x})"));
+                self.say(format!(
+                    "Client {client}: subscription to {f} refused (reason 0x{code:02x})"
+                ));
                 continue;
             }
-            let s = self.sessions.get_mut(&client).expect("a connected client has a session");
+            let s = self
+                .sessions
+                .get_mut(&client)
+                .expect("a connected client has a session");
             let existed = s.subs.insert(f.clone(), (o, sid)).is_some();
             // A shared subscription gets no retained messages.
             if share.is_none() && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed)) {
                 send_retained.push((f, o, sid));
             }
         }
-        self.send(id, &Packet::SubAck(SubAck { pid: sub.pid, codes, props: Props::default() }));
+        self.send(
+            id,
+            &Packet::SubAck(SubAck {
+                pid: sub.pid,
+                codes,
+                props: Props::default(),
+            }),
+        );
         // Retained messages matching the new subscriptions.
         for (f, o, sid) in send_retained {
-            let msgs: Vec<Msg> = self.retained.values().filter(|m| topic::matches(&f, &m.topic)).cloned().collect();
+            let msgs: Vec<Msg> = self
+                .retained
+                .values()
+                .filter(|m| topic::matches(&f, &m.topic))
+                .cloned()
+                .collect();
             for mut m in msgs {
                 m.qos = m.qos.min(o.qos);
                 m.retain = true;
@@ -693,7 +926,9 @@ impl Broker {
             }
             if msg.payload.is_empty() {
                 // An empty retained message only clears.
-            } else if self.retained.len() < self.cfg.max_retained && self.memory_used() + size <= self.cfg.memory_limit {
+            } else if self.retained.len() < self.cfg.max_retained
+                && self.memory_used() + size <= self.cfg.memory_limit
+            {
                 self.retained.insert(msg.topic.to_string(), msg.clone());
                 self.retained_bytes += size;
             } else {
@@ -710,9 +945,16 @@ impl Broker {
             for (f, (o, sid)) in &s.subs {
                 if let Some(share) = shared(f) {
                     if let Ok((_, filter)) = share {
-                        let allowed = self.cfg.security(s.listener).acl.is_none_or(|acl| acl.allows(s.user.as_deref(), cid, Op::Receive, &msg.topic));
+                        let allowed = self.cfg.security(s.listener).acl.is_none_or(|acl| {
+                            acl.allows(s.user.as_deref(), cid, Op::Receive, &msg.topic)
+                        });
                         if allowed && topic::matches(filter, &msg.topic) {
-                            groups.entry(f.as_str()).or_default().push((cid.clone(), o.qos.min(msg.qos), *sid, s.conn.is_some()));
+                            groups.entry(f.as_str()).or_default().push((
+                                cid.clone(),
+                                o.qos.min(msg.qos),
+                                *sid,
+                                s.conn.is_some(),
+                            ));
                         }
                     }
                     continue;
@@ -721,7 +963,9 @@ impl Broker {
                     continue;
                 }
                 let q = o.qos.min(msg.qos);
-                best = Some(best.map_or((q, o.retain_as_published), |(bq, br)| (bq.max(q), br || o.retain_as_published)));
+                best = Some(best.map_or((q, o.retain_as_published), |(bq, br)| {
+                    (bq.max(q), br || o.retain_as_published)
+                }));
                 if let Some(i) = sid {
                     ids.push(*i);
                 }
@@ -742,7 +986,10 @@ impl Broker {
             .map(|(key, members)| {
                 let turn = self.share_turn.get(key).copied().unwrap_or(0);
                 let n = members.len();
-                let pick = (0..n).map(|k| (turn + k) % n).find(|&i| members[i].3).unwrap_or(turn % n);
+                let pick = (0..n)
+                    .map(|k| (turn + k) % n)
+                    .find(|&i| members[i].3)
+                    .unwrap_or(turn % n);
                 let (cid, q, sid, _) = members[pick].clone();
                 (key.to_string(), cid, q, sid)
             })
@@ -769,9 +1016,16 @@ impl Broker {
             return;
         }
         let out_limit = self.cfg.max_out_buffer;
-        let Some(s) = self.sessions.get_mut(client) else { return };
-        let budget = self.held + self.unsent + self.retained_bytes + m.topic.len() + m.payload.len() <= self.cfg.memory_limit;
-        let room = budget && s.conn.and_then(|c| self.conns.get(&c)).is_some_and(|c| !c.close && c.out.len() < out_limit);
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let budget =
+            self.held + self.unsent + self.retained_bytes + m.topic.len() + m.payload.len()
+                <= self.cfg.memory_limit;
+        let room = budget
+            && s.conn
+                .and_then(|c| self.conns.get(&c))
+                .is_some_and(|c| !c.close && c.out.len() < out_limit);
         if m.qos == 0 {
             match s.conn {
                 Some(c) if room => self.send_publish(c, &m, &ids, 0, false, now),
@@ -780,7 +1034,9 @@ impl Broker {
             return;
         }
         let size = m.topic.len() + m.payload.len();
-        if s.held + size > self.cfg.max_queued_bytes || self.held + self.unsent + self.retained_bytes + size > self.cfg.memory_limit {
+        if s.held + size > self.cfg.max_queued_bytes
+            || self.held + self.unsent + self.retained_bytes + size > self.cfg.memory_limit
+        {
             self.stats.dropped += 1;
             return;
         }
@@ -789,7 +1045,18 @@ impl Broker {
             s.held += size;
             self.held += size;
             let pid = next_pid(s);
-            s.inflight.insert(pid, (m.clone(), ids.clone(), if m.qos == 1 { Flight::PubAck } else { Flight::PubRec }));
+            s.inflight.insert(
+                pid,
+                (
+                    m.clone(),
+                    ids.clone(),
+                    if m.qos == 1 {
+                        Flight::PubAck
+                    } else {
+                        Flight::PubRec
+                    },
+                ),
+            );
             let c = s.conn.expect("room implies a connection");
             self.send_publish(c, &m, &ids, pid, false, now);
         } else if s.queue.len() < self.cfg.max_queued {
@@ -805,32 +1072,55 @@ impl Broker {
     fn flush(&mut self, client: &str, now: u64) {
         loop {
             let out_limit = self.cfg.max_out_buffer;
-            let Some(s) = self.sessions.get_mut(client) else { return };
+            let Some(s) = self.sessions.get_mut(client) else {
+                return;
+            };
             let Some(c) = s.conn else { return };
-            let room = self.conns.get(&c).is_some_and(|c| !c.close && c.out.len() < out_limit);
+            let room = self
+                .conns
+                .get(&c)
+                .is_some_and(|c| !c.close && c.out.len() < out_limit);
             let window = s.receive_max.min(self.cfg.max_inflight) as usize;
             if !room || s.inflight.len() >= window {
                 return;
             }
-            let Some((m, ids)) = s.queue.pop_front() else { return };
+            let Some((m, ids)) = s.queue.pop_front() else {
+                return;
+            };
             if m.expires.is_some_and(|e| e <= now) {
                 s.held -= m.topic.len() + m.payload.len();
                 self.held -= m.topic.len() + m.payload.len();
                 continue;
             }
             let pid = next_pid(s);
-            s.inflight.insert(pid, (m.clone(), ids.clone(), if m.qos == 1 { Flight::PubAck } else { Flight::PubRec }));
+            s.inflight.insert(
+                pid,
+                (
+                    m.clone(),
+                    ids.clone(),
+                    if m.qos == 1 {
+                        Flight::PubAck
+                    } else {
+                        Flight::PubRec
+                    },
+                ),
+            );
             self.send_publish(c, &m, &ids, pid, false, now);
         }
     }
 
     fn send_publish(&mut self, id: ConnId, m: &Msg, ids: &[u32], pid: u16, dup: bool, now: u64) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         let mut props = Props::default();
         if c.version == 5 {
             props = (*m.props).clone();
             if let Some(e) = m.expires {
-                props.set(prop::MESSAGE_EXPIRY, Value::U32((e.saturating_sub(now)).div_ceil(SECOND) as u32));
+                props.set(
+                    prop::MESSAGE_EXPIRY,
+                    Value::U32((e.saturating_sub(now)).div_ceil(SECOND) as u32),
+                );
             }
             for &i in ids {
                 props.0.push((prop::SUBSCRIPTION_ID, Value::VarInt(i)));
@@ -855,7 +1145,15 @@ impl Broker {
                 None => {}
             }
         }
-        let p = Packet::Publish(Publish { dup, qos: m.qos, retain: m.retain, topic, pid, payload: m.payload.to_vec(), props });
+        let p = Packet::Publish(Publish {
+            dup,
+            qos: m.qos,
+            retain: m.retain,
+            topic,
+            pid,
+            payload: m.payload.to_vec(),
+            props,
+        });
         let at = c.out.len();
         codec::encode(&p, c.version, &mut c.out);
         if c.out.len() - at > c.max_packet {
@@ -883,7 +1181,9 @@ impl Broker {
         self.say("Shutting down at the host's request.".into());
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for &id in &ids {
-            let Some(c) = self.conns.get_mut(&id) else { continue };
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             if c.clean_exit {
                 continue;
             }
@@ -891,9 +1191,18 @@ impl Broker {
                 self.publish_will(&client, w, now);
             }
         }
-        let delayed: Vec<Arc<str>> = self.sessions.iter().filter(|(_, s)| s.delayed_will.is_some()).map(|(c, _)| c.clone()).collect();
+        let delayed: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.delayed_will.is_some())
+            .map(|(c, _)| c.clone())
+            .collect();
         for c in delayed {
-            if let Some((w, _)) = self.sessions.get_mut(&c).and_then(|s| s.delayed_will.take()) {
+            if let Some((w, _)) = self
+                .sessions
+                .get_mut(&c)
+                .and_then(|s| s.delayed_will.take())
+            {
                 self.publish_will(&c, w, now);
             }
         }
@@ -905,14 +1214,18 @@ impl Broker {
     /// The connection is gone (closed by either side). Publishes its will
     /// unless it said DISCONNECT, and ends or keeps its session.
     pub fn closed(&mut self, id: ConnId, now: u64) {
-        let Some(c) = self.conns.remove(&id) else { return };
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
         self.changes += 1;
         self.unsent -= c.out.len();
         let Some(client) = c.client else { return };
         if !c.close {
             self.say(format!("Client {client} closed its connection."));
         }
-        let Some(s) = self.sessions.get_mut(&client) else { return };
+        let Some(s) = self.sessions.get_mut(&client) else {
+            return;
+        };
         if s.conn != Some(id) {
             return;
         }
@@ -936,8 +1249,17 @@ impl Broker {
         self.say(format!("Publishing the will of {client} on {}", w.topic));
         let mut props = w.props;
         props.remove(prop::WILL_DELAY);
-        let expires = props.num(prop::MESSAGE_EXPIRY).map(|s| now + s as u64 * SECOND);
-        let msg = Msg { topic: w.topic.as_str().into(), payload: w.payload.into(), qos: w.qos, retain: w.retain, props: Arc::new(props), expires };
+        let expires = props
+            .num(prop::MESSAGE_EXPIRY)
+            .map(|s| now + s as u64 * SECOND);
+        let msg = Msg {
+            topic: w.topic.as_str().into(),
+            payload: w.payload.into(),
+            qos: w.qos,
+            retain: w.retain,
+            props: Arc::new(props),
+            expires,
+        };
         self.route(Some(client), msg, now);
     }
 
@@ -974,23 +1296,38 @@ impl Broker {
             }
             if c.version == 0 && now.saturating_sub(c.opened) > connect_us {
                 late.push((id, 0x87, "no CONNECT in time"));
-            } else if c.keep_alive_us > 0 && now.saturating_sub(c.last_rx) > c.keep_alive_us * 3 / 2 {
+            } else if c.keep_alive_us > 0 && now.saturating_sub(c.last_rx) > c.keep_alive_us * 3 / 2
+            {
                 late.push((id, 0x8d, "keep-alive timeout"));
             }
         }
         for (id, reason, why) in late {
             self.fail(id, reason, why);
         }
-        let due: Vec<Arc<str>> = self.sessions.iter().filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|(_, at)| *at <= now)).map(|(c, _)| c.clone()).collect();
+        let due: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.delayed_will.as_ref().is_some_and(|(_, at)| *at <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
         for c in due {
-            if let Some((w, _)) = self.sessions.get_mut(&c).and_then(|s| s.delayed_will.take()) {
+            if let Some((w, _)) = self
+                .sessions
+                .get_mut(&c)
+                .and_then(|s| s.delayed_will.take())
+            {
                 self.publish_will(&c, w, now);
             }
         }
         let expired: Vec<Arc<str>> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.conn.is_none() && s.expiry != u32::MAX && s.gone_at.is_some_and(|g| now >= g + s.expiry as u64 * SECOND))
+            .filter(|(_, s)| {
+                s.conn.is_none()
+                    && s.expiry != u32::MAX
+                    && s.gone_at
+                        .is_some_and(|g| now >= g + s.expiry as u64 * SECOND)
+            })
             .map(|(c, _)| c.clone())
             .collect();
         for c in expired {
@@ -1006,17 +1343,39 @@ impl Broker {
     fn publish_sys(&mut self, now: u64) {
         let online = self.sessions.values().filter(|s| s.conn.is_some()).count();
         let items = [
-            ("$SYS/broker/version", String::from(concat!("kiln-mqtt ", env!("CARGO_PKG_VERSION")))),
-            ("$SYS/broker/uptime", format!("{} seconds", (now - self.started) / SECOND)),
+            (
+                "$SYS/broker/version",
+                String::from(concat!("kiln-mqtt ", env!("CARGO_PKG_VERSION"))),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", (now - self.started) / SECOND),
+            ),
             ("$SYS/broker/clients/connected", online.to_string()),
             ("$SYS/broker/clients/total", self.sessions.len().to_string()),
-            ("$SYS/broker/messages/received", self.stats.received.to_string()),
+            (
+                "$SYS/broker/messages/received",
+                self.stats.received.to_string(),
+            ),
             ("$SYS/broker/messages/sent", self.stats.sent.to_string()),
-            ("$SYS/broker/messages/dropped", self.stats.dropped.to_string()),
-            ("$SYS/broker/retained messages/count", self.retained.len().to_string()),
+            (
+                "$SYS/broker/messages/dropped",
+                self.stats.dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained.len().to_string(),
+            ),
         ];
         for (t, v) in items {
-            let msg = Msg { topic: t.into(), payload: v.into_bytes().into(), qos: 0, retain: true, props: Arc::new(Props::default()), expires: None };
+            let msg = Msg {
+                topic: t.into(),
+                payload: v.into_bytes().into(),
+                qos: 0,
+                retain: true,
+                props: Arc::new(Props::default()),
+                expires: None,
+            };
             self.route(None, msg, now);
         }
     }

@@ -24,7 +24,10 @@ impl core::fmt::Display for Error {
         match self {
             Error::Malformed(w) => write!(f, "malformed packet: {w}"),
             Error::Protocol(w) => write!(f, "protocol error: {w}"),
-            Error::TooLarge(n) => write!(f, "packet of {n} bytes is larger than the maximum packet size"),
+            Error::TooLarge(n) => write!(
+                f,
+                "packet of {n} bytes is larger than the maximum packet size"
+            ),
             Error::Version(v) => write!(f, "unsupported protocol level {v}"),
         }
     }
@@ -249,7 +252,10 @@ impl<'a> Reader<'a> {
     }
 
     fn u8(&mut self) -> Result<u8> {
-        let v = *self.b.get(self.at).ok_or(Error::Malformed("packet ends early"))?;
+        let v = *self
+            .b
+            .get(self.at)
+            .ok_or(Error::Malformed("packet ends early"))?;
         self.at += 1;
         Ok(v)
     }
@@ -259,7 +265,12 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_be_bytes([self.u8()?, self.u8()?, self.u8()?, self.u8()?]))
+        Ok(u32::from_be_bytes([
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+        ]))
     }
 
     fn varint(&mut self) -> Result<u32> {
@@ -271,7 +282,9 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(Error::Malformed("variable byte integer longer than 4 bytes"))
+        Err(Error::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -290,7 +303,8 @@ impl<'a> Reader<'a> {
 
     fn str(&mut self) -> Result<String> {
         let n = self.u16()? as usize;
-        let s = core::str::from_utf8(self.take(n)?).map_err(|_| Error::Malformed("string is not UTF-8"))?;
+        let s = core::str::from_utf8(self.take(n)?)
+            .map_err(|_| Error::Malformed("string is not UTF-8"))?;
         if s.contains('\0') {
             return Err(Error::Malformed("string contains U+0000"));
         }
@@ -302,7 +316,11 @@ impl<'a> Reader<'a> {
             return Ok(Props::default());
         }
         let len = self.varint()? as usize;
-        let end = self.at.checked_add(len).filter(|&e| e <= self.b.len()).ok_or(Error::Malformed("properties longer than the packet"))?;
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|&e| e <= self.b.len())
+            .ok_or(Error::Malformed("properties longer than the packet"))?;
         let mut p = Props::default();
         while self.at < end {
             let id = self.varint()?;
@@ -337,7 +355,9 @@ pub fn frame(buf: &[u8], max: usize) -> Result<Option<(u8, &[u8], usize)>> {
     let mut len = 0usize;
     let mut i = 1;
     loop {
-        let Some(&b) = buf.get(i) else { return Ok(None) };
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
         len |= ((b & 0x7f) as usize) << (7 * (i - 1));
         i += 1;
         if b & 0x80 == 0 {
@@ -366,7 +386,13 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
     if version == 0 && ty != 1 {
         return Err(Error::Protocol("the first packet must be CONNECT"));
     }
-    let fixed = |want: u8| if flags == want { Ok(()) } else { Err(Error::Malformed("reserved flags are wrong")) };
+    let fixed = |want: u8| {
+        if flags == want {
+            Ok(())
+        } else {
+            Err(Error::Malformed("reserved flags are wrong"))
+        }
+    };
     let p = match ty {
         1 => {
             fixed(0)?;
@@ -376,7 +402,11 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             let name = r.str().map_err(|_| Error::Malformed("bad protocol name"))?;
             let level = r.u8()?;
             if name != "MQTT" {
-                return Err(if name == "MQIsdp" { Error::Version(3) } else { Error::Malformed("protocol name is not MQTT") });
+                return Err(if name == "MQIsdp" {
+                    Error::Version(3)
+                } else {
+                    Error::Malformed("protocol name is not MQTT")
+                });
             }
             if level != 4 && level != 5 {
                 return Err(Error::Version(level));
@@ -404,7 +434,13 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
                     return Err(Error::Protocol("will topic is not a valid topic name"));
                 }
                 let payload = r.bin()?;
-                Some(Will { topic, payload, qos: will_qos, retain: will_retain, props })
+                Some(Will {
+                    topic,
+                    payload,
+                    qos: will_qos,
+                    retain: will_retain,
+                    props,
+                })
             } else {
                 None
             };
@@ -413,7 +449,16 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
                 return Err(Error::Protocol("password without a user name"));
             }
             let password = if cf & 0x40 != 0 { Some(r.bin()?) } else { None };
-            Packet::Connect(Connect { version: level, client_id, clean: cf & 0x02 != 0, keep_alive, username, password, will, props })
+            Packet::Connect(Connect {
+                version: level,
+                client_id,
+                clean: cf & 0x02 != 0,
+                keep_alive,
+                username,
+                password,
+                will,
+                props,
+            })
         }
         2 => {
             fixed(0)?;
@@ -421,7 +466,11 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             let code = r.u8()?;
             // A 3.1.1 return code is read as the v5 reason it stands for.
             let code = if v5 { code } else { v5_connack(code)? };
-            Packet::ConnAck(ConnAck { session_present, code, props: r.props(v5)? })
+            Packet::ConnAck(ConnAck {
+                session_present,
+                code,
+                props: r.props(v5)?,
+            })
         }
         3 => {
             let qos = (flags >> 1) & 3;
@@ -442,12 +491,31 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             }
             let props = r.props(v5)?;
             let payload = body[r.at..].to_vec();
-            Packet::Publish(Publish { dup, qos, retain: flags & 1 != 0, topic, pid, payload, props })
+            Packet::Publish(Publish {
+                dup,
+                qos,
+                retain: flags & 1 != 0,
+                topic,
+                pid,
+                payload,
+                props,
+            })
         }
         4..=7 => {
             fixed(if ty == 6 { 2 } else { 0 })?;
             let pid = r.u16()?;
-            let (reason, props) = if v5 && r.left() > 0 { (r.u8()?, if r.left() > 0 { r.props(true)? } else { Props::default() }) } else { (0, Props::default()) };
+            let (reason, props) = if v5 && r.left() > 0 {
+                (
+                    r.u8()?,
+                    if r.left() > 0 {
+                        r.props(true)?
+                    } else {
+                        Props::default()
+                    },
+                )
+            } else {
+                (0, Props::default())
+            };
             let a = Ack { pid, reason, props };
             match ty {
                 4 => Packet::PubAck(a),
@@ -467,15 +535,31 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             while r.left() > 0 {
                 let f = r.str()?;
                 let o = r.u8()?;
-                if (!v5 && o & 0xfc != 0) || (v5 && o & 0xc0 != 0) || o & 3 == 3 || (o >> 4) & 3 == 3 {
+                if (!v5 && o & 0xfc != 0)
+                    || (v5 && o & 0xc0 != 0)
+                    || o & 3 == 3
+                    || (o >> 4) & 3 == 3
+                {
                     return Err(Error::Malformed("bad subscription options"));
                 }
-                filters.push((f, SubOpts { qos: o & 3, no_local: o & 4 != 0, retain_as_published: o & 8 != 0, retain_handling: (o >> 4) & 3 }));
+                filters.push((
+                    f,
+                    SubOpts {
+                        qos: o & 3,
+                        no_local: o & 4 != 0,
+                        retain_as_published: o & 8 != 0,
+                        retain_handling: (o >> 4) & 3,
+                    },
+                ));
             }
             if filters.is_empty() {
                 return Err(Error::Protocol("SUBSCRIBE without a topic filter"));
             }
-            Packet::Subscribe(Subscribe { pid, filters, props })
+            Packet::Subscribe(Subscribe {
+                pid,
+                filters,
+                props,
+            })
         }
         10 => {
             fixed(2)?;
@@ -488,7 +572,11 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             if filters.is_empty() {
                 return Err(Error::Protocol("UNSUBSCRIBE without a topic filter"));
             }
-            Packet::Unsubscribe(Unsubscribe { pid, filters, props })
+            Packet::Unsubscribe(Unsubscribe {
+                pid,
+                filters,
+                props,
+            })
         }
         9 | 11 => {
             let pid = r.u16()?;
@@ -497,7 +585,9 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             // 3.1.1: a SUBACK's return codes are 0-2 or 0x80, an UNSUBACK
             // has none.
             if !v5 && ty == 9 && codes.iter().any(|&c| c > 2 && c != 0x80) {
-                return Err(Error::Malformed("SUBACK return code other than 0, 1, 2 or 0x80"));
+                return Err(Error::Malformed(
+                    "SUBACK return code other than 0, 1, 2 or 0x80",
+                ));
             }
             if !v5 && ty == 11 && !codes.is_empty() {
                 return Err(Error::Malformed("UNSUBACK with a payload"));
@@ -525,7 +615,18 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
             if ty == 15 && !v5 {
                 return Err(Error::Malformed("AUTH is MQTT 5 only"));
             }
-            let (reason, props) = if v5 && r.left() > 0 { (r.u8()?, if r.left() > 0 { r.props(true)? } else { Props::default() }) } else { (0, Props::default()) };
+            let (reason, props) = if v5 && r.left() > 0 {
+                (
+                    r.u8()?,
+                    if r.left() > 0 {
+                        r.props(true)?
+                    } else {
+                        Props::default()
+                    },
+                )
+            } else {
+                (0, Props::default())
+            };
             let d = Disconnect { reason, props };
             if ty == 14 {
                 Packet::Disconnect(d)
@@ -535,7 +636,14 @@ pub fn decode(first: u8, body: &[u8], version: u8) -> Result<Packet> {
         }
         _ => return Err(Error::Malformed("reserved packet type")),
     };
-    if r.left() > 0 && !matches!(p, Packet::Publish(_) | Packet::SubAck(_) | Packet::UnsubAck(_)) && ty != 8 && ty != 10 {
+    if r.left() > 0
+        && !matches!(
+            p,
+            Packet::Publish(_) | Packet::SubAck(_) | Packet::UnsubAck(_)
+        )
+        && ty != 8
+        && ty != 10
+    {
         return Err(Error::Malformed("bytes after the packet's fields"));
     }
     Ok(p)
@@ -687,7 +795,12 @@ pub fn encode(p: &Packet, version: u8, out: &mut Vec<u8>) {
             }
             for (f, o) in &s.filters {
                 put_str(&mut body, f.as_bytes());
-                body.push(o.qos | (o.no_local as u8) << 2 | (o.retain_as_published as u8) << 3 | o.retain_handling << 4);
+                body.push(
+                    o.qos
+                        | (o.no_local as u8) << 2
+                        | (o.retain_as_published as u8) << 3
+                        | o.retain_handling << 4,
+                );
             }
             0x82
         }

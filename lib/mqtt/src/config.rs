@@ -150,7 +150,10 @@ impl Config {
     /// Sets option `key` (as in mosquitto.conf) to `value`; the error says
     /// what is wrong. Files named by options are returned to be read.
     pub fn set(&mut self, key: &str, value: &str) -> Result<Option<(String, String)>, String> {
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{key}: '{v}' is not a number"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{key}: '{v}' is not a number"))
+        };
         let flag = |v: &str| match v {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -161,7 +164,11 @@ impl Config {
                 // `listener PORT [ADDRESS]`: the address is not needed (one
                 // interface).
                 let p = value.split_whitespace().next().unwrap_or("");
-                let port: u16 = num(p)?.try_into().ok().filter(|&p: &u16| p != 0).ok_or(format!("{key}: {p} is not a TCP port"))?;
+                let port: u16 = num(p)?
+                    .try_into()
+                    .ok()
+                    .filter(|&p: &u16| p != 0)
+                    .ok_or(format!("{key}: {p} is not a TCP port"))?;
                 if key == "port" || !self.listeners_given {
                     self.listeners.clear();
                 }
@@ -187,14 +194,21 @@ impl Config {
             }
             "per_listener_settings" => {
                 if self.listeners_given || !self.files.is_empty() {
-                    return Err(format!("{key}: must come before any listener and security option"));
+                    return Err(format!(
+                        "{key}: must come before any listener and security option"
+                    ));
                 }
                 self.per_listener_settings = flag(value)?;
             }
             "allow_anonymous" => {
                 let v = flag(value)?;
                 match self.current_listener() {
-                    Some(port) => self.listener_security.entry(port).or_default().allow_anonymous = v,
+                    Some(port) => {
+                        self.listener_security
+                            .entry(port)
+                            .or_default()
+                            .allow_anonymous = v
+                    }
                     None => self.allow_anonymous = v,
                 }
             }
@@ -212,7 +226,13 @@ impl Config {
             "max_queued_bytes" => self.max_queued_bytes = num(value)? as usize,
             "memory_limit" => self.memory_limit = (num(value)? as usize).max(64 * 1024),
             "max_sessions" => self.max_sessions = num(value)?.max(1) as usize,
-            "max_connections" => self.max_connections = if value == "-1" { 65536 } else { num(value)? as usize },
+            "max_connections" => {
+                self.max_connections = if value == "-1" {
+                    65536
+                } else {
+                    num(value)? as usize
+                }
+            }
             "max_keepalive" => self.max_keepalive = num(value)?.min(65535) as u16,
             "retain_available" => self.retain_available = flag(value)?,
             "max_retained_messages" => self.max_retained = num(value)? as usize,
@@ -225,13 +245,20 @@ impl Config {
             "persistence_location" => self.persistence_location = value.into(),
             "persistence_file" => {
                 if value.is_empty() || value.contains('/') {
-                    return Err(format!("{key}: '{value}' must be a file name (the folder is persistence_location)"));
+                    return Err(format!(
+                        "{key}: '{value}' must be a file name (the folder is persistence_location)"
+                    ));
                 }
                 self.persistence_file = value.into()
             }
             "autosave_interval" => self.autosave_interval = num(value)?.min(u32::MAX as u64) as u32,
             "autosave_on_changes" => self.autosave_on_changes = flag(value)?,
-            "certfile" | "keyfile" | "cafile" | "require_certificate" | "use_identity_as_username" | "tls_version" => {
+            "certfile"
+            | "keyfile"
+            | "cafile"
+            | "require_certificate"
+            | "use_identity_as_username"
+            | "tls_version" => {
                 let port = *self.listeners.last().expect("there is always a listener");
                 let t = self.tls.entry(port).or_default();
                 match key {
@@ -261,13 +288,17 @@ impl Config {
                 continue;
             }
             if t.certfile.is_empty() || t.keyfile.is_empty() {
-                return Err(format!("listener {port}: TLS needs both certfile and keyfile"));
+                return Err(format!(
+                    "listener {port}: TLS needs both certfile and keyfile"
+                ));
             }
             if t.require_certificate && t.cafile.is_none() {
                 return Err(format!("listener {port}: require_certificate needs a cafile to check client certificates against"));
             }
             if t.use_identity_as_username && !t.require_certificate {
-                return Err(format!("listener {port}: use_identity_as_username needs require_certificate true"));
+                return Err(format!(
+                    "listener {port}: use_identity_as_username needs require_certificate true"
+                ));
             }
         }
         Ok(())
@@ -282,7 +313,10 @@ impl Config {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line.split_once(char::is_whitespace).map(|(k, v)| (k, v.trim())).unwrap_or((line, ""));
+            let (k, v) = line
+                .split_once(char::is_whitespace)
+                .map(|(k, v)| (k, v.trim()))
+                .unwrap_or((line, ""));
             if v.is_empty() {
                 return Err(format!("{file}:{}: '{k}' needs a value", n + 1));
             }
@@ -304,19 +338,31 @@ impl Config {
     /// The listener security options apply to now: the last listener's
     /// with per_listener_settings, else none (the global ones).
     fn current_listener(&self) -> Option<u16> {
-        (self.per_listener_settings && self.listeners_given).then(|| *self.listeners.last().expect("there is always a listener"))
+        (self.per_listener_settings && self.listeners_given)
+            .then(|| *self.listeners.last().expect("there is always a listener"))
     }
 
     /// Reads a password_file or acl_file the configuration named (`text`
     /// is the file at `path`) into every listener that named it.
     pub fn load_file(&mut self, key: &str, path: &str, text: &str) -> Result<(), String> {
-        let ports: Vec<Option<u16>> = self.files.iter().filter(|(k, p, _)| k == key && p == path).map(|f| f.2).collect();
-        let ports = if ports.is_empty() { alloc::vec![None] } else { ports };
+        let ports: Vec<Option<u16>> = self
+            .files
+            .iter()
+            .filter(|(k, p, _)| k == key && p == path)
+            .map(|f| f.2)
+            .collect();
+        let ports = if ports.is_empty() {
+            alloc::vec![None]
+        } else {
+            ports
+        };
         for port in ports {
             if key == "password_file" {
                 let m = parse_password_lines(text, path)?;
                 match port {
-                    Some(port) => self.listener_security.entry(port).or_default().passwords = Some(m),
+                    Some(port) => {
+                        self.listener_security.entry(port).or_default().passwords = Some(m)
+                    }
                     None => self.passwords = Some(m),
                 }
             } else {
@@ -333,10 +379,26 @@ impl Config {
     /// The security options of connections on `port` (0: unknown, the
     /// global ones).
     pub fn security(&self, port: u16) -> SecurityRef<'_> {
-        match self.listener_security.get(&port).filter(|_| self.per_listener_settings) {
-            Some(s) => SecurityRef { allow_anonymous: s.allow_anonymous, passwords: s.passwords.as_ref(), acl: s.acl.as_ref() },
-            None if self.per_listener_settings && port != 0 => SecurityRef { allow_anonymous: false, passwords: None, acl: None },
-            None => SecurityRef { allow_anonymous: self.allow_anonymous, passwords: self.passwords.as_ref(), acl: self.acl.as_ref() },
+        match self
+            .listener_security
+            .get(&port)
+            .filter(|_| self.per_listener_settings)
+        {
+            Some(s) => SecurityRef {
+                allow_anonymous: s.allow_anonymous,
+                passwords: s.passwords.as_ref(),
+                acl: s.acl.as_ref(),
+            },
+            None if self.per_listener_settings && port != 0 => SecurityRef {
+                allow_anonymous: false,
+                passwords: None,
+                acl: None,
+            },
+            None => SecurityRef {
+                allow_anonymous: self.allow_anonymous,
+                passwords: self.passwords.as_ref(),
+                acl: self.acl.as_ref(),
+            },
         }
     }
 
@@ -411,8 +473,16 @@ impl Hashed {
         let b64 = |v: &str| base64::engine::general_purpose::STANDARD.decode(v).ok();
         let parts: Vec<&str> = s.split('$').collect();
         match parts.as_slice() {
-            ["", "6", salt, hash] => Some(Hashed { iterations: None, salt: b64(salt)?, hash: b64(hash)? }),
-            ["", "7", it, salt, hash] => Some(Hashed { iterations: Some(it.parse().ok().filter(|&n| n > 0)?), salt: b64(salt)?, hash: b64(hash)? }),
+            ["", "6", salt, hash] => Some(Hashed {
+                iterations: None,
+                salt: b64(salt)?,
+                hash: b64(hash)?,
+            }),
+            ["", "7", it, salt, hash] => Some(Hashed {
+                iterations: Some(it.parse().ok().filter(|&n| n > 0)?),
+                salt: b64(salt)?,
+                hash: b64(hash)?,
+            }),
             _ => None,
         }
     }
@@ -433,7 +503,12 @@ impl Hashed {
             }
         };
         // Compared without an early exit.
-        got.len() == self.hash.len() && got.iter().zip(&self.hash).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        got.len() == self.hash.len()
+            && got
+                .iter()
+                .zip(&self.hash)
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
     }
 }
 
@@ -484,7 +559,10 @@ impl Acl {
                 continue;
             }
             let err = |m: &str| format!("{file}:{}: {m}", n + 1);
-            let (k, rest) = line.split_once(char::is_whitespace).map(|(k, v)| (k, v.trim())).unwrap_or((line, ""));
+            let (k, rest) = line
+                .split_once(char::is_whitespace)
+                .map(|(k, v)| (k, v.trim()))
+                .unwrap_or((line, ""));
             match k {
                 "user" if !rest.is_empty() => user = Some(rest.into()),
                 "topic" | "pattern" => {
@@ -522,17 +600,29 @@ impl Acl {
         };
         let mut granted = false;
         for r in own.iter().chain(self.patterns.iter()) {
-            let t = if r.pattern { r.topic.replace("%c", client).replace("%u", user.unwrap_or("")) } else { r.topic.clone() };
+            let t = if r.pattern {
+                r.topic
+                    .replace("%c", client)
+                    .replace("%u", user.unwrap_or(""))
+            } else {
+                r.topic.clone()
+            };
             // A deny rule inside a subscription (sensors/secret within
             // sensors/#) does not refuse it: the messages it covers are
             // not delivered (Op::Receive).
-            let hit = if op == Op::Subscribe { topic::covers(&t, s) } else { topic::matches(&t, s) };
+            let hit = if op == Op::Subscribe {
+                topic::covers(&t, s)
+            } else {
+                topic::matches(&t, s)
+            };
             if !hit {
                 continue;
             }
             match (r.access, op) {
                 (Access::Deny, _) => return false,
-                (Access::ReadWrite, _) | (Access::Write, Op::Publish) | (Access::Read, Op::Subscribe | Op::Receive) => granted = true,
+                (Access::ReadWrite, _)
+                | (Access::Write, Op::Publish)
+                | (Access::Read, Op::Subscribe | Op::Receive) => granted = true,
                 _ => {}
             }
         }
@@ -558,15 +648,29 @@ mod tests {
         c.parse("listener 1883\nlistener 8883\ncertfile /c.pem\nkeyfile /k.pem\ncafile /ca.pem\nrequire_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n", "m.conf").unwrap();
         assert!(!c.tls.contains_key(&1883));
         let t = &c.tls[&8883];
-        assert_eq!((t.certfile.as_str(), t.keyfile.as_str(), t.cafile.as_deref()), ("/c.pem", "/k.pem", Some("/ca.pem")));
+        assert_eq!(
+            (t.certfile.as_str(), t.keyfile.as_str(), t.cafile.as_deref()),
+            ("/c.pem", "/k.pem", Some("/ca.pem"))
+        );
         assert!(t.require_certificate && t.use_identity_as_username);
         c.check_tls().unwrap();
         let mut c = Config::default();
-        c.parse("listener 8883\ncertfile /c.pem\n", "m.conf").unwrap();
-        assert_eq!(c.check_tls().unwrap_err(), "listener 8883: TLS needs both certfile and keyfile");
-        assert_eq!(c.parse("tls_version tlsv1\n", "m.conf").unwrap_err(), "m.conf:1: tls_version: 'tlsv1' is not tlsv1.2 or tlsv1.3 (Kiln speaks no older TLS)");
+        c.parse("listener 8883\ncertfile /c.pem\n", "m.conf")
+            .unwrap();
+        assert_eq!(
+            c.check_tls().unwrap_err(),
+            "listener 8883: TLS needs both certfile and keyfile"
+        );
+        assert_eq!(
+            c.parse("tls_version tlsv1\n", "m.conf").unwrap_err(),
+            "m.conf:1: tls_version: 'tlsv1' is not tlsv1.2 or tlsv1.3 (Kiln speaks no older TLS)"
+        );
         let mut c = Config::default();
-        c.parse("listener 8883\ncertfile /c.pem\nkeyfile /k.pem\nrequire_certificate true\n", "m.conf").unwrap();
+        c.parse(
+            "listener 8883\ncertfile /c.pem\nkeyfile /k.pem\nrequire_certificate true\n",
+            "m.conf",
+        )
+        .unwrap();
         assert!(c.check_tls().unwrap_err().contains("needs a cafile"));
     }
 
@@ -576,16 +680,23 @@ mod tests {
         c.parse("listener 1883\nlistener 8080\nprotocol websockets\nlistener 9001\nprotocol websockets\nprotocol mqtt\n", "f").unwrap();
         assert_eq!(c.listeners, [1883, 8080, 9001]);
         assert_eq!(c.websockets.iter().copied().collect::<Vec<_>>(), [8080]);
-        assert_eq!(c.parse("protocol http\n", "f").unwrap_err(), "f:1: protocol: 'http' is not mqtt or websockets");
+        assert_eq!(
+            c.parse("protocol http\n", "f").unwrap_err(),
+            "f:1: protocol: 'http' is not mqtt or websockets"
+        );
     }
 
     #[test]
     fn several_listeners() {
         let mut c = Config::default();
         assert_eq!(c.listeners, [1883]);
-        c.parse("listener 1883\nlistener 8883 0.0.0.0\n", "m.conf").unwrap();
+        c.parse("listener 1883\nlistener 8883 0.0.0.0\n", "m.conf")
+            .unwrap();
         assert_eq!(c.listeners, [1883, 8883]);
-        assert_eq!(c.parse("listener 8883\n", "m.conf").unwrap_err(), "m.conf:1: listener: port 8883 is listed twice");
+        assert_eq!(
+            c.parse("listener 8883\n", "m.conf").unwrap_err(),
+            "m.conf:1: listener: port 8883 is listed twice"
+        );
         // `port` (and -p) set the only one.
         c.set("port", "1999").unwrap();
         assert_eq!(c.listeners, [1999]);
@@ -598,21 +709,41 @@ mod tests {
         assert_eq!(c.listeners, [1884]);
         assert!(!c.allow_anonymous);
         assert_eq!(c.max_packet_size, 1024);
-        assert_eq!(files, [("password_file".to_string(), "/etc/mqtt/passwd".to_string())]);
-        assert_eq!(c.parse("listener 1883\nbogus 1\n", "f.conf").unwrap_err(), "f.conf:2: unknown option 'bogus'");
-        assert_eq!(c.parse("max_inflight_messages many\n", "f.conf").unwrap_err(), "f.conf:1: max_inflight_messages: 'many' is not a number");
-        assert_eq!(c.parse("allow_anonymous\n", "f.conf").unwrap_err(), "f.conf:1: 'allow_anonymous' needs a value");
+        assert_eq!(
+            files,
+            [("password_file".to_string(), "/etc/mqtt/passwd".to_string())]
+        );
+        assert_eq!(
+            c.parse("listener 1883\nbogus 1\n", "f.conf").unwrap_err(),
+            "f.conf:2: unknown option 'bogus'"
+        );
+        assert_eq!(
+            c.parse("max_inflight_messages many\n", "f.conf")
+                .unwrap_err(),
+            "f.conf:1: max_inflight_messages: 'many' is not a number"
+        );
+        assert_eq!(
+            c.parse("allow_anonymous\n", "f.conf").unwrap_err(),
+            "f.conf:1: 'allow_anonymous' needs a value"
+        );
     }
 
     #[test]
     fn passwords_and_acls() {
-        let mut c = Config { allow_anonymous: false, ..Config::default() };
-        c.parse_passwords("alice:secret\nbob:hunter2\n", "passwd").unwrap();
+        let mut c = Config {
+            allow_anonymous: false,
+            ..Config::default()
+        };
+        c.parse_passwords("alice:secret\nbob:hunter2\n", "passwd")
+            .unwrap();
         assert_eq!(c.authenticate(Some("alice"), Some(b"secret")), Ok(()));
         assert_eq!(c.authenticate(Some("alice"), Some(b"wrong")), Err(0x86));
         assert_eq!(c.authenticate(Some("carol"), Some(b"x")), Err(0x86));
         assert_eq!(c.authenticate(None, None), Err(0x87));
-        assert!(c.parse_passwords("alice:$9$abc\n", "passwd").unwrap_err().starts_with("passwd:1: unknown password hash '9'"));
+        assert!(c
+            .parse_passwords("alice:$9$abc\n", "passwd")
+            .unwrap_err()
+            .starts_with("passwd:1: unknown password hash '9'"));
         // A file written by `mosquitto_passwd -c -b pw alice wonderland`.
         c.parse_passwords(
             "alice:$7$101$UuXJI11Por0vTMpX$jfVt1v3BBgcqLgK23dPb08gZkSz8qOatMv25HzFRklHyFBYM7aJGlGMLpXBbjdCL9gKhnsnltY0uhqx0ax4q1w==\n",
@@ -620,7 +751,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.authenticate(Some("alice"), Some(b"wonderland")), Ok(()));
-        assert_eq!(c.authenticate(Some("alice"), Some(b"wonderlanD")), Err(0x86));
+        assert_eq!(
+            c.authenticate(Some("alice"), Some(b"wonderlanD")),
+            Err(0x86)
+        );
         let acl = Acl::parse("topic read public/#\nuser alice\ntopic readwrite sensors/#\ntopic deny sensors/secret\npattern write clients/%c/status\n", "acl").unwrap();
         assert!(acl.allows(Some("alice"), "c1", Op::Publish, "sensors/a/temp"));
         assert!(!acl.allows(Some("alice"), "c1", Op::Publish, "sensors/secret"));
@@ -633,6 +767,8 @@ mod tests {
         assert!(!acl.allows(None, "c2", Op::Publish, "public/news"));
         assert!(acl.allows(Some("bob"), "c3", Op::Publish, "clients/c3/status"));
         assert!(!acl.allows(Some("bob"), "c3", Op::Publish, "clients/c4/status"));
-        assert!(Acl::parse("topic read a/#/b\n", "acl").unwrap_err().contains("acl:1: 'a/#/b' is not a valid topic filter"));
+        assert!(Acl::parse("topic read a/#/b\n", "acl")
+            .unwrap_err()
+            .contains("acl:1: 'a/#/b' is not a valid topic filter"));
     }
 }

@@ -62,7 +62,9 @@ impl Writer {
         let mut enc = Vec::new();
         codec::encode(&p, 5, &mut enc);
         self.bytes(&enc);
-        self.u32(m.expires.map_or(u32::MAX, |e| (e.saturating_sub(now) / SECOND).min(u32::MAX as u64 - 1) as u32));
+        self.u32(m.expires.map_or(u32::MAX, |e| {
+            (e.saturating_sub(now) / SECOND).min(u32::MAX as u64 - 1) as u32
+        }));
     }
     fn ids(&mut self, ids: &[u32]) {
         self.u32(ids.len() as u32);
@@ -79,7 +81,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| format!("cut short at byte {}", self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("cut short at byte {}", self.at))?;
         let s = &self.data[self.at..end];
         self.at = end;
         Ok(s)
@@ -99,7 +105,8 @@ impl<'a> Reader<'a> {
     }
     fn str(&mut self) -> Result<String, String> {
         let at = self.at;
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| format!("text that is not UTF-8 at byte {at}"))
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| format!("text that is not UTF-8 at byte {at}"))
     }
     /// A count of records of at least `min` bytes each: a count the rest of
     /// the file cannot hold is damage, not a reason to reserve memory.
@@ -107,7 +114,9 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let n = self.u32()? as usize;
         if n.saturating_mul(min) > self.data.len() - self.at {
-            return Err(format!("a count of {n} at byte {at} is more than the file holds"));
+            return Err(format!(
+                "a count of {n} at byte {at} is more than the file holds"
+            ));
         }
         Ok(n)
     }
@@ -115,16 +124,26 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let enc = self.bytes()?;
         let bad = |why: &str| format!("a message at byte {at}: {why}");
-        let (first, body, used) = codec::frame(enc, usize::MAX).map_err(|e| bad(&e.to_string()))?.ok_or_else(|| bad("incomplete packet"))?;
+        let (first, body, used) = codec::frame(enc, usize::MAX)
+            .map_err(|e| bad(&e.to_string()))?
+            .ok_or_else(|| bad("incomplete packet"))?;
         if used != enc.len() {
             return Err(bad("bytes after the packet"));
         }
-        let Packet::Publish(p) = codec::decode(first, body, 5).map_err(|e| bad(&e.to_string()))? else {
+        let Packet::Publish(p) = codec::decode(first, body, 5).map_err(|e| bad(&e.to_string()))?
+        else {
             return Err(bad("not a PUBLISH packet"));
         };
         let left = self.u32()?;
         let expires = (left != u32::MAX).then(|| now + left as u64 * SECOND);
-        Ok(Msg { topic: p.topic.as_str().into(), payload: p.payload.into(), qos: p.qos, retain: p.retain, props: Arc::new(p.props), expires })
+        Ok(Msg {
+            topic: p.topic.as_str().into(),
+            payload: p.payload.into(),
+            qos: p.qos,
+            retain: p.retain,
+            props: Arc::new(p.props),
+            expires,
+        })
     }
     fn ids(&mut self) -> Result<Vec<u32>, String> {
         let n = self.count(4)?;
@@ -148,12 +167,17 @@ impl Broker {
         let mut w = Writer(Vec::new());
         w.0.extend_from_slice(MAGIC);
         w.u32(FORMAT);
-        let retained: Vec<&Msg> = self.retained.values().filter(|m| !m.topic.starts_with('$') && m.expires.is_none_or(|e| e > now)).collect();
+        let retained: Vec<&Msg> = self
+            .retained
+            .values()
+            .filter(|m| !m.topic.starts_with('$') && m.expires.is_none_or(|e| e > now))
+            .collect();
         w.u32(retained.len() as u32);
         for m in retained {
             w.msg(m, now);
         }
-        let kept: Vec<(&Arc<str>, &Session)> = self.sessions.iter().filter(|(_, s)| s.expiry > 0).collect();
+        let kept: Vec<(&Arc<str>, &Session)> =
+            self.sessions.iter().filter(|(_, s)| s.expiry > 0).collect();
         w.u32(kept.len() as u32);
         for (client, s) in kept {
             w.bytes(client.as_bytes());
@@ -239,7 +263,18 @@ impl Broker {
                 let f = r.str()?;
                 let (qos, flags, rh) = (r.u8()?.min(2), r.u8()?, r.u8()?.min(2));
                 let id = r.u32()?;
-                subs.insert(f, (SubOpts { qos, no_local: flags & 1 != 0, retain_as_published: flags & 2 != 0, retain_handling: rh }, (id != 0).then_some(id)));
+                subs.insert(
+                    f,
+                    (
+                        SubOpts {
+                            qos,
+                            no_local: flags & 1 != 0,
+                            retain_as_published: flags & 2 != 0,
+                            retain_handling: rh,
+                        },
+                        (id != 0).then_some(id),
+                    ),
+                );
             }
             let mut held = 0;
             let mut queue = VecDeque::new();
@@ -287,9 +322,17 @@ impl Broker {
             );
         }
         if r.at != data.len() {
-            return Err(format!("{} bytes after the end at byte {}", data.len() - r.at, r.at));
+            return Err(format!(
+                "{} bytes after the end at byte {}",
+                data.len() - r.at,
+                r.at
+            ));
         }
-        let out = Restored { retained: retained.len(), sessions: sessions.len(), messages };
+        let out = Restored {
+            retained: retained.len(),
+            sessions: sessions.len(),
+            messages,
+        };
         for m in retained.values() {
             self.retained_bytes += size(m);
         }

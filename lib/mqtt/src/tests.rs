@@ -15,11 +15,21 @@ struct Client {
 }
 
 fn client(id: ConnId, v: u8) -> Client {
-    Client { id, v, pending: Default::default() }
+    Client {
+        id,
+        v,
+        pending: Default::default(),
+    }
 }
 
 fn broker() -> Broker {
-    Broker::new(Config { sys_interval: 0, ..Config::default() }, 0)
+    Broker::new(
+        Config {
+            sys_interval: 0,
+            ..Config::default()
+        },
+        0,
+    )
 }
 
 fn send(b: &mut Broker, c: &Client, p: Packet, now: u64) {
@@ -41,13 +51,30 @@ fn recv(b: &mut Broker, c: &Client) -> Vec<Packet> {
     v
 }
 
-fn connect_with(b: &mut Broker, v: u8, id: &str, clean: bool, f: impl FnOnce(&mut Connect)) -> (Client, ConnAck) {
+fn connect_with(
+    b: &mut Broker,
+    v: u8,
+    id: &str,
+    clean: bool,
+    f: impl FnOnce(&mut Connect),
+) -> (Client, ConnAck) {
     let c = client(b.open("test".into(), 0).unwrap(), v);
-    let mut p = Connect { version: v, client_id: id.into(), clean, keep_alive: 60, username: None, password: None, will: None, props: Props::default() };
+    let mut p = Connect {
+        version: v,
+        client_id: id.into(),
+        clean,
+        keep_alive: 60,
+        username: None,
+        password: None,
+        will: None,
+        props: Props::default(),
+    };
     f(&mut p);
     send(b, &c, Packet::Connect(p), 0);
     let mut got = recv(b, &c);
-    let Packet::ConnAck(a) = got.remove(0) else { panic!("no CONNACK") };
+    let Packet::ConnAck(a) = got.remove(0) else {
+        panic!("no CONNACK")
+    };
     *c.pending.borrow_mut() = got;
     (c, a)
 }
@@ -59,22 +86,54 @@ fn connect(b: &mut Broker, v: u8, id: &str) -> Client {
 }
 
 fn sub(b: &mut Broker, c: &Client, f: &str, qos: u8) -> Vec<u8> {
-    send(b, c, Packet::Subscribe(Subscribe { pid: 1, filters: vec![(f.into(), SubOpts { qos, ..SubOpts::default() })], props: Props::default() }), 0);
+    send(
+        b,
+        c,
+        Packet::Subscribe(Subscribe {
+            pid: 1,
+            filters: vec![(
+                f.into(),
+                SubOpts {
+                    qos,
+                    ..SubOpts::default()
+                },
+            )],
+            props: Props::default(),
+        }),
+        0,
+    );
     let mut got = recv(b, c);
-    let i = got.iter().position(|p| matches!(p, Packet::SubAck(_))).expect("a SUBACK");
-    let Packet::SubAck(a) = got.remove(i) else { unreachable!() };
+    let i = got
+        .iter()
+        .position(|p| matches!(p, Packet::SubAck(_)))
+        .expect("a SUBACK");
+    let Packet::SubAck(a) = got.remove(i) else {
+        unreachable!()
+    };
     *c.pending.borrow_mut() = got;
     a.codes
 }
 
 fn publish(topic: &str, payload: &str, qos: u8, pid: u16, retain: bool) -> Packet {
-    Packet::Publish(Publish { dup: false, qos, retain, topic: topic.into(), pid, payload: payload.into(), props: Props::default() })
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        pid,
+        payload: payload.into(),
+        props: Props::default(),
+    })
 }
 
 fn payloads(ps: &[Packet]) -> Vec<(String, String, u8)> {
     ps.iter()
         .filter_map(|p| match p {
-            Packet::Publish(m) => Some((m.topic.clone(), String::from_utf8(m.payload.clone()).unwrap(), m.qos)),
+            Packet::Publish(m) => Some((
+                m.topic.clone(),
+                String::from_utf8(m.payload.clone()).unwrap(),
+                m.qos,
+            )),
             _ => None,
         })
         .collect()
@@ -86,12 +145,36 @@ fn codec_round_trips_both_versions() {
         let mut props = Props::default();
         if v == 5 {
             props.set(prop::MESSAGE_EXPIRY, Value::U32(30));
-            props.0.push((prop::USER_PROPERTY, Value::Pair("k".into(), "v".into())));
+            props
+                .0
+                .push((prop::USER_PROPERTY, Value::Pair("k".into(), "v".into())));
         }
         let ps = [
-            Packet::Publish(Publish { dup: true, qos: 2, retain: true, topic: "a/b".into(), pid: 7, payload: b"hi".to_vec(), props }),
-            Packet::PubRel(Ack { pid: 7, reason: 0, props: Props::default() }),
-            Packet::Subscribe(Subscribe { pid: 3, filters: vec![("a/+".into(), SubOpts { qos: 1, ..SubOpts::default() })], props: Props::default() }),
+            Packet::Publish(Publish {
+                dup: true,
+                qos: 2,
+                retain: true,
+                topic: "a/b".into(),
+                pid: 7,
+                payload: b"hi".to_vec(),
+                props,
+            }),
+            Packet::PubRel(Ack {
+                pid: 7,
+                reason: 0,
+                props: Props::default(),
+            }),
+            Packet::Subscribe(Subscribe {
+                pid: 3,
+                filters: vec![(
+                    "a/+".into(),
+                    SubOpts {
+                        qos: 1,
+                        ..SubOpts::default()
+                    },
+                )],
+                props: Props::default(),
+            }),
             Packet::PingReq,
         ];
         for p in ps {
@@ -103,9 +186,18 @@ fn codec_round_trips_both_versions() {
         }
     }
     // Malformed input is an error, never a panic.
-    assert!(matches!(frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX), Err(Error::Malformed(_))));
-    assert!(matches!(frame(&[0x30, 0x80, 0x80, 0x01], 1000), Err(Error::TooLarge(_))));
-    assert!(matches!(decode(0x30, &[0, 5, b'a'], 4), Err(Error::Malformed(_))));
+    assert!(matches!(
+        frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX),
+        Err(Error::Malformed(_))
+    ));
+    assert!(matches!(
+        frame(&[0x30, 0x80, 0x80, 0x01], 1000),
+        Err(Error::TooLarge(_))
+    ));
+    assert!(matches!(
+        decode(0x30, &[0, 5, b'a'], 4),
+        Err(Error::Malformed(_))
+    ));
     assert!(matches!(decode(0x82, &[0, 1], 4), Err(Error::Protocol(_))));
     assert!(matches!(decode(0x20, &[0, 0], 0), Err(Error::Protocol(_))));
 }
@@ -145,41 +237,127 @@ fn qos0_qos1_and_qos2_flows() {
     assert_eq!(sub(&mut b, &s, "sensors/+/temp", 2), [2]);
     send(&mut b, &p, publish("sensors/a/temp", "21", 0, 0, false), 0);
     send(&mut b, &p, publish("sensors/b/temp", "22", 1, 1, false), 0);
-    assert!(matches!(recv(&mut b, &p)[..], [Packet::PubAck(Ack { pid: 1, reason: 0, .. })]));
+    assert!(matches!(
+        recv(&mut b, &p)[..],
+        [Packet::PubAck(Ack {
+            pid: 1,
+            reason: 0,
+            ..
+        })]
+    ));
     send(&mut b, &p, publish("sensors/c/temp", "23", 2, 2, false), 0);
     // A repeated QoS 2 PUBLISH (before PUBREL) is not delivered twice.
     send(&mut b, &p, publish("sensors/c/temp", "23", 2, 2, false), 0);
-    assert!(matches!(recv(&mut b, &p)[..], [Packet::PubRec(_), Packet::PubRec(_)]));
-    send(&mut b, &p, Packet::PubRel(Ack { pid: 2, reason: 0, props: Props::default() }), 0);
-    assert!(matches!(recv(&mut b, &p)[..], [Packet::PubComp(Ack { pid: 2, reason: 0, .. })]));
+    assert!(matches!(
+        recv(&mut b, &p)[..],
+        [Packet::PubRec(_), Packet::PubRec(_)]
+    ));
+    send(
+        &mut b,
+        &p,
+        Packet::PubRel(Ack {
+            pid: 2,
+            reason: 0,
+            props: Props::default(),
+        }),
+        0,
+    );
+    assert!(matches!(
+        recv(&mut b, &p)[..],
+        [Packet::PubComp(Ack {
+            pid: 2,
+            reason: 0,
+            ..
+        })]
+    ));
     let got = recv(&mut b, &s);
-    assert_eq!(payloads(&got), [("sensors/a/temp".into(), "21".into(), 0), ("sensors/b/temp".into(), "22".into(), 1), ("sensors/c/temp".into(), "23".into(), 2)]);
+    assert_eq!(
+        payloads(&got),
+        [
+            ("sensors/a/temp".into(), "21".into(), 0),
+            ("sensors/b/temp".into(), "22".into(), 1),
+            ("sensors/c/temp".into(), "23".into(), 2)
+        ]
+    );
     // The subscriber completes its side.
-    let Packet::Publish(q1) = &got[1] else { panic!() };
-    let Packet::Publish(q2) = &got[2] else { panic!() };
-    send(&mut b, &s, Packet::PubAck(Ack { pid: q1.pid, reason: 0, props: Props::default() }), 0);
-    send(&mut b, &s, Packet::PubRec(Ack { pid: q2.pid, reason: 0, props: Props::default() }), 0);
+    let Packet::Publish(q1) = &got[1] else {
+        panic!()
+    };
+    let Packet::Publish(q2) = &got[2] else {
+        panic!()
+    };
+    send(
+        &mut b,
+        &s,
+        Packet::PubAck(Ack {
+            pid: q1.pid,
+            reason: 0,
+            props: Props::default(),
+        }),
+        0,
+    );
+    send(
+        &mut b,
+        &s,
+        Packet::PubRec(Ack {
+            pid: q2.pid,
+            reason: 0,
+            props: Props::default(),
+        }),
+        0,
+    );
     assert!(matches!(recv(&mut b, &s)[..], [Packet::PubRel(Ack { pid, .. })] if pid == q2.pid));
-    send(&mut b, &s, Packet::PubComp(Ack { pid: q2.pid, reason: 0, props: Props::default() }), 0);
+    send(
+        &mut b,
+        &s,
+        Packet::PubComp(Ack {
+            pid: q2.pid,
+            reason: 0,
+            props: Props::default(),
+        }),
+        0,
+    );
 }
 
 #[test]
 fn retained_messages_wildcards_and_sys_apart() {
-    let mut b = Broker::new(Config { sys_interval: 10, ..Config::default() }, 0);
+    let mut b = Broker::new(
+        Config {
+            sys_interval: 10,
+            ..Config::default()
+        },
+        0,
+    );
     let p = connect(&mut b, 4, "pub");
-    send(&mut b, &p, publish("home/kitchen/light", "on", 1, 1, true), 0);
+    send(
+        &mut b,
+        &p,
+        publish("home/kitchen/light", "on", 1, 1, true),
+        0,
+    );
     send(&mut b, &p, publish("home/hall/light", "off", 0, 0, true), 0);
     b.tick(10 * S);
     let s = connect(&mut b, 4, "sub");
     sub(&mut b, &s, "home/+/light", 1);
     let mut got = payloads(&recv(&mut b, &s));
     got.sort();
-    assert_eq!(got, [("home/hall/light".into(), "off".into(), 0), ("home/kitchen/light".into(), "on".into(), 1)]);
+    assert_eq!(
+        got,
+        [
+            ("home/hall/light".into(), "off".into(), 0),
+            ("home/kitchen/light".into(), "on".into(), 1)
+        ]
+    );
     // `#` does not see $SYS; `$SYS/#` does.
     sub(&mut b, &s, "#", 0);
-    assert!(payloads(&recv(&mut b, &s)).iter().all(|(t, _, _)| !t.starts_with('$')));
+    assert!(payloads(&recv(&mut b, &s))
+        .iter()
+        .all(|(t, _, _)| !t.starts_with('$')));
     sub(&mut b, &s, "$SYS/broker/clients/connected", 0);
-    assert_eq!(payloads(&recv(&mut b, &s)), [("$SYS/broker/clients/connected".into(), "1".into(), 0)]);
+    assert_eq!(
+        payloads(&recv(&mut b, &s)),
+        [("$SYS/broker/clients/connected".into(), "1".into(), 0)]
+    );
     // An empty retained message clears it.
     send(&mut b, &p, publish("home/hall/light", "", 0, 0, true), 0);
     recv(&mut b, &s);
@@ -219,7 +397,13 @@ fn wills_keepalive_and_takeover() {
     let w = connect(&mut b, 4, "watcher");
     sub(&mut b, &w, "status/#", 0);
     let will = |c: &mut Connect| {
-        c.will = Some(Will { topic: "status/dev".into(), payload: b"gone".to_vec(), qos: 0, retain: false, props: Props::default() });
+        c.will = Some(Will {
+            topic: "status/dev".into(),
+            payload: b"gone".to_vec(),
+            qos: 0,
+            retain: false,
+            props: Props::default(),
+        });
         c.keep_alive = 2;
     };
     let (d, _) = connect_with(&mut b, 4, "dev", true, will);
@@ -227,57 +411,135 @@ fn wills_keepalive_and_takeover() {
     b.tick(4 * S);
     assert!(b.wants_close(d.id));
     b.closed(d.id, 4 * S);
-    assert_eq!(payloads(&recv(&mut b, &w)), [("status/dev".into(), "gone".into(), 0)]);
+    assert_eq!(
+        payloads(&recv(&mut b, &w)),
+        [("status/dev".into(), "gone".into(), 0)]
+    );
     // DISCONNECT: no will.
     let (d, _) = connect_with(&mut b, 4, "dev", true, will);
-    send(&mut b, &d, Packet::Disconnect(Disconnect { reason: 0, props: Props::default() }), 5 * S);
+    send(
+        &mut b,
+        &d,
+        Packet::Disconnect(Disconnect {
+            reason: 0,
+            props: Props::default(),
+        }),
+        5 * S,
+    );
     b.closed(d.id, 5 * S);
     assert!(payloads(&recv(&mut b, &w)).is_empty());
     // Take-over: the old connection is closed.
     let (d1, _) = connect_with(&mut b, 5, "twin", true, |_| {});
     let (_d2, _) = connect_with(&mut b, 5, "twin", true, |_| {});
-    assert!(matches!(recv(&mut b, &d1).last(), None | Some(Packet::Disconnect(Disconnect { reason: 0x8e, .. }))));
+    assert!(matches!(
+        recv(&mut b, &d1).last(),
+        None | Some(Packet::Disconnect(Disconnect { reason: 0x8e, .. }))
+    ));
 }
 
 #[test]
 fn mqtt5_aliases_expiry_and_limits() {
-    let mut b = Broker::new(Config { sys_interval: 0, max_packet_size: 512, ..Config::default() }, 0);
+    let mut b = Broker::new(
+        Config {
+            sys_interval: 0,
+            max_packet_size: 512,
+            ..Config::default()
+        },
+        0,
+    );
     let s = connect(&mut b, 5, "s5");
     sub(&mut b, &s, "t/#", 1);
     let (p, a) = connect_with(&mut b, 5, "", true, |_| {});
-    assert!(matches!(a.props.get(prop::ASSIGNED_CLIENT_ID), Some(Value::Str(n)) if n.starts_with("kiln-")));
+    assert!(
+        matches!(a.props.get(prop::ASSIGNED_CLIENT_ID), Some(Value::Str(n)) if n.starts_with("kiln-"))
+    );
     assert_eq!(a.props.num(prop::TOPIC_ALIAS_MAXIMUM), Some(10));
     assert_eq!(a.props.num(prop::MAXIMUM_PACKET_SIZE), Some(512));
     let mut props = Props::default();
     props.set(prop::TOPIC_ALIAS, Value::U16(3));
     props.set(prop::MESSAGE_EXPIRY, Value::U32(60));
-    send(&mut b, &p, Packet::Publish(Publish { dup: false, qos: 0, retain: false, topic: "t/long/name".into(), pid: 0, payload: b"1".to_vec(), props }), 0);
+    send(
+        &mut b,
+        &p,
+        Packet::Publish(Publish {
+            dup: false,
+            qos: 0,
+            retain: false,
+            topic: "t/long/name".into(),
+            pid: 0,
+            payload: b"1".to_vec(),
+            props,
+        }),
+        0,
+    );
     let mut props = Props::default();
     props.set(prop::TOPIC_ALIAS, Value::U16(3));
-    send(&mut b, &p, Packet::Publish(Publish { dup: false, qos: 0, retain: false, topic: String::new(), pid: 0, payload: b"2".to_vec(), props }), 0);
+    send(
+        &mut b,
+        &p,
+        Packet::Publish(Publish {
+            dup: false,
+            qos: 0,
+            retain: false,
+            topic: String::new(),
+            pid: 0,
+            payload: b"2".to_vec(),
+            props,
+        }),
+        0,
+    );
     let got = recv(&mut b, &s);
-    assert_eq!(payloads(&got), [("t/long/name".into(), "1".into(), 0), ("t/long/name".into(), "2".into(), 0)]);
-    let Packet::Publish(m) = &got[0] else { panic!() };
+    assert_eq!(
+        payloads(&got),
+        [
+            ("t/long/name".into(), "1".into(), 0),
+            ("t/long/name".into(), "2".into(), 0)
+        ]
+    );
+    let Packet::Publish(m) = &got[0] else {
+        panic!()
+    };
     assert_eq!(m.props.num(prop::MESSAGE_EXPIRY), Some(60));
     assert!(m.props.get(prop::TOPIC_ALIAS).is_none());
     // Oversize: DISCONNECT 0x95.
     let big = "x".repeat(600);
     send(&mut b, &p, publish("t/big", &big, 0, 0, false), 0);
-    assert!(matches!(recv(&mut b, &p).last(), Some(Packet::Disconnect(Disconnect { reason: 0x95, .. }))));
+    assert!(matches!(
+        recv(&mut b, &p).last(),
+        Some(Packet::Disconnect(Disconnect { reason: 0x95, .. }))
+    ));
     assert!(b.wants_close(p.id));
     // An alias out of range: 0x94.
     let p2 = connect(&mut b, 5, "p2");
     let mut props = Props::default();
     props.set(prop::TOPIC_ALIAS, Value::U16(99));
-    send(&mut b, &p2, Packet::Publish(Publish { dup: false, qos: 0, retain: false, topic: "t/x".into(), pid: 0, payload: vec![], props }), 0);
-    assert!(matches!(recv(&mut b, &p2).last(), Some(Packet::Disconnect(Disconnect { reason: 0x94, .. }))));
+    send(
+        &mut b,
+        &p2,
+        Packet::Publish(Publish {
+            dup: false,
+            qos: 0,
+            retain: false,
+            topic: "t/x".into(),
+            pid: 0,
+            payload: vec![],
+            props,
+        }),
+        0,
+    );
+    assert!(matches!(
+        recv(&mut b, &p2).last(),
+        Some(Packet::Disconnect(Disconnect { reason: 0x94, .. }))
+    ));
 }
 
 #[test]
 fn server_assigned_topic_aliases() {
     let mut b = broker();
     // A subscriber that takes up to 2 aliases.
-    let (s, _) = connect_with(&mut b, 5, "s", true, |c| c.props.set(prop::TOPIC_ALIAS_MAXIMUM, Value::U16(2)));
+    let (s, _) = connect_with(&mut b, 5, "s", true, |c| {
+        c.props.set(prop::TOPIC_ALIAS_MAXIMUM, Value::U16(2))
+    });
     sub(&mut b, &s, "t/#", 0);
     let p = connect(&mut b, 5, "p");
     for topic in ["t/a", "t/a", "t/b", "t/c", "t/b", "t/c"] {
@@ -303,13 +565,24 @@ fn server_assigned_topic_aliases() {
     let plain = connect(&mut b, 5, "plain");
     sub(&mut b, &plain, "t/#", 0);
     send(&mut b, &p, publish("t/a", "y", 0, 0, false), 0);
-    let Some(Packet::Publish(m)) = recv(&mut b, &plain).into_iter().find(|p| matches!(p, Packet::Publish(_))) else { panic!() };
-    assert_eq!((m.topic.as_str(), m.props.get(prop::TOPIC_ALIAS).is_none()), ("t/a", true));
+    let Some(Packet::Publish(m)) = recv(&mut b, &plain)
+        .into_iter()
+        .find(|p| matches!(p, Packet::Publish(_)))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (m.topic.as_str(), m.props.get(prop::TOPIC_ALIAS).is_none()),
+        ("t/a", true)
+    );
 }
 
 #[test]
 fn per_listener_settings() {
-    let mut cfg = Config { sys_interval: 0, ..Config::default() };
+    let mut cfg = Config {
+        sys_interval: 0,
+        ..Config::default()
+    };
     let files = cfg
         .parse(
             "per_listener_settings true\n\
@@ -319,16 +592,35 @@ fn per_listener_settings() {
             "conf",
         )
         .unwrap();
-    assert_eq!(files, [("acl_file".to_string(), "/acl".to_string()), ("password_file".to_string(), "/pw".to_string())]);
-    cfg.load_file("acl_file", "/acl", "topic read public/#\n").unwrap();
-    cfg.load_file("password_file", "/pw", "alice:secret\n").unwrap();
+    assert_eq!(
+        files,
+        [
+            ("acl_file".to_string(), "/acl".to_string()),
+            ("password_file".to_string(), "/pw".to_string())
+        ]
+    );
+    cfg.load_file("acl_file", "/acl", "topic read public/#\n")
+        .unwrap();
+    cfg.load_file("password_file", "/pw", "alice:secret\n")
+        .unwrap();
     let mut b = Broker::new(cfg, 0);
     let on = |b: &mut Broker, port: u16, id: &str, user: Option<(&str, &[u8])>| {
         let c = client(b.open_on("test".into(), port, 0).unwrap(), 4);
-        let p = Connect { version: 4, client_id: id.into(), clean: true, keep_alive: 60, username: user.map(|u| u.0.into()), password: user.map(|u| u.1.to_vec()), will: None, props: Props::default() };
+        let p = Connect {
+            version: 4,
+            client_id: id.into(),
+            clean: true,
+            keep_alive: 60,
+            username: user.map(|u| u.0.into()),
+            password: user.map(|u| u.1.to_vec()),
+            will: None,
+            props: Props::default(),
+        };
         send(b, &c, Packet::Connect(p), 0);
         let got = recv(b, &c);
-        let Some(Packet::ConnAck(a)) = got.first() else { panic!("no CONNACK") };
+        let Some(Packet::ConnAck(a)) = got.first() else {
+            panic!("no CONNACK")
+        };
         (c, a.code)
     };
     // 1883: anonymous, but its ACL lets it only read public/#.
@@ -336,7 +628,10 @@ fn per_listener_settings() {
     assert_eq!(code, 0);
     // 8883: users from its password file only; no anonymous clients.
     assert_eq!(on(&mut b, 8883, "nobody", None).1, 0x87);
-    assert_eq!(on(&mut b, 8883, "mallory", Some(("alice", b"wrong"))).1, 0x86);
+    assert_eq!(
+        on(&mut b, 8883, "mallory", Some(("alice", b"wrong"))).1,
+        0x86
+    );
     let (alice, code) = on(&mut b, 8883, "alice", Some(("alice", b"secret")));
     assert_eq!(code, 0);
     // 9001: given nothing, so nobody gets in (as mosquitto).
@@ -344,27 +639,94 @@ fn per_listener_settings() {
     // The ACL of 1883 applies to its client only.
     sub(&mut b, &anon, "public/#", 0);
     let mut subs = Vec::new();
-    send(&mut b, &anon, publish("public/a", "from anon", 0, 0, false), 0);
-    send(&mut b, &alice, Packet::Subscribe(Subscribe { pid: 1, filters: vec![("#".into(), SubOpts::default())], props: Props::default() }), 0);
+    send(
+        &mut b,
+        &anon,
+        publish("public/a", "from anon", 0, 0, false),
+        0,
+    );
+    send(
+        &mut b,
+        &alice,
+        Packet::Subscribe(Subscribe {
+            pid: 1,
+            filters: vec![("#".into(), SubOpts::default())],
+            props: Props::default(),
+        }),
+        0,
+    );
     subs.extend(recv(&mut b, &alice));
-    send(&mut b, &alice, publish("private/b", "from alice", 0, 0, false), 0);
-    send(&mut b, &alice, publish("public/c", "from alice", 0, 0, false), 0);
-    let got: Vec<String> = recv(&mut b, &anon).into_iter().filter_map(|p| if let Packet::Publish(m) = p { Some(m.topic) } else { None }).collect();
-    assert_eq!(got, ["public/c"], "anon may only read public/# and may not publish");
-    let got: Vec<String> = recv(&mut b, &alice).into_iter().filter_map(|p| if let Packet::Publish(m) = p { Some(m.topic) } else { None }).collect();
-    assert_eq!(got, ["private/b", "public/c"], "alice's listener has no ACL");
+    send(
+        &mut b,
+        &alice,
+        publish("private/b", "from alice", 0, 0, false),
+        0,
+    );
+    send(
+        &mut b,
+        &alice,
+        publish("public/c", "from alice", 0, 0, false),
+        0,
+    );
+    let got: Vec<String> = recv(&mut b, &anon)
+        .into_iter()
+        .filter_map(|p| {
+            if let Packet::Publish(m) = p {
+                Some(m.topic)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        got,
+        ["public/c"],
+        "anon may only read public/# and may not publish"
+    );
+    let got: Vec<String> = recv(&mut b, &alice)
+        .into_iter()
+        .filter_map(|p| {
+            if let Packet::Publish(m) = p {
+                Some(m.topic)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        got,
+        ["private/b", "public/c"],
+        "alice's listener has no ACL"
+    );
     // Without per_listener_settings, options are global wherever they are.
     let mut g = Config::default();
-    g.parse("listener 1883\nlistener 8883\nallow_anonymous false\n", "conf").unwrap();
+    g.parse(
+        "listener 1883\nlistener 8883\nallow_anonymous false\n",
+        "conf",
+    )
+    .unwrap();
     assert!(!g.security(1883).allow_anonymous && !g.security(8883).allow_anonymous);
-    assert!(Config::default().parse("listener 1883\nper_listener_settings true\n", "c").unwrap_err().contains("must come before"));
+    assert!(Config::default()
+        .parse("listener 1883\nper_listener_settings true\n", "c")
+        .unwrap_err()
+        .contains("must come before"));
 }
 
 #[test]
 fn auth_and_acl() {
-    let mut cfg = Config { sys_interval: 0, allow_anonymous: false, ..Config::default() };
+    let mut cfg = Config {
+        sys_interval: 0,
+        allow_anonymous: false,
+        ..Config::default()
+    };
     cfg.parse_passwords("alice:secret\n", "passwd").unwrap();
-    cfg.acl = Some(Acl::parse("user alice\ntopic readwrite room/#\ntopic deny room/private\n", "acl").unwrap());
+    cfg.acl = Some(
+        Acl::parse(
+            "user alice\ntopic readwrite room/#\ntopic deny room/private\n",
+            "acl",
+        )
+        .unwrap(),
+    );
     let mut b = Broker::new(cfg, 0);
     let (_, a) = connect_with(&mut b, 4, "anon", true, |_| {});
     assert_eq!(a.code, 0x87, "3.1.1: not authorised (return code 5)");
@@ -384,13 +746,27 @@ fn auth_and_acl() {
     let (p, _) = connect_with(&mut b, 5, "p", true, login);
     send(&mut b, &p, publish("room/a", "yes", 0, 0, false), 0);
     send(&mut b, &p, publish("room/private", "no", 1, 5, false), 0);
-    assert!(matches!(recv(&mut b, &p)[..], [Packet::PubAck(Ack { reason: 0x87, .. })]));
-    assert_eq!(payloads(&recv(&mut b, &s)), [("room/a".into(), "yes".into(), 0)]);
+    assert!(matches!(
+        recv(&mut b, &p)[..],
+        [Packet::PubAck(Ack { reason: 0x87, .. })]
+    ));
+    assert_eq!(
+        payloads(&recv(&mut b, &s)),
+        [("room/a".into(), "yes".into(), 0)]
+    );
 }
 
 #[test]
 fn connection_limits_and_silent_connections() {
-    let mut b = Broker::new(Config { sys_interval: 0, max_connections: 2, connect_timeout: 5, ..Config::default() }, 0);
+    let mut b = Broker::new(
+        Config {
+            sys_interval: 0,
+            max_connections: 2,
+            connect_timeout: 5,
+            ..Config::default()
+        },
+        0,
+    );
     let a = b.open("a".into(), 0).unwrap();
     let _b2 = b.open("b".into(), 0).unwrap();
     assert!(b.open("c".into(), 0).is_none());
@@ -404,10 +780,18 @@ fn connection_limits_and_silent_connections() {
 #[test]
 fn v4_acknowledgement_codes_are_checked() {
     assert!(decode(0x90, &[0, 1, 0x35], 4).is_err(), "SUBACK code 0x35");
-    assert!(decode(0xb0, &[0, 1, 0], 4).is_err(), "UNSUBACK with a payload");
+    assert!(
+        decode(0xb0, &[0, 1, 0], 4).is_err(),
+        "UNSUBACK with a payload"
+    );
     assert!(decode(0x20, &[0, 0x20], 4).is_err(), "CONNACK code 0x20");
-    let Packet::ConnAck(a) = decode(0x20, &[0, 1], 4).unwrap() else { panic!() };
-    assert_eq!(a.code, 0x84, "return code 1 is v5's unsupported protocol version");
+    let Packet::ConnAck(a) = decode(0x20, &[0, 1], 4).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        a.code, 0x84,
+        "return code 1 is v5's unsupported protocol version"
+    );
     let mut out = Vec::new();
     encode(&Packet::ConnAck(a), 4, &mut out);
     assert_eq!(out, [0x20, 2, 0, 1]);
@@ -423,9 +807,22 @@ fn retained_messages_and_persistent_sessions_survive_a_snapshot() {
     b.closed(s_id, S);
     let p = connect(&mut b, 5, "pub");
     let before = b.changes();
-    send(&mut b, &p, publish("plant/a/temp", "21.5", 1, 1, true), 2 * S);
-    send(&mut b, &p, publish("plant/b/temp", "19.0", 1, 2, false), 2 * S);
-    assert!(b.changes() > before, "publishing QoS 1 and retained messages counts as changes");
+    send(
+        &mut b,
+        &p,
+        publish("plant/a/temp", "21.5", 1, 1, true),
+        2 * S,
+    );
+    send(
+        &mut b,
+        &p,
+        publish("plant/b/temp", "19.0", 1, 2, false),
+        2 * S,
+    );
+    assert!(
+        b.changes() > before,
+        "publishing QoS 1 and retained messages counts as changes"
+    );
     let snap = b.snapshot(3 * S);
 
     // A new broker (a restarted machine) restores it.
@@ -436,14 +833,26 @@ fn retained_messages_and_persistent_sessions_survive_a_snapshot() {
     let (s2, ack) = connect_with(&mut b2, 4, "keeper", false, |_| {});
     assert!(ack.session_present);
     let msgs = payloads(&recv(&mut b2, &s2));
-    assert_eq!(msgs, vec![("plant/a/temp".into(), "21.5".into(), 1), ("plant/b/temp".into(), "19.0".into(), 1)]);
+    assert_eq!(
+        msgs,
+        vec![
+            ("plant/a/temp".into(), "21.5".into(), 1),
+            ("plant/b/temp".into(), "19.0".into(), 1)
+        ]
+    );
     // A new subscriber gets the retained message.
     let n = connect(&mut b2, 4, "new");
     sub(&mut b2, &n, "plant/#", 0);
-    assert_eq!(payloads(&recv(&mut b2, &n)), vec![("plant/a/temp".into(), "21.5".into(), 0)]);
+    assert_eq!(
+        payloads(&recv(&mut b2, &n)),
+        vec![("plant/a/temp".into(), "21.5".into(), 0)]
+    );
     // The restored session keeps its subscription.
     send(&mut b2, &n, publish("plant/c/temp", "7", 1, 3, false), S);
-    assert_eq!(payloads(&recv(&mut b2, &s2)), vec![("plant/c/temp".into(), "7".into(), 1)]);
+    assert_eq!(
+        payloads(&recv(&mut b2, &s2)),
+        vec![("plant/c/temp".into(), "7".into(), 1)]
+    );
 }
 
 #[test]
@@ -454,12 +863,18 @@ fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     let p = connect(&mut b, 4, "pub");
     send(&mut b, &p, publish("t", "x", 1, 1, true), 0);
     let snap = b.snapshot(0);
-    assert!(broker().restore(b"nonsense", 0).unwrap_err().contains("not a Kiln MQTT persistence file"));
+    assert!(broker()
+        .restore(b"nonsense", 0)
+        .unwrap_err()
+        .contains("not a Kiln MQTT persistence file"));
     // Every cut, and every flipped byte, is either refused or restores
     // something consistent; never a panic.
     for n in 0..snap.len() {
         let mut b2 = broker();
-        assert!(b2.restore(&snap[..n], 0).is_err(), "a file cut at {n} was accepted");
+        assert!(
+            b2.restore(&snap[..n], 0).is_err(),
+            "a file cut at {n} was accepted"
+        );
         assert_eq!(b2.memory_used(), 0);
     }
     for i in 0..snap.len() {
@@ -469,7 +884,10 @@ fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     }
     let mut long = snap.clone();
     long.push(0);
-    assert!(broker().restore(&long, 0).unwrap_err().contains("after the end"));
+    assert!(broker()
+        .restore(&long, 0)
+        .unwrap_err()
+        .contains("after the end"));
 }
 
 #[test]
@@ -489,7 +907,12 @@ fn shared_subscriptions_take_turns() {
     assert!(payloads(&recv(&mut b, &w1)).is_empty());
     recv(&mut b, &all);
     for i in 0..6 {
-        send(&mut b, &p, publish("jobs/new", &format!("{i}"), 0, 0, false), 0);
+        send(
+            &mut b,
+            &p,
+            publish("jobs/new", &format!("{i}"), 0, 0, false),
+            0,
+        );
     }
     let (g1, g2) = (payloads(&recv(&mut b, &w1)), payloads(&recv(&mut b, &w2)));
     assert_eq!((g1.len(), g2.len()), (3, 3), "{g1:?} {g2:?}");
@@ -502,15 +925,37 @@ fn shared_subscriptions_take_turns() {
     // another is connected.
     b.closed(w2.id, 0);
     for i in 0..2 {
-        send(&mut b, &p, publish("jobs/new", &format!("late{i}"), 0, 0, false), 0);
+        send(
+            &mut b,
+            &p,
+            publish("jobs/new", &format!("late{i}"), 0, 0, false),
+            0,
+        );
     }
     assert_eq!(payloads(&recv(&mut b, &w1)).len(), 2);
     // Malformed shared filters, and no-local on one (a protocol error).
     assert_eq!(sub(&mut b, &w1, "$share/workers", 0), [0x8f]);
     assert_eq!(sub(&mut b, &w1, "$share//jobs", 0), [0x8f]);
     assert_eq!(sub(&mut b, &w1, "$share/a+b/jobs", 0), [0x8f]);
-    send(&mut b, &w1, Packet::Subscribe(Subscribe { pid: 2, filters: vec![("$share/g/x".into(), SubOpts { no_local: true, ..SubOpts::default() })], props: Props::default() }), 0);
-    assert!(recv(&mut b, &w1).iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason == 0x82)));
+    send(
+        &mut b,
+        &w1,
+        Packet::Subscribe(Subscribe {
+            pid: 2,
+            filters: vec![(
+                "$share/g/x".into(),
+                SubOpts {
+                    no_local: true,
+                    ..SubOpts::default()
+                },
+            )],
+            props: Props::default(),
+        }),
+        0,
+    );
+    assert!(recv(&mut b, &w1)
+        .iter()
+        .any(|p| matches!(p, Packet::Disconnect(d) if d.reason == 0x82)));
 }
 
 #[test]
@@ -523,10 +968,21 @@ fn a_subscription_in_the_same_pass_as_a_publish_takes_effect_first() {
     encode(&publish("race/x", "first", 0, 0, false), 5, &mut bytes);
     b.receive(p.id, &bytes, 0);
     let mut bytes = Vec::new();
-    encode(&Packet::Subscribe(Subscribe { pid: 1, filters: vec![("race/#".into(), SubOpts::default())], props: Props::default() }), 5, &mut bytes);
+    encode(
+        &Packet::Subscribe(Subscribe {
+            pid: 1,
+            filters: vec![("race/#".into(), SubOpts::default())],
+            props: Props::default(),
+        }),
+        5,
+        &mut bytes,
+    );
     b.receive(s.id, &bytes, 0);
     b.process(0);
     let got = recv(&mut b, &s);
     assert!(got.iter().any(|p| matches!(p, Packet::SubAck(_))));
-    assert_eq!(payloads(&got), [("race/x".to_string(), "first".to_string(), 0)]);
+    assert_eq!(
+        payloads(&got),
+        [("race/x".to_string(), "first".to_string(), 0)]
+    );
 }

@@ -112,7 +112,11 @@ impl Ws {
                         }
                         0x9 => push_frame(&mut self.out, 0xA, &payload),
                         0xA => {}
-                        0x1 => return Err(self.close(1003, "a text frame (MQTT travels in binary frames)")),
+                        0x1 => {
+                            return Err(
+                                self.close(1003, "a text frame (MQTT travels in binary frames)")
+                            )
+                        }
                         o => return Err(self.close(1002, &format!("unknown opcode {o:#x}"))),
                     }
                 }
@@ -131,13 +135,19 @@ impl Ws {
         let mut key = None;
         let (mut upgrade, mut version, mut mqtt) = (false, false, false);
         for l in lines {
-            let Some((name, value)) = l.split_once(':') else { continue };
+            let Some((name, value)) = l.split_once(':') else {
+                continue;
+            };
             let value = value.trim();
             match name.trim().to_ascii_lowercase().as_str() {
                 "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
                 "sec-websocket-key" => key = Some(value.to_string()),
                 "sec-websocket-version" => version = value == "13",
-                "sec-websocket-protocol" => mqtt = value.split(',').any(|p| matches!(p.trim(), "mqtt" | "mqttv3.1")),
+                "sec-websocket-protocol" => {
+                    mqtt = value
+                        .split(',')
+                        .any(|p| matches!(p.trim(), "mqtt" | "mqttv3.1"))
+                }
                 _ => {}
             }
         }
@@ -147,7 +157,11 @@ impl Ws {
         if !version {
             return Err(self.refuse("WebSocket version is not 13"));
         }
-        let protocol = if mqtt { "Sec-WebSocket-Protocol: mqtt\r\n" } else { "" };
+        let protocol = if mqtt {
+            "Sec-WebSocket-Protocol: mqtt\r\n"
+        } else {
+            ""
+        };
         self.out.extend_from_slice(
             format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{protocol}\r\n", accept_key(&key)).as_bytes(),
         );
@@ -156,7 +170,9 @@ impl Ws {
     }
 
     fn refuse(&mut self, why: &str) -> String {
-        self.out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        self.out.extend_from_slice(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
         self.closed = true;
         format!("WebSocket handshake: {why}")
     }
@@ -215,7 +231,11 @@ fn parse_frame(b: &[u8]) -> Result<Option<(u8, Vec<u8>, usize)>, (u16, &'static 
     }
     let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
     at += 4;
-    let payload = b[at..at + len as usize].iter().enumerate().map(|(i, x)| x ^ mask[i % 4]).collect();
+    let payload = b[at..at + len as usize]
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x ^ mask[i % 4])
+        .collect();
     Ok(Some((opcode, payload, at + len as usize)))
 }
 
@@ -234,7 +254,12 @@ mod tests {
             _ => 2,
         };
         f[1] |= 0x80;
-        let body: Vec<u8> = f.split_off(at).iter().enumerate().map(|(i, x)| x ^ mask[i % 4]).collect();
+        let body: Vec<u8> = f
+            .split_off(at)
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x ^ mask[i % 4])
+            .collect();
         f.extend_from_slice(&mask);
         f.extend_from_slice(&body);
         f
@@ -244,7 +269,10 @@ mod tests {
 
     #[test]
     fn the_rfcs_example_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -261,7 +289,10 @@ mod tests {
         }
         assert_eq!(mqtt, b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00");
         let out = String::from_utf8_lossy(ws.output()).into_owned();
-        assert!(out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{out}"
+        );
         assert!(out.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"), "{out}");
         assert!(ws.output().ends_with(&[0x8A, 2, b'h', b'i']), "pong");
         ws.sent(ws.output().len());
@@ -273,13 +304,17 @@ mod tests {
             assert_eq!(f[0], 0x82);
             let (len, at) = match f[1] {
                 126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 l => (l as usize, 2),
             };
             assert_eq!((len, f.len() - at), (n, n));
         }
         // Close: echoed, then nothing more.
-        ws.input(&client_frame(0x8, &1000u16.to_be_bytes()), &mut mqtt).unwrap();
+        ws.input(&client_frame(0x8, &1000u16.to_be_bytes()), &mut mqtt)
+            .unwrap();
         assert_eq!(ws.output(), [0x88, 2, 0x03, 0xe8]);
         assert!(ws.closed());
     }
@@ -288,21 +323,31 @@ mod tests {
     fn bad_input_is_refused_with_a_reason() {
         let mut mqtt = Vec::new();
         let mut ws = Ws::new();
-        let e = ws.input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut mqtt).unwrap_err();
+        let e = ws
+            .input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut mqtt)
+            .unwrap_err();
         assert_eq!(e, "WebSocket handshake: not a WebSocket upgrade");
         assert!(ws.output().starts_with(b"HTTP/1.1 400 ") && ws.closed());
         let mut ws = Ws::new();
         ws.input(UPGRADE, &mut mqtt).unwrap();
         ws.sent(ws.output().len());
-        let e = ws.input(&client_frame(0x1, b"text"), &mut mqtt).unwrap_err();
+        let e = ws
+            .input(&client_frame(0x1, b"text"), &mut mqtt)
+            .unwrap_err();
         assert!(e.contains("text frame"), "{e}");
         assert_eq!(ws.output(), [0x88, 2, 0x03, 0xeb]);
         let mut ws = Ws::new();
         ws.input(UPGRADE, &mut mqtt).unwrap();
         let mut unmasked = Vec::new();
         push_frame(&mut unmasked, 0x2, b"x");
-        assert!(ws.input(&unmasked, &mut mqtt).unwrap_err().contains("unmasked"));
+        assert!(ws
+            .input(&unmasked, &mut mqtt)
+            .unwrap_err()
+            .contains("unmasked"));
         let mut ws = Ws::new();
-        assert!(ws.input(&alloc::vec![b'a'; MAX_REQUEST + 1], &mut mqtt).unwrap_err().contains("too large"));
+        assert!(ws
+            .input(&alloc::vec![b'a'; MAX_REQUEST + 1], &mut mqtt)
+            .unwrap_err()
+            .contains("too large"));
     }
 }

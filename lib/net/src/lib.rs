@@ -275,11 +275,14 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         return Ok(());
     };
     let refused = kiln_virtio::refused();
-    let wakes = t.wakes_cpu();
+    let signals = t.signals_by();
+    let wakes = signals.is_some();
     let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN)
         .map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
     if kiln_virtio::refused() != refused {
-        return Err("net: the virtio-net device refused the features Kiln asked for; no network".into());
+        return Err(
+            "net: the virtio-net device refused the features Kiln asked for; no network".into(),
+        );
     }
     let mac = dev.mac_address();
     let mut nic = Nic(dev, usize::MAX);
@@ -339,7 +342,7 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     }
     kiln_console::log!(
         kiln_console::Level::Info,
-        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{} {ll}/64, {}",
+        "net: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {addr}/{prefix}{}{} {ll}/64, {}{}",
         mac[0],
         mac[1],
         mac[2],
@@ -348,7 +351,11 @@ pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
         mac[5],
         gw.map(|g| alloc::format!(" via {g}")).unwrap_or_default(),
         if spec == "dhcp" { " (DHCP)" } else { "" },
-        if irq { "interrupts" } else { "polled" }
+        if irq { "interrupts" } else { "polled" },
+        match signals {
+            Some(how) if irq && how != "line" => alloc::format!(" ({how})"),
+            _ => alloc::string::String::new(),
+        }
     );
     nic.1 = RX_BUDGET;
     *STACK.lock() = Some(Stack {
@@ -483,7 +490,10 @@ pub fn poll() -> bool {
         loop {
             s.nic.1 = RX_BUDGET;
             loop {
-                match s.iface.poll_ingress_single(now(), &mut s.nic, &mut s.sockets) {
+                match s
+                    .iface
+                    .poll_ingress_single(now(), &mut s.nic, &mut s.sockets)
+                {
                     In::None => break,
                     In::PacketProcessed => {}
                     In::SocketStateChanged => changed = true,
@@ -877,7 +887,11 @@ impl TcpStream {
         retry(self.nonblocking, |s| {
             let t = s.sockets.get_mut::<tcp::Socket>(h);
             if t.can_recv() {
-                let r = if peek { t.peek_slice(buf) } else { t.recv_slice(buf) };
+                let r = if peek {
+                    t.peek_slice(buf)
+                } else {
+                    t.recv_slice(buf)
+                };
                 return Some(r.map_err(|_| Error::ConnectionReset));
             }
             (!t.may_recv()).then_some(Ok(0))
@@ -1123,8 +1137,17 @@ mod tests {
         assert!(parse_ip("10.0.2/24").is_none());
         // urunc's form: a DNS server after the gateway.
         let (a, _, g) = parse_ip("172.16.1.2/24:172.16.1.1:8.8.8.8").unwrap();
-        assert_eq!((a, g), (Ipv4Address::new(172, 16, 1, 2), Some(Ipv4Address::new(172, 16, 1, 1))));
-        assert_eq!(dns_in_ip("172.16.1.2/24:172.16.1.1:8.8.8.8"), Some(Ipv4Address::new(8, 8, 8, 8)));
+        assert_eq!(
+            (a, g),
+            (
+                Ipv4Address::new(172, 16, 1, 2),
+                Some(Ipv4Address::new(172, 16, 1, 1))
+            )
+        );
+        assert_eq!(
+            dns_in_ip("172.16.1.2/24:172.16.1.1:8.8.8.8"),
+            Some(Ipv4Address::new(8, 8, 8, 8))
+        );
         assert!(parse_ip("172.16.1.2/24:172.16.1.1:x").is_none());
         assert!(parse_ip("172.16.1.2/24:172.16.1.1:8.8.8.8:y").is_none());
         assert_eq!(parse_servers("10.0.2.3,fe80::1").unwrap().len(), 2);

@@ -591,7 +591,11 @@ mod tests {
         assert_eq!(v.fstat(dup).unwrap().size, 2, "another descriptor keeps it");
         let ino = v.fstat(dup).unwrap().ino;
         v.close(dup).unwrap();
-        assert_eq!(fs.stat(ino), Err(Error::NotFound), "freed after the last close");
+        assert_eq!(
+            fs.stat(ino),
+            Err(Error::NotFound),
+            "freed after the last close"
+        );
         // Static contents are lent out until the file changes.
         static DATA: &[u8] = b"from the initrd";
         v.write_file_static("/s", DATA, 0o644).unwrap();

@@ -157,9 +157,20 @@ pub fn kiln_init() -> Result<(), alloc::string::String> {
     match kiln_boot::param("random.seed").map(parse_seed) {
         Some(Some(host)) => {
             mix(&mut seed, &host);
-            names = if names.is_empty() { "host seed" } else if names == "rdseed" { "rdseed, host seed" } else if names == "rdrand" { "rdrand, host seed" } else { "rndr, host seed" };
+            names = if names.is_empty() {
+                "host seed"
+            } else if names == "rdseed" {
+                "rdseed, host seed"
+            } else if names == "rdrand" {
+                "rdrand, host seed"
+            } else {
+                "rndr, host seed"
+            };
         }
-        Some(None) => kiln_console::log!(kiln_console::Level::Warn, "random: random.seed= must be 64 hex digits; ignored"),
+        Some(None) => kiln_console::log!(
+            kiln_console::Level::Warn,
+            "random: random.seed= must be 64 hex digits; ignored"
+        ),
         None => {}
     }
     let mut s = STATE.lock();
@@ -186,7 +197,9 @@ pub fn sources() -> &'static str {
 pub fn fill(buf: &mut [u8]) {
     let mut s = STATE.lock();
     let s = &mut *s;
-    let rng = s.rng.get_or_insert_with(|| ChaCha20Rng::from_seed(counter_bytes()));
+    let rng = s
+        .rng
+        .get_or_insert_with(|| ChaCha20Rng::from_seed(counter_bytes()));
     if s.since_rekey >= REKEY_AFTER {
         let mut key = [0u8; 32];
         rng.fill_bytes(&mut key);

@@ -27,11 +27,11 @@ pub mod fs;
 /// sockets, [`net::poll`] and [`net::idle`].
 #[cfg(feature = "net")]
 pub mod net {
+    pub use crate::stream::Stream;
     pub use kiln_net::{
         available, dns, flush, idle, interrupts, poll, wake_waiters, Error, IpAddress, Ipv4Address,
         Result, TcpListener, TcpStream, UdpSocket,
     };
-    pub use crate::stream::Stream;
 }
 
 #[cfg(feature = "net")]
@@ -42,7 +42,9 @@ mod stream;
 /// [`net::Stream::Tls`] for the connections.
 #[cfg(feature = "tls")]
 pub mod tls {
-    pub use kiln_tls::{common_name, server_config, server_config_with, Options, ServerConfig, Session, TlsStream};
+    pub use kiln_tls::{
+        common_name, server_config, server_config_with, Options, ServerConfig, Session, TlsStream,
+    };
 }
 
 /// Threads (kiln-std's `thread` feature; the app's Kconfig selects

@@ -25,7 +25,6 @@ pub(crate) const POLLERR: u32 = 0x8;
 pub(crate) const POLLHUP: u32 = 0x10;
 pub(crate) const POLLRDHUP: u32 = 0x2000;
 
-
 /// What a descriptor refers to.
 pub(crate) enum Kind {
     /// The serial console: writes print, reads see end of file.

@@ -276,7 +276,10 @@ pub fn dispatch(f: &mut Frame) -> i64 {
             Err(_) => {
                 // The stack no longer holds the frame Kiln wrote: Linux
                 // would kill the program with SIGSEGV.
-                kiln_console::log!(kiln_console::Level::Info, "elf: rt_sigreturn found no signal frame on the stack: the program ends");
+                kiln_console::log!(
+                    kiln_console::Level::Info,
+                    "elf: rt_sigreturn found no signal frame on the stack: the program ends"
+                );
                 exit(128 + 11)
             }
         }
@@ -288,8 +291,18 @@ pub fn dispatch(f: &mut Frame) -> i64 {
     let r = call(nr, a, f).unwrap_or_else(|e| -e);
     if strace {
         let tid = thread::tid();
-        let who = if tid == 1 { String::new() } else { alloc::format!("[{tid}] ") };
-        kiln_console::println!("strace: {who}{}({:#x}, {:#x}, {:#x}) = {r}", table::name_or_number(nr), a[0], a[1], a[2]);
+        let who = if tid == 1 {
+            String::new()
+        } else {
+            alloc::format!("[{tid}] ")
+        };
+        kiln_console::println!(
+            "strace: {who}{}({:#x}, {:#x}, {:#x}) = {r}",
+            table::name_or_number(nr),
+            a[0],
+            a[1],
+            a[2]
+        );
     }
     drop(keep);
     // A signal the program sent itself (or its alarm) runs its handler now.

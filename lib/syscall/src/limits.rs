@@ -17,22 +17,22 @@ pub(crate) const NOFILE_CEILING: u64 = 65536;
 
 /// (soft, hard) for each of Linux's 16 resources, as a Debian shell starts.
 static LIMITS: spin::Mutex<[(u64, u64); 16]> = spin::Mutex::new([
-    (INF, INF),                    // CPU
-    (INF, INF),                    // FSIZE
-    (INF, INF),                    // DATA
-    (8 << 20, INF),                // STACK
-    (0, INF),                      // CORE
-    (INF, INF),                    // RSS
-    (INF, INF),                    // NPROC
-    (1024, NOFILE_CEILING),        // NOFILE
-    (8 << 20, 8 << 20),            // MEMLOCK
-    (INF, INF),                    // AS
-    (INF, INF),                    // LOCKS
-    (INF, INF),                    // SIGPENDING
-    (819_200, 819_200),            // MSGQUEUE
-    (0, 0),                        // NICE
-    (0, 0),                        // RTPRIO
-    (INF, INF),                    // RTTIME
+    (INF, INF),             // CPU
+    (INF, INF),             // FSIZE
+    (INF, INF),             // DATA
+    (8 << 20, INF),         // STACK
+    (0, INF),               // CORE
+    (INF, INF),             // RSS
+    (INF, INF),             // NPROC
+    (1024, NOFILE_CEILING), // NOFILE
+    (8 << 20, 8 << 20),     // MEMLOCK
+    (INF, INF),             // AS
+    (INF, INF),             // LOCKS
+    (INF, INF),             // SIGPENDING
+    (819_200, 819_200),     // MSGQUEUE
+    (0, 0),                 // NICE
+    (0, 0),                 // RTPRIO
+    (INF, INF),             // RTTIME
 ]);
 
 /// The soft RLIMIT_NOFILE: descriptors are numbered below it.
@@ -115,4 +115,3 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         _ => return None,
     })
 }
-

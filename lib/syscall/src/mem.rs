@@ -203,7 +203,10 @@ fn brk(want: u64) -> Sys {
 pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
     Some(match nr {
         9 => {
-            if a[0] % 4096 == 0 && a[3] & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 && !crate::vm::WINDOW.contains(&a[0]) {
+            if a[0] % 4096 == 0
+                && a[3] & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0
+                && !crate::vm::WINDOW.contains(&a[0])
+            {
                 mmap(a[0], a[1], a[3], a[4] as i64, a[5])
             } else {
                 paged::mmap(a[0], a[1], a[2] as u8, a[3], a[4] as i64, a[5])
@@ -256,7 +259,10 @@ pub mod paged {
     static FAULTS: AtomicU64 = AtomicU64::new(0);
 
     pub(crate) fn usage() -> (u64, u64) {
-        (PEAK.load(Ordering::Relaxed) * PAGE / 1024, FAULTS.load(Ordering::Relaxed))
+        (
+            PEAK.load(Ordering::Relaxed) * PAGE / 1024,
+            FAULTS.load(Ordering::Relaxed),
+        )
     }
 
     /// Frames from the kernel heap, page tables in the live tables.
@@ -318,7 +324,9 @@ pub mod paged {
 
     fn free_frame(frame: u64) {
         let mut f = FRAMES.lock();
-        let Some((&c, _)) = f.chunks.range(..=frame).next_back() else { return };
+        let Some((&c, _)) = f.chunks.range(..=frame).next_back() else {
+            return;
+        };
         RESIDENT.fetch_sub(1, Ordering::Relaxed);
         let i = (frame - c) / PAGE;
         let mask = f.chunks.get_mut(&c).unwrap();
@@ -336,10 +344,12 @@ pub mod paged {
 
     #[cfg(target_os = "none")]
     fn access(prot: u8) -> Option<kiln_arch_x86_64::paging::Access> {
-        (prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0).then_some(kiln_arch_x86_64::paging::Access {
-            write: prot & PROT_WRITE != 0,
-            exec: prot & PROT_EXEC != 0,
-        })
+        (prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0).then_some(
+            kiln_arch_x86_64::paging::Access {
+                write: prot & PROT_WRITE != 0,
+                exec: prot & PROT_EXEC != 0,
+            },
+        )
     }
 
     impl Pager for Kernel {
@@ -481,7 +491,13 @@ pub mod paged {
             return Err(errno::EINVAL);
         }
         if WINDOW.contains(&addr) {
-            with(|s| s.remove(&mut Kernel, addr, addr.saturating_add(up(len)).min(WINDOW.end)));
+            with(|s| {
+                s.remove(
+                    &mut Kernel,
+                    addr,
+                    addr.saturating_add(up(len)).min(WINDOW.end),
+                )
+            });
         }
         Ok(0)
     }
@@ -508,16 +524,32 @@ pub mod paged {
             if flags & MREMAP_MAYMOVE == 0 {
                 return Err(errno::EINVAL);
             }
-            return with(|s| s.remap_fixed(&mut Kernel, old, old_len, new_len, new_addr)).map(|a| a as i64);
+            return with(|s| s.remap_fixed(&mut Kernel, old, old_len, new_len, new_addr))
+                .map(|a| a as i64);
         }
-        with(|s| s.remap(&mut Kernel, old, old_len, new_len, flags & MREMAP_MAYMOVE != 0)).map(|a| a as i64)
+        with(|s| {
+            s.remap(
+                &mut Kernel,
+                old,
+                old_len,
+                new_len,
+                flags & MREMAP_MAYMOVE != 0,
+            )
+        })
+        .map(|a| a as i64)
     }
 
     pub(crate) fn madvise(addr: u64, len: u64, advice: u64) -> Sys {
         const MADV_DONTNEED: u64 = 4;
         const MADV_FREE: u64 = 8;
         if (advice == MADV_DONTNEED || advice == MADV_FREE) && WINDOW.contains(&addr) {
-            with(|s| s.drop_pages(&mut Kernel, addr & !(PAGE - 1), addr.saturating_add(up(len)).min(WINDOW.end)));
+            with(|s| {
+                s.drop_pages(
+                    &mut Kernel,
+                    addr & !(PAGE - 1),
+                    addr.saturating_add(up(len)).min(WINDOW.end),
+                )
+            });
         } else if advice == MADV_DONTNEED {
             return super::madvise(addr, len, advice);
         }
@@ -546,7 +578,9 @@ pub mod paged {
         let why = if WINDOW.contains(&addr) {
             // The lock is never held while program memory is touched, so
             // a busy lock is a kernel bug: report it as one.
-            let Some(mut g) = SPACE.try_lock() else { return false };
+            let Some(mut g) = SPACE.try_lock() else {
+                return false;
+            };
             let Some(s) = g.as_mut() else { return false };
             match s.fault(&mut Kernel, addr, touch) {
                 Ok(()) => {
@@ -565,7 +599,11 @@ pub mod paged {
             Touch::Write => "wrote",
             Touch::Exec => "executed",
         };
-        let who = if kernel { "a system call's argument" } else { "the program" };
+        let who = if kernel {
+            "a system call's argument"
+        } else {
+            "the program"
+        };
         kiln_console::log!(
             kiln_console::Level::Error,
             "elf: segmentation fault (SIGSEGV): {who} {what} {addr:#x}: {why} (instruction pointer {:#x}); the program ends",
@@ -610,4 +648,3 @@ fn stack_size() -> usize {
     let free = kiln_boot::heap_stats().map_or(usize::MAX, |h| h.total - h.in_use);
     (free / 16).clamp(1 << 20, 8 << 20) & !0xfff
 }
-

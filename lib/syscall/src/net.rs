@@ -159,7 +159,11 @@ impl Socket {
         let n = block_with(
             d.nonblocking() || flags & MSG_DONTWAIT != 0,
             || match &mut *self.state.lock() {
-                State::Stream(s) => match if flags & MSG_PEEK != 0 { s.peek(buf) } else { s.read(buf) } {
+                State::Stream(s) => match if flags & MSG_PEEK != 0 {
+                    s.peek(buf)
+                } else {
+                    s.read(buf)
+                } {
                     Ok(n) => Some(Ok(n as i64)),
                     Err(NetError::WouldBlock) => None,
                     Err(e) => Some(Err(net_err(e))),

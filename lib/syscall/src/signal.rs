@@ -45,7 +45,14 @@ struct Action {
     mask: u64,
 }
 
-static ACTIONS: spin::Mutex<[Action; 65]> = spin::Mutex::new([Action { handler: 0, flags: 0, restorer: 0, mask: 0 }; 65]);
+static ACTIONS: spin::Mutex<[Action; 65]> = spin::Mutex::new(
+    [Action {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    }; 65],
+);
 /// Pending signals (bit n-1 for signal n).
 static PENDING: AtomicU64 = AtomicU64::new(0);
 /// The blocked masks.
@@ -63,7 +70,11 @@ struct Masks(spin::Mutex<alloc::collections::BTreeMap<kiln_sched::ThreadId, u64>
 impl Masks {
     /// The calling thread's mask.
     fn get(&self) -> u64 {
-        self.0.lock().get(&kiln_sched::current()).copied().unwrap_or(0)
+        self.0
+            .lock()
+            .get(&kiln_sched::current())
+            .copied()
+            .unwrap_or(0)
     }
 
     fn set(&self, mask: u64) {
@@ -72,7 +83,10 @@ impl Masks {
 
     /// Sets the calling thread's mask; returns the one it had.
     fn replace(&self, mask: u64) -> u64 {
-        self.0.lock().insert(kiln_sched::current(), mask).unwrap_or(0)
+        self.0
+            .lock()
+            .insert(kiln_sched::current(), mask)
+            .unwrap_or(0)
     }
 }
 
@@ -108,7 +122,12 @@ struct Info {
     value: u64,
 }
 
-const USER: Info = Info { code: 0, a: 1, b: 0, value: 0 };
+const USER: Info = Info {
+    code: 0,
+    a: 1,
+    b: 0,
+    value: 0,
+};
 static INFO: spin::Mutex<[Info; 65]> = spin::Mutex::new([USER; 65]);
 
 /// A POSIX timer (`timer_create`).
@@ -127,7 +146,8 @@ struct PosixTimer {
 }
 
 /// Timers by id (Linux numbers them from 0); at most [`MAX_TIMERS`].
-static TIMERS: spin::Mutex<alloc::vec::Vec<Option<PosixTimer>>> = spin::Mutex::new(alloc::vec::Vec::new());
+static TIMERS: spin::Mutex<alloc::vec::Vec<Option<PosixTimer>>> =
+    spin::Mutex::new(alloc::vec::Vec::new());
 const MAX_TIMERS: usize = 1024;
 
 fn bit(sig: u64) -> u64 {
@@ -150,7 +170,10 @@ fn sigaction(sig: u64, act: u64, old: u64) -> Sys {
     if old != 0 {
         let o = a[sig as usize];
         let mut b = [0u8; 32];
-        for (i, v) in [o.handler, o.flags, o.restorer, o.mask].into_iter().enumerate() {
+        for (i, v) in [o.handler, o.flags, o.restorer, o.mask]
+            .into_iter()
+            .enumerate()
+        {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         // SAFETY: see `crate::bytes`.
@@ -161,8 +184,20 @@ fn sigaction(sig: u64, act: u64, old: u64) -> Sys {
             return Err(errno::EINVAL);
         }
         // SAFETY: see `crate::bytes`.
-        let v = unsafe { [get_u64(act)?, get_u64(act + 8)?, get_u64(act + 16)?, get_u64(act + 24)?] };
-        a[sig as usize] = Action { handler: v[0], flags: v[1], restorer: v[2], mask: v[3] };
+        let v = unsafe {
+            [
+                get_u64(act)?,
+                get_u64(act + 8)?,
+                get_u64(act + 16)?,
+                get_u64(act + 24)?,
+            ]
+        };
+        a[sig as usize] = Action {
+            handler: v[0],
+            flags: v[1],
+            restorer: v[2],
+            mask: v[3],
+        };
     }
     Ok(0)
 }
@@ -207,10 +242,16 @@ fn die_of(sig: u64) -> ! {
     if sig == SIGTERM && FROM_HOST.load(Ordering::Relaxed) {
         // `kiln stop` asked, and the program took the default: it ends as
         // asked, which is success.
-        kiln_console::log!(kiln_console::Level::Info, "elf: the program ended on SIGTERM (the host's stop request)");
+        kiln_console::log!(
+            kiln_console::Level::Info,
+            "elf: the program ended on SIGTERM (the host's stop request)"
+        );
         crate::exit(0)
     }
-    kiln_console::log!(kiln_console::Level::Info, "elf: the program got signal {sig} with no handler: it ends");
+    kiln_console::log!(
+        kiln_console::Level::Info,
+        "elf: the program got signal {sig} with no handler: it ends"
+    );
     crate::exit(128 + sig as i64)
 }
 
@@ -239,7 +280,8 @@ pub(crate) fn stop_from_host() {
 /// Whether a blocking call should give up with EINTR: the host's SIGTERM
 /// is pending, unblocked, and has a handler to run.
 pub(crate) fn interrupted() -> bool {
-    FROM_HOST.load(Ordering::Relaxed) && PENDING.load(Ordering::Relaxed) & !BLOCKED.get() & bit(SIGTERM) != 0
+    FROM_HOST.load(Ordering::Relaxed)
+        && PENDING.load(Ordering::Relaxed) & !BLOCKED.get() & bit(SIGTERM) != 0
 }
 
 /// Makes `sig` pending (or acts on it at once if it is not blocked and has
@@ -278,20 +320,50 @@ fn check_alarm() {
         }
     };
     if fire {
-        pend(SIGALRM, Info { code: 0x80, a: 0, b: 0, value: 0 });
+        pend(
+            SIGALRM,
+            Info {
+                code: 0x80,
+                a: 0,
+                b: 0,
+                value: 0,
+            },
+        );
     }
     let mut due = alloc::vec::Vec::new();
     for (id, t) in TIMERS.lock().iter_mut().enumerate() {
-        let Some(t) = t.as_mut().filter(|t| t.due != 0 && now >= t.due) else { continue };
-        let missed = if t.interval > 0 { (now - t.due) / t.interval } else { 0 };
-        t.due = if t.interval > 0 { t.due + (missed + 1) * t.interval } else { 0 };
+        let Some(t) = t.as_mut().filter(|t| t.due != 0 && now >= t.due) else {
+            continue;
+        };
+        let missed = if t.interval > 0 {
+            (now - t.due) / t.interval
+        } else {
+            0
+        };
+        t.due = if t.interval > 0 {
+            t.due + (missed + 1) * t.interval
+        } else {
+            0
+        };
         if t.sig == 0 {
             continue;
         }
         // An expiry while the last signal is still pending is an overrun.
         let queued = PENDING.load(Ordering::Relaxed) & bit(t.sig) != 0;
-        t.overrun = if queued { t.overrun + 1 + missed } else { missed };
-        due.push((t.sig, Info { code: -2, a: id as u32, b: t.overrun.min(i32::MAX as u64) as u32, value: t.value }));
+        t.overrun = if queued {
+            t.overrun + 1 + missed
+        } else {
+            missed
+        };
+        due.push((
+            t.sig,
+            Info {
+                code: -2,
+                a: id as u32,
+                b: t.overrun.min(i32::MAX as u64) as u32,
+                value: t.value,
+            },
+        ));
     }
     rearm();
     for (sig, info) in due {
@@ -302,12 +374,22 @@ fn check_alarm() {
 /// Recomputes [`NEXT`] after a timer changed.
 fn rearm() {
     let a = ALARM.lock().0;
-    let t = TIMERS.lock().iter().flatten().map(|t| t.due).filter(|&d| d != 0).min().unwrap_or(0);
-    NEXT.store(match (a, t) {
-        (0, t) => t,
-        (a, 0) => a,
-        (a, t) => a.min(t),
-    }, Ordering::Relaxed);
+    let t = TIMERS
+        .lock()
+        .iter()
+        .flatten()
+        .map(|t| t.due)
+        .filter(|&d| d != 0)
+        .min()
+        .unwrap_or(0);
+    NEXT.store(
+        match (a, t) {
+            (0, t) => t,
+            (a, 0) => a,
+            (a, t) => a.min(t),
+        },
+        Ordering::Relaxed,
+    );
 }
 
 fn timeval_us(ptr: u64) -> Result<u64, i64> {
@@ -333,7 +415,14 @@ fn itimer(which: u64, new: u64, old: u64) -> Sys {
     let mut a = ALARM.lock();
     if old != 0 {
         put_timeval(old, a.1)?;
-        put_timeval(old + 16, if a.0 == 0 { 0 } else { a.0.saturating_sub(now).max(1) })?;
+        put_timeval(
+            old + 16,
+            if a.0 == 0 {
+                0
+            } else {
+                a.0.saturating_sub(now).max(1)
+            },
+        )?;
     }
     if new != 0 {
         let (interval, value) = (timeval_us(new)?, timeval_us(new + 16)?);
@@ -347,7 +436,11 @@ fn itimer(which: u64, new: u64, old: u64) -> Sys {
 fn alarm(secs: u64) -> Sys {
     let now = crate::now_us();
     let mut a = ALARM.lock();
-    let left = if a.0 == 0 { 0 } else { a.0.saturating_sub(now).div_ceil(1_000_000) };
+    let left = if a.0 == 0 {
+        0
+    } else {
+        a.0.saturating_sub(now).div_ceil(1_000_000)
+    };
     *a = (if secs == 0 { 0 } else { now + secs * 1_000_000 }, 0);
     drop(a);
     rearm();
@@ -376,7 +469,9 @@ fn wait_for(set: u64, deadline: Option<u64>) -> bool {
             // if there is none).
             None => SIGNALLED.wait(),
             Some(u) => {
-                SIGNALLED.wait_timeout(core::time::Duration::from_micros(u.saturating_sub(now).max(1)));
+                SIGNALLED.wait_timeout(core::time::Duration::from_micros(
+                    u.saturating_sub(now).max(1),
+                ));
             }
         }
     }
@@ -462,7 +557,14 @@ fn timer_create(clock: u64, sev: u64, idp: u64) -> Sys {
     // SAFETY: see `crate::bytes`.
     unsafe { put(idp, &(id as i32).to_le_bytes()) }?;
     let realtime = matches!(clock, 0 | 5 | 8 | 11);
-    timers[id] = Some(PosixTimer { due: 0, interval: 0, sig, value, overrun: 0, realtime });
+    timers[id] = Some(PosixTimer {
+        due: 0,
+        interval: 0,
+        sig,
+        value,
+        overrun: 0,
+        realtime,
+    });
     Ok(0)
 }
 
@@ -484,7 +586,11 @@ fn with_timer<R>(id: u64, f: impl FnOnce(&mut PosixTimer) -> R) -> Result<R, i64
 
 /// Writes a struct itimerspec (interval, time left) for `t`.
 fn put_itimerspec(ptr: u64, t: &PosixTimer) -> Result<(), i64> {
-    let left = if t.due == 0 { 0 } else { t.due.saturating_sub(crate::now_us()).max(1) };
+    let left = if t.due == 0 {
+        0
+    } else {
+        t.due.saturating_sub(crate::now_us()).max(1)
+    };
     // SAFETY: see `crate::bytes`.
     unsafe {
         put(ptr, &crate::timespec(t.interval))?;
@@ -496,7 +602,12 @@ fn put_itimerspec(ptr: u64, t: &PosixTimer) -> Result<(), i64> {
 /// as a time on the timer's clock (CLOCK_REALTIME's is the wall clock).
 fn timer_settime(id: u64, flags: u64, new: u64, old: u64) -> Sys {
     // SAFETY: see `crate::bytes`.
-    let (interval, value) = unsafe { (crate::read_timespec_us(new)?, crate::read_timespec_us(new + 16)?) };
+    let (interval, value) = unsafe {
+        (
+            crate::read_timespec_us(new)?,
+            crate::read_timespec_us(new + 16)?,
+        )
+    };
     let now = crate::now_us();
     let prev = with_timer(id, |t| {
         let due = match (value, flags & 1 != 0) {
@@ -550,7 +661,9 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
         128 => timedwait(a[0], a[1], a[2]),
         222 => timer_create(a[0], a[1], a[2]),
         223 => timer_settime(a[0], a[1], a[2], a[3]),
-        224 => with_timer(a[0], |t| *t).and_then(|t| put_itimerspec(a[1], &t)).map(|_| 0),
+        224 => with_timer(a[0], |t| *t)
+            .and_then(|t| put_itimerspec(a[1], &t))
+            .map(|_| 0),
         225 => with_timer(a[0], |t| t.overrun as i64),
         226 => with_slot(a[0], |t| *t = None).map(|()| {
             rearm();
@@ -610,14 +723,35 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     let uc = (info - UC_SIZE) & !15;
     let sp = uc - 8;
     let mut ucb = [0u8; UC_SIZE as usize];
-    let regs = [f.a[4], f.a[5], f.a[3], f.rflags, f.r12, f.r13, f.r14, f.r15, f.a[0], f.a[1], f.rbp, f.rbx, f.a[2], result as u64, f.rip, f.rsp, f.rip, f.rflags];
+    let regs = [
+        f.a[4],
+        f.a[5],
+        f.a[3],
+        f.rflags,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15,
+        f.a[0],
+        f.a[1],
+        f.rbp,
+        f.rbx,
+        f.a[2],
+        result as u64,
+        f.rip,
+        f.rsp,
+        f.rip,
+        f.rflags,
+    ];
     for (i, v) in regs.iter().enumerate() {
         let at = (UC_MCONTEXT + i as u64 * 8) as usize;
         ucb[at..at + 8].copy_from_slice(&v.to_le_bytes());
     }
     // cs (the kernel's: programs run in ring 0), then fpstate.
-    ucb[(UC_MCONTEXT + 144) as usize..(UC_MCONTEXT + 146) as usize].copy_from_slice(&8u16.to_le_bytes());
-    ucb[(UC_MCONTEXT + 184) as usize..(UC_MCONTEXT + 192) as usize].copy_from_slice(&fp.to_le_bytes());
+    ucb[(UC_MCONTEXT + 144) as usize..(UC_MCONTEXT + 146) as usize]
+        .copy_from_slice(&8u16.to_le_bytes());
+    ucb[(UC_MCONTEXT + 184) as usize..(UC_MCONTEXT + 192) as usize]
+        .copy_from_slice(&fp.to_le_bytes());
     let blocked = BLOCKED.get();
     ucb[UC_SIGMASK as usize..].copy_from_slice(&blocked.to_le_bytes());
     let infob = siginfo(sig);

@@ -119,7 +119,12 @@ impl Space {
 
     /// Whether any area (or device memory) overlaps [start, end).
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.on_device(start, end) || self.areas.range(..end).next_back().is_some_and(|(_, a)| a.end > start)
+        self.on_device(start, end)
+            || self
+                .areas
+                .range(..end)
+                .next_back()
+                .is_some_and(|(_, a)| a.end > start)
     }
 
     /// Whether [start, end) overlaps device memory.
@@ -144,8 +149,14 @@ impl Space {
     pub fn room(&self, hint: u64, len: u64) -> Option<u64> {
         let brk_end = self.brk.0 + BRK_SPAN;
         let clear_of_brk = |s: u64| s + len <= self.brk.0 || s >= brk_end;
-        let in_window = |s: u64| s >= WINDOW.start && s.checked_add(len).is_some_and(|e| e <= WINDOW.end);
-        if hint != 0 && hint % PAGE == 0 && in_window(hint) && clear_of_brk(hint) && !self.overlaps(hint, hint + len) {
+        let in_window =
+            |s: u64| s >= WINDOW.start && s.checked_add(len).is_some_and(|e| e <= WINDOW.end);
+        if hint != 0
+            && hint % PAGE == 0
+            && in_window(hint)
+            && clear_of_brk(hint)
+            && !self.overlaps(hint, hint + len)
+        {
             return Some(hint);
         }
         let mut at = self.mmap_base;
@@ -172,7 +183,13 @@ impl Space {
     fn split(&mut self, at: u64) {
         if let Some((s, a)) = self.find(at) {
             if s < at {
-                self.areas.insert(s, Area { end: at, prot: a.prot });
+                self.areas.insert(
+                    s,
+                    Area {
+                        end: at,
+                        prot: a.prot,
+                    },
+                );
                 self.areas.insert(at, a);
             }
         }
@@ -214,7 +231,13 @@ impl Space {
     }
 
     /// `mprotect`: ENOMEM if part of the range is not mapped.
-    pub fn protect(&mut self, p: &mut dyn Pager, start: u64, len: u64, prot: u8) -> Result<(), i64> {
+    pub fn protect(
+        &mut self,
+        p: &mut dyn Pager,
+        start: u64,
+        len: u64,
+        prot: u8,
+    ) -> Result<(), i64> {
         let end = start + up(len);
         if !self.covered(start, end) {
             return Err(ENOMEM);
@@ -237,7 +260,12 @@ impl Space {
     }
 
     /// A touch of `addr`: maps a zeroed page if an area allows it.
-    pub fn fault(&mut self, p: &mut dyn Pager, addr: u64, touch: Touch) -> Result<(), &'static str> {
+    pub fn fault(
+        &mut self,
+        p: &mut dyn Pager,
+        addr: u64,
+        touch: Touch,
+    ) -> Result<(), &'static str> {
         let (_, a) = self.find(addr).ok_or("no mapping there")?;
         let allowed = match touch {
             Touch::Read => a.prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0,
@@ -263,7 +291,9 @@ impl Space {
     /// Makes sure [start, end) has frames (for file contents written in
     /// through their frames); returns false when memory ran out.
     pub fn populate(&mut self, p: &mut dyn Pager, start: u64, end: u64) -> bool {
-        let Some((_, a)) = self.find(start) else { return false };
+        let Some((_, a)) = self.find(start) else {
+            return false;
+        };
         let mut va = start & !(PAGE - 1);
         while va < end {
             if p.lookup(va).is_none() {
@@ -281,16 +311,31 @@ impl Space {
 
     /// `mremap` of [old, old + old_len) to `new_len`: in place when the
     /// room after it is free, else moved (`may_move`) by moving its pages.
-    pub fn remap(&mut self, p: &mut dyn Pager, old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64, i64> {
+    pub fn remap(
+        &mut self,
+        p: &mut dyn Pager,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        may_move: bool,
+    ) -> Result<u64, i64> {
         let (old_len, new_len) = (up(old_len), up(new_len));
-        let Some((_, a)) = self.find(old) else { return Err(EINVAL) };
+        let Some((_, a)) = self.find(old) else {
+            return Err(EINVAL);
+        };
         if new_len <= old_len {
             self.remove(p, old + new_len, old + old_len);
             return Ok(old);
         }
         let (grow_from, grow_to) = (old + old_len, old + new_len);
         if grow_to <= WINDOW.end && !self.overlaps(grow_from, grow_to) {
-            self.areas.insert(grow_from, Area { end: grow_to, prot: a.prot });
+            self.areas.insert(
+                grow_from,
+                Area {
+                    end: grow_to,
+                    prot: a.prot,
+                },
+            );
             return Ok(old);
         }
         if !may_move {
@@ -305,11 +350,25 @@ impl Space {
     /// (page-aligned, in the window, not overlapping the old range),
     /// replacing whatever was mapped there; its first `new_len` bytes keep
     /// their pages.
-    pub fn remap_fixed(&mut self, p: &mut dyn Pager, old: u64, old_len: u64, new_len: u64, new: u64) -> Result<u64, i64> {
+    pub fn remap_fixed(
+        &mut self,
+        p: &mut dyn Pager,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        new: u64,
+    ) -> Result<u64, i64> {
         let (old_len, new_len) = (up(old_len), up(new_len));
-        let Some((_, a)) = self.find(old) else { return Err(EINVAL) };
-        let fits = new % PAGE == 0 && new >= WINDOW.start && new.checked_add(new_len).is_some_and(|e| e <= WINDOW.end);
-        if !fits || (new < old + old_len && old < new + new_len) || self.on_device(new, new + new_len) {
+        let Some((_, a)) = self.find(old) else {
+            return Err(EINVAL);
+        };
+        let fits = new % PAGE == 0
+            && new >= WINDOW.start
+            && new.checked_add(new_len).is_some_and(|e| e <= WINDOW.end);
+        if !fits
+            || (new < old + old_len && old < new + new_len)
+            || self.on_device(new, new + new_len)
+        {
             return Err(EINVAL);
         }
         self.remove(p, new, new + new_len);
@@ -319,8 +378,22 @@ impl Space {
 
     /// Makes [new, new + new_len) an area with `prot`, moves the pages of
     /// [old, old + min(old_len, new_len)) there and removes the old range.
-    fn move_to(&mut self, p: &mut dyn Pager, old: u64, old_len: u64, new: u64, new_len: u64, prot: u8) {
-        self.areas.insert(new, Area { end: new + new_len, prot });
+    fn move_to(
+        &mut self,
+        p: &mut dyn Pager,
+        old: u64,
+        old_len: u64,
+        new: u64,
+        new_len: u64,
+        prot: u8,
+    ) {
+        self.areas.insert(
+            new,
+            Area {
+                end: new + new_len,
+                prot,
+            },
+        );
         let mut off = 0;
         while off < old_len.min(new_len) {
             if let Some(f) = p.unmap(old + off) {
@@ -346,7 +419,13 @@ impl Space {
             if self.overlaps(old_end, new_end) {
                 return cur;
             }
-            self.areas.insert(old_end, Area { end: new_end, prot: PROT_READ | PROT_WRITE });
+            self.areas.insert(
+                old_end,
+                Area {
+                    end: new_end,
+                    prot: PROT_READ | PROT_WRITE,
+                },
+            );
         } else if new_end < old_end {
             self.remove(p, new_end, old_end);
         }
@@ -404,12 +483,18 @@ mod tests {
         let a = s.room(0, 512 << 20).unwrap();
         s.insert(&mut p, a, 512 << 20, 0);
         assert_eq!(s.resident, 0);
-        assert_eq!(s.fault(&mut p, a + 5, Touch::Read), Err("the mapping does not allow it"));
+        assert_eq!(
+            s.fault(&mut p, a + 5, Touch::Read),
+            Err("the mapping does not allow it")
+        );
         s.protect(&mut p, a + PAGE, 2 * PAGE, RW).unwrap();
         s.fault(&mut p, a + PAGE + 9, Touch::Write).unwrap();
         assert_eq!(s.resident, 1);
         assert_eq!(p.pages[&(a + PAGE)].1, RW);
-        assert_eq!(s.fault(&mut p, a + 3 * PAGE, Touch::Write), Err("the mapping does not allow it"));
+        assert_eq!(
+            s.fault(&mut p, a + 3 * PAGE, Touch::Write),
+            Err("the mapping does not allow it")
+        );
         assert_eq!(s.areas.len(), 3, "split into none, rw, none");
     }
 
@@ -427,11 +512,21 @@ mod tests {
         assert!(s.find(a + 3 * PAGE).is_some());
         assert!(s.find(a + 4 * PAGE).is_none());
         assert!(s.find(a + 12 * PAGE).is_some());
-        assert_eq!(s.fault(&mut p, a + 5 * PAGE, Touch::Read), Err("no mapping there"));
+        assert_eq!(
+            s.fault(&mut p, a + 5 * PAGE, Touch::Read),
+            Err("no mapping there")
+        );
         // The hole is found again by the next mapping of that size.
         assert!(s.room(0, 8 * PAGE).is_some());
-        assert_eq!(s.room(a + 4 * PAGE, 8 * PAGE), Some(a + 4 * PAGE), "a free hint is honoured");
-        assert_eq!(s.room(a + 3 * PAGE, 2 * PAGE).map(|x| x == a + 3 * PAGE), Some(false));
+        assert_eq!(
+            s.room(a + 4 * PAGE, 8 * PAGE),
+            Some(a + 4 * PAGE),
+            "a free hint is honoured"
+        );
+        assert_eq!(
+            s.room(a + 3 * PAGE, 2 * PAGE).map(|x| x == a + 3 * PAGE),
+            Some(false)
+        );
     }
 
     #[test]
@@ -455,9 +550,16 @@ mod tests {
         let c = s.room(0, 16 * PAGE).unwrap();
         s.insert(&mut p, c, 16 * PAGE, RW);
         s.fault(&mut p, c, Touch::Write).unwrap();
-        assert_eq!(s.remap_fixed(&mut p, b, 8 * PAGE, 2 * PAGE, b + PAGE), Err(EINVAL));
+        assert_eq!(
+            s.remap_fixed(&mut p, b, 8 * PAGE, 2 * PAGE, b + PAGE),
+            Err(EINVAL)
+        );
         assert_eq!(s.remap_fixed(&mut p, b, 8 * PAGE, 2 * PAGE, c), Ok(c));
-        assert_eq!(p.lookup(c), Some(f), "the moved page replaced the one there");
+        assert_eq!(
+            p.lookup(c),
+            Some(f),
+            "the moved page replaced the one there"
+        );
         assert!(s.find(b).is_none());
         assert_eq!(s.find(c).map(|(_, a)| a.end), Some(c + 2 * PAGE));
         assert_eq!(s.resident, 1);
@@ -488,12 +590,24 @@ mod tests {
 
     #[test]
     fn exhausted_memory_is_an_error_not_a_crash() {
-        let (mut s, mut p) = (Space::new(0), Fake { limit: Some(2), ..Default::default() });
+        let (mut s, mut p) = (
+            Space::new(0),
+            Fake {
+                limit: Some(2),
+                ..Default::default()
+            },
+        );
         let a = s.room(0, 4 * PAGE).unwrap();
         s.insert(&mut p, a, 4 * PAGE, RW);
         s.fault(&mut p, a, Touch::Write).unwrap();
         s.fault(&mut p, a + PAGE, Touch::Write).unwrap();
-        assert_eq!(s.fault(&mut p, a + 2 * PAGE, Touch::Write), Err("out of memory"));
-        assert_eq!(s.fault(&mut p, a + 2 * PAGE, Touch::Exec), Err("the mapping does not allow it"));
+        assert_eq!(
+            s.fault(&mut p, a + 2 * PAGE, Touch::Write),
+            Err("out of memory")
+        );
+        assert_eq!(
+            s.fault(&mut p, a + 2 * PAGE, Touch::Exec),
+            Err("the mapping does not allow it")
+        );
     }
 }

@@ -49,13 +49,22 @@ impl rustls::time_provider::TimeProvider for WallClock {
         #[cfg(test)]
         {
             extern crate std;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
             return Some(UnixTime::since_unix_epoch(now));
         }
         #[allow(unreachable_code)]
-        let epoch: u64 = kiln_boot::param("clock.epoch").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let up = kiln_boot::platform().and_then(|p| kiln_boot::ticks_to_us(p.ticks(), p.tick_hz())).unwrap_or(0) / 1_000_000;
-        Some(UnixTime::since_unix_epoch(core::time::Duration::from_secs(epoch + up)))
+        let epoch: u64 = kiln_boot::param("clock.epoch")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let up = kiln_boot::platform()
+            .and_then(|p| kiln_boot::ticks_to_us(p.ticks(), p.tick_hz()))
+            .unwrap_or(0)
+            / 1_000_000;
+        Some(UnixTime::since_unix_epoch(core::time::Duration::from_secs(
+            epoch + up,
+        )))
     }
 }
 
@@ -69,8 +78,19 @@ getrandom::register_custom_getrandom!(random);
 /// A server configuration from a certificate chain and its private key,
 /// both PEM: TLS 1.3 and 1.2, no client certificates, `alpn` offered in
 /// ALPN.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, String> {
-    server_config_with(cert_pem, key_pem, &Options { alpn, ..Options::default() })
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, String> {
+    server_config_with(
+        cert_pem,
+        key_pem,
+        &Options {
+            alpn,
+            ..Options::default()
+        },
+    )
 }
 
 /// What else a server asks of TLS.
@@ -88,7 +108,11 @@ pub struct Options<'a> {
 }
 
 /// A server configuration with [`Options`].
-pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config_with(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    o: &Options,
+) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate: {e:?}"))?;
@@ -106,18 +130,27 @@ pub fn server_config_with(cert_pem: &[u8], key_pem: &[u8], o: &Options) -> Resul
         .with_protocol_versions(versions)
         .map_err(|e| format!("{e}"))?;
     let builder = match o.client_ca {
-        None if o.require_client_cert => return Err("client certificates required, but no CA to check them against".into()),
+        None if o.require_client_cert => {
+            return Err("client certificates required, but no CA to check them against".into())
+        }
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let roots = roots(ca)?;
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let v = if o.require_client_cert { v } else { v.allow_unauthenticated() };
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let v = if o.require_client_cert {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
             builder.with_client_cert_verifier(v.build().map_err(|e| format!("CA file: {e}"))?)
         }
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("the private key does not go with the certificate, or is not usable: {e}"))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!("the private key does not go with the certificate, or is not usable: {e}")
+    })?;
     config.alpn_protocols = o.alpn.iter().map(|p| p.to_vec()).collect();
     // Resumption: TLS 1.3 and 1.2 clients come back with a session ticket
     // (stateless, sealed under this configuration's key) or, for 1.2
@@ -144,7 +177,11 @@ fn roots(ca_pem: &[u8]) -> Result<rustls::RootCertStore, String> {
 /// `ca_pem` (PEM, one or more) and name the server; TLS 1.3 and 1.2;
 /// `alpn` offered. With `client_cert` (certificate chain and key, PEM),
 /// the client presents it when a server asks.
-pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], &[u8])>) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(
+    ca_pem: &[u8],
+    alpn: &[&[u8]],
+    client_cert: Option<(&[u8], &[u8])>,
+) -> Result<Arc<ClientConfig>, String> {
     let roots = roots(ca_pem)?;
     let provider = Arc::new(rustls_rustcrypto::provider());
     let builder = ClientConfig::builder_with_details(provider, Arc::new(WallClock))
@@ -154,10 +191,14 @@ pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], 
     let mut config = match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert_pem, key_pem)) => {
-            let certs: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("client certificate: {e:?}"))?;
-            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("client key: {e:?}"))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| format!("the client key does not go with its certificate: {e}"))?
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("client certificate: {e:?}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("client key: {e:?}"))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("the client key does not go with its certificate: {e}"))?
         }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -168,7 +209,10 @@ pub fn client_config(ca_pem: &[u8], alpn: &[&[u8]], client_cert: Option<(&[u8], 
 /// [`SessionCache::CAPACITY`], the oldest forgotten first.
 #[derive(Debug, Default)]
 pub struct SessionCache {
-    inner: spin::Mutex<(alloc::collections::BTreeMap<Vec<u8>, Vec<u8>>, alloc::collections::VecDeque<Vec<u8>>)>,
+    inner: spin::Mutex<(
+        alloc::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+        alloc::collections::VecDeque<Vec<u8>>,
+    )>,
 }
 
 impl SessionCache {
@@ -232,7 +276,9 @@ impl Ticketer {
         use chacha20poly1305::KeyInit;
         let mut key = [0u8; 32];
         kiln_random::fill(&mut key);
-        Ticketer { cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()) }
+        Ticketer {
+            cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()),
+        }
     }
 }
 
@@ -326,14 +372,20 @@ const MAX_OUTGOING: usize = 64 * 1024;
 /// rustls's two sans-I/O connections, for one state machine loop.
 trait Records {
     type Data;
-    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
     /// 0-RTT data (only servers receive it).
     fn read_early(r: rustls::unbuffered::ReadEarlyData<'_, '_, Self::Data>, out: &mut Vec<u8>);
 }
 
 impl Records for UnbufferedServerConnection {
     type Data = rustls::server::ServerConnectionData;
-    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.process_tls_records(incoming)
     }
     fn read_early(mut r: rustls::unbuffered::ReadEarlyData<'_, '_, Self::Data>, out: &mut Vec<u8>) {
@@ -345,7 +397,10 @@ impl Records for UnbufferedServerConnection {
 
 impl Records for UnbufferedClientConnection {
     type Data = rustls::client::ClientConnectionData;
-    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.process_tls_records(incoming)
     }
     fn read_early(_: rustls::unbuffered::ReadEarlyData<'_, '_, Self::Data>, _: &mut Vec<u8>) {}
@@ -401,15 +456,26 @@ impl Buffers {
 impl Session {
     /// The server's end of a connection a client opened.
     pub fn new(config: Arc<ServerConfig>) -> Result<Session, String> {
-        Ok(Session { conn: Conn::Server(UnbufferedServerConnection::new(config).map_err(|e| format!("{e}"))?), b: Buffers::new() })
+        Ok(Session {
+            conn: Conn::Server(
+                UnbufferedServerConnection::new(config).map_err(|e| format!("{e}"))?,
+            ),
+            b: Buffers::new(),
+        })
     }
 
     /// The client's end of a connection to `server_name` (the name its
     /// certificate must carry: a DNS name or an IP address). The
     /// ClientHello is in [`Session::outgoing`] at once.
     pub fn client(config: Arc<ClientConfig>, server_name: &str) -> Result<Session, String> {
-        let name = rustls_pki_types::ServerName::try_from(String::from(server_name)).map_err(|e| format!("server name {server_name}: {e}"))?;
-        let mut s = Session { conn: Conn::Client(UnbufferedClientConnection::new(config, name).map_err(|e| format!("{e}"))?), b: Buffers::new() };
+        let name = rustls_pki_types::ServerName::try_from(String::from(server_name))
+            .map_err(|e| format!("server name {server_name}: {e}"))?;
+        let mut s = Session {
+            conn: Conn::Client(
+                UnbufferedClientConnection::new(config, name).map_err(|e| format!("{e}"))?,
+            ),
+            b: Buffers::new(),
+        };
         s.pump();
         Ok(s)
     }
@@ -632,9 +698,18 @@ mod tests {
             let mut c = Session::client(client.clone(), name).unwrap();
             assert!(!c.outgoing().is_empty(), "the ClientHello goes out at once");
             let mut s = Session::new(server.clone()).unwrap();
-            assert_eq!(c.write(b"ping"), 4, "written before the handshake, sent after it");
+            assert_eq!(
+                c.write(b"ping"),
+                4,
+                "written before the handshake, sent after it"
+            );
             exchange(&mut c, &mut s);
-            assert!(c.established() && s.established(), "{:?} {:?}", c.error(), s.error());
+            assert!(
+                c.established() && s.established(),
+                "{:?} {:?}",
+                c.error(),
+                s.error()
+            );
             let mut buf = [0u8; 16];
             let n = s.read(&mut buf);
             assert_eq!(&buf[..n], b"ping");
@@ -655,14 +730,21 @@ mod tests {
         let mut c = Session::client(client, "other.test").unwrap();
         let mut s = Session::new(server.clone()).unwrap();
         exchange(&mut c, &mut s);
-        assert!(c.error().is_some_and(|e| e.contains("not valid for name \"other.test\"")), "{:?}", c.error());
+        assert!(
+            c.error()
+                .is_some_and(|e| e.contains("not valid for name \"other.test\"")),
+            "{:?}",
+            c.error()
+        );
         // A CA the server's certificate does not chain to: its own.
         let stranger = client_config(CERT, &[], None).unwrap();
         let mut c = Session::client(stranger, "kiln.test").unwrap();
         let mut s = Session::new(server).unwrap();
         exchange(&mut c, &mut s);
         assert!(c.error().is_some() && !c.established(), "{:?}", c.error());
-        assert!(client_config(b"not pem", &[], None).unwrap_err().contains("no CERTIFICATE"));
+        assert!(client_config(b"not pem", &[], None)
+            .unwrap_err()
+            .contains("no CERTIFICATE"));
         assert!(Session::client(client_config(CA, &[], None).unwrap(), "not a name!").is_err());
     }
 
@@ -697,8 +779,12 @@ mod tests {
 
     #[test]
     fn bad_certificates_and_keys_are_named() {
-        assert!(server_config(b"", b"", &[]).unwrap_err().contains("no CERTIFICATE"));
+        assert!(server_config(b"", b"", &[])
+            .unwrap_err()
+            .contains("no CERTIFICATE"));
         let not_pem = b"-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n";
-        assert!(server_config(not_pem, b"", &[]).unwrap_err().starts_with("certificate"));
+        assert!(server_config(not_pem, b"", &[])
+            .unwrap_err()
+            .starts_with("certificate"));
     }
 }

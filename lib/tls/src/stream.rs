@@ -16,15 +16,30 @@ pub struct TlsStream {
 
 impl TlsStream {
     /// Wraps a freshly accepted (non-blocking) connection.
-    pub fn new(tcp: TcpStream, config: alloc::sync::Arc<crate::ServerConfig>) -> Result<TlsStream, String> {
-        Ok(TlsStream { tcp, session: alloc::boxed::Box::new(Session::new(config)?), eof: false })
+    pub fn new(
+        tcp: TcpStream,
+        config: alloc::sync::Arc<crate::ServerConfig>,
+    ) -> Result<TlsStream, String> {
+        Ok(TlsStream {
+            tcp,
+            session: alloc::boxed::Box::new(Session::new(config)?),
+            eof: false,
+        })
     }
 
     /// The client's end over a connection this side opened to
     /// `server_name` (see [`Session::client`]); the handshake runs as the
     /// stream is read and written.
-    pub fn client(tcp: TcpStream, config: alloc::sync::Arc<crate::ClientConfig>, server_name: &str) -> Result<TlsStream, String> {
-        Ok(TlsStream { tcp, session: alloc::boxed::Box::new(Session::client(config, server_name)?), eof: false })
+    pub fn client(
+        tcp: TcpStream,
+        config: alloc::sync::Arc<crate::ClientConfig>,
+        server_name: &str,
+    ) -> Result<TlsStream, String> {
+        Ok(TlsStream {
+            tcp,
+            session: alloc::boxed::Box::new(Session::client(config, server_name)?),
+            eof: false,
+        })
     }
 
     pub fn tcp(&self) -> &TcpStream {

@@ -14,14 +14,18 @@ const KEY: &[u8] = include_bytes!("data/server.key");
 
 fn client() -> rustls::ClientConnection {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(CA).unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls_rustcrypto::provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    roots
+        .add(CertificateDer::from_pem_slice(CA).unwrap())
+        .unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls_rustcrypto::provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("kiln.test").unwrap()).unwrap()
+    rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("kiln.test").unwrap())
+        .unwrap()
 }
 
 /// Moves bytes both ways until neither side has anything to say; what the
@@ -65,7 +69,9 @@ fn a_request_and_its_answer_over_tls() {
     let config = server_config(CERT, KEY, &[b"http/1.1"]).unwrap();
     let mut s = Session::new(config).unwrap();
     let mut c = client();
-    c.writer().write_all(b"GET / HTTP/1.1\r\nHost: kiln.test\r\n\r\n").unwrap();
+    c.writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: kiln.test\r\n\r\n")
+        .unwrap();
     let mut got = Vec::new();
     exchange(&mut c, &mut s, &mut got);
     assert!(s.established(), "{:?}", s.error());
@@ -106,7 +112,10 @@ fn plain_http_to_the_tls_port_is_an_error_with_an_alert() {
 fn a_key_that_is_not_the_certificates_is_refused() {
     let other = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgVcB/UNPxalR9zDYAjQIfjojUDiQuGnSJrFEEzZPT/92hRANCAASc7UJtgnF/abqWM60T3XNJEzBv5ez9TwVWg5wyYM8+z7Ip20nwl3oC4r3yZhxJXJhPJ4tF6F9q3j6Bq4rIEqbq\n-----END PRIVATE KEY-----\n";
     let e = server_config(CERT, other, &[]).unwrap_err();
-    assert!(e.contains("does not go with the certificate") || e.contains("private key"), "{e}");
+    assert!(
+        e.contains("does not go with the certificate") || e.contains("private key"),
+        "{e}"
+    );
 }
 
 #[test]

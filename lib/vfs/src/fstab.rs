@@ -70,7 +70,11 @@ fn entry(word: &str) -> Result<Entry, String> {
             "" | "rw" | "mkmp" => {}
             "ro" => e.read_only = true,
             "nofail" => e.optional = true,
-            other => return Err(bad(&alloc::format!("unknown flag or option '{other}' (known: ro, rw, nofail)"))),
+            other => {
+                return Err(bad(&alloc::format!(
+                    "unknown flag or option '{other}' (known: ro, rw, nofail)"
+                )))
+            }
         }
     }
     Ok(e)
@@ -98,10 +102,16 @@ mod tests {
 
     #[test]
     fn bad_entries_say_what_is_wrong() {
-        assert!(parse("vda").unwrap_err().contains("expected SOURCE:DESTINATION:TYPE"));
-        assert!(parse("vda:data:vfat").unwrap_err().contains("absolute path"));
+        assert!(parse("vda")
+            .unwrap_err()
+            .contains("expected SOURCE:DESTINATION:TYPE"));
+        assert!(parse("vda:data:vfat")
+            .unwrap_err()
+            .contains("absolute path"));
         assert!(parse(":/data:vfat").unwrap_err().contains("source"));
         assert!(parse("vda:/data:").unwrap_err().contains("type is empty"));
-        assert!(parse("vda:/data:vfat:rx").unwrap_err().contains("unknown flag or option 'rx'"));
+        assert!(parse("vda:/data:vfat:rx")
+            .unwrap_err()
+            .contains("unknown flag or option 'rx'"));
     }
 }

@@ -393,9 +393,13 @@ impl Vfs {
     /// refused rather than hidden, as is a file.
     pub fn prepare_mount_point(&self, path: &str) -> core::result::Result<(), String> {
         match self.stat(path) {
-            Ok(st) if st.kind != FileType::Dir => Err(alloc::format!("{path} is a file in the initrd, not a folder to mount on")),
+            Ok(st) if st.kind != FileType::Dir => Err(alloc::format!(
+                "{path} is a file in the initrd, not a folder to mount on"
+            )),
             Ok(_) => {
-                let inside = self.readdir(path).map_err(|err| alloc::format!("{path}: {err}"))?;
+                let inside = self
+                    .readdir(path)
+                    .map_err(|err| alloc::format!("{path}: {err}"))?;
                 if inside.iter().any(|d| d.name != "." && d.name != "..") {
                     return Err(alloc::format!(
                         "{path} already holds files from the initrd, which the volume would hide; mount it on an empty or new folder"
@@ -403,7 +407,9 @@ impl Vfs {
                 }
                 Ok(())
             }
-            Err(_) => self.mkdir_all(path, 0o755).map_err(|err| alloc::format!("making {path}: {err}")),
+            Err(_) => self
+                .mkdir_all(path, 0o755)
+                .map_err(|err| alloc::format!("making {path}: {err}")),
         }
     }
 
@@ -682,7 +688,8 @@ impl Vfs {
 
     /// `sync`: every mounted file system writes what it holds.
     pub fn sync_all(&self) -> Result<()> {
-        let all: Vec<Arc<dyn FileSystem>> = self.mounts.lock().iter().map(|m| m.fs.clone()).collect();
+        let all: Vec<Arc<dyn FileSystem>> =
+            self.mounts.lock().iter().map(|m| m.fs.clone()).collect();
         let mut first = Ok(());
         for fs in all {
             if let Err(e) = fs.sync(None) {

@@ -12,7 +12,9 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::bus::{
+    Command, ConfigurationAccess, DeviceFunction, MmioCam, PciRoot,
+};
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 use virtio_drivers::transport::pci::virtio_device_type;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
@@ -133,14 +135,75 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
+/// PCI configuration space as the platform offers it: memory-mapped
+/// (PCIe ECAM, where the firmware's MCFG names it: q35) or the ports (`pc`,
+/// and machines booted without firmware tables).
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub enum Cam {
+    Ports(PortCam),
+    Ecam(MmioCam<'static>),
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl Cam {
+    fn for_platform(p: &dyn kiln_boot::Platform) -> Cam {
+        match p.pci_ecam() {
+            // SAFETY: the platform mapped bus 0's configuration space
+            // (1 MiB) uncached at `base`; only this driver uses it.
+            Some(base) => Cam::Ecam(unsafe {
+                MmioCam::new(
+                    base as *mut u8,
+                    virtio_drivers::transport::pci::bus::Cam::Ecam,
+                )
+            }),
+            None => Cam::Ports(PortCam),
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+impl ConfigurationAccess for Cam {
+    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        match self {
+            Cam::Ports(c) => c.read_word(df, offset),
+            Cam::Ecam(c) => c.read_word(df, offset),
+        }
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        match self {
+            Cam::Ports(c) => c.write_word(df, offset, data),
+            Cam::Ecam(c) => c.write_word(df, offset, data),
+        }
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        match self {
+            Cam::Ports(_) => Cam::Ports(PortCam),
+            // SAFETY: the caller's promise, passed on.
+            Cam::Ecam(c) => Cam::Ecam(unsafe { c.unsafe_clone() }),
+        }
+    }
+}
+
+/// Routes a function's legacy INTx line (Interrupt Pin and Line at 0x3D and
+/// 0x3C, the line as firmware set it to an ISA IRQ); whether the platform did.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+fn route_intx(cam: &Cam, df: DeviceFunction, p: &dyn kiln_boot::Platform) -> bool {
+    let w = cam.read_word(df, 0x3c);
+    let (line, pin) = (w as u8, (w >> 8) as u8);
+    pin != 0 && (1..16).contains(&line) && p.route_pci_intx(line)
+}
+
 /// The virtio PCI devices of the given type on bus 0, with memory decoding
-/// and bus mastering (DMA) enabled, and MSI-X where it can be had.
+/// and bus mastering (DMA) enabled, and interrupts where they can be had:
+/// MSI-X, else the legacy INTx line.
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub fn pci_devices(kind: DeviceType) -> Vec<Device> {
     let mut out = Vec::new();
-    if !kiln_boot::platform().is_some_and(|p| p.has_pci_ports()) {
+    let Some(p) = kiln_boot::platform().filter(|p| p.has_pci_ports()) else {
         return out;
-    }
+    };
     // A machine without PCI reads all ones (QEMU's microvm) or zeros
     // (Firecracker) from the configuration ports: look once at 00:00.0 (a
     // PC's host bridge) before scanning 32 slots a VMM may log every
@@ -149,24 +212,30 @@ pub fn pci_devices(kind: DeviceType) -> Vec<Device> {
     if NO_PCI.load(core::sync::atomic::Ordering::Relaxed) {
         return out;
     }
-    let host = DeviceFunction { bus: 0, device: 0, function: 0 };
+    let host = DeviceFunction {
+        bus: 0,
+        device: 0,
+        function: 0,
+    };
     let id = PortCam.read_word(host, 0);
     if id == 0xffff_ffff || id == 0 {
         NO_PCI.store(true, core::sync::atomic::Ordering::Relaxed);
         return out;
     }
-    let mut root = PciRoot::new(PortCam);
+    let mut root = PciRoot::new(Cam::for_platform(p));
     let found: Vec<DeviceFunction> = root
         .enumerate_bus(0)
         .filter(|(_, info)| virtio_device_type(info) == Some(kind))
         .map(|(df, _)| df)
         .collect();
+    let mut cam = Cam::for_platform(p);
     for df in found {
         root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
         if let Ok(t) = PciTransport::new::<KilnHal, _>(&mut root, df) {
             let t = SomeTransport::Pci(t);
-            out.push(match msix::enable(&mut PortCam, df) {
+            out.push(match msix::enable(&mut cam, df) {
                 Some(common) => Stepwise::with_msix(t, common),
+                None if route_intx(&cam, df, p) => Stepwise::with_intx(t),
                 None => Stepwise::new(t),
             });
         }

@@ -136,7 +136,11 @@ pub fn enable(cam: &mut impl ConfigurationAccess, df: DeviceFunction) -> Option<
         core::ptr::write_volatile(e.add(2), data);
         core::ptr::write_volatile(e.add(3), 0);
     }
-    cam.write_word(df, msix, (control | reg::MSIX_ENABLE) & !reg::MSIX_FUNCTION_MASK);
+    cam.write_word(
+        df,
+        msix,
+        (control | reg::MSIX_ENABLE) & !reg::MSIX_FUNCTION_MASK,
+    );
     let command = cam.read_word(df, reg::STATUS_COMMAND) & 0xffff;
     cam.write_word(df, reg::STATUS_COMMAND, command | reg::COMMAND_INTX_DISABLE);
     Some(CommonCfg(common))

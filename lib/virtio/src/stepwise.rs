@@ -44,19 +44,41 @@ pub struct Stepwise<T> {
     inner: T,
     /// The virtio PCI common configuration of a device with MSI-X on.
     msix: Option<crate::msix::CommonCfg>,
+    /// A PCI function without MSI-X whose legacy INTx line the platform
+    /// routed.
+    intx: bool,
 }
 
 impl<T> Stepwise<T> {
     /// Wraps a transport that needs no MSI-X vectors.
     pub fn new(inner: T) -> Self {
-        Stepwise { inner, msix: None }
+        Stepwise {
+            inner,
+            msix: None,
+            intx: false,
+        }
     }
 
     /// Wraps a virtio PCI transport whose MSI-X table is enabled: its
     /// queues get vector 0 when the driver finishes.
     #[cfg_attr(not(all(target_arch = "x86_64", target_os = "none")), allow(dead_code))]
     pub(crate) fn with_msix(inner: T, common: crate::msix::CommonCfg) -> Self {
-        Stepwise { inner, msix: Some(common) }
+        Stepwise {
+            inner,
+            msix: Some(common),
+            intx: false,
+        }
+    }
+
+    /// Wraps a virtio PCI transport without MSI-X whose INTx line the
+    /// platform routed to the device interrupt.
+    #[cfg_attr(not(all(target_arch = "x86_64", target_os = "none")), allow(dead_code))]
+    pub(crate) fn with_intx(inner: T) -> Self {
+        Stepwise {
+            inner,
+            msix: None,
+            intx: true,
+        }
     }
 
     /// Whether the device's interrupts arrive as MSI-X messages.
@@ -67,11 +89,25 @@ impl<T> Stepwise<T> {
 
 impl Stepwise<virtio_drivers::transport::SomeTransport<'_>> {
     /// Whether the device's interrupts end `Platform::idle` early: a PCI
-    /// function's when MSI-X is on, a virtio-mmio slot's when the platform
-    /// routed its line.
+    /// function's when MSI-X is on or its INTx line is routed, a
+    /// virtio-mmio slot's when the platform routed its line.
+    /// How the device signals, for the boot line: "MSI-X", "INTx" (a PCI
+    /// function's legacy line) or "line" (a virtio-mmio slot's); None
+    /// when it does not wake the CPU.
+    pub fn signals_by(&self) -> Option<&'static str> {
+        if !self.wakes_cpu() {
+            return None;
+        }
+        Some(match (&self.msix, self.intx) {
+            (Some(_), _) => "MSI-X",
+            (None, true) => "INTx",
+            _ => "line",
+        })
+    }
+
     pub fn wakes_cpu(&self) -> bool {
         match self.inner {
-            virtio_drivers::transport::SomeTransport::Pci(_) => self.msix.is_some(),
+            virtio_drivers::transport::SomeTransport::Pci(_) => self.msix.is_some() || self.intx,
             _ => kiln_boot::platform().is_some_and(|p| p.device_wakes()),
         }
     }
@@ -169,7 +205,8 @@ impl<T: Transport> Transport for Stepwise<T> {
         driver_area: PhysAddr,
         device_area: PhysAddr,
     ) {
-        self.inner.queue_set(queue, size, descriptors, driver_area, device_area)
+        self.inner
+            .queue_set(queue, size, descriptors, driver_area, device_area)
     }
 
     fn queue_unset(&mut self, queue: u16) {
@@ -188,7 +225,10 @@ impl<T: Transport> Transport for Stepwise<T> {
         self.inner.read_config_generation()
     }
 
-    fn read_config_space<C: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<C> {
+    fn read_config_space<C: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> virtio_drivers::Result<C> {
         self.inner.read_config_space(offset)
     }
 
@@ -218,7 +258,12 @@ mod tests {
 
     impl Strict {
         fn new(keep_features: bool) -> Self {
-            Strict { status: 0, broken: false, keep_features, writes: std::vec::Vec::new() }
+            Strict {
+                status: 0,
+                broken: false,
+                keep_features,
+                writes: std::vec::Vec::new(),
+            }
         }
     }
 
@@ -241,7 +286,9 @@ mod tests {
             let new = status.bits();
             self.writes.push(new);
             let added = new & !self.status;
-            let ok = new == 0 || (new & self.status == self.status && added.count_ones() == 1) || added == DeviceStatus::FAILED.bits();
+            let ok = new == 0
+                || (new & self.status == self.status && added.count_ones() == 1)
+                || added == DeviceStatus::FAILED.bits();
             if new == 0 {
                 self.broken = false;
             } else if !ok || self.broken {
@@ -268,10 +315,17 @@ mod tests {
         fn read_config_generation(&self) -> u32 {
             0
         }
-        fn read_config_space<C: FromBytes + IntoBytes>(&self, _: usize) -> virtio_drivers::Result<C> {
+        fn read_config_space<C: FromBytes + IntoBytes>(
+            &self,
+            _: usize,
+        ) -> virtio_drivers::Result<C> {
             Ok(C::new_zeroed())
         }
-        fn write_config_space<C: IntoBytes + Immutable>(&mut self, _: usize, _: C) -> virtio_drivers::Result<()> {
+        fn write_config_space<C: IntoBytes + Immutable>(
+            &mut self,
+            _: usize,
+            _: C,
+        ) -> virtio_drivers::Result<()> {
             Ok(())
         }
     }
@@ -300,7 +354,10 @@ mod tests {
         t.finish_init();
         assert_eq!(f, Features::all());
         assert!(!t.inner.broken);
-        assert_eq!(t.inner.status, 0xf, "ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK");
+        assert_eq!(
+            t.inner.status, 0xf,
+            "ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK"
+        );
         assert_eq!(t.inner.writes, [0, 1, 3, 0xb, 0xf]);
     }
 
@@ -312,6 +369,9 @@ mod tests {
         t.finish_init();
         assert_eq!(refused(), before + 1);
         assert!(t.inner.status & DeviceStatus::FAILED.bits() != 0);
-        assert!(t.inner.status & DeviceStatus::DRIVER_OK.bits() == 0, "never set DRIVER_OK");
+        assert!(
+            t.inner.status & DeviceStatus::DRIVER_OK.bits() == 0,
+            "never set DRIVER_OK"
+        );
     }
 }

@@ -208,7 +208,9 @@ const MB2_LIMIT: usize = 1 << 30;
 /// As for [`parse`].
 unsafe fn parse_multiboot2(addr: usize) -> Result<Start, Error> {
     if addr == 0 || addr % 8 != 0 || addr + 8 > MB2_LIMIT {
-        return Err(Error::Multiboot2("not at an 8-byte aligned address in the first GiB"));
+        return Err(Error::Multiboot2(
+            "not at an 8-byte aligned address in the first GiB",
+        ));
     }
     // SAFETY: the loader's structure starts with its total size.
     let total = unsafe { *(addr as *const u32) } as usize;
@@ -248,7 +250,9 @@ unsafe fn parse_multiboot2(addr: usize) -> Result<Start, Error> {
             MB2_MMAP if body.len() >= 8 => {
                 let entry_size = u32_at(at + 8) as usize;
                 if entry_size < 24 {
-                    return Err(Error::Multiboot2("memory map entries shorter than 24 bytes"));
+                    return Err(Error::Multiboot2(
+                        "memory map entries shorter than 24 bytes",
+                    ));
                 }
                 let mut e = at + 16;
                 while e + entry_size <= at + size && entries < MEMMAP_MAX {
@@ -263,7 +267,9 @@ unsafe fn parse_multiboot2(addr: usize) -> Result<Start, Error> {
                 }
             }
             // The newer RSDP (ACPI 2.0+) wins over the older one.
-            MB2_ACPI_OLD | MB2_ACPI_NEW if body.len() >= 20 && (kind == MB2_ACPI_NEW || rsdp.is_none()) => {
+            MB2_ACPI_OLD | MB2_ACPI_NEW
+                if body.len() >= 20 && (kind == MB2_ACPI_NEW || rsdp.is_none()) =>
+            {
                 // SAFETY: single-threaded boot; the copy is read only
                 // through the address returned in Start.
                 let copy = unsafe { &mut *(&raw mut RSDP_COPY) };

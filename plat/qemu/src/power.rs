@@ -12,42 +12,7 @@
 //! type values, read by looking for the package's name in the AML, as the
 //! rest of the DSDT needs no interpreter here.
 
-use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
-use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
 use kiln_arch_x86_64 as arch;
-
-/// The RSDP's address from the loader; 0 when it gave none.
-static RSDP: AtomicUsize = AtomicUsize::new(0);
-
-/// Remembers where the loader put the RSDP.
-pub fn set_rsdp(addr: Option<usize>) {
-    RSDP.store(addr.unwrap_or(0), Ordering::Relaxed);
-}
-
-/// Identity mapping of firmware tables: each region is mapped uncached
-/// (map_device) and used in place; nothing is unmapped.
-#[derive(Clone, Copy)]
-struct Identity;
-
-impl AcpiHandler for Identity {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
-        arch::mmu::map_device(physical_address as u64, size as u64);
-        // SAFETY: the region is identity-mapped now; the crate reads it
-        // as the table it asked for, within `size` bytes.
-        unsafe {
-            PhysicalMapping::new(
-                physical_address,
-                NonNull::new(physical_address as *mut T).expect("ACPI table at address 0"),
-                size,
-                size,
-                Identity,
-            )
-        }
-    }
-
-    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
-}
 
 /// How to enter S5: registers (I/O ports) and the values to write.
 struct SoftOff {
@@ -89,25 +54,19 @@ fn s5_from_aml(aml: &[u8]) -> Option<(u16, u16)> {
 }
 
 fn soft_off() -> Option<SoftOff> {
-    let rsdp = RSDP.load(Ordering::Relaxed);
-    // No search of the BIOS area without the loader's word: its pointer
-    // to the EBDA lies in page 0, which is unmapped (and a machine booted
-    // without firmware has no tables there anyway).
-    if rsdp == 0 {
-        return None;
-    }
-    // SAFETY: the RSDP address came from the loader; the crate checks its
-    // signature and checksum, and those of every table it leads to.
-    let tables = unsafe { AcpiTables::from_rsdp(Identity, rsdp) }.ok()?;
+    let tables = super::tables::tables()?;
     let fadt = tables.find_table::<acpi::fadt::Fadt>().ok()?;
     let dsdt = tables.dsdt().ok()?;
     arch::mmu::map_device(dsdt.address as u64, dsdt.length as u64);
     // SAFETY: the DSDT's AML, identity-mapped above, `length` bytes long
     // (checksummed by the crate).
-    let aml = unsafe { core::slice::from_raw_parts(dsdt.address as *const u8, dsdt.length as usize) };
+    let aml =
+        unsafe { core::slice::from_raw_parts(dsdt.address as *const u8, dsdt.length as usize) };
     let (typ_a, typ_b) = s5_from_aml(aml)?;
     let io = |g: acpi::address::GenericAddress| {
-        (g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0 && g.address < 0x1_0000)
+        (g.address_space == acpi::address::AddressSpace::SystemIo
+            && g.address != 0
+            && g.address < 0x1_0000)
             .then_some(g.address as u16)
     };
     let sleep_control = fadt.sleep_control_register().ok().flatten().and_then(io);
@@ -116,7 +75,13 @@ fn soft_off() -> Option<SoftOff> {
     if pm1a.is_none() && sleep_control.is_none() {
         return None;
     }
-    Some(SoftOff { pm1a: pm1a.unwrap_or(0), pm1b, typ_a, typ_b, sleep_control })
+    Some(SoftOff {
+        pm1a: pm1a.unwrap_or(0),
+        pm1b,
+        typ_a,
+        typ_b,
+        sleep_control,
+    })
 }
 
 /// Enters S5 if the ACPI tables say how; returns if they do not, and may
@@ -146,9 +111,15 @@ mod tests {
     #[test]
     fn reads_s5_packages() {
         // Name(_S5, Package(4) {Zero, Zero, Zero, Zero}), as QEMU writes it.
-        assert_eq!(super::s5_from_aml(b"\x08_S5_\x12\x06\x04\x00\x00\x00\x00"), Some((0, 0)));
+        assert_eq!(
+            super::s5_from_aml(b"\x08_S5_\x12\x06\x04\x00\x00\x00\x00"),
+            Some((0, 0))
+        );
         // Name(\_S5, Package(2) {0x07, 0x07}) with BytePrefix.
-        assert_eq!(super::s5_from_aml(b"xx\x08\\_S5_\x12\x07\x02\x0a\x07\x0a\x07"), Some((7, 7)));
+        assert_eq!(
+            super::s5_from_aml(b"xx\x08\\_S5_\x12\x07\x02\x0a\x07\x0a\x07"),
+            Some((7, 7))
+        );
         // A method called _S5_ (not a package) is no answer.
         assert_eq!(super::s5_from_aml(b"\x14_S5_\x00"), None);
         assert_eq!(super::s5_from_aml(b"\x08_S5_\x12\x06"), None);

@@ -133,7 +133,12 @@ fn fault(report: &arch::FaultReport) -> ! {
         let mut frames = [0usize; 24];
         // SAFETY: walk_frames reads only within 1 MiB above the faulting
         // code's stack pointer, along its own frame chain.
-        let n = kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, &mut frames);
+        let n = kiln_boot::walk_frames(
+            fp,
+            sp,
+            |a| unsafe { arch::frames::read_word(a) },
+            &mut frames,
+        );
         kiln_boot::print_backtrace(&frames[..n]);
     }
     kiln_boot::exit(kiln_boot::EXIT_FAULT)

@@ -17,6 +17,8 @@
 mod bootinfo;
 #[path = "power.rs"]
 mod power;
+#[path = "tables.rs"]
+mod tables;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_arch_x86_64 as arch;
@@ -219,6 +221,19 @@ impl Platform for Qemu {
         true
     }
 
+    fn pci_ecam(&self) -> Option<usize> {
+        // Bus 0's 32 devices of 8 functions, 4 KiB each.
+        let base = tables::ecam_bus0()?;
+        arch::mmu::map_device(base, 1 << 20).then_some(base as usize)
+    }
+
+    fn route_pci_intx(&self, irq: u8) -> bool {
+        tables::isa_route(irq).is_some_and(|r| {
+            u8::try_from(r.pin)
+                .is_ok_and(|pin| arch::apic::route_line(r.ioapic, pin, r.active_low, r.level))
+        })
+    }
+
     fn msi_message(&self) -> Option<(u64, u32)> {
         arch::apic::msi_message()
     }
@@ -292,7 +307,12 @@ fn fault(report: &arch::FaultReport) -> ! {
     let mut frames = [0usize; 24];
     // SAFETY: walk_frames reads only within 1 MiB above the faulting
     // code's stack pointer, along its own frame chain.
-    let n = kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, &mut frames);
+    let n = kiln_boot::walk_frames(
+        fp,
+        sp,
+        |a| unsafe { arch::frames::read_word(a) },
+        &mut frames,
+    );
     kiln_boot::print_backtrace(&frames[..n]);
     kiln_boot::exit(kiln_boot::EXIT_FAULT)
 }
@@ -392,7 +412,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     // Page 0 held boot information (q35); it is copied, so null pointers
     // can fault from now on. Then memory above the first GiB is mapped.
     arch::mmu::unmap_null_page();
-    power::set_rsdp(start.rsdp);
+    tables::set_rsdp(start.rsdp);
     let mut ram = [(0u64, 0u64); 64];
     let mut nram = 0;
     for (s, e) in start.ram().take(ram.len()) {
@@ -403,7 +423,10 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     // The kernel image (with its embedded initrd) and a loader-provided
     // initrd stay out of the heap.
     let module = start.module.unwrap_or((0, 0));
-    let module = (module.0 & !0xfff, (module.0 + module.1).next_multiple_of(4096));
+    let module = (
+        module.0 & !0xfff,
+        (module.0 + module.1).next_multiple_of(4096),
+    );
     let fixed = fixed_area(&ram[..nram], module);
     kiln_boot::set_fixed_area(fixed.0, fixed.1);
     let reserved = [

@@ -52,7 +52,9 @@ pub struct Target {
 
 /// The folder of Kiln's own C header, `kiln.h`.
 pub fn kiln_include() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("include")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("include")
 }
 
 /// Whether cargo is building for a Kiln kernel (a bare-metal target).
@@ -93,7 +95,11 @@ pub fn target() -> Result<Target, String> {
             lib.join("libc.a").display()
         ));
     }
-    Ok(Target { triple: triple.into(), include, lib })
+    Ok(Target {
+        triple: triple.into(),
+        include,
+        lib,
+    })
 }
 
 /// The C compiler, checked once: `Err` says which package brings it.
@@ -151,7 +157,11 @@ fn common_args(t: &Target, config: bool) -> Vec<String> {
         "-D__KILN__=1".into(),
     ];
     if config {
-        a.extend(config_defines().into_iter().map(|(k, v)| format!("-D{k}={v}")));
+        a.extend(
+            config_defines()
+                .into_iter()
+                .map(|(k, v)| format!("-D{k}={v}")),
+        );
     }
     a
 }
@@ -225,7 +235,9 @@ pub fn compile(name: &str, sources: &[&str]) {
 /// compiler's messages.
 pub fn compile_with(b: &cc::Build, name: &str) {
     if let Err(e) = b.try_compile(name) {
-        fail(&format!("compiling C for {name} failed (the compiler's messages are above): {e}"));
+        fail(&format!(
+            "compiling C for {name} failed (the compiler's messages are above): {e}"
+        ));
     }
 }
 
@@ -236,7 +248,8 @@ pub fn compile_with(b: &cc::Build, name: &str) {
 /// platform no target has (`[target.'cfg(any())'.dependencies]`) brings
 /// its sources without building it.
 pub fn crate_source(name: &str) -> PathBuf {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default()).join("Cargo.toml");
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = std::process::Command::new(&cargo)
         .args(["metadata", "--format-version", "1", "--manifest-path"])
@@ -260,7 +273,10 @@ pub fn crate_source(name: &str) -> PathBuf {
         .map(PathBuf::from);
     match found.as_ref().and_then(|p| p.parent()) {
         Some(dir) => dir.to_path_buf(),
-        None => fail(&format!("{name} is not among {}'s dependencies (cargo metadata)", manifest.display())),
+        None => fail(&format!(
+            "{name} is not among {}'s dependencies (cargo metadata)",
+            manifest.display()
+        )),
     }
 }
 
@@ -269,7 +285,9 @@ pub fn crate_source(name: &str) -> PathBuf {
 #[cfg(feature = "bindgen")]
 pub fn write_bindings(b: bindgen::Builder, file: &str, what: &str) {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join(file);
-    let bindings = b.generate().unwrap_or_else(|e| fail(&format!("bindgen could not read {what}: {e}")));
+    let bindings = b
+        .generate()
+        .unwrap_or_else(|e| fail(&format!("bindgen could not read {what}: {e}")));
     if let Err(e) = bindings.write_to_file(&out) {
         fail(&format!("writing {}: {e}", out.display()));
     }

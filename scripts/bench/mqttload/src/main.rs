@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 struct Conn {
@@ -32,7 +35,16 @@ impl Conn {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut c = Conn { s, buf: Vec::new() };
-        c.send(&Packet::Connect(Connect { version: 4, client_id: id.into(), clean: true, keep_alive: 120, username: None, password: None, will: None, props: Props::default() }))?;
+        c.send(&Packet::Connect(Connect {
+            version: 4,
+            client_id: id.into(),
+            clean: true,
+            keep_alive: 120,
+            username: None,
+            password: None,
+            will: None,
+            props: Props::default(),
+        }))?;
         match c.next()? {
             Packet::ConnAck(a) if a.code == 0 => Ok(c),
             p => Err(std::io::Error::other(format!("refused: {p:?}"))),
@@ -47,8 +59,11 @@ impl Conn {
 
     fn next(&mut self) -> std::io::Result<Packet> {
         loop {
-            if let Some((first, body, used)) = codec::frame(&self.buf, usize::MAX).map_err(|e| std::io::Error::other(e.to_string()))? {
-                let p = codec::decode(first, body, 4).map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some((first, body, used)) = codec::frame(&self.buf, usize::MAX)
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+            {
+                let p = codec::decode(first, body, 4)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
                 self.buf.drain(..used);
                 return Ok(p);
             }
@@ -62,7 +77,17 @@ impl Conn {
     }
 
     fn subscribe(&mut self, f: &str, qos: u8) -> std::io::Result<()> {
-        self.send(&Packet::Subscribe(Subscribe { pid: 1, filters: vec![(f.into(), SubOpts { qos, ..SubOpts::default() })], props: Props::default() }))?;
+        self.send(&Packet::Subscribe(Subscribe {
+            pid: 1,
+            filters: vec![(
+                f.into(),
+                SubOpts {
+                    qos,
+                    ..SubOpts::default()
+                },
+            )],
+            props: Props::default(),
+        }))?;
         loop {
             if let Packet::SubAck(_) = self.next()? {
                 return Ok(());
@@ -76,19 +101,26 @@ impl Conn {
 fn receive(mut c: Conn, want: usize, stop: Arc<AtomicBool>) -> (Vec<u64>, Instant) {
     let mut lat = Vec::with_capacity(want);
     let mut last = Instant::now();
-    c.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    c.s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     while lat.len() < want && !stop.load(Ordering::Relaxed) {
         match c.next() {
             Ok(Packet::Publish(m)) => {
                 if m.qos == 1 {
-                    let _ = c.send(&Packet::PubAck(Ack { pid: m.pid, reason: 0, props: Props::default() }));
+                    let _ = c.send(&Packet::PubAck(Ack {
+                        pid: m.pid,
+                        reason: 0,
+                        props: Props::default(),
+                    }));
                 }
                 let sent = u64::from_le_bytes(m.payload[..8].try_into().unwrap());
                 lat.push(now_us().saturating_sub(sent));
                 last = Instant::now();
             }
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => break,
         }
     }
@@ -104,7 +136,17 @@ fn publish(mut c: Conn, topic: &str, n: usize, qos: u8) -> usize {
         let mut payload = now_us().to_le_bytes().to_vec();
         payload.resize(64, b'k');
         pid = pid % 60000 + 1;
-        if c.send(&Packet::Publish(Publish { dup: false, qos, retain: false, topic: topic.into(), pid: if qos > 0 { pid } else { 0 }, payload, props: Props::default() })).is_err() {
+        if c.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            pid: if qos > 0 { pid } else { 0 },
+            payload,
+            props: Props::default(),
+        }))
+        .is_err()
+        {
             return 0;
         }
         if qos == 1 {
@@ -130,7 +172,11 @@ fn publish(mut c: Conn, topic: &str, n: usize, qos: u8) -> usize {
 
 fn report(lat: &mut [u64], secs: f64, sent: usize) {
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!("delivered={}", lat.len());
     println!("sent={sent}");
     println!("msgs_per_s={:.0}", lat.len() as f64 / secs);
@@ -153,22 +199,32 @@ fn main() {
             let topic = format!("bench/{tag}");
             let subs: Vec<Conn> = (0..if fanin { 1 } else { clients })
                 .map(|i| {
-                    let mut c = Conn::open(port, &format!("sub-{tag}-{i}")).expect("subscriber connects");
+                    let mut c =
+                        Conn::open(port, &format!("sub-{tag}-{i}")).expect("subscriber connects");
                     c.subscribe(&format!("{topic}/#"), qos).expect("subscribes");
                     c
                 })
                 .collect();
-            let pubs: Vec<Conn> = (0..if fanin { clients } else { 1 }).map(|i| Conn::open(port, &format!("pub-{tag}-{i}")).expect("publisher connects")).collect();
+            let pubs: Vec<Conn> = (0..if fanin { clients } else { 1 })
+                .map(|i| Conn::open(port, &format!("pub-{tag}-{i}")).expect("publisher connects"))
+                .collect();
             let want = if fanin { clients * n } else { n };
             let start = Instant::now();
-            let receivers: Vec<_> = subs.into_iter().map(|c| {
-                let stop = stop.clone();
-                std::thread::spawn(move || receive(c, want, stop))
-            }).collect();
-            let senders: Vec<_> = pubs.into_iter().enumerate().map(|(i, c)| {
-                let t = format!("{topic}/{i}");
-                std::thread::spawn(move || publish(c, &t, n, qos))
-            }).collect();
+            let receivers: Vec<_> = subs
+                .into_iter()
+                .map(|c| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || receive(c, want, stop))
+                })
+                .collect();
+            let senders: Vec<_> = pubs
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let t = format!("{topic}/{i}");
+                    std::thread::spawn(move || publish(c, &t, n, qos))
+                })
+                .collect();
             let sent: usize = senders.into_iter().map(|h| h.join().unwrap()).sum();
             // QoS 0 may drop; stop waiting a while after the last publish.
             let watchdog = {
@@ -178,7 +234,8 @@ fn main() {
                     stop.store(true, Ordering::Relaxed);
                 })
             };
-            let got: Vec<(Vec<u64>, Instant)> = receivers.into_iter().map(|h| h.join().unwrap()).collect();
+            let got: Vec<(Vec<u64>, Instant)> =
+                receivers.into_iter().map(|h| h.join().unwrap()).collect();
             let end = got.iter().map(|(_, t)| *t).max().unwrap_or(start);
             let mut lat: Vec<u64> = got.into_iter().flat_map(|(l, _)| l).collect();
             // Up to the last delivery (a QoS 0 loss does not count as time).
@@ -190,7 +247,9 @@ fn main() {
             let max: usize = a[3].parse().expect(usage);
             let mut held = Vec::new();
             for i in 0..max {
-                match Conn::open(port, &format!("held-{i}")).and_then(|mut c| c.subscribe("held/all", 0).map(|_| c)) {
+                match Conn::open(port, &format!("held-{i}"))
+                    .and_then(|mut c| c.subscribe("held/all", 0).map(|_| c))
+                {
                     Ok(c) => held.push(c),
                     Err(_) => break,
                 }
@@ -201,7 +260,15 @@ fn main() {
             if !held.is_empty() {
                 let mut payload = now_us().to_le_bytes().to_vec();
                 payload.resize(16, 0);
-                let _ = held[0].send(&Packet::Publish(Publish { dup: false, qos: 0, retain: false, topic: "held/all".into(), pid: 0, payload, props: Props::default() }));
+                let _ = held[0].send(&Packet::Publish(Publish {
+                    dup: false,
+                    qos: 0,
+                    retain: false,
+                    topic: "held/all".into(),
+                    pid: 0,
+                    payload,
+                    props: Props::default(),
+                }));
                 for c in held.iter_mut() {
                     c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                     if matches!(c.next(), Ok(Packet::Publish(_))) {
@@ -224,7 +291,16 @@ fn main() {
                 for i in w..end {
                     let payload = vec![b'r'; 64];
                     let pid = (i % 60000) as u16 + 1;
-                    c.send(&Packet::Publish(Publish { dup: false, qos: 1, retain: true, topic: format!("retained/{i}"), pid, payload, props: Props::default() })).expect("publish");
+                    c.send(&Packet::Publish(Publish {
+                        dup: false,
+                        qos: 1,
+                        retain: true,
+                        topic: format!("retained/{i}"),
+                        pid,
+                        payload,
+                        props: Props::default(),
+                    }))
+                    .expect("publish");
                 }
                 while acked < end {
                     if let Packet::PubAck(_) = c.next().expect("PUBACK") {
@@ -233,7 +309,10 @@ fn main() {
                 }
             }
             println!("retained={acked}");
-            println!("msgs_per_s={:.0}", acked as f64 / start.elapsed().as_secs_f64());
+            println!(
+                "msgs_per_s={:.0}",
+                acked as f64 / start.elapsed().as_secs_f64()
+            );
         }
         _ => panic!("{usage}"),
     }
