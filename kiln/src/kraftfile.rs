@@ -162,6 +162,16 @@ struct Raw {
     boot: Option<std::collections::BTreeMap<String, RawBoot>>,
 }
 
+/// A rootfs built from a Dockerfile.
+#[derive(Clone, Debug)]
+pub struct DockerfileRootfs {
+    pub file: PathBuf,
+    /// The build context (COPY's sources are read from there).
+    pub context: PathBuf,
+    /// The Kraftfile's `rootfs:` line.
+    pub line: u64,
+}
+
 /// `rootfs:`: a path (v0.5-v0.7), or v0.7's long form.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -288,6 +298,9 @@ pub struct Kraftfile {
     /// `kconfig:` entries with the Kraftfile line of each.
     pub kconfig: Vec<(String, String, u64)>,
     pub rootfs: Option<PathBuf>,
+    /// `rootfs:` names a Dockerfile: built into a folder (dockerfile.rs)
+    /// before the kernel is, which then becomes `rootfs`.
+    pub dockerfile: Option<DockerfileRootfs>,
     /// Host programs packed into the initrd with their libraries, and the
     /// Kraftfile line that names them.
     pub programs: Vec<PathBuf>,
@@ -554,6 +567,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         Some(a) => dir.join(a),
         None => dir.to_path_buf(),
     };
+    let mut dockerfile_rootfs = None;
     let rootfs = match raw.rootfs {
         None => None,
         Some(r) => {
@@ -598,13 +612,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
                 || name.ends_with(".Dockerfile")
                 || name.ends_with(".dockerfile");
             if is_dockerfile {
-                problems.add(
-                    line,
-                    format!(
-                        "rootfs '{}' is a Dockerfile, which Kiln does not build yet: build it into a folder (e.g. `docker build -o type=local,dest=rootfs .`, or `buildah`) and give `rootfs: ./rootfs`",
-                        dockerfile.as_deref().unwrap_or(&value)
+                // The Dockerfile named in the long form (beside `path:`, the
+                // build context), or the short form's file, whose folder is
+                // the context.
+                let (file, context) = match &dockerfile {
+                    Some(d) => (dir.join(d).components().collect::<PathBuf>(), p.clone()),
+                    None => (
+                        p.clone(),
+                        p.parent()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| dir.to_path_buf()),
                     ),
-                );
+                };
+                if !file.is_file() {
+                    problems.add(
+                        line,
+                        format!(
+                            "rootfs '{}': no such Dockerfile",
+                            dockerfile.as_deref().unwrap_or(&value)
+                        ),
+                    );
+                } else if !context.is_dir() {
+                    problems.add(
+                        line,
+                        format!("rootfs: the build context '{value}' is not a folder"),
+                    );
+                }
+                dockerfile_rootfs = Some(DockerfileRootfs {
+                    file,
+                    context,
+                    line,
+                });
             } else if let Some(k) = kind
                 .as_deref()
                 .filter(|k| !matches!(*k, "dir" | "file" | "cpio"))
@@ -613,7 +651,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             } else if !value.is_empty() && !p.exists() {
                 problems.add(line, format!("rootfs '{value}' does not exist"));
             }
-            Some(p)
+            // A Dockerfile's rootfs is the folder its build makes.
+            dockerfile_rootfs.is_none().then_some(p)
         }
     };
     if let Some(roms) = raw
@@ -729,6 +768,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
         env,
         kconfig,
         rootfs,
+        dockerfile: dockerfile_rootfs,
         programs,
         programs_line,
         volumes,
@@ -1217,10 +1257,27 @@ targets:
         assert!(k.rootfs.is_some());
         let e = format!("{:#}", at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs:\n  source: {path: ., dockerfile: ./x/Dockerfile}\nroms: [./extra]\n").unwrap_err());
         assert!(
-            e.contains(":4: rootfs './x/Dockerfile' is a Dockerfile")
+            e.contains(":4: rootfs './x/Dockerfile': no such Dockerfile")
                 && e.contains(":6: roms: extra read-only file systems are not supported yet"),
             "{e}"
         );
+        // A Dockerfile that exists: built before the kernel, from its context.
+        std::fs::create_dir_all(d.join("x")).unwrap();
+        std::fs::write(d.join("x/Dockerfile"), "FROM scratch\n").unwrap();
+        let k = at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs:\n  source: {path: ./rootfs, dockerfile: ./x/Dockerfile}\n").unwrap();
+        let df = k.dockerfile.expect("a Dockerfile rootfs");
+        assert_eq!(
+            (df.file.as_path(), df.context.as_path(), df.line),
+            (
+                d.join("x/Dockerfile").as_path(),
+                d.join("rootfs").as_path(),
+                4
+            )
+        );
+        assert!(k.rootfs.is_none());
+        let k =
+            at("spec: v0.6\nname: x\ntargets: [qemu/x86_64]\nrootfs: ./x/Dockerfile\n").unwrap();
+        assert_eq!(k.dockerfile.map(|d| d.context), Some(d.join("x")));
         let e = format!("{:#}", at("spec: v0.7\nname: x\ntargets: [qemu/x86_64]\nrootfs: {source: {path: img.tar, type: tarball}}\n").unwrap_err());
         assert!(e.contains(":4: rootfs type 'tarball'"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
@@ -1279,9 +1336,8 @@ targets:
         }
         assert!(e.starts_with("8 problems in /tmp/app/Kraftfile:\n"), "{e}");
         assert!(
-            err("name: x\ntargets: [qemu/x86_64]\nrootfs: ./Dockerfile\n").contains(
-                ":3: rootfs './Dockerfile' is a Dockerfile, which Kiln does not build yet"
-            )
+            err("name: x\ntargets: [qemu/x86_64]\nrootfs: ./Dockerfile\n")
+                .contains(":3: rootfs './Dockerfile': no such Dockerfile")
         );
         // A key given twice: the last counts, with a note.
         let k = p("name: a\ntargets: [qemu/x86_64]\nname: b\n").unwrap();

@@ -2,6 +2,7 @@
 
 mod builder;
 mod config;
+mod dockerfile;
 mod fdt;
 mod forward;
 mod initrd;
@@ -383,6 +384,29 @@ fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Tar
     Ok((kf, target))
 }
 
+/// [`load`] for commands that build: a Dockerfile rootfs is built into
+/// its folder first (and its ENTRYPOINT/CMD become the app's `cmd` when
+/// the Kraftfile gives none).
+fn load_to_build(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Target)> {
+    let (mut kf, target) = load(t, ui)?;
+    if let Some(d) = kf.dockerfile.clone() {
+        let say = |m: &str| ui.note(&format!("dockerfile: {m}"));
+        let built = dockerfile::build(&d.file, &d.context, &target.arch, &say).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n(building the rootfs that {}:{} names)",
+                builder::rel(&kf.path),
+                d.line
+            )
+        })?;
+        kf.rootfs = Some(built.rootfs);
+        if kf.cmd.is_empty() && !built.cmd.is_empty() {
+            ui.note(&format!("cmd from the Dockerfile: {}", built.cmd.join(" ")));
+            kf.cmd = built.cmd;
+        }
+    }
+    Ok((kf, target))
+}
+
 fn rootfs_add(
     programs: &[PathBuf],
     app: &std::path::Path,
@@ -506,7 +530,7 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     let ui = Ui {
         quiet: a.target.quiet,
     };
-    let (mut kf, target) = load(&a.target, &ui)?;
+    let (mut kf, target) = load_to_build(&a.target, &ui)?;
     // A package records one command line: the default set, or --boot's.
     (kf.cmd, kf.env) = kf.boot_with(&a.boot)?;
     if target.plat != "qemu" {
@@ -670,7 +694,7 @@ fn build(a: &BuildArgs) -> Result<i32> {
     let ui = Ui {
         quiet: a.target.quiet,
     };
-    let (kf, target) = load(&a.target, &ui)?;
+    let (kf, target) = load_to_build(&a.target, &ui)?;
     builder::build(&kf, &target, &ui)?;
     Ok(0)
 }
@@ -731,7 +755,7 @@ fn run(a: &RunArgs) -> Result<i32> {
             (k.clone(), arch, Vec::new())
         }
         None => {
-            let (mut kf, target) = load(&a.target, &ui)?;
+            let (mut kf, target) = load_to_build(&a.target, &ui)?;
             if a.boot.iter().any(|b| b == "help") {
                 print!("{}", kf.boot_listing());
                 return Ok(0);
