@@ -426,8 +426,23 @@ pub fn load(dir: &Path) -> Result<Kraftfile> {
     parse(&path, &text)
 }
 
+/// Reads the Kraftfile `file` for the app folder `dir` (kraft's `-K`):
+/// its relative paths (rootfs, app, volumes) are relative to `dir`.
+pub fn load_file(file: &Path, dir: &Path) -> Result<Kraftfile> {
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    parse_in(file, &text, dir)
+}
+
 /// Parses Kraftfile text; `path` is used for messages and relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
+    parse_in(path, text, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Parses Kraftfile text read from `path`, its relative paths taken from `dir`.
+fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
     // A key given twice (three of Unikraft's catalog Kraftfiles do it):
     // the last one counts, as in most YAML readers, and a note says so.
     // (A struct literal rather than 0.0.29's `options!` macro: the fuzz
@@ -448,7 +463,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             .map_or(msg, |(_, m)| m);
         at(path, line, format!("malformed Kraftfile: {msg}"))
     })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
     let mut notes = Vec::new();
     let mut problems = Problems {
         path,
@@ -482,16 +496,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             problems.add(
                 n.referenced.line(),
                 format!(
-                    "name '{}' must be letters, digits, '.', '-' or '_'",
+                    "name '{}' must be letters, digits, '.', '+', '-' or '_'",
                     n.value
                 ),
             );
             String::new()
         }
-        None => {
-            problems.add(1, "missing 'name'");
-            String::new()
-        }
+        // As Unikraft's tools do: the folder's name.
+        None => match dir.file_name().and_then(|n| n.to_str()).filter(|n| valid_name(n)) {
+            Some(n) => {
+                notes.push(format!("{}: no 'name': using the folder's, {n}", path.display()));
+                n.to_string()
+            }
+            None => {
+                problems.add(1, "missing 'name'");
+                String::new()
+            }
+        },
     };
 
     let mut targets = Vec::new();
@@ -537,7 +558,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
             line,
         });
     }
-    if listed_targets == 0 {
+    if listed_targets == 0 && template_app.is_some() {
+        // A runtime or template Kraftfile (Unikraft's catalog) leaves the
+        // target to the command line; Kiln's ELF loader builds for both.
+        for arch in ["x86_64", "arm64"] {
+            targets.push(Target { plat: "qemu".into(), vmm: None, arch: arch.into(), kconfig: Vec::new(), line: 1 });
+        }
+        notes.push(format!("{}: no 'targets': qemu/x86_64 (and qemu/arm64 with --arch arm64), as the runtime provides", path.display()));
+    } else if listed_targets == 0 {
         problems.add(1, "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64");
     }
 
@@ -807,7 +835,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && !n.starts_with('.')
         && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '+')
 }
 
 /// The Kiln library (Kconfig symbol) a Unikraft library stands for:
@@ -1222,6 +1250,37 @@ targets:
         assert_eq!(k.template_app, Some("elfloader"));
     }
 
+    /// The catalog's newer Kraftfiles: a runtime, no targets (the command
+    /// line picks), names with '+', and one with no name at all.
+    #[test]
+    fn catalog_runtime_kraftfiles() {
+        let k = p("spec: v0.6\nname: httpserver-g++13.2\nruntime: base:latest\ncmd: [\"/http_server\"]\n").unwrap();
+        assert_eq!(k.name, "httpserver-g++13.2");
+        let t: Vec<String> = k.targets.iter().map(|t| format!("{}/{}", t.plat, t.arch)).collect();
+        assert_eq!(t, ["qemu/x86_64", "qemu/arm64"]);
+        assert!(k.notes.iter().any(|n| n.contains("no 'targets': qemu/x86_64 (and qemu/arm64 with --arch arm64)")), "{:?}", k.notes);
+        let k = p("spec: v0.6\nruntime: base:latest\n").unwrap();
+        assert_eq!(k.name, "app");
+        assert!(k.notes.iter().any(|n| n.contains("no 'name': using the folder's, app")), "{:?}", k.notes);
+        // Without a runtime, a Kraftfile still has to say what it builds for.
+        assert!(err("name: x\n").contains("no 'targets'"));
+    }
+
+    /// kraft's -K: a Kraftfile read for another folder takes its paths
+    /// from that folder.
+    #[test]
+    fn kraftfile_for_another_folder() {
+        let d = std::env::temp_dir().join(format!("kiln-kf-k-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("app")).unwrap();
+        std::fs::write(d.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(d.join("app/Kraftfile"), "spec: v0.6\nruntime: base:latest\nrootfs: ./Dockerfile\ncmd: [\"/app\"]\n").unwrap();
+        assert!(format!("{:#}", load(&d.join("app")).unwrap_err()).contains("rootfs './Dockerfile': no such Dockerfile"));
+        let k = load_file(&d.join("app/Kraftfile"), &d).unwrap();
+        let df = k.dockerfile.unwrap();
+        assert_eq!((df.file, df.context), (d.join("Dockerfile"), d.clone()));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn cmd_string_and_app_field() {
         let k = p("name: x\napp: ../src\ntargets: [qemu/amd64]\ncmd: -v  --port 80\n").unwrap();
@@ -1365,13 +1424,11 @@ targets:
         );
         assert!(err("name: x\n  targets: [\n").starts_with("/tmp/app/Kraftfile:"));
         assert_eq!(err("spec: v0.4\nname: x\ntargets: [qemu/x86_64]\n"), "/tmp/app/Kraftfile:1: unsupported spec 'v0.4': Kiln reads Kraftfile spec v0.5, v0.6 and v0.7");
-        assert_eq!(
-            err("targets: [qemu/x86_64]\n"),
-            "/tmp/app/Kraftfile:1: missing 'name'"
-        );
+        // No name: the folder's (the catalog's library/base has none).
+        assert_eq!(p("targets: [qemu/x86_64]\n").unwrap().name, "app");
         assert_eq!(
             err("name: 'a b'\ntargets: [qemu/x86_64]\n"),
-            "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '.', '-' or '_'"
+            "/tmp/app/Kraftfile:1: name 'a b' must be letters, digits, '.', '+', '-' or '_'"
         );
         assert!(
             err("name: x\ntargets: [qemu/x86_64]\ntemplate: app-wamr\n").starts_with(

@@ -279,6 +279,10 @@ struct TargetArgs {
     /// Print only errors (and, for `run`, only the app's output)
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// The Kraftfile to read instead of DIR's own; its paths are relative
+    /// to DIR (as kraft's -K)
+    #[arg(long = "kraftfile", short = 'K', value_name = "FILE")]
+    kraftfile: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -359,7 +363,10 @@ struct RunArgs {
 }
 
 fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Target)> {
-    let mut kf = kraftfile::load(&t.dir)?;
+    let mut kf = match &t.kraftfile {
+        Some(f) => kraftfile::load_file(f, &t.dir)?,
+        None => kraftfile::load(&t.dir)?,
+    };
     // A Unikraft template or runtime (the ELF loader) is one of Kiln's apps.
     if let (Some(app), false) = (kf.template_app, kf.app_given) {
         kf.app_dir = builder::kiln_home().join("apps").join(app);

@@ -3,7 +3,8 @@
 //! `docker.io/library/debian:latest`), GHCR or any other. Registries on
 //! `localhost`/`127.0.0.1`, and those named in `KILN_INSECURE_REGISTRIES`
 //! (comma-separated `host:port`), are spoken to over plain HTTP, as
-//! Docker does for local ones.
+//! Docker does for local ones. `KILN_REGISTRY_MIRROR` sends a registry's
+//! pulls to a mirror (as Docker's `registry-mirrors`).
 //!
 //! An image index (a multi-platform image) resolves to the `linux` image
 //! of the target's architecture. Layers are unpacked in order into one
@@ -41,6 +42,14 @@ fn oci_arch(arch: &str) -> &'static str {
         "arm64" => "arm64",
         _ => "amd64",
     }
+}
+
+/// `KILN_REGISTRY_MIRROR=REGISTRY=HOST:PORT[,...]` (e.g.
+/// `docker.io=127.0.0.1:5000`): images named for REGISTRY are pulled from
+/// the mirror, under the same repository and tag.
+fn mirror_for(registry: &str) -> Option<String> {
+    let v = std::env::var("KILN_REGISTRY_MIRROR").ok()?;
+    v.split(',').filter_map(|p| p.trim().split_once('=')).find(|(from, _)| *from == registry).map(|(_, to)| to.to_string())
 }
 
 fn insecure(registry: &str) -> bool {
