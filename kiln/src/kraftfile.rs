@@ -443,6 +443,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
 
 /// Parses Kraftfile text read from `path`, its relative paths taken from `dir`.
 fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Err(at(path, 1, "the Kraftfile is empty: it needs at least `spec`, `name` and `targets` (or a `runtime`)"));
+    }
     // A key given twice (three of Unikraft's catalog Kraftfiles do it):
     // the last one counts, as in most YAML readers, and a note says so.
     // (A struct literal rather than 0.0.29's `options!` macro: the fuzz
@@ -1264,6 +1267,7 @@ targets:
         assert!(k.notes.iter().any(|n| n.contains("no 'name': using the folder's, app")), "{:?}", k.notes);
         // Without a runtime, a Kraftfile still has to say what it builds for.
         assert!(err("name: x\n").contains("no 'targets'"));
+        assert_eq!(err("\n# nothing\n"), "/tmp/app/Kraftfile:1: the Kraftfile is empty: it needs at least `spec`, `name` and `targets` (or a `runtime`)");
     }
 
     /// kraft's -K: a Kraftfile read for another folder takes its paths

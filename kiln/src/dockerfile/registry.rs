@@ -64,10 +64,13 @@ pub fn pull(reference: &str, arch: &str, cache: &Path, say: &dyn Fn(&str)) -> Re
     use oci_client::{
         client::ClientConfig, client::ClientProtocol, secrets::RegistryAuth, Client, Reference,
     };
-    let r: Reference = reference
+    let mut r: Reference = reference
         .parse()
         .map_err(|e| anyhow::anyhow!("{reference}: not an image reference ({e})"))?;
     let full = r.whole();
+    if let Some(m) = mirror_for(r.registry()) {
+        r.set_mirror_registry(m);
+    }
     let ref_file = cache.join("refs").join(format!(
         "{}@{}",
         full.replace(['/', ':'], "_"),
