@@ -952,11 +952,23 @@ fn unikraft_fields(
             problems.add(line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for"));
             continue;
         }
+        let program = !(short.contains("elfloader") || short == "base" || short.is_empty());
+        // A Dockerfile may give the command (CMD); a folder or archive
+        // cannot, and then only Unikraft's prebuilt image knew it.
+        let dockerfile = match raw.rootfs.as_ref().map(|r| &r.value) {
+            Some(RawRootfs::Short(v)) => v.to_ascii_lowercase().contains("dockerfile"),
+            Some(RawRootfs::Long(_)) => true,
+            None => false,
+        };
+        if field == "runtime" && program && raw.cmd.is_none() && !dockerfile {
+            problems.add(line, format!("runtime '{name}': Unikraft's prebuilt {short} image brings the program and its command, and Kiln cannot fetch it; put {short} in the rootfs (a Dockerfile, or `programs:`) and give `cmd:` (e.g. cmd: [\"/usr/bin/{short}\", ...])"));
+            continue;
+        }
         app = Some("elfloader");
         notes.push(format!(
             "{}:{line}: {field} '{name}': runs on Kiln's ELF loader (apps/elfloader){}",
             path.display(),
-            if short.contains("elfloader") || short == "base" || short.is_empty() {
+            if !program {
                 String::new()
             } else {
                 format!("; the {short} program comes from the rootfs")
@@ -1199,6 +1211,7 @@ kconfig:
         let k = p(r#"spec: v0.6
 name: nginx1.25
 runtime: unikraft.org/nginx:1.25
+cmd: ["/usr/bin/nginx", "-g", "daemon off;"]
 unikraft:
   source: https://github.com/unikraft/unikraft.git
   kconfig:
@@ -1267,6 +1280,9 @@ targets:
         assert!(k.notes.iter().any(|n| n.contains("no 'name': using the folder's, app")), "{:?}", k.notes);
         // Without a runtime, a Kraftfile still has to say what it builds for.
         assert!(err("name: x\n").contains("no 'targets'"));
+        // A program's runtime with neither a command nor a Dockerfile: only
+        // Unikraft's prebuilt image knew what to run.
+        assert!(err("spec: v0.6\nname: c\nruntime: caddy:2.10\nrootfs: ./rootfs\n").contains(":3: runtime 'caddy:2.10': Unikraft's prebuilt caddy image brings the program and its command"));
         assert_eq!(err("\n# nothing\n"), "/tmp/app/Kraftfile:1: the Kraftfile is empty: it needs at least `spec`, `name` and `targets` (or a `runtime`)");
     }
 

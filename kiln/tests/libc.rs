@@ -390,6 +390,10 @@ fn records_answer_real_sql(arch: &str) {
         "SELECT id, price FROM item WHERE name = 'item;1234'",
     );
     assert_eq!((code, body.as_str()), (200, "id\tprice\n1234\t308.5\n"));
+    // A REAL reaches Rust as the very double SQLite computed (its bits
+    // through lib/sqlite's wrappers), not SQLite's 15-digit text ("0.3").
+    let (code, body) = http(a, "POST", "/sql", "SELECT 0.1 + 0.2 AS r, typeof(0.1 + 0.2) AS t");
+    assert_eq!((code, body.as_str()), (200, "r\tt\n0.30000000000000004\treal\n"));
     let (code, body) = http(
         a,
         "POST",

@@ -30,5 +30,10 @@ fn main() {
         .extra_warnings(false)
         .flag("-w");
     kiln_cc::compile_with(&b, "sqlite3");
+    // REAL values as their bits (c/real.c says why).
+    let mut r = kiln_cc::build_library();
+    r.file("c/real.c").include(&src);
+    kiln_cc::compile_with(&r, "kiln_sqlite_real");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=c/real.c");
 }

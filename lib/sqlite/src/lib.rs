@@ -8,10 +8,11 @@
 //! apps (open, execute, prepare, bind, step, read columns).
 //!
 //! On x86_64 the kernel's Rust is soft-float and C passes floating point
-//! in SSE registers, so no `f64` crosses between them: REAL columns are
-//! read as text (SQLite converts), and [`Value::Real`] does not exist.
-//! Do not call `sys::sqlite3_column_double` or `sqlite3_bind_double` from
-//! Rust on x86_64; bind reals as text in SQL instead.
+//! in SSE registers, so no `f64` may cross between them: REAL values
+//! travel as their IEEE 754 bits through two C wrappers of this crate
+//! (c/real.c), read as [`Value::Real`] and bound with
+//! [`Statement::bind_real`]. Do not call `sys::sqlite3_column_double` or
+//! `sys::sqlite3_bind_double` from Rust on x86_64.
 #![no_std]
 
 extern crate alloc;
@@ -199,11 +200,19 @@ impl Drop for Connection {
     }
 }
 
-/// A column's value (REAL comes as [`Value::Text`]: see the module docs).
+extern "C" {
+    /// c/real.c: a REAL column's value as its bits.
+    fn kiln_sqlite3_column_double_bits(stmt: *mut sys::sqlite3_stmt, col: c_int) -> u64;
+    /// c/real.c: binds a REAL given as its bits.
+    fn kiln_sqlite3_bind_double_bits(stmt: *mut sys::sqlite3_stmt, param: c_int, bits: u64) -> c_int;
+}
+
+/// A column's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
     Integer(i64),
+    Real(f64),
     Text(String),
     Blob(Vec<u8>),
 }
@@ -213,6 +222,9 @@ impl fmt::Display for Value {
         match self {
             Value::Null => f.write_str("NULL"),
             Value::Integer(i) => write!(f, "{i}"),
+            // The shortest text that reads back as the same double, with
+            // a point or exponent so it reads as REAL again (`2.0`).
+            Value::Real(r) => write!(f, "{r:?}"),
             Value::Text(t) => f.write_str(t),
             Value::Blob(b) => write!(f, "<{} bytes>", b.len()),
         }
@@ -261,6 +273,13 @@ impl Statement<'_> {
         self.check(rc)
     }
 
+    /// Binds a REAL to parameter `i` (from 1).
+    pub fn bind_real(&mut self, i: usize, v: f64) -> Result<()> {
+        // SAFETY: stmt is live; the wrapper takes the double's bits.
+        let rc = unsafe { kiln_sqlite3_bind_double_bits(self.stmt, i as c_int, v.to_bits()) };
+        self.check(rc)
+    }
+
     /// Runs the statement to its next row: `Ok(true)` when a row is there
     /// to read, `Ok(false)` when it is done.
     pub fn step(&mut self) -> Result<bool> {
@@ -299,6 +318,7 @@ impl Statement<'_> {
             match sys::sqlite3_column_type(self.stmt, i) as u32 {
                 sys::SQLITE_NULL => Value::Null,
                 sys::SQLITE_INTEGER => Value::Integer(sys::sqlite3_column_int64(self.stmt, i)),
+                sys::SQLITE_FLOAT => Value::Real(f64::from_bits(kiln_sqlite3_column_double_bits(self.stmt, i))),
                 sys::SQLITE_BLOB => {
                     let p = sys::sqlite3_column_blob(self.stmt, i) as *const u8;
                     let n = sys::sqlite3_column_bytes(self.stmt, i) as usize;
