@@ -181,6 +181,33 @@ fn c_tcp_echo_server_serves_concurrent_clients(arch: &str) {
 
 /// The same C app boots on both Raspberry Pis (QEMU's raspi3b and
 /// raspi4b boards), without the network stack they lack.
+/// LIBC brings the network stack by default (LIBSYSCALL implies LIBNET),
+/// and an app that needs none leaves it out: no device probe, no network
+/// line at boot, a smaller kernel.
+#[test]
+fn a_c_app_can_leave_the_network_out() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let d = TempApp(std::env::temp_dir().join(format!("kiln-c-nonet-{}", std::process::id())));
+    std::fs::create_dir_all(d.path()).unwrap();
+    let with_net = |net: &str| {
+        std::fs::write(
+            d.path().join("Kraftfile"),
+            format!("spec: v0.6\nname: hello-c\napp: {}\ntargets: [qemu/x86_64]\nkconfig:\n  LIBNET: {net}\n", root().join("apps/hello-c").display()),
+        )
+        .unwrap();
+        let (code, out, err) = kiln(&["run", "-W", "--timeout", "240", d.path().to_str().unwrap(), "--", "one"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("Hello from C!\n") && out.contains("argv[1] = one\n"), "{out}");
+        let size = std::fs::metadata(d.path().join(".kiln/build/hello-c_qemu-x86_64")).unwrap().len();
+        (format!("{out}{err}"), size)
+    };
+    let (out, without) = with_net("n");
+    assert!(!out.contains("kiln: net:"), "{out}");
+    let (out, with) = with_net("y");
+    assert!(out.contains("kiln: net:"), "{out}");
+    assert!(without < with, "without the network {without} bytes, with it {with}");
+}
+
 #[test]
 fn hello_c_runs_on_the_raspberry_pis() {
     for plat in ["raspi", "raspi4"] {
