@@ -370,8 +370,11 @@ fn generate(
     })?;
     let app_manifest = AppManifest::read(&app_dir)?;
     let app_pkg = app_manifest.package()?;
-    let crate_name =
-        format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch).replace(['_', '.'], "-");
+    // Cargo's package names take letters, digits, '-' and '_': the
+    // Kraftfile name's dots become '-', its '+' (`g++`) 'p'.
+    let crate_name = format!("kiln-kernel-{}-{}-{}", kf.name, target.plat, target.arch)
+        .replace(['_', '.'], "-")
+        .replace('+', "p");
     let dir = &paths.link_crate;
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;

@@ -102,18 +102,19 @@ fn registry() -> Registry {
     for applet in ["sh", "mkdir", "echo", "cat", "ls", "pwd", "env", "printf"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    // After repack, which writes the bundle's own configuration.
     run(Command::new("umoci").args([
         "config",
         "--image",
         &image,
         "--config.env",
-        "PATH=/bin",
+        "PATH=/bin:/opt/kiln-test",
         "--config.cmd",
         "/bin/sh",
     ]));
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
     run(Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
         .arg(format!("oci:{image}"))
@@ -182,7 +183,7 @@ fn dockerfile_rootfs_builds_and_serves() {
     app(
         &dir.0,
         &format!(
-            "# A two-stage build.\nFROM 127.0.0.1:{}/kiln-test/busybox:1 AS build\nARG GREETING=hello\nENV WHO=kiln \\\n    WHERE=\"a stage\"\nWORKDIR /src\nCOPY page.txt ./\nRUN mkdir -p /out/www && echo \"$GREETING from $WHO in $WHERE at $(pwd)\" > /out/www/index.html \\\n && cat page.txt >> /out/www/index.html\nEXPOSE 80\n\nFROM scratch\nCOPY --from=build /out/www /www\n",
+            "# A two-stage build.\nFROM 127.0.0.1:{}/kiln-test/busybox:1 AS build\nARG GREETING=hello\nENV WHO=kiln \\\n    WHERE=\"a stage\"\nWORKDIR /src\nCOPY page.txt ./\nRUN mkdir -p /out/www && echo \"$GREETING from $WHO in $WHERE at $(pwd)\" > /out/www/index.html \\\n && cat page.txt >> /out/www/index.html && echo \"$PATH\" > /out/www/path.txt\nEXPOSE 80\n\nFROM scratch\nCOPY --from=build /out/www /www\n",
             reg.port
         ),
     );
@@ -216,6 +217,9 @@ fn dockerfile_rootfs_builds_and_serves() {
         page.ends_with("hello from kiln in a stage at /src\nfrom the build context\n"),
         "{page}"
     );
+    // The base image's configuration (its PATH) reached RUN.
+    let path = http_get(g.addr, "/path.txt").unwrap();
+    assert!(path.ends_with("\r\n\r\n/bin:/opt/kiln-test\n"), "{path}");
     g.stop();
 
     // The registry stops: the second build needs nothing from it.
@@ -236,7 +240,7 @@ fn dockerfile_rootfs_builds_and_serves() {
         err.contains("stage build: FROM") && err.contains("Dockerfile:8: RUN"),
         "{err}"
     );
-    let rootfs = std::fs::read_dir(state().join("dockerfile/stages"))
+    let rootfs = std::fs::read_dir(state().join(".dockerfile/stages"))
         .unwrap()
         .flatten()
         .map(|e| e.path().join("rootfs/www/index.html"))

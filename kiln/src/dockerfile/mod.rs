@@ -17,7 +17,7 @@
 //! the ARG values, and the contents of what COPY reads from the context,
 //! so an unchanged Dockerfile builds instantly and a changed instruction
 //! rebuilds its stage from the base. The cache lives in Kiln's state
-//! folder (`dockerfile/`).
+//! folder (`.dockerfile/`).
 
 pub mod parse;
 pub mod registry;
@@ -56,9 +56,9 @@ struct Done {
     key: String,
 }
 
-/// The cache folder in Kiln's state folder.
+/// The cache folder in Kiln's state folder (beside `.volumes`).
 pub fn cache_dir() -> PathBuf {
-    crate::instance::state_dir().join("dockerfile")
+    crate::instance::state_dir().join(".dockerfile")
 }
 
 /// Builds `file` with `context` for `arch`; `say` prints progress.
@@ -606,6 +606,7 @@ fn words(c: &Command, state: &State) -> Vec<String> {
 /// working folder and runs the command.
 const RUN_HELPER: &str = r#"set -e
 R="$1"; W="$2"; shift 2
+CHROOT=$(command -v chroot)
 mkdir -p "$R/dev" "$R/proc"
 mount --rbind /dev "$R/dev"
 mount -t proc proc "$R/proc"
@@ -613,10 +614,13 @@ if [ -f /etc/resolv.conf ] && [ -d "$R/etc" ]; then
   [ -e "$R/etc/resolv.conf" ] || : > "$R/etc/resolv.conf"
   mount --bind /etc/resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
 fi
+# The host's tools were found with the host's PATH; the command gets the stage's.
+export PATH="$KILN_RUN_PATH"
+unset KILN_RUN_PATH
 if [ -x "$R/bin/sh" ]; then
-  exec chroot "$R" /bin/sh -c 'cd "$0" && exec "$@"' "$W" "$@"
+  exec "$CHROOT" "$R" /bin/sh -c 'cd "$0" && exec "$@"' "$W" "$@"
 fi
-exec chroot "$R" "$@"
+exec "$CHROOT" "$R" "$@"
 "#;
 
 fn run(c: &Command, root: &Path, state: &State, args: &[(String, String)]) -> Result<()> {
@@ -653,9 +657,9 @@ fn run(c: &Command, root: &Path, state: &State, args: &[(String, String)]) -> Re
     for (k, v) in &state.env {
         cmd.env(k, v);
     }
-    if !state.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
-    }
+    let stage_path = state.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    cmd.env("KILN_RUN_PATH", stage_path);
+    cmd.env("PATH", DEFAULT_PATH);
     let o = cmd.output().context("running unshare (util-linux)")?;
     if !had_resolv {
         // The mount point made for the host's resolv.conf.
