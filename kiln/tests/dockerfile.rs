@@ -99,7 +99,7 @@ fn registry() -> Registry {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .expect("/bin/busybox (scripts/test installs busybox-static)");
-    for applet in ["sh", "mkdir", "echo", "cat", "ls", "pwd", "env", "printf"] {
+    for applet in ["sh", "mkdir", "echo", "cat", "ls", "pwd", "env", "printf", "wc"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     run(Command::new("umoci")
@@ -183,7 +183,7 @@ fn dockerfile_rootfs_builds_and_serves() {
     app(
         &dir.0,
         &format!(
-            "# A two-stage build.\nFROM 127.0.0.1:{}/kiln-test/busybox:1 AS build\nARG GREETING=hello\nENV WHO=kiln \\\n    WHERE=\"a stage\"\nWORKDIR /src\nCOPY page.txt ./\nRUN mkdir -p /out/www && echo \"$GREETING from $WHO in $WHERE at $(pwd)\" > /out/www/index.html \\\n && cat page.txt >> /out/www/index.html && echo \"$PATH\" > /out/www/path.txt\nEXPOSE 80\n\nFROM scratch\nCOPY --from=build /out/www /www\n",
+            "# A two-stage build.\nFROM 127.0.0.1:{}/kiln-test/busybox:1 AS build\nARG GREETING=hello\nENV WHO=kiln \\\n    WHERE=\"a stage\"\nWORKDIR /src\nCOPY page.txt ./\nRUN mkdir -p /out/www && echo \"$GREETING from $WHO in $WHERE at $(pwd)\" > /out/www/index.html \\\n && cat page.txt >> /out/www/index.html && echo \"$PATH\" > /out/www/path.txt\nRUN --mount=type=cache,target=/cache echo run >> /cache/runs && wc -l < /cache/runs > /out/www/runs.txt\nEXPOSE 80\n\nFROM scratch\nCOPY --from=build /out/www /www\n",
             reg.port
         ),
     );
@@ -227,7 +227,7 @@ fn dockerfile_rootfs_builds_and_serves() {
     let (code, _, err) = support::kiln(&["build", d]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("stage build (7 instructions): cached")
+        err.contains("stage build (8 instructions): cached")
             && err.contains("stage 1 (2 instructions): cached"),
         "{err}"
     );
@@ -251,6 +251,16 @@ fn dockerfile_rootfs_builds_and_serves() {
         rootfs.iter().any(|t| t.ends_with("\nchanged\n")),
         "{rootfs:?}"
     );
+    // The cache mount outlived the first build: the second RUN found its
+    // line and added one.
+    let runs: Vec<String> = std::fs::read_dir(state().join(".dockerfile/stages"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("rootfs/www/runs.txt"))
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_string())
+        .collect();
+    assert!(runs.contains(&"1".to_string()) && runs.contains(&"2".to_string()), "{runs:?}");
 }
 
 /// Bad input: a syntax error (every one, with file:line), a base image the
@@ -269,7 +279,7 @@ fn bad_dockerfiles_images_and_registries_are_reported() {
         err
     };
     let err = build(
-        "FROM scratch\nCOPY onlyone\nFROBNICATE now\nRUN --mount=type=cache,target=/x true\n",
+        "FROM scratch\nCOPY onlyone\nFROBNICATE now\nRUN --mount=type=secret,id=k true\n",
     );
     assert!(
         err.contains("Dockerfile:2: COPY takes SOURCE... DEST"),

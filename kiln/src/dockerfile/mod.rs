@@ -7,7 +7,8 @@
 //! build context or another stage; `RUN` in the stage's folder through
 //! `unshare` (new mount, PID, UTS and IPC namespaces; a user namespace too
 //! when not run as root) and `chroot`, with `/dev`, `/proc` and the host's
-//! `/etc/resolv.conf` mounted for the command and the host's network;
+//! `/etc/resolv.conf` mounted for the command and the host's network, and
+//! BuildKit's cache mounts (`--mount=type=cache`) as folders the cache keeps;
 //! `ENV`, `ARG`, `WORKDIR`, `SHELL`, `CMD` and `ENTRYPOINT` as Docker has
 //! them. Instructions about a container's run time (`USER`, `EXPOSE`,
 //! `LABEL`, ...) are named once in a note.
@@ -580,7 +581,7 @@ fn step(
                 }
             }
         }
-        Op::Run(c) => run(c, root, state, args)?,
+        Op::Run(c, mounts) => run(c, mounts, root, state, args, cache)?,
     }
     Ok(())
 }
@@ -614,6 +615,11 @@ if [ -f /etc/resolv.conf ] && [ -d "$R/etc" ]; then
   [ -e "$R/etc/resolv.conf" ] || : > "$R/etc/resolv.conf"
   mount --bind /etc/resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
 fi
+# Cache mounts: HOST<tab>TARGET lines.
+printf '%s' "$KILN_RUN_MOUNTS" | while IFS="$(printf '\t')" read -r h t; do
+  if [ -n "$h" ]; then mount --bind "$h" "$t"; fi
+done
+unset KILN_RUN_MOUNTS
 # The host's tools were found with the host's PATH; the command gets the stage's.
 export PATH="$KILN_RUN_PATH"
 unset KILN_RUN_PATH
@@ -623,8 +629,19 @@ fi
 exec "$CHROOT" "$R" "$@"
 "#;
 
-fn run(c: &Command, root: &Path, state: &State, args: &[(String, String)]) -> Result<()> {
+fn run(c: &Command, mounts: &[parse::CacheMount], root: &Path, state: &State, args: &[(String, String)], cache: &Path) -> Result<()> {
     let argv = words(c, state);
+    // Cache mounts: a folder per id in the cache, bound at the target
+    // (resolved inside the stage, so a link cannot lead out of it).
+    let mut binds = String::new();
+    for m in mounts {
+        let mut h = Sha256::new();
+        h.update(m.id.as_bytes());
+        let host = cache.join("mounts").join(format!("{:x}", h.finalize()));
+        let target = resolve_in(root, &m.target);
+        std::fs::create_dir_all(&host).and_then(|()| std::fs::create_dir_all(&target)).with_context(|| format!("cache mount {}", m.target))?;
+        binds.push_str(&format!("{}\t{}\n", host.display(), target.display()));
+    }
     let mut cmd = std::process::Command::new("unshare");
     cmd.args([
         "--mount",
@@ -659,6 +676,7 @@ fn run(c: &Command, root: &Path, state: &State, args: &[(String, String)]) -> Re
     }
     let stage_path = state.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
     cmd.env("KILN_RUN_PATH", stage_path);
+    cmd.env("KILN_RUN_MOUNTS", &binds);
     cmd.env("PATH", DEFAULT_PATH);
     let o = cmd.output().context("running unshare (util-linux)")?;
     if !had_resolv {

@@ -34,7 +34,9 @@ pub enum Op {
         image: String,
         name: Option<String>,
     },
-    Run(Command),
+    /// `RUN [--mount=type=cache,...]... CMD`: the command and its cache
+    /// mounts.
+    Run(Command, Vec<CacheMount>),
     /// `COPY`/`ADD [--from=STAGE] [--chown=..] [--chmod=..] SRC... DEST`.
     Copy {
         add: bool,
@@ -53,6 +55,15 @@ pub enum Op {
     /// LABEL, VOLUME, ...): read, with nothing to do for a unikernel's
     /// root file system.
     Noted(String),
+}
+
+/// A BuildKit cache mount (`--mount=type=cache,target=DIR[,id=ID]`): a
+/// folder kept between builds, mounted at DIR for the one RUN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheMount {
+    /// The cache's name (its `id`, else its target).
+    pub id: String,
+    pub target: String,
 }
 
 /// A syntax problem: line and message.
@@ -155,10 +166,10 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, Vec<Problem>> {
         }
         let line = start + 1;
         let op = match (upper.as_str(), heredoc) {
-            ("RUN", Some(body)) => Ok(Op::Run(Command::Shell(body))),
+            ("RUN", Some(body)) => run_flags(rest.split("<<").next().unwrap_or("")).map(|(_, m)| Op::Run(Command::Shell(body), m)),
             (_, Some(_)) => Err(format!("{upper}: heredocs are read for RUN only")),
             ("FROM", None) => from(&rest),
-            ("RUN", None) => run_flags(&rest).map(|r| Op::Run(command(r))),
+            ("RUN", None) => run_flags(&rest).map(|(r, m)| Op::Run(command(r), m)),
             ("CMD", None) => Ok(Op::Cmd(command(&rest))),
             ("ENTRYPOINT", None) => Ok(Op::Entrypoint(command(&rest))),
             ("COPY", None) => copy(&rest, false),
@@ -205,17 +216,23 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, Vec<Problem>> {
     }
 }
 
-/// Leading `--name=value` flags, and the rest.
-fn flags(s: &str) -> (BTreeMap<String, String>, &str) {
-    let mut map = BTreeMap::new();
+/// Leading `--name=value` flags in order, and the rest.
+fn flag_list(s: &str) -> (Vec<(String, String)>, &str) {
+    let mut list = Vec::new();
     let mut rest = s.trim_start();
     while let Some(f) = rest.strip_prefix("--") {
         let end = f.find(char::is_whitespace).unwrap_or(f.len());
         let (k, v) = f[..end].split_once('=').unwrap_or((&f[..end], ""));
-        map.insert(k.to_string(), v.to_string());
+        list.push((k.to_string(), v.to_string()));
         rest = f[end..].trim_start();
     }
-    (map, rest)
+    (list, rest)
+}
+
+/// Leading `--name=value` flags (the last of a name counts), and the rest.
+fn flags(s: &str) -> (BTreeMap<String, String>, &str) {
+    let (list, rest) = flag_list(s);
+    (list.into_iter().collect(), rest)
 }
 
 fn from(rest: &str) -> Result<Op, String> {
@@ -237,16 +254,34 @@ fn from(rest: &str) -> Result<Op, String> {
     }
 }
 
-fn run_flags(rest: &str) -> Result<&str, String> {
-    let (f, r) = flags(rest);
-    match f.keys().next() {
-        // --network=host is what RUN has anyway; cache and secret mounts
-        // would need BuildKit's mount machinery.
-        Some(k) if !(k == "network" && f.get(k).map(String::as_str) == Some("host")) => {
-            Err(format!("RUN --{k}: not supported (Kiln runs RUN with the host's network and no extra mounts)"))
+/// RUN's flags: cache mounts are kept; `--network=host` is what RUN has
+/// anyway; other mounts (bind, secret, ssh, tmpfs) and flags are refused.
+fn run_flags(rest: &str) -> Result<(&str, Vec<CacheMount>), String> {
+    let (list, r) = flag_list(rest);
+    let mut mounts = Vec::new();
+    for (k, v) in list {
+        match k.as_str() {
+            "network" if v == "host" || v == "default" => {}
+            "mount" => {
+                let opts: BTreeMap<&str, &str> = v.split(',').map(|o| o.split_once('=').unwrap_or((o, ""))).collect();
+                match (opts.get("type").copied(), opts.get("target").or(opts.get("dst")).or(opts.get("destination"))) {
+                    (Some("cache"), Some(t)) if t.starts_with('/') => mounts.push(CacheMount {
+                        id: opts.get("id").map_or_else(|| t.to_string(), |i| i.to_string()),
+                        target: t.to_string(),
+                    }),
+                    (Some("cache"), _) => return Err(format!("RUN --mount={v}: a cache mount needs an absolute target=")),
+                    (ty, _) => {
+                        return Err(format!(
+                            "RUN --mount=type={}: not supported (Kiln's RUN takes cache mounts only)",
+                            ty.unwrap_or("bind")
+                        ))
+                    }
+                }
+            }
+            _ => return Err(format!("RUN --{k}: not supported (Kiln runs RUN with the host's network; its only mounts are caches)")),
         }
-        _ => Ok(r),
     }
+    Ok((r, mounts))
 }
 
 /// The exec form (a JSON array of strings) or else the shell form.
@@ -465,12 +500,12 @@ mod tests {
         );
         assert_eq!(
             p[5].op,
-            Op::Run(Command::Shell("set -e; echo hi > /x".into()))
+            Op::Run(Command::Shell("set -e; echo hi > /x".into()), Vec::new())
         );
         assert_eq!(p[5].line, 7);
         assert_eq!(
             p[6].op,
-            Op::Run(Command::Shell("echo one\necho two\n".into()))
+            Op::Run(Command::Shell("echo one\necho two\n".into()), Vec::new())
         );
         assert_eq!(p[7].line, 15);
         assert_eq!(
@@ -492,7 +527,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_line() {
-        let e = parse("FROM a\nFROBNICATE x\nCOPY onlyone\nRUN --mount=type=cache,target=/x make\nFROM a b c\nRUN <<EOF\nnever closed\n").unwrap_err();
+        let e = parse("FROM a\nFROBNICATE x\nCOPY onlyone\nRUN --mount=type=secret,id=k make\nFROM a b c\nRUN <<EOF\nnever closed\n").unwrap_err();
         let lines: Vec<usize> = e.iter().map(|p| p.0).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6], "{e:?}");
         assert!(e[0].1.contains("unknown instruction FROBNICATE"), "{e:?}");
@@ -508,6 +543,23 @@ mod tests {
             parse("# just a comment\n").unwrap_err(),
             [(1, "no FROM instruction".into())]
         );
+    }
+
+    #[test]
+    fn run_takes_cache_mounts() {
+        let p = parse("FROM a\nRUN --mount=type=cache,target=/root/go/pkg/mod \\\n  --mount=type=cache,id=gb,target=/root/.cache/go-build \\\n  go build\n").unwrap();
+        assert_eq!(
+            p[1].op,
+            Op::Run(
+                Command::Shell("go build".into()),
+                vec![
+                    CacheMount { id: "/root/go/pkg/mod".into(), target: "/root/go/pkg/mod".into() },
+                    CacheMount { id: "gb".into(), target: "/root/.cache/go-build".into() },
+                ]
+            )
+        );
+        let e = parse("FROM a\nRUN --mount=type=cache,target=rel x\nRUN --mount=type=bind,source=.,target=/s x\n").unwrap_err();
+        assert!(e[0].1.contains("absolute target") && e[1].1.contains("type=bind: not supported"), "{e:?}");
     }
 
     #[test]
