@@ -27,17 +27,29 @@
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long total;
+/* Thread-local: initialised (.tdata) and zeroed (.tbss), one copy each. */
+static __thread long mine = 7;
+static __thread long counted;
+static __thread char scratch[100];
 
 static void *adder(void *arg)
 {
     long n = (long)arg;
+    CHECK(mine == 7 && counted == 0 && scratch[99] == 0);
+    snprintf(scratch, sizeof scratch, "thread %p", (void *)&mine);
     for (long i = 1; i <= n; i++) {
         pthread_mutex_lock(&lock);
         total += i;
         pthread_mutex_unlock(&lock);
+        mine++;
+        counted++;
         if (i % 1000 == 0)
             sched_yield();
     }
+    /* Other threads ran in between: this thread's copies are its own. */
+    char want[100];
+    snprintf(want, sizeof want, "thread %p", (void *)&mine);
+    CHECK(mine == 7 + n && counted == n && strcmp(scratch, want) == 0);
     return (void *)(n * 2);
 }
 
@@ -53,6 +65,9 @@ static int threads(void)
     }
     printf("threads: 8 threads summed %ld\n", total);
     CHECK(total == 8L * 10000 * 10001 / 2);
+    /* The main thread's thread-locals are untouched by the others'. */
+    CHECK(mine == 7 && counted == 0 && scratch[0] == 0);
+    printf("threads: __thread kept per thread\n");
     return 0;
 }
 

@@ -82,6 +82,7 @@ fn c_threads_files_and_floating_point(arch: &str) {
     assert_eq!(code, 0, "ctest on {arch}:\n{out}");
     for want in [
         "threads: 8 threads summed 400040000\n",
+        "threads: __thread kept per thread\n",
         "files: 1000 lines, last 999, 8890 bytes\n",
         "float: 3.14064 0.4794 2500 10.000\n",
     ] {

@@ -21,9 +21,10 @@
 //! Kiln's own API; its functions are implemented here, checked at compile
 //! time against the declarations bindgen generates from the header.
 //!
-//! Limits: no `__thread` in C code (the kernel has no TLS segment; musl's
-//! own state needs none), one C runtime per kernel, `fork` refused as for
-//! Linux programs.
+//! C's thread-local data (`__thread`) is the kernel's PT_TLS segment
+//! (.tdata and .tbss in the linker scripts), described to musl through the
+//! auxiliary vector, so every C thread gets its own copy. Limits: one C
+//! runtime per kernel, `fork` refused as for Linux programs.
 #![no_std]
 
 extern crate alloc;
@@ -92,12 +93,14 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
     }
     let (stack, len) = kiln_syscall::mem::program_stack()?;
     let top = stack + len as u64;
+    let (phdr, phnum) = tls_header();
     let aux = kiln_elf::AuxInfo {
-        // The kernel has no program headers for musl to read (no TLS
-        // segment): musl then keeps its thread state in its own memory.
-        phdr: 0,
+        // One program header, the kernel's PT_TLS (C's `__thread` data),
+        // which musl reads to lay out every thread's TLS; none when no C
+        // code has thread-local data.
+        phdr,
         phent: 56,
-        phnum: 0,
+        phnum,
         entry: kiln_libc_start as *const () as usize as u64,
         interp_base: 0,
         hwcap: kiln_syscall::arch::HWCAP,
@@ -125,6 +128,43 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
     // SAFETY: kiln_libc_start is the kernel's own code (c/start.c) and
     // init.sp its initial stack.
     unsafe { kiln_syscall::arch::enter(kiln_libc_start as *const () as usize as u64, init.sp) }
+}
+
+/// The kernel's thread-local data (the linker script's `.tdata` and
+/// `.tbss`) as an ELF PT_TLS program header for musl: its address and
+/// the count (0 when there is none).
+#[cfg(target_os = "none")]
+fn tls_header() -> (u64, u64) {
+    extern "C" {
+        static __tls_start: u8;
+        static __tls_end: u8;
+        /// Absolute symbols: their addresses are the values.
+        static __tls_filesz: u8;
+        static __tls_align: u8;
+    }
+    // SAFETY: only the symbols' addresses are taken, never read through.
+    let (start, end, filesz, align) = unsafe {
+        (
+            core::ptr::addr_of!(__tls_start) as u64,
+            core::ptr::addr_of!(__tls_end) as u64,
+            core::ptr::addr_of!(__tls_filesz) as u64,
+            core::ptr::addr_of!(__tls_align) as u64,
+        )
+    };
+    if end <= start {
+        return (0, 0);
+    }
+    const PT_TLS: u32 = 7;
+    const PF_R: u32 = 4;
+    let mut h = alloc::vec::Vec::with_capacity(56);
+    h.extend_from_slice(&PT_TLS.to_le_bytes());
+    h.extend_from_slice(&PF_R.to_le_bytes());
+    for v in [0, start, start, filesz, end - start, align.max(1)] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    // musl reads it at start; it stays for the kernel's lifetime.
+    let h: &'static mut [u8] = alloc::boxed::Box::leak(h.into_boxed_slice());
+    (h.as_ptr() as u64, 1)
 }
 
 /// Called by musl's `__libc_start_main` once the C runtime is up: runs the
