@@ -675,6 +675,10 @@ fn run(c: &Command, mounts: &[parse::CacheMount], root: &Path, state: &State, ar
         cmd.env(k, v);
     }
     let stage_path = state.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    // As Docker's RUN: root's HOME unless the stage sets one.
+    if !state.env.iter().any(|(k, _)| k == "HOME") {
+        cmd.env("HOME", "/root");
+    }
     cmd.env("KILN_RUN_PATH", stage_path);
     cmd.env("KILN_RUN_MOUNTS", &binds);
     cmd.env("PATH", DEFAULT_PATH);
