@@ -130,6 +130,12 @@ struct AppManifest {
 impl AppManifest {
     fn read(dir: &Path) -> Result<AppManifest> {
         let path = dir.join("Cargo.toml");
+        if !path.exists() && dir.join("Makefile.uk").is_file() {
+            bail!(
+                "{}: a C app for Unikraft's own build system (Makefile.uk): Kiln does not build Unikraft's C libraries; make it a Kiln C app (its C files beside a Kraftfile, as apps/hello-c) or give its program a `runtime:` and a Dockerfile",
+                dir.display()
+            );
+        }
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "{}: the app's crate is missing (set `app:` in the Kraftfile to its folder)",

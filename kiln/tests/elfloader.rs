@@ -1122,3 +1122,21 @@ fn a_unikraft_kraftfile_with_a_runtime_runs_on_the_elf_loader() {
         "{err}"
     );
 }
+
+/// A C app for Unikraft's own build system (a Makefile.uk beside its C
+/// files, `unikraft:` in its Kraftfile, as the catalog's
+/// library/helloworld) is refused in one sentence that says why and what
+/// to do instead.
+#[test]
+fn a_unikraft_makefile_app_is_refused_clearly() {
+    let d = std::env::temp_dir().join(format!("kiln-ukmake-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("Kraftfile"), "spec: v0.6\nname: helloworld\nunikraft: stable\ntargets:\n- qemu/x86_64\n").unwrap();
+    std::fs::write(d.join("Makefile.uk"), "$(eval $(call addlib,apphelloworld))\nAPPHELLOWORLD_SRCS-y += $(APPHELLOWORLD_BASE)/main.c\n").unwrap();
+    std::fs::write(d.join("main.c"), "int main(void) { return 0; }\n").unwrap();
+    let (code, _, err) = support::kiln(&["build", d.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a C app for Unikraft's own build system (Makefile.uk): Kiln does not build Unikraft's C libraries"), "{err}");
+}
