@@ -789,6 +789,22 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
             line,
         });
     }
+    // A program's runtime with a rootfs folder: the program has to be in
+    // it (or come from `programs:`), Unikraft's prebuilt image being out of
+    // Kiln's reach.
+    if let (Some((name, short)), Some(root), Some(prog)) = (
+        raw.runtime.as_ref().map(runtime_names).filter(|(_, s)| !(s.contains("elfloader") || *s == "base" || s.is_empty())),
+        rootfs.as_ref().filter(|r| r.is_dir()),
+        cmd.first().filter(|c| c.starts_with('/')),
+    ) {
+        let inside = root.join(prog.trim_start_matches('/'));
+        if inside.symlink_metadata().is_err() && !programs.iter().any(|p| p == Path::new(prog)) {
+            problems.add(
+                key_line(text, "cmd"),
+                format!("cmd runs {prog}, which the rootfs does not hold: runtime '{name}' means Unikraft's prebuilt {short} image, which Kiln cannot fetch; add the program (`programs: [{prog}]` packs this machine's) or build the rootfs from a Dockerfile"),
+            );
+        }
+    }
     problems.into_result(Kraftfile {
         path: path.to_path_buf(),
         name,
@@ -868,6 +884,18 @@ fn kiln_library(lib: &str) -> Option<Option<&'static str>> {
 /// Kconfig entries they mean and the Kiln app the template or runtime stands
 /// for; what has no Kiln meaning goes into one note.
 #[allow(clippy::type_complexity)]
+/// A `runtime:` or `template:` value's full name and its short one
+/// (`unikraft.org/nginx:1.15` -> nginx).
+fn runtime_names(v: &serde_json::Value) -> (&str, &str) {
+    let name = v
+        .as_str()
+        .or_else(|| v.get("name").and_then(|n| n.as_str()))
+        .or_else(|| v.get("source").and_then(|n| n.as_str()))
+        .unwrap_or("");
+    let short = name.rsplit('/').next().unwrap_or(name).split(':').next().unwrap_or("");
+    (name, short)
+}
+
 fn unikraft_fields(
     problems: &mut Problems,
     text: &str,
@@ -934,20 +962,8 @@ fn unikraft_fields(
     let mut app = None;
     for (field, val) in [("template", &raw.template), ("runtime", &raw.runtime)] {
         let Some(v) = val else { continue };
-        let name = v
-            .as_str()
-            .or_else(|| v.get("name").and_then(|n| n.as_str()))
-            .or_else(|| v.get("source").and_then(|n| n.as_str()))
-            .unwrap_or("");
+        let (name, short) = runtime_names(v);
         let line = key_line(text, field);
-        // `unikraft.org/nginx:1.15` -> nginx
-        let short = name
-            .rsplit('/')
-            .next()
-            .unwrap_or(name)
-            .split(':')
-            .next()
-            .unwrap_or("");
         if field == "template" && !short.contains("elfloader") {
             problems.add(line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for"));
             continue;
@@ -1283,6 +1299,16 @@ targets:
         // A program's runtime with neither a command nor a Dockerfile: only
         // Unikraft's prebuilt image knew what to run.
         assert!(err("spec: v0.6\nname: c\nruntime: caddy:2.10\nrootfs: ./rootfs\n").contains(":3: runtime 'caddy:2.10': Unikraft's prebuilt caddy image brings the program and its command"));
+        // With a command, the program has to be in the rootfs folder.
+        let d = std::env::temp_dir().join(format!("kiln-kf-rt-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("rootfs/app")).unwrap();
+        let at = |t: &str| parse(&d.join("Kraftfile"), t);
+        let e = format!("{:#}", at("spec: v0.6\nname: n\nruntime: node:18\nrootfs: ./rootfs\ncmd: [\"/usr/bin/node\", \"/app/server.js\"]\n").unwrap_err());
+        assert!(e.contains(":5: cmd runs /usr/bin/node, which the rootfs does not hold: runtime 'node:18' means Unikraft's prebuilt node image"), "{e}");
+        std::fs::create_dir_all(d.join("rootfs/usr/bin")).unwrap();
+        std::fs::write(d.join("rootfs/usr/bin/node"), "").unwrap();
+        assert!(at("spec: v0.6\nname: n\nruntime: node:18\nrootfs: ./rootfs\ncmd: [\"/usr/bin/node\", \"/app/server.js\"]\n").is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
         assert_eq!(err("\n# nothing\n"), "/tmp/app/Kraftfile:1: the Kraftfile is empty: it needs at least `spec`, `name` and `targets` (or a `runtime`)");
     }
 
