@@ -128,11 +128,17 @@ struct AppManifest {
 }
 
 impl AppManifest {
-    fn read(dir: &Path) -> Result<AppManifest> {
+    fn read(dir: &Path, unikraft_sources: bool) -> Result<AppManifest> {
         let path = dir.join("Cargo.toml");
         if !path.exists() && dir.join("Makefile.uk").is_file() {
             bail!(
                 "{}: a C app for Unikraft's own build system (Makefile.uk): Kiln does not build Unikraft's C libraries; make it a Kiln C app (its C files beside a Kraftfile, as apps/hello-c) or give its program a `runtime:` and a Dockerfile",
+                dir.display()
+            );
+        }
+        if !path.exists() && unikraft_sources {
+            bail!(
+                "{}: an app built from Unikraft's C libraries (the Kraftfile's `unikraft:`/`libraries:`): Kiln does not build Unikraft's C libraries; run the program on Kiln's ELF loader instead (a `runtime:` with the program in the rootfs, e.g. `programs:`)",
                 dir.display()
             );
         }
@@ -374,7 +380,7 @@ fn generate(
             kf.app_dir.display()
         )
     })?;
-    let app_manifest = AppManifest::read(&app_dir)?;
+    let app_manifest = AppManifest::read(&app_dir, kf.unikraft_sources && kf.template_app.is_none())?;
     let app_pkg = app_manifest.package()?;
     // Cargo's package names take letters, digits, '-' and '_': the
     // Kraftfile name's dots become '-', its '+' (`g++`) 'p'.

@@ -301,6 +301,10 @@ pub struct Kraftfile {
     /// `rootfs:` names a Dockerfile: built into a folder (dockerfile.rs)
     /// before the kernel is, which then becomes `rootfs`.
     pub dockerfile: Option<DockerfileRootfs>,
+    /// The Kraftfile has Unikraft's `unikraft:` or `libraries:` (an app
+    /// built from Unikraft's sources, unless a runtime or a Kiln app
+    /// crate stands for it).
+    pub unikraft_sources: bool,
     /// Host programs packed into the initrd with their libraries, and the
     /// Kraftfile line that names them.
     pub programs: Vec<PathBuf>,
@@ -816,6 +820,7 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
         kconfig,
         rootfs,
         dockerfile: dockerfile_rootfs,
+        unikraft_sources: raw.unikraft.is_some() || raw.libraries.is_some(),
         programs,
         programs_line,
         volumes,

@@ -1136,7 +1136,13 @@ fn a_unikraft_makefile_app_is_refused_clearly() {
     std::fs::write(d.join("Makefile.uk"), "$(eval $(call addlib,apphelloworld))\nAPPHELLOWORLD_SRCS-y += $(APPHELLOWORLD_BASE)/main.c\n").unwrap();
     std::fs::write(d.join("main.c"), "int main(void) { return 0; }\n").unwrap();
     let (code, _, err) = support::kiln(&["build", d.to_str().unwrap()]);
-    let _ = std::fs::remove_dir_all(&d);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("a C app for Unikraft's own build system (Makefile.uk): Kiln does not build Unikraft's C libraries"), "{err}");
+    // An app made of Unikraft's libraries alone (the catalog's redis 7.0).
+    std::fs::remove_file(d.join("Makefile.uk")).unwrap();
+    std::fs::write(d.join("Kraftfile"), "spec: v0.6\nname: redis\ncmd: [\"/redis.conf\"]\nunikraft:\n  version: staging\nlibraries:\n  musl: staging\n  redis:\n    version: staging\ntargets:\n- qemu/x86_64\n").unwrap();
+    let (code, _, err) = support::kiln(&["build", d.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("an app built from Unikraft's C libraries (the Kraftfile's `unikraft:`/`libraries:`): Kiln does not build Unikraft's C libraries"), "{err}");
 }
