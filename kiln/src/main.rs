@@ -10,6 +10,7 @@ mod instance;
 mod menu;
 mod network;
 mod pkg;
+mod program;
 mod rootfs;
 mod symbols;
 mod ui;
@@ -396,6 +397,9 @@ fn load(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Tar
 /// the Kraftfile gives none).
 fn load_to_build(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraftfile::Target)> {
     let (mut kf, target) = load(t, ui)?;
+    if let Some(name) = program::is_std_program(&kf) {
+        program::prepare(&mut kf, &target, &name, &|m| ui.note(m))?;
+    }
     if let Some(d) = kf.dockerfile.clone() {
         let say = |m: &str| ui.note(&format!("dockerfile: {m}"));
         let built = dockerfile::build(&d.file, &d.context, &target.arch, &say).map_err(|e| {

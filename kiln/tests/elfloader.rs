@@ -1146,3 +1146,30 @@ fn a_unikraft_makefile_app_is_refused_clearly() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("an app built from Unikraft's C libraries (the Kraftfile's `unikraft:`/`libraries:`): Kiln does not build Unikraft's C libraries"), "{err}");
 }
+
+/// A Rust program for Unikraft's Rust support (a `std` crate beside a
+/// Kraftfile with `unikraft:` and `libraries:`, as the catalog's
+/// native/helloworld-rs) is built as a static Linux program and run on
+/// the ELF loader, the Kraftfile's `cmd` its arguments.
+#[test]
+fn a_unikraft_rust_program_runs_on_the_elf_loader() {
+    let d = std::env::temp_dir().join(format!("kiln-ukrust-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(
+        d.join("Kraftfile"),
+        "spec: v0.6\nname: hello-rs\ncmd: [\"one\", \"two\"]\nunikraft:\n  version: stable\nlibraries:\n  musl: stable\ntargets:\n- qemu/x86_64\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("Cargo.toml"), "[package]\nname = \"hello-rs\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n").unwrap();
+    std::fs::write(
+        d.join("src/main.rs"),
+        "fn main() {\n    let args: Vec<String> = std::env::args().collect();\n    println!(\"rust std on kiln: {:?}\", &args[1..]);\n    std::process::exit(3);\n}\n",
+    )
+    .unwrap();
+    let (code, out, err) = support::kiln(&["run", "-W", "--timeout", "120", d.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("rust std on kiln: [\"one\", \"two\"]"), "{out}");
+    assert!(err.contains("a Rust program (Unikraft's Rust support): building it for Linux (x86_64-unknown-linux-musl)"), "{err}");
+}
