@@ -226,11 +226,9 @@ fn dockerfile_rootfs_builds_and_serves() {
     drop(reg);
     let (code, _, err) = support::kiln(&["build", d]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("stage build (8 instructions): cached")
-            && err.contains("stage 1 (2 instructions): cached"),
-        "{err}"
-    );
+    assert!(err.contains("stage 1 (2 instructions): cached"), "{err}");
+    // A cached last stage needs nothing else: the build stage is not even looked at.
+    assert!(!err.contains("stage build"), "{err}");
     assert!(!err.contains("pulling"), "{err}");
     // A changed input rebuilds its stage (from the cached base image).
     std::fs::write(dir.0.join("page.txt"), "changed\n").unwrap();

@@ -16,8 +16,12 @@
 //! Cache: a stage's result is kept under a key made of its base (the
 //! image's digest or the earlier stage's key), each instruction's text,
 //! the ARG values, and the contents of what COPY reads from the context,
-//! so an unchanged Dockerfile builds instantly and a changed instruction
-//! rebuilds its stage from the base. The cache lives in Kiln's state
+//! so an unchanged Dockerfile builds instantly (keys are computed before
+//! anything is built, and a cached last stage needs no other) and a
+//! changed instruction rebuilds its stage from the base. Only the last
+//! stage's result is kept: the stages it copies from hold whole
+//! toolchains and are rebuilt (from the cached base image) when it
+//! changes. The cache lives in Kiln's state
 //! folder (`.dockerfile/`).
 
 pub mod parse;
@@ -49,12 +53,28 @@ struct State {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A finished stage: its folder, state and cache key.
+/// What a stage starts from.
+enum Base {
+    Scratch,
+    Stage(usize),
+    Image(registry::Image),
+}
+
+/// A needed stage before it is had: its base, key and the stages it
+/// builds from (its base stage, COPY --from's).
+struct Plan {
+    label: String,
+    image: String,
+    base: Base,
+    key: String,
+    deps: Vec<usize>,
+}
+
+/// A finished stage: its folder and state.
 #[derive(Clone)]
 struct Done {
     root: PathBuf,
     state: State,
-    key: String,
 }
 
 /// The cache folder in Kiln's state folder (beside `.volumes`).
@@ -131,35 +151,30 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
         }
     }
 
-    let mut done: Vec<Option<Done>> = vec![None; stages.len()];
-    let mut noted: Vec<String> = Vec::new();
+    // First the plan: every needed stage's base and key (an image's
+    // digest, an earlier stage's key), without building anything.
+    let n = stages.len();
+    let at = |l: usize| format!("{}:{l}", file.display());
+    let mut plans: Vec<Option<Plan>> = (0..n).map(|_| None).collect();
     for (s, (name, line, from, body)) in stages.iter().enumerate() {
         if !needed[s] {
             continue;
         }
-        let label = name.clone().unwrap_or_else(|| s.to_string());
         let Op::From { image, .. } = &from.op else {
             unreachable!()
         };
         let image = parse::expand(image, &|n| lookup(&global_args, n));
-        let at = |l: usize| format!("{}:{l}", file.display());
-        // The base.
-        let (base_root, mut state, base_key) = if image == "scratch" {
-            (None, State::default(), "scratch".to_string())
+        let mut deps = Vec::new();
+        let (base, base_key) = if image == "scratch" {
+            (Base::Scratch, "scratch".to_string())
         } else if let Some(b) = stage_index(&image.to_ascii_lowercase(), s) {
-            let d = done[b].clone().expect("needed stages run first");
-            (Some(d.root), d.state, d.key)
+            deps.push(b);
+            (Base::Stage(b), plans[b].as_ref().map(|p| p.key.clone()).unwrap_or_default())
         } else {
             let img = registry::pull(&image, arch, &cache, say)
                 .map_err(|e| anyhow::anyhow!("{}: FROM {image}: {e:#}", at(*line)))?;
-            let st = State {
-                env: img.config.env.clone(),
-                workdir: img.config.workdir.clone(),
-                shell: Vec::new(),
-                cmd: img.config.cmd.clone(),
-                entrypoint: img.config.entrypoint.clone(),
-            };
-            (Some(img.rootfs), st, img.digest)
+            let key = img.digest.clone();
+            (Base::Image(img), key)
         };
         // The stage's key: its base, every instruction, the ARG values and
         // what COPY reads.
@@ -174,13 +189,10 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             h.update(i.text.as_bytes());
             if let Op::Copy { from, sources, .. } = &i.op {
                 match from.as_deref().and_then(|f| stage_index(f, s)) {
-                    Some(b) => h.update(
-                        done[b]
-                            .as_ref()
-                            .map(|d| d.key.as_str())
-                            .unwrap_or("")
-                            .as_bytes(),
-                    ),
+                    Some(b) => {
+                        deps.push(b);
+                        h.update(plans[b].as_ref().map(|p| p.key.as_str()).unwrap_or("").as_bytes())
+                    }
                     None if from.is_some() => {}
                     None => {
                         for src in sources {
@@ -191,24 +203,52 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             }
         }
         let key = format!("{:x}", h.finalize());
-        let dir = cache.join("stages").join(&key);
-        if dir.join("state.json").is_file() {
+        plans[s] = Some(Plan { label: name.clone().unwrap_or_else(|| s.to_string()), image, base, key, deps });
+    }
+    // Then what has to be had: the last stage, and what an uncached stage
+    // builds from. A cached last stage needs nothing else.
+    let cached = |p: &Plan| cache.join("stages").join(&p.key).join("state.json").is_file();
+    let mut want = vec![false; n];
+    want[n - 1] = true;
+    for s in (0..n).rev() {
+        if let Some(p) = plans[s].as_ref().filter(|p| want[s] && !cached(p)) {
+            for &d in &p.deps {
+                want[d] = true;
+            }
+        }
+    }
+    let mut done: Vec<Option<Done>> = vec![None; n];
+    let mut built_here: Vec<PathBuf> = Vec::new();
+    let mut noted: Vec<String> = Vec::new();
+    for s in (0..n).filter(|&s| want[s]) {
+        let plan = plans[s].take().expect("wanted stages are planned");
+        let body = &stages[s].3;
+        let dir = cache.join("stages").join(&plan.key);
+        if cached(&plan) {
             let st: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
-            say(&format!(
-                "stage {label} ({} instructions): cached",
-                body.len() + 1
-            ));
-            done[s] = Some(Done {
-                root: dir.join("rootfs"),
-                state: st,
-                key,
-            });
+            say(&format!("stage {} ({} instructions): cached", plan.label, body.len() + 1));
+            done[s] = Some(Done { root: dir.join("rootfs"), state: st });
             continue;
         }
-        say(&format!("stage {label}: FROM {image}"));
-        let work = cache
-            .join("stages")
-            .join(format!(".{key}-{}", std::process::id()));
+        let (base_root, mut state) = match plan.base {
+            Base::Scratch => (None, State::default()),
+            Base::Stage(b) => {
+                let d = done[b].clone().expect("a stage's base is had first");
+                (Some(d.root), d.state)
+            }
+            Base::Image(img) => {
+                let st = State {
+                    env: img.config.env.clone(),
+                    workdir: img.config.workdir.clone(),
+                    shell: Vec::new(),
+                    cmd: img.config.cmd.clone(),
+                    entrypoint: img.config.entrypoint.clone(),
+                };
+                (Some(img.rootfs), st)
+            }
+        };
+        say(&format!("stage {}: FROM {}", plan.label, plan.image));
+        let work = cache.join("stages").join(format!(".{}-{}", plan.key, std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let root = work.join("rootfs");
         std::fs::create_dir_all(&root)?;
@@ -222,20 +262,7 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             known.extend(state.env.iter().cloned());
             let vars = |n: &str| lookup(&known, n);
             say(&format!("{}: {}", at(i.line), shorten(&i.text)));
-            let r = step(
-                i,
-                &root,
-                &mut state,
-                &mut args,
-                &global_args,
-                context,
-                &done,
-                &|f| stage_index(f, s),
-                arch,
-                &cache,
-                say,
-                &vars,
-            );
+            let r = step(i, &root, &mut state, &mut args, &global_args, context, &done, &|f| stage_index(f, s), arch, &cache, say, &vars);
             if let Err(e) = r {
                 let _ = std::fs::remove_dir_all(&work);
                 return Err(e.context(at(i.line)));
@@ -249,11 +276,16 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
         std::fs::write(work.join("state.json"), serde_json::to_vec(&state)?)?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&work, &dir).with_context(|| format!("storing {}", dir.display()))?;
-        done[s] = Some(Done {
-            root: dir.join("rootfs"),
-            state,
-            key,
-        });
+        if s != n - 1 {
+            built_here.push(dir.clone());
+        }
+        done[s] = Some(Done { root: dir.join("rootfs"), state });
+    }
+    // The stages the last one copied from are large (a whole toolchain
+    // image) and needed again only when the last stage changes: they are
+    // not kept.
+    for d in built_here {
+        let _ = std::fs::remove_dir_all(d);
     }
     if !noted.is_empty() {
         say(&format!(
