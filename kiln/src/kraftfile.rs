@@ -301,6 +301,9 @@ pub struct Kraftfile {
     /// `rootfs:` names a Dockerfile: built into a folder (dockerfile.rs)
     /// before the kernel is, which then becomes `rootfs`.
     pub dockerfile: Option<DockerfileRootfs>,
+    /// A `runtime:` that names a program (nginx, redis, ...): its full and
+    /// short names.
+    pub runtime_program: Option<(String, String)>,
     /// The Kraftfile has Unikraft's `unikraft:` or `libraries:` (an app
     /// built from Unikraft's sources, unless a runtime or a Kiln app
     /// crate stands for it).
@@ -793,20 +796,18 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
             line,
         });
     }
-    // A program's runtime with a rootfs folder: the program has to be in
-    // it (or come from `programs:`), Unikraft's prebuilt image being out of
-    // Kiln's reach.
-    if let (Some((name, short)), Some(root), Some(prog)) = (
-        raw.runtime.as_ref().map(runtime_names).filter(|(_, s)| !(s.contains("elfloader") || *s == "base" || s.is_empty())),
-        rootfs.as_ref().filter(|r| r.is_dir()),
-        cmd.first().filter(|c| c.starts_with('/')),
-    ) {
-        let inside = root.join(prog.trim_start_matches('/'));
-        if inside.symlink_metadata().is_err() && !programs.iter().any(|p| p == Path::new(prog)) {
-            problems.add(
-                key_line(text, "cmd"),
-                format!("cmd runs {prog}, which the rootfs does not hold: runtime '{name}' means Unikraft's prebuilt {short} image, which Kiln cannot fetch; add the program (`programs: [{prog}]` packs this machine's) or build the rootfs from a Dockerfile"),
-            );
+    let runtime_program = raw
+        .runtime
+        .as_ref()
+        .map(runtime_names)
+        .filter(|(_, s)| !(s.contains("elfloader") || *s == "base" || s.is_empty()))
+        .map(|(n, s)| (n.to_string(), s.to_string()));
+    let mut programs = programs;
+    if dockerfile_rootfs.is_none() {
+        match runtime_brings(runtime_program.as_ref(), rootfs.as_deref(), &cmd, &mut programs) {
+            Ok(Some(note)) => notes.push(format!("{}:{}: {note}", path.display(), key_line(text, "runtime"))),
+            Ok(None) => {}
+            Err(e) => problems.add(key_line(text, "cmd"), e),
         }
     }
     problems.into_result(Kraftfile {
@@ -820,6 +821,7 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
         kconfig,
         rootfs,
         dockerfile: dockerfile_rootfs,
+        runtime_program,
         unikraft_sources: raw.unikraft.is_some() || raw.libraries.is_some(),
         programs,
         programs_line,
@@ -889,6 +891,30 @@ fn kiln_library(lib: &str) -> Option<Option<&'static str>> {
 /// Kconfig entries they mean and the Kiln app the template or runtime stands
 /// for; what has no Kiln meaning goes into one note.
 #[allow(clippy::type_complexity)]
+/// A program's runtime (`redis:7.2`) stands for Unikraft's prebuilt image
+/// of that program, out of Kiln's reach; Kiln runs the program on its ELF
+/// loader instead. When `cmd` names a program the rootfs folder lacks,
+/// this machine's copy at the same path is packed (as `programs:` does):
+/// the note that says so, or the error when there is none.
+pub fn runtime_brings(
+    runtime: Option<&(String, String)>,
+    rootfs: Option<&Path>,
+    cmd: &[String],
+    programs: &mut Vec<PathBuf>,
+) -> std::result::Result<Option<String>, String> {
+    let (Some((name, short)), Some(root), Some(prog)) = (runtime, rootfs.filter(|r| r.is_dir()), cmd.first().filter(|c| c.starts_with('/'))) else {
+        return Ok(None);
+    };
+    if root.join(prog.trim_start_matches('/')).symlink_metadata().is_ok() || programs.iter().any(|p| p == Path::new(prog)) {
+        return Ok(None);
+    }
+    if Path::new(prog).is_file() {
+        programs.push(PathBuf::from(prog));
+        return Ok(Some(format!("runtime '{name}': {prog} comes from this machine, with its libraries (Unikraft's prebuilt {short} image is out of Kiln's reach)")));
+    }
+    Err(format!("cmd runs {prog}, which neither the rootfs nor this machine has: runtime '{name}' means Unikraft's prebuilt {short} image, which Kiln cannot fetch; install the program here (`programs: [{prog}]` then packs it) or build the rootfs from a Dockerfile"))
+}
+
 /// A `runtime:` or `template:` value's full name and its short one
 /// (`unikraft.org/nginx:1.15` -> nginx).
 fn runtime_names(v: &serde_json::Value) -> (&str, &str) {
@@ -1308,11 +1334,15 @@ targets:
         let d = std::env::temp_dir().join(format!("kiln-kf-rt-{}", std::process::id()));
         std::fs::create_dir_all(d.join("rootfs/app")).unwrap();
         let at = |t: &str| parse(&d.join("Kraftfile"), t);
-        let e = format!("{:#}", at("spec: v0.6\nname: n\nruntime: node:18\nrootfs: ./rootfs\ncmd: [\"/usr/bin/node\", \"/app/server.js\"]\n").unwrap_err());
-        assert!(e.contains(":5: cmd runs /usr/bin/node, which the rootfs does not hold: runtime 'node:18' means Unikraft's prebuilt node image"), "{e}");
-        std::fs::create_dir_all(d.join("rootfs/usr/bin")).unwrap();
-        std::fs::write(d.join("rootfs/usr/bin/node"), "").unwrap();
-        assert!(at("spec: v0.6\nname: n\nruntime: node:18\nrootfs: ./rootfs\ncmd: [\"/usr/bin/node\", \"/app/server.js\"]\n").is_ok());
+        let e = format!("{:#}", at("spec: v0.6\nname: n\nruntime: nosuch:1\nrootfs: ./rootfs\ncmd: [\"/opt/nosuch/server\", \"/app/x\"]\n").unwrap_err());
+        assert!(e.contains(":5: cmd runs /opt/nosuch/server, which neither the rootfs nor this machine has: runtime 'nosuch:1' means Unikraft's prebuilt nosuch image"), "{e}");
+        // This machine's program at the same path is packed, with a note.
+        let k = at("spec: v0.6\nname: n\nruntime: sh:1\nrootfs: ./rootfs\ncmd: [\"/bin/sh\", \"-c\", \"true\"]\n").unwrap();
+        assert_eq!(k.programs, [PathBuf::from("/bin/sh")]);
+        assert!(k.notes.iter().any(|n| n.contains(":3: runtime 'sh:1': /bin/sh comes from this machine")), "{:?}", k.notes);
+        std::fs::create_dir_all(d.join("rootfs/opt/nosuch")).unwrap();
+        std::fs::write(d.join("rootfs/opt/nosuch/server"), "").unwrap();
+        assert!(at("spec: v0.6\nname: n\nruntime: nosuch:1\nrootfs: ./rootfs\ncmd: [\"/opt/nosuch/server\"]\n").is_ok());
         std::fs::remove_dir_all(&d).unwrap();
         assert_eq!(err("\n# nothing\n"), "/tmp/app/Kraftfile:1: the Kraftfile is empty: it needs at least `spec`, `name` and `targets` (or a `runtime`)");
     }
