@@ -134,11 +134,28 @@ pub struct Program {
 impl Program {
     /// Reads and checks `bytes`.
     pub fn parse(bytes: &[u8]) -> Result<Program, Error> {
-        let elf = goblin::elf::Elf::parse(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
-        if !elf.is_64 || !elf.little_endian {
+        // The ELF header and the program headers only: a full parse would
+        // also read every string and symbol table (tens of MB of heap for a
+        // large program such as node) that loading never needs.
+        let header = goblin::elf::Elf::parse_header(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
+        let malformed = |e: goblin::error::Error| Error::Malformed(e.to_string());
+        let container = header.container().map_err(malformed)?;
+        let endian = header.endianness().map_err(malformed)?;
+        if container != goblin::container::Container::Big || endian != goblin::container::Endian::Little {
             return Err(Error::NotElf64);
         }
-        let h = &elf.header;
+        let h = &header;
+        let table_end = (h.e_phoff as usize).checked_add(h.e_phnum as usize * h.e_phentsize as usize);
+        if h.e_phentsize as usize != 56 || table_end.is_none_or(|e| e > bytes.len()) {
+            return Err(Error::Malformed("the program header table lies outside the file".into()));
+        }
+        let program_headers = goblin::elf::ProgramHeader::parse(
+            bytes,
+            h.e_phoff as usize,
+            h.e_phnum as usize,
+            goblin::container::Ctx::new(container, endian),
+        )
+        .map_err(malformed)?;
         if h.e_machine != EM_X86_64 && h.e_machine != EM_AARCH64 {
             return Err(Error::WrongMachine(h.e_machine));
         }
@@ -152,7 +169,7 @@ impl Program {
         let mut interpreter = None;
         let mut tls = None;
         let mut exec_stack = false;
-        for (i, ph) in elf.program_headers.iter().enumerate() {
+        for (i, ph) in program_headers.iter().enumerate() {
             match ph.p_type {
                 PT_LOAD => {
                     let end = ph.p_offset.checked_add(ph.p_filesz);
