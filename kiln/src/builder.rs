@@ -35,14 +35,27 @@ pub fn rust_target(arch: &str) -> &'static str {
     }
 }
 
+/// `cargo` for a nested build (a kernel, the UEFI loader, a Linux
+/// program): the caller's own build settings (flags, target folder and
+/// target, which `cargo test` or a user's shell may set) are left out.
+pub fn nested_cargo() -> (std::ffi::OsString, Command) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(&cargo);
+    c.env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET");
+    (cargo, c)
+}
+
 /// Builds Kiln's UEFI loader for arm64 disk images (plat/efi) and returns
 /// the `.efi` file's path. Cargo keeps it current; the Rust target comes
 /// with the toolchain file (rustup installs it on first use).
 pub fn efi_loader() -> Result<PathBuf> {
     const TRIPLE: &str = "aarch64-unknown-uefi";
     let target_dir = kiln_home().join("target").join("efi");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let o = Command::new(&cargo)
+    let (cargo, mut c) = nested_cargo();
+    let o = c
         .current_dir(kiln_home())
         .args([
             "build",
@@ -55,10 +68,6 @@ pub fn efi_loader() -> Result<PathBuf> {
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
         .output()
         .with_context(|| format!("running {cargo:?}: is Rust (cargo) installed?"))?;
     if !o.status.success() {
@@ -380,7 +389,8 @@ fn generate(
             kf.app_dir.display()
         )
     })?;
-    let app_manifest = AppManifest::read(&app_dir, kf.unikraft_sources && kf.template_app.is_none())?;
+    let app_manifest =
+        AppManifest::read(&app_dir, kf.unikraft_sources && kf.template_app.is_none())?;
     let app_pkg = app_manifest.package()?;
     // Cargo's package names take letters, digits, '-' and '_': the
     // Kraftfile name's dots become '-', its '+' (`g++`) 'p'.
@@ -735,8 +745,7 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
     ui.step(3, 4, &format!("Compiling {} for {target}", kf.name));
     let triple = rust_target(&target.arch);
     let target_dir = kiln_home().join("target").join("kernel");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
+    let (cargo, mut cmd) = nested_cargo();
     cmd.current_dir(&paths.link_crate)
         .args([
             "build",
@@ -754,10 +763,6 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
             "--config",
             &format!("target.{triple}.rustflags=[\"-Crelocation-model=static\", \"-Cforce-unwind-tables=no\", \"-Cforce-frame-pointers=yes\"{}]", SOFT_CRYPTO.iter().map(|f| format!(", {f}")).collect::<String>()),
         ])
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
         .env("KILN_LINK_MAP", &paths.map)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

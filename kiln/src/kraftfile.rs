@@ -439,7 +439,8 @@ pub fn load_file(file: &Path, dir: &Path) -> Result<Kraftfile> {
     if !dir.is_dir() {
         bail!("{}: no such directory", dir.display());
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     parse_in(file, &text, dir)
 }
 
@@ -450,7 +451,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Kraftfile> {
 
 /// Parses Kraftfile text read from `path`, its relative paths taken from `dir`.
 fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Err(at(path, 1, "the Kraftfile is empty: it needs at least `spec`, `name` and `targets` (or a `runtime`)"));
     }
     // A key given twice (three of Unikraft's catalog Kraftfiles do it):
@@ -513,9 +517,16 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
             String::new()
         }
         // As Unikraft's tools do: the folder's name.
-        None => match dir.file_name().and_then(|n| n.to_str()).filter(|n| valid_name(n)) {
+        None => match dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| valid_name(n))
+        {
             Some(n) => {
-                notes.push(format!("{}: no 'name': using the folder's, {n}", path.display()));
+                notes.push(format!(
+                    "{}: no 'name': using the folder's, {n}",
+                    path.display()
+                ));
                 n.to_string()
             }
             None => {
@@ -572,7 +583,13 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
         // A runtime or template Kraftfile (Unikraft's catalog) leaves the
         // target to the command line; Kiln's ELF loader builds for both.
         for arch in ["x86_64", "arm64"] {
-            targets.push(Target { plat: "qemu".into(), vmm: None, arch: arch.into(), kconfig: Vec::new(), line: 1 });
+            targets.push(Target {
+                plat: "qemu".into(),
+                vmm: None,
+                arch: arch.into(),
+                kconfig: Vec::new(),
+                line: 1,
+            });
         }
         notes.push(format!("{}: no 'targets': qemu/x86_64 (and qemu/arm64 with --arch arm64), as the runtime provides", path.display()));
     } else if listed_targets == 0 {
@@ -800,12 +817,21 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
         .runtime
         .as_ref()
         .map(runtime_names)
-        .filter(|(_, s)| !(s.contains("elfloader") || *s == "base" || s.is_empty()))
+        .filter(|(_, s)| is_program_runtime(s))
         .map(|(n, s)| (n.to_string(), s.to_string()));
     let mut programs = programs;
     if dockerfile_rootfs.is_none() {
-        match runtime_brings(runtime_program.as_ref(), rootfs.as_deref(), &cmd, &mut programs) {
-            Ok(Some(note)) => notes.push(format!("{}:{}: {note}", path.display(), key_line(text, "runtime"))),
+        match runtime_brings(
+            runtime_program.as_ref(),
+            rootfs.as_deref(),
+            &cmd,
+            &mut programs,
+        ) {
+            Ok(Some(note)) => notes.push(format!(
+                "{}:{}: {note}",
+                path.display(),
+                key_line(text, "runtime")
+            )),
             Ok(None) => {}
             Err(e) => problems.add(key_line(text, "cmd"), e),
         }
@@ -902,10 +928,19 @@ pub fn runtime_brings(
     cmd: &[String],
     programs: &mut Vec<PathBuf>,
 ) -> std::result::Result<Option<String>, String> {
-    let (Some((name, short)), Some(root), Some(prog)) = (runtime, rootfs.filter(|r| r.is_dir()), cmd.first().filter(|c| c.starts_with('/'))) else {
+    let (Some((name, short)), Some(root), Some(prog)) = (
+        runtime,
+        rootfs.filter(|r| r.is_dir()),
+        cmd.first().filter(|c| c.starts_with('/')),
+    ) else {
         return Ok(None);
     };
-    if root.join(prog.trim_start_matches('/')).symlink_metadata().is_ok() || programs.iter().any(|p| p == Path::new(prog)) {
+    if root
+        .join(prog.trim_start_matches('/'))
+        .symlink_metadata()
+        .is_ok()
+        || programs.iter().any(|p| p == Path::new(prog))
+    {
         return Ok(None);
     }
     if Path::new(prog).is_file() {
@@ -913,6 +948,12 @@ pub fn runtime_brings(
         return Ok(Some(format!("runtime '{name}': {prog} comes from this machine, with its libraries (Unikraft's prebuilt {short} image is out of Kiln's reach)")));
     }
     Err(format!("cmd runs {prog}, which neither the rootfs nor this machine has: runtime '{name}' means Unikraft's prebuilt {short} image, which Kiln cannot fetch; install the program here (`programs: [{prog}]` then packs it) or build the rootfs from a Dockerfile"))
+}
+
+/// Whether a runtime's short name is a program's (nginx, redis, ...)
+/// rather than the ELF loader itself (base, elfloader).
+fn is_program_runtime(short: &str) -> bool {
+    !(short.contains("elfloader") || short == "base" || short.is_empty())
 }
 
 /// A `runtime:` or `template:` value's full name and its short one
@@ -923,7 +964,13 @@ fn runtime_names(v: &serde_json::Value) -> (&str, &str) {
         .or_else(|| v.get("name").and_then(|n| n.as_str()))
         .or_else(|| v.get("source").and_then(|n| n.as_str()))
         .unwrap_or("");
-    let short = name.rsplit('/').next().unwrap_or(name).split(':').next().unwrap_or("");
+    let short = name
+        .rsplit('/')
+        .next()
+        .unwrap_or(name)
+        .split(':')
+        .next()
+        .unwrap_or("");
     (name, short)
 }
 
@@ -999,7 +1046,7 @@ fn unikraft_fields(
             problems.add(line, format!("template '{name}': Kiln knows only the ELF loader's (app-elfloader), which its apps/elfloader stands for"));
             continue;
         }
-        let program = !(short.contains("elfloader") || short == "base" || short.is_empty());
+        let program = is_program_runtime(short);
         // A Dockerfile may give the command (CMD); a folder or archive
         // cannot, and then only Unikraft's prebuilt image knew it.
         let dockerfile = match raw.rootfs.as_ref().map(|r| &r.value) {
@@ -1317,14 +1364,27 @@ targets:
     /// line picks), names with '+', and one with no name at all.
     #[test]
     fn catalog_runtime_kraftfiles() {
-        let k = p("spec: v0.6\nname: httpserver-g++13.2\nruntime: base:latest\ncmd: [\"/http_server\"]\n").unwrap();
+        let k = p(
+            "spec: v0.6\nname: httpserver-g++13.2\nruntime: base:latest\ncmd: [\"/http_server\"]\n",
+        )
+        .unwrap();
         assert_eq!(k.name, "httpserver-g++13.2");
-        let t: Vec<String> = k.targets.iter().map(|t| format!("{}/{}", t.plat, t.arch)).collect();
+        let t: Vec<String> = k
+            .targets
+            .iter()
+            .map(|t| format!("{}/{}", t.plat, t.arch))
+            .collect();
         assert_eq!(t, ["qemu/x86_64", "qemu/arm64"]);
         assert!(k.notes.iter().any(|n| n.contains("no 'targets': qemu/x86_64 (and qemu/arm64 with --arch arm64)")), "{:?}", k.notes);
         let k = p("spec: v0.6\nruntime: base:latest\n").unwrap();
         assert_eq!(k.name, "app");
-        assert!(k.notes.iter().any(|n| n.contains("no 'name': using the folder's, app")), "{:?}", k.notes);
+        assert!(
+            k.notes
+                .iter()
+                .any(|n| n.contains("no 'name': using the folder's, app")),
+            "{:?}",
+            k.notes
+        );
         // Without a runtime, a Kraftfile still has to say what it builds for.
         assert!(err("name: x\n").contains("no 'targets'"));
         // A program's runtime with neither a command nor a Dockerfile: only
@@ -1339,7 +1399,13 @@ targets:
         // This machine's program at the same path is packed, with a note.
         let k = at("spec: v0.6\nname: n\nruntime: sh:1\nrootfs: ./rootfs\ncmd: [\"/bin/sh\", \"-c\", \"true\"]\n").unwrap();
         assert_eq!(k.programs, [PathBuf::from("/bin/sh")]);
-        assert!(k.notes.iter().any(|n| n.contains(":3: runtime 'sh:1': /bin/sh comes from this machine")), "{:?}", k.notes);
+        assert!(
+            k.notes
+                .iter()
+                .any(|n| n.contains(":3: runtime 'sh:1': /bin/sh comes from this machine")),
+            "{:?}",
+            k.notes
+        );
         std::fs::create_dir_all(d.join("rootfs/opt/nosuch")).unwrap();
         std::fs::write(d.join("rootfs/opt/nosuch/server"), "").unwrap();
         assert!(at("spec: v0.6\nname: n\nruntime: nosuch:1\nrootfs: ./rootfs\ncmd: [\"/opt/nosuch/server\"]\n").is_ok());
@@ -1354,8 +1420,13 @@ targets:
         let d = std::env::temp_dir().join(format!("kiln-kf-k-{}", std::process::id()));
         std::fs::create_dir_all(d.join("app")).unwrap();
         std::fs::write(d.join("Dockerfile"), "FROM scratch\n").unwrap();
-        std::fs::write(d.join("app/Kraftfile"), "spec: v0.6\nruntime: base:latest\nrootfs: ./Dockerfile\ncmd: [\"/app\"]\n").unwrap();
-        assert!(format!("{:#}", load(&d.join("app")).unwrap_err()).contains("rootfs './Dockerfile': no such Dockerfile"));
+        std::fs::write(
+            d.join("app/Kraftfile"),
+            "spec: v0.6\nruntime: base:latest\nrootfs: ./Dockerfile\ncmd: [\"/app\"]\n",
+        )
+        .unwrap();
+        assert!(format!("{:#}", load(&d.join("app")).unwrap_err())
+            .contains("rootfs './Dockerfile': no such Dockerfile"));
         let k = load_file(&d.join("app/Kraftfile"), &d).unwrap();
         let df = k.dockerfile.unwrap();
         assert_eq!((df.file, df.context), (d.join("Dockerfile"), d.clone()));

@@ -416,7 +416,12 @@ fn load_to_build(t: &TargetArgs, ui: &Ui) -> Result<(kraftfile::Kraftfile, kraft
         }
         // A program's runtime: its program from this machine when the
         // Dockerfile's rootfs lacks it.
-        match kraftfile::runtime_brings(kf.runtime_program.as_ref(), kf.rootfs.as_deref(), &kf.cmd, &mut kf.programs) {
+        match kraftfile::runtime_brings(
+            kf.runtime_program.as_ref(),
+            kf.rootfs.as_deref(),
+            &kf.cmd,
+            &mut kf.programs,
+        ) {
             Ok(Some(note)) => ui.note(&format!("{}: {note}", builder::rel(&kf.path))),
             Ok(None) => {}
             Err(e) => anyhow::bail!("{}: {e}", builder::rel(&kf.path)),

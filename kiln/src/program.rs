@@ -8,8 +8,6 @@
 //! and the Kraftfile's `cmd` as its arguments.
 
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::kraftfile::{Kraftfile, Target};
 
@@ -23,7 +21,11 @@ pub fn is_std_program(kf: &Kraftfile) -> Option<String> {
     let text = std::fs::read_to_string(kf.app_dir.join("Cargo.toml")).ok()?;
     let doc: toml::Table = text.parse().ok()?;
     let package = doc.get("package")?.as_table()?;
-    if package.get("metadata").and_then(|m| m.get("kiln")).is_some() {
+    if package
+        .get("metadata")
+        .and_then(|m| m.get("kiln"))
+        .is_some()
+    {
         return None;
     }
     package.get("name")?.as_str().map(str::to_string)
@@ -35,21 +37,21 @@ pub fn prepare(kf: &mut Kraftfile, target: &Target, name: &str, say: &dyn Fn(&st
     let triple = match target.arch.as_str() {
         "x86_64" => "x86_64-unknown-linux-musl",
         "arm64" => "aarch64-unknown-linux-musl",
-        a => bail!("{}: a Rust program for {a} is not supported", kf.path.display()),
+        a => bail!(
+            "{}: a Rust program for {a} is not supported",
+            kf.path.display()
+        ),
     };
-    let dir = std::fs::canonicalize(&kf.app_dir).with_context(|| format!("{}", kf.app_dir.display()))?;
+    let dir =
+        std::fs::canonicalize(&kf.app_dir).with_context(|| format!("{}", kf.app_dir.display()))?;
     let out = dir.join(".kiln").join("program");
     say(&format!("{}: a Rust program (Unikraft's Rust support): building it for Linux ({triple}) to run on Kiln's ELF loader", dir.display()));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let o = Command::new(&cargo)
+    let (cargo, mut c) = crate::builder::nested_cargo();
+    let o = c
         .current_dir(&dir)
         .args(["build", "--release", "--quiet", "--target", triple])
         .arg("--target-dir")
         .arg(out.join("target"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
         // No cross C toolchain for arm64: Rust's own linker and musl's
         // objects from the Rust target.
         .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
@@ -60,18 +62,26 @@ pub fn prepare(kf: &mut Kraftfile, target: &Target, name: &str, say: &dyn Fn(&st
         if err.contains("target may not be installed") {
             bail!("building {}: Rust's {triple} target is missing; install it with `rustup target add {triple}`", dir.display());
         }
-        bail!("building the Rust program in {} for {triple} failed:\n{}", dir.display(), err.trim());
+        bail!(
+            "building the Rust program in {} for {triple} failed:\n{}",
+            dir.display(),
+            err.trim()
+        );
     }
     let bin = out.join("target").join(triple).join("release").join(name);
     if !bin.is_file() {
-        bail!("building {}: cargo made no {}", dir.display(), bin.display());
+        bail!(
+            "building {}: cargo made no {}",
+            dir.display(),
+            bin.display()
+        );
     }
     // The rootfs: the Kraftfile's own files, then the program.
     let stage = out.join("rootfs");
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage)?;
     if let Some(r) = kf.rootfs.as_ref().filter(|r| r.is_dir()) {
-        copy_dir(r, &stage)?;
+        crate::dockerfile::copy_tree(r, &stage)?;
     }
     let inside = format!("/{name}");
     std::fs::copy(&bin, stage.join(name)).with_context(|| format!("copying {}", bin.display()))?;
@@ -79,13 +89,5 @@ pub fn prepare(kf: &mut Kraftfile, target: &Target, name: &str, say: &dyn Fn(&st
     kf.cmd.insert(0, inside);
     kf.app_dir = crate::builder::kiln_home().join("apps").join("elfloader");
     kf.template_app = Some("elfloader");
-    Ok(())
-}
-
-fn copy_dir(from: &Path, to: &PathBuf) -> Result<()> {
-    let o = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).output()?;
-    if !o.status.success() {
-        bail!("copying {}: {}", from.display(), String::from_utf8_lossy(&o.stderr).trim());
-    }
     Ok(())
 }

@@ -99,7 +99,9 @@ fn registry() -> Registry {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .expect("/bin/busybox (scripts/test installs busybox-static)");
-    for applet in ["sh", "mkdir", "echo", "cat", "ls", "pwd", "env", "printf", "wc"] {
+    for applet in [
+        "sh", "mkdir", "echo", "cat", "ls", "pwd", "env", "printf", "wc",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     run(Command::new("umoci")
@@ -258,7 +260,10 @@ fn dockerfile_rootfs_builds_and_serves() {
         .filter(|p| p.is_file())
         .map(|p| std::fs::read_to_string(p).unwrap().trim().to_string())
         .collect();
-    assert!(runs.contains(&"1".to_string()) && runs.contains(&"2".to_string()), "{runs:?}");
+    assert!(
+        runs.contains(&"1".to_string()) && runs.contains(&"2".to_string()),
+        "{runs:?}"
+    );
 }
 
 /// Bad input: a syntax error (every one, with file:line), a base image the
@@ -276,9 +281,8 @@ fn bad_dockerfiles_images_and_registries_are_reported() {
         assert_eq!(code, 1, "{err}");
         err
     };
-    let err = build(
-        "FROM scratch\nCOPY onlyone\nFROBNICATE now\nRUN --mount=type=secret,id=k true\n",
-    );
+    let err =
+        build("FROM scratch\nCOPY onlyone\nFROBNICATE now\nRUN --mount=type=secret,id=k true\n");
     assert!(
         err.contains("Dockerfile:2: COPY takes SOURCE... DEST"),
         "{err}"

@@ -1132,7 +1132,11 @@ fn a_unikraft_makefile_app_is_refused_clearly() {
     let d = std::env::temp_dir().join(format!("kiln-ukmake-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("Kraftfile"), "spec: v0.6\nname: helloworld\nunikraft: stable\ntargets:\n- qemu/x86_64\n").unwrap();
+    std::fs::write(
+        d.join("Kraftfile"),
+        "spec: v0.6\nname: helloworld\nunikraft: stable\ntargets:\n- qemu/x86_64\n",
+    )
+    .unwrap();
     std::fs::write(d.join("Makefile.uk"), "$(eval $(call addlib,apphelloworld))\nAPPHELLOWORLD_SRCS-y += $(APPHELLOWORLD_BASE)/main.c\n").unwrap();
     std::fs::write(d.join("main.c"), "int main(void) { return 0; }\n").unwrap();
     let (code, _, err) = support::kiln(&["build", d.to_str().unwrap()]);
@@ -1161,7 +1165,11 @@ fn a_unikraft_rust_program_runs_on_the_elf_loader() {
         "spec: v0.6\nname: hello-rs\ncmd: [\"one\", \"two\"]\nunikraft:\n  version: stable\nlibraries:\n  musl: stable\ntargets:\n- qemu/x86_64\n",
     )
     .unwrap();
-    std::fs::write(d.join("Cargo.toml"), "[package]\nname = \"hello-rs\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n").unwrap();
+    std::fs::write(
+        d.join("Cargo.toml"),
+        "[package]\nname = \"hello-rs\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
     std::fs::write(
         d.join("src/main.rs"),
         "fn main() {\n    let args: Vec<String> = std::env::args().collect();\n    println!(\"rust std on kiln: {:?}\", &args[1..]);\n    std::process::exit(3);\n}\n",
@@ -1170,6 +1178,9 @@ fn a_unikraft_rust_program_runs_on_the_elf_loader() {
     let (code, out, err) = support::kiln(&["run", "-W", "--timeout", "120", d.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&d);
     assert_eq!(code, 3, "{out}{err}");
-    assert!(out.contains("rust std on kiln: [\"one\", \"two\"]"), "{out}");
+    assert!(
+        out.contains("rust std on kiln: [\"one\", \"two\"]"),
+        "{out}"
+    );
     assert!(err.contains("a Rust program (Unikraft's Rust support): building it for Linux (x86_64-unknown-linux-musl)"), "{err}");
 }

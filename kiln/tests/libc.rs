@@ -196,17 +196,33 @@ fn a_c_app_can_leave_the_network_out() {
             format!("spec: v0.6\nname: hello-c\napp: {}\ntargets: [qemu/x86_64]\nkconfig:\n  LIBNET: {net}\n", root().join("apps/hello-c").display()),
         )
         .unwrap();
-        let (code, out, err) = kiln(&["run", "-W", "--timeout", "240", d.path().to_str().unwrap(), "--", "one"]);
+        let (code, out, err) = kiln(&[
+            "run",
+            "-W",
+            "--timeout",
+            "240",
+            d.path().to_str().unwrap(),
+            "--",
+            "one",
+        ]);
         assert_eq!(code, 0, "{out}{err}");
-        assert!(out.contains("Hello from C!\n") && out.contains("argv[1] = one\n"), "{out}");
-        let size = std::fs::metadata(d.path().join(".kiln/build/hello-c_qemu-x86_64")).unwrap().len();
+        assert!(
+            out.contains("Hello from C!\n") && out.contains("argv[1] = one\n"),
+            "{out}"
+        );
+        let size = std::fs::metadata(d.path().join(".kiln/build/hello-c_qemu-x86_64"))
+            .unwrap()
+            .len();
         (format!("{out}{err}"), size)
     };
     let (out, without) = with_net("n");
     assert!(!out.contains("kiln: net:"), "{out}");
     let (out, with) = with_net("y");
     assert!(out.contains("kiln: net:"), "{out}");
-    assert!(without < with, "without the network {without} bytes, with it {with}");
+    assert!(
+        without < with,
+        "without the network {without} bytes, with it {with}"
+    );
 }
 
 #[test]
@@ -420,8 +436,16 @@ fn records_answer_real_sql(arch: &str) {
     assert_eq!((code, body.as_str()), (200, "id\tprice\n1234\t308.5\n"));
     // A REAL reaches Rust as the very double SQLite computed (its bits
     // through lib/sqlite's wrappers), not SQLite's 15-digit text ("0.3").
-    let (code, body) = http(a, "POST", "/sql", "SELECT 0.1 + 0.2 AS r, typeof(0.1 + 0.2) AS t");
-    assert_eq!((code, body.as_str()), (200, "r\tt\n0.30000000000000004\treal\n"));
+    let (code, body) = http(
+        a,
+        "POST",
+        "/sql",
+        "SELECT 0.1 + 0.2 AS r, typeof(0.1 + 0.2) AS t",
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "r\tt\n0.30000000000000004\treal\n")
+    );
     let (code, body) = http(
         a,
         "POST",

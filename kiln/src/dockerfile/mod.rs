@@ -60,14 +60,12 @@ enum Base {
     Image(registry::Image),
 }
 
-/// A needed stage before it is had: its base, key and the stages it
-/// builds from (its base stage, COPY --from's).
+/// A needed stage before it is had: its base and key.
 struct Plan {
     label: String,
     image: String,
     base: Base,
     key: String,
-    deps: Vec<usize>,
 }
 
 /// A finished stage: its folder and state.
@@ -122,23 +120,18 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             .position(|s| s.0.as_deref() == Some(name))
             .or_else(|| name.parse::<usize>().ok().filter(|&n| n < before))
     };
-    // Which stages the last one needs.
-    let mut needed = vec![false; stages.len()];
-    needed[stages.len() - 1] = true;
-    for s in (0..stages.len()).rev() {
-        if !needed[s] {
-            continue;
-        }
-        if let Op::From { image, .. } = &stages[s].2.op {
+    // The stages each stage builds from (its FROM stage, COPY --from's),
+    // and which of them the last one needs.
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); stages.len()];
+    for (s, stage) in stages.iter().enumerate() {
+        if let Op::From { image, .. } = &stage.2.op {
             let image = parse::expand(image, &|n| lookup(&global_args, n));
-            if let Some(b) = stage_index(&image.to_ascii_lowercase(), s) {
-                needed[b] = true;
-            }
+            deps[s].extend(stage_index(&image.to_ascii_lowercase(), s));
         }
-        for i in &stages[s].3 {
+        for i in &stage.3 {
             if let Op::Copy { from: Some(f), .. } = &i.op {
                 match stage_index(f, s) {
-                    Some(b) => needed[b] = true,
+                    Some(b) => deps[s].push(b),
                     None if f.parse::<usize>().is_ok() => bail!(
                         "{}:{}: COPY --from={f}: no such earlier stage",
                         file.display(),
@@ -147,6 +140,15 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
                     // An image name: pulled when the COPY runs.
                     None => {}
                 }
+            }
+        }
+    }
+    let mut needed = vec![false; stages.len()];
+    needed[stages.len() - 1] = true;
+    for s in (0..stages.len()).rev() {
+        if needed[s] {
+            for &d in &deps[s] {
+                needed[d] = true;
             }
         }
     }
@@ -164,12 +166,13 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             unreachable!()
         };
         let image = parse::expand(image, &|n| lookup(&global_args, n));
-        let mut deps = Vec::new();
         let (base, base_key) = if image == "scratch" {
             (Base::Scratch, "scratch".to_string())
         } else if let Some(b) = stage_index(&image.to_ascii_lowercase(), s) {
-            deps.push(b);
-            (Base::Stage(b), plans[b].as_ref().map(|p| p.key.clone()).unwrap_or_default())
+            (
+                Base::Stage(b),
+                plans[b].as_ref().map(|p| p.key.clone()).unwrap_or_default(),
+            )
         } else {
             let img = registry::pull(&image, arch, &cache, say)
                 .map_err(|e| anyhow::anyhow!("{}: FROM {image}: {e:#}", at(*line)))?;
@@ -189,10 +192,13 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             h.update(i.text.as_bytes());
             if let Op::Copy { from, sources, .. } = &i.op {
                 match from.as_deref().and_then(|f| stage_index(f, s)) {
-                    Some(b) => {
-                        deps.push(b);
-                        h.update(plans[b].as_ref().map(|p| p.key.as_str()).unwrap_or("").as_bytes())
-                    }
+                    Some(b) => h.update(
+                        plans[b]
+                            .as_ref()
+                            .map(|p| p.key.as_str())
+                            .unwrap_or("")
+                            .as_bytes(),
+                    ),
                     None if from.is_some() => {}
                     None => {
                         for src in sources {
@@ -203,16 +209,27 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             }
         }
         let key = format!("{:x}", h.finalize());
-        plans[s] = Some(Plan { label: name.clone().unwrap_or_else(|| s.to_string()), image, base, key, deps });
+        plans[s] = Some(Plan {
+            label: name.clone().unwrap_or_else(|| s.to_string()),
+            image,
+            base,
+            key,
+        });
     }
     // Then what has to be had: the last stage, and what an uncached stage
     // builds from. A cached last stage needs nothing else.
-    let cached = |p: &Plan| cache.join("stages").join(&p.key).join("state.json").is_file();
+    let cached = |p: &Plan| {
+        cache
+            .join("stages")
+            .join(&p.key)
+            .join("state.json")
+            .is_file()
+    };
     let mut want = vec![false; n];
     want[n - 1] = true;
     for s in (0..n).rev() {
-        if let Some(p) = plans[s].as_ref().filter(|p| want[s] && !cached(p)) {
-            for &d in &p.deps {
+        if want[s] && plans[s].as_ref().is_some_and(|p| !cached(p)) {
+            for &d in &deps[s] {
                 want[d] = true;
             }
         }
@@ -226,8 +243,15 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
         let dir = cache.join("stages").join(&plan.key);
         if cached(&plan) {
             let st: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
-            say(&format!("stage {} ({} instructions): cached", plan.label, body.len() + 1));
-            done[s] = Some(Done { root: dir.join("rootfs"), state: st });
+            say(&format!(
+                "stage {} ({} instructions): cached",
+                plan.label,
+                body.len() + 1
+            ));
+            done[s] = Some(Done {
+                root: dir.join("rootfs"),
+                state: st,
+            });
             continue;
         }
         let (base_root, mut state) = match plan.base {
@@ -248,7 +272,9 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             }
         };
         say(&format!("stage {}: FROM {}", plan.label, plan.image));
-        let work = cache.join("stages").join(format!(".{}-{}", plan.key, std::process::id()));
+        let work = cache
+            .join("stages")
+            .join(format!(".{}-{}", plan.key, std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let root = work.join("rootfs");
         std::fs::create_dir_all(&root)?;
@@ -262,7 +288,20 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
             known.extend(state.env.iter().cloned());
             let vars = |n: &str| lookup(&known, n);
             say(&format!("{}: {}", at(i.line), shorten(&i.text)));
-            let r = step(i, &root, &mut state, &mut args, &global_args, context, &done, &|f| stage_index(f, s), arch, &cache, say, &vars);
+            let r = step(
+                i,
+                &root,
+                &mut state,
+                &mut args,
+                &global_args,
+                context,
+                &done,
+                &|f| stage_index(f, s),
+                arch,
+                &cache,
+                say,
+                &vars,
+            );
             if let Err(e) = r {
                 let _ = std::fs::remove_dir_all(&work);
                 return Err(e.context(at(i.line)));
@@ -279,7 +318,10 @@ pub fn build(file: &Path, context: &Path, arch: &str, say: &dyn Fn(&str)) -> Res
         if s != n - 1 {
             built_here.push(dir.clone());
         }
-        done[s] = Some(Done { root: dir.join("rootfs"), state });
+        done[s] = Some(Done {
+            root: dir.join("rootfs"),
+            state,
+        });
     }
     // The stages the last one copied from are large (a whole toolchain
     // image) and needed again only when the last stage changes: they are
@@ -348,7 +390,7 @@ fn hash_tree(h: &mut Sha256, p: &Path) {
 }
 
 /// Copies `from`'s contents into `to` (`cp -a`: modes, owners, links).
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     let o = std::process::Command::new("cp")
         .arg("-a")
@@ -661,7 +703,14 @@ fi
 exec "$CHROOT" "$R" "$@"
 "#;
 
-fn run(c: &Command, mounts: &[parse::CacheMount], root: &Path, state: &State, args: &[(String, String)], cache: &Path) -> Result<()> {
+fn run(
+    c: &Command,
+    mounts: &[parse::CacheMount],
+    root: &Path,
+    state: &State,
+    args: &[(String, String)],
+    cache: &Path,
+) -> Result<()> {
     let argv = words(c, state);
     // Cache mounts: a folder per id in the cache, bound at the target
     // (resolved inside the stage, so a link cannot lead out of it).
@@ -671,7 +720,9 @@ fn run(c: &Command, mounts: &[parse::CacheMount], root: &Path, state: &State, ar
         h.update(m.id.as_bytes());
         let host = cache.join("mounts").join(format!("{:x}", h.finalize()));
         let target = resolve_in(root, &m.target);
-        std::fs::create_dir_all(&host).and_then(|()| std::fs::create_dir_all(&target)).with_context(|| format!("cache mount {}", m.target))?;
+        std::fs::create_dir_all(&host)
+            .and_then(|()| std::fs::create_dir_all(&target))
+            .with_context(|| format!("cache mount {}", m.target))?;
         binds.push_str(&format!("{}\t{}\n", host.display(), target.display()));
     }
     let mut cmd = std::process::Command::new("unshare");
@@ -706,7 +757,12 @@ fn run(c: &Command, mounts: &[parse::CacheMount], root: &Path, state: &State, ar
     for (k, v) in &state.env {
         cmd.env(k, v);
     }
-    let stage_path = state.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let stage_path = state
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
     // As Docker's RUN: root's HOME unless the stage sets one.
     if !state.env.iter().any(|(k, _)| k == "HOME") {
         cmd.env("HOME", "/root");

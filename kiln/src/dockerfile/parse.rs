@@ -166,7 +166,8 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, Vec<Problem>> {
         }
         let line = start + 1;
         let op = match (upper.as_str(), heredoc) {
-            ("RUN", Some(body)) => run_flags(rest.split("<<").next().unwrap_or("")).map(|(_, m)| Op::Run(Command::Shell(body), m)),
+            ("RUN", Some(body)) => run_flags(rest.split("<<").next().unwrap_or(""))
+                .map(|(_, m)| Op::Run(Command::Shell(body), m)),
             (_, Some(_)) => Err(format!("{upper}: heredocs are read for RUN only")),
             ("FROM", None) => from(&rest),
             ("RUN", None) => run_flags(&rest).map(|(r, m)| Op::Run(command(r), m)),
@@ -553,13 +554,22 @@ mod tests {
             Op::Run(
                 Command::Shell("go build".into()),
                 vec![
-                    CacheMount { id: "/root/go/pkg/mod".into(), target: "/root/go/pkg/mod".into() },
-                    CacheMount { id: "gb".into(), target: "/root/.cache/go-build".into() },
+                    CacheMount {
+                        id: "/root/go/pkg/mod".into(),
+                        target: "/root/go/pkg/mod".into()
+                    },
+                    CacheMount {
+                        id: "gb".into(),
+                        target: "/root/.cache/go-build".into()
+                    },
                 ]
             )
         );
         let e = parse("FROM a\nRUN --mount=type=cache,target=rel x\nRUN --mount=type=bind,source=.,target=/s x\n").unwrap_err();
-        assert!(e[0].1.contains("absolute target") && e[1].1.contains("type=bind: not supported"), "{e:?}");
+        assert!(
+            e[0].1.contains("absolute target") && e[1].1.contains("type=bind: not supported"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ fn oci_arch(arch: &str) -> &'static str {
 /// the mirror, under the same repository and tag.
 fn mirror_for(registry: &str) -> Option<String> {
     let v = std::env::var("KILN_REGISTRY_MIRROR").ok()?;
-    v.split(',').filter_map(|p| p.trim().split_once('=')).find(|(from, _)| *from == registry).map(|(_, to)| to.to_string())
+    v.split(',')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(from, _)| *from == registry)
+        .map(|(_, to)| to.to_string())
 }
 
 fn insecure(registry: &str) -> bool {
@@ -271,6 +274,7 @@ pub fn unpack_layer(data: &[u8], root: &Path) -> Result<()> {
     ar.set_preserve_mtime(true);
     ar.set_unpack_xattrs(false);
     // Files keep their owners where this runs as root.
+    // SAFETY: geteuid has no preconditions and cannot fail.
     ar.set_preserve_ownerships(unsafe { libc::geteuid() } == 0);
     ar.set_overwrite(true);
     for e in ar.entries()? {

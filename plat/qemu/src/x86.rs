@@ -222,9 +222,18 @@ impl Platform for Qemu {
     }
 
     fn pci_ecam(&self) -> Option<usize> {
-        // Bus 0's 32 devices of 8 functions, 4 KiB each.
-        let base = tables::ecam_bus0()?;
-        arch::mmu::map_device(base, 1 << 20).then_some(base as usize)
+        // Read and mapped once (every driver's scan asks): bus 0's 32
+        // devices of 8 functions, 4 KiB each. 0: not looked yet, 1: none.
+        static ECAM: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+        let known = ECAM.load(Ordering::Relaxed);
+        if known == 0 {
+            let found = tables::ecam_bus0()
+                .filter(|&base| arch::mmu::map_device(base, 1 << 20))
+                .map_or(1, |base| base as usize);
+            ECAM.store(found, Ordering::Relaxed);
+            return (found != 1).then_some(found);
+        }
+        (known != 1).then_some(known)
     }
 
     fn route_pci_intx(&self, irq: u8) -> bool {
