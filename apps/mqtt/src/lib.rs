@@ -258,7 +258,9 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         }
     }
     let ports: Vec<String> = cfg.listeners.iter().map(|p| p.to_string()).collect();
-    println!(
+    // Said once the saved state is back: a client that connects after
+    // "listening" finds its retained messages and sessions.
+    let listening = format!(
         "mqtt: listening on port{} {} (MQTT 3.1.1 and 5.0; up to {} clients, packets up to {} bytes, {}; messages held in at most {} KiB)",
         if ports.len() > 1 { "s" } else { "" },
         ports.join(", "),
@@ -279,6 +281,7 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
         .cfg
         .persistence
         .then(|| Saver::open(&mut broker, start));
+    println!("{listening}");
     // Each connection's stream, and its WebSocket layer on a websockets
     // listener.
     let mut conns: BTreeMap<ConnId, (Stream, Option<Ws>)> = BTreeMap::new();
