@@ -850,12 +850,19 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         // and for symbolizing fault reports); the image is cut to what
         // loaders read, unless BUILD_DEBUG_SYMBOLS keeps the symbols in.
         let elf = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-        let image = if cfg.on("BUILD_DEBUG_SYMBOLS") {
+        // A linuxu kernel is a host executable: it keeps its symbols, for
+        // gdb and perf as they are usually run.
+        let image = if cfg.on("BUILD_DEBUG_SYMBOLS") || target.plat == "linuxu" {
             elf.clone()
         } else {
             strip_to_segments(&elf).with_context(|| format!("{}: stripping", built.display()))?
         };
         std::fs::write(&tmp, image).with_context(|| format!("writing {}", tmp.display()))?;
+        if target.plat == "linuxu" {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("making {} executable", tmp.display()))?;
+        }
         let elf_path = paths.kernel.with_extension("elf");
         let elf_tmp = paths
             .kernel

@@ -294,11 +294,7 @@ fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
 
 /// Whether process `pid` is a live VMM of kind `vmm`.
 fn alive(pid: u32, vmm: vmm::Kind) -> bool {
-    let program = match vmm {
-        vmm::Kind::Qemu => "qemu-system",
-        vmm::Kind::Firecracker => "firecracker",
-        vmm::Kind::CloudHypervisor => "cloud-hypervisor",
-    };
+    let program = vmm.process_marker();
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains(program))
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -484,7 +480,7 @@ pub fn stop(name: &str) -> Result<()> {
         }
         !alive(pid, kind)
     };
-    let asked = v.ask_to_stop(&dir);
+    let asked = v.ask_to_stop(&dir, pid);
     if asked && wait(GRACE) {
         eprintln!("kiln: {name} shut down");
     } else {

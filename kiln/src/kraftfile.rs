@@ -271,6 +271,7 @@ pub const SUPPORTED: &[(&str, &str)] = &[
     ("qemu", "arm64"),
     ("raspi", "arm64"),
     ("raspi4", "arm64"),
+    ("linuxu", "x86_64"),
 ];
 
 /// Accepted spellings of architectures, mapped to Kiln's names.
@@ -1187,13 +1188,25 @@ impl Kraftfile {
             plat_ok && arch.is_none_or(|a| a == t.arch)
         };
         // `--plat fc` on a Kraftfile that lists only qemu targets: the
-        // qemu image, booted on that VMM.
+        // qemu image, booted on that VMM. `--plat linuxu`: the app of a
+        // qemu target, built as a host executable.
         let found = self.targets.iter().find(matches).cloned().or_else(|| {
+            let from_qemu = |arch: Option<&str>| {
+                self.targets
+                    .iter()
+                    .find(|t| t.plat == "qemu" && arch.is_none_or(|a| a == t.arch))
+            };
+            if plat == Some("linuxu") {
+                let host = std::env::consts::ARCH.replace("aarch64", "arm64");
+                let t = from_qemu(Some(arch.unwrap_or(&host)))?;
+                return Some(Target {
+                    plat: "linuxu".into(),
+                    vmm: None,
+                    ..t.clone()
+                });
+            }
             let v = wanted_vmm?;
-            let t = self
-                .targets
-                .iter()
-                .find(|t| t.plat == "qemu" && arch.is_none_or(|a| a == t.arch))?;
+            let t = from_qemu(arch)?;
             Some(Target {
                 vmm: Some(v.to_string()),
                 ..t.clone()

@@ -774,6 +774,9 @@ fn run(a: &RunArgs) -> Result<i32> {
             }
             let arch = a.target.arch.clone().unwrap_or_else(|| "x86_64".into());
             target_name = format!("{}/{arch}", a.target.plat.as_deref().unwrap_or("qemu"));
+            if a.target.plat.as_deref() == Some("linuxu") {
+                vmm_kind = Some(linuxu_runs(a.vmm)?);
+            }
             check_ports_free(&ports)?;
             (k.clone(), arch, Vec::new())
         }
@@ -797,6 +800,9 @@ fn run(a: &RunArgs) -> Result<i32> {
             // fail before compiling when it is missing.
             if vmm_kind.is_none() {
                 vmm_kind = target.vmm.as_deref().and_then(vmm::Kind::from_plat);
+            }
+            if target.plat == "linuxu" {
+                vmm_kind = Some(linuxu_runs(a.vmm)?);
             }
             vmm_kind.unwrap_or_default().vmm().binary(&target.arch)?;
             let mut all_env = kf.env.clone();
@@ -828,6 +834,9 @@ fn run(a: &RunArgs) -> Result<i32> {
     let vmm_kind = vmm_kind.unwrap_or_default();
     let native = arch == std::env::consts::ARCH.replace("aarch64", "arm64");
     if a.gdb.is_some() {
+        if vmm_kind == vmm::Kind::Linuxu {
+            anyhow::bail!("--gdb: a linuxu kernel is a host program; debug it as one: gdb --args {} linuxu.mem=64 -- ARGS", builder::rel(&kernel));
+        }
         if vmm_kind != vmm::Kind::Qemu {
             anyhow::bail!("--gdb: {} has no gdb stub in the builds Kiln runs; debug on QEMU (leave out --vmm)", vmm_kind.name());
         }
@@ -836,6 +845,8 @@ fn run(a: &RunArgs) -> Result<i32> {
         }
     }
     let kvm = match (a.accel, a.no_kvm) {
+        // A host process: no machine to accelerate.
+        _ if vmm_kind == vmm::Kind::Linuxu => false,
         // Firecracker and cloud-hypervisor have no emulator.
         (vmm::Accel::Tcg, _) | (_, true) if vmm_kind != vmm::Kind::Qemu => {
             anyhow::bail!("{}: {} runs guests on KVM only; leave out -W / --accel tcg, or run on QEMU (leave out --vmm)", if a.no_kvm { "-W" } else { "--accel tcg" }, vmm_kind.name())
@@ -1046,12 +1057,17 @@ fn run(a: &RunArgs) -> Result<i32> {
         builder::rel(&spec.kernel),
         match (arch.as_str(), target_name.split('/').next(), vmm_kind) {
             (_, _, vmm::Kind::Firecracker | vmm::Kind::CloudHypervisor) => vmm_kind.name(),
+            (_, _, vmm::Kind::Linuxu) => "a host process",
             ("arm64", Some("raspi"), _) => "raspi3b",
             ("arm64", Some("raspi4"), _) => "raspi4b",
             ("arm64", _, _) => "virt",
             _ => a.machine.name(),
         },
-        if kvm { "KVM" } else { "TCG" },
+        match (vmm_kind, kvm) {
+            (vmm::Kind::Linuxu, _) => "native",
+            (_, true) => "KVM",
+            _ => "TCG",
+        },
         if target_name.starts_with("raspi4/") {
             2048
         } else if target_name.starts_with("raspi/") {
@@ -1114,6 +1130,18 @@ fn run(a: &RunArgs) -> Result<i32> {
         let _ = std::fs::remove_file(i);
     }
     r
+}
+
+/// The runner of a `--plat linuxu` kernel (the host itself), refusing a
+/// `--vmm`: there is no machine to run it in.
+fn linuxu_runs(vmm: Option<vmm::Kind>) -> Result<vmm::Kind> {
+    match vmm {
+        Some(v) => anyhow::bail!(
+            "--vmm {}: a linuxu kernel is a host process, not a machine; leave out --vmm (or --plat linuxu)",
+            v.name()
+        ),
+        None => Ok(vmm::Kind::Linuxu),
+    }
 }
 
 /// Fails when a host port `-p` would forward is taken, naming the Kiln

@@ -50,7 +50,7 @@ impl Vmm for CloudHypervisor {
 
     /// The guest cannot be asked: cloud-hypervisor's power button is an
     /// ACPI event, which the kernel does not handle.
-    fn ask_to_stop(&self, _dir: &Path) -> bool {
+    fn ask_to_stop(&self, _dir: &Path, _pid: u32) -> bool {
         false
     }
 

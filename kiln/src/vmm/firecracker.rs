@@ -45,7 +45,7 @@ impl Vmm for Firecracker {
         Ok(c)
     }
 
-    fn ask_to_stop(&self, dir: &Path) -> bool {
+    fn ask_to_stop(&self, dir: &Path, _pid: u32) -> bool {
         // The i8042's Ctrl-Alt-Del, which the kernel hands to the app.
         matches!(
             api::request(

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod cloud_hypervisor;
 pub mod firecracker;
+pub mod linuxu;
 pub mod qemu;
 
 use anyhow::{bail, Context, Result};
@@ -53,6 +54,10 @@ pub enum Kind {
     Firecracker,
     /// cloud-hypervisor (x86_64; boots the image through its PVH note)
     CloudHypervisor,
+    /// None: a `--plat linuxu` kernel is a host process (chosen by the
+    /// platform, not by `--vmm`)
+    #[value(skip)]
+    Linuxu,
 }
 
 impl Kind {
@@ -68,6 +73,18 @@ impl Kind {
             Kind::Qemu => "qemu",
             Kind::Firecracker => "firecracker",
             Kind::CloudHypervisor => "cloud-hypervisor",
+            Kind::Linuxu => "linuxu",
+        }
+    }
+
+    /// What the command line of this kind's process contains (to tell a
+    /// live instance from a reused process id).
+    pub fn process_marker(self) -> &'static str {
+        match self {
+            Kind::Qemu => "qemu-system",
+            Kind::Firecracker => "firecracker",
+            Kind::CloudHypervisor => "cloud-hypervisor",
+            Kind::Linuxu => linuxu::MEM_ARG,
         }
     }
 
@@ -88,6 +105,7 @@ impl Kind {
             Kind::Qemu => &qemu::Qemu,
             Kind::Firecracker => &firecracker::Firecracker,
             Kind::CloudHypervisor => &cloud_hypervisor::CloudHypervisor,
+            Kind::Linuxu => &linuxu::Linuxu,
         }
     }
 }
@@ -342,7 +360,7 @@ pub trait Vmm: Sync {
     }
     /// Asks the guest of the instance in `dir` to shut down; true when the
     /// request reached the machine.
-    fn ask_to_stop(&self, dir: &Path) -> bool;
+    fn ask_to_stop(&self, dir: &Path, pid: u32) -> bool;
     /// Tells the VMM of the instance in `dir` to end the machine now; true
     /// when it was told.
     fn quit(&self, dir: &Path) -> bool;

@@ -349,7 +349,7 @@ impl Vmm for Qemu {
     /// Ctrl-Alt-Del on the guest's keyboard (x86_64) and its power button
     /// (arm64 virt); the kernel hands the request to the app (see
     /// `kiln_boot::on_stop`).
-    fn ask_to_stop(&self, dir: &Path) -> bool {
+    fn ask_to_stop(&self, dir: &Path, _pid: u32) -> bool {
         let Ok(mut q) = Qmp::connect(&dir.join(QMP_SOCKET)) else {
             return false;
         };

@@ -99,6 +99,24 @@ pub trait Platform: Sync {
     fn stop_requested(&self) -> bool {
         false
     }
+    /// A network device the platform drives itself (a host tap device
+    /// under plat/linuxu), which lib/net uses instead of looking for
+    /// virtio-net. Its frames wake [`Platform::idle`] when
+    /// [`Platform::device_wakes`] says so.
+    fn net_device(&self) -> Option<&'static dyn NetDevice> {
+        None
+    }
+}
+
+/// An Ethernet device a platform provides (see [`Platform::net_device`]).
+pub trait NetDevice: Sync {
+    /// Its MAC address.
+    fn mac(&self) -> [u8; 6];
+    /// Takes one received frame into `buf` (1514 bytes hold any): its
+    /// length, or None when none is waiting. Never blocks.
+    fn receive(&self, buf: &mut [u8]) -> Option<usize>;
+    /// Sends one frame; false when it was dropped (TCP sends it again).
+    fn send(&self, frame: &[u8]) -> bool;
 }
 
 /// Whether the host asked to stop (and the handler ran).

@@ -1,4 +1,5 @@
-//! The network stack: smoltcp over the first virtio-net device, driven by
+//! The network stack: smoltcp over the first virtio-net device (or the
+//! platform's own device, a host tap under plat/linuxu), driven by
 //! lib/sched. A blocking socket call that cannot finish blocks its thread on
 //! the stack's activity queue; the scheduler runs the stack (this crate
 //! registers a poller) when no thread is ready, and wakes those threads
@@ -104,9 +105,25 @@ pub type Result<T> = core::result::Result<T, Error>;
 
 pub use smoltcp::wire::IpAddress as IpAddr;
 
-/// smoltcp's view of the virtio-net device, with a budget of packets to
-/// receive per stack run (so listeners are topped up between bursts).
-struct Nic(VirtIONet<KilnHal, Transport, QUEUE>, usize);
+/// The device under the stack: the first virtio-net device, or one the
+/// platform drives itself (a host tap device under plat/linuxu).
+enum Link {
+    Virtio(VirtIONet<KilnHal, Transport, QUEUE>),
+    Platform(&'static dyn kiln_boot::NetDevice),
+}
+
+/// smoltcp's view of the device, with a budget of packets to receive per
+/// stack run (so listeners are topped up between bursts).
+struct Nic(Link, usize);
+
+impl Nic {
+    /// Lowers the device's interrupt, so it can interrupt again.
+    fn ack_interrupt(&mut self) {
+        if let Link::Virtio(v) = &mut self.0 {
+            v.ack_interrupt();
+        }
+    }
+}
 
 /// Packets received per stack run; the listeners' backlog is refilled
 /// between runs, so a burst of SYNs finds listening sockets.
@@ -125,11 +142,21 @@ impl smoltcp::phy::RxToken for Rx {
 
 impl smoltcp::phy::TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = self.0 .0.new_tx_buffer(len);
-        let r = f(buf.packet_mut());
-        // A full queue drops the packet; TCP retransmits.
-        let _ = self.0 .0.send(buf);
-        r
+        match &mut self.0 .0 {
+            Link::Virtio(v) => {
+                let mut buf = v.new_tx_buffer(len);
+                let r = f(buf.packet_mut());
+                // A full queue drops the packet; TCP retransmits.
+                let _ = v.send(buf);
+                r
+            }
+            Link::Platform(d) => {
+                let mut buf = vec![0u8; len];
+                let r = f(&mut buf);
+                let _ = d.send(&buf);
+                r
+            }
+        }
     }
 }
 
@@ -138,18 +165,35 @@ impl Device for Nic {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _t: Instant) -> Option<(Rx, Tx<'_>)> {
-        if self.1 == 0 || !self.0.can_recv() {
+        if self.1 == 0 {
             return None;
         }
+        let data = match &mut self.0 {
+            Link::Virtio(v) => {
+                if !v.can_recv() {
+                    return None;
+                }
+                let rx = v.receive().ok()?;
+                let data = rx.packet().to_vec();
+                let _ = v.recycle_rx_buffer(rx);
+                data
+            }
+            Link::Platform(d) => {
+                let mut buf = vec![0u8; 1514];
+                let n = d.receive(&mut buf)?;
+                buf.truncate(n);
+                buf
+            }
+        };
         self.1 -= 1;
-        let rx = self.0.receive().ok()?;
-        let data = rx.packet().to_vec();
-        let _ = self.0.recycle_rx_buffer(rx);
         Some((Rx(data), Tx(self)))
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<Tx<'_>> {
-        self.0.can_send().then_some(Tx(self))
+        match &self.0 {
+            Link::Virtio(v) if !v.can_send() => None,
+            _ => Some(Tx(self)),
+        }
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -270,29 +314,39 @@ pub fn dns_in_ip(s: &str) -> Option<Ipv4Address> {
 /// Boot-time init (lib/boot runs it when LIBNET is selected): brings up the
 /// first virtio-net device with the address from `netdev.ip=`.
 pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
-    let Some(t) = kiln_virtio::devices(DeviceType::Network).into_iter().next() else {
-        kiln_console::log!(kiln_console::Level::Info, "net: no network device");
-        return Ok(());
-    };
-    let refused = kiln_virtio::refused();
-    let signals = t.signals_by();
-    let wakes = signals.is_some();
-    let dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN)
-        .map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
-    if kiln_virtio::refused() != refused {
-        return Err(
-            "net: the virtio-net device refused the features Kiln asked for; no network".into(),
-        );
-    }
-    let mac = dev.mac_address();
-    let mut nic = Nic(dev, usize::MAX);
-    let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
-    let irq = want_irq && wakes;
+    let (mut nic, mac, irq, signals) =
+        match kiln_boot::platform().and_then(|p| Some((p.net_device()?, p.device_wakes()))) {
+            // The platform's own device wakes the CPU when the platform says so.
+            Some((d, wakes)) => (Nic(Link::Platform(d), usize::MAX), d.mac(), wakes, None),
+            None => {
+                let Some(t) = kiln_virtio::devices(DeviceType::Network).into_iter().next() else {
+                    kiln_console::log!(kiln_console::Level::Info, "net: no network device");
+                    return Ok(());
+                };
+                let refused = kiln_virtio::refused();
+                let signals = t.signals_by();
+                let wakes = signals.is_some();
+                let mut dev = VirtIONet::<KilnHal, Transport, QUEUE>::new(t, BUF_LEN)
+                    .map_err(|e| alloc::format!("net: virtio-net: {e:?}"))?;
+                if kiln_virtio::refused() != refused {
+                    return Err(
+                    "net: the virtio-net device refused the features Kiln asked for; no network"
+                        .into(),
+                );
+                }
+                let mac = dev.mac_address();
+                let want_irq = option_env!("KILN_CONFIG_LIBVIRTIO_IRQ") == Some("y");
+                let irq = want_irq && wakes;
+                if irq {
+                    dev.enable_interrupts();
+                } else {
+                    dev.disable_interrupts();
+                }
+                (Nic(Link::Virtio(dev), usize::MAX), mac, irq, signals)
+            }
+        };
     if irq {
-        nic.0.enable_interrupts();
         IRQ.store(true, core::sync::atomic::Ordering::Relaxed);
-    } else {
-        nic.0.disable_interrupts();
     }
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut iface = Interface::new(Config::new(hw), &mut nic, now());
@@ -472,7 +526,7 @@ pub fn poll() -> bool {
         let irq = IRQ.load(core::sync::atomic::Ordering::Relaxed);
         if irq {
             // Lower the device's interrupt line, then let it interrupt again.
-            s.nic.0.ack_interrupt();
+            s.nic.ack_interrupt();
             if let Some(p) = kiln_boot::platform() {
                 p.device_irq_done();
             }
