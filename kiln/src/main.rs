@@ -793,6 +793,9 @@ fn run(a: &RunArgs) -> Result<i32> {
             all.append(&mut volumes);
             volumes = all;
             volume::check(&volumes)?;
+            if target.plat == "linuxu" && !volumes.is_empty() {
+                anyhow::bail!(vmm::linuxu::NO_VOLUMES);
+            }
             for lib in volume::libraries(&volumes) {
                 kf.kconfig.push((lib.into(), "y".into(), 0));
             }

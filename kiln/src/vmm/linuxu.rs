@@ -16,6 +16,9 @@ pub struct Linuxu;
 /// passes).
 pub const MEM_ARG: &str = "linuxu.mem=";
 
+/// Why volumes are refused.
+pub const NO_VOLUMES: &str = "volumes are virtio-blk disks, which a linuxu process has none of; run in a VM (leave out --plat linuxu)";
+
 impl Vmm for Linuxu {
     fn check(&self, spec: &RunSpec) -> Result<()> {
         let host = std::env::consts::ARCH.replace("aarch64", "arm64");
@@ -26,7 +29,7 @@ impl Vmm for Linuxu {
             );
         }
         if !spec.volumes.is_empty() {
-            bail!("volumes are virtio-blk disks, which a linuxu process has none of; run in a VM (leave out --plat linuxu)");
+            bail!(NO_VOLUMES);
         }
         if spec.initrd.is_some() {
             bail!("--initrd: a linuxu kernel uses the rootfs built into it; rebuild with the Kraftfile's rootfs, or run in a VM");

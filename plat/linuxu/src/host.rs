@@ -376,6 +376,7 @@ extern "C" fn kiln_linuxu_main(sp: *const usize) -> ! {
                     2 | 19 =>
                         ": /dev/net/tun or the device is missing (ip tuntap add dev NAME mode tap)",
                     16 => ": another process has it open",
+                    22 => ": a name of 1 to 15 bytes, of a tap device",
                     _ => "",
                 }
             )),

@@ -12,8 +12,9 @@
 //!   default) is the heap; nothing else is taken from the host.
 //! - **Console**: standard output.
 //! - **Time**: CLOCK_MONOTONIC in nanoseconds ([`Platform::ticks`] at 1 GHz).
-//! - **Network**: the tap device `linuxu.tap=NAME` (which must exist, as
-//!   `ip tuntap add` or `kiln run` make it), with the MAC address
+//! - **Network**: the tap device `linuxu.tap=NAME` (`kiln run` makes it
+//!   with an address on the host's side; a root process given a name
+//!   that does not exist gets a new tap, without addresses), with the MAC address
 //!   `linuxu.mac=` (52:54:00:12:34:56 by default); frames go through
 //!   lib/net's smoltcp, exactly as from a virtio-net device. A tap, not
 //!   the host's sockets: the process then runs the network code the VM
