@@ -240,11 +240,17 @@ pub fn resolve(kf: &Kraftfile, target: &Target) -> Result<Config> {
                 .into_iter()
                 .filter(|d| values.get(d).cloned().flatten().as_deref() != Some("y"))
                 .collect();
+            // Nothing missing: a dependency the target has rules it out
+            // (`depends on !PLAT_LINUXU`).
+            let needs = if missing.is_empty() {
+                format!("`{}`", sym.direct_dep)
+            } else {
+                missing.join(", ")
+            };
             bail!(
-                "{}: {} needs {}, which {target} does not support (selected by {})",
+                "{}: {} needs {needs}, which {target} does not support (selected by {})",
                 kf.path.display(),
                 sym.name,
-                missing.join(", "),
                 eval.selected_by(i).join(", ")
             );
         }

@@ -95,6 +95,11 @@ fn files_app_on_the_raspberry_pi_sees_its_embedded_rootfs() {
     sees_its_rootfs(&["--plat", "raspi", "--arch", "arm64"]);
 }
 
+#[test]
+fn files_app_as_a_host_process_sees_the_same_rootfs() {
+    sees_its_rootfs(&["--plat", "linuxu"]);
+}
+
 fn sees_its_rootfs(target: &[&str]) {
     let (code, out, err) = text(&kiln(
         &[&["run", "-q", "--timeout", "120"], target, &["apps/files"]].concat(),

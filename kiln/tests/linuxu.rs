@@ -24,7 +24,14 @@ fn build(app: &str) -> std::path::PathBuf {
 #[test]
 fn an_app_runs_as_a_host_process_with_its_arguments_and_exit_code() {
     let (code, out, err) = support::kiln(&[
-        "run", "-q", "--plat", "linuxu", "apps/helloworld", "--", "one", "two words",
+        "run",
+        "-q",
+        "--plat",
+        "linuxu",
+        "apps/helloworld",
+        "--",
+        "one",
+        "two words",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Hello, world!"), "{out}");
@@ -50,9 +57,15 @@ fn an_app_runs_as_a_host_process_with_its_arguments_and_exit_code() {
             // The host's SIGSEGV, reported as a CPU exception is, with
             // function names from the executable's symbols.
             assert!(out.contains("kiln: fault: SIGSEGV"), "{out}");
-            assert!(out.contains("fault address       0x0000000000000000"), "{out}");
+            assert!(
+                out.contains("fault address       0x0000000000000000"),
+                "{out}"
+            );
             assert!(out.contains("main at apps/crashtest/src/lib.rs"), "{out}");
-            assert!(out.contains("in kiln_linuxu_main at plat/linuxu/src/host.rs"), "{out}");
+            assert!(
+                out.contains("in kiln_linuxu_main at plat/linuxu/src/host.rs"),
+                "{out}"
+            );
         }
     }
 }
@@ -74,12 +87,26 @@ fn bad_platform_parameters_and_runs_are_refused_with_the_reason() {
         assert!(out.contains(says), "{arg}: {out}");
     }
     let (code, _, err) = support::kiln(&[
-        "run", "--plat", "linuxu", "--vmm", "firecracker", "apps/helloworld",
+        "run",
+        "--plat",
+        "linuxu",
+        "--vmm",
+        "firecracker",
+        "apps/helloworld",
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("a linuxu kernel is a host process"), "{err}");
+    // C runs on the Linux system call layer, which needs page tables.
+    let (code, _, err) = support::kiln(&["build", "--plat", "linuxu", "apps/hello-c"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("LIBSYSCALL needs `!PLAT_LINUXU`, which linuxu/x86_64 does not support (selected by LIBC)"), "{err}");
     let (code, _, err) = support::kiln(&[
-        "run", "--plat", "linuxu", "-v", "/tmp:/data", "apps/helloworld",
+        "run",
+        "--plat",
+        "linuxu",
+        "-v",
+        "/tmp:/data",
+        "apps/helloworld",
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("volumes are virtio-blk disks"), "{err}");
@@ -91,7 +118,15 @@ fn the_web_server_serves_from_a_host_process_on_a_tap_and_stops_when_asked() {
     let port = support::free_port();
     let fwd = format!("{port}:80");
     let (code, _, err) = s.kiln(&[
-        "run", "-d", "--name", "web", "--plat", "linuxu", "-p", &fwd, "apps/httpd",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--plat",
+        "linuxu",
+        "-p",
+        &fwd,
+        "apps/httpd",
     ]);
     assert_eq!(code, 0, "{err}");
     let log = s.wait_for_log("web", "httpd: serving");
@@ -118,7 +153,10 @@ fn the_web_server_serves_from_a_host_process_on_a_tap_and_stops_when_asked() {
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
-        assert!(got.windows(page.len()).any(|w| w == page), "index.html not whole");
+        assert!(
+            got.windows(page.len()).any(|w| w == page),
+            "index.html not whole"
+        );
     }
     let log = s.stop_gracefully("web");
     assert!(log.contains("httpd: stopped"), "{log}");
@@ -131,7 +169,16 @@ fn gdb_debugs_the_executable_like_any_program() {
         .args(["120", "gdb", "-batch", "-nx"])
         // Frames above `main` are Kiln's boot sequence, not a C runtime's.
         .args(["-ex", "set backtrace past-main on"])
-        .args(["-ex", "break main", "-ex", "run", "-ex", "bt", "-ex", "kill"])
+        .args([
+            "-ex",
+            "break main",
+            "-ex",
+            "run",
+            "-ex",
+            "bt",
+            "-ex",
+            "kill",
+        ])
         .arg("--args")
         .arg(&exe)
         .args(["kiln.quiet", "--", "x"])
@@ -148,6 +195,9 @@ fn gdb_debugs_the_executable_like_any_program() {
         " in kiln_start () at src/main.rs",
         " in kiln_linuxu_main () at src/host.rs",
     ] {
-        assert!(text.contains(frame), "no '{frame}' in the backtrace:\n{text}");
+        assert!(
+            text.contains(frame),
+            "no '{frame}' in the backtrace:\n{text}"
+        );
     }
 }

@@ -78,6 +78,20 @@ fn the_tour_joins_sleeps_and_hands_over() {
     );
 }
 
+/// The same scheduler in a host process (plat/linuxu): the tour and the
+/// deadlock report.
+#[test]
+fn the_tour_and_a_deadlock_as_a_host_process() {
+    let (code, out) = finish(run(&["--plat", "linuxu"], &[]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("threads on linuxu/x86_64"), "{out}");
+    assert!(out.contains("consumer got 1000 items, sum 500500"), "{out}");
+    assert!(out.contains("(at least 300: true)"), "{out}");
+    let (code, out) = finish(run(&["--plat", "linuxu"], &["deadlock"]));
+    assert_eq!(code, 123, "{out}");
+    assert!(out.contains("nothing can wake them: main, stuck"), "{out}");
+}
+
 #[test]
 fn a_deadlock_is_reported_with_the_threads_names() {
     let (code, out) = finish(run(&[], &["deadlock"]));
