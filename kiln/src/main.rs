@@ -557,6 +557,9 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     // A package records one command line: the default set, or --boot's.
     (kf.cmd, kf.env) = kf.boot_with(&a.boot)?;
     if target.plat != "qemu" {
+        if target.plat == "linuxu" {
+            anyhow::bail!("kiln pkg: a {target} kernel is a host program (`kiln build --plat linuxu` makes it), not a machine image; package the qemu/{} target", target.arch);
+        }
         anyhow::bail!("kiln pkg: the {target} target boots on a board, not under a VMM; package the qemu/{} target", target.arch);
     }
     let vmm = a
