@@ -7,7 +7,8 @@
 //!   timestamp counter, and [`sources`] says so.
 //! - Sources, mixed together (each 32 bytes): RDSEED, then RDRAND, on
 //!   x86_64 when CPUID lists them; RNDR on arm64 when ID_AA64ISAR0_EL1
-//!   lists it; the host's seed from the kernel command line
+//!   lists it; 32 bytes from a virtio-rng device, read once at boot
+//!   (`kiln run` gives QEMU guests one); the host's seed from the kernel command line
 //!   (`random.seed=` 64 hex digits, which `kiln run` passes from the
 //!   host's getrandom). The timestamp counter is mixed in too, but never
 //!   counts as a source.
@@ -124,6 +125,31 @@ fn hardware() -> Option<([u8; 32], &'static str)> {
     None
 }
 
+/// 32 bytes from the first virtio-rng device, if the machine has one.
+fn virtio_rng() -> Option<[u8; 32]> {
+    use kiln_virtio::virtio_drivers::device::rng::VirtIORng;
+    use kiln_virtio::virtio_drivers::transport::DeviceType;
+    let t = kiln_virtio::devices(DeviceType::EntropySource)
+        .into_iter()
+        .next()?;
+    let mut dev = VirtIORng::<kiln_virtio::KilnHal, _>::new(t).ok()?;
+    // Polled: the answer is waited for, not signalled.
+    dev.disable_interrupts();
+    let mut out = [0u8; 32];
+    let mut got = 0;
+    // A device may hand out fewer bytes than asked for.
+    for _ in 0..8 {
+        match dev.request_entropy(&mut out[got..]) {
+            Ok(n) if n > 0 => got = (got + n).min(out.len()),
+            _ => break,
+        }
+        if got == out.len() {
+            return Some(out);
+        }
+    }
+    None
+}
+
 /// The host's seed: 64 hex digits.
 fn parse_seed(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.as_bytes();
@@ -149,23 +175,19 @@ fn counter_bytes() -> [u8; 32] {
 /// Seeds the generator (boot, init order 5) and logs its sources.
 pub fn kiln_init() -> Result<(), alloc::string::String> {
     let mut seed = counter_bytes();
-    let mut names: &'static str = "";
+    let mut names: alloc::vec::Vec<&str> = alloc::vec::Vec::new();
     if let Some((hw, name)) = hardware() {
         mix(&mut seed, &hw);
-        names = name;
+        names.push(name);
+    }
+    if let Some(dev) = virtio_rng() {
+        mix(&mut seed, &dev);
+        names.push("virtio-rng");
     }
     match kiln_boot::param("random.seed").map(parse_seed) {
         Some(Some(host)) => {
             mix(&mut seed, &host);
-            names = if names.is_empty() {
-                "host seed"
-            } else if names == "rdseed" {
-                "rdseed, host seed"
-            } else if names == "rdrand" {
-                "rdrand, host seed"
-            } else {
-                "rndr, host seed"
-            };
+            names.push("host seed");
         }
         Some(None) => kiln_console::log!(
             kiln_console::Level::Warn,
@@ -173,6 +195,8 @@ pub fn kiln_init() -> Result<(), alloc::string::String> {
         ),
         None => {}
     }
+    // Said once per boot: kept for the kernel's lifetime.
+    let names: &'static str = alloc::boxed::Box::leak(names.join(", ").into_boxed_str());
     let mut s = STATE.lock();
     s.rng = Some(ChaCha20Rng::from_seed(seed));
     s.sources = names;
