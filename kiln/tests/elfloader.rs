@@ -769,6 +769,7 @@ fn signals_a_program_sends_itself_run_its_handlers() {
         "signals: after unblocking, handler ran 2 time(s)\n",
         "signals: alarm handler ran 1 time(s) after 1 s\n",
         "signals: 3 after another handler, handler ran 3 time(s)\n",
+        "signals: Rust's runtime had set an alternate stack: true; set: 0; the SA_ONSTACK handler ran on it: true, and saw SS_ONSTACK: true\n",
     ] {
         assert!(out.contains(line), "{line:?}: {out}");
     }

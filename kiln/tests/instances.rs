@@ -176,6 +176,54 @@ fn an_instance_whose_qemu_died_shows_as_exited() {
     assert_eq!(col(lines[0], "PORTS"), col(lines[1], "-"), "{table}");
 }
 
+/// Ctrl-C at a terminal reaches `kiln run` and the VMM together (one
+/// process group): QEMU ends the machine, and `kiln run` says so and exits
+/// 130; a linuxu process takes it as the host's request to stop, as from
+/// `kiln stop`, and the web server finishes gracefully.
+#[test]
+fn ctrl_c_stops_the_guest_and_says_so() {
+    use std::os::unix::process::CommandExt;
+    for (how, code, says) in [
+        (
+            &["-W"][..],
+            130,
+            "kiln: interrupted (Ctrl-C); the guest was stopped",
+        ),
+        (&["--plat", "linuxu"][..], 0, "httpd: stopped"),
+    ] {
+        let port = support::free_port();
+        let fwd = format!("{port}:80");
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .args(["run", "--timeout", "120", "-p", &fwd])
+            .args(how)
+            .arg("apps/httpd")
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let status = support::first_status(addr, Duration::from_secs(90));
+        // SAFETY: kill(2) on the process group this test made.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+        let o = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 200 OK"),
+            "{how:?}: {text}"
+        );
+        assert_eq!(o.status.code(), Some(code), "{how:?}: {text}");
+        assert!(text.contains(says), "{how:?}: {text}");
+    }
+}
+
 /// What `kiln run` can tell is wrong is refused before anything boots,
 /// with what to do instead; a guest stopped from outside is reported as
 /// such, not as a crash.
@@ -190,6 +238,18 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
         err.contains("-M 1K: this image needs at least ") && err.contains("MiB"),
         "{err}"
     );
+    // The same under TCG, and at 1 MiB (both hung once).
+    for args in [&["-W", "-M", "1K"][..], &["-M", "1M"][..]] {
+        let (code, _, err) = s.kiln(&[&["run", "-q"], args, &["apps/helloworld"]].concat());
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "-M {}: this image needs at least ",
+                args[args.len() - 1]
+            )),
+            "{args:?}: {err}"
+        );
+    }
     let need: String = err
         .split("at least ")
         .nth(1)

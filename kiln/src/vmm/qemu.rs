@@ -220,11 +220,12 @@ pub fn command(qemu: &Path, spec: &RunSpec) -> Command {
     // without it never looks for the device). QEMU's Raspberry Pi boards
     // have no virtio.
     if !raspi {
-        c.arg("-device").arg(if spec.machine == Machine::Q35 && !arm {
-            "virtio-rng-pci,disable-legacy=on"
-        } else {
-            "virtio-rng-device"
-        });
+        c.arg("-device")
+            .arg(if spec.machine == Machine::Q35 && !arm {
+                "virtio-rng-pci,disable-legacy=on"
+            } else {
+                "virtio-rng-device"
+            });
     }
     // microvm and virt have virtio-mmio slots; q35 has PCI.
     let nic = match spec.machine {

@@ -172,6 +172,14 @@ pub fn arm64_to_x86(nr: u64) -> Option<u64> {
     MAP.iter().find(|&&(a, _)| a == nr).map(|&(_, x)| x)
 }
 
+/// The program's stack pointer at the call.
+pub fn stack_pointer(f: &Frame) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    return f.rsp;
+    #[cfg(target_arch = "aarch64")]
+    return f.sp;
+}
+
 /// A new thread's registers: the parent's at its `clone`, returning 0, on
 /// `stack`, with thread pointer `tls` when given.
 pub fn child_frame(f: &Frame, stack: u64, tls: Option<u64>) -> Frame {

@@ -354,7 +354,7 @@ fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
     if let Some(r) = limits::call(nr, a) {
         return r;
     }
-    if let Some(r) = signal::call(nr, a) {
+    if let Some(r) = signal::call(nr, a, arch::stack_pointer(f)) {
         return r;
     }
     if let Some(r) = misc(nr, a) {

@@ -32,6 +32,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 const SIGALRM: u64 = 14;
 const SA_RESTORER: u64 = 0x0400_0000;
+const SA_ONSTACK: u64 = 0x0800_0000;
 const SA_NODEFER: u64 = 0x4000_0000;
 const SA_RESETHAND: u64 = 0x8000_0000;
 const SIG_DFL: u64 = 0;
@@ -97,9 +98,65 @@ pub(crate) fn inherit_mask(child: kiln_sched::ThreadId) {
     BLOCKED.0.lock().insert(child, mask);
 }
 
-/// Thread `id` ended: its mask goes.
+/// Thread `id` ended: its mask and alternate stack go.
 pub(crate) fn forget_mask(id: kiln_sched::ThreadId) {
     BLOCKED.0.lock().remove(&id);
+    ALT_STACKS.lock().remove(&id);
+}
+
+/// Each thread's alternate signal stack (`sigaltstack`): base and size.
+/// A handler installed with SA_ONSTACK runs there (Go runs every signal
+/// handler on such a stack of its own and checks that it did).
+static ALT_STACKS: spin::Mutex<alloc::collections::BTreeMap<kiln_sched::ThreadId, (u64, u64)>> =
+    spin::Mutex::new(alloc::collections::BTreeMap::new());
+
+const SS_ONSTACK: u32 = 1;
+const SS_DISABLE: u32 = 2;
+/// Linux's SS_AUTODISARM, accepted (the stack stays armed: handlers do not
+/// nest on it here, as signals arrive only on return from system calls).
+const SS_AUTODISARM: u32 = 1 << 31;
+const MINSIGSTKSZ: u64 = 2048;
+
+/// sigaltstack(ss, old): `stack_t` is ss_sp (8 bytes), ss_flags (4,
+/// padded to 8), ss_size (8). `sp` is the program's stack pointer at the
+/// call, for SS_ONSTACK and for refusing a change while on the stack.
+fn sigaltstack(ss: u64, old: u64, sp: u64) -> Sys {
+    let me = kiln_sched::current();
+    let cur = ALT_STACKS.lock().get(&me).copied();
+    let on = cur.is_some_and(|(base, size)| sp > base && sp <= base + size);
+    if old != 0 {
+        let (base, size) = cur.unwrap_or((0, 0));
+        let flags = match cur {
+            None => SS_DISABLE,
+            Some(_) if on => SS_ONSTACK,
+            Some(_) => 0,
+        };
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&base.to_le_bytes());
+        b[8..12].copy_from_slice(&flags.to_le_bytes());
+        b[16..].copy_from_slice(&size.to_le_bytes());
+        // SAFETY: see `crate::bytes`.
+        unsafe { put(old, &b) }?;
+    }
+    if ss != 0 {
+        // SAFETY: see `crate::bytes`.
+        let (base, flags, size) =
+            unsafe { (get_u64(ss)?, get_u64(ss + 8)? as u32, get_u64(ss + 16)?) };
+        if on {
+            return Err(1); // EPERM: in use
+        }
+        if flags & !(SS_DISABLE | SS_AUTODISARM) != 0 {
+            return Err(22); // EINVAL
+        }
+        if flags & SS_DISABLE != 0 {
+            ALT_STACKS.lock().remove(&me);
+        } else if size < MINSIGSTKSZ {
+            return Err(12); // ENOMEM
+        } else {
+            ALT_STACKS.lock().insert(me, (base, size));
+        }
+    }
+    Ok(0)
 }
 /// ITIMER_REAL: (due, interval) in µs since boot; due 0 means off.
 static ALARM: spin::Mutex<(u64, u64)> = spin::Mutex::new((0, 0));
@@ -642,8 +699,9 @@ fn suspend(mask: u64) -> Sys {
 
 /// The signal calls; None if `nr` is not one (rt_sigreturn is handled by
 /// [`sigreturn`]).
-pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
+pub(crate) fn call(nr: u64, a: [u64; 6], sp: u64) -> Option<Sys> {
     Some(match nr {
+        131 => sigaltstack(a[0], a[1], sp),
         13 => sigaction(a[0], a[1], a[2]),
         14 => sigprocmask(a[0], a[1], a[2]),
         127 => {
@@ -651,7 +709,6 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
             // SAFETY: see `crate::bytes`.
             unsafe { put(a[0], &p.to_le_bytes()) }.map(|_| 0)
         }
-        131 => Ok(0),
         // kill(pid, sig) to itself (pid 1, 0 or -1); tkill/tgkill to one of
         // its threads.
         62 if matches!(a[0] as i64, 0 | 1 | -1) => raise(a[1], 0),
@@ -715,9 +772,19 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     if a.handler <= SIG_IGN || a.flags & SA_RESTORER == 0 {
         return None;
     }
-    // Below the red zone: FXSAVE area (64-aligned), siginfo, ucontext, and
-    // the return address (the restorer) where the handler's stack starts.
-    let top = f.rsp - 128;
+    // Below the red zone, or at the top of the thread's alternate stack
+    // for an SA_ONSTACK handler (unless already on it): FXSAVE area
+    // (64-aligned), siginfo, ucontext, and the return address (the
+    // restorer) where the handler's stack starts.
+    let alt = ALT_STACKS.lock().get(&kiln_sched::current()).copied();
+    let top = match alt {
+        Some((base, size))
+            if a.flags & SA_ONSTACK != 0 && !(f.rsp > base && f.rsp <= base + size) =>
+        {
+            (base + size) & !15
+        }
+        _ => f.rsp - 128,
+    };
     let fp = (top - 512) & !63;
     let info = fp - 128;
     let uc = (info - UC_SIZE) & !15;
@@ -747,6 +814,16 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
         let at = (UC_MCONTEXT + i as u64 * 8) as usize;
         ucb[at..at + 8].copy_from_slice(&v.to_le_bytes());
     }
+    // uc_stack: the alternate stack as it was where the signal came (at
+    // 16: sp, flags, size), as Linux saves it.
+    let (ss_base, ss_flags, ss_size) = match alt {
+        Some((b, n)) if f.rsp > b && f.rsp <= b + n => (b, SS_ONSTACK, n),
+        Some((b, n)) => (b, 0, n),
+        None => (0, SS_DISABLE, 0),
+    };
+    ucb[16..24].copy_from_slice(&ss_base.to_le_bytes());
+    ucb[24..28].copy_from_slice(&ss_flags.to_le_bytes());
+    ucb[32..40].copy_from_slice(&ss_size.to_le_bytes());
     // cs (the kernel's: programs run in ring 0), then fpstate.
     ucb[(UC_MCONTEXT + 144) as usize..(UC_MCONTEXT + 146) as usize]
         .copy_from_slice(&8u16.to_le_bytes());

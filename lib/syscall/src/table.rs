@@ -184,7 +184,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("rt_sigprocmask", Yes),
         ("rt_sigpending", Yes),
         ("rt_sigreturn", Partial("from handlers Kiln entered (x86_64)")),
-        ("sigaltstack", Accepted("handlers run on the program's stack")),
+        ("sigaltstack", Partial("per thread; SA_ONSTACK handlers run there (x86_64); SS_AUTODISARM accepted, not applied")),
         ("rt_sigsuspend", Partial("waits for a signal from a timer or another thread")),
         ("pause", Partial("waits for a signal from a timer or another thread")),
         ("rt_sigtimedwait", Yes),

@@ -1,12 +1,44 @@
 //! Signals a program sends itself, through musl's C API: handlers for
-//! raise(), a blocked signal delivered when unblocked, and alarm() with
-//! pause().
-use std::sync::atomic::{AtomicU32, Ordering};
+//! raise(), a blocked signal delivered when unblocked, alarm() with
+//! pause(), and a handler on an alternate stack (sigaltstack, SA_ONSTACK).
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 static USR1: AtomicU32 = AtomicU32::new(0);
 static ALRM: AtomicU32 = AtomicU32::new(0);
 
+/// musl's stack_t.
+#[repr(C)]
+struct StackT {
+    sp: *mut u8,
+    flags: i32,
+    size: usize,
+}
+
+/// musl's struct sigaction.
+#[repr(C)]
+struct SigAction {
+    handler: extern "C" fn(i32),
+    mask: [u64; 16],
+    flags: i32,
+    restorer: usize,
+}
+
+/// Where the SIGUSR2 handler's stack was, and the flags sigaltstack gave it.
+static HANDLER_SP: AtomicUsize = AtomicUsize::new(0);
+static HANDLER_SS_FLAGS: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_usr2(_: i32) {
+    let here = 0u8;
+    HANDLER_SP.store(std::hint::black_box(&here) as *const u8 as usize, Ordering::SeqCst);
+    let mut st = StackT { sp: std::ptr::null_mut(), flags: -1, size: 0 };
+    // SAFETY: sigaltstack only writes the stack_t we own.
+    unsafe { sigaltstack(std::ptr::null(), &mut st) };
+    HANDLER_SS_FLAGS.store(st.flags, Ordering::SeqCst);
+}
+
 extern "C" {
+    fn sigaltstack(ss: *const StackT, old: *mut StackT) -> i32;
+    fn sigaction(sig: i32, act: *const SigAction, old: *mut SigAction) -> i32;
     fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
     fn raise(sig: i32) -> i32;
     fn alarm(secs: u32) -> u32;
@@ -46,5 +78,23 @@ fn main() {
         let x = std::hint::black_box(1.5f64);
         raise(SIGUSR1);
         println!("signals: {} after another handler, handler ran {} time(s)", x * 2.0, USR1.load(Ordering::SeqCst));
+        // A handler on an alternate stack.
+        const SIGUSR2: i32 = 12;
+        const SA_ONSTACK: i32 = 0x0800_0000;
+        let mut alt = vec![0u8; 64 * 1024];
+        let ss = StackT { sp: alt.as_mut_ptr(), flags: 0, size: alt.len() };
+        let mut before = StackT { sp: std::ptr::null_mut(), flags: -1, size: 0 };
+        sigaltstack(std::ptr::null(), &mut before);
+        let set = sigaltstack(&ss, std::ptr::null_mut());
+        let act = SigAction { handler: on_usr2, mask: [0; 16], flags: SA_ONSTACK, restorer: 0 };
+        sigaction(SIGUSR2, &act, std::ptr::null_mut());
+        raise(SIGUSR2);
+        let (base, sp) = (alt.as_ptr() as usize, HANDLER_SP.load(Ordering::SeqCst));
+        println!(
+            "signals: Rust's runtime had set an alternate stack: {}; set: {set}; the SA_ONSTACK handler ran on it: {}, and saw SS_ONSTACK: {}",
+            before.flags == 0 && before.size > 0,
+            sp >= base && sp < base + alt.len(),
+            HANDLER_SS_FLAGS.load(Ordering::SeqCst) == 1
+        );
     }
 }
