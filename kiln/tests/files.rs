@@ -238,8 +238,8 @@ fn a_corrupt_initrd_at_boot_is_a_clear_error() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("kiln: initrd: initrd: cpio archive at offset")
-            || out.contains("kiln: initrd: initrd: cpio entry"),
+        out.contains("kiln: initrd: cpio archive at offset")
+            || out.contains("kiln: initrd: cpio entry"),
         "{out}"
     );
     // Exit code 126 reaches QEMU as (126 + 1) * 2 + 1.

@@ -177,6 +177,83 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
     let _ = std::fs::remove_dir_all(&initrd);
 }
 
+/// The Kraftfile's `volumes:`, in kraft's long form (an image with
+/// `driver: vfat`, a host folder with `driver: 9pfs` and `readOnly`) and
+/// the short one, paths relative to the Kraftfile: mounted without `-v`.
+#[test]
+fn the_kraftfiles_volumes_are_mounted() {
+    let s = State::new("kfvolumes");
+    let (code, _, err) = s.kiln(&["volume", "create", "kf", "--size", "8M"]);
+    assert_eq!(code, 0, "{err}");
+    let app = s.0.join("app");
+    std::fs::create_dir_all(app.join("shared")).unwrap();
+    std::fs::create_dir_all(app.join("notes")).unwrap();
+    std::fs::write(app.join("shared/hello.txt"), "from the host\n").unwrap();
+    std::fs::copy(image(&s, "kf"), app.join("data.img")).unwrap();
+    let initrd = rootfs("x86_64", "kfvolumes");
+    std::fs::write(
+        app.join("Kraftfile"),
+        format!(
+            "spec: v0.6\nname: kfvolumes\napp: {}\nrootfs: {}\ntargets:\n  - qemu/x86_64\ncmd: [\"/bin/volume\", \"count\", \"/data\"]\nvolumes:\n  - source: ./data.img\n    destination: /data\n    driver: vfat\n  - source: ./shared\n    destination: /ro\n    driver: 9pfs\n    readOnly: true\n  - ./notes:/notes\n",
+            support::root().join("apps/elfloader").display(),
+            initrd.display()
+        ),
+    )
+    .unwrap();
+    let dir = app.to_str().unwrap();
+    let (code, out, err) = s.kiln(&["run", "-W", "--timeout", "240", dir]);
+    let out = format!("{out}{err}");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("was 0 now 1"), "{out}");
+    assert!(out.contains("fatfs: kiln-vol0 on /data"), "{out}");
+    assert_eq!(
+        host_read(&app.join("data.img"), "/count.txt")
+            .trim()
+            .parse::<u64>()
+            .unwrap(),
+        1
+    );
+    // The read-only folder: readable, not writable.
+    let (code, out, err) = s.kiln(&[
+        "run",
+        "-W",
+        "--timeout",
+        "240",
+        dir,
+        "--",
+        "/bin/volume",
+        "write",
+        "/ro",
+    ]);
+    let out = format!("{out}{err}");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("write: EROFS"), "{out}");
+    // The short form's folder: what the guest writes is on the host.
+    let (code, out, err) = s.kiln(&[
+        "run",
+        "-W",
+        "--timeout",
+        "240",
+        dir,
+        "--",
+        "/bin/volume",
+        "count",
+        "/notes",
+    ]);
+    let out = format!("{out}{err}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(app.join("notes/count.txt"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap(),
+        1,
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&initrd);
+}
+
 /// A host folder shared over virtio-9p (`-v ./folder:/path`): the guest
 /// sees the host's files and the host sees the guest's changes at once.
 #[test]
@@ -287,6 +364,36 @@ fn bad_volumes_are_refused_with_the_reason() {
     );
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("not a FAT file system"), "{out}");
+    // A formatted image whose boot sector was damaged afterwards (a sector
+    // size of 65535), and one whose FATs were overwritten (clusters marked
+    // used): the first is refused with the reason, the second mounts and
+    // the program's writes end in ENOSPC. The kernel survives both.
+    let (code, _, err) = s.kiln(&["volume", "create", "dmg1", "--size", "4M"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = s.kiln(&["volume", "create", "dmg2", "--size", "4M"]);
+    assert_eq!(code, 0, "{err}");
+    let mut b = std::fs::read(image(&s, "dmg1")).unwrap();
+    b[11..13].copy_from_slice(&[0xff, 0xff]);
+    std::fs::write(image(&s, "dmg1"), b).unwrap();
+    let mut b = std::fs::read(image(&s, "dmg2")).unwrap();
+    let reserved = u16::from_le_bytes([b[14], b[15]]) as usize;
+    let fats = b[16] as usize;
+    let per_fat = match u16::from_le_bytes([b[22], b[23]]) {
+        0 => u32::from_le_bytes(b[36..40].try_into().unwrap()) as usize,
+        n => n as usize,
+    };
+    // Past the first 16 bytes (the media entry and the root's chain).
+    b[reserved * 512 + 16..(reserved + fats * per_fat) * 512].fill(0xff);
+    std::fs::write(image(&s, "dmg2"), b).unwrap();
+    let (code, out) = run(&s, &initrd, &["-v", "dmg1:/data"], &["count", "/data"]);
+    assert_eq!(code, 126, "{out}");
+    assert!(
+        out.contains("kiln: fatfs: /data: vda: not a FAT file system"),
+        "{out}"
+    );
+    let (code, out) = run(&s, &initrd, &["-v", "dmg2:/data"], &["fill", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("fill: ENOSPC after "), "{out}");
     let (code, _, err) = s.kiln(&["volume", "create", "v", "--size", "4M"]);
     assert_eq!(code, 0, "{err}");
     let (code, out) = run(&s, &initrd, &["-v", "v:/etc"], &["count", "/etc"]);

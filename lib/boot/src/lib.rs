@@ -436,7 +436,12 @@ pub fn start(
     for lib in libs {
         log!(Level::Debug, "init {}", lib.name);
         if let Err(e) = (lib.init)() {
-            kiln_console::println!("kiln: {}: {e}", lib.name);
+            // Libraries' messages mostly name the library already.
+            if e.starts_with(lib.name) && e[lib.name.len()..].starts_with(": ") {
+                kiln_console::println!("kiln: {e}");
+            } else {
+                kiln_console::println!("kiln: {}: {e}", lib.name);
+            }
             exit(EXIT_MAX)
         }
     }
