@@ -386,10 +386,15 @@ fn mqtt_over_tls_with_client_certificates() {
     std::fs::write(
         etc.join("mqtt.conf"),
         "listener 1883\nallow_anonymous true\n\
-         listener 8883\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\n\
+         listener 8883\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\ntls_version tlsv1.3\n\
          listener 8884\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\ncafile /etc/mqtt/ca.pem\nrequire_certificate true\nuse_identity_as_username true\n\
          listener 8885\ncertfile /etc/mqtt/server.pem\nkeyfile /etc/mqtt/server.key\nprotocol websockets\nmax_packet_size 1000000\n\
          connect_timeout 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("missing.conf"),
+        "listener 8883\ncertfile /etc/mqtt/nosuch.pem\nkeyfile /etc/mqtt/server.key\n",
     )
     .unwrap();
     std::fs::write(
@@ -442,6 +447,34 @@ fn mqtt_over_tls_with_client_certificates() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // `tls_version tlsv1.3` on that listener: a client that speaks only
+    // TLS 1.2 fails its handshake there, and completes it on 8885, which
+    // has no tls_version; TLS 1.3 completes on both.
+    let handshake = |port: u16, version: &str| {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                version,
+                "-CAfile",
+                ca,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        !handshake(tls, "-tls1_2"),
+        "TLS 1.2 got past tls_version tlsv1.3"
+    );
+    assert!(
+        handshake(wss, "-tls1_2"),
+        "TLS 1.2 refused without tls_version"
+    );
+    assert!(handshake(tls, "-tls1_3") && handshake(wss, "-tls1_3"));
     // A subscriber on TLS gets what a publisher sends in plain TCP.
     let sub = Command::new("mosquitto_sub")
         .args([
@@ -626,6 +659,20 @@ fn mqtt_over_tls_with_client_certificates() {
     let _ = child.kill();
     let _ = child.wait();
     let log = console.join().unwrap();
+    // The same kernel with a configuration whose certificate file is
+    // missing: the broker stops at start and names the file.
+    let (code, out, err) = support::kiln(&[
+        "run",
+        "-W",
+        "--timeout",
+        "120",
+        dir.to_str().unwrap(),
+        "--",
+        "-c",
+        "/etc/mqtt/missing.conf",
+    ]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("/etc/mqtt/nosuch.pem"), "{out}{err}");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(log.contains("listening on ports 1883, 8883, 8884"), "{log}");
     assert!(
