@@ -943,6 +943,14 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
         "{a}"
     );
     // 1 GiB reserved and another mapped, in a 48 MiB guest.
+    // madvise(DONTNEED), MAP_FIXED_NOREPLACE (EEXIST over a mapping) and
+    // MAP_FIXED: the line Linux prints.
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "flags"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("flags: dontneed (0, 0, 7), noreplace over a mapping (-1, 17, 7), noreplace on free space true, fixed (true, 0)"),
+        "{out}"
+    );
     let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "reserve"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("reserve: ok"), "{out}");

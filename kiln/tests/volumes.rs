@@ -129,6 +129,16 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
         host_read(&img, "/A Directory With A Long Name/renamed-note.txt"),
         "kept"
     );
+    // O_SYNC and O_DSYNC writes, fdatasync, truncating down and extending
+    // (zeros): the same as on Linux, and the same on the host afterwards.
+    let (code, out) = run(&s, &initrd, &["-v", "data:/data"], &["sync", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"sync: "o_sync" "o_dsync" [48, 49, 50, 51, 0, 0, 0, 0]"#),
+        "{out}"
+    );
+    assert_eq!(host_read(&img, "/data.txt"), "0123\0\0\0\0");
+    assert!(fsck(&img).0);
 
     // The same volume on arm64 (virt's virtio-mmio) and on q35 (PCI).
     let (code, out) = run(

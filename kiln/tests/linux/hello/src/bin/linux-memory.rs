@@ -4,6 +4,9 @@
 //! unmaps the middle and mprotects the rest (all of which must cost
 //! nothing but the pages touched); `write-code` writes to its own code;
 //! `exec-heap` jumps into heap memory; `segv` reads an unmapped address;
+//! `flags` checks madvise(MADV_DONTNEED), MAP_FIXED and
+//! MAP_FIXED_NOREPLACE as Linux answers them; `exhaust` touches more
+//! anonymous memory than the machine has;
 //! `bench` times demand-zero page faults and mmap/munmap of 1 MiB
 //! (scripts/bench/vm runs it in Kiln and in a Linux guest).
 
@@ -13,6 +16,8 @@ extern "C" {
     fn mmap(addr: *mut c_void, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut c_void;
     fn munmap(addr: *mut c_void, len: usize) -> i32;
     fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
+    fn madvise(addr: *mut c_void, len: usize, advice: i32) -> i32;
+    fn __errno_location() -> *mut i32;
 }
 
 const PROT_NONE: i32 = 0;
@@ -21,6 +26,9 @@ const PROT_WRITE: i32 = 2;
 const MAP_PRIVATE: i32 = 2;
 const MAP_ANONYMOUS: i32 = 0x20;
 const MAP_NORESERVE: i32 = 0x4000;
+const MAP_FIXED: i32 = 0x10;
+const MAP_FIXED_NOREPLACE: i32 = 0x10_0000;
+const MADV_DONTNEED: i32 = 4;
 
 fn main() {
     let arg = std::env::args().nth(1).unwrap_or_default();
@@ -56,6 +64,43 @@ fn main() {
             assert!(r2 as isize != -1, "a second GiB");
             assert_eq!(munmap(r2, gib), 0);
             println!("reserve: ok");
+        },
+        "flags" => unsafe {
+            let rw = PROT_READ | PROT_WRITE;
+            let anon = MAP_PRIVATE | MAP_ANONYMOUS;
+            let m = mmap(std::ptr::null_mut(), 4 << 12, rw, anon, -1, 0) as usize;
+            assert!(m as isize != -1);
+            for i in 0..4 {
+                *((m + (i << 12)) as *mut u8) = 7;
+            }
+            // DONTNEED: the page reads as zero again; the others keep theirs.
+            let r = madvise((m + 4096) as *mut c_void, 4096, MADV_DONTNEED);
+            let dontneed = (r, *((m + 4096) as *const u8), *(m as *const u8));
+            // NOREPLACE over a mapping: EEXIST, nothing changes.
+            let r = mmap(m as *mut c_void, 4096, rw, anon | MAP_FIXED_NOREPLACE, -1, 0);
+            let noreplace_taken = (r as isize, *__errno_location(), *((m + 2 * 4096) as *const u8));
+            // NOREPLACE on free addresses: exactly there.
+            assert_eq!(munmap((m + 3 * 4096) as *mut c_void, 4096), 0);
+            let r = mmap((m + 3 * 4096) as *mut c_void, 4096, rw, anon | MAP_FIXED_NOREPLACE, -1, 0);
+            let noreplace_free = r as usize == m + 3 * 4096;
+            // MAP_FIXED replaces: fresh zeroed memory at the address.
+            let r = mmap((m + 2 * 4096) as *mut c_void, 4096, rw, anon | MAP_FIXED, -1, 0);
+            let fixed = (r as usize == m + 2 * 4096, *((m + 2 * 4096) as *const u8));
+            println!(
+                "flags: dontneed {dontneed:?}, noreplace over a mapping {noreplace_taken:?}, noreplace on free space {noreplace_free}, fixed {fixed:?}"
+            );
+        },
+        "exhaust" => unsafe {
+            let gib = 1usize << 30;
+            let m = mmap(std::ptr::null_mut(), gib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) as usize;
+            assert!(m as isize != -1);
+            for i in (0..gib).step_by(4096) {
+                *((m + i) as *mut u8) = 1;
+                if i % (16 << 20) == 0 {
+                    println!("exhaust: {} MiB touched", i >> 20);
+                }
+            }
+            println!("exhaust: all of 1 GiB touched");
         },
         "write-code" => unsafe {
             let p = main as *const () as usize as *mut u8;

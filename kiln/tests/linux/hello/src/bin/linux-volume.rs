@@ -7,6 +7,8 @@
 //! - `fill DIR`: writes 64 KiB blocks to DIR/fill.bin until a write fails,
 //!   and prints the error (ENOSPC expected).
 //! - `write DIR`: tries to create DIR/new.txt and prints the error.
+//! - `sync DIR`: writes through O_SYNC and O_DSYNC descriptors, fdatasyncs,
+//!   truncates a file down and extends it, and prints what it reads back.
 //! - `share DIR`: prints DIR/hello.txt (the host's), links to it, truncates
 //!   a copy, makes a file mode 0600, removes a directory tree it made.
 use std::fs::{self, File, OpenOptions};
@@ -83,6 +85,27 @@ fn main() {
                     }
                 }
             }
+        }
+        "sync" => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let open = |name: &str, flags: i32| {
+                OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(format!("{dir}/{name}")).expect(name)
+            };
+            open("osync.txt", libc::O_SYNC).write_all(b"o_sync").expect("write O_SYNC");
+            open("odsync.txt", libc::O_DSYNC).write_all(b"o_dsync").expect("write O_DSYNC");
+            let mut f = open("data.txt", 0);
+            f.write_all(b"0123456789").unwrap();
+            f.sync_data().expect("fdatasync");
+            f.set_len(4).expect("truncate down");
+            f.set_len(8).expect("extend");
+            drop(f);
+            let read = |name: &str| fs::read(format!("{dir}/{name}")).expect(name);
+            println!(
+                "sync: {:?} {:?} {:?}",
+                String::from_utf8_lossy(&read("osync.txt")),
+                String::from_utf8_lossy(&read("odsync.txt")),
+                read("data.txt")
+            );
         }
         "write" => match File::create(format!("{dir}/new.txt")) {
             Ok(_) => println!("write: created"),
