@@ -77,6 +77,11 @@ fn fsck(img: &Path) -> (bool, String) {
 
 /// A file's contents in an image, read on the host (mtools).
 fn host_read(img: &Path, path: &str) -> String {
+    String::from_utf8_lossy(&host_bytes(img, path)).into_owned()
+}
+
+/// A file's bytes in an image, read on the host (mtools).
+fn host_bytes(img: &Path, path: &str) -> Vec<u8> {
     let o = Command::new("mtype")
         .arg("-i")
         .arg(img)
@@ -88,7 +93,7 @@ fn host_read(img: &Path, path: &str) -> String {
         "mtype {path}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    o.stdout
 }
 
 #[test]
@@ -138,6 +143,13 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
         "{out}"
     );
     assert_eq!(host_read(&img, "/data.txt"), "0123\0\0\0\0");
+    assert!(fsck(&img).0);
+    // Four threads writing and fsyncing their own files at once.
+    let (code, out) = run(&s, &initrd, &["-v", "data:/data"], &["threads", "/data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("threads: 4 of 4 files whole"), "{out}");
+    let want: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ 3).collect();
+    assert!(host_bytes(&img, "/thread3.bin") == want, "thread3.bin differs on the host");
     assert!(fsck(&img).0);
 
     // The same volume on arm64 (virt's virtio-mmio) and on q35 (PCI).

@@ -9,6 +9,8 @@
 //! - `write DIR`: tries to create DIR/new.txt and prints the error.
 //! - `sync DIR`: writes through O_SYNC and O_DSYNC descriptors, fdatasyncs,
 //!   truncates a file down and extends it, and prints what it reads back.
+//! - `threads DIR`: four threads each write, fsync and read back their own
+//!   256 KiB file at once; prints how many came back whole.
 //! - `share DIR`: prints DIR/hello.txt (the host's), links to it, truncates
 //!   a copy, makes a file mode 0600, removes a directory tree it made.
 use std::fs::{self, File, OpenOptions};
@@ -106,6 +108,25 @@ fn main() {
                 String::from_utf8_lossy(&read("odsync.txt")),
                 read("data.txt")
             );
+        }
+        "threads" => {
+            let workers: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let path = format!("{dir}/thread{t}.bin");
+                    std::thread::spawn(move || {
+                        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ t).collect();
+                        let mut f = File::create(&path).expect("create");
+                        for chunk in data.chunks(4096) {
+                            f.write_all(chunk).expect("write");
+                        }
+                        f.sync_all().expect("fsync");
+                        drop(f);
+                        fs::read(&path).expect("read back") == data
+                    })
+                })
+                .collect();
+            let whole = workers.into_iter().map(|w| w.join()).filter(|r| matches!(r, Ok(true))).count();
+            println!("threads: {whole} of 4 files whole");
         }
         "write" => match File::create(format!("{dir}/new.txt")) {
             Ok(_) => println!("write: created"),
