@@ -240,10 +240,12 @@ pub fn resolve(kf: &Kraftfile, target: &Target) -> Result<Config> {
                 .into_iter()
                 .filter(|d| values.get(d).cloned().flatten().as_deref() != Some("y"))
                 .collect();
-            // Nothing missing: a dependency the target has rules it out
-            // (`depends on !PLAT_LINUXU`).
-            let needs = if missing.is_empty() {
-                format!("`{}`", sym.direct_dep)
+            // The expression itself when naming what is missing would
+            // mislead: a dependency the target has rules it out (`depends
+            // on !PLAT_LINUXU`), or any of several would do (`||`).
+            let expr = sym.direct_dep.to_string();
+            let needs = if missing.is_empty() || expr.contains("||") {
+                format!("`{expr}`")
             } else {
                 missing.join(", ")
             };

@@ -399,7 +399,7 @@ fn a_library_the_target_cannot_run_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains(
-            "LIBVIRTIO needs HAVE_VIRTIO, which raspi/arm64 does not support (selected by LIBNET)"
+            "LIBNET needs `HAVE_VIRTIO || HAVE_PLATFORM_NETDEV`, which raspi/arm64 does not support (selected by APP_NETPI)"
         ),
         "{err}"
     );
