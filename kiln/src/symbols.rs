@@ -22,6 +22,9 @@ use std::path::Path;
 /// The kernel's symbols and line tables.
 pub struct Symbols {
     loader: addr2line::Loader,
+    /// The executable segments' address ranges: an address outside them
+    /// is not the kernel's (the nearest symbol would still be found).
+    code: Vec<(u64, u64)>,
 }
 
 /// What the console says before the address.
@@ -39,14 +42,42 @@ impl Symbols {
         } else {
             image.to_path_buf()
         };
+        let code = std::fs::read(&path)
+            .ok()
+            .and_then(|b| {
+                let e = goblin::elf::Elf::parse_header(&b).ok()?;
+                let ctx = goblin::container::Ctx::new(
+                    goblin::container::Container::Big,
+                    goblin::container::Endian::Little,
+                );
+                let phs = goblin::elf::ProgramHeader::parse(
+                    &b,
+                    e.e_phoff as usize,
+                    e.e_phnum as usize,
+                    ctx,
+                )
+                .ok()?;
+                Some(
+                    phs.iter()
+                        .filter(|p| {
+                            p.p_type == goblin::elf::program_header::PT_LOAD && p.is_executable()
+                        })
+                        .map(|p| (p.p_vaddr, p.p_vaddr + p.p_memsz))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
         addr2line::Loader::new(&path)
             .ok()
-            .map(|loader| Symbols { loader })
+            .map(|loader| Symbols { loader, code })
     }
 
     /// `function at file:line` for `addr` (and the functions it was inlined
     /// into), or `None` when the kernel has no code there.
     pub fn describe(&self, addr: u64) -> Option<String> {
+        if !self.code.iter().any(|&(lo, hi)| addr >= lo && addr < hi) {
+            return None;
+        }
         let mut parts = Vec::new();
         if let Ok(mut frames) = self.loader.find_frames(addr) {
             while let Ok(Some(f)) = frames.next() {

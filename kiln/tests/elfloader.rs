@@ -951,6 +951,25 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
         out.contains("flags: dontneed (0, 0, 7), noreplace over a mapping (-1, 17, 7), noreplace on free space true, fixed (true, 0)"),
         "{out}"
     );
+    // Touching more memory than the machine has: the program ends with
+    // the faulting address named (no kernel symbol is put to the
+    // program's instruction pointer); the kernel stays up to report it.
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "exhaust"]);
+    assert_eq!(code, 126, "{out}");
+    assert!(out.contains("exhaust: 16 MiB touched"), "{out}");
+    assert!(
+        out.contains("kiln: elf: segmentation fault (SIGSEGV): the program wrote 0x")
+            && out.contains(": out of memory (instruction pointer 0x"),
+        "{out}"
+    );
+    let after = out
+        .split("out of memory (instruction pointer")
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        !after.lines().nth(1).unwrap_or("").contains("  in "),
+        "{out}"
+    );
     let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "reserve"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("reserve: ok"), "{out}");

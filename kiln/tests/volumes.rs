@@ -149,7 +149,10 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("threads: 4 of 4 files whole"), "{out}");
     let want: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ 3).collect();
-    assert!(host_bytes(&img, "/thread3.bin") == want, "thread3.bin differs on the host");
+    assert!(
+        host_bytes(&img, "/thread3.bin") == want,
+        "thread3.bin differs on the host"
+    );
     assert!(fsck(&img).0);
 
     // The same volume on arm64 (virt's virtio-mmio) and on q35 (PCI).
