@@ -78,6 +78,26 @@ fn the_tour_joins_sleeps_and_hands_over() {
     );
 }
 
+/// A thread that runs off the end of its stack hits the guard page below
+/// it: a fault that names the thread, in a VM and in a host process.
+#[test]
+fn a_thread_overflowing_its_stack_is_caught_by_its_guard_page() {
+    for how in [&["-W"][..], &["--plat", "linuxu"][..]] {
+        let (code, out) = finish(run(how, &["overflow"]));
+        assert_eq!(code, 125, "{how:?}: {out}");
+        assert!(
+            out.contains(
+                "is the guard page below the stack of thread 'deep': it overflowed its stack"
+            ),
+            "{how:?}: {out}"
+        );
+        assert!(
+            out.contains("in recurse at apps/threads/src/lib.rs"),
+            "{how:?}: {out}"
+        );
+    }
+}
+
 /// The same scheduler in a host process (plat/linuxu): the tour and the
 /// deadlock report.
 #[test]

@@ -6,7 +6,8 @@
 //! Condvar, and a timed wait that times out. `echo` serves TCP echo on
 //! port 7 with one thread per connection (blocking sockets); `resolve
 //! NAME...` prints the addresses DNS gives; `deadlock` blocks every
-//! thread, which the kernel reports instead of hanging.
+//! thread, which the kernel reports instead of hanging; `overflow` runs a
+//! thread named `deep` into the guard page below its stack.
 #![no_std]
 
 use kiln_std::net::{dns, TcpListener, TcpStream};
@@ -180,6 +181,24 @@ fn deadlock() -> i32 {
     0
 }
 
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let mut local = [0u8; 256];
+    local[depth as usize % 256] = depth as u8;
+    // black_box keeps the frame and the recursion from being optimised away.
+    core::hint::black_box(&mut local);
+    recurse(depth + 1) + local[7] as u64
+}
+
+fn overflow() -> i32 {
+    let h = thread::Builder::new()
+        .name("deep".to_string())
+        .stack_size(64 * 1024)
+        .spawn(|| recurse(0));
+    h.join() as i32
+}
+
 /// Entry point.
 pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
     match args.get(1).copied() {
@@ -187,8 +206,9 @@ pub fn main(args: &[&str], _env: &[(&str, &str)]) -> i32 {
         Some("echo") => echo(),
         Some("resolve") => resolve(&args[2..]),
         Some("deadlock") => deadlock(),
+        Some("overflow") => overflow(),
         Some(other) => {
-            println!("threads: unknown mode {other}: tour, echo, resolve NAME..., deadlock");
+            println!("threads: unknown mode {other}: tour, echo, resolve NAME..., deadlock, overflow");
             2
         }
     }

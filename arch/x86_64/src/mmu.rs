@@ -240,6 +240,93 @@ unsafe fn map_device_page(a: u64) -> bool {
 #[cfg(target_os = "none")]
 static mut NEXT_SPARE: usize = 0;
 
+/// The address bits of a 2 MiB page entry (bit 12 is its PAT bit).
+const ADDR_2M: u64 = 0x000f_ffff_ffe0_0000;
+
+/// Reloads CR3: every non-global TLB entry goes.
+#[cfg(target_os = "none")]
+fn flush_all() {
+    // SAFETY: reloading CR3 with its own value changes no mapping.
+    unsafe {
+        let cr3: u64;
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
+        core::arch::asm!("mov cr3, {}", in(reg) cr3, options(nostack));
+    }
+}
+
+/// The 4 KiB entry that maps RAM address `addr`, splitting the 2 MiB page
+/// that holds it into 4 KiB pages with the same permissions if it is one
+/// (the new table is `new_table()`: a zeroed, 4 KiB-aligned page the
+/// caller gives up for good). None for memory mapped otherwise (1 GiB
+/// pages, device memory) or when no table is given.
+///
+/// # Safety
+/// One CPU; `addr` is RAM the caller owns; a table `new_table` returns is
+/// a zeroed, 4 KiB-aligned, identity-mapped page nothing else uses.
+#[cfg(target_os = "none")]
+unsafe fn entry_4k(addr: u64, new_table: impl FnOnce() -> Option<u64>) -> Option<*mut u64> {
+    // SAFETY: per the contract; the tables read are the live ones.
+    unsafe {
+        let g = (addr / GIB) as usize;
+        let pdpt = &*(&raw const kiln_pdpt);
+        if g >= 512 || pdpt[g] & P == 0 || pdpt[g] & PS != 0 {
+            return None;
+        }
+        let pd = (pdpt[g] & ADDR) as *mut u64;
+        let e = pd.add(((addr % GIB) / MIB2) as usize);
+        if *e & P == 0 || (*e & PS != 0 && *e & PCD != 0) {
+            return None;
+        }
+        if *e & PS != 0 {
+            let t = new_table()?;
+            let base = *e & ADDR_2M;
+            let flags = *e & (W | NX);
+            let pt = t as *mut u64;
+            for i in 0..512u64 {
+                *pt.add(i as usize) = (base + i * 4096) | P | flags;
+            }
+            // Permissions are the 4 KiB entries' from now on.
+            *e = t | P | W;
+            flush_all();
+        }
+        Some(((*e & ADDR) as *mut u64).add(((addr % MIB2) / 4096) as usize))
+    }
+}
+
+/// Unmaps the 4 KiB page at `addr` (4 KiB-aligned RAM the caller owns)
+/// so that touching it faults: the guard page below a thread's stack.
+/// `new_table` gives a page table if a 2 MiB page must be split (it is
+/// kept for good). False where the memory is not mapped by 2 MiB or 4 KiB
+/// pages (above the first GiB with 1 GiB pages), or no table was given.
+#[cfg(target_os = "none")]
+pub fn guard_page(addr: u64, new_table: impl FnOnce() -> Option<u64>) -> bool {
+    // SAFETY: the caller owns the page; only its present bit changes, and
+    // its TLB entry is flushed right after.
+    unsafe {
+        match entry_4k(addr, new_table) {
+            Some(e) => {
+                *e &= !P;
+                core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Maps a page [`guard_page`] unmapped again, before it goes back to the
+/// heap.
+#[cfg(target_os = "none")]
+pub fn unguard_page(addr: u64) {
+    // SAFETY: as for guard_page; the entry exists (no split happens).
+    unsafe {
+        if let Some(e) = entry_4k(addr, || None) {
+            *e |= P;
+            core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack));
+        }
+    }
+}
+
 /// Makes all RAM above the first 2 MiB executable (2 MiB pages; device
 /// memory, mapped uncached, stays non-executable). For the ELF loader,
 /// whose programs and their libraries live in heap memory and run in
@@ -259,7 +346,7 @@ pub fn ram_executable() {
             }
         }
         let pdpt = &*(&raw const kiln_pdpt);
-        for &dir in pdpt.iter() {
+        for (g, &dir) in pdpt.iter().enumerate() {
             if dir & P == 0 || dir & PS != 0 {
                 continue;
             }
@@ -268,6 +355,14 @@ pub fn ram_executable() {
                 let e = pd.add(i);
                 if *e & P != 0 && *e & PS != 0 && *e & PCD == 0 {
                     *e &= !NX;
+                } else if *e & P != 0 && *e & PS == 0 && !(g == 0 && i < 2) {
+                    // A 2 MiB page split for a guard page (see
+                    // `guard_page`): its 4 KiB entries. (The first 4 MiB,
+                    // kiln_pt, were done above.)
+                    let pt = (*e & ADDR) as *mut u64;
+                    for j in 0..512 {
+                        *pt.add(j) &= !NX;
+                    }
                 }
             }
         }
@@ -283,7 +378,8 @@ pub fn ram_executable() {}
 
 /// Makes [addr, addr + len) executable (and keeps it writable), by 2 MiB
 /// pages: for the memory of a program the ELF loader runs, which it
-/// allocates 2 MiB-aligned. Returns false for memory not mapped by 2 MiB
+/// allocates 2 MiB-aligned (a 2 MiB page split for a guard page has its
+/// 4 KiB entries changed). Returns false for memory not mapped by 2 MiB
 /// pages (the kernel's first 4 MiB, 1 GiB pages).
 #[cfg(target_os = "none")]
 pub fn set_executable(addr: u64, len: u64) -> bool {
@@ -303,11 +399,20 @@ pub fn set_executable(addr: u64, len: u64) -> bool {
             }
             let pd = (pdpt[g] & 0x000f_ffff_ffff_f000) as *mut u64;
             let e = pd.add(((a % GIB) / MIB2) as usize);
-            if *e & PS == 0 {
+            if *e & P == 0 {
                 return false;
             }
-            *e &= !NX;
-            core::arch::asm!("invlpg [{}]", in(reg) a, options(nostack));
+            if *e & PS == 0 {
+                // Split for a guard page: each 4 KiB entry.
+                let pt = (*e & ADDR) as *mut u64;
+                for j in 0..512 {
+                    *pt.add(j) &= !NX;
+                }
+                flush_all();
+            } else {
+                *e &= !NX;
+                core::arch::asm!("invlpg [{}]", in(reg) a, options(nostack));
+            }
         }
         a += MIB2;
     }

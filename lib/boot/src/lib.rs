@@ -106,6 +106,61 @@ pub trait Platform: Sync {
     fn net_device(&self) -> Option<&'static dyn NetDevice> {
         None
     }
+    /// Unmaps the 4 KiB page at `page` (aligned, RAM the caller owns) so
+    /// that touching it faults; false where the platform cannot. Callers
+    /// use [`guard_page`].
+    fn guard_page(&self, _page: usize) -> bool {
+        false
+    }
+    /// Maps a page [`Platform::guard_page`] unmapped again.
+    fn unguard_page(&self, _page: usize) {}
+}
+
+/// Guard pages and what each guards, for fault reports.
+static GUARDS: spin::Mutex<alloc::collections::BTreeMap<usize, String>> =
+    spin::Mutex::new(alloc::collections::BTreeMap::new());
+
+/// Makes the 4 KiB page at `page` (aligned, owned by the caller, who must
+/// call [`unguard_page`] before freeing it) fault when touched, and
+/// remembers that it guards `what` (`"thread 'worker'"`), which a fault
+/// report then names. False where the platform cannot (the page is then
+/// left as it was).
+pub fn guard_page(page: usize, what: &str) -> bool {
+    let Some(p) = platform() else { return false };
+    if !p.guard_page(page) {
+        return false;
+    }
+    GUARDS.lock().insert(page, String::from(what));
+    true
+}
+
+/// Maps a page [`guard_page`] guarded again.
+pub fn unguard_page(page: usize) {
+    if GUARDS.lock().remove(&page).is_some() {
+        if let Some(p) = platform() {
+            p.unguard_page(page);
+        }
+    }
+}
+
+/// What the guard page holding `addr` guards, if it is one (for fault
+/// reports; None too when the list is busy).
+pub fn guarded_by(addr: usize) -> Option<String> {
+    GUARDS.try_lock()?.get(&(addr & !0xfff)).cloned()
+}
+
+/// Says on the console, after a fault report, when the faulting address
+/// is a guard page: a stack overflow, and whose.
+pub fn explain_fault(addr: usize) {
+    // No allocation: the fault may have come from inside the allocator.
+    let Some(guards) = GUARDS.try_lock() else {
+        return;
+    };
+    if let Some(what) = guards.get(&(addr & !0xfff)) {
+        kiln_console::print_unlocked(format_args!(
+            "kiln: {addr:#x} is the guard page below the stack of {what}: it overflowed its stack\n"
+        ));
+    }
 }
 
 /// An Ethernet device a platform provides (see [`Platform::net_device`]).

@@ -23,6 +23,8 @@
 
 extern crate alloc;
 
+mod stack;
+
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::string::String;
@@ -56,10 +58,6 @@ const fn parse_usize(s: &str) -> usize {
     v
 }
 
-/// Written at the lowest address of every spawned thread's stack and checked
-/// whenever the thread is switched out.
-const CANARY: u64 = 0x6b69_6c6e_5f73_746b;
-
 /// Longest single halt when something could still wake a thread (a safety
 /// net for a missed device interrupt).
 const MAX_IDLE_US: u64 = 1_000_000;
@@ -80,7 +78,7 @@ struct Thread {
     /// Saved stack pointer while not running.
     sp: usize,
     /// None for the boot thread, which runs on the boot stack.
-    stack: Option<Box<[u128]>>,
+    stack: Option<stack::Stack>,
     state: State,
     /// Bumped every time the thread blocks; wake-ups and timers carry the
     /// value they were armed with, so stale ones are ignored.
@@ -94,7 +92,7 @@ struct Thread {
 
 impl Thread {
     fn canary_ok(&self) -> bool {
-        self.stack.as_ref().is_none_or(|s| s[0] as u64 == CANARY)
+        self.stack.as_ref().is_none_or(|s| s.canary_ok())
     }
 }
 
@@ -535,22 +533,17 @@ impl Builder {
             p2.finished.store(true, Ordering::Release);
             p2.done.wake_all();
         });
-        let mut stack: Box<[u128]> = alloc::vec![0u128; self.stack.div_ceil(16)].into_boxed_slice();
-        stack[0] = CANARY as u128;
         let id = with(|s| {
             let id = s.next_id;
             s.next_id += 1;
             id
         });
+        let name = self.name.unwrap_or_else(|| alloc::format!("thread-{id}"));
+        let mut stack = stack::Stack::new(self.stack, &alloc::format!("thread '{name}'"));
         // SAFETY: the stack is a live, 16-byte aligned allocation owned by the
         // Thread, which is only freed after the thread has exited.
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        let sp = unsafe {
-            let bytes =
-                core::slice::from_raw_parts_mut(stack.as_mut_ptr() as *mut u8, stack.len() * 16);
-            context::prepare(bytes, thread_start, id as usize)
-        };
-        let name = self.name.unwrap_or_else(|| alloc::format!("thread-{id}"));
+        let sp = unsafe { context::prepare(stack.usable(), thread_start, id as usize) };
         let t = Thread {
             name,
             sp,

@@ -129,10 +129,13 @@ fn a_clobbered_canary_is_seen() {
     let _g = serial();
     let h = big().spawn(|| {
         let ok = with(|s| s.cur().canary_ok());
-        with(|s| s.cur().stack.as_mut().unwrap()[0] = 0);
+        with(|s| s.cur().stack.as_mut().unwrap().usable()[..8].fill(0));
         let clobbered = !with(|s| s.cur().canary_ok());
         // Restore it, or the switch away would report an overflow.
-        with(|s| s.cur().stack.as_mut().unwrap()[0] = CANARY as u128);
+        with(|s| {
+            s.cur().stack.as_mut().unwrap().usable()[..8]
+                .copy_from_slice(&crate::stack::CANARY.to_ne_bytes())
+        });
         (ok, clobbered)
     });
     assert_eq!(h.join(), (true, true));

@@ -163,6 +163,16 @@ impl Platform for Linuxu {
     fn net_device(&self) -> Option<&'static dyn NetDevice> {
         (TAP_FD.load(Ordering::Relaxed) >= 0).then_some(&TAP as &dyn NetDevice)
     }
+
+    fn guard_page(&self, page: usize) -> bool {
+        // SAFETY: the caller owns the page (heap memory of our mapping).
+        unsafe { call(sys::MPROTECT, [page, 4096, 0, 0, 0, 0]) == 0 }
+    }
+
+    fn unguard_page(&self, page: usize) {
+        // SAFETY: as above; read and write again.
+        unsafe { call(sys::MPROTECT, [page, 4096, 3, 0, 0, 0]) };
+    }
 }
 
 static LINUXU: Linuxu = Linuxu;
@@ -245,6 +255,7 @@ extern "C" fn on_fault(sig: i32, info: *const u8, uctx: *const u8) {
     kiln_console::print_unlocked(format_args!(
         "kiln: fault: {name} (the host's report of a CPU exception)\n  fault address       0x{addr:016x}\n  instruction pointer 0x{rip:016x}\n  stack pointer       0x{rsp:016x}\n"
     ));
+    kiln_boot::explain_fault(addr);
     let mut frames = [0usize; 24];
     // SAFETY: walk_frames reads only along the faulting code's frame chain
     // within 1 MiB above its stack pointer, memory of this process.

@@ -262,6 +262,23 @@ impl Platform for Qemu {
     fn stop_requested(&self) -> bool {
         keyboard::delete_pressed()
     }
+
+    #[cfg(target_os = "none")]
+    fn guard_page(&self, page: usize) -> bool {
+        arch::mmu::guard_page(page as u64, || {
+            // A page table for splitting a 2 MiB page; the page tables
+            // keep it for good.
+            let l = core::alloc::Layout::from_size_align(4096, 4096).ok()?;
+            // SAFETY: a non-zero-sized layout.
+            let t = unsafe { alloc::alloc::alloc_zeroed(l) };
+            (!t.is_null()).then_some(t as u64)
+        })
+    }
+
+    #[cfg(target_os = "none")]
+    fn unguard_page(&self, page: usize) {
+        arch::mmu::unguard_page(page as u64)
+    }
 }
 
 /// The i8042 keyboard controller, which `kiln run` gives microvm and PC
@@ -312,6 +329,7 @@ static QEMU: Qemu = Qemu;
 
 fn fault(report: &arch::FaultReport) -> ! {
     kiln_console::print_unlocked(format_args!("{report}\n"));
+    kiln_boot::explain_fault(report.address as usize);
     let (fp, sp) = report.frame_registers();
     let mut frames = [0usize; 24];
     // SAFETY: walk_frames reads only within 1 MiB above the faulting
