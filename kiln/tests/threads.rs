@@ -79,10 +79,15 @@ fn the_tour_joins_sleeps_and_hands_over() {
 }
 
 /// A thread that runs off the end of its stack hits the guard page below
-/// it: a fault that names the thread, in a VM and in a host process.
+/// it: a fault that names the thread, in x86_64 and arm64 VMs and in a
+/// host process.
 #[test]
 fn a_thread_overflowing_its_stack_is_caught_by_its_guard_page() {
-    for how in [&["-W"][..], &["--plat", "linuxu"][..]] {
+    for how in [
+        &["-W"][..],
+        &["-W", "--arch", "arm64"][..],
+        &["--plat", "linuxu"][..],
+    ] {
         let (code, out) = finish(run(how, &["overflow"]));
         assert_eq!(code, 125, "{how:?}: {out}");
         assert!(

@@ -1,6 +1,8 @@
 //! Changes to the boot page tables (`entry.S` builds them: one level-1
 //! table, four level-2 tables of 2 MiB blocks covering 4 GiB, and level-3
-//! tables for the kernel image's blocks), for Linux programs.
+//! tables for the kernel image's blocks), for Linux programs and for the
+//! guard pages below threads' stacks (a 2 MiB block is split into 4 KiB
+//! pages for one).
 
 /// Descriptor bits.
 const VALID: u64 = 1;
@@ -46,15 +48,24 @@ pub fn ram_executable() {
                 core::ptr::write_volatile(e, v & !(PXN | UXN));
             }
         }
-        let l3 = &mut *core::ptr::addr_of_mut!(kiln_l3);
-        for e in l3.iter_mut() {
-            let v = core::ptr::read_volatile(e);
-            let addr = v & 0x0000_ffff_ffff_f000;
-            if v & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
-                && v & ATTR_MASK == ATTR_NORMAL
-                && addr >= end
-            {
-                core::ptr::write_volatile(e, v & !(PXN | UXN));
+        // Level-3 tables: the kernel image's (kiln_l3) and blocks split
+        // for guard pages.
+        for i in 0..l2.len() {
+            let t = core::ptr::read_volatile(&l2[i]);
+            if t & (VALID | TABLE_OR_PAGE) != VALID | TABLE_OR_PAGE {
+                continue;
+            }
+            let l3 = (t & ADDR) as *mut u64;
+            for j in 0..512 {
+                let e = l3.add(j);
+                let v = core::ptr::read_volatile(e);
+                let addr = v & ADDR;
+                if v & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
+                    && v & ATTR_MASK == ATTR_NORMAL
+                    && addr >= end
+                {
+                    core::ptr::write_volatile(e, v & !(PXN | UXN));
+                }
             }
         }
     }
@@ -87,6 +98,88 @@ pub fn map_block(va: u64, pa: u64) -> bool {
     }
     flush();
     true
+}
+
+/// The address bits of a table or page descriptor.
+const ADDR: u64 = 0x0000_ffff_ffff_f000;
+
+/// The level-3 descriptor that maps RAM address `addr`, splitting its
+/// 2 MiB block of normal memory into 4 KiB pages with the same attributes
+/// (in the table `new_table()` gives: zeroed, 4 KiB-aligned, kept for
+/// good). None outside the first 4 GiB's normal memory.
+///
+/// # Safety
+/// One CPU; `addr` is RAM the caller owns; a table `new_table` returns is
+/// a zeroed, 4 KiB-aligned page nothing else uses.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+unsafe fn page_entry(addr: u64, new_table: impl FnOnce() -> Option<u64>) -> Option<*mut u64> {
+    const BLOCK: u64 = 2 << 20;
+    if addr >= 4 << 30 {
+        return None;
+    }
+    // SAFETY: per the contract; the tables are the live boot tables.
+    unsafe {
+        let l2 = &mut *core::ptr::addr_of_mut!(kiln_l2);
+        let e = &mut l2[(addr / BLOCK) as usize];
+        let v = core::ptr::read_volatile(e);
+        if v & VALID == 0 || v & ATTR_MASK != ATTR_NORMAL && v & TABLE_OR_PAGE == 0 {
+            return None;
+        }
+        if v & TABLE_OR_PAGE == 0 {
+            // A block: its attributes go to each page (page descriptors
+            // have bits 1:0 = 0b11 where blocks have 0b01).
+            let t = new_table()?;
+            let base = v & 0x0000_ffff_ffe0_0000;
+            let attrs = v & !0x0000_ffff_ffff_f000 & !3;
+            let pt = t as *mut u64;
+            for i in 0..512u64 {
+                core::ptr::write_volatile(
+                    pt.add(i as usize),
+                    (base + i * 4096) | attrs | VALID | TABLE_OR_PAGE,
+                );
+            }
+            core::arch::asm!("dsb ishst");
+            core::ptr::write_volatile(e, t | VALID | TABLE_OR_PAGE);
+            flush();
+        }
+        let t = core::ptr::read_volatile(e) & ADDR;
+        Some((t as *mut u64).add(((addr % BLOCK) / 4096) as usize))
+    }
+}
+
+/// Unmaps the 4 KiB page at `addr` (aligned RAM the caller owns) so that
+/// touching it faults: the guard page below a thread's stack. `new_table`
+/// gives a level-3 table if a block must be split. False where the memory
+/// cannot be split (outside the first 4 GiB) or no table was given.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub fn guard_page(addr: u64, new_table: impl FnOnce() -> Option<u64>) -> bool {
+    // SAFETY: the caller owns the page; only its valid bit changes.
+    unsafe {
+        let Some(e) = page_entry(addr, new_table) else {
+            return false;
+        };
+        core::ptr::write_volatile(e, core::ptr::read_volatile(e) & !VALID);
+    }
+    flush();
+    true
+}
+
+/// Maps a page [`guard_page`] unmapped again.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub fn unguard_page(addr: u64) {
+    // SAFETY: as for guard_page; the table exists already.
+    unsafe {
+        if let Some(e) = page_entry(addr, || None) {
+            // Executable or not as its neighbour is (ram_executable may
+            // have run while it was unmapped).
+            let i = ((addr % (2 << 20)) / 4096) as usize;
+            let next = if i < 511 { e.add(1) } else { e.sub(1) };
+            let x = core::ptr::read_volatile(next) & (PXN | UXN);
+            let v = core::ptr::read_volatile(e) & !(PXN | UXN);
+            core::ptr::write_volatile(e, v | x | VALID);
+        }
+    }
+    flush();
 }
 
 /// Makes instructions just written to memory visible to instruction

@@ -116,6 +116,15 @@ pub trait Platform: Sync {
     fn unguard_page(&self, _page: usize) {}
 }
 
+/// A zeroed, 4 KiB-aligned page of heap memory, never freed: a page table
+/// a platform adds (splitting a large page for a guard page).
+pub fn page_table_page() -> Option<u64> {
+    let l = core::alloc::Layout::from_size_align(4096, 4096).ok()?;
+    // SAFETY: a non-zero-sized layout.
+    let t = unsafe { alloc::alloc::alloc_zeroed(l) };
+    (!t.is_null()).then_some(t as u64)
+}
+
 /// Guard pages and what each guards, for fault reports.
 static GUARDS: spin::Mutex<alloc::collections::BTreeMap<usize, String>> =
     spin::Mutex::new(alloc::collections::BTreeMap::new());

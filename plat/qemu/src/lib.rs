@@ -5,8 +5,6 @@
 // Much of this crate only runs on the bare-metal targets; host builds exist for unit tests.
 #![cfg_attr(not(target_os = "none"), allow(dead_code, unused_imports))]
 
-extern crate alloc;
-
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]

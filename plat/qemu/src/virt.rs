@@ -61,6 +61,16 @@ impl Platform for Virt {
     fn stop_requested(&self) -> bool {
         power_button::pressed()
     }
+
+    #[cfg(target_os = "none")]
+    fn guard_page(&self, page: usize) -> bool {
+        arch::mmu::guard_page(page as u64, kiln_boot::page_table_page)
+    }
+
+    #[cfg(target_os = "none")]
+    fn unguard_page(&self, page: usize) {
+        arch::mmu::unguard_page(page as u64)
+    }
 }
 
 /// The power button of QEMU's virt machine: `system_powerdown` raises pin
@@ -129,6 +139,7 @@ static VIRT: Virt = Virt;
 fn fault(report: &arch::FaultReport) -> ! {
     if !arch::power::exiting() {
         kiln_console::print_unlocked(format_args!("{report}\n"));
+        kiln_boot::explain_fault(report.far as usize);
         let (fp, sp) = report.frame_registers();
         let mut frames = [0usize; 24];
         // SAFETY: walk_frames reads only within 1 MiB above the faulting

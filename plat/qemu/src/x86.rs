@@ -265,14 +265,7 @@ impl Platform for Qemu {
 
     #[cfg(target_os = "none")]
     fn guard_page(&self, page: usize) -> bool {
-        arch::mmu::guard_page(page as u64, || {
-            // A page table for splitting a 2 MiB page; the page tables
-            // keep it for good.
-            let l = core::alloc::Layout::from_size_align(4096, 4096).ok()?;
-            // SAFETY: a non-zero-sized layout.
-            let t = unsafe { alloc::alloc::alloc_zeroed(l) };
-            (!t.is_null()).then_some(t as u64)
-        })
+        arch::mmu::guard_page(page as u64, kiln_boot::page_table_page)
     }
 
     #[cfg(target_os = "none")]

@@ -77,6 +77,15 @@ mod board {
             // local interrupt controller).
             arch::timer::idle(us)
         }
+        #[cfg(target_os = "none")]
+        fn guard_page(&self, page: usize) -> bool {
+            arch::mmu::guard_page(page as u64, kiln_boot::page_table_page)
+        }
+
+        #[cfg(target_os = "none")]
+        fn unguard_page(&self, page: usize) {
+            arch::mmu::unguard_page(page as u64)
+        }
     }
 
     static RASPI: Raspi = Raspi;
@@ -84,6 +93,7 @@ mod board {
     fn fault(report: &arch::FaultReport) -> ! {
         if !arch::power::exiting() {
             kiln_console::print_unlocked(format_args!("{report}\n"));
+            kiln_boot::explain_fault(report.far as usize);
             let (fp, sp) = report.frame_registers();
             let mut frames = [0usize; 24];
             // SAFETY: walk_frames reads only within 1 MiB above the faulting
