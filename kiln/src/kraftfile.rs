@@ -597,8 +597,18 @@ fn parse_in(path: &Path, text: &str, dir: &Path) -> Result<Kraftfile> {
         problems.add(1, "no 'targets': add one, e.g.\ntargets:\n  - qemu/x86_64");
     }
 
+    // Unikraft hands a runtime's `cmd` to the program through the kernel
+    // command line, joined by blanks, so an item with blanks in it
+    // (`["/usr/bin/php /usr/src/server.php"]`) is several arguments
+    // there; the same here. Kiln's own apps get their items as written.
+    let runtime_args = raw.runtime.is_some();
     let cmd = match raw.cmd {
         None => Vec::new(),
+        Some(Words::Many(v)) if runtime_args => v
+            .iter()
+            .flat_map(|s| s.split_whitespace())
+            .map(String::from)
+            .collect(),
         Some(Words::Many(v)) => v,
         Some(Words::One(s)) => s.split_whitespace().map(String::from).collect(),
     };
@@ -1444,6 +1454,14 @@ targets:
         let df = k.dockerfile.unwrap();
         assert_eq!((df.file, df.context), (d.join("Dockerfile"), d.clone()));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_runtimes_cmd_items_split_on_blanks_as_in_unikraft() {
+        let k = p("spec: v0.6\nruntime: base:latest\ncmd: [\"/usr/bin/php /usr/src/server.php\", \"-x\"]\n").unwrap();
+        assert_eq!(k.cmd, ["/usr/bin/php", "/usr/src/server.php", "-x"]);
+        let k = p("spec: v0.6\nname: x\ntargets: [qemu/x86_64]\ncmd: [\"a\", \"b c\"]\n").unwrap();
+        assert_eq!(k.cmd, ["a", "b c"]);
     }
 
     #[test]
