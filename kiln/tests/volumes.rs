@@ -120,6 +120,15 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
         // statfs: FAT's magic, and the volume's clusters.
         assert!(out.contains("statfs 0 type 4d44"), "{out}");
         assert!(out.contains("fatfs: kiln-vol0 on /data"), "{out}");
+        // The program's fsync reached the device as a cache flush.
+        let flushes: u64 = out
+            .lines()
+            .find_map(|l| l.split("blk: vda: ").nth(1))
+            .and_then(|r| r.split(", ").nth(1))
+            .and_then(|r| r.strip_suffix(" cache flushes"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(flushes >= 1, "no cache flush reached the disk: {out}");
         let (clean, report) = fsck(&img);
         assert!(
             clean && !report.contains("Dirty"),

@@ -30,7 +30,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_virtio::virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE as SECTOR};
-use kiln_virtio::virtio_drivers::transport::{DeviceType, SomeTransport};
+use kiln_virtio::virtio_drivers::transport::{DeviceType, SomeTransport, Transport as _};
 use kiln_virtio::KilnHal;
 
 /// Bytes in a sector, the unit of every request.
@@ -91,6 +91,12 @@ pub struct Disk {
     turn: kiln_sched::Mutex<()>,
     /// The thread whose request is in flight waits here.
     done: kiln_sched::WaitQueue,
+    /// Whether the device has a write cache to flush (VIRTIO_BLK_F_FLUSH;
+    /// without it a write is durable when it completes).
+    flush_cache: bool,
+    /// Writes and cache flushes sent, for the summary at exit.
+    writes: core::sync::atomic::AtomicU64,
+    flushes: core::sync::atomic::AtomicU64,
 }
 
 static DISKS: spin::Mutex<Vec<Arc<Disk>>> = spin::Mutex::new(Vec::new());
@@ -179,6 +185,7 @@ impl Disk {
         for (i, chunk) in buf.chunks(MAX_REQUEST).enumerate() {
             let at = sector + (i * MAX_REQUEST / SECTOR_SIZE) as u64;
             self.transfer(Op::Write(chunk), at)?;
+            self.writes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -189,7 +196,19 @@ impl Disk {
             return Ok(());
         }
         let _turn = self.turn.lock();
-        self.dev.lock().blk.flush().map_err(|_| Error::Device)
+        self.dev.lock().blk.flush().map_err(|_| Error::Device)?;
+        if self.flush_cache {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes and cache flushes sent to the device since boot.
+    pub fn requests(&self) -> (u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.flushes.load(Ordering::Relaxed),
+        )
     }
 
     /// One request (at most MAX_REQUEST bytes): submit, block until the
@@ -306,6 +325,9 @@ pub fn kiln_init() -> Result<(), String> {
         wakes &= t.wakes_cpu();
         let name = disk_name(found.len());
         let refused = kiln_virtio::refused();
+        // VIRTIO_BLK_F_FLUSH, which the driver takes when offered.
+        let mut t = t;
+        let flush_cache = t.read_device_features() & (1 << 9) != 0;
         let mut blk = VirtIOBlk::<KilnHal, Transport>::new(t)
             .map_err(|e| format!("blk: {name}: virtio-blk: {e:?}"))?;
         if kiln_virtio::refused() != refused {
@@ -348,6 +370,9 @@ pub fn kiln_init() -> Result<(), String> {
             }),
             turn: kiln_sched::Mutex::new(()),
             done: kiln_sched::WaitQueue::for_device(),
+            flush_cache,
+            writes: core::sync::atomic::AtomicU64::new(0),
+            flushes: core::sync::atomic::AtomicU64::new(0),
         }));
     }
     if found.is_empty() {
@@ -365,7 +390,31 @@ pub fn kiln_init() -> Result<(), String> {
     IRQ.store(irq, Ordering::Relaxed);
     *DISKS.lock() = found;
     kiln_sched::add_poller(poller);
+    kiln_boot::at_exit(summary);
     Ok(())
+}
+
+/// At exit: what each disk written to was sent (before the file systems'
+/// last sync), so a run shows that fsync reached the device.
+fn summary() {
+    let Some(disks) = DISKS.try_lock() else {
+        return;
+    };
+    for d in disks.iter() {
+        let (writes, flushes) = d.requests();
+        if writes > 0 {
+            kiln_console::log!(
+                kiln_console::Level::Info,
+                "blk: {}: {writes} writes, {}",
+                d.name,
+                if d.flush_cache {
+                    format!("{flushes} cache flushes")
+                } else {
+                    String::from("no write cache to flush")
+                }
+            );
+        }
+    }
 }
 
 #[cfg(test)]
