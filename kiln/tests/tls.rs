@@ -300,6 +300,85 @@ fn a_missing_certificate_stops_httpd_with_the_files_name() {
     );
 }
 
+/// HTTPS on arm64 (QEMU virt, TCG), with a certificate chain (leaf and
+/// intermediate CA, the root only in the client's trust) and its key read
+/// from a host folder shared as a volume, named by HTTPD_TLS_CERT and
+/// HTTPD_TLS_KEY at run time.
+#[test]
+fn https_on_arm64_serves_a_chain_from_a_volume() {
+    let dir = https_app("arm64");
+    // The Kraftfile's target becomes arm64.
+    let kf = std::fs::read_to_string(dir.join("Kraftfile")).unwrap();
+    std::fs::write(
+        dir.join("Kraftfile"),
+        kf.replace("qemu/x86_64", "qemu/arm64"),
+    )
+    .unwrap();
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let d = pki.display();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    sh(&format!("cd {d} && openssl req -x509 {ec} -keyout root.key -out root.pem -days 2 -subj /CN=test-root"));
+    sh(&format!(
+        "cd {d} && openssl req {ec} -keyout inter.key -out inter.csr -subj /CN=test-intermediate && printf 'basicConstraints=critical,CA:TRUE\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > inter.ext && openssl x509 -req -in inter.csr -CA root.pem -CAkey root.key -CAcreateserial -out inter.pem -days 2 -extfile inter.ext"
+    ));
+    sh(&format!(
+        "cd {d} && openssl req {ec} -keyout leaf.key -out leaf.csr -subj /CN=kiln.test && printf 'subjectAltName=DNS:kiln.test\\nextendedKeyUsage=serverAuth\\n' > leaf.ext && openssl x509 -req -in leaf.csr -CA inter.pem -CAkey inter.key -CAcreateserial -out leaf.pem -days 2 -extfile leaf.ext && cat leaf.pem inter.pem > chain.pem"
+    ));
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(pki.join("chain.pem"), certs.join("chain.pem")).unwrap();
+    std::fs::copy(pki.join("leaf.key"), certs.join("leaf.key")).unwrap();
+    let [tls] = support::free_ports();
+    let vol = format!("{}:/certs:ro", certs.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args([
+            "run",
+            "-W",
+            "--timeout",
+            "300",
+            "-p",
+            &format!("{tls}:443"),
+            "-v",
+            &vol,
+        ])
+        .args([
+            "-e",
+            "HTTPD_TLS_CERT=/certs/chain.pem",
+            "-e",
+            "HTTPD_TLS_KEY=/certs/leaf.key",
+        ])
+        .arg(dir.to_str().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let console = support::read_in_background(child.stdout.take().unwrap());
+    let errors = support::read_in_background(child.stderr.take().unwrap());
+    let url = format!("https://kiln.test:{tls}/");
+    let root_ca = pki.join("root.pem");
+    let t = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = curl(&["--cacert", root_ca.to_str().unwrap()], &url);
+        if status == "200" || t.elapsed() > Duration::from_secs(180) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let (console, errors) = (console.join().unwrap(), errors.join().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, "200", "{console}{errors}");
+    assert_eq!(
+        body,
+        std::fs::read(root().join("apps/httpd/rootfs/www/index.html")).unwrap()
+    );
+    assert!(console.contains("httpsd on qemu/arm64 virt"), "{console}");
+}
+
 /// Runs a shell command (openssl), failing the test with its output.
 fn sh(cmd: &str) {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
