@@ -1114,6 +1114,21 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
         out.contains("bigfixed: at 0x40") && out.contains(", 64 MiB, checksum 2088960\n"),
         "{out}"
     );
+    // W^X by segment: its code is not writable, its data not executable.
+    for (mode, what) in [("write-code", "wrote"), ("exec-data", "executed")] {
+        let (code, out) = run(&d, &["-M", "96M"], &["/bin/big", mode]);
+        assert_eq!(code, 126, "{mode}: {out}");
+        assert!(
+            out.contains(&format!(
+                "elf: segmentation fault (SIGSEGV): the program {what} 0x"
+            )) && out.contains(": the mapping does not allow it"),
+            "{mode}: {out}"
+        );
+        assert!(
+            !out.contains("bigfixed: wrote") && !out.contains("bigfixed: executed"),
+            "{out}"
+        );
+    }
     let (code, out) = run(&d, &["-M", "64M"], &["/bin/big"]);
     assert_eq!(code, 126, "{out}");
     assert!(

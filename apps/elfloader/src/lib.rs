@@ -32,6 +32,13 @@ fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
     if !prog.relocatable() {
         kiln_syscall::arch::place_fixed(lo, hi)?;
         copy_segments(prog, bytes, 0);
+        // W^X: code read-only, data not executable (x86_64).
+        kiln_syscall::arch::protect_fixed(
+            (lo, hi),
+            prog.segments
+                .iter()
+                .map(|s| (s.vaddr, s.mem_size, s.perms.write, s.perms.exec)),
+        );
         return Ok(0);
     }
     #[cfg(target_arch = "x86_64")]

@@ -314,6 +314,39 @@ pub fn guard_page(addr: u64, new_table: impl FnOnce() -> Option<u64>) -> bool {
     }
 }
 
+/// Gives RAM [addr, addr + len) (4 KiB-aligned, owned by the caller)
+/// these permissions by 4 KiB page, splitting 2 MiB pages as needed (page
+/// tables from `new_table`, kept for good): for W^X on a fixed-address
+/// program's segments. False if part of it could not be changed.
+#[cfg(target_os = "none")]
+pub fn protect_4k(
+    addr: u64,
+    len: u64,
+    write: bool,
+    exec: bool,
+    new_table: fn() -> Option<u64>,
+) -> bool {
+    let mut ok = true;
+    let mut a = addr & !0xfff;
+    // SAFETY: the caller owns the memory; only its W and NX bits change,
+    // and the TLB is flushed after.
+    unsafe {
+        while a < addr + len {
+            match entry_4k(a, new_table) {
+                Some(e) => {
+                    let v =
+                        (*e & !(W | NX)) | if write { W } else { 0 } | if exec { 0 } else { NX };
+                    *e = v;
+                }
+                None => ok = false,
+            }
+            a += 4096;
+        }
+    }
+    flush_all();
+    ok
+}
+
 /// Maps a page [`guard_page`] unmapped again, before it goes back to the
 /// heap.
 #[cfg(target_os = "none")]

@@ -288,6 +288,27 @@ pub const HWCAP: u64 = if cfg!(target_arch = "aarch64") {
     0
 };
 
+/// W^X for a fixed-address program copied into its area: `segments` are
+/// (address, size, writable, executable). The 2 MiB blocks around the span
+/// become read-write and not executable (the rest of the area goes back to
+/// the heap), then each segment's pages get its own permissions, by 4 KiB
+/// page, later segments winning a shared page as with Linux's mappings.
+pub fn protect_fixed(span: (u64, u64), segments: impl Iterator<Item = (u64, u64, bool, bool)>) {
+    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+    {
+        use kiln_arch_x86_64::mmu::protect_4k;
+        let table = kiln_boot::page_table_page;
+        let (lo, hi) = (span.0 & !((2 << 20) - 1), span.1.next_multiple_of(2 << 20));
+        protect_4k(lo, hi - lo, true, false, table);
+        for (va, size, w, x) in segments {
+            let (s, e) = (va & !0xfff, (va + size).next_multiple_of(4096));
+            protect_4k(s, e - s, w, x, table);
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+    let _ = (span, segments.count());
+}
+
 /// Makes memory executable before a program is copied into it: on
 /// arm64 the heap; on x86_64 only a fixed-address program's area
 /// (`relocatable` false, linked at `span`).

@@ -591,6 +591,10 @@ pub mod paged {
             }
         } else if kernel {
             return false;
+        } else if f.error & 1 != 0 {
+            // Present but protected: a fixed-address program's code or
+            // data, by its segments' permissions.
+            "the mapping does not allow it"
         } else {
             "no mapping there"
         };
