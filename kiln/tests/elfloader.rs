@@ -1115,7 +1115,11 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
         "{out}"
     );
     // W^X by segment: its code is not writable, its data not executable.
-    for (mode, what) in [("write-code", "wrote"), ("exec-data", "executed")] {
+    for (mode, what) in [
+        ("write-code", "wrote"),
+        ("exec-data", "executed"),
+        ("protect", "wrote"),
+    ] {
         let (code, out) = run(&d, &["-M", "96M"], &["/bin/big", mode]);
         assert_eq!(code, 126, "{mode}: {out}");
         assert!(

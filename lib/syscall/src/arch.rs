@@ -288,6 +288,15 @@ pub const HWCAP: u64 = if cfg!(target_arch = "aarch64") {
     0
 };
 
+/// `mprotect` on a fixed-address program's own identity-mapped memory
+/// (x86_64): the pages' write and execute permissions.
+pub fn protect_range(addr: u64, len: u64, write: bool, exec: bool) {
+    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+    kiln_arch_x86_64::mmu::protect_4k(addr, len, write, exec, kiln_boot::page_table_page);
+    #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+    let _ = (addr, len, write, exec);
+}
+
 /// W^X for a fixed-address program copied into its area: `segments` are
 /// (address, size, writable, executable). The 2 MiB blocks around the span
 /// become read-write and not executable (the rest of the area goes back to

@@ -507,8 +507,20 @@ pub mod paged {
             return Err(errno::EINVAL);
         }
         if !WINDOW.contains(&addr) {
-            // A fixed-address program's own memory: identity-mapped RAM
-            // with large pages, left as it is.
+            // A fixed-address program's own memory (identity-mapped RAM
+            // in the area kept for it) gets the permissions by 4 KiB page;
+            // PROT_NONE leaves it readable. Elsewhere: nothing to change.
+            let len = len.next_multiple_of(PAGE);
+            if let Some((lo, hi)) = kiln_boot::fixed_area() {
+                if addr >= lo as u64 && addr.saturating_add(len) <= hi as u64 {
+                    crate::arch::protect_range(
+                        addr,
+                        len,
+                        prot & PROT_WRITE != 0,
+                        prot & PROT_EXEC != 0,
+                    );
+                }
+            }
             return Ok(0);
         }
         with(|s| s.protect(&mut Kernel, addr, len, prot)).map(|_| 0)
