@@ -99,7 +99,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("brk", Partial("x86_64: demand-paged, up to 1 GiB at a random address; arm64: a 16 MiB area")),
         ("mremap", Partial("x86_64: grows in place or moves the pages (MREMAP_MAYMOVE), shrinks, MREMAP_FIXED; no MREMAP_DONTUNMAP")),
         ("madvise", Partial("MADV_DONTNEED and MADV_FREE give the pages back (they read as zero); other advice ignored")),
-        ("mprotect", Partial("x86_64: per page, PROT_NONE keeps contents, W^X as asked; arm64: memory stays read/write/execute")),
+        ("mprotect", Partial("x86_64: per page, PROT_NONE keeps contents, W^X as asked (a fixed-address program's own memory: write and execute only, PROT_NONE leaves it readable); arm64: memory stays read/write/execute")),
         ("mlock", Accepted("memory is never paged out")),
         ("munlock", Accepted("memory is never paged out")),
         ("mlockall", Accepted("memory is never paged out")),
