@@ -312,7 +312,8 @@ pub fn dns_in_ip(s: &str) -> Option<Ipv4Address> {
 }
 
 /// Boot-time init (lib/boot runs it when LIBNET is selected): brings up the
-/// first virtio-net device with the address from `netdev.ip=`.
+/// platform's own network device if it has one (plat/linuxu's tap), else
+/// the first virtio-net device, with the address from `netdev.ip=`.
 pub fn kiln_init() -> core::result::Result<(), alloc::string::String> {
     let (mut nic, mac, irq, signals) =
         match kiln_boot::platform().and_then(|p| Some((p.net_device()?, p.device_wakes()))) {
