@@ -406,7 +406,19 @@ pub fn place_fixed(lo: u64, hi: u64) -> Result<(), alloc::string::String> {
                 "linked at {lo:#x}..{hi:#x}; this machine has no RAM to spare there (give it more with -M)"
             ));
         };
-        if lo < start || hi > end {
+        if lo < 0x40_0000 {
+            return Err(alloc::format!(
+                "linked at {lo:#x}..{hi:#x}: below 4 MiB lies the kernel; fixed-address programs must start at 0x400000 or above (or be position-independent)"
+            ));
+        }
+        if lo < start {
+            // More memory does not move the kernel image: it ends above
+            // the program's first address (a large embedded initrd).
+            return Err(alloc::format!(
+                "linked at {lo:#x}..{hi:#x}, but the kernel image (with the initrd built into it) reaches {start:#x}: leave the rootfs out of the image and give it at run time (`kiln run --initrd DIR apps/elfloader -- PROGRAM`: the boot loader puts it at the top of RAM), or build the program position-independent"
+            ));
+        }
+        if hi > end {
             let more = (hi.saturating_sub(end) + (2 << 20)).div_ceil(1 << 20);
             return Err(alloc::format!(
                 "linked at {lo:#x}..{hi:#x}; fixed-address programs must lie within {start:#x}..{end:#x} here (the RAM above the kernel image, less the 8 MiB the kernel keeps for itself and the initrd): give the guest {more} MiB more with -M"
