@@ -1133,6 +1133,36 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
             "{out}"
         );
     }
+    // Built into an image whose embedded rootfs (5 MiB of it) reaches past
+    // 4 MiB, where the program must go: more -M would not help, and the
+    // message says what does.
+    let app = d.join("app");
+    std::fs::create_dir_all(app.join("rootfs/bin")).unwrap();
+    std::fs::copy(d.join("bin/big"), app.join("rootfs/bin/big")).unwrap();
+    std::fs::write(app.join("rootfs/filler"), vec![7u8; 5 << 20]).unwrap();
+    std::fs::write(
+        app.join("Kraftfile"),
+        format!(
+            "spec: v0.6\nname: bigembedded\napp: {}\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\ncmd: [\"/bin/big\"]\n",
+            root().join("apps/elfloader").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = support::kiln(&[
+        "run",
+        "-W",
+        "-M",
+        "256M",
+        "--timeout",
+        "120",
+        app.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 126, "{out}{err}");
+    assert!(
+        out.contains("but the kernel image (with the initrd built into it) reaches 0x")
+            && out.contains("kiln run --initrd DIR apps/elfloader"),
+        "{out}{err}"
+    );
     let (code, out) = run(&d, &["-M", "64M"], &["/bin/big"]);
     assert_eq!(code, 126, "{out}");
     assert!(
