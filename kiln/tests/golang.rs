@@ -26,7 +26,12 @@ fn one_guest() -> std::sync::MutexGuard<'static, ()> {
 /// Debian's Go sources under /usr/share/gocode); returns a rootfs folder
 /// holding it as /bin/<name>.
 fn go_rootfs(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-go-{name}-{}", std::process::id()));
+    go_rootfs_for("amd64", name)
+}
+
+/// As [`go_rootfs`], for Go's architecture `goarch` (amd64, arm64).
+fn go_rootfs_for(goarch: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-go-{goarch}-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("bin")).unwrap();
     let out = d.join("bin").join(name);
@@ -34,6 +39,7 @@ fn go_rootfs(name: &str) -> PathBuf {
         .args(["build", "-o", out.to_str().unwrap(), "."])
         .current_dir(root().join("kiln/tests/go").join(name))
         .env("CGO_ENABLED", "0")
+        .env("GOARCH", goarch)
         .env("GO111MODULE", "off")
         .env("GOPATH", "/usr/share/gocode")
         .env("GOCACHE", root().join("target/gocache"))
@@ -286,6 +292,31 @@ fn a_hundred_goroutines_meet_on_a_channel() {
         out.contains("goserver: 100 goroutines done, sum 51450\n"),
         "{out}"
     );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// The same program built for arm64 (Go cross-compiles without a C
+/// toolchain) on QEMU virt. arm64 programs get heap-backed memory, not
+/// demand-paged (x86_64 only), so Go's 512 MiB reservation at start needs
+/// a large guest.
+#[test]
+fn a_hundred_goroutines_meet_on_arm64() {
+    let _one = one_guest();
+    let d = go_rootfs_for("arm64", "goserver");
+    let (code, out) = finish(
+        start(
+            &d,
+            "2G",
+            &["--arch", "arm64"],
+            &["/bin/goserver", "spawn", "100"],
+        ),
+        240,
+    );
+    assert!(
+        out.contains("goserver: 100 goroutines done, sum 51450\n"),
+        "{out}"
+    );
+    assert!(out.contains("elfloader on qemu/arm64 virt"), "{out}");
     assert_eq!(code, 0, "{out}");
 }
 
