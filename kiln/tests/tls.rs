@@ -253,6 +253,21 @@ fn httpd_serves_https_beside_http() {
     let _ = s.read_to_end(&mut Vec::new());
     let (status, _) = curl(&["--cacert", ca], &g.url("/"));
     assert_eq!(status, "200");
+    // A handshake that stalls (a record header promising a ClientHello
+    // that never comes): the others are served meanwhile, and it is
+    // closed at the idle timeout (30 s).
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.tls)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).unwrap();
+    let t = Instant::now();
+    let (status, _) = curl(&["--cacert", ca], &g.url("/"));
+    assert_eq!(status, "200", "served while a handshake stalls");
+    let r = s.read_to_end(&mut Vec::new());
+    assert!(
+        r.is_ok() && t.elapsed() < Duration::from_secs(50),
+        "a stalled handshake was not closed at the idle timeout: {r:?} after {:?}",
+        t.elapsed()
+    );
     // Headless Chromium, trusting only the server's public key.
     let spki = Command::new("sh")
         .arg("-c")
@@ -282,6 +297,26 @@ fn httpd_serves_https_beside_http() {
 #[test]
 fn a_missing_certificate_stops_httpd_with_the_files_name() {
     let dir = https_app("missing");
+    // A key that is not the certificate's, for the second run.
+    sh(&format!(
+        "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {}",
+        dir.join("rootfs/etc/tls/other.key").display()
+    ));
+    let (code, out, err) = support::kiln(&[
+        "run",
+        "-W",
+        "-q",
+        "--timeout",
+        "120",
+        "-e",
+        "HTTPD_TLS_KEY=/etc/tls/other.key",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("httpd: TLS: ") && out.contains("/etc/tls/other.key"),
+        "{out}"
+    );
     let (code, out, err) = support::kiln(&[
         "run",
         "-W",

@@ -121,6 +121,7 @@ pub fn server_config_with(
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e:?}"))?;
     let provider = Arc::new(rustls_rustcrypto::provider());
+    key_goes_with(&certs[0], &key, &provider)?;
     let versions: &[&'static rustls::SupportedProtocolVersion] = match o.only_version {
         Some(12) => &[&rustls::version::TLS12],
         Some(13) => &[&rustls::version::TLS13],
@@ -158,6 +159,51 @@ pub fn server_config_with(
     config.ticketer = Arc::new(Ticketer::new());
     config.session_storage = Arc::new(SessionCache::default());
     Ok(Arc::new(config))
+}
+
+/// Whether `key` is the private key of certificate `cert`: a message
+/// signed with it must verify with the certificate's public key. (rustls
+/// compares the two public keys only when the provider can derive one from
+/// a private key, which this provider cannot; a server started with a
+/// stranger's key would then fail every handshake.)
+fn key_goes_with(
+    cert: &CertificateDer<'_>,
+    key: &PrivateKeyDer<'_>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(), String> {
+    use rustls::SignatureScheme as S;
+    let mismatch = || String::from("the private key does not go with the certificate");
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| format!("private key: {e}"))?;
+    let schemes = [
+        S::ECDSA_NISTP256_SHA256,
+        S::ECDSA_NISTP384_SHA384,
+        S::ED25519,
+        S::RSA_PSS_SHA256,
+        S::RSA_PKCS1_SHA256,
+    ];
+    let Some(signer) = signing.choose_scheme(&schemes) else {
+        return Err("private key: no signature scheme Kiln's TLS speaks".into());
+    };
+    let msg = b"kiln: does this private key go with the certificate?";
+    let sig = signer.sign(msg).map_err(|e| format!("private key: {e}"))?;
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("certificate: {e:?}"))?;
+    let algs = provider
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .find(|(s, _)| *s == signer.scheme())
+        .map_or(&[][..], |(_, a)| *a);
+    if algs
+        .iter()
+        .any(|a| ee.verify_signature(*a, msg, &sig).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(mismatch())
+    }
 }
 
 /// The CA certificates of a PEM file, for checking the other side's.
