@@ -855,6 +855,94 @@ fn retained_messages_and_persistent_sessions_survive_a_snapshot() {
     );
 }
 
+/// QoS 2 in flight both ways survives a snapshot: a message the broker
+/// sent a persistent subscriber that never acknowledged it is sent again
+/// (DUP, same packet identifier) after the restore; one whose PUBREC came
+/// gets its PUBREL again; and a publisher's QoS 2 message the broker took
+/// (PUBREC sent, PUBREL not yet come) is not delivered twice when the
+/// publisher sends it again with DUP.
+#[test]
+fn qos2_messages_in_flight_survive_a_snapshot() {
+    let mut b = broker();
+    let (s, _) = connect_with(&mut b, 4, "q2sub", false, |_| {});
+    assert_eq!(sub(&mut b, &s, "t/#", 2), vec![2]);
+    let (p, _) = connect_with(&mut b, 4, "q2pub", false, |_| {});
+    send(&mut b, &p, publish("t/a", "one", 2, 7, false), S);
+    send(&mut b, &p, publish("t/b", "two", 2, 8, false), S);
+    // The publisher got PUBRECs and sends no PUBREL yet.
+    assert!(recv(&mut b, &p)
+        .iter()
+        .any(|x| matches!(x, Packet::PubRec(_))));
+    let got = recv(&mut b, &s);
+    let pids: Vec<u16> = got
+        .iter()
+        .filter_map(|x| match x {
+            Packet::Publish(m) => Some(m.pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads(&got).len(), 2, "{got:?}");
+    // The subscriber acknowledges the second only as far as PUBREC.
+    send(
+        &mut b,
+        &s,
+        Packet::PubRec(Ack {
+            pid: pids[1],
+            reason: 0,
+            props: Props::default(),
+        }),
+        S,
+    );
+    let rel = recv(&mut b, &s);
+    assert!(
+        rel.iter()
+            .any(|x| matches!(x, Packet::PubRel(a) if a.pid == pids[1])),
+        "{rel:?}"
+    );
+    b.closed(s.id, 2 * S);
+    b.closed(p.id, 2 * S);
+    let snap = b.snapshot(3 * S);
+
+    let mut b2 = broker();
+    b2.restore(&snap, 0).unwrap();
+    let (s2, ack) = connect_with(&mut b2, 4, "q2sub", false, |_| {});
+    assert!(ack.session_present);
+    let again = recv(&mut b2, &s2);
+    let resent: Vec<(u16, bool, String)> = again
+        .iter()
+        .filter_map(|x| match x {
+            Packet::Publish(m) => {
+                Some((m.pid, m.dup, String::from_utf8(m.payload.clone()).unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        resent,
+        vec![(pids[0], true, "one".to_string())],
+        "{again:?}"
+    );
+    assert!(
+        again
+            .iter()
+            .any(|x| matches!(x, Packet::PubRel(a) if a.pid == pids[1])),
+        "{again:?}"
+    );
+    // The publisher comes back and sends its first message again (DUP):
+    // the broker answers PUBREC and does not deliver it a second time.
+    let (p2, ack) = connect_with(&mut b2, 4, "q2pub", false, |_| {});
+    assert!(ack.session_present);
+    let mut dup = publish("t/a", "one", 2, 7, false);
+    if let Packet::Publish(m) = &mut dup {
+        m.dup = true;
+    }
+    send(&mut b2, &p2, dup, S);
+    assert!(recv(&mut b2, &p2)
+        .iter()
+        .any(|x| matches!(x, Packet::PubRec(a) if a.pid == 7)));
+    assert!(payloads(&recv(&mut b2, &s2)).is_empty(), "delivered twice");
+}
+
 #[test]
 fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     let mut b = broker();
