@@ -120,6 +120,8 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
         // statfs: FAT's magic, and the volume's clusters.
         assert!(out.contains("statfs 0 type 4d44"), "{out}");
         assert!(out.contains("fatfs: kiln-vol0 on /data"), "{out}");
+        // The disk's completions wake the CPU (as the network's do).
+        assert!(out.contains("kiln: blk: 1 disk, interrupts"), "{out}");
         // The program's fsync reached the device as a cache flush.
         let flushes: u64 = out
             .lines()
@@ -186,6 +188,10 @@ fn a_volume_keeps_what_a_program_wrote_across_boots() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("was 3 now 4"), "q35: {out}");
+    assert!(
+        out.contains("kiln: blk: 1 disk, interrupts"),
+        "q35 (MSI-X): {out}"
+    );
     assert!(fsck(&img).0);
 
     // Read-only: the program's write fails with EROFS, nothing changes.

@@ -388,6 +388,13 @@ pub fn kiln_init() -> Result<(), String> {
         }
     }
     IRQ.store(irq, Ordering::Relaxed);
+    kiln_console::log!(
+        kiln_console::Level::Info,
+        "blk: {} disk{}, {}",
+        found.len(),
+        if found.len() == 1 { "" } else { "s" },
+        if irq { "interrupts" } else { "polled" }
+    );
     *DISKS.lock() = found;
     kiln_sched::add_poller(poller);
     kiln_boot::at_exit(summary);
