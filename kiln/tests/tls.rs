@@ -268,22 +268,11 @@ fn httpd_serves_https_beside_http() {
         "a stalled handshake was not closed at the idle timeout: {r:?} after {:?}",
         t.elapsed()
     );
-    // Headless Chromium, trusting only the server's public key.
-    let spki = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
-            data("server.pem").display()
-        ))
-        .output()
-        .unwrap();
-    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
-    let dom = support::chromium_dom(
+    // Headless Chromium, trusting the test CA (and nothing else of ours).
+    let dom = support::chromium_dom_trusting(
         &g.url("/"),
-        &[
-            "--host-resolver-rules=MAP kiln.test 127.0.0.1",
-            &format!("--ignore-certificate-errors-spki-list={spki}"),
-        ],
+        &["--host-resolver-rules=MAP kiln.test 127.0.0.1"],
+        &data("ca.pem"),
     );
     assert!(dom.contains(r#"data-ready="yes""#), "{dom}");
     let console = g.stop();

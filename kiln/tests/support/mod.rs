@@ -442,6 +442,59 @@ pub fn chromium_dom(url: &str, flags: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// [`chromium_dom`] with the CA certificate `ca` (PEM) as a trust anchor:
+/// Chromium reads it from an NSS database in a home folder of its own
+/// (made with certutil, libnss3-tools).
+pub fn chromium_dom_trusting(url: &str, flags: &[&str], ca: &Path) -> String {
+    let home = std::env::temp_dir().join(format!(
+        "kiln-chromium-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db_arg = format!("sql:{}", db.display());
+    for args in [
+        vec!["-d", &db_arg, "-N", "--empty-password"],
+        vec![
+            "-d",
+            &db_arg,
+            "-A",
+            "-t",
+            "C,,",
+            "-n",
+            "kiln-test-ca",
+            "-i",
+            ca.to_str().unwrap(),
+        ],
+    ] {
+        let o = Command::new("certutil")
+            .args(&args)
+            .output()
+            .expect("certutil (libnss3-tools) is installed by scripts/test");
+        assert!(
+            o.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+        ])
+        .args(flags)
+        .args(["--dump-dom", url])
+        .env("HOME", &home)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed by scripts/setup");
+    let _ = std::fs::remove_dir_all(&home);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// `N` different host TCP ports nothing listens on now (each held until
 /// all are chosen, so none is handed out twice).
 pub fn free_ports<const N: usize>() -> [u16; N] {
