@@ -797,4 +797,9 @@ fn mqtt_over_tls_with_client_certificates() {
             .any(|l| l.starts_with("mqtt: TLS from") && l.contains("xpired")),
         "the expired certificate is named:\n{log}"
     );
+    assert!(
+        log.lines().any(|l| l.starts_with("mqtt: TLS from")
+            && (l.contains("UnknownIssuer") || l.contains("unknown issuer"))),
+        "the certificate from another CA is named:\n{log}"
+    );
 }
