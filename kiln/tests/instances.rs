@@ -498,6 +498,25 @@ fn kiln_stop_lets_the_app_finish() {
     );
     let _ = std::fs::remove_dir_all(&r);
 
+    // Debian's nginx (apps/nginx) quits on SIGTERM, as from an init system.
+    let (code, _, err) = s.kiln(&[
+        "run",
+        "-d",
+        "-W",
+        "--name",
+        "nginx",
+        "-p",
+        &format!("{port}:80"),
+        "apps/nginx",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().unwrap()));
+    assert_eq!(
+        support::first_status(addr, Duration::from_secs(120)).as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    s.stop_gracefully("nginx");
+
     // An app without a hook ends at once.
     let (code, _, err) = s.kiln(&[
         "run",
