@@ -178,6 +178,8 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
     let raw = package("apps/httpd", "raw", &out);
     let qcow2 = package("apps/httpd", "qcow2", &out);
     let vmdk = package("apps/httpd", "vmdk", &out);
+    let vhd = package("apps/httpd", "vhd", &out);
+    let vhdx = package("apps/httpd", "vhdx", &out);
     for (image, format, machine, firmware, nic, signals) in [
         (
             &raw,
@@ -211,8 +213,36 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
             "virtio-net-pci,vectors=0",
             "INTx",
         ),
+        // MSI-X under UEFI too, and the other two formats booted.
+        (
+            &qcow2,
+            "qcow2",
+            "q35",
+            Firmware::Ovmf,
+            "virtio-net-pci",
+            "MSI-X",
+        ),
+        (
+            &vhd,
+            "vpc",
+            "pc",
+            Firmware::SeaBios,
+            "virtio-net-pci",
+            "MSI-X",
+        ),
+        (
+            &vhdx,
+            "vhdx",
+            "q35",
+            Firmware::Ovmf,
+            "virtio-net-pci,vectors=0",
+            "INTx",
+        ),
     ] {
-        assert_eq!(qemu_img_format(image, None), format);
+        assert_eq!(
+            qemu_img_format(image, (format == "vpc").then_some(format)),
+            format
+        );
         let port = support::free_port();
         let g = DiskGuest::boot_with(image, format, machine, firmware, 80, port, nic);
         let status = support::first_status(
@@ -235,6 +265,13 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
             console.contains(&format!("/64, interrupts ({signals})")),
             "{nic} on {machine}: {console}"
         );
+        // q35 has an MCFG table (ECAM); the i440fx PC only the ports.
+        let cam = if machine == "q35" {
+            "pci: configuration space through ECAM at 0x"
+        } else {
+            "pci: configuration space through ports 0xcf8/0xcfc"
+        };
+        assert!(console.contains(cam), "{machine}: {console}");
     }
     // The other formats, as qemu-img reads them (kiln pkg also runs qemu-img check).
     for (format, name) in [("vhd", "vpc"), ("vhdx", "vhdx"), ("vdi", "vdi")] {

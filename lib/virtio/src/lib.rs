@@ -222,6 +222,20 @@ pub fn pci_devices(kind: DeviceType) -> Vec<Device> {
         NO_PCI.store(true, core::sync::atomic::Ordering::Relaxed);
         return out;
     }
+    // Said once: how configuration space is reached.
+    static SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        match p.pci_ecam() {
+            Some(base) => kiln_console::log!(
+                kiln_console::Level::Info,
+                "pci: configuration space through ECAM at {base:#x} (ACPI MCFG)"
+            ),
+            None => kiln_console::log!(
+                kiln_console::Level::Info,
+                "pci: configuration space through ports 0xcf8/0xcfc"
+            ),
+        }
+    }
     let mut root = PciRoot::new(Cam::for_platform(p));
     let found: Vec<DeviceFunction> = root
         .enumerate_bus(0)
