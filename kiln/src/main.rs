@@ -124,6 +124,10 @@ struct PkgArgs {
     /// The image's tag
     #[arg(long, default_value = "latest")]
     tag: String,
+    /// Disk formats: the firmware the image boots on (default: BIOS and
+    /// UEFI on x86_64, UEFI on arm64)
+    #[arg(long, value_enum)]
+    firmware: Option<pkg::disk::Firmware>,
     /// Pack the Kraftfile's boot set NAME instead of the default (repeatable)
     #[arg(long = "boot", value_name = "NAME")]
     boot: Vec<String>,
@@ -581,6 +585,10 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
             a.tag
         );
     }
+    if a.firmware.is_some() && a.format.disk().is_none() {
+        anyhow::bail!("--firmware: only disk images boot through firmware (--format raw, qcow2, vmdk, vhd, vhdx, vdi or gce)");
+    }
+    let firmware = pkg::disk::Firmware::for_arch(a.firmware, &target.arch)?;
     if let Some(f) = a.format.disk() {
         if a.vmm.is_some_and(|v| v != vmm::Kind::Qemu) {
             anyhow::bail!("kiln pkg --format {}: a disk image boots through firmware on any x86_64 hypervisor; leave out --vmm", f.name());
@@ -687,12 +695,13 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
             words.extend(kf.env.iter().map(|(k, v)| format!("env.{k}={v}")));
             words.push("--".into());
             words.extend(kf.cmd.iter().cloned());
-            let image = pkg::disk::write(&p, &words, f, &out)?;
+            let image = pkg::disk::write(&p, &words, f, firmware, &out)?;
             let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
-            let firmware = if target.arch == "arm64" {
-                "UEFI firmware (QEMU virt: -machine virt,acpi=off)"
-            } else {
-                "BIOS and UEFI firmware"
+            let firmware = match (target.arch.as_str(), firmware) {
+                ("arm64", _) => "UEFI firmware (QEMU virt: -machine virt,acpi=off)",
+                (_, pkg::disk::Firmware::Bios) => "BIOS firmware",
+                (_, pkg::disk::Firmware::Uefi) => "UEFI firmware",
+                _ => "BIOS and UEFI firmware",
             };
             ui.note(&format!(
                 "{} disk image of {} ({} KiB), boots on {firmware}",

@@ -273,6 +273,39 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
         };
         assert!(console.contains(cam), "{machine}: {console}");
     }
+    // Images for one firmware only (--firmware): each boots on its own.
+    for (fw, firmware, machine) in [
+        ("bios", Firmware::SeaBios, "pc"),
+        ("uefi", Firmware::Ovmf, "q35"),
+    ] {
+        let dir = out.join(fw);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (code, stdout, err) = support::kiln(&[
+            "pkg",
+            "-q",
+            "--format",
+            "raw",
+            "--firmware",
+            fw,
+            "-o",
+            dir.to_str().unwrap(),
+            "apps/httpd",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let image = PathBuf::from(stdout.trim());
+        let port = support::free_port();
+        let g = DiskGuest::boot_with(&image, "raw", machine, firmware, 80, port, "virtio-net-pci");
+        let status = support::first_status(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(120),
+        );
+        let console = g.console();
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 200 OK"),
+            "--firmware {fw}: {console}"
+        );
+    }
     // The other formats, as qemu-img reads them (kiln pkg also runs qemu-img check).
     for (format, name) in [("vhd", "vpc"), ("vhdx", "vhdx"), ("vdi", "vdi")] {
         let image = package("apps/httpd", format, &out);
@@ -418,6 +451,35 @@ fn bad_disk_requests_are_refused_clearly() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("boots on a board, not under a VMM"), "{err}");
+    // arm64 has no BIOS; --firmware is for disks only.
+    let (code, _, err) = support::kiln(&[
+        "pkg",
+        "--format",
+        "raw",
+        "--arch",
+        "arm64",
+        "--firmware",
+        "bios",
+        "apps/helloworld",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--firmware bios: arm64 machines boot disks from UEFI only"),
+        "{err}"
+    );
+    let (code, _, err) = support::kiln(&[
+        "pkg",
+        "--format",
+        "oci",
+        "--firmware",
+        "uefi",
+        "apps/helloworld",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--firmware: only disk images boot through firmware"),
+        "{err}"
+    );
     // A PATH with grub-mkimage but no qemu-img.
     let bin = out_dir("path");
     std::os::unix::fs::symlink("/usr/bin/grub-mkimage", bin.join("grub-mkimage")).unwrap();

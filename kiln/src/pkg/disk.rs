@@ -26,6 +26,41 @@ use std::process::Command;
 
 use super::Package;
 
+/// Which firmware a disk image boots on (`kiln pkg --firmware`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Firmware {
+    /// PC BIOS (GRUB's i386-pc boot sector and core image; x86_64)
+    Bios,
+    /// UEFI (the ESP's loader)
+    Uefi,
+    /// Both (x86_64's default; arm64 disks are UEFI only)
+    Both,
+}
+
+impl Firmware {
+    /// The firmware of a disk for `arch` when `--firmware` asks for
+    /// `wanted`; an error for what the architecture cannot boot.
+    pub fn for_arch(wanted: Option<Firmware>, arch: &str) -> Result<Firmware> {
+        match (wanted, arch) {
+            (Some(Firmware::Bios | Firmware::Both), "arm64") => bail!(
+                "--firmware {}: arm64 machines boot disks from UEFI only (there is no arm64 BIOS); leave out --firmware, or give uefi",
+                if wanted == Some(Firmware::Bios) { "bios" } else { "both" }
+            ),
+            (None, "arm64") => Ok(Firmware::Uefi),
+            (None, _) => Ok(Firmware::Both),
+            (Some(f), _) => Ok(f),
+        }
+    }
+
+    fn bios(self) -> bool {
+        self != Firmware::Uefi
+    }
+
+    fn uefi(self) -> bool {
+        self != Firmware::Bios
+    }
+}
+
 /// The disk formats `kiln pkg` writes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Format {
@@ -232,11 +267,17 @@ fn esp_image(bytes: u64, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
 
 /// Writes the disk image for `p` in `format` into `out`; returns its path.
 /// `words` is the kernel's command line, one word per item.
-pub fn write(p: &Package, words: &[String], format: Format, out: &Path) -> Result<PathBuf> {
+pub fn write(
+    p: &Package,
+    words: &[String],
+    format: Format,
+    firmware: Firmware,
+    out: &Path,
+) -> Result<PathBuf> {
     check_tools(format, p.arch)?;
     let work = out.join(format!(".{}-disk-{}", p.name, std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let r = write_in(p, words, format, out, &work);
+    let r = write_in(p, words, format, firmware, out, &work);
     let _ = std::fs::remove_dir_all(&work);
     r
 }
@@ -249,7 +290,12 @@ struct Layout {
 }
 
 /// x86_64: GRUB for BIOS and UEFI, one `grub.cfg` with the command line.
-fn x86_64_layout(kernel: Vec<u8>, words: &[String], work: &Path) -> Result<Layout> {
+fn x86_64_layout(
+    kernel: Vec<u8>,
+    words: &[String],
+    firmware: Firmware,
+    work: &Path,
+) -> Result<Layout> {
     // BIOS: the core image names its partition outright (the first disk's
     // second partition); UEFI: the partition GRUB was loaded from.
     let core = grub_mkimage("i386-pc", "(hd0,gpt2)/boot/grub", &["biosdisk"], work)?;
@@ -267,13 +313,19 @@ fn x86_64_layout(kernel: Vec<u8>, words: &[String], work: &Path) -> Result<Layou
             core.len() / 1024
         );
     }
+    // A BIOS-only disk keeps the ESP as the partition GRUB reads its
+    // configuration and the kernel from, without the UEFI loader; a
+    // UEFI-only one has no BIOS boot partition (the ESP is then the first).
+    let mut files = vec![
+        ("/boot/grub/grub.cfg", grub_cfg(words).into_bytes()),
+        (KERNEL_PATH, kernel),
+    ];
+    if firmware.uefi() {
+        files.insert(0, ("/EFI/BOOT/BOOTX64.EFI", efi));
+    }
     Ok(Layout {
-        files: vec![
-            ("/EFI/BOOT/BOOTX64.EFI", efi),
-            ("/boot/grub/grub.cfg", grub_cfg(words).into_bytes()),
-            (KERNEL_PATH, kernel),
-        ],
-        bios: Some((boot_img, core)),
+        files,
+        bios: firmware.bios().then_some((boot_img, core)),
     })
 }
 
@@ -300,6 +352,7 @@ fn write_in(
     p: &Package,
     words: &[String],
     format: Format,
+    firmware: Firmware,
     out: &Path,
     work: &Path,
 ) -> Result<PathBuf> {
@@ -307,7 +360,7 @@ fn write_in(
         std::fs::read(p.kernel).with_context(|| format!("reading {}", p.kernel.display()))?;
     let layout = match p.arch {
         "arm64" => arm64_layout(kernel, words)?,
-        _ => x86_64_layout(kernel, words, work)?,
+        _ => x86_64_layout(kernel, words, firmware, work)?,
     };
     let files: Vec<(&str, &[u8])> = layout
         .files
