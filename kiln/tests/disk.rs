@@ -359,6 +359,10 @@ fn mqtt_broker_serves_from_a_uefi_disk() {
         "console:\n{}",
         g.console()
     );
+    // DHCP's address, and the NIC on MSI-X under OVMF.
+    let console = g.console();
+    assert!(console.contains("10.0.2.15/24 via 10.0.2.2 (DHCP)"), "{console}");
+    assert!(console.contains("/64, interrupts (MSI-X)"), "{console}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
