@@ -168,6 +168,24 @@ fn qemu_img_format(image: &Path, told: Option<&str>) -> String {
     v["format"].as_str().unwrap_or("").to_string()
 }
 
+/// Boots httpd's disk `image` and asks it for `/`: the first status line
+/// (within two minutes) and the console.
+fn serve(
+    image: &Path,
+    format: &str,
+    machine: &str,
+    firmware: Firmware,
+    nic: &str,
+) -> (Option<String>, String) {
+    let port = support::free_port();
+    let g = DiskGuest::boot_with(image, format, machine, firmware, 80, port, nic);
+    let status = support::first_status(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(120),
+    );
+    (status, g.console())
+}
+
 /// httpd from each format on each firmware path (q35 with SeaBIOS, q35
 /// with OVMF, pc with SeaBIOS): the first HTTP 200 within two minutes, the
 /// DHCP address and PCI network on the console, its interrupts as MSI-X
@@ -218,13 +236,7 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
             qemu_img_format(image, (format == "vpc").then_some(format)),
             format
         );
-        let port = support::free_port();
-        let g = DiskGuest::boot_with(image, format, machine, firmware, 80, port, nic);
-        let status = support::first_status(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            Duration::from_secs(120),
-        );
-        let console = g.console();
+        let (status, console) = serve(image, format, machine, firmware, nic);
         assert_eq!(
             status.as_deref(),
             Some("HTTP/1.1 200 OK"),
@@ -268,13 +280,7 @@ fn httpd_serves_from_disk_images_on_bios_and_uefi() {
         ]);
         assert_eq!(code, 0, "{err}");
         let image = PathBuf::from(stdout.trim());
-        let port = support::free_port();
-        let g = DiskGuest::boot_with(&image, "raw", machine, firmware, 80, port, "virtio-net-pci");
-        let status = support::first_status(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            Duration::from_secs(120),
-        );
-        let console = g.console();
+        let (status, console) = serve(&image, "raw", machine, firmware, "virtio-net-pci");
         assert_eq!(
             status.as_deref(),
             Some("HTTP/1.1 200 OK"),

@@ -427,18 +427,26 @@ pub fn first_status(addr: std::net::SocketAddr, within: Duration) -> Option<Stri
 /// Headless Chromium's DOM of `url` after 5 s of virtual time, with
 /// `flags` added.
 pub fn chromium_dom(url: &str, flags: &[&str]) -> String {
-    let o = Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-        ])
-        .args(flags)
-        .args(["--dump-dom", url])
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium is installed by scripts/setup");
+    chromium_dom_in(url, flags, None)
+}
+
+/// Headless Chromium's DOM of `url`, with `home` as its home folder when
+/// given (where it finds its NSS database).
+fn chromium_dom_in(url: &str, flags: &[&str], home: Option<&Path>) -> String {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=5000",
+    ])
+    .args(flags)
+    .args(["--dump-dom", url])
+    .stderr(Stdio::null());
+    if let Some(h) = home {
+        c.env("HOME", h);
+    }
+    let o = c.output().expect("chromium is installed by scripts/setup");
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -478,21 +486,9 @@ pub fn chromium_dom_trusting(url: &str, flags: &[&str], ca: &Path) -> String {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let o = Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-        ])
-        .args(flags)
-        .args(["--dump-dom", url])
-        .env("HOME", &home)
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium is installed by scripts/setup");
+    let dom = chromium_dom_in(url, flags, Some(&home));
     let _ = std::fs::remove_dir_all(&home);
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    dom
 }
 
 /// `N` different host TCP ports nothing listens on now (each held until
