@@ -9,6 +9,12 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+/// A newc header's length.
+const HEADER: usize = 110;
+const PAGE: usize = 4096;
+/// Files at least this long start on a page boundary.
+const ALIGN_FROM: usize = 16 * 1024;
+
 /// Writes newc cpio entries.
 struct Writer {
     out: Vec<u8>,
@@ -17,6 +23,16 @@ struct Writer {
 
 impl Writer {
     fn entry(&mut self, name: &str, mode: u32, ino: u32, nlink: u32, data: &[u8]) {
+        // A large file's data starts on a page boundary of the archive
+        // (the name field is padded with NULs, which the kernel's reader and
+        // Linux's skip): the archive is loaded page-aligned, so a program
+        // that maps the file (a shared library) gets its read-only pages in
+        // place instead of copies.
+        let mut namesize = name.len() + 1;
+        if data.len() >= ALIGN_FROM {
+            let start = (self.out.len() + HEADER + namesize).next_multiple_of(4);
+            namesize += start.next_multiple_of(PAGE) - start;
+        }
         let h = format!(
             "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             0,
@@ -27,12 +43,12 @@ impl Writer {
             0,
             0,
             0,
-            name.len() + 1,
+            namesize,
             0
         );
         self.out.extend_from_slice(h.as_bytes());
         self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
+        self.out.resize(self.out.len() + namesize - name.len(), 0);
         self.pad();
         self.out.extend_from_slice(data);
         self.pad();
@@ -173,6 +189,8 @@ mod tests {
         std::fs::write(d.join("etc/deep/bin"), [0u8, 1, 2, 255]).unwrap();
         std::os::unix::fs::symlink("motd", d.join("etc/link")).unwrap();
         std::fs::hard_link(d.join("etc/motd"), d.join("hard")).unwrap();
+        let big: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        std::fs::write(d.join("etc/lib.so"), &big).unwrap();
         let a = pack_dir(&d).unwrap();
         assert_eq!(
             a,
@@ -188,14 +206,26 @@ mod tests {
                 "etc",
                 "etc/deep",
                 "etc/deep/bin",
+                "etc/lib.so",
                 "etc/link",
                 "etc/motd",
                 "hard"
             ]
         );
         assert_eq!(e[3].data, [0, 1, 2, 255]);
-        assert_eq!(e[4].kind, kiln_initrd::Kind::Symlink);
-        assert_eq!(e[5].ino, e[6].ino, "hard links share an inode");
+        assert_eq!(e[4].data, &big[..]);
+        assert_eq!(
+            (e[4].data.as_ptr() as usize - a.as_ptr() as usize) % PAGE,
+            0,
+            "a large file's data starts on a page of the archive"
+        );
+        assert_ne!(
+            (e[3].data.as_ptr() as usize - a.as_ptr() as usize) % PAGE,
+            0,
+            "small files are not padded"
+        );
+        assert_eq!(e[5].kind, kiln_initrd::Kind::Symlink);
+        assert_eq!(e[6].ino, e[7].ino, "hard links share an inode");
 
         // A FIFO is refused with its name.
         let fifo = d.join("etc/pipe");

@@ -973,6 +973,37 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
     let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "reserve"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("reserve: ok"), "{out}");
+    // A file of the initrd mapped private and writable: its pages are
+    // lent in place (reading 4 MiB of it costs no resident memory), and a
+    // write copies only the page written, never reaching the file.
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(d.join("etc/big.dat"), &data).unwrap();
+    let sum = data
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "lend", "/etc/big.dat"]);
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("lend: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with(&format!("lend: 4194304 bytes, sum {sum:x}, resident grew "))
+            && line.ends_with("write kept true, file unchanged true"),
+        "{line}"
+    );
+    let kib: Vec<i64> = line
+        .split("grew ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // [reading, writing]
+    assert!(kib[0] < 256 && kib[1] <= 64, "lent pages cost memory: {line}");
+    std::fs::remove_file(d.join("etc/big.dat")).unwrap();
     for (mode, what) in [
         ("write-code", "wrote"),
         ("exec-heap", "executed"),

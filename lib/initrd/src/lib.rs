@@ -158,6 +158,15 @@ pub fn entries(data: &[u8]) -> Result<Vec<Entry<'_>>, Error> {
         else {
             return Err(err(at, None, "truncated name"));
         };
+        // The name ends at its first NUL; the rest of the field may be
+        // more NULs (Kiln's packer pads names so that large files' data
+        // starts on a page boundary, which lets programs map them in
+        // place; Linux's initramfs reader reads names the same way).
+        let name_bytes = match name_bytes.iter().position(|&b| b == 0) {
+            Some(end) if name_bytes[end..].iter().all(|&b| b == 0) => &name_bytes[..end],
+            Some(_) => return Err(err(at, None, "NUL byte in the name")),
+            None => name_bytes,
+        };
         let Ok(raw) = core::str::from_utf8(name_bytes) else {
             return Err(err(at, None, "the name is not UTF-8"));
         };
@@ -504,6 +513,11 @@ mod tests {
             .contains("character devices"));
         let fifo = newc(&[("p", 0o010644, b"", 1, 1)]);
         assert!(entries(&fifo).unwrap_err().what.contains("FIFOs"));
+        // A name padded with NULs is the name; a NUL inside one is refused.
+        let padded = newc(&[("lib.so\0\0\0", 0o100644, b"x", 1, 1)]);
+        assert_eq!(entries(&padded).unwrap()[0].path, "lib.so");
+        let inner = newc(&[("a\0b", 0o100644, b"x", 1, 1)]);
+        assert!(entries(&inner).unwrap_err().what.contains("NUL byte"));
         let long = "n".repeat(300);
         let e = entries(&newc(&[(&long, 0o100644, b"", 1, 1)])).unwrap_err();
         assert!(e.what.contains("longer than 255"), "{e}");

@@ -1071,3 +1071,13 @@ pub(crate) fn file_size(fd: i64) -> Option<u64> {
         _ => None,
     }
 }
+
+/// The contents of an open file kept in memory that lives as long as the
+/// kernel (see `Vfs::static_data`), for mappings made in place.
+pub(crate) fn static_data(fd: i64) -> Option<&'static [u8]> {
+    let d = get(fd).ok()?;
+    match &d.kind {
+        Kind::File(f) => vfs().static_data(f.0),
+        _ => None,
+    }
+}

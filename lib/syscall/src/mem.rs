@@ -322,9 +322,18 @@ pub mod paged {
         Some(frame)
     }
 
+    /// The chunk `frame` belongs to, if it is one of the pool's.
+    fn chunk_of(f: &Frames, frame: u64) -> Option<u64> {
+        f.chunks
+            .range(..=frame)
+            .next_back()
+            .map(|(&c, _)| c)
+            .filter(|&c| frame < c + CHUNK * PAGE)
+    }
+
     fn free_frame(frame: u64) {
         let mut f = FRAMES.lock();
-        let Some((&c, _)) = f.chunks.range(..=frame).next_back() else {
+        let Some(c) = chunk_of(&f, frame) else {
             return;
         };
         RESIDENT.fetch_sub(1, Ordering::Relaxed);
@@ -358,6 +367,17 @@ pub mod paged {
         }
         fn free(&mut self, f: u64) {
             free_frame(f)
+        }
+        fn owned(&self, frame: u64) -> bool {
+            chunk_of(&FRAMES.lock(), frame).is_some()
+        }
+        fn copy(&mut self, from: u64, to: u64) {
+            // SAFETY: both are identity-mapped pages: `to` a frame of the
+            // pool handed to nobody else, `from` memory that lives as long
+            // as the kernel (a lent file page); they never overlap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, PAGE as usize)
+            }
         }
 
         #[cfg(target_os = "none")]
@@ -462,28 +482,51 @@ pub mod paged {
             // protection), read in now; pages past the file's end stay
             // demand-zero.
             let file_len = crate::fd::file_size(fd).map_or(len, |n| n.saturating_sub(off).min(len));
-            let len = file_len;
-            let ok = with(|s| s.populate(&mut Kernel, at, at + up(len)));
-            if !ok {
-                let _ = munmap(at, size);
-                return Err(errno::ENOMEM);
-            }
-            let mut buf = alloc::vec![0u8; PAGE as usize];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(PAGE) as usize;
-                if let Err(e) = fill_from(fd, &mut buf[..n], off + done) {
-                    let _ = munmap(at, size);
-                    return Err(e);
+            // Whole pages of a file kept page-aligned in memory that lives
+            // as long as the kernel (the initrd) are lent, not copied.
+            let mut lent = 0;
+            if let Some(data) = crate::fd::static_data(fd) {
+                let base = data.as_ptr() as u64 + off;
+                if base % PAGE == 0 {
+                    lent = file_len & !(PAGE - 1);
+                    let ok = with(|s| {
+                        (0..lent / PAGE).all(|i| s.lend(&mut Kernel, at + i * PAGE, base + i * PAGE))
+                    });
+                    if !ok {
+                        let _ = munmap(at, size);
+                        return Err(errno::ENOMEM);
+                    }
                 }
-                let frame = Kernel.lookup(at + done).ok_or(errno::ENOMEM)?;
-                // SAFETY: the frame is one identity-mapped page of the
-                // kernel heap, mapped only at this program page.
-                unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), frame as *mut u8, n) };
-                done += n as u64;
+            }
+            if let Err(e) = read_in(at + lent, fd, off + lent, file_len - lent) {
+                let _ = munmap(at, size);
+                return Err(e);
             }
         }
         Ok(at as i64)
+    }
+
+    /// Reads `len` bytes of file `fd` from `off` into frames of the
+    /// program's own at `at` (mapped whatever the protection).
+    fn read_in(at: u64, fd: i64, off: u64, len: u64) -> Result<(), i64> {
+        if len == 0 {
+            return Ok(());
+        }
+        if !with(|s| s.populate(&mut Kernel, at, at + up(len))) {
+            return Err(errno::ENOMEM);
+        }
+        let mut buf = alloc::vec![0u8; PAGE as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(PAGE) as usize;
+            fill_from(fd, &mut buf[..n], off + done)?;
+            let frame = Kernel.lookup(at + done).ok_or(errno::ENOMEM)?;
+            // SAFETY: the frame is one identity-mapped page of the
+            // kernel heap, mapped only at this program page.
+            unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), frame as *mut u8, n) };
+            done += n as u64;
+        }
+        Ok(())
     }
 
     pub(crate) fn munmap(addr: u64, len: u64) -> Sys {

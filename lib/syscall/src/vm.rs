@@ -6,7 +6,12 @@
 //!   page-fault hook maps a zeroed frame of the kernel heap when the
 //!   program, or the kernel on its behalf, first touches one), so a
 //!   PROT_NONE reservation or untouched memory costs nothing. File
-//!   mappings are read in when made (private copies, never written back).
+//!   mappings are read in when made (private copies, never written back),
+//!   except the pages of a file whose contents lie page-aligned in memory
+//!   that lives as long as the kernel (the initrd): those are **lent**,
+//!   mapped in place without write permission, and copied into a frame of
+//!   the program's own on the first write (copy on write), so a shared
+//!   library's code and read-only data cost no memory.
 //! - `munmap`, `mprotect`, `mremap` and `madvise(DONTNEED)` work on any
 //!   page-aligned part of a mapping, splitting areas; unmapped and dropped
 //!   pages go back to the heap at once.
@@ -54,6 +59,13 @@ pub trait Pager {
     fn protect(&mut self, va: u64, prot: u8);
     /// The frame at `va`, if mapped.
     fn lookup(&self, va: u64) -> Option<u64>;
+    /// Whether `frame` came from [`Pager::frame`] (false: it is lent,
+    /// memory the space maps but never frees).
+    fn owned(&self, _frame: u64) -> bool {
+        true
+    }
+    /// Copies one page of memory from frame `from` to frame `to`.
+    fn copy(&mut self, from: u64, to: u64);
     /// The first page at or after `va` and below `end` that may be mapped
     /// (None: none is); lets a large, mostly untouched range be dropped
     /// without looking at every page.
@@ -215,8 +227,10 @@ impl Space {
         let mut va = start;
         while let Some(at) = p.next_in_use(va, end) {
             if let Some(f) = p.unmap(at) {
-                p.free(f);
-                self.resident -= 1;
+                if p.owned(f) {
+                    p.free(f);
+                    self.resident -= 1;
+                }
             }
             va = at + PAGE;
         }
@@ -252,7 +266,9 @@ impl Space {
             let mut va = s;
             while va < e {
                 // PROT_NONE (0) leaves nothing accessible; the contents stay.
-                p.protect(va, prot);
+                // A lent page stays read-only: a write copies it first.
+                let lent = prot & PROT_WRITE != 0 && p.lookup(va).is_some_and(|f| !p.owned(f));
+                p.protect(va, if lent { prot & !PROT_WRITE } else { prot });
                 va += PAGE;
             }
         }
@@ -276,8 +292,20 @@ impl Space {
             return Err("the mapping does not allow it");
         }
         let va = addr & !(PAGE - 1);
-        if p.lookup(va).is_some() {
-            return Err("the mapping does not allow it");
+        if let Some(lent) = p.lookup(va) {
+            if touch != Touch::Write || p.owned(lent) {
+                return Err("the mapping does not allow it");
+            }
+            // The first write to a lent page: the program gets its own copy.
+            let f = p.frame().ok_or("out of memory")?;
+            p.copy(lent, f);
+            p.unmap(va);
+            if !p.map(va, f, a.prot) {
+                p.free(f);
+                return Err("out of memory");
+            }
+            self.resident += 1;
+            return Ok(());
         }
         let f = p.frame().ok_or("out of memory")?;
         if !p.map(va, f, a.prot) {
@@ -286,6 +314,22 @@ impl Space {
         }
         self.resident += 1;
         Ok(())
+    }
+
+    /// Maps `frame`, memory the space does not own (see [`Pager::owned`]),
+    /// at `va` inside an area, without write permission whatever the area
+    /// allows; false when a page table could not be made.
+    pub fn lend(&mut self, p: &mut dyn Pager, va: u64, frame: u64) -> bool {
+        let Some((_, a)) = self.find(va) else {
+            return false;
+        };
+        if let Some(f) = p.unmap(va) {
+            if p.owned(f) {
+                p.free(f);
+                self.resident -= 1;
+            }
+        }
+        p.map(va, frame, a.prot & !PROT_WRITE)
     }
 
     /// Makes sure [start, end) has frames (for file contents written in
@@ -397,7 +441,9 @@ impl Space {
         let mut off = 0;
         while off < old_len.min(new_len) {
             if let Some(f) = p.unmap(old + off) {
-                if !p.map(new + off, f, prot) {
+                let owned = p.owned(f);
+                let pr = if owned { prot } else { prot & !PROT_WRITE };
+                if !p.map(new + off, f, pr) && owned {
                     p.free(f);
                     self.resident -= 1;
                 }
@@ -445,6 +491,7 @@ mod tests {
         next: u64,
         freed: BTreeSet<u64>,
         limit: Option<usize>,
+        copies: Vec<(u64, u64)>,
     }
 
     impl Pager for Fake {
@@ -473,7 +520,16 @@ mod tests {
         fn lookup(&self, va: u64) -> Option<u64> {
             self.pages.get(&va).map(|x| x.0)
         }
+        fn owned(&self, f: u64) -> bool {
+            f < LENT
+        }
+        fn copy(&mut self, from: u64, to: u64) {
+            self.copies.push((from, to));
+        }
     }
+
+    /// Frames at or above this are lent (a file's pages in the initrd).
+    const LENT: u64 = 1 << 40;
 
     const RW: u8 = PROT_READ | PROT_WRITE;
 
@@ -586,6 +642,42 @@ mod tests {
         // mmap never lands in brk's room.
         let r = s.room(b + 2 * PAGE, PAGE).unwrap();
         assert!(r >= b + BRK_SPAN || r + PAGE <= b);
+    }
+
+    #[test]
+    fn lent_pages_are_read_only_copied_on_write_and_never_freed() {
+        let (mut s, mut p) = (Space::new(0), Fake::default());
+        let a = s.room(0, 4 * PAGE).unwrap();
+        s.insert(&mut p, a, 4 * PAGE, RW);
+        for i in 0..3 {
+            assert!(s.lend(&mut p, a + i * PAGE, LENT + i * PAGE));
+        }
+        assert_eq!(s.resident, 0, "lent pages cost nothing");
+        assert_eq!(p.pages[&a].1, PROT_READ, "mapped without write");
+        // Reading a lent page is not a fault to serve; writing copies it.
+        assert_eq!(
+            s.fault(&mut p, a, Touch::Read),
+            Err("the mapping does not allow it")
+        );
+        s.fault(&mut p, a + PAGE, Touch::Write).unwrap();
+        let own = p.lookup(a + PAGE).unwrap();
+        assert!(own < LENT);
+        assert_eq!(p.copies, [(LENT + PAGE, own)]);
+        assert_eq!(p.pages[&(a + PAGE)].1, RW);
+        assert_eq!(s.resident, 1);
+        // mprotect keeps lent pages read-only; PROT_NONE hides them.
+        s.protect(&mut p, a, 3 * PAGE, PROT_READ | PROT_WRITE | PROT_EXEC)
+            .unwrap();
+        assert_eq!(p.pages[&a].1, PROT_READ | PROT_EXEC);
+        assert_eq!(p.pages[&(a + PAGE)].1, PROT_READ | PROT_WRITE | PROT_EXEC);
+        // Moving keeps them lent; unmapping frees only the owned one.
+        let b = s.remap(&mut p, a, 4 * PAGE, 64 * PAGE, true).unwrap();
+        s.insert(&mut p, a, PAGE, RW);
+        assert_eq!(p.lookup(b + 2 * PAGE), Some(LENT + 2 * PAGE));
+        assert_eq!(p.pages[&(b + 2 * PAGE)].1, PROT_READ | PROT_EXEC);
+        s.remove(&mut p, b, b + 64 * PAGE);
+        assert_eq!(p.freed.iter().copied().collect::<Vec<_>>(), [own]);
+        assert_eq!(s.resident, 0);
     }
 
     #[test]

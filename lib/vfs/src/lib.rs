@@ -769,6 +769,12 @@ impl Vfs {
         self.fs(n.mount).static_data(n.ino)
     }
 
+    /// [`Vfs::static_file`] for an open file.
+    pub fn static_data(&self, fd: i32) -> Option<&'static [u8]> {
+        let o = self.get(fd).ok()?;
+        self.fs(o.node.mount).static_data(o.node.ino)
+    }
+
     /// Metadata, following a final symlink.
     pub fn stat(&self, path: &str) -> Result<Stat> {
         let n = self.lookup(path, true)?;

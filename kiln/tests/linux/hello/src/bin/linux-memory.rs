@@ -7,6 +7,9 @@
 //! `flags` checks madvise(MADV_DONTNEED), MAP_FIXED and
 //! MAP_FIXED_NOREPLACE as Linux answers them; `exhaust` touches more
 //! anonymous memory than the machine has;
+//! `lend FILE` maps a file private and writable, reads it all, writes one
+//! page and reports what that cost in resident memory (a file of the
+//! initrd is lent in place: only the written page is copied);
 //! `bench` times demand-zero page faults and mmap/munmap of 1 MiB
 //! (scripts/bench/vm runs it in Kiln and in a Linux guest).
 
@@ -120,6 +123,7 @@ fn main() {
             let v = std::ptr::read_volatile(0x7000_dead_0000usize as *const u8);
             println!("segv: read {v}");
         },
+        "lend" => unsafe { lend(&std::env::args().nth(2).unwrap_or_default()) },
         "bench" => unsafe { bench() },
         _ => {
             println!("usage: linux-memory where|reserve|write-code|exec-heap|segv|bench");
@@ -164,4 +168,40 @@ unsafe fn bench() {
     }
     let bare = (now_ns() - t) / 1000;
     println!("vm-bench: fault {fault} ns, mmap+touch+munmap 1 MiB {touched} ns, mmap+munmap 1 MiB {bare} ns");
+}
+
+/// The program's peak resident memory in KiB (getrusage's ru_maxrss).
+fn max_rss() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut u), 0);
+        u.ru_maxrss
+    }
+}
+
+unsafe fn lend(path: &str) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).expect(path);
+    let len = f.metadata().unwrap().len() as usize;
+    let before = max_rss();
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
+    let m = mmap(std::ptr::null_mut(), len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) as *mut u8;
+    assert!(m as isize != -1, "mmap {path}");
+    let bytes = std::slice::from_raw_parts(m, len);
+    let sum = bytes.iter().fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let read_rss = max_rss() - before;
+    // A write to the mapping is the program's own, never the file's.
+    let at = len / 2 & !4095;
+    let old = *m.add(at);
+    *m.add(at) = old.wrapping_add(1);
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at as u64).unwrap();
+    let copied = *m.add(at) == old.wrapping_add(1) && *m.add(at + 1) == bytes[at + 1];
+    println!(
+        "lend: {len} bytes, sum {sum:x}, resident grew {read_rss} KiB reading and {} KiB writing, write kept {copied}, file unchanged {}",
+        max_rss() - before - read_rss,
+        b[0] == old
+    );
+    assert_eq!(munmap(m as *mut c_void, len), 0);
 }
