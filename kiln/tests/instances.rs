@@ -339,6 +339,46 @@ fn run_refuses_early_and_reports_a_stop_from_outside() {
     );
 }
 
+/// QEMU stops a guest after a KVM internal error and waits (it used to
+/// hang `kiln run`): the run ends with the error, a clear message and
+/// 125, and QEMU is gone. Triggered for real where the host's KVM cannot
+/// emulate SSE (PVM, as on the machines this suite runs on): a glibc
+/// program under `--accel kvm`.
+#[test]
+fn a_kvm_internal_error_ends_the_run_clearly() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists()
+        || std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        println!("SKIPPED a_kvm_internal_error_ends_the_run_clearly: needs a KVM that fails to emulate SSE (this host's is not kvm_pvm)");
+        return;
+    }
+    let s = State::new("kvmerror");
+    let d = s.0.join("rootfs");
+    std::fs::create_dir_all(&d).unwrap();
+    let (code, _, err) = s.kiln(&["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/bin/printf"]);
+    assert_eq!(code, 0, "{err}");
+    let start = Instant::now();
+    let (code, out, err) = s.kiln(&[
+        "run", "-q", "--accel", "kvm", "--timeout", "300", "-M", "64M", "--initrd",
+        d.to_str().unwrap(), "apps/elfloader", "--", "/usr/bin/printf", "hi\n",
+    ]);
+    assert_eq!(code, 125, "{out}{err}");
+    assert!(
+        err.contains("emulation failure")
+            && err.contains("qemu stopped the guest after an internal error")
+            && err.contains("`kiln run -W` runs it under TCG"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(240),
+        "ended by the timeout, not by noticing the error"
+    );
+}
+
 /// `kiln stop` asks the guest to shut down (Ctrl-Alt-Del on x86_64, the
 /// power button on arm64) and the app finishes: httpd its responses, the
 /// broker sends wills and tells its clients, a Linux program gets SIGTERM

@@ -683,7 +683,7 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
     let name = spec.vmm.name();
     if internal.load(Ordering::SeqCst) {
         eprintln!(
-            "kiln: {name} stopped the guest after an internal error (message and registers above); it was ended (exit status {EXIT_CRASH})"
+            "kiln: {name} stopped the guest after an internal error (message and registers above); it was ended (exit status {EXIT_CRASH}). An \"emulation failure\" means the host's KVM could not run an instruction of the guest: `kiln run -W` runs it under TCG instead"
         );
         return Ok(EXIT_CRASH);
     }
