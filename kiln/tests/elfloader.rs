@@ -973,6 +973,9 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
     let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "reserve"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("reserve: ok"), "{out}");
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "growsdown"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("growsdown: 8 pages below read back 42"), "{out}");
     // A file of the initrd mapped private and writable: its pages are
     // lent in place (reading 4 MiB of it costs no resident memory), and a
     // write copies only the page written, never reaching the file.

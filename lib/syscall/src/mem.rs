@@ -53,6 +53,9 @@ pub(crate) fn usage() -> (u64, u64) {
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+/// A stack that extends down when touched below (x86_64's own memory).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MAP_GROWSDOWN: u64 = 0x100;
 
 fn page_layout(len: u64) -> Option<Layout> {
     Layout::from_size_align(len.max(1).next_multiple_of(4096) as usize, 4096).ok()
@@ -243,7 +246,7 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
 /// and the page-fault hook.
 #[cfg(target_arch = "x86_64")]
 pub mod paged {
-    use super::{fill_from, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE};
+    use super::{fill_from, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN};
     #[cfg_attr(not(target_os = "none"), allow(unused_imports))]
     use crate::vm::{Pager, Space, Touch, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, WINDOW};
     use crate::{errno, Sys};
@@ -477,6 +480,9 @@ pub mod paged {
             s.insert(&mut Kernel, at, size, prot);
             Ok(at)
         })?;
+        if flags & MAP_GROWSDOWN != 0 {
+            with(|s| s.set_grows(at));
+        }
         if flags & MAP_ANONYMOUS == 0 {
             // File contents, written through the frames (whatever the
             // protection), read in now; pages past the file's end stay

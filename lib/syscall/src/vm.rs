@@ -31,6 +31,11 @@ use alloc::collections::BTreeMap;
 pub const PAGE: u64 = 4096;
 /// Program addresses.
 pub const WINDOW: core::ops::Range<u64> = 0x80_0000_0000..0x7fff_ffff_f000;
+/// Room a MAP_GROWSDOWN area keeps above the next mapping down (Linux's
+/// stack guard gap, 256 pages).
+const STACK_GAP: u64 = 256 * PAGE;
+/// How far a MAP_GROWSDOWN area may grow (RLIMIT_STACK's default).
+const STACK_MAX: u64 = 8 << 20;
 /// Address space kept for `brk` to grow into.
 const BRK_SPAN: u64 = 1 << 30;
 
@@ -43,6 +48,8 @@ pub const PROT_EXEC: u8 = 4;
 pub struct Area {
     pub end: u64,
     pub prot: u8,
+    /// MAP_GROWSDOWN: a touch in the gap below extends the area down.
+    pub grows: bool,
 }
 
 /// The page-table side: frames and entries.
@@ -195,13 +202,7 @@ impl Space {
     fn split(&mut self, at: u64) {
         if let Some((s, a)) = self.find(at) {
             if s < at {
-                self.areas.insert(
-                    s,
-                    Area {
-                        end: at,
-                        prot: a.prot,
-                    },
-                );
+                self.areas.insert(s, Area { end: at, ..a });
                 self.areas.insert(at, a);
             }
         }
@@ -241,7 +242,14 @@ impl Space {
     pub fn insert(&mut self, p: &mut dyn Pager, start: u64, len: u64, prot: u8) {
         let end = start + up(len);
         self.remove(p, start, end);
-        self.areas.insert(start, Area { end, prot });
+        self.areas.insert(
+            start,
+            Area {
+                end,
+                prot,
+                grows: false,
+            },
+        );
     }
 
     /// `mprotect`: ENOMEM if part of the range is not mapped.
@@ -282,7 +290,10 @@ impl Space {
         addr: u64,
         touch: Touch,
     ) -> Result<(), &'static str> {
-        let (_, a) = self.find(addr).ok_or("no mapping there")?;
+        let (_, a) = match self.find(addr) {
+            Some(x) => x,
+            None => self.grow_down_to(addr).ok_or("no mapping there")?,
+        };
         let allowed = match touch {
             Touch::Read => a.prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0,
             Touch::Write => a.prot & PROT_WRITE != 0,
@@ -314,6 +325,32 @@ impl Space {
         }
         self.resident += 1;
         Ok(())
+    }
+
+    /// A touch at `addr` below a MAP_GROWSDOWN area (none holds it): the
+    /// area extends down to its page, as Linux does, if that leaves a
+    /// [`STACK_GAP`] above the next area down and the area stays within
+    /// [`STACK_MAX`]. Returns the grown area.
+    fn grow_down_to(&mut self, addr: u64) -> Option<(u64, Area)> {
+        let (&start, &a) = self.areas.range(addr..).next()?;
+        let to = addr & !(PAGE - 1);
+        let below = self.areas.range(..to).next_back().map_or(WINDOW.start, |(_, b)| b.end);
+        if !a.grows || a.end - to > STACK_MAX || to < below.saturating_add(STACK_GAP) {
+            return None;
+        }
+        if self.on_device(to, start) {
+            return None;
+        }
+        self.areas.remove(&start);
+        self.areas.insert(to, a);
+        Some((to, a))
+    }
+
+    /// Marks the area starting at `start` MAP_GROWSDOWN.
+    pub fn set_grows(&mut self, start: u64) {
+        if let Some(a) = self.areas.get_mut(&start) {
+            a.grows = true;
+        }
     }
 
     /// Maps `frame`, memory the space does not own (see [`Pager::owned`]),
@@ -378,6 +415,7 @@ impl Space {
                 Area {
                     end: grow_to,
                     prot: a.prot,
+                    grows: false,
                 },
             );
             return Ok(old);
@@ -436,6 +474,7 @@ impl Space {
             Area {
                 end: new + new_len,
                 prot,
+                grows: false,
             },
         );
         let mut off = 0;
@@ -470,6 +509,7 @@ impl Space {
                 Area {
                     end: new_end,
                     prot: PROT_READ | PROT_WRITE,
+                    grows: false,
                 },
             );
         } else if new_end < old_end {
@@ -678,6 +718,32 @@ mod tests {
         s.remove(&mut p, b, b + 64 * PAGE);
         assert_eq!(p.freed.iter().copied().collect::<Vec<_>>(), [own]);
         assert_eq!(s.resident, 0);
+    }
+
+    #[test]
+    fn a_growsdown_area_extends_on_a_touch_below_it() {
+        let (mut s, mut p) = (Space::new(0), Fake::default());
+        let a = s.room(0, 64 * PAGE).unwrap() + 32 * PAGE;
+        s.insert(&mut p, a, PAGE, RW);
+        s.set_grows(a);
+        s.fault(&mut p, a - 8 * PAGE + 5, Touch::Write).unwrap();
+        assert_eq!(s.find(a - 8 * PAGE).map(|(st, ar)| (st, ar.end)), Some((a - 8 * PAGE, a + PAGE)));
+        // Not past 8 MiB, and not into the guard gap above another area.
+        assert_eq!(
+            s.fault(&mut p, a - (9 << 20), Touch::Write),
+            Err("no mapping there")
+        );
+        let low = a - (4 << 20);
+        s.insert(&mut p, low, PAGE, RW);
+        assert_eq!(
+            s.fault(&mut p, low + PAGE + 5, Touch::Write),
+            Err("no mapping there")
+        );
+        s.fault(&mut p, low + PAGE + STACK_GAP, Touch::Write).unwrap();
+        // An ordinary area does not grow.
+        let b = s.room(0, PAGE).unwrap() + 64 * PAGE;
+        s.insert(&mut p, b, PAGE, RW);
+        assert_eq!(s.fault(&mut p, b - 1, Touch::Write), Err("no mapping there"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `flags` checks madvise(MADV_DONTNEED), MAP_FIXED and
 //! MAP_FIXED_NOREPLACE as Linux answers them; `exhaust` touches more
 //! anonymous memory than the machine has;
+//! `growsdown` touches 8 pages below a MAP_GROWSDOWN mapping;
 //! `lend FILE` maps a file private and writable, reads it all, writes one
 //! page and reports what that cost in resident memory (a file of the
 //! initrd is lent in place: only the written page is copied);
@@ -122,6 +123,14 @@ fn main() {
             println!("segv: reading 0x7000dead0000");
             let v = std::ptr::read_volatile(0x7000_dead_0000usize as *const u8);
             println!("segv: read {v}");
+        },
+        "growsdown" => unsafe {
+            // A stack mapped with MAP_GROWSDOWN extends when touched below.
+            let m = mmap(std::ptr::null_mut(), 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | 0x100, -1, 0) as usize;
+            assert!(m as isize != -1);
+            let below = (m - 8 * 4096 + 100) as *mut u8;
+            std::ptr::write_volatile(below, 42);
+            println!("growsdown: 8 pages below read back {}", std::ptr::read_volatile(below));
         },
         "lend" => unsafe { lend(&std::env::args().nth(2).unwrap_or_default()) },
         "bench" => unsafe { bench() },
