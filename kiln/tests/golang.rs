@@ -295,6 +295,25 @@ fn a_hundred_goroutines_meet_on_a_channel() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// A goroutine that loops forever without a function call, on the one P
+/// Go has: main (sleeping, then forcing a collection, which stops the
+/// world) runs only if the kernel preempts the looping thread and Go's
+/// sysmon can stop the goroutine with SIGURG (asynchronous preemption).
+#[test]
+fn a_goroutine_that_never_yields_is_preempted() {
+    let _one = one_guest();
+    let d = go_rootfs("goserver");
+    let (code, out) = finish(
+        start(&d, "256M", &[], &["/bin/goserver", "spin", "1"]),
+        120,
+    );
+    assert!(
+        out.contains("goserver: main ran and collected garbage while a goroutine spun (GOMAXPROCS 1)\n"),
+        "{out}"
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
 /// The same program built for arm64 (Go cross-compiles without a C
 /// toolchain) on QEMU virt. arm64 programs get heap-backed memory, not
 /// demand-paged (x86_64 only), so Go's 512 MiB reservation at start needs

@@ -1,6 +1,7 @@
 //! The local APIC timer, used to sleep: [`idle`] halts the CPU until a
 //! one-shot timer interrupt (or any other interrupt) arrives, so a guest
-//! with nothing to do stops using its host CPU.
+//! with nothing to do stops using its host CPU. The same timer ends a
+//! Linux program's time slice ([`crate::irq`]).
 
 #[cfg(target_os = "none")]
 const BASE: u64 = 0xfee0_0000;
@@ -86,6 +87,24 @@ pub fn idle(us: u64) {
     // go off again after.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     write(INITIAL_COUNT, 0);
+    crate::irq::ARMED.store(false, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Starts the one-shot timer: it interrupts in `us` microseconds (a
+/// program's time slice, [`crate::irq::arm_slice`]).
+#[cfg(target_os = "none")]
+pub(crate) fn start_timer(us: u64) {
+    // SAFETY: read-only after init.
+    let hz = unsafe { HZ };
+    if hz != 0 {
+        write(INITIAL_COUNT, (us as u128 * hz as u128 / 1_000_000).clamp(1, u32::MAX as u128) as u32);
+    }
+}
+
+/// Signals end of interrupt to the local APIC.
+#[cfg(target_os = "none")]
+pub(crate) fn end_of_interrupt() {
+    write(0xb0, 0);
 }
 
 /// Host builds (unit tests) have no APIC.
@@ -98,9 +117,9 @@ pub fn init() -> bool {
 #[cfg(not(target_os = "none"))]
 pub fn idle(_us: u64) {}
 
-/// The vector device interrupts arrive on. Like the timer's, it only wakes
-/// the CPU from [`idle`] (interrupts are enabled nowhere else): the handler
-/// masks the device lines, and the driver unmasks them with
+/// The vector device interrupts arrive on. Like the timer's, it wakes the
+/// CPU from [`idle`] (or preempts a Linux program, see [`crate::irq`]):
+/// the handler masks the device lines, and the driver unmasks them with
 /// [`unmask_devices`] once it has acknowledged the interrupt at the device.
 pub const DEVICE_VECTOR: u8 = 0x21;
 
@@ -141,41 +160,10 @@ fn set_entry(gsi: u32, masked: bool) {
     );
 }
 
-#[cfg(target_os = "none")]
-core::arch::global_asm!(
-    ".section .text.kiln_exc, \"ax\"",
-    ".global kiln_device_isr",
-    "kiln_device_isr:",
-    // The CPU aligned rsp to 16 before pushing its 5-word frame; nine
-    // pushes make it 16-byte aligned again for the call.
-    "push rax",
-    "push rcx",
-    "push rdx",
-    "push rsi",
-    "push rdi",
-    "push r8",
-    "push r9",
-    "push r10",
-    "push r11",
-    "cld",
-    "call kiln_arch_device_irq",
-    "pop r11",
-    "pop r10",
-    "pop r9",
-    "pop r8",
-    "pop rdi",
-    "pop rsi",
-    "pop rdx",
-    "pop rcx",
-    "pop rax",
-    "iretq",
-);
-
 /// Masks every routed line (the device keeps its line raised until the
 /// driver acknowledges it) and signals end of interrupt.
 #[cfg(target_os = "none")]
-#[no_mangle]
-extern "C" fn kiln_arch_device_irq() {
+pub(crate) fn device_irq() {
     let routed = ROUTED.load(core::sync::atomic::Ordering::Relaxed);
     for gsi in 0..24 {
         if routed & 1 << gsi != 0 {

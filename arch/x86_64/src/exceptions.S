@@ -203,15 +203,3 @@ kiln_exc_table:
     .quad kiln_exc_29
     .quad kiln_exc_30
     .quad kiln_exc_31
-
-/* The local APIC timer's interrupt (vector 0x20): it only wakes the CPU
- * from `hlt` in idle(); acknowledge it and return. The EOI register of the
- * xAPIC is at 0xfee000b0 (identity-mapped by apic::init). */
-.section .text.kiln_exc, "ax"
-.global kiln_timer_isr
-kiln_timer_isr:
-    push %rax
-    movabs $0xfee000b0, %rax
-    movl $0, (%rax)
-    pop %rax
-    iretq

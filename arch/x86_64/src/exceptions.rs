@@ -271,7 +271,7 @@ const EMPTY: Gate = Gate {
 static mut IDT: Idt = Idt([EMPTY; 256]);
 
 /// Installs an interrupt handler (an assembly stub ending in iretq) for
-/// `vector` (32-255).
+/// `vector` (32-255). It runs on the interrupt stack of its own (IST).
 #[cfg(target_os = "none")]
 pub fn set_interrupt(vector: u8, stub: u64) {
     use x86_64::instructions::segmentation::{Segment, CS};
@@ -282,7 +282,7 @@ pub fn set_interrupt(vector: u8, stub: u64) {
         (*(&raw mut IDT)).0[vector as usize] = Gate {
             offset_low: stub as u16,
             selector: cs,
-            ist: 0,
+            ist: (crate::gdt::IST_IRQ + 1) as u8,
             attributes: 0x8e,
             offset_mid: (stub >> 16) as u16,
             offset_high: (stub >> 32) as u32,

@@ -4,6 +4,9 @@
 //! faults, NMIs, machine checks and page faults run on their own stacks (the
 //! interrupt stack table). A stack overflow into the guard page then still
 //! reaches the page-fault handler with a working stack and gets reported.
+//! Device and timer interrupts have their own too: they may arrive while a
+//! Linux program runs in ring 0 on its own stack (whose red zone the CPU
+//! would otherwise overwrite).
 
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
@@ -15,16 +18,18 @@ use x86_64::VirtAddr;
 pub const IST_DOUBLE_FAULT: u16 = 0;
 pub const IST_PAGE_FAULT: u16 = 1;
 pub const IST_NMI_MCE: u16 = 2;
+pub const IST_IRQ: u16 = 3;
 
 const IST_SIZE: usize = 16 * 1024;
 const GUARD: usize = 4096;
 
-/// Three IST stacks, each above its own guard page (unmapped by `mmu::init`).
+/// Four IST stacks, each above its own guard page (unmapped by the boot
+/// page tables, `pagetable.ld`).
 #[repr(C, align(4096))]
-struct Stacks([[u8; GUARD + IST_SIZE]; 3]);
+struct Stacks([[u8; GUARD + IST_SIZE]; 4]);
 
 #[link_section = ".bss.kiln.ist"]
-static mut IST_STACKS: Stacks = Stacks([[0; GUARD + IST_SIZE]; 3]);
+static mut IST_STACKS: Stacks = Stacks([[0; GUARD + IST_SIZE]; 4]);
 
 static mut TSS: TaskStateSegment = TaskStateSegment::new();
 static mut GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
@@ -36,7 +41,7 @@ pub fn init() {
     // and afterwards only read by the CPU.
     unsafe {
         let tss = &mut *(&raw mut TSS);
-        for i in 0..3 {
+        for i in 0..4 {
             let base = (&raw mut IST_STACKS.0[i]) as u64;
             tss.interrupt_stack_table[i] = VirtAddr::new(base + (GUARD + IST_SIZE) as u64);
         }

@@ -14,6 +14,7 @@
 pub mod apic;
 pub mod context;
 pub mod cpu;
+pub mod irq;
 mod exceptions;
 mod gdt;
 pub mod mmu;

@@ -479,7 +479,7 @@ pub fn pagetable_ld() -> String {
     for i in 0..1024u64 {
         let a = format!("{:#x}", i * 4096);
         s += &format!(
-            "QUAD(({a} == __stack_guard || {a} == __ist_start || {a} == __ist_start + 0x5000 || {a} == __ist_start + 0xa000) ? 0 : \
+            "QUAD(({a} == __stack_guard || {a} == __ist_start || {a} == __ist_start + 0x5000 || {a} == __ist_start + 0xa000 || {a} == __ist_start + 0xf000) ? 0 : \
              ({a} | {P:#x} | (({a} >= __kernel_start && {a} < __data_start) ? 0 : {W:#x}) | \
              (({a} >= __kernel_start && {a} < __rodata_start) ? 0 : {NX:#x})))\n"
         );

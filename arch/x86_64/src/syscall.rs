@@ -59,7 +59,9 @@ extern "C" fn kiln_syscall_dispatch(frame: &mut Frame) -> i64 {
     let p = HANDLER.load(Ordering::Acquire);
     // SAFETY: HANDLER only holds `enosys` or a `fn(&mut Frame) -> i64` stored by set_handler.
     let f: fn(&mut Frame) -> i64 = unsafe { core::mem::transmute(p) };
-    f(frame)
+    let r = f(frame);
+    crate::irq::arm_slice();
+    r
 }
 
 #[cfg(target_os = "none")]
@@ -185,6 +187,7 @@ pub unsafe fn resume(frame: &Frame, kstack: Option<u64>) -> ! {
     extern "C" {
         fn kiln_syscall_resume(frame: *const Frame, kstack: u64) -> !;
     }
+    crate::irq::arm_slice();
     // SAFETY: per the contract; `frame` is read before the stack changes.
     unsafe { kiln_syscall_resume(frame, kstack.unwrap_or(0) & !15) }
 }
@@ -279,7 +282,8 @@ pub fn fs_base() -> u64 {
 }
 
 /// Starts a program: stack pointer `sp` (argc at [sp]), entry `entry`,
-/// rdx = 0 (no exit function), the other registers zero. Never returns;
+/// rdx = 0 (no exit function), the other registers zero, interrupts
+/// enabled when programs are preemptible ([`crate::irq`]). Never returns;
 /// the program ends through `exit_group`. The caller's stack, from here
 /// up, becomes the thread's kernel stack.
 ///
@@ -287,20 +291,25 @@ pub fn fs_base() -> u64 {
 /// `entry` must be executable program code and `sp` its initial stack.
 #[cfg(target_os = "none")]
 pub unsafe fn enter(entry: u64, sp: u64) -> ! {
+    let flags: u64 = if crate::irq::preemptive() { 0x202 } else { 0x2 };
+    crate::irq::arm_slice();
     // SAFETY: per the contract; the kernel's stack is abandoned and reused
-    // by the program's system calls.
+    // by the program's system calls. The flags go through the word below
+    // the program's initial stack, which holds nothing yet.
     unsafe {
         core::arch::asm!(
-            "mov rax, rsp",
-            "and rax, -16",
-            "mov [rip + kiln_kstack_top], rax",
+            "mov rbx, rsp",
+            "and rbx, -16",
+            "mov [rip + kiln_kstack_top], rbx",
             "mov rsp, rdi",
+            "push rax",
+            "popfq",
             "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
             "xor esi, esi", "xor edi, edi", "xor ebp, ebp",
             "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
             "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d",
             "jmp r15",
-            in("rdi") sp, in("r15") entry, options(noreturn)
+            in("rdi") sp, in("r15") entry, in("rax") flags, options(noreturn)
         )
     }
 }

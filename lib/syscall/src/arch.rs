@@ -354,6 +354,8 @@ pub fn code_written(start: u64, len: u64) {
 /// `sp` its initial stack.
 pub unsafe fn enter(entry: u64, sp: u64) -> ! {
     #[cfg(target_arch = "x86_64")]
+    crate::preempt::install();
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: per the contract.
     unsafe {
         kiln_arch_x86_64::syscall::enter(entry, sp)

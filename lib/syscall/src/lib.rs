@@ -21,6 +21,8 @@ pub mod mem;
 mod names;
 mod net;
 mod poll;
+#[cfg(target_arch = "x86_64")]
+mod preempt;
 mod signal;
 pub mod table;
 mod thread;
@@ -272,7 +274,7 @@ pub fn dispatch(f: &mut Frame) -> i64 {
             kiln_console::println!("strace: rt_sigreturn()");
         }
         match signal::sigreturn(f) {
-            Ok(n) => resume(&n, kstack),
+            Ok(n) => resume_all(n, kstack),
             Err(_) => {
                 // The stack no longer holds the frame Kiln wrote: Linux
                 // would kill the program with SIGSEGV.
@@ -327,6 +329,26 @@ fn resume(f: &Frame, kstack: u64) -> ! {
     // once this call is abandoned.
     unsafe {
         kiln_arch_x86_64::syscall::resume(f, Some(kstack))
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (f, kstack);
+        unreachable!("programs run only in a kernel")
+    }
+}
+
+/// Continues the program with every register of `f` (the return from a
+/// signal handler, which may have interrupted it anywhere).
+#[cfg(target_arch = "x86_64")]
+fn resume_all(f: kiln_arch_x86_64::irq::Irq, kstack: u64) -> ! {
+    #[cfg(target_os = "none")]
+    // SAFETY: `f` holds the program's registers from its signal frame
+    // (sigreturn kept only harmless flags) with the kernel's selectors;
+    // `kstack` is this thread's kernel stack top, which holds nothing once
+    // this call is abandoned.
+    unsafe {
+        let (cs, ss) = kiln_arch_x86_64::irq::selectors();
+        kiln_arch_x86_64::irq::resume(&kiln_arch_x86_64::irq::Irq { cs, ss, ..f }, kstack)
     }
     #[cfg(not(target_os = "none"))]
     {

@@ -56,6 +56,58 @@ static ACTIONS: spin::Mutex<[Action; 65]> = spin::Mutex::new(
 );
 /// Pending signals (bit n-1 for signal n).
 static PENDING: AtomicU64 = AtomicU64::new(0);
+/// Signals sent to one thread (tkill, tgkill: Go asks a thread to stop
+/// its goroutine with SIGURG), delivered only to it; `ANY_DIRECTED` keeps
+/// the lock off the path of every call while there are none.
+static DIRECTED: spin::Mutex<alloc::collections::BTreeMap<kiln_sched::ThreadId, u64>> =
+    spin::Mutex::new(alloc::collections::BTreeMap::new());
+static ANY_DIRECTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Signals pending for thread `id` alone.
+fn directed(id: kiln_sched::ThreadId) -> u64 {
+    if !ANY_DIRECTED.load(Ordering::Relaxed) {
+        return 0;
+    }
+    DIRECTED.lock().get(&id).copied().unwrap_or(0)
+}
+
+fn take_directed(id: kiln_sched::ThreadId, bits: u64) {
+    let mut d = DIRECTED.lock();
+    if let Some(p) = d.get_mut(&id) {
+        *p &= !bits;
+        if *p == 0 {
+            d.remove(&id);
+        }
+    }
+    ANY_DIRECTED.store(!d.is_empty(), Ordering::Relaxed);
+}
+
+/// tkill/tgkill: `sig` for the thread with Linux id `tid` (ESRCH if there
+/// is none); handled as the program's own signal when it is the caller.
+fn raise_in(tid: u64, sig: u64) -> Sys {
+    if sig == 0 {
+        return crate::thread::thread_of(tid as u32).map(|_| 0).ok_or(3);
+    }
+    valid(sig)?;
+    let Some(id) = crate::thread::thread_of(tid as u32) else {
+        return Err(3); // ESRCH
+    };
+    if id == kiln_sched::current() {
+        return raise(sig, -6);
+    }
+    let handler = ACTIONS.lock()[sig as usize].handler;
+    match handler {
+        SIG_IGN => return Ok(0),
+        SIG_DFL if ignored_by_default(sig) => return Ok(0),
+        SIG_DFL => die_of(sig),
+        _ => {}
+    }
+    INFO.lock()[sig as usize] = Info { code: -6, ..USER };
+    *DIRECTED.lock().entry(id).or_insert(0) |= bit(sig);
+    ANY_DIRECTED.store(true, Ordering::Relaxed);
+    SIGNALLED.wake_all();
+    Ok(0)
+}
 /// The blocked masks.
 static BLOCKED: Masks = Masks(spin::Mutex::new(alloc::collections::BTreeMap::new()));
 
@@ -101,6 +153,7 @@ pub(crate) fn inherit_mask(child: kiln_sched::ThreadId) {
 /// Thread `id` ended: its mask and alternate stack go.
 pub(crate) fn forget_mask(id: kiln_sched::ThreadId) {
     BLOCKED.0.lock().remove(&id);
+    take_directed(id, u64::MAX);
     ALT_STACKS.lock().remove(&id);
 }
 
@@ -713,8 +766,8 @@ pub(crate) fn call(nr: u64, a: [u64; 6], sp: u64) -> Option<Sys> {
         // its threads.
         62 if matches!(a[0] as i64, 0 | 1 | -1) => raise(a[1], 0),
         62 => Err(3), // ESRCH
-        200 => raise(a[1], -6),
-        234 => raise(a[2], -6),
+        200 => raise_in(a[0], a[1]),
+        234 => raise_in(a[1], a[2]),
         128 => timedwait(a[0], a[1], a[2]),
         222 => timer_create(a[0], a[1], a[2]),
         223 => timer_settime(a[0], a[1], a[2], a[3]),
@@ -740,15 +793,14 @@ const UC_MCONTEXT: u64 = 40;
 const UC_SIGMASK: u64 = UC_MCONTEXT + 256;
 const UC_SIZE: u64 = UC_SIGMASK + 8;
 
-/// Called when a system call returns `result`: if a signal with a handler
-/// is pending and not blocked, the registers the program continues with
-/// (at its handler, with the frame written below its stack).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
-    check_alarm();
-    // Every system call returns through here: the mask (a lock and a
-    // lookup) only when something is pending.
-    let pending = PENDING.load(Ordering::Relaxed);
+/// The next signal to deliver to the calling thread: pending for it or
+/// for the program, not blocked, with a handler to run (a default action
+/// that ends the program ends it here; ignored ones are dropped).
+fn take_deliverable() -> Option<(u64, Action)> {
+    // Every system call returns through here: the locks only when
+    // something is pending.
+    let mine = directed(kiln_sched::current());
+    let pending = PENDING.load(Ordering::Relaxed) | mine;
     if pending == 0 {
         return None;
     }
@@ -757,7 +809,11 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
         return None;
     }
     let sig = ready.trailing_zeros() as u64 + 1;
-    PENDING.fetch_and(!bit(sig), Ordering::Relaxed);
+    if mine & bit(sig) != 0 {
+        take_directed(kiln_sched::current(), bit(sig));
+    } else {
+        PENDING.fetch_and(!bit(sig), Ordering::Relaxed);
+    }
     let a = {
         let mut acts = ACTIONS.lock();
         let a = acts[sig as usize];
@@ -772,52 +828,41 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     if a.handler <= SIG_IGN || a.flags & SA_RESTORER == 0 {
         return None;
     }
+    Some((sig, a))
+}
+
+/// Writes the Linux signal frame for `sig` below the program's stack (or
+/// on its alternate stack) from `g`, the registers where the signal
+/// interrupted it in `mcontext` order (r8-r15, rdi, rsi, rbp, rbx, rdx,
+/// rax, rcx, rsp, rip, eflags), and blocks what the handler blocks.
+/// Returns the handler's stack pointer, siginfo and ucontext addresses.
+#[cfg(target_arch = "x86_64")]
+fn write_frame(g: &[u64; 18], sig: u64, a: &Action) -> Option<(u64, u64, u64)> {
+    let rsp = g[15];
     // Below the red zone, or at the top of the thread's alternate stack
     // for an SA_ONSTACK handler (unless already on it): FXSAVE area
     // (64-aligned), siginfo, ucontext, and the return address (the
     // restorer) where the handler's stack starts.
     let alt = ALT_STACKS.lock().get(&kiln_sched::current()).copied();
     let top = match alt {
-        Some((base, size))
-            if a.flags & SA_ONSTACK != 0 && !(f.rsp > base && f.rsp <= base + size) =>
-        {
+        Some((base, size)) if a.flags & SA_ONSTACK != 0 && !(rsp > base && rsp <= base + size) => {
             (base + size) & !15
         }
-        _ => f.rsp - 128,
+        _ => rsp - 128,
     };
     let fp = (top - 512) & !63;
     let info = fp - 128;
     let uc = (info - UC_SIZE) & !15;
     let sp = uc - 8;
     let mut ucb = [0u8; UC_SIZE as usize];
-    let regs = [
-        f.a[4],
-        f.a[5],
-        f.a[3],
-        f.rflags,
-        f.r12,
-        f.r13,
-        f.r14,
-        f.r15,
-        f.a[0],
-        f.a[1],
-        f.rbp,
-        f.rbx,
-        f.a[2],
-        result as u64,
-        f.rip,
-        f.rsp,
-        f.rip,
-        f.rflags,
-    ];
-    for (i, v) in regs.iter().enumerate() {
+    for (i, v) in g.iter().enumerate() {
         let at = (UC_MCONTEXT + i as u64 * 8) as usize;
         ucb[at..at + 8].copy_from_slice(&v.to_le_bytes());
     }
     // uc_stack: the alternate stack as it was where the signal came (at
     // 16: sp, flags, size), as Linux saves it.
     let (ss_base, ss_flags, ss_size) = match alt {
-        Some((b, n)) if f.rsp > b && f.rsp <= b + n => (b, SS_ONSTACK, n),
+        Some((b, n)) if rsp > b && rsp <= b + n => (b, SS_ONSTACK, n),
         Some((b, n)) => (b, 0, n),
         None => (0, SS_DISABLE, 0),
     };
@@ -849,6 +894,22 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
         mask |= bit(sig);
     }
     BLOCKED.set(mask & !(bit(9) | bit(19)));
+    Some((sp, info, uc))
+}
+
+/// Called when a system call returns `result`: if a signal with a handler
+/// is pending and not blocked, the registers the program continues with
+/// (at its handler, with the frame written below its stack).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
+    check_alarm();
+    let (sig, a) = take_deliverable()?;
+    // rcx and r11 hold the return address and flags, as `syscall` leaves them.
+    let g = [
+        f.a[4], f.a[5], f.a[3], f.rflags, f.r12, f.r13, f.r14, f.r15, f.a[0], f.a[1], f.rbp,
+        f.rbx, f.a[2], result as u64, f.rip, f.rsp, f.rip, f.rflags,
+    ];
+    let (sp, info, uc) = write_frame(&g, sig, &a)?;
     let mut n = *f;
     n.nr = 0;
     n.a = [sig, info, uc, 0, 0, 0];
@@ -858,27 +919,66 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     Some(n)
 }
 
-/// rt_sigreturn: the registers, FP state and signal mask saved when the
-/// handler was entered (the `ucontext` at the stack pointer).
+/// A signal for a program thread the timer or a device interrupted
+/// anywhere (Go's preemption request, SIGURG, sent by another thread):
+/// `f` becomes the handler's entry, with every register saved in the frame.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn sigreturn(f: &Frame) -> Result<Frame, i64> {
+pub(crate) fn deliver_async(f: &mut kiln_arch_x86_64::irq::Irq) -> bool {
+    check_alarm();
+    let Some((sig, a)) = take_deliverable() else {
+        return false;
+    };
+    let g = [
+        f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15, f.rdi, f.rsi, f.rbp, f.rbx, f.rdx,
+        f.rax, f.rcx, f.rsp, f.rip, f.rflags,
+    ];
+    let Some((sp, info, uc)) = write_frame(&g, sig, &a) else {
+        return false;
+    };
+    f.rdi = sig;
+    f.rsi = info;
+    f.rdx = uc;
+    f.rax = 0;
+    f.rsp = sp;
+    f.rip = a.handler;
+    f.rflags &= !(1 << 10);
+    true
+}
+
+/// rt_sigreturn: the registers, FP state and signal mask saved when the
+/// handler was entered (the `ucontext` at the stack pointer), every one of
+/// them (a signal may have interrupted the program anywhere).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn sigreturn(f: &Frame) -> Result<kiln_arch_x86_64::irq::Irq, i64> {
     let uc = f.rsp;
     let r = |i: u64| {
         // SAFETY: see `crate::bytes`; the frame `deliver` wrote.
         unsafe { get_u64(uc + UC_MCONTEXT + i * 8) }
     };
-    let mut n = *f;
-    n.a = [r(8)?, r(9)?, r(12)?, r(2)?, r(0)?, r(1)?];
-    n.r12 = r(4)?;
-    n.r13 = r(5)?;
-    n.r14 = r(6)?;
-    n.r15 = r(7)?;
-    n.rbp = r(10)?;
-    n.rbx = r(11)?;
-    n.nr = r(13)?;
-    n.rsp = r(15)?;
-    n.rip = r(16)?;
-    n.rflags = r(17)?;
+    let n = kiln_arch_x86_64::irq::Irq {
+        r8: r(0)?,
+        r9: r(1)?,
+        r10: r(2)?,
+        r11: r(3)?,
+        r12: r(4)?,
+        r13: r(5)?,
+        r14: r(6)?,
+        r15: r(7)?,
+        rdi: r(8)?,
+        rsi: r(9)?,
+        rbp: r(10)?,
+        rbx: r(11)?,
+        rdx: r(12)?,
+        rax: r(13)?,
+        rcx: r(14)?,
+        rsp: r(15)?,
+        rip: r(16)?,
+        // The arithmetic flags, direction and IF as they were; nothing
+        // else (trap, IOPL, nested task) comes from the program.
+        rflags: r(17)? & 0xed5 | 0x2,
+        cs: 0,
+        ss: 0,
+    };
     let fp = r(23)?;
     // SAFETY: see `crate::bytes`.
     let mask = unsafe { get_u64(uc + UC_SIGMASK) }?;

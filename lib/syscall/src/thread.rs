@@ -28,6 +28,16 @@ static NEXT_TID: AtomicU32 = AtomicU32::new(2);
 /// the caller's SSE state and TLS pointer.
 static THREADED: AtomicBool = AtomicBool::new(false);
 
+/// The thread whose Linux id is `tid`.
+pub(crate) fn thread_of(tid: u32) -> Option<ThreadId> {
+    let tasks = TASKS.lock();
+    if tasks.is_empty() {
+        // One thread, not yet a task: the caller, whose id is 1.
+        return (tid == 1).then(kiln_sched::current);
+    }
+    tasks.iter().find(|(_, t)| t.tid == tid).map(|(&id, _)| id)
+}
+
 /// The calling thread's Linux id (the first thread is 1, the process id).
 pub(crate) fn tid() -> u32 {
     if !THREADED.load(Ordering::Relaxed) {

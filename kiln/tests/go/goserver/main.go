@@ -2,7 +2,8 @@
 // net/http (GET /hello answers with a counter, /big with 200 KiB);
 // "echo PORT" echoes every TCP connection in a goroutine of its own;
 // "spawn N" starts N goroutines that each grow their stack and meet on a
-// channel, then prints what it measured.
+// channel, then prints what it measured; "spin P" runs a goroutine that
+// loops forever beside main with GOMAXPROCS P.
 package main
 
 import (
@@ -90,6 +91,23 @@ func main() {
 				}
 			}(c)
 		}
+	case "spin":
+		// A goroutine that computes forever without a call the scheduler
+		// could stop it at: only asynchronous preemption (a signal) lets
+		// main and the garbage collector run on the one P.
+		procs, _ := strconv.Atoi(os.Args[2])
+		runtime.GOMAXPROCS(procs)
+		var spins uint64
+		go func() {
+			for {
+				spins++
+			}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		runtime.GC()
+		time.Sleep(50 * time.Millisecond)
+		fmt.Printf("goserver: main ran and collected garbage while a goroutine spun (GOMAXPROCS %d)\n", runtime.GOMAXPROCS(0))
+		os.Exit(0)
 	case "spawn":
 		n, _ := strconv.Atoi(os.Args[2])
 		var wg sync.WaitGroup
