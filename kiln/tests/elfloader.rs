@@ -678,7 +678,7 @@ fn arm64_programs_run_through_svc() {
     // virt: `svc #0`, arm64's system call numbers, TPIDR_EL0 for TLS, a
     // program linked at a fixed address below RAM, threads and sockets.
     let d = rootfs("arm64");
-    for p in ["linux-hello", "linux-threads", "linux-http"] {
+    for p in ["linux-hello", "linux-threads", "linux-http", "linux-signals"] {
         std::fs::copy(linux_program_for("aarch64", p), d.join("bin").join(p)).unwrap();
     }
     let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -714,6 +714,12 @@ fn arm64_programs_run_through_svc() {
         out.contains("threads: condvar woke after 50 ms or more\n"),
         "{out}"
     );
+    // Signal handlers, with arm64's frame: the same lines as on x86_64.
+    let (code, out) = arm(&[], &["/bin/linux-signals"]);
+    assert_eq!(code, 0, "{out}");
+    for line in SIGNAL_LINES {
+        assert!(out.contains(line), "arm64: {line:?}: {out}");
+    }
     // The network server, fetched with curl.
     let port = free_port();
     let child = spawn(loader(
@@ -754,6 +760,16 @@ fn arm64_programs_run_through_svc() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// What linux-signals prints on Linux.
+const SIGNAL_LINES: [&str; 6] = [
+    "signals: after raise, handler ran 1 time(s)\n",
+    "signals: while blocked, handler ran 1 time(s)\n",
+    "signals: after unblocking, handler ran 2 time(s)\n",
+    "signals: alarm handler ran 1 time(s) after 1 s\n",
+    "signals: 3 after another handler, handler ran 3 time(s)\n",
+    "signals: Rust's runtime had set an alternate stack: true; set: 0; the SA_ONSTACK handler ran on it: true, and saw SS_ONSTACK: true\n",
+];
+
 #[test]
 fn signals_a_program_sends_itself_run_its_handlers() {
     // musl's raise, sigprocmask, alarm and pause from a Rust program: the
@@ -763,14 +779,7 @@ fn signals_a_program_sends_itself_run_its_handlers() {
     std::fs::copy("/bin/busybox", d.join("bin/busybox")).unwrap();
     let (code, out) = run(&d, &["-M", "128M"], &["/bin/signals"]);
     assert_eq!(code, 0, "{out}");
-    for line in [
-        "signals: after raise, handler ran 1 time(s)\n",
-        "signals: while blocked, handler ran 1 time(s)\n",
-        "signals: after unblocking, handler ran 2 time(s)\n",
-        "signals: alarm handler ran 1 time(s) after 1 s\n",
-        "signals: 3 after another handler, handler ran 3 time(s)\n",
-        "signals: Rust's runtime had set an alternate stack: true; set: 0; the SA_ONSTACK handler ran on it: true, and saw SS_ONSTACK: true\n",
-    ] {
+    for line in SIGNAL_LINES {
         assert!(out.contains(line), "{line:?}: {out}");
     }
     // busybox sh's trap, and a default action that ends the program.

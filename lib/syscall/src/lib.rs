@@ -260,13 +260,14 @@ pub fn dispatch(f: &mut Frame) -> i64 {
     // (a signal handler) without leaving this call's frame on it.
     #[cfg(target_arch = "x86_64")]
     let kstack = kiln_arch_x86_64::syscall::kernel_stack();
+    #[cfg(target_arch = "aarch64")]
+    let kstack = kiln_arch_arm64::syscall::kernel_stack();
     let (nr, raw, a) = arch::call_of(f);
     let Some(nr) = nr else {
         // A number of this architecture's that Kiln does not know at all.
         return -unsupported_named(raw, "?");
     };
     let strace = STRACE.load(Ordering::Relaxed);
-    #[cfg(target_arch = "x86_64")]
     if nr == 15 {
         // rt_sigreturn: back to where the signal handler interrupted.
         drop(keep);
@@ -274,7 +275,10 @@ pub fn dispatch(f: &mut Frame) -> i64 {
             kiln_console::println!("strace: rt_sigreturn()");
         }
         match signal::sigreturn(f) {
+            #[cfg(target_arch = "x86_64")]
             Ok(n) => resume_all(n, kstack),
+            #[cfg(target_arch = "aarch64")]
+            Ok(n) => resume(&n, kstack),
             Err(_) => {
                 // The stack no longer holds the frame Kiln wrote: Linux
                 // would kill the program with SIGSEGV.
@@ -308,10 +312,13 @@ pub fn dispatch(f: &mut Frame) -> i64 {
     }
     drop(keep);
     // A signal the program sent itself (or its alarm) runs its handler now.
-    #[cfg(target_arch = "x86_64")]
     if let Some(n) = signal::deliver(f, r) {
         if strace {
-            kiln_console::println!("strace: --- signal {} delivered ---", n.a[0]);
+            #[cfg(target_arch = "x86_64")]
+            let sig = n.a[0];
+            #[cfg(target_arch = "aarch64")]
+            let sig = n.x[0];
+            kiln_console::println!("strace: --- signal {sig} delivered ---");
         }
         resume(&n, kstack);
     }
@@ -320,15 +327,19 @@ pub fn dispatch(f: &mut Frame) -> i64 {
 
 /// Continues the program with `f`'s registers (a signal handler, or the
 /// return from one).
-#[cfg(target_arch = "x86_64")]
 fn resume(f: &Frame, kstack: u64) -> ! {
-    #[cfg(target_os = "none")]
+    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
     // SAFETY: `f` holds the program's own registers, or its handler's
     // address and a stack below the program's, set up by `signal`;
     // `kstack` is this thread's kernel stack top, which holds nothing
     // once this call is abandoned.
     unsafe {
         kiln_arch_x86_64::syscall::resume(f, Some(kstack))
+    }
+    #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+    // SAFETY: as above.
+    unsafe {
+        kiln_arch_arm64::syscall::resume(f, Some(kstack))
     }
     #[cfg(not(target_os = "none"))]
     {
@@ -358,6 +369,11 @@ fn resume_all(f: kiln_arch_x86_64::irq::Irq, kstack: u64) -> ! {
 }
 
 fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
+    // arm64 has no pause(): libcs call ppoll with no descriptors and no
+    // timeout, which is the same wait for a signal.
+    if cfg!(target_arch = "aarch64") && nr == 271 && a[..3] == [0, 0, 0] {
+        return signal::call(34, a, arch::stack_pointer(f)).unwrap();
+    }
     if let Some(r) = fd::call(nr, a) {
         return r;
     }

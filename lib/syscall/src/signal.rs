@@ -21,11 +21,11 @@
 //! the host asks the machine to stop (`kiln stop`): while it is pending,
 //! blocking calls (reads, accepts, poll, epoll_wait) return EINTR so the
 //! handler runs; left at its default it ends the program with status 0.
-//! x86_64 only: on arm64 handlers are recorded but nothing is delivered
-//! (the host's SIGTERM ends the program there).
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+//! Both architectures deliver at the return from a system call, with the
+//! frame Linux writes for each (x86_64's `rt_sigframe` with its FXSAVE
+//! area; arm64's with its `fpsimd_context` record); x86_64 also delivers
+//! when it preempts a program thread.
 
-#[cfg(target_arch = "x86_64")]
 use crate::Frame;
 use crate::{errno, get_u64, put, Sys};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -378,11 +378,6 @@ static FROM_HOST: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 /// `kiln_boot::on_stop`).
 pub(crate) fn stop_from_host() {
     FROM_HOST.store(true, Ordering::Relaxed);
-    // arm64 delivers no handlers yet: the program ends as if it had none
-    // (a pending SIGTERM would only make its calls fail with EINTR).
-    if cfg!(not(target_arch = "x86_64")) {
-        die_of(SIGTERM);
-    }
     pend(SIGTERM, USER);
     crate::fd::notify();
 }
@@ -562,7 +557,7 @@ fn alarm(secs: u64) -> Sys {
 fn wait_for(set: u64, deadline: Option<u64>) -> bool {
     loop {
         check_alarm();
-        if PENDING.load(Ordering::Relaxed) & set != 0 {
+        if (PENDING.load(Ordering::Relaxed) | directed(kiln_sched::current())) & set != 0 {
             return true;
         }
         let now = crate::now_us();
@@ -991,5 +986,130 @@ pub(crate) fn sigreturn(f: &Frame) -> Result<kiln_arch_x86_64::irq::Irq, i64> {
         #[cfg(target_os = "none")]
         st.restore();
     }
+    Ok(n)
+}
+
+/// arm64's signal frame: siginfo, then the ucontext (flags, link, the
+/// alternate stack at 16, the mask at 40, the `sigcontext` at 176: fault
+/// address, x0-x30, sp, pc, pstate, then its 4096-byte record area at 464
+/// holding the FP/SIMD record and a terminating empty one), then a frame
+/// record (x29, x30) for unwinders.
+#[cfg(target_arch = "aarch64")]
+mod arm64 {
+    pub const INFO: u64 = 0;
+    pub const UC: u64 = 128;
+    pub const UC_STACK: u64 = UC + 16;
+    pub const UC_SIGMASK: u64 = UC + 40;
+    pub const SC: u64 = UC + 176;
+    pub const SC_REGS: u64 = SC + 8;
+    pub const SC_SP: u64 = SC + 256;
+    pub const SC_PC: u64 = SC + 264;
+    pub const SC_PSTATE: u64 = SC + 272;
+    pub const SC_RESERVED: u64 = SC + 288;
+    pub const FPSIMD_MAGIC: u32 = 0x4650_8001;
+    pub const FPSIMD_SIZE: u32 = 528;
+    /// siginfo + ucontext (176 + sigcontext's 4384).
+    pub const FRAME: u64 = 128 + 176 + 4384;
+    /// With the frame record, 16-aligned.
+    pub const TOTAL: u64 = FRAME + 16;
+}
+
+/// Called when a system call returns (its result already in x0): if a
+/// signal with a handler is pending and not blocked, the registers the
+/// program continues with (at its handler, with Linux's arm64 frame
+/// written below its stack).
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
+    use arm64::*;
+    check_alarm();
+    let (sig, a) = take_deliverable()?;
+    let sp = f.sp;
+    let alt = ALT_STACKS.lock().get(&kiln_sched::current()).copied();
+    let top = match alt {
+        Some((base, size)) if a.flags & SA_ONSTACK != 0 && !(sp > base && sp <= base + size) => {
+            base + size
+        }
+        _ => sp,
+    };
+    let at = (top - TOTAL) & !15;
+    let mut b = alloc::vec![0u8; TOTAL as usize];
+    let mut w = |off: u64, v: &[u8]| b[off as usize..off as usize + v.len()].copy_from_slice(v);
+    w(INFO, &siginfo(sig));
+    let (ss_base, ss_flags, ss_size) = match alt {
+        Some((base, n)) if sp > base && sp <= base + n => (base, SS_ONSTACK, n),
+        Some((base, n)) => (base, 0, n),
+        None => (0, SS_DISABLE, 0),
+    };
+    w(UC_STACK, &ss_base.to_le_bytes());
+    w(UC_STACK + 8, &ss_flags.to_le_bytes());
+    w(UC_STACK + 16, &ss_size.to_le_bytes());
+    let blocked = BLOCKED.get();
+    w(UC_SIGMASK, &blocked.to_le_bytes());
+    for (i, x) in f.x.iter().enumerate() {
+        let v = if i == 0 { result as u64 } else { *x };
+        w(SC_REGS + 8 * i as u64, &v.to_le_bytes());
+    }
+    w(SC_SP, &sp.to_le_bytes());
+    w(SC_PC, &f.elr.to_le_bytes());
+    w(SC_PSTATE, &f.spsr.to_le_bytes());
+    w(SC_RESERVED, &FPSIMD_MAGIC.to_le_bytes());
+    w(SC_RESERVED + 4, &FPSIMD_SIZE.to_le_bytes());
+    w(SC_RESERVED + 8, &(f.fpsr as u32).to_le_bytes());
+    w(SC_RESERVED + 12, &(f.fpcr as u32).to_le_bytes());
+    for (i, q) in f.q.iter().enumerate() {
+        w(SC_RESERVED + 16 + 16 * i as u64, &q.to_le_bytes());
+    }
+    // The terminating record (zero) follows; the frame record: the
+    // interrupted x29 and pc.
+    w(FRAME, &f.x[29].to_le_bytes());
+    w(FRAME + 8, &f.elr.to_le_bytes());
+    // SAFETY (of `put`): the program's stack, below what it uses (see
+    // `crate::bytes`).
+    unsafe { put(at, &b) }.ok()?;
+    let mut mask = blocked | a.mask;
+    if a.flags & SA_NODEFER == 0 {
+        mask |= bit(sig);
+    }
+    BLOCKED.set(mask & !(bit(9) | bit(19)));
+    let mut n = *f;
+    n.x[0] = sig;
+    n.x[1] = at + INFO;
+    n.x[2] = at + UC;
+    n.x[29] = at + FRAME;
+    n.x[30] = a.restorer;
+    n.sp = at;
+    n.elr = a.handler;
+    Some(n)
+}
+
+/// rt_sigreturn on arm64: the registers, FP/SIMD state and mask from the
+/// frame at the stack pointer. Only the condition flags come from the
+/// saved PSTATE; the rest is the program's mode as Kiln runs it.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn sigreturn(f: &Frame) -> Result<Frame, i64> {
+    use arm64::*;
+    let at = f.sp;
+    // SAFETY: see `crate::bytes`; the frame `deliver` wrote.
+    let r = |off: u64| unsafe { get_u64(at + off) };
+    let mut n = *f;
+    for i in 0..31 {
+        n.x[i] = r(SC_REGS + 8 * i as u64)?;
+    }
+    n.sp = r(SC_SP)?;
+    n.elr = r(SC_PC)?;
+    n.spsr = r(SC_PSTATE)? & 0xf000_0000 | kiln_arch_arm64::syscall::PROGRAM_SPSR;
+    let head = r(SC_RESERVED)?;
+    if head as u32 == FPSIMD_MAGIC {
+        let st = r(SC_RESERVED + 8)?;
+        n.fpsr = st & 0xffff_ffff;
+        n.fpcr = st >> 32;
+        for i in 0..32u64 {
+            let lo = r(SC_RESERVED + 16 + 16 * i)? as u128;
+            let hi = r(SC_RESERVED + 24 + 16 * i)? as u128;
+            n.q[i as usize] = hi << 64 | lo;
+        }
+    }
+    let mask = r(UC_SIGMASK)?;
+    BLOCKED.set(mask & !(bit(9) | bit(19)));
     Ok(n)
 }
