@@ -1041,6 +1041,82 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// The same virtual memory on arm64 (level-3 pages in the program window
+/// of the boot tables, faults through the EL1 abort vector): reservations
+/// cost nothing, stack and mappings move between boots, touching more than
+/// the machine has ends the program, the heap is not executable, and
+/// initrd pages are lent. (The arm64 test programs are linked at a fixed
+/// address, whose code runs in heap blocks: their code stays writable.)
+#[test]
+fn arm64_program_memory_is_demand_paged_and_randomised() {
+    let _one = one_server();
+    let d = rootfs("memory-arm64");
+    std::fs::copy(linux_program_for("aarch64", "linux-memory"), d.join("bin/memory")).unwrap();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7) as u8).collect();
+    std::fs::write(d.join("etc/big.dat"), &data).unwrap();
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["build", "-q", "--arch", "arm64", "apps/elfloader"])
+        .status()
+        .unwrap();
+    assert!(b.success());
+    let arm = |args: &[&str]| output(loader(&d, &["--arch", "arm64", "-M", "48M"], args));
+    let (_, a) = arm(&["/bin/memory", "where"]);
+    let (_, b) = arm(&["/bin/memory", "where"]);
+    let field = |out: &str, name: &str| {
+        out.lines()
+            .find(|l| l.starts_with("where: "))
+            .unwrap_or_else(|| panic!("{out}"))
+            .split_whitespace()
+            .skip_while(|x| *x != name)
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    for name in ["stack", "mmap"] {
+        assert_ne!(field(&a, name), field(&b, name), "{name}: {a} / {b}");
+        let at = u64::from_str_radix(field(&a, name).trim_start_matches("0x"), 16).unwrap();
+        assert!((0x10_0000_0000..0x80_0000_0000).contains(&at), "{name} in the window: {a}");
+    }
+    for (mode, want) in [
+        ("reserve", "reserve: ok"),
+        ("flags", "flags: dontneed (0, 0, 7), noreplace over a mapping (-1, 17, 7), noreplace on free space true, fixed (true, 0)"),
+        ("growsdown", "growsdown: 8 pages below read back 42"),
+    ] {
+        let (code, out) = arm(&["/bin/memory", mode]);
+        assert_eq!(code, 0, "{mode}: {out}");
+        assert!(out.contains(want), "{mode}: {out}");
+    }
+    let (code, out) = arm(&["/bin/memory", "lend", "/etc/big.dat"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("lend: 1048576 bytes, sum ")
+            && out.contains("write kept true, file unchanged true"),
+        "{out}"
+    );
+    let reading: i64 = out
+        .split("resident grew ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(reading < 256, "lent pages cost memory on arm64: {out}");
+    for (mode, what) in [
+        ("exhaust", "wrote 0x"),
+        ("exec-heap", "executed"),
+        ("segv", "read 0x7000dead0000"),
+    ] {
+        let (code, out) = arm(&["/bin/memory", mode]);
+        assert!(
+            out.contains(&format!("elf: segmentation fault (SIGSEGV): the program {what}")),
+            "{mode}: {out}"
+        );
+        assert!(!out.contains("CPU exception") && !out.contains("still running"), "{mode}: {out}");
+        assert_eq!(code, 126, "{mode}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// POSIX calls answered as Linux answers them (the lines are what the
 /// same program prints on Linux, but for the limits Linux's shell sets):
 /// SO_ACCEPTCONN, ftruncate of an unlinked open file, RLIMIT_NOFILE

@@ -4,22 +4,20 @@
 //! /path/to/program args`.
 //!
 //! The program (and, for a dynamically linked one, its PT_INTERP loader)
-//! is copied into heap memory at a base Kiln picks; it gets a stack with
-//! argv, envp and the auxiliary vector, and runs in ring 0 on the kernel's
-//! page tables. Its system calls reach lib/syscall through the `syscall`
-//! instruction; its exit code is the machine's.
+//! is copied into the program's virtual memory at a random base
+//! (lib/syscall's `vm`), each segment with its own protection; it gets a
+//! stack with argv, envp and the auxiliary vector, and runs in ring 0
+//! (EL1 on arm64) on the kernel's page tables. Its system calls reach
+//! lib/syscall through `syscall` (`svc` on arm64); its exit code is the
+//! machine's.
 //!
-//! Position-independent programs (static-pie, and dynamically linked PIEs
-//! through their loader) go anywhere in the heap; programs linked at a
-//! fixed address (busybox-static: 4 MiB) go to their own addresses: on
-//! x86_64 in the 4-32 MiB range the platform keeps out of the heap for
-//! them, on arm64 in heap blocks mapped there.
+//! Programs linked at a fixed address (busybox-static: 4 MiB) go to their
+//! own addresses: on x86_64 in the RAM the platform keeps out of the heap
+//! for them, on arm64 in heap blocks mapped there.
 #![no_std]
 
 extern crate alloc;
 
-#[cfg(not(target_arch = "x86_64"))]
-use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::string::String;
 use alloc::vec::Vec;
 use kiln_elf::{AuxInfo, Program};
@@ -41,7 +39,6 @@ fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
         );
         return Ok(0);
     }
-    #[cfg(target_arch = "x86_64")]
     {
         // Virtual memory at a random address (ASLR): the span read-write
         // while the segments are copied in, then each segment gets its own
@@ -62,24 +59,6 @@ fn place(prog: &Program, bytes: &[u8]) -> Result<u64, String> {
         }
         Ok(bias)
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    place_in_heap(prog, bytes, lo, hi)
-}
-
-/// arm64 (for now): the program in a heap block, all of it writable and
-/// executable.
-#[cfg(not(target_arch = "x86_64"))]
-fn place_in_heap(prog: &Program, bytes: &[u8], lo: u64, hi: u64) -> Result<u64, String> {
-    let layout =
-        Layout::from_size_align((hi - lo) as usize, 4096).map_err(|_| String::from("too large"))?;
-    // SAFETY: a zeroed allocation of the program's non-zero span.
-    let base = unsafe { alloc_zeroed(layout) } as u64;
-    if base == 0 {
-        return Err(format!("no memory for its {} KiB", (hi - lo) / 1024));
-    }
-    let bias = prog.bias(base);
-    copy_segments(prog, bytes, bias);
-    Ok(bias)
 }
 
 /// Copies each segment's file bytes to its (biased) address; the memory

@@ -224,6 +224,7 @@ kiln_mmu_on:
 
 .section .bss.kiln_l1, "aw", @nobits
 .balign 4096
+.global kiln_l1
 kiln_l1:
     .space 4096
 .global kiln_l2
@@ -241,8 +242,8 @@ kiln_exc_stack_top:
  * index in x29 and joins the common path, which saves the other registers
  * and calls kiln_arch_exception(frame, index). The kernel runs on SP_EL0,
  * so its exceptions arrive at entries 0-3 on the exception stack (SP_EL1).
- * Interrupts return from the handler; everything else is reported and
- * fatal. */
+ * Interrupts and page faults a Linux program's memory serves return from
+ * the handler; everything else is reported and fatal. */
 .section .text.kiln_vectors, "ax"
 .balign 2048
 .global kiln_vectors
@@ -402,9 +403,53 @@ kiln_exc_common:
     stp x24, x25, [sp, #192]
     stp x26, x27, [sp, #208]
     str x28, [sp, #224]
-    mov x0, sp
+    /* The vector registers too: a page fault a Linux program takes is
+     * served by Rust code (built with FP/SIMD) and the program goes on. */
+    sub sp, sp, #528
+    stp q0, q1, [sp, #0]
+    stp q2, q3, [sp, #32]
+    stp q4, q5, [sp, #64]
+    stp q6, q7, [sp, #96]
+    stp q8, q9, [sp, #128]
+    stp q10, q11, [sp, #160]
+    stp q12, q13, [sp, #192]
+    stp q14, q15, [sp, #224]
+    stp q16, q17, [sp, #256]
+    stp q18, q19, [sp, #288]
+    stp q20, q21, [sp, #320]
+    stp q22, q23, [sp, #352]
+    stp q24, q25, [sp, #384]
+    stp q26, q27, [sp, #416]
+    stp q28, q29, [sp, #448]
+    stp q30, q31, [sp, #480]
+    mrs x2, fpsr
+    mrs x3, fpcr
+    add x0, sp, #512
+    stp x2, x3, [x0]
+    add x0, sp, #528
     mov x1, x29
     bl kiln_arch_exception
+    add x0, sp, #512
+    ldp x2, x3, [x0]
+    msr fpsr, x2
+    msr fpcr, x3
+    ldp q0, q1, [sp, #0]
+    ldp q2, q3, [sp, #32]
+    ldp q4, q5, [sp, #64]
+    ldp q6, q7, [sp, #96]
+    ldp q8, q9, [sp, #128]
+    ldp q10, q11, [sp, #160]
+    ldp q12, q13, [sp, #192]
+    ldp q14, q15, [sp, #224]
+    ldp q16, q17, [sp, #256]
+    ldp q18, q19, [sp, #288]
+    ldp q20, q21, [sp, #320]
+    ldp q22, q23, [sp, #352]
+    ldp q24, q25, [sp, #384]
+    ldp q26, q27, [sp, #416]
+    ldp q28, q29, [sp, #448]
+    ldp q30, q31, [sp, #480]
+    add sp, sp, #528
     ldp x0, x1, [sp, #0]
     ldp x2, x3, [sp, #16]
     ldp x4, x5, [sp, #32]

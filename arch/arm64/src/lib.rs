@@ -15,6 +15,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 pub mod context;
 pub mod gic;
 pub mod mmu;
+pub mod paging;
 pub mod syscall;
 
 /// The frame-pointer chain, for backtraces (kernels are built with frame
@@ -218,8 +219,34 @@ pub fn set_irq_handler(f: fn()) {
     IRQ.store(f as *mut (), Ordering::Release);
 }
 
+/// A data or instruction abort taken at EL1 on SP_EL0 (a Linux program,
+/// or the kernel touching a program's memory), as the page-fault hook
+/// sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct PageFault {
+    /// The address touched (FAR_EL1).
+    pub addr: u64,
+    /// Where: the faulting instruction (ELR_EL1).
+    pub pc: u64,
+    pub write: bool,
+    pub exec: bool,
+}
+
+fn no_hook(_: &PageFault) -> bool {
+    false
+}
+
+static PAGE_FAULT_HOOK: AtomicPtr<()> = AtomicPtr::new(no_hook as *mut ());
+
+/// Installs the function that may serve a page fault (true: the
+/// instruction runs again); without one, every fault is fatal.
+pub fn set_page_fault_hook(f: fn(&PageFault) -> bool) {
+    PAGE_FAULT_HOOK.store(f as *mut (), Ordering::Release);
+}
+
 /// Called by the vectors with the saved registers and the vector index.
-/// Returns (and the CPU resumes) only for interrupts.
+/// Returns (and the CPU resumes) for interrupts and for page faults the
+/// hook served.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[no_mangle]
 extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
@@ -242,6 +269,23 @@ extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
         core::arch::asm!("mrs {}, far_el1", out(reg) far);
         core::arch::asm!("mrs {}, elr_el1", out(reg) elr);
         core::arch::asm!("mrs {}, spsr_el1", out(reg) spsr);
+    }
+    // Vector 0: a synchronous exception on SP_EL0. Instruction (0x21) and
+    // data (0x25) aborts go to the hook first.
+    let ec = esr >> 26;
+    if vector == 0 && (ec == 0x21 || ec == 0x25) {
+        let f = PageFault {
+            addr: far,
+            pc: elr,
+            write: ec == 0x25 && esr & (1 << 6) != 0,
+            exec: ec == 0x21,
+        };
+        let p = PAGE_FAULT_HOOK.load(Ordering::Acquire);
+        // SAFETY: only `no_hook` or a `fn(&PageFault) -> bool` is stored.
+        let hook: fn(&PageFault) -> bool = unsafe { core::mem::transmute(p) };
+        if hook(&f) {
+            return;
+        }
     }
     let report = FaultReport {
         frame: *frame,

@@ -89,14 +89,19 @@ pub fn arm64_to_x86(nr: u64) -> Option<u64> {
         (98, 202),
         (99, 273),
         (101, 35),
+        (102, 36),
+        (103, 38),
+        (107, 222),
+        (108, 224),
+        (109, 225),
+        (110, 223),
+        (111, 226),
         (113, 228),
         (114, 229),
         (115, 230),
         (122, 203),
         (123, 204),
         (124, 24),
-        (102, 36),
-        (103, 38),
         (129, 62),
         (130, 200),
         (131, 234),
@@ -121,6 +126,7 @@ pub fn arm64_to_x86(nr: u64) -> Option<u64> {
         (160, 63),
         (163, 97),
         (164, 160),
+        (165, 98),
         (166, 95),
         (167, 157),
         (168, 309),
@@ -162,8 +168,10 @@ pub fn arm64_to_x86(nr: u64) -> Option<u64> {
         (231, 152),
         (233, 28),
         (242, 288),
+        (243, 299),
         (260, 61),
         (261, 302),
+        (269, 307),
         (276, 316),
         (278, 318),
         (283, 324),
@@ -339,8 +347,14 @@ pub fn prepare_memory(relocatable: bool, span: (u64, u64)) {
         kiln_boot::release_fixed_area(0);
     }
     let _ = (relocatable, span);
+    // arm64: a fixed-address program runs in heap blocks mapped at its
+    // addresses, so the heap must be executable (W^X then covers the
+    // kernel image only); a position-independent one goes into virtual
+    // memory like on x86_64.
     #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-    kiln_arch_arm64::mmu::ram_executable();
+    if !relocatable {
+        kiln_arch_arm64::mmu::ram_executable();
+    }
 }
 
 /// Makes code just copied to [start, start + len) safe to execute (arm64:

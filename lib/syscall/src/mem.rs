@@ -1,20 +1,16 @@
 //! Program memory.
 //!
-//! On x86_64 a program's memory is virtual and demand-paged ([`crate::vm`]):
-//! every call here works on page ranges of its address space, and the
-//! page-fault hook brings pages in. Addresses outside that window are the
-//! fixed-address programs' own (identity-mapped RAM the platform keeps for
-//! them), where `MAP_FIXED` fills in place as below.
-//!
-//! On arm64 (for now): `brk` grows a reserved area, `mmap` hands out zeroed,
-//! page-aligned blocks from the kernel heap (file mappings are read in:
-//! private, never written back). Everything is mapped read, write and
-//! execute, so `mprotect` has nothing to change. A block is freed when the
-//! whole of it is unmapped; unmapping part of one keeps it.
+//! A program's memory is virtual and demand-paged ([`crate::vm`], on
+//! x86_64 and arm64 alike): every call here works on page ranges of its
+//! address space, and the page-fault hook brings pages in. Addresses
+//! outside that window are the fixed-address programs' own (RAM the
+//! platform keeps for them on x86_64, heap blocks mapped at their
+//! addresses on arm64), where `MAP_FIXED` fills in place with the
+//! heap-block implementation below (`brk` grows a reserved area, `mmap`
+//! hands out zeroed, page-aligned blocks; a block is freed when the whole
+//! of it is unmapped).
 
-// On x86_64 the heap-block implementation below serves only MAP_FIXED in a
-// fixed-address program's own memory.
-#![cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#![allow(dead_code)]
 
 use crate::{errno, vfs_err, Sys};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
@@ -42,19 +38,15 @@ fn brk_area() -> u64 {
 }
 
 /// The most memory the program has held (KiB) and the page faults that
-/// brought memory in, for getrusage. arm64 keeps no such count (0, 0).
+/// brought memory in, for getrusage.
 pub(crate) fn usage() -> (u64, u64) {
-    #[cfg(target_arch = "x86_64")]
-    return paged::usage();
-    #[cfg(not(target_arch = "x86_64"))]
-    (0, 0)
+    paged::usage()
 }
 
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x100000;
-/// A stack that extends down when touched below (x86_64's own memory).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// A stack that extends down when touched below.
 const MAP_GROWSDOWN: u64 = 0x100;
 
 fn page_layout(len: u64) -> Option<Layout> {
@@ -202,7 +194,6 @@ fn brk(want: u64) -> Sys {
 }
 
 /// The memory calls; None if `nr` is not one.
-#[cfg(target_arch = "x86_64")]
 pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
     Some(match nr {
         9 => {
@@ -226,26 +217,13 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
     })
 }
 
-/// The memory calls; None if `nr` is not one.
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
-    Some(match nr {
-        9 => mmap(a[0], a[1], a[3], a[4] as i64, a[5]),
-        11 => munmap(a[0], a[1]),
-        12 => brk(a[0]),
-        25 => mremap(a[0], a[1], a[2], a[3]),
-        28 => madvise(a[0], a[1], a[2]),
-        // mprotect, mlock, munlock, mlockall, msync, membarrier: all memory
-        // is present and mapped read/write/execute.
-        10 | 149 | 150 | 151 | 152 | 26 | 324 => Ok(0),
-        _ => return None,
-    })
-}
-
-/// Demand-paged memory (x86_64): the system calls over [`crate::vm::Space`]
-/// and the page-fault hook.
-#[cfg(target_arch = "x86_64")]
+/// Demand-paged memory: the system calls over [`crate::vm::Space`] and
+/// the page-fault hook.
 pub mod paged {
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    use kiln_arch_arm64::paging as pt;
+    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+    use kiln_arch_x86_64::paging as pt;
     use super::{fill_from, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN};
     #[cfg_attr(not(target_os = "none"), allow(unused_imports))]
     use crate::vm::{Pager, Space, Touch, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, WINDOW};
@@ -355,9 +333,9 @@ pub mod paged {
     }
 
     #[cfg(target_os = "none")]
-    fn access(prot: u8) -> Option<kiln_arch_x86_64::paging::Access> {
+    fn access(prot: u8) -> Option<pt::Access> {
         (prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0).then_some(
-            kiln_arch_x86_64::paging::Access {
+            pt::Access {
                 write: prot & PROT_WRITE != 0,
                 exec: prot & PROT_EXEC != 0,
             },
@@ -385,23 +363,23 @@ pub mod paged {
 
         #[cfg(target_os = "none")]
         fn map(&mut self, va: u64, f: u64, prot: u8) -> bool {
-            kiln_arch_x86_64::paging::map(va, f, access(prot), &mut zeroed_frame)
+            pt::map(va, f, access(prot), &mut zeroed_frame)
         }
         #[cfg(target_os = "none")]
         fn unmap(&mut self, va: u64) -> Option<u64> {
-            kiln_arch_x86_64::paging::unmap(va)
+            pt::unmap(va)
         }
         #[cfg(target_os = "none")]
         fn next_in_use(&self, va: u64, end: u64) -> Option<u64> {
-            kiln_arch_x86_64::paging::next_in_use(va, end)
+            pt::next_in_use(va, end)
         }
         #[cfg(target_os = "none")]
         fn protect(&mut self, va: u64, prot: u8) {
-            kiln_arch_x86_64::paging::protect(va, access(prot))
+            pt::protect(va, access(prot))
         }
         #[cfg(target_os = "none")]
         fn lookup(&self, va: u64) -> Option<u64> {
-            kiln_arch_x86_64::paging::frame(va)
+            pt::frame(va)
         }
         #[cfg(not(target_os = "none"))]
         fn map(&mut self, _: u64, _: u64, _: u8) -> bool {
@@ -425,11 +403,13 @@ pub mod paged {
         let mut g = SPACE.lock();
         let s = g.get_or_insert_with(|| {
             // Pages come in on first touch from here on.
-            #[cfg(target_os = "none")]
+            #[cfg(all(target_arch = "x86_64", target_os = "none"))]
             kiln_arch_x86_64::set_page_fault_hook(page_fault);
+            #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+            kiln_arch_arm64::set_page_fault_hook(page_fault);
             #[allow(unused_mut)]
             let mut s = Space::new(crate::random_u64());
-            #[cfg(target_os = "none")]
+            #[cfg(all(target_arch = "x86_64", target_os = "none"))]
             s.devices.extend(kiln_arch_x86_64::mmu::high_devices());
             s
         });
@@ -625,7 +605,7 @@ pub mod paged {
     /// cannot be served ends the program (SIGSEGV), whether the program or
     /// the kernel on its behalf made it. Faults of kernel code outside the
     /// program's memory stay the kernel's (a fatal report).
-    #[cfg(target_os = "none")]
+    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
     pub(crate) fn page_fault(f: &kiln_arch_x86_64::ExceptionFrame, addr: u64) -> bool {
         let touch = if f.error & 16 != 0 {
             Touch::Exec
@@ -635,7 +615,28 @@ pub mod paged {
             Touch::Read
         };
         let text = kiln_arch_x86_64::layout::sections().text;
-        let kernel = f.rip >= text.0 && f.rip < text.1;
+        serve(addr, touch, f.rip, (text.0..text.1).contains(&f.rip), f.error & 1 != 0)
+    }
+
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    pub(crate) fn page_fault(f: &kiln_arch_arm64::PageFault) -> bool {
+        let touch = if f.exec {
+            Touch::Exec
+        } else if f.write {
+            Touch::Write
+        } else {
+            Touch::Read
+        };
+        let text = kiln_arch_arm64::layout::sections().text;
+        serve(f.addr, touch, f.pc, (text.0..text.1).contains(&f.pc), false)
+    }
+
+    /// A touch of `addr` by the instruction at `pc` (kernel code, on the
+    /// program's behalf, when `kernel`): true if a page was brought in;
+    /// false leaves a kernel fault to the fatal report; anything else the
+    /// program did ends it with SIGSEGV.
+    #[cfg(target_os = "none")]
+    fn serve(addr: u64, touch: Touch, pc: u64, kernel: bool, protected: bool) -> bool {
         let why = if WINDOW.contains(&addr) {
             // The lock is never held while program memory is touched, so
             // a busy lock is a kernel bug: report it as one.
@@ -652,7 +653,7 @@ pub mod paged {
             }
         } else if kernel {
             return false;
-        } else if f.error & 1 != 0 {
+        } else if protected {
             // Present but protected: a fixed-address program's code or
             // data, by its segments' permissions.
             "the mapping does not allow it"
@@ -671,45 +672,20 @@ pub mod paged {
         };
         kiln_console::log!(
             kiln_console::Level::Error,
-            "elf: segmentation fault (SIGSEGV): {who} {what} {addr:#x}: {why} (instruction pointer {:#x}); the program ends",
-            f.rip
+            "elf: segmentation fault (SIGSEGV): {who} {what} {addr:#x}: {why} (instruction pointer {pc:#x}); the program ends"
         );
         kiln_boot::exit(128 + 11)
     }
 }
 
 /// A new program's stack (the ELF loader's program, lib/libc's C
-/// runtime): on x86_64 8 MiB of demand-paged memory at a random address,
-/// above an inaccessible guard page; on arm64 a heap block of
-/// `stack_size`. Returns its lowest address and length.
+/// runtime): 8 MiB of demand-paged memory at a random address, above an
+/// inaccessible guard page. Returns its lowest address and length.
 pub fn program_stack() -> Result<(u64, usize), alloc::string::String> {
-    use alloc::string::String;
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::vm::{PROT_READ, PROT_WRITE};
-        const LEN: u64 = 8 << 20;
-        let at = paged::map_anon(0, LEN + 4096, PROT_READ | PROT_WRITE)
-            .ok_or_else(|| String::from("no address space for the program's stack"))?;
-        paged::protect(at, 4096, 0);
-        Ok((at + 4096, LEN as usize))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let stack_len = stack_size();
-        let layout = Layout::from_size_align(stack_len, 16).unwrap();
-        // SAFETY: a zeroed allocation of stack_len bytes.
-        let stack = unsafe { alloc_zeroed(layout) } as u64;
-        if stack == 0 {
-            return Err(String::from("no memory for the program's stack"));
-        }
-        Ok((stack, stack_len))
-    }
-}
-
-/// Stack for the program: 8 MiB as on Linux, or a sixteenth of the free
-/// heap when that is less (at least 1 MiB).
-#[cfg(not(target_arch = "x86_64"))]
-fn stack_size() -> usize {
-    let free = kiln_boot::heap_stats().map_or(usize::MAX, |h| h.total - h.in_use);
-    (free / 16).clamp(1 << 20, 8 << 20) & !0xfff
+    use crate::vm::{PROT_READ, PROT_WRITE};
+    const LEN: u64 = 8 << 20;
+    let at = paged::map_anon(0, LEN + 4096, PROT_READ | PROT_WRITE)
+        .ok_or_else(|| alloc::string::String::from("no address space for the program's stack"))?;
+    paged::protect(at, 4096, 0);
+    Ok((at + 4096, LEN as usize))
 }

@@ -29,8 +29,19 @@
 use alloc::collections::BTreeMap;
 
 pub const PAGE: u64 = 4096;
-/// Program addresses.
+/// Program addresses: above the kernel's identity map, in the same page
+/// tables (x86_64: PML4 entries 1-255; arm64, whose tables translate 39
+/// bits: level-1 entries 64-511).
+#[cfg(not(target_arch = "aarch64"))]
 pub const WINDOW: core::ops::Range<u64> = 0x80_0000_0000..0x7fff_ffff_f000;
+#[cfg(target_arch = "aarch64")]
+pub const WINDOW: core::ops::Range<u64> = 0x10_0000_0000..0x80_0000_0000;
+/// Where brk and the mmap base start (before their random offsets of up to
+/// 4 GiB and, for the mmap base, `MMAP_RANDOM` pages).
+#[cfg(not(target_arch = "aarch64"))]
+const BASES: (u64, u64, u64) = (0x100_0000_0000, 0x200_0000_0000, 0xfff_ffff);
+#[cfg(target_arch = "aarch64")]
+const BASES: (u64, u64, u64) = (0x20_0000_0000, 0x40_0000_0000, 0xff_ffff);
 /// Room a MAP_GROWSDOWN area keeps above the next mapping down (Linux's
 /// stack guard gap, 256 pages).
 const STACK_GAP: u64 = 256 * PAGE;
@@ -116,8 +127,8 @@ impl Space {
     /// An empty space whose brk and mmap base are placed by `random`
     /// (page offsets; 0 gives the lowest addresses).
     pub fn new(random: u64) -> Space {
-        let brk = 0x100_0000_0000 + (random & 0xf_ffff) * PAGE;
-        let mmap_base = 0x200_0000_0000 + ((random >> 20) & 0xfff_ffff) * PAGE;
+        let brk = BASES.0 + (random & 0xf_ffff) * PAGE;
+        let mmap_base = BASES.1 + ((random >> 20) & BASES.2) * PAGE;
         Space {
             areas: BTreeMap::new(),
             mmap_base,
