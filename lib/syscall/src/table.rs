@@ -97,7 +97,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("mmap", Partial("demand-paged anonymous memory and private file copies at random addresses (an initrd file's pages lent in place, copied on write), MAP_FIXED, MAP_FIXED_NOREPLACE and MAP_GROWSDOWN anywhere in the program window; shared file mappings are private copies")),
         ("munmap", Partial("any page range, pages go back at once")),
         ("brk", Partial("demand-paged, up to 1 GiB at a random address")),
-        ("mremap", Partial("x86_64: grows in place or moves the pages (MREMAP_MAYMOVE), shrinks, MREMAP_FIXED; no MREMAP_DONTUNMAP")),
+        ("mremap", Partial("grows in place or moves the pages (MREMAP_MAYMOVE), shrinks, MREMAP_FIXED; no MREMAP_DONTUNMAP")),
         ("madvise", Partial("MADV_DONTNEED and MADV_FREE give the pages back (they read as zero); other advice ignored")),
         ("mprotect", Partial("per page, PROT_NONE keeps contents, W^X as asked (a fixed-address program's own memory: on x86_64 write and execute only, PROT_NONE leaves it readable; on arm64 it stays read/write/execute)")),
         ("mlock", Accepted("memory is never paged out")),
