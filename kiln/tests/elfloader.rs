@@ -1044,9 +1044,10 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
 /// The same virtual memory on arm64 (level-3 pages in the program window
 /// of the boot tables, faults through the EL1 abort vector): reservations
 /// cost nothing, stack and mappings move between boots, touching more than
-/// the machine has ends the program, the heap is not executable, and
-/// initrd pages are lent. (The arm64 test programs are linked at a fixed
-/// address, whose code runs in heap blocks: their code stays writable.)
+/// the machine has ends the program, the heap is not executable, code is
+/// not writable (the arm64 test programs are linked at a fixed address:
+/// the blocks mapped there get their segments' permissions), and initrd
+/// pages are lent.
 #[test]
 fn arm64_program_memory_is_demand_paged_and_randomised() {
     let _one = one_server();
@@ -1103,6 +1104,7 @@ fn arm64_program_memory_is_demand_paged_and_randomised() {
     assert!(reading < 256, "lent pages cost memory on arm64: {out}");
     for (mode, what) in [
         ("exhaust", "wrote 0x"),
+        ("write-code", "wrote"),
         ("exec-heap", "executed"),
         ("segv", "read 0x7000dead0000"),
     ] {

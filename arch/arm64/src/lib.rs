@@ -230,6 +230,9 @@ pub struct PageFault {
     pub pc: u64,
     pub write: bool,
     pub exec: bool,
+    /// A permission fault (the page is mapped, the access not allowed),
+    /// not a missing translation.
+    pub permission: bool,
 }
 
 fn no_hook(_: &PageFault) -> bool {
@@ -279,6 +282,7 @@ extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
             pc: elr,
             write: ec == 0x25 && esr & (1 << 6) != 0,
             exec: ec == 0x21,
+            permission: esr & 0x3c == 0x0c,
         };
         let p = PAGE_FAULT_HOOK.load(Ordering::Acquire);
         // SAFETY: only `no_hook` or a `fn(&PageFault) -> bool` is stored.

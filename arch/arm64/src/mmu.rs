@@ -164,6 +164,36 @@ pub fn guard_page(addr: u64, new_table: impl FnOnce() -> Option<u64>) -> bool {
     true
 }
 
+/// W^X for a fixed-address program's memory: the pages of [addr, addr +
+/// len) (in blocks [`map_block`] mapped, split into 4 KiB pages with
+/// tables from `new_table`) become writable or read-only and executable or
+/// not as asked. False where a block could not be split.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub fn protect_pages(
+    addr: u64,
+    len: u64,
+    write: bool,
+    exec: bool,
+    mut new_table: impl FnMut() -> Option<u64>,
+) -> bool {
+    const RO: u64 = 1 << 7;
+    let mut a = addr & !0xfff;
+    while a < addr + len {
+        // SAFETY: the caller's memory; only the permission bits change.
+        unsafe {
+            let Some(e) = page_entry(a, &mut new_table) else {
+                return false;
+            };
+            let v = core::ptr::read_volatile(e) & !(RO | PXN | UXN);
+            let v = v | UXN | if write { 0 } else { RO } | if exec { 0 } else { PXN };
+            core::ptr::write_volatile(e, v);
+        }
+        a += 4096;
+    }
+    flush();
+    true
+}
+
 /// Maps a page [`guard_page`] unmapped again.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub fn unguard_page(addr: u64) {

@@ -326,13 +326,26 @@ pub fn protect_fixed(span: (u64, u64), segments: impl Iterator<Item = (u64, u64,
             protect_4k(s, e - s, w, x, table);
         }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+    // arm64: the blocks mapped for the program, by 4 KiB page.
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    {
+        use kiln_arch_arm64::mmu::protect_pages;
+        let table = || kiln_boot::page_table_page().map(|p| p as u64);
+        let (lo, hi) = (span.0 & !((2 << 20) - 1), span.1.next_multiple_of(2 << 20));
+        protect_pages(lo, hi - lo, true, false, table);
+        for (va, size, w, x) in segments {
+            let (s, e) = (va & !0xfff, (va + size).next_multiple_of(4096));
+            protect_pages(s, e - s, w, x, table);
+        }
+    }
+    #[cfg(not(target_os = "none"))]
     let _ = (span, segments.count());
 }
 
 /// Makes memory executable before a program is copied into it: on
-/// arm64 the heap; on x86_64 only a fixed-address program's area
-/// (`relocatable` false, linked at `span`).
+/// x86_64 a fixed-address program's area (`relocatable` false, linked at
+/// `span`); nothing on arm64, whose fixed-address blocks are mapped
+/// executable.
 pub fn prepare_memory(relocatable: bool, span: (u64, u64)) {
     // x86_64: a position-independent program goes into virtual memory
     // with its own protections; a fixed-address one runs in the area the
@@ -348,13 +361,9 @@ pub fn prepare_memory(relocatable: bool, span: (u64, u64)) {
     }
     let _ = (relocatable, span);
     // arm64: a fixed-address program runs in heap blocks mapped at its
-    // addresses, so the heap must be executable (W^X then covers the
-    // kernel image only); a position-independent one goes into virtual
-    // memory like on x86_64.
-    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-    if !relocatable {
-        kiln_arch_arm64::mmu::ram_executable();
-    }
+    // own addresses (those mappings get its segments' permissions, see
+    // protect_fixed), a position-independent one in virtual memory: the
+    // heap's own mapping stays never executable.
 }
 
 /// Makes code just copied to [start, start + len) safe to execute (arm64:

@@ -628,7 +628,7 @@ pub mod paged {
             Touch::Read
         };
         let text = kiln_arch_arm64::layout::sections().text;
-        serve(f.addr, touch, f.pc, (text.0..text.1).contains(&f.pc), false)
+        serve(f.addr, touch, f.pc, (text.0..text.1).contains(&f.pc), f.permission)
     }
 
     /// A touch of `addr` by the instruction at `pc` (kernel code, on the
