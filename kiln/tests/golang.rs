@@ -314,6 +314,24 @@ fn a_goroutine_that_never_yields_is_preempted() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// The same on arm64: the virtual timer preempts the thread through the
+/// GIC, and Go's SIGURG handler (installed without a restorer, as Go does
+/// on arm64) returns through the kernel's rt_sigreturn trampoline.
+#[test]
+fn a_goroutine_that_never_yields_is_preempted_on_arm64() {
+    let _one = one_guest();
+    let d = go_rootfs_for("arm64", "goserver");
+    let (code, out) = finish(
+        start(&d, "64M", &["--arch", "arm64"], &["/bin/goserver", "spin", "1"]),
+        120,
+    );
+    assert!(
+        out.contains("goserver: main ran and collected garbage while a goroutine spun (GOMAXPROCS 1)\n"),
+        "{out}"
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
 /// The same program built for arm64 (Go cross-compiles without a C
 /// toolchain) on QEMU virt, in 64 MiB: arm64 programs' memory is
 /// demand-paged too, so Go's 512 MiB reservation costs nothing (it needed

@@ -429,6 +429,7 @@ kiln_exc_common:
     add x0, sp, #528
     mov x1, x29
     bl kiln_arch_exception
+    cbnz x0, kiln_irq_preempt
     add x0, sp, #512
     ldp x2, x3, [x0]
     msr fpsr, x2
@@ -468,6 +469,62 @@ kiln_exc_common:
     add sp, sp, #240
     ldp x29, x30, [sp], #16
     eret
+
+/* An interrupt preempts a program (kiln_arch_exception returned 1; see
+ * preempt.rs). The exception stack holds q0-q31 (0-511), fpsr and fpcr
+ * (512, 520), x0-x28 (528-759) and x29/x30 (768, 776). They become a
+ * SyscallFrame at the thread's kernel stack top, with SP_EL0, ELR, SPSR and
+ * TPIDR_EL0; the exception stack is left empty, and `eret` goes on to
+ * kiln_preempted_entry at EL1 on SP_EL0 (the frame) with every interrupt
+ * masked, as kernel code runs. */
+kiln_irq_preempt:
+    adrp x1, kiln_kstack_top
+    ldr x1, [x1, :lo12:kiln_kstack_top]
+    sub x2, x1, #816
+    add x3, sp, #528
+    mov x4, #0
+1:  ldr x5, [x3, x4]
+    str x5, [x2, x4]
+    add x4, x4, #8
+    cmp x4, #232
+    b.lo 1b
+    add x7, sp, #768
+    ldp x5, x6, [x7]
+    stp x5, x6, [x2, #232]
+    mrs x5, sp_el0
+    mrs x6, elr_el1
+    stp x5, x6, [x2, #248]
+    mrs x5, spsr_el1
+    mrs x6, tpidr_el0
+    stp x5, x6, [x2, #264]
+    add x3, x2, #288
+    mov x4, #0
+2:  add x7, sp, x4
+    ldp x5, x6, [x7]
+    add x7, x3, x4
+    stp x5, x6, [x7]
+    add x4, x4, #16
+    cmp x4, #512
+    b.lo 2b
+    add x7, sp, #512
+    ldp x5, x6, [x7]
+    add x7, x2, #800
+    stp x6, x5, [x7]
+    add sp, sp, #784
+    msr sp_el0, x2
+    adr x5, kiln_preempted_entry
+    msr elr_el1, x5
+    mov x5, #0x3c4
+    msr spsr_el1, x5
+    eret
+
+kiln_preempted_entry:
+    mov x19, sp
+    mov x0, x19
+    bl kiln_arch_preempted
+    mov x0, x19
+    add x1, x19, #816
+    b kiln_svc_resume
 
 /* Thread switch for lib/sched: callee-saved x19-x30 and d8-d15. */
 .section .text.kiln_context, "ax"

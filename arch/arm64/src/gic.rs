@@ -110,3 +110,64 @@ pub fn enable(intid: u32) {
     }
     w32(dist + 0x100 + word, bit); // ISENABLER
 }
+
+/// Takes the highest-priority pending interrupt: its ID (1023: none).
+pub fn ack() -> u32 {
+    match VERSION.load(Relaxed) {
+        2 => r32(LOCAL.load(Relaxed) + 0x0c) & 0x3ff, // GICC_IAR
+        3 => {
+            #[allow(unused_mut)]
+            let mut v: u64 = 1023;
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: reading ICC_IAR1_EL1 acknowledges the interrupt it names.
+            unsafe {
+                core::arch::asm!("mrs {}, icc_iar1_el1", out(reg) v)
+            };
+            (v & 0xff_ffff) as u32
+        }
+        _ => 1023,
+    }
+}
+
+/// Ends interrupt `intid` (taken with [`ack`]).
+pub fn eoi(intid: u32) {
+    match VERSION.load(Relaxed) {
+        2 => w32(LOCAL.load(Relaxed) + 0x10, intid), // GICC_EOIR
+        3 => {
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: writing ICC_EOIR1_EL1 ends the interrupt it names.
+            unsafe {
+                core::arch::asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64)
+            };
+        }
+        _ => {}
+    }
+}
+
+/// Shared peripheral interrupts (device lines) [`mask_line`] turned off,
+/// one bit per ID from 32.
+static MASKED: [core::sync::atomic::AtomicU32; 31] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; 31];
+
+/// Turns device line `intid` off at the distributor until
+/// [`unmask_lines`] (its device keeps it raised until the driver has
+/// polled it, and a program running with interrupts on would take it
+/// again at once).
+pub fn mask_line(intid: u32) {
+    if !(32..1020).contains(&intid) {
+        return;
+    }
+    let (word, bit) = ((intid / 32) as usize, 1u32 << (intid % 32));
+    w32(DIST.load(Relaxed) + 0x180 + word * 4, bit); // ICENABLER
+    MASKED[word - 1].fetch_or(bit, Relaxed);
+}
+
+/// Turns the lines [`mask_line`] turned off on again.
+pub fn unmask_lines() {
+    for (i, m) in MASKED.iter().enumerate() {
+        let bits = m.swap(0, Relaxed);
+        if bits != 0 {
+            w32(DIST.load(Relaxed) + 0x100 + (i + 1) * 4, bits); // ISENABLER
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub mod context;
 pub mod gic;
 pub mod mmu;
 pub mod paging;
+pub mod preempt;
 pub mod syscall;
 
 /// The frame-pointer chain, for backtraces (kernels are built with frame
@@ -249,19 +250,29 @@ pub fn set_page_fault_hook(f: fn(&PageFault) -> bool) {
 
 /// Called by the vectors with the saved registers and the vector index.
 /// Returns (and the CPU resumes) for interrupts and for page faults the
-/// hook served.
+/// hook served: 0, or 1 when an interrupt preempts a program (see
+/// [`preempt`]).
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[no_mangle]
-extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
-    // Vector 1: IRQ from EL1 running on SP_EL0 (the kernel and its threads);
-    // 5: the same while on the exception stack.
+extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) -> u64 {
+    // Vector 1: IRQ from EL1 running on SP_EL0 (a program running with
+    // IRQs unmasked); 5: the same while on the exception stack.
+    if vector == 1 && preempt::active() {
+        let (elr, spsr): (u64, u64);
+        // SAFETY: reading the exception return state has no side effects.
+        unsafe {
+            core::arch::asm!("mrs {}, elr_el1", out(reg) elr);
+            core::arch::asm!("mrs {}, spsr_el1", out(reg) spsr);
+        }
+        return preempt::irq(elr, spsr) as u64;
+    }
     if vector == 1 || vector == 5 {
         let p = IRQ.load(Ordering::Acquire);
         if !p.is_null() {
             // SAFETY: IRQ only holds null or a `fn()` stored by set_irq_handler.
             let f: fn() = unsafe { core::mem::transmute(p) };
             f();
-            return;
+            return 0;
         }
     }
     let (esr, far, elr, spsr, sp): (u64, u64, u64, u64, u64);
@@ -288,7 +299,7 @@ extern "C" fn kiln_arch_exception(frame: &Frame, vector: u64) {
         // SAFETY: only `no_hook` or a `fn(&PageFault) -> bool` is stored.
         let hook: fn(&PageFault) -> bool = unsafe { core::mem::transmute(p) };
         if hook(&f) {
-            return;
+            return 0;
         }
     }
     let report = FaultReport {
@@ -362,6 +373,7 @@ pub mod timer {
         unsafe {
             core::arch::asm!("msr cntv_tval_el0, {}", "msr cntv_ctl_el0, {}", "isb", "wfi", "msr cntv_ctl_el0, xzr", "isb", in(reg) t, in(reg) 1u64);
         }
+        crate::preempt::slice_stopped();
         let _ = t;
     }
 

@@ -51,11 +51,39 @@ extern "C" fn kiln_svc_dispatch(frame: &mut Frame) {
     // SAFETY: HANDLER only holds `enosys` or a `fn(&mut Frame) -> i64` stored by set_handler.
     let f: fn(&mut Frame) -> i64 = unsafe { core::mem::transmute(p) };
     frame.x[0] = f(frame) as u64;
+    crate::preempt::arm_slice();
 }
 
-/// SPSR for a program: EL1 on SP_EL0 (EL1t), interrupts masked as they are
-/// in kernel code (they are taken only while idle).
-pub const PROGRAM_SPSR: u64 = 0x3c4;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+core::arch::global_asm!(
+    ".section .text.kiln_sigreturn, \"ax\"",
+    ".global kiln_sigreturn_trampoline",
+    "kiln_sigreturn_trampoline:",
+    "mov x8, #139",
+    "svc #0",
+);
+
+/// Where a signal handler installed without a restorer returns: two
+/// instructions of the kernel's text (executable at EL1, where programs
+/// run) that call rt_sigreturn, as Linux's vDSO trampoline does.
+pub fn sigreturn_trampoline() -> u64 {
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    {
+        extern "C" {
+            fn kiln_sigreturn_trampoline();
+        }
+        kiln_sigreturn_trampoline as *const () as usize as u64
+    }
+    #[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+    0
+}
+
+/// SPSR for a program: EL1 on SP_EL0 (EL1t), interrupts masked as in
+/// kernel code, or IRQs unmasked when programs are preemptible
+/// ([`crate::preempt::program_spsr`]).
+pub fn program_spsr() -> u64 {
+    crate::preempt::program_spsr()
+}
 
 /// Top of the running program thread's kernel stack: where the entry
 /// puts the next `svc`'s frame. Each thread sets it when it enters its
@@ -85,6 +113,7 @@ pub unsafe fn resume(frame: &Frame, kstack: Option<u64>) -> ! {
     extern "C" {
         fn kiln_svc_resume(frame: *const Frame, kstack: u64) -> !;
     }
+    crate::preempt::arm_slice();
     // SAFETY: per the contract; `frame` is read before the stack changes.
     unsafe { kiln_svc_resume(frame, kstack.unwrap_or(0) & !15) }
 }
@@ -99,7 +128,7 @@ pub unsafe fn enter(entry: u64, sp: u64) -> ! {
     let f = Frame {
         sp,
         elr: entry,
-        spsr: PROGRAM_SPSR,
+        spsr: program_spsr(),
         ..Frame::default()
     };
     // SAFETY: per the contract; the caller's stack becomes the thread's

@@ -380,7 +380,6 @@ pub fn code_written(start: u64, len: u64) {
 /// `entry` must be the program's code, placed in executable memory, and
 /// `sp` its initial stack.
 pub unsafe fn enter(entry: u64, sp: u64) -> ! {
-    #[cfg(target_arch = "x86_64")]
     crate::preempt::install();
     #[cfg(target_arch = "x86_64")]
     // SAFETY: per the contract.

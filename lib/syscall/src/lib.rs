@@ -21,7 +21,6 @@ pub mod mem;
 mod names;
 mod net;
 mod poll;
-#[cfg(target_arch = "x86_64")]
 mod preempt;
 mod signal;
 pub mod table;

@@ -820,7 +820,9 @@ fn take_deliverable() -> Option<(u64, Action)> {
     if a.handler == SIG_DFL && !ignored_by_default(sig) {
         die_of(sig);
     }
-    if a.handler <= SIG_IGN || a.flags & SA_RESTORER == 0 {
+    // x86_64 needs the program's restorer; arm64 handlers without one
+    // return to the kernel's (Linux's vDSO has one; Go relies on it).
+    if a.handler <= SIG_IGN || (cfg!(target_arch = "x86_64") && a.flags & SA_RESTORER == 0) {
         return None;
     }
     Some((sig, a))
@@ -1076,7 +1078,11 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     n.x[1] = at + INFO;
     n.x[2] = at + UC;
     n.x[29] = at + FRAME;
-    n.x[30] = a.restorer;
+    n.x[30] = if a.flags & SA_RESTORER != 0 && a.restorer != 0 {
+        a.restorer
+    } else {
+        kiln_arch_arm64::syscall::sigreturn_trampoline()
+    };
     n.sp = at;
     n.elr = a.handler;
     Some(n)
@@ -1097,7 +1103,7 @@ pub(crate) fn sigreturn(f: &Frame) -> Result<Frame, i64> {
     }
     n.sp = r(SC_SP)?;
     n.elr = r(SC_PC)?;
-    n.spsr = r(SC_PSTATE)? & 0xf000_0000 | kiln_arch_arm64::syscall::PROGRAM_SPSR;
+    n.spsr = r(SC_PSTATE)? & 0xf000_0000 | kiln_arch_arm64::syscall::program_spsr();
     let head = r(SC_RESERVED)?;
     if head as u32 == FPSIMD_MAGIC {
         let st = r(SC_RESERVED + 8)?;
