@@ -58,6 +58,12 @@ impl Platform for Virt {
         DEVICE_LINES.load(Ordering::Relaxed)
     }
 
+    fn device_irq_done(&self) {
+        // Lines an interrupt masked while a program ran (see
+        // arch/arm64/src/preempt.rs).
+        arch::gic::unmask_lines()
+    }
+
     fn stop_requested(&self) -> bool {
         power_button::pressed()
     }
