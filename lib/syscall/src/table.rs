@@ -181,7 +181,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("sysinfo", Partial("uptime; memory figures are fixed")),
         ("umask", Accepted("returns 022")),
         ("prctl", Accepted("names and the like")),
-        ("rt_sigaction", Partial("handlers run for signals the program sends itself, its timers' and the host's SIGTERM, when a system call returns (x86_64 and arm64) or a program thread is preempted (x86_64)")),
+        ("rt_sigaction", Partial("handlers run for signals the program sends itself, its timers' and the host's SIGTERM, when a system call returns or a program thread is preempted")),
         ("rt_sigprocmask", Yes),
         ("rt_sigpending", Yes),
         ("rt_sigreturn", Partial("from handlers Kiln entered; every register comes back")),
