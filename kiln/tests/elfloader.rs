@@ -1119,6 +1119,47 @@ fn arm64_program_memory_is_demand_paged_and_randomised() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A program starts others as Linux programs do (Rust's Command, through
+/// musl's posix_spawn: clone(CLONE_VM|CLONE_VFORK), execve, wait4): their
+/// output captured, their environment, exit codes and pids, a two-stage
+/// pipeline, ENOENT for a program that is not there; and the starter's own
+/// descriptors and memory are intact after.
+#[test]
+fn a_program_starts_other_programs() {
+    let d = rootfs("spawn");
+    std::fs::create_dir_all(d.join("tmp")).unwrap();
+    std::fs::copy(hello(), d.join("bin/hello")).unwrap();
+    std::fs::copy(linux_program("linux-spawn"), d.join("bin/spawn")).unwrap();
+    let (code, out) = run(&d, &["-M", "64M"], &["/bin/spawn", "run"]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "spawn: hello exited Some(43) and said \"linux-hello: 3 argument(s): [\\\"/bin/hello\\\", \\\"from\\\", \\\"a child\\\"]\"\n",
+        "spawn: its greeting true\n",
+        "spawn: ids exited Some(5); my pid 1\n",
+        "spawn: pipeline: count: 4 lines\n",
+        "spawn: first stage exited Some(42)\n",
+        "spawn: nowhere: NotFound\n",
+        "spawn: after: file \"still mine\\n\", heap sum 4999950000\n",
+    ] {
+        assert!(out.contains(line), "{line:?}: {out}");
+    }
+    let ids = out
+        .lines()
+        .find(|l| l.starts_with("spawn: ids: pid "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(ids.ends_with(", parent 1") && !ids.contains("pid 1,"), "{ids}");
+    // fork stays refused, with the reason.
+    let script = "echo $(echo nested)";
+    std::fs::copy("/bin/busybox", d.join("bin/busybox")).unwrap();
+    let (_, out) = run(&d, &["-M", "64M"], &["/bin/busybox", "sh", "-c", script]);
+    assert!(
+        out.contains("fork (clone without CLONE_VM) is not supported")
+            && out.contains("vfork and posix_spawn"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// POSIX calls answered as Linux answers them (the lines are what the
 /// same program prints on Linux, but for the limits Linux's shell sets):
 /// SO_ACCEPTCONN, ftruncate of an unlinked open file, RLIMIT_NOFILE

@@ -112,10 +112,42 @@ pub fn main(args: &[&str], env: &[(&str, &str)]) -> i32 {
 enum Never {}
 
 fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String> {
+    let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env_refs: Vec<&str> = env_strings.iter().map(String::as_str).collect();
+    let (entry, sp) = prepare(path, argv, &env_refs, true)?;
+    kiln_syscall::install(path);
+    // Programs it starts (vfork or posix_spawn, then execve) load the same way.
+    kiln_syscall::process::set_loader(exec_load);
+    // SAFETY: `entry` is inside the program (or loader) just placed in
+    // executable memory; `sp` is its initial stack.
+    unsafe { kiln_syscall::arch::enter(entry, sp) }
+}
+
+/// execve's loading: a position-independent program only (one linked at
+/// a fixed address would land on its starter's memory).
+fn exec_load(path: &str, argv: &[&str], env: &[&str]) -> Result<(u64, u64), (i64, String)> {
+    const ENOENT: i64 = 2;
+    const ENOEXEC: i64 = 8;
+    prepare(path, argv, env, false).map_err(|e| {
+        let missing = kiln_vfs::vfs().stat(path).is_err();
+        (if missing { ENOENT } else { ENOEXEC }, e)
+    })
+}
+
+/// Places the program at `path` (and its loader) in memory and builds its
+/// stack: its entry point and initial stack pointer. `first`: the kernel's
+/// own program (a fixed-address one may go to its addresses).
+fn prepare(path: &str, argv: &[&str], env: &[&str], first: bool) -> Result<(u64, u64), String> {
     let (bytes, prog) = load(path)?;
-    // On arm64 programs and their libraries live in heap memory, made
-    // executable; on x86_64 only a fixed-address program's area is.
-    kiln_syscall::arch::prepare_memory(prog.relocatable(), prog.span());
+    if !first && !prog.relocatable() {
+        return Err(format!(
+            "{path}: linked at a fixed address; a program started by another one must be position-independent"
+        ));
+    }
+    // x86_64: a fixed-address program's area is made executable.
+    if first {
+        kiln_syscall::arch::prepare_memory(prog.relocatable(), prog.span());
+    }
     let bias = place(&prog, &bytes).map_err(|e| format!("{path}: {e}"))?;
     let mut entry = prog.entry.wrapping_add(bias);
     let mut interp_base = 0;
@@ -146,8 +178,6 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
         hwcap: kiln_syscall::arch::HWCAP,
         vdso: None,
     };
-    let env_strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let env_refs: Vec<&str> = env_strings.iter().map(String::as_str).collect();
     let (stack, stack_len) = kiln_syscall::mem::program_stack()?;
     let top = stack + stack_len as u64;
     let mut random = [0u8; 16];
@@ -155,7 +185,7 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     let init = kiln_elf::initial_stack(
         top,
         argv,
-        &env_refs,
+        env,
         &aux,
         random,
         kiln_syscall::arch::PLATFORM,
@@ -164,8 +194,5 @@ fn run(path: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<Never, String>
     unsafe {
         core::ptr::copy_nonoverlapping(init.bytes.as_ptr(), init.sp as *mut u8, init.bytes.len())
     };
-    kiln_syscall::install(path);
-    // SAFETY: `entry` is inside the program (or loader) just placed in
-    // executable memory; `init.sp` is its initial stack.
-    unsafe { kiln_syscall::arch::enter(entry, init.sp) }
+    Ok((entry, init.sp))
 }

@@ -158,6 +158,7 @@ pub fn arm64_to_x86(nr: u64) -> Option<u64> {
         (215, 11),
         (216, 25),
         (220, 56),
+        (221, 59),
         (222, 9),
         (223, 221),
         (226, 10),
@@ -190,6 +191,26 @@ pub fn stack_pointer(f: &Frame) -> u64 {
     return f.rsp;
     #[cfg(target_arch = "aarch64")]
     return f.sp;
+}
+
+/// Sets the value a system call returns in `f`.
+pub fn set_result(f: &mut Frame, v: i64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        f.nr = v as u64;
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        f.x[0] = v as u64;
+    }
+}
+
+/// The calling thread's kernel stack top (read during a system call).
+pub fn kernel_stack() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    return kiln_arch_x86_64::syscall::kernel_stack();
+    #[cfg(target_arch = "aarch64")]
+    return kiln_arch_arm64::syscall::kernel_stack();
 }
 
 /// A new thread's registers: the parent's at its `clone`, returning 0, on

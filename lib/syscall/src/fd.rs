@@ -190,6 +190,7 @@ pub(crate) struct EventFd {
     semaphore: bool,
 }
 
+#[derive(Clone)]
 struct Slot {
     desc: Arc<Desc>,
     cloexec: bool,
@@ -199,11 +200,94 @@ static TABLE: spin::Mutex<Vec<Option<Slot>>> = spin::Mutex::new(Vec::new());
 static CWD: spin::Mutex<String> = spin::Mutex::new(String::new());
 static EXE: spin::Mutex<String> = spin::Mutex::new(String::new());
 
+/// A program another one started (crate::process) has its own copy of the
+/// table, working folder and program path, on the thread it runs on (the
+/// starting program's other threads keep theirs); innermost last.
+struct Context {
+    table: Vec<Option<Slot>>,
+    cwd: String,
+    exe: String,
+}
+
+static CONTEXTS: spin::Mutex<alloc::collections::BTreeMap<kiln_sched::ThreadId, Vec<Context>>> =
+    spin::Mutex::new(alloc::collections::BTreeMap::new());
+static ANY_CONTEXT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Runs `f` on the calling thread's context, if it has one.
+fn in_context<R>(f: impl FnOnce(&mut Context) -> R) -> Option<R> {
+    if !ANY_CONTEXT.load(core::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let mut c = CONTEXTS.lock();
+    c.get_mut(&kiln_sched::current())
+        .and_then(|v| v.last_mut())
+        .map(f)
+}
+
+/// A started program gets a copy of its starter's descriptors (shared
+/// descriptions, as after fork), folder and path.
+pub(crate) fn push_context() {
+    let ctx = in_context(|c| Context {
+        table: c.table.clone(),
+        cwd: c.cwd.clone(),
+        exe: c.exe.clone(),
+    })
+    .unwrap_or_else(|| Context {
+        table: with_table(|t| t.clone()),
+        cwd: CWD.lock().clone(),
+        exe: EXE.lock().clone(),
+    });
+    CONTEXTS
+        .lock()
+        .entry(kiln_sched::current())
+        .or_default()
+        .push(ctx);
+    ANY_CONTEXT.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The started program ended: its descriptors close (a pipe's writer
+/// among them, so its reader sees the end).
+pub(crate) fn pop_context() {
+    let gone = {
+        let mut c = CONTEXTS.lock();
+        let id = kiln_sched::current();
+        let gone = c.get_mut(&id).and_then(|v| v.pop());
+        if c.get(&id).is_some_and(|v| v.is_empty()) {
+            c.remove(&id);
+        }
+        ANY_CONTEXT.store(!c.is_empty(), core::sync::atomic::Ordering::Relaxed);
+        gone
+    };
+    drop(gone);
+}
+
+/// execve: descriptors marked close-on-exec close.
+pub(crate) fn close_on_exec() {
+    let gone: Vec<Slot> = with_table(|t| {
+        let mut gone = Vec::new();
+        for s in t.iter_mut() {
+            if s.as_ref().is_some_and(|s| s.cloexec) {
+                gone.extend(s.take());
+            }
+        }
+        gone
+    });
+    drop(gone);
+}
+
 pub(crate) fn set_exe(path: &str) {
-    *EXE.lock() = path.into();
+    if in_context(|c| c.exe = path.into()).is_none() {
+        *EXE.lock() = path.into();
+    }
 }
 
 fn with_table<R>(f: impl FnOnce(&mut Vec<Option<Slot>>) -> R) -> R {
+    if ANY_CONTEXT.load(core::sync::atomic::Ordering::Relaxed) {
+        let mut c = CONTEXTS.lock();
+        if let Some(ctx) = c.get_mut(&kiln_sched::current()).and_then(|v| v.last_mut()) {
+            return f(&mut ctx.table);
+        }
+    }
     let mut t = TABLE.lock();
     if t.is_empty() {
         for _ in 0..3 {
@@ -495,11 +579,20 @@ pub(crate) fn resolve(dirfd: i64, path: &str) -> Result<String, i64> {
 }
 
 fn cwd() -> String {
+    if let Some(c) = in_context(|c| c.cwd.clone()) {
+        return if c.is_empty() { "/".into() } else { c };
+    }
     let c = CWD.lock();
     if c.is_empty() {
         "/".into()
     } else {
         c.clone()
+    }
+}
+
+fn set_cwd(p: String) {
+    if let Err(p) = in_context(|c| c.cwd = p.clone()).ok_or(p.clone()) {
+        *CWD.lock() = p;
     }
 }
 
@@ -845,7 +938,7 @@ fn pair_install(out: u64, a: Kind, b: Kind, f: u32, access_b: u32) -> Sys {
 
 fn readlink(path: &str, buf: u64, len: u64) -> Sys {
     let target = if path == "/proc/self/exe" {
-        EXE.lock().clone()
+        in_context(|c| c.exe.clone()).unwrap_or_else(|| EXE.lock().clone())
     } else {
         vfs().readlink(path).map_err(|e| {
             note_missing(path, e);
@@ -969,7 +1062,7 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
             }
             80 => path_arg(AT_FDCWD, a[0]).and_then(|p| match vfs().stat(&p) {
                 Ok(s) if s.kind == FileType::Dir => {
-                    *CWD.lock() = p;
+                    set_cwd(p);
                     Ok(0)
                 }
                 Ok(_) => Err(errno::ENOTDIR),
@@ -977,7 +1070,7 @@ fn file_call(nr: u64, a: [u64; 6]) -> Sys {
             }),
             81 => get(fd).and_then(|d| match &d.kind {
                 Kind::Dir(dir) => {
-                    *CWD.lock() = dir.path.clone();
+                    set_cwd(dir.path.clone());
                     Ok(0)
                 }
                 _ => Err(errno::ENOTDIR),

@@ -22,6 +22,7 @@ mod names;
 mod net;
 mod poll;
 mod preempt;
+pub mod process;
 mod signal;
 pub mod table;
 mod thread;
@@ -42,6 +43,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 pub(crate) mod errno {
     pub const EPERM: i64 = 1;
     pub const ENOENT: i64 = 2;
+    pub const E2BIG: i64 = 7;
+    pub const ENOEXEC: i64 = 8;
     pub const EINTR: i64 = 4;
     pub const EBADF: i64 = 9;
     pub const ECHILD: i64 = 10;
@@ -202,6 +205,10 @@ pub(crate) fn note_missing(path: &str, e: kiln_vfs::Error) {
 
 /// Ends the program: the summary of what it missed, then the machine's exit.
 pub(crate) fn exit(code: i64) -> ! {
+    // A program another one started ends alone.
+    if process::in_child() {
+        process::child_exit(((code & 0xff) << 8) as i32)
+    }
     // What the program sent just before exiting still reaches its peers.
     if kiln_net::available() {
         kiln_net::flush(200_000);
@@ -324,6 +331,12 @@ pub fn dispatch(f: &mut Frame) -> i64 {
     r
 }
 
+/// Continues the program with `f`'s registers from kernel stack top
+/// `kstack` (a parent after its child ended, a child on its own stack).
+pub(crate) fn resume_at(f: &Frame, kstack: u64) -> ! {
+    resume(f, kstack)
+}
+
 /// Continues the program with `f`'s registers (a signal handler, or the
 /// return from one).
 fn resume(f: &Frame, kstack: u64) -> ! {
@@ -394,10 +407,38 @@ fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Sys {
     if let Some(r) = signal::call(nr, a, arch::stack_pointer(f)) {
         return r;
     }
+    if nr == 59 {
+        return exec_call(a);
+    }
     if let Some(r) = misc(nr, a) {
         return r;
     }
     unsupported(nr)
+}
+
+/// execve(path, argv, envp): the strings are read before anything changes.
+fn exec_call(a: [u64; 6]) -> Sys {
+    // SAFETY: see `bytes`.
+    let path = String::from(unsafe { cstr(a[0]) }?);
+    let list = |mut p: u64| -> Result<Vec<String>, i64> {
+        let mut v = Vec::new();
+        while p != 0 {
+            // SAFETY: see `bytes`.
+            let s = unsafe { get_u64(p) }?;
+            if s == 0 {
+                break;
+            }
+            // SAFETY: see `bytes`.
+            v.push(String::from(unsafe { cstr(s) }?));
+            if v.len() > 4096 {
+                return Err(errno::E2BIG);
+            }
+            p += 8;
+        }
+        Ok(v)
+    };
+    let (argv, envp) = (list(a[1])?, list(a[2])?);
+    process::execve(&path, argv, envp)
 }
 
 /// Identity, time, randomness, limits: calls with no state of their own.
@@ -419,8 +460,8 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
         match nr {
             // getpid, getppid (0: no parent), getuid/getgid/geteuid/getegid,
             // setuid/setgid (root may), getpgrp/getsid/getpgid.
-            39 => Ok(1),
-            110 => Ok(0),
+            39 => Ok(process::pid() as i64),
+            110 => Ok(process::parent_pid() as i64),
             102 | 104 | 107 | 108 | 105 | 106 | 113 | 114 | 116 => Ok(0),
             111 | 124 | 121 => Ok(1),
             115 | 112 => Ok(0),
@@ -543,10 +584,13 @@ fn misc_call(nr: u64, a: [u64; 6]) -> Sys {
             95 => Ok(0o022),
             // prctl: PR_SET_NAME and the like are accepted.
             157 => Ok(0),
-            // wait4: no children.
-            61 => Err(errno::ECHILD),
-            // fork/vfork/execve: one process only.
-            57 | 58 => Err(errno::ENOSYS),
+            // wait4: a child started with vfork/posix_spawn (crate::process).
+            61 => process::wait4(a[0] as i64, a[1]),
+            // fork: one address space.
+            57 => {
+                kiln_console::log!(kiln_console::Level::Warn, "{}", process::NO_FORK);
+                Err(errno::ENOSYS)
+            }
             _ => Err(NOT_MINE),
         }
     }

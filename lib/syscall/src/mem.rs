@@ -413,7 +413,24 @@ pub mod paged {
             s.devices.extend(kiln_arch_x86_64::mmu::high_devices());
             s
         });
+        // New areas belong to the calling thread's program.
+        s.owner = crate::process::pid();
         f(s)
+    }
+
+    /// A program started by another one ended: its memory goes back.
+    pub(crate) fn forget_process(pid: u32) {
+        with(|s| s.remove_owned(&mut Kernel, pid));
+    }
+
+    /// Room for a started program's brk: `len` bytes nobody uses, at a
+    /// random place.
+    pub(crate) fn fresh_room(len: u64) -> Option<u64> {
+        with(|s| {
+            let r = crate::random_u64() & 0xffff;
+            s.room(s.mmap_base + r * (1 << 20), len)
+                .or_else(|| s.room(0, len))
+        })
     }
 
     fn up(v: u64) -> u64 {
@@ -598,7 +615,17 @@ pub mod paged {
     }
 
     pub(crate) fn brk(want: u64) -> u64 {
-        with(|s| s.set_brk(&mut Kernel, want))
+        with(|s| match crate::process::brk() {
+            // A started program's own break, in the same space.
+            Some(own) => {
+                let first = core::mem::replace(&mut s.brk, own);
+                let r = s.set_brk(&mut Kernel, want);
+                let own = core::mem::replace(&mut s.brk, first);
+                crate::process::set_brk(own);
+                r
+            }
+            None => s.set_brk(&mut Kernel, want),
+        })
     }
 
     /// The page-fault hook: brings in a demand-zero page; a touch that

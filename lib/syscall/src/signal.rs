@@ -349,6 +349,15 @@ fn ignored_by_default(sig: u64) -> bool {
 }
 
 fn die_of(sig: u64) -> ! {
+    // A program another one started dies alone.
+    if crate::process::in_child() {
+        kiln_console::log!(
+            kiln_console::Level::Info,
+            "elf: process {} got signal {sig} with no handler: it ends",
+            crate::process::pid()
+        );
+        crate::process::child_exit(sig as i32)
+    }
     if sig == SIGTERM && FROM_HOST.load(Ordering::Relaxed) {
         // `kiln stop` asked, and the program took the default: it ends as
         // asked, which is success.
@@ -1118,4 +1127,43 @@ pub(crate) fn sigreturn(f: &Frame) -> Result<Frame, i64> {
     let mask = r(UC_SIGMASK)?;
     BLOCKED.set(mask & !(bit(9) | bit(19)));
     Ok(n)
+}
+
+/// A started program's parent's signal actions, put back when it ends
+/// (crate::process).
+pub(crate) struct Saved {
+    actions: [Action; 65],
+    alt: Option<(u64, u64)>,
+}
+
+pub(crate) fn save() -> Saved {
+    Saved {
+        actions: *ACTIONS.lock(),
+        alt: ALT_STACKS.lock().get(&kiln_sched::current()).copied(),
+    }
+}
+
+pub(crate) fn restore(s: Saved) {
+    *ACTIONS.lock() = s.actions;
+    let mut alt = ALT_STACKS.lock();
+    match s.alt {
+        Some(a) => alt.insert(kiln_sched::current(), a),
+        None => alt.remove(&kiln_sched::current()),
+    };
+}
+
+/// execve: handlers go back to the default (ignored signals stay
+/// ignored), and the alternate stack goes.
+pub(crate) fn reset_on_exec() {
+    for a in ACTIONS.lock().iter_mut() {
+        if a.handler != SIG_IGN {
+            *a = Action::default();
+        }
+    }
+    ALT_STACKS.lock().remove(&kiln_sched::current());
+}
+
+/// A started program ended: SIGCHLD for its parent (ignored by default).
+pub(crate) fn child_ended() {
+    pend(17, USER);
 }

@@ -127,12 +127,30 @@ const CLONE_CHILD_SETTID: u64 = 0x1000000;
 /// never on the program's stack.
 const START_STACK: usize = 64 << 10;
 
+/// A new Linux thread or process id.
+pub(crate) fn new_tid() -> u32 {
+    NEXT_TID.fetch_add(1, Ordering::Relaxed)
+}
+
+const CLONE_VFORK: u64 = 0x4000;
+
 fn clone(a: [u64; 6], f: &Frame) -> Sys {
     let [flags, stack, ptid, ctid, tls, _] = a;
+    if flags & (CLONE_VM | CLONE_VFORK | CLONE_THREAD) == CLONE_VM | CLONE_VFORK {
+        // posix_spawn: another program, started by the child.
+        return crate::process::spawn(f, stack);
+    }
+    if flags & CLONE_THREAD != 0 && crate::process::in_child() {
+        static SAID_CHILD: AtomicBool = AtomicBool::new(false);
+        if !SAID_CHILD.swap(true, Ordering::Relaxed) {
+            kiln_console::log!(kiln_console::Level::Warn, "elf: a program started by another one may not make threads");
+        }
+        return Err(errno::EAGAIN);
+    }
     if flags & (CLONE_VM | CLONE_THREAD) != CLONE_VM | CLONE_THREAD {
         static SAID: AtomicBool = AtomicBool::new(false);
         if !SAID.swap(true, Ordering::Relaxed) {
-            kiln_console::log!(kiln_console::Level::Warn, "elf: fork (clone without CLONE_VM|CLONE_THREAD) is not supported: a Kiln program is one process");
+            kiln_console::log!(kiln_console::Level::Warn, "{}", crate::process::NO_FORK);
         }
         return Err(errno::ENOSYS);
     }
@@ -180,6 +198,9 @@ fn clone(a: [u64; 6], f: &Frame) -> Sys {
 /// learns of it), then the thread ends. The first thread's `exit` ends the
 /// program.
 fn exit_thread(code: i64) -> ! {
+    if crate::process::in_child() {
+        crate::process::child_exit(((code & 0xff) << 8) as i32)
+    }
     let id = kiln_sched::current();
     let task = if id == 0 {
         None
@@ -332,7 +353,9 @@ pub(crate) fn call(nr: u64, a: [u64; 6], f: &mut Frame) -> Option<Sys> {
         60 => exit_thread(a[0] as i64),
         231 => crate::exit(a[0] as i64),
         202 => futex(a),
+        186 if crate::process::in_child() => Ok(crate::process::pid() as i64),
         186 => Ok(tid() as i64),
+        58 => crate::process::spawn(f, 0),
         218 => {
             if THREADED.load(Ordering::Relaxed) {
                 if let Some(t) = TASKS.lock().get_mut(&kiln_sched::current()) {

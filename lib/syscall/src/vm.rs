@@ -61,6 +61,9 @@ pub struct Area {
     pub prot: u8,
     /// MAP_GROWSDOWN: a touch in the gap below extends the area down.
     pub grows: bool,
+    /// The process that made it ([`Space::owner`] then): 1 for the first
+    /// program, another id for a program it started (crate::process).
+    pub owner: u32,
 }
 
 /// The page-table side: frames and entries.
@@ -109,6 +112,8 @@ pub struct Space {
     /// Device memory the kernel mapped inside the window (cloud-hypervisor
     /// puts PCI BARs just below 64 TiB): never the program's.
     pub devices: alloc::vec::Vec<(u64, u64)>,
+    /// Who new areas belong to (set before each change by the caller).
+    pub owner: u32,
 }
 
 /// Where a fault came from, for the message.
@@ -135,6 +140,7 @@ impl Space {
             brk: (brk, brk),
             resident: 0,
             devices: alloc::vec::Vec::new(),
+            owner: 1,
         }
     }
 
@@ -259,6 +265,7 @@ impl Space {
                 end,
                 prot,
                 grows: false,
+                owner: self.owner,
             },
         );
     }
@@ -427,6 +434,7 @@ impl Space {
                     end: grow_to,
                     prot: a.prot,
                     grows: false,
+                    owner: self.owner,
                 },
             );
             return Ok(old);
@@ -486,6 +494,7 @@ impl Space {
                 end: new + new_len,
                 prot,
                 grows: false,
+                owner: self.owner,
             },
         );
         let mut off = 0;
@@ -501,6 +510,20 @@ impl Space {
             off += PAGE;
         }
         self.remove(p, old, old + old_len);
+    }
+
+    /// Removes every area process `owner` made (it ended), giving its
+    /// pages back.
+    pub fn remove_owned(&mut self, p: &mut dyn Pager, owner: u32) {
+        let gone: alloc::vec::Vec<(u64, u64)> = self
+            .areas
+            .iter()
+            .filter(|(_, a)| a.owner == owner)
+            .map(|(&s, a)| (s, a.end))
+            .collect();
+        for (s, e) in gone {
+            self.remove(p, s, e);
+        }
     }
 
     /// `brk`: moves the break (never below its start, at most BRK_SPAN);
@@ -521,6 +544,7 @@ impl Space {
                     end: new_end,
                     prot: PROT_READ | PROT_WRITE,
                     grows: false,
+                    owner: self.owner,
                 },
             );
         } else if new_end < old_end {
