@@ -134,7 +134,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("epoll_wait", Yes),
         ("epoll_pwait", Partial("the signal mask is ignored")),
         ("epoll_pwait2", Partial("the signal mask is ignored")),
-        ("clone", Partial("threads (CLONE_VM|CLONE_THREAD, TLS, tid words); fork gets ENOSYS")),
+        ("clone", Partial("threads (CLONE_VM|CLONE_THREAD, TLS, tid words); CLONE_VM|CLONE_VFORK starts a program (posix_spawn), which runs to its end before the caller continues; fork gets ENOSYS")),
         ("clone3", Refused("ENOSYS: glibc then uses clone")),
         ("futex", Partial("WAIT, WAKE, WAIT_BITSET, WAKE_BITSET, WAKE_OP, (CMP_)REQUEUE by waking; no PI")),
         ("set_tid_address", Yes),
@@ -144,8 +144,8 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("exit", Yes),
         ("exit_group", Yes),
         ("arch_prctl", Partial("ARCH_SET_FS, ARCH_GET_FS")),
-        ("getpid", Partial("always 1")),
-        ("getppid", Partial("always 0")),
+        ("getpid", Partial("1, or the id of a program another one started")),
+        ("getppid", Partial("0 for the first program, its starter's id for a started one")),
         ("getuid", Partial("root")),
         ("getgid", Partial("root")),
         ("geteuid", Partial("root")),
@@ -200,9 +200,10 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("kill", Partial("to itself (pid 0, 1, -1): the handler runs, or the default action ends the program")),
         ("tkill", Partial("to its own threads: pending for that thread alone")),
         ("tgkill", Partial("to its own threads: pending for that thread alone")),
-        ("wait4", Refused("ECHILD: no child processes")),
-        ("fork", Refused("ENOSYS: one process")),
-        ("vfork", Refused("ENOSYS: one process")),
+        ("wait4", Partial("children started with vfork/posix_spawn (ended by the time it is called); status, no rusage")),
+        ("fork", Refused("ENOSYS: one address space; vfork and posix_spawn start programs")),
+        ("execve", Partial("in a program started with vfork/posix_spawn: a position-independent program replaces it; close-on-exec descriptors close, handlers reset")),
+        ("vfork", Partial("the child runs on the caller's thread with its own descriptors; the caller continues when it has ended")),
     ]
 };
 
