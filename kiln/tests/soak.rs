@@ -1,5 +1,5 @@
 //! Soak tests: the web server and the MQTT broker under a bounded mixed
-//! load (SOAK_SECONDS, default 30), on a bridge and through `kiln run -p`,
+//! load (SOAK_SECONDS, default 20), on a bridge and through `kiln run -p`,
 //! under TCG. Every response body is checked byte for byte against the
 //! file served; every MQTT message is checked for loss, duplication, order
 //! per publisher and payload. The guest must stay up, and its console must
@@ -22,7 +22,7 @@ fn soak_time() -> Duration {
     let s = std::env::var("SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(20);
     Duration::from_secs(s)
 }
 
