@@ -672,6 +672,16 @@ fn debians_redis_serves_redis_cli_and_redis_benchmark() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// `kiln build` of the ELF loader for arm64 (QEMU virt).
+fn build_arm64_loader() {
+    let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(root())
+        .args(["build", "-q", "--arch", "arm64", "apps/elfloader"])
+        .status()
+        .unwrap();
+    assert!(b.success());
+}
+
 #[test]
 fn arm64_programs_run_through_svc() {
     let _one = one_server();
@@ -682,12 +692,7 @@ fn arm64_programs_run_through_svc() {
     for p in ["linux-hello", "linux-threads", "linux-http", "linux-signals"] {
         std::fs::copy(linux_program_for("aarch64", p), d.join("bin").join(p)).unwrap();
     }
-    let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args(["build", "-q", "--arch", "arm64", "apps/elfloader"])
-        .status()
-        .unwrap();
-    assert!(b.success());
+    build_arm64_loader();
     let arm64 = ["--arch", "arm64", "-M", "256M"];
     let arm =
         |extra: &[&str], args: &[&str]| output(loader(&d, &[&arm64[..], extra].concat(), args));
@@ -1056,12 +1061,7 @@ fn arm64_program_memory_is_demand_paged_and_randomised() {
     std::fs::copy(linux_program_for("aarch64", "linux-memory"), d.join("bin/memory")).unwrap();
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7) as u8).collect();
     std::fs::write(d.join("etc/big.dat"), &data).unwrap();
-    let b = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(root())
-        .args(["build", "-q", "--arch", "arm64", "apps/elfloader"])
-        .status()
-        .unwrap();
-    assert!(b.success());
+    build_arm64_loader();
     let arm = |args: &[&str]| output(loader(&d, &["--arch", "arm64", "-M", "48M"], args));
     let (_, a) = arm(&["/bin/memory", "where"]);
     let (_, b) = arm(&["/bin/memory", "where"]);

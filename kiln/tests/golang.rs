@@ -280,19 +280,27 @@ fn a_go_echo_server_keeps_50_connections_talking() {
     assert_eq!(code, 8, "the program's exit status: {out}");
 }
 
+/// Runs goserver built for `goarch` (amd64, arm64) with `args` in a
+/// guest of `mem`: it must print `want` and exit 0 within `secs`. Its
+/// output.
+fn goserver_prints(goarch: &str, mem: &str, args: &[&str], secs: u64, want: &str) -> String {
+    let _one = one_guest();
+    let d = go_rootfs_for(goarch, "goserver");
+    let extra: &[&str] = if goarch == "arm64" { &["--arch", "arm64"] } else { &[] };
+    let argv: Vec<&str> = ["/bin/goserver"].iter().chain(args).copied().collect();
+    let (code, out) = finish(start(&d, mem, extra, &argv), secs);
+    assert!(out.contains(want), "{want:?}: {out}");
+    assert_eq!(code, 0, "{out}");
+    out
+}
+
+const HUNDRED: &str = "goserver: 100 goroutines done, sum 51450\n";
+const SPUN: &str =
+    "goserver: main ran and collected garbage while a goroutine spun (GOMAXPROCS 1)\n";
+
 #[test]
 fn a_hundred_goroutines_meet_on_a_channel() {
-    let _one = one_guest();
-    let d = go_rootfs("goserver");
-    let (code, out) = finish(
-        start(&d, "1G", &[], &["/bin/goserver", "spawn", "100"]),
-        240,
-    );
-    assert!(
-        out.contains("goserver: 100 goroutines done, sum 51450\n"),
-        "{out}"
-    );
-    assert_eq!(code, 0, "{out}");
+    goserver_prints("amd64", "1G", &["spawn", "100"], 240, HUNDRED);
 }
 
 /// A goroutine that loops forever without a function call, on the one P
@@ -301,17 +309,7 @@ fn a_hundred_goroutines_meet_on_a_channel() {
 /// sysmon can stop the goroutine with SIGURG (asynchronous preemption).
 #[test]
 fn a_goroutine_that_never_yields_is_preempted() {
-    let _one = one_guest();
-    let d = go_rootfs("goserver");
-    let (code, out) = finish(
-        start(&d, "256M", &[], &["/bin/goserver", "spin", "1"]),
-        120,
-    );
-    assert!(
-        out.contains("goserver: main ran and collected garbage while a goroutine spun (GOMAXPROCS 1)\n"),
-        "{out}"
-    );
-    assert_eq!(code, 0, "{out}");
+    goserver_prints("amd64", "256M", &["spin", "1"], 120, SPUN);
 }
 
 /// The same on arm64: the virtual timer preempts the thread through the
@@ -319,17 +317,7 @@ fn a_goroutine_that_never_yields_is_preempted() {
 /// on arm64) returns through the kernel's rt_sigreturn trampoline.
 #[test]
 fn a_goroutine_that_never_yields_is_preempted_on_arm64() {
-    let _one = one_guest();
-    let d = go_rootfs_for("arm64", "goserver");
-    let (code, out) = finish(
-        start(&d, "64M", &["--arch", "arm64"], &["/bin/goserver", "spin", "1"]),
-        120,
-    );
-    assert!(
-        out.contains("goserver: main ran and collected garbage while a goroutine spun (GOMAXPROCS 1)\n"),
-        "{out}"
-    );
-    assert_eq!(code, 0, "{out}");
+    goserver_prints("arm64", "64M", &["spin", "1"], 120, SPUN);
 }
 
 /// The same program built for arm64 (Go cross-compiles without a C
@@ -338,23 +326,8 @@ fn a_goroutine_that_never_yields_is_preempted_on_arm64() {
 /// a 2 GiB guest when arm64 programs got heap blocks).
 #[test]
 fn a_hundred_goroutines_meet_on_arm64() {
-    let _one = one_guest();
-    let d = go_rootfs_for("arm64", "goserver");
-    let (code, out) = finish(
-        start(
-            &d,
-            "64M",
-            &["--arch", "arm64"],
-            &["/bin/goserver", "spawn", "100"],
-        ),
-        240,
-    );
-    assert!(
-        out.contains("goserver: 100 goroutines done, sum 51450\n"),
-        "{out}"
-    );
+    let out = goserver_prints("arm64", "64M", &["spawn", "100"], 240, HUNDRED);
     assert!(out.contains("elfloader on qemu/arm64 virt"), "{out}");
-    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
