@@ -689,7 +689,12 @@ fn arm64_programs_run_through_svc() {
     // virt: `svc #0`, arm64's system call numbers, TPIDR_EL0 for TLS, a
     // program linked at a fixed address below RAM, threads and sockets.
     let d = rootfs("arm64");
-    for p in ["linux-hello", "linux-threads", "linux-http", "linux-signals"] {
+    for p in [
+        "linux-hello",
+        "linux-threads",
+        "linux-http",
+        "linux-signals",
+    ] {
         std::fs::copy(linux_program_for("aarch64", p), d.join("bin").join(p)).unwrap();
     }
     build_arm64_loader();
@@ -990,7 +995,10 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
     assert!(out.contains("reserve: ok"), "{out}");
     let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "growsdown"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("growsdown: 8 pages below read back 42"), "{out}");
+    assert!(
+        out.contains("growsdown: 8 pages below read back 42"),
+        "{out}"
+    );
     // A file of the initrd mapped private and writable: its pages are
     // lent in place (reading 4 MiB of it costs no resident memory), and a
     // write copies only the page written, never reaching the file.
@@ -1020,7 +1028,10 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
         .filter_map(|w| w.parse().ok())
         .collect();
     // [reading, writing]
-    assert!(kib[0] < 256 && kib[1] <= 64, "lent pages cost memory: {line}");
+    assert!(
+        kib[0] < 256 && kib[1] <= 64,
+        "lent pages cost memory: {line}"
+    );
     std::fs::remove_file(d.join("etc/big.dat")).unwrap();
     for (mode, what) in [
         ("write-code", "wrote"),
@@ -1058,7 +1069,11 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
 fn arm64_program_memory_is_demand_paged_and_randomised() {
     let _one = one_server();
     let d = rootfs("memory-arm64");
-    std::fs::copy(linux_program_for("aarch64", "linux-memory"), d.join("bin/memory")).unwrap();
+    std::fs::copy(
+        linux_program_for("aarch64", "linux-memory"),
+        d.join("bin/memory"),
+    )
+    .unwrap();
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7) as u8).collect();
     std::fs::write(d.join("etc/big.dat"), &data).unwrap();
     build_arm64_loader();
@@ -1078,7 +1093,10 @@ fn arm64_program_memory_is_demand_paged_and_randomised() {
     for name in ["stack", "mmap"] {
         assert_ne!(field(&a, name), field(&b, name), "{name}: {a} / {b}");
         let at = u64::from_str_radix(field(&a, name).trim_start_matches("0x"), 16).unwrap();
-        assert!((0x10_0000_0000..0x80_0000_0000).contains(&at), "{name} in the window: {a}");
+        assert!(
+            (0x10_0000_0000..0x80_0000_0000).contains(&at),
+            "{name} in the window: {a}"
+        );
     }
     for (mode, want) in [
         ("reserve", "reserve: ok"),
@@ -1111,10 +1129,15 @@ fn arm64_program_memory_is_demand_paged_and_randomised() {
     ] {
         let (code, out) = arm(&["/bin/memory", mode]);
         assert!(
-            out.contains(&format!("elf: segmentation fault (SIGSEGV): the program {what}")),
+            out.contains(&format!(
+                "elf: segmentation fault (SIGSEGV): the program {what}"
+            )),
             "{mode}: {out}"
         );
-        assert!(!out.contains("CPU exception") && !out.contains("still running"), "{mode}: {out}");
+        assert!(
+            !out.contains("CPU exception") && !out.contains("still running"),
+            "{mode}: {out}"
+        );
         assert_eq!(code, 126, "{mode}: {out}");
     }
     let _ = std::fs::remove_dir_all(&d);
@@ -1148,7 +1171,10 @@ fn a_program_starts_other_programs() {
         .lines()
         .find(|l| l.starts_with("spawn: ids: pid "))
         .unwrap_or_else(|| panic!("{out}"));
-    assert!(ids.ends_with(", parent 1") && !ids.contains("pid 1,"), "{ids}");
+    assert!(
+        ids.ends_with(", parent 1") && !ids.contains("pid 1,"),
+        "{ids}"
+    );
     // fork stays refused, with the reason.
     let script = "echo $(echo nested)";
     std::fs::copy("/bin/busybox", d.join("bin/busybox")).unwrap();

@@ -286,7 +286,11 @@ fn a_go_echo_server_keeps_50_connections_talking() {
 fn goserver_prints(goarch: &str, mem: &str, args: &[&str], secs: u64, want: &str) -> String {
     let _one = one_guest();
     let d = go_rootfs_for(goarch, "goserver");
-    let extra: &[&str] = if goarch == "arm64" { &["--arch", "arm64"] } else { &[] };
+    let extra: &[&str] = if goarch == "arm64" {
+        &["--arch", "arm64"]
+    } else {
+        &[]
+    };
     let argv: Vec<&str> = ["/bin/goserver"].iter().chain(args).copied().collect();
     let (code, out) = finish(start(&d, mem, extra, &argv), secs);
     assert!(out.contains(want), "{want:?}: {out}");

@@ -359,12 +359,30 @@ fn a_kvm_internal_error_ends_the_run_clearly() {
     let s = State::new("kvmerror");
     let d = s.0.join("rootfs");
     std::fs::create_dir_all(&d).unwrap();
-    let (code, _, err) = s.kiln(&["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/bin/printf"]);
+    let (code, _, err) = s.kiln(&[
+        "rootfs",
+        "add",
+        "--to",
+        d.to_str().unwrap(),
+        "/usr/bin/printf",
+    ]);
     assert_eq!(code, 0, "{err}");
     let start = Instant::now();
     let (code, out, err) = s.kiln(&[
-        "run", "-q", "--accel", "kvm", "--timeout", "300", "-M", "64M", "--initrd",
-        d.to_str().unwrap(), "apps/elfloader", "--", "/usr/bin/printf", "hi\n",
+        "run",
+        "-q",
+        "--accel",
+        "kvm",
+        "--timeout",
+        "300",
+        "-M",
+        "64M",
+        "--initrd",
+        d.to_str().unwrap(),
+        "apps/elfloader",
+        "--",
+        "/usr/bin/printf",
+        "hi\n",
     ]);
     assert_eq!(code, 125, "{out}{err}");
     assert!(

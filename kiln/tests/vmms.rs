@@ -54,6 +54,28 @@ fn exit_codes_arguments_and_panics_reach_kiln_run_on_every_vmm() {
     }
 }
 
+#[test]
+fn every_vmm_gives_the_guest_an_entropy_device() {
+    let mut vmms = vec!["qemu"];
+    vmms.extend(other_vmms("entropy"));
+    for v in vmms {
+        let mut a = vec!["run", "--vmm", v, "--timeout", "120"];
+        if v == "qemu" {
+            a.push("-W");
+        }
+        a.push("apps/files");
+        let (code, out, err) = support::kiln(&a);
+        assert_eq!(code, 0, "{v}: {out}{err}");
+        let all = format!("{out}{err}");
+        let line = all
+            .lines()
+            .find(|l| l.contains("random: seeded from"))
+            .unwrap_or_else(|| panic!("{v}: no seeding line: {all}"));
+        assert!(line.contains("virtio-rng"), "{v}: {line}");
+        assert!(all.contains("urandom nonzero: true"), "{v}: {all}");
+    }
+}
+
 /// GET / on 127.0.0.1:`port`: the status line.
 fn get(port: u16) -> String {
     support::first_status(([127, 0, 0, 1], port).into(), Duration::from_secs(60))

@@ -95,6 +95,9 @@ fn config(spec: &RunSpec) -> serde_json::Value {
     json!({
         "boot-source": boot,
         "drives": drives,
+        // A virtio-rng device: the kernel's random library seeds from it
+        // beside RDSEED/RDRAND and the host's seed.
+        "entropy": {},
         "machine-config": { "vcpu_count": 1, "mem_size_mib": spec.memory_mib },
         "network-interfaces": nets,
     })
@@ -120,6 +123,7 @@ mod tests {
         ));
         let c = config(&spec);
         assert_eq!(c["boot-source"]["kernel_image_path"], "/k");
+        assert!(c["entropy"].is_object(), "{c}");
         assert_eq!(c["boot-source"]["boot_args"], "-- a");
         assert_eq!(c["machine-config"]["mem_size_mib"], 64);
         assert_eq!(c["drives"][0]["is_read_only"], true);

@@ -237,12 +237,22 @@ pub fn pci_devices(kind: DeviceType) -> Vec<Device> {
         }
     }
     let mut root = PciRoot::new(Cam::for_platform(p));
+    let mut cam = Cam::for_platform(p);
+    // virtio-drivers looks at all eight functions of every slot. A
+    // device's functions 1-7 exist only when function 0's header type has
+    // the multifunction bit (PCI 3.0, 6.2.1); cloud-hypervisor's ECAM
+    // answers every function number with function 0, which made one disk
+    // eight.
+    let multifunction = |df: DeviceFunction| {
+        let f0 = DeviceFunction { function: 0, ..df };
+        cam.read_word(f0, 0x0c) >> 16 & 0x80 != 0
+    };
     let found: Vec<DeviceFunction> = root
         .enumerate_bus(0)
+        .filter(|(df, _)| df.function == 0 || multifunction(*df))
         .filter(|(_, info)| virtio_device_type(info) == Some(kind))
         .map(|(df, _)| df)
         .collect();
-    let mut cam = Cam::for_platform(p);
     for df in found {
         root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
         if let Ok(t) = PciTransport::new::<KilnHal, _>(&mut root, df) {

@@ -210,7 +210,17 @@ impl<T: Transport> Transport for Stepwise<T> {
     }
 
     fn queue_unset(&mut self, queue: u16) {
-        self.inner.queue_unset(queue)
+        // A driver unsets its queues when it is dropped, with the device
+        // still live. virtio-drivers then clears QueueReady and spins until
+        // it reads 0 back; a strict device (Firecracker's) refuses queue
+        // writes after DRIVER_OK, so that loop never ends. The
+        // specification's way to take a device's queues away is a reset,
+        // which clears every queue's ready bit (4.1.4.3.2, 4.2.2.1): reset
+        // once, and leave the queues to it.
+        if !self.inner.get_status().is_empty() {
+            self.inner.set_status(DeviceStatus::empty());
+        }
+        let _ = queue;
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {
@@ -254,6 +264,9 @@ mod tests {
         broken: bool,
         keep_features: bool,
         writes: std::vec::Vec<u32>,
+        /// A queue write after DRIVER_OK, which the device refused: the
+        /// crate would then wait for QueueReady to read 0, forever.
+        stuck: bool,
     }
 
     impl Strict {
@@ -263,6 +276,7 @@ mod tests {
                 broken: false,
                 keep_features,
                 writes: std::vec::Vec::new(),
+                stuck: false,
             }
         }
     }
@@ -305,7 +319,11 @@ mod tests {
             false
         }
         fn queue_set(&mut self, _: u16, _: u32, _: PhysAddr, _: PhysAddr, _: PhysAddr) {}
-        fn queue_unset(&mut self, _: u16) {}
+        fn queue_unset(&mut self, _: u16) {
+            if self.status & DeviceStatus::DRIVER_OK.bits() != 0 {
+                self.stuck = true;
+            }
+        }
         fn queue_used(&mut self, _: u16) -> bool {
             false
         }
@@ -373,5 +391,23 @@ mod tests {
             t.inner.status & DeviceStatus::DRIVER_OK.bits() == 0,
             "never set DRIVER_OK"
         );
+    }
+
+    #[test]
+    fn a_dropped_driver_resets_a_strict_device_instead_of_waiting_on_it() {
+        // The crate alone unsets the queue of a live device.
+        let mut t = Strict::new(true);
+        t.status = 0xf;
+        t.queue_unset(0);
+        assert!(t.stuck);
+        // Stepwise resets it first, once for all its queues.
+        let mut t = Stepwise::new(Strict::new(true));
+        t.begin_init(Features::all());
+        t.finish_init();
+        t.queue_unset(0);
+        t.queue_unset(1);
+        assert!(!t.inner.stuck);
+        assert_eq!(t.inner.status, 0);
+        assert_eq!(t.inner.writes, [0, 1, 3, 0xb, 0xf, 0]);
     }
 }
