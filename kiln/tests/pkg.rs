@@ -27,6 +27,12 @@ fn tool(prog: &str, args: &[&str]) -> (bool, String) {
 
 /// Packs apps/httpd into a fresh folder: (folder, layout, archive).
 fn package(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    package_for(tag, "qemu")
+}
+
+/// Packs apps/httpd for `vmm` into a fresh folder: (folder, layout,
+/// archive).
+fn package_for(tag: &str, vmm: &str) -> (PathBuf, PathBuf, PathBuf) {
     let out = std::env::temp_dir().join(format!("kiln-pkg-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let (code, stdout, err) = support::kiln(&[
@@ -34,6 +40,8 @@ fn package(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
         "-q",
         "--format",
         "oci",
+        "--vmm",
+        vmm,
         "-o",
         out.to_str().unwrap(),
         "apps/httpd",
@@ -180,9 +188,11 @@ struct UruncBoot {
 
 /// Boots the image in `layout` the way urunc does: unpacks it, reads the
 /// annotations, makes a tap with a static address, builds urunc's command
-/// line for a Unikraft-type guest and starts QEMU with the kernel (and the
-/// initrd, when the image names one) from the image (TCG instead of KVM;
-/// no debug-exit device); then fetches `/`.
+/// line for a Unikraft-type guest and starts the hypervisor the image
+/// names with the kernel (and the initrd, when the image names one) from
+/// the image (QEMU: TCG instead of KVM, no debug-exit device; Firecracker
+/// from a configuration file; cloud-hypervisor from its arguments); then
+/// fetches `/`.
 fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
     // One at a time: each makes a tap and a subnet named after the test
     // process.
@@ -201,7 +211,7 @@ fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
     );
     assert!(ok, "{text}");
     let a = annotations(layout);
-    assert_eq!(a["com.urunc.unikernel.hypervisor"], "qemu");
+    let hypervisor = a["com.urunc.unikernel.hypervisor"].as_str().unwrap();
     let file = |key: &str| {
         a[key]
             .as_str()
@@ -225,24 +235,72 @@ fn boot_as_urunc(out: &Path, layout: &Path) -> UruncBoot {
         "Unikraft console=ttyS0 env.vars=[ PATH=/bin GREETING=hi ] netdev.ip={guest}/24:{host}:8.8.8.8 vfs.fstab=[ \"initrd0:/:extract:::\" ] -- {}",
         a["com.urunc.unikernel.cmdline"].as_str().unwrap()
     );
-    let mut q = Command::new("qemu-system-x86_64");
-    q.args([
-        "-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none",
-        "-monitor", "null", "-serial", "stdio",
-    ])
-    .arg("-kernel")
-    .arg(&kernel);
-    if let Some(initrd) = file("com.urunc.unikernel.initrd") {
-        q.arg("-initrd").arg(initrd);
-    }
+    let initrd = file("com.urunc.unikernel.initrd");
+    const MAC: &str = "52:54:00:12:34:56";
+    let mut q = match hypervisor {
+        "qemu" => {
+            let mut q = Command::new("qemu-system-x86_64");
+            q.args([
+                "-m", "256M", "-cpu", "max", "-accel", "tcg", "-display", "none", "-vga", "none",
+                "-monitor", "null", "-serial", "stdio",
+            ])
+            .arg("-kernel")
+            .arg(&kernel);
+            if let Some(initrd) = &initrd {
+                q.arg("-initrd").arg(initrd);
+            }
+            q.args([
+                "-netdev",
+                &format!("tap,id=net0,script=no,downscript=no,ifname={name}"),
+                "-device",
+                &format!("virtio-net-pci,netdev=net0,host_mtu=1500,mac={MAC}"),
+            ])
+            .args(["-append", &cmdline]);
+            q
+        }
+        "firecracker" => {
+            let mut boot = serde_json::json!({
+                "kernel_image_path": kernel,
+                "boot_args": cmdline,
+            });
+            if let Some(initrd) = &initrd {
+                boot["initrd_path"] = serde_json::json!(initrd);
+            }
+            let config = out.join("firecracker.json");
+            let c = serde_json::json!({
+                "boot-source": boot,
+                "drives": [],
+                "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+                "network-interfaces": [
+                    { "iface_id": "eth0", "host_dev_name": name, "guest_mac": MAC }
+                ],
+            });
+            std::fs::write(&config, c.to_string()).unwrap();
+            let mut q = Command::new("firecracker");
+            q.arg("--no-api").arg("--config-file").arg(&config);
+            q
+        }
+        "cloud-hypervisor" => {
+            let mut q = Command::new("cloud-hypervisor");
+            q.arg("--kernel").arg(&kernel);
+            q.args([
+                "--cmdline",
+                &cmdline,
+                "--cpus",
+                "boot=1",
+                "--memory",
+                "size=256M",
+            ]);
+            q.args(["--serial", "tty", "--console", "off"]);
+            q.args(["--net", &format!("tap={name},mac={MAC}")]);
+            if let Some(initrd) = &initrd {
+                q.arg("--initramfs").arg(initrd);
+            }
+            q
+        }
+        other => panic!("the image names hypervisor {other:?}"),
+    };
     let mut q = q
-        .args([
-            "-netdev",
-            &format!("tap,id=net0,script=no,downscript=no,ifname={name}"),
-            "-device",
-            "virtio-net-pci,netdev=net0,host_mtu=1500,mac=52:54:00:12:34:56",
-        ])
-        .args(["-append", &cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -298,6 +356,10 @@ fn the_image_boots_as_urunc_boots_it() {
         .get("com.urunc.unikernel.initrd")
         .is_none());
     let b = boot_as_urunc(&out, &layout);
+    assert_eq!(
+        annotations(&layout)["com.urunc.unikernel.hypervisor"],
+        "qemu"
+    );
     assert_eq!(b.status, "HTTP/1.1 200 OK", "{}", b.log);
     assert!(
         b.log.contains(&format!(
@@ -551,4 +613,29 @@ fn the_libvirt_domain_boots_under_debians_libvirtd() {
     assert!(ok, "{text}");
     drop(lv);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `kiln pkg --vmm firecracker|cloud-hypervisor`: the image names that
+/// hypervisor, and booted with it as urunc boots it, the guest serves.
+#[test]
+fn an_image_for_every_other_vmm_boots_as_urunc_boots_it() {
+    if !is_root() {
+        eprintln!("SKIPPED an_image_for_every_other_vmm_boots_as_urunc_boots_it: making a tap device needs root");
+        return;
+    }
+    for vmm in support::other_vmms("urunc boot") {
+        let (out, layout, _) = package_for(&format!("urunc-{vmm}"), vmm);
+        assert_eq!(annotations(&layout)["com.urunc.unikernel.hypervisor"], vmm);
+        let b = boot_as_urunc(&out, &layout);
+        assert_eq!(b.status, "HTTP/1.1 200 OK", "{vmm}: {}", b.log);
+        assert!(
+            b.log.contains(&format!(
+                "net: 52:54:00:12:34:56 {}/24 via {}",
+                b.guest, b.host
+            )),
+            "{vmm}: {}",
+            b.log
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
