@@ -372,7 +372,7 @@ pub trait Vmm: Sync {
 fn check_pvh_vmm(spec: &RunSpec, name: &str) -> Result<()> {
     if spec.arch != "x86_64" {
         bail!(
-            "{name} runs Kiln's x86_64 image only: Kiln's arm64 kernel is an ELF for QEMU's virt board, not the Linux arm64 Image {name} loads on arm64 hosts; run it on QEMU (leave out --vmm)"
+            "{name} runs Kiln's x86_64 image only: Kiln's arm64 Image is linked for QEMU virt's memory map (RAM at 1 GiB, a PL011), and {name} puts RAM at 2 GiB with its own UART; run it on QEMU (leave out --vmm)"
         );
     }
     if spec.plat != "qemu" {
