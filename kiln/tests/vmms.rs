@@ -249,6 +249,51 @@ fn a_volume_keeps_the_brokers_retained_messages_on_every_other_vmm() {
     }
 }
 
+/// A Kraftfile whose only target is `fc/x86_64` (as some of Unikraft's
+/// catalog) runs on Firecracker with no `--vmm`; without Firecracker, the
+/// run says how to get it.
+#[test]
+fn a_kraftfile_that_lists_only_firecracker_runs_there() {
+    let dir = std::env::temp_dir().join(format!("kiln-fconly-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kf = dir.join("Kraftfile");
+    std::fs::write(
+        &kf,
+        "spec: v0.6\nname: helloworld\ntargets:\n  - fc/x86_64\n",
+    )
+    .unwrap();
+    let kf = kf.to_str().unwrap();
+    match support::other_vmms("fc/x86_64 only").contains(&"firecracker") {
+        true => {
+            let (code, out, err) = support::kiln(&[
+                "run",
+                "--timeout",
+                "120",
+                "-K",
+                kf,
+                "apps/helloworld",
+                "--",
+                "fc",
+            ]);
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(err.contains("(firecracker, KVM"), "{err}");
+            assert!(out.contains("arg 1: fc"), "{out}");
+        }
+        false => {
+            let empty = dir.join("bin");
+            std::fs::create_dir_all(&empty).unwrap();
+            let (code, err) = kiln_with_path(&empty, &["run", "-K", kf, "apps/helloworld"]);
+            assert_eq!(code, 1, "{err}");
+            assert!(
+                err.contains("firecracker not found in PATH")
+                    && err.contains("build it from its source"),
+                "{err}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `kiln ARGS` with PATH = `first` then the usual one.
 fn kiln_with_path(first: &Path, args: &[&str]) -> (i32, String) {
     let path = std::env::join_paths(
