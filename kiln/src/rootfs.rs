@@ -2,8 +2,11 @@
 //! folder with everything they need to run under Kiln's ELF loader: the
 //! shared libraries they name (DT_NEEDED, recursively, found through their
 //! RUNPATH/RPATH and the host's library folders, as the dynamic loader
-//! would) and the dynamic loader itself (PT_INTERP). No Docker, no
-//! container image: the files come from this machine.
+//! would) and the dynamic loader itself (PT_INTERP); and, when the folder
+//! has none, a user database (`/etc/passwd`, `/etc/group`: root, nobody),
+//! as programs that look a user up (`memcached -u root`, nginx's workers)
+//! find one on any Linux system. No Docker, no container image: the files
+//! come from this machine.
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -128,6 +131,15 @@ fn copy_in(root: &Path, src: &Path) -> Result<PathBuf> {
     Ok(dst)
 }
 
+/// The user database a rootfs without one gets (the guest runs as root).
+const USERS: [(&str, &str); 2] = [
+    (
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    ),
+    ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+];
+
 /// `kiln rootfs add`: copies each program and its closure into `root`.
 /// Returns the rootfs paths written.
 pub fn add(root: &Path, programs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -155,6 +167,14 @@ pub fn add(root: &Path, programs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         for l in &c.libraries {
             written.push(copy_in(root, l)?);
+        }
+    }
+    for (file, text) in USERS {
+        let path = root.join(file);
+        if !path.exists() {
+            std::fs::create_dir_all(root.join("etc"))?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            written.push(Path::new("/").join(file));
         }
     }
     written.sort();

@@ -25,6 +25,7 @@ fn programs_run_in_a_chroot_of_the_folder() {
         d.to_str().unwrap(),
         "/usr/bin/qemu-img",
         "/usr/bin/curl",
+        "/usr/bin/id",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -67,6 +68,22 @@ fn programs_run_in_a_chroot_of_the_folder() {
         "{}",
         String::from_utf8_lossy(&curl.stderr)
     );
+    // A folder without a user database gets one: users are looked up.
+    let id = Command::new("chroot")
+        .arg(&d)
+        .args(["/usr/bin/id", "-un", "65534"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&id.stdout), "nobody\n", "{id:?}");
+    assert!(out.contains("/etc/passwd"), "{out}");
+    // One the folder has is kept.
+    std::fs::write(d.join("etc/passwd"), "root:x:0:0::/:/bin/false\n").unwrap();
+    let (code, _, err) = kiln(&["rootfs", "add", "--to", d.to_str().unwrap(), "/usr/bin/id"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("etc/passwd")).unwrap(),
+        "root:x:0:0::/:/bin/false\n"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -91,11 +108,12 @@ fn the_app_rootfs_folder_is_the_default_and_bad_input_is_named() {
         app.join("rootfs/bin/busybox").is_file(),
         "static programs need nothing else"
     );
-    assert_eq!(
-        std::fs::read_dir(app.join("rootfs")).unwrap().count(),
-        1,
-        "only bin/"
-    );
+    let mut top: Vec<String> = std::fs::read_dir(app.join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["bin", "etc"], "bin/ and the user database only");
 
     let text = app.join("notes.txt");
     std::fs::write(&text, "just text").unwrap();
