@@ -718,8 +718,126 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
         }
         None => None,
     };
-    let crate_name = generate(kf, target, &paths, &cfg, initrd)?;
+    // The rootfs lies in the image, after the kernel, unless the program
+    // the app runs is linked at fixed addresses that the image would then
+    // cover (a large rootfs and a non-PIE program, as the official Node.js
+    // builds): then the kernel is built without it and the boot loader
+    // loads it at the top of RAM (`kiln run`, `kiln pkg --format oci`).
+    let fixed = match (initrd, staged.as_ref().or(kf.rootfs.as_ref())) {
+        (Some(_), Some(root)) if target.arch == "x86_64" && root.is_dir() => {
+            fixed_program(root, &kf.cmd)
+        }
+        _ => None,
+    };
+    let marker = apart_marker(&paths.kernel);
+    let initrd_len = initrd.map_or(0, |(p, _)| std::fs::metadata(p).map_or(0, |m| m.len()));
+    // Still apart when the last embedded image, with this initrd's length,
+    // would still reach the program.
+    let mut apart = match (&fixed, read_marker(&marker)) {
+        (Some((_, lo)), Some((end, len))) => end - len.min(end) + initrd_len > *lo,
+        _ => false,
+    };
+    if fixed.is_none() {
+        let _ = std::fs::remove_file(&marker);
+    }
+    loop {
+        let crate_name = generate(kf, target, &paths, &cfg, if apart { None } else { initrd })?;
+        let kernel = compile(kf, target, &paths, &cfg, &crate_name, ui)?;
+        if let (false, Some((prog, lo))) = (apart, &fixed) {
+            let elf = std::fs::read(paths.kernel.with_extension("elf")).unwrap_or_default();
+            match image_end(&elf) {
+                Some(end) if end > *lo => {
+                    ui.note(&format!(
+                        "{prog} is linked at {lo:#x}, below where the image with the rootfs ends ({end:#x}): the rootfs goes beside the kernel instead ({}), loaded by the boot loader",
+                        rel(&paths.initrd)
+                    ));
+                    std::fs::write(&marker, format!("{end} {initrd_len}\n"))
+                        .with_context(|| format!("writing {}", marker.display()))?;
+                    apart = true;
+                    continue;
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&marker);
+                }
+            }
+        }
+        return Ok(kernel);
+    }
+}
 
+/// The marker beside a kernel built without its rootfs: "END LEN", where
+/// the image with the rootfs ended and the rootfs's packed length then.
+fn apart_marker(kernel: &Path) -> PathBuf {
+    let mut m = kernel.as_os_str().to_owned();
+    m.push(".initrd-apart");
+    PathBuf::from(m)
+}
+
+fn read_marker(marker: &Path) -> Option<(u64, u64)> {
+    let t = std::fs::read_to_string(marker).ok()?;
+    let mut w = t.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some((w.next()??, w.next()??))
+}
+
+/// The packed rootfs a kernel was built without (see [`build`]), which the
+/// boot loader must load beside it.
+pub fn apart_initrd(kernel: &Path) -> Option<PathBuf> {
+    let mut c = kernel.as_os_str().to_owned();
+    c.push(".cpio");
+    let c = PathBuf::from(c);
+    (apart_marker(kernel).is_file() && c.is_file()).then_some(c)
+}
+
+/// The program `cmd` runs, when it is an x86_64 executable linked at fixed
+/// addresses (ET_EXEC): its path and its lowest segment address.
+fn fixed_program(root: &Path, cmd: &[String]) -> Option<(String, u64)> {
+    use goblin::elf::{header, program_header::PT_LOAD};
+    let prog = cmd.first().filter(|p| p.starts_with('/'))?;
+    let mut path = root.join(prog.trim_start_matches('/'));
+    // Symlinks resolve inside the rootfs, as the guest sees them.
+    for _ in 0..8 {
+        let Ok(t) = std::fs::read_link(&path) else {
+            break;
+        };
+        path = match t.strip_prefix("/") {
+            Ok(abs) => root.join(abs),
+            Err(_) => path.parent()?.join(t),
+        };
+    }
+    let bytes = std::fs::read(&path).ok()?;
+    let e = goblin::elf::Elf::parse(&bytes).ok()?;
+    if e.header.e_type != header::ET_EXEC || e.header.e_machine != header::EM_X86_64 {
+        return None;
+    }
+    let lo = e
+        .program_headers
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD)
+        .map(|p| p.p_vaddr)
+        .min()?;
+    Some((prog.clone(), lo))
+}
+
+/// Where a kernel ELF's loaded segments end (physical addresses).
+fn image_end(elf: &[u8]) -> Option<u64> {
+    let e = goblin::elf::Elf::parse(elf).ok()?;
+    e.program_headers
+        .iter()
+        .filter(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
+        .map(|p| p.p_paddr + p.p_memsz)
+        .max()
+}
+
+/// Compiles the generated link crate into the kernel image, unless the
+/// image is current; returns its path.
+fn compile(
+    kf: &Kraftfile,
+    target: &Target,
+    paths: &BuildPaths,
+    cfg: &Config,
+    crate_name: &str,
+    ui: &Ui,
+) -> Result<PathBuf> {
     // Kiln's own record of the inputs: when none changed since the last
     // build, the kernel is current without asking cargo.
     let stamp_path = paths.kernel.with_extension("stamp");
@@ -738,7 +856,7 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
                 size as f64 / 1024.0
             ),
         );
-        return Ok(paths.kernel);
+        return Ok(paths.kernel.clone());
     }
     let _ = std::fs::remove_file(&stamp_path);
 
@@ -887,7 +1005,7 @@ pub fn build(kf: &Kraftfile, target: &Target, ui: &Ui) -> Result<PathBuf> {
             size as f64 / 1024.0
         ),
     );
-    Ok(paths.kernel)
+    Ok(paths.kernel.clone())
 }
 
 /// What a kernel build reads, as text to compare with the last build's:

@@ -627,9 +627,25 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     {
         anyhow::bail!("--name {name}: use lowercase letters, digits, '.', '_' and '-' (at most 64), as image names allow");
     }
-    // The separate initrd, packed next to the output like kiln run's.
+    // The separate initrd, packed next to the output like kiln run's; or
+    // the rootfs the build kept out of the image.
+    let apart = builder::apart_initrd(&kernel);
+    if apart.is_some() && a.format != PkgFormat::Oci {
+        anyhow::bail!(
+            "--format {}: {} was built with its rootfs beside it (the program is linked where the image would lie), and only an OCI image carries a separate initrd; use --format oci, or build the program position-independent",
+            clap::ValueEnum::to_possible_value(&a.format).map_or(String::new(), |v| v.get_name().to_string()),
+            kernel.display()
+        );
+    }
     let initrd = match &a.initrd {
-        None => None,
+        None => match apart {
+            Some(c) => {
+                let packed = out.join(format!("{name}.initrd.cpio"));
+                std::fs::copy(&c, &packed).with_context(|| format!("copying {}", c.display()))?;
+                Some(packed)
+            }
+            None => None,
+        },
         Some(i) => {
             needs_initrd_support(&kernel, i)?;
             let packed = out.join(format!("{name}.initrd.cpio"));
@@ -903,7 +919,8 @@ fn run(a: &RunArgs) -> Result<i32> {
     };
 
     let initrd = match &a.initrd {
-        None => None,
+        // A rootfs the build kept out of the image (see builder::build).
+        None => builder::apart_initrd(&kernel),
         Some(p) if !p.exists() => anyhow::bail!("--initrd {}: no such file or folder", p.display()),
         Some(p) => {
             needs_initrd_support(&kernel, p)?;

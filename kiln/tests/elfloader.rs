@@ -1323,20 +1323,39 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
         );
     }
     // Built into an image whose embedded rootfs (5 MiB of it) reaches past
-    // 4 MiB, where the program must go: more -M would not help, and the
-    // message says what does.
+    // 4 MiB, where the program must go: named only at run time, more -M
+    // would not help, and the message says what does.
     let app = d.join("app");
     std::fs::create_dir_all(app.join("rootfs/bin")).unwrap();
     std::fs::copy(d.join("bin/big"), app.join("rootfs/bin/big")).unwrap();
     std::fs::write(app.join("rootfs/filler"), vec![7u8; 5 << 20]).unwrap();
-    std::fs::write(
-        app.join("Kraftfile"),
+    let kraftfile = |cmd: &str| {
         format!(
-            "spec: v0.6\nname: bigembedded\napp: {}\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\ncmd: [\"/bin/big\"]\n",
+            "spec: v0.6\nname: bigembedded\napp: {}\ntargets:\n  - qemu/x86_64\nrootfs: ./rootfs\n{cmd}",
             root().join("apps/elfloader").display()
-        ),
-    )
-    .unwrap();
+        )
+    };
+    std::fs::write(app.join("Kraftfile"), kraftfile("")).unwrap();
+    let (code, out, err) = support::kiln(&[
+        "run",
+        "-W",
+        "-M",
+        "256M",
+        "--timeout",
+        "120",
+        app.to_str().unwrap(),
+        "--",
+        "/bin/big",
+    ]);
+    assert_eq!(code, 126, "{out}{err}");
+    assert!(
+        out.contains("but the kernel image (with the initrd built into it) reaches 0x")
+            && out.contains("kiln run --initrd DIR apps/elfloader"),
+        "{out}{err}"
+    );
+    // Named by the Kraftfile's cmd, the build sees it and keeps the rootfs
+    // beside the kernel: it runs.
+    std::fs::write(app.join("Kraftfile"), kraftfile("cmd: [\"/bin/big\"]\n")).unwrap();
     let (code, out, err) = support::kiln(&[
         "run",
         "-W",
@@ -1346,11 +1365,11 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
         "120",
         app.to_str().unwrap(),
     ]);
-    assert_eq!(code, 126, "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(", 64 MiB, checksum 2088960\n"), "{out}");
     assert!(
-        out.contains("but the kernel image (with the initrd built into it) reaches 0x")
-            && out.contains("kiln run --initrd DIR apps/elfloader"),
-        "{out}{err}"
+        err.contains("the rootfs goes beside the kernel instead"),
+        "{err}"
     );
     let (code, out) = run(&d, &["-M", "64M"], &["/bin/big"]);
     assert_eq!(code, 126, "{out}");
@@ -1392,6 +1411,74 @@ fn a_unikraft_kraftfile_with_a_runtime_runs_on_the_elf_loader() {
         err.contains("no Kiln meaning, left out: library wamr, CONFIG_LIBUKDEBUG_PRINTK_ERR"),
         "{err}"
     );
+}
+
+/// A program linked at fixed addresses (Debian's static busybox, at
+/// 0x400000) with a rootfs large enough that the image holding it would
+/// cover those addresses: the build keeps the rootfs beside the kernel,
+/// `kiln run` hands it to the boot loader and the program runs; `kiln pkg`
+/// carries it in an OCI image and says why another format cannot.
+#[test]
+fn a_fixed_address_program_with_a_large_rootfs_gets_it_beside_the_kernel() {
+    let d = std::env::temp_dir().join(format!("kiln-apart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("rootfs/bin")).unwrap();
+    std::fs::copy("/bin/busybox", d.join("rootfs/bin/busybox"))
+        .expect("busybox-static is installed by scripts/test");
+    // 6 MiB that do not compress away: the image would reach past 4 MiB.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(d.join("rootfs/big.bin"), &big).unwrap();
+    std::fs::write(
+        d.join("Kraftfile"),
+        "spec: v0.6\nname: apart\nruntime: base:latest\nrootfs: ./rootfs\n\
+         cmd: [\"/bin/busybox\", \"wc\", \"-c\", \"/big.bin\"]\ntargets:\n  - qemu/x86_64\n",
+    )
+    .unwrap();
+    let dir = d.to_str().unwrap();
+    let (code, out, err) = support::kiln(&["run", "-W", "--timeout", "120", "-M", "64M", dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{} /big.bin", 6 << 20)), "{out}");
+    assert!(
+        err.contains(
+            "/bin/busybox is linked at 0x400000, below where the image with the rootfs ends"
+        ) && err.contains("the rootfs goes beside the kernel instead"),
+        "{err}"
+    );
+    // Built again: current, and still apart (no second compile).
+    let (code, _, err) = support::kiln(&["build", dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("up to date"), "{err}");
+    let (code, out, err) = support::kiln(&["run", "-W", "-q", "--timeout", "120", dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{} /big.bin", 6 << 20)), "{out}");
+    let o = d.join("pkg");
+    let (code, _, err) = support::kiln(&[
+        "pkg",
+        "-q",
+        "--format",
+        "libvirt",
+        "-o",
+        o.to_str().unwrap(),
+        dir,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("only an OCI image carries a separate initrd"),
+        "{err}"
+    );
+    let (code, _, err) = support::kiln(&["pkg", "-q", "-o", o.to_str().unwrap(), dir]);
+    assert_eq!(code, 0, "{err}");
+    let cpio = std::fs::read(o.join("apart.initrd.cpio")).unwrap();
+    assert!(cpio.len() > 6 << 20, "{}", cpio.len());
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// A C app for Unikraft's own build system (a Makefile.uk beside its C
