@@ -266,6 +266,32 @@ fn dockerfile_rootfs_builds_and_serves() {
     );
 }
 
+/// `COPY .` of a folder Kiln builds in: its build outputs (`.kiln/`) are
+/// not part of the context, so the second build is cached and the rootfs
+/// holds only the user's files.
+#[test]
+fn kilns_own_outputs_are_not_part_of_the_build_context() {
+    state();
+    let dir = TempDir::new("ctx");
+    std::fs::write(dir.0.join("page.txt"), "mine\n").unwrap();
+    app(&dir.0, "FROM scratch\nCOPY . /www/\n");
+    let d = dir.0.to_str().unwrap();
+    let (code, _, err) = support::kiln(&["build", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.0.join(".kiln/build").is_dir());
+    let (code, _, err) = support::kiln(&["build", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stage 0 (2 instructions): cached"), "{err}");
+    let built: Vec<PathBuf> = std::fs::read_dir(state().join(".dockerfile/stages"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("rootfs/www"))
+        .filter(|p| p.join("page.txt").is_file() && p.join("Dockerfile").is_file())
+        .collect();
+    assert!(!built.is_empty());
+    assert!(built.iter().all(|p| !p.join(".kiln").exists()), "{built:?}");
+}
+
 /// Bad input: a syntax error (every one, with file:line), a base image the
 /// registry does not have (its answer quoted), a RUN that fails (its
 /// output and exit code), a registry nobody listens on (said at once).

@@ -354,7 +354,14 @@ fn shorten(s: &str) -> String {
     }
 }
 
-/// Hashes a file or folder of the build context (paths, modes, contents).
+/// Kiln's own build outputs (`.kiln/` beside a Kraftfile), which are never
+/// part of a build context: an app whose folder a COPY reads (the catalog's
+/// `kraft run -K app/Kraftfile` layout) would otherwise change its own
+/// context with every build and never hit the cache.
+const OUTPUTS: &str = ".kiln";
+
+/// Hashes a file or folder of the build context (paths, modes, contents),
+/// leaving out Kiln's build outputs.
 fn hash_tree(h: &mut Sha256, p: &Path) {
     use std::os::unix::fs::MetadataExt;
     h.update(p.to_string_lossy().as_bytes());
@@ -374,7 +381,7 @@ fn hash_tree(h: &mut Sha256, p: &Path) {
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         names.sort();
-        for n in names {
+        for n in names.into_iter().filter(|n| !n.ends_with(OUTPUTS)) {
             hash_tree(h, &n);
         }
     } else if m.file_type().is_symlink() {
@@ -398,6 +405,30 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .arg(to)
         .output()
         .context("running cp")?;
+    if !o.status.success() {
+        bail!(
+            "copying {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Copies a folder of the build context into `to` as [`copy_tree`] does,
+/// without Kiln's build outputs.
+fn copy_context_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C \"$0\" --exclude={OUTPUTS} -cf - . | tar -C \"$1\" -xpf -"
+        ))
+        .arg(from)
+        .arg(to)
+        .output()
+        .context("running tar")?;
     if !o.status.success() {
         bail!(
             "copying {} to {}: {}",
@@ -621,6 +652,8 @@ fn step(
                     let data = std::fs::read(f)?;
                     registry::unpack_layer(&data, &target)
                         .with_context(|| format!("ADD {}", f.display()))?;
+                } else if f.is_dir() && src_root.is_none() {
+                    copy_context_tree(f, &target)?;
                 } else if f.is_dir() {
                     copy_tree(f, &target)?;
                 } else {
