@@ -1055,6 +1055,24 @@ fn program_memory_is_demand_paged_randomised_and_write_xor_execute() {
         );
         assert_eq!(code, 126, "{mode}: 128 + SIGSEGV, reported as 126: {out}");
     }
+    // Pointers no memory is at: system calls answer EFAULT (the kernel
+    // never touches them), and the program's own touch of a
+    // non-canonical address (a general-protection fault) is its SIGSEGV.
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "efault"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("efault: write true, read true, open true"),
+        "{out}"
+    );
+    let (code, out) = run(&d, &["-M", "48M"], &["/bin/memory", "noncanonical"]);
+    assert_eq!(code, 126, "{out}");
+    assert!(
+        out.contains(
+            "elf: segmentation fault (SIGSEGV): the program made a general-protection fault"
+        ) && !out.contains("CPU exception")
+            && !out.contains("noncanonical: read "),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 

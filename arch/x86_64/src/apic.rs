@@ -97,7 +97,10 @@ pub(crate) fn start_timer(us: u64) {
     // SAFETY: read-only after init.
     let hz = unsafe { HZ };
     if hz != 0 {
-        write(INITIAL_COUNT, (us as u128 * hz as u128 / 1_000_000).clamp(1, u32::MAX as u128) as u32);
+        write(
+            INITIAL_COUNT,
+            (us as u128 * hz as u128 / 1_000_000).clamp(1, u32::MAX as u128) as u32,
+        );
     }
 }
 

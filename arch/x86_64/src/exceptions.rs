@@ -4,7 +4,9 @@
 //! uniform [`Frame`] and calls [`kiln_arch_exception`]. A page fault goes
 //! first to the hook a library installed ([`set_page_fault_hook`]: a Linux
 //! program's demand-paged memory), and the instruction is retried when the
-//! hook resolved it. Everything else is fatal: the report (vector, name, error code, faulting address,
+//! hook resolved it; so does a general-protection fault (vector 13, e.g. a
+//! program touching a non-canonical address), which the hook may end as
+//! the program's. Everything else is fatal: the report (vector, name, error code, faulting address,
 //! instruction pointer, registers) goes to the platform's fault handler, which
 //! prints it and powers off with a non-zero code.
 
@@ -207,8 +209,8 @@ fn no_hook(_: &Frame, _: u64) -> bool {
 static PF_HOOK: AtomicPtr<()> = AtomicPtr::new(no_hook as *mut ());
 
 /// Installs the function that may resolve a page fault (frame, faulting
-/// address): true when the page is now mapped and the instruction can be
-/// retried. It runs on the page-fault stack with interrupts masked.
+/// address; general-protection faults come with address 0): true when the
+/// page is now mapped and the instruction can be retried. It runs on the page-fault stack with interrupts masked.
 pub fn set_page_fault_hook(f: fn(&Frame, u64) -> bool) {
     PF_HOOK.store(f as *mut (), Ordering::Release);
 }
@@ -218,12 +220,17 @@ pub fn set_page_fault_hook(f: fn(&Frame, u64) -> bool) {
 #[cfg(target_os = "none")]
 #[no_mangle]
 extern "C" fn kiln_arch_exception(frame: &Frame) {
-    if frame.vector == 14 {
+    if frame.vector == 14 || frame.vector == 13 {
         let p = PF_HOOK.load(Ordering::Acquire);
         // SAFETY: PF_HOOK only holds `no_hook` or a value stored by
         // `set_page_fault_hook`, both `fn(&Frame, u64) -> bool`.
         let hook: fn(&Frame, u64) -> bool = unsafe { core::mem::transmute(p) };
-        if hook(frame, x86_64::registers::control::Cr2::read_raw()) {
+        let addr = if frame.vector == 14 {
+            x86_64::registers::control::Cr2::read_raw()
+        } else {
+            0
+        };
+        if hook(frame, addr) {
             return;
         }
     }

@@ -215,8 +215,26 @@ pub unsafe fn resume(f: &Irq, kstack: u64) -> ! {
     /// Where the frame waits while the stack it may lie on is reused
     /// (one CPU, interrupts masked).
     static mut SCRATCH: Irq = Irq {
-        r15: 0, r14: 0, r13: 0, r12: 0, r11: 0, r10: 0, r9: 0, r8: 0, rbp: 0, rdi: 0,
-        rsi: 0, rdx: 0, rcx: 0, rbx: 0, rax: 0, rip: 0, cs: 0, rflags: 0, rsp: 0, ss: 0,
+        r15: 0,
+        r14: 0,
+        r13: 0,
+        r12: 0,
+        r11: 0,
+        r10: 0,
+        r9: 0,
+        r8: 0,
+        rbp: 0,
+        rdi: 0,
+        rsi: 0,
+        rdx: 0,
+        rcx: 0,
+        rbx: 0,
+        rax: 0,
+        rip: 0,
+        cs: 0,
+        rflags: 0,
+        rsp: 0,
+        ss: 0,
     };
     arm_slice();
     // SAFETY: per the contract; interrupts are masked in the kernel and

@@ -14,9 +14,9 @@
 pub mod apic;
 pub mod context;
 pub mod cpu;
-pub mod irq;
 mod exceptions;
 mod gdt;
+pub mod irq;
 pub mod mmu;
 pub mod paging;
 pub mod syscall;

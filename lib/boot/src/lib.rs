@@ -442,6 +442,15 @@ pub fn heap_stats() -> Option<kiln_alloc::Stats> {
     HEAP.get().map(|h| h.stats())
 }
 
+static RAM_TOP: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The end of the highest RAM the platform gave the kernel (free memory or
+/// the boot loader's initrd): memory below it is the kernel's one-to-one
+/// map. 0 before boot (and on hosts).
+pub fn ram_top() -> usize {
+    RAM_TOP.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs the boot sequence and the app; never returns.
 pub fn start(
     info: &BootInfo,
@@ -453,6 +462,14 @@ pub fn start(
 ) -> ! {
     set_platform(info.platform);
     HEAP.call_once(|| heap);
+    let top = info
+        .memory
+        .iter()
+        .map(|r| r.start + r.size)
+        .chain(info.initrd.map(|i| i.as_ptr() as usize + i.len()))
+        .max()
+        .unwrap_or(0);
+    RAM_TOP.store(top, core::sync::atomic::Ordering::Relaxed);
     for r in info.memory {
         // SAFETY: the platform lists only free RAM outside the image and boot
         // structures, never handed to anyone else.

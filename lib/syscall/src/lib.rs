@@ -83,16 +83,31 @@ pub(crate) fn vfs_err(e: kiln_vfs::Error) -> i64 {
     e.errno() as i64
 }
 
+/// Whether `[ptr, ptr + len)` lies where program memory can be: in the
+/// program window (where the page-fault hook serves each touch or ends the
+/// program) or in the RAM the kernel maps one to one (fixed-address
+/// programs, the initrd). Anything else, a non-canonical address above
+/// all (which faults as #GP, not as a page fault) or memory beyond RAM, is
+/// refused with EFAULT before the kernel touches it.
+pub(crate) fn user_range(ptr: u64, len: u64) -> bool {
+    let Some(end) = ptr.checked_add(len) else {
+        return false;
+    };
+    let top = kiln_boot::ram_top() as u64;
+    top == 0 || end <= top || (vm::WINDOW.contains(&ptr) && end <= vm::WINDOW.end)
+}
+
 /// Guest memory a pointer argument names.
 ///
 /// # Safety
 /// The program runs in the kernel's address space; a pointer it passes is
 /// trusted as it would be by the program itself (a bad one faults, and the
-/// fault report ends the program). Null is refused. Threads are scheduled
+/// fault report ends the program). Null, and a range outside program
+/// memory ([`user_range`]), are refused. Threads are scheduled
 /// cooperatively, so no other program thread runs while a call uses the
 /// bytes.
 pub(crate) unsafe fn bytes<'a>(ptr: u64, len: u64) -> Result<&'a [u8], i64> {
-    if ptr == 0 && len != 0 {
+    if (ptr == 0 && len != 0) || !user_range(ptr, len) {
         return Err(errno::EFAULT);
     }
     if len == 0 {
@@ -107,7 +122,7 @@ pub(crate) unsafe fn bytes<'a>(ptr: u64, len: u64) -> Result<&'a [u8], i64> {
 /// # Safety
 /// As for [`bytes`].
 pub(crate) unsafe fn bytes_mut<'a>(ptr: u64, len: u64) -> Result<&'a mut [u8], i64> {
-    if ptr == 0 && len != 0 {
+    if (ptr == 0 && len != 0) || !user_range(ptr, len) {
         return Err(errno::EFAULT);
     }
     if len == 0 {
@@ -154,13 +169,21 @@ pub(crate) unsafe fn get_u32(ptr: u64) -> Result<u32, i64> {
 /// # Safety
 /// As for [`bytes`].
 pub(crate) unsafe fn cstr<'a>(ptr: u64) -> Result<&'a str, i64> {
-    if ptr == 0 {
+    if ptr == 0 || !user_range(ptr, 1) {
         return Err(errno::EFAULT);
     }
+    // Not past the end of program memory.
+    let most = if user_range(ptr, 4096) {
+        4096
+    } else if vm::WINDOW.contains(&ptr) {
+        (vm::WINDOW.end - ptr) as usize
+    } else {
+        (kiln_boot::ram_top() as u64).saturating_sub(ptr).min(4096) as usize
+    };
     let mut n = 0;
     // SAFETY: as for `bytes`; the string ends at its NUL byte.
     unsafe {
-        while n < 4096 && *(ptr as *const u8).add(n) != 0 {
+        while n < most && *(ptr as *const u8).add(n) != 0 {
             n += 1;
         }
         core::str::from_utf8(core::slice::from_raw_parts(ptr as *const u8, n))

@@ -220,10 +220,6 @@ pub(crate) fn call(nr: u64, a: [u64; 6]) -> Option<Sys> {
 /// Demand-paged memory: the system calls over [`crate::vm::Space`] and
 /// the page-fault hook.
 pub mod paged {
-    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-    use kiln_arch_arm64::paging as pt;
-    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-    use kiln_arch_x86_64::paging as pt;
     use super::{fill_from, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN};
     #[cfg_attr(not(target_os = "none"), allow(unused_imports))]
     use crate::vm::{Pager, Space, Touch, PAGE, PROT_EXEC, PROT_READ, PROT_WRITE, WINDOW};
@@ -231,6 +227,10 @@ pub mod paged {
     use alloc::alloc::{alloc, dealloc, Layout};
     use alloc::collections::{BTreeMap, BTreeSet};
     use core::sync::atomic::{AtomicU64, Ordering};
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    use kiln_arch_arm64::paging as pt;
+    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+    use kiln_arch_x86_64::paging as pt;
 
     static SPACE: spin::Mutex<Option<Space>> = spin::Mutex::new(None);
 
@@ -334,12 +334,10 @@ pub mod paged {
 
     #[cfg(target_os = "none")]
     fn access(prot: u8) -> Option<pt::Access> {
-        (prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0).then_some(
-            pt::Access {
-                write: prot & PROT_WRITE != 0,
-                exec: prot & PROT_EXEC != 0,
-            },
-        )
+        (prot & (PROT_READ | PROT_WRITE | PROT_EXEC) != 0).then_some(pt::Access {
+            write: prot & PROT_WRITE != 0,
+            exec: prot & PROT_EXEC != 0,
+        })
     }
 
     impl Pager for Kernel {
@@ -493,7 +491,8 @@ pub mod paged {
                 if base % PAGE == 0 {
                     lent = file_len & !(PAGE - 1);
                     let ok = with(|s| {
-                        (0..lent / PAGE).all(|i| s.lend(&mut Kernel, at + i * PAGE, base + i * PAGE))
+                        (0..lent / PAGE)
+                            .all(|i| s.lend(&mut Kernel, at + i * PAGE, base + i * PAGE))
                     });
                     if !ok {
                         let _ = munmap(at, size);
@@ -634,6 +633,21 @@ pub mod paged {
     /// program's memory stay the kernel's (a fatal report).
     #[cfg(all(target_arch = "x86_64", target_os = "none"))]
     pub(crate) fn page_fault(f: &kiln_arch_x86_64::ExceptionFrame, addr: u64) -> bool {
+        let text = kiln_arch_x86_64::layout::sections().text;
+        if f.vector == 13 {
+            // A general-protection fault: the kernel's is its own (system
+            // call arguments are checked before it touches them); the
+            // program's (a non-canonical address) ends it as Linux does.
+            if (text.0..text.1).contains(&f.rip) {
+                return false;
+            }
+            kiln_console::log!(
+                kiln_console::Level::Error,
+                "elf: segmentation fault (SIGSEGV): the program made a general-protection fault (a non-canonical address) at instruction pointer {:#x}; the program ends",
+                f.rip
+            );
+            kiln_boot::exit(128 + 11)
+        }
         let touch = if f.error & 16 != 0 {
             Touch::Exec
         } else if f.error & 2 != 0 {
@@ -641,8 +655,13 @@ pub mod paged {
         } else {
             Touch::Read
         };
-        let text = kiln_arch_x86_64::layout::sections().text;
-        serve(addr, touch, f.rip, (text.0..text.1).contains(&f.rip), f.error & 1 != 0)
+        serve(
+            addr,
+            touch,
+            f.rip,
+            (text.0..text.1).contains(&f.rip),
+            f.error & 1 != 0,
+        )
     }
 
     #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -655,7 +674,13 @@ pub mod paged {
             Touch::Read
         };
         let text = kiln_arch_arm64::layout::sections().text;
-        serve(f.addr, touch, f.pc, (text.0..text.1).contains(&f.pc), f.permission)
+        serve(
+            f.addr,
+            touch,
+            f.pc,
+            (text.0..text.1).contains(&f.pc),
+            f.permission,
+        )
     }
 
     /// A touch of `addr` by the instruction at `pc` (kernel code, on the

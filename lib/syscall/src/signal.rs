@@ -912,8 +912,24 @@ pub(crate) fn deliver(f: &Frame, result: i64) -> Option<Frame> {
     let (sig, a) = take_deliverable()?;
     // rcx and r11 hold the return address and flags, as `syscall` leaves them.
     let g = [
-        f.a[4], f.a[5], f.a[3], f.rflags, f.r12, f.r13, f.r14, f.r15, f.a[0], f.a[1], f.rbp,
-        f.rbx, f.a[2], result as u64, f.rip, f.rsp, f.rip, f.rflags,
+        f.a[4],
+        f.a[5],
+        f.a[3],
+        f.rflags,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15,
+        f.a[0],
+        f.a[1],
+        f.rbp,
+        f.rbx,
+        f.a[2],
+        result as u64,
+        f.rip,
+        f.rsp,
+        f.rip,
+        f.rflags,
     ];
     let (sp, info, uc) = write_frame(&g, sig, &a)?;
     let mut n = *f;

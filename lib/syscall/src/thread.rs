@@ -143,7 +143,10 @@ fn clone(a: [u64; 6], f: &Frame) -> Sys {
     if flags & CLONE_THREAD != 0 && crate::process::in_child() {
         static SAID_CHILD: AtomicBool = AtomicBool::new(false);
         if !SAID_CHILD.swap(true, Ordering::Relaxed) {
-            kiln_console::log!(kiln_console::Level::Warn, "elf: a program started by another one may not make threads");
+            kiln_console::log!(
+                kiln_console::Level::Warn,
+                "elf: a program started by another one may not make threads"
+            );
         }
         return Err(errno::EAGAIN);
     }

@@ -352,7 +352,11 @@ impl Space {
     fn grow_down_to(&mut self, addr: u64) -> Option<(u64, Area)> {
         let (&start, &a) = self.areas.range(addr..).next()?;
         let to = addr & !(PAGE - 1);
-        let below = self.areas.range(..to).next_back().map_or(WINDOW.start, |(_, b)| b.end);
+        let below = self
+            .areas
+            .range(..to)
+            .next_back()
+            .map_or(WINDOW.start, |(_, b)| b.end);
         if !a.grows || a.end - to > STACK_MAX || to < below.saturating_add(STACK_GAP) {
             return None;
         }
@@ -762,7 +766,10 @@ mod tests {
         s.insert(&mut p, a, PAGE, RW);
         s.set_grows(a);
         s.fault(&mut p, a - 8 * PAGE + 5, Touch::Write).unwrap();
-        assert_eq!(s.find(a - 8 * PAGE).map(|(st, ar)| (st, ar.end)), Some((a - 8 * PAGE, a + PAGE)));
+        assert_eq!(
+            s.find(a - 8 * PAGE).map(|(st, ar)| (st, ar.end)),
+            Some((a - 8 * PAGE, a + PAGE))
+        );
         // Not past 8 MiB, and not into the guard gap above another area.
         assert_eq!(
             s.fault(&mut p, a - (9 << 20), Touch::Write),
@@ -774,11 +781,15 @@ mod tests {
             s.fault(&mut p, low + PAGE + 5, Touch::Write),
             Err("no mapping there")
         );
-        s.fault(&mut p, low + PAGE + STACK_GAP, Touch::Write).unwrap();
+        s.fault(&mut p, low + PAGE + STACK_GAP, Touch::Write)
+            .unwrap();
         // An ordinary area does not grow.
         let b = s.room(0, PAGE).unwrap() + 64 * PAGE;
         s.insert(&mut p, b, PAGE, RW);
-        assert_eq!(s.fault(&mut p, b - 1, Touch::Write), Err("no mapping there"));
+        assert_eq!(
+            s.fault(&mut p, b - 1, Touch::Write),
+            Err("no mapping there")
+        );
     }
 
     #[test]

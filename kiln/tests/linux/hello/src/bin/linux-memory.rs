@@ -8,6 +8,9 @@
 //! MAP_FIXED_NOREPLACE as Linux answers them; `exhaust` touches more
 //! anonymous memory than the machine has;
 //! `growsdown` touches 8 pages below a MAP_GROWSDOWN mapping;
+//! `efault` passes system calls pointers no memory is at (non-canonical,
+//! above RAM) and expects EFAULT; `noncanonical` reads a non-canonical
+//! address itself;
 //! `lend FILE` maps a file private and writable, reads it all, writes one
 //! page and reports what that cost in resident memory (a file of the
 //! initrd is lent in place: only the written page is copied);
@@ -22,6 +25,14 @@ extern "C" {
     fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
     fn madvise(addr: *mut c_void, len: usize, advice: i32) -> i32;
     fn __errno_location() -> *mut i32;
+    fn write(fd: i32, buf: *const c_void, n: usize) -> isize;
+    fn read(fd: i32, buf: *mut c_void, n: usize) -> isize;
+    fn open(path: *const i8, flags: i32, ...) -> i32;
+}
+
+/// Whether `r` is -1 with errno EFAULT.
+unsafe fn efault(r: isize) -> bool {
+    r == -1 && *__errno_location() == 14
 }
 
 const PROT_NONE: i32 = 0;
@@ -123,6 +134,20 @@ fn main() {
             println!("segv: reading 0x7000dead0000");
             let v = std::ptr::read_volatile(0x7000_dead_0000usize as *const u8);
             println!("segv: read {v}");
+        },
+        "efault" => unsafe {
+            // Text read as a pointer (the catalog's hello-nasm does this).
+            let junk = 0x7720_2c6f_6c6c_6548usize;
+            let high = 0x40_0000_0000usize; // 256 GiB: above RAM, below mappings
+            let w = efault(write(1, junk as *const c_void, 14));
+            let r = efault(read(0, high as *mut c_void, 16));
+            let o = efault(open(junk as *const i8, 0) as isize);
+            println!("efault: write {w}, read {r}, open {o}");
+        },
+        "noncanonical" => unsafe {
+            println!("noncanonical: reading 0x8000000000000000");
+            let v = std::ptr::read_volatile(0x8000_0000_0000_0000usize as *const u8);
+            println!("noncanonical: read {v}");
         },
         "growsdown" => unsafe {
             // A stack mapped with MAP_GROWSDOWN extends when touched below.
