@@ -645,6 +645,36 @@ pub fn local_ipv4() -> Option<Ipv4Address> {
     with(|s| s.iface.ipv4_addr()).ok().flatten()
 }
 
+/// The interface as programs ask about it (`SIOCGIF*`): its MAC address,
+/// IPv4 address and prefix length, and MTU.
+pub struct InterfaceInfo {
+    pub mac: [u8; 6],
+    pub ipv4: Option<(Ipv4Address, u8)>,
+    pub mtu: usize,
+}
+
+/// The network interface (eth0), when a device is up.
+pub fn interface() -> Option<InterfaceInfo> {
+    with(|s| {
+        let mac = match s.iface.hardware_addr() {
+            HardwareAddress::Ethernet(EthernetAddress(m)) => m,
+            #[allow(unreachable_patterns)]
+            _ => [0; 6],
+        };
+        let ipv4 = s.iface.ip_addrs().iter().find_map(|c| match c.address() {
+            IpAddress::Ipv4(a) => Some((a, c.prefix_len())),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        });
+        InterfaceInfo {
+            mac,
+            ipv4,
+            mtu: 1500,
+        }
+    })
+    .ok()
+}
+
 /// Blocks until the network does something.
 fn wait_activity() {
     ACTIVITY.wait();

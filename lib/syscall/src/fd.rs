@@ -843,6 +843,16 @@ fn ioctl(fd: i64, req: u64, arg: u64) -> Sys {
         }
         // FIOCLEX, FIONCLEX
         0x5451 | 0x5450 => fcntl(fd, 2, (req == 0x5451) as u64),
+        // What a program asks a socket about a network interface, by name
+        // (`struct ifreq`: the name, then the answer at offset 16).
+        0x8913 | 0x8915 | 0x891b | 0x8921 | 0x8927 | 0x8933
+            if matches!(d.kind, Kind::Socket(_)) =>
+        {
+            // SAFETY: see `bytes`.
+            let name = unsafe { crate::bytes(arg, 16) }?;
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(16)];
+            interface_ioctl(name, req, arg)
+        }
         // The console is a terminal (a serial line): TCGETS gives settings
         // of a cooked 115200-baud line, TCSETS* are accepted, TIOCGWINSZ
         // says 80x24, the foreground group is the program. isatty() is
@@ -873,6 +883,73 @@ fn ioctl(fd: i64, req: u64, arg: u64) -> Sys {
         }
         _ => Err(errno::ENOTTY),
     }
+}
+
+/// `SIOCGIF*` for interface `name` (`lo`, or `eth0` when the network is
+/// up): flags, address, netmask, MTU, hardware address, index; ENODEV for
+/// any other name.
+fn interface_ioctl(name: &[u8], req: u64, arg: u64) -> Sys {
+    const IFF_UP: u16 = 1;
+    const IFF_BROADCAST: u16 = 2;
+    const IFF_LOOPBACK: u16 = 8;
+    const IFF_RUNNING: u16 = 0x40;
+    const IFF_MULTICAST: u16 = 0x1000;
+    // (flags, ipv4, prefix, mtu, mac, index)
+    let (flags, ip, prefix, mtu, mac, index): (u16, [u8; 4], u8, u32, [u8; 6], u32) = match name {
+        b"lo" => (
+            IFF_UP | IFF_LOOPBACK | IFF_RUNNING,
+            [127, 0, 0, 1],
+            8,
+            65536,
+            [0; 6],
+            1,
+        ),
+        b"eth0" => {
+            let i = kiln_net::interface().ok_or(errno::ENODEV)?;
+            let (a, p) = i.ipv4.map_or(([0; 4], 0), |(a, p)| (a.octets(), p));
+            (
+                IFF_UP | IFF_BROADCAST | IFF_RUNNING | IFF_MULTICAST,
+                a,
+                p,
+                i.mtu as u32,
+                i.mac,
+                2,
+            )
+        }
+        _ => return Err(errno::ENODEV),
+    };
+    // A sockaddr_in (family AF_INET) or sockaddr with an ARPHRD family.
+    let sockaddr_in = |a: [u8; 4]| {
+        let mut b = [0u8; 16];
+        b[0..2].copy_from_slice(&2u16.to_le_bytes());
+        b[4..8].copy_from_slice(&a);
+        b
+    };
+    let answer: alloc::vec::Vec<u8> = match req {
+        0x8913 => flags.to_le_bytes().to_vec(),
+        0x8915 => sockaddr_in(ip).to_vec(),
+        0x891b => {
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
+            sockaddr_in(m.to_be_bytes()).to_vec()
+        }
+        0x8921 => mtu.to_le_bytes().to_vec(),
+        0x8927 => {
+            let mut b = [0u8; 16];
+            // ARPHRD_ETHER, or ARPHRD_LOOPBACK for lo.
+            let family: u16 = if name == b"lo" { 772 } else { 1 };
+            b[0..2].copy_from_slice(&family.to_le_bytes());
+            b[2..8].copy_from_slice(&mac);
+            b.to_vec()
+        }
+        _ => index.to_le_bytes().to_vec(),
+    };
+    // SAFETY: see `bytes`.
+    unsafe { put(arg + 16, &answer) }?;
+    Ok(0)
 }
 
 /// A new pipe's (read end, write end).

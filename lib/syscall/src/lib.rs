@@ -57,6 +57,7 @@ pub(crate) mod errno {
     pub const EMFILE: i64 = 24;
     pub const ENOTTY: i64 = 25;
     pub const ESPIPE: i64 = 29;
+    pub const ENODEV: i64 = 19;
     pub const EPIPE: i64 = 32;
     pub const ERANGE: i64 = 34;
     pub const ENOSYS: i64 = 38;

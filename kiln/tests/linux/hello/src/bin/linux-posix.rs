@@ -64,7 +64,37 @@ fn main() {
         timers();
         rusage();
         remap_fixed();
+        interfaces();
     }
+}
+
+/// SIOCGIF* on a socket, as programs ask for their address and MAC.
+unsafe fn interfaces() {
+    let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+    let ask = |name: &str, req: u64| -> (i32, [u8; 24]) {
+        let mut r = [0u8; 40];
+        r[..name.len()].copy_from_slice(name.as_bytes());
+        let rc = libc::ioctl(s, req as _, r.as_mut_ptr());
+        let mut out = [0u8; 24];
+        out.copy_from_slice(&r[16..40]);
+        (if rc < 0 { *libc::__errno_location() } else { 0 }, out)
+    };
+    let (_, hw) = ask("eth0", 0x8927);
+    let (_, ad) = ask("eth0", 0x8915);
+    let (_, nm) = ask("eth0", 0x891b);
+    let (_, mtu) = ask("eth0", 0x8921);
+    let (_, lo) = ask("lo", 0x8913);
+    let (err, _) = ask("wlan0", 0x8927);
+    let mac: Vec<String> = hw[2..8].iter().map(|b| format!("{b:02x}")).collect();
+    println!(
+        "ifreq: eth0 hw {} addr {}.{}.{}.{} mask {}.{}.{}.{} mtu {}; lo loopback {}; wlan0 errno {err}",
+        mac.join(":"),
+        ad[4], ad[5], ad[6], ad[7],
+        nm[4], nm[5], nm[6], nm[7],
+        u32::from_le_bytes(mtu[..4].try_into().unwrap()),
+        u16::from_le_bytes([lo[0], lo[1]]) & 8 != 0,
+    );
+    libc::close(s);
 }
 
 unsafe fn acceptconn() {
