@@ -44,7 +44,7 @@ pub const SUPPORT: &[(&str, Support)] = {
         ("faccessat", Partial("existence only")),
         ("faccessat2", Partial("existence only")),
         ("fcntl", Partial("F_DUPFD(_CLOEXEC), F_GETFD/SETFD, F_GETFL/SETFL (O_NONBLOCK, O_APPEND); record locks always granted")),
-        ("ioctl", Partial("FIONBIO, FIONREAD, FIOCLEX/FIONCLEX; on the console TCGETS (a cooked serial line), TCSETS*, TIOCGWINSZ (80x24), TIOCGPGRP; others ENOTTY")),
+        ("ioctl", Partial("FIONBIO, FIONREAD, FIOCLEX/FIONCLEX; on the console TCGETS (a cooked serial line), TCSETS*, TIOCGWINSZ (80x24), TIOCGPGRP; on sockets SIOCGIFFLAGS/ADDR/NETMASK/MTU/HWADDR/INDEX for eth0 and lo; others ENOTTY")),
         ("dup", Yes),
         ("dup2", Yes),
         ("dup3", Yes),
