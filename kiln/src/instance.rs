@@ -255,7 +255,13 @@ fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
     };
     let mut child = cmd.spawn()?;
     info.pid = Some(child.id());
-    write_info(dir, info)?;
+    if let Err(e) = write_info(dir, info) {
+        // The instance was removed while it started (`kiln rm -f`): no one
+        // could stop this VMM any more.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     let copier = match (console, child.stdout.take()) {
         (Some(log), Some(out)) => Some(vmm::copy_console(out, log, Some(info.kernel.clone()))),
         _ => None,
@@ -466,7 +472,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// it is doing and exits); after 5 s the VMM is told to quit, then killed.
 pub fn stop(name: &str) -> Result<()> {
     let dir = instance_dir(name)?;
-    let r = row(&dir)?;
+    let r = started(&dir)?;
     let Some(pid) = r.pid.filter(|_| r.state == "running") else {
         bail!("instance '{name}' is not running ({})", r.state);
     };
@@ -508,10 +514,26 @@ pub fn stop(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The instance's row once it is past "starting" (its VMM started, or it
+/// failed to), waiting up to 10 s: stopping or removing an instance whose
+/// VMM is about to start would leave that VMM running with no one to stop
+/// it.
+fn started(dir: &Path) -> Result<Row> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = row(dir)?;
+        if r.state != "starting" || std::time::Instant::now() >= deadline {
+            return Ok(r);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `kiln rm NAME`: removes a stopped instance (`force` stops it first).
 pub fn rm(name: &str, force: bool) -> Result<()> {
     let dir = instance_dir(name)?;
-    if row(&dir)?.state == "running" {
+    let state = if force { started(&dir)?.state } else { row(&dir)?.state };
+    if state == "running" || state == "starting" {
         if !force {
             bail!(
                 "instance '{name}' is running; stop it first (kiln stop {name}) or use kiln rm -f"
