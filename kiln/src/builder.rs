@@ -804,13 +804,25 @@ fn fixed_program(root: &Path, cmd: &[String]) -> Option<(String, u64)> {
             Err(_) => path.parent()?.join(t),
         };
     }
-    let bytes = std::fs::read(&path).ok()?;
-    let e = goblin::elf::Elf::parse(&bytes).ok()?;
-    if e.header.e_type != header::ET_EXEC || e.header.e_machine != header::EM_X86_64 {
+    // The ELF header and program headers only (the program may be 100 MB):
+    // both lie in the first page of any executable a linker made.
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::fs::File::open(&path).ok()?.take(64 << 10),
+        &mut head,
+    )
+    .ok()?;
+    let h = goblin::elf::Elf::parse_header(&head).ok()?;
+    if h.e_type != header::ET_EXEC || h.e_machine != header::EM_X86_64 {
         return None;
     }
-    let lo = e
-        .program_headers
+    let ctx = goblin::container::Ctx::new(
+        goblin::container::Container::Big,
+        goblin::container::Endian::Little,
+    );
+    let phs = goblin::elf::ProgramHeader::parse(&head, h.e_phoff as usize, h.e_phnum as usize, ctx)
+        .ok()?;
+    let lo = phs
         .iter()
         .filter(|p| p.p_type == PT_LOAD)
         .map(|p| p.p_vaddr)

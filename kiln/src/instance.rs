@@ -532,7 +532,11 @@ fn started(dir: &Path) -> Result<Row> {
 /// `kiln rm NAME`: removes a stopped instance (`force` stops it first).
 pub fn rm(name: &str, force: bool) -> Result<()> {
     let dir = instance_dir(name)?;
-    let state = if force { started(&dir)?.state } else { row(&dir)?.state };
+    let state = if force {
+        started(&dir)?.state
+    } else {
+        row(&dir)?.state
+    };
     if state == "running" || state == "starting" {
         if !force {
             bail!(

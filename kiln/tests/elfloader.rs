@@ -1354,18 +1354,21 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
             root().join("apps/elfloader").display()
         )
     };
+    let run_app = |args: &[&str]| {
+        let mut a = vec![
+            "run",
+            "-W",
+            "-M",
+            "256M",
+            "--timeout",
+            "120",
+            app.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        support::kiln(&a)
+    };
     std::fs::write(app.join("Kraftfile"), kraftfile("")).unwrap();
-    let (code, out, err) = support::kiln(&[
-        "run",
-        "-W",
-        "-M",
-        "256M",
-        "--timeout",
-        "120",
-        app.to_str().unwrap(),
-        "--",
-        "/bin/big",
-    ]);
+    let (code, out, err) = run_app(&["--", "/bin/big"]);
     assert_eq!(code, 126, "{out}{err}");
     assert!(
         out.contains("but the kernel image (with the initrd built into it) reaches 0x")
@@ -1375,15 +1378,7 @@ fn a_fixed_address_program_spanning_64_mib_runs() {
     // Named by the Kraftfile's cmd, the build sees it and keeps the rootfs
     // beside the kernel: it runs.
     std::fs::write(app.join("Kraftfile"), kraftfile("cmd: [\"/bin/big\"]\n")).unwrap();
-    let (code, out, err) = support::kiln(&[
-        "run",
-        "-W",
-        "-M",
-        "256M",
-        "--timeout",
-        "120",
-        app.to_str().unwrap(),
-    ]);
+    let (code, out, err) = run_app(&[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(", 64 MiB, checksum 2088960\n"), "{out}");
     assert!(

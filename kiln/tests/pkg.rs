@@ -186,6 +186,16 @@ struct UruncBoot {
     host: String,
 }
 
+impl UruncBoot {
+    /// The guest answered 200 with the static address urunc's command
+    /// line gave it.
+    fn assert_served(&self, vmm: &str) {
+        assert_eq!(self.status, "HTTP/1.1 200 OK", "{vmm}: {}", self.log);
+        let net = format!("net: 52:54:00:12:34:56 {}/24 via {}", self.guest, self.host);
+        assert!(self.log.contains(&net), "{vmm}: {}", self.log);
+    }
+}
+
 /// Boots the image in `layout` the way urunc does: unpacks it, reads the
 /// annotations, makes a tap with a static address, builds urunc's command
 /// line for a Unikraft-type guest and starts the hypervisor the image
@@ -360,15 +370,7 @@ fn the_image_boots_as_urunc_boots_it() {
         annotations(&layout)["com.urunc.unikernel.hypervisor"],
         "qemu"
     );
-    assert_eq!(b.status, "HTTP/1.1 200 OK", "{}", b.log);
-    assert!(
-        b.log.contains(&format!(
-            "net: 52:54:00:12:34:56 {}/24 via {}",
-            b.guest, b.host
-        )),
-        "{}",
-        b.log
-    );
+    b.assert_served("qemu");
     assert!(
         b.log.contains(
             "vfs.fstab: initrd0 on / (extract): the initrd is the root file system already"
@@ -627,15 +629,7 @@ fn an_image_for_every_other_vmm_boots_as_urunc_boots_it() {
         let (out, layout, _) = package_for(&format!("urunc-{vmm}"), vmm);
         assert_eq!(annotations(&layout)["com.urunc.unikernel.hypervisor"], vmm);
         let b = boot_as_urunc(&out, &layout);
-        assert_eq!(b.status, "HTTP/1.1 200 OK", "{vmm}: {}", b.log);
-        assert!(
-            b.log.contains(&format!(
-                "net: 52:54:00:12:34:56 {}/24 via {}",
-                b.guest, b.host
-            )),
-            "{vmm}: {}",
-            b.log
-        );
+        b.assert_served(vmm);
         let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -13,9 +13,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{other_vmms, root, State};
 
-/// `kiln run` of `app` on `vmm` (QEMU under TCG) with `args` after `--`.
+/// `kiln run -q` of `app` on `vmm` (QEMU under TCG) with `args` after `--`.
 fn run_on(vmm: &str, app: &str, args: &[&str]) -> (i32, String, String) {
-    let mut a = vec!["run", "-q", "--vmm", vmm, "--timeout", "120"];
+    run_on_with(vmm, &["-q"], app, args)
+}
+
+/// `kiln run` with `opts` of `app` on `vmm` (QEMU under TCG) with `args`
+/// after `--`.
+fn run_on_with(vmm: &str, opts: &[&str], app: &str, args: &[&str]) -> (i32, String, String) {
+    let mut a = vec!["run", "--vmm", vmm, "--timeout", "120"];
+    a.extend_from_slice(opts);
     if vmm == "qemu" {
         a.push("-W");
     }
@@ -59,12 +66,8 @@ fn every_vmm_gives_the_guest_an_entropy_device() {
     let mut vmms = vec!["qemu"];
     vmms.extend(other_vmms("entropy"));
     for v in vmms {
-        let mut a = vec!["run", "--vmm", v, "--timeout", "120"];
-        if v == "qemu" {
-            a.push("-W");
-        }
-        a.push("apps/files");
-        let (code, out, err) = support::kiln(&a);
+        // Not -q: the boot log names the sources.
+        let (code, out, err) = run_on_with(v, &[], "apps/files", &[]);
         assert_eq!(code, 0, "{v}: {out}{err}");
         let all = format!("{out}{err}");
         let line = all
@@ -263,35 +266,33 @@ fn a_kraftfile_that_lists_only_firecracker_runs_there() {
     )
     .unwrap();
     let kf = kf.to_str().unwrap();
-    match support::other_vmms("fc/x86_64 only").contains(&"firecracker") {
-        true => {
-            let (code, out, err) = support::kiln(&[
-                "run",
-                "--timeout",
-                "120",
-                "-K",
-                kf,
-                "apps/helloworld",
-                "--",
-                "fc",
-            ]);
-            assert_eq!(code, 0, "{out}{err}");
-            assert!(err.contains("(firecracker, KVM"), "{err}");
-            assert!(out.contains("arg 1: fc"), "{out}");
-        }
-        false => {
-            let empty = dir.join("bin");
-            std::fs::create_dir_all(&empty).unwrap();
-            let (code, err) = kiln_with_path(&empty, &["run", "-K", kf, "apps/helloworld"]);
-            assert_eq!(code, 1, "{err}");
-            assert!(
-                err.contains("firecracker not found in PATH")
-                    && err.contains("build it from its source"),
-                "{err}"
-            );
-        }
+    if support::other_vmms("fc/x86_64 only").contains(&"firecracker") {
+        let (code, out, err) = support::kiln(&[
+            "run",
+            "--timeout",
+            "120",
+            "-K",
+            kf,
+            "apps/helloworld",
+            "--",
+            "fc",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(err.contains("(firecracker, KVM"), "{err}");
+        assert!(out.contains("arg 1: fc"), "{out}");
+    } else {
+        let empty = dir.join("bin");
+        std::fs::create_dir_all(&empty).unwrap();
+        let (code, err) = kiln_with_path(&empty, &["run", "-K", kf, "apps/helloworld"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(says_how_to_get_firecracker(&err), "{err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `kiln run --vmm firecracker` says when there is no Firecracker.
+fn says_how_to_get_firecracker(err: &str) -> bool {
+    err.contains("firecracker not found in PATH") && err.contains("build it from its source")
 }
 
 /// `kiln ARGS` with PATH = `first` then the usual one.
@@ -330,10 +331,7 @@ fn what_a_vmm_cannot_do_is_refused_with_what_to_do() {
     std::fs::create_dir_all(&empty).unwrap();
     let (code, err) = kiln_with_path(&empty, &["run", "--vmm", "firecracker", "apps/helloworld"]);
     assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("firecracker not found in PATH") && err.contains("build it from its source"),
-        "{err}"
-    );
+    assert!(says_how_to_get_firecracker(&err), "{err}");
     // A stand-in program: the checks that come before starting it.
     let fake: PathBuf = empty.join("firecracker");
     std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();

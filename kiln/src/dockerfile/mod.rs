@@ -398,37 +398,31 @@ fn hash_tree(h: &mut Sha256, p: &Path) {
 
 /// Copies `from`'s contents into `to` (`cp -a`: modes, owners, links).
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .output()
-        .context("running cp")?;
-    if !o.status.success() {
-        bail!(
-            "copying {} to {}: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut c = std::process::Command::new("cp");
+    c.arg("-a").arg(format!("{}/.", from.display())).arg(to);
+    copy_with(c, from, to)
 }
 
 /// Copies a folder of the build context into `to` as [`copy_tree`] does,
 /// without Kiln's build outputs.
 fn copy_context_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    let o = std::process::Command::new("sh")
-        .arg("-c")
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
         .arg(format!(
             "tar -C \"$0\" --exclude={OUTPUTS} -cf - . | tar -C \"$1\" -xpf -"
         ))
         .arg(from)
-        .arg(to)
+        .arg(to);
+    copy_with(c, from, to)
+}
+
+/// Runs the copy `c` of `from` into `to` (made first), with its
+/// complaint as the error.
+fn copy_with(mut c: std::process::Command, from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    let o = c
         .output()
-        .context("running tar")?;
+        .with_context(|| format!("running {}", c.get_program().to_string_lossy()))?;
     if !o.status.success() {
         bail!(
             "copying {} to {}: {}",

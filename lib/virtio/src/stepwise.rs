@@ -209,7 +209,7 @@ impl<T: Transport> Transport for Stepwise<T> {
             .queue_set(queue, size, descriptors, driver_area, device_area)
     }
 
-    fn queue_unset(&mut self, queue: u16) {
+    fn queue_unset(&mut self, _queue: u16) {
         // A driver unsets its queues when it is dropped, with the device
         // still live. virtio-drivers then clears QueueReady and spins until
         // it reads 0 back; a strict device (Firecracker's) refuses queue
@@ -220,7 +220,6 @@ impl<T: Transport> Transport for Stepwise<T> {
         if !self.inner.get_status().is_empty() {
             self.inner.set_status(DeviceStatus::empty());
         }
-        let _ = queue;
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {
