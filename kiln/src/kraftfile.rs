@@ -255,6 +255,44 @@ impl fmt::Display for Target {
     }
 }
 
+impl Target {
+    /// The kernel layout this target needs beyond its platform's, when a
+    /// VMM loads the platform's image elsewhere: Firecracker on arm64 puts
+    /// RAM at 2 GiB and its devices below (QEMU virt: RAM at 1 GiB), so
+    /// `fc/arm64` is its own image, linked by
+    /// `plat/qemu/linker-arm64-firecracker.ld`. On x86_64 one image boots
+    /// on every VMM.
+    pub fn layout(&self) -> Option<&'static str> {
+        match (self.arch.as_str(), self.vmm.as_deref()) {
+            ("arm64", Some("firecracker")) => Some("firecracker"),
+            _ => None,
+        }
+    }
+
+    /// This target booted on `vmm` (`--vmm`): the target itself, or, when
+    /// the VMM needs its own layout of a qemu target's image, that target
+    /// with the VMM named.
+    pub fn for_vmm(&self, vmm: &str) -> Target {
+        let t = Target {
+            vmm: Some(vmm.to_string()),
+            ..self.clone()
+        };
+        if self.vmm.is_none() && self.plat == "qemu" && t.layout().is_some() {
+            t
+        } else {
+            self.clone()
+        }
+    }
+
+    /// `plat-arch` (and `-layout`): how the build's files are named.
+    pub fn build_name(&self) -> String {
+        match self.layout() {
+            Some(l) => format!("{}-{}-{l}", self.plat, self.arch),
+            None => format!("{}-{}", self.plat, self.arch),
+        }
+    }
+}
+
 /// The VMM a target's platform names, when it is not QEMU: Unikraft's
 /// `fc` (and `firecracker`), and cloud-hypervisor by its usual names.
 pub fn vmm_of_plat(plat: &str) -> Option<&'static str> {
@@ -1242,16 +1280,19 @@ impl Kraftfile {
     /// Why Kiln cannot build a target, if it cannot.
     fn buildable(&self, t: &Target) -> Result<()> {
         if let (Some(v), "arm64") = (&t.vmm, t.arch.as_str()) {
-            return Err(at(
-                &self.path,
-                t.line,
-                format!("target '{t}': Kiln runs on {v} on x86_64 only (its arm64 kernel is an ELF for QEMU's virt board, not the Linux arm64 Image {v} loads); use qemu/arm64"),
-            ));
+            if t.layout().is_none() {
+                return Err(at(
+                    &self.path,
+                    t.line,
+                    format!("target '{t}': Kiln runs on {v} on x86_64 only (on arm64 {v} gives its devices on PCI only, which Kiln's arm64 kernel does not drive yet); use qemu/arm64 or fc/arm64"),
+                ));
+            }
         }
         if !SUPPORTED.contains(&(t.plat.as_str(), t.arch.as_str())) {
             let mut ok: Vec<String> = SUPPORTED.iter().map(|(p, a)| format!("{p}/{a}")).collect();
             ok.extend([
                 "fc/x86_64".to_string(),
+                "fc/arm64".to_string(),
                 "cloud-hypervisor/x86_64".to_string(),
             ]);
             return Err(at(
@@ -1652,27 +1693,37 @@ targets:
             (ch.plat.as_str(), ch.vmm.as_deref()),
             ("qemu", Some("cloud-hypervisor"))
         );
-        let k = p("name: x\ntargets:\n  - fc/arm64\n").unwrap();
-        let e = format!("{:#}", k.select_target(Some("fc"), None).unwrap_err());
-        assert!(e.contains("Kiln runs on firecracker on x86_64 only"), "{e}");
+        // fc/arm64 is an image of its own (Firecracker's memory map);
+        // cloud-hypervisor on arm64 is refused.
+        let k = p("name: x\ntargets:\n  - fc/arm64\n  - cloud-hypervisor/arm64\n").unwrap();
+        let fc = k.select_target(Some("fc"), None).unwrap();
+        assert_eq!(
+            (fc.layout(), fc.build_name().as_str()),
+            (Some("firecracker"), "qemu-arm64-firecracker")
+        );
+        let e = format!("{:#}", k.select_target(Some("clh"), None).unwrap_err());
+        assert!(
+            e.contains("Kiln runs on cloud-hypervisor on x86_64 only"),
+            "{e}"
+        );
         let e = format!("{:#}", k.select_target(Some("xen"), None).unwrap_err());
         // Unikraft's catalog lists targets Kiln cannot build beside ones
         // it can: the first buildable one is picked, the rest named.
         let k = p(
-            "name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n  - qemu/arm64\n  - qemu/x86_64\n",
+            "name: x\ntargets:\n  - xen/x86_64\n  - chv/arm64\n  - qemu/arm64\n  - qemu/x86_64\n",
         )
         .unwrap();
         assert_eq!(
             k.select_target(None, None).unwrap().to_string(),
             "qemu/arm64"
         );
-        assert_eq!(k.unbuildable(), ["xen/x86_64", "firecracker/arm64"]);
-        let k = p("name: x\ntargets:\n  - xen/x86_64\n  - fc/arm64\n").unwrap();
+        assert_eq!(k.unbuildable(), ["xen/x86_64", "cloud-hypervisor/arm64"]);
+        let k = p("name: x\ntargets:\n  - xen/x86_64\n  - chv/arm64\n").unwrap();
         let all = format!("{:#}", k.select_target(None, None).unwrap_err());
         assert!(
             all.contains(":3: unknown target 'xen/x86_64'")
                 && all.contains(
-                    ":4: target 'firecracker/arm64': Kiln runs on firecracker on x86_64 only"
+                    ":4: target 'cloud-hypervisor/arm64': Kiln runs on cloud-hypervisor on x86_64 only"
                 ),
             "{all}"
         );

@@ -557,7 +557,7 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
     let ui = Ui {
         quiet: a.target.quiet,
     };
-    let (mut kf, target) = load_to_build(&a.target, &ui)?;
+    let (mut kf, mut target) = load_to_build(&a.target, &ui)?;
     // A package records one command line: the default set, or --boot's.
     (kf.cmd, kf.env) = kf.boot_with(&a.boot)?;
     if target.plat != "qemu" {
@@ -570,8 +570,12 @@ fn pkg_cmd(a: &PkgArgs) -> Result<i32> {
         .vmm
         .or_else(|| target.vmm.as_deref().and_then(vmm::Kind::from_plat))
         .unwrap_or_default();
-    if vmm != vmm::Kind::Qemu && target.arch != "x86_64" {
-        anyhow::bail!("kiln pkg: {} runs Kiln's x86_64 image only", vmm.name());
+    target = target.for_vmm(vmm.name());
+    if vmm != vmm::Kind::Qemu && target.arch != "x86_64" && target.layout().is_none() {
+        anyhow::bail!(
+            "kiln pkg: {} runs Kiln's x86_64 image only (on arm64: firecracker and qemu)",
+            vmm.name()
+        );
     }
     if !a
         .tag
@@ -809,7 +813,7 @@ fn run(a: &RunArgs) -> Result<i32> {
             (k.clone(), arch, Vec::new())
         }
         None => {
-            let (mut kf, target) = load_to_build(&a.target, &ui)?;
+            let (mut kf, mut target) = load_to_build(&a.target, &ui)?;
             if a.boot.iter().any(|b| b == "help") {
                 print!("{}", kf.boot_listing());
                 return Ok(0);
@@ -834,6 +838,11 @@ fn run(a: &RunArgs) -> Result<i32> {
             }
             if target.plat == "linuxu" {
                 vmm_kind = Some(linuxu_runs(a.vmm)?);
+            }
+            // `--vmm firecracker` on a qemu/arm64 target: the image laid
+            // out for Firecracker (Target::layout).
+            if let Some(k) = vmm_kind {
+                target = target.for_vmm(k.name());
             }
             vmm_kind.unwrap_or_default().vmm().binary(&target.arch)?;
             let mut all_env = kf.env.clone();

@@ -408,16 +408,24 @@ pub mod power {
         EXITING.load(Ordering::Acquire)
     }
 
+    /// The code [`exit`] was first asked to report.
+    static CODE: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
     /// Powers off reporting `code`. Semihosting carries it as QEMU's exit
     /// status `((code + 1) << 1) | 1`, the encoding of x86_64's
     /// isa-debug-exit, so `kiln run` decodes both alike. Without semihosting
-    /// the call is an undefined instruction, whose fault handler exits
-    /// again: the second time this powers off through PSCI (when `psci`, as
-    /// on QEMU virt) or halts (a board without PSCI).
-    pub fn exit(code: i32, psci: bool) -> ! {
+    /// (Firecracker, a board, QEMU run by hand) the call is an undefined
+    /// instruction, whose fault handler exits again: the second time
+    /// `report` gets the first call's code (the platform prints it on its
+    /// console, see kiln_boot::EXIT_LINE), then this powers off through
+    /// PSCI (when `psci`, as on QEMU virt and Firecracker) or halts (a
+    /// board without PSCI).
+    pub fn exit(code: i32, psci: bool, report: fn(i32)) -> ! {
         if !EXITING.swap(true, Ordering::AcqRel) {
+            CODE.store(code, Ordering::Relaxed);
             semihosting_exit((((code + 1) << 1) | 1) as u32);
         }
+        report(CODE.load(Ordering::Relaxed));
         if psci {
             psci_off();
         }
@@ -461,6 +469,28 @@ pub mod layout {
         static __stack_guard: u8;
         static __rodata_start: u8;
         static __data_start: u8;
+        static __map_ram_start: u8;
+        static __map_ram_end: u8;
+        static __map_dev_end: u8;
+    }
+
+    /// The RAM window entry.S maps as normal memory, [start, end), as the
+    /// layout's linker script gives it (QEMU virt: 1 to 4 GiB; Firecracker:
+    /// 2 to 4 GiB).
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    pub fn ram_window() -> (usize, usize) {
+        // Taking the address of an extern (absolute) symbol is safe.
+        (
+            &raw const __map_ram_start as usize,
+            &raw const __map_ram_end as usize,
+        )
+    }
+
+    /// The end of the device window entry.S maps as device memory.
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    pub fn device_end() -> usize {
+        // Taking the address of an extern (absolute) symbol is safe.
+        &raw const __map_dev_end as usize
     }
 
     /// The kernel's sections: [start, end) of text, read-only data, and the rest.

@@ -16,7 +16,7 @@ const SOCKET: &str = "cloud-hypervisor.sock";
 
 impl Vmm for CloudHypervisor {
     fn check(&self, spec: &RunSpec) -> Result<()> {
-        super::check_pvh_vmm(spec, "cloud-hypervisor")
+        super::check_kvm_vmm(spec, "cloud-hypervisor", false)
     }
 
     fn binary(&self, _arch: &str) -> Result<PathBuf> {

@@ -1,9 +1,13 @@
-//! Firecracker (x86_64): boots Kiln's image through its PVH note, with
+//! Firecracker. On x86_64 it boots Kiln's image through its PVH note, with
 //! devices on virtio-mmio (listed by `virtio_mmio.device=` on the command
-//! line Firecracker appends to). Configured by a JSON file in the run's
-//! folder; its API socket there is how `kiln stop` sends Ctrl-Alt-Del.
-//! The guest powers off through the i8042 reset, so its exit code comes
-//! on the console ([`kiln_boot::EXIT_LINE`]).
+//! line Firecracker appends to). On arm64 it boots the `fc/arm64` image
+//! (an arm64 Image linked for Firecracker's memory map, see
+//! `Target::layout`), with its devices in the device tree; its UART
+//! exists only when the command line has `console=`, which this adds.
+//! Configured by a JSON file in the run's folder; its API socket there is
+//! how `kiln stop` sends Ctrl-Alt-Del (x86_64; on arm64 the process is
+//! ended). The guest powers off through the i8042 reset (x86_64) or PSCI,
+//! so its exit code comes on the console ([`kiln_boot::EXIT_LINE`]).
 
 use super::{api, RunSpec, Vmm};
 use anyhow::{Context, Result};
@@ -20,7 +24,7 @@ const LOG: &str = "firecracker.log";
 
 impl Vmm for Firecracker {
     fn check(&self, spec: &RunSpec) -> Result<()> {
-        super::check_pvh_vmm(spec, "Firecracker")
+        super::check_kvm_vmm(spec, "Firecracker", true)
     }
 
     fn binary(&self, _arch: &str) -> Result<PathBuf> {
@@ -67,9 +71,14 @@ impl Vmm for Firecracker {
 
 /// Firecracker's configuration for `spec`.
 fn config(spec: &RunSpec) -> serde_json::Value {
+    let args = if spec.arch == "arm64" {
+        format!("console=ttyS0 {}", spec.cmdline)
+    } else {
+        spec.cmdline.clone()
+    };
     let mut boot = json!({
         "kernel_image_path": spec.kernel,
-        "boot_args": spec.cmdline,
+        "boot_args": args,
     });
     if let Some(i) = &spec.initrd {
         boot["initrd_path"] = json!(i);
@@ -130,5 +139,11 @@ mod tests {
         assert_eq!(c["drives"][0]["path_on_host"], "/tmp/data.img");
         assert_eq!(c["network-interfaces"][0]["host_dev_name"], "kilntap3");
         assert_eq!(c["network-interfaces"][0]["guest_mac"], "52:54:00:00:03:02");
+        // On arm64 Firecracker adds its UART only for a `console=`.
+        spec.arch = "arm64".into();
+        assert_eq!(
+            config(&spec)["boot-source"]["boot_args"],
+            "console=ttyS0 -- a"
+        );
     }
 }

@@ -35,6 +35,12 @@ pub const EXIT_MAX: i32 = 126;
 /// before powering off; `kiln run` reads the code from it.
 pub const EXIT_LINE: &str = "kiln: exit status ";
 
+/// Prints [`EXIT_LINE`] with `code` (on a line of its own) without taking
+/// the console's lock: the platform's last words before powering off.
+pub fn print_exit_line(code: i32) {
+    kiln_console::print_unlocked(format_args!("\n{EXIT_LINE}{code}\n"));
+}
+
 /// Services every platform provides.
 pub trait Platform: Sync {
     /// Platform and machine name for the boot banner (`"qemu/x86_64 microvm"`).

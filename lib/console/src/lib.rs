@@ -8,6 +8,8 @@
 
 use core::fmt::{self, Write};
 
+#[cfg(feature = "ns16550")]
+pub mod ns16550;
 #[cfg(feature = "pl011")]
 pub mod pl011;
 use core::sync::atomic::{AtomicU8, Ordering};

@@ -1,11 +1,18 @@
-//! QEMU `virt` on arm64.
+//! QEMU `virt` on arm64, and Firecracker on arm64.
 //!
 //! Boot protocol: the arm64 Image (header in arch/arm64); x0 holds the
 //! device tree, from which this module takes the memory, the command line
-//! (`/chosen/bootargs`), an initrd (`linux,initrd-start/end`) and the
-//! virtio-mmio transports. Console: the PL011 UART. Exit: semihosting's
+//! (`/chosen/bootargs`), an initrd (`linux,initrd-start/end`), the GIC and
+//! the virtio-mmio transports. Console: the PL011 UART (QEMU), or the
+//! 16550 the tree names (`ns16550a`, Firecracker). Exit: semihosting's
 //! SYS_EXIT_EXTENDED carries the exit code to QEMU's exit status (`kiln
-//! run` passes `-semihosting`); without it, PSCI SYSTEM_OFF.
+//! run` passes `-semihosting`); without it (Firecracker) the code goes on
+//! the console as [`kiln_boot::EXIT_LINE`], then PSCI SYSTEM_OFF.
+//!
+//! The two machines differ in where RAM and devices are; the kernel is
+//! linked for one of them (arch/arm64's linker.ld for QEMU virt, this
+//! crate's linker-arm64-firecracker.ld for Firecracker), and the windows
+//! entry.S maps come from that layout (`arch::layout`).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_arch_arm64 as arch;
@@ -13,10 +20,25 @@ use kiln_boot::{BootInfo, MemRegion, Platform};
 
 /// The PL011 on QEMU virt, unless the device tree says otherwise.
 const UART_DEFAULT: usize = 0x0900_0000;
-/// Device memory that entry.S maps (the first GiB).
-const DEVICE_END: usize = 0x4000_0000;
 
 static UART: kiln_console::pl011::Pl011 = kiln_console::pl011::Pl011::new(UART_DEFAULT);
+/// Firecracker's UART, when the device tree names one.
+static NS16550: kiln_console::ns16550::Ns16550 = kiln_console::ns16550::Ns16550::new();
+
+/// The console: the 16550 if the device tree has one, else the PL011.
+struct Console;
+
+impl kiln_console::Sink for Console {
+    fn write(&self, bytes: &[u8]) {
+        if NS16550.present() {
+            kiln_console::Sink::write(&NS16550, bytes)
+        } else {
+            kiln_console::Sink::write(&UART, bytes)
+        }
+    }
+}
+
+static CONSOLE: Console = Console;
 
 /// The UART is used as QEMU or firmware left it.
 pub fn configure(_uart_init: bool) {}
@@ -35,7 +57,7 @@ impl Platform for Virt {
     }
 
     fn exit(&self, code: i32) -> ! {
-        arch::power::exit(code, true)
+        arch::power::exit(code, true, kiln_boot::print_exit_line)
     }
 
     fn ticks(&self) -> u64 {
@@ -47,7 +69,8 @@ impl Platform for Virt {
     }
 
     fn map_device(&self, addr: usize, len: usize) -> bool {
-        addr.checked_add(len).is_some_and(|end| end <= DEVICE_END)
+        addr.checked_add(len)
+            .is_some_and(|end| end <= arch::layout::device_end())
     }
 
     fn idle(&self, us: u64) {
@@ -173,7 +196,7 @@ extern "Rust" {
 #[no_mangle]
 pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
     arch::set_fault_handler(fault);
-    kiln_console::set_sink(&UART);
+    kiln_console::set_sink(&CONSOLE);
     kiln_boot::set_platform(&VIRT);
     // SAFETY: the boot loader passes the device tree's address in x0; the
     // fdt crate checks its header before reading it, and the blob stays in
@@ -254,6 +277,15 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
                     UART.set_base(base);
                 }
             }
+            "ns16550a" | "ns16550" => {
+                if let Some((base, _)) = regs.next() {
+                    let shift = n
+                        .property("reg-shift")
+                        .and_then(|p| p.as_usize())
+                        .unwrap_or(0);
+                    NS16550.set_base(base, shift as u32);
+                }
+            }
             "arm,gic-v3" | "arm,cortex-a15-gic" | "arm,gic-400" => {
                 if let (Some(d), Some(c)) = (regs.next(), regs.next()) {
                     gic = Some((first == "arm,gic-v3", d.0, c.0));
@@ -288,12 +320,13 @@ pub fn kiln_plat_main(dtb: usize, entry_ticks: u64) -> ! {
         (istart & !0xfff, iend.next_multiple_of(4096)),
     ];
     let mut regions = [MemRegion { start: 0, size: 0 }; 16];
-    // entry.S maps RAM up to 4 GiB.
+    // Only RAM inside the window entry.S maps.
+    let (ram_start, ram_end) = arch::layout::ram_window();
     let n = kiln_boot::mem::carve(
         ram[..nram].iter().copied(),
         &reserved,
-        DEVICE_END,
-        1 << 32,
+        ram_start,
+        ram_end,
         &mut regions,
     );
     let info = BootInfo {

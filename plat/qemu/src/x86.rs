@@ -174,7 +174,7 @@ impl Platform for Qemu {
         // Not QEMU with the debug-exit device: the code goes on the
         // console (see kiln_boot::EXIT_LINE), then the machine is powered
         // off the ways other VMMs offer.
-        kiln_console::print_unlocked(format_args!("\n{}{code}\n", kiln_boot::EXIT_LINE));
+        kiln_boot::print_exit_line(code);
         SERIAL.drain();
         // Firmware-booted machines (and cloud-hypervisor) describe their
         // power-off in ACPI; a reset would boot them again.

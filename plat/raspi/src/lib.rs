@@ -61,7 +61,7 @@ mod board {
 
         fn exit(&self, code: i32) -> ! {
             // No PSCI on the Pis: a board without semihosting halts.
-            arch::power::exit(code, false)
+            arch::power::exit(code, false, kiln_boot::print_exit_line)
         }
 
         fn ticks(&self) -> u64 {
