@@ -106,6 +106,29 @@ fn exit_codes_and_panics_reach_kiln_run() {
     );
 }
 
+/// Without semihosting (Firecracker, a QEMU run by hand) the exit call is
+/// an undefined instruction: the code then goes on the console as the
+/// last line, and PSCI powers the machine off (QEMU's status 0).
+#[test]
+fn without_semihosting_the_exit_code_comes_on_the_console() {
+    let image = built("crashtest");
+    let _g = one_at_a_time();
+    let o = Command::new("timeout")
+        .args(["60", "qemu-system-aarch64", "-M", "virt", "-accel", "tcg"])
+        .args(["-cpu", "cortex-a72", "-m", "64M", "-nodefaults"])
+        .args(["-display", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&image)
+        .args(["-append", "kiln.quiet -- exit 4"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.ends_with("\nkiln: exit status 4\n"), "{out}");
+    assert!(!out.contains("fault"), "{out}");
+}
+
 #[test]
 fn faults_are_reported_with_syndrome_and_address() {
     let (c, out) = boot("crashtest", &["null"]);

@@ -1,7 +1,8 @@
 //! cloud-hypervisor (x86_64): boots Kiln's image through its PVH note,
 //! with devices on virtio-pci (which the kernel polls). Configured on the
 //! command line; its API socket in the run's folder is how `kiln stop`
-//! ends it. The guest powers off through the ACPI sleep register, so its
+//! presses its power button (an ACPI event the kernel polls for, see
+//! plat/qemu's power.rs) and, if the guest does not stop, ends it. The guest powers off through the ACPI sleep register, so its
 //! exit code comes on the console ([`kiln_boot::EXIT_LINE`]).
 
 use super::{api, RunSpec, Stderr, Vmm};
@@ -48,10 +49,12 @@ impl Vmm for CloudHypervisor {
         }
     }
 
-    /// The guest cannot be asked: cloud-hypervisor's power button is an
-    /// ACPI event, which the kernel does not handle.
-    fn ask_to_stop(&self, _dir: &Path, _pid: u32) -> bool {
-        false
+    /// The power button: the kernel hands the request to the app.
+    fn ask_to_stop(&self, dir: &Path, _pid: u32) -> bool {
+        matches!(
+            api::request(&dir.join(SOCKET), "PUT", "/api/v1/vm.power-button", ""),
+            Ok(200..=299)
+        )
     }
 
     fn quit(&self, dir: &Path) -> bool {

@@ -11,6 +11,13 @@
 //! the sleep control register), and the DSDT's `\_S5` package the sleep
 //! type values, read by looking for the package's name in the AML, as the
 //! rest of the DSDT needs no interpreter here.
+//!
+//! The power button of cloud-hypervisor (its `vm.power-button`, which `kiln
+//! stop` presses) is an ACPI Generic Event Device: the VMM sets bit 3 of a
+//! one-byte register and raises the GED's interrupt, and its AML reads the
+//! register (which clears it) and notifies the button. [`power_button`]
+//! finds that register the same way (the `GDST` operation region in the
+//! DSDT) on its first call and then polls it, as the i8042 is polled.
 
 use kiln_arch_x86_64 as arch;
 
@@ -84,6 +91,67 @@ fn soft_off() -> Option<SoftOff> {
     })
 }
 
+/// The address of the operation region named `name` in system memory
+/// (`OperationRegion(name, SystemMemory, address, length)` with a constant
+/// address: ExtOpPrefix, OpRegionOp, the name, space 0, an integer).
+fn memory_region(aml: &[u8], name: &[u8; 4]) -> Option<u64> {
+    let mut head = [0x5b, 0x80, 0, 0, 0, 0, 0x00];
+    head[2..6].copy_from_slice(name);
+    let at = aml.windows(head.len()).position(|w| w == head)?;
+    let rest = aml.get(at + head.len()..)?;
+    let int = |n: usize| -> Option<u64> {
+        let b = rest.get(1..1 + n)?;
+        Some(b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64))
+    };
+    match *rest.first()? {
+        0x0a => int(1),
+        0x0b => int(2),
+        0x0c => int(4),
+        0x0e => int(8),
+        _ => None,
+    }
+}
+
+/// The GED's event register, found in the DSDT (0: not looked for yet; 1:
+/// none).
+static GED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// cloud-hypervisor's "power button pressed" bit in the GED register.
+const GED_POWER_BUTTON: u8 = 1 << 3;
+
+fn ged_register() -> Option<u64> {
+    let tables = super::tables::tables()?;
+    let dsdt = tables.dsdt().ok()?;
+    arch::mmu::map_device(dsdt.address as u64, dsdt.length as u64);
+    // SAFETY: as in `soft_off`.
+    let aml =
+        unsafe { core::slice::from_raw_parts(dsdt.address as *const u8, dsdt.length as usize) };
+    let addr = memory_region(aml, b"GDST")?;
+    (addr > 1 && arch::mmu::map_device(addr, 1)).then_some(addr)
+}
+
+/// Whether cloud-hypervisor's power button was pressed since the last
+/// call. The first call reads the DSDT; without a GED register (QEMU, no
+/// ACPI tables) every call is a load and a compare.
+pub fn power_button() -> bool {
+    use core::sync::atomic::Ordering;
+    let addr = match GED.load(Ordering::Relaxed) {
+        0 => {
+            let a = ged_register().unwrap_or(1);
+            GED.store(a, Ordering::Relaxed);
+            a
+        }
+        a => a,
+    };
+    if addr == 1 {
+        return false;
+    }
+    // SAFETY: the GED's one-byte event register, identity-mapped as device
+    // memory above; reading it clears the events, which nothing else in
+    // Kiln reads.
+    let events = unsafe { core::ptr::read_volatile(addr as *const u8) };
+    events & GED_POWER_BUTTON != 0
+}
+
 /// Enters S5 if the ACPI tables say how; returns if they do not, and may
 /// return before the machine acts on the request (QEMU stops from its main
 /// loop, and takes a shutdown before a reset asked for after it).
@@ -124,5 +192,21 @@ mod tests {
         assert_eq!(super::s5_from_aml(b"\x14_S5_\x00"), None);
         assert_eq!(super::s5_from_aml(b"\x08_S5_\x12\x06"), None);
         assert_eq!(super::s5_from_aml(b"nothing"), None);
+    }
+
+    #[test]
+    fn finds_memory_regions() {
+        // OperationRegion(GDST, SystemMemory, 0xfed0a000, 1), as
+        // cloud-hypervisor writes it (a DWordPrefix address).
+        let aml = b"..\x5b\x80GDST\x00\x0c\x00\xa0\xd0\xfe\x01..";
+        assert_eq!(super::memory_region(aml, b"GDST"), Some(0xfed0_a000));
+        // QWordPrefix, and a region in I/O space (not memory).
+        let q = b"\x5b\x80GDST\x00\x0e\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+        assert_eq!(super::memory_region(q, b"GDST"), Some(0x1_0000_0000));
+        assert_eq!(
+            super::memory_region(b"\x5b\x80GDST\x01\x0a\x60\x01", b"GDST"),
+            None
+        );
+        assert_eq!(super::memory_region(b"\x5b\x80GDST\x00", b"GDST"), None);
     }
 }

@@ -260,7 +260,9 @@ impl Platform for Qemu {
     }
 
     fn stop_requested(&self) -> bool {
-        keyboard::delete_pressed()
+        // Ctrl-Alt-Del (QEMU, Firecracker) or cloud-hypervisor's ACPI
+        // power button.
+        keyboard::delete_pressed() | power::power_button()
     }
 
     #[cfg(target_os = "none")]
