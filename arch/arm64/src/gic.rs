@@ -18,15 +18,26 @@ static VERSION: AtomicU8 = AtomicU8::new(0);
 /// The virtual timer's interrupt.
 pub const TIMER_PPI: u32 = 27;
 
-fn w32(addr: usize, v: u32) {
+/// One 32-bit register access, as a single plain load or store (through
+/// safe-mmio): under KVM a GIC access traps to the hypervisor, which can
+/// only decode accesses that report their syndrome (no writeback or pair
+/// forms, which the compiler may pick for a volatile access in a loop).
+fn reg(addr: usize) -> safe_mmio::UniqueMmioPointer<'static, u32> {
     // SAFETY: callers pass registers of the GIC whose base the platform
-    // handed to `init_*`; it lies in the device memory entry.S maps.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+    // handed to `init_*`; it lies in the device memory entry.S maps, and
+    // the pointer lives for one access.
+    unsafe { safe_mmio::UniqueMmioPointer::new(core::ptr::NonNull::new(addr as *mut u32).unwrap()) }
+}
+
+fn w32(addr: usize, v: u32) {
+    // SAFETY: writing a GIC register only changes interrupt routing.
+    unsafe { reg(addr).write_unsafe(v) }
 }
 
 fn r32(addr: usize) -> u32 {
-    // SAFETY: as for `w32`.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
+    // SAFETY: the registers read here (configuration, enable and wake
+    // state) have no read side effects.
+    unsafe { reg(addr).read_unsafe() }
 }
 
 /// Sets up a GICv2 from its distributor and CPU interface bases.

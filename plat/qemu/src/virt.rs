@@ -53,7 +53,12 @@ impl Platform for Virt {
         kiln_boot::walk_frames(fp, sp, |a| unsafe { arch::frames::read_word(a) }, out)
     }
     fn name(&self) -> &'static str {
-        "qemu/arm64 virt"
+        // Firecracker's UART is the 16550 (QEMU virt's a PL011).
+        if NS16550.present() {
+            "firecracker/arm64"
+        } else {
+            "qemu/arm64 virt"
+        }
     }
 
     fn exit(&self, code: i32) -> ! {
