@@ -485,3 +485,139 @@ fn qemu_without_the_debug_exit_device_gets_the_code_on_the_console() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.ends_with("\nkiln: exit status 4\n"), "{out}");
 }
+
+/// The fc/arm64 image on Firecracker on an arm64 host with KVM, as a user
+/// there runs it: `kiln run --vmm firecracker` (Kiln built for aarch64),
+/// exit codes through the console, `-d`, `ps`, `-p` through a tap, `logs`,
+/// `stop`, `rm`. With no arm64 host at hand the host is emulated
+/// (scripts/arm64-kvm-host: Debian's arm64 kernel with its KVM under
+/// qemu-system-aarch64). Runs when an aarch64 Firecracker is in PATH as
+/// `firecracker-aarch64` (README says how to build one); Kiln is built for
+/// aarch64-unknown-linux-musl with Debian's gcc-aarch64-linux-gnu as linker.
+#[test]
+fn the_fc_arm64_image_runs_on_firecracker_on_an_arm64_host() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let Some(fc) = std::env::split_paths(&path)
+        .map(|d| d.join("firecracker-aarch64"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("SKIPPED the fc/arm64 image on Firecracker: no firecracker-aarch64 in PATH (README: \"Firecracker and cloud-hypervisor\" says how to build it)");
+        return;
+    };
+    for app in ["helloworld", "crashtest", "httpd"] {
+        let (code, _, err) = support::kiln(&[
+            "build",
+            "-q",
+            "--plat",
+            "fc",
+            "--arch",
+            "arm64",
+            &format!("apps/{app}"),
+        ]);
+        assert_eq!(code, 0, "{app}: {err}");
+    }
+    let o = Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "--target",
+            "aarch64-unknown-linux-musl",
+            "-p",
+            "kiln",
+        ])
+        .env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER",
+            "aarch64-linux-gnu-gcc",
+        )
+        .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "building kiln for aarch64 (rustup target add aarch64-unknown-linux-musl; apt-get install gcc-aarch64-linux-gnu):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dir = std::env::temp_dir().join(format!("kiln-arm64-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [
+        (
+            "kiln",
+            root().join("target/aarch64-unknown-linux-musl/release/kiln"),
+        ),
+        ("firecracker", fc),
+        (
+            "hello",
+            root().join("apps/helloworld/.kiln/build/helloworld_qemu-arm64-firecracker"),
+        ),
+        (
+            "crash",
+            root().join("apps/crashtest/.kiln/build/crashtest_qemu-arm64-firecracker"),
+        ),
+        (
+            "httpd",
+            root().join("apps/httpd/.kiln/build/httpd_qemu-arm64-firecracker"),
+        ),
+    ];
+    let mut c = Command::new(root().join("scripts/arm64-kvm-host"));
+    for (name, from) in &files {
+        std::fs::copy(from, dir.join(name)).unwrap();
+        c.arg("--file").arg(dir.join(name));
+    }
+    let run = "kiln run --vmm firecracker --arch arm64 --kernel";
+    let script = format!(
+        "{run} hello -- a 'two words'; echo \"hello status $?\"
+         {run} crash -q -- exit 42; echo \"crash status $?\"
+         {run} crash -q -- panic; echo \"panic status $?\"
+         kiln run -d --name web --vmm firecracker --arch arm64 --kernel httpd -p 8080:80
+         for i in $(seq 30); do kiln logs web | grep -q 'httpd: serving' && break; sleep 1; done
+         kiln ps
+         wget -q -O - http://127.0.0.1:8080/ | grep -c '<!doctype html>' | sed 's/^/pages: /'
+         kiln stop web; echo \"stop status $?\"
+         kiln ps --all
+         kiln logs web
+         kiln rm web; echo \"rm status $?\"
+         ip link | grep -c kilntap | sed 's/^/taps left: /'"
+    );
+    let o = c
+        .args(["--timeout", "400", "--", &script])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("kiln: helloworld on firecracker/arm64"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Hello, world!\narg 1: a\narg 2: two words\n"),
+        "{out}"
+    );
+    assert!(out.contains("hello status 0\n"), "{out}");
+    assert!(out.contains("crash status 42\n"), "{out}");
+    assert!(
+        out.contains("crashtest was asked to panic") && out.contains("panic status 101\n"),
+        "{out}"
+    );
+    let running = out.lines().find(|l| l.starts_with("web ")).unwrap_or("");
+    assert!(
+        running.contains("firecracker/arm64")
+            && running.contains("running")
+            && running.contains("8080:80"),
+        "{out}"
+    );
+    assert!(out.contains("pages: 1\n"), "{out}");
+    assert!(out.contains("httpd: serving /www on port 80"), "{out}");
+    assert!(
+        out.contains("stop status 0\n") && out.contains("rm status 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("taps left: 0\n"), "{out}");
+}

@@ -70,7 +70,13 @@ fn kvm_supported_cpuid() -> Vec<[u32; 5]> {
     const KVM_GET_SUPPORTED_CPUID: libc::c_ulong = 0xC008_AE05;
     // SAFETY: the buffer holds the header and NENT entries, as the ioctl
     // expects; the kernel writes at most nent entries and updates nent.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_SUPPORTED_CPUID as _, buf.as_mut_ptr()) };
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            KVM_GET_SUPPORTED_CPUID as _,
+            buf.as_mut_ptr(),
+        )
+    };
     if r < 0 {
         return Vec::new();
     }
