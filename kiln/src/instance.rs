@@ -239,7 +239,11 @@ fn supervise_vmm(dir: &Path, info: &mut Info) -> Result<i32> {
     let v = info.vmm.vmm();
     let (prog, args) = info.command.split_first().context("empty VMM command")?;
     let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args).stderr(Stdio::piped());
+    match v.console_input(dir)? {
+        Some(input) => cmd.stdin(input),
+        None => cmd.stdin(Stdio::null()),
+    };
     // A VMM that writes the console on its standard output has it copied
     // into the log (without the exit line, whose code is kept).
     let console = if v.console_on_stdout() {

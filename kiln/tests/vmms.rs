@@ -574,7 +574,7 @@ fn the_fc_arm64_image_runs_on_firecracker_on_an_arm64_host() {
          for i in $(seq 30); do kiln logs web | grep -q 'httpd: serving' && break; sleep 1; done
          kiln ps
          wget -q -O - http://127.0.0.1:8080/ | grep -c '<!doctype html>' | sed 's/^/pages: /'
-         kiln stop web; echo \"stop status $?\"
+         kiln stop web 2>&1; echo \"stop status $?\"
          kiln ps --all
          kiln logs web
          kiln rm web; echo \"rm status $?\"
@@ -620,4 +620,7 @@ fn the_fc_arm64_image_runs_on_firecracker_on_an_arm64_host() {
         "{out}"
     );
     assert!(out.contains("taps left: 0\n"), "{out}");
+    // Asked on the console's input, the app stops by itself.
+    assert!(out.contains("kiln: web shut down"), "{out}");
+    assert!(out.contains("httpd: stopped"), "{out}");
 }

@@ -5,8 +5,9 @@
 //! `Target::layout`), with its devices in the device tree; its UART
 //! exists only when the command line has `console=`, which this adds.
 //! Configured by a JSON file in the run's folder; its API socket there is
-//! how `kiln stop` sends Ctrl-Alt-Del (x86_64; on arm64 the process is
-//! ended). The guest powers off through the i8042 reset (x86_64) or PSCI,
+//! how `kiln stop` sends Ctrl-Alt-Del (x86_64); on arm64, which has none,
+//! `kiln stop` writes [`kiln_boot::STOP_SEQUENCE`] to the serial port's
+//! input (a FIFO in the run's folder, Firecracker's standard input). The guest powers off through the i8042 reset (x86_64) or PSCI,
 //! so its exit code comes on the console ([`kiln_boot::EXIT_LINE`]).
 
 use super::{api, RunSpec, Vmm};
@@ -49,8 +50,16 @@ impl Vmm for Firecracker {
         Ok(c)
     }
 
+    /// The serial port's input, through which a guest on arm64 is asked
+    /// to stop.
+    fn console_input(&self, dir: &Path) -> Result<Option<std::fs::File>> {
+        super::console_fifo(dir).map(Some)
+    }
+
     fn ask_to_stop(&self, dir: &Path, _pid: u32) -> bool {
-        // The i8042's Ctrl-Alt-Del, which the kernel hands to the app.
+        // The i8042's Ctrl-Alt-Del (x86_64), which the kernel hands to
+        // the app; Firecracker refuses it on arm64, where the request
+        // goes on the console's input instead.
         matches!(
             api::request(
                 &dir.join(SOCKET),
@@ -59,7 +68,7 @@ impl Vmm for Firecracker {
                 r#"{"action_type":"SendCtrlAltDel"}"#
             ),
             Ok(204)
-        )
+        ) || super::write_console_fifo(dir, kiln_boot::STOP_SEQUENCE)
     }
 
     fn quit(&self, _dir: &Path) -> bool {

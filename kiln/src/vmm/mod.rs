@@ -343,6 +343,13 @@ pub trait Vmm: Sync {
     fn console_on_stdout(&self) -> bool {
         true
     }
+    /// What the VMM reads as the guest's console input (its standard
+    /// input), opened in the run's folder `dir`: a FIFO there, through
+    /// which `ask_to_stop` reaches a guest with no other way to be asked;
+    /// None: nothing (standard input is /dev/null).
+    fn console_input(&self, _dir: &Path) -> Result<Option<std::fs::File>> {
+        Ok(None)
+    }
     /// How the guest ended, from the VMM's exit status and the code on
     /// the console's exit line, if one came.
     fn outcome(&self, status: ExitStatus, exit_line: Option<i32>) -> Outcome {
@@ -366,9 +373,6 @@ pub trait Vmm: Sync {
     fn quit(&self, dir: &Path) -> bool;
 }
 
-/// What Firecracker and cloud-hypervisor (x86_64 VMMs that boot the
-/// image through its PVH note, on KVM only) cannot boot, as errors that
-/// say what to do.
 /// What Firecracker and cloud-hypervisor share: KVM on the host's own
 /// architecture, the qemu platform's image, no QEMU-only options. `arm64`:
 /// whether this VMM boots Kiln on arm64 (Firecracker: the `fc/arm64`
@@ -416,6 +420,42 @@ fn check_kvm_vmm(spec: &RunSpec, name: &str, arm64: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The FIFO `console.in` in `dir` (made if missing), opened for reading
+/// and writing: the VMM never sees its end, whoever writes to it.
+pub fn console_fifo(dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = dir.join(CONSOLE_FIFO);
+    if !path.exists() {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: mkfifo(3) with a NUL-terminated path; no memory is shared.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("making {}", path.display()));
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Writes `bytes` to the console FIFO in `dir` (see [`console_fifo`]),
+/// if the VMM holds it open; true when they were written.
+pub fn write_console_fifo(dir: &Path, bytes: &[u8]) -> bool {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(dir.join(CONSOLE_FIFO))
+        .and_then(|mut f| f.write_all(bytes))
+        .is_ok()
+}
+
+/// The console FIFO's name in a run's folder.
+const CONSOLE_FIFO: &str = "console.in";
 
 /// Copies the guest's console to `out`, keeping back the kernel's exit
 /// line (and the blank line it starts with) and remembering its code.
@@ -618,7 +658,9 @@ pub fn run(spec: &RunSpec) -> Result<i32> {
         });
     }
     cmd.stderr(Stdio::piped());
-    if vmm.console_on_stdout() {
+    if let Some(input) = vmm.console_input(&scratch.0)? {
+        cmd.stdin(input);
+    } else if vmm.console_on_stdout() {
         // The console is output only: a VMM reading a terminal would put
         // it in raw mode and take Ctrl-C for the guest.
         cmd.stdin(Stdio::null());

@@ -35,6 +35,47 @@ pub const EXIT_MAX: i32 = 126;
 /// before powering off; `kiln run` reads the code from it.
 pub const EXIT_LINE: &str = "kiln: exit status ";
 
+/// What the host writes on the console's input to ask the machine to stop
+/// where the VMM has no other way (Firecracker on arm64, which has no
+/// Ctrl-Alt-Del and no power button): an operating-system command escape
+/// (ESC `]` ... BEL) that no terminal shows and no one types.
+pub const STOP_SEQUENCE: &[u8] = b"\x1b]kiln;stop\x07";
+
+/// Finds [`STOP_SEQUENCE`] in console input fed one byte at a time (for
+/// platforms whose console can read).
+pub struct StopMatcher(core::sync::atomic::AtomicUsize);
+
+impl StopMatcher {
+    pub const fn new() -> StopMatcher {
+        StopMatcher(core::sync::atomic::AtomicUsize::new(0))
+    }
+
+    /// Takes the next input byte; true when it completes the sequence.
+    pub fn feed(&self, b: u8) -> bool {
+        use core::sync::atomic::Ordering::Relaxed;
+        let at = self.0.load(Relaxed);
+        // The sequence's first byte occurs only at its start, so a
+        // mismatch restarts the match at this byte.
+        let next = if STOP_SEQUENCE[at] == b {
+            at + 1
+        } else {
+            usize::from(STOP_SEQUENCE[0] == b)
+        };
+        if next == STOP_SEQUENCE.len() {
+            self.0.store(0, Relaxed);
+            return true;
+        }
+        self.0.store(next, Relaxed);
+        false
+    }
+}
+
+impl Default for StopMatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Prints [`EXIT_LINE`] with `code` (on a line of its own) without taking
 /// the console's lock: the platform's last words before powering off.
 pub fn print_exit_line(code: i32) {
@@ -631,6 +672,19 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_sequence_is_found_in_console_input() {
+        let m = StopMatcher::new();
+        let feed = |bytes: &[u8]| bytes.iter().filter(|&&b| m.feed(b)).count();
+        assert_eq!(feed(STOP_SEQUENCE), 1);
+        // Anywhere in other input, after a false start, twice in a row.
+        assert_eq!(feed(b"ls\r\x1b]ki\x1b]kiln;stop\x07x"), 1);
+        assert_eq!(feed(&[STOP_SEQUENCE, STOP_SEQUENCE].concat()), 2);
+        // Not a prefix, not with a byte missing.
+        assert_eq!(feed(b"\x1b]kiln;stop"), 0);
+        assert_eq!(feed(b"\x1b]kiln;sop\x07"), 0);
+    }
 
     #[test]
     fn frame_chains_are_walked_within_the_stack() {

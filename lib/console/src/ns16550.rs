@@ -41,36 +41,57 @@ impl Default for Ns16550 {
     }
 }
 
-/// Transmit holding register and line status register (THR empty: bit 5).
+/// Transmit holding (write) and receive buffer (read) register, line
+/// status register (bit 0: data ready; bit 5: THR empty).
 const THR: usize = 0;
+const RBR: usize = 0;
 const LSR: usize = 5;
+const LSR_DATA_READY: u8 = 1;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 
-impl crate::Sink for Ns16550 {
-    fn write(&self, bytes: &[u8]) {
+impl Ns16550 {
+    fn reg(&self, r: usize) -> Option<safe_mmio::UniqueMmioPointer<'static, u8>> {
         let base = self.base.load(Ordering::Acquire);
-        if base == 0 {
-            return;
-        }
         let shift = self.shift.load(Ordering::Relaxed);
         // SAFETY: the platform sets `base` to its 16550's registers, which
-        // its MMU setup maps as device memory; these are its line status
-        // and transmit registers, which only the console (under its lock)
-        // touches. safe-mmio makes each access one plain load or store,
+        // its MMU setup maps as device memory; the pointer lives for one
+        // access. safe-mmio makes each access one plain load or store,
         // which a hypervisor can decode.
-        let reg = |r: usize| unsafe {
+        (base != 0).then(|| unsafe {
             safe_mmio::UniqueMmioPointer::new(
                 core::ptr::NonNull::new((base + (r << shift)) as *mut u8).unwrap(),
             )
+        })
+    }
+
+    /// A received byte, if one is waiting. Only the platform's polling
+    /// reads input (nothing else in Kiln reads this UART).
+    pub fn read_byte(&self) -> Option<u8> {
+        // SAFETY: reading the line status has no side effect; reading RBR
+        // takes the byte it reports.
+        unsafe {
+            if self.reg(LSR)?.read_unsafe() & LSR_DATA_READY == 0 {
+                return None;
+            }
+            Some(self.reg(RBR)?.read_unsafe())
+        }
+    }
+}
+
+impl crate::Sink for Ns16550 {
+    fn write(&self, bytes: &[u8]) {
+        let (Some(mut lsr), Some(mut thr)) = (self.reg(LSR), self.reg(THR)) else {
+            return;
         };
         for &b in bytes {
             // SAFETY: reading the line status has no side effect on
-            // transmission; writing THR sends the byte.
+            // transmission; writing THR sends the byte. Only the console
+            // (under its lock) writes.
             unsafe {
-                while reg(LSR).read_unsafe() & LSR_THR_EMPTY == 0 {
+                while lsr.read_unsafe() & LSR_THR_EMPTY == 0 {
                     core::hint::spin_loop();
                 }
-                reg(THR).write_unsafe(b);
+                thr.write_unsafe(b);
             }
         }
     }

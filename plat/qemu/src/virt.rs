@@ -93,7 +93,7 @@ impl Platform for Virt {
     }
 
     fn stop_requested(&self) -> bool {
-        power_button::pressed()
+        power_button::pressed() || console_stop()
     }
 
     #[cfg(target_os = "none")]
@@ -163,6 +163,19 @@ mod power_button {
         }
         true
     }
+}
+
+/// Whether the host wrote [`kiln_boot::STOP_SEQUENCE`] on the 16550's
+/// input (Firecracker, whose arm64 API has no other way to ask); reads
+/// what has arrived, at most 64 bytes a poll.
+fn console_stop() -> bool {
+    static MATCH: kiln_boot::StopMatcher = kiln_boot::StopMatcher::new();
+    let mut stop = false;
+    for _ in 0..64 {
+        let Some(b) = NS16550.read_byte() else { break };
+        stop |= MATCH.feed(b);
+    }
+    stop
 }
 
 /// Whether device interrupt lines are enabled at the GIC (so they end an idle wait).
