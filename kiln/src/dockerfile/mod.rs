@@ -406,8 +406,10 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Copies a folder of the build context into `to` as [`copy_tree`] does,
 /// without Kiln's build outputs.
 fn copy_context_tree(from: &Path, to: &Path) -> Result<()> {
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
+    // pipefail: a failing first tar fails the copy (not only a short
+    // archive the second one may or may not notice).
+    let mut c = std::process::Command::new("bash");
+    c.args(["-o", "pipefail", "-c"])
         .arg(format!(
             "tar -C \"$0\" --exclude={OUTPUTS} -cf - . | tar -C \"$1\" -xpf -"
         ))

@@ -2,8 +2,9 @@
 //! with devices on virtio-pci (which the kernel polls). Configured on the
 //! command line; its API socket in the run's folder is how `kiln stop`
 //! presses its power button (an ACPI event the kernel polls for, see
-//! plat/qemu's power.rs) and, if the guest does not stop, ends it. The guest powers off through the ACPI sleep register, so its
-//! exit code comes on the console ([`kiln_boot::EXIT_LINE`]).
+//! plat/qemu's power.rs) and, if the guest does not stop, ends it. The
+//! guest powers off through the ACPI sleep register, so its exit code
+//! comes on the console ([`kiln_boot::EXIT_LINE`]).
 
 use super::{api, RunSpec, Stderr, Vmm};
 use anyhow::Result;

@@ -7,8 +7,9 @@
 //! Configured by a JSON file in the run's folder; its API socket there is
 //! how `kiln stop` sends Ctrl-Alt-Del (x86_64); on arm64, which has none,
 //! `kiln stop` writes [`kiln_boot::STOP_SEQUENCE`] to the serial port's
-//! input (a FIFO in the run's folder, Firecracker's standard input). The guest powers off through the i8042 reset (x86_64) or PSCI,
-//! so its exit code comes on the console ([`kiln_boot::EXIT_LINE`]).
+//! input (a FIFO in the run's folder, Firecracker's standard input). The
+//! guest powers off through the i8042 reset (x86_64) or PSCI, so its exit
+//! code comes on the console ([`kiln_boot::EXIT_LINE`]).
 
 use super::{api, RunSpec, Vmm};
 use anyhow::{Context, Result};
