@@ -1,6 +1,10 @@
 //! ramfs: a read-write file system in memory. Files are byte vectors,
 //! directories are sorted maps of names to inodes; hard links and symlinks
-//! work as on Linux. Memory comes from the kernel heap.
+//! work as on Linux. Memory comes from the kernel heap. A file's size may
+//! run past its bytes: the rest reads as zeros and takes no memory until
+//! written, so `ftruncate` to a large size (a database or a log sized up
+//! front) costs nothing, as on Linux's tmpfs. (Holes below written data
+//! are stored as zeros.)
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -11,32 +15,38 @@ use alloc::vec::Vec;
 use kiln_vfs::{DirEntry, Error, FileSystem, FileType, Ino, Result, Stat, NAME_MAX};
 use spin::Mutex;
 
-/// File contents: owned, or borrowed from memory that lives as long as the
-/// kernel (the initrd), copied on the first change.
+/// File contents: owned (the bytes, and the file's size, at least their
+/// length: zeros follow them), or borrowed from memory that lives as long
+/// as the kernel (the initrd), copied on the first change.
 enum Contents {
-    Owned(Vec<u8>),
+    Owned(Vec<u8>, u64),
     Static(&'static [u8]),
 }
 
 impl Contents {
-    fn len(&self) -> usize {
-        self.bytes().len()
+    /// The file's size.
+    fn len(&self) -> u64 {
+        match self {
+            Contents::Owned(_, size) => *size,
+            Contents::Static(s) => s.len() as u64,
+        }
     }
 
+    /// The stored bytes (the file's start; zeros follow up to `len`).
     fn bytes(&self) -> &[u8] {
         match self {
-            Contents::Owned(v) => v,
+            Contents::Owned(v, _) => v,
             Contents::Static(s) => s,
         }
     }
 
-    /// The owned vector, copying borrowed contents first.
-    fn owned(&mut self) -> &mut Vec<u8> {
+    /// The owned vector and size, copying borrowed contents first.
+    fn owned(&mut self) -> (&mut Vec<u8>, &mut u64) {
         if let Contents::Static(s) = *self {
-            *self = Contents::Owned(s.to_vec());
+            *self = Contents::Owned(s.to_vec(), s.len() as u64);
         }
         match self {
-            Contents::Owned(v) => v,
+            Contents::Owned(v, size) => (v, size),
             Contents::Static(_) => unreachable!(),
         }
     }
@@ -177,7 +187,7 @@ impl FileSystem for RamFs {
         let m = self.inodes.lock();
         let i = m.get(&ino).ok_or(Error::NotFound)?;
         let size = match &i.data {
-            Data::File(c) => c.len() as u64,
+            Data::File(c) => c.len(),
             Data::Dir(d) => d.len() as u64,
             Data::Symlink(t) => t.len() as u64,
         };
@@ -196,9 +206,12 @@ impl FileSystem for RamFs {
         match &m.get(&ino).ok_or(Error::NotFound)?.data {
             Data::File(c) => {
                 let v = c.bytes();
-                let start = (offset.min(v.len() as u64)) as usize;
-                let n = buf.len().min(v.len() - start);
-                buf[..n].copy_from_slice(&v[start..start + n]);
+                let n = buf.len().min(c.len().saturating_sub(offset) as usize);
+                // The stored part, then zeros.
+                let start = offset.min(v.len() as u64) as usize;
+                let stored = n.min(v.len() - start);
+                buf[..stored].copy_from_slice(&v[start..start + stored]);
+                buf[stored..n].fill(0);
                 Ok(n)
             }
             Data::Dir(_) => Err(Error::IsDir),
@@ -210,7 +223,7 @@ impl FileSystem for RamFs {
         let mut m = self.inodes.lock();
         match &mut m.get_mut(&ino).ok_or(Error::NotFound)?.data {
             Data::File(c) => {
-                let v = c.owned();
+                let (v, size) = c.owned();
                 let end = offset
                     .checked_add(buf.len() as u64)
                     .filter(|e| *e <= MAX_FILE)
@@ -228,6 +241,7 @@ impl FileSystem for RamFs {
                     }
                     v[offset as usize..end as usize].copy_from_slice(buf);
                 }
+                *size = (*size).max(end);
                 Ok(buf.len())
             }
             Data::Dir(_) => Err(Error::IsDir),
@@ -242,12 +256,10 @@ impl FileSystem for RamFs {
         let mut m = self.inodes.lock();
         match &mut m.get_mut(&ino).ok_or(Error::NotFound)?.data {
             Data::File(c) => {
-                let v = c.owned();
-                if size as usize > v.len() {
-                    v.try_reserve(size as usize - v.len())
-                        .map_err(|_| Error::NoSpace)?;
-                }
-                v.resize(size as usize, 0);
+                // Growing only moves the size (zeros follow the bytes).
+                let (v, len) = c.owned();
+                v.truncate(size as usize);
+                *len = size;
                 Ok(())
             }
             Data::Dir(_) => Err(Error::IsDir),
@@ -257,7 +269,7 @@ impl FileSystem for RamFs {
 
     fn create(&self, dir: Ino, name: &str, kind: FileType, mode: u32) -> Result<Ino> {
         let data = match kind {
-            FileType::File => Data::File(Contents::Owned(Vec::new())),
+            FileType::File => Data::File(Contents::Owned(Vec::new(), 0)),
             FileType::Dir => Data::Dir(BTreeMap::new()),
             _ => return Err(Error::Invalid),
         };
@@ -510,6 +522,24 @@ mod tests {
         let fd = v.open("/a.txt", O_WRONLY | O_APPEND, 0).unwrap();
         v.write(fd, b"!").unwrap();
         v.pwrite(fd, b"x", 6).unwrap();
+        assert_eq!(v.read_file("/a.txt").unwrap(), b"HEL!\0\0x");
+        // Sized up front: 2 GiB that take no memory, read as zeros, and
+        // a write in the middle.
+        v.ftruncate(fd, 2 << 30).unwrap();
+        assert_eq!(v.fstat(fd).unwrap().size, 2 << 30);
+        let r = v.open("/a.txt", O_RDONLY, 0).unwrap();
+        let mut z = [9u8; 8];
+        assert_eq!(v.pread(r, &mut z, 3).unwrap(), 8);
+        assert_eq!(&z, b"!\0\0x\0\0\0\0");
+        assert_eq!(v.pread(r, &mut z, (2 << 30) - 3).unwrap(), 3);
+        assert_eq!(&z[..3], b"\0\0\0");
+        assert_eq!(v.pread(r, &mut z, 2 << 30).unwrap(), 0, "EOF");
+        v.pwrite(fd, b"mid", 100).unwrap();
+        assert_eq!(v.fstat(fd).unwrap().size, 2 << 30, "a write inside keeps the size");
+        assert_eq!(v.pread(r, &mut z[..4], 99).unwrap(), 4);
+        assert_eq!(&z[..4], b"\0mid");
+        v.ftruncate(fd, 7).unwrap();
+        v.close(r).unwrap();
         assert_eq!(v.read_file("/a.txt").unwrap(), b"HEL!\0\0x");
         let mut buf = [0u8; 1];
         assert_eq!(
