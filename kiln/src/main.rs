@@ -843,6 +843,9 @@ fn run(a: &RunArgs) -> Result<i32> {
             // out for Firecracker (Target::layout).
             if let Some(k) = vmm_kind {
                 target = target.for_vmm(k.name());
+                if matches!(k, vmm::Kind::Firecracker | vmm::Kind::CloudHypervisor) {
+                    vmm::host_arch_only(k.title(), &target.arch)?;
+                }
             }
             vmm_kind.unwrap_or_default().vmm().binary(&target.arch)?;
             let mut all_env = kf.env.clone();
@@ -892,7 +895,9 @@ fn run(a: &RunArgs) -> Result<i32> {
             anyhow::bail!("{}: {} runs guests on KVM only; leave out -W / --accel tcg, or run on QEMU (leave out --vmm)", if a.no_kvm { "-W" } else { "--accel tcg" }, vmm_kind.name())
         }
         _ if vmm_kind != vmm::Kind::Qemu => {
-            if let Err(why) = vmm::kvm_runs_kiln_well() {
+            // (A guest of another architecture is refused by the VMM's
+            // check, which says why.)
+            if let (true, Err(why)) = (native, vmm::kvm_runs_kiln_well()) {
                 eprintln!(
                     "kiln: {why}; {} has no emulator to use instead, so the guest runs that slowly",
                     vmm_kind.name()

@@ -407,6 +407,16 @@ fn what_a_vmm_cannot_do_is_refused_with_what_to_do() {
         err.contains("Firecracker runs guests of its host's architecture (with KVM), and this host is x86_64"),
         "{err}"
     );
+    // The fc/arm64 target on this x86_64 host: refused before compiling.
+    let (code, err) = kiln_with_path(
+        &empty,
+        &["run", "--plat", "fc", "--arch", "arm64", "apps/helloworld"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("run the arm64 image on an arm64 host") && !err.contains("Compiling"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&empty);
 }
 

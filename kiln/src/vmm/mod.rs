@@ -77,6 +77,16 @@ impl Kind {
         }
     }
 
+    /// The name in messages (`Firecracker`, as its project writes it).
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::Qemu => "QEMU",
+            Kind::Firecracker => "Firecracker",
+            Kind::CloudHypervisor => "cloud-hypervisor",
+            Kind::Linuxu => "linuxu",
+        }
+    }
+
     /// What the command line of this kind's process contains (to tell a
     /// live instance from a reused process id).
     pub fn process_marker(self) -> &'static str {
@@ -373,6 +383,18 @@ pub trait Vmm: Sync {
     fn quit(&self, dir: &Path) -> bool;
 }
 
+/// Refuses a guest of another architecture than the host's for a VMM
+/// that runs guests on KVM only (`name`); checked before building too.
+pub fn host_arch_only(name: &str, arch: &str) -> Result<()> {
+    let host = std::env::consts::ARCH.replace("aarch64", "arm64");
+    if arch != host {
+        bail!(
+            "{name} runs guests of its host's architecture (with KVM), and this host is {host}: run the {arch} image on an {arch} host, or here on QEMU (leave out --vmm)"
+        );
+    }
+    Ok(())
+}
+
 /// What Firecracker and cloud-hypervisor share: KVM on the host's own
 /// architecture, the qemu platform's image, no QEMU-only options. `arm64`:
 /// whether this VMM boots Kiln on arm64 (Firecracker: the `fc/arm64`
@@ -383,14 +405,7 @@ fn check_kvm_vmm(spec: &RunSpec, name: &str, arm64: bool) -> Result<()> {
             "{name} runs Kiln's x86_64 image only: on arm64 it gives its devices on PCI only, which Kiln's arm64 kernel does not drive yet; run it on QEMU (leave out --vmm) or Firecracker"
         );
     }
-    let host = std::env::consts::ARCH.replace("aarch64", "arm64");
-    if spec.arch != host {
-        bail!(
-            "{name} runs guests of its host's architecture (with KVM), and this host is {host}: run the {} image on an {} host, or here on QEMU (leave out --vmm)",
-            spec.arch,
-            spec.arch
-        );
-    }
+    host_arch_only(name, &spec.arch)?;
     if spec.plat != "qemu" {
         bail!("{name} cannot boot the {}/{} target (an image for a Raspberry Pi board); build the qemu/x86_64 target", spec.plat, spec.arch);
     }
