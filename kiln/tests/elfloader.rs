@@ -1220,6 +1220,7 @@ fn posix_calls_answer_as_on_linux() {
     for line in [
         "acceptconn: bound 0, listening 1\n",
         "unlinked: ftruncate 0 (errno 0), size 3, links 0, reads \"abc\"\n",
+        "sparse: ftruncate 0, size 2147483648, blocks 8, zeros at 1 GiB true\n",
         "nofile: soft 1024 hard 65536\n",
         "nofile: soft > hard is errno 22; set to 16, dup stops with errno 24 after fd 15\n",
         "timer: interval 20 ms, first in <= 50 ms, ticks as the time passed in 300 ms or more, si_code -2, si_value 42\n",

@@ -426,6 +426,7 @@ impl FileSystem for NinePFs {
             kind: kind_of(a.mode),
             mode: a.mode & 0o7777,
             size: a.size,
+            blocks: a.blocks,
             nlink: a.nlink.max(1) as u32,
             mtime: a.mtime,
         })

@@ -179,6 +179,7 @@ pub struct Attr {
     pub mode: u32,
     pub nlink: u64,
     pub size: u64,
+    pub blocks: u64,
     pub mtime: u64,
 }
 
@@ -190,7 +191,7 @@ pub fn getattr(r: &mut Reply) -> Result<Attr, Error> {
     let nlink = r.u64()?;
     let _rdev = r.u64()?;
     let size = r.u64()?;
-    let (_blksize, _blocks) = (r.u64()?, r.u64()?);
+    let (_blksize, blocks) = (r.u64()?, r.u64()?);
     let (_atime, _atime_ns) = (r.u64()?, r.u64()?);
     let mtime = r.u64()?;
     Ok(Attr {
@@ -198,6 +199,7 @@ pub fn getattr(r: &mut Reply) -> Result<Attr, Error> {
         mode,
         nlink,
         size,
+        blocks,
         mtime,
     })
 }

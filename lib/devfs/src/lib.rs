@@ -77,6 +77,7 @@ impl FileSystem for DevFs {
             kind,
             mode,
             size: 0,
+            blocks: 0,
             nlink,
             mtime: 0,
         })
@@ -254,6 +255,7 @@ mod tests {
                     kind: FileType::Dir,
                     mode: 0o755,
                     size: 0,
+                    blocks: 0,
                     nlink: 2,
                     mtime: 0,
                 })

@@ -262,6 +262,7 @@ impl FileSystem for FatVolume {
             kind,
             mode: if kind == FileType::Dir { 0o755 } else { 0o644 },
             size: m.len(),
+            blocks: m.len().div_ceil(512),
             nlink: m.nlink().max(1) as u32,
             mtime: m.modified().map_or(0, |t| t.unix_seconds().max(0) as u64),
         })

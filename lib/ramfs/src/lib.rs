@@ -186,16 +186,20 @@ impl FileSystem for RamFs {
     fn stat(&self, ino: Ino) -> Result<Stat> {
         let m = self.inodes.lock();
         let i = m.get(&ino).ok_or(Error::NotFound)?;
-        let size = match &i.data {
-            Data::File(c) => c.len(),
-            Data::Dir(d) => d.len() as u64,
-            Data::Symlink(t) => t.len() as u64,
+        // Only a file's stored bytes take memory, counted in pages as
+        // tmpfs does (which counts none for directories and short
+        // symlinks either).
+        let (size, stored) = match &i.data {
+            Data::File(c) => (c.len(), c.bytes().len() as u64),
+            Data::Dir(d) => (d.len() as u64, 0),
+            Data::Symlink(t) => (t.len() as u64, 0),
         };
         Ok(Stat {
             ino,
             kind: kind(&i.data),
             mode: i.mode,
             size,
+            blocks: stored.div_ceil(4096) * 8,
             nlink: i.nlink,
             mtime: i.mtime,
         })
@@ -527,6 +531,7 @@ mod tests {
         // a write in the middle.
         v.ftruncate(fd, 2 << 30).unwrap();
         assert_eq!(v.fstat(fd).unwrap().size, 2 << 30);
+        assert_eq!(v.fstat(fd).unwrap().blocks, 8, "7 bytes stored: one page");
         let r = v.open("/a.txt", O_RDONLY, 0).unwrap();
         let mut z = [9u8; 8];
         assert_eq!(v.pread(r, &mut z, 3).unwrap(), 8);
@@ -535,7 +540,11 @@ mod tests {
         assert_eq!(&z[..3], b"\0\0\0");
         assert_eq!(v.pread(r, &mut z, 2 << 30).unwrap(), 0, "EOF");
         v.pwrite(fd, b"mid", 100).unwrap();
-        assert_eq!(v.fstat(fd).unwrap().size, 2 << 30, "a write inside keeps the size");
+        assert_eq!(
+            v.fstat(fd).unwrap().size,
+            2 << 30,
+            "a write inside keeps the size"
+        );
         assert_eq!(v.pread(r, &mut z[..4], 99).unwrap(), 4);
         assert_eq!(&z[..4], b"\0mid");
         v.ftruncate(fd, 7).unwrap();

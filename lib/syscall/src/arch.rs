@@ -256,9 +256,16 @@ pub fn start_thread(f: &Frame, fs_base: u64) -> ! {
     }
 }
 
-/// Linux `struct stat` for (ino, st_mode, size, nlink, mtime): 144 bytes
+/// Linux `struct stat` for (ino, st_mode, size, nlink, mtime, blocks): 144 bytes
 /// on x86_64, the generic 128-byte layout on arm64.
-pub fn stat_bytes(ino: u64, mode: u32, size: u64, nlink: u64, mtime: u64) -> alloc::vec::Vec<u8> {
+pub fn stat_bytes(
+    ino: u64,
+    mode: u32,
+    size: u64,
+    nlink: u64,
+    mtime: u64,
+    blocks: u64,
+) -> alloc::vec::Vec<u8> {
     let mut b = alloc::vec![0u8; if cfg!(target_arch = "aarch64") { 128 } else { 144 }];
     let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
     put(0, &1u64.to_le_bytes());
@@ -273,7 +280,7 @@ pub fn stat_bytes(ino: u64, mode: u32, size: u64, nlink: u64, mtime: u64) -> all
         put(56, &4096u64.to_le_bytes());
     }
     put(48, &size.to_le_bytes());
-    put(64, &size.div_ceil(512).to_le_bytes());
+    put(64, &blocks.to_le_bytes());
     for at in [72, 88, 104] {
         put(at, &mtime.to_le_bytes());
     }

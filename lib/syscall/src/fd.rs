@@ -503,33 +503,42 @@ pub(crate) fn write_desc(d: &Desc, buf: &[u8]) -> Sys {
     r
 }
 
-/// (ino, st_mode, size, nlink, mtime) of a description.
-fn desc_stat(d: &Desc) -> Result<(u64, u32, u64, u64, u64), i64> {
-    let vst = |fd: i32| {
-        vfs()
-            .fstat(fd)
-            .map(|s| (s.ino, s.st_mode(), s.size, s.nlink as u64, s.mtime))
-            .map_err(vfs_err)
-    };
+/// What stat reports: (ino, st_mode, size, nlink, mtime, 512-byte blocks).
+type StatFields = (u64, u32, u64, u64, u64, u64);
+
+fn stat_fields(s: &kiln_vfs::Stat) -> StatFields {
+    (
+        s.ino,
+        s.st_mode(),
+        s.size,
+        s.nlink as u64,
+        s.mtime,
+        s.blocks,
+    )
+}
+
+/// The stat fields of a description.
+fn desc_stat(d: &Desc) -> Result<StatFields, i64> {
+    let vst = |fd: i32| vfs().fstat(fd).map(|s| stat_fields(&s)).map_err(vfs_err);
     match &d.kind {
-        Kind::Console => Ok((1, 0o020620, 0, 1, 0)),
+        Kind::Console => Ok((1, 0o020620, 0, 1, 0, 0)),
         Kind::File(f) => vst(f.0),
         Kind::Dir(f) => vst(f.file.0),
-        Kind::Pipe(_) => Ok((2, 0o010600, 0, 1, 0)),
-        Kind::Pair(..) => Ok((3, 0o140777, 0, 1, 0)),
-        Kind::Socket(_) => Ok((3, 0o140777, 0, 1, 0)),
-        Kind::EventFd(_) | Kind::Epoll(_) => Ok((4, 0o600, 0, 1, 0)),
+        Kind::Pipe(_) => Ok((2, 0o010600, 0, 1, 0, 0)),
+        Kind::Pair(..) => Ok((3, 0o140777, 0, 1, 0, 0)),
+        Kind::Socket(_) => Ok((3, 0o140777, 0, 1, 0, 0)),
+        Kind::EventFd(_) | Kind::Epoll(_) => Ok((4, 0o600, 0, 1, 0, 0)),
     }
 }
 
-fn path_stat(path: &str, follow: bool) -> Result<(u64, u32, u64, u64, u64), i64> {
+fn path_stat(path: &str, follow: bool) -> Result<StatFields, i64> {
     let r = if follow {
         vfs().stat(path)
     } else {
         vfs().lstat(path)
     };
     match r {
-        Ok(s) => Ok((s.ino, s.st_mode(), s.size, s.nlink as u64, s.mtime)),
+        Ok(s) => Ok(stat_fields(&s)),
         Err(e) => {
             note_missing(path, e);
             Err(vfs_err(e))
@@ -538,7 +547,7 @@ fn path_stat(path: &str, follow: bool) -> Result<(u64, u32, u64, u64, u64), i64>
 }
 
 /// Linux `struct statx` (256 bytes) with the basic fields.
-fn statx_bytes((ino, mode, size, nlink, mtime): (u64, u32, u64, u64, u64)) -> [u8; 256] {
+fn statx_bytes((ino, mode, size, nlink, mtime, blocks): StatFields) -> [u8; 256] {
     let mut b = [0u8; 256];
     let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
     put(0, &0x7ffu32.to_le_bytes()); // STATX_BASIC_STATS
@@ -547,7 +556,7 @@ fn statx_bytes((ino, mode, size, nlink, mtime): (u64, u32, u64, u64, u64)) -> [u
     put(28, &(mode as u16).to_le_bytes());
     put(32, &ino.to_le_bytes());
     put(40, &size.to_le_bytes());
-    put(48, &size.div_ceil(512).to_le_bytes());
+    put(48, &blocks.to_le_bytes());
     for at in [64, 80, 96, 112] {
         put(at, &mtime.to_le_bytes());
     }
@@ -1061,7 +1070,7 @@ fn path_arg(dirfd: i64, ptr: u64) -> Result<String, i64> {
     Ok(normalize(&resolve(dirfd, p)?))
 }
 
-fn stat_at(dirfd: i64, ptr: u64, flags: u64) -> Result<(u64, u32, u64, u64, u64), i64> {
+fn stat_at(dirfd: i64, ptr: u64, flags: u64) -> Result<StatFields, i64> {
     // SAFETY: see `bytes`.
     if flags & AT_EMPTY_PATH != 0 && unsafe { cstr(ptr) }?.is_empty() {
         return desc_stat(&*get(dirfd)?);
@@ -1069,9 +1078,9 @@ fn stat_at(dirfd: i64, ptr: u64, flags: u64) -> Result<(u64, u32, u64, u64, u64)
     path_stat(&path_arg(dirfd, ptr)?, flags & AT_SYMLINK_NOFOLLOW == 0)
 }
 
-fn put_stat(out: u64, s: (u64, u32, u64, u64, u64)) -> Sys {
+fn put_stat(out: u64, s: StatFields) -> Sys {
     // SAFETY: see `bytes`.
-    unsafe { put(out, &crate::arch::stat_bytes(s.0, s.1, s.2, s.3, s.4)) }?;
+    unsafe { put(out, &crate::arch::stat_bytes(s.0, s.1, s.2, s.3, s.4, s.5)) }?;
     Ok(0)
 }
 

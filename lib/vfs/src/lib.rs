@@ -137,6 +137,9 @@ pub struct Stat {
     /// Permission bits (0o7777).
     pub mode: u32,
     pub size: u64,
+    /// 512-byte units the data takes (`st_blocks`): less than the size
+    /// for a sparse file.
+    pub blocks: u64,
     pub nlink: u32,
     pub mtime: u64,
 }

@@ -1,6 +1,6 @@
 //! POSIX calls a Linux program expects, checked one by one through musl
 //! (kiln/tests/elfloader.rs compares the lines with Linux's answers):
-//! SO_ACCEPTCONN, ftruncate of an unlinked open file, RLIMIT_NOFILE,
+//! SO_ACCEPTCONN, ftruncate of an unlinked open file (and to 2 GiB: sparse), RLIMIT_NOFILE,
 //! getrusage, POSIX timers with signals, rt_sigtimedwait; `udp PORT`
 //! echoes datagrams with recvmmsg/sendmmsg until one says "quit".
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -130,6 +130,17 @@ unsafe fn unlinked() {
         st.st_size,
         st.st_nlink,
         String::from_utf8_lossy(&b[..n.max(0) as usize])
+    );
+    // Sized up front: the file system keeps the size, not 2 GiB of zeros.
+    let t = libc::ftruncate(fd, 2 << 30);
+    libc::fstat(fd, &mut st);
+    let mut z = [1u8; 16];
+    let n = libc::pread(fd, z.as_mut_ptr() as *mut _, 16, 1 << 30);
+    println!(
+        "sparse: ftruncate {t}, size {}, blocks {}, zeros at 1 GiB {}",
+        st.st_size,
+        st.st_blocks,
+        n == 16 && z == [0; 16]
     );
     libc::close(fd);
 }
