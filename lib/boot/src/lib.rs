@@ -723,8 +723,9 @@ pub mod mem {
     /// Collects the free parts of `ram` (half-open `[start, end)` ranges) into
     /// `out`, leaving out every `reserved` range and everything below `floor`
     /// and at or above `ceiling`. Pieces smaller than a page are dropped.
-    /// Returns how many regions were written; extra pieces beyond `out.len()`
-    /// are dropped too.
+    /// Returns how many regions were written; when there are more pieces
+    /// than `out` holds, the largest are kept (a firmware's map may list
+    /// many small ranges before the one that holds most of the RAM).
     pub fn carve(
         ram: impl Iterator<Item = (usize, usize)>,
         reserved: &[(usize, usize)],
@@ -758,12 +759,20 @@ pub mod mem {
             for &(a, b) in &work[..w] {
                 let a = (a + 4095) & !4095;
                 let b = b & !4095;
-                if a < b && n < out.len() {
-                    out[n] = MemRegion {
-                        start: a,
-                        size: b - a,
-                    };
+                if a >= b {
+                    continue;
+                }
+                let piece = MemRegion {
+                    start: a,
+                    size: b - a,
+                };
+                if n < out.len() {
+                    out[n] = piece;
                     n += 1;
+                } else if let Some(smallest) = out.iter_mut().min_by_key(|r| r.size) {
+                    if smallest.size < piece.size {
+                        *smallest = piece;
+                    }
                 }
             }
         }
@@ -801,6 +810,19 @@ pub mod mem {
                 (out[0].start, out[0].size, out[1].start, out[1].size),
                 (0, 0x4000, 0x5000, 0xb000)
             );
+            // More pieces than room: the largest are kept.
+            let mut two = [MemRegion { start: 0, size: 0 }; 2];
+            let ram = [
+                (0x1000, 0x2000),
+                (0x3000, 0x5000),
+                (0x8000, 0x9000),
+                (0x10_0000, 0x80_0000),
+            ];
+            let n = carve(ram.into_iter(), &[], 0, usize::MAX, &mut two);
+            let mut kept: Vec<(usize, usize)> =
+                two[..n].iter().map(|r| (r.start, r.size)).collect();
+            kept.sort();
+            assert_eq!(kept, [(0x3000, 0x2000), (0x10_0000, 0x70_0000)]);
         }
     }
 }

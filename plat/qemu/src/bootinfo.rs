@@ -66,7 +66,7 @@ struct ModlistEntry {
     reserved: u64,
 }
 
-const MEMMAP_MAX: usize = 64;
+const MEMMAP_MAX: usize = 128;
 static mut MEMMAP: [MemmapEntry; MEMMAP_MAX] = [MemmapEntry {
     addr: 0,
     size: 0,

@@ -435,7 +435,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
     // can fault from now on. Then memory above the first GiB is mapped.
     arch::mmu::unmap_null_page();
     tables::set_rsdp(start.rsdp);
-    let mut ram = [(0u64, 0u64); 64];
+    let mut ram = [(0u64, 0u64); 128];
     let mut nram = 0;
     for (s, e) in start.ram().take(ram.len()) {
         ram[nram] = (s as u64, e as u64);
@@ -456,7 +456,7 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         module,
         fixed,
     ];
-    let mut regions = [MemRegion { start: 0, size: 0 }; 16];
+    let mut regions = [MemRegion { start: 0, size: 0 }; 32];
     // Below 1 MiB lie firmware tables and the loader's data.
     let n = kiln_boot::mem::carve(
         start.ram(),
@@ -465,6 +465,21 @@ pub fn kiln_plat_main(boot_arg: usize, entry_tsc: u64) -> ! {
         mapped.end as usize,
         &mut regions,
     );
+    if n == 0 {
+        // Say what the loader gave rather than fail the first allocation.
+        kiln_console::println!(
+            "kiln: boot: no free RAM above 1 MiB in the loader's memory map (image {:#x}-{:#x}, module {:#x}-{:#x}, mapped to {:#x}); RAM ranges:",
+            reserved[0].0,
+            reserved[0].1,
+            module.0,
+            module.1,
+            mapped.end
+        );
+        for (s, e) in start.ram() {
+            kiln_console::println!("kiln: boot:   {s:#x}-{e:#x}");
+        }
+        kiln_boot::exit(kiln_boot::EXIT_MAX)
+    }
     // QEMU's microvm names its virtio-mmio transports on the command line
     // (virtio_mmio.device=SIZE@BASE:IRQ, as for Linux): no probing needed.
     // Their interrupt lines are routed (masked) to the device vector; a
